@@ -1,0 +1,75 @@
+//! herd's wire protocol, version 1: the messages a supervisor and its workers exchange, and the
+//! one codec both sides use to put them on a Unix-domain socket.
+//!
+//! This crate is pure: types and byte-level encoding only, no runtime and no I/O policy. The
+//! blocking helpers in [`codec`] serve the worker SDK; the `tokio-codec` feature adds a
+//! `tokio_util::codec` adapter over the very same functions for the supervisor.
+//!
+//! # Conversation
+//!
+//! ```text
+//! worker                                   supervisor
+//!   │ ── Hello { protocol, pid, token } ──▶  │  checks version, token, peer uid/pid
+//!   │ ◀─ Task { id, attempt, payload } ───── │  up to `window` tasks in flight
+//!   │ ── Done { id, outcome } ───────────▶   │  exactly one Done per Task
+//!   │ ── Heartbeat ──────────────────────▶   │  optional, any time after Hello
+//!   │ ◀─ Shutdown ────────────────────────── │  termination frame: finish, reply, exit 0
+//! ```
+//!
+//! The wire format of a frame is documented (and pinned by tests) in [`codec`].
+
+pub mod codec;
+
+use serde::{Deserialize, Serialize};
+
+pub use codec::{FrameError, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_FRAME_CEILING};
+
+/// Version of this protocol, sent in [`FromWorker::Hello`]; the supervisor refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Environment variable carrying the supervisor's socket path to a worker.
+pub const ENV_SOCKET: &str = "HERD_SOCKET";
+/// Environment variable carrying the one-time token a worker must present in its `Hello`.
+pub const ENV_TOKEN: &str = "HERD_TOKEN";
+/// Environment variable carrying the worker's slot index (informational).
+pub const ENV_WORKER: &str = "HERD_WORKER";
+/// Environment variable carrying the maximum frame size the supervisor accepts.
+pub const ENV_MAX_FRAME: &str = "HERD_MAX_FRAME";
+
+/// A frame sent by a worker to its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First frame on every connection.
+    Hello {
+        protocol: u32,
+        pid: u32,
+        token: String,
+    },
+    /// The result of the task `id`.
+    Done { id: u64, outcome: Outcome },
+    /// Liveness signal; carries no work.
+    Heartbeat,
+}
+
+/// What a handler made of one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The handler's output bytes.
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The handler failed; `retryable` asks the supervisor to try the event again.
+    Err { retryable: bool, message: String },
+}
+
+/// A frame sent by the supervisor to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run the handler on `payload`. `attempt` starts at 1.
+    Task {
+        id: u64,
+        attempt: u32,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The termination frame: finish the task in hand, send its `Done`, then exit 0.
+    Shutdown,
+}
