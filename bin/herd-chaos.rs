@@ -1,1 +1,313 @@
-fn main(){}
+//! `herd-chaos`: the fault-injection worker. Each event (one JSON object) chooses what the worker
+//! does, so tests, demos and benchmarks can reproduce every failure a supervisor must survive
+//! (ARCHITECTURE §5). Outputs are JSON; an unknown op or a malformed event is a non-retryable
+//! handler error.
+//!
+//! `square` is the benchmark path: the event is parsed into a borrowed struct and the answer
+//! written straight into the output buffer, with no other allocation.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use herd_worker::{Task, TaskError};
+use nix::sys::signal::{self, SigHandler, SigSet, Signal};
+use nix::time::{clock_gettime, ClockId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+const HELP: &str = "\
+herd-chaos: a herd worker whose behaviour each event chooses.
+Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
+  {\"op\":\"echo\",\"v\":X}            returns X
+  {\"op\":\"square\",\"n\":N}          returns N*N
+  {\"op\":\"spin\",\"ms\":M}           burns M ms of CPU, returns M
+  {\"op\":\"sleep\",\"ms\":M}          sleeps M ms, returns M
+  {\"op\":\"fail\",\"retryable\":B}    handler error
+  {\"op\":\"flaky\",\"fails\":K}       retryable error while attempt <= K, then the attempt
+  {\"op\":\"panic\"}                  panics in the handler
+  {\"op\":\"crash\",\"signal\":S}      aborts, or raises signal S (e.g. \"SEGV\")
+  {\"op\":\"exit\",\"code\":C}         exits with code C mid-task
+  {\"op\":\"hang\"}                   busy-loops forever, ignoring SIGTERM/SIGINT/SIGHUP
+  {\"op\":\"garbage\"}                writes an invalid frame to the socket
+  {\"op\":\"oversize\"}               writes a frame header claiming 4 GiB
+  {\"op\":\"stderr\",\"text\":S}       writes S to stderr, returns S
+  {\"op\":\"alloc\",\"mb\":M}          allocates and keeps M MiB, returns M
+  {\"op\":\"pid\"}                    returns its own pid
+";
+
+fn main() -> ExitCode {
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--help" || a == "-h")
+    {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    herd_worker::run(handle)
+}
+
+/// Every field any op uses; each op reads only its own. Borrowed so `square` allocates nothing.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    n: Option<i64>,
+    ms: Option<u64>,
+    #[serde(borrow)]
+    v: Option<&'a RawValue>,
+    retryable: Option<bool>,
+    fails: Option<u32>,
+    #[serde(borrow)]
+    signal: Option<Cow<'a, str>>,
+    code: Option<i32>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    mb: Option<usize>,
+}
+
+fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
+    let event: Event<'_> = serde_json::from_slice(task.payload())
+        .map_err(|e| TaskError::fatal(format!("malformed event: {e}")))?;
+    match &*event.op {
+        "echo" => Ok(echo(event.v)),
+        "square" => {
+            let n = need(event.n, "square", "n")?;
+            let sq = n
+                .checked_mul(n)
+                .ok_or_else(|| TaskError::fatal(format!("square: {n}*{n} overflows i64")))?;
+            Ok(number(sq))
+        }
+        "spin" => {
+            let ms = need(event.ms, "spin", "ms")?;
+            spin(Duration::from_millis(ms));
+            Ok(number(ms))
+        }
+        "sleep" => {
+            let ms = need(event.ms, "sleep", "ms")?;
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(number(ms))
+        }
+        "fail" => {
+            let message = "failed on request";
+            Err(if event.retryable.unwrap_or(false) {
+                TaskError::retryable(message)
+            } else {
+                TaskError::fatal(message)
+            })
+        }
+        "flaky" => {
+            let fails = need(event.fails, "flaky", "fails")?;
+            let attempt = task.attempt();
+            if attempt <= fails {
+                Err(TaskError::retryable(format!(
+                    "flaky: attempt {attempt} of {fails} planned failures"
+                )))
+            } else {
+                Ok(number(attempt))
+            }
+        }
+        "panic" => panic!("herd-chaos: panic on request"),
+        "crash" => {
+            let sig = event.signal.as_deref().map(parse_signal).transpose()?;
+            flush_queued(task);
+            crash(sig)
+        }
+        "exit" => {
+            let code = need(event.code, "exit", "code")?;
+            flush_queued(task);
+            std::process::exit(code)
+        }
+        "hang" => {
+            flush_queued(task);
+            hang()
+        }
+        "garbage" => {
+            let mut frame = Vec::with_capacity(64);
+            frame.extend_from_slice(&60u32.to_le_bytes());
+            frame.push(0x7f); // no message has variant 127
+            let mut rng = seed();
+            frame.extend((0..59).map(|_| next_random(&mut rng) as u8));
+            write_raw(task, &frame)?;
+            sleep_forever()
+        }
+        "oversize" => {
+            write_raw(task, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4])?;
+            sleep_forever()
+        }
+        "stderr" => {
+            let text = need(event.text, "stderr", "text")?;
+            eprintln!("{text}");
+            serde_json::to_vec(&*text).map_err(|e| TaskError::fatal(e.to_string()))
+        }
+        "alloc" => {
+            let mb = need(event.mb, "alloc", "mb")?;
+            alloc(mb)?;
+            Ok(number(mb))
+        }
+        "pid" => Ok(number(std::process::id())),
+        other => Err(TaskError::fatal(format!(
+            "unknown op {other:?} (expected echo, square, spin, sleep, fail, flaky, panic, \
+             crash, exit, hang, garbage, oversize, stderr, alloc or pid)"
+        ))),
+    }
+}
+
+/// The field an op requires, or a fatal error naming it.
+fn need<T>(field: Option<T>, op: &str, name: &str) -> Result<T, TaskError> {
+    field.ok_or_else(|| TaskError::fatal(format!("op {op:?} needs the field {name:?}")))
+}
+
+/// A number as JSON text.
+fn number(n: impl std::fmt::Display) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n}");
+    out
+}
+
+/// `v` as compact JSON (`null` when absent), member order and number spelling preserved.
+fn echo(v: Option<&RawValue>) -> Vec<u8> {
+    let Some(raw) = v else {
+        return b"null".to_vec();
+    };
+    // `raw` is valid JSON, so whitespace outside strings is insignificant and can be dropped.
+    let mut out = Vec::with_capacity(raw.get().len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in raw.get().as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b.is_ascii_whitespace() {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Burns `d` of this process's CPU time (wall-clock time if the CPU clock is unavailable).
+fn spin(d: Duration) {
+    let cpu = || clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map(Duration::from);
+    if let Ok(start) = cpu() {
+        loop {
+            match cpu() {
+                Ok(now) if now.saturating_sub(start) >= d => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            for _ in 0..1000 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// Accepts `SEGV`, `SIGSEGV`, `segv` or a signal number.
+fn parse_signal(name: &str) -> Result<Signal, TaskError> {
+    let bad = || TaskError::fatal(format!("crash: unknown signal {name:?}"));
+    if let Ok(num) = name.parse::<i32>() {
+        return Signal::try_from(num).map_err(|_| bad());
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().map_err(|_| bad())
+}
+
+/// Dies by `sig` (default disposition restored first: Rust's runtime handles SIGSEGV and
+/// ignores SIGPIPE), or by `abort` if there is no signal or it did not kill the process.
+fn crash(sig: Option<Signal>) -> ! {
+    if let Some(sig) = sig {
+        // SAFETY: SIG_DFL installs no handler code; this thread is about to die anyway. Errors
+        // (SIGKILL/SIGSTOP cannot be changed) are irrelevant: we raise regardless.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
+        let mut set = SigSet::empty();
+        set.add(sig);
+        let _ = set.thread_unblock();
+        let _ = signal::raise(sig);
+    }
+    std::process::abort()
+}
+
+/// Never returns and cannot be asked to: only SIGKILL ends it.
+fn hang() -> ! {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigIgn) };
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+fn sleep_forever() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Sends the `Done` frames of earlier pipelined tasks before this process dies, so only the
+/// task in hand (and those queued behind it) is lost with it.
+fn flush_queued(task: &mut Task<'_>) {
+    let _ = task.raw_stream().flush();
+}
+
+/// Writes `bytes` to the supervisor's socket, bypassing the protocol.
+fn write_raw(task: &mut Task<'_>, bytes: &[u8]) -> Result<(), TaskError> {
+    let w = task.raw_stream();
+    w.write_all(bytes)
+        .and_then(|()| w.flush())
+        .map_err(|e| TaskError::fatal(format!("cannot write to the socket: {e}")))
+}
+
+/// A xorshift64 state seeded from the pid and the clock: varied, not secure.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Memory kept for the life of the process by `alloc`.
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn alloc(mb: usize) -> Result<(), TaskError> {
+    let bytes = mb
+        .checked_mul(1024 * 1024)
+        .ok_or_else(|| TaskError::fatal(format!("alloc: {mb} MiB is too large")))?;
+    let mut block = Vec::new();
+    block
+        .try_reserve_exact(bytes)
+        .map_err(|e| TaskError::fatal(format!("alloc: cannot allocate {mb} MiB: {e}")))?;
+    // Non-zero, so every page is written and really resident.
+    block.resize(bytes, 0xa5);
+    HOARD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(block);
+    Ok(())
+}

@@ -296,6 +296,23 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_twin_encodes_identically() {
+        use crate::ToWorkerRef;
+        let owned = ToWorker::Task {
+            id: 300,
+            attempt: 3,
+            payload: b"payload".to_vec(),
+        };
+        let borrowed = ToWorkerRef::Task {
+            id: 300,
+            attempt: 3,
+            payload: b"payload",
+        };
+        assert_eq!(frame(&owned), frame(&borrowed));
+        assert_eq!(frame(&ToWorker::Shutdown), frame(&ToWorkerRef::Shutdown));
+    }
+
+    #[test]
     fn roundtrip_every_message() {
         let msgs = [
             FromWorker::Hello {

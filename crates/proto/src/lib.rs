@@ -73,3 +73,19 @@ pub enum ToWorker {
     /// The termination frame: finish the task in hand, send its `Done`, then exit 0.
     Shutdown,
 }
+
+/// Borrowing twin of [`ToWorker`] for the sending side: encodes to exactly the same bytes, but
+/// lets the supervisor send a payload it keeps (for retries) without copying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename = "ToWorker")]
+pub enum ToWorkerRef<'a> {
+    /// See [`ToWorker::Task`].
+    Task {
+        id: u64,
+        attempt: u32,
+        #[serde(with = "serde_bytes")]
+        payload: &'a [u8],
+    },
+    /// See [`ToWorker::Shutdown`].
+    Shutdown,
+}

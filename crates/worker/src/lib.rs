@@ -1,1 +1,741 @@
-pub fn placeholder() {}
+//! The herd worker SDK: turns a function into a worker process a herd supervisor can drive.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     herd_worker::run(|task| Ok(task.payload().to_vec()))
+//! }
+//! ```
+//!
+//! This crate owns the worker's half of the protocol (see `herd-proto`): finding the
+//! supervisor's socket from the environment, the `Hello` handshake, the serve loop that turns
+//! every `Task` into exactly one `Done`, and the process's exit code. It is deliberately
+//! blocking and single-threaded (no async runtime): a worker exists to burn CPU in its handler,
+//! and one task runs at a time.
+//!
+//! # Theory of operation
+//!
+//! - **A worker never outlives its supervisor.** End of stream on the socket means the
+//!   supervisor is gone: the worker exits with code 1 instead of lingering. Only the termination
+//!   frame (`Shutdown`) ends it with code 0; a protocol violation ends it with code 2.
+//! - **A handler failure is a result, not a crash.** An `Err` becomes `Outcome::Err`; a panic is
+//!   caught and reported as a non-retryable error, and the worker keeps serving.
+//! - **Pipelining is cheap.** The supervisor may send several tasks before the first `Done`
+//!   (its `--window`). Input is read through a large buffer, and while further complete tasks
+//!   are already buffered, `Done` frames are queued and written together; everything queued is
+//!   flushed before the worker could block on a read, so a reply never waits for new input.
+//!   The caveat: a `Done` may wait for the handlers of tasks that were already buffered behind
+//!   it (with the default window of 1 nothing is ever queued).
+
+#![warn(missing_docs)]
+
+use std::any::Any;
+use std::fmt;
+use std::io::{self, BufReader, Read, Write};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use herd_proto::codec::{self, FrameError};
+use herd_proto::{
+    FromWorker, Outcome, ToWorker, DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
+    HEADER_LEN, MAX_FRAME_CEILING, PROTOCOL_VERSION,
+};
+
+/// Capacity of the input buffer: large enough to hold many pipelined small tasks.
+const READ_BUFFER: usize = 64 * 1024;
+/// Queued output above this size is written even if more input is buffered.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Runs `handler` as a herd worker until the supervisor sends the termination frame.
+///
+/// Reads the socket path, token and frame limit from the environment the supervisor sets
+/// ([`Config::from_env`]), connects, and serves tasks one at a time. Errors are printed to
+/// stderr; the return value is the process's exit code:
+///
+/// | code | meaning |
+/// | --- | --- |
+/// | 0 | the supervisor sent the termination frame |
+/// | 1 | the supervisor went away (end of stream on the socket) |
+/// | 2 | not started by herd, cannot connect, or protocol violation |
+pub fn run<F>(handler: F) -> ExitCode
+where
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    let result = Config::from_env().and_then(|config| run_with(&config, handler));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}: {err}", program_name());
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+/// This executable's file name, to prefix messages on stderr.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "herd worker".into())
+}
+
+/// Connects to the supervisor described by `config` and serves `handler` on that connection.
+///
+/// # Errors
+/// [`Error::Connect`] if the socket cannot be reached; otherwise as [`serve`].
+pub fn run_with<F>(config: &Config, handler: F) -> Result<(), Error>
+where
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+
+    let connect_err = |source| Error::Connect {
+        path: config.socket.clone(),
+        source,
+    };
+    let name = config
+        .socket
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .map_err(connect_err)?;
+    let stream = Stream::connect(name).map_err(connect_err)?;
+    serve(&stream, &stream, config, handler)
+}
+
+/// Runs the worker's side of the protocol over an already connected stream: sends `Hello`, then
+/// answers every `Task` with exactly one `Done` until `Shutdown`.
+///
+/// `reader` and `writer` are the two directions of the same connection (for a socket, pass
+/// `&stream` twice). `config.socket` is not used.
+///
+/// # Errors
+/// [`Error::Disconnected`] when the stream ends or the peer resets it (the supervisor is gone);
+/// [`Error::Protocol`] for a frame that cannot be read or written.
+pub fn serve<R, W, F>(reader: R, writer: W, config: &Config, mut handler: F) -> Result<(), Error>
+where
+    R: Read,
+    W: Write,
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    let max = config.max_frame;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut out = Outbox {
+        buf: Vec::with_capacity(WRITE_BATCH),
+        stream: writer,
+    };
+    let mut scratch = Vec::new();
+
+    let hello = FromWorker::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        token: config.token.clone(),
+    };
+    codec::encode_frame(&hello, &mut out.buf, max)?;
+    out.flush().map_err(Error::from_io)?;
+
+    loop {
+        if !complete_frame_buffered(reader.buffer(), max) || out.buf.len() >= WRITE_BATCH {
+            out.flush().map_err(Error::from_io)?;
+        }
+        let msg = codec::read_frame::<ToWorker, _>(&mut reader, &mut scratch, max)
+            .map_err(Error::from_frame)?;
+        match msg {
+            None => return Err(Error::Disconnected),
+            Some(ToWorker::Shutdown) => {
+                out.flush().map_err(Error::from_io)?;
+                return Ok(());
+            }
+            Some(ToWorker::Task {
+                id,
+                attempt,
+                payload,
+            }) => {
+                let mut task = Task {
+                    id,
+                    attempt,
+                    payload: &payload,
+                    out: &mut out,
+                };
+                let outcome = call(&mut handler, &mut task);
+                push_done(&mut out.buf, id, outcome, max)?;
+            }
+        }
+    }
+}
+
+/// Whether `buf` starts with a whole frame, so reading it cannot block.
+fn complete_frame_buffered(buf: &[u8], max: usize) -> bool {
+    match codec::frame_len(buf, max) {
+        Ok(Some(len)) => buf.len() >= HEADER_LEN + len,
+        // Incomplete header, or an oversize one the next read will report.
+        Ok(None) | Err(_) => false,
+    }
+}
+
+/// Calls the handler, turning a panic into a non-retryable error.
+fn call<F>(handler: &mut F, task: &mut Task<'_>) -> Outcome
+where
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    match panic::catch_unwind(AssertUnwindSafe(|| handler(task))) {
+        Ok(Ok(output)) => Outcome::Ok(output),
+        Ok(Err(err)) => Outcome::Err {
+            retryable: err.retryable,
+            message: err.message,
+        },
+        Err(payload) => Outcome::Err {
+            retryable: false,
+            message: format!("handler panicked: {}", panic_message(payload.as_ref())),
+        },
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// Queues the `Done` for task `id`. An outcome too large for one frame is replaced by a
+/// non-retryable error saying so, so the supervisor still gets exactly one reply.
+fn push_done(buf: &mut Vec<u8>, id: u64, outcome: Outcome, max: usize) -> Result<(), Error> {
+    let mut done = FromWorker::Done { id, outcome };
+    match codec::encode_frame(&done, buf, max) {
+        Err(FrameError::Oversize { .. }) => {}
+        other => return other.map_err(Error::Protocol),
+    }
+    if let FromWorker::Done { outcome, .. } = &mut done {
+        let message = match outcome {
+            Outcome::Ok(bytes) => format!(
+                "handler output of {} bytes exceeds the maximum frame of {max} bytes",
+                bytes.len()
+            ),
+            Outcome::Err { message, .. } => format!(
+                "handler error message of {} bytes exceeds the maximum frame of {max} bytes; \
+                 it began: {}",
+                message.len(),
+                truncate(message, 200)
+            ),
+        };
+        *outcome = Outcome::Err {
+            retryable: false,
+            message,
+        };
+    }
+    codec::encode_frame(&done, buf, max)?;
+    Ok(())
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Write side of the connection: frames are appended to `buf` and written on `flush`.
+struct Outbox<W> {
+    buf: Vec<u8>,
+    stream: W,
+}
+
+impl<W: Write> Write for Outbox<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let res = self.stream.write_all(&self.buf);
+            self.buf.clear();
+            res?;
+        }
+        self.stream.flush()
+    }
+}
+
+/// One task handed to the handler: the event's bytes and where it stands in its retries.
+pub struct Task<'a> {
+    id: u64,
+    attempt: u32,
+    payload: &'a [u8],
+    out: &'a mut dyn Write,
+}
+
+impl Task<'_> {
+    /// The event, exactly as the supervisor received it (one input line, without its newline).
+    pub fn payload(&self) -> &[u8] {
+        self.payload
+    }
+
+    /// Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The supervisor's identifier for this attempt; unique within one supervisor run.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The connection's write side, for fault injection only (`herd-chaos`): whatever is written
+    /// here reaches the supervisor as raw bytes, after any `Done` frames already queued, when
+    /// the writer is flushed. Flushing it also sends those queued frames. Anything else written
+    /// here breaks the protocol.
+    #[doc(hidden)]
+    pub fn raw_stream(&mut self) -> &mut dyn Write {
+        self.out
+    }
+}
+
+impl fmt::Debug for Task<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler's failure, reported to the supervisor as the task's outcome.
+///
+/// Retryable errors ask the supervisor to try the event again (up to its `--retries`); fatal
+/// ones end the event with a `failed` record at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    retryable: bool,
+    message: String,
+}
+
+impl TaskError {
+    /// A transient failure: the supervisor may run the event again.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            retryable: true,
+            message: message.into(),
+        }
+    }
+
+    /// A permanent failure: running the event again would fail the same way.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the supervisor may retry the event.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The message shown in the event's record.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Where a worker finds its supervisor, as passed in the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the supervisor's Unix socket ([`ENV_SOCKET`]).
+    pub socket: PathBuf,
+    /// One-time token to present in `Hello` ([`ENV_TOKEN`]).
+    pub token: String,
+    /// Largest frame body sent or accepted ([`ENV_MAX_FRAME`]; at most [`MAX_FRAME_CEILING`]).
+    pub max_frame: usize,
+}
+
+impl Config {
+    /// Reads the configuration the supervisor put in this process's environment.
+    ///
+    /// # Errors
+    /// [`Error::NotUnderHerd`] if the socket or token variable is missing;
+    /// [`Error::BadEnv`] if a variable is not valid Unicode or the frame limit is not a number.
+    pub fn from_env() -> Result<Self, Error> {
+        let socket = std::env::var_os(ENV_SOCKET).ok_or(Error::NotUnderHerd(ENV_SOCKET))?;
+        let token = match std::env::var(ENV_TOKEN) {
+            Ok(token) => token,
+            Err(std::env::VarError::NotPresent) => return Err(Error::NotUnderHerd(ENV_TOKEN)),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::BadEnv {
+                    var: ENV_TOKEN,
+                    reason: "not valid UTF-8".into(),
+                })
+            }
+        };
+        let max_frame = match std::env::var(ENV_MAX_FRAME) {
+            Err(std::env::VarError::NotPresent) => DEFAULT_MAX_FRAME,
+            Ok(s) => s.trim().parse::<usize>().map_err(|e| Error::BadEnv {
+                var: ENV_MAX_FRAME,
+                reason: format!("{s:?}: {e}"),
+            })?,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::BadEnv {
+                    var: ENV_MAX_FRAME,
+                    reason: "not valid UTF-8".into(),
+                })
+            }
+        };
+        Ok(Self {
+            socket: socket.into(),
+            token,
+            max_frame: max_frame.min(MAX_FRAME_CEILING),
+        })
+    }
+}
+
+/// Why a worker stopped serving (other than the termination frame).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The process was not started by a herd supervisor.
+    #[error("this program is a herd worker: run it under `herd run -- <cmd>` ({0} is not set)")]
+    NotUnderHerd(&'static str),
+    /// An environment variable set by the supervisor is unusable.
+    #[error("environment variable {var} is invalid: {reason}")]
+    BadEnv {
+        /// The variable's name.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The supervisor's socket could not be reached.
+    #[error("cannot connect to the supervisor at {}: {source}", path.display())]
+    Connect {
+        /// The socket path from the environment.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The supervisor closed or reset the connection: it is gone, and so must the worker be.
+    #[error("the supervisor closed the connection; exiting")]
+    Disconnected,
+    /// A frame could not be read or written.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+}
+
+impl Error {
+    /// The exit code [`run`] uses for this error: 1 for [`Error::Disconnected`], else 2.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Disconnected => 1,
+            _ => 2,
+        }
+    }
+
+    fn from_io(err: io::Error) -> Self {
+        if is_disconnect(&err) {
+            Error::Disconnected
+        } else {
+            Error::Protocol(FrameError::Io(err))
+        }
+    }
+
+    fn from_frame(err: FrameError) -> Self {
+        match err {
+            FrameError::Io(e) => Self::from_io(e),
+            other => Error::Protocol(other),
+        }
+    }
+}
+
+fn is_disconnect(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            socket: PathBuf::new(),
+            token: "tok".into(),
+            max_frame: 1024,
+        }
+    }
+
+    /// Runs `serve` on one end of a socket pair in a thread; returns the other end and the
+    /// thread, whose result is `serve`'s.
+    fn spawn_worker<F>(handler: F) -> (UnixStream, thread::JoinHandle<Result<(), Error>>)
+    where
+        F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError> + Send + 'static,
+    {
+        let (sup, worker) = UnixStream::pair().unwrap();
+        let handle = thread::spawn(move || serve(&worker, &worker, &config(), handler));
+        (sup, handle)
+    }
+
+    fn send(sock: &UnixStream, msg: &ToWorker) {
+        let mut w = sock;
+        codec::write_frame(&mut w, msg, &mut Vec::new(), 1024).unwrap();
+    }
+
+    fn recv(sock: &UnixStream) -> FromWorker {
+        let mut r = sock;
+        codec::read_frame(&mut r, &mut Vec::new(), 1024)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn task(id: u64, attempt: u32, payload: &[u8]) -> ToWorker {
+        ToWorker::Task {
+            id,
+            attempt,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn echo(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
+        match task.payload() {
+            b"panic" => panic!("boom {}", task.id()),
+            b"static-panic" => std::panic::panic_any(42_u32),
+            b"retry" => Err(TaskError::retryable("try again")),
+            b"fatal" => Err(TaskError::fatal("no")),
+            b"attempt" => Ok(task.attempt().to_string().into_bytes()),
+            b"big" => Ok(vec![0; 2000]),
+            p => Ok(p.to_vec()),
+        }
+    }
+
+    #[test]
+    fn hello_then_tasks_then_shutdown() {
+        let (sup, worker) = spawn_worker(echo);
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Hello {
+                protocol: PROTOCOL_VERSION,
+                pid: std::process::id(),
+                token: "tok".into()
+            }
+        );
+        send(&sup, &task(1, 1, b"hi"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 1,
+                outcome: Outcome::Ok(b"hi".to_vec())
+            }
+        );
+        send(&sup, &task(2, 3, b"attempt"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 2,
+                outcome: Outcome::Ok(b"3".to_vec())
+            }
+        );
+        send(&sup, &task(3, 1, b"retry"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 3,
+                outcome: Outcome::Err {
+                    retryable: true,
+                    message: "try again".into()
+                }
+            }
+        );
+        send(&sup, &task(4, 1, b"fatal"));
+        assert!(matches!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 4,
+                outcome: Outcome::Err {
+                    retryable: false,
+                    ..
+                }
+            }
+        ));
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn panic_is_a_fatal_error_and_the_worker_survives() {
+        let (sup, worker) = spawn_worker(echo);
+        recv(&sup);
+        send(&sup, &task(7, 1, b"panic"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 7,
+                outcome: Outcome::Err {
+                    retryable: false,
+                    message: "handler panicked: boom 7".into()
+                }
+            }
+        );
+        send(&sup, &task(8, 1, b"static-panic"));
+        assert!(matches!(
+            recv(&sup),
+            FromWorker::Done { id: 8, outcome: Outcome::Err { message, .. } }
+                if message == "handler panicked: non-string panic payload"
+        ));
+        send(&sup, &task(9, 1, b"still here"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 9,
+                outcome: Outcome::Ok(b"still here".to_vec())
+            }
+        );
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn pipelined_tasks_are_answered_in_order() {
+        let (sup, worker) = spawn_worker(echo);
+        recv(&sup);
+        // Many tasks and the termination frame in one write, as a pipelining supervisor would.
+        let mut bytes = Vec::new();
+        for id in 0..500u64 {
+            codec::encode_frame(&task(id, 1, &id.to_le_bytes()), &mut bytes, 1024).unwrap();
+        }
+        codec::encode_frame(&ToWorker::Shutdown, &mut bytes, 1024).unwrap();
+        (&sup).write_all(&bytes).unwrap();
+        for id in 0..500u64 {
+            assert_eq!(
+                recv(&sup),
+                FromWorker::Done {
+                    id,
+                    outcome: Outcome::Ok(id.to_le_bytes().to_vec())
+                }
+            );
+        }
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn oversize_output_becomes_an_error() {
+        let (sup, worker) = spawn_worker(echo);
+        recv(&sup);
+        send(&sup, &task(5, 1, b"big"));
+        match recv(&sup) {
+            FromWorker::Done {
+                id: 5,
+                outcome:
+                    Outcome::Err {
+                        retryable: false,
+                        message,
+                    },
+            } => assert!(message.contains("2000 bytes"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn eof_means_disconnected() {
+        let (sup, worker) = spawn_worker(echo);
+        recv(&sup);
+        drop(sup);
+        let err = worker.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Disconnected), "{err:?}");
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn garbage_and_oversize_input_are_protocol_errors() {
+        for bad in [
+            &[3u8, 0, 0, 0, 0x7f, 1, 2][..],
+            &[0xff, 0xff, 0xff, 0xff, 1][..],
+        ] {
+            let (sup, worker) = spawn_worker(echo);
+            recv(&sup);
+            (&sup).write_all(bad).unwrap();
+            let err = worker.join().unwrap().unwrap_err();
+            assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn eof_mid_frame_is_a_protocol_error() {
+        let (sup, worker) = spawn_worker(echo);
+        recv(&sup);
+        (&sup).write_all(&[10, 0, 0, 0, 0]).unwrap();
+        drop(sup);
+        let err = worker.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(FrameError::EofMidFrame)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn raw_stream_bytes_follow_queued_frames() {
+        let (sup, worker) = spawn_worker(|task: &mut Task<'_>| {
+            if task.payload() == b"raw" {
+                let w = task.raw_stream();
+                w.write_all(&[1, 0, 0, 0, 2]).unwrap(); // a Heartbeat frame, hand-made
+                w.flush().unwrap();
+            }
+            Ok(Vec::new())
+        });
+        recv(&sup);
+        let mut bytes = Vec::new();
+        codec::encode_frame(&task(1, 1, b"x"), &mut bytes, 1024).unwrap();
+        codec::encode_frame(&task(2, 1, b"raw"), &mut bytes, 1024).unwrap();
+        (&sup).write_all(&bytes).unwrap();
+        assert!(matches!(recv(&sup), FromWorker::Done { id: 1, .. }));
+        assert_eq!(recv(&sup), FromWorker::Heartbeat);
+        assert!(matches!(recv(&sup), FromWorker::Done { id: 2, .. }));
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn not_under_herd_message() {
+        let msg = Error::NotUnderHerd(ENV_SOCKET).to_string();
+        assert_eq!(
+            msg,
+            "this program is a herd worker: run it under `herd run -- <cmd>` (HERD_SOCKET is not set)"
+        );
+    }
+
+    #[test]
+    fn complete_frame_detection() {
+        assert!(!complete_frame_buffered(&[], 10));
+        assert!(!complete_frame_buffered(&[2, 0, 0], 10));
+        assert!(!complete_frame_buffered(&[2, 0, 0, 0, 1], 10));
+        assert!(complete_frame_buffered(&[2, 0, 0, 0, 1, 2], 10));
+        assert!(!complete_frame_buffered(&[20, 0, 0, 0, 1, 2], 10));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,83 @@
+//! What a pool is asked to do: the worker command and the knobs of dispatch and supervision.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Configuration of one pool. Build with [`PoolConfig::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Program and arguments of every worker.
+    pub command: Vec<OsString>,
+    /// Number of worker processes.
+    pub workers: usize,
+    /// Tasks in flight per worker.
+    pub window: usize,
+    /// Events accepted but not yet answered, at most. This bounds memory and is the
+    /// back-pressure on the event source (and the size of the `--ordered` reorder buffer).
+    pub queue: usize,
+    /// Largest frame body either side may send.
+    pub max_frame: usize,
+    /// Per-attempt deadline.
+    pub timeout: Option<Duration>,
+    /// Extra attempts after a crash, timeout or retryable failure.
+    pub retries: u32,
+    /// Base delay before retrying a retryable failure (doubles per attempt, with jitter).
+    pub retry_backoff: Duration,
+    /// How long a graceful stop may take to finish accepted events before the rest are
+    /// recorded as `shutdown`.
+    pub drain_timeout: Duration,
+    /// Emit records in `seq` order instead of completion order.
+    pub ordered: bool,
+    /// How long a worker may take from spawn to a completed handshake.
+    pub start_timeout: Duration,
+    /// How long workers get to exit after the termination frame before they are killed.
+    pub grace: Duration,
+    /// Where the private runtime directory is created (default: `$XDG_RUNTIME_DIR` or the
+    /// system temp dir).
+    pub runtime_dir: Option<PathBuf>,
+}
+
+impl PoolConfig {
+    /// Defaults for everything but the command.
+    pub fn new<I, S>(command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            command: command.into_iter().map(Into::into).collect(),
+            workers,
+            window: 1,
+            queue: 0,
+            max_frame: herd_proto::DEFAULT_MAX_FRAME,
+            timeout: None,
+            retries: 2,
+            retry_backoff: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(30),
+            ordered: false,
+            start_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            runtime_dir: None,
+        }
+    }
+
+    /// The queue bound in effect: the configured one, or enough to keep every worker's window
+    /// full twice over (and at least 1024, so `--ordered` tolerates a slow event).
+    pub fn effective_queue(&self) -> usize {
+        if self.queue > 0 {
+            self.queue
+        } else {
+            (self.workers * self.window * 4).max(1024)
+        }
+    }
+
+    /// The program name, for messages.
+    pub fn program(&self) -> String {
+        self.command
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}

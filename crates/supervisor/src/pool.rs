@@ -1,0 +1,1060 @@
+//! The pool: the one task that owns all supervisor state — the worker slots, the queue of
+//! accepted events, what each worker holds in flight, the reorder buffer and the counters.
+//!
+//! Everything else (link readers, process watchers, the accept loop, the caller's source, sink
+//! and commands) talks to it through channels; it `select!`s over them with priority (commands,
+//! exits and lost links, handshakes and timers before the flood of result frames and new
+//! events). Every accepted event leaves this task as exactly one [`Record`]: the bookkeeping
+//! that guarantees it is `finish`, and every path to a record goes through it.
+//!
+//! # Suspects and bystanders
+//! A worker runs its tasks one at a time in the order sent, so when it dies or stalls the task
+//! at the head of its in-flight queue is the suspect: that one is charged an attempt against
+//! `retries`. The others it held were only waiting; they are re-queued without charge.
+
+use std::collections::VecDeque;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herd_proto::{FromWorker, Outcome, PROTOCOL_VERSION};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::PoolConfig;
+use crate::link::{Link, Outgoing};
+use crate::process::{self, Exit};
+use crate::record::{ErrorKind, Record, RecordOutcome};
+use crate::rendezvous::{self, Greeting, RuntimeDir};
+use crate::slot::{self, Jitter};
+use crate::{Command, Input, PoolError, Summary};
+
+/// Consecutive failed starts on every slot, with no worker ever ready, that make `run` give up.
+const GIVE_UP_AFTER: u32 = 3;
+/// Frame overhead on top of an event's payload (variant, id, attempt, length varints).
+const TASK_OVERHEAD: usize = 32;
+
+/// A worker process incarnation: the slot it fills and which spawn of that slot it is, so
+/// late messages from a dead predecessor are recognisable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerId {
+    pub slot: usize,
+    pub gen: u64,
+}
+
+/// What the I/O tasks tell the pool.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    Frame(WorkerId, FromWorker),
+    LinkLost {
+        id: WorkerId,
+        fault: Option<String>,
+    },
+    Exited {
+        id: WorkerId,
+        pid: u32,
+        exit: Exit,
+        stderr_tail: Vec<String>,
+    },
+}
+
+/// An accepted event and what has happened to it so far.
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    seq: u64,
+    payload: Bytes,
+    /// Dispatches so far (the record's `attempts`).
+    attempts: u32,
+    /// Failures charged against `retries`.
+    charged: u32,
+}
+
+/// A job a worker holds.
+#[derive(Debug)]
+struct Running {
+    job: Job,
+    /// When the worker (probably) started it: dispatch, or the previous task's completion.
+    started: Instant,
+}
+
+/// Why the pool killed a worker; decides how the suspect's failure is recorded.
+#[derive(Debug, Clone)]
+enum Cause {
+    Timeout,
+    Protocol(String),
+    /// Killed before or during its handshake (start timeout, bad credentials).
+    StartFailed(String),
+    /// The pool is stopping fast or the grace period ran out.
+    Stop,
+    /// Its socket closed but the process lingered.
+    LinkLost,
+}
+
+/// A slot's lifecycle. A slot keeps its index for the life of the pool; the process in it
+/// changes.
+#[derive(Debug)]
+enum State {
+    /// Spawned, waiting for its `Hello`.
+    Starting {
+        pid: u32,
+        token: String,
+        since: Instant,
+    },
+    /// Handshake done; takes tasks.
+    Ready {
+        pid: u32,
+        link: Link,
+        inflight: VecDeque<Running>,
+    },
+    /// Takes no new tasks; gets the termination frame once `inflight` is empty, then has
+    /// until `deadline` to exit.
+    Draining {
+        pid: u32,
+        link: Link,
+        inflight: VecDeque<Running>,
+        deadline: Option<Instant>,
+    },
+    /// Killed by the pool; waiting for the exit status.
+    Dying {
+        pid: u32,
+        inflight: VecDeque<Running>,
+        cause: Cause,
+    },
+    /// Waiting to restart after failed starts.
+    Backoff { until: Instant },
+    /// Not running and not coming back (the pool is stopping).
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Slot {
+    index: usize,
+    gen: u64,
+    state: State,
+    /// Consecutive failures without a completed task; drives the backoff.
+    failures: u32,
+    restarts: u64,
+    last_exit: Option<Exit>,
+    stderr_tail: Vec<String>,
+}
+
+impl Slot {
+    fn has_room(&self, window: usize) -> bool {
+        matches!(&self.state, State::Ready { inflight, .. } if inflight.len() < window)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match &self.state {
+            State::Starting { pid, .. }
+            | State::Ready { pid, .. }
+            | State::Draining { pid, .. }
+            | State::Dying { pid, .. } => Some(*pid),
+            State::Backoff { .. } | State::Stopped => None,
+        }
+    }
+
+    fn inflight_len(&self) -> usize {
+        match &self.state {
+            State::Ready { inflight, .. }
+            | State::Draining { inflight, .. }
+            | State::Dying { inflight, .. } => inflight.len(),
+            _ => 0,
+        }
+    }
+
+    fn id(&self) -> WorkerId {
+        WorkerId {
+            slot: self.index,
+            gen: self.gen,
+        }
+    }
+}
+
+/// Whether the pool is still taking work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Intake closed; finishing what was accepted (until `deadline`, if any).
+    Draining { deadline: Option<Instant> },
+    /// Termination frames sent or workers killed; waiting for every slot to stop.
+    Stopping,
+}
+
+pub(crate) struct Pool {
+    cfg: PoolConfig,
+    rundir: RuntimeDir,
+    slots: Vec<Slot>,
+    cursor: usize,
+    queue: VecDeque<Job>,
+    delayed: Vec<(Instant, Job)>,
+    next_job: u64,
+    /// Accepted events whose record has not been handed to the sink yet.
+    outstanding: usize,
+    out: Vec<Record>,
+    reorder: VecDeque<Option<Record>>,
+    next_seq_out: u64,
+    phase: Phase,
+    ever_ready: bool,
+    fatal: Option<PoolError>,
+    summary: Summary,
+    jitter: Jitter,
+    uid: u32,
+    urgent_tx: mpsc::UnboundedSender<Msg>,
+    frames_tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Pool {
+    /// Runs a pool until its source is exhausted and every record is out, or it is stopped.
+    pub(crate) async fn run(
+        mut cfg: PoolConfig,
+        source: mpsc::Receiver<Vec<Input>>,
+        sink: mpsc::Sender<Vec<Record>>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<Summary, PoolError> {
+        cfg.workers = cfg.workers.max(1);
+        cfg.window = cfg.window.max(1);
+        cfg.max_frame = cfg.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
+        if cfg.command.is_empty() {
+            return Err(PoolError::NoCommand);
+        }
+        let rundir = RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
+        let listener = UnixListener::bind(rundir.socket()).map_err(PoolError::RuntimeDir)?;
+        let (greet_tx, mut greet_rx) = mpsc::unbounded_channel();
+        tokio::spawn(rendezvous::accept_loop(
+            listener,
+            cfg.max_frame,
+            cfg.start_timeout,
+            greet_tx,
+        ));
+        let (urgent_tx, mut urgent_rx) = mpsc::unbounded_channel();
+        let (frames_tx, mut frames_rx) = mpsc::unbounded_channel();
+        let seed = rendezvous::random_hex(8)
+            .ok()
+            .and_then(|h| u64::from_str_radix(&h, 16).ok())
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        let slots = (0..cfg.workers)
+            .map(|index| Slot {
+                index,
+                gen: 0,
+                state: State::Stopped,
+                failures: 0,
+                restarts: 0,
+                last_exit: None,
+                stderr_tail: Vec::new(),
+            })
+            .collect();
+        let mut pool = Pool {
+            uid: nix::unistd::getuid().as_raw(),
+            cfg,
+            rundir,
+            slots,
+            cursor: 0,
+            queue: VecDeque::new(),
+            delayed: Vec::new(),
+            next_job: 0,
+            outstanding: 0,
+            out: Vec::new(),
+            reorder: VecDeque::new(),
+            next_seq_out: 0,
+            phase: Phase::Running,
+            ever_ready: false,
+            fatal: None,
+            summary: Summary::default(),
+            jitter: Jitter::new(seed),
+            urgent_tx,
+            frames_tx,
+        };
+        for i in 0..pool.slots.len() {
+            if let Err(e) = pool.spawn(i) {
+                // Nothing can work if the very first spawn fails (missing binary, no permission).
+                pool.kill_all(Cause::Stop);
+                return Err(e);
+            }
+        }
+
+        let mut source = Some(source);
+        let mut commands_open = true;
+        let cap = pool.cfg.effective_queue();
+        let mut sleep = pin!(tokio::time::sleep_until(far_future()));
+        let mut armed: Option<Instant> = None;
+
+        loop {
+            pool.maybe_stop();
+            if pool.finished() {
+                break;
+            }
+            let deadline = pool.next_deadline();
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.unwrap_or_else(far_future));
+                armed = deadline;
+            }
+            let intake_ready = pool.phase == Phase::Running && pool.outstanding < cap;
+            tokio::select! {
+                biased;
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => pool.on_command(cmd, &mut source),
+                    None => commands_open = false,
+                },
+                Some(msg) = urgent_rx.recv() => pool.on_msg(msg),
+                Some(greeting) = greet_rx.recv() => pool.on_greeting(greeting),
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    pool.on_tick();
+                }
+                Some(msg) = frames_rx.recv() => {
+                    pool.on_msg(msg);
+                    // Drain what else is ready before paying for another select.
+                    for _ in 0..256 {
+                        match frames_rx.try_recv() {
+                            Ok(msg) => pool.on_msg(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                permit = sink.reserve(), if !pool.out.is_empty() => match permit {
+                    Ok(permit) => {
+                        let batch = std::mem::take(&mut pool.out);
+                        pool.outstanding -= batch.len();
+                        permit.send(batch);
+                    }
+                    Err(_) => pool.on_sink_closed(&mut source),
+                },
+                batch = recv_source(&mut source), if intake_ready => match batch {
+                    Some(batch) => pool.accept(batch),
+                    None => {
+                        source = None;
+                        pool.close_intake(None);
+                    }
+                },
+            }
+            pool.dispatch();
+        }
+        tracing::debug!(socket = %pool.rundir.socket().display(), "pool stopped");
+        match pool.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(pool.summary.clone()),
+        }
+    }
+
+    // ----- intake and output -------------------------------------------------------------
+
+    fn accept(&mut self, batch: Vec<Input>) {
+        self.outstanding += batch.len();
+        for input in batch {
+            match input {
+                Input::Event { seq, payload } => {
+                    if payload.len() + TASK_OVERHEAD > self.cfg.max_frame {
+                        let message = format!(
+                            "event of {} bytes exceeds the frame limit of {} bytes",
+                            payload.len(),
+                            self.cfg.max_frame
+                        );
+                        self.emit(Record {
+                            seq,
+                            attempts: 0,
+                            outcome: RecordOutcome::Err {
+                                kind: ErrorKind::Rejected,
+                                message,
+                            },
+                        });
+                        continue;
+                    }
+                    let id = self.next_job;
+                    self.next_job += 1;
+                    self.queue.push_back(Job {
+                        id,
+                        seq,
+                        payload,
+                        attempts: 0,
+                        charged: 0,
+                    });
+                }
+                Input::Rejected { seq, reason } => self.emit(Record {
+                    seq,
+                    attempts: 0,
+                    outcome: RecordOutcome::Err {
+                        kind: ErrorKind::Rejected,
+                        message: reason,
+                    },
+                }),
+            }
+        }
+    }
+
+    /// The one exit of an event from the pool.
+    fn emit(&mut self, record: Record) {
+        match record.error_kind() {
+            None => self.summary.ok += 1,
+            Some(kind) => *self.summary.errors.entry(kind.as_str()).or_default() += 1,
+        }
+        if !self.cfg.ordered {
+            self.out.push(record);
+            return;
+        }
+        let Some(offset) = record.seq.checked_sub(self.next_seq_out) else {
+            tracing::error!(seq = record.seq, "duplicate record dropped (bug)");
+            self.outstanding -= 1;
+            return;
+        };
+        let offset = offset as usize;
+        if self.reorder.len() <= offset {
+            self.reorder.resize_with(offset + 1, || None);
+        }
+        self.reorder[offset] = Some(record);
+        while let Some(Some(_)) = self.reorder.front() {
+            if let Some(Some(r)) = self.reorder.pop_front() {
+                self.out.push(r);
+                self.next_seq_out += 1;
+            }
+        }
+    }
+
+    fn fail(&mut self, job: Job, kind: ErrorKind, message: String) {
+        self.emit(Record {
+            seq: job.seq,
+            attempts: job.attempts,
+            outcome: RecordOutcome::Err { kind, message },
+        });
+    }
+
+    fn close_intake(&mut self, deadline: Option<Instant>) {
+        if self.phase == Phase::Running {
+            self.phase = Phase::Draining { deadline };
+            tracing::debug!("intake closed; finishing accepted events");
+        }
+    }
+
+    fn on_sink_closed(&mut self, source: &mut Option<mpsc::Receiver<Vec<Input>>>) {
+        tracing::error!("the record sink closed; stopping");
+        self.fatal.get_or_insert(PoolError::SinkClosed);
+        *source = None;
+        self.stop_fast("output closed");
+        // Nobody can receive them now.
+        self.outstanding = self.outstanding.saturating_sub(self.out.len());
+        self.out.clear();
+    }
+
+    // ----- commands ----------------------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Command, source: &mut Option<mpsc::Receiver<Vec<Input>>>) {
+        match cmd {
+            Command::Stop { fast: false } => {
+                tracing::info!(grace = ?self.cfg.drain_timeout, "stopping: finishing accepted events");
+                *source = None;
+                let deadline = Instant::now() + self.cfg.drain_timeout;
+                match &mut self.phase {
+                    Phase::Running => self.close_intake(Some(deadline)),
+                    Phase::Draining { deadline: d @ None } => *d = Some(deadline),
+                    _ => {}
+                }
+            }
+            Command::Stop { fast: true } => {
+                *source = None;
+                self.stop_fast("herd was stopped");
+            }
+        }
+    }
+
+    /// Kills every worker and records everything unfinished as `shutdown`.
+    fn stop_fast(&mut self, why: &str) {
+        tracing::info!("stopping now: {why}");
+        self.phase = Phase::Stopping;
+        for job in std::mem::take(&mut self.queue) {
+            self.fail(job, ErrorKind::Shutdown, format!("{why} before the event ran"));
+        }
+        for (_, job) in std::mem::take(&mut self.delayed) {
+            self.fail(job, ErrorKind::Shutdown, format!("{why} before the event ran"));
+        }
+        self.kill_all(Cause::Stop);
+    }
+
+    // ----- the stop protocol -------------------------------------------------------------
+
+    /// Moves to `Stopping` once nothing accepted is left to run, and to a fast stop once the
+    /// drain deadline has passed.
+    fn maybe_stop(&mut self) {
+        let Phase::Draining { deadline } = self.phase else {
+            return;
+        };
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            self.stop_fast("the stop grace period ran out");
+            return;
+        }
+        let busy = self.slots.iter().any(|s| s.inflight_len() > 0);
+        if !self.queue.is_empty() || !self.delayed.is_empty() || busy {
+            return;
+        }
+        self.phase = Phase::Stopping;
+        tracing::debug!("all events answered; sending termination frames");
+        let grace = Instant::now() + self.cfg.grace;
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            match std::mem::replace(&mut slot.state, State::Stopped) {
+                State::Ready { pid, link, inflight } | State::Draining { pid, link, inflight, .. } => {
+                    link.send(Outgoing::Shutdown);
+                    slot.state = State::Draining {
+                        pid,
+                        link,
+                        inflight,
+                        deadline: Some(grace),
+                    };
+                }
+                State::Starting { pid, .. } => {
+                    process::kill_group(pid);
+                    slot.state = State::Dying {
+                        pid,
+                        inflight: VecDeque::new(),
+                        cause: Cause::Stop,
+                    };
+                }
+                other @ State::Dying { .. } => slot.state = other,
+                State::Backoff { .. } | State::Stopped => {}
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.phase == Phase::Stopping
+            && self.slots.iter().all(|s| matches!(s.state, State::Stopped))
+            && self.out.is_empty()
+    }
+
+    fn kill_all(&mut self, cause: Cause) {
+        for i in 0..self.slots.len() {
+            self.kill(i, cause.clone());
+        }
+    }
+
+    // ----- workers -----------------------------------------------------------------------
+
+    fn spawn(&mut self, i: usize) -> Result<(), PoolError> {
+        let token = rendezvous::random_hex(16).map_err(PoolError::RuntimeDir)?;
+        let slot = &mut self.slots[i];
+        slot.gen += 1;
+        let id = slot.id();
+        match process::spawn_worker(&self.cfg, id, self.rundir.socket(), &token, &self.urgent_tx) {
+            Ok(spawned) => {
+                tracing::debug!(worker = i, pid = spawned.pid, "worker spawned");
+                slot.state = State::Starting {
+                    pid: spawned.pid,
+                    token,
+                    since: Instant::now(),
+                };
+                Ok(())
+            }
+            Err(source) => {
+                let program = self.cfg.program();
+                if !self.ever_ready && slot.restarts == 0 {
+                    return Err(PoolError::Spawn { program, source });
+                }
+                tracing::warn!(worker = i, program, error = %source, "cannot spawn worker");
+                self.start_failed(i);
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts a slot whose worker failed to start into backoff (or gives up on the pool).
+    fn start_failed(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.failures += 1;
+        let delay = slot::restart_backoff(slot.failures);
+        slot.state = State::Backoff {
+            until: Instant::now() + delay,
+        };
+        tracing::info!(worker = i, failures = slot.failures, delay_ms = delay.as_millis() as u64, "worker failed to start; backing off");
+        if !self.ever_ready && self.slots.iter().all(|s| s.failures >= GIVE_UP_AFTER) {
+            let slot = &self.slots[i];
+            let err = PoolError::NeverReady {
+                program: self.cfg.program(),
+                attempts: self.slots.iter().map(|s| s.failures).sum(),
+                last_exit: slot.last_exit.map(Exit::describe),
+                stderr_tail: slot.stderr_tail.clone(),
+            };
+            tracing::error!("{err}");
+            self.fatal.get_or_insert(err);
+            self.stop_fast("no worker could start");
+        }
+    }
+
+    fn on_greeting(&mut self, g: Greeting) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| matches!(&s.state, State::Starting { token, .. } if *token == g.token))
+        else {
+            tracing::warn!(peer_pid = ?g.cred.pid(), "handshake with an unknown token; connection dropped");
+            return;
+        };
+        let State::Starting { pid, .. } = self.slots[i].state else {
+            return;
+        };
+        let peer = g.cred.pid().and_then(|p| u32::try_from(p).ok());
+        // A wrapper (shell, interpreter launcher) may fork the real worker; it stays in the
+        // process group herd created, whose id is the spawned pid.
+        let pid_ok = peer.is_some_and(|p| p == pid || process::process_group_of(p) == Some(pid));
+        let problem = if g.protocol != PROTOCOL_VERSION {
+            Some(format!(
+                "speaks protocol {}, herd speaks {PROTOCOL_VERSION}",
+                g.protocol
+            ))
+        } else if g.cred.uid() != self.uid {
+            Some(format!("runs as uid {}, herd as uid {}", g.cred.uid(), self.uid))
+        } else if !pid_ok {
+            Some(format!("peer pid {peer:?} is not the spawned process {pid} or its group"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            tracing::error!(worker = i, pid, claimed_pid = g.pid, "worker handshake refused: {problem}");
+            self.kill(i, Cause::StartFailed(problem));
+            return;
+        }
+        let slot = &mut self.slots[i];
+        let link = Link::start(
+            slot.id(),
+            g.reader,
+            g.writer,
+            self.cfg.max_frame,
+            self.frames_tx.clone(),
+            self.urgent_tx.clone(),
+        );
+        slot.state = State::Ready {
+            pid,
+            link,
+            inflight: VecDeque::new(),
+        };
+        self.ever_ready = true;
+        tracing::info!(worker = i, pid, "worker ready");
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Frame(id, frame) => {
+                if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
+                    self.on_frame(id.slot, frame);
+                }
+            }
+            Msg::LinkLost { id, fault } => {
+                if self.slots.get(id.slot).is_none_or(|s| s.gen != id.gen) {
+                    return;
+                }
+                match fault {
+                    Some(fault) => {
+                        tracing::warn!(worker = id.slot, pid = self.slots[id.slot].pid(), "protocol violation: {fault}; killing worker");
+                        self.kill(id.slot, Cause::Protocol(fault));
+                    }
+                    // Usually the process is exiting; make sure of it. Its exit status, not
+                    // this EOF, decides what is recorded.
+                    None => {
+                        if let Some(pid) = self.slots[id.slot].pid() {
+                            if !matches!(self.slots[id.slot].state, State::Dying { .. }) {
+                                process::kill_group(pid);
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Exited {
+                id,
+                pid,
+                exit,
+                stderr_tail,
+            } => {
+                if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
+                    self.on_exit(id.slot, pid, exit, stderr_tail);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, i: usize, frame: FromWorker) {
+        let (id, outcome) = match frame {
+            FromWorker::Done { id, outcome } => (id, outcome),
+            FromWorker::Heartbeat => return,
+            FromWorker::Hello { .. } => {
+                self.kill(i, Cause::Protocol("second Hello".into()));
+                return;
+            }
+        };
+        let slot = &mut self.slots[i];
+        let (pid, inflight) = match &mut slot.state {
+            State::Ready { pid, inflight, .. } | State::Draining { pid, inflight, .. } => {
+                (*pid, inflight)
+            }
+            // Killed already; its results no longer count.
+            _ => return,
+        };
+        let Some(pos) = inflight.iter().position(|r| r.job.id == id) else {
+            self.kill(i, Cause::Protocol(format!("result for task {id}, which it does not hold")));
+            return;
+        };
+        let now = Instant::now();
+        let Some(running) = inflight.remove(pos) else {
+            return;
+        };
+        if pos == 0 {
+            if let Some(next) = inflight.front_mut() {
+                next.started = now;
+            }
+        }
+        let micros = now.saturating_duration_since(running.started).as_micros() as u64;
+        let mut job = running.job;
+        match outcome {
+            Outcome::Ok(output) => {
+                slot.failures = 0;
+                self.emit(Record {
+                    seq: job.seq,
+                    attempts: job.attempts,
+                    outcome: RecordOutcome::Ok {
+                        output,
+                        worker: i,
+                        pid,
+                        micros,
+                    },
+                });
+            }
+            Outcome::Err { retryable, message } => {
+                slot.failures = 0;
+                job.charged += 1;
+                if retryable && job.charged <= self.cfg.retries {
+                    let delay = slot::retry_delay(
+                        self.cfg.retry_backoff,
+                        job.charged,
+                        self.jitter.next_f64(),
+                    );
+                    tracing::debug!(seq = job.seq, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; will retry");
+                    self.delayed.push((now + delay, job));
+                } else {
+                    self.fail(job, ErrorKind::Failed, message);
+                }
+            }
+        }
+        self.after_task_done(i);
+    }
+
+    /// A draining worker gets its termination frame once it holds nothing.
+    fn after_task_done(&mut self, i: usize) {
+        if let State::Draining {
+            link,
+            inflight,
+            deadline,
+            ..
+        } = &mut self.slots[i].state
+        {
+            if inflight.is_empty() && deadline.is_none() {
+                link.send(Outgoing::Shutdown);
+                *deadline = Some(Instant::now() + self.cfg.grace);
+            }
+        }
+    }
+
+    /// Kills slot `i`'s process group; its exit status arrives later and settles its work.
+    fn kill(&mut self, i: usize, cause: Cause) {
+        let slot = &mut self.slots[i];
+        match std::mem::replace(&mut slot.state, State::Stopped) {
+            State::Starting { pid, .. } => {
+                process::kill_group(pid);
+                slot.state = State::Dying {
+                    pid,
+                    inflight: VecDeque::new(),
+                    cause,
+                };
+            }
+            State::Ready { pid, inflight, .. } | State::Draining { pid, inflight, .. } => {
+                process::kill_group(pid);
+                slot.state = State::Dying {
+                    pid,
+                    inflight,
+                    cause,
+                };
+            }
+            dying @ State::Dying { .. } => slot.state = dying,
+            State::Backoff { .. } | State::Stopped => {}
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, pid: u32, exit: Exit, stderr_tail: Vec<String>) {
+        let slot = &mut self.slots[i];
+        slot.last_exit = Some(exit);
+        if !stderr_tail.is_empty() {
+            slot.stderr_tail = stderr_tail;
+        }
+        match exit {
+            Exit::Code(code) => tracing::info!(worker = i, pid, code, "worker exited"),
+            Exit::Signal(sig) => {
+                tracing::info!(worker = i, pid, signal = %process::signal_name(sig), "worker exited")
+            }
+        }
+        let state = std::mem::replace(&mut slot.state, State::Stopped);
+        let (inflight, cause, was_up) = match state {
+            State::Starting { .. } => (VecDeque::new(), None, false),
+            State::Ready { inflight, .. } => (inflight, None, true),
+            State::Draining {
+                inflight, deadline, ..
+            } => {
+                if inflight.is_empty() && deadline.is_some() {
+                    // The termination frame was answered.
+                    return self.after_stop(i);
+                }
+                (inflight, None, true)
+            }
+            State::Dying {
+                inflight, cause, ..
+            } => {
+                let up = !matches!(cause, Cause::StartFailed(_));
+                (inflight, Some(cause), up)
+            }
+            State::Backoff { .. } | State::Stopped => return,
+        };
+        let held_work = !inflight.is_empty();
+        let what = match exit {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by {}", process::signal_name(s)),
+        };
+        let (kind, message) = match &cause {
+            None | Some(Cause::LinkLost) => (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}")),
+            Some(Cause::Timeout) => (
+                ErrorKind::Timeout,
+                format!(
+                    "attempt exceeded the {} deadline; worker {i} (pid {pid}) was killed",
+                    humanize(self.cfg.timeout.unwrap_or_default())
+                ),
+            ),
+            Some(Cause::Protocol(fault)) => (
+                ErrorKind::Protocol,
+                format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
+            ),
+            Some(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
+            Some(Cause::Stop) => (ErrorKind::Shutdown, "herd stopped before the event finished".into()),
+        };
+        self.settle_inflight(inflight, kind, &message);
+
+        if self.phase == Phase::Stopping || matches!(cause, Some(Cause::Stop)) {
+            return self.after_stop(i);
+        }
+        self.summary.restarts += 1;
+        self.slots[i].restarts += 1;
+        if !was_up {
+            tracing::warn!(worker = i, pid, "worker died before completing its handshake: {message}");
+            self.start_failed(i);
+        } else if held_work {
+            // It died working: the likely culprit was a task, not the worker; replace now.
+            tracing::warn!(worker = i, pid, "worker lost while holding work: {message}; restarting");
+            self.restart_now(i);
+        } else {
+            // Died idle: count it, so a worker that cannot stay up backs off.
+            self.slots[i].failures += 1;
+            let delay = slot::restart_backoff(self.slots[i].failures.saturating_sub(1));
+            tracing::warn!(worker = i, pid, delay_ms = delay.as_millis() as u64, "idle worker died: {message}");
+            if delay.is_zero() {
+                self.restart_now(i);
+            } else {
+                self.slots[i].state = State::Backoff {
+                    until: Instant::now() + delay,
+                };
+            }
+        }
+    }
+
+    fn restart_now(&mut self, i: usize) {
+        if let Err(e) = self.spawn(i) {
+            tracing::error!(worker = i, error = %e, "restart failed");
+            self.start_failed(i);
+        }
+    }
+
+    fn after_stop(&mut self, i: usize) {
+        self.slots[i].state = State::Stopped;
+    }
+
+    /// Work a dead worker held: the suspect is charged, bystanders go back uncharged.
+    fn settle_inflight(&mut self, inflight: VecDeque<Running>, kind: ErrorKind, message: &str) {
+        let mut back = Vec::with_capacity(inflight.len());
+        for (k, running) in inflight.into_iter().enumerate() {
+            let mut job = running.job;
+            if kind == ErrorKind::Shutdown {
+                self.fail(job, kind, message.to_string());
+                continue;
+            }
+            if k == 0 {
+                job.charged += 1;
+                if job.charged > self.cfg.retries {
+                    self.fail(job, kind, message.to_string());
+                    continue;
+                }
+                tracing::debug!(seq = job.seq, attempt = job.attempts, "re-dispatching after {kind}");
+            }
+            back.push(job);
+        }
+        if self.phase == Phase::Stopping {
+            for job in back {
+                self.fail(job, ErrorKind::Shutdown, "herd stopped before the event could run".into());
+            }
+            return;
+        }
+        for job in back.into_iter().rev() {
+            self.queue.push_front(job);
+        }
+    }
+
+    // ----- time --------------------------------------------------------------------------
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Phase::Draining { deadline: Some(d) } = self.phase {
+            consider(d);
+        }
+        for (t, _) in &self.delayed {
+            consider(*t);
+        }
+        for s in &self.slots {
+            match &s.state {
+                State::Starting { since, .. } => consider(*since + self.cfg.start_timeout),
+                State::Ready { inflight, .. } => {
+                    if let (Some(t), Some(head)) = (self.cfg.timeout, inflight.front()) {
+                        consider(head.started + t);
+                    }
+                }
+                State::Draining {
+                    inflight, deadline, ..
+                } => {
+                    if let (Some(t), Some(head)) = (self.cfg.timeout, inflight.front()) {
+                        consider(head.started + t);
+                    }
+                    if let Some(d) = deadline {
+                        consider(*d);
+                    }
+                }
+                State::Backoff { until } => consider(*until),
+                State::Dying { .. } | State::Stopped => {}
+            }
+        }
+        next
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if !self.delayed.is_empty() {
+            let mut due = Vec::new();
+            self.delayed.retain_mut(|(t, job)| {
+                if *t <= now {
+                    due.push(Job {
+                        id: job.id,
+                        seq: job.seq,
+                        payload: job.payload.clone(),
+                        attempts: job.attempts,
+                        charged: job.charged,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+            for job in due.into_iter().rev() {
+                self.queue.push_front(job);
+            }
+        }
+        for i in 0..self.slots.len() {
+            let timeout = self.cfg.timeout;
+            let head_expired = |inflight: &VecDeque<Running>| {
+                timeout.is_some_and(|t| inflight.front().is_some_and(|h| h.started + t <= now))
+            };
+            match &self.slots[i].state {
+                State::Starting { since, pid, .. } if *since + self.cfg.start_timeout <= now => {
+                    let why = format!(
+                        "worker {i} (pid {pid}) did not complete its handshake within {}",
+                        humanize(self.cfg.start_timeout)
+                    );
+                    tracing::warn!(worker = i, pid, "{why}; killing it");
+                    self.kill(i, Cause::StartFailed(why));
+                }
+                State::Ready { inflight, pid, .. } if head_expired(inflight) => {
+                    let seq = inflight.front().map(|h| h.job.seq);
+                    tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
+                    self.kill(i, Cause::Timeout);
+                }
+                State::Draining {
+                    inflight, deadline, pid, ..
+                } => {
+                    if head_expired(inflight) {
+                        let seq = inflight.front().map(|h| h.job.seq);
+                        tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
+                        self.kill(i, Cause::Timeout);
+                    } else if deadline.is_some_and(|d| d <= now) {
+                        tracing::warn!(worker = i, pid, "worker did not exit after the termination frame; killing it");
+                        self.kill(i, Cause::Stop);
+                    }
+                }
+                State::Backoff { until } if *until <= now => {
+                    if self.phase == Phase::Stopping {
+                        self.slots[i].state = State::Stopped;
+                    } else {
+                        tracing::info!(worker = i, "restarting worker after backoff");
+                        self.restart_now(i);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ----- dispatch ----------------------------------------------------------------------
+
+    fn dispatch(&mut self) {
+        let window = self.cfg.window;
+        while !self.queue.is_empty() {
+            let slots = &self.slots;
+            let Some(i) = slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
+            else {
+                return;
+            };
+            self.cursor = i + 1;
+            let Some(mut job) = self.queue.pop_front() else {
+                return;
+            };
+            let State::Ready { link, inflight, .. } = &mut self.slots[i].state else {
+                self.queue.push_front(job);
+                return;
+            };
+            job.attempts += 1;
+            let sent = link.send(Outgoing::Task {
+                id: job.id,
+                attempt: job.attempts,
+                payload: job.payload.clone(),
+            });
+            if !sent {
+                job.attempts -= 1;
+                self.queue.push_front(job);
+                self.kill(i, Cause::LinkLost);
+                continue;
+            }
+            inflight.push_back(Running {
+                job,
+                started: Instant::now(),
+            });
+        }
+    }
+}
+
+async fn recv_source(source: &mut Option<mpsc::Receiver<Vec<Input>>>) -> Option<Vec<Input>> {
+    match source {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,202 @@
+//! Worker processes as the operating system sees them: spawning one defensively, watching it
+//! until it exits, forwarding what it prints to the log, and killing its process group.
+//!
+//! Each worker runs in its own process group, so a kill reaches the worker's own children too;
+//! it gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with herd even when herd is SIGKILLed. That
+//! signal tracks the *thread* that forked, so spawning must happen on a long-lived runtime
+//! thread (the pool's own task), never from `spawn_blocking`. The watcher task owns the
+//! `Child` (kill-on-drop) and reports the exit status; tokio reaps it, nothing else installs a
+//! SIGCHLD handler.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::config::PoolConfig;
+use crate::pool::{Msg, WorkerId};
+
+/// Lines of a worker's stderr kept for error messages.
+const STDERR_TAIL: usize = 8;
+/// Longest forwarded line; the rest of a longer line is cut.
+const MAX_LINE: usize = 8 * 1024;
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl Exit {
+    pub(crate) fn from_status(status: io::Result<ExitStatus>) -> Self {
+        match status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(sig)) => Exit::Signal(sig),
+                (None, None) => Exit::Code(-1),
+            },
+            Err(_) => Exit::Code(-1),
+        }
+    }
+
+    /// "exit code 3" / "SIGSEGV".
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit code {c}"),
+            Exit::Signal(s) => signal_name(s),
+        }
+    }
+}
+
+/// "SIGSEGV" for 11, "signal 99" when unknown.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// A spawned worker process.
+pub(crate) struct Spawned {
+    pub pid: u32,
+}
+
+/// Starts one worker for slot `id` with its token in the environment, and the tasks that
+/// watch it. The exit arrives later as [`Msg::Exited`].
+pub(crate) fn spawn_worker(
+    cfg: &PoolConfig,
+    id: WorkerId,
+    socket: &std::path::Path,
+    token: &str,
+    events: &mpsc::UnboundedSender<Msg>,
+) -> io::Result<Spawned> {
+    let Some((program, args)) = cfg.command.split_first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty worker command",
+        ));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env(herd_proto::ENV_SOCKET, socket)
+        .env(herd_proto::ENV_TOKEN, token)
+        .env(herd_proto::ENV_WORKER, id.slot.to_string())
+        .env(herd_proto::ENV_MAX_FRAME, cfg.max_frame.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (prctl, getppid, _exit); it touches no locks and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            // herd may have died between fork and prctl: then nobody would ever kill us.
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let events = events.clone();
+    tokio::spawn(async move {
+        let out_task = stdout.map(|s| tokio::spawn(forward_lines(s, id, pid, "stdout")));
+        let err_task = stderr.map(|s| tokio::spawn(forward_lines(s, id, pid, "stderr")));
+        let status = Exit::from_status(child.wait().await);
+        // The pipes close with the process unless a grandchild holds them; don't wait long.
+        let wait = std::time::Duration::from_millis(50);
+        let mut tail = Vec::new();
+        if let Some(t) = err_task {
+            if let Ok(Ok(lines)) = tokio::time::timeout(wait, t).await {
+                tail = lines.into();
+            }
+        }
+        if let Some(t) = out_task {
+            let _ = tokio::time::timeout(wait, t).await;
+        }
+        let _ = events.send(Msg::Exited {
+            id,
+            pid,
+            exit: status,
+            stderr_tail: tail,
+        });
+    });
+    Ok(Spawned { pid })
+}
+
+/// Logs each line a worker writes, with its `worker` and `pid`, and returns the last few.
+async fn forward_lines<R: AsyncRead + Unpin>(
+    mut r: R,
+    id: WorkerId,
+    pid: u32,
+    stream: &'static str,
+) -> VecDeque<String> {
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL);
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let emit = |line: &[u8], tail: &mut VecDeque<String>| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        tracing::info!(target: "herd::worker", worker = id.slot, pid, stream, "{text}");
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(text.to_string());
+    };
+    loop {
+        let n = match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &chunk[..n];
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            buf.extend_from_slice(&rest[..nl]);
+            emit(&buf, &mut tail);
+            buf.clear();
+            rest = &rest[nl + 1..];
+        }
+        buf.extend_from_slice(rest);
+        if buf.len() >= MAX_LINE {
+            emit(&buf[..MAX_LINE], &mut tail);
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        emit(&buf, &mut tail);
+    }
+    tail
+}
+
+/// Sends SIGKILL to the worker's whole process group (its children included). The group
+/// leader is not reaped before the watcher reports its exit, so the id cannot be reused yet.
+pub(crate) fn kill_group(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(raw), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, error = %e, "cannot kill worker process group"),
+    }
+}
+
+/// The process group of `pid`, if it still exists.
+pub(crate) fn process_group_of(pid: u32) -> Option<u32> {
+    let raw = i32::try_from(pid).ok()?;
+    nix::unistd::getpgid(Some(Pid::from_raw(raw)))
+        .ok()
+        .and_then(|p| u32::try_from(p.as_raw()).ok())
+}

@@ -1,0 +1,299 @@
+//! Result records: the one final answer herd gives for each accepted event, and their JSON-lines
+//! form (the user-visible contract of ARCHITECTURE §4).
+//!
+//! Formatting lives here, not in the pool, so the pool hands over raw records and the caller
+//! formats them off the supervisor's hot loop (the `herd` binary does it on its writer thread).
+
+use std::fmt;
+use std::io::Write;
+
+/// Why an event has no output. The names are the `error.kind` strings of the record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The handler returned an error (or panicked).
+    Failed,
+    /// An attempt ran past `--timeout`.
+    Timeout,
+    /// The worker died while holding the event.
+    Crashed,
+    /// The worker broke the protocol while holding the event.
+    Protocol,
+    /// The event was refused before dispatch (e.g. too large for a frame).
+    Rejected,
+    /// herd stopped before the event could run.
+    Shutdown,
+}
+
+impl ErrorKind {
+    /// Every kind, in a stable order (for counters and reports).
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Failed,
+        ErrorKind::Timeout,
+        ErrorKind::Crashed,
+        ErrorKind::Protocol,
+        ErrorKind::Rejected,
+        ErrorKind::Shutdown,
+    ];
+
+    /// The `error.kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Crashed => "crashed",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The final result of one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The event's sequence number (0-based input line number in `herd run`).
+    pub seq: u64,
+    /// How many times the event was dispatched to a worker (0 if never).
+    pub attempts: u32,
+    /// Success or the typed error.
+    pub outcome: RecordOutcome,
+}
+
+/// The two shapes a record can take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The handler's output, and where and how fast it ran.
+    Ok {
+        output: Vec<u8>,
+        worker: usize,
+        pid: u32,
+        micros: u64,
+    },
+    /// Why there is no output.
+    Err { kind: ErrorKind, message: String },
+}
+
+impl Record {
+    /// Whether this is a success record.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.outcome, RecordOutcome::Ok { .. })
+    }
+
+    /// The error kind, if this is an error record.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        match self.outcome {
+            RecordOutcome::Ok { .. } => None,
+            RecordOutcome::Err { kind, .. } => Some(kind),
+        }
+    }
+
+    /// Appends this record as one JSON line (with the trailing newline) to `out`.
+    ///
+    /// A worker output that is valid JSON is embedded as-is (re-serialised compactly if it
+    /// spans lines, so a record is always one line); anything else becomes a JSON string, with
+    /// invalid UTF-8 replaced by U+FFFD.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(num.format(self.seq).as_bytes());
+        match &self.outcome {
+            RecordOutcome::Ok {
+                output,
+                worker,
+                pid,
+                micros,
+            } => {
+                out.extend_from_slice(b",\"ok\":true,\"output\":");
+                write_output(output, out);
+                out.extend_from_slice(b",\"attempts\":");
+                out.extend_from_slice(num.format(self.attempts).as_bytes());
+                out.extend_from_slice(b",\"worker\":");
+                out.extend_from_slice(num.format(*worker).as_bytes());
+                out.extend_from_slice(b",\"pid\":");
+                out.extend_from_slice(num.format(*pid).as_bytes());
+                out.extend_from_slice(b",\"micros\":");
+                out.extend_from_slice(num.format(*micros).as_bytes());
+            }
+            RecordOutcome::Err { kind, message } => {
+                out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
+                out.extend_from_slice(kind.as_str().as_bytes());
+                out.extend_from_slice(b"\",\"message\":");
+                write_json_string(message, out);
+                out.extend_from_slice(b"},\"attempts\":");
+                out.extend_from_slice(num.format(self.attempts).as_bytes());
+            }
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Embeds a worker's output: raw when it is single-line valid JSON, compacted when it is
+/// multi-line JSON, a JSON string otherwise.
+fn write_output(output: &[u8], out: &mut Vec<u8>) {
+    if is_single_line_json(output) {
+        out.extend_from_slice(trim_ascii(output));
+        return;
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(output) {
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, &value);
+        return;
+    }
+    write_json_string(&String::from_utf8_lossy(output), out);
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// True for a complete JSON value with no line breaks, checked without building it.
+fn is_single_line_json(b: &[u8]) -> bool {
+    // Fast path for the commonest outputs: plain integers.
+    let t = trim_ascii(b);
+    if !t.is_empty() && t.len() <= 20 {
+        let digits = t.strip_prefix(b"-").unwrap_or(t);
+        if !digits.is_empty()
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits.len() == 1 || digits[0] != b'0')
+        {
+            return true;
+        }
+    }
+    if memchr::memchr2(b'\n', b'\r', b).is_some() {
+        return false;
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+}
+
+/// Writes `s` as a JSON string literal.
+fn write_json_string(s: &str, out: &mut Vec<u8>) {
+    // Serialising a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Writes records as JSON lines to `w`, reusing one buffer.
+pub struct RecordWriter<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> RecordWriter<W> {
+    /// Wraps a writer; nothing is written until [`RecordWriter::write`].
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Formats `records` and writes them in one go.
+    ///
+    /// # Errors
+    /// The underlying writer's error (e.g. a closed pipe).
+    pub fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+        for r in records {
+            r.write_json(&mut self.buf);
+            if self.buf.len() >= 64 * 1024 {
+                self.inner.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes the underlying writer.
+    ///
+    /// # Errors
+    /// The underlying writer's error.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn json(r: &Record) -> String {
+        let mut v = Vec::new();
+        r.write_json(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    fn ok(output: &[u8]) -> Record {
+        Record {
+            seq: 3,
+            attempts: 1,
+            outcome: RecordOutcome::Ok {
+                output: output.to_vec(),
+                worker: 2,
+                pid: 4242,
+                micros: 517,
+            },
+        }
+    }
+
+    #[test]
+    fn success_record_format() {
+        assert_eq!(
+            json(&ok(b"49")),
+            "{\"seq\":3,\"ok\":true,\"output\":49,\"attempts\":1,\"worker\":2,\"pid\":4242,\"micros\":517}\n"
+        );
+    }
+
+    #[test]
+    fn output_embedding() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"{\"a\":[1,2]}", "{\"a\":[1,2]}"),
+            (b"\"s\"", "\"s\""),
+            (b"-12", "-12"),
+            (b"007", "\"007\""),
+            (b"hello", "\"hello\""),
+            (b"", "\"\""),
+            (b"{\n  \"a\": 1\n}", "{\"a\":1}"),
+            (b"line\nbreak", "\"line\\nbreak\""),
+            (b"\xff\xfe", "\"\u{fffd}\u{fffd}\""),
+        ];
+        for (raw, want) in cases {
+            let line = json(&ok(raw));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["output"].to_string(), want, "for {raw:?}");
+            assert_eq!(line.matches('\n').count(), 1);
+        }
+    }
+
+    #[test]
+    fn error_record_format() {
+        let r = Record {
+            seq: 1,
+            attempts: 3,
+            outcome: RecordOutcome::Err {
+                kind: ErrorKind::Crashed,
+                message: "worker 3 (pid 4250) killed by \"SIGSEGV\"".into(),
+            },
+        };
+        assert_eq!(
+            json(&r),
+            "{\"seq\":1,\"ok\":false,\"error\":{\"kind\":\"crashed\",\"message\":\"worker 3 (pid 4250) killed by \\\"SIGSEGV\\\"\"},\"attempts\":3}\n"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! Where workers find their supervisor: a private directory (mode 0700, fresh per pool, removed
+//! on drop) holding one listening Unix socket, and the handshake each new connection must pass
+//! before the pool sees it.
+//!
+//! The accept loop only accepts; each connection's first frame is read in its own task under
+//! the start timeout, so a silent or slow peer cannot hold up other workers. What the peer
+//! claims (token) and what the kernel says about it (uid, pid) are both passed to the pool,
+//! which alone knows which token belongs to which spawned child.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herd_proto::codec::FrameCodec;
+use herd_proto::{FromWorker, ToWorker};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+/// Decoder for frames coming from a worker.
+pub(crate) type WorkerReader = FramedRead<OwnedReadHalf, FrameCodec<FromWorker, ToWorker>>;
+
+/// A connection that sent a well-formed `Hello`; not yet matched to a worker.
+pub(crate) struct Greeting {
+    pub protocol: u32,
+    pub pid: u32,
+    pub token: String,
+    pub cred: UCred,
+    pub reader: WorkerReader,
+    pub writer: OwnedWriteHalf,
+}
+
+/// The private directory and the socket path inside it. Dropping it removes both.
+#[derive(Debug)]
+pub(crate) struct RuntimeDir {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Creates a fresh directory with mode 0700 under `base` (or `$XDG_RUNTIME_DIR`, or the
+    /// temp dir).
+    pub fn create(base: Option<&Path>) -> io::Result<Self> {
+        let base = base
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut last_err = None;
+        for _ in 0..8 {
+            let dir = base.join(format!("herd-{}-{}", std::process::id(), random_hex(6)?));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    let socket = dir.join("workers.sock");
+                    return Ok(Self { dir, socket });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("cannot create runtime directory")))
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `n` random bytes from the kernel, hex-encoded (tokens and directory names).
+pub(crate) fn random_hex(n: usize) -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Accepts connections forever, handing each to its own handshake task. Greetings go to
+/// `out`; the loop ends when `out` is closed.
+pub(crate) async fn accept_loop(
+    listener: UnixListener,
+    max_frame: usize,
+    handshake_timeout: Duration,
+    out: mpsc::UnboundedSender<Greeting>,
+) {
+    loop {
+        let stream = tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: keep serving, but don't spin.
+                    tracing::warn!(error = %e, "accepting a worker connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = out.closed() => return,
+        };
+        let out = out.clone();
+        tokio::spawn(async move {
+            let cred = match stream.peer_cred() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read peer credentials; connection dropped");
+                    return;
+                }
+            };
+            let (read, writer) = stream.into_split();
+            let mut reader = FramedRead::new(read, FrameCodec::new(max_frame));
+            let first = tokio::time::timeout(handshake_timeout, reader.next()).await;
+            match first {
+                Ok(Some(Ok(FromWorker::Hello {
+                    protocol,
+                    pid,
+                    token,
+                }))) => {
+                    let _ = out.send(Greeting {
+                        protocol,
+                        pid,
+                        token,
+                        cred,
+                        reader,
+                        writer,
+                    });
+                }
+                Ok(Some(Ok(other))) => {
+                    tracing::warn!(peer_pid = ?cred.pid(), frame = ?other, "connection did not start with Hello; dropped");
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(peer_pid = ?cred.pid(), error = %e, "bad handshake frame; connection dropped");
+                }
+                Ok(None) => {
+                    tracing::debug!(peer_pid = ?cred.pid(), "connection closed before Hello");
+                }
+                Err(_) => {
+                    tracing::warn!(peer_pid = ?cred.pid(), "no Hello within the start timeout; connection dropped");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn runtime_dir_is_private_and_removed() {
+        let base = std::env::temp_dir();
+        let rd = RuntimeDir::create(Some(&base)).unwrap();
+        let dir = rd.socket().parent().unwrap().to_path_buf();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::write(rd.socket(), b"").unwrap();
+        drop(rd);
+        assert!(!dir.exists());
+    }
+}
