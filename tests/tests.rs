@@ -1,1 +1,5 @@
+//! Black-box tests: the real `herd` binary driving real `herd-chaos` worker processes over
+//! real sockets. One test binary (see `util.rs` for the fixture harness).
 
+mod run;
+mod util;

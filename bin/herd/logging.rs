@@ -27,8 +27,9 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
         _ => "trace",
     };
     let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v)
-            .with_context(|| format!("invalid RUST_LOG value `{v}`"))?,
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).with_context(|| format!("invalid RUST_LOG value `{v}`"))?
+        }
         _ => EnvFilter::new(level),
     };
     let (writer, ansi) = match file {

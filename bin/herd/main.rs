@@ -102,14 +102,17 @@ struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size like 512KiB or 16MiB"))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 512KiB or 16MiB"))?;
     let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -117,7 +120,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("`{s}`: unknown size unit (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn main() -> ExitCode {
@@ -226,7 +230,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes record batches as JSON lines; flushes whenever it has caught up.
-fn write_records(out: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Vec<Record>>) -> io::Result<()> {
+fn write_records(
+    out: Box<dyn Write + Send>,
+    mut rx: mpsc::Receiver<Vec<Record>>,
+) -> io::Result<()> {
     let mut w = RecordWriter::new(out);
     while let Some(batch) = rx.blocking_recv() {
         w.write(&batch)?;

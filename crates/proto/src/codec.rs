@@ -60,7 +60,11 @@ fn config() -> Config {
 ///
 /// # Errors
 /// [`FrameError::Oversize`] if the body would exceed `max` (nothing is appended then).
-pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>, max: usize) -> Result<(), FrameError> {
+pub fn encode_frame<T: Serialize>(
+    msg: &T,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     let written = match bincode::serde::encode_into_std_write(msg, out, config()) {
@@ -72,7 +76,10 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>, max: usize) -> Res
     };
     if written > max {
         out.truncate(start);
-        return Err(FrameError::Oversize { len: written as u64, max });
+        return Err(FrameError::Oversize {
+            len: written as u64,
+            max,
+        });
     }
     // `written <= max <= MAX_FRAME_CEILING < u32::MAX`, so the cast is lossless.
     out[start..start + HEADER_LEN].copy_from_slice(&(written as u32).to_le_bytes());
@@ -90,7 +97,10 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     };
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     if len as u64 > max as u64 {
-        return Err(FrameError::Oversize { len: len.into(), max });
+        return Err(FrameError::Oversize {
+            len: len.into(),
+            max,
+        });
     }
     Ok(Some(len as usize))
 }

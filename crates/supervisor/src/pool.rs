@@ -177,7 +177,9 @@ impl Slot {
 enum Phase {
     Running,
     /// Intake closed; finishing what was accepted (until `deadline`, if any).
-    Draining { deadline: Option<Instant> },
+    Draining {
+        deadline: Option<Instant>,
+    },
     /// Termination frames sent or workers killed; waiting for every slot to stop.
     Stopping,
 }
@@ -219,7 +221,8 @@ impl Pool {
         if cfg.command.is_empty() {
             return Err(PoolError::NoCommand);
         }
-        let rundir = RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
+        let rundir =
+            RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
         let listener = UnixListener::bind(rundir.socket()).map_err(PoolError::RuntimeDir)?;
         let (greet_tx, mut greet_rx) = mpsc::unbounded_channel();
         tokio::spawn(rendezvous::accept_loop(
@@ -462,10 +465,18 @@ impl Pool {
         tracing::info!("stopping now: {why}");
         self.phase = Phase::Stopping;
         for job in std::mem::take(&mut self.queue) {
-            self.fail(job, ErrorKind::Shutdown, format!("{why} before the event ran"));
+            self.fail(
+                job,
+                ErrorKind::Shutdown,
+                format!("{why} before the event ran"),
+            );
         }
         for (_, job) in std::mem::take(&mut self.delayed) {
-            self.fail(job, ErrorKind::Shutdown, format!("{why} before the event ran"));
+            self.fail(
+                job,
+                ErrorKind::Shutdown,
+                format!("{why} before the event ran"),
+            );
         }
         self.kill_all(Cause::Stop);
     }
@@ -492,7 +503,17 @@ impl Pool {
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             match std::mem::replace(&mut slot.state, State::Stopped) {
-                State::Ready { pid, link, inflight } | State::Draining { pid, link, inflight, .. } => {
+                State::Ready {
+                    pid,
+                    link,
+                    inflight,
+                }
+                | State::Draining {
+                    pid,
+                    link,
+                    inflight,
+                    ..
+                } => {
                     link.send(Outgoing::Shutdown);
                     slot.state = State::Draining {
                         pid,
@@ -564,7 +585,12 @@ impl Pool {
         slot.state = State::Backoff {
             until: Instant::now() + delay,
         };
-        tracing::info!(worker = i, failures = slot.failures, delay_ms = delay.as_millis() as u64, "worker failed to start; backing off");
+        tracing::info!(
+            worker = i,
+            failures = slot.failures,
+            delay_ms = delay.as_millis() as u64,
+            "worker failed to start; backing off"
+        );
         if !self.ever_ready && self.slots.iter().all(|s| s.failures >= GIVE_UP_AFTER) {
             let slot = &self.slots[i];
             let err = PoolError::NeverReady {
@@ -601,14 +627,25 @@ impl Pool {
                 g.protocol
             ))
         } else if g.cred.uid() != self.uid {
-            Some(format!("runs as uid {}, herd as uid {}", g.cred.uid(), self.uid))
+            Some(format!(
+                "runs as uid {}, herd as uid {}",
+                g.cred.uid(),
+                self.uid
+            ))
         } else if !pid_ok {
-            Some(format!("peer pid {peer:?} is not the spawned process {pid} or its group"))
+            Some(format!(
+                "peer pid {peer:?} is not the spawned process {pid} or its group"
+            ))
         } else {
             None
         };
         if let Some(problem) = problem {
-            tracing::error!(worker = i, pid, claimed_pid = g.pid, "worker handshake refused: {problem}");
+            tracing::error!(
+                worker = i,
+                pid,
+                claimed_pid = g.pid,
+                "worker handshake refused: {problem}"
+            );
             self.kill(i, Cause::StartFailed(problem));
             return;
         }
@@ -643,7 +680,11 @@ impl Pool {
                 }
                 match fault {
                     Some(fault) => {
-                        tracing::warn!(worker = id.slot, pid = self.slots[id.slot].pid(), "protocol violation: {fault}; killing worker");
+                        tracing::warn!(
+                            worker = id.slot,
+                            pid = self.slots[id.slot].pid(),
+                            "protocol violation: {fault}; killing worker"
+                        );
                         self.kill(id.slot, Cause::Protocol(fault));
                     }
                     // Usually the process is exiting; make sure of it. Its exit status, not
@@ -688,7 +729,10 @@ impl Pool {
             _ => return,
         };
         let Some(pos) = inflight.iter().position(|r| r.job.id == id) else {
-            self.kill(i, Cause::Protocol(format!("result for task {id}, which it does not hold")));
+            self.kill(
+                i,
+                Cause::Protocol(format!("result for task {id}, which it does not hold")),
+            );
             return;
         };
         let now = Instant::now();
@@ -725,7 +769,12 @@ impl Pool {
                         job.charged,
                         self.jitter.next_f64(),
                     );
-                    tracing::debug!(seq = job.seq, attempt = job.attempts, delay_ms = delay.as_millis() as u64, "retryable failure; will retry");
+                    tracing::debug!(
+                        seq = job.seq,
+                        attempt = job.attempts,
+                        delay_ms = delay.as_millis() as u64,
+                        "retryable failure; will retry"
+                    );
                     self.delayed.push((now + delay, job));
                 } else {
                     self.fail(job, ErrorKind::Failed, message);
@@ -815,7 +864,9 @@ impl Pool {
             Exit::Signal(s) => format!("killed by {}", process::signal_name(s)),
         };
         let (kind, message) = match &cause {
-            None | Some(Cause::LinkLost) => (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}")),
+            None | Some(Cause::LinkLost) => {
+                (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}"))
+            }
             Some(Cause::Timeout) => (
                 ErrorKind::Timeout,
                 format!(
@@ -828,7 +879,10 @@ impl Pool {
                 format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
             ),
             Some(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
-            Some(Cause::Stop) => (ErrorKind::Shutdown, "herd stopped before the event finished".into()),
+            Some(Cause::Stop) => (
+                ErrorKind::Shutdown,
+                "herd stopped before the event finished".into(),
+            ),
         };
         self.settle_inflight(inflight, kind, &message);
 
@@ -838,17 +892,30 @@ impl Pool {
         self.summary.restarts += 1;
         self.slots[i].restarts += 1;
         if !was_up {
-            tracing::warn!(worker = i, pid, "worker died before completing its handshake: {message}");
+            tracing::warn!(
+                worker = i,
+                pid,
+                "worker died before completing its handshake: {message}"
+            );
             self.start_failed(i);
         } else if held_work {
             // It died working: the likely culprit was a task, not the worker; replace now.
-            tracing::warn!(worker = i, pid, "worker lost while holding work: {message}; restarting");
+            tracing::warn!(
+                worker = i,
+                pid,
+                "worker lost while holding work: {message}; restarting"
+            );
             self.restart_now(i);
         } else {
             // Died idle: count it, so a worker that cannot stay up backs off.
             self.slots[i].failures += 1;
             let delay = slot::restart_backoff(self.slots[i].failures.saturating_sub(1));
-            tracing::warn!(worker = i, pid, delay_ms = delay.as_millis() as u64, "idle worker died: {message}");
+            tracing::warn!(
+                worker = i,
+                pid,
+                delay_ms = delay.as_millis() as u64,
+                "idle worker died: {message}"
+            );
             if delay.is_zero() {
                 self.restart_now(i);
             } else {
@@ -885,13 +952,21 @@ impl Pool {
                     self.fail(job, kind, message.to_string());
                     continue;
                 }
-                tracing::debug!(seq = job.seq, attempt = job.attempts, "re-dispatching after {kind}");
+                tracing::debug!(
+                    seq = job.seq,
+                    attempt = job.attempts,
+                    "re-dispatching after {kind}"
+                );
             }
             back.push(job);
         }
         if self.phase == Phase::Stopping {
             for job in back {
-                self.fail(job, ErrorKind::Shutdown, "herd stopped before the event could run".into());
+                self.fail(
+                    job,
+                    ErrorKind::Shutdown,
+                    "herd stopped before the event could run".into(),
+                );
             }
             return;
         }
@@ -978,14 +1053,21 @@ impl Pool {
                     self.kill(i, Cause::Timeout);
                 }
                 State::Draining {
-                    inflight, deadline, pid, ..
+                    inflight,
+                    deadline,
+                    pid,
+                    ..
                 } => {
                     if head_expired(inflight) {
                         let seq = inflight.front().map(|h| h.job.seq);
                         tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
                         self.kill(i, Cause::Timeout);
                     } else if deadline.is_some_and(|d| d <= now) {
-                        tracing::warn!(worker = i, pid, "worker did not exit after the termination frame; killing it");
+                        tracing::warn!(
+                            worker = i,
+                            pid,
+                            "worker did not exit after the termination frame; killing it"
+                        );
                         self.kill(i, Cause::Stop);
                     }
                 }
@@ -1008,7 +1090,8 @@ impl Pool {
         let window = self.cfg.window;
         while !self.queue.is_empty() {
             let slots = &self.slots;
-            let Some(i) = slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
+            let Some(i) =
+                slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
             else {
                 return;
             };

@@ -19,7 +19,9 @@ pub fn exp_delay(base: Duration, n: u32, max: Duration) -> Duration {
     if n == 0 {
         return Duration::ZERO;
     }
-    let factor = 1u32.checked_shl(n.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+    let factor = 1u32
+        .checked_shl(n.saturating_sub(1).min(31))
+        .unwrap_or(u32::MAX);
     base.saturating_mul(factor).min(max)
 }
 
@@ -33,10 +35,12 @@ pub fn retry_delay(base: Duration, n: u32, rand01: f64) -> Duration {
 }
 
 /// Round-robin: the first index at or after `cursor` (wrapping) for which `has_room` holds.
-pub fn pick_round_robin(len: usize, cursor: usize, mut has_room: impl FnMut(usize) -> bool) -> Option<usize> {
-    (0..len)
-        .map(|k| (cursor + k) % len)
-        .find(|&i| has_room(i))
+pub fn pick_round_robin(
+    len: usize,
+    cursor: usize,
+    mut has_room: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    (0..len).map(|k| (cursor + k) % len).find(|&i| has_room(i))
 }
 
 /// A tiny xorshift generator for jitter; seeded from the kernel, not for secrets.
