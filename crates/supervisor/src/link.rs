@@ -4,6 +4,8 @@
 //!
 //! Neither task decides anything. A decode error or EOF is reported to the pool, which kills
 //! and replaces the worker; a write error just ends the writer (the process exit follows).
+//! The end of the link travels on the same channel as the frames, after them: when the pool
+//! sees it, it has seen every result the worker managed to send.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -41,7 +43,6 @@ impl Link {
         writer: OwnedWriteHalf,
         max_frame: usize,
         frames: mpsc::UnboundedSender<Msg>,
-        urgent: mpsc::UnboundedSender<Msg>,
     ) -> Self {
         tokio::spawn(async move {
             loop {
@@ -52,14 +53,14 @@ impl Link {
                         }
                     }
                     Some(Err(e)) => {
-                        let _ = urgent.send(Msg::LinkLost {
+                        let _ = frames.send(Msg::LinkLost {
                             id,
                             fault: Some(e.to_string()),
                         });
                         return;
                     }
                     None => {
-                        let _ = urgent.send(Msg::LinkLost { id, fault: None });
+                        let _ = frames.send(Msg::LinkLost { id, fault: None });
                         return;
                     }
                 }

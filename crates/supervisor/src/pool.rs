@@ -138,7 +138,23 @@ struct Slot {
     restarts: u64,
     last_exit: Option<Exit>,
     stderr_tail: Vec<String>,
+    /// The link reader has not reported the end of the socket yet.
+    link_open: bool,
+    /// An exit seen while the link was still delivering frames; settled when it closes.
+    pending_exit: Option<PendingExit>,
 }
+
+/// An exit status waiting for the worker's last frames.
+#[derive(Debug, Clone, Copy)]
+struct PendingExit {
+    pid: u32,
+    exit: Exit,
+    seen: Instant,
+}
+
+/// How long an exit waits for its link to report the end of the socket (only a grandchild
+/// holding the socket open could make it wait that long).
+const LINK_DRAIN: Duration = Duration::from_secs(1);
 
 impl Slot {
     fn has_room(&self, window: usize) -> bool {
@@ -246,6 +262,8 @@ impl Pool {
                 restarts: 0,
                 last_exit: None,
                 stderr_tail: Vec::new(),
+                link_open: false,
+                pending_exit: None,
             })
             .collect();
         let mut pool = Pool {
@@ -554,6 +572,8 @@ impl Pool {
         let token = rendezvous::random_hex(16).map_err(PoolError::RuntimeDir)?;
         let slot = &mut self.slots[i];
         slot.gen += 1;
+        slot.link_open = false;
+        slot.pending_exit = None;
         let id = slot.id();
         match process::spawn_worker(&self.cfg, id, self.rundir.socket(), &token, &self.urgent_tx) {
             Ok(spawned) => {
@@ -656,13 +676,13 @@ impl Pool {
             g.writer,
             self.cfg.max_frame,
             self.frames_tx.clone(),
-            self.urgent_tx.clone(),
         );
         slot.state = State::Ready {
             pid,
             link,
             inflight: VecDeque::new(),
         };
+        slot.link_open = true;
         self.ever_ready = true;
         tracing::info!(worker = i, pid, "worker ready");
     }
@@ -678,11 +698,16 @@ impl Pool {
                 if self.slots.get(id.slot).is_none_or(|s| s.gen != id.gen) {
                     return;
                 }
+                let slot = &mut self.slots[id.slot];
+                slot.link_open = false;
+                if let Some(p) = slot.pending_exit.take() {
+                    return self.settle_exit(id.slot, p.pid, p.exit);
+                }
                 match fault {
                     Some(fault) => {
                         tracing::warn!(
                             worker = id.slot,
-                            pid = self.slots[id.slot].pid(),
+                            pid = slot.pid(),
                             "protocol violation: {fault}; killing worker"
                         );
                         self.kill(id.slot, Cause::Protocol(fault));
@@ -690,8 +715,8 @@ impl Pool {
                     // Usually the process is exiting; make sure of it. Its exit status, not
                     // this EOF, decides what is recorded.
                     None => {
-                        if let Some(pid) = self.slots[id.slot].pid() {
-                            if !matches!(self.slots[id.slot].state, State::Dying { .. }) {
+                        if let Some(pid) = slot.pid() {
+                            if !matches!(slot.state, State::Dying { .. }) {
                                 process::kill_group(pid);
                             }
                         }
@@ -722,10 +747,10 @@ impl Pool {
         };
         let slot = &mut self.slots[i];
         let (pid, inflight) = match &mut slot.state {
-            State::Ready { pid, inflight, .. } | State::Draining { pid, inflight, .. } => {
-                (*pid, inflight)
-            }
-            // Killed already; its results no longer count.
+            // A worker being killed may still have sent results before it died: they count.
+            State::Ready { pid, inflight, .. }
+            | State::Draining { pid, inflight, .. }
+            | State::Dying { pid, inflight, .. } => (*pid, inflight),
             _ => return,
         };
         let Some(pos) = inflight.iter().position(|r| r.job.id == id) else {
@@ -837,6 +862,21 @@ impl Pool {
                 tracing::info!(worker = i, pid, signal = %process::signal_name(sig), "worker exited")
             }
         }
+        if slot.link_open {
+            // Results it sent before dying may still be on their way; settle after them.
+            slot.pending_exit = Some(PendingExit {
+                pid,
+                exit,
+                seen: Instant::now(),
+            });
+            return;
+        }
+        self.settle_exit(i, pid, exit);
+    }
+
+    /// Decides what an exit means for the work the worker held and for its slot.
+    fn settle_exit(&mut self, i: usize, pid: u32, exit: Exit) {
+        let slot = &mut self.slots[i];
         let state = std::mem::replace(&mut slot.state, State::Stopped);
         let (inflight, cause, was_up) = match state {
             State::Starting { .. } => (VecDeque::new(), None, false),
@@ -957,6 +997,9 @@ impl Pool {
                     attempt = job.attempts,
                     "re-dispatching after {kind}"
                 );
+            } else {
+                // It was only queued in the worker, never started: that dispatch was no attempt.
+                job.attempts = job.attempts.saturating_sub(1);
             }
             back.push(job);
         }
@@ -987,6 +1030,9 @@ impl Pool {
             consider(*t);
         }
         for s in &self.slots {
+            if let Some(p) = s.pending_exit {
+                consider(p.seen + LINK_DRAIN);
+            }
             match &s.state {
                 State::Starting { since, .. } => consider(*since + self.cfg.start_timeout),
                 State::Ready { inflight, .. } => {
@@ -1034,6 +1080,19 @@ impl Pool {
             }
         }
         for i in 0..self.slots.len() {
+            if let Some(p) = self.slots[i].pending_exit {
+                if p.seen + LINK_DRAIN <= now {
+                    tracing::warn!(
+                        worker = i,
+                        pid = p.pid,
+                        "worker socket still open after its exit; settling anyway"
+                    );
+                    self.slots[i].pending_exit = None;
+                    self.slots[i].link_open = false;
+                    self.settle_exit(i, p.pid, p.exit);
+                }
+                continue;
+            }
             let timeout = self.cfg.timeout;
             let head_expired = |inflight: &VecDeque<Running>| {
                 timeout.is_some_and(|t| inflight.front().is_some_and(|h| h.started + t <= now))

@@ -9,8 +9,9 @@
 //! This crate owns the worker's half of the protocol (see `herd-proto`): finding the
 //! supervisor's socket from the environment, the `Hello` handshake, the serve loop that turns
 //! every `Task` into exactly one `Done`, and the process's exit code. It is deliberately
-//! blocking and single-threaded (no async runtime): a worker exists to burn CPU in its handler,
-//! and one task runs at a time.
+//! blocking (no async runtime): a worker exists to burn CPU in its handler, and one task runs at
+//! a time, on the thread that called [`serve`]. The only other thread is a small flusher that
+//! bounds how long a finished `Done` can be held back (see below).
 //!
 //! # Theory of operation
 //!
@@ -23,8 +24,11 @@
 //!   (its `--window`). Input is read through a large buffer, and while further complete tasks
 //!   are already buffered, `Done` frames are queued and written together; everything queued is
 //!   flushed before the worker could block on a read, so a reply never waits for new input.
-//!   The caveat: a `Done` may wait for the handlers of tasks that were already buffered behind
-//!   it (with the default window of 1 nothing is ever queued).
+//! - **A finished `Done` is held for at most about 1 ms.** The supervisor times each attempt
+//!   from the previous `Done`, so a quick task's reply must not wait for the handler of a slow
+//!   task buffered behind it. A flusher thread writes out whatever has been queued for
+//!   [`MAX_HOLD`] while the handler is still running. It sleeps while nothing is queued and is
+//!   woken at most once per batch, so the tiny-task path costs no extra write.
 
 #![warn(missing_docs)]
 
@@ -34,6 +38,9 @@ use std::io::{self, BufReader, Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use herd_proto::codec::{self, FrameError};
 use herd_proto::{
@@ -45,6 +52,8 @@ use herd_proto::{
 const READ_BUFFER: usize = 64 * 1024;
 /// Queued output above this size is written even if more input is buffered.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The longest a queued `Done` waits for the serve loop before the flusher writes it out.
+const MAX_HOLD: Duration = Duration::from_millis(1);
 
 /// Runs `handler` as a herd worker until the supervisor sends the termination frame.
 ///
@@ -107,12 +116,36 @@ where
 /// answers every `Task` with exactly one `Done` until `Shutdown`.
 ///
 /// `reader` and `writer` are the two directions of the same connection (for a socket, pass
-/// `&stream` twice). `config.socket` is not used.
+/// `&stream` twice). `config.socket` is not used. The handler runs on the calling thread;
+/// `writer` is shared with a flusher thread that lives only as long as this call.
 ///
 /// # Errors
 /// [`Error::Disconnected`] when the stream ends or the peer resets it (the supervisor is gone);
 /// [`Error::Protocol`] for a frame that cannot be read or written.
-pub fn serve<R, W, F>(reader: R, writer: W, config: &Config, mut handler: F) -> Result<(), Error>
+pub fn serve<R, W, F>(reader: R, writer: W, config: &Config, handler: F) -> Result<(), Error>
+where
+    R: Read,
+    W: Write + Send,
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    let outbox = Outbox::new(writer);
+    thread::scope(|scope| {
+        let _stop = StopOnDrop(&outbox);
+        // Without the flusher every reply is still sent before the worker blocks on a read; only
+        // the bound on holding one back is lost, so a failed spawn is not worth dying for.
+        let _ = thread::Builder::new()
+            .name("herd-flush".into())
+            .spawn_scoped(scope, || outbox.run_flusher());
+        serve_loop(reader, &outbox, config, handler)
+    })
+}
+
+fn serve_loop<R, W, F>(
+    reader: R,
+    outbox: &Outbox<W>,
+    config: &Config,
+    mut handler: F,
+) -> Result<(), Error>
 where
     R: Read,
     W: Write,
@@ -120,10 +153,6 @@ where
 {
     let max = config.max_frame;
     let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let mut out = Outbox {
-        buf: Vec::with_capacity(WRITE_BATCH),
-        stream: writer,
-    };
     let mut scratch = Vec::new();
 
     let hello = FromWorker::Hello {
@@ -131,19 +160,19 @@ where
         pid: std::process::id(),
         token: config.token.clone(),
     };
-    codec::encode_frame(&hello, &mut out.buf, max)?;
-    out.flush().map_err(Error::from_io)?;
+    {
+        let mut out = outbox.lock();
+        codec::encode_frame(&hello, &mut out.buf, max)?;
+        out.flush().map_err(Error::from_io)?;
+    }
 
     loop {
-        if !complete_frame_buffered(reader.buffer(), max) || out.buf.len() >= WRITE_BATCH {
-            out.flush().map_err(Error::from_io)?;
-        }
         let msg = codec::read_frame::<ToWorker, _>(&mut reader, &mut scratch, max)
             .map_err(Error::from_frame)?;
         match msg {
             None => return Err(Error::Disconnected),
             Some(ToWorker::Shutdown) => {
-                out.flush().map_err(Error::from_io)?;
+                outbox.lock().flush().map_err(Error::from_io)?;
                 return Ok(());
             }
             Some(ToWorker::Task {
@@ -151,14 +180,25 @@ where
                 attempt,
                 payload,
             }) => {
+                let mut raw = RawStream(outbox);
                 let mut task = Task {
                     id,
                     attempt,
                     payload: &payload,
-                    out: &mut out,
+                    out: &mut raw,
                 };
                 let outcome = call(&mut handler, &mut task);
+
+                let mut out = outbox.lock();
+                out.take_error().map_err(Error::from_io)?;
                 push_done(&mut out.buf, id, outcome, max)?;
+                // Flush before a read that may block, or when the batch is full; otherwise hold
+                // the reply and let the flusher bound how long.
+                if !complete_frame_buffered(reader.buffer(), max) || out.buf.len() >= WRITE_BATCH {
+                    out.flush().map_err(Error::from_io)?;
+                } else {
+                    out.held(&outbox.wake);
+                }
             }
         }
     }
@@ -240,25 +280,152 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Write side of the connection: frames are appended to `buf` and written on `flush`.
+/// Write side of the connection, shared by the serve loop and the flusher thread: frames are
+/// appended to a buffer and written out, in order, under one lock.
 struct Outbox<W> {
-    buf: Vec<u8>,
-    stream: W,
+    out: Mutex<Queued<W>>,
+    /// Wakes the flusher: something was queued while it was idle, or it must stop.
+    wake: Condvar,
 }
 
-impl<W: Write> Write for Outbox<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(bytes);
-        Ok(bytes.len())
+/// What the [`Outbox`] lock protects.
+struct Queued<W> {
+    buf: Vec<u8>,
+    /// When the oldest byte in `buf` was queued; `None` while nothing is held.
+    since: Option<Instant>,
+    stream: W,
+    /// A write error the flusher hit, for the serve loop to report.
+    error: Option<io::Error>,
+    /// The flusher is waiting for something to be queued (and needs a notification).
+    idle: bool,
+    /// The serve loop is over: the flusher must exit.
+    stop: bool,
+}
+
+impl<W: Write> Outbox<W> {
+    fn new(stream: W) -> Self {
+        Self {
+            out: Mutex::new(Queued {
+                buf: Vec::with_capacity(WRITE_BATCH),
+                since: None,
+                stream,
+                error: None,
+                idle: false,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Queued<W>> {
+        // Only `W::write` or encoding could panic under the lock; the queue stays consistent,
+        // and the serve loop reports the broken stream at its next write.
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The flusher thread: writes out whatever has been held for [`MAX_HOLD`], until told to
+    /// stop.
+    fn run_flusher(&self) {
+        let mut out = self.lock();
+        while !out.stop {
+            let Some(since) = out.since else {
+                out.idle = true;
+                out = self.wake.wait(out).unwrap_or_else(PoisonError::into_inner);
+                out.idle = false;
+                continue;
+            };
+            let due = since + MAX_HOLD;
+            let now = Instant::now();
+            if now < due {
+                out = self
+                    .wake
+                    .wait_timeout(out, due - now)
+                    .map_or_else(|p| p.into_inner().0, |(out, _)| out);
+            } else if out.error.is_some() {
+                out.discard();
+            } else if let Err(err) = out.write_queued() {
+                out.error = Some(err);
+            }
+        }
+    }
+}
+
+impl<W: Write> Queued<W> {
+    /// Notes that bytes were queued without a flush, so the flusher must write them out in time.
+    fn held(&mut self, wake: &Condvar) {
+        if self.since.is_none() && !self.buf.is_empty() {
+            self.since = Some(Instant::now());
+            if self.idle {
+                wake.notify_one();
+            }
+        }
+    }
+
+    /// Writes out everything queued.
+    ///
+    /// # Errors
+    /// The flusher's error if it hit one (see [`Queued::take_error`]), else the stream's.
     fn flush(&mut self) -> io::Result<()> {
+        self.take_error()?;
+        self.write_queued()
+    }
+
+    /// Writes `buf` and flushes the stream. The queue is emptied whatever the outcome: after a
+    /// failed write the connection is unusable anyway.
+    fn write_queued(&mut self) -> io::Result<()> {
+        self.since = None;
         if !self.buf.is_empty() {
             let res = self.stream.write_all(&self.buf);
             self.buf.clear();
             res?;
         }
         self.stream.flush()
+    }
+
+    fn discard(&mut self) {
+        self.buf.clear();
+        self.since = None;
+    }
+
+    /// Reports the write error the flusher hit, if any: the first call returns it, later ones a
+    /// copy (same kind and message), since the connection stays broken.
+    fn take_error(&mut self) -> io::Result<()> {
+        match self.error.take() {
+            None => Ok(()),
+            Some(err) => {
+                self.error = Some(io::Error::new(err.kind(), err.to_string()));
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Tells the flusher to exit when the serve loop ends, however it ends, so that the scope
+/// joining it does not wait forever.
+struct StopOnDrop<'a, W: Write>(&'a Outbox<W>);
+
+impl<W: Write> Drop for StopOnDrop<'_, W> {
+    fn drop(&mut self) {
+        self.0.lock().stop = true;
+        self.0.wake.notify_one();
+    }
+}
+
+/// The handler's view of the write side ([`Task::raw_stream`]): bytes are queued after the
+/// `Done` frames already there and go out on `flush`, or within [`MAX_HOLD`].
+struct RawStream<'a, W>(&'a Outbox<W>);
+
+impl<W: Write> Write for RawStream<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut out = self.0.lock();
+        out.take_error()?;
+        out.buf.extend_from_slice(bytes);
+        out.held(&self.0.wake);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().flush()
     }
 }
 
@@ -288,8 +455,8 @@ impl Task<'_> {
 
     /// The connection's write side, for fault injection only (`herd-chaos`): whatever is written
     /// here reaches the supervisor as raw bytes, after any `Done` frames already queued, when
-    /// the writer is flushed. Flushing it also sends those queued frames. Anything else written
-    /// here breaks the protocol.
+    /// the writer is flushed (or about 1 ms later at the latest). Flushing it also sends those
+    /// queued frames. Anything else written here breaks the protocol.
     #[doc(hidden)]
     pub fn raw_stream(&mut self) -> &mut dyn Write {
         self.out
@@ -713,6 +880,92 @@ mod tests {
         assert!(matches!(recv(&sup), FromWorker::Done { id: 2, .. }));
         send(&sup, &ToWorker::Shutdown);
         worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_quick_done_is_not_held_behind_a_slow_handler() {
+        let (sup, worker) = spawn_worker(|task: &mut Task<'_>| {
+            if task.payload() == b"slow" {
+                thread::sleep(Duration::from_millis(300));
+            }
+            Ok(task.payload().to_vec())
+        });
+        recv(&sup);
+        // Both tasks in one write, so the second is buffered when the first's handler returns.
+        let mut bytes = Vec::new();
+        codec::encode_frame(&task(1, 1, b"quick"), &mut bytes, 1024).unwrap();
+        codec::encode_frame(&task(2, 1, b"slow"), &mut bytes, 1024).unwrap();
+        let sent = Instant::now();
+        (&sup).write_all(&bytes).unwrap();
+        // Without the flusher the first Done would only come with the second, after 300 ms.
+        sup.set_read_timeout(Some(Duration::from_millis(150)))
+            .unwrap();
+        let first = codec::read_frame::<FromWorker, _>(&mut &sup, &mut Vec::new(), 1024)
+            .unwrap_or_else(|e| panic!("no Done {:?} after sending: {e}", sent.elapsed()));
+        assert_eq!(
+            first,
+            Some(FromWorker::Done {
+                id: 1,
+                outcome: Outcome::Ok(b"quick".to_vec())
+            })
+        );
+        sup.set_read_timeout(None).unwrap();
+        assert!(matches!(recv(&sup), FromWorker::Done { id: 2, .. }));
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    /// Accepts the `Hello`, then fails every write as a closed socket would, and says so.
+    struct BreaksAfterHello {
+        writes: usize,
+        broke: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Write for BreaksAfterHello {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            if self.writes == 1 {
+                return Ok(bytes.len());
+            }
+            let _ = self.broke.send(());
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_error_in_the_flusher_is_reported_by_the_serve_loop() {
+        let (broke_tx, broke_rx) = std::sync::mpsc::channel();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (sup, worker) = UnixStream::pair().unwrap();
+        let writer = BreaksAfterHello {
+            writes: 0,
+            broke: broke_tx,
+        };
+        let handle = thread::spawn(move || {
+            serve(&worker, writer, &config(), move |task: &mut Task<'_>| {
+                if task.payload() == b"wait" {
+                    // Only the flusher can try to write the first Done while this handler runs.
+                    let flushed = broke_rx.recv_timeout(Duration::from_secs(10)).is_ok();
+                    seen_tx.send(flushed).unwrap();
+                }
+                Ok(Vec::new())
+            })
+        });
+        let mut bytes = Vec::new();
+        codec::encode_frame(&task(1, 1, b"quick"), &mut bytes, 1024).unwrap();
+        codec::encode_frame(&task(2, 1, b"wait"), &mut bytes, 1024).unwrap();
+        codec::encode_frame(&ToWorker::Shutdown, &mut bytes, 1024).unwrap();
+        (&sup).write_all(&bytes).unwrap();
+        assert!(
+            seen_rx.recv().unwrap(),
+            "the flusher did not write while the handler ran"
+        );
+        let err = handle.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Disconnected), "{err:?}");
     }
 
     #[test]
