@@ -540,17 +540,31 @@ impl Pool {
                         deadline: Some(grace),
                     };
                 }
-                State::Starting { pid, .. } => {
-                    process::kill_group(pid);
-                    slot.state = State::Dying {
-                        pid,
-                        inflight: VecDeque::new(),
-                        cause: Cause::Stop,
-                    };
-                }
+                // Let it finish its handshake and get the termination frame like the others
+                // (the start timeout still applies), so a normal stop kills nothing.
+                starting @ State::Starting { .. } => slot.state = starting,
                 other @ State::Dying { .. } => slot.state = other,
                 State::Backoff { .. } | State::Stopped => {}
             }
+        }
+    }
+
+    /// Sends the termination frame to a ready worker and starts its exit grace period.
+    fn send_shutdown(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if let State::Ready {
+            pid,
+            link,
+            inflight,
+        } = std::mem::replace(&mut slot.state, State::Stopped)
+        {
+            link.send(Outgoing::Shutdown);
+            slot.state = State::Draining {
+                pid,
+                link,
+                inflight,
+                deadline: Some(Instant::now() + self.cfg.grace),
+            };
         }
     }
 
@@ -685,6 +699,9 @@ impl Pool {
         slot.link_open = true;
         self.ever_ready = true;
         tracing::info!(worker = i, pid, "worker ready");
+        if self.phase == Phase::Stopping {
+            self.send_shutdown(i);
+        }
     }
 
     fn on_msg(&mut self, msg: Msg) {
