@@ -2,4 +2,5 @@
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
 mod run;
+mod supervision;
 mod util;

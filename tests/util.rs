@@ -211,3 +211,178 @@ pub fn square_events(n: usize) -> String {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A `herd` process running in the background, with its stdout records and JSON log lines
+/// collected by reader threads. Killed on drop.
+pub struct Live {
+    pub child: std::process::Child,
+    pub stdin: Option<std::process::ChildStdin>,
+    records: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    logs: std::sync::Arc<(std::sync::Mutex<Vec<Value>>, std::sync::Condvar)>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Fixture {
+    /// Starts `herd <args>` with piped stdin/stdout and JSON logs on stderr.
+    pub fn spawn_herd(&self, args: &[&str]) -> Live {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut cmd = std::process::Command::new(herd_bin());
+        cmd.args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let logs =
+            std::sync::Arc::new((std::sync::Mutex::new(Vec::new()), std::sync::Condvar::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let r = records.clone();
+        let t1 = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("record {line:?}: {e}"));
+                r.lock().unwrap().push(v);
+            }
+        });
+        let l = logs.clone();
+        let t2 = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({"raw": line}));
+                let (m, cv) = &*l;
+                m.lock().unwrap().push(v);
+                cv.notify_all();
+            }
+        });
+        Live {
+            child,
+            stdin,
+            records,
+            logs,
+            readers: vec![t1, t2],
+        }
+    }
+}
+
+impl Live {
+    /// Waits until the log satisfies `pred` (called with all lines so far).
+    pub fn wait_log(&self, what: &str, limit: Duration, mut pred: impl FnMut(&[Value]) -> bool) {
+        let (m, cv) = &*self.logs;
+        let start = Instant::now();
+        let mut guard = m.lock().unwrap();
+        while !pred(&guard) {
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| {
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; log:\n{}",
+                    dump(&guard)
+                )
+            });
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.0.lock().unwrap().clone()
+    }
+
+    /// Pids of workers announced ready and not yet reported exited.
+    pub fn live_worker_pids(&self) -> Vec<u32> {
+        let logs = self.logs();
+        let exited: HashSet<u64> = logs
+            .iter()
+            .filter(|l| l["message"] == "worker exited")
+            .filter_map(|l| l["pid"].as_u64())
+            .collect();
+        logs.iter()
+            .filter(|l| l["message"] == "worker ready")
+            .filter_map(|l| l["pid"].as_u64())
+            .filter(|p| !exited.contains(p))
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Every worker pid ever announced.
+    pub fn all_worker_pids(&self) -> HashSet<u32> {
+        self.logs()
+            .iter()
+            .filter(|l| l["message"] == "worker ready")
+            .filter_map(|l| l["pid"].as_u64())
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Writes input (from this thread; keep it small or use `feed`).
+    pub fn write(&mut self, data: &[u8]) {
+        use std::io::Write;
+        self.stdin.as_mut().unwrap().write_all(data).unwrap();
+    }
+
+    /// Writes `data` to stdin from a thread, then closes stdin.
+    pub fn feed(&mut self, data: Vec<u8>) -> std::thread::JoinHandle<()> {
+        use std::io::Write;
+        let mut stdin = self.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        })
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for herd to exit (bounded), then for its output readers; returns status and records.
+    pub fn finish(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<Value>, Vec<Value>) {
+        self.stdin.take();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "herd did not exit within {limit:?}; log:\n{}",
+                    dump(&self.logs())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for t in self.readers.drain(..) {
+            t.join().unwrap();
+        }
+        let records = self.records.lock().unwrap().clone();
+        let logs = self.logs();
+        (status, records, logs)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn dump(logs: &[Value]) -> String {
+    logs.iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}

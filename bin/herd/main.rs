@@ -79,6 +79,16 @@ struct RunArgs {
     /// Result records, JSON lines ('-' = stdout).
     #[arg(short, long, value_name = "FILE", default_value = "-")]
     output: PathBuf,
+    /// Replace a worker gracefully after it completed N tasks (against leaks).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_tasks: Option<u64>,
+    /// Replace a worker gracefully once its resident memory exceeds SIZE (e.g. 512MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_rss: Option<usize>,
+    /// Also write the input line of every event whose record is not ok to FILE, so that
+    /// `herd run -i FILE` can replay them.
+    #[arg(long, value_name = "FILE")]
+    failed: Option<PathBuf>,
     /// Write records in input order (a bounded reorder buffer holds early finishers).
     #[arg(long)]
     ordered: bool,
@@ -157,6 +167,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cfg.queue = args.queue.unwrap_or(0);
     cfg.grace = args.grace;
     cfg.start_timeout = args.start_timeout;
+    cfg.max_tasks = args.max_tasks;
+    cfg.max_rss = args.max_rss.map(|b| b as u64);
     if let Some(m) = args.max_frame {
         anyhow::ensure!(
             (1024..=herd_proto::MAX_FRAME_CEILING).contains(&m),
@@ -181,6 +193,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot create output {}", args.output.display()))?,
         )
     };
+    let failed: Option<Box<dyn Write + Send>> = match &args.failed {
+        Some(path) => Some(Box::new(io::BufWriter::new(
+            File::create(path)
+                .with_context(|| format!("cannot create failed-events file {}", path.display()))?,
+        ))),
+        None => None,
+    };
 
     let (source_tx, source_rx) = mpsc::channel::<Vec<Input>>(4);
     let (sink_tx, sink_rx) = mpsc::channel::<Vec<Record>>(16);
@@ -194,7 +213,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the input thread")?;
     let writer = std::thread::Builder::new()
         .name("herd-output".into())
-        .spawn(move || write_records(output, sink_rx))
+        .spawn(move || write_records(output, failed, sink_rx))
         .context("cannot start the output thread")?;
 
     // One thread runs the pool: workers' parent-death signal is tied to the spawning thread,
@@ -223,24 +242,41 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ok = summary.ok,
         errors = ?summary.errors,
         restarts = summary.restarts,
+        recycled = summary.recycled,
         secs = format!("{secs:.3}"),
         "done"
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes record batches as JSON lines; flushes whenever it has caught up.
+/// Writes record batches as JSON lines, and the inputs of failed events to `failed`; flushes
+/// whenever it has caught up.
 fn write_records(
     out: Box<dyn Write + Send>,
+    mut failed: Option<Box<dyn Write + Send>>,
     mut rx: mpsc::Receiver<Vec<Record>>,
 ) -> io::Result<()> {
     let mut w = RecordWriter::new(out);
-    while let Some(batch) = rx.blocking_recv() {
-        w.write(&batch)?;
-        while let Ok(more) = rx.try_recv() {
-            w.write(&more)?;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            w.write(&batch)?;
+            if let Some(f) = failed.as_mut() {
+                let inputs = batch
+                    .iter()
+                    .filter(|r| !r.is_ok())
+                    .filter_map(|r| r.input.as_ref());
+                for input in inputs {
+                    f.write_all(input)?;
+                    f.write_all(b"\n")?;
+                }
+            }
+            next = rx.try_recv().ok();
         }
         w.flush()?;
+        if let Some(f) = failed.as_mut() {
+            f.flush()?;
+        }
     }
     Ok(())
 }

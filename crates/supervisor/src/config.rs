@@ -27,6 +27,11 @@ pub struct PoolConfig {
     /// How long a graceful stop may take to finish accepted events before the rest are
     /// recorded as `shutdown`.
     pub drain_timeout: Duration,
+    /// Replace a worker (gracefully, between tasks) after it completed this many tasks.
+    pub max_tasks: Option<u64>,
+    /// Replace a worker (gracefully, between tasks) once its resident memory exceeds this
+    /// many bytes (checked twice a second).
+    pub max_rss: Option<u64>,
     /// Emit records in `seq` order instead of completion order.
     pub ordered: bool,
     /// How long a worker may take from spawn to a completed handshake.
@@ -57,6 +62,8 @@ impl PoolConfig {
             retry_backoff: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(30),
             ordered: false,
+            max_tasks: None,
+            max_rss: None,
             start_timeout: Duration::from_secs(10),
             grace: Duration::from_secs(5),
             runtime_dir: None,

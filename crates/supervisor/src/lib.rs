@@ -70,6 +70,8 @@ pub struct Summary {
     pub errors: BTreeMap<&'static str, u64>,
     /// Worker processes replaced after an unexpected exit.
     pub restarts: u64,
+    /// Worker processes replaced gracefully (`max_tasks`, `max_rss`).
+    pub recycled: u64,
 }
 
 impl Summary {

@@ -138,6 +138,8 @@ struct Slot {
     restarts: u64,
     last_exit: Option<Exit>,
     stderr_tail: Vec<String>,
+    /// Tasks completed by the current process (for `max_tasks` recycling).
+    tasks: u64,
     /// The link reader has not reported the end of the socket yet.
     link_open: bool,
     /// An exit seen while the link was still delivering frames; settled when it closes.
@@ -155,6 +157,8 @@ struct PendingExit {
 /// How long an exit waits for its link to report the end of the socket (only a grandchild
 /// holding the socket open could make it wait that long).
 const LINK_DRAIN: Duration = Duration::from_secs(1);
+/// How often workers' resident memory is compared with `max_rss`.
+const RSS_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Slot {
     fn has_room(&self, window: usize) -> bool {
@@ -215,6 +219,7 @@ pub(crate) struct Pool {
     next_seq_out: u64,
     phase: Phase,
     ever_ready: bool,
+    next_rss_check: Instant,
     fatal: Option<PoolError>,
     summary: Summary,
     jitter: Jitter,
@@ -262,6 +267,7 @@ impl Pool {
                 restarts: 0,
                 last_exit: None,
                 stderr_tail: Vec::new(),
+                tasks: 0,
                 link_open: false,
                 pending_exit: None,
             })
@@ -281,6 +287,7 @@ impl Pool {
             next_seq_out: 0,
             phase: Phase::Running,
             ever_ready: false,
+            next_rss_check: Instant::now(),
             fatal: None,
             summary: Summary::default(),
             jitter: Jitter::new(seed),
@@ -379,6 +386,7 @@ impl Pool {
                                 kind: ErrorKind::Rejected,
                                 message,
                             },
+                            input: Some(payload),
                         });
                         continue;
                     }
@@ -399,6 +407,7 @@ impl Pool {
                         kind: ErrorKind::Rejected,
                         message: reason,
                     },
+                    input: None,
                 }),
             }
         }
@@ -437,6 +446,7 @@ impl Pool {
             seq: job.seq,
             attempts: job.attempts,
             outcome: RecordOutcome::Err { kind, message },
+            input: Some(job.payload),
         });
     }
 
@@ -588,6 +598,7 @@ impl Pool {
         slot.gen += 1;
         slot.link_open = false;
         slot.pending_exit = None;
+        slot.tasks = 0;
         let id = slot.id();
         match process::spawn_worker(&self.cfg, id, self.rundir.socket(), &token, &self.urgent_tx) {
             Ok(spawned) => {
@@ -800,6 +811,7 @@ impl Pool {
                         pid,
                         micros,
                     },
+                    input: None,
                 });
             }
             Outcome::Err { retryable, message } => {
@@ -826,8 +838,15 @@ impl Pool {
         self.after_task_done(i);
     }
 
-    /// A draining worker gets its termination frame once it holds nothing.
+    /// Counts a completed task; recycles a worker that reached `max_tasks`; a draining worker
+    /// gets its termination frame once it holds nothing.
     fn after_task_done(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.tasks += 1;
+        if self.cfg.max_tasks.is_some_and(|m| slot.tasks >= m) {
+            let tasks = slot.tasks;
+            self.recycle(i, &format!("it completed {tasks} tasks"));
+        }
         if let State::Draining {
             link,
             inflight,
@@ -839,6 +858,29 @@ impl Pool {
                 link.send(Outgoing::Shutdown);
                 *deadline = Some(Instant::now() + self.cfg.grace);
             }
+        }
+    }
+
+    /// Takes a ready worker out of rotation; it gets the termination frame once its in-flight
+    /// tasks are answered, and is replaced when it exits.
+    fn recycle(&mut self, i: usize, why: &str) {
+        let slot = &mut self.slots[i];
+        if !matches!(slot.state, State::Ready { .. }) {
+            return;
+        }
+        if let State::Ready {
+            pid,
+            link,
+            inflight,
+        } = std::mem::replace(&mut slot.state, State::Stopped)
+        {
+            tracing::info!(worker = i, pid, "recycling worker: {why}");
+            slot.state = State::Draining {
+                pid,
+                link,
+                inflight,
+                deadline: None,
+            };
         }
     }
 
@@ -902,8 +944,13 @@ impl Pool {
                 inflight, deadline, ..
             } => {
                 if inflight.is_empty() && deadline.is_some() {
-                    // The termination frame was answered.
-                    return self.after_stop(i);
+                    // The termination frame was answered: a stop, or a recycling.
+                    if self.phase == Phase::Stopping {
+                        return self.after_stop(i);
+                    }
+                    tracing::info!(worker = i, pid, "worker recycled; starting its replacement");
+                    self.summary.recycled += 1;
+                    return self.restart_now(i);
                 }
                 (inflight, None, true)
             }
@@ -1043,6 +1090,9 @@ impl Pool {
         if let Phase::Draining { deadline: Some(d) } = self.phase {
             consider(d);
         }
+        if self.cfg.max_rss.is_some() {
+            consider(self.next_rss_check);
+        }
         for (t, _) in &self.delayed {
             consider(*t);
         }
@@ -1076,6 +1126,26 @@ impl Pool {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if let Some(limit) = self.cfg.max_rss {
+            if self.next_rss_check <= now {
+                self.next_rss_check = now + RSS_CHECK_EVERY;
+                for i in 0..self.slots.len() {
+                    let State::Ready { pid, .. } = self.slots[i].state else {
+                        continue;
+                    };
+                    if let Some(rss) = process::rss_bytes(pid).filter(|&r| r > limit) {
+                        self.recycle(
+                            i,
+                            &format!(
+                                "its resident memory {} MiB exceeds the limit of {} MiB",
+                                rss >> 20,
+                                limit >> 20
+                            ),
+                        );
+                    }
+                }
+            }
+        }
         if !self.delayed.is_empty() {
             let mut due = Vec::new();
             self.delayed.retain_mut(|(t, job)| {

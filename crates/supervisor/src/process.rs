@@ -200,3 +200,15 @@ pub(crate) fn process_group_of(pid: u32) -> Option<u32> {
         .ok()
         .and_then(|p| u32::try_from(p.as_raw()).ok())
 }
+
+/// Resident memory of `pid` in bytes, from `/proc/<pid>/statm`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    Some(pages * page)
+}

@@ -63,6 +63,9 @@ pub struct Record {
     pub attempts: u32,
     /// Success or the typed error.
     pub outcome: RecordOutcome,
+    /// The event's payload, kept on error records only (for `--failed` replay files); `None`
+    /// on success and for lines refused before they were read whole.
+    pub input: Option<bytes::Bytes>,
 }
 
 /// The two shapes a record can take.
@@ -249,6 +252,7 @@ mod tests {
                 pid: 4242,
                 micros: 517,
             },
+            input: None,
         }
     }
 
@@ -290,6 +294,7 @@ mod tests {
                 kind: ErrorKind::Crashed,
                 message: "worker 3 (pid 4250) killed by \"SIGSEGV\"".into(),
             },
+            input: None,
         };
         assert_eq!(
             json(&r),
