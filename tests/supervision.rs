@@ -381,3 +381,48 @@ fn a_stranger_with_the_wrong_token_is_refused() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["output"], 81);
 }
+
+#[test]
+fn wrapped_workers_and_their_children_are_cleaned_up() {
+    let fx = Fixture::new();
+    // The shell forks a long sleeper and the worker (not exec'd, because of `; exit 0`): the
+    // peer is a child of the spawned process, in its process group.
+    let script = format!("sleep 300 & echo \"sleeper $!\" >&2; {} ; exit 0", chaos());
+    let out = fx
+        .herd(&[
+            "run",
+            "--log-format",
+            "json",
+            "-w",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .write_stdin(square_events(100))
+        .output()
+        .unwrap();
+    let run = Run::new(vec![], out);
+    run.assert_success();
+    for (i, r) in run.by_seq(100).iter().enumerate() {
+        assert_eq!(r["output"].as_u64().unwrap(), (i * i) as u64);
+    }
+    let sleepers: HashSet<u32> = run
+        .logs
+        .iter()
+        .filter_map(|l| {
+            l["message"]
+                .as_str()?
+                .strip_prefix("sleeper ")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(sleepers.len(), 2, "{}", run.stderr());
+    assert!(run
+        .log_events("worker exited")
+        .iter()
+        .all(|e| e["code"] == 0));
+    assert_all_gone(&sleepers);
+}

@@ -742,13 +742,19 @@ impl Pool {
                     }
                     // Usually the process is exiting; make sure of it. Its exit status, not
                     // this EOF, decides what is recorded.
-                    None => {
-                        if let Some(pid) = slot.pid() {
-                            if !matches!(slot.state, State::Dying { .. }) {
+                    None => match slot.state {
+                        // After the termination frame the socket closing is expected; the
+                        // process (perhaps a wrapper finishing up) has its grace period.
+                        State::Draining {
+                            deadline: Some(_), ..
+                        }
+                        | State::Dying { .. } => {}
+                        _ => {
+                            if let Some(pid) = slot.pid() {
                                 process::kill_group(pid);
                             }
                         }
-                    }
+                    },
                 }
             }
             Msg::Exited {

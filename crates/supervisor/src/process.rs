@@ -116,6 +116,8 @@ pub(crate) fn spawn_worker(
         let out_task = stdout.map(|s| tokio::spawn(forward_lines(s, id, pid, "stdout")));
         let err_task = stderr.map(|s| tokio::spawn(forward_lines(s, id, pid, "stderr")));
         let status = Exit::from_status(child.wait().await);
+        // Whatever the worker left behind in its process group goes with it.
+        kill_group(pid);
         // The pipes close with the process unless a grandchild holds them; don't wait long.
         let wait = std::time::Duration::from_millis(50);
         let mut tail = Vec::new();
