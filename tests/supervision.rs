@@ -426,3 +426,45 @@ fn wrapped_workers_and_their_children_are_cleaned_up() {
         .all(|e| e["code"] == 0));
     assert_all_gone(&sleepers);
 }
+
+#[test]
+fn a_slot_that_cannot_start_backs_off_while_the_others_serve() {
+    let fx = Fixture::new();
+    // Slot 1's worker always dies at start-up; slot 0's is fine.
+    let script = format!(
+        "if [ \"$HERD_WORKER\" = 1 ]; then echo 'slot 1 is broken' >&2; exit 1; fi; exec {}",
+        chaos()
+    );
+    let mut herd = fx.spawn_herd(&[
+        "run",
+        "--log-format",
+        "json",
+        "-w",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    herd.wait_log("four failed starts of slot 1", RUN_TIMEOUT, |l| {
+        l.iter()
+            .filter(|x| x["message"] == "worker failed to start; backing off" && x["worker"] == 1)
+            .count()
+            >= 4
+    });
+    herd.write(square_events(200).as_bytes());
+    let (status, records, logs) = herd.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().all(|r| r["ok"] == true && r["worker"] == 0));
+    let delays: Vec<u64> = logs
+        .iter()
+        .filter(|x| x["message"] == "worker failed to start; backing off" && x["worker"] == 1)
+        .map(|x| x["delay_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        &delays[..4],
+        &[100, 200, 400, 800],
+        "exponential backoff: {delays:?}"
+    );
+}

@@ -616,24 +616,25 @@ impl Pool {
                     return Err(PoolError::Spawn { program, source });
                 }
                 tracing::warn!(worker = i, program, error = %source, "cannot spawn worker");
-                self.start_failed(i);
+                self.start_failed(i, &source.to_string());
                 Ok(())
             }
         }
     }
 
     /// Puts a slot whose worker failed to start into backoff (or gives up on the pool).
-    fn start_failed(&mut self, i: usize) {
+    fn start_failed(&mut self, i: usize, reason: &str) {
         let slot = &mut self.slots[i];
         slot.failures += 1;
         let delay = slot::restart_backoff(slot.failures);
         slot.state = State::Backoff {
             until: Instant::now() + delay,
         };
-        tracing::info!(
+        tracing::warn!(
             worker = i,
             failures = slot.failures,
             delay_ms = delay.as_millis() as u64,
+            reason,
             "worker failed to start; backing off"
         );
         if !self.ever_ready && self.slots.iter().all(|s| s.failures >= GIVE_UP_AFTER) {
@@ -1002,12 +1003,7 @@ impl Pool {
         self.summary.restarts += 1;
         self.slots[i].restarts += 1;
         if !was_up {
-            tracing::warn!(
-                worker = i,
-                pid,
-                "worker died before completing its handshake: {message}"
-            );
-            self.start_failed(i);
+            self.start_failed(i, &message);
         } else if held_work {
             // It died working: the likely culprit was a task, not the worker; replace now.
             tracing::warn!(
@@ -1038,8 +1034,7 @@ impl Pool {
 
     fn restart_now(&mut self, i: usize) {
         if let Err(e) = self.spawn(i) {
-            tracing::error!(worker = i, error = %e, "restart failed");
-            self.start_failed(i);
+            self.start_failed(i, &e.to_string());
         }
     }
 
