@@ -193,21 +193,43 @@ def bare(lines, workers):
 # ---------------------------------------------------------------------------------------------
 # Running and reporting.
 
+def cpu_seconds():
+    """(CPU seconds used by the whole machine, by this process and its reaped children)."""
+    try:
+        with open("/proc/stat") as f:
+            jiffies = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(jiffies) - jiffies[3] - jiffies[4]  # all but idle and iowait
+        machine = busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        machine = float("nan")
+    ours = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        ours += ru.ru_utime + ru.ru_stime
+    return machine, ours
+
+
 def run_peer(name, fn, lines, expected, workers, **extra):
     """Time one peer from pool creation to all results checked; also report check-free time."""
+    cpu0 = cpu_seconds()
     t0 = time.perf_counter()
     results = fn(lines, workers)
     t1 = time.perf_counter()
     check(name, results, expected)
     t2 = time.perf_counter()
+    cpu1 = cpu_seconds()
     n = len(lines)
     seconds = t2 - t0
     rec = {"events": n, "seconds": round(seconds, 4), "events_per_sec": round(n / seconds, 1),
            "seconds_excl_check": round(t1 - t0, 4),
-           "events_per_sec_excl_check": round(n / (t1 - t0), 1)}
+           "events_per_sec_excl_check": round(n / (t1 - t0), 1),
+           # CPU the peer used (parent + workers), and what the rest of the machine used
+           # meanwhile: if the latter is large, the figures were disturbed.
+           "cpu_seconds": round(cpu1[1] - cpu0[1], 3),
+           "other_cpu_seconds": round(max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])), 2)}
     rec.update(extra)
     say(f"  {name:<22} {n:>9} events  {seconds:8.3f} s  {n / seconds:>11,.0f} ev/s"
-        f"  (excl. check {n / (t1 - t0):,.0f} ev/s)")
+        f"  (excl. check {n / (t1 - t0):,.0f} ev/s)  other CPU {rec['other_cpu_seconds']:.1f} s")
     return rec
 
 

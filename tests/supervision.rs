@@ -202,6 +202,11 @@ fn workers_die_with_a_sigkilled_herd() {
     signal(herd.pid(), Signal::SIGKILL);
     let _ = herd.child.wait();
     assert_all_gone(&pids);
+    // Its socket directory is left behind, and swept by the next herd.
+    assert_eq!(fx.leftover_runtime_dirs().len(), 1);
+    let run = fx.run_chaos(&["-w", "1"], square_events(3));
+    run.assert_success();
+    assert!(fx.leftover_runtime_dirs().is_empty());
 }
 
 #[test]

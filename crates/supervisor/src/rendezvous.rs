@@ -49,6 +49,7 @@ impl RuntimeDir {
             .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        sweep_stale(&base);
         let mut last_err = None;
         for _ in 0..8 {
             let dir = base.join(format!("herd-{}-{}", std::process::id(), random_hex(6)?));
@@ -73,6 +74,42 @@ impl Drop for RuntimeDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Removes runtime directories left by herd processes that were SIGKILLed (their Drop never
+/// ran): `herd-<pid>-<hex>` entries whose pid is gone, holding nothing but a socket.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("herd-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let ours = entry
+            .metadata()
+            .is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw());
+        if !ours {
+            continue;
+        }
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            || std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if alive {
+            continue;
+        }
+        let dir = entry.path();
+        let _ = std::fs::remove_file(dir.join("workers.sock"));
+        if std::fs::remove_dir(&dir).is_ok() {
+            tracing::debug!(dir = %dir.display(), "removed a stale runtime directory");
+        }
     }
 }
 
