@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herd_supervisor::{Command, Input, PoolConfig, Record, RecordWriter};
-use tokio::sync::mpsc;
+use herd_supervisor::{Command, PoolConfig, PoolHandle, RecordWriter, Records, Submission};
 
 use logging::LogFormat;
 
@@ -201,20 +200,34 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let (source_tx, source_rx) = mpsc::channel::<Vec<Input>>(4);
-    let (sink_tx, sink_rx) = mpsc::channel::<Vec<Record>>(16);
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    forward_signals(cmd_tx)?;
-
+    let ordered = cfg.ordered;
     let max_line = cfg.max_frame.saturating_sub(32);
+    let (pool, run_pool) = herd_supervisor::pool(cfg);
+    let Submission { sender, records } = pool.submit(ordered);
+    forward_signals(pool.clone())?;
+
     let reader = std::thread::Builder::new()
         .name("herd-input".into())
-        .spawn(move || herd_supervisor::lines::read_lines(input, max_line, &source_tx))
+        .spawn(move || {
+            let max_batch = sender.max_batch();
+            herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
+                sender.blocking_send(batch).is_ok()
+            })
+        })
         .context("cannot start the input thread")?;
+    let stopper = pool.clone();
     let writer = std::thread::Builder::new()
         .name("herd-output".into())
-        .spawn(move || write_records(output, failed, sink_rx))
+        .spawn(move || {
+            let written = write_records(output, failed, records);
+            // Every record is out (or the output failed): the pool's job is done.
+            stopper.command(Command::Stop {
+                fast: written.is_err(),
+            });
+            written
+        })
         .context("cannot start the output thread")?;
+    drop(pool);
 
     // One thread runs the pool: workers' parent-death signal is tied to the spawning thread,
     // and this one lives as long as the process.
@@ -223,13 +236,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let started = std::time::Instant::now();
-    let result = runtime.block_on(herd_supervisor::run(cfg, source_rx, sink_tx, cmd_rx));
+    let result = runtime.block_on(run_pool);
     drop(runtime);
 
+    let summary = result?;
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
-    let summary = result?;
     written.context("cannot write records")?;
     match reader.join() {
         Ok(Ok(_)) => {}
@@ -254,10 +267,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn write_records(
     out: Box<dyn Write + Send>,
     mut failed: Option<Box<dyn Write + Send>>,
-    mut rx: mpsc::Receiver<Vec<Record>>,
+    mut records: Records,
 ) -> io::Result<()> {
     let mut w = RecordWriter::new(out);
-    while let Some(first) = rx.blocking_recv() {
+    while let Some(first) = records.blocking_recv() {
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             w.write(&batch)?;
@@ -271,7 +284,7 @@ fn write_records(
                     f.write_all(b"\n")?;
                 }
             }
-            next = rx.try_recv().ok();
+            next = records.try_recv();
         }
         w.flush()?;
         if let Some(f) = failed.as_mut() {
@@ -282,7 +295,7 @@ fn write_records(
 }
 
 /// INT/TERM: finish what was accepted, then stop; a second INT, or QUIT: stop now.
-fn forward_signals(tx: mpsc::UnboundedSender<Command>) -> anyhow::Result<()> {
+fn forward_signals(pool: PoolHandle) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT])
         .context("cannot install signal handlers")?;
@@ -294,7 +307,7 @@ fn forward_signals(tx: mpsc::UnboundedSender<Command>) -> anyhow::Result<()> {
                 let fast = sig == SIGQUIT || (stopping && sig == SIGINT);
                 tracing::info!(signal = %herd_supervisor::signal_name(sig), fast, "signal received");
                 stopping = true;
-                if tx.send(Command::Stop { fast }).is_err() {
+                if !pool.command(Command::Stop { fast }) {
                     return;
                 }
             }

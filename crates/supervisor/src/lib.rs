@@ -28,20 +28,27 @@
 mod config;
 pub mod lines;
 mod link;
+mod origins;
 mod pool;
 mod process;
 pub mod record;
 mod rendezvous;
 pub mod slot;
+pub mod status;
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 pub use config::PoolConfig;
+pub use origins::OriginId;
 pub use process::{signal_name, Exit};
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
+pub use status::{Status, WorkerStatus};
 
 /// One item from an event source.
 #[derive(Debug, Clone)]
@@ -54,11 +61,39 @@ pub enum Input {
 }
 
 /// Asks a running pool to change course.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Stop taking events. `fast: false` finishes what was accepted (within the drain
-    /// timeout); `fast: true` kills the workers and records the rest as `shutdown`.
+    /// timeout), then sends the termination frames; `fast: true` kills the workers and
+    /// records the rest as `shutdown`.
     Stop { fast: bool },
+    /// Run this many workers.
+    Scale(usize),
+    /// One worker more (+1) or fewer (-1).
+    ScaleBy(i64),
+    /// Rolling restart of every worker.
+    Reload,
+    /// A snapshot of the pool.
+    Status(oneshot::Sender<Status>),
+    /// Write a status snapshot to the log.
+    LogStatus,
+}
+
+/// Submission traffic into the pool, on one ordered channel.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    Open {
+        origin: OriginId,
+        sink: mpsc::UnboundedSender<Vec<Record>>,
+        ordered: bool,
+    },
+    Events {
+        origin: OriginId,
+        batch: Vec<Input>,
+    },
+    End {
+        origin: OriginId,
+    },
 }
 
 /// What a pool did, returned when it stops.
@@ -125,20 +160,188 @@ fn format_tail(tail: &[String]) -> String {
     }
 }
 
-/// Runs a pool: events from `source` (batches of [`Input`]) become [`Record`]s on `sink`.
-/// Returns when the source is exhausted and every record is handed over and every worker has
-/// exited, or after a [`Command::Stop`].
+/// A handle on a running pool: submit events, send commands, ask for status. Cheap to clone;
+/// when every handle is gone the pool stops gracefully.
+#[derive(Debug, Clone)]
+pub struct PoolHandle {
+    feed: mpsc::UnboundedSender<Feed>,
+    commands: mpsc::UnboundedSender<Command>,
+    next_origin: Arc<AtomicU64>,
+    ready: watch::Receiver<Option<Vec<u32>>>,
+    credits: usize,
+}
+
+/// Starts building a pool: returns its handle and the future that runs it. The pool spawns its
+/// workers when the future is first polled, and the future ends when the pool has stopped.
 ///
-/// Must be called on a long-lived runtime thread (not inside `spawn_blocking`): workers'
+/// The future must run on a long-lived runtime thread (not inside `spawn_blocking`): workers'
 /// parent-death signal is tied to the thread that spawns them.
 ///
 /// # Errors
-/// [`PoolError`] when the pool itself cannot work; worker and event faults become records.
-pub async fn run(
-    config: PoolConfig,
-    source: mpsc::Receiver<Vec<Input>>,
-    sink: mpsc::Sender<Vec<Record>>,
-    commands: mpsc::UnboundedReceiver<Command>,
-) -> Result<Summary, PoolError> {
-    pool::Pool::run(config, source, sink, commands).await
+/// The future fails with [`PoolError`] when the pool itself cannot work; worker and event
+/// faults become records.
+pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summary, PoolError>>) {
+    let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = watch::channel(None);
+    let handle = PoolHandle {
+        feed: feed_tx,
+        commands: cmd_tx,
+        next_origin: Arc::new(AtomicU64::new(0)),
+        ready: ready_rx,
+        credits: config.effective_queue(),
+    };
+    (handle, pool::Pool::run(config, feed_rx, cmd_rx, ready_tx))
+}
+
+impl PoolHandle {
+    /// Opens a submission: a stream of events whose records come back on its own channel, in
+    /// completion order or (with `ordered`) in `seq` order.
+    pub fn submit(&self, ordered: bool) -> Submission {
+        let origin = self.next_origin.fetch_add(1, Ordering::Relaxed);
+        let (sink, records) = mpsc::unbounded_channel();
+        let _ = self.feed.send(Feed::Open {
+            origin,
+            sink,
+            ordered,
+        });
+        let credits = Arc::new(Semaphore::new(self.credits));
+        Submission {
+            sender: EventSender {
+                origin,
+                feed: self.feed.clone(),
+                credits: credits.clone(),
+                max_batch: self.credits,
+            },
+            records: Records {
+                rx: records,
+                credits,
+            },
+        }
+    }
+
+    /// Sends a command; `false` if the pool has stopped.
+    pub fn command(&self, cmd: Command) -> bool {
+        self.commands.send(cmd).is_ok()
+    }
+
+    /// A snapshot of the pool, or `None` if it has stopped.
+    pub async fn status(&self) -> Option<Status> {
+        let (tx, rx) = oneshot::channel();
+        self.command(Command::Status(tx));
+        rx.await.ok()
+    }
+
+    /// Waits until every worker has completed its handshake once; returns their pids, or
+    /// `None` if the pool stopped first.
+    pub async fn ready(&self) -> Option<Vec<u32>> {
+        let mut rx = self.ready.clone();
+        let got = rx.wait_for(Option::is_some).await.ok()?;
+        got.clone()
+    }
+}
+
+/// One stream of events into a pool and its records back.
+#[derive(Debug)]
+pub struct Submission {
+    pub sender: EventSender,
+    pub records: Records,
+}
+
+/// The sending half of a submission. Each event takes a credit, which comes back when its
+/// record is received: at most `queue` events of a submission are in the pool at once, which
+/// is the back-pressure. Dropping it (or [`EventSender::end`]) ends the submission.
+#[derive(Debug)]
+pub struct EventSender {
+    origin: OriginId,
+    feed: mpsc::UnboundedSender<Feed>,
+    credits: Arc<Semaphore>,
+    max_batch: usize,
+}
+
+/// The pool has stopped.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the pool has stopped")]
+pub struct PoolGone;
+
+impl EventSender {
+    /// Largest batch [`EventSender::send`] accepts (the credit limit).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Sends a batch of events, waiting for credits first.
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub async fn send(&self, mut batch: Vec<Input>) -> Result<(), PoolGone> {
+        while !batch.is_empty() {
+            let rest = batch.split_off(batch.len().min(self.max_batch));
+            // `max_batch` is the semaphore's size, far below u32::MAX.
+            let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            self.credits
+                .acquire_many(n)
+                .await
+                .map_err(|_| PoolGone)?
+                .forget();
+            self.feed
+                .send(Feed::Events {
+                    origin: self.origin,
+                    batch,
+                })
+                .map_err(|_| PoolGone)?;
+            batch = rest;
+        }
+        Ok(())
+    }
+
+    /// Blocking [`EventSender::send`], for plain threads (not inside an async runtime).
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub fn blocking_send(&self, batch: Vec<Input>) -> Result<(), PoolGone> {
+        futures_executor::block_on(self.send(batch))
+    }
+
+    /// Ends the submission: the records channel closes once every record is delivered.
+    pub fn end(self) {}
+}
+
+impl Drop for EventSender {
+    fn drop(&mut self) {
+        let _ = self.feed.send(Feed::End {
+            origin: self.origin,
+        });
+    }
+}
+
+/// The receiving half of a submission.
+#[derive(Debug)]
+pub struct Records {
+    rx: mpsc::UnboundedReceiver<Vec<Record>>,
+    credits: Arc<Semaphore>,
+}
+
+impl Records {
+    /// The next batch of records; `None` once every record of an ended submission has come
+    /// (or the pool stopped).
+    pub async fn recv(&mut self) -> Option<Vec<Record>> {
+        let batch = self.rx.recv().await?;
+        self.credits.add_permits(batch.len());
+        Some(batch)
+    }
+
+    /// Blocking [`Records::recv`], for plain threads.
+    pub fn blocking_recv(&mut self) -> Option<Vec<Record>> {
+        let batch = self.rx.blocking_recv()?;
+        self.credits.add_permits(batch.len());
+        Some(batch)
+    }
+
+    /// A batch if one is ready now.
+    pub fn try_recv(&mut self) -> Option<Vec<Record>> {
+        let batch = self.rx.try_recv().ok()?;
+        self.credits.add_permits(batch.len());
+        Some(batch)
+    }
 }

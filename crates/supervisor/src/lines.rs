@@ -12,7 +12,6 @@
 use std::io::{self, BufRead, BufReader, Read};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::Input;
 
@@ -21,20 +20,24 @@ const READ_BUF: usize = 256 * 1024;
 /// Most events in one batch.
 const BATCH_EVENTS: usize = 1024;
 
-/// Reads `reader` to the end, sending its lines as numbered events (`seq` from 0). Lines longer
-/// than `max_line` bytes become `Rejected`. Returns the number of lines, or early (with the
-/// count so far) if the receiver is gone.
+/// Reads `reader` to the end, handing its lines as numbered events (`seq` from 0) to `send` in
+/// batches of at most `max_batch`. Lines longer than `max_line` bytes become `Rejected`.
+/// Returns the number of lines, or early (with the count so far) once `send` returns false.
 ///
 /// # Errors
 /// A read error of the underlying stream.
 pub fn read_lines<R: Read>(
     reader: R,
     max_line: usize,
-    tx: &mpsc::Sender<Vec<Input>>,
+    max_batch: usize,
+    mut send: impl FnMut(Vec<Input>) -> bool,
 ) -> io::Result<u64> {
+    let max_batch = max_batch.clamp(1, BATCH_EVENTS);
     let mut r = BufReader::with_capacity(READ_BUF, reader);
     let mut seq = 0u64;
-    let mut batch: Vec<Input> = Vec::with_capacity(BATCH_EVENTS);
+    let mut batch: Vec<Input> = Vec::with_capacity(max_batch);
+    let mut flush =
+        |batch: &mut Vec<Input>| send(std::mem::replace(batch, Vec::with_capacity(max_batch)));
     // Part of a line that spans buffer refills.
     let mut partial: Vec<u8> = Vec::new();
     let mut oversize = false;
@@ -66,7 +69,7 @@ pub fn read_lines<R: Read>(
             }
             oversize = false;
             seq += 1;
-            if batch.len() >= BATCH_EVENTS && !send(tx, &mut batch) {
+            if batch.len() >= max_batch && !flush(&mut batch) {
                 return Ok(seq);
             }
         }
@@ -81,7 +84,7 @@ pub fn read_lines<R: Read>(
         let used = buf.len();
         r.consume(used);
         // About to block on the next read: hand over what we have.
-        if r.buffer().is_empty() && !batch.is_empty() && !send(tx, &mut batch) {
+        if r.buffer().is_empty() && !batch.is_empty() && !flush(&mut batch) {
             return Ok(seq);
         }
     }
@@ -93,7 +96,7 @@ pub fn read_lines<R: Read>(
         seq += 1;
     }
     if !batch.is_empty() {
-        send(tx, &mut batch);
+        flush(&mut batch);
     }
     Ok(seq)
 }
@@ -106,24 +109,19 @@ fn event(seq: u64, line: &[u8]) -> Input {
     }
 }
 
-fn send(tx: &mpsc::Sender<Vec<Input>>, batch: &mut Vec<Input>) -> bool {
-    let full = std::mem::replace(batch, Vec::with_capacity(BATCH_EVENTS));
-    tx.blocking_send(full).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn collect(input: &[u8], max: usize) -> Vec<Input> {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let n = read_lines(input, max, &tx).unwrap();
-        drop(tx);
         let mut all = Vec::new();
-        while let Some(b) = rx.blocking_recv() {
+        let n = read_lines(input, max, 7, |b| {
+            assert!(b.len() <= 7);
             all.extend(b);
-        }
+            true
+        })
+        .unwrap();
         assert_eq!(all.len() as u64, n);
         all
     }

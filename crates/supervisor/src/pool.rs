@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use herd_proto::{FromWorker, Outcome, PROTOCOL_VERSION};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -24,11 +23,14 @@ use tokio::time::Instant;
 
 use crate::config::PoolConfig;
 use crate::link::{Link, Outgoing};
+use crate::origins::{Job, OriginId, Origins};
 use crate::process::{self, Exit};
 use crate::record::{ErrorKind, Record, RecordOutcome};
 use crate::rendezvous::{self, Greeting, RuntimeDir};
 use crate::slot::{self, Jitter};
-use crate::{Command, Input, PoolError, Summary};
+use crate::status::{Stats, Status, WorkerStatus};
+use crate::{Command, Feed, Input, PoolError, Summary};
+use tokio::sync::watch;
 
 /// Consecutive failed starts on every slot, with no worker ever ready, that make `run` give up.
 const GIVE_UP_AFTER: u32 = 3;
@@ -57,18 +59,6 @@ pub(crate) enum Msg {
         exit: Exit,
         stderr_tail: Vec<String>,
     },
-}
-
-/// An accepted event and what has happened to it so far.
-#[derive(Debug)]
-struct Job {
-    id: u64,
-    seq: u64,
-    payload: Bytes,
-    /// Dispatches so far (the record's `attempts`).
-    attempts: u32,
-    /// Failures charged against `retries`.
-    charged: u32,
 }
 
 /// A job a worker holds.
@@ -140,6 +130,12 @@ struct Slot {
     stderr_tail: Vec<String>,
     /// Tasks completed by the current process (for `max_tasks` recycling).
     tasks: u64,
+    /// Tasks completed in this slot, all processes together.
+    total_tasks: u64,
+    /// Why the current process is being retired gracefully, if it is.
+    recycling: Option<&'static str>,
+    /// Past the scaling target: once its process exits, the slot stays empty.
+    retired: bool,
     /// The link reader has not reported the end of the socket yet.
     link_open: bool,
     /// An exit seen while the link was still delivering frames; settled when it closes.
@@ -161,6 +157,37 @@ const LINK_DRAIN: Duration = Duration::from_secs(1);
 const RSS_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Slot {
+    fn new(index: usize) -> Self {
+        Slot {
+            index,
+            gen: 0,
+            state: State::Stopped,
+            failures: 0,
+            restarts: 0,
+            last_exit: None,
+            stderr_tail: Vec::new(),
+            tasks: 0,
+            total_tasks: 0,
+            recycling: None,
+            retired: false,
+            link_open: false,
+            pending_exit: None,
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match &self.state {
+            State::Starting { .. } => "starting",
+            State::Ready { inflight, .. } if inflight.is_empty() => "idle",
+            State::Ready { .. } => "busy",
+            State::Draining { .. } => "draining",
+            State::Dying { .. } => "dying",
+            State::Backoff { .. } => "backoff",
+            State::Stopped if self.retired => "retired",
+            State::Stopped => "stopped",
+        }
+    }
+
     fn has_room(&self, window: usize) -> bool {
         matches!(&self.state, State::Ready { inflight, .. } if inflight.len() < window)
     }
@@ -208,20 +235,23 @@ pub(crate) struct Pool {
     cfg: PoolConfig,
     rundir: RuntimeDir,
     slots: Vec<Slot>,
+    /// Slots that should be running (scaling changes it); slots at or past it retire.
+    target: usize,
     cursor: usize,
-    queue: VecDeque<Job>,
+    origins: Origins,
     delayed: Vec<(Instant, Job)>,
     next_job: u64,
-    /// Accepted events whose record has not been handed to the sink yet.
-    outstanding: usize,
-    out: Vec<Record>,
-    reorder: VecDeque<Option<Record>>,
-    next_seq_out: u64,
     phase: Phase,
     ever_ready: bool,
+    announced_ready: bool,
+    ready_tx: watch::Sender<Option<Vec<u32>>>,
+    /// Slots still to be restarted by a rolling reload, in order.
+    reload_queue: VecDeque<usize>,
     next_rss_check: Instant,
+    started: std::time::Instant,
     fatal: Option<PoolError>,
     summary: Summary,
+    stats: Stats,
     jitter: Jitter,
     uid: u32,
     urgent_tx: mpsc::UnboundedSender<Msg>,
@@ -229,12 +259,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Runs a pool until its source is exhausted and every record is out, or it is stopped.
+    /// Runs a pool until it is stopped (a [`Command::Stop`], or every handle dropped).
     pub(crate) async fn run(
         mut cfg: PoolConfig,
-        source: mpsc::Receiver<Vec<Input>>,
-        sink: mpsc::Sender<Vec<Record>>,
+        mut feed: mpsc::UnboundedReceiver<Feed>,
         mut commands: mpsc::UnboundedReceiver<Command>,
+        ready_tx: watch::Sender<Option<Vec<u32>>>,
     ) -> Result<Summary, PoolError> {
         cfg.workers = cfg.workers.max(1);
         cfg.window = cfg.window.max(1);
@@ -258,43 +288,32 @@ impl Pool {
             .ok()
             .and_then(|h| u64::from_str_radix(&h, 16).ok())
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        let slots = (0..cfg.workers)
-            .map(|index| Slot {
-                index,
-                gen: 0,
-                state: State::Stopped,
-                failures: 0,
-                restarts: 0,
-                last_exit: None,
-                stderr_tail: Vec::new(),
-                tasks: 0,
-                link_open: false,
-                pending_exit: None,
-            })
-            .collect();
         let mut pool = Pool {
             uid: nix::unistd::getuid().as_raw(),
+            target: cfg.workers,
+            slots: Vec::new(),
             cfg,
             rundir,
-            slots,
             cursor: 0,
-            queue: VecDeque::new(),
+            origins: Origins::default(),
             delayed: Vec::new(),
             next_job: 0,
-            outstanding: 0,
-            out: Vec::new(),
-            reorder: VecDeque::new(),
-            next_seq_out: 0,
             phase: Phase::Running,
             ever_ready: false,
+            announced_ready: false,
+            ready_tx,
+            reload_queue: VecDeque::new(),
             next_rss_check: Instant::now(),
+            started: std::time::Instant::now(),
             fatal: None,
             summary: Summary::default(),
+            stats: Stats::default(),
             jitter: Jitter::new(seed),
             urgent_tx,
             frames_tx,
         };
-        for i in 0..pool.slots.len() {
+        for i in 0..pool.target {
+            pool.slots.push(Slot::new(i));
             if let Err(e) = pool.spawn(i) {
                 // Nothing can work if the very first spawn fails (missing binary, no permission).
                 pool.kill_all(Cause::Stop);
@@ -302,9 +321,8 @@ impl Pool {
             }
         }
 
-        let mut source = Some(source);
+        let mut feed_open = true;
         let mut commands_open = true;
-        let cap = pool.cfg.effective_queue();
         let mut sleep = pin!(tokio::time::sleep_until(far_future()));
         let mut armed: Option<Instant> = None;
 
@@ -318,11 +336,10 @@ impl Pool {
                 sleep.as_mut().reset(deadline.unwrap_or_else(far_future));
                 armed = deadline;
             }
-            let intake_ready = pool.phase == Phase::Running && pool.outstanding < cap;
             tokio::select! {
                 biased;
                 cmd = commands.recv(), if commands_open => match cmd {
-                    Some(cmd) => pool.on_command(cmd, &mut source),
+                    Some(cmd) => pool.on_command(cmd),
                     None => commands_open = false,
                 },
                 Some(msg) = urgent_rx.recv() => pool.on_msg(msg),
@@ -341,23 +358,24 @@ impl Pool {
                         }
                     }
                 }
-                permit = sink.reserve(), if !pool.out.is_empty() => match permit {
-                    Ok(permit) => {
-                        let batch = std::mem::take(&mut pool.out);
-                        pool.outstanding -= batch.len();
-                        permit.send(batch);
-                    }
-                    Err(_) => pool.on_sink_closed(&mut source),
-                },
-                batch = recv_source(&mut source), if intake_ready => match batch {
-                    Some(batch) => pool.accept(batch),
+                item = feed.recv(), if feed_open => match item {
+                    Some(item) => pool.on_feed(item),
                     None => {
-                        source = None;
-                        pool.close_intake(None);
+                        // No handle left: nobody can submit or stop us any more.
+                        feed_open = false;
+                        if !commands_open {
+                            pool.begin_stop(false);
+                        }
                     }
                 },
             }
             pool.dispatch();
+            for origin in pool.origins.flush() {
+                tracing::info!(
+                    submission = origin,
+                    "submitter went away; its queued events are dropped"
+                );
+            }
         }
         tracing::debug!(socket = %pool.rundir.socket().display(), "pool stopped");
         match pool.fatal.take() {
@@ -368,123 +386,124 @@ impl Pool {
 
     // ----- intake and output -------------------------------------------------------------
 
-    fn accept(&mut self, batch: Vec<Input>) {
-        self.outstanding += batch.len();
+    fn on_feed(&mut self, item: Feed) {
+        match item {
+            Feed::Open {
+                origin,
+                sink,
+                ordered,
+            } => {
+                tracing::debug!(submission = origin, "submission opened");
+                self.origins.open(origin, sink, ordered);
+            }
+            Feed::Events { origin, batch } => self.accept(origin, batch),
+            Feed::End { origin } => self.origins.end(origin),
+        }
+    }
+
+    fn accept(&mut self, origin: OriginId, batch: Vec<Input>) {
+        if !self.origins.contains(origin) {
+            return;
+        }
         for input in batch {
-            match input {
-                Input::Event { seq, payload } => {
-                    if payload.len() + TASK_OVERHEAD > self.cfg.max_frame {
-                        let message = format!(
-                            "event of {} bytes exceeds the frame limit of {} bytes",
-                            payload.len(),
-                            self.cfg.max_frame
-                        );
-                        self.emit(Record {
-                            seq,
-                            attempts: 0,
-                            outcome: RecordOutcome::Err {
-                                kind: ErrorKind::Rejected,
-                                message,
-                            },
-                            input: Some(payload),
-                        });
-                        continue;
-                    }
+            self.origins.accepted(origin);
+            let (seq, payload, refusal) = match input {
+                Input::Rejected { seq, reason } => (seq, None, Some((ErrorKind::Rejected, reason))),
+                Input::Event { seq, payload } if self.phase != Phase::Running => {
+                    let why = "herd is stopping and takes no new events".to_string();
+                    (seq, Some(payload), Some((ErrorKind::Shutdown, why)))
+                }
+                Input::Event { seq, payload }
+                    if payload.len() + TASK_OVERHEAD > self.cfg.max_frame =>
+                {
+                    let why = format!(
+                        "event of {} bytes exceeds the frame limit of {} bytes",
+                        payload.len(),
+                        self.cfg.max_frame
+                    );
+                    (seq, Some(payload), Some((ErrorKind::Rejected, why)))
+                }
+                Input::Event { seq, payload } => (seq, Some(payload), None),
+            };
+            match (refusal, payload) {
+                (Some((kind, message)), input) => self.emit(
+                    origin,
+                    Record {
+                        seq,
+                        attempts: 0,
+                        outcome: RecordOutcome::Err { kind, message },
+                        input,
+                    },
+                ),
+                (None, Some(payload)) => {
                     let id = self.next_job;
                     self.next_job += 1;
-                    self.queue.push_back(Job {
+                    self.origins.push_back(Job {
                         id,
+                        origin,
                         seq,
                         payload,
                         attempts: 0,
                         charged: 0,
                     });
                 }
-                Input::Rejected { seq, reason } => self.emit(Record {
-                    seq,
-                    attempts: 0,
-                    outcome: RecordOutcome::Err {
-                        kind: ErrorKind::Rejected,
-                        message: reason,
-                    },
-                    input: None,
-                }),
+                (None, None) => {}
             }
         }
     }
 
     /// The one exit of an event from the pool.
-    fn emit(&mut self, record: Record) {
+    fn emit(&mut self, origin: OriginId, record: Record) {
         match record.error_kind() {
             None => self.summary.ok += 1,
             Some(kind) => *self.summary.errors.entry(kind.as_str()).or_default() += 1,
         }
-        if !self.cfg.ordered {
-            self.out.push(record);
-            return;
-        }
-        let Some(offset) = record.seq.checked_sub(self.next_seq_out) else {
-            tracing::error!(seq = record.seq, "duplicate record dropped (bug)");
-            self.outstanding -= 1;
-            return;
-        };
-        let offset = offset as usize;
-        if self.reorder.len() <= offset {
-            self.reorder.resize_with(offset + 1, || None);
-        }
-        self.reorder[offset] = Some(record);
-        while let Some(Some(_)) = self.reorder.front() {
-            if let Some(Some(r)) = self.reorder.pop_front() {
-                self.out.push(r);
-                self.next_seq_out += 1;
-            }
-        }
+        self.origins.emit(origin, record);
     }
 
     fn fail(&mut self, job: Job, kind: ErrorKind, message: String) {
-        self.emit(Record {
-            seq: job.seq,
-            attempts: job.attempts,
-            outcome: RecordOutcome::Err { kind, message },
-            input: Some(job.payload),
-        });
-    }
-
-    fn close_intake(&mut self, deadline: Option<Instant>) {
-        if self.phase == Phase::Running {
-            self.phase = Phase::Draining { deadline };
-            tracing::debug!("intake closed; finishing accepted events");
-        }
-    }
-
-    fn on_sink_closed(&mut self, source: &mut Option<mpsc::Receiver<Vec<Input>>>) {
-        tracing::error!("the record sink closed; stopping");
-        self.fatal.get_or_insert(PoolError::SinkClosed);
-        *source = None;
-        self.stop_fast("output closed");
-        // Nobody can receive them now.
-        self.outstanding = self.outstanding.saturating_sub(self.out.len());
-        self.out.clear();
+        self.emit(
+            job.origin,
+            Record {
+                seq: job.seq,
+                attempts: job.attempts,
+                outcome: RecordOutcome::Err { kind, message },
+                input: Some(job.payload),
+            },
+        );
     }
 
     // ----- commands ----------------------------------------------------------------------
 
-    fn on_command(&mut self, cmd: Command, source: &mut Option<mpsc::Receiver<Vec<Input>>>) {
+    fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Stop { fast: false } => {
-                tracing::info!(grace = ?self.cfg.drain_timeout, "stopping: finishing accepted events");
-                *source = None;
-                let deadline = Instant::now() + self.cfg.drain_timeout;
-                match &mut self.phase {
-                    Phase::Running => self.close_intake(Some(deadline)),
-                    Phase::Draining { deadline: d @ None } => *d = Some(deadline),
-                    _ => {}
-                }
+            Command::Stop { fast } => self.begin_stop(fast),
+            Command::Scale(n) => self.scale(n),
+            Command::ScaleBy(delta) => {
+                let n = (self.target as i64 + delta).max(1) as usize;
+                self.scale(n);
             }
-            Command::Stop { fast: true } => {
-                *source = None;
-                self.stop_fast("herd was stopped");
+            Command::Reload => self.reload(),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
             }
+            Command::LogStatus => self.log_status(),
+        }
+    }
+
+    /// Stops taking events. Graceful: finish what was accepted (within `drain_timeout`), then
+    /// terminate the workers. Fast: kill the workers and record the rest as `shutdown`.
+    fn begin_stop(&mut self, fast: bool) {
+        if fast {
+            self.stop_fast("herd was stopped");
+            return;
+        }
+        if self.phase == Phase::Running {
+            tracing::info!(grace = ?self.cfg.drain_timeout, "stopping: finishing accepted events");
+            self.phase = Phase::Draining {
+                deadline: Some(Instant::now() + self.cfg.drain_timeout),
+            };
+            self.reload_queue.clear();
         }
     }
 
@@ -492,14 +511,14 @@ impl Pool {
     fn stop_fast(&mut self, why: &str) {
         tracing::info!("stopping now: {why}");
         self.phase = Phase::Stopping;
-        for job in std::mem::take(&mut self.queue) {
-            self.fail(
-                job,
-                ErrorKind::Shutdown,
-                format!("{why} before the event ran"),
-            );
-        }
-        for (_, job) in std::mem::take(&mut self.delayed) {
+        self.reload_queue.clear();
+        let mut jobs = self.origins.take_all();
+        jobs.extend(
+            std::mem::take(&mut self.delayed)
+                .into_iter()
+                .map(|(_, j)| j),
+        );
+        for job in jobs {
             self.fail(
                 job,
                 ErrorKind::Shutdown,
@@ -522,7 +541,7 @@ impl Pool {
             return;
         }
         let busy = self.slots.iter().any(|s| s.inflight_len() > 0);
-        if !self.queue.is_empty() || !self.delayed.is_empty() || busy {
+        if self.origins.queued() > 0 || !self.delayed.is_empty() || busy {
             return;
         }
         self.phase = Phase::Stopping;
@@ -581,7 +600,6 @@ impl Pool {
     fn finished(&self) -> bool {
         self.phase == Phase::Stopping
             && self.slots.iter().all(|s| matches!(s.state, State::Stopped))
-            && self.out.is_empty()
     }
 
     fn kill_all(&mut self, cause: Cause) {
@@ -711,8 +729,14 @@ impl Pool {
         slot.link_open = true;
         self.ever_ready = true;
         tracing::info!(worker = i, pid, "worker ready");
-        if self.phase == Phase::Stopping {
+        if self.phase == Phase::Stopping || self.slots[i].retired {
             self.send_shutdown(i);
+            return;
+        }
+        self.announce_ready();
+        if self.reload_queue.front() == Some(&i) {
+            self.reload_queue.pop_front();
+            self.reload_step();
         }
     }
 
@@ -809,22 +833,28 @@ impl Pool {
         match outcome {
             Outcome::Ok(output) => {
                 slot.failures = 0;
-                self.emit(Record {
-                    seq: job.seq,
-                    attempts: job.attempts,
-                    outcome: RecordOutcome::Ok {
-                        output,
-                        worker: i,
-                        pid,
-                        micros,
+                self.stats.durations.observe(micros);
+                self.emit(
+                    job.origin,
+                    Record {
+                        seq: job.seq,
+                        attempts: job.attempts,
+                        outcome: RecordOutcome::Ok {
+                            output,
+                            worker: i,
+                            pid,
+                            micros,
+                        },
+                        input: None,
                     },
-                    input: None,
-                });
+                );
             }
             Outcome::Err { retryable, message } => {
                 slot.failures = 0;
+                self.stats.durations.observe(micros);
                 job.charged += 1;
                 if retryable && job.charged <= self.cfg.retries {
+                    self.stats.retries += 1;
                     let delay = slot::retry_delay(
                         self.cfg.retry_backoff,
                         job.charged,
@@ -850,10 +880,15 @@ impl Pool {
     fn after_task_done(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         slot.tasks += 1;
+        slot.total_tasks += 1;
         if self.cfg.max_tasks.is_some_and(|m| slot.tasks >= m) {
-            let tasks = slot.tasks;
-            self.recycle(i, &format!("it completed {tasks} tasks"));
+            self.recycle(i, "max-tasks");
         }
+        self.after_drain_step(i);
+    }
+
+    /// A draining worker gets its termination frame once it holds nothing.
+    fn after_drain_step(&mut self, i: usize) {
         if let State::Draining {
             link,
             inflight,
@@ -870,7 +905,7 @@ impl Pool {
 
     /// Takes a ready worker out of rotation; it gets the termination frame once its in-flight
     /// tasks are answered, and is replaced when it exits.
-    fn recycle(&mut self, i: usize, why: &str) {
+    fn recycle(&mut self, i: usize, reason: &'static str) {
         let slot = &mut self.slots[i];
         if !matches!(slot.state, State::Ready { .. }) {
             return;
@@ -881,7 +916,8 @@ impl Pool {
             inflight,
         } = std::mem::replace(&mut slot.state, State::Stopped)
         {
-            tracing::info!(worker = i, pid, "recycling worker: {why}");
+            tracing::info!(worker = i, pid, reason, "recycling worker");
+            slot.recycling = Some(reason);
             slot.state = State::Draining {
                 pid,
                 link,
@@ -889,6 +925,8 @@ impl Pool {
                 deadline: None,
             };
         }
+        // An idle worker gets its termination frame right away.
+        self.after_drain_step(i);
     }
 
     /// Kills slot `i`'s process group; its exit status arrives later and settles its work.
@@ -951,12 +989,19 @@ impl Pool {
                 inflight, deadline, ..
             } => {
                 if inflight.is_empty() && deadline.is_some() {
-                    // The termination frame was answered: a stop, or a recycling.
-                    if self.phase == Phase::Stopping {
+                    // The termination frame was answered: a stop, a recycling or a retirement.
+                    let reason = self.slots[i].recycling.take().unwrap_or("stop");
+                    if self.phase == Phase::Stopping || self.slots[i].retired {
                         return self.after_stop(i);
                     }
-                    tracing::info!(worker = i, pid, "worker recycled; starting its replacement");
+                    tracing::info!(
+                        worker = i,
+                        pid,
+                        reason,
+                        "worker recycled; starting its replacement"
+                    );
                     self.summary.recycled += 1;
+                    *self.stats.restarts.entry(reason).or_default() += 1;
                     return self.restart_now(i);
                 }
                 (inflight, None, true)
@@ -997,11 +1042,22 @@ impl Pool {
         };
         self.settle_inflight(inflight, kind, &message);
 
-        if self.phase == Phase::Stopping || matches!(cause, Some(Cause::Stop)) {
+        if self.phase == Phase::Stopping
+            || matches!(cause, Some(Cause::Stop))
+            || self.slots[i].retired
+        {
             return self.after_stop(i);
         }
+        let reason = match (&cause, was_up) {
+            (_, false) => "start-failure",
+            (Some(Cause::Timeout), _) => "timeout",
+            (Some(Cause::Protocol(_)), _) => "protocol",
+            _ => "crash",
+        };
+        *self.stats.restarts.entry(reason).or_default() += 1;
         self.summary.restarts += 1;
         self.slots[i].restarts += 1;
+        self.slots[i].recycling = None;
         if !was_up {
             self.start_failed(i, &message);
         } else if held_work {
@@ -1079,7 +1135,166 @@ impl Pool {
             return;
         }
         for job in back.into_iter().rev() {
-            self.queue.push_front(job);
+            self.origins.push_front(job);
+        }
+    }
+
+    // ----- scaling, reloading, status ----------------------------------------------------
+
+    /// Logs `ready` once, when every slot first has a worker that completed its handshake.
+    fn announce_ready(&mut self) {
+        if self.announced_ready {
+            return;
+        }
+        let pids: Option<Vec<u32>> = self.slots[..self.target]
+            .iter()
+            .map(|s| match s.state {
+                State::Ready { pid, .. } => Some(pid),
+                _ => None,
+            })
+            .collect();
+        if let Some(pids) = pids {
+            self.announced_ready = true;
+            tracing::debug!(?pids, "all workers ready");
+            let _ = self.ready_tx.send(Some(pids));
+        }
+    }
+
+    /// Grows or shrinks the pool to `n` workers. New slots start at once; surplus slots finish
+    /// their in-flight tasks, get the termination frame and stay empty.
+    fn scale(&mut self, n: usize) {
+        let n = n.clamp(1, 4096);
+        if self.phase != Phase::Running || n == self.target {
+            return;
+        }
+        tracing::info!(from = self.target, to = n, "scaling");
+        let old = self.target;
+        self.target = n;
+        if n > old {
+            for i in old..n {
+                if i == self.slots.len() {
+                    self.slots.push(Slot::new(i));
+                }
+                self.slots[i].retired = false;
+                if matches!(self.slots[i].state, State::Stopped) {
+                    self.restart_now(i);
+                }
+            }
+        } else {
+            for i in n..old {
+                self.slots[i].retired = true;
+                self.reload_queue.retain(|&r| r != i);
+                match self.slots[i].state {
+                    State::Ready { .. } => self.recycle(i, "scale-down"),
+                    State::Starting { .. } => self.kill(i, Cause::Stop),
+                    State::Backoff { .. } => self.slots[i].state = State::Stopped,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Rolling restart of every worker, one slot at a time, so capacity never drops below
+    /// N-1. Each replacement is spawned from the command line again, so a new binary on disk
+    /// is picked up.
+    fn reload(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        tracing::info!(
+            workers = self.target,
+            "reloading: rolling restart of every worker"
+        );
+        self.reload_queue = (0..self.target).collect();
+        self.reload_step();
+    }
+
+    /// Retires the worker of the slot at the head of the reload queue; the next slot follows
+    /// when its replacement is ready.
+    fn reload_step(&mut self) {
+        while let Some(&i) = self.reload_queue.front() {
+            match self.slots[i].state {
+                State::Ready { .. } => {
+                    self.recycle(i, "reload");
+                    return;
+                }
+                // Already on its way to a fresh process; nothing to wait for.
+                State::Backoff { .. } | State::Stopped | State::Dying { .. } => {
+                    self.reload_queue.pop_front();
+                }
+                // Mid-start or mid-drain: its readiness moves the reload on.
+                State::Starting { .. } | State::Draining { .. } => return,
+            }
+        }
+        if self.reload_queue.is_empty() {
+            tracing::info!("reload complete");
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let workers: Vec<WorkerStatus> = self
+            .slots
+            .iter()
+            .filter(|s| !(s.retired && matches!(s.state, State::Stopped)))
+            .map(|s| WorkerStatus {
+                index: s.index,
+                pid: s.pid(),
+                state: s.state_name(),
+                tasks: s.total_tasks,
+                restarts: s.restarts,
+                inflight: s.inflight_len(),
+                rss: s.pid().and_then(process::rss_bytes),
+            })
+            .collect();
+        let mut totals: std::collections::BTreeMap<&'static str, u64> =
+            ErrorKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+        totals.insert("ok", self.summary.ok);
+        for (k, v) in &self.summary.errors {
+            totals.insert(k, *v);
+        }
+        Status {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            target_workers: self.target,
+            workers,
+            queued: self.origins.queued() + self.delayed.len(),
+            inflight: self.slots.iter().map(Slot::inflight_len).sum(),
+            submissions: self.origins.len(),
+            totals,
+            retries: self.stats.retries,
+            restarts: self.stats.restarts.clone(),
+            durations: self.stats.durations.clone(),
+            phase: match self.phase {
+                Phase::Running => "running",
+                Phase::Draining { .. } => "draining",
+                Phase::Stopping => "stopping",
+            },
+        }
+    }
+
+    /// USR1: the state of every worker, one log line each.
+    fn log_status(&self) {
+        let st = self.status();
+        tracing::info!(
+            workers = st.workers.len(),
+            queued = st.queued,
+            inflight = st.inflight,
+            submissions = st.submissions,
+            ok = st.totals.get("ok").copied().unwrap_or(0),
+            restarts = self.summary.restarts,
+            "status"
+        );
+        for w in &st.workers {
+            tracing::info!(
+                worker = w.index,
+                pid = w.pid,
+                state = w.state,
+                tasks = w.tasks,
+                inflight = w.inflight,
+                restarts = w.restarts,
+                rss = w.rss,
+                "worker status"
+            );
         }
     }
 
@@ -1135,36 +1350,24 @@ impl Pool {
                         continue;
                     };
                     if let Some(rss) = process::rss_bytes(pid).filter(|&r| r > limit) {
-                        self.recycle(
-                            i,
-                            &format!(
-                                "its resident memory {} MiB exceeds the limit of {} MiB",
-                                rss >> 20,
-                                limit >> 20
-                            ),
+                        tracing::info!(
+                            worker = i,
+                            rss_mib = rss >> 20,
+                            limit_mib = limit >> 20,
+                            "worker memory over the limit"
                         );
+                        self.recycle(i, "max-rss");
                     }
                 }
             }
         }
-        if !self.delayed.is_empty() {
-            let mut due = Vec::new();
-            self.delayed.retain_mut(|(t, job)| {
-                if *t <= now {
-                    due.push(Job {
-                        id: job.id,
-                        seq: job.seq,
-                        payload: job.payload.clone(),
-                        attempts: job.attempts,
-                        charged: job.charged,
-                    });
-                    false
-                } else {
-                    true
-                }
-            });
-            for job in due.into_iter().rev() {
-                self.queue.push_front(job);
+        if self.delayed.iter().any(|(t, _)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+                .into_iter()
+                .partition(|(t, _)| *t <= now);
+            self.delayed = later;
+            for (_, job) in due.into_iter().rev() {
+                self.origins.push_front(job);
             }
         }
         for i in 0..self.slots.len() {
@@ -1235,7 +1438,7 @@ impl Pool {
 
     fn dispatch(&mut self) {
         let window = self.cfg.window;
-        while !self.queue.is_empty() {
+        while self.origins.queued() > 0 {
             let slots = &self.slots;
             let Some(i) =
                 slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
@@ -1243,11 +1446,11 @@ impl Pool {
                 return;
             };
             self.cursor = i + 1;
-            let Some(mut job) = self.queue.pop_front() else {
+            let Some(mut job) = self.origins.pop() else {
                 return;
             };
             let State::Ready { link, inflight, .. } = &mut self.slots[i].state else {
-                self.queue.push_front(job);
+                self.origins.push_front(job);
                 return;
             };
             job.attempts += 1;
@@ -1258,7 +1461,7 @@ impl Pool {
             });
             if !sent {
                 job.attempts -= 1;
-                self.queue.push_front(job);
+                self.origins.push_front(job);
                 self.kill(i, Cause::LinkLost);
                 continue;
             }
@@ -1267,13 +1470,6 @@ impl Pool {
                 started: Instant::now(),
             });
         }
-    }
-}
-
-async fn recv_source(source: &mut Option<mpsc::Receiver<Vec<Input>>>) -> Option<Vec<Input>> {
-    match source {
-        Some(rx) => rx.recv().await,
-        None => None,
     }
 }
 

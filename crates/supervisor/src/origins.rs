@@ -1,0 +1,323 @@
+//! Where events come from and where their records go: one entry per submission (the stdin of
+//! `herd run`, or each `herd submit` client of a daemon), each with its own queue of accepted
+//! events, its reorder buffer and its outbox.
+//!
+//! Jobs are taken round-robin across submissions, so a submitter with a thousand queued events
+//! does not make a newcomer wait behind all of them. Records go back on an unbounded channel:
+//! the submitter bounds it by the credits it holds (see `Submission`), so the pool never waits
+//! on a slow reader and a vanished one costs nothing but its own queue.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::record::Record;
+
+/// Identifies one submission for the life of the pool.
+pub type OriginId = u64;
+
+/// An accepted event and what has happened to it so far.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub id: u64,
+    pub origin: OriginId,
+    pub seq: u64,
+    pub payload: Bytes,
+    /// Attempts a worker started (the record's `attempts`).
+    pub attempts: u32,
+    /// Failures charged against `retries`.
+    pub charged: u32,
+}
+
+#[derive(Debug)]
+struct Origin {
+    sink: mpsc::UnboundedSender<Vec<Record>>,
+    queue: VecDeque<Job>,
+    in_ring: bool,
+    ordered: bool,
+    reorder: VecDeque<Option<Record>>,
+    next_seq_out: u64,
+    out: Vec<Record>,
+    /// Events accepted and records emitted: equal means nothing is owed.
+    accepted: u64,
+    emitted: u64,
+    /// The submitter sent its last event.
+    ended: bool,
+}
+
+/// All open submissions.
+#[derive(Debug, Default)]
+pub(crate) struct Origins {
+    map: HashMap<OriginId, Origin>,
+    /// Origins with queued jobs, in round-robin order.
+    ring: VecDeque<OriginId>,
+    /// Origins whose outbox has records.
+    dirty: Vec<OriginId>,
+    queued: usize,
+}
+
+impl Origins {
+    pub fn open(&mut self, id: OriginId, sink: mpsc::UnboundedSender<Vec<Record>>, ordered: bool) {
+        self.map.insert(
+            id,
+            Origin {
+                sink,
+                queue: VecDeque::new(),
+                in_ring: false,
+                ordered,
+                reorder: VecDeque::new(),
+                next_seq_out: 0,
+                out: Vec::new(),
+                accepted: 0,
+                emitted: 0,
+                ended: false,
+            },
+        );
+    }
+
+    pub fn contains(&self, id: OriginId) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Counts an accepted event of `id` (queued or answered at once).
+    pub fn accepted(&mut self, id: OriginId) {
+        if let Some(o) = self.map.get_mut(&id) {
+            o.accepted += 1;
+        }
+    }
+
+    /// Queues a new job at the back of its submission's queue.
+    pub fn push_back(&mut self, job: Job) {
+        self.push(job, false);
+    }
+
+    /// Queues a job to run next within its submission (retries).
+    pub fn push_front(&mut self, job: Job) {
+        self.push(job, true);
+    }
+
+    fn push(&mut self, job: Job, front: bool) {
+        let id = job.origin;
+        let Some(o) = self.map.get_mut(&id) else {
+            return; // its submitter is gone; nobody wants the record
+        };
+        if front {
+            o.queue.push_front(job);
+        } else {
+            o.queue.push_back(job);
+        }
+        self.queued += 1;
+        if !o.in_ring {
+            o.in_ring = true;
+            if front {
+                self.ring.push_front(id);
+            } else {
+                self.ring.push_back(id);
+            }
+        }
+    }
+
+    /// The next job, round-robin across submissions.
+    pub fn pop(&mut self) -> Option<Job> {
+        while let Some(id) = self.ring.pop_front() {
+            let Some(o) = self.map.get_mut(&id) else {
+                continue;
+            };
+            let Some(job) = o.queue.pop_front() else {
+                o.in_ring = false;
+                continue;
+            };
+            self.queued -= 1;
+            if o.queue.is_empty() {
+                o.in_ring = false;
+            } else {
+                self.ring.push_back(id);
+            }
+            return Some(job);
+        }
+        None
+    }
+
+    /// Queued jobs across all submissions.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Takes every queued job (for a fast stop).
+    pub fn take_all(&mut self) -> Vec<Job> {
+        self.ring.clear();
+        self.queued = 0;
+        let mut all = Vec::new();
+        for o in self.map.values_mut() {
+            o.in_ring = false;
+            all.extend(o.queue.drain(..));
+        }
+        all
+    }
+
+    /// Routes a final record to its submission's outbox (in `seq` order if it asked for that).
+    pub fn emit(&mut self, origin: OriginId, record: Record) {
+        let Some(o) = self.map.get_mut(&origin) else {
+            return;
+        };
+        o.emitted += 1;
+        if o.out.is_empty() {
+            self.dirty.push(origin);
+        }
+        if !o.ordered {
+            o.out.push(record);
+            return;
+        }
+        let Some(offset) = record.seq.checked_sub(o.next_seq_out) else {
+            tracing::error!(seq = record.seq, "record for a seq already written (bug)");
+            return;
+        };
+        let offset = offset as usize;
+        if o.reorder.len() <= offset {
+            o.reorder.resize_with(offset + 1, || None);
+        }
+        o.reorder[offset] = Some(record);
+        while let Some(Some(_)) = o.reorder.front() {
+            if let Some(Some(r)) = o.reorder.pop_front() {
+                o.out.push(r);
+                o.next_seq_out += 1;
+            }
+        }
+    }
+
+    /// Marks the end of a submission's events.
+    pub fn end(&mut self, id: OriginId) {
+        if let Some(o) = self.map.get_mut(&id) {
+            o.ended = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Forgets a submission whose submitter went away; returns its queued jobs (they need no
+    /// record: nobody is listening).
+    pub fn cancel(&mut self, id: OriginId) -> usize {
+        match self.map.remove(&id) {
+            Some(o) => {
+                self.queued -= o.queue.len();
+                o.queue.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Hands outboxes to their submitters; closes submissions that are complete. Returns the
+    /// ids of submitters that turned out to be gone.
+    pub fn flush(&mut self) -> Vec<OriginId> {
+        let mut gone = Vec::new();
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(o) = self.map.get_mut(&id) else {
+                continue;
+            };
+            if !o.out.is_empty() && o.sink.send(std::mem::take(&mut o.out)).is_err() {
+                gone.push(id);
+                continue;
+            }
+            if o.ended && o.emitted == o.accepted {
+                // Every record delivered: dropping the sink tells the submitter it is done.
+                self.map.remove(&id);
+            }
+        }
+        for &id in &gone {
+            self.cancel(id);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::record::{ErrorKind, RecordOutcome};
+
+    fn job(origin: OriginId, seq: u64) -> Job {
+        Job {
+            id: origin * 1000 + seq,
+            origin,
+            seq,
+            payload: Bytes::new(),
+            attempts: 0,
+            charged: 0,
+        }
+    }
+
+    fn rec(seq: u64) -> Record {
+        Record {
+            seq,
+            attempts: 1,
+            outcome: RecordOutcome::Err {
+                kind: ErrorKind::Failed,
+                message: String::new(),
+            },
+            input: None,
+        }
+    }
+
+    #[test]
+    fn round_robin_across_submissions() {
+        let mut o = Origins::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        o.open(1, tx.clone(), false);
+        o.open(2, tx, false);
+        for s in 0..4 {
+            o.push_back(job(1, s));
+        }
+        o.push_back(job(2, 0));
+        o.push_back(job(2, 1));
+        let order: Vec<(u64, u64)> = std::iter::from_fn(|| o.pop())
+            .map(|j| (j.origin, j.seq))
+            .collect();
+        assert_eq!(order, [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (1, 3)]);
+        assert_eq!(o.queued(), 0);
+        // A retry goes first within its submission.
+        o.push_back(job(1, 9));
+        o.push_front(job(1, 8));
+        assert_eq!(o.pop().unwrap().seq, 8);
+    }
+
+    #[test]
+    fn ordered_outbox_and_completion() {
+        let mut o = Origins::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        o.open(7, tx, true);
+        for _ in 0..3 {
+            o.accepted(7);
+        }
+        o.emit(7, rec(2));
+        o.emit(7, rec(1));
+        o.flush();
+        assert!(rx.try_recv().is_err(), "held until seq 0 arrives");
+        o.end(7);
+        o.emit(7, rec(0));
+        assert!(o.flush().is_empty());
+        let seqs: Vec<u64> = rx.try_recv().unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert!(!o.contains(7), "complete submissions are closed");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn vanished_submitter_is_cancelled() {
+        let mut o = Origins::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        o.open(3, tx, false);
+        o.push_back(job(3, 0));
+        o.push_back(job(3, 1));
+        o.accepted(3);
+        drop(rx);
+        o.emit(3, rec(5));
+        assert_eq!(o.flush(), [3]);
+        assert_eq!(o.queued(), 0);
+        assert!(o.pop().is_none());
+    }
+}

@@ -1,0 +1,107 @@
+//! What the pool can tell about itself: counters it keeps as it goes, and the snapshot it
+//! hands out for `herd status`, USR1 and `/metrics`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Upper bounds (µs) of the task-duration histogram buckets; the last bucket is unbounded.
+pub const DURATION_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Task durations (dispatch, or start of the worker's turn, to result), cumulative buckets
+/// in the Prometheus sense are derived when rendering.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Histogram {
+    /// Count per bucket of [`DURATION_BOUNDS_US`], plus one for larger values.
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, micros: u64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; DURATION_BOUNDS_US.len() + 1];
+        }
+        let i = DURATION_BOUNDS_US.partition_point(|&b| b < micros);
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(micros);
+        self.count += 1;
+    }
+}
+
+/// Counters the pool keeps besides the per-outcome totals.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub retries: u64,
+    pub restarts: BTreeMap<&'static str, u64>,
+    pub durations: Histogram,
+}
+
+/// One worker slot, as `herd status --json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// Slot index (stable across restarts).
+    pub index: usize,
+    /// Current process, if any.
+    pub pid: Option<u32>,
+    /// starting, idle, busy, draining, dying, backoff, stopped.
+    pub state: &'static str,
+    /// Tasks completed in this slot.
+    pub tasks: u64,
+    /// Unexpected exits replaced in this slot.
+    pub restarts: u64,
+    /// Tasks the worker holds now.
+    pub inflight: usize,
+    /// Resident memory in bytes.
+    pub rss: Option<u64>,
+}
+
+/// A snapshot of the whole pool. This is the documented `herd status --json` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The supervisor's pid.
+    pub pid: u32,
+    pub uptime_secs: f64,
+    /// running, draining, stopping.
+    pub phase: &'static str,
+    /// Workers the pool is scaled to.
+    pub target_workers: usize,
+    pub workers: Vec<WorkerStatus>,
+    /// Accepted events waiting for a worker (including retries waiting out their backoff).
+    pub queued: usize,
+    /// Events held by workers.
+    pub inflight: usize,
+    /// Open submissions.
+    pub submissions: usize,
+    /// Final records by outcome: ok and each error kind.
+    pub totals: BTreeMap<&'static str, u64>,
+    /// Retries after retryable handler errors.
+    pub retries: u64,
+    /// Worker replacements by reason: crash, timeout, protocol, start-failure, max-tasks,
+    /// max-rss, reload.
+    pub restarts: BTreeMap<&'static str, u64>,
+    /// Task durations.
+    pub durations: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets() {
+        let mut h = Histogram::default();
+        for us in [50, 100, 101, 2_000_000, 99_000_000] {
+            h.observe(us);
+        }
+        assert_eq!(h.count, 5);
+        assert_eq!(h.counts[0], 2, "<= 100us");
+        assert_eq!(h.counts[1], 1, "<= 250us");
+        assert_eq!(h.counts[13], 1, "<= 2.5s");
+        assert_eq!(h.counts[16], 1, "+Inf");
+    }
+}
