@@ -391,7 +391,7 @@ def main():
     p.add_argument("--n", type=int, default=2_000)
     p.add_argument("--warmup", type=int, default=4, help="leading events not sampled")
     p = sub.add_parser("memory", parents=[common], help="parent RSS: bounded vs unbounded seed")
-    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--n", type=int, default=100_000)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--bounded", dest="mode", action="store_const", const="bounded")
     g.add_argument("--unbounded", dest="mode", action="store_const", const="unbounded")

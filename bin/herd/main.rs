@@ -1,18 +1,19 @@
 //! `herd`: the command line. Parses arguments, installs logging and signal forwarding, wires
 //! stdin/stdout (or files) to a `herd_supervisor` pool, and maps the outcome to an exit code.
 
+mod client;
 mod logging;
+mod run;
+mod serve;
+mod signals;
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use herd_supervisor::{Command, PoolConfig, PoolHandle, RecordWriter, Records, Submission};
+use herd_supervisor::PoolConfig;
 
 use logging::LogFormat;
 
@@ -52,11 +53,26 @@ enum Cmd {
     /// line number. Records go to stdout (or --output) in completion order unless --ordered.
     /// Exit status is 0 when every event got its record, whatever the records say; non-zero
     /// only when herd itself cannot do its job (e.g. the worker program cannot start).
-    Run(RunArgs),
+    /// SIGINT/SIGTERM: finish what was accepted, then exit; a second SIGINT or SIGQUIT: now.
+    Run(run::RunArgs),
+    /// Run a pool as a long-lived daemon: events arrive through the control socket
+    /// (`herd submit`), and it is steered with signals, `herd ctl` and `herd status`.
+    ///
+    /// Signals: TERM/INT graceful stop (a second INT stops at once), QUIT fast stop, HUP
+    /// rolling restart of every worker, USR1 status snapshot to the log, USR2 reopen the log
+    /// file, TTIN/TTOU one worker more/fewer.
+    Serve(serve::ServeArgs),
+    /// Stream events (lines) to a daemon and print their records as they complete.
+    Submit(client::SubmitArgs),
+    /// Show a daemon's workers, queue and totals.
+    Status(client::StatusArgs),
+    /// Steer a daemon: scale, reload, stop.
+    Ctl(client::CtlArgs),
 }
 
+/// Worker and dispatch options shared by `run` and `serve`.
 #[derive(Debug, Args)]
-struct RunArgs {
+pub struct PoolArgs {
     /// Number of worker processes [default: number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
@@ -72,36 +88,27 @@ struct RunArgs {
     /// Base delay before retrying a retryable failure; doubles per attempt, with jitter.
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_duration)]
     retry_backoff: Duration,
-    /// Events, one per line ('-' = stdin).
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    input: PathBuf,
-    /// Result records, JSON lines ('-' = stdout).
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    output: PathBuf,
     /// Replace a worker gracefully after it completed N tasks (against leaks).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tasks: Option<u64>,
     /// Replace a worker gracefully once its resident memory exceeds SIZE (e.g. 512MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_rss: Option<usize>,
-    /// Also write the input line of every event whose record is not ok to FILE, so that
-    /// `herd run -i FILE` can replay them.
-    #[arg(long, value_name = "FILE")]
-    failed: Option<PathBuf>,
-    /// Write records in input order (a bounded reorder buffer holds early finishers).
-    #[arg(long)]
-    ordered: bool,
-    /// Most events accepted but not yet answered (memory bound and reorder window)
-    /// [default: max(1024, 4 x workers x window)].
-    #[arg(long, value_name = "N")]
-    queue: Option<usize>,
-    /// Largest frame on the worker sockets; longer input lines are rejected [default: 16MiB,
+    /// Most events of one submission accepted but not yet answered (memory bound,
+    /// back-pressure and reorder window) [default: max(1024, 4 x workers x window)].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    queue: Option<u64>,
+    /// Largest frame on the worker sockets; longer events are rejected [default: 16MiB,
     /// at most 64MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_frame: Option<usize>,
+    /// On a graceful stop, how long accepted events may take to finish before the rest are
+    /// recorded as `shutdown`.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    grace: Duration,
     /// How long workers get to exit after the termination frame before they are killed.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
-    grace: Duration,
+    exit_timeout: Duration,
     /// How long a worker may take to start and complete its handshake.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     start_timeout: Duration,
@@ -110,12 +117,40 @@ struct RunArgs {
     command: Vec<OsString>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+impl PoolArgs {
+    /// The pool configuration these options describe.
+    pub fn config(self) -> anyhow::Result<PoolConfig> {
+        let mut cfg = PoolConfig::new(self.command);
+        if let Some(w) = self.workers {
+            cfg.workers = w as usize;
+        }
+        cfg.window = self.window as usize;
+        cfg.timeout = self.timeout;
+        cfg.retries = self.retries;
+        cfg.retry_backoff = self.retry_backoff;
+        cfg.queue = self.queue.unwrap_or(0) as usize;
+        cfg.drain_timeout = self.grace;
+        cfg.grace = self.exit_timeout;
+        cfg.start_timeout = self.start_timeout;
+        cfg.max_tasks = self.max_tasks;
+        cfg.max_rss = self.max_rss.map(|b| b as u64);
+        if let Some(m) = self.max_frame {
+            anyhow::ensure!(
+                (1024..=herd_proto::MAX_FRAME_CEILING).contains(&m),
+                "--max-frame must be between 1KiB and 64MiB"
+            );
+            cfg.max_frame = m;
+        }
+        Ok(cfg)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -141,7 +176,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run::run(args),
+        Cmd::Serve(args) => serve::serve(args),
+        Cmd::Submit(args) => client::submit(args),
+        Cmd::Status(args) => client::status(args),
+        Cmd::Ctl(args) => client::ctl(args),
     };
     match result {
         Ok(code) => code,
@@ -151,167 +190,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = PoolConfig::new(args.command);
-    if let Some(w) = args.workers {
-        cfg.workers = w as usize;
-    }
-    cfg.window = args.window as usize;
-    cfg.timeout = args.timeout;
-    cfg.retries = args.retries;
-    cfg.retry_backoff = args.retry_backoff;
-    cfg.ordered = args.ordered;
-    cfg.queue = args.queue.unwrap_or(0);
-    cfg.grace = args.grace;
-    cfg.start_timeout = args.start_timeout;
-    cfg.max_tasks = args.max_tasks;
-    cfg.max_rss = args.max_rss.map(|b| b as u64);
-    if let Some(m) = args.max_frame {
-        anyhow::ensure!(
-            (1024..=herd_proto::MAX_FRAME_CEILING).contains(&m),
-            "--max-frame must be between 1KiB and 64MiB"
-        );
-        cfg.max_frame = m;
-    }
-    // Open both ends before starting any worker, so a typo costs nothing.
-    let input: Box<dyn Read + Send> = if args.input.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(
-            File::open(&args.input)
-                .with_context(|| format!("cannot open input {}", args.input.display()))?,
-        )
-    };
-    let output: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
-        Box::new(io::stdout())
-    } else {
-        Box::new(
-            File::create(&args.output)
-                .with_context(|| format!("cannot create output {}", args.output.display()))?,
-        )
-    };
-    let failed: Option<Box<dyn Write + Send>> = match &args.failed {
-        Some(path) => Some(Box::new(io::BufWriter::new(
-            File::create(path)
-                .with_context(|| format!("cannot create failed-events file {}", path.display()))?,
-        ))),
-        None => None,
-    };
-
-    let ordered = cfg.ordered;
-    let max_line = cfg.max_frame.saturating_sub(32);
-    let (pool, run_pool) = herd_supervisor::pool(cfg);
-    let Submission { sender, records } = pool.submit(ordered);
-    forward_signals(pool.clone())?;
-
-    let reader = std::thread::Builder::new()
-        .name("herd-input".into())
-        .spawn(move || {
-            let max_batch = sender.max_batch();
-            herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
-                sender.blocking_send(batch).is_ok()
-            })
-        })
-        .context("cannot start the input thread")?;
-    let stopper = pool.clone();
-    let writer = std::thread::Builder::new()
-        .name("herd-output".into())
-        .spawn(move || {
-            let written = write_records(output, failed, records);
-            // Every record is out (or the output failed): the pool's job is done.
-            stopper.command(Command::Stop {
-                fast: written.is_err(),
-            });
-            written
-        })
-        .context("cannot start the output thread")?;
-    drop(pool);
-
-    // One thread runs the pool: workers' parent-death signal is tied to the spawning thread,
-    // and this one lives as long as the process.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let started = std::time::Instant::now();
-    let result = runtime.block_on(run_pool);
-    drop(runtime);
-
-    let summary = result?;
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
-    written.context("cannot write records")?;
-    match reader.join() {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "reading the input failed; stopped early"),
-        Err(_) => tracing::error!("input thread panicked"),
-    }
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        records = summary.total(),
-        ok = summary.ok,
-        errors = ?summary.errors,
-        restarts = summary.restarts,
-        recycled = summary.recycled,
-        secs = format!("{secs:.3}"),
-        "done"
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Writes record batches as JSON lines, and the inputs of failed events to `failed`; flushes
-/// whenever it has caught up.
-fn write_records(
-    out: Box<dyn Write + Send>,
-    mut failed: Option<Box<dyn Write + Send>>,
-    mut records: Records,
-) -> io::Result<()> {
-    let mut w = RecordWriter::new(out);
-    while let Some(first) = records.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            w.write(&batch)?;
-            if let Some(f) = failed.as_mut() {
-                let inputs = batch
-                    .iter()
-                    .filter(|r| !r.is_ok())
-                    .filter_map(|r| r.input.as_ref());
-                for input in inputs {
-                    f.write_all(input)?;
-                    f.write_all(b"\n")?;
-                }
-            }
-            next = records.try_recv();
-        }
-        w.flush()?;
-        if let Some(f) = failed.as_mut() {
-            f.flush()?;
-        }
-    }
-    Ok(())
-}
-
-/// INT/TERM: finish what was accepted, then stop; a second INT, or QUIT: stop now.
-fn forward_signals(pool: PoolHandle) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT])
-        .context("cannot install signal handlers")?;
-    std::thread::Builder::new()
-        .name("herd-signals".into())
-        .spawn(move || {
-            let mut stopping = false;
-            for sig in signals.forever() {
-                let fast = sig == SIGQUIT || (stopping && sig == SIGINT);
-                tracing::info!(signal = %herd_supervisor::signal_name(sig), fast, "signal received");
-                stopping = true;
-                if !pool.command(Command::Stop { fast }) {
-                    return;
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
 }

@@ -19,6 +19,7 @@
 //! The wire format of a frame is documented (and pinned by tests) in [`codec`].
 
 pub mod codec;
+pub mod control;
 
 use serde::{Deserialize, Serialize};
 

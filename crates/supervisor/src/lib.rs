@@ -26,6 +26,7 @@
 //! handshake), `process` (spawning, exit watching, stderr forwarding).
 
 mod config;
+pub mod control;
 pub mod lines;
 mod link;
 mod origins;

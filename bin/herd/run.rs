@@ -1,0 +1,153 @@
+//! `herd run`: a file or stdin through a pool, records to a file or stdout, then exit.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use herd_supervisor::{Command, RecordWriter, Records, Submission};
+
+use crate::{signals, PoolArgs};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Events, one per line ('-' = stdin).
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    input: PathBuf,
+    /// Result records, JSON lines ('-' = stdout).
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    output: PathBuf,
+    /// Write records in input order (a bounded reorder buffer holds early finishers).
+    #[arg(long)]
+    ordered: bool,
+    /// Also write the input line of every event whose record is not ok to FILE, so that
+    /// `herd run -i FILE` can replay them.
+    #[arg(long, value_name = "FILE")]
+    failed: Option<PathBuf>,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = args.pool.config()?;
+    cfg.ordered = args.ordered;
+    // Open both ends before starting any worker, so a typo costs nothing.
+    let input: Box<dyn Read + Send> = if args.input.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            File::open(&args.input)
+                .with_context(|| format!("cannot open input {}", args.input.display()))?,
+        )
+    };
+    let output: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
+        Box::new(io::stdout())
+    } else {
+        Box::new(
+            File::create(&args.output)
+                .with_context(|| format!("cannot create output {}", args.output.display()))?,
+        )
+    };
+    let failed: Option<Box<dyn Write + Send>> = match &args.failed {
+        Some(path) => Some(Box::new(io::BufWriter::new(
+            File::create(path)
+                .with_context(|| format!("cannot create failed-events file {}", path.display()))?,
+        ))),
+        None => None,
+    };
+
+    let ordered = cfg.ordered;
+    let max_line = cfg.max_frame.saturating_sub(32);
+    let (pool, run_pool) = herd_supervisor::pool(cfg);
+    let Submission { sender, records } = pool.submit(ordered);
+    signals::forward(pool.clone(), false)?;
+
+    let reader = std::thread::Builder::new()
+        .name("herd-input".into())
+        .spawn(move || {
+            let max_batch = sender.max_batch();
+            herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
+                sender.blocking_send(batch).is_ok()
+            })
+        })
+        .context("cannot start the input thread")?;
+    let stopper = pool.clone();
+    let writer = std::thread::Builder::new()
+        .name("herd-output".into())
+        .spawn(move || {
+            let written = write_records(output, failed, records);
+            // Every record is out (or the output failed): the pool's job is done.
+            stopper.command(Command::Stop {
+                fast: written.is_err(),
+            });
+            written
+        })
+        .context("cannot start the output thread")?;
+    drop(pool);
+
+    // One thread runs the pool: workers' parent-death signal is tied to the spawning thread,
+    // and this one lives as long as the process.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(run_pool);
+    drop(runtime);
+
+    let summary = result?;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
+    written.context("cannot write records")?;
+    match reader.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "reading the input failed; stopped early"),
+        Err(_) => tracing::error!("input thread panicked"),
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        records = summary.total(),
+        ok = summary.ok,
+        errors = ?summary.errors,
+        restarts = summary.restarts,
+        recycled = summary.recycled,
+        secs = format!("{secs:.3}"),
+        "done"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes record batches as JSON lines, and the inputs of failed events to `failed`; flushes
+/// whenever it has caught up.
+fn write_records(
+    out: Box<dyn Write + Send>,
+    mut failed: Option<Box<dyn Write + Send>>,
+    mut records: Records,
+) -> io::Result<()> {
+    let mut w = RecordWriter::new(out);
+    while let Some(first) = records.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            w.write(&batch)?;
+            if let Some(f) = failed.as_mut() {
+                let inputs = batch
+                    .iter()
+                    .filter(|r| !r.is_ok())
+                    .filter_map(|r| r.input.as_ref());
+                for input in inputs {
+                    f.write_all(input)?;
+                    f.write_all(b"\n")?;
+                }
+            }
+            next = records.try_recv();
+        }
+        w.flush()?;
+        if let Some(f) = failed.as_mut() {
+            f.flush()?;
+        }
+    }
+    Ok(())
+}

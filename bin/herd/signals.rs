@@ -1,0 +1,53 @@
+//! Signals become pool commands on a dedicated thread (installed once, at start-up).
+
+use anyhow::Context;
+use herd_supervisor::{Command, PoolHandle};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
+
+/// INT/TERM: finish what was accepted, then stop; a second INT, or QUIT: stop now. With
+/// `daemon`, also HUP (reload), USR1 (status to the log), USR2 (reopen the log file) and
+/// TTIN/TTOU (one worker more/fewer).
+pub fn forward(pool: PoolHandle, daemon: bool) -> anyhow::Result<()> {
+    let mut set = vec![SIGINT, SIGTERM, SIGQUIT];
+    if daemon {
+        set.extend([SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU]);
+    }
+    let mut signals =
+        signal_hook::iterator::Signals::new(&set).context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("herd-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for sig in signals.forever() {
+                let name = herd_supervisor::signal_name(sig);
+                let cmd = match sig {
+                    SIGINT | SIGTERM | SIGQUIT => {
+                        let fast = sig == SIGQUIT || (stopping && sig == SIGINT);
+                        stopping = true;
+                        tracing::info!(signal = %name, fast, "signal received: stopping");
+                        Command::Stop { fast }
+                    }
+                    SIGHUP => {
+                        tracing::info!(signal = %name, "signal received: reloading workers");
+                        Command::Reload
+                    }
+                    SIGUSR1 => Command::LogStatus,
+                    SIGUSR2 => {
+                        match crate::logging::reopen() {
+                            Ok(()) => tracing::info!(signal = %name, "log file reopened"),
+                            Err(e) => tracing::error!(error = %e, "cannot reopen the log file"),
+                        }
+                        continue;
+                    }
+                    SIGTTIN => Command::ScaleBy(1),
+                    SIGTTOU => Command::ScaleBy(-1),
+                    _ => continue,
+                };
+                if !pool.command(cmd) {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
