@@ -1,6 +1,8 @@
 //! Black-box tests: the real `herd` binary driving real `herd-chaos` worker processes over
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
+mod daemon;
+mod metrics;
 mod run;
 mod supervision;
 mod util;

@@ -3,6 +3,8 @@
 
 mod client;
 mod logging;
+mod metrics;
+mod progress;
 mod run;
 mod serve;
 mod signals;

@@ -1,7 +1,7 @@
 //! `herd run`: a file or stdin through a pool, records to a file or stdout, then exit.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use herd_supervisor::{Command, RecordWriter, Records, Submission};
 
+use crate::progress::{InputCount, Progress};
 use crate::{signals, PoolArgs};
 
 #[derive(Debug, Args)]
@@ -26,6 +27,9 @@ pub struct RunArgs {
     /// `herd run -i FILE` can replay them.
     #[arg(long, value_name = "FILE")]
     failed: Option<PathBuf>,
+    /// Never draw the progress bar (it is drawn on stderr only when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
     #[command(flatten)]
     pool: PoolArgs,
 }
@@ -42,7 +46,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot open input {}", args.input.display()))?,
         )
     };
-    let output: Box<dyn Write + Send> = if args.output.as_os_str() == "-" {
+    let to_stdout = args.output.as_os_str() == "-";
+    let output: Box<dyn Write + Send> = if to_stdout {
         Box::new(io::stdout())
     } else {
         Box::new(
@@ -57,6 +62,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))),
         None => None,
     };
+    // Records on the terminal the bar is drawn on go out with the bar out of the way.
+    let records_on_terminal = to_stdout && io::stdout().is_terminal();
+    let (progress, input_count, _clear_progress) = Progress::new(!args.no_progress, &args.input);
 
     let ordered = cfg.ordered;
     let max_line = cfg.max_frame.saturating_sub(32);
@@ -68,16 +76,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .name("herd-input".into())
         .spawn(move || {
             let max_batch = sender.max_batch();
-            herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
-                sender.blocking_send(batch).is_ok()
-            })
+            let read = herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
+                let Some(count) = &input_count else {
+                    return sender.blocking_send(batch).is_ok();
+                };
+                let tally = InputCount::tally(&batch, max_line);
+                let sent = sender.blocking_send(batch).is_ok();
+                if sent {
+                    count.sent(tally);
+                }
+                sent
+            });
+            if let Some(count) = &input_count {
+                count.finish();
+            }
+            read
         })
         .context("cannot start the input thread")?;
     let stopper = pool.clone();
     let writer = std::thread::Builder::new()
         .name("herd-output".into())
         .spawn(move || {
-            let written = write_records(output, failed, records);
+            let written = write_records(output, failed, records, progress, records_on_terminal);
             // Every record is out (or the output failed): the pool's job is done.
             stopper.command(Command::Stop {
                 fast: written.is_err(),
@@ -102,10 +122,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .join()
         .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
     written.context("cannot write records")?;
-    match reader.join() {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "reading the input failed; stopped early"),
-        Err(_) => tracing::error!("input thread panicked"),
+    // After a stop the reader may still be blocked reading a terminal or pipe: don't wait.
+    if reader.is_finished() {
+        match reader.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reading the input failed; stopped early"),
+            Err(_) => tracing::error!("input thread panicked"),
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -121,33 +144,52 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes record batches as JSON lines, and the inputs of failed events to `failed`; flushes
-/// whenever it has caught up.
+/// whenever it has caught up. Counts them on the progress bar, which it clears at the end;
+/// with `on_terminal` (records go to the terminal the bar is on) it writes with the bar
+/// suspended.
 fn write_records(
     out: Box<dyn Write + Send>,
     mut failed: Option<Box<dyn Write + Send>>,
     mut records: Records,
+    mut progress: Progress,
+    on_terminal: bool,
 ) -> io::Result<()> {
+    let suspend = on_terminal && progress.is_shown();
     let mut w = RecordWriter::new(out);
-    while let Some(first) = records.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            w.write(&batch)?;
-            if let Some(f) = failed.as_mut() {
-                let inputs = batch
-                    .iter()
-                    .filter(|r| !r.is_ok())
-                    .filter_map(|r| r.input.as_ref());
-                for input in inputs {
-                    f.write_all(input)?;
-                    f.write_all(b"\n")?;
+    let written = (|| {
+        while let Some(first) = records.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(batch) = next.take() {
+                if suspend {
+                    progress.suspend(|| w.write(&batch))?;
+                } else {
+                    w.write(&batch)?;
                 }
+                if let Some(f) = failed.as_mut() {
+                    let inputs = batch
+                        .iter()
+                        .filter(|r| !r.is_ok())
+                        .filter_map(|r| r.input.as_ref());
+                    for input in inputs {
+                        f.write_all(input)?;
+                        f.write_all(b"\n")?;
+                    }
+                }
+                progress.written(&batch);
+                next = records.try_recv();
             }
-            next = records.try_recv();
+            if suspend {
+                progress.suspend(|| w.flush())?;
+            } else {
+                w.flush()?;
+            }
+            if let Some(f) = failed.as_mut() {
+                f.flush()?;
+            }
         }
-        w.flush()?;
-        if let Some(f) = failed.as_mut() {
-            f.flush()?;
-        }
-    }
-    Ok(())
+        Ok(())
+    })();
+    // Off the screen before the pool's shutdown logs.
+    progress.clear();
+    written
 }

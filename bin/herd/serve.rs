@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use herd_supervisor::control::ControlSocket;
 
+use crate::metrics::MetricsServer;
 use crate::{signals, PoolArgs};
 
 #[derive(Debug, Args)]
@@ -19,6 +20,9 @@ pub struct ServeArgs {
     /// Write the daemon's pid to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9187) at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pool: PoolArgs,
 }
@@ -42,6 +46,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(async {
         let control = ControlSocket::bind(&args.control)?;
+        let metrics = match args.metrics {
+            Some(addr) => Some(MetricsServer::bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().map(MetricsServer::local_addr);
         let _pid_file = match &args.pid_file {
             Some(p) => {
                 std::fs::write(p, format!("{}\n", std::process::id()))
@@ -54,6 +63,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         signals::forward(pool.clone(), true)?;
         let mut run_pool = pin!(run_pool);
         let mut serve_control = pin!(control.serve(pool.clone()));
+        let mut serve_metrics = pin!(async {
+            match metrics {
+                Some(m) => m.serve(pool.clone()).await,
+                None => std::future::pending().await,
+            }
+        });
         let mut ready = pin!(pool.ready());
         let mut announced = false;
         let result = loop {
@@ -62,7 +77,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 pids = &mut ready, if !announced => {
                     announced = true;
                     if let Some(pids) = pids {
-                        tracing::info!(control = %control.path().display(), ?pids, "ready");
+                        tracing::info!(
+                            control = %control.path().display(),
+                            metrics = metrics_addr.map(tracing::field::display),
+                            ?pids,
+                            "ready"
+                        );
                         notify(&[
                             sd_notify::NotifyState::Ready,
                             sd_notify::NotifyState::Status(&format!("serving with {workers} workers")),
@@ -70,6 +90,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
                 () = &mut serve_control => {}
+                () = &mut serve_metrics => {}
             }
         };
         notify(&[sd_notify::NotifyState::Stopping]);

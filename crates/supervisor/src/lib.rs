@@ -346,3 +346,10 @@ impl Records {
         Some(batch)
     }
 }
+
+impl Drop for Records {
+    /// Nobody reads records any more: a sender waiting for credits must not wait forever.
+    fn drop(&mut self) {
+        self.credits.close();
+    }
+}

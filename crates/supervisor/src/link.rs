@@ -7,11 +7,10 @@
 //! The end of the link travels on the same channel as the frames, after them: when the pool
 //! sees it, it has seen every result the worker managed to send.
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use herd_proto::codec::encode_frame;
-use herd_proto::ToWorkerRef;
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, Bytes};
+use herd_proto::codec::{decode_frame, encode_frame, frame_len, FrameError, HEADER_LEN};
+use herd_proto::{FromWorker, ToWorkerRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
@@ -32,79 +31,122 @@ pub(crate) enum Outgoing {
 /// The pool's handle on a worker's writer task. Dropping it closes the write side.
 #[derive(Debug)]
 pub(crate) struct Link {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::UnboundedSender<Vec<Outgoing>>,
 }
 
 impl Link {
     /// Starts the reader and writer tasks for a worker that passed its handshake.
     pub fn start(
         id: WorkerId,
-        mut reader: WorkerReader,
+        reader: WorkerReader,
         writer: OwnedWriteHalf,
         max_frame: usize,
         frames: mpsc::UnboundedSender<Msg>,
     ) -> Self {
-        tokio::spawn(async move {
-            loop {
-                match reader.next().await {
-                    Some(Ok(frame)) => {
-                        if frames.send(Msg::Frame(id, frame)).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let _ = frames.send(Msg::LinkLost {
-                            id,
-                            fault: Some(e.to_string()),
-                        });
-                        return;
-                    }
-                    None => {
-                        let _ = frames.send(Msg::LinkLost { id, fault: None });
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(read_loop(reader, max_frame, id, frames));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(writer, rx, max_frame, id));
         Self { tx }
     }
 
-    /// Queues a frame; `false` if the writer has already stopped.
-    pub fn send(&self, msg: Outgoing) -> bool {
-        self.tx.send(msg).is_ok()
+    /// Queues frames; `false` if the writer has already stopped.
+    pub fn send(&self, batch: Vec<Outgoing>) -> bool {
+        self.tx.send(batch).is_ok()
     }
 }
+
+/// Reads frames and hands them to the pool in batches: everything decodable from one read
+/// goes in one message, so a busy worker costs the pool one wake-up per read, not per result.
+async fn read_loop(
+    reader: WorkerReader,
+    max_frame: usize,
+    id: WorkerId,
+    frames: mpsc::UnboundedSender<Msg>,
+) {
+    let parts = reader.into_parts();
+    let mut io = parts.io;
+    let mut buf = parts.read_buf;
+    loop {
+        let mut batch = Vec::new();
+        let mut fault = None;
+        loop {
+            match decode_frame::<FromWorker>(&buf, max_frame) {
+                Ok(Some((frame, used))) => {
+                    buf.advance(used);
+                    batch.push(frame);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    fault = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() && frames.send(Msg::Frames(id, batch)).is_err() {
+            return;
+        }
+        if let Some(fault) = fault {
+            let _ = frames.send(Msg::LinkLost {
+                id,
+                fault: Some(fault),
+            });
+            return;
+        }
+        // Room for at least the frame in progress (its length was checked against the limit).
+        let want = match frame_len(&buf, max_frame) {
+            Ok(Some(len)) => HEADER_LEN + len,
+            _ => 0,
+        };
+        buf.reserve(want.saturating_sub(buf.len()).max(READ_CHUNK));
+        match io.read_buf(&mut buf).await {
+            Ok(0) => {
+                let fault = (!buf.is_empty()).then(|| FrameError::EofMidFrame.to_string());
+                let _ = frames.send(Msg::LinkLost { id, fault });
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(worker = id.slot, error = %e, "read from worker failed");
+                let _ = frames.send(Msg::LinkLost { id, fault: None });
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes requested per read from a worker.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Largest batch of frames gathered into one write.
 const BATCH_BYTES: usize = 256 * 1024;
 
 async fn write_loop(
     mut w: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
     max_frame: usize,
     id: WorkerId,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            let frame = match &msg {
-                Outgoing::Task {
-                    id,
-                    attempt,
-                    payload,
-                } => ToWorkerRef::Task {
-                    id: *id,
-                    attempt: *attempt,
-                    payload,
-                },
-                Outgoing::Shutdown => ToWorkerRef::Shutdown,
-            };
-            if let Err(e) = encode_frame(&frame, &mut buf, max_frame) {
-                // The pool checks sizes before dispatch; this is a bug, not a worker fault.
-                tracing::error!(worker = id.slot, error = %e, "cannot encode frame");
+        while let Some(batch) = next.take() {
+            for msg in &batch {
+                let frame = match msg {
+                    Outgoing::Task {
+                        id,
+                        attempt,
+                        payload,
+                    } => ToWorkerRef::Task {
+                        id: *id,
+                        attempt: *attempt,
+                        payload,
+                    },
+                    Outgoing::Shutdown => ToWorkerRef::Shutdown,
+                };
+                if let Err(e) = encode_frame(&frame, &mut buf, max_frame) {
+                    // The pool checks sizes before dispatch; this is a bug, not a worker fault.
+                    tracing::error!(worker = id.slot, error = %e, "cannot encode frame");
+                }
             }
             if buf.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();

@@ -45,10 +45,20 @@ pub(crate) struct WorkerId {
     pub gen: u64,
 }
 
+/// What woke the pool up.
+enum Wake {
+    Command(Option<Command>),
+    Msg(Msg),
+    Greeting(Greeting),
+    Tick,
+    Frames(Msg),
+    Feed(Option<Feed>),
+}
+
 /// What the I/O tasks tell the pool.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Frame(WorkerId, FromWorker),
+    Frames(WorkerId, Vec<FromWorker>),
     LinkLost {
         id: WorkerId,
         fault: Option<String>,
@@ -245,9 +255,13 @@ pub(crate) struct Pool {
     ever_ready: bool,
     announced_ready: bool,
     ready_tx: watch::Sender<Option<Vec<u32>>>,
+    /// Per-worker frames gathered by one dispatch (kept to reuse the allocation).
+    outgoing: Vec<Vec<Outgoing>>,
     /// Slots still to be restarted by a rolling reload, in order.
     reload_queue: VecDeque<usize>,
     next_rss_check: Instant,
+    /// The time of the current wake-up.
+    now: Instant,
     started: std::time::Instant,
     fatal: Option<PoolError>,
     summary: Summary,
@@ -302,8 +316,10 @@ impl Pool {
             ever_ready: false,
             announced_ready: false,
             ready_tx,
+            outgoing: Vec::new(),
             reload_queue: VecDeque::new(),
             next_rss_check: Instant::now(),
+            now: Instant::now(),
             started: std::time::Instant::now(),
             fatal: None,
             summary: Summary::default(),
@@ -336,38 +352,52 @@ impl Pool {
                 sleep.as_mut().reset(deadline.unwrap_or_else(far_future));
                 armed = deadline;
             }
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                cmd = commands.recv(), if commands_open => match cmd {
-                    Some(cmd) => pool.on_command(cmd),
-                    None => commands_open = false,
-                },
-                Some(msg) = urgent_rx.recv() => pool.on_msg(msg),
-                Some(greeting) = greet_rx.recv() => pool.on_greeting(greeting),
-                () = &mut sleep, if armed.is_some() => {
+                cmd = commands.recv(), if commands_open => Wake::Command(cmd),
+                Some(msg) = urgent_rx.recv() => Wake::Msg(msg),
+                Some(greeting) = greet_rx.recv() => Wake::Greeting(greeting),
+                () = &mut sleep, if armed.is_some() => Wake::Tick,
+                Some(msg) = frames_rx.recv() => Wake::Frames(msg),
+                item = feed.recv(), if feed_open => Wake::Feed(item),
+            };
+            // One clock read per wake-up serves every event handled in it.
+            pool.now = Instant::now();
+            match event {
+                Wake::Command(Some(cmd)) => pool.on_command(cmd),
+                Wake::Command(None) => commands_open = false,
+                Wake::Msg(msg) => pool.on_msg(msg),
+                Wake::Greeting(greeting) => pool.on_greeting(greeting),
+                Wake::Tick => {
                     armed = None;
                     pool.on_tick();
                 }
-                Some(msg) = frames_rx.recv() => {
+                Wake::Frames(msg) => {
                     pool.on_msg(msg);
                     // Drain what else is ready before paying for another select.
-                    for _ in 0..256 {
+                    for _ in 0..64 {
                         match frames_rx.try_recv() {
                             Ok(msg) => pool.on_msg(msg),
                             Err(_) => break,
                         }
                     }
                 }
-                item = feed.recv(), if feed_open => match item {
-                    Some(item) => pool.on_feed(item),
-                    None => {
-                        // No handle left: nobody can submit or stop us any more.
-                        feed_open = false;
-                        if !commands_open {
-                            pool.begin_stop(false);
+                Wake::Feed(Some(item)) => {
+                    pool.on_feed(item);
+                    for _ in 0..64 {
+                        match feed.try_recv() {
+                            Ok(item) => pool.on_feed(item),
+                            Err(_) => break,
                         }
                     }
-                },
+                }
+                Wake::Feed(None) => {
+                    // No handle left: nobody can submit or stop us any more.
+                    feed_open = false;
+                    if !commands_open {
+                        pool.begin_stop(false);
+                    }
+                }
             }
             pool.dispatch();
             for origin in pool.origins.flush() {
@@ -561,7 +591,7 @@ impl Pool {
                     inflight,
                     ..
                 } => {
-                    link.send(Outgoing::Shutdown);
+                    link.send(vec![Outgoing::Shutdown]);
                     slot.state = State::Draining {
                         pid,
                         link,
@@ -587,7 +617,7 @@ impl Pool {
             inflight,
         } = std::mem::replace(&mut slot.state, State::Stopped)
         {
-            link.send(Outgoing::Shutdown);
+            link.send(vec![Outgoing::Shutdown]);
             slot.state = State::Draining {
                 pid,
                 link,
@@ -742,9 +772,12 @@ impl Pool {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Frame(id, frame) => {
-                if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
-                    self.on_frame(id.slot, frame);
+            Msg::Frames(id, frames) => {
+                for frame in frames {
+                    // A frame can get its sender killed; the rest of its batch is then stale.
+                    if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
+                        self.on_frame(id.slot, frame);
+                    }
                 }
             }
             Msg::LinkLost { id, fault } => {
@@ -819,7 +852,7 @@ impl Pool {
             );
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         let Some(running) = inflight.remove(pos) else {
             return;
         };
@@ -897,7 +930,7 @@ impl Pool {
         } = &mut self.slots[i].state
         {
             if inflight.is_empty() && deadline.is_none() {
-                link.send(Outgoing::Shutdown);
+                link.send(vec![Outgoing::Shutdown]);
                 *deadline = Some(Instant::now() + self.cfg.grace);
             }
         }
@@ -1341,7 +1374,7 @@ impl Pool {
     }
 
     fn on_tick(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         if let Some(limit) = self.cfg.max_rss {
             if self.next_rss_check <= now {
                 self.next_rss_check = now + RSS_CHECK_EVERY;
@@ -1438,38 +1471,48 @@ impl Pool {
 
     fn dispatch(&mut self) {
         let window = self.cfg.window;
+        let now = self.now;
+        let mut batches = std::mem::take(&mut self.outgoing);
+        batches.resize_with(self.slots.len(), Vec::new);
         while self.origins.queued() > 0 {
             let slots = &self.slots;
             let Some(i) =
                 slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
             else {
-                return;
+                break;
             };
             self.cursor = i + 1;
             let Some(mut job) = self.origins.pop() else {
-                return;
+                break;
             };
-            let State::Ready { link, inflight, .. } = &mut self.slots[i].state else {
+            let State::Ready { inflight, .. } = &mut self.slots[i].state else {
                 self.origins.push_front(job);
-                return;
+                break;
             };
             job.attempts += 1;
-            let sent = link.send(Outgoing::Task {
+            batches[i].push(Outgoing::Task {
                 id: job.id,
                 attempt: job.attempts,
                 payload: job.payload.clone(),
             });
-            if !sent {
-                job.attempts -= 1;
-                self.origins.push_front(job);
-                self.kill(i, Cause::LinkLost);
+            inflight.push_back(Running { job, started: now });
+        }
+        // One message per worker per wake-up, however many tasks it got.
+        for (i, batch) in batches.iter_mut().enumerate() {
+            if batch.is_empty() {
                 continue;
             }
-            inflight.push_back(Running {
-                job,
-                started: Instant::now(),
-            });
+            let sent = match &self.slots[i].state {
+                State::Ready { link, .. } => link.send(std::mem::take(batch)),
+                _ => false,
+            };
+            if !sent {
+                // The writer is gone, so the worker is going down: its exit settles the tasks.
+                batch.clear();
+                self.kill(i, Cause::LinkLost);
+            }
         }
+        self.outgoing = batches;
     }
 }
 

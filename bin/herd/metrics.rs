@@ -1,0 +1,326 @@
+//! `herd serve --metrics ADDR`: the pool's counters as Prometheus metrics at `GET /metrics`.
+//!
+//! Owns nothing but a TCP listener. The pool state lives in the pool's one owner task, so
+//! every scrape asks it for a [`Status`] snapshot and renders that: there is no second copy of
+//! the counters to keep in step. Each scrape builds a fresh `prometheus_client` registry
+//! around the snapshot (a [`Collector`] of constant metrics) and encodes it in the
+//! OpenMetrics text format, which Prometheus reads natively.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown |
+//! | `herd_retries_total` | counter | |
+//! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload |
+//! | `herd_workers` | gauge | `state`: starting, idle, busy, draining, dying, backoff, stopped |
+//! | `herd_workers_target` | gauge | |
+//! | `herd_queue_depth` | gauge | |
+//! | `herd_inflight` | gauge | |
+//! | `herd_submissions` | gauge | |
+//! | `herd_uptime_seconds` | gauge | |
+//! | `herd_task_duration_seconds` | histogram | `le` |
+//!
+//! Any other path is a 404; a scrape after the pool has stopped is a 503.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herd_supervisor::status::{Status, DURATION_BOUNDS_US};
+use herd_supervisor::PoolHandle;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+/// What Prometheus expects for the OpenMetrics text format `prometheus_client` writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every state a worker slot can report (`WorkerStatus::state`). All are exported, at 0 when
+/// no worker is in them, so that a series does not vanish when its last worker leaves it.
+const WORKER_STATES: [&str; 7] = [
+    "starting", "idle", "busy", "draining", "dying", "backoff", "stopped",
+];
+
+/// The metrics endpoint, bound but not yet serving.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `addr`, so that a bad or busy address fails at start-up.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let addr = listener
+            .local_addr()
+            .with_context(|| format!("cannot read the metrics address bound for {addr}"))?;
+        Ok(Self { listener, addr })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answers scrapes until dropped. Never returns: should the server itself fail, the
+    /// failure is logged and the pool goes on without metrics.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the listener; scrapes in progress are abandoned.
+    pub async fn serve(self, pool: PoolHandle) {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(scrape))
+            .with_state(pool);
+        if let Err(e) = axum::serve(self.listener, app).await {
+            tracing::error!(addr = %self.addr, error = %e, "the metrics server failed");
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `GET /metrics`.
+async fn scrape(State(pool): State<PoolHandle>) -> Response {
+    let Some(status) = pool.status().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herd: the pool has stopped\n",
+        )
+            .into_response();
+    };
+    match render(status) {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The snapshot in the OpenMetrics text format.
+fn render(status: Status) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("herd");
+    registry.register_collector(Box::new(Snapshot(status)));
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry)?;
+    Ok(body)
+}
+
+/// One [`Status`], exported as constant metrics.
+#[derive(Debug)]
+struct Snapshot(Status);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+
+        // Counters: the encoder appends `_total`.
+        let mut m = enc.encode_descriptor(
+            "events",
+            "Final records, by outcome: ok or the error kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in &s.totals {
+            ConstCounter::new(*n).encode(m.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let m = enc.encode_descriptor(
+            "retries",
+            "Retries after retryable handler errors",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.retries).encode(m)?;
+        let mut m = enc.encode_descriptor(
+            "restarts",
+            "Worker replacements, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in &s.restarts {
+            ConstCounter::new(*n).encode(m.encode_family(&[("reason", *reason)])?)?;
+        }
+
+        // Gauges.
+        let mut m =
+            enc.encode_descriptor("workers", "Worker slots, by state", None, MetricType::Gauge)?;
+        let mut states = WORKER_STATES.to_vec();
+        for w in &s.workers {
+            if !states.contains(&w.state) {
+                states.push(w.state);
+            }
+        }
+        for state in states {
+            let n = s.workers.iter().filter(|w| w.state == state).count();
+            ConstGauge::new(n as u64).encode(m.encode_family(&[("state", state)])?)?;
+        }
+        let gauges: [(&str, &str, u64); 4] = [
+            (
+                "workers_target",
+                "Workers the pool is scaled to",
+                s.target_workers as u64,
+            ),
+            (
+                "queue_depth",
+                "Accepted events waiting for a worker, retries in backoff included",
+                s.queued as u64,
+            ),
+            ("inflight", "Events held by workers", s.inflight as u64),
+            ("submissions", "Open submissions", s.submissions as u64),
+        ];
+        for (name, help, v) in gauges {
+            ConstGauge::new(v).encode(enc.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let m = enc.encode_descriptor(
+            "uptime",
+            "Time since the pool started",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.uptime_secs).encode(m)?;
+
+        // The histogram: per-bucket counts go in as they are; the encoder makes them
+        // cumulative. The last bucket is `+Inf`.
+        let h = &s.durations;
+        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS_US
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+            // `counts` stays empty until the first observation.
+            .map(|(i, le)| (le, h.counts.get(i).copied().unwrap_or(0)))
+            .collect();
+        let mut m = enc.encode_descriptor(
+            "task_duration",
+            "Task durations, from dispatch (or the start of the worker's turn) to result",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        m.encode_histogram::<NoLabelSet>(h.sum_us as f64 / 1e6, h.count, &buckets, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use herd_supervisor::status::{Histogram, WorkerStatus};
+
+    use super::*;
+
+    fn worker(index: usize, state: &'static str) -> WorkerStatus {
+        WorkerStatus {
+            index,
+            pid: Some(100 + index as u32),
+            state,
+            tasks: 0,
+            restarts: 0,
+            inflight: 0,
+            rss: None,
+        }
+    }
+
+    #[test]
+    fn renders_the_snapshot() {
+        let mut durations = Histogram::default();
+        for us in [50, 100, 101, 2_000_000, 99_000_000] {
+            durations.observe(us);
+        }
+        let status = Status {
+            pid: 1,
+            uptime_secs: 1.5,
+            phase: "running",
+            target_workers: 3,
+            workers: vec![worker(0, "idle"), worker(1, "busy"), worker(2, "idle")],
+            queued: 4,
+            inflight: 1,
+            submissions: 2,
+            totals: BTreeMap::from([("ok", 7), ("failed", 2)]),
+            retries: 3,
+            restarts: BTreeMap::from([("crash", 1)]),
+            durations,
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        for line in [
+            "# TYPE herd_events counter",
+            "herd_events_total{outcome=\"ok\"} 7",
+            "herd_events_total{outcome=\"failed\"} 2",
+            "herd_retries_total 3",
+            "herd_restarts_total{reason=\"crash\"} 1",
+            "# TYPE herd_workers gauge",
+            "herd_workers{state=\"idle\"} 2",
+            "herd_workers{state=\"busy\"} 1",
+            "herd_workers{state=\"backoff\"} 0",
+            "herd_workers_target 3",
+            "herd_queue_depth 4",
+            "herd_inflight 1",
+            "herd_submissions 2",
+            "herd_uptime_seconds 1.5",
+            "# TYPE herd_task_duration_seconds histogram",
+            "herd_task_duration_seconds_count 5",
+            "herd_task_duration_seconds_sum 101.000251",
+            "herd_task_duration_seconds_bucket{le=\"0.0001\"} 2",
+            "herd_task_duration_seconds_bucket{le=\"0.00025\"} 3",
+            "herd_task_duration_seconds_bucket{le=\"2.5\"} 4",
+            "herd_task_duration_seconds_bucket{le=\"10.0\"} 4",
+            "herd_task_duration_seconds_bucket{le=\"+Inf\"} 5",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_pool_is_503() {
+        let (pool, run) = herd_supervisor::pool(herd_supervisor::PoolConfig::new(["true"]));
+        // Never polled: the pool never runs, as after it has stopped.
+        drop(run);
+        assert_eq!(
+            scrape(State(pool)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn an_empty_histogram_has_every_bucket() {
+        let status = Status {
+            pid: 1,
+            uptime_secs: 0.0,
+            phase: "running",
+            target_workers: 0,
+            workers: vec![],
+            queued: 0,
+            inflight: 0,
+            submissions: 0,
+            totals: BTreeMap::new(),
+            retries: 0,
+            restarts: BTreeMap::new(),
+            durations: Histogram::default(),
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("herd_task_duration_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, DURATION_BOUNDS_US.len() + 1, "{text}");
+        assert!(text.contains("herd_task_duration_seconds_bucket{le=\"+Inf\"} 0"));
+    }
+}

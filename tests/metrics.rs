@@ -1,0 +1,174 @@
+//! `herd serve --metrics`: Prometheus metrics at `GET /metrics`, read over plain HTTP/1.0.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::util::*;
+
+/// `GET path` over HTTP/1.0 (the server closes the connection after the response); returns
+/// the status code, the headers (lower-cased names) and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, BTreeMap<String, String>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// Samples of an exposition: `name{labels}` → value.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample {l:?}"));
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn value(m: &BTreeMap<String, f64>, key: &str, body: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in:\n{body}"))
+}
+
+#[test]
+fn metrics_count_events_workers_and_durations() {
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let ctl = control.to_str().unwrap();
+    let live = fx.spawn_herd(&[
+        "serve",
+        "--log-format",
+        "json",
+        "--control",
+        ctl,
+        "--metrics",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--",
+        chaos(),
+    ]);
+    live.wait_log("ready", RUN_TIMEOUT, |l| {
+        l.iter().any(|x| x["message"] == "ready")
+    });
+    let ready = live
+        .logs()
+        .into_iter()
+        .find(|x| x["message"] == "ready")
+        .unwrap();
+    let addr: SocketAddr = ready["metrics"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "the ready line names the bound port");
+
+    let mut input = square_events(50);
+    input.push_str(&"{\"op\":\"fail\"}\n".repeat(3));
+    input.push_str(&"not json\n".repeat(2));
+    let args = ["submit", "--control", ctl];
+    let out = fx.herd(&args).write_stdin(input).output().unwrap();
+    let run = Run::new(args.iter().map(|s| s.to_string()).collect(), out);
+    run.assert_success();
+    assert_eq!(run.records.len(), 55, "{}", run.stderr());
+
+    let (code, headers, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        headers["content-type"].starts_with("application/openmetrics-text"),
+        "{headers:?}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let m = samples(&body);
+    let v = |key: &str| value(&m, key, &body);
+    assert_eq!(v("herd_events_total{outcome=\"ok\"}"), 50.0);
+    assert_eq!(v("herd_events_total{outcome=\"failed\"}"), 5.0);
+    assert_eq!(v("herd_events_total{outcome=\"crashed\"}"), 0.0);
+    assert_eq!(v("herd_retries_total"), 0.0);
+    assert_eq!(v("herd_task_duration_seconds_count"), 55.0);
+    assert_eq!(v("herd_task_duration_seconds_bucket{le=\"+Inf\"}"), 55.0);
+    assert!(v("herd_task_duration_seconds_sum") > 0.0);
+    let workers: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("herd_workers{state="))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(workers, 2.0, "{body}");
+    assert_eq!(v("herd_workers_target"), 2.0);
+    assert_eq!(v("herd_queue_depth"), 0.0);
+    assert_eq!(v("herd_inflight"), 0.0);
+    assert!(v("herd_uptime_seconds") > 0.0);
+    // Buckets are cumulative.
+    let buckets: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with("herd_task_duration_seconds_bucket"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(buckets.len(), 17, "{body}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{body}");
+
+    let (code, _, _) = get(addr, "/nope");
+    assert_eq!(code, 404);
+
+    let out = fx
+        .herd(&["ctl", "--control", ctl, "stop"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _, logs) = live.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", dump(&logs));
+    assert!(TcpStream::connect(addr).is_err(), "the port is closed");
+}
+
+#[test]
+fn a_busy_metrics_address_fails_at_start_up() {
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = fx
+        .herd(&[
+            "serve",
+            "--control",
+            control.to_str().unwrap(),
+            "--metrics",
+            &addr,
+            "--",
+            chaos(),
+        ])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {addr}")),
+        "{stderr}"
+    );
+    assert!(!control.exists(), "the control socket is removed");
+}
