@@ -197,7 +197,9 @@ fn echo(v: Option<&RawValue>) -> Vec<u8> {
 
 /// Burns `d` of this process's CPU time (wall-clock time if the CPU clock is unavailable).
 fn spin(d: Duration) {
-    let cpu = || clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map(Duration::from);
+    // The handler's own thread clock: the process clock sums every thread under a kernel lock,
+    // which made each reading cost more than the work between readings.
+    let cpu = || clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map(Duration::from);
     if let Ok(start) = cpu() {
         loop {
             match cpu() {
@@ -205,7 +207,7 @@ fn spin(d: Duration) {
                 Ok(_) => {}
                 Err(_) => break,
             }
-            for _ in 0..1000 {
+            for _ in 0..100 {
                 std::hint::spin_loop();
             }
         }

@@ -168,7 +168,11 @@ fn hang_times_out_without_holding_up_the_rest() {
     let fx = Fixture::new();
     let mut input = String::from("{\"op\":\"hang\"}\n");
     input.push_str(&square_events(300));
-    let run = fx.run_chaos(&["-w", "2", "--timeout", "300ms"], input);
+    // With one task in flight per worker nothing ever queues behind the hang: it is last.
+    let run = fx.run_chaos(
+        &["-w", "2", "--window", "1", "--timeout", "300ms"],
+        input.clone(),
+    );
     run.assert_success();
     let last = run.records.last().unwrap();
     assert_eq!(
@@ -186,6 +190,18 @@ fn hang_times_out_without_holding_up_the_rest() {
         .count();
     assert_eq!(kills, 3);
     assert_all_gone(&run.worker_pids());
+
+    // With the automatic window, events queued behind the hang on its worker wait for the
+    // deadline, then run elsewhere, uncharged.
+    let run = fx.run_chaos(&["-w", "2", "--timeout", "300ms"], input);
+    run.assert_success();
+    let recs = run.by_seq(301);
+    assert_eq!(kind(recs[0]), "timeout");
+    assert_eq!(recs[0]["attempts"], 3);
+    for (i, r) in recs.iter().enumerate().skip(1) {
+        assert_eq!(r["output"].as_u64().unwrap(), ((i - 1) * (i - 1)) as u64);
+        assert_eq!(r["attempts"], 1, "{r}");
+    }
 }
 
 #[test]

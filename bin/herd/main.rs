@@ -78,9 +78,10 @@ pub struct PoolArgs {
     /// Number of worker processes [default: number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
-    /// Tasks in flight per worker; more than 1 pipelines small tasks.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    window: u32,
+    /// Tasks in flight per worker [default: automatic, 2 to 256: enough to cover about 2 ms of
+    /// work, from the measured task duration].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    window: Option<u32>,
     /// Per-attempt deadline (e.g. 500ms, 30s); a worker past it is killed and replaced.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     timeout: Option<Duration>,
@@ -126,7 +127,7 @@ impl PoolArgs {
         if let Some(w) = self.workers {
             cfg.workers = w as usize;
         }
-        cfg.window = self.window as usize;
+        cfg.window = self.window.unwrap_or(0) as usize;
         cfg.timeout = self.timeout;
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;

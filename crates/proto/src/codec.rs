@@ -120,6 +120,23 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+/// Decodes one message that borrows from the frame body (see `FromWorkerRef`).
+///
+/// # Errors
+/// [`FrameError::Malformed`] if the body is not exactly one `T`.
+pub fn decode_body_borrowed<'a, T: serde::Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<T, FrameError> {
+    match bincode::serde::borrow_decode_from_slice::<T, _>(body, config()) {
+        Ok((msg, used)) if used == body.len() => Ok(msg),
+        Ok((_, used)) => Err(FrameError::Malformed(format!(
+            "{} trailing bytes after the message",
+            body.len() - used
+        ))),
+        Err(e) => Err(FrameError::Malformed(e.to_string())),
+    }
+}
+
 /// Decodes the first complete frame in `buf`, returning the message and the bytes it used, or
 /// `None` if the frame is not complete yet. The caller removes the used bytes.
 ///
@@ -320,6 +337,53 @@ mod tests {
         };
         assert_eq!(frame(&owned), frame(&borrowed));
         assert_eq!(frame(&ToWorker::Shutdown), frame(&ToWorkerRef::Shutdown));
+    }
+
+    #[test]
+    fn borrowed_decode_matches_owned() {
+        use crate::{FromWorkerRef, OutcomeRef};
+        let done = frame(&FromWorker::Done {
+            id: 9,
+            outcome: Outcome::Ok(b"[1,2]".to_vec()),
+        });
+        let got: FromWorkerRef<'_> = decode_body_borrowed(&done[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            got,
+            FromWorkerRef::Done {
+                id: 9,
+                outcome: OutcomeRef::Ok(b"[1,2]")
+            }
+        );
+        let err = frame(&FromWorker::Done {
+            id: 1,
+            outcome: Outcome::Err {
+                retryable: true,
+                message: "m".into(),
+            },
+        });
+        let got: FromWorkerRef<'_> = decode_body_borrowed(&err[HEADER_LEN..]).unwrap();
+        assert!(matches!(
+            got,
+            FromWorkerRef::Done {
+                outcome: OutcomeRef::Err {
+                    retryable: true,
+                    ..
+                },
+                ..
+            }
+        ));
+        let hello = frame(&FromWorker::Hello {
+            protocol: 1,
+            pid: 3,
+            token: "tok".into(),
+        });
+        let got: FromWorkerRef<'_> = decode_body_borrowed(&hello[HEADER_LEN..]).unwrap();
+        assert!(matches!(got, FromWorkerRef::Hello { pid: 3, .. }));
+        assert!(decode_body_borrowed::<FromWorkerRef<'_>>(&[127, 0]).is_err());
+        assert!(
+            decode_body_borrowed::<FromWorkerRef<'_>>(&[2, 0]).is_err(),
+            "trailing bytes"
+        );
     }
 
     #[test]

@@ -75,6 +75,40 @@ pub enum ToWorker {
     Shutdown,
 }
 
+/// Borrowing twin of [`FromWorker`] for the receiving side: decodes the same bytes, but leaves
+/// the output where it lies in the read buffer instead of copying it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename = "FromWorker")]
+pub enum FromWorkerRef<'a> {
+    /// See [`FromWorker::Hello`].
+    Hello {
+        protocol: u32,
+        pid: u32,
+        #[serde(borrow)]
+        token: std::borrow::Cow<'a, str>,
+    },
+    /// See [`FromWorker::Done`].
+    Done {
+        id: u64,
+        #[serde(borrow)]
+        outcome: OutcomeRef<'a>,
+    },
+    /// See [`FromWorker::Heartbeat`].
+    Heartbeat,
+}
+
+/// Borrowing twin of [`Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename = "Outcome")]
+pub enum OutcomeRef<'a> {
+    Ok(#[serde(borrow)] &'a [u8]),
+    Err {
+        retryable: bool,
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+    },
+}
+
 /// Borrowing twin of [`ToWorker`] for the sending side: encodes to exactly the same bytes, but
 /// lets the supervisor send a payload it keeps (for retries) without copying it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -11,7 +11,8 @@ pub struct PoolConfig {
     pub command: Vec<OsString>,
     /// Number of worker processes.
     pub workers: usize,
-    /// Tasks in flight per worker.
+    /// Tasks in flight per worker; 0 (the default) adapts it to the tasks: see
+    /// [`crate::slot::auto_window`].
     pub window: usize,
     /// Events accepted but not yet answered, at most. This bounds memory and is the
     /// back-pressure on the event source (and the size of the `--ordered` reorder buffer).
@@ -54,7 +55,7 @@ impl PoolConfig {
         Self {
             command: command.into_iter().map(Into::into).collect(),
             workers,
-            window: 1,
+            window: 0,
             queue: 0,
             max_frame: herd_proto::DEFAULT_MAX_FRAME,
             timeout: None,
@@ -70,14 +71,19 @@ impl PoolConfig {
         }
     }
 
-    /// The queue bound in effect: the configured one, or enough to keep every worker's window
-    /// full twice over (and at least 1024, so `--ordered` tolerates a slow event).
+    /// The queue bound in effect: the configured one, or enough to keep every worker's
+    /// largest window full four times over, between 1024 (so `--ordered` tolerates a slow event)
+    /// and 16384.
     pub fn effective_queue(&self) -> usize {
         if self.queue > 0 {
-            self.queue
-        } else {
-            (self.workers * self.window * 4).max(1024)
+            return self.queue;
         }
+        let window = if self.window == 0 {
+            crate::slot::AUTO_WINDOW_MAX
+        } else {
+            self.window
+        };
+        (self.workers.max(1) * window * 4).clamp(1024, 16384)
     }
 
     /// The program name, for messages.

@@ -9,14 +9,18 @@
 //! A batch is sent whenever the reader's buffer runs dry, so events from a slow producer (a
 //! pipe fed by hand) go out at once, and events from a fast one go out a read-buffer at a time.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::Input;
 
-/// Size of the read buffer.
+/// Size of each read buffer.
 const READ_BUF: usize = 256 * 1024;
+/// Most bytes asked for in one read.
+const READ_CHUNK: usize = 64 * 1024;
+/// A buffer with less room left than this is retired for a fresh one.
+const MIN_READ: usize = 4 * 1024;
 /// Most events in one batch.
 const BATCH_EVENTS: usize = 1024;
 
@@ -27,18 +31,21 @@ const BATCH_EVENTS: usize = 1024;
 /// # Errors
 /// A read error of the underlying stream.
 pub fn read_lines<R: Read>(
-    reader: R,
+    mut reader: R,
     max_line: usize,
     max_batch: usize,
     mut send: impl FnMut(Vec<Input>) -> bool,
 ) -> io::Result<u64> {
     let max_batch = max_batch.clamp(1, BATCH_EVENTS);
-    let mut r = BufReader::with_capacity(READ_BUF, reader);
+    // Reads land in one large buffer that successive reads fill in turn; each event is a
+    // slice of it (no copy, no allocation per line). A buffer is freed once every event cut
+    // from it has been answered, so what is kept is bounded by the events in flight.
+    let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut seq = 0u64;
     let mut batch: Vec<Input> = Vec::with_capacity(max_batch);
     let mut flush =
         |batch: &mut Vec<Input>| send(std::mem::replace(batch, Vec::with_capacity(max_batch)));
-    // Part of a line that spans buffer refills.
+    // Part of a line that spans reads.
     let mut partial: Vec<u8> = Vec::new();
     let mut oversize = false;
     let reject = |seq: u64| Input::Rejected {
@@ -46,33 +53,44 @@ pub fn read_lines<R: Read>(
         reason: format!("line longer than the frame limit of {max_line} bytes"),
     };
     loop {
-        let buf = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        if buf.capacity() < MIN_READ {
+            buf = BytesMut::with_capacity(READ_BUF);
+        }
+        let want = buf.capacity().min(READ_CHUNK);
+        buf.resize(want, 0);
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                buf.clear();
+                continue;
+            }
             Err(e) => return Err(e),
         };
-        if buf.is_empty() {
+        buf.truncate(n);
+        if n == 0 {
             break;
         }
-        let mut rest = buf;
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let piece = &rest[..nl];
-            rest = &rest[nl + 1..];
-            if oversize || partial.len() + piece.len() > max_line {
+        let data = buf.split().freeze();
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &data[start..]) {
+            let end = start + nl;
+            if oversize || partial.len() + nl > max_line {
                 batch.push(reject(seq));
             } else if partial.is_empty() {
-                batch.push(event(seq, piece));
+                batch.push(event(seq, data.slice(start..end)));
             } else {
-                partial.extend_from_slice(piece);
-                batch.push(event(seq, &partial));
+                partial.extend_from_slice(&data[start..end]);
+                batch.push(event(seq, Bytes::copy_from_slice(&partial)));
                 partial.clear();
             }
             oversize = false;
             seq += 1;
+            start = end + 1;
             if batch.len() >= max_batch && !flush(&mut batch) {
                 return Ok(seq);
             }
         }
+        let rest = &data[start..];
         if !oversize {
             if partial.len() + rest.len() > max_line {
                 oversize = true;
@@ -81,10 +99,8 @@ pub fn read_lines<R: Read>(
                 partial.extend_from_slice(rest);
             }
         }
-        let used = buf.len();
-        r.consume(used);
-        // About to block on the next read: hand over what we have.
-        if r.buffer().is_empty() && !batch.is_empty() && !flush(&mut batch) {
+        // The next read may block: hand over what we have.
+        if !batch.is_empty() && !flush(&mut batch) {
             return Ok(seq);
         }
     }
@@ -92,7 +108,7 @@ pub fn read_lines<R: Read>(
         batch.push(reject(seq));
         seq += 1;
     } else if !partial.is_empty() {
-        batch.push(event(seq, &partial));
+        batch.push(event(seq, Bytes::from(std::mem::take(&mut partial))));
         seq += 1;
     }
     if !batch.is_empty() {
@@ -101,12 +117,11 @@ pub fn read_lines<R: Read>(
     Ok(seq)
 }
 
-fn event(seq: u64, line: &[u8]) -> Input {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    Input::Event {
-        seq,
-        payload: Bytes::copy_from_slice(line),
+fn event(seq: u64, mut line: Bytes) -> Input {
+    if line.last() == Some(&b'\r') {
+        line.truncate(line.len() - 1);
     }
+    Input::Event { seq, payload: line }
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! The end of the link travels on the same channel as the frames, after them: when the pool
 //! sees it, it has seen every result the worker managed to send.
 
-use bytes::{Buf, Bytes};
-use herd_proto::codec::{decode_frame, encode_frame, frame_len, FrameError, HEADER_LEN};
-use herd_proto::{FromWorker, ToWorkerRef};
+use bytes::Bytes;
+use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
+use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -26,6 +26,41 @@ pub(crate) enum Outgoing {
         payload: Bytes,
     },
     Shutdown,
+}
+
+/// A frame from a worker, as the pool sees it. A result's output is a slice of the buffer it
+/// was read into: no copy between the socket and the record writer.
+#[derive(Debug)]
+pub(crate) enum WorkerFrame {
+    Done {
+        id: u64,
+        outcome: Result<Bytes, (bool, String)>,
+    },
+    Heartbeat,
+    Hello,
+}
+
+/// Decodes the whole frame at the front of `buf` (checked complete by the caller).
+fn decode(frame: Bytes) -> Result<WorkerFrame, FrameError> {
+    let body = &frame[HEADER_LEN..];
+    Ok(match decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Ok(out),
+        } => WorkerFrame::Done {
+            id,
+            outcome: Ok(frame.slice_ref(out)),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Err { retryable, message },
+        } => WorkerFrame::Done {
+            id,
+            outcome: Err((retryable, message.into_owned())),
+        },
+        FromWorkerRef::Heartbeat => WorkerFrame::Heartbeat,
+        FromWorkerRef::Hello { .. } => WorkerFrame::Hello,
+    })
 }
 
 /// The pool's handle on a worker's writer task. Dropping it closes the write side.
@@ -70,12 +105,16 @@ async fn read_loop(
         let mut batch = Vec::new();
         let mut fault = None;
         loop {
-            match decode_frame::<FromWorker>(&buf, max_frame) {
-                Ok(Some((frame, used))) => {
-                    buf.advance(used);
-                    batch.push(frame);
+            let len = match frame_len(&buf, max_frame) {
+                Ok(Some(len)) if buf.len() >= HEADER_LEN + len => len,
+                Ok(_) => break,
+                Err(e) => {
+                    fault = Some(e.to_string());
+                    break;
                 }
-                Ok(None) => break,
+            };
+            match decode(buf.split_to(HEADER_LEN + len).freeze()) {
+                Ok(frame) => batch.push(frame),
                 Err(e) => {
                     fault = Some(e.to_string());
                     break;

@@ -7,7 +7,9 @@
 //! the submitter bounds it by the credits it holds (see `Submission`), so the pool never waits
 //! on a slow reader and a vanished one costs nothing but its own queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -84,14 +86,29 @@ impl Origins {
         self.map.len()
     }
 
-    /// Counts an accepted event of `id` (queued or answered at once).
-    pub fn accepted(&mut self, id: OriginId) {
+    /// Counts `n` accepted events of `id` (queued or answered at once).
+    pub fn accepted(&mut self, id: OriginId, n: usize) {
         if let Some(o) = self.map.get_mut(&id) {
-            o.accepted += 1;
+            o.accepted += n as u64;
+        }
+    }
+
+    /// Queues new jobs of one submission, in order, with one lookup.
+    pub fn extend(&mut self, id: OriginId, jobs: impl Iterator<Item = Job>) {
+        let Some(o) = self.map.get_mut(&id) else {
+            return;
+        };
+        let before = o.queue.len();
+        o.queue.extend(jobs);
+        self.queued += o.queue.len() - before;
+        if !o.in_ring && !o.queue.is_empty() {
+            o.in_ring = true;
+            self.ring.push_back(id);
         }
     }
 
     /// Queues a new job at the back of its submission's queue.
+    #[cfg(test)]
     pub fn push_back(&mut self, job: Job) {
         self.push(job, false);
     }
@@ -291,7 +308,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         o.open(7, tx, true);
         for _ in 0..3 {
-            o.accepted(7);
+            o.accepted(7, 1);
         }
         o.emit(7, rec(2));
         o.emit(7, rec(1));
@@ -313,7 +330,7 @@ mod tests {
         o.open(3, tx, false);
         o.push_back(job(3, 0));
         o.push_back(job(3, 1));
-        o.accepted(3);
+        o.accepted(3, 1);
         drop(rx);
         o.emit(3, rec(5));
         assert_eq!(o.flush(), [3]);

@@ -16,13 +16,13 @@ use std::collections::VecDeque;
 use std::pin::pin;
 use std::time::Duration;
 
-use herd_proto::{FromWorker, Outcome, PROTOCOL_VERSION};
+use herd_proto::PROTOCOL_VERSION;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
-use crate::link::{Link, Outgoing};
+use crate::link::{Link, Outgoing, WorkerFrame};
 use crate::origins::{Job, OriginId, Origins};
 use crate::process::{self, Exit};
 use crate::record::{ErrorKind, Record, RecordOutcome};
@@ -58,7 +58,7 @@ enum Wake {
 /// What the I/O tasks tell the pool.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Frames(WorkerId, Vec<FromWorker>),
+    Frames(WorkerId, Vec<WorkerFrame>),
     LinkLost {
         id: WorkerId,
         fault: Option<String>,
@@ -262,6 +262,9 @@ pub(crate) struct Pool {
     next_rss_check: Instant,
     /// The time of the current wake-up.
     now: Instant,
+    /// Moving average of task durations (µs), for the automatic window.
+    task_ewma_us: f64,
+    task_samples: u32,
     started: std::time::Instant,
     fatal: Option<PoolError>,
     summary: Summary,
@@ -281,7 +284,6 @@ impl Pool {
         ready_tx: watch::Sender<Option<Vec<u32>>>,
     ) -> Result<Summary, PoolError> {
         cfg.workers = cfg.workers.max(1);
-        cfg.window = cfg.window.max(1);
         cfg.max_frame = cfg.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
         if cfg.command.is_empty() {
             return Err(PoolError::NoCommand);
@@ -320,6 +322,8 @@ impl Pool {
             reload_queue: VecDeque::new(),
             next_rss_check: Instant::now(),
             now: Instant::now(),
+            task_ewma_us: 0.0,
+            task_samples: 0,
             started: std::time::Instant::now(),
             fatal: None,
             summary: Summary::default(),
@@ -435,50 +439,52 @@ impl Pool {
         if !self.origins.contains(origin) {
             return;
         }
+        self.origins.accepted(origin, batch.len());
+        let running = self.phase == Phase::Running;
+        let limit = self.cfg.max_frame.saturating_sub(TASK_OVERHEAD);
+        let mut refused = Vec::new();
+        let mut jobs = Vec::with_capacity(batch.len());
         for input in batch {
-            self.origins.accepted(origin);
-            let (seq, payload, refusal) = match input {
-                Input::Rejected { seq, reason } => (seq, None, Some((ErrorKind::Rejected, reason))),
-                Input::Event { seq, payload } if self.phase != Phase::Running => {
-                    let why = "herd is stopping and takes no new events".to_string();
-                    (seq, Some(payload), Some((ErrorKind::Shutdown, why)))
-                }
-                Input::Event { seq, payload }
-                    if payload.len() + TASK_OVERHEAD > self.cfg.max_frame =>
-                {
-                    let why = format!(
-                        "event of {} bytes exceeds the frame limit of {} bytes",
-                        payload.len(),
-                        self.cfg.max_frame
-                    );
-                    (seq, Some(payload), Some((ErrorKind::Rejected, why)))
-                }
-                Input::Event { seq, payload } => (seq, Some(payload), None),
-            };
-            match (refusal, payload) {
-                (Some((kind, message)), input) => self.emit(
-                    origin,
-                    Record {
-                        seq,
-                        attempts: 0,
-                        outcome: RecordOutcome::Err { kind, message },
-                        input,
-                    },
-                ),
-                (None, Some(payload)) => {
-                    let id = self.next_job;
-                    self.next_job += 1;
-                    self.origins.push_back(Job {
-                        id,
+            match input {
+                Input::Event { seq, payload } if running && payload.len() <= limit => {
+                    jobs.push(Job {
+                        id: self.next_job,
                         origin,
                         seq,
                         payload,
                         attempts: 0,
                         charged: 0,
                     });
+                    self.next_job += 1;
                 }
-                (None, None) => {}
+                Input::Event { seq, payload } if running => {
+                    let why = format!(
+                        "event of {} bytes exceeds the frame limit of {} bytes",
+                        payload.len(),
+                        self.cfg.max_frame
+                    );
+                    refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
+                }
+                Input::Event { seq, payload } => {
+                    let why = "herd is stopping and takes no new events".to_string();
+                    refused.push((seq, ErrorKind::Shutdown, why, Some(payload)));
+                }
+                Input::Rejected { seq, reason } => {
+                    refused.push((seq, ErrorKind::Rejected, reason, None));
+                }
             }
+        }
+        self.origins.extend(origin, jobs.into_iter());
+        for (seq, kind, message, input) in refused {
+            self.emit(
+                origin,
+                Record {
+                    seq,
+                    attempts: 0,
+                    outcome: RecordOutcome::Err { kind, message },
+                    input,
+                },
+            );
         }
     }
 
@@ -828,11 +834,11 @@ impl Pool {
         }
     }
 
-    fn on_frame(&mut self, i: usize, frame: FromWorker) {
+    fn on_frame(&mut self, i: usize, frame: WorkerFrame) {
         let (id, outcome) = match frame {
-            FromWorker::Done { id, outcome } => (id, outcome),
-            FromWorker::Heartbeat => return,
-            FromWorker::Hello { .. } => {
+            WorkerFrame::Done { id, outcome } => (id, outcome),
+            WorkerFrame::Heartbeat => return,
+            WorkerFrame::Hello => {
                 self.kill(i, Cause::Protocol("second Hello".into()));
                 return;
             }
@@ -862,9 +868,15 @@ impl Pool {
             }
         }
         let micros = now.saturating_duration_since(running.started).as_micros() as u64;
+        self.task_ewma_us = if self.task_samples == 0 {
+            micros as f64
+        } else {
+            slot::ewma(self.task_ewma_us, micros as f64)
+        };
+        self.task_samples = self.task_samples.saturating_add(1);
         let mut job = running.job;
         match outcome {
-            Outcome::Ok(output) => {
+            Ok(output) => {
                 slot.failures = 0;
                 self.stats.durations.observe(micros);
                 self.emit(
@@ -882,7 +894,7 @@ impl Pool {
                     },
                 );
             }
-            Outcome::Err { retryable, message } => {
+            Err((retryable, message)) => {
                 slot.failures = 0;
                 self.stats.durations.observe(micros);
                 job.charged += 1;
@@ -1470,7 +1482,11 @@ impl Pool {
     // ----- dispatch ----------------------------------------------------------------------
 
     fn dispatch(&mut self) {
-        let window = self.cfg.window;
+        let window = match self.cfg.window {
+            0 if self.task_samples < slot::AUTO_WINDOW_WARMUP => 2,
+            0 => slot::auto_window(self.task_ewma_us),
+            w => w,
+        };
         let now = self.now;
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);

@@ -73,7 +73,7 @@ pub struct Record {
 pub enum RecordOutcome {
     /// The handler's output, and where and how fast it ran.
     Ok {
-        output: Vec<u8>,
+        output: bytes::Bytes,
         worker: usize,
         pid: u32,
         micros: u64,
@@ -247,7 +247,7 @@ mod tests {
             seq: 3,
             attempts: 1,
             outcome: RecordOutcome::Ok {
-                output: output.to_vec(),
+                output: bytes::Bytes::copy_from_slice(output),
                 worker: 2,
                 pid: 4242,
                 micros: 517,

@@ -43,6 +43,31 @@ pub fn pick_round_robin(
     (0..len).map(|k| (cursor + k) % len).find(|&i| has_room(i))
 }
 
+/// Largest window the automatic setting uses.
+pub const AUTO_WINDOW_MAX: usize = 1024;
+/// Tasks measured before the automatic window trusts its average (it uses 2 until then, so a
+/// slow or stuck first task does not find a thousand others queued behind it).
+pub const AUTO_WINDOW_WARMUP: u32 = 8;
+/// Work the automatic window aims to keep queued at each worker, in microseconds.
+pub const AUTO_WINDOW_TARGET_US: f64 = 2_000.0;
+
+/// The automatic window for tasks that take `task_us` on average: enough tasks in flight to
+/// cover about 2 ms of work per worker. Tiny tasks get up to 1024 in flight (frames and
+/// syscalls are batched, which is where the throughput comes from); tasks of a millisecond or
+/// more get 2 (one running, one waiting, so a worker never idles for a round trip) while
+/// keeping a slow task's queue-mates few and the end of a run balanced.
+pub fn auto_window(task_us: f64) -> usize {
+    if task_us.is_nan() || task_us <= 0.0 {
+        return AUTO_WINDOW_MAX;
+    }
+    ((AUTO_WINDOW_TARGET_US / task_us) as usize).clamp(2, AUTO_WINDOW_MAX)
+}
+
+/// Exponentially weighted moving average step (weight 1/16 for the new sample).
+pub fn ewma(avg: f64, sample: f64) -> f64 {
+    avg + (sample - avg) / 16.0
+}
+
 /// A tiny xorshift generator for jitter; seeded from the kernel, not for secrets.
 #[derive(Debug, Clone)]
 pub struct Jitter(u64);
@@ -85,6 +110,20 @@ mod tests {
             let x = j.next_f64();
             assert!((0.0..1.0).contains(&x));
         }
+    }
+
+    #[test]
+    fn auto_window_follows_task_duration() {
+        assert_eq!(auto_window(0.0), AUTO_WINDOW_MAX);
+        assert_eq!(auto_window(1.0), AUTO_WINDOW_MAX);
+        assert_eq!(auto_window(100.0), 20);
+        assert_eq!(auto_window(1_000.0), 2);
+        assert_eq!(auto_window(1e7), 2);
+        let mut avg = 1_000.0;
+        for _ in 0..100 {
+            avg = ewma(avg, 10.0);
+        }
+        assert!(avg < 20.0, "{avg}");
     }
 
     #[test]

@@ -54,6 +54,9 @@ const READ_BUFFER: usize = 64 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 /// The longest a queued `Done` waits for the serve loop before the flusher writes it out.
 const MAX_HOLD: Duration = Duration::from_millis(1);
+/// Replies are batched only behind handlers faster than this; after a slower one the reply
+/// goes out at once (a write costs a few microseconds, nothing next to such a task).
+const BATCH_ONLY_UNDER: Duration = Duration::from_micros(50);
 
 /// Runs `handler` as a herd worker until the supervisor sends the termination frame.
 ///
@@ -187,14 +190,20 @@ where
                     payload: &payload,
                     out: &mut raw,
                 };
+                let started = Instant::now();
                 let outcome = call(&mut handler, &mut task);
+                let slow = started.elapsed() >= BATCH_ONLY_UNDER;
 
                 let mut out = outbox.lock();
                 out.take_error().map_err(Error::from_io)?;
                 push_done(&mut out.buf, id, outcome, max)?;
-                // Flush before a read that may block, or when the batch is full; otherwise hold
-                // the reply and let the flusher bound how long.
-                if !complete_frame_buffered(reader.buffer(), max) || out.buf.len() >= WRITE_BATCH {
+                // Flush before a read that may block, when the batch is full, or after a task slow
+                // enough that a write per reply costs nothing (and the supervisor is waiting to
+                // send more); otherwise hold the reply and let the flusher bound how long.
+                if slow
+                    || !complete_frame_buffered(reader.buffer(), max)
+                    || out.buf.len() >= WRITE_BATCH
+                {
                     out.flush().map_err(Error::from_io)?;
                 } else {
                     out.held(&outbox.wake);
