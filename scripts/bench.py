@@ -8,6 +8,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
+    python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers)
 
 Standard library only.
 """
@@ -57,17 +58,28 @@ def check_squares(stdout_bytes, n):
         die(f"{count} records for {n} events")
 
 
+def window_opts(args):
+    return [] if args.window == 0 else ["--window", str(args.window)]
+
+
 def tiny(args):
+    """1,000,000 square events, stdin to stdout (a pipe read by this script), full records.
+    The median of --repeat runs, as for the peers."""
     n = sum(1 for _ in open(args.events, "rb"))
-    with open(args.events, "rb") as f:
-        t0 = time.perf_counter()
-        p = subprocess.run(herd_cmd(args, "-w", str(args.workers), "--window", str(args.window)),
-                           stdin=f, stdout=subprocess.PIPE)
-        secs = time.perf_counter() - t0
-    if p.returncode != 0:
-        die(f"herd exited {p.returncode}")
-    check_squares(p.stdout, n)
-    return {"events": n, "seconds": secs, "events_per_sec": n / secs, "window": args.window}
+    runs = []
+    for _ in range(args.repeat):
+        with open(args.events, "rb") as f:
+            t0 = time.perf_counter()
+            p = subprocess.run(herd_cmd(args, "-w", str(args.workers), *window_opts(args)),
+                               stdin=f, stdout=subprocess.PIPE)
+            secs = time.perf_counter() - t0
+        if p.returncode != 0:
+            die(f"herd exited {p.returncode}")
+        check_squares(p.stdout, n)
+        runs.append(secs)
+    secs = statistics.median(runs)
+    return {"events": n, "seconds": secs, "events_per_sec": n / secs,
+            "window": args.window or "auto", "runs": runs}
 
 
 def latency(args):
@@ -149,8 +161,10 @@ def spin_events(n, ms):
 def cpu(args):
     """N x spin M ms on W workers; efficiency = ideal / wall. With --kill-every, a random worker
     is SIGKILLed at that interval for the whole run."""
+    if args.kill_every <= 0:
+        return cpu_plain(args)
     cmd = [args.herd, "run", "--log-format", "json", "-w", str(args.workers), "--retries", "1000",
-           "--", args.chaos]
+           *window_opts(args), "--", args.chaos]
     live = Live(cmd)
     live.wait_workers(args.workers)
     kills = 0
@@ -182,6 +196,31 @@ def cpu(args):
     ideal = args.n * args.ms / 1000 / args.workers
     return {"events": args.n, "seconds": secs, "events_per_sec": args.n / secs,
             "efficiency": ideal / secs, "kills": kills}
+
+
+def cpu_plain(args):
+    """The CPU workload from a file to a pipe, with nothing else running (no log parsing)."""
+    path = os.path.join(args.out, f"spin-{args.n}x{args.ms}.txt")
+    os.makedirs(args.out, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(spin_events(args.n, args.ms))
+    runs = []
+    for _ in range(args.repeat):
+        with open(path, "rb") as f:
+            t0 = time.perf_counter()
+            p = subprocess.run(herd_cmd(args, "-w", str(args.workers), *window_opts(args)),
+                               stdin=f, stdout=subprocess.PIPE)
+            runs.append(time.perf_counter() - t0)
+        if p.returncode != 0:
+            die(f"herd exited {p.returncode}")
+        recs = [json.loads(l) for l in p.stdout.splitlines()]
+        if len(recs) != args.n or len({r["seq"] for r in recs}) != args.n or \
+                not all(r["ok"] and r["output"] == args.ms for r in recs):
+            die(f"cpu: {len(recs)} records for {args.n} events, or a wrong one")
+    secs = statistics.median(runs)
+    ideal = args.n * args.ms / 1000 / args.workers
+    return {"events": args.n, "seconds": secs, "events_per_sec": args.n / secs,
+            "efficiency": ideal / secs, "kills": 0, "runs": runs}
 
 
 def recovery(args):
@@ -228,7 +267,7 @@ def memory(args):
     n = sum(1 for _ in open(args.events, "rb"))
     with open(args.events, "rb") as f:
         p = subprocess.run(["/usr/bin/time", "-f", "%M", *herd_cmd(args, "-w", str(args.workers),
-                            "--window", str(args.window))], stdin=f, stdout=subprocess.PIPE,
+                            *window_opts(args))], stdin=f, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
     if p.returncode != 0:
         die(f"herd exited {p.returncode}: {p.stderr[-500:]!r}")
@@ -237,19 +276,143 @@ def memory(args):
     return {"events": n, "peak_rss_kb": kb, "peak_rss_mb": kb / 1024}
 
 
+def sub(args, workload, *extra):
+    """Runs one herd workload in a fresh interpreter (so threads and pipes never leak between
+    workloads) and returns its JSON."""
+    cmd = [sys.executable, __file__, workload, "--herd", args.herd, "--chaos", args.chaos,
+           "--workers", str(args.workers), *extra]
+    log(f"bench: {' '.join(cmd[2:])}")
+    p = subprocess.run(cmd, stdout=subprocess.PIPE)
+    if p.returncode != 0:
+        die(f"{workload} failed")
+    return json.loads(p.stdout)
+
+
+def peers(args, workload, *extra):
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, os.path.join(here, "peers.py"), workload, "--workers",
+           str(args.workers), *extra]
+    log(f"bench: peers.py {' '.join(cmd[3:])}")
+    p = subprocess.run(cmd, stdout=subprocess.PIPE)
+    if p.returncode != 0:
+        die(f"peers.py {workload} failed")
+    return json.loads(p.stdout)["peers"]
+
+
+def run_all(args):
+    os.makedirs(args.out, exist_ok=True)
+    n = 100_000 if args.quick else 1_000_000
+    cpu_n = 2_000 if args.quick else 20_000
+    events = os.path.join(args.out, f"square-{n}.txt")
+    if not os.path.exists(events):
+        with open(events, "w") as f:
+            f.writelines(f'{{"op":"square","n":{i}}}\n' for i in range(n))
+    r = {}
+    r["tiny"] = sub(args, "tiny", "--events", events, "--repeat", str(args.repeat))
+    r["tiny_peers"] = peers(args, "tiny", "--events", events, "--repeat", str(args.repeat),
+                            "--seed-n", str(n // 50), "--c1-n", str(n // 10))
+    r["latency"] = sub(args, "latency", "--n", str(n // 5))
+    r["latency_peers"] = peers(args, "latency", "--n", "2000")
+    r["cpu"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2",
+                   "--out", args.out)
+    r["cpu_peers"] = peers(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2")
+    r["memory"] = sub(args, "memory", "--events", events)
+    r["memory_peers"] = peers(args, "memory", "--n", str(n // 5))
+    r["recovery"] = sub(args, "recovery", "--kills", "10" if args.quick else "40")
+    r["cpu_kills"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--kill-every", "0.15")
+    rows = table(r)
+    r["table"] = rows
+    r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                    "model": cpu_model(), "quick": args.quick}
+    path = os.path.join(args.out, "results.json")
+    with open(path, "w") as f:
+        json.dump(r, f, indent=1)
+    print_table(rows)
+    print(f"\nwritten: {path}")
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def table(r):
+    """One row per figure: what, herd's figure, the peer, the peer's figure, herd's advantage
+    (>1 means herd is better), and the issue's goal where there is one."""
+    rows = []
+    tp = r["tiny_peers"]
+    herd_eps = r["tiny"]["events_per_sec"]
+    for name, goal in [("imap_unordered_c256", 4.0), ("executor_map_c256", None),
+                       ("imap_unordered_c1", None), ("seed", None)]:
+        if name in tp:
+            peer = tp[name]["events_per_sec"]
+            rows.append(["tiny events/s", herd_eps, name, peer, herd_eps / peer, goal])
+    lat, lp = r["latency"], r["latency_peers"]
+    for q, goal_us in [("p50_us", 25), ("p99_us", 60)]:
+        for name in ("seed", "pool_apply"):
+            if name in lp:
+                rows.append([f"latency {q} (window 1)", lat[q], name, lp[name][q],
+                             lp[name][q] / lat[q], f"<= {goal_us} us"])
+    cp = r["cpu_peers"]
+    for name in ("bare", "imap_unordered_c1", "executor_map_c1", "seed"):
+        if name in cp:
+            rows.append(["cpu efficiency (spin 1ms)", r["cpu"]["efficiency"], name,
+                         cp[name]["efficiency"], r["cpu"]["efficiency"] / cp[name]["efficiency"],
+                         ">= 0.98"])
+    mp_ = r["memory_peers"]
+    for name in ("seed_unbounded", "seed_bounded"):
+        if name in mp_:
+            peer_mb = mp_[name]["peak_rss_kb"] / 1024
+            rows.append([f"peak RSS MiB (herd {r['memory']['events']} ev, peer "
+                         f"{mp_[name]['events']} ev)", r["memory"]["peak_rss_mb"], name, peer_mb,
+                         peer_mb / r["memory"]["peak_rss_mb"], "<= 16"])
+    rows.append(["recovery median ms", r["recovery"]["median_ms"], "-", None, None, "<= 5"])
+    rows.append(["spin 1ms events/s, kill every 150ms", r["cpu_kills"]["events_per_sec"],
+                 "herd, no kills", r["cpu"]["events_per_sec"],
+                 r["cpu_kills"]["events_per_sec"] / r["cpu"]["events_per_sec"], None])
+    return rows
+
+
+def print_table(rows):
+    def f(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
+        return str(v)
+    head = ["figure", "herd", "peer", "peer figure", "herd advantage", "goal"]
+    cells = [head] + [[f(c) for c in row] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for i, c in enumerate(cells):
+        print("  ".join(x.ljust(widths[j]) if j in (0, 2) else x.rjust(widths[j])
+                        for j, x in enumerate(c)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["tiny", "latency", "cpu", "recovery", "memory"])
+    ap.add_argument("workload", choices=["tiny", "latency", "cpu", "recovery", "memory", "all"])
+    ap.add_argument("--out", default="target/bench")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--herd", default="target/release/herd")
     ap.add_argument("--chaos", default="target/release/herd-chaos")
     ap.add_argument("--events")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--window", type=int, default=0, help="0: herd's automatic window")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--ms", type=int, default=1)
     ap.add_argument("--kill-every", type=float, default=0)
     ap.add_argument("--kills", type=int, default=40)
     args = ap.parse_args()
+    if args.workload == "all":
+        return run_all(args)
     if args.workload == "latency" and args.n == 20000:
         args.n = 200000
     result = globals()[args.workload](args)

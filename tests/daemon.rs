@@ -443,3 +443,67 @@ fn submitter_fails_when_the_daemon_goes_away() {
     assert!(!run.out.status.success(), "the submitter notices");
     assert!(run.stderr().contains("went away"), "{}", run.stderr());
 }
+
+#[test]
+fn usr2_reopens_the_log_file_and_pid_file_and_sd_notify_work() {
+    use std::os::unix::net::UnixDatagram;
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let log = fx.path("herd.log");
+    let pid_file = fx.path("herd.pid");
+    let notify_path = fx.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+    let mut child = std::process::Command::new(herd_bin())
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--log-file",
+            log.to_str().unwrap(),
+        ])
+        .args([
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ])
+        .args(["-w", "1", "--", chaos()])
+        .env("XDG_RUNTIME_DIR", fx.dir.path())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // systemd hears READY=1 once every worker is up.
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains("STATUS="), "{msg}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, child.id());
+    // logrotate: move the file away, USR2, and new lines go to a fresh file at the old path.
+    let rotated = fx.path("herd.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    signal(pid, Signal::SIGUSR2);
+    wait_for("the log file to be reopened", RUN_TIMEOUT, || log.exists());
+    signal(pid, Signal::SIGUSR1);
+    wait_for("the status snapshot in the new file", RUN_TIMEOUT, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("worker status"))
+    });
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("\"ready\""));
+    signal(pid, Signal::SIGTERM);
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+    assert!(!pid_file.exists(), "pid file removed");
+    assert!(!control.exists());
+}
