@@ -7,10 +7,14 @@
 //! The end of the link travels on the same channel as the frames, after them: when the pool
 //! sees it, it has seen every result the worker managed to send.
 
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
 use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
@@ -63,10 +67,20 @@ fn decode(frame: Bytes) -> Result<WorkerFrame, FrameError> {
     })
 }
 
-/// The pool's handle on a worker's writer task. Dropping it closes the write side.
+/// The pool's handle on a worker's write side. Frames are written straight from the pool
+/// when the socket takes them (the common case: one syscall, no task hand-off, lowest
+/// latency); whatever does not fit goes to a writer task that waits for the socket to drain,
+/// and until it has, later frames queue behind it so order is kept. Dropping the link closes
+/// the write side once the writer task is done.
 #[derive(Debug)]
 pub(crate) struct Link {
-    tx: mpsc::UnboundedSender<Vec<Outgoing>>,
+    id: WorkerId,
+    socket: Arc<OwnedWriteHalf>,
+    /// Buffers handed to the writer task and not yet fully written.
+    backlog: Arc<AtomicUsize>,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    max_frame: usize,
+    buf: Vec<u8>,
 }
 
 impl Link {
@@ -79,14 +93,62 @@ impl Link {
         frames: mpsc::UnboundedSender<Msg>,
     ) -> Self {
         tokio::spawn(read_loop(reader, max_frame, id, frames));
+        let socket = Arc::new(writer);
+        let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(writer, rx, max_frame, id));
-        Self { tx }
+        tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
+        Self {
+            id,
+            socket,
+            backlog,
+            tx,
+            max_frame,
+            buf: Vec::with_capacity(16 * 1024),
+        }
     }
 
-    /// Queues frames; `false` if the writer has already stopped.
-    pub fn send(&self, batch: Vec<Outgoing>) -> bool {
-        self.tx.send(batch).is_ok()
+    /// Sends frames; `false` if the socket has failed (the worker is going down).
+    pub fn send(&mut self, batch: Vec<Outgoing>) -> bool {
+        self.buf.clear();
+        for msg in &batch {
+            let frame = match msg {
+                Outgoing::Task {
+                    id,
+                    attempt,
+                    payload,
+                } => ToWorkerRef::Task {
+                    id: *id,
+                    attempt: *attempt,
+                    payload,
+                },
+                Outgoing::Shutdown => ToWorkerRef::Shutdown,
+            };
+            if let Err(e) = encode_frame(&frame, &mut self.buf, self.max_frame) {
+                // The pool checks sizes before dispatch; this is a bug, not a worker fault.
+                tracing::error!(worker = self.id.slot, error = %e, "cannot encode frame");
+            }
+        }
+        let mut written = 0;
+        if self.backlog.load(Ordering::Acquire) == 0 {
+            loop {
+                match self.socket.try_write(&self.buf[written..]) {
+                    Ok(n) => {
+                        written += n;
+                        if written == self.buf.len() {
+                            return true;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::debug!(worker = self.id.slot, error = %e, "write to worker failed");
+                        return false;
+                    }
+                }
+            }
+        }
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(self.buf[written..].to_vec()).is_ok()
     }
 }
 
@@ -156,45 +218,29 @@ async fn read_loop(
 /// Bytes requested per read from a worker.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Largest batch of frames gathered into one write.
-const BATCH_BYTES: usize = 256 * 1024;
-
 async fn write_loop(
-    mut w: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Vec<Outgoing>>,
-    max_frame: usize,
+    socket: Arc<OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    backlog: Arc<AtomicUsize>,
     id: WorkerId,
 ) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(batch) = next.take() {
-            for msg in &batch {
-                let frame = match msg {
-                    Outgoing::Task {
-                        id,
-                        attempt,
-                        payload,
-                    } => ToWorkerRef::Task {
-                        id: *id,
-                        attempt: *attempt,
-                        payload,
-                    },
-                    Outgoing::Shutdown => ToWorkerRef::Shutdown,
-                };
-                if let Err(e) = encode_frame(&frame, &mut buf, max_frame) {
-                    // The pool checks sizes before dispatch; this is a bug, not a worker fault.
-                    tracing::error!(worker = id.slot, error = %e, "cannot encode frame");
+    while let Some(buf) = rx.recv().await {
+        let mut written = 0;
+        while written < buf.len() {
+            if let Err(e) = socket.writable().await {
+                tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
+                return;
+            }
+            match socket.try_write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
+                    return;
                 }
             }
-            if buf.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
         }
-        if let Err(e) = w.write_all(&buf).await {
-            tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
-            return;
-        }
-        buf.clear();
+        backlog.fetch_sub(1, Ordering::AcqRel);
     }
 }

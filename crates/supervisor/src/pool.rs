@@ -588,12 +588,12 @@ impl Pool {
             match std::mem::replace(&mut slot.state, State::Stopped) {
                 State::Ready {
                     pid,
-                    link,
+                    mut link,
                     inflight,
                 }
                 | State::Draining {
                     pid,
-                    link,
+                    mut link,
                     inflight,
                     ..
                 } => {
@@ -619,7 +619,7 @@ impl Pool {
         let slot = &mut self.slots[i];
         if let State::Ready {
             pid,
-            link,
+            mut link,
             inflight,
         } = std::mem::replace(&mut slot.state, State::Stopped)
         {
@@ -1518,7 +1518,7 @@ impl Pool {
             if batch.is_empty() {
                 continue;
             }
-            let sent = match &self.slots[i].state {
+            let sent = match &mut self.slots[i].state {
                 State::Ready { link, .. } => link.send(std::mem::take(batch)),
                 _ => false,
             };
