@@ -1,7 +1,6 @@
 //! The daemon's clients: `herd submit`, `herd status`, `herd ctl`.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -174,22 +173,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let input: Box<dyn Read + Send> = if args.input.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(
-            File::open(&args.input)
-                .with_context(|| format!("cannot open input {}", args.input.display()))?,
-        )
-    };
-    let mut output: Box<dyn Write> = if args.output.as_os_str() == "-" {
-        Box::new(io::stdout())
-    } else {
-        Box::new(
-            File::create(&args.output)
-                .with_context(|| format!("cannot create output {}", args.output.display()))?,
-        )
-    };
+    let input = crate::open_input(&args.input)?;
+    let mut output = crate::open_output(&args.output)?;
     let rt = runtime()?;
     let mut conn = rt.block_on(connect(&args.control))?;
     rt.block_on(conn.send(Request::Submit {

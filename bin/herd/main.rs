@@ -194,3 +194,38 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Events from FILE, or stdin for `-`.
+pub fn open_input(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin()));
+    }
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open input {}", path.display()))?;
+    Ok(Box::new(f))
+}
+
+/// Records to FILE, or stdout for `-`.
+pub fn open_output(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let f = std::fs::File::create(path)
+        .with_context(|| format!("cannot create output {}", path.display()))?;
+    Ok(Box::new(f))
+}
+
+/// The closing log line of `run` and `serve`.
+pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
+    tracing::info!(
+        records = summary.total(),
+        ok = summary.ok,
+        errors = ?summary.errors,
+        restarts = summary.restarts,
+        recycled = summary.recycled,
+        secs = format!("{secs:.3}"),
+        "{what}"
+    );
+}

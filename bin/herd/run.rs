@@ -1,7 +1,7 @@
 //! `herd run`: a file or stdin through a pool, records to a file or stdout, then exit.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,23 +38,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = args.pool.config()?;
     cfg.ordered = args.ordered;
     // Open both ends before starting any worker, so a typo costs nothing.
-    let input: Box<dyn Read + Send> = if args.input.as_os_str() == "-" {
-        Box::new(io::stdin())
-    } else {
-        Box::new(
-            File::open(&args.input)
-                .with_context(|| format!("cannot open input {}", args.input.display()))?,
-        )
-    };
+    let input = crate::open_input(&args.input)?;
     let to_stdout = args.output.as_os_str() == "-";
-    let output: Box<dyn Write + Send> = if to_stdout {
-        Box::new(io::stdout())
-    } else {
-        Box::new(
-            File::create(&args.output)
-                .with_context(|| format!("cannot create output {}", args.output.display()))?,
-        )
-    };
+    let output = crate::open_output(&args.output)?;
     let failed: Option<Box<dyn Write + Send>> = match &args.failed {
         Some(path) => Some(Box::new(io::BufWriter::new(
             File::create(path)
@@ -130,16 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(_) => tracing::error!("input thread panicked"),
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        records = summary.total(),
-        ok = summary.ok,
-        errors = ?summary.errors,
-        restarts = summary.restarts,
-        recycled = summary.recycled,
-        secs = format!("{secs:.3}"),
-        "done"
-    );
+    crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
     Ok(ExitCode::SUCCESS)
 }
 

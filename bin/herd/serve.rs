@@ -37,6 +37,7 @@ impl Drop for PidFile {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let cfg = args.pool.config()?;
     let workers = cfg.workers;
     // One thread runs everything: workers' parent-death signal is tied to the spawning thread.
@@ -98,14 +99,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(result?)
     })?;
     drop(runtime);
-    tracing::info!(
-        records = summary.total(),
-        ok = summary.ok,
-        errors = ?summary.errors,
-        restarts = summary.restarts,
-        recycled = summary.recycled,
-        "stopped"
-    );
+    crate::log_summary(&summary, started.elapsed().as_secs_f64(), "stopped");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -110,7 +110,18 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
 /// # Errors
 /// [`FrameError::Malformed`] if the body is not exactly one `T`.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    match bincode::serde::decode_from_slice::<T, _>(body, config()) {
+    exactly_one(
+        body,
+        bincode::serde::decode_from_slice::<T, _>(body, config()),
+    )
+}
+
+/// A decoded message, provided it used the whole body.
+fn exactly_one<T>(
+    body: &[u8],
+    decoded: Result<(T, usize), bincode::error::DecodeError>,
+) -> Result<T, FrameError> {
+    match decoded {
         Ok((msg, used)) if used == body.len() => Ok(msg),
         Ok((_, used)) => Err(FrameError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -127,14 +138,10 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 pub fn decode_body_borrowed<'a, T: serde::Deserialize<'a>>(
     body: &'a [u8],
 ) -> Result<T, FrameError> {
-    match bincode::serde::borrow_decode_from_slice::<T, _>(body, config()) {
-        Ok((msg, used)) if used == body.len() => Ok(msg),
-        Ok((_, used)) => Err(FrameError::Malformed(format!(
-            "{} trailing bytes after the message",
-            body.len() - used
-        ))),
-        Err(e) => Err(FrameError::Malformed(e.to_string())),
-    }
+    exactly_one(
+        body,
+        bincode::serde::borrow_decode_from_slice::<T, _>(body, config()),
+    )
 }
 
 /// Decodes the first complete frame in `buf`, returning the message and the bytes it used, or
