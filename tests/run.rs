@@ -287,3 +287,51 @@ fn logs_stay_off_stdout_and_json_logs_parse() {
         assert!(v.get("level").is_some());
     }
 }
+
+#[test]
+fn sigint_finishes_accepted_events_and_a_second_one_stops_at_once() {
+    use nix::sys::signal::Signal;
+    let fx = Fixture::new();
+    let events = "{\"op\":\"sleep\",\"ms\":50}\n".repeat(40);
+
+    // One SIGINT: everything accepted still completes, then herd exits 0.
+    let mut herd = fx.spawn_herd(&["run", "--log-format", "json", "-w", "2", "--", chaos()]);
+    herd.write(events.as_bytes());
+    wait_for("the first records", RUN_TIMEOUT, || {
+        herd.records_so_far() > 0
+    });
+    signal(herd.pid(), Signal::SIGINT);
+    let pids = herd.all_worker_pids();
+    let (status, records, logs) = herd.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+    assert_eq!(records.len(), 40, "every accepted event completed");
+    assert!(records.iter().all(|r| r["ok"] == true));
+    assert!(logs
+        .iter()
+        .filter(|l| l["message"] == "worker exited")
+        .all(|l| l["code"] == 0));
+    assert_all_gone(&pids);
+
+    // A second SIGINT: the workers are killed and the rest is recorded as `shutdown`.
+    let mut herd = fx.spawn_herd(&["run", "--log-format", "json", "-w", "2", "--", chaos()]);
+    herd.write(events.as_bytes());
+    wait_for("the first records", RUN_TIMEOUT, || {
+        herd.records_so_far() > 0
+    });
+    signal(herd.pid(), Signal::SIGINT);
+    herd.wait_log("the first signal", RUN_TIMEOUT, |l| {
+        l.iter()
+            .any(|x| x["message"] == "signal received: stopping")
+    });
+    signal(herd.pid(), Signal::SIGINT);
+    let (status, records, logs) = herd.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+    let mut seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    seqs.sort();
+    assert_eq!(seqs, (0..40).collect::<Vec<u64>>(), "one record per event");
+    assert!(records.iter().any(|r| kind(r) == "shutdown"), "{records:?}");
+    assert!(records
+        .iter()
+        .all(|r| kind(r) == "ok" || kind(r) == "shutdown"));
+    assert!(fx.leftover_runtime_dirs().is_empty());
+}

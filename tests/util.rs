@@ -293,6 +293,11 @@ impl Live {
         self.logs.0.lock().unwrap().clone()
     }
 
+    /// Records received so far.
+    pub fn records_so_far(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
     /// Pids of workers announced ready and not yet reported exited.
     pub fn live_worker_pids(&self) -> Vec<u32> {
         let logs = self.logs();
