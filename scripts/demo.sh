@@ -27,9 +27,9 @@ gen() {
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-echo "herd run -w $WORKERS --window 8 --timeout 5s -- herd-chaos   ($N events)"
+echo "herd run -w $WORKERS --timeout 5s -- herd-chaos   ($N events)"
 start=$(date +%s.%N)
-gen | "$herd" run -w "$WORKERS" --window 8 --timeout 5s -- "$chaos" >"$out"
+gen | "$herd" run -w "$WORKERS" --timeout 5s -- "$chaos" >"$out"
 end=$(date +%s.%N)
 
 echo
