@@ -22,22 +22,7 @@ impl Daemon {
     fn start(workers: usize, extra: &[&str]) -> Self {
         let fx = Fixture::new();
         let control = fx.path("control.sock");
-        let w = workers.to_string();
-        let mut args = vec![
-            "serve",
-            "--log-format",
-            "json",
-            "--control",
-            control.to_str().unwrap(),
-            "-w",
-            &w,
-        ];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", chaos()]);
-        let live = fx.spawn_herd(&args);
-        live.wait_log("ready", RUN_TIMEOUT, |l| {
-            l.iter().any(|x| x["message"] == "ready")
-        });
+        let live = fx.serve(&control, workers, extra);
         Daemon { fx, live, control }
     }
 
@@ -393,20 +378,7 @@ fn stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
     assert_all_gone(&pids);
     assert!(control.exists(), "stale socket left behind");
     let c = control.to_str().unwrap();
-    let second = fx.spawn_herd(&[
-        "serve",
-        "--log-format",
-        "json",
-        "--control",
-        c,
-        "-w",
-        "1",
-        "--",
-        chaos(),
-    ]);
-    second.wait_log("ready", RUN_TIMEOUT, |l| {
-        l.iter().any(|x| x["message"] == "ready")
-    });
+    let second = fx.serve(&control, 1, &[]);
     let out = fx
         .herd(&["submit", "--control", c])
         .write_stdin(square_events(3))

@@ -56,22 +56,7 @@ fn metrics_count_events_workers_and_durations() {
     let fx = Fixture::new();
     let control = fx.path("c.sock");
     let ctl = control.to_str().unwrap();
-    let live = fx.spawn_herd(&[
-        "serve",
-        "--log-format",
-        "json",
-        "--control",
-        ctl,
-        "--metrics",
-        "127.0.0.1:0",
-        "-w",
-        "2",
-        "--",
-        chaos(),
-    ]);
-    live.wait_log("ready", RUN_TIMEOUT, |l| {
-        l.iter().any(|x| x["message"] == "ready")
-    });
+    let live = fx.serve(&control, 2, &["--metrics", "127.0.0.1:0"]);
     let ready = live
         .logs()
         .into_iter()

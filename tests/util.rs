@@ -272,6 +272,30 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// `herd serve` on `control` with JSON logs and `workers` herd-chaos workers (plus `extra`
+    /// options), once it has logged `ready`.
+    pub fn serve(&self, control: &Path, workers: usize, extra: &[&str]) -> Live {
+        let w = workers.to_string();
+        let mut args = vec![
+            "serve",
+            "--log-format",
+            "json",
+            "--control",
+            control.to_str().unwrap(),
+            "-w",
+            &w,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", chaos()]);
+        let live = self.spawn_herd(&args);
+        live.wait_log("ready", RUN_TIMEOUT, |l| {
+            l.iter().any(|x| x["message"] == "ready")
+        });
+        live
+    }
+}
+
 impl Live {
     /// Waits until the log satisfies `pred` (called with all lines so far).
     pub fn wait_log(&self, what: &str, limit: Duration, mut pred: impl FnMut(&[Value]) -> bool) {
