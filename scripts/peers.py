@@ -246,6 +246,16 @@ def run_peer(name, fn, lines, expected, workers, repeat=1):
     return rec
 
 
+def calibrate(n=100_000):
+    """Microseconds per square event for work() called in-process on one core: how fast this
+    machine is right now (on a shared VM it drifts by tens of percent; compare like with like)."""
+    lines = ['{"op":"square","n":%d}' % i for i in range(n)]
+    t = time.perf_counter()
+    for line in lines:
+        work(line)
+    return round((time.perf_counter() - t) / n * 1e6, 3)
+
+
 def say(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -418,8 +428,10 @@ def main():
         return [round(x, 2) for x in os.getloadavg()]
 
     load_before = loadavg()
+    calibration = calibrate()
     run = {"tiny": cmd_tiny, "cpu": cmd_cpu, "latency": cmd_latency, "memory": cmd_memory}
     try:
+        say(f"calibration: work() in-process {calibration} us per square event")
         peers = run[args.workload](args)
     except CheckFailed as e:
         say(f"peers.py: RESULT CHECK FAILED: {e}")
@@ -428,6 +440,7 @@ def main():
     json.dump({"workload": args.workload, "workers": args.workers, "cpus": os.cpu_count(),
                "python": platform.python_version(), "start_method": "fork",
                "loadavg_before": load_before, "loadavg_after": loadavg(),
+               "calibration_us_per_event": calibration,
                "measured": MEASURED[args.workload], "peers": peers}, sys.stdout)
     print()
 
