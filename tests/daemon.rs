@@ -60,16 +60,7 @@ impl Daemon {
     }
 
     fn status(&self) -> Value {
-        let out = self
-            .fx
-            .herd(&["status", "--control", self.ctl(), "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = output_ok(&mut self.fx.herd(&["status", "--control", self.ctl(), "--json"]));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -94,12 +85,7 @@ impl Daemon {
     fn ctl_cmd(&self, args: &[&str]) {
         let mut all = vec!["ctl", "--control", self.ctl()];
         all.extend_from_slice(args);
-        let out = self.fx.herd(&all).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        output_ok(&mut self.fx.herd(&all));
     }
 
     fn signal(&self, sig: Signal) {

@@ -116,15 +116,7 @@ fn metrics_count_events_workers_and_durations() {
     let (code, _, _) = get(addr, "/nope");
     assert_eq!(code, 404);
 
-    let out = fx
-        .herd(&["ctl", "--control", ctl, "stop"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(&mut fx.herd(&["ctl", "--control", ctl, "stop"]));
     let (status, _, logs) = live.finish(RUN_TIMEOUT);
     assert!(status.success(), "{status:?}\n{}", dump(&logs));
     assert!(TcpStream::connect(addr).is_err(), "the port is closed");

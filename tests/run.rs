@@ -180,25 +180,17 @@ fn input_and_output_files() {
     let input = fx.path("events.txt");
     let output = fx.path("records.jsonl");
     std::fs::write(&input, square_events(50)).unwrap();
-    let out = fx
-        .herd(&[
-            "run",
-            "-w",
-            "2",
-            "-i",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-            "--",
-            chaos(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(&mut fx.herd(&[
+        "run",
+        "-w",
+        "2",
+        "-i",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--",
+        chaos(),
+    ]));
     assert!(
         out.stdout.is_empty(),
         "records go to the file, logs to stderr"

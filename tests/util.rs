@@ -156,6 +156,17 @@ impl Run {
     }
 }
 
+/// Runs `cmd` to completion; panics with its stderr unless it exited 0.
+pub fn output_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 pub fn kind(r: &Value) -> &str {
     if r["ok"] == true {
         "ok"
