@@ -139,6 +139,27 @@ fn line_over_the_default_frame_limit_is_rejected() {
 }
 
 #[test]
+fn events_larger_than_the_socket_buffer_all_arrive() {
+    // Eight 512 KiB events in flight per worker are far more than a socket buffer holds, so
+    // the pool's writes back up and finish as the workers read.
+    let fx = Fixture::new();
+    let n = 48;
+    let input: String = (0..n)
+        .map(|i| {
+            let v = char::from(b'a' + (i % 26) as u8).to_string().repeat(512 * 1024);
+            format!("{{\"op\":\"echo\",\"v\":\"{v}\"}}\n")
+        })
+        .collect();
+    let run = fx.run_chaos(&["-w", "2", "--window", "8"], input);
+    run.assert_success();
+    for (i, r) in run.by_seq(n).iter().enumerate() {
+        let out = r["output"].as_str().unwrap();
+        let want = char::from(b'a' + (i % 26) as u8);
+        assert!(out.len() == 512 * 1024 && out.chars().all(|c| c == want), "seq {i}");
+    }
+}
+
+#[test]
 fn workers_exit_zero_after_the_termination_frame() {
     let fx = Fixture::new();
     let run = fx.run_chaos(&["-w", "3"], square_events(100));

@@ -7,19 +7,21 @@
 //! The end of the link travels on the same channel as the frames, after them: when the pool
 //! sees it, it has seen every result the worker managed to send.
 
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
 use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use crate::pool::{Msg, WorkerId};
-use crate::rendezvous::WorkerReader;
+use crate::rendezvous::WorkerSocket;
 
 /// A frame for a worker, as the pool hands it to the writer.
 #[derive(Debug)]
@@ -75,7 +77,8 @@ fn decode(frame: Bytes) -> Result<WorkerFrame, FrameError> {
 #[derive(Debug)]
 pub(crate) struct Link {
     id: WorkerId,
-    socket: Arc<OwnedWriteHalf>,
+    /// Non-blocking; the reader task holds the read registration.
+    socket: Arc<UnixStream>,
     /// Buffers handed to the writer task and not yet fully written.
     backlog: Arc<AtomicUsize>,
     tx: mpsc::UnboundedSender<Vec<u8>>,
@@ -87,13 +90,12 @@ impl Link {
     /// Starts the reader and writer tasks for a worker that passed its handshake.
     pub fn start(
         id: WorkerId,
-        reader: WorkerReader,
-        writer: OwnedWriteHalf,
+        conn: WorkerSocket,
         max_frame: usize,
         frames: mpsc::UnboundedSender<Msg>,
     ) -> Self {
-        tokio::spawn(read_loop(reader, max_frame, id, frames));
-        let socket = Arc::new(writer);
+        let socket = conn.socket.get_ref().clone();
+        tokio::spawn(read_loop(conn, max_frame, id, frames));
         let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
@@ -131,7 +133,7 @@ impl Link {
         let mut written = 0;
         if self.backlog.load(Ordering::Acquire) == 0 {
             loop {
-                match self.socket.try_write(&self.buf[written..]) {
+                match (&*self.socket).write(&self.buf[written..]) {
                     Ok(n) => {
                         written += n;
                         if written == self.buf.len() {
@@ -155,14 +157,15 @@ impl Link {
 /// Reads frames and hands them to the pool in batches: everything decodable from one read
 /// goes in one message, so a busy worker costs the pool one wake-up per read, not per result.
 async fn read_loop(
-    reader: WorkerReader,
+    conn: WorkerSocket,
     max_frame: usize,
     id: WorkerId,
     frames: mpsc::UnboundedSender<Msg>,
 ) {
-    let parts = reader.into_parts();
-    let mut io = parts.io;
-    let mut buf = parts.read_buf;
+    let WorkerSocket {
+        socket,
+        read_buf: mut buf,
+    } = conn;
     loop {
         let mut batch = Vec::new();
         let mut fault = None;
@@ -198,8 +201,15 @@ async fn read_loop(
             Ok(Some(len)) => HEADER_LEN + len,
             _ => 0,
         };
-        buf.reserve(want.saturating_sub(buf.len()).max(READ_CHUNK));
-        match io.read_buf(&mut buf).await {
+        // Frames already split off keep the buffer they were read into alive (their outputs
+        // are slices of it), so `reserve` must allocate afresh whenever it cannot be satisfied
+        // from the spare capacity: ask for a new chunk only when that is nearly used up, not
+        // on every read (at one small frame per read that was a 64 KiB allocation per result).
+        let need = want.saturating_sub(buf.len());
+        if buf.capacity() - buf.len() < need.max(MIN_SPARE) {
+            buf.reserve(need.max(READ_CHUNK));
+        }
+        match read(&socket, &mut buf).await {
             Ok(0) => {
                 let fault = (!buf.is_empty()).then(|| FrameError::EofMidFrame.to_string());
                 let _ = frames.send(Msg::LinkLost { id, fault });
@@ -215,32 +225,101 @@ async fn read_loop(
     }
 }
 
-/// Bytes requested per read from a worker.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads once into the spare capacity of `buf`, waiting for input as needed.
+async fn read(socket: &AsyncFd<Arc<UnixStream>>, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        let mut ready = socket.readable().await?;
+        let spare = buf.spare_capacity_mut();
+        let spare_len = spare.len();
+        let result = ready.try_io(|s| {
+            // SAFETY: recv writes at most `spare.len()` bytes to the start of `spare`, a valid
+            // writable region, and reports how many (or an error, writing nothing).
+            let n = unsafe {
+                nix::libc::recv(
+                    s.get_ref().as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    0,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        });
+        match result {
+            Ok(Ok(n)) => {
+                // SAFETY: the first `n` spare bytes were just written by recv.
+                unsafe { buf.set_len(buf.len() + n) };
+                if n > 0 && n < spare_len {
+                    // A short read drained the socket: skip the recv that would only say
+                    // so. (Readiness is edge-triggered; data arriving from now on raises a
+                    // new edge, as tokio's own streams rely on.)
+                    ready.clear_ready();
+                }
+                return Ok(n);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+}
 
+/// Registers a socket with the runtime for `interest` only.
+pub(crate) fn register<S>(socket: S, interest: Interest) -> io::Result<AsyncFd<S>>
+where
+    S: std::borrow::Borrow<UnixStream> + AsRawFd,
+{
+    // SAFETY: `S` owns (a share of) the descriptor, and the AsyncFd owns `S`, so the
+    // descriptor stays open and the same for the registration's whole life.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
+}
+
+/// Size of a fresh read buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much spare room the next read goes into a fresh buffer.
+const MIN_SPARE: usize = 4 * 1024;
+
+/// Writes what did not fit in the socket, waiting for room through a write registration of
+/// its own (on a duplicate descriptor) that lives only while there is a backlog.
 async fn write_loop(
-    socket: Arc<OwnedWriteHalf>,
+    socket: Arc<UnixStream>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     backlog: Arc<AtomicUsize>,
     id: WorkerId,
 ) {
+    let mut room: Option<AsyncFd<UnixStream>> = None;
     while let Some(buf) = rx.recv().await {
-        let mut written = 0;
-        while written < buf.len() {
-            if let Err(e) = socket.writable().await {
-                tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
-                return;
-            }
-            match socket.try_write(&buf[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
-                    return;
-                }
-            }
+        if let Err(e) = write_all(&socket, &buf, &mut room).await {
+            tracing::debug!(worker = id.slot, error = %e, "write to worker failed");
+            return;
         }
         backlog.fetch_sub(1, Ordering::AcqRel);
+        if rx.is_empty() {
+            room = None;
+        }
     }
+}
+
+async fn write_all(
+    socket: &UnixStream,
+    buf: &[u8],
+    room: &mut Option<AsyncFd<UnixStream>>,
+) -> io::Result<()> {
+    let mut written = 0;
+    while written < buf.len() {
+        match (&*socket).write(&buf[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let fd = match room {
+                    Some(fd) => fd,
+                    None => room.insert(register(socket.try_clone()?, Interest::WRITABLE)?),
+                };
+                // Readiness is edge-triggered: clear it, then check the socket again before
+                // waiting, so room that appeared in between is not missed.
+                fd.writable().await?.clear_ready();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -6,8 +6,18 @@
 //! does not make a newcomer wait behind all of them. Records go back on an unbounded channel:
 //! the submitter bounds it by the credits it holds (see `Submission`), so the pool never waits
 //! on a slow reader and a vanished one costs nothing but its own queue.
+//!
+//! Records are handed over in batches, not one by one: each hand-over wakes the submitter
+//! (for `herd run`, a thread that then makes a write), and with a wake-up per record that
+//! thread took a CPU away from the workers on every event. An outbox goes out once it holds
+//! [`FLUSH_RECORDS`] records or a quarter of the submission's credits, once its oldest record
+//! has waited [`MAX_HOLD`], or at once when nothing else is owed to the submission (so an
+//! interactive submitter never waits for a record).
 
 use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -41,6 +51,8 @@ struct Origin {
     reorder: VecDeque<Option<Record>>,
     next_seq_out: u64,
     out: Vec<Record>,
+    /// When `out` was first seen non-empty by a flush.
+    since: Option<Instant>,
     /// Events accepted and records emitted: equal means nothing is owed.
     accepted: u64,
     emitted: u64,
@@ -48,8 +60,13 @@ struct Origin {
     ended: bool,
 }
 
+/// An outbox this full goes out at once.
+pub(crate) const FLUSH_RECORDS: usize = 256;
+/// The longest a record waits in an outbox.
+pub(crate) const MAX_HOLD: Duration = Duration::from_millis(2);
+
 /// All open submissions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Origins {
     map: HashMap<OriginId, Origin>,
     /// Origins with queued jobs, in round-robin order.
@@ -57,9 +74,22 @@ pub(crate) struct Origins {
     /// Origins whose outbox has records.
     dirty: Vec<OriginId>,
     queued: usize,
+    /// Outbox size that is sent without waiting.
+    flush_at: usize,
 }
 
 impl Origins {
+    /// `credits` is how many records a submitter can be owed before it must wait for them.
+    pub fn new(credits: usize) -> Self {
+        Self {
+            map: HashMap::default(),
+            ring: VecDeque::new(),
+            dirty: Vec::new(),
+            queued: 0,
+            flush_at: (credits / 4).clamp(1, FLUSH_RECORDS),
+        }
+    }
+
     pub fn open(&mut self, id: OriginId, sink: mpsc::UnboundedSender<Vec<Record>>, ordered: bool) {
         self.map.insert(
             id,
@@ -71,6 +101,7 @@ impl Origins {
                 reorder: VecDeque::new(),
                 next_seq_out: 0,
                 out: Vec::new(),
+                since: None,
                 accepted: 0,
                 emitted: 0,
                 ended: false,
@@ -227,27 +258,51 @@ impl Origins {
         }
     }
 
-    /// Hands outboxes to their submitters; closes submissions that are complete. Returns the
-    /// ids of submitters that turned out to be gone.
-    pub fn flush(&mut self) -> Vec<OriginId> {
+    /// Hands over the outboxes that are due (see the module docs); closes submissions that are
+    /// complete. With `all`, every outbox is due. Returns the ids of submitters that turned
+    /// out to be gone.
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<OriginId> {
         let mut gone = Vec::new();
+        let mut waiting = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
             let Some(o) = self.map.get_mut(&id) else {
                 continue;
             };
-            if !o.out.is_empty() && o.sink.send(std::mem::take(&mut o.out)).is_err() {
-                gone.push(id);
-                continue;
+            if !o.out.is_empty() {
+                let since = *o.since.get_or_insert(now);
+                let due = all
+                    || o.emitted == o.accepted
+                    || o.out.len() >= self.flush_at
+                    || now >= since + MAX_HOLD;
+                if !due {
+                    waiting.push(id);
+                    continue;
+                }
+                o.since = None;
+                if o.sink.send(std::mem::take(&mut o.out)).is_err() {
+                    gone.push(id);
+                    continue;
+                }
             }
             if o.ended && o.emitted == o.accepted {
                 // Every record delivered: dropping the sink tells the submitter it is done.
                 self.map.remove(&id);
             }
         }
+        self.dirty = waiting;
         for &id in &gone {
             self.cancel(id);
         }
         gone
+    }
+
+    /// When the oldest held outbox falls due.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.dirty
+            .iter()
+            .filter_map(|id| self.map.get(id)?.since)
+            .min()
+            .map(|t| t + MAX_HOLD)
     }
 }
 
@@ -282,7 +337,7 @@ mod tests {
 
     #[test]
     fn round_robin_across_submissions() {
-        let mut o = Origins::default();
+        let mut o = Origins::new(1024);
         let (tx, _rx) = mpsc::unbounded_channel();
         o.open(1, tx.clone(), false);
         o.open(2, tx, false);
@@ -304,7 +359,7 @@ mod tests {
 
     #[test]
     fn ordered_outbox_and_completion() {
-        let mut o = Origins::default();
+        let mut o = Origins::new(1024);
         let (tx, mut rx) = mpsc::unbounded_channel();
         o.open(7, tx, true);
         for _ in 0..3 {
@@ -312,11 +367,11 @@ mod tests {
         }
         o.emit(7, rec(2));
         o.emit(7, rec(1));
-        o.flush();
+        o.flush(Instant::now(), false);
         assert!(rx.try_recv().is_err(), "held until seq 0 arrives");
         o.end(7);
         o.emit(7, rec(0));
-        assert!(o.flush().is_empty());
+        assert!(o.flush(Instant::now(), false).is_empty());
         let seqs: Vec<u64> = rx.try_recv().unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert!(!o.contains(7), "complete submissions are closed");
@@ -324,8 +379,53 @@ mod tests {
     }
 
     #[test]
+    fn outboxes_are_held_until_full_old_or_owed_nothing() {
+        let t0 = Instant::now();
+        let mut o = Origins::new(1 << 20);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        o.open(1, tx, false);
+        o.accepted(1, 1000);
+        o.emit(1, rec(0));
+        o.flush(t0, false);
+        assert!(rx.try_recv().is_err(), "one record, more owed: held");
+        assert_eq!(o.next_flush(), Some(t0 + MAX_HOLD));
+        o.flush(t0 + MAX_HOLD / 2, false);
+        assert!(rx.try_recv().is_err());
+        o.flush(t0 + MAX_HOLD, false);
+        assert_eq!(rx.try_recv().unwrap().len(), 1, "due after MAX_HOLD");
+        assert_eq!(o.next_flush(), None);
+
+        for s in 1..=FLUSH_RECORDS as u64 {
+            o.emit(1, rec(s));
+        }
+        o.flush(t0 + MAX_HOLD, false);
+        assert_eq!(rx.try_recv().unwrap().len(), FLUSH_RECORDS, "due when full");
+
+        // The last record owed goes out at once.
+        o.accepted(1, 0);
+        for s in 257..1000 {
+            o.emit(1, rec(s));
+        }
+        o.flush(t0 + MAX_HOLD, false);
+        let mut got = 0;
+        while let Ok(batch) = rx.try_recv() {
+            got += batch.len();
+        }
+        assert_eq!(got, 1000 - 257);
+
+        // A small credit limit makes a small outbox due: its submitter may be waiting.
+        let mut o = Origins::new(4);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        o.open(2, tx, false);
+        o.accepted(2, 100);
+        o.emit(2, rec(0));
+        o.flush(t0, false);
+        assert_eq!(rx.try_recv().unwrap().len(), 1);
+    }
+
+    #[test]
     fn vanished_submitter_is_cancelled() {
-        let mut o = Origins::default();
+        let mut o = Origins::new(1024);
         let (tx, rx) = mpsc::unbounded_channel();
         o.open(3, tx, false);
         o.push_back(job(3, 0));
@@ -333,7 +433,7 @@ mod tests {
         o.accepted(3, 1);
         drop(rx);
         o.emit(3, rec(5));
-        assert_eq!(o.flush(), [3]);
+        assert_eq!(o.flush(Instant::now(), false), [3]);
         assert_eq!(o.queued(), 0);
         assert!(o.pop().is_none());
     }

@@ -304,6 +304,7 @@ impl Pool {
             .ok()
             .and_then(|h| u64::from_str_radix(&h, 16).ok())
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        let credits = cfg.effective_queue();
         let mut pool = Pool {
             uid: nix::unistd::getuid().as_raw(),
             target: cfg.workers,
@@ -311,7 +312,7 @@ impl Pool {
             cfg,
             rundir,
             cursor: 0,
-            origins: Origins::default(),
+            origins: Origins::new(credits),
             delayed: Vec::new(),
             next_job: 0,
             phase: Phase::Running,
@@ -404,13 +405,14 @@ impl Pool {
                 }
             }
             pool.dispatch();
-            for origin in pool.origins.flush() {
+            for origin in pool.origins.flush(pool.now, false) {
                 tracing::info!(
                     submission = origin,
                     "submitter went away; its queued events are dropped"
                 );
             }
         }
+        pool.origins.flush(Instant::now(), true);
         tracing::debug!(socket = %pool.rundir.socket().display(), "pool stopped");
         match pool.fatal.take() {
             Some(e) => Err(e),
@@ -752,8 +754,7 @@ impl Pool {
         let slot = &mut self.slots[i];
         let link = Link::start(
             slot.id(),
-            g.reader,
-            g.writer,
+            g.conn,
             self.cfg.max_frame,
             self.frames_tx.clone(),
         );
@@ -1356,6 +1357,9 @@ impl Pool {
         }
         for (t, _) in &self.delayed {
             consider(*t);
+        }
+        if let Some(t) = self.origins.next_flush() {
+            consider(t);
         }
         for s in &self.slots {
             if let Some(p) = s.pending_exit {

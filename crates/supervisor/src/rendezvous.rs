@@ -10,18 +10,30 @@
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use herd_proto::codec::FrameCodec;
 use herd_proto::{FromWorker, ToWorker};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::unix::UCred;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-/// Decoder for frames coming from a worker.
-pub(crate) type WorkerReader = FramedRead<OwnedReadHalf, FrameCodec<FromWorker, ToWorker>>;
+/// A worker's connection after its handshake: the socket (non-blocking), registered with the
+/// runtime for *read* readiness only. A registration that also asks for write readiness is
+/// woken each time the worker consumes a frame the pool sent (Linux signals the freed buffer
+/// space), which cost the pool a wake-up per task; writes are tried directly instead, and
+/// wait for room through a registration of their own only when the socket is full.
+pub(crate) struct WorkerSocket {
+    pub socket: AsyncFd<Arc<std::os::unix::net::UnixStream>>,
+    /// Bytes read past the `Hello` frame.
+    pub read_buf: BytesMut,
+}
 
 /// A connection that sent a well-formed `Hello`; not yet matched to a worker.
 pub(crate) struct Greeting {
@@ -29,8 +41,7 @@ pub(crate) struct Greeting {
     pub pid: u32,
     pub token: String,
     pub cred: UCred,
-    pub reader: WorkerReader,
-    pub writer: OwnedWriteHalf,
+    pub conn: WorkerSocket,
 }
 
 /// The private directory and the socket path inside it. Dropping it removes both.
@@ -151,24 +162,27 @@ pub(crate) async fn accept_loop(
                     return;
                 }
             };
-            let (read, writer) = stream.into_split();
-            let mut reader = FramedRead::new(read, FrameCodec::new(max_frame));
+            let mut reader = FramedRead::new(stream, FrameCodec::new(max_frame));
             let first = tokio::time::timeout(handshake_timeout, reader.next()).await;
             match first {
                 Ok(Some(Ok(FromWorker::Hello {
                     protocol,
                     pid,
                     token,
-                }))) => {
-                    let _ = out.send(Greeting {
-                        protocol,
-                        pid,
-                        token,
-                        cred,
-                        reader,
-                        writer,
-                    });
-                }
+                }))) => match read_only(reader) {
+                    Ok(conn) => {
+                        let _ = out.send(Greeting {
+                            protocol,
+                            pid,
+                            token,
+                            cred,
+                            conn,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer_pid = ?cred.pid(), error = %e, "cannot register a worker connection; dropped");
+                    }
+                },
                 Ok(Some(Ok(other))) => {
                     tracing::warn!(peer_pid = ?cred.pid(), frame = ?other, "connection did not start with Hello; dropped");
                 }
@@ -184,6 +198,19 @@ pub(crate) async fn accept_loop(
             }
         });
     }
+}
+
+/// Re-registers a handshaken connection for read readiness only (see [`WorkerSocket`]).
+fn read_only(
+    reader: FramedRead<tokio::net::UnixStream, FrameCodec<FromWorker, ToWorker>>,
+) -> io::Result<WorkerSocket> {
+    let parts = reader.into_parts();
+    // Leaves the socket in non-blocking mode.
+    let socket = Arc::new(parts.io.into_std()?);
+    Ok(WorkerSocket {
+        socket: crate::link::register(socket, Interest::READABLE)?,
+        read_buf: parts.read_buf,
+    })
 }
 
 #[cfg(test)]

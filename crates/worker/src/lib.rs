@@ -112,7 +112,40 @@ where
         .to_fs_name::<GenericFilePath>()
         .map_err(connect_err)?;
     let stream = Stream::connect(name).map_err(connect_err)?;
-    serve(&stream, &stream, config, handler)
+    match stream {
+        Stream::UdSocket(s) => {
+            let socket = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s));
+            serve(PollReader(&socket), &socket, config, handler)
+        }
+    }
+}
+
+/// Reads a socket, waiting for input in `poll` rather than in a blocking `recv`.
+///
+/// Linux wakes a task blocked in `recv` on a Unix stream socket whenever the peer *consumes*
+/// data this side sent (the write-space wake-up is not filtered by event), so a worker blocked
+/// waiting for its next task was woken, for nothing, each time the supervisor read its reply:
+/// one wasted context switch per task on each side. `poll` waits for input only.
+struct PollReader<'a>(&'a std::os::unix::net::UnixStream);
+
+impl Read for PollReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::{AsFd, AsRawFd};
+        loop {
+            match recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => return Ok(n),
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Runs the worker's side of the protocol over an already connected stream: sends `Hello`, then

@@ -1,0 +1,223 @@
+//! The socket limit herd is measured against (`scripts/bench.sh`): a parent and W child
+//! processes exchanging length-prefixed frames over Unix sockets, with no serialization, no
+//! supervision and a blocking thread per child. Nothing herd does can be faster than this.
+//!
+//!     rawsock [--workers W] [--inflight K] [--n N]
+//!     rawsock bare [--workers W] [--n N] [--ms M]
+//!
+//! Prints one JSON object: frames per second and the round-trip p50/p99 in microseconds (with
+//! K in flight the round trip includes queueing behind the other K-1 frames). `bare` is the
+//! ceiling for CPU-bound work: W processes each burn their share of N x M ms of CPU (the same
+//! spin as `herd-chaos`), with no dispatcher at all; it prints the wall time and efficiency.
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// About the size of a tiny `square` event.
+const REQUEST: &[u8] = br#"{"op":"square","n":123456}"#;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("child") => match args.get(2) {
+            Some(path) => option(&args, "--spin-ms", 0).and_then(|ms| child(path, ms)),
+            None => Err(io::Error::other("child needs a socket path")),
+        },
+        Some("bare") => bare(&args[2..]),
+        Some("spin") => {
+            option(&args, "--n", 0).and_then(|n| spin_many(n, option(&args, "--ms", 1)?))
+        }
+        _ => parent(&args[1..]),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rawsock: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn option(args: &[String], name: &str, default: usize) -> io::Result<usize> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("{name} needs a number"))),
+    }
+}
+
+fn parent(args: &[String]) -> io::Result<()> {
+    let workers = option(args, "--workers", 2)?.max(1);
+    let inflight = option(args, "--inflight", 1)?.max(1);
+    let n = option(args, "--n", 200_000)?;
+    let spin_ms = option(args, "--spin-ms", 0)?;
+    let dir = std::env::temp_dir().join(format!("rawsock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("s");
+    let listener = UnixListener::bind(&path)?;
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let mut children: Vec<Child> = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..workers {
+        children.push(
+            Command::new(&exe)
+                .arg("child")
+                .arg(&path)
+                .args(["--spin-ms", &spin_ms.to_string()])
+                .spawn()?,
+        );
+        streams.push(listener.accept()?.0);
+    }
+    std::fs::remove_dir_all(&dir)?;
+    let per = n / workers;
+    let threads: Vec<_> = streams
+        .into_iter()
+        .map(|s| std::thread::spawn(move || drive(s, per, inflight)))
+        .collect();
+    let mut rtts = Vec::with_capacity(n);
+    for t in threads {
+        rtts.extend(
+            t.join()
+                .map_err(|_| io::Error::other("driver panicked"))??,
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for mut c in children {
+        c.wait()?;
+    }
+    rtts.sort_unstable_by(f64::total_cmp);
+    let pct = |q: f64| rtts[((q * rtts.len() as f64) as usize).min(rtts.len() - 1)];
+    // With --spin-ms, how much of the wall time the children spent on the work.
+    let ideal = (rtts.len() * spin_ms) as f64 / 1000.0 / workers as f64;
+    println!(
+        "{{\"workers\":{workers},\"inflight\":{inflight},\"spin_ms\":{spin_ms},\"frames\":{},\
+         \"seconds\":{secs:.4},\"frames_per_sec\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\
+         \"efficiency\":{:.4}}}",
+        rtts.len(),
+        rtts.len() as f64 / secs,
+        pct(0.5),
+        pct(0.99),
+        ideal / secs
+    );
+    Ok(())
+}
+
+fn bare(args: &[String]) -> io::Result<()> {
+    let workers = option(args, "--workers", 2)?.max(1);
+    let n = option(args, "--n", 20_000)?;
+    let ms = option(args, "--ms", 1)?;
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let children = (0..workers)
+        .map(|k| {
+            let share = n * (k + 1) / workers - n * k / workers;
+            Command::new(&exe)
+                .args(["spin", "--n", &share.to_string(), "--ms", &ms.to_string()])
+                .spawn()
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    for mut c in children {
+        if !c.wait()?.success() {
+            return Err(io::Error::other("a spinning child failed"));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ideal = (n * ms) as f64 / 1000.0 / workers as f64;
+    println!(
+        "{{\"workers\":{workers},\"events\":{n},\"ms\":{ms},\"seconds\":{secs:.4},\
+         \"efficiency\":{:.4}}}",
+        ideal / secs
+    );
+    Ok(())
+}
+
+/// `count` times `ms` of this thread's CPU time, read as `herd-chaos` reads it.
+fn spin_many(count: usize, ms: usize) -> io::Result<()> {
+    use nix::time::{clock_gettime, ClockId};
+    let cpu = || {
+        clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .map_err(io::Error::from)
+    };
+    let d = Duration::from_millis(ms as u64);
+    for _ in 0..count {
+        let start = cpu()?;
+        while cpu()?.saturating_sub(start) < d {
+            for _ in 0..100 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `n` frames keeping `inflight` outstanding; returns each round trip in microseconds.
+fn drive(stream: UnixStream, n: usize, inflight: usize) -> io::Result<Vec<f64>> {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    let mut sent = std::collections::VecDeque::with_capacity(inflight);
+    let mut rtts = Vec::with_capacity(n);
+    let mut next = 0;
+    let mut body = Vec::new();
+    while rtts.len() < n {
+        while next < n && sent.len() < inflight {
+            write_frame(&mut writer, REQUEST)?;
+            sent.push_back(Instant::now());
+            next += 1;
+        }
+        writer.flush()?;
+        // Every reply already buffered, then one write for the refill (as herd batches).
+        loop {
+            read_frame(&mut reader, &mut body)?;
+            if let Some(t) = sent.pop_front() {
+                rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            if reader.buffer().is_empty() {
+                break;
+            }
+        }
+    }
+    // A zero-length frame tells the child to exit.
+    write_frame(&mut writer, b"")?;
+    writer.flush()?;
+    Ok(rtts)
+}
+
+/// Echoes a small reply per frame, flushing only when no more input is buffered (as the
+/// worker SDK does).
+fn child(path: &str, spin_ms: usize) -> io::Result<()> {
+    let stream = UnixStream::connect(path)?;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
+    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    let mut body = Vec::new();
+    loop {
+        read_frame(&mut reader, &mut body)?;
+        if body.is_empty() {
+            return Ok(());
+        }
+        if spin_ms > 0 {
+            spin_many(1, spin_ms)?;
+        }
+        write_frame(&mut writer, b"15241383936")?;
+        if reader.buffer().is_empty() {
+            writer.flush()?;
+        }
+    }
+}
+
+fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    w.write_all(&(body.len() as u32).to_le_bytes())?;
+    w.write_all(body)
+}
+
+fn read_frame(r: &mut impl Read, body: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    body.resize(u32::from_le_bytes(len) as usize, 0);
+    r.read_exact(body)
+}
