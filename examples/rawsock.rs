@@ -11,6 +11,7 @@
 //! spin as `herd-chaos`), with no dispatcher at all; it prints the wall time and efficiency.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, ExitCode};
 use std::time::{Duration, Instant};
@@ -75,16 +76,20 @@ fn parent(args: &[String]) -> io::Result<()> {
     }
     std::fs::remove_dir_all(&dir)?;
     let per = n / workers;
-    let threads: Vec<_> = streams
-        .into_iter()
-        .map(|s| std::thread::spawn(move || drive(s, per, inflight)))
-        .collect();
     let mut rtts = Vec::with_capacity(n);
-    for t in threads {
-        rtts.extend(
-            t.join()
-                .map_err(|_| io::Error::other("driver panicked"))??,
-        );
+    if args.iter().any(|a| a == "--single") {
+        rtts = drive_all(streams, per, inflight)?;
+    } else {
+        let threads: Vec<_> = streams
+            .into_iter()
+            .map(|s| std::thread::spawn(move || drive(s, per, inflight)))
+            .collect();
+        for t in threads {
+            rtts.extend(
+                t.join()
+                    .map_err(|_| io::Error::other("driver panicked"))??,
+            );
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     for mut c in children {
@@ -185,6 +190,76 @@ fn drive(stream: UnixStream, n: usize, inflight: usize) -> io::Result<Vec<f64>> 
     // A zero-length frame tells the child to exit.
     write_frame(&mut writer, b"")?;
     writer.flush()?;
+    Ok(rtts)
+}
+
+/// As [`drive`] for every child from one thread waiting in poll(2), as herd's pool does.
+fn drive_all(streams: Vec<UnixStream>, n: usize, inflight: usize) -> io::Result<Vec<f64>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    struct Conn {
+        reader: BufReader<UnixStream>,
+        writer: BufWriter<UnixStream>,
+        sent: std::collections::VecDeque<Instant>,
+        next: usize,
+        done: usize,
+    }
+    let mut conns = streams
+        .into_iter()
+        .map(|s| {
+            Ok(Conn {
+                reader: BufReader::with_capacity(64 * 1024, s.try_clone()?),
+                writer: BufWriter::with_capacity(64 * 1024, s),
+                sent: std::collections::VecDeque::new(),
+                next: 0,
+                done: 0,
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut rtts = Vec::with_capacity(n * conns.len());
+    let mut body = Vec::new();
+    let refill = |c: &mut Conn| -> io::Result<()> {
+        while c.next < n && c.sent.len() < inflight {
+            write_frame(&mut c.writer, REQUEST)?;
+            c.sent.push_back(Instant::now());
+            c.next += 1;
+        }
+        c.writer.flush()
+    };
+    for c in conns.iter_mut() {
+        refill(c)?;
+    }
+    while conns.iter().any(|c| c.done < n) {
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = conns
+                .iter()
+                .map(|c| PollFd::new(c.reader.get_ref().as_fd(), PollFlags::POLLIN))
+                .collect();
+            poll(&mut fds, PollTimeout::NONE)?;
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        for (c, ready) in conns.iter_mut().zip(ready) {
+            if !ready {
+                continue;
+            }
+            loop {
+                read_frame(&mut c.reader, &mut body)?;
+                if let Some(t) = c.sent.pop_front() {
+                    rtts.push(t.elapsed().as_secs_f64() * 1e6);
+                }
+                c.done += 1;
+                if c.reader.buffer().is_empty() {
+                    break;
+                }
+            }
+            refill(c)?;
+        }
+    }
+    for c in conns.iter_mut() {
+        write_frame(&mut c.writer, b"")?;
+        c.writer.flush()?;
+    }
     Ok(rtts)
 }
 

@@ -8,7 +8,8 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
-    python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers)
+    python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers
+                                                             and the socket limit, rawsock)
 
 Standard library only.
 """
@@ -295,6 +296,16 @@ def sub(args, workload, *extra):
     return json.loads(p.stdout)
 
 
+def raw(args, *opts):
+    """The socket limit and bare processes (examples/rawsock.rs), on the same machine."""
+    cmd = [args.rawsock, *opts, "--workers", str(args.workers)]
+    log(f"bench: rawsock {' '.join(cmd[1:])}")
+    p = subprocess.run(cmd, stdout=subprocess.PIPE)
+    if p.returncode != 0:
+        die("rawsock failed")
+    return json.loads(p.stdout)
+
+
 def peers(args, workload, *extra):
     here = os.path.dirname(os.path.abspath(__file__))
     cmd = [sys.executable, os.path.join(here, "peers.py"), workload, "--workers",
@@ -318,6 +329,12 @@ def run_all(args):
     r["tiny"] = sub(args, "tiny", "--events", events, "--repeat", str(args.repeat))
     r["tiny_peers"] = peers(args, "tiny", "--events", events, "--repeat", str(args.repeat),
                             "--seed-n", str(n // 50), "--c1-n", str(n // 10))
+    r["raw"] = {
+        "pipelined": raw(args, "--inflight", "64", "--n", str(n)),
+        "round_trip": raw(args, "--inflight", "1", "--n", str(n // 5)),
+        "dispatch_spin": raw(args, "--inflight", "2", "--n", str(cpu_n), "--spin-ms", "1"),
+        "bare_spin": raw(args, "bare", "--n", str(cpu_n), "--ms", "1"),
+    }
     r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out)
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
     r["cpu"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2",
@@ -359,18 +376,29 @@ def table(r):
         if name in tp:
             peer = tp[name]["events_per_sec"]
             rows.append(["tiny events/s", herd_eps, name, peer, herd_eps / peer, goal])
+    rw = r["raw"]
+    rows.append(["tiny events/s", herd_eps, "raw socket, 64 in flight",
+                 rw["pipelined"]["frames_per_sec"],
+                 herd_eps / rw["pipelined"]["frames_per_sec"], None])
     lat, lp = r["latency"], r["latency_peers"]
     for q, goal_us in [("p50_us", 25), ("p99_us", 60)]:
         for name in ("seed", "pool_apply"):
             if name in lp:
                 rows.append([f"latency {q} (window 1)", lat[q], name, lp[name][q],
                              lp[name][q] / lat[q], f"<= {goal_us} us"])
+        rows.append([f"latency {q} (window 1)", lat[q], "raw socket, 1 in flight",
+                     rw["round_trip"][q], rw["round_trip"][q] / lat[q], f"<= {goal_us} us"])
     cp = r["cpu_peers"]
+    eff = r["cpu"]["efficiency"]
     for name in ("bare", "imap_unordered_c1", "executor_map_c1", "seed"):
         if name in cp:
-            rows.append(["cpu efficiency (spin 1ms)", r["cpu"]["efficiency"], name,
-                         cp[name]["efficiency"], r["cpu"]["efficiency"] / cp[name]["efficiency"],
-                         ">= 0.98"])
+            label = "bare Python processes" if name == "bare" else name
+            rows.append(["cpu efficiency (spin 1ms)", eff, label,
+                         cp[name]["efficiency"], eff / cp[name]["efficiency"], ">= 0.98"])
+    for key, name in (("dispatch_spin", "raw socket, 2 in flight"),
+                      ("bare_spin", "bare Rust processes")):
+        rows.append(["cpu efficiency (spin 1ms)", eff, name, rw[key]["efficiency"],
+                     eff / rw[key]["efficiency"], ">= 0.98"])
     mp_ = r["memory_peers"]
     for name in ("seed_unbounded", "seed_bounded"):
         if name in mp_:
@@ -389,6 +417,8 @@ def print_table(rows):
     def f(v):
         if v is None:
             return "-"
+        if isinstance(v, int):
+            return f"{v:,}"
         if isinstance(v, float):
             return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
         return str(v)
@@ -410,6 +440,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--herd", default="target/release/herd")
     ap.add_argument("--chaos", default="target/release/herd-chaos")
+    ap.add_argument("--rawsock", default="target/release/examples/rawsock")
     ap.add_argument("--events")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--window", type=int, default=0, help="0: herd's automatic window")

@@ -146,7 +146,9 @@ fn events_larger_than_the_socket_buffer_all_arrive() {
     let n = 48;
     let input: String = (0..n)
         .map(|i| {
-            let v = char::from(b'a' + (i % 26) as u8).to_string().repeat(512 * 1024);
+            let v = char::from(b'a' + (i % 26) as u8)
+                .to_string()
+                .repeat(512 * 1024);
             format!("{{\"op\":\"echo\",\"v\":\"{v}\"}}\n")
         })
         .collect();
@@ -155,7 +157,10 @@ fn events_larger_than_the_socket_buffer_all_arrive() {
     for (i, r) in run.by_seq(n).iter().enumerate() {
         let out = r["output"].as_str().unwrap();
         let want = char::from(b'a' + (i % 26) as u8);
-        assert!(out.len() == 512 * 1024 && out.chars().all(|c| c == want), "seq {i}");
+        assert!(
+            out.len() == 512 * 1024 && out.chars().all(|c| c == want),
+            "seq {i}"
+        );
     }
 }
 

@@ -110,9 +110,9 @@ impl Link {
     }
 
     /// Sends frames; `false` if the socket has failed (the worker is going down).
-    pub fn send(&mut self, batch: Vec<Outgoing>) -> bool {
+    pub fn send(&mut self, batch: &[Outgoing]) -> bool {
         self.buf.clear();
-        for msg in &batch {
+        for msg in batch {
             let frame = match msg {
                 Outgoing::Task {
                     id,

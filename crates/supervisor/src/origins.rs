@@ -279,7 +279,9 @@ impl Origins {
                     continue;
                 }
                 o.since = None;
-                if o.sink.send(std::mem::take(&mut o.out)).is_err() {
+                // The next outbox is likely about as large as this one.
+                let next = Vec::with_capacity(o.out.len());
+                if o.sink.send(std::mem::replace(&mut o.out, next)).is_err() {
                     gone.push(id);
                     continue;
                 }

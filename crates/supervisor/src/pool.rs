@@ -599,7 +599,7 @@ impl Pool {
                     inflight,
                     ..
                 } => {
-                    link.send(vec![Outgoing::Shutdown]);
+                    link.send(&[Outgoing::Shutdown]);
                     slot.state = State::Draining {
                         pid,
                         link,
@@ -625,7 +625,7 @@ impl Pool {
             inflight,
         } = std::mem::replace(&mut slot.state, State::Stopped)
         {
-            link.send(vec![Outgoing::Shutdown]);
+            link.send(&[Outgoing::Shutdown]);
             slot.state = State::Draining {
                 pid,
                 link,
@@ -943,7 +943,7 @@ impl Pool {
         } = &mut self.slots[i].state
         {
             if inflight.is_empty() && deadline.is_none() {
-                link.send(vec![Outgoing::Shutdown]);
+                link.send(&[Outgoing::Shutdown]);
                 *deadline = Some(Instant::now() + self.cfg.grace);
             }
         }
@@ -1523,12 +1523,13 @@ impl Pool {
                 continue;
             }
             let sent = match &mut self.slots[i].state {
-                State::Ready { link, .. } => link.send(std::mem::take(batch)),
+                State::Ready { link, .. } => link.send(batch),
                 _ => false,
             };
+            // Cleared, not replaced: the next dispatch reuses the allocation.
+            batch.clear();
             if !sent {
                 // The writer is gone, so the worker is going down: its exit settles the tasks.
-                batch.clear();
                 self.kill(i, Cause::LinkLost);
             }
         }
