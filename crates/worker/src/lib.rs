@@ -115,7 +115,11 @@ where
     match stream {
         Stream::UdSocket(s) => {
             let socket = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s));
-            serve(PollReader(&socket), &socket, config, handler)
+            let reader = PollReader {
+                socket: &socket,
+                poll_first: false,
+            };
+            serve(reader, &socket, config, handler)
         }
     }
 }
@@ -126,22 +130,36 @@ where
 /// data this side sent (the write-space wake-up is not filtered by event), so a worker blocked
 /// waiting for its next task was woken, for nothing, each time the supervisor read its reply:
 /// one wasted context switch per task on each side. `poll` waits for input only.
-struct PollReader<'a>(&'a std::os::unix::net::UnixStream);
+///
+/// After a read found nothing, the next one polls first (the supervisor is answering one task
+/// at a time, as with `--window 1`); after a read found data, it tries `recv` first (tasks are
+/// queued up, and polling would be a wasted call).
+struct PollReader<'a> {
+    socket: &'a std::os::unix::net::UnixStream,
+    poll_first: bool,
+}
 
 impl Read for PollReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::errno::Errno;
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use nix::sys::socket::{recv, MsgFlags};
         use std::os::fd::{AsFd, AsRawFd};
         loop {
-            match recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(n) => return Ok(n),
-                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
+            if self.poll_first {
+                let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
-            let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            match recv(self.socket.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    self.poll_first = false;
+                    return Ok(n);
+                }
+                Err(Errno::EAGAIN) => self.poll_first = true,
+                Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
