@@ -86,22 +86,27 @@ def tiny(args):
 def latency(args):
     """Per-event round trip with one task in flight per worker: herd's `micros` (dispatch to
     result, measured by herd) for square events, whose handler takes well under 1 us. Records
-    go to a file, so no reader process competes with the round trip for the two CPUs."""
+    go to a file, so no reader process competes with the round trip for the two CPUs. The
+    median p50 and p99 of --repeat runs."""
     os.makedirs(args.out, exist_ok=True)
     src = os.path.join(args.out, f"latency-{args.n}.txt")
     dst = os.path.join(args.out, f"latency-{args.n}.jsonl")
     with open(src, "w") as f:
         f.writelines(f'{{"op":"square","n":{i}}}\n' for i in range(args.n))
-    p = subprocess.run(herd_cmd(args, "-w", str(args.workers), "--window", "1", "-i", src,
-                                "-o", dst))
-    if p.returncode != 0:
-        die(f"herd exited {p.returncode}")
-    with open(dst, "rb") as f:
-        out = f.read()
-    check_squares(out, args.n)
-    micros = sorted(json.loads(l)["micros"] for l in out.splitlines())
-    pct = lambda q: micros[min(len(micros) - 1, int(q * len(micros)))]
-    return {"events": args.n, "p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": micros[-1]}
+    runs = []
+    for _ in range(args.repeat):
+        p = subprocess.run(herd_cmd(args, "-w", str(args.workers), "--window", "1", "-i", src,
+                                    "-o", dst))
+        if p.returncode != 0:
+            die(f"herd exited {p.returncode}")
+        with open(dst, "rb") as f:
+            out = f.read()
+        check_squares(out, args.n)
+        micros = sorted(json.loads(l)["micros"] for l in out.splitlines())
+        pct = lambda q: micros[min(len(micros) - 1, int(q * len(micros)))]
+        runs.append({"p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": micros[-1]})
+    return {"events": args.n, "p50_us": statistics.median(r["p50_us"] for r in runs),
+            "p99_us": statistics.median(r["p99_us"] for r in runs), "runs": runs}
 
 
 class Live:
@@ -338,7 +343,8 @@ def run_all(args):
                                     "1", "--single"),
         "bare_spin": raw(args, "bare", "--n", str(cpu_n), "--ms", "1"),
     }
-    r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out)
+    r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out, "--repeat",
+                       str(args.repeat))
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
     r["cpu"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2",
                    "--out", args.out)
