@@ -123,6 +123,9 @@ pub enum PoolError {
     /// The worker command is empty.
     #[error("no worker command given")]
     NoCommand,
+    /// The pool's task ended abnormally (a bug: it panicked).
+    #[error("the pool stopped abnormally: {0}")]
+    Internal(String),
     /// The worker program could not be started at all.
     #[error("cannot start worker program `{program}`: {source}")]
     Spawn {
@@ -192,7 +195,24 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
         ready: ready_rx,
         credits: config.effective_queue(),
     };
-    (handle, pool::Pool::run(config, feed_rx, cmd_rx, ready_tx))
+    let run = pool::Pool::run(config, feed_rx, cmd_rx, ready_tx);
+    // The pool runs as a task of its own, not as the future the caller awaits: on a
+    // current-thread runtime, a wake-up of the future passed to `block_on` costs an extra turn
+    // of the I/O driver (an `epoll_wait`) before it is polled, and the link readers wake the
+    // pool once per result.
+    (handle, async move {
+        // Dropping the returned future still drops the pool (and kills its workers).
+        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+        impl<T> Drop for AbortOnDrop<T> {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut task = AbortOnDrop(tokio::spawn(run));
+        (&mut task.0)
+            .await
+            .unwrap_or_else(|e| Err(PoolError::Internal(e.to_string())))
+    })
 }
 
 impl PoolHandle {
