@@ -178,8 +178,9 @@ pub struct PoolHandle {
 /// Starts building a pool: returns its handle and the future that runs it. The pool spawns its
 /// workers when the future is first polled, and the future ends when the pool has stopped.
 ///
-/// The future must run on a long-lived runtime thread (not inside `spawn_blocking`): workers'
-/// parent-death signal is tied to the thread that spawns them.
+/// The future must be polled inside a tokio runtime whose threads outlive the pool: the pool
+/// runs as a task of that runtime (dropping the future aborts it), and workers' parent-death
+/// signal is tied to the thread that spawns them. `herd` uses a current-thread runtime.
 ///
 /// # Errors
 /// The future fails with [`PoolError`] when the pool itself cannot work; worker and event
