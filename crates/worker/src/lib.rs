@@ -24,6 +24,8 @@
 //!   (its `--window`). Input is read through a large buffer, and while further complete tasks
 //!   are already buffered, `Done` frames are queued and written together; everything queued is
 //!   flushed before the worker could block on a read, so a reply never waits for new input.
+//! - **Waiting for a task wakes nothing.** Between tasks the worker waits in `poll(2)`, not in
+//!   a blocking `recv`, which Linux would also wake each time the supervisor reads a reply.
 //! - **A finished `Done` is held for at most about 1 ms.** The supervisor times each attempt
 //!   from the previous `Done`, so a quick task's reply must not wait for the handler of a slow
 //!   task buffered behind it. A flusher thread writes out whatever has been queued for
