@@ -29,7 +29,7 @@
 //! - **A finished `Done` is held for at most about 1 ms.** The supervisor times each attempt
 //!   from the previous `Done`, so a quick task's reply must not wait for the handler of a slow
 //!   task buffered behind it. A flusher thread writes out whatever has been queued for
-//!   [`MAX_HOLD`] while the handler is still running. It sleeps while nothing is queued and is
+//!   1 ms while the handler is still running. It sleeps while nothing is queued and is
 //!   woken at most once per batch, so the tiny-task path costs no extra write.
 
 #![warn(missing_docs)]
