@@ -166,8 +166,10 @@ async fn read_loop(
         socket,
         read_buf: mut buf,
     } = conn;
+    // Reused while reads bring one frame each (the usual case with one task in flight): such
+    // a frame travels alone, so the common path allocates nothing.
+    let mut batch = Vec::new();
     loop {
-        let mut batch = Vec::new();
         let mut fault = None;
         loop {
             let len = match frame_len(&buf, max_frame) {
@@ -186,7 +188,12 @@ async fn read_loop(
                 }
             }
         }
-        if !batch.is_empty() && frames.send(Msg::Frames(id, batch)).is_err() {
+        let msg = match batch.len() {
+            0 => None,
+            1 => batch.pop().map(|frame| Msg::Frame(id, frame)),
+            _ => Some(Msg::Frames(id, std::mem::take(&mut batch))),
+        };
+        if msg.is_some_and(|msg| frames.send(msg).is_err()) {
             return;
         }
         if let Some(fault) = fault {

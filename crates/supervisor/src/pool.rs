@@ -58,6 +58,7 @@ enum Wake {
 /// What the I/O tasks tell the pool.
 #[derive(Debug)]
 pub(crate) enum Msg {
+    Frame(WorkerId, WorkerFrame),
     Frames(WorkerId, Vec<WorkerFrame>),
     LinkLost {
         id: WorkerId,
@@ -779,6 +780,11 @@ impl Pool {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
+            Msg::Frame(id, frame) => {
+                if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
+                    self.on_frame(id.slot, frame);
+                }
+            }
             Msg::Frames(id, frames) => {
                 for frame in frames {
                     // A frame can get its sender killed; the rest of its batch is then stale.
