@@ -161,72 +161,86 @@ fn spin_many(count: usize, ms: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `n` frames keeping `inflight` outstanding; returns each round trip in microseconds.
-fn drive(stream: UnixStream, n: usize, inflight: usize) -> io::Result<Vec<f64>> {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
-    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
-    let mut sent = std::collections::VecDeque::with_capacity(inflight);
-    let mut rtts = Vec::with_capacity(n);
-    let mut next = 0;
-    let mut body = Vec::new();
-    while rtts.len() < n {
-        while next < n && sent.len() < inflight {
-            write_frame(&mut writer, REQUEST)?;
-            sent.push_back(Instant::now());
-            next += 1;
+/// One child's connection as the parent drives it: `n` frames, `inflight` outstanding.
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: BufWriter<UnixStream>,
+    sent: std::collections::VecDeque<Instant>,
+    next: usize,
+    done: usize,
+    n: usize,
+    inflight: usize,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, n: usize, inflight: usize) -> io::Result<Self> {
+        Ok(Self {
+            reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
+            writer: BufWriter::with_capacity(64 * 1024, stream),
+            sent: std::collections::VecDeque::with_capacity(inflight),
+            next: 0,
+            done: 0,
+            n,
+            inflight,
+        })
+    }
+
+    /// Tops up the frames in flight, in one write.
+    fn refill(&mut self) -> io::Result<()> {
+        while self.next < self.n && self.sent.len() < self.inflight {
+            write_frame(&mut self.writer, REQUEST)?;
+            self.sent.push_back(Instant::now());
+            self.next += 1;
         }
-        writer.flush()?;
-        // Every reply already buffered, then one write for the refill (as herd batches).
+        self.writer.flush()
+    }
+
+    /// Reads one reply (blocking) and every other one already buffered, recording round trips
+    /// in microseconds.
+    fn drain(&mut self, rtts: &mut Vec<f64>, body: &mut Vec<u8>) -> io::Result<()> {
         loop {
-            read_frame(&mut reader, &mut body)?;
-            if let Some(t) = sent.pop_front() {
+            read_frame(&mut self.reader, body)?;
+            if let Some(t) = self.sent.pop_front() {
                 rtts.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            if reader.buffer().is_empty() {
-                break;
+            self.done += 1;
+            if self.reader.buffer().is_empty() {
+                return Ok(());
             }
         }
     }
-    // A zero-length frame tells the child to exit.
-    write_frame(&mut writer, b"")?;
-    writer.flush()?;
+
+    /// A zero-length frame tells the child to exit.
+    fn finish(&mut self) -> io::Result<()> {
+        write_frame(&mut self.writer, b"")?;
+        self.writer.flush()
+    }
+}
+
+/// Drives one child from this thread, blocking in read.
+fn drive(stream: UnixStream, n: usize, inflight: usize) -> io::Result<Vec<f64>> {
+    let mut c = Conn::new(stream, n, inflight)?;
+    let mut rtts = Vec::with_capacity(n);
+    let mut body = Vec::new();
+    while c.done < n {
+        c.refill()?;
+        c.drain(&mut rtts, &mut body)?;
+    }
+    c.finish()?;
     Ok(rtts)
 }
 
 /// As [`drive`] for every child from one thread waiting in poll(2), as herd's pool does.
 fn drive_all(streams: Vec<UnixStream>, n: usize, inflight: usize) -> io::Result<Vec<f64>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    struct Conn {
-        reader: BufReader<UnixStream>,
-        writer: BufWriter<UnixStream>,
-        sent: std::collections::VecDeque<Instant>,
-        next: usize,
-        done: usize,
-    }
     let mut conns = streams
         .into_iter()
-        .map(|s| {
-            Ok(Conn {
-                reader: BufReader::with_capacity(64 * 1024, s.try_clone()?),
-                writer: BufWriter::with_capacity(64 * 1024, s),
-                sent: std::collections::VecDeque::new(),
-                next: 0,
-                done: 0,
-            })
-        })
+        .map(|s| Conn::new(s, n, inflight))
         .collect::<io::Result<Vec<_>>>()?;
     let mut rtts = Vec::with_capacity(n * conns.len());
     let mut body = Vec::new();
-    let refill = |c: &mut Conn| -> io::Result<()> {
-        while c.next < n && c.sent.len() < inflight {
-            write_frame(&mut c.writer, REQUEST)?;
-            c.sent.push_back(Instant::now());
-            c.next += 1;
-        }
-        c.writer.flush()
-    };
     for c in conns.iter_mut() {
-        refill(c)?;
+        c.refill()?;
     }
     while conns.iter().any(|c| c.done < n) {
         let ready: Vec<bool> = {
@@ -240,25 +254,14 @@ fn drive_all(streams: Vec<UnixStream>, n: usize, inflight: usize) -> io::Result<
                 .collect()
         };
         for (c, ready) in conns.iter_mut().zip(ready) {
-            if !ready {
-                continue;
+            if ready {
+                c.drain(&mut rtts, &mut body)?;
+                c.refill()?;
             }
-            loop {
-                read_frame(&mut c.reader, &mut body)?;
-                if let Some(t) = c.sent.pop_front() {
-                    rtts.push(t.elapsed().as_secs_f64() * 1e6);
-                }
-                c.done += 1;
-                if c.reader.buffer().is_empty() {
-                    break;
-                }
-            }
-            refill(c)?;
         }
     }
     for c in conns.iter_mut() {
-        write_frame(&mut c.writer, b"")?;
-        c.writer.flush()?;
+        c.finish()?;
     }
     Ok(rtts)
 }

@@ -201,16 +201,9 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
     // current-thread runtime, a wake-up of the future passed to `block_on` costs an extra turn
     // of the I/O driver (an `epoll_wait`) before it is polled, and the link readers wake the
     // pool once per result.
+    // Dropping the returned future still drops the pool (and kills its workers).
     (handle, async move {
-        // Dropping the returned future still drops the pool (and kills its workers).
-        struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-        impl<T> Drop for AbortOnDrop<T> {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        let mut task = AbortOnDrop(tokio::spawn(run));
-        (&mut task.0)
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run))
             .await
             .unwrap_or_else(|e| Err(PoolError::Internal(e.to_string())))
     })

@@ -132,20 +132,12 @@ impl Link {
         }
         let mut written = 0;
         if self.backlog.load(Ordering::Acquire) == 0 {
-            loop {
-                match (&*self.socket).write(&self.buf[written..]) {
-                    Ok(n) => {
-                        written += n;
-                        if written == self.buf.len() {
-                            return true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::debug!(worker = self.id.slot, error = %e, "write to worker failed");
-                        return false;
-                    }
+            match write_while_room(&self.socket, &self.buf) {
+                Ok(n) if n == self.buf.len() => return true,
+                Ok(n) => written = n,
+                Err(e) => {
+                    tracing::debug!(worker = self.id.slot, error = %e, "write to worker failed");
+                    return false;
                 }
             }
         }
@@ -311,22 +303,30 @@ async fn write_all(
     buf: &[u8],
     room: &mut Option<AsyncFd<UnixStream>>,
 ) -> io::Result<()> {
+    let mut written = write_while_room(socket, buf)?;
+    while written < buf.len() {
+        let fd = match room {
+            Some(fd) => fd,
+            None => room.insert(register(socket.try_clone()?, Interest::WRITABLE)?),
+        };
+        // Readiness is edge-triggered: clear it, then check the socket again before waiting,
+        // so room that appeared in between is not missed.
+        fd.writable().await?.clear_ready();
+        written += write_while_room(socket, &buf[written..])?;
+    }
+    Ok(())
+}
+
+/// Writes as much of `buf` to the non-blocking socket as it takes now; returns how much.
+fn write_while_room(socket: &UnixStream, buf: &[u8]) -> io::Result<usize> {
     let mut written = 0;
     while written < buf.len() {
         match (&*socket).write(&buf[written..]) {
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let fd = match room {
-                    Some(fd) => fd,
-                    None => room.insert(register(socket.try_clone()?, Interest::WRITABLE)?),
-                };
-                // Readiness is edge-triggered: clear it, then check the socket again before
-                // waiting, so room that appeared in between is not missed.
-                fd.writable().await?.clear_ready();
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(written)
 }

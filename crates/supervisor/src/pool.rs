@@ -778,19 +778,20 @@ impl Pool {
         }
     }
 
+    /// A frame, unless its worker has been replaced since it was sent.
+    fn on_frame_from(&mut self, id: WorkerId, frame: WorkerFrame) {
+        if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
+            self.on_frame(id.slot, frame);
+        }
+    }
+
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Frame(id, frame) => {
-                if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
-                    self.on_frame(id.slot, frame);
-                }
-            }
+            Msg::Frame(id, frame) => self.on_frame_from(id, frame),
             Msg::Frames(id, frames) => {
                 for frame in frames {
                     // A frame can get its sender killed; the rest of its batch is then stale.
-                    if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
-                        self.on_frame(id.slot, frame);
-                    }
+                    self.on_frame_from(id, frame);
                 }
             }
             Msg::LinkLost { id, fault } => {
