@@ -83,7 +83,7 @@ pub struct PoolArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     window: Option<u32>,
     /// Per-attempt deadline (e.g. 500ms, 30s); a worker past it is killed and replaced.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
     timeout: Option<Duration>,
     /// Extra attempts after a crash, timeout or retryable failure.
     #[arg(long, value_name = "N", default_value_t = 2)]
@@ -101,6 +101,11 @@ pub struct PoolArgs {
     /// back-pressure and reorder window) [default: max(1024, 4 x workers x window)].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     queue: Option<u64>,
+    /// Most bytes of one submission held at once: payloads of accepted events (kept for
+    /// retries) and outputs not yet written; intake waits while they exceed it [default:
+    /// 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    queue_bytes: Option<usize>,
     /// Largest frame on the worker sockets; longer events are rejected [default: 16MiB,
     /// at most 64MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -132,6 +137,10 @@ impl PoolArgs {
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;
         cfg.queue = self.queue.unwrap_or(0) as usize;
+        if let Some(b) = self.queue_bytes {
+            anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");
+            cfg.queue_bytes = b;
+        }
         cfg.drain_timeout = self.grace;
         cfg.grace = self.exit_timeout;
         cfg.start_timeout = self.start_timeout;
@@ -151,6 +160,15 @@ impl PoolArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 500ms or 30s: {e}"))
+}
+
+/// A duration that must not be zero (a zero deadline would fail every attempt).
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` is zero; leave the option out for no deadline"));
+    }
+    Ok(d)
 }
 
 pub fn parse_size(s: &str) -> Result<usize, String> {

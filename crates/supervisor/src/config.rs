@@ -4,6 +4,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default byte budget per submission (`--queue-bytes`).
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
+
 /// Configuration of one pool. Build with [`PoolConfig::new`] and adjust the public fields.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -17,6 +20,9 @@ pub struct PoolConfig {
     /// Events accepted but not yet answered, at most. This bounds memory and is the
     /// back-pressure on the event source (and the size of the `--ordered` reorder buffer).
     pub queue: usize,
+    /// Bytes of one submission held at once, at most: payloads of accepted events (kept for
+    /// retries) and outputs waiting to be delivered. Intake waits while they are over it.
+    pub queue_bytes: usize,
     /// Largest frame body either side may send.
     pub max_frame: usize,
     /// Per-attempt deadline.
@@ -57,6 +63,7 @@ impl PoolConfig {
             workers,
             window: 0,
             queue: 0,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
             max_frame: herd_proto::DEFAULT_MAX_FRAME,
             timeout: None,
             retries: 2,

@@ -27,6 +27,7 @@
 
 mod config;
 pub mod control;
+mod credits;
 pub mod lines;
 mod link;
 mod origins;
@@ -43,9 +44,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 
-pub use config::PoolConfig;
+use credits::{Credits, Outbox};
+
+pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
+pub use credits::RecordBatch;
 pub use origins::OriginId;
 pub use process::{signal_name, Exit};
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
@@ -59,6 +63,21 @@ pub enum Input {
     /// An event the source already refused (e.g. a line too long to buffer); it gets a
     /// `rejected` record.
     Rejected { seq: u64, reason: String },
+}
+
+impl Input {
+    /// Payload bytes this input holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Input::Event { payload, .. } => payload.len(),
+            Input::Rejected { .. } => 0,
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Asks a running pool to change course.
@@ -85,7 +104,8 @@ pub enum Command {
 pub(crate) enum Feed {
     Open {
         origin: OriginId,
-        sink: mpsc::UnboundedSender<Vec<Record>>,
+        sink: mpsc::UnboundedSender<Outbox>,
+        credits: Arc<Credits>,
         ordered: bool,
     },
     Events {
@@ -172,7 +192,9 @@ pub struct PoolHandle {
     commands: mpsc::UnboundedSender<Command>,
     next_origin: Arc<AtomicU64>,
     ready: watch::Receiver<Option<Vec<u32>>>,
-    credits: usize,
+    /// Per submission: events and bytes in the pool at once.
+    queue: usize,
+    queue_bytes: usize,
 }
 
 /// Starts building a pool: returns its handle and the future that runs it. The pool spawns its
@@ -194,7 +216,8 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
         commands: cmd_tx,
         next_origin: Arc::new(AtomicU64::new(0)),
         ready: ready_rx,
-        credits: config.effective_queue(),
+        queue: config.effective_queue(),
+        queue_bytes: config.queue_bytes,
     };
     let run = pool::Pool::run(config, feed_rx, cmd_rx, ready_tx);
     // The pool runs as a task of its own, not as the future the caller awaits: on a
@@ -215,18 +238,19 @@ impl PoolHandle {
     pub fn submit(&self, ordered: bool) -> Submission {
         let origin = self.next_origin.fetch_add(1, Ordering::Relaxed);
         let (sink, records) = mpsc::unbounded_channel();
+        let credits = Credits::new(self.queue, self.queue_bytes);
         let _ = self.feed.send(Feed::Open {
             origin,
             sink,
+            credits: credits.clone(),
             ordered,
         });
-        let credits = Arc::new(Semaphore::new(self.credits));
         Submission {
             sender: EventSender {
                 origin,
                 feed: self.feed.clone(),
                 credits: credits.clone(),
-                max_batch: self.credits,
+                max_batch: self.queue,
             },
             records: Records {
                 rx: records,
@@ -263,14 +287,15 @@ pub struct Submission {
     pub records: Records,
 }
 
-/// The sending half of a submission. Each event takes a credit, which comes back when its
-/// record is received: at most `queue` events of a submission are in the pool at once, which
-/// is the back-pressure. Dropping it (or [`EventSender::end`]) ends the submission.
+/// The sending half of a submission. Each event takes credits (one event, and its payload's
+/// bytes), which come back when its record is delivered: at most `queue` events and about
+/// `queue_bytes` bytes of a submission are in the pool at once, which is the back-pressure.
+/// Dropping it (or [`EventSender::end`]) ends the submission.
 #[derive(Debug)]
 pub struct EventSender {
     origin: OriginId,
     feed: mpsc::UnboundedSender<Feed>,
-    credits: Arc<Semaphore>,
+    credits: Arc<Credits>,
     max_batch: usize,
 }
 
@@ -285,17 +310,37 @@ impl EventSender {
         self.max_batch
     }
 
-    /// Sends a batch of events, waiting for credits first.
+    /// Sends a batch of events, waiting for credits first (in parts, if the batch is larger
+    /// than what the submission may hold at once).
     ///
     /// # Errors
     /// [`PoolGone`] if the pool has stopped.
     pub async fn send(&self, mut batch: Vec<Input>) -> Result<(), PoolGone> {
         while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(self.max_batch));
-            // `max_batch` is the semaphore's size, far below u32::MAX.
-            let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            // The longest prefix within both budgets, and at least one event.
+            let mut bytes = 0usize;
+            let mut n = 0;
+            for input in batch.iter().take(self.max_batch) {
+                let charge = self.credits.input_charge(input.len());
+                if n > 0 && bytes + charge > self.credits.byte_limit {
+                    break;
+                }
+                bytes += charge;
+                n += 1;
+            }
+            let rest = batch.split_off(n);
+            // Both are bounded by their semaphore's size, far below u32::MAX.
+            let events = u32::try_from(n).unwrap_or(u32::MAX);
+            let byte_permits = u32::try_from(bytes).unwrap_or(u32::MAX);
             self.credits
-                .acquire_many(n)
+                .events
+                .acquire_many(events)
+                .await
+                .map_err(|_| PoolGone)?
+                .forget();
+            self.credits
+                .bytes
+                .acquire_many(byte_permits)
                 .await
                 .map_err(|_| PoolGone)?
                 .forget();
@@ -330,34 +375,36 @@ impl Drop for EventSender {
     }
 }
 
-/// The receiving half of a submission.
+/// The receiving half of a submission. Its batches hold their records' credits until they
+/// are dropped: drop each one only after its records are written out.
 #[derive(Debug)]
 pub struct Records {
-    rx: mpsc::UnboundedReceiver<Vec<Record>>,
-    credits: Arc<Semaphore>,
+    rx: mpsc::UnboundedReceiver<Outbox>,
+    credits: Arc<Credits>,
 }
 
 impl Records {
+    fn batch(&self, out: Outbox) -> RecordBatch {
+        RecordBatch::new(out.records, out.bytes, self.credits.clone())
+    }
+
     /// The next batch of records; `None` once every record of an ended submission has come
     /// (or the pool stopped).
-    pub async fn recv(&mut self) -> Option<Vec<Record>> {
-        let batch = self.rx.recv().await?;
-        self.credits.add_permits(batch.len());
-        Some(batch)
+    pub async fn recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.recv().await?;
+        Some(self.batch(out))
     }
 
     /// Blocking [`Records::recv`], for plain threads.
-    pub fn blocking_recv(&mut self) -> Option<Vec<Record>> {
-        let batch = self.rx.blocking_recv()?;
-        self.credits.add_permits(batch.len());
-        Some(batch)
+    pub fn blocking_recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.blocking_recv()?;
+        Some(self.batch(out))
     }
 
     /// A batch if one is ready now.
-    pub fn try_recv(&mut self) -> Option<Vec<Record>> {
-        let batch = self.rx.try_recv().ok()?;
-        self.credits.add_permits(batch.len());
-        Some(batch)
+    pub fn try_recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.try_recv().ok()?;
+        Some(self.batch(out))
     }
 }
 

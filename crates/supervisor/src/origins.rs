@@ -24,6 +24,9 @@ use rustc_hash::FxHashMap as HashMap;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use crate::credits::{Credits, Outbox};
 use crate::record::Record;
 
 /// Identifies one submission for the life of the pool.
@@ -44,7 +47,12 @@ pub(crate) struct Job {
 
 #[derive(Debug)]
 struct Origin {
-    sink: mpsc::UnboundedSender<Vec<Record>>,
+    sink: mpsc::UnboundedSender<Outbox>,
+    credits: Arc<Credits>,
+    /// Bytes the records in `out` and `reorder` hold (their inputs' and outputs' charges).
+    held: usize,
+    /// Of `held`, what the records in `out` hold.
+    out_bytes: usize,
     queue: VecDeque<Job>,
     in_ring: bool,
     ordered: bool,
@@ -74,6 +82,10 @@ pub(crate) struct Origins {
     /// Origins whose outbox has records.
     dirty: Vec<OriginId>,
     queued: usize,
+    /// Accepted events that have no record yet, across all submissions (those of a
+    /// cancelled submission no longer count: nobody waits for their records). The pool may
+    /// not stop before this is zero.
+    unanswered: usize,
     /// Outbox size that is sent without waiting.
     flush_at: usize,
 }
@@ -86,15 +98,25 @@ impl Origins {
             ring: VecDeque::new(),
             dirty: Vec::new(),
             queued: 0,
+            unanswered: 0,
             flush_at: (credits / 4).clamp(1, FLUSH_RECORDS),
         }
     }
 
-    pub fn open(&mut self, id: OriginId, sink: mpsc::UnboundedSender<Vec<Record>>, ordered: bool) {
+    pub fn open(
+        &mut self,
+        id: OriginId,
+        sink: mpsc::UnboundedSender<Outbox>,
+        credits: Arc<Credits>,
+        ordered: bool,
+    ) {
         self.map.insert(
             id,
             Origin {
                 sink,
+                credits,
+                held: 0,
+                out_bytes: 0,
                 queue: VecDeque::new(),
                 in_ring: false,
                 ordered,
@@ -121,7 +143,13 @@ impl Origins {
     pub fn accepted(&mut self, id: OriginId, n: usize) {
         if let Some(o) = self.map.get_mut(&id) {
             o.accepted += n as u64;
+            self.unanswered += n;
         }
+    }
+
+    /// Accepted events still owed a record.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered
     }
 
     /// Queues new jobs of one submission, in order, with one lookup.
@@ -152,7 +180,7 @@ impl Origins {
     fn push(&mut self, job: Job, front: bool) {
         let id = job.origin;
         let Some(o) = self.map.get_mut(&id) else {
-            return; // its submitter is gone; nobody wants the record
+            return; // its submitter is gone (and was uncounted); nobody wants the record
         };
         if front {
             o.queue.push_front(job);
@@ -209,18 +237,23 @@ impl Origins {
     }
 
     /// Routes a final record to its submission's outbox (in `seq` order if it asked for that).
-    pub fn emit(&mut self, origin: OriginId, record: Record) {
+    /// `input_len` is the payload length its event was charged for.
+    pub fn emit(&mut self, origin: OriginId, record: Record, input_len: usize) {
         let Some(o) = self.map.get_mut(&origin) else {
-            return;
+            return; // cancelled: its events were uncounted then
         };
         o.emitted += 1;
+        self.unanswered -= 1;
+        let charge = o.credits.input_charge(input_len) + o.credits.charge_output(&record);
         if o.out.is_empty() {
             self.dirty.push(origin);
         }
         if !o.ordered {
             o.out.push(record);
+            o.out_bytes += charge;
             return;
         }
+        o.held += charge;
         let Some(offset) = record.seq.checked_sub(o.next_seq_out) else {
             tracing::error!(seq = record.seq, "record for a seq already written (bug)");
             return;
@@ -235,6 +268,10 @@ impl Origins {
                 o.out.push(r);
                 o.next_seq_out += 1;
             }
+        }
+        if o.reorder.is_empty() {
+            // Everything held is in the outbox now.
+            o.out_bytes += std::mem::take(&mut o.held);
         }
     }
 
@@ -252,6 +289,8 @@ impl Origins {
         match self.map.remove(&id) {
             Some(o) => {
                 self.queued -= o.queue.len();
+                // Queued or in flight, none of its events is owed a record any more.
+                self.unanswered -= (o.accepted - o.emitted) as usize;
                 o.queue.len()
             }
             None => 0,
@@ -281,7 +320,11 @@ impl Origins {
                 o.since = None;
                 // The next outbox is likely about as large as this one.
                 let next = Vec::with_capacity(o.out.len());
-                if o.sink.send(std::mem::replace(&mut o.out, next)).is_err() {
+                let out = Outbox {
+                    records: std::mem::replace(&mut o.out, next),
+                    bytes: std::mem::take(&mut o.out_bytes),
+                };
+                if o.sink.send(out).is_err() {
                     gone.push(id);
                     continue;
                 }
@@ -341,8 +384,8 @@ mod tests {
     fn round_robin_across_submissions() {
         let mut o = Origins::new(1024);
         let (tx, _rx) = mpsc::unbounded_channel();
-        o.open(1, tx.clone(), false);
-        o.open(2, tx, false);
+        o.open(1, tx.clone(), Credits::new(1 << 20, 1 << 30), false);
+        o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
         for s in 0..4 {
             o.push_back(job(1, s));
         }
@@ -363,18 +406,18 @@ mod tests {
     fn ordered_outbox_and_completion() {
         let mut o = Origins::new(1024);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(7, tx, true);
+        o.open(7, tx, Credits::new(1 << 20, 1 << 30), true);
         for _ in 0..3 {
             o.accepted(7, 1);
         }
-        o.emit(7, rec(2));
-        o.emit(7, rec(1));
+        o.emit(7, rec(2), 0);
+        o.emit(7, rec(1), 0);
         o.flush(Instant::now(), false);
         assert!(rx.try_recv().is_err(), "held until seq 0 arrives");
         o.end(7);
-        o.emit(7, rec(0));
+        o.emit(7, rec(0), 0);
         assert!(o.flush(Instant::now(), false).is_empty());
-        let seqs: Vec<u64> = rx.try_recv().unwrap().iter().map(|r| r.seq).collect();
+        let seqs: Vec<u64> = rx.try_recv().unwrap().records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert!(!o.contains(7), "complete submissions are closed");
         assert!(rx.try_recv().is_err());
@@ -385,56 +428,56 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Origins::new(1 << 20);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(1, tx, false);
+        o.open(1, tx, Credits::new(1 << 20, 1 << 30), false);
         o.accepted(1, 1000);
-        o.emit(1, rec(0));
+        o.emit(1, rec(0), 0);
         o.flush(t0, false);
         assert!(rx.try_recv().is_err(), "one record, more owed: held");
         assert_eq!(o.next_flush(), Some(t0 + MAX_HOLD));
         o.flush(t0 + MAX_HOLD / 2, false);
         assert!(rx.try_recv().is_err());
         o.flush(t0 + MAX_HOLD, false);
-        assert_eq!(rx.try_recv().unwrap().len(), 1, "due after MAX_HOLD");
+        assert_eq!(rx.try_recv().unwrap().records.len(), 1, "due after MAX_HOLD");
         assert_eq!(o.next_flush(), None);
 
         for s in 1..=FLUSH_RECORDS as u64 {
-            o.emit(1, rec(s));
+            o.emit(1, rec(s), 0);
         }
         o.flush(t0 + MAX_HOLD, false);
-        assert_eq!(rx.try_recv().unwrap().len(), FLUSH_RECORDS, "due when full");
+        assert_eq!(rx.try_recv().unwrap().records.len(), FLUSH_RECORDS, "due when full");
 
         // The last record owed goes out at once.
         o.accepted(1, 0);
         for s in 257..1000 {
-            o.emit(1, rec(s));
+            o.emit(1, rec(s), 0);
         }
         o.flush(t0 + MAX_HOLD, false);
         let mut got = 0;
         while let Ok(batch) = rx.try_recv() {
-            got += batch.len();
+            got += batch.records.len();
         }
         assert_eq!(got, 1000 - 257);
 
         // A small credit limit makes a small outbox due: its submitter may be waiting.
         let mut o = Origins::new(4);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(2, tx, false);
+        o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
         o.accepted(2, 100);
-        o.emit(2, rec(0));
+        o.emit(2, rec(0), 0);
         o.flush(t0, false);
-        assert_eq!(rx.try_recv().unwrap().len(), 1);
+        assert_eq!(rx.try_recv().unwrap().records.len(), 1);
     }
 
     #[test]
     fn vanished_submitter_is_cancelled() {
         let mut o = Origins::new(1024);
         let (tx, rx) = mpsc::unbounded_channel();
-        o.open(3, tx, false);
+        o.open(3, tx, Credits::new(1 << 20, 1 << 30), false);
         o.push_back(job(3, 0));
         o.push_back(job(3, 1));
         o.accepted(3, 1);
         drop(rx);
-        o.emit(3, rec(5));
+        o.emit(3, rec(5), 0);
         assert_eq!(o.flush(Instant::now(), false), [3]);
         assert_eq!(o.queued(), 0);
         assert!(o.pop().is_none());

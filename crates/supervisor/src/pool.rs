@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::pin::pin;
 use std::time::Duration;
 
+use bytes::Bytes;
 use herd_proto::PROTOCOL_VERSION;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -141,6 +142,8 @@ struct Slot {
     stderr_tail: Vec<String>,
     /// Tasks completed by the current process (for `max_tasks` recycling).
     tasks: u64,
+    /// Tasks sent to the current process: with `max_tasks`, it is never sent more.
+    sent: u64,
     /// Tasks completed in this slot, all processes together.
     total_tasks: u64,
     /// Why the current process is being retired gracefully, if it is.
@@ -178,6 +181,7 @@ impl Slot {
             last_exit: None,
             stderr_tail: Vec::new(),
             tasks: 0,
+            sent: 0,
             total_tasks: 0,
             recycling: None,
             retired: false,
@@ -199,8 +203,9 @@ impl Slot {
         }
     }
 
-    fn has_room(&self, window: usize) -> bool {
+    fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
         matches!(&self.state, State::Ready { inflight, .. } if inflight.len() < window)
+            && max_tasks.is_none_or(|m| self.sent < m)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -428,10 +433,11 @@ impl Pool {
             Feed::Open {
                 origin,
                 sink,
+                credits,
                 ordered,
             } => {
                 tracing::debug!(submission = origin, "submission opened");
-                self.origins.open(origin, sink, ordered);
+                self.origins.open(origin, sink, credits, ordered);
             }
             Feed::Events { origin, batch } => self.accept(origin, batch),
             Feed::End { origin } => self.origins.end(origin),
@@ -479,6 +485,7 @@ impl Pool {
         }
         self.origins.extend(origin, jobs.into_iter());
         for (seq, kind, message, input) in refused {
+            let len = input.as_ref().map_or(0, Bytes::len);
             self.emit(
                 origin,
                 Record {
@@ -487,20 +494,23 @@ impl Pool {
                     outcome: RecordOutcome::Err { kind, message },
                     input,
                 },
+                len,
             );
         }
     }
 
-    /// The one exit of an event from the pool.
-    fn emit(&mut self, origin: OriginId, record: Record) {
+    /// The one exit of an event from the pool. `input_len` is its payload's length (what its
+    /// submitter was charged).
+    fn emit(&mut self, origin: OriginId, record: Record, input_len: usize) {
         match record.error_kind() {
             None => self.summary.ok += 1,
             Some(kind) => *self.summary.errors.entry(kind.as_str()).or_default() += 1,
         }
-        self.origins.emit(origin, record);
+        self.origins.emit(origin, record, input_len);
     }
 
     fn fail(&mut self, job: Job, kind: ErrorKind, message: String) {
+        let len = job.payload.len();
         self.emit(
             job.origin,
             Record {
@@ -509,7 +519,27 @@ impl Pool {
                 outcome: RecordOutcome::Err { kind, message },
                 input: Some(job.payload),
             },
+            len,
         );
+    }
+
+    /// Puts a job back at the front of its submission's queue, unless the pool is stopping
+    /// (then nothing will run it: it gets its `shutdown` record now).
+    fn requeue(&mut self, job: Job) {
+        if self.phase == Phase::Stopping {
+            let message = "herd stopped before the event could run".to_string();
+            return self.fail(job, ErrorKind::Shutdown, message);
+        }
+        self.origins.push_front(job);
+    }
+
+    /// Retries a job after `delay` (a retryable failure), unless the pool is stopping.
+    fn retry_later(&mut self, job: Job, delay: Duration) {
+        if self.phase == Phase::Stopping {
+            let message = "herd stopped before the event could be retried".to_string();
+            return self.fail(job, ErrorKind::Shutdown, message);
+        }
+        self.delayed.push((self.now + delay, job));
     }
 
     // ----- commands ----------------------------------------------------------------------
@@ -538,7 +568,14 @@ impl Pool {
             return;
         }
         if self.phase == Phase::Running {
-            tracing::info!(grace = ?self.cfg.drain_timeout, "stopping: finishing accepted events");
+            match self.origins.unanswered() {
+                0 => tracing::info!("stopping: every accepted event is answered"),
+                n => tracing::info!(
+                    unanswered = n,
+                    grace_secs = self.cfg.drain_timeout.as_secs_f64(),
+                    "stopping: finishing accepted events"
+                ),
+            }
             self.phase = Phase::Draining {
                 deadline: Some(Instant::now() + self.cfg.drain_timeout),
             };
@@ -551,6 +588,12 @@ impl Pool {
         tracing::info!("stopping now: {why}");
         self.phase = Phase::Stopping;
         self.reload_queue.clear();
+        self.fail_waiting(&format!("{why} before the event ran"));
+        self.kill_all(Cause::Stop);
+    }
+
+    /// Records every queued or delayed job as `shutdown`.
+    fn fail_waiting(&mut self, message: &str) {
         let mut jobs = self.origins.take_all();
         jobs.extend(
             std::mem::take(&mut self.delayed)
@@ -558,13 +601,8 @@ impl Pool {
                 .map(|(_, j)| j),
         );
         for job in jobs {
-            self.fail(
-                job,
-                ErrorKind::Shutdown,
-                format!("{why} before the event ran"),
-            );
+            self.fail(job, ErrorKind::Shutdown, message.to_string());
         }
-        self.kill_all(Cause::Stop);
     }
 
     // ----- the stop protocol -------------------------------------------------------------
@@ -636,9 +674,25 @@ impl Pool {
         }
     }
 
-    fn finished(&self) -> bool {
-        self.phase == Phase::Stopping
-            && self.slots.iter().all(|s| matches!(s.state, State::Stopped))
+    /// The pool may exit once it is stopping, every slot has stopped, and every accepted
+    /// event has its record: the count of unanswered events must be zero.
+    fn finished(&mut self) -> bool {
+        if self.phase != Phase::Stopping
+            || !self.slots.iter().all(|s| matches!(s.state, State::Stopped))
+        {
+            return false;
+        }
+        // No worker is left to run anything still waiting.
+        self.fail_waiting("herd stopped before the event could run");
+        let owed = self.origins.unanswered();
+        if owed > 0 {
+            // Neither queued nor held by a worker: the bookkeeping lost them (a bug). Say so
+            // loudly rather than exit as if every record had been written.
+            let err = PoolError::Internal(format!("{owed} accepted events have no record"));
+            tracing::error!(unanswered = owed, "{err}");
+            self.fatal.get_or_insert(err);
+        }
+        true
     }
 
     fn kill_all(&mut self, cause: Cause) {
@@ -656,6 +710,7 @@ impl Pool {
         slot.link_open = false;
         slot.pending_exit = None;
         slot.tasks = 0;
+        slot.sent = 0;
         let id = slot.id();
         match process::spawn_worker(&self.cfg, id, self.rundir.socket(), &token, &self.urgent_tx) {
             Ok(spawned) => {
@@ -887,6 +942,7 @@ impl Pool {
             Ok(output) => {
                 slot.failures = 0;
                 self.stats.durations.observe(micros);
+                let len = job.payload.len();
                 self.emit(
                     job.origin,
                     Record {
@@ -900,6 +956,7 @@ impl Pool {
                         },
                         input: None,
                     },
+                    len,
                 );
             }
             Err((retryable, message)) => {
@@ -919,7 +976,7 @@ impl Pool {
                         delay_ms = delay.as_millis() as u64,
                         "retryable failure; will retry"
                     );
-                    self.delayed.push((now + delay, job));
+                    self.retry_later(job, delay);
                 } else {
                     self.fail(job, ErrorKind::Failed, message);
                 }
@@ -1177,18 +1234,8 @@ impl Pool {
             }
             back.push(job);
         }
-        if self.phase == Phase::Stopping {
-            for job in back {
-                self.fail(
-                    job,
-                    ErrorKind::Shutdown,
-                    "herd stopped before the event could run".into(),
-                );
-            }
-            return;
-        }
         for job in back.into_iter().rev() {
-            self.origins.push_front(job);
+            self.requeue(job);
         }
     }
 
@@ -1423,7 +1470,7 @@ impl Pool {
                 .partition(|(t, _)| *t <= now);
             self.delayed = later;
             for (_, job) in due.into_iter().rev() {
-                self.origins.push_front(job);
+                self.requeue(job);
             }
         }
         for i in 0..self.slots.len() {
@@ -1501,21 +1548,24 @@ impl Pool {
         let now = self.now;
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);
+        let max_tasks = self.cfg.max_tasks;
         while self.origins.queued() > 0 {
             let slots = &self.slots;
-            let Some(i) =
-                slot::pick_round_robin(slots.len(), self.cursor, |i| slots[i].has_room(window))
-            else {
+            let Some(i) = slot::pick_round_robin(slots.len(), self.cursor, |i| {
+                slots[i].has_room(window, max_tasks)
+            }) else {
                 break;
             };
             self.cursor = i + 1;
             let Some(mut job) = self.origins.pop() else {
                 break;
             };
-            let State::Ready { inflight, .. } = &mut self.slots[i].state else {
-                self.origins.push_front(job);
+            let slot = &mut self.slots[i];
+            let State::Ready { inflight, .. } = &mut slot.state else {
+                self.requeue(job);
                 break;
             };
+            slot.sent += 1;
             job.attempts += 1;
             batches[i].push(Outgoing::Task {
                 id: job.id,
