@@ -157,13 +157,16 @@ pub enum PoolError {
     #[error("cannot set up the worker socket: {0}")]
     RuntimeDir(#[source] std::io::Error),
     /// Workers start but never complete a handshake.
-    #[error("worker program `{program}` failed to start {attempts} times and never became ready (last: {}){}",
-        .last_exit.as_deref().unwrap_or("no exit status"),
-        format_tail(.stderr_tail))]
+    #[error("worker program `{program}` never became ready ({attempts} failed starts); the last: {reason}. \
+        Is it a herd worker? A worker connects to the socket in $HERD_SOCKET and completes the \
+        handshake; the worker SDKs do this for you (Rust: the herd-worker crate, see the README){}{}",
+        format_tail("stdout", .stdout_tail), format_tail("stderr", .stderr_tail))]
     NeverReady {
         program: String,
         attempts: u32,
-        last_exit: Option<String>,
+        /// What went wrong the last time.
+        reason: String,
+        stdout_tail: Vec<String>,
         stderr_tail: Vec<String>,
     },
     /// The record sink went away (e.g. stdout closed).
@@ -171,11 +174,11 @@ pub enum PoolError {
     SinkClosed,
 }
 
-fn format_tail(tail: &[String]) -> String {
+fn format_tail(stream: &str, tail: &[String]) -> String {
     if tail.is_empty() {
-        "; it wrote nothing to stderr".to_string()
+        format!("; it wrote nothing to {stream}")
     } else {
-        let mut s = String::from("; its last stderr lines:");
+        let mut s = format!("; its last {stream} lines:");
         for l in tail {
             s.push_str("\n    ");
             s.push_str(l);

@@ -27,7 +27,7 @@ use crate::link::{Link, Outgoing, WorkerFrame};
 use crate::origins::{Job, OriginId, Origins};
 use crate::process::{self, Exit};
 use crate::record::{ErrorKind, Record, RecordOutcome};
-use crate::rendezvous::{self, Greeting, RuntimeDir};
+use crate::rendezvous::{self, Arrival, Greeting, RuntimeDir};
 use crate::slot::{self, Jitter};
 use crate::status::{Stats, Status, WorkerStatus};
 use crate::{Command, Feed, Input, PoolError, Summary};
@@ -50,7 +50,7 @@ pub(crate) struct WorkerId {
 enum Wake {
     Command(Option<Command>),
     Msg(Msg),
-    Greeting(Greeting),
+    Arrival(Arrival),
     Tick,
     Frames(Msg),
     Feed(Option<Feed>),
@@ -69,6 +69,7 @@ pub(crate) enum Msg {
         id: WorkerId,
         pid: u32,
         exit: Exit,
+        stdout_tail: Vec<String>,
         stderr_tail: Vec<String>,
     },
 }
@@ -138,7 +139,9 @@ struct Slot {
     /// Consecutive failures without a completed task; drives the backoff.
     failures: u32,
     restarts: u64,
-    last_exit: Option<Exit>,
+    /// Why the last start failed, and what the process printed (for the give-up message).
+    last_failure: String,
+    stdout_tail: Vec<String>,
     stderr_tail: Vec<String>,
     /// Tasks completed by the current process (for `max_tasks` recycling).
     tasks: u64,
@@ -178,7 +181,8 @@ impl Slot {
             state: State::Stopped,
             failures: 0,
             restarts: 0,
-            last_exit: None,
+            last_failure: String::new(),
+            stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
             tasks: 0,
             sent: 0,
@@ -367,7 +371,7 @@ impl Pool {
                 biased;
                 cmd = commands.recv(), if commands_open => Wake::Command(cmd),
                 Some(msg) = urgent_rx.recv() => Wake::Msg(msg),
-                Some(greeting) = greet_rx.recv() => Wake::Greeting(greeting),
+                Some(arrival) = greet_rx.recv() => Wake::Arrival(arrival),
                 () = &mut sleep, if armed.is_some() => Wake::Tick,
                 Some(msg) = frames_rx.recv() => Wake::Frames(msg),
                 item = feed.recv(), if feed_open => Wake::Feed(item),
@@ -378,7 +382,10 @@ impl Pool {
                 Wake::Command(Some(cmd)) => pool.on_command(cmd),
                 Wake::Command(None) => commands_open = false,
                 Wake::Msg(msg) => pool.on_msg(msg),
-                Wake::Greeting(greeting) => pool.on_greeting(greeting),
+                Wake::Arrival(Arrival::Hello(greeting)) => pool.on_greeting(greeting),
+                Wake::Arrival(Arrival::Failed { cred, problem }) => {
+                    pool.on_failed_handshake(&cred, &problem)
+                }
                 Wake::Tick => {
                     armed = None;
                     pool.on_tick();
@@ -738,6 +745,7 @@ impl Pool {
     fn start_failed(&mut self, i: usize, reason: &str) {
         let slot = &mut self.slots[i];
         slot.failures += 1;
+        slot.last_failure = reason.to_string();
         let delay = slot::restart_backoff(slot.failures);
         slot.state = State::Backoff {
             until: Instant::now() + delay,
@@ -754,45 +762,69 @@ impl Pool {
             let err = PoolError::NeverReady {
                 program: self.cfg.program(),
                 attempts: self.slots.iter().map(|s| s.failures).sum(),
-                last_exit: slot.last_exit.map(Exit::describe),
+                reason: slot.last_failure.clone(),
+                stdout_tail: slot.stdout_tail.clone(),
                 stderr_tail: slot.stderr_tail.clone(),
             };
-            tracing::error!("{err}");
+            // Returned from `run`: the caller reports it, once.
             self.fatal.get_or_insert(err);
             self.stop_fast("no worker could start");
         }
     }
 
+    /// The starting slot whose spawned process `peer` is, or belongs to (a wrapper such as a
+    /// shell or an interpreter launcher may fork the real worker; it stays in the process
+    /// group herd created, whose id is the spawned pid).
+    fn starting_slot_of(&self, peer: Option<u32>) -> Option<usize> {
+        let peer = peer?;
+        let group = process::process_group_of(peer);
+        self.slots.iter().position(|s| {
+            matches!(s.state, State::Starting { pid, .. } if pid == peer || group == Some(pid))
+        })
+    }
+
+    /// A connection that failed the handshake. If it came from one of our starting workers,
+    /// that worker failed to start, now: kill it and remember why. A stranger costs nothing.
+    fn on_failed_handshake(&mut self, cred: &tokio::net::unix::UCred, problem: &str) {
+        let peer = cred.pid().and_then(|p| u32::try_from(p).ok());
+        let Some(i) = self.starting_slot_of(peer) else {
+            tracing::warn!(peer_pid = peer, "handshake failed: {problem}; not one of our workers, ignored");
+            return;
+        };
+        let pid = self.slots[i].pid();
+        tracing::warn!(worker = i, pid, "worker handshake failed: {problem}");
+        let why = format!("worker {i} (pid {}) failed its handshake: {problem}", pid.unwrap_or(0));
+        self.kill(i, Cause::StartFailed(why));
+    }
+
     fn on_greeting(&mut self, g: Greeting) {
-        let Some(i) = self
-            .slots
-            .iter()
-            .position(|s| matches!(&s.state, State::Starting { token, .. } if *token == g.token))
-        else {
-            tracing::warn!(peer_pid = ?g.cred.pid(), "handshake with an unknown token; connection dropped");
-            return;
-        };
-        let State::Starting { pid, .. } = self.slots[i].state else {
-            return;
-        };
         let peer = g.cred.pid().and_then(|p| u32::try_from(p).ok());
-        // A wrapper (shell, interpreter launcher) may fork the real worker; it stays in the
-        // process group herd created, whose id is the spawned pid.
-        let pid_ok = peer.is_some_and(|p| p == pid || process::process_group_of(p) == Some(pid));
-        let problem = if g.protocol != PROTOCOL_VERSION {
+        let Some(i) = self.starting_slot_of(peer) else {
+            // Not a process herd started (e.g. one that read a worker's token from
+            // /proc/PID/environ): refused, and the worker whose token it presented is not
+            // touched.
+            tracing::warn!(
+                peer_pid = peer,
+                claimed_pid = g.pid,
+                "handshake from a process that is not a starting worker; connection refused"
+            );
+            return;
+        };
+        let State::Starting { pid, ref token, .. } = self.slots[i].state else {
+            return;
+        };
+        let problem = if g.token != *token {
+            Some("it presented the wrong token".to_string())
+        } else if g.protocol != PROTOCOL_VERSION {
             Some(format!(
-                "speaks protocol {}, herd speaks {PROTOCOL_VERSION}",
+                "it speaks protocol version {}, herd speaks {PROTOCOL_VERSION}",
                 g.protocol
             ))
         } else if g.cred.uid() != self.uid {
             Some(format!(
-                "runs as uid {}, herd as uid {}",
+                "it runs as uid {}, herd as uid {}",
                 g.cred.uid(),
                 self.uid
-            ))
-        } else if !pid_ok {
-            Some(format!(
-                "peer pid {peer:?} is not the spawned process {pid} or its group"
             ))
         } else {
             None
@@ -804,7 +836,8 @@ impl Pool {
                 claimed_pid = g.pid,
                 "worker handshake refused: {problem}"
             );
-            self.kill(i, Cause::StartFailed(problem));
+            let why = format!("worker {i} (pid {pid}) failed its handshake: {problem}");
+            self.kill(i, Cause::StartFailed(why));
             return;
         }
         let slot = &mut self.slots[i];
@@ -888,10 +921,16 @@ impl Pool {
                 id,
                 pid,
                 exit,
+                stdout_tail,
                 stderr_tail,
             } => {
                 if self.slots.get(id.slot).is_some_and(|s| s.gen == id.gen) {
-                    self.on_exit(id.slot, pid, exit, stderr_tail);
+                    let slot = &mut self.slots[id.slot];
+                    if !stdout_tail.is_empty() || !stderr_tail.is_empty() {
+                        slot.stdout_tail = stdout_tail;
+                        slot.stderr_tail = stderr_tail;
+                    }
+                    self.on_exit(id.slot, pid, exit);
                 }
             }
         }
@@ -1064,12 +1103,8 @@ impl Pool {
         }
     }
 
-    fn on_exit(&mut self, i: usize, pid: u32, exit: Exit, stderr_tail: Vec<String>) {
+    fn on_exit(&mut self, i: usize, pid: u32, exit: Exit) {
         let slot = &mut self.slots[i];
-        slot.last_exit = Some(exit);
-        if !stderr_tail.is_empty() {
-            slot.stderr_tail = stderr_tail;
-        }
         match exit {
             Exit::Code(code) => tracing::info!(worker = i, pid, code, "worker exited"),
             Exit::Signal(sig) => {
@@ -1130,6 +1165,10 @@ impl Pool {
             Exit::Signal(s) => format!("killed by {}", process::signal_name(s)),
         };
         let (kind, message) = match &cause {
+            None if !was_up => (
+                ErrorKind::Crashed,
+                format!("worker {i} (pid {pid}) {what} without connecting to herd"),
+            ),
             None | Some(Cause::LinkLost) => {
                 (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}"))
             }

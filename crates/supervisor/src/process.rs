@@ -120,20 +120,24 @@ pub(crate) fn spawn_worker(
         kill_group(pid);
         // The pipes close with the process unless a grandchild holds them; don't wait long.
         let wait = std::time::Duration::from_millis(50);
-        let mut tail = Vec::new();
+        let mut stderr_tail = Vec::new();
         if let Some(t) = err_task {
             if let Ok(Ok(lines)) = tokio::time::timeout(wait, t).await {
-                tail = lines.into();
+                stderr_tail = lines.into();
             }
         }
+        let mut stdout_tail = Vec::new();
         if let Some(t) = out_task {
-            let _ = tokio::time::timeout(wait, t).await;
+            if let Ok(Ok(lines)) = tokio::time::timeout(wait, t).await {
+                stdout_tail = lines.into();
+            }
         }
         let _ = events.send(Msg::Exited {
             id,
             pid,
             exit: status,
-            stderr_tail: tail,
+            stdout_tail,
+            stderr_tail,
         });
     });
     Ok(Spawned { pid })

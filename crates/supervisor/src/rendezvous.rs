@@ -35,6 +35,16 @@ pub(crate) struct WorkerSocket {
     pub read_buf: BytesMut,
 }
 
+/// What a new connection on the worker socket amounted to.
+pub(crate) enum Arrival {
+    /// A well-formed `Hello`.
+    Hello(Greeting),
+    /// A peer that failed the handshake (garbage, another frame, silence). The pool decides,
+    /// from the peer's credentials, whether it was one of its workers (a start failure) or a
+    /// stranger (ignored).
+    Failed { cred: UCred, problem: String },
+}
+
 /// A connection that sent a well-formed `Hello`; not yet matched to a worker.
 pub(crate) struct Greeting {
     pub protocol: u32,
@@ -138,7 +148,7 @@ pub(crate) async fn accept_loop(
     listener: UnixListener,
     max_frame: usize,
     handshake_timeout: Duration,
-    out: mpsc::UnboundedSender<Greeting>,
+    out: mpsc::UnboundedSender<Arrival>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -164,39 +174,56 @@ pub(crate) async fn accept_loop(
             };
             let mut reader = FramedRead::new(stream, FrameCodec::new(max_frame));
             let first = tokio::time::timeout(handshake_timeout, reader.next()).await;
-            match first {
+            let problem = match first {
                 Ok(Some(Ok(FromWorker::Hello {
                     protocol,
                     pid,
                     token,
                 }))) => match read_only(reader) {
                     Ok(conn) => {
-                        let _ = out.send(Greeting {
+                        let _ = out.send(Arrival::Hello(Greeting {
                             protocol,
                             pid,
                             token,
                             cred,
                             conn,
-                        });
+                        }));
+                        return;
                     }
-                    Err(e) => {
-                        tracing::warn!(peer_pid = ?cred.pid(), error = %e, "cannot register a worker connection; dropped");
-                    }
+                    Err(e) => format!("its connection could not be registered: {e}"),
                 },
                 Ok(Some(Ok(other))) => {
-                    tracing::warn!(peer_pid = ?cred.pid(), frame = ?other, "connection did not start with Hello; dropped");
+                    format!("its first frame was {} instead of Hello", frame_name(&other))
                 }
-                Ok(Some(Err(e))) => {
-                    tracing::warn!(peer_pid = ?cred.pid(), error = %e, "bad handshake frame; connection dropped");
-                }
-                Ok(None) => {
-                    tracing::debug!(peer_pid = ?cred.pid(), "connection closed before Hello");
-                }
-                Err(_) => {
-                    tracing::warn!(peer_pid = ?cred.pid(), "no Hello within the start timeout; connection dropped");
-                }
-            }
+                Ok(Some(Err(e))) => match quote_text(reader.read_buffer()) {
+                    Some(text) => format!("it wrote text ({text}) where herd expects a Hello frame"),
+                    None => format!("it sent a bad handshake frame ({e})"),
+                },
+                Ok(None) => "it closed its connection before sending Hello".to_string(),
+                Err(_) => "it sent no Hello within the start timeout".to_string(),
+            };
+            let _ = out.send(Arrival::Failed { cred, problem });
         });
+    }
+}
+
+/// The start of what a peer sent, quoted, if it looks like text (a program that prints lines
+/// is the usual mistake).
+fn quote_text(bytes: &[u8]) -> Option<String> {
+    let head = &bytes[..bytes.len().min(60)];
+    let text = std::str::from_utf8(head).ok()?;
+    if text.is_empty() || text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return None;
+    }
+    let more = if bytes.len() > head.len() { "..." } else { "" };
+    Some(format!("{:?}{more}", text))
+}
+
+fn frame_name(frame: &FromWorker) -> &'static str {
+    match frame {
+        FromWorker::Hello { .. } => "Hello",
+        FromWorker::Done { .. } => "Done",
+        FromWorker::Heartbeat => "Heartbeat",
     }
 }
 
