@@ -108,15 +108,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .join()
         .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
     written.context("cannot write records")?;
+    crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
     // After a stop the reader may still be blocked reading a terminal or pipe: don't wait.
     if reader.is_finished() {
         match reader.join() {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "reading the input failed; stopped early"),
-            Err(_) => tracing::error!("input thread panicked"),
+            // Every event read got its record, but the input was not read to its end.
+            Ok(Err(e)) => {
+                return Err(e).with_context(|| format!("cannot read input {}", args.input.display()))
+            }
+            Err(_) => anyhow::bail!("input thread panicked"),
         }
     }
-    crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,13 +4,17 @@ use anyhow::Context;
 use herd_supervisor::{Command, PoolHandle};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2};
 
-/// INT/TERM: finish what was accepted, then stop; a second INT, or QUIT: stop now. With
-/// `daemon`, also HUP (reload), USR1 (status to the log), USR2 (reopen the log file) and
-/// TTIN/TTOU (one worker more/fewer).
+/// INT/TERM: finish what was accepted, then stop; a second INT, or QUIT: stop now. USR1:
+/// status to the log; USR2: reopen the log file. HUP: with `daemon`, a rolling reload;
+/// otherwise (`herd run`, whose terminal or ssh session closed) a graceful stop like TERM.
+/// With `daemon`, also TTIN/TTOU (one worker more/fewer).
+///
+/// A signal herd does not handle still leaves nothing behind: the pool's guard process kills
+/// the workers' process groups and removes the socket directory (see herd-supervisor).
 pub fn forward(pool: PoolHandle, daemon: bool) -> anyhow::Result<()> {
-    let mut set = vec![SIGINT, SIGTERM, SIGQUIT];
+    let mut set = vec![SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2];
     if daemon {
-        set.extend([SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU]);
+        set.extend([SIGTTIN, SIGTTOU]);
     }
     let mut signals =
         signal_hook::iterator::Signals::new(&set).context("cannot install signal handlers")?;
@@ -21,7 +25,7 @@ pub fn forward(pool: PoolHandle, daemon: bool) -> anyhow::Result<()> {
             for sig in signals.forever() {
                 let name = herd_supervisor::signal_name(sig);
                 let cmd = match sig {
-                    SIGINT | SIGTERM | SIGQUIT => {
+                    SIGINT | SIGTERM | SIGQUIT | SIGHUP if sig != SIGHUP || !daemon => {
                         let fast = sig == SIGQUIT || (stopping && sig == SIGINT);
                         stopping = true;
                         tracing::info!(signal = %name, fast, "signal received: stopping");

@@ -28,6 +28,7 @@
 mod config;
 pub mod control;
 mod credits;
+mod guard;
 pub mod lines;
 mod link;
 mod origins;

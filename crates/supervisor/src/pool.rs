@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::PoolConfig;
+use crate::guard::Guard;
 use crate::link::{Link, Outgoing, WorkerFrame};
 use crate::origins::{Job, OriginId, Origins};
 use crate::process::{self, Exit};
@@ -283,6 +285,8 @@ pub(crate) struct Pool {
     uid: u32,
     urgent_tx: mpsc::UnboundedSender<Msg>,
     frames_tx: mpsc::UnboundedSender<Msg>,
+    /// Cleans up after herd if herd is killed (see `guard`); none if it could not start.
+    guard: Option<Arc<Guard>>,
 }
 
 impl Pool {
@@ -301,6 +305,13 @@ impl Pool {
         let rundir =
             RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
         let listener = UnixListener::bind(rundir.socket()).map_err(PoolError::RuntimeDir)?;
+        let guard = match Guard::start(rundir.dir(), rundir.socket()) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the guard process; if herd is killed, what workers started may outlive it");
+                None
+            }
+        };
         let (greet_tx, mut greet_rx) = mpsc::unbounded_channel();
         tokio::spawn(rendezvous::accept_loop(
             listener,
@@ -342,6 +353,7 @@ impl Pool {
             jitter: Jitter::new(seed),
             urgent_tx,
             frames_tx,
+            guard,
         };
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));
@@ -719,7 +731,14 @@ impl Pool {
         slot.tasks = 0;
         slot.sent = 0;
         let id = slot.id();
-        match process::spawn_worker(&self.cfg, id, self.rundir.socket(), &token, &self.urgent_tx) {
+        match process::spawn_worker(
+            &self.cfg,
+            id,
+            self.rundir.socket(),
+            &token,
+            &self.urgent_tx,
+            self.guard.as_ref(),
+        ) {
             Ok(spawned) => {
                 tracing::debug!(worker = i, pid = spawned.pid, "worker spawned");
                 slot.state = State::Starting {

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -20,6 +21,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::config::PoolConfig;
+use crate::guard::Guard;
 use crate::pool::{Msg, WorkerId};
 
 /// Lines of a worker's stderr kept for error messages.
@@ -75,6 +77,7 @@ pub(crate) fn spawn_worker(
     socket: &std::path::Path,
     token: &str,
     events: &mpsc::UnboundedSender<Msg>,
+    guard: Option<&Arc<Guard>>,
 ) -> io::Result<Spawned> {
     let Some((program, args)) = cfg.command.split_first() else {
         return Err(io::Error::new(
@@ -108,6 +111,11 @@ pub(crate) fn spawn_worker(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
+    // The worker's group dies with herd even if herd is SIGKILLed.
+    let guard = guard.cloned();
+    if let Some(g) = &guard {
+        g.watch(pid);
+    }
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -118,6 +126,9 @@ pub(crate) fn spawn_worker(
         let status = Exit::from_status(child.wait().await);
         // Whatever the worker left behind in its process group goes with it.
         kill_group(pid);
+        if let Some(g) = &guard {
+            g.forget(pid);
+        }
         // The pipes close with the process unless a grandchild holds them; don't wait long.
         let wait = std::time::Duration::from_millis(50);
         let mut stderr_tail = Vec::new();

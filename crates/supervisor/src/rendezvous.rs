@@ -89,6 +89,10 @@ impl RuntimeDir {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for RuntimeDir {
