@@ -218,8 +218,10 @@ fn workers_die_with_a_sigkilled_herd() {
     signal(herd.pid(), Signal::SIGKILL);
     let _ = herd.child.wait();
     assert_all_gone(&pids);
-    // Its socket directory is left behind, and swept by the next herd.
-    assert_eq!(fx.leftover_runtime_dirs().len(), 1);
+    // Its guard process removes the socket directory.
+    wait_for("the socket directory to go", RUN_TIMEOUT, || {
+        fx.leftover_runtime_dirs().is_empty()
+    });
     let run = fx.run_chaos(&["-w", "1"], square_events(3));
     run.assert_success();
     assert!(fx.leftover_runtime_dirs().is_empty());
@@ -393,7 +395,7 @@ fn a_stranger_with_the_wrong_token_is_refused() {
         l.iter().any(|x| {
             x["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("unknown token"))
+                .is_some_and(|m| m.contains("connection refused"))
         })
     });
     herd.write(b"{\"op\":\"square\",\"n\":9}\n");

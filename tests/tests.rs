@@ -2,6 +2,7 @@
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
 mod daemon;
+mod hardening;
 mod metrics;
 mod run;
 mod supervision;

@@ -166,7 +166,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() {
-        return Err(format!("`{s}` is zero; leave the option out for no deadline"));
+        return Err(format!(
+            "`{s}` is zero; leave the option out for no deadline"
+        ));
     }
     Ok(d)
 }
@@ -243,7 +245,16 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
         errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
+        peak_rss = peak_rss_bytes(),
         secs = format!("{secs:.3}"),
         "{what}"
     );
+}
+
+/// herd's own peak resident memory (VmHWM), for the closing log line.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

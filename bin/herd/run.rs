@@ -115,7 +115,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(Ok(_)) => {}
             // Every event read got its record, but the input was not read to its end.
             Ok(Err(e)) => {
-                return Err(e).with_context(|| format!("cannot read input {}", args.input.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot read input {}", args.input.display()))
             }
             Err(_) => anyhow::bail!("input thread panicked"),
         }

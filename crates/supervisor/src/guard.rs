@@ -68,13 +68,17 @@ impl Guard {
                 // SAFETY: waits for the child forked above, which exits at once.
                 while unsafe { libc::waitpid(child, &mut status, 0) } == -1
                     && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-                {}
+                {
+                }
             }
         }
         drop(rx);
         // Never block the pool on the guard: a full pipe means a stopped guard.
-        nix::fcntl::fcntl(tx.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
-            .map_err(io::Error::from)?;
+        nix::fcntl::fcntl(
+            tx.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+        )
+        .map_err(io::Error::from)?;
         Ok(Self { tx })
     }
 

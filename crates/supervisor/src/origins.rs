@@ -417,7 +417,13 @@ mod tests {
         o.end(7);
         o.emit(7, rec(0), 0);
         assert!(o.flush(Instant::now(), false).is_empty());
-        let seqs: Vec<u64> = rx.try_recv().unwrap().records.iter().map(|r| r.seq).collect();
+        let seqs: Vec<u64> = rx
+            .try_recv()
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(seqs, [0, 1, 2]);
         assert!(!o.contains(7), "complete submissions are closed");
         assert!(rx.try_recv().is_err());
@@ -437,14 +443,22 @@ mod tests {
         o.flush(t0 + MAX_HOLD / 2, false);
         assert!(rx.try_recv().is_err());
         o.flush(t0 + MAX_HOLD, false);
-        assert_eq!(rx.try_recv().unwrap().records.len(), 1, "due after MAX_HOLD");
+        assert_eq!(
+            rx.try_recv().unwrap().records.len(),
+            1,
+            "due after MAX_HOLD"
+        );
         assert_eq!(o.next_flush(), None);
 
         for s in 1..=FLUSH_RECORDS as u64 {
             o.emit(1, rec(s), 0);
         }
         o.flush(t0 + MAX_HOLD, false);
-        assert_eq!(rx.try_recv().unwrap().records.len(), FLUSH_RECORDS, "due when full");
+        assert_eq!(
+            rx.try_recv().unwrap().records.len(),
+            FLUSH_RECORDS,
+            "due when full"
+        );
 
         // The last record owed goes out at once.
         o.accepted(1, 0);

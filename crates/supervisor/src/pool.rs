@@ -797,9 +797,9 @@ impl Pool {
     fn starting_slot_of(&self, peer: Option<u32>) -> Option<usize> {
         let peer = peer?;
         let group = process::process_group_of(peer);
-        self.slots.iter().position(|s| {
-            matches!(s.state, State::Starting { pid, .. } if pid == peer || group == Some(pid))
-        })
+        self.slots.iter().position(
+            |s| matches!(s.state, State::Starting { pid, .. } if pid == peer || group == Some(pid)),
+        )
     }
 
     /// A connection that failed the handshake. If it came from one of our starting workers,
@@ -807,12 +807,18 @@ impl Pool {
     fn on_failed_handshake(&mut self, cred: &tokio::net::unix::UCred, problem: &str) {
         let peer = cred.pid().and_then(|p| u32::try_from(p).ok());
         let Some(i) = self.starting_slot_of(peer) else {
-            tracing::warn!(peer_pid = peer, "handshake failed: {problem}; not one of our workers, ignored");
+            tracing::warn!(
+                peer_pid = peer,
+                "handshake failed: {problem}; not one of our workers, ignored"
+            );
             return;
         };
         let pid = self.slots[i].pid();
         tracing::warn!(worker = i, pid, "worker handshake failed: {problem}");
-        let why = format!("worker {i} (pid {}) failed its handshake: {problem}", pid.unwrap_or(0));
+        let why = format!(
+            "worker {i} (pid {}) failed its handshake: {problem}",
+            pid.unwrap_or(0)
+        );
         self.kill(i, Cause::StartFailed(why));
     }
 

@@ -197,10 +197,15 @@ pub(crate) async fn accept_loop(
                     Err(e) => format!("its connection could not be registered: {e}"),
                 },
                 Ok(Some(Ok(other))) => {
-                    format!("its first frame was {} instead of Hello", frame_name(&other))
+                    format!(
+                        "its first frame was {} instead of Hello",
+                        frame_name(&other)
+                    )
                 }
                 Ok(Some(Err(e))) => match quote_text(reader.read_buffer()) {
-                    Some(text) => format!("it wrote text ({text}) where herd expects a Hello frame"),
+                    Some(text) => {
+                        format!("it wrote text ({text}) where herd expects a Hello frame")
+                    }
                     None => format!("it sent a bad handshake frame ({e})"),
                 },
                 Ok(None) => "it closed its connection before sending Hello".to_string(),
@@ -216,7 +221,11 @@ pub(crate) async fn accept_loop(
 fn quote_text(bytes: &[u8]) -> Option<String> {
     let head = &bytes[..bytes.len().min(60)];
     let text = std::str::from_utf8(head).ok()?;
-    if text.is_empty() || text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text.is_empty()
+        || text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return None;
     }
     let more = if bytes.len() > head.len() { "..." } else { "" };
