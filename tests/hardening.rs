@@ -2,10 +2,11 @@
 //! events, limits that were overshot, start-up failures that took long to say little, and a
 //! SIGKILLed or signalled herd that left processes and sockets behind.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Read, Write};
 use std::process::Stdio;
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;

@@ -265,7 +265,10 @@ fn a_worker_that_cannot_start_fails_fast_and_clearly() {
         stderr.contains("fatal: config missing"),
         "quotes the worker's stderr: {stderr}"
     );
-    assert!(stderr.contains("exit code 1"), "{stderr}");
+    assert!(
+        stderr.contains("exited with code 1 without connecting"),
+        "{stderr}"
+    );
     assert!(fx.leftover_runtime_dirs().is_empty());
 }
 

@@ -125,9 +125,11 @@ pub struct Summary {
     pub ok: u64,
     /// Error records by kind.
     pub errors: BTreeMap<&'static str, u64>,
-    /// Worker processes replaced after an unexpected exit.
+    /// Worker processes replaced after an unexpected exit: the sum of [`Status::restarts`]
+    /// for crash, timeout, protocol and start-failure.
     pub restarts: u64,
-    /// Worker processes replaced gracefully (`max_tasks`, `max_rss`).
+    /// Worker processes replaced gracefully: the sum of [`Status::restarts`] for max-tasks,
+    /// max-rss and reload.
     pub recycled: u64,
 }
 

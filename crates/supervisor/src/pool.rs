@@ -1287,6 +1287,7 @@ impl Pool {
                     self.fail(job, kind, message.to_string());
                     continue;
                 }
+                self.stats.retries += 1;
                 tracing::debug!(
                     seq = job.seq,
                     attempt = job.attempts,
@@ -1445,7 +1446,8 @@ impl Pool {
             inflight = st.inflight,
             submissions = st.submissions,
             ok = st.totals.get("ok").copied().unwrap_or(0),
-            restarts = self.summary.restarts,
+            retries = st.retries,
+            restarts = ?st.restarts,
             "status"
         );
         for w in &st.workers {

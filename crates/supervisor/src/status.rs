@@ -52,7 +52,7 @@ pub struct WorkerStatus {
     pub state: &'static str,
     /// Tasks completed in this slot.
     pub tasks: u64,
-    /// Unexpected exits replaced in this slot.
+    /// Unexpected exits replaced in this slot (crash, timeout, protocol, start-failure).
     pub restarts: u64,
     /// Tasks the worker holds now.
     pub inflight: usize,
@@ -79,10 +79,14 @@ pub struct Status {
     pub submissions: usize,
     /// Final records by outcome: ok and each error kind.
     pub totals: BTreeMap<&'static str, u64>,
-    /// Retries after retryable handler errors.
+    /// Attempts that were retried: each time an event went back to the queue after a failed
+    /// attempt (a retryable handler error, or the crash, timeout or protocol fault of the
+    /// worker running it). Events merely queued behind a failed worker are re-sent without
+    /// counting.
     pub retries: u64,
-    /// Worker replacements by reason: crash, timeout, protocol, start-failure, max-tasks,
-    /// max-rss, reload.
+    /// Worker processes replaced, by reason: unexpected (crash, timeout, protocol,
+    /// start-failure) and graceful (max-tasks, max-rss, reload). A scale-down retires a worker
+    /// without replacing it and is not counted here (see `target_workers`).
     pub restarts: BTreeMap<&'static str, u64>,
     /// Task durations.
     pub durations: Histogram,
