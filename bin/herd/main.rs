@@ -141,8 +141,8 @@ impl PoolArgs {
             anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");
             cfg.queue_bytes = b;
         }
-        cfg.drain_timeout = self.grace;
-        cfg.grace = self.exit_timeout;
+        cfg.stop_grace = self.grace;
+        cfg.exit_timeout = self.exit_timeout;
         cfg.start_timeout = self.start_timeout;
         cfg.max_tasks = self.max_tasks;
         cfg.max_rss = self.max_rss.map(|b| b as u64);

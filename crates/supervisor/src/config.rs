@@ -15,7 +15,7 @@ pub struct PoolConfig {
     /// Number of worker processes.
     pub workers: usize,
     /// Tasks in flight per worker; 0 (the default) adapts it to the tasks: see
-    /// [`crate::slot::auto_window`].
+    /// [`crate::policy::auto_window`].
     pub window: usize,
     /// Events accepted but not yet answered, at most. This bounds memory and is the
     /// back-pressure on the event source (and the size of the `--ordered` reorder buffer).
@@ -32,8 +32,8 @@ pub struct PoolConfig {
     /// Base delay before retrying a retryable failure (doubles per attempt, with jitter).
     pub retry_backoff: Duration,
     /// How long a graceful stop may take to finish accepted events before the rest are
-    /// recorded as `shutdown`.
-    pub drain_timeout: Duration,
+    /// recorded as `shutdown` (`--grace`).
+    pub stop_grace: Duration,
     /// Replace a worker (gracefully, between tasks) after it completed this many tasks.
     pub max_tasks: Option<u64>,
     /// Replace a worker (gracefully, between tasks) once its resident memory exceeds this
@@ -43,8 +43,9 @@ pub struct PoolConfig {
     pub ordered: bool,
     /// How long a worker may take from spawn to a completed handshake.
     pub start_timeout: Duration,
-    /// How long workers get to exit after the termination frame before they are killed.
-    pub grace: Duration,
+    /// How long a worker gets to exit after the termination frame before it is killed
+    /// (`--exit-timeout`).
+    pub exit_timeout: Duration,
     /// Where the private runtime directory is created (default: `$XDG_RUNTIME_DIR` or the
     /// system temp dir).
     pub runtime_dir: Option<PathBuf>,
@@ -68,12 +69,12 @@ impl PoolConfig {
             timeout: None,
             retries: 2,
             retry_backoff: Duration::from_millis(100),
-            drain_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(30),
             ordered: false,
             max_tasks: None,
             max_rss: None,
             start_timeout: Duration::from_secs(10),
-            grace: Duration::from_secs(5),
+            exit_timeout: Duration::from_secs(5),
             runtime_dir: None,
         }
     }
@@ -86,7 +87,7 @@ impl PoolConfig {
             return self.queue;
         }
         let window = if self.window == 0 {
-            crate::slot::AUTO_WINDOW_MAX
+            crate::policy::AUTO_WINDOW_MAX
         } else {
             self.window
         };

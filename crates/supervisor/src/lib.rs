@@ -29,15 +29,18 @@ mod config;
 pub mod control;
 mod credits;
 mod guard;
+mod job;
 pub mod lines;
 mod link;
-mod origins;
+mod msg;
+pub mod policy;
 mod pool;
 mod process;
 pub mod record;
 mod rendezvous;
-pub mod slot;
+mod slot;
 pub mod status;
+mod submissions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -51,9 +54,9 @@ use credits::{Credits, Outbox};
 
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
-pub use origins::OriginId;
-pub use process::{signal_name, Exit};
+pub use job::SubmissionId;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
+pub use slot::{signal_name, Exit};
 pub use status::{Status, WorkerStatus};
 
 /// One item from an event source.
@@ -102,19 +105,19 @@ pub enum Command {
 
 /// Submission traffic into the pool, on one ordered channel.
 #[derive(Debug)]
-pub(crate) enum Feed {
+pub(crate) enum SubmissionMsg {
     Open {
-        origin: OriginId,
+        id: SubmissionId,
         sink: mpsc::UnboundedSender<Outbox>,
         credits: Arc<Credits>,
         ordered: bool,
     },
     Events {
-        origin: OriginId,
+        id: SubmissionId,
         batch: Vec<Input>,
     },
     End {
-        origin: OriginId,
+        id: SubmissionId,
     },
 }
 
@@ -194,9 +197,9 @@ fn format_tail(stream: &str, tail: &[String]) -> String {
 /// when every handle is gone the pool stops gracefully.
 #[derive(Debug, Clone)]
 pub struct PoolHandle {
-    feed: mpsc::UnboundedSender<Feed>,
+    submissions: mpsc::UnboundedSender<SubmissionMsg>,
     commands: mpsc::UnboundedSender<Command>,
-    next_origin: Arc<AtomicU64>,
+    next_submission: Arc<AtomicU64>,
     ready: watch::Receiver<Option<Vec<u32>>>,
     /// Per submission: events and bytes in the pool at once.
     queue: usize,
@@ -214,18 +217,18 @@ pub struct PoolHandle {
 /// The future fails with [`PoolError`] when the pool itself cannot work; worker and event
 /// faults become records.
 pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summary, PoolError>>) {
-    let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+    let (submissions_tx, submissions_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(None);
     let handle = PoolHandle {
-        feed: feed_tx,
+        submissions: submissions_tx,
         commands: cmd_tx,
-        next_origin: Arc::new(AtomicU64::new(0)),
+        next_submission: Arc::new(AtomicU64::new(0)),
         ready: ready_rx,
         queue: config.effective_queue(),
         queue_bytes: config.queue_bytes,
     };
-    let run = pool::Pool::run(config, feed_rx, cmd_rx, ready_tx);
+    let run = pool::Pool::run(config, submissions_rx, cmd_rx, ready_tx);
     // The pool runs as a task of its own, not as the future the caller awaits: on a
     // current-thread runtime, a wake-up of the future passed to `block_on` costs an extra turn
     // of the I/O driver (an `epoll_wait`) before it is polled, and the link readers wake the
@@ -242,19 +245,19 @@ impl PoolHandle {
     /// Opens a submission: a stream of events whose records come back on its own channel, in
     /// completion order or (with `ordered`) in `seq` order.
     pub fn submit(&self, ordered: bool) -> Submission {
-        let origin = self.next_origin.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_submission.fetch_add(1, Ordering::Relaxed);
         let (sink, records) = mpsc::unbounded_channel();
         let credits = Credits::new(self.queue, self.queue_bytes);
-        let _ = self.feed.send(Feed::Open {
-            origin,
+        let _ = self.submissions.send(SubmissionMsg::Open {
+            id,
             sink,
             credits: credits.clone(),
             ordered,
         });
         Submission {
             sender: EventSender {
-                origin,
-                feed: self.feed.clone(),
+                id,
+                submissions: self.submissions.clone(),
                 credits: credits.clone(),
                 max_batch: self.queue,
             },
@@ -299,8 +302,8 @@ pub struct Submission {
 /// Dropping it (or [`EventSender::end`]) ends the submission.
 #[derive(Debug)]
 pub struct EventSender {
-    origin: OriginId,
-    feed: mpsc::UnboundedSender<Feed>,
+    id: SubmissionId,
+    submissions: mpsc::UnboundedSender<SubmissionMsg>,
     credits: Arc<Credits>,
     max_batch: usize,
 }
@@ -350,11 +353,8 @@ impl EventSender {
                 .await
                 .map_err(|_| PoolGone)?
                 .forget();
-            self.feed
-                .send(Feed::Events {
-                    origin: self.origin,
-                    batch,
-                })
+            self.submissions
+                .send(SubmissionMsg::Events { id: self.id, batch })
                 .map_err(|_| PoolGone)?;
             batch = rest;
         }
@@ -375,9 +375,7 @@ impl EventSender {
 
 impl Drop for EventSender {
     fn drop(&mut self) {
-        let _ = self.feed.send(Feed::End {
-            origin: self.origin,
-        });
+        let _ = self.submissions.send(SubmissionMsg::End { id: self.id });
     }
 }
 

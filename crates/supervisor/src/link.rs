@@ -20,30 +20,18 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use crate::pool::{Msg, WorkerId};
-use crate::rendezvous::WorkerSocket;
+use crate::msg::{FromLink, Outgoing, WorkerFrame};
+use crate::slot::WorkerId;
 
-/// A frame for a worker, as the pool hands it to the writer.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Task {
-        id: u64,
-        attempt: u32,
-        payload: Bytes,
-    },
-    Shutdown,
-}
-
-/// A frame from a worker, as the pool sees it. A result's output is a slice of the buffer it
-/// was read into: no copy between the socket and the record writer.
-#[derive(Debug)]
-pub(crate) enum WorkerFrame {
-    Done {
-        id: u64,
-        outcome: Result<Bytes, (bool, String)>,
-    },
-    Heartbeat,
-    Hello,
+/// A worker's connection after its handshake: the socket (non-blocking), registered with the
+/// runtime for *read* readiness only. A registration that also asks for write readiness is
+/// woken each time the worker consumes a frame the pool sent (Linux signals the freed buffer
+/// space), which cost the pool a wake-up per task; writes are tried directly instead, and
+/// wait for room through a registration of their own only when the socket is full.
+pub(crate) struct WorkerSocket {
+    pub socket: AsyncFd<Arc<UnixStream>>,
+    /// Bytes read past the `Hello` frame.
+    pub read_buf: BytesMut,
 }
 
 /// Decodes the whole frame at the front of `buf` (checked complete by the caller).
@@ -92,7 +80,7 @@ impl Link {
         id: WorkerId,
         conn: WorkerSocket,
         max_frame: usize,
-        frames: mpsc::UnboundedSender<Msg>,
+        frames: mpsc::UnboundedSender<FromLink>,
     ) -> Self {
         let socket = conn.socket.get_ref().clone();
         tokio::spawn(read_loop(conn, max_frame, id, frames));
@@ -152,7 +140,7 @@ async fn read_loop(
     conn: WorkerSocket,
     max_frame: usize,
     id: WorkerId,
-    frames: mpsc::UnboundedSender<Msg>,
+    frames: mpsc::UnboundedSender<FromLink>,
 ) {
     let WorkerSocket {
         socket,
@@ -182,14 +170,14 @@ async fn read_loop(
         }
         let msg = match batch.len() {
             0 => None,
-            1 => batch.pop().map(|frame| Msg::Frame(id, frame)),
-            _ => Some(Msg::Frames(id, std::mem::take(&mut batch))),
+            1 => batch.pop().map(|frame| FromLink::Frame(id, frame)),
+            _ => Some(FromLink::Frames(id, std::mem::take(&mut batch))),
         };
         if msg.is_some_and(|msg| frames.send(msg).is_err()) {
             return;
         }
         if let Some(fault) = fault {
-            let _ = frames.send(Msg::LinkLost {
+            let _ = frames.send(FromLink::Closed {
                 id,
                 fault: Some(fault),
             });
@@ -211,13 +199,13 @@ async fn read_loop(
         match read(&socket, &mut buf).await {
             Ok(0) => {
                 let fault = (!buf.is_empty()).then(|| FrameError::EofMidFrame.to_string());
-                let _ = frames.send(Msg::LinkLost { id, fault });
+                let _ = frames.send(FromLink::Closed { id, fault });
                 return;
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(worker = id.slot, error = %e, "read from worker failed");
-                let _ = frames.send(Msg::LinkLost { id, fault: None });
+                let _ = frames.send(FromLink::Closed { id, fault: None });
                 return;
             }
         }

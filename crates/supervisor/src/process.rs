@@ -22,46 +22,24 @@ use tokio::sync::mpsc;
 
 use crate::config::PoolConfig;
 use crate::guard::Guard;
-use crate::pool::{Msg, WorkerId};
+use crate::msg::Exited;
+use crate::slot::{Exit, WorkerId};
 
 /// Lines of a worker's stderr kept for error messages.
 const STDERR_TAIL: usize = 8;
 /// Longest forwarded line; the rest of a longer line is cut.
 const MAX_LINE: usize = 8 * 1024;
 
-/// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Exited with this code.
-    Code(i32),
-    /// Killed by this signal.
-    Signal(i32),
-}
-
-impl Exit {
-    pub(crate) fn from_status(status: io::Result<ExitStatus>) -> Self {
-        match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(sig)) => Exit::Signal(sig),
-                (None, None) => Exit::Code(-1),
-            },
-            Err(_) => Exit::Code(-1),
-        }
+/// The exit status as herd reports it.
+fn exit_of(status: io::Result<ExitStatus>) -> Exit {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        },
+        Err(_) => Exit::Code(-1),
     }
-
-    /// "exit code 3" / "SIGSEGV".
-    pub fn describe(self) -> String {
-        match self {
-            Exit::Code(c) => format!("exit code {c}"),
-            Exit::Signal(s) => signal_name(s),
-        }
-    }
-}
-
-/// "SIGSEGV" for 11, "signal 99" when unknown.
-pub fn signal_name(sig: i32) -> String {
-    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
 }
 
 /// A spawned worker process.
@@ -70,13 +48,13 @@ pub(crate) struct Spawned {
 }
 
 /// Starts one worker for slot `id` with its token in the environment, and the tasks that
-/// watch it. The exit arrives later as [`Msg::Exited`].
+/// watch it. The exit arrives later as an [`Exited`] message.
 pub(crate) fn spawn_worker(
     cfg: &PoolConfig,
     id: WorkerId,
     socket: &std::path::Path,
     token: &str,
-    events: &mpsc::UnboundedSender<Msg>,
+    events: &mpsc::UnboundedSender<Exited>,
     guard: Option<&Arc<Guard>>,
 ) -> io::Result<Spawned> {
     let Some((program, args)) = cfg.command.split_first() else {
@@ -123,7 +101,7 @@ pub(crate) fn spawn_worker(
     tokio::spawn(async move {
         let out_task = stdout.map(|s| tokio::spawn(forward_lines(s, id, pid, "stdout")));
         let err_task = stderr.map(|s| tokio::spawn(forward_lines(s, id, pid, "stderr")));
-        let status = Exit::from_status(child.wait().await);
+        let status = exit_of(child.wait().await);
         // Whatever the worker left behind in its process group goes with it.
         kill_group(pid);
         if let Some(g) = &guard {
@@ -143,9 +121,8 @@ pub(crate) fn spawn_worker(
                 stdout_tail = lines.into();
             }
         }
-        let _ = events.send(Msg::Exited {
+        let _ = events.send(Exited {
             id,
-            pid,
             exit: status,
             stdout_tail,
             stderr_tail,

@@ -13,27 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
 use herd_proto::codec::FrameCodec;
 use herd_proto::{FromWorker, ToWorker};
-use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::unix::UCred;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-/// A worker's connection after its handshake: the socket (non-blocking), registered with the
-/// runtime for *read* readiness only. A registration that also asks for write readiness is
-/// woken each time the worker consumes a frame the pool sent (Linux signals the freed buffer
-/// space), which cost the pool a wake-up per task; writes are tried directly instead, and
-/// wait for room through a registration of their own only when the socket is full.
-pub(crate) struct WorkerSocket {
-    pub socket: AsyncFd<Arc<std::os::unix::net::UnixStream>>,
-    /// Bytes read past the `Hello` frame.
-    pub read_buf: BytesMut,
-}
+use crate::link::{self, WorkerSocket};
 
 /// What a new connection on the worker socket amounted to.
 pub(crate) enum Arrival {
@@ -248,7 +237,7 @@ fn read_only(
     // Leaves the socket in non-blocking mode.
     let socket = Arc::new(parts.io.into_std()?);
     Ok(WorkerSocket {
-        socket: crate::link::register(socket, Interest::READABLE)?,
+        socket: link::register(socket, Interest::READABLE)?,
         read_buf: parts.read_buf,
     })
 }

@@ -1,147 +1,879 @@
-//! Pure pieces of worker-slot bookkeeping: the restart backoff schedule, the retry delay, and
-//! the round-robin choice of the next worker with room. No I/O, unit-tested here.
+//! One worker slot's lifecycle, as a pure state machine.
+//!
+//! A slot keeps its index for the life of the pool; the process in it changes. Everything the
+//! slot knows about its current process lives in the variant of [`State`] it is in, and every
+//! change of state is a method here that takes the current time and returns the [`Effect`]s
+//! the pool must carry out (spawn a process, send the termination frame, kill a process group,
+//! settle the work a dead worker held, count a replacement). The methods do no I/O of their
+//! own beyond logging, so every transition, and every race between a process's exit, the end
+//! of its socket and its last frames, is unit-tested below with plain `Instant`s.
+//!
+//! ```text
+//!            spawn                 Hello              retire (max-tasks, max-rss,
+//!  Stopped ─────────▶ Starting ───────────▶ Ready ──── reload, scale-down, stop)
+//!  Backoff ─────────▶    │                    │  ╲             │
+//!     ▲                  │ kill               │   ╲ nothing    ▼
+//!     │                  ▼                    │    ╲ held ─▶ Retiring ──(last result)──┐
+//!     │               Dying ◀──── kill ───────┴─────────────────┘                       ▼
+//!     │                  │                                          Exiting (termination
+//!     │                  │ exit                                       frame sent) ── deadline ─▶ Dying
+//!     │                  ▼                                                │ exit
+//!     └── settle ◀── Exited (waits for the link's last frames) ◀──────────┘
+//! ```
+//!
+//! An exit whose link is already closed is settled at once, without passing through
+//! `Exited`. Settling decides what the exit means: the suspect task is charged, the slot is
+//! restarted at once (a worker that died working), backs off (one that failed to start or died
+//! idle), is replaced (a graceful retirement) or stays empty (the pool is stopping, or the slot
+//! is past the scaling target).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-/// First restart delay after a failed start.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest restart delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+use tokio::time::Instant;
 
-/// Delay before restarting a slot after its `failures`-th consecutive failed start:
-/// 100 ms doubling to 10 s.
-pub fn restart_backoff(failures: u32) -> Duration {
-    exp_delay(BACKOFF_BASE, failures, BACKOFF_MAX)
+use crate::job::{Job, Running};
+use crate::policy;
+use crate::record::ErrorKind;
+
+/// A worker process incarnation: the slot it fills and which spawn of that slot it is, so late
+/// messages from a dead predecessor are recognisable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerId {
+    pub slot: usize,
+    pub gen: u64,
 }
 
-/// `base * 2^(n-1)`, capped at `max`; zero for `n == 0`.
-pub fn exp_delay(base: Duration, n: u32, max: Duration) -> Duration {
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    let factor = 1u32
-        .checked_shl(n.saturating_sub(1).min(31))
-        .unwrap_or(u32::MAX);
-    base.saturating_mul(factor).min(max)
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
 }
 
-/// Delay before retrying an event after its `n`-th retryable failure: exponential from `base`,
-/// capped at 32×base, with "equal jitter" (half fixed, half random from `rand01` in [0, 1)) so
-/// that a burst of failures does not retry in lockstep.
-pub fn retry_delay(base: Duration, n: u32, rand01: f64) -> Duration {
-    let full = exp_delay(base, n, base.saturating_mul(32));
-    let half = full / 2;
-    half + half.mul_f64(rand01.clamp(0.0, 1.0))
-}
-
-/// Round-robin: the first index at or after `cursor` (wrapping) for which `has_room` holds.
-pub fn pick_round_robin(
-    len: usize,
-    cursor: usize,
-    mut has_room: impl FnMut(usize) -> bool,
-) -> Option<usize> {
-    (0..len).map(|k| (cursor + k) % len).find(|&i| has_room(i))
-}
-
-/// Largest window the automatic setting uses.
-pub const AUTO_WINDOW_MAX: usize = 1024;
-/// Tasks measured before the automatic window trusts its average (it uses 2 until then, so a
-/// slow or stuck first task does not find a thousand others queued behind it).
-pub const AUTO_WINDOW_WARMUP: u32 = 8;
-/// Work the automatic window aims to keep queued at each worker, in microseconds.
-pub const AUTO_WINDOW_TARGET_US: f64 = 2_000.0;
-
-/// The automatic window for tasks that take `task_us` on average: enough tasks in flight to
-/// cover about 2 ms of work per worker. Tiny tasks get up to 1024 in flight (frames and
-/// syscalls are batched, which is where the throughput comes from); tasks of a millisecond or
-/// more get 2 (one running, one waiting, so a worker never idles for a round trip) while
-/// keeping a slow task's queue-mates few and the end of a run balanced.
-pub fn auto_window(task_us: f64) -> usize {
-    if task_us.is_nan() || task_us <= 0.0 {
-        return AUTO_WINDOW_MAX;
-    }
-    ((AUTO_WINDOW_TARGET_US / task_us) as usize).clamp(2, AUTO_WINDOW_MAX)
-}
-
-/// Exponentially weighted moving average step (weight 1/16 for the new sample).
-pub fn ewma(avg: f64, sample: f64) -> f64 {
-    avg + (sample - avg) / 16.0
-}
-
-/// A tiny xorshift generator for jitter; seeded from the kernel, not for secrets.
-#[derive(Debug, Clone)]
-pub struct Jitter(u64);
-
-impl Jitter {
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
+impl Exit {
+    /// "exit code 3" / "SIGSEGV".
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exit code {c}"),
+            Exit::Signal(s) => signal_name(s),
+        }
     }
 
-    /// A value in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x >> 11) as f64 / (1u64 << 53) as f64
+    /// "exited with code 3" / "killed by SIGSEGV".
+    fn what(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+        }
+    }
+}
+
+/// "SIGSEGV" for 11, "signal 99" when unknown.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// Why the pool killed a worker; decides how the work it held is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Its running task overran `--timeout`.
+    Timeout,
+    /// It broke the protocol (garbage, a result for a task it does not hold, a second Hello).
+    Protocol(String),
+    /// It did not complete its handshake (start timeout, a bad handshake).
+    StartFailed(String),
+    /// The pool is stopping fast, it overran its exit timeout, or it was scaled away mid-start.
+    Stop,
+    /// Its socket ended, or could not be written, while the process still ran. Recorded as a
+    /// crash: the exit status says more than the socket did.
+    LinkLost,
+}
+
+/// What an exit means, decided from the state the slot was in when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// It never completed a handshake.
+    NeverConnected,
+    /// It died on its own while up.
+    Crashed,
+    /// The pool killed it.
+    Killed(Cause),
+    /// It answered the termination frame; `reason` is why it was retired.
+    Graceful(&'static str),
+}
+
+/// The per-worker limits a slot enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// From spawn to a completed handshake.
+    pub start_timeout: Duration,
+    /// Per attempt.
+    pub timeout: Option<Duration>,
+    /// From the termination frame to the exit.
+    pub exit_timeout: Duration,
+    /// Tasks one process is sent and completes before it is replaced.
+    pub max_tasks: Option<u64>,
+}
+
+/// How long an exit waits for its link to report the end of the socket, which comes after
+/// the worker's last results (only a grandchild holding the socket open makes it wait this
+/// long).
+pub(crate) const LINK_DRAIN: Duration = Duration::from_secs(1);
+
+/// A slot's lifecycle; each variant carries what is true of the slot in it.
+#[derive(Debug)]
+pub(crate) enum State<L> {
+    /// No process, and none wanted: the pool is stopping, or the slot is past the target.
+    Stopped,
+    /// Waiting out a restart delay after failures.
+    Backoff { until: Instant },
+    /// Spawned; waiting for its `Hello`.
+    Starting {
+        pid: u32,
+        token: String,
+        since: Instant,
+    },
+    /// Handshake done; takes tasks.
+    Ready {
+        pid: u32,
+        link: L,
+        inflight: VecDeque<Running>,
+        /// Tasks sent to this process, and completed by it (for `max_tasks`).
+        sent: u64,
+        done: u64,
+    },
+    /// Out of rotation; gets the termination frame once everything it holds is answered.
+    Retiring {
+        pid: u32,
+        link: L,
+        inflight: VecDeque<Running>,
+        reason: &'static str,
+    },
+    /// The termination frame was sent (it holds nothing); has until `deadline` to exit.
+    Exiting {
+        pid: u32,
+        link: L,
+        link_open: bool,
+        deadline: Instant,
+        reason: &'static str,
+    },
+    /// Killed by the pool; waiting for its exit status.
+    Dying {
+        pid: u32,
+        inflight: VecDeque<Running>,
+        cause: Cause,
+        link_open: bool,
+    },
+    /// Exited while its link may still deliver results: settled when the link ends, or at
+    /// `deadline`.
+    Exited {
+        pid: u32,
+        exit: Exit,
+        inflight: VecDeque<Running>,
+        end: End,
+        deadline: Instant,
+    },
+}
+
+impl<L> State<L> {
+    /// The state's name in `herd status` (`idle`/`busy` for a ready worker).
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Backoff { .. } => "backoff",
+            State::Starting { .. } => "starting",
+            State::Ready { inflight, .. } if inflight.is_empty() => "idle",
+            State::Ready { .. } => "busy",
+            State::Retiring { .. } | State::Exiting { .. } => "draining",
+            State::Dying { .. } | State::Exited { .. } => "dying",
+        }
+    }
+}
+
+/// What the pool must do after a transition.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Start a new process in this slot now (then call [`Slot::spawned`] or
+    /// [`Slot::spawn_failed`]).
+    Spawn,
+    /// Send the termination frame on the slot's link.
+    Shutdown,
+    /// SIGKILL this process group.
+    Kill(u32),
+    /// A worker ended holding this work, in the order it was sent: the head was running
+    /// (the suspect), the rest only waited.
+    Settle {
+        inflight: VecDeque<Running>,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// A start failed (counted towards giving up on the pool).
+    StartFailed,
+    /// A worker process was replaced, for this reason; `unexpected` for a crash, timeout,
+    /// protocol fault or start failure, else a graceful retirement.
+    Replaced {
+        reason: &'static str,
+        unexpected: bool,
+    },
+}
+
+/// Effects of one transition (rarely more than two).
+pub(crate) type Effects = Vec<Effect>;
+
+/// A result frame, as [`Slot::on_done`] saw it.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// The task it settles, the worker's pid, and whether the slot now wants its termination
+    /// frame sent (it retired and this was the last task it held).
+    Task {
+        running: Running,
+        pid: u32,
+        shutdown: bool,
+    },
+    /// A result for a task the worker does not hold: a protocol fault.
+    NotHeld,
+    /// The slot has no worker that could send results.
+    Ignored,
+}
+
+/// One slot: its lifecycle and what outlives each process in it.
+#[derive(Debug)]
+pub(crate) struct Slot<L> {
+    pub index: usize,
+    /// Incremented at each spawn; see [`WorkerId`].
+    pub gen: u64,
+    state: State<L>,
+    /// Consecutive failures without a completed task; drives the backoff.
+    failures: u32,
+    /// Unexpected exits replaced in this slot.
+    pub restarts: u64,
+    /// Tasks completed in this slot, all processes together.
+    pub total_tasks: u64,
+    /// Why the last start failed, and what the process printed (for the give-up message).
+    pub last_failure: String,
+    pub stdout_tail: Vec<String>,
+    pub stderr_tail: Vec<String>,
+}
+
+impl<L> Slot<L> {
+    pub fn new(index: usize) -> Self {
+        Self {
+            index,
+            gen: 0,
+            state: State::Stopped,
+            failures: 0,
+            restarts: 0,
+            total_tasks: 0,
+            last_failure: String::new(),
+            stdout_tail: Vec::new(),
+            stderr_tail: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> &State<L> {
+        &self.state
+    }
+
+    /// The id of the current process.
+    pub fn id(&self) -> WorkerId {
+        WorkerId {
+            slot: self.index,
+            gen: self.gen,
+        }
+    }
+
+    /// Whether a message from `id` concerns the current process (not a dead predecessor).
+    pub fn is_current(&self, id: WorkerId) -> bool {
+        id.gen == self.gen
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        match &self.state {
+            State::Starting { pid, .. }
+            | State::Ready { pid, .. }
+            | State::Retiring { pid, .. }
+            | State::Exiting { pid, .. }
+            | State::Dying { pid, .. }
+            | State::Exited { pid, .. } => Some(*pid),
+            State::Backoff { .. } | State::Stopped => None,
+        }
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        match &self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Dying { inflight, .. }
+            | State::Exited { inflight, .. } => inflight.len(),
+            _ => 0,
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    /// The token a starting worker must present.
+    pub fn token(&self) -> Option<&str> {
+        match &self.state {
+            State::Starting { token, .. } => Some(token),
+            _ => None,
+        }
+    }
+
+    /// The link to a worker that can still be written to.
+    pub fn link_mut(&mut self) -> Option<&mut L> {
+        match &mut self.state {
+            State::Ready { link, .. }
+            | State::Retiring { link, .. }
+            | State::Exiting { link, .. } => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Whether a ready worker may be sent one more task.
+    pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
+        matches!(&self.state, State::Ready { inflight, sent, .. }
+            if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
+    }
+
+    fn set(&mut self, next: State<L>) {
+        tracing::trace!(
+            worker = self.index,
+            from = self.state.name(),
+            to = next.name(),
+            "slot transition"
+        );
+        self.state = next;
+    }
+
+    /// Takes the state out (leaving `Stopped`) to move its data into the next one.
+    fn take(&mut self) -> State<L> {
+        std::mem::replace(&mut self.state, State::Stopped)
+    }
+
+    // ----- starting --------------------------------------------------------------------
+
+    /// A new process is about to be spawned: its id.
+    pub fn next_id(&mut self) -> WorkerId {
+        self.gen += 1;
+        self.id()
+    }
+
+    /// The process was spawned and must now complete its handshake.
+    pub fn spawned(&mut self, pid: u32, token: String, now: Instant) {
+        tracing::debug!(worker = self.index, pid, "worker spawned");
+        self.set(State::Starting {
+            pid,
+            token,
+            since: now,
+        });
+    }
+
+    /// The process could not be spawned.
+    pub fn spawn_failed(&mut self, reason: &str, now: Instant) -> Effects {
+        self.start_failure(reason, now)
+    }
+
+    /// A start failed: back off, longer each time.
+    fn start_failure(&mut self, reason: &str, now: Instant) -> Effects {
+        self.failures += 1;
+        self.last_failure = reason.to_string();
+        let delay = policy::restart_backoff(self.failures);
+        tracing::warn!(
+            worker = self.index,
+            failures = self.failures,
+            delay_ms = delay.as_millis() as u64,
+            reason,
+            "worker failed to start; backing off"
+        );
+        self.set(State::Backoff { until: now + delay });
+        vec![Effect::StartFailed]
+    }
+
+    /// The starting worker completed its handshake. With `keep` false (the pool is stopping,
+    /// or the slot was scaled away meanwhile) it gets the termination frame at once.
+    pub fn greeted(&mut self, link: L, now: Instant, keep: bool, limits: &Limits) -> Effects {
+        let State::Starting { pid, .. } = self.state else {
+            return Vec::new();
+        };
+        tracing::info!(worker = self.index, pid, "worker ready");
+        self.set(State::Ready {
+            pid,
+            link,
+            inflight: VecDeque::new(),
+            sent: 0,
+            done: 0,
+        });
+        if keep {
+            return Vec::new();
+        }
+        self.retire("stop", now, limits)
+    }
+
+    // ----- work --------------------------------------------------------------------------
+
+    /// Hands a job to a ready worker (check [`Slot::has_room`] first); gives it back if the
+    /// slot is not ready.
+    pub fn assign(&mut self, job: Job, now: Instant) -> Result<(), Job> {
+        match &mut self.state {
+            State::Ready { inflight, sent, .. } => {
+                *sent += 1;
+                inflight.push_back(Running { job, started: now });
+                Ok(())
+            }
+            _ => Err(job),
+        }
+    }
+
+    /// A result for task `task` arrived. Results count from a worker that is retiring, being
+    /// killed or has exited (they were sent before it died).
+    pub fn on_done(&mut self, task: u64, now: Instant, limits: &Limits) -> Done {
+        let (pid, inflight) = match &mut self.state {
+            State::Ready { pid, inflight, .. }
+            | State::Retiring { pid, inflight, .. }
+            | State::Dying { pid, inflight, .. }
+            | State::Exited { pid, inflight, .. } => (*pid, inflight),
+            State::Exiting { .. } => return Done::NotHeld,
+            _ => return Done::Ignored,
+        };
+        let Some(pos) = inflight.iter().position(|r| r.job.id == task) else {
+            return Done::NotHeld;
+        };
+        let Some(running) = inflight.remove(pos) else {
+            return Done::NotHeld;
+        };
+        if pos == 0 {
+            // The worker moves on to the next task now.
+            if let Some(next) = inflight.front_mut() {
+                next.started = now;
+            }
+        }
+        self.failures = 0;
+        self.total_tasks += 1;
+        let mut worn_out = false;
+        let mut emptied = false;
+        match &mut self.state {
+            State::Ready { done, .. } => {
+                *done += 1;
+                worn_out = limits.max_tasks.is_some_and(|m| *done >= m);
+            }
+            State::Retiring { inflight, .. } => emptied = inflight.is_empty(),
+            _ => {}
+        }
+        let shutdown = if worn_out {
+            self.retire("max-tasks", now, limits)
+                .iter()
+                .any(is_shutdown)
+        } else if emptied {
+            self.exit_now(now, limits);
+            true
+        } else {
+            false
+        };
+        Done::Task {
+            running,
+            pid,
+            shutdown,
+        }
+    }
+
+    // ----- retiring and killing ----------------------------------------------------------
+
+    /// Takes a ready worker out of rotation for `reason`; it gets the termination frame once
+    /// everything it holds is answered (at once if idle), and its exit is graceful.
+    pub fn retire(&mut self, reason: &'static str, now: Instant, limits: &Limits) -> Effects {
+        match self.take() {
+            State::Ready {
+                pid,
+                link,
+                inflight,
+                ..
+            } => {
+                if reason != "stop" {
+                    tracing::info!(worker = self.index, pid, reason, "recycling worker");
+                }
+                let idle = inflight.is_empty();
+                self.set(State::Retiring {
+                    pid,
+                    link,
+                    inflight,
+                    reason,
+                });
+                if idle {
+                    self.exit_now(now, limits);
+                    return vec![Effect::Shutdown];
+                }
+                Vec::new()
+            }
+            other => {
+                self.state = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Retiring and holding nothing: the termination frame goes out (the caller sends it).
+    fn exit_now(&mut self, now: Instant, limits: &Limits) {
+        if let State::Retiring {
+            pid, link, reason, ..
+        } = self.take()
+        {
+            self.set(State::Exiting {
+                pid,
+                link,
+                link_open: true,
+                deadline: now + limits.exit_timeout,
+                reason,
+            });
+        }
+    }
+
+    /// The pool is stopping gracefully and everything is answered: every worker gets the
+    /// termination frame; a starting one gets it once it is ready (see [`Slot::greeted`]), a
+    /// slot in backoff stays empty.
+    pub fn stop(&mut self, now: Instant, limits: &Limits) -> Effects {
+        match &self.state {
+            State::Ready { .. } => self.retire("stop", now, limits),
+            State::Retiring { inflight, .. } if inflight.is_empty() => {
+                self.exit_now(now, limits);
+                vec![Effect::Shutdown]
+            }
+            State::Backoff { .. } => {
+                self.set(State::Stopped);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Kills the worker's process group for `cause`; its exit status arrives later and
+    /// settles its work. A slot in backoff killed for a stop just stays empty.
+    pub fn kill(&mut self, cause: Cause) -> Effects {
+        let (pid, inflight, link_open) = match self.take() {
+            State::Starting { pid, .. } => (pid, VecDeque::new(), false),
+            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
+                (pid, inflight, true)
+            }
+            State::Exiting { pid, link_open, .. } => (pid, VecDeque::new(), link_open),
+            State::Backoff { .. } if cause == Cause::Stop => return Vec::new(),
+            other => {
+                self.state = other;
+                return Vec::new();
+            }
+        };
+        self.set(State::Dying {
+            pid,
+            inflight,
+            cause,
+            link_open,
+        });
+        vec![Effect::Kill(pid)]
+    }
+
+    // ----- the end of a process ----------------------------------------------------------
+
+    /// The link reader reached the end of the socket (after every frame it delivered), with a
+    /// protocol fault if the stream was broken.
+    pub fn on_link_lost(
+        &mut self,
+        fault: Option<String>,
+        now: Instant,
+        keep: bool,
+        limits: &Limits,
+    ) -> Effects {
+        match (&mut self.state, fault) {
+            (State::Exited { .. }, _) => self.settle(now, keep, limits),
+            (State::Dying { link_open, .. } | State::Exiting { link_open, .. }, None) => {
+                // Expected: it is being killed, or is exiting after the termination frame.
+                *link_open = false;
+                Vec::new()
+            }
+            (State::Dying { link_open, .. }, Some(_)) => {
+                *link_open = false;
+                Vec::new()
+            }
+            (_, Some(fault)) => {
+                tracing::warn!(
+                    worker = self.index,
+                    pid = self.pid(),
+                    "protocol violation: {fault}; killing worker"
+                );
+                self.kill_after_link_lost(Cause::Protocol(fault))
+            }
+            (State::Ready { .. } | State::Retiring { .. }, None) => {
+                // Usually the process is exiting; make sure of it. Its exit status, not this
+                // EOF, decides what is recorded.
+                self.kill_after_link_lost(Cause::LinkLost)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn kill_after_link_lost(&mut self, cause: Cause) -> Effects {
+        let effects = self.kill(cause);
+        if let State::Dying { link_open, .. } = &mut self.state {
+            *link_open = false;
+        }
+        effects
+    }
+
+    /// The process exited. If its link is still open, results it sent before dying may be on
+    /// their way: wait for the link's end (up to [`LINK_DRAIN`]) before settling.
+    pub fn on_exit(&mut self, exit: Exit, now: Instant, keep: bool, limits: &Limits) -> Effects {
+        let (pid, inflight, end, link_open) = match self.take() {
+            State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false),
+            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
+                (pid, inflight, End::Crashed, true)
+            }
+            State::Exiting {
+                pid,
+                link_open,
+                reason,
+                ..
+            } => (pid, VecDeque::new(), End::Graceful(reason), link_open),
+            State::Dying {
+                pid,
+                inflight,
+                cause,
+                link_open,
+            } => (pid, inflight, End::Killed(cause), link_open),
+            other => {
+                self.state = other;
+                return Vec::new();
+            }
+        };
+        match exit {
+            Exit::Code(code) => tracing::info!(worker = self.index, pid, code, "worker exited"),
+            Exit::Signal(sig) => {
+                tracing::info!(worker = self.index, pid, signal = %signal_name(sig), "worker exited")
+            }
+        }
+        self.set(State::Exited {
+            pid,
+            exit,
+            inflight,
+            end,
+            deadline: now + LINK_DRAIN,
+        });
+        if link_open {
+            return Vec::new();
+        }
+        self.settle(now, keep, limits)
+    }
+
+    /// Decides what an exit means for the work the worker held and for the slot.
+    fn settle(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
+        let State::Exited {
+            pid,
+            exit,
+            inflight,
+            end,
+            ..
+        } = self.take()
+        else {
+            return Vec::new();
+        };
+        self.set(State::Stopped);
+        let i = self.index;
+        let mut effects = Vec::new();
+        if let End::Graceful(reason) = end {
+            if keep {
+                tracing::info!(
+                    worker = i,
+                    pid,
+                    reason,
+                    "worker recycled; starting its replacement"
+                );
+                effects.push(Effect::Replaced {
+                    reason,
+                    unexpected: false,
+                });
+                effects.push(Effect::Spawn);
+            }
+            return effects;
+        }
+        let what = exit.what();
+        let (kind, message) = match &end {
+            End::NeverConnected => (
+                ErrorKind::Crashed,
+                format!("worker {i} (pid {pid}) {what} without connecting to herd"),
+            ),
+            End::Crashed | End::Killed(Cause::LinkLost) | End::Graceful(_) => {
+                (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}"))
+            }
+            End::Killed(Cause::Timeout) => (
+                ErrorKind::Timeout,
+                format!(
+                    "attempt exceeded the {} deadline; worker {i} (pid {pid}) was killed",
+                    humanize(limits.timeout.unwrap_or_default())
+                ),
+            ),
+            End::Killed(Cause::Protocol(fault)) => (
+                ErrorKind::Protocol,
+                format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
+            ),
+            End::Killed(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
+            End::Killed(Cause::Stop) => (
+                ErrorKind::Shutdown,
+                "herd stopped before the event finished".to_string(),
+            ),
+        };
+        let held_work = !inflight.is_empty();
+        if held_work {
+            effects.push(Effect::Settle {
+                inflight,
+                kind,
+                message: message.clone(),
+            });
+        }
+        if !keep {
+            return effects;
+        }
+        if end == End::Killed(Cause::Stop) {
+            // It overran its exit timeout after the termination frame; the slot still wants a
+            // worker.
+            self.restarts += 1;
+            effects.push(Effect::Replaced {
+                reason: "exit-timeout",
+                unexpected: true,
+            });
+            effects.push(Effect::Spawn);
+            return effects;
+        }
+        let started = !matches!(
+            end,
+            End::NeverConnected | End::Killed(Cause::StartFailed(_))
+        );
+        let reason = match &end {
+            _ if !started => "start-failure",
+            End::Killed(Cause::Timeout) => "timeout",
+            End::Killed(Cause::Protocol(_)) => "protocol",
+            _ => "crash",
+        };
+        self.restarts += 1;
+        effects.push(Effect::Replaced {
+            reason,
+            unexpected: true,
+        });
+        if !started {
+            effects.extend(self.start_failure(&message, now));
+        } else if held_work {
+            // It died working: the likely culprit was a task, not the worker; replace it now.
+            tracing::warn!(
+                worker = i,
+                pid,
+                "worker lost while holding work: {message}; restarting"
+            );
+            effects.push(Effect::Spawn);
+        } else {
+            // Died idle: count it, so a worker that cannot stay up backs off.
+            self.failures += 1;
+            let delay = policy::restart_backoff(self.failures.saturating_sub(1));
+            tracing::warn!(
+                worker = i,
+                pid,
+                delay_ms = delay.as_millis() as u64,
+                "idle worker died: {message}"
+            );
+            if delay.is_zero() {
+                effects.push(Effect::Spawn);
+            } else {
+                self.set(State::Backoff { until: now + delay });
+            }
+        }
+        effects
+    }
+
+    // ----- time --------------------------------------------------------------------------
+
+    /// When this slot next needs [`Slot::on_deadline`].
+    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+        let head = |inflight: &VecDeque<Running>| Some(inflight.front()?.started + limits.timeout?);
+        match &self.state {
+            State::Starting { since, .. } => Some(*since + limits.start_timeout),
+            State::Ready { inflight, .. } | State::Retiring { inflight, .. } => head(inflight),
+            State::Exiting { deadline, .. } | State::Exited { deadline, .. } => Some(*deadline),
+            State::Backoff { until } => Some(*until),
+            State::Dying { .. } | State::Stopped => None,
+        }
+    }
+
+    /// Whatever is due at `now`: a start or task timeout, an exit timeout, an exit whose
+    /// link never ended, the end of a backoff.
+    pub fn on_deadline(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
+        if self.deadline(limits).is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        let i = self.index;
+        match &self.state {
+            State::Starting { pid, .. } => {
+                let why = format!(
+                    "worker {i} (pid {pid}) did not complete its handshake within {}",
+                    humanize(limits.start_timeout)
+                );
+                tracing::warn!(worker = i, pid, "{why}; killing it");
+                self.kill(Cause::StartFailed(why))
+            }
+            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
+                let seq = inflight.front().map(|h| h.job.seq);
+                tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
+                self.kill(Cause::Timeout)
+            }
+            State::Exiting { pid, .. } => {
+                tracing::warn!(
+                    worker = i,
+                    pid,
+                    "worker did not exit after the termination frame; killing it"
+                );
+                self.kill(Cause::Stop)
+            }
+            State::Exited { pid, .. } => {
+                tracing::warn!(
+                    worker = i,
+                    pid,
+                    "worker socket still open after its exit; settling anyway"
+                );
+                self.settle(now, keep, limits)
+            }
+            State::Backoff { .. } if keep => {
+                tracing::info!(worker = i, "restarting worker after backoff");
+                self.set(State::Stopped);
+                vec![Effect::Spawn]
+            }
+            State::Backoff { .. } => {
+                self.set(State::Stopped);
+                Vec::new()
+            }
+            State::Dying { .. } | State::Stopped => Vec::new(),
+        }
+    }
+}
+
+fn is_shutdown(e: &Effect) -> bool {
+    matches!(e, Effect::Shutdown)
+}
+
+/// "30s" / "500ms", for messages.
+pub(crate) fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_cap() {
-        let ms: Vec<u128> = (0..10).map(|n| restart_backoff(n).as_millis()).collect();
-        assert_eq!(ms, [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
-        assert_eq!(restart_backoff(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn retry_delay_has_bounded_jitter() {
-        let base = Duration::from_millis(50);
-        assert_eq!(retry_delay(base, 1, 0.0), Duration::from_millis(25));
-        assert_eq!(retry_delay(base, 2, 0.999_999).as_millis(), 99);
-        assert_eq!(retry_delay(base, 30, 0.0), base * 16);
-        let mut j = Jitter::new(42);
-        for _ in 0..1000 {
-            let x = j.next_f64();
-            assert!((0.0..1.0).contains(&x));
-        }
-    }
-
-    #[test]
-    fn auto_window_follows_task_duration() {
-        assert_eq!(auto_window(0.0), AUTO_WINDOW_MAX);
-        assert_eq!(auto_window(1.0), AUTO_WINDOW_MAX);
-        assert_eq!(auto_window(100.0), 20);
-        assert_eq!(auto_window(1_000.0), 2);
-        assert_eq!(auto_window(1e7), 2);
-        let mut avg = 1_000.0;
-        for _ in 0..100 {
-            avg = ewma(avg, 10.0);
-        }
-        assert!(avg < 20.0, "{avg}");
-    }
-
-    #[test]
-    fn round_robin_skips_full_workers() {
-        let room = [true, false, true, true];
-        assert_eq!(pick_round_robin(4, 0, |i| room[i]), Some(0));
-        assert_eq!(pick_round_robin(4, 1, |i| room[i]), Some(2));
-        assert_eq!(pick_round_robin(4, 4, |i| room[i]), Some(0));
-        assert_eq!(pick_round_robin(4, 0, |_| false), None);
-        assert_eq!(pick_round_robin(0, 0, |_| true), None);
-        // Cycling the cursor past each pick visits every worker with room in turn.
-        let mut cursor = 0;
-        let mut order = Vec::new();
-        for _ in 0..6 {
-            let i = pick_round_robin(4, cursor, |i| room[i]).unwrap_or(usize::MAX);
-            order.push(i);
-            cursor = i + 1;
-        }
-        assert_eq!(order, [0, 2, 3, 0, 2, 3]);
-    }
-}
+mod tests;

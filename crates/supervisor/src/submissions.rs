@@ -15,38 +15,19 @@
 //! interactive submitter never waits for a record).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap as HashMap;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use rustc_hash::FxHashMap as HashMap;
-
-use bytes::Bytes;
-use tokio::sync::mpsc;
-
-use std::sync::Arc;
-
 use crate::credits::{Credits, Outbox};
+use crate::job::{Job, SubmissionId};
 use crate::record::Record;
 
-/// Identifies one submission for the life of the pool.
-pub type OriginId = u64;
-
-/// An accepted event and what has happened to it so far.
 #[derive(Debug)]
-pub(crate) struct Job {
-    pub id: u64,
-    pub origin: OriginId,
-    pub seq: u64,
-    pub payload: Bytes,
-    /// Attempts a worker started (the record's `attempts`).
-    pub attempts: u32,
-    /// Failures charged against `retries`.
-    pub charged: u32,
-}
-
-#[derive(Debug)]
-struct Origin {
+struct Entry {
     sink: mpsc::UnboundedSender<Outbox>,
     credits: Arc<Credits>,
     /// Bytes the records in `out` and `reorder` hold (their inputs' and outputs' charges).
@@ -75,12 +56,12 @@ pub(crate) const MAX_HOLD: Duration = Duration::from_millis(2);
 
 /// All open submissions.
 #[derive(Debug)]
-pub(crate) struct Origins {
-    map: HashMap<OriginId, Origin>,
-    /// Origins with queued jobs, in round-robin order.
-    ring: VecDeque<OriginId>,
-    /// Origins whose outbox has records.
-    dirty: Vec<OriginId>,
+pub(crate) struct Submissions {
+    map: HashMap<SubmissionId, Entry>,
+    /// Submissions with queued jobs, in round-robin order.
+    ring: VecDeque<SubmissionId>,
+    /// Submissions whose outbox has records.
+    dirty: Vec<SubmissionId>,
     queued: usize,
     /// Accepted events that have no record yet, across all submissions (those of a
     /// cancelled submission no longer count: nobody waits for their records). The pool may
@@ -90,7 +71,7 @@ pub(crate) struct Origins {
     flush_at: usize,
 }
 
-impl Origins {
+impl Submissions {
     /// `credits` is how many records a submitter can be owed before it must wait for them.
     pub fn new(credits: usize) -> Self {
         Self {
@@ -105,14 +86,14 @@ impl Origins {
 
     pub fn open(
         &mut self,
-        id: OriginId,
+        id: SubmissionId,
         sink: mpsc::UnboundedSender<Outbox>,
         credits: Arc<Credits>,
         ordered: bool,
     ) {
         self.map.insert(
             id,
-            Origin {
+            Entry {
                 sink,
                 credits,
                 held: 0,
@@ -131,7 +112,7 @@ impl Origins {
         );
     }
 
-    pub fn contains(&self, id: OriginId) -> bool {
+    pub fn contains(&self, id: SubmissionId) -> bool {
         self.map.contains_key(&id)
     }
 
@@ -140,7 +121,7 @@ impl Origins {
     }
 
     /// Counts `n` accepted events of `id` (queued or answered at once).
-    pub fn accepted(&mut self, id: OriginId, n: usize) {
+    pub fn accepted(&mut self, id: SubmissionId, n: usize) {
         if let Some(o) = self.map.get_mut(&id) {
             o.accepted += n as u64;
             self.unanswered += n;
@@ -153,7 +134,7 @@ impl Origins {
     }
 
     /// Queues new jobs of one submission, in order, with one lookup.
-    pub fn extend(&mut self, id: OriginId, jobs: impl Iterator<Item = Job>) {
+    pub fn extend(&mut self, id: SubmissionId, jobs: impl Iterator<Item = Job>) {
         let Some(o) = self.map.get_mut(&id) else {
             return;
         };
@@ -178,7 +159,7 @@ impl Origins {
     }
 
     fn push(&mut self, job: Job, front: bool) {
-        let id = job.origin;
+        let id = job.submission;
         let Some(o) = self.map.get_mut(&id) else {
             return; // its submitter is gone (and was uncounted); nobody wants the record
         };
@@ -238,15 +219,15 @@ impl Origins {
 
     /// Routes a final record to its submission's outbox (in `seq` order if it asked for that).
     /// `input_len` is the payload length its event was charged for.
-    pub fn emit(&mut self, origin: OriginId, record: Record, input_len: usize) {
-        let Some(o) = self.map.get_mut(&origin) else {
+    pub fn emit(&mut self, submission: SubmissionId, record: Record, input_len: usize) {
+        let Some(o) = self.map.get_mut(&submission) else {
             return; // cancelled: its events were uncounted then
         };
         o.emitted += 1;
         self.unanswered -= 1;
         let charge = o.credits.input_charge(input_len) + o.credits.charge_output(&record);
         if o.out.is_empty() {
-            self.dirty.push(origin);
+            self.dirty.push(submission);
         }
         if !o.ordered {
             o.out.push(record);
@@ -276,7 +257,7 @@ impl Origins {
     }
 
     /// Marks the end of a submission's events.
-    pub fn end(&mut self, id: OriginId) {
+    pub fn end(&mut self, id: SubmissionId) {
         if let Some(o) = self.map.get_mut(&id) {
             o.ended = true;
             self.dirty.push(id);
@@ -285,7 +266,7 @@ impl Origins {
 
     /// Forgets a submission whose submitter went away; returns its queued jobs (they need no
     /// record: nobody is listening).
-    pub fn cancel(&mut self, id: OriginId) -> usize {
+    pub fn cancel(&mut self, id: SubmissionId) -> usize {
         match self.map.remove(&id) {
             Some(o) => {
                 self.queued -= o.queue.len();
@@ -300,7 +281,7 @@ impl Origins {
     /// Hands over the outboxes that are due (see the module docs); closes submissions that are
     /// complete. With `all`, every outbox is due. Returns the ids of submitters that turned
     /// out to be gone.
-    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<OriginId> {
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<SubmissionId> {
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
         for id in std::mem::take(&mut self.dirty) {
@@ -356,11 +337,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::record::{ErrorKind, RecordOutcome};
+    use bytes::Bytes;
 
-    fn job(origin: OriginId, seq: u64) -> Job {
+    fn job(submission: SubmissionId, seq: u64) -> Job {
         Job {
-            id: origin * 1000 + seq,
-            origin,
+            id: submission * 1000 + seq,
+            submission,
             seq,
             payload: Bytes::new(),
             attempts: 0,
@@ -382,7 +364,7 @@ mod tests {
 
     #[test]
     fn round_robin_across_submissions() {
-        let mut o = Origins::new(1024);
+        let mut o = Submissions::new(1024);
         let (tx, _rx) = mpsc::unbounded_channel();
         o.open(1, tx.clone(), Credits::new(1 << 20, 1 << 30), false);
         o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
@@ -392,7 +374,7 @@ mod tests {
         o.push_back(job(2, 0));
         o.push_back(job(2, 1));
         let order: Vec<(u64, u64)> = std::iter::from_fn(|| o.pop())
-            .map(|j| (j.origin, j.seq))
+            .map(|j| (j.submission, j.seq))
             .collect();
         assert_eq!(order, [(1, 0), (2, 0), (1, 1), (2, 1), (1, 2), (1, 3)]);
         assert_eq!(o.queued(), 0);
@@ -404,7 +386,7 @@ mod tests {
 
     #[test]
     fn ordered_outbox_and_completion() {
-        let mut o = Origins::new(1024);
+        let mut o = Submissions::new(1024);
         let (tx, mut rx) = mpsc::unbounded_channel();
         o.open(7, tx, Credits::new(1 << 20, 1 << 30), true);
         for _ in 0..3 {
@@ -432,7 +414,7 @@ mod tests {
     #[test]
     fn outboxes_are_held_until_full_old_or_owed_nothing() {
         let t0 = Instant::now();
-        let mut o = Origins::new(1 << 20);
+        let mut o = Submissions::new(1 << 20);
         let (tx, mut rx) = mpsc::unbounded_channel();
         o.open(1, tx, Credits::new(1 << 20, 1 << 30), false);
         o.accepted(1, 1000);
@@ -473,7 +455,7 @@ mod tests {
         assert_eq!(got, 1000 - 257);
 
         // A small credit limit makes a small outbox due: its submitter may be waiting.
-        let mut o = Origins::new(4);
+        let mut o = Submissions::new(4);
         let (tx, mut rx) = mpsc::unbounded_channel();
         o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
         o.accepted(2, 100);
@@ -484,7 +466,7 @@ mod tests {
 
     #[test]
     fn vanished_submitter_is_cancelled() {
-        let mut o = Origins::new(1024);
+        let mut o = Submissions::new(1024);
         let (tx, rx) = mpsc::unbounded_channel();
         o.open(3, tx, Credits::new(1 << 20, 1 << 30), false);
         o.push_back(job(3, 0));

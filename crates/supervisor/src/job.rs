@@ -1,0 +1,31 @@
+//! An accepted event on its way through the pool, and what a worker holds of it.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Identifies one submission (a stream of events and its records) for the life of the pool.
+pub type SubmissionId = u64;
+
+/// An accepted event and what has happened to it so far.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// Unique in the pool; the task id on the wire.
+    pub id: u64,
+    pub submission: SubmissionId,
+    /// The event's number within its submission (the record's `seq`).
+    pub seq: u64,
+    pub payload: Bytes,
+    /// Attempts a worker started (the record's `attempts`).
+    pub attempts: u32,
+    /// Failures charged against `retries`.
+    pub charged: u32,
+}
+
+/// A job a worker holds.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub job: Job,
+    /// When the worker (probably) started it: dispatch, or the previous task's completion. A
+    /// worker runs its tasks one at a time in the order sent, so only the head is running.
+    pub started: Instant,
+}

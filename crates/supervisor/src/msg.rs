@@ -1,0 +1,57 @@
+//! The messages between the pool and the tasks that do its I/O, one enum per channel.
+//!
+//! - [`FromLink`], on the frames channel: what a worker's link reader decoded, then the end of
+//!   the link. The end travels after the frames on the same channel, so when the pool sees it,
+//!   it has seen every result the worker managed to send.
+//! - [`Exited`], on the urgent channel: a process watcher's report, which must not wait
+//!   behind a flood of results.
+//! - [`Outgoing`]: what the pool hands a link to write.
+//!
+//! (Handshakes arrive on a channel of their own: `rendezvous::Arrival`.)
+
+use bytes::Bytes;
+
+use crate::slot::{Exit, WorkerId};
+
+/// A frame for a worker, as the pool hands it to the link.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Task {
+        id: u64,
+        attempt: u32,
+        payload: Bytes,
+    },
+    Shutdown,
+}
+
+/// A frame from a worker, as the pool sees it. A result's output is a slice of the buffer it
+/// was read into: no copy between the socket and the record writer.
+#[derive(Debug)]
+pub(crate) enum WorkerFrame {
+    Done {
+        id: u64,
+        outcome: Result<Bytes, (bool, String)>,
+    },
+    Heartbeat,
+    Hello,
+}
+
+/// From a worker's link reader.
+#[derive(Debug)]
+pub(crate) enum FromLink {
+    /// One frame (the usual case with one task in flight: no batch allocated).
+    Frame(WorkerId, WorkerFrame),
+    /// Everything decoded from one read.
+    Frames(WorkerId, Vec<WorkerFrame>),
+    /// The end of the socket, with the protocol fault that ended it, if any.
+    Closed { id: WorkerId, fault: Option<String> },
+}
+
+/// From a worker's process watcher: it exited, and the last lines it printed.
+#[derive(Debug)]
+pub(crate) struct Exited {
+    pub id: WorkerId,
+    pub exit: Exit,
+    pub stdout_tail: Vec<String>,
+    pub stderr_tail: Vec<String>,
+}

@@ -1,0 +1,68 @@
+//! Dispatch: queued jobs go to the workers with room in their window, round-robin, one batch
+//! of frames per worker per wake-up.
+
+use super::Pool;
+use crate::msg::Outgoing;
+use crate::policy;
+use crate::slot::Cause;
+
+impl Pool {
+    /// The window in effect: fixed, or automatic (2 until enough tasks were measured).
+    fn window(&self) -> usize {
+        match self.cfg.window {
+            0 if self.task_samples < policy::AUTO_WINDOW_WARMUP => 2,
+            0 => policy::auto_window(self.task_ewma_us),
+            w => w,
+        }
+    }
+
+    pub(super) fn dispatch(&mut self) {
+        let window = self.window();
+        let max_tasks = self.cfg.max_tasks;
+        let now = self.now;
+        let mut batches = std::mem::take(&mut self.outgoing);
+        batches.resize_with(self.slots.len(), Vec::new);
+        while self.submissions.queued() > 0 {
+            let slots = &self.slots;
+            let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
+                slots[i].has_room(window, max_tasks)
+            }) else {
+                break;
+            };
+            self.cursor = i + 1;
+            let Some(mut job) = self.submissions.pop() else {
+                break;
+            };
+            job.attempts += 1;
+            let frame = Outgoing::Task {
+                id: job.id,
+                attempt: job.attempts,
+                payload: job.payload.clone(),
+            };
+            match self.slots[i].assign(job, now) {
+                Ok(()) => batches[i].push(frame),
+                Err(mut job) => {
+                    // Not ready after all (has_room said it was): the job goes back.
+                    job.attempts -= 1;
+                    self.requeue(job);
+                    break;
+                }
+            }
+        }
+        // One message per worker per wake-up, however many tasks it got.
+        for (i, batch) in batches.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let sent = self.slots[i].link_mut().is_some_and(|l| l.send(batch));
+            // Cleared, not replaced: the next dispatch reuses the allocation.
+            batch.clear();
+            if !sent {
+                // The writer is gone, so the worker is going down: its exit settles the tasks.
+                let effects = self.slots[i].kill(Cause::LinkLost);
+                self.apply(i, effects);
+            }
+        }
+        self.outgoing = batches;
+    }
+}

@@ -1,0 +1,84 @@
+//! Intake: submissions opening and ending, and their events accepted into the queue (or
+//! answered at once when they cannot run).
+
+use bytes::Bytes;
+
+use super::{Phase, Pool};
+use crate::job::{Job, SubmissionId};
+use crate::record::{ErrorKind, Record, RecordOutcome};
+use crate::{Input, SubmissionMsg};
+
+/// Frame overhead on top of an event's payload (variant, id, attempt, length varints).
+const TASK_OVERHEAD: usize = 32;
+
+impl Pool {
+    pub(super) fn on_submission(&mut self, msg: SubmissionMsg) {
+        match msg {
+            SubmissionMsg::Open {
+                id,
+                sink,
+                credits,
+                ordered,
+            } => {
+                tracing::debug!(submission = id, "submission opened");
+                self.submissions.open(id, sink, credits, ordered);
+            }
+            SubmissionMsg::Events { id, batch } => self.accept(id, batch),
+            SubmissionMsg::End { id } => self.submissions.end(id),
+        }
+    }
+
+    /// Accepts a batch of events: each is queued, or recorded at once if it cannot run (too
+    /// large for a frame, refused by its source, or the pool is stopping).
+    fn accept(&mut self, id: SubmissionId, batch: Vec<Input>) {
+        if !self.submissions.contains(id) {
+            return;
+        }
+        self.submissions.accepted(id, batch.len());
+        let running = self.phase == Phase::Running;
+        let limit = self.cfg.max_frame.saturating_sub(TASK_OVERHEAD);
+        let mut refused = Vec::new();
+        let mut jobs = Vec::with_capacity(batch.len());
+        for input in batch {
+            match input {
+                Input::Event { seq, payload } if running && payload.len() <= limit => {
+                    jobs.push(Job {
+                        id: self.next_job,
+                        submission: id,
+                        seq,
+                        payload,
+                        attempts: 0,
+                        charged: 0,
+                    });
+                    self.next_job += 1;
+                }
+                Input::Event { seq, payload } if running => {
+                    let why = format!(
+                        "event of {} bytes exceeds the frame limit of {} bytes",
+                        payload.len(),
+                        self.cfg.max_frame
+                    );
+                    refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
+                }
+                Input::Event { seq, payload } => {
+                    let why = "herd is stopping and takes no new events".to_string();
+                    refused.push((seq, ErrorKind::Shutdown, why, Some(payload)));
+                }
+                Input::Rejected { seq, reason } => {
+                    refused.push((seq, ErrorKind::Rejected, reason, None));
+                }
+            }
+        }
+        self.submissions.extend(id, jobs.into_iter());
+        for (seq, kind, message, input) in refused {
+            let len = input.as_ref().map_or(0, Bytes::len);
+            let record = Record {
+                seq,
+                attempts: 0,
+                outcome: RecordOutcome::Err { kind, message },
+                input,
+            };
+            self.emit(id, record, len);
+        }
+    }
+}

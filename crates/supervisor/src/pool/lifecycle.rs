@@ -1,0 +1,349 @@
+//! Worker lifecycles as the pool drives them: spawning, handshakes, results, link ends and
+//! exits go to the slot's state machine, and the effects it returns are carried out here.
+//! Scaling and rolling reloads too: they are decisions about which slots should have workers.
+
+use std::io;
+
+use tokio::net::unix::UCred;
+
+use super::{Phase, Pool};
+use crate::link::Link;
+use crate::msg::{Exited, FromLink, Outgoing, WorkerFrame};
+use crate::process;
+use crate::rendezvous::{self, Greeting};
+use crate::slot::{Cause, Done, Effect, Effects, State, WorkerId};
+use crate::PoolError;
+use herd_proto::PROTOCOL_VERSION;
+
+/// Consecutive failed starts on every slot, with no worker ever ready, that make the pool
+/// give up.
+const GIVE_UP_AFTER: u32 = 3;
+
+impl Pool {
+    /// Spawns a process into slot `i`.
+    pub(super) fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let token = rendezvous::random_hex(16)?;
+        let id = self.slots[i].next_id();
+        let spawned = process::spawn_worker(
+            &self.cfg,
+            id,
+            self.rundir.socket(),
+            &token,
+            &self.exited_tx,
+            self.guard.as_ref(),
+        )?;
+        self.slots[i].spawned(spawned.pid, token, self.now);
+        Ok(())
+    }
+
+    /// Carries out what a transition of slot `i` asked for.
+    pub(super) fn apply(&mut self, i: usize, effects: Effects) {
+        for effect in effects {
+            match effect {
+                Effect::Spawn => {
+                    if let Err(e) = self.spawn(i) {
+                        tracing::warn!(worker = i, program = self.cfg.program(), error = %e, "cannot spawn worker");
+                        let more = self.slots[i].spawn_failed(&e.to_string(), self.now);
+                        self.apply(i, more);
+                    }
+                }
+                Effect::Shutdown => {
+                    // A failed write means the worker is going down; its exit settles it.
+                    if let Some(link) = self.slots[i].link_mut() {
+                        link.send(&[Outgoing::Shutdown]);
+                    }
+                }
+                Effect::Kill(pid) => process::kill_group(pid),
+                Effect::Settle {
+                    inflight,
+                    kind,
+                    message,
+                } => self.settle_inflight(inflight, kind, &message),
+                Effect::StartFailed => self.maybe_give_up(i),
+                Effect::Replaced { reason, unexpected } => {
+                    *self.stats.restarts.entry(reason).or_default() += 1;
+                    if unexpected {
+                        self.summary.restarts += 1;
+                    } else {
+                        self.summary.recycled += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// No worker ever became ready and every slot failed to start repeatedly: the worker
+    /// program cannot work. Stop, and say why with what slot `i` printed.
+    fn maybe_give_up(&mut self, i: usize) {
+        if self.ever_ready || !self.slots.iter().all(|s| s.failures() >= GIVE_UP_AFTER) {
+            return;
+        }
+        let slot = &self.slots[i];
+        let err = PoolError::NeverReady {
+            program: self.cfg.program(),
+            attempts: self.slots.iter().map(|s| s.failures()).sum(),
+            reason: slot.last_failure.clone(),
+            stdout_tail: slot.stdout_tail.clone(),
+            stderr_tail: slot.stderr_tail.clone(),
+        };
+        // Returned from `run`: the caller reports it, once.
+        self.fatal.get_or_insert(err);
+        self.stop_fast("no worker could start");
+    }
+
+    /// The slot of the current process `id`, if `id` is not a dead predecessor.
+    fn current(&self, id: WorkerId) -> Option<usize> {
+        self.slots
+            .get(id.slot)
+            .is_some_and(|s| s.is_current(id))
+            .then_some(id.slot)
+    }
+
+    /// The starting slot whose spawned process `peer` is, or belongs to (a wrapper such as a
+    /// shell or an interpreter launcher may fork the real worker; it stays in the process
+    /// group herd created, whose id is the spawned pid).
+    fn starting_slot_of(&self, peer: Option<u32>) -> Option<usize> {
+        let peer = peer?;
+        let group = process::process_group_of(peer);
+        self.slots.iter().position(|s| {
+            matches!(s.state(), State::Starting { pid, .. } if *pid == peer || group == Some(*pid))
+        })
+    }
+
+    /// A connection that failed the handshake. If it came from one of our starting workers,
+    /// that worker failed to start, now: kill it and remember why. A stranger costs nothing.
+    pub(super) fn on_failed_handshake(&mut self, cred: &UCred, problem: &str) {
+        let peer = cred.pid().and_then(|p| u32::try_from(p).ok());
+        let Some(i) = self.starting_slot_of(peer) else {
+            tracing::warn!(
+                peer_pid = peer,
+                "handshake failed: {problem}; not one of our workers, ignored"
+            );
+            return;
+        };
+        let pid = self.slots[i].pid().unwrap_or(0);
+        tracing::warn!(worker = i, pid, "worker handshake failed: {problem}");
+        let why = format!("worker {i} (pid {pid}) failed its handshake: {problem}");
+        let effects = self.slots[i].kill(Cause::StartFailed(why));
+        self.apply(i, effects);
+    }
+
+    pub(super) fn on_greeting(&mut self, g: Greeting) {
+        let peer = g.cred.pid().and_then(|p| u32::try_from(p).ok());
+        let Some(i) = self.starting_slot_of(peer) else {
+            // Not a process herd started (e.g. one that read a worker's token from
+            // /proc/PID/environ): refused, and the worker whose token it presented is not
+            // touched.
+            tracing::warn!(
+                peer_pid = peer,
+                claimed_pid = g.pid,
+                "handshake from a process that is not a starting worker; connection refused"
+            );
+            return;
+        };
+        let pid = self.slots[i].pid().unwrap_or(0);
+        let problem = if self.slots[i].token() != Some(g.token.as_str()) {
+            Some("it presented the wrong token".to_string())
+        } else if g.protocol != PROTOCOL_VERSION {
+            Some(format!(
+                "it speaks protocol version {}, herd speaks {PROTOCOL_VERSION}",
+                g.protocol
+            ))
+        } else if g.cred.uid() != self.uid {
+            Some(format!(
+                "it runs as uid {}, herd as uid {}",
+                g.cred.uid(),
+                self.uid
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            tracing::error!(
+                worker = i,
+                pid,
+                claimed_pid = g.pid,
+                "worker handshake refused: {problem}"
+            );
+            let why = format!("worker {i} (pid {pid}) failed its handshake: {problem}");
+            let effects = self.slots[i].kill(Cause::StartFailed(why));
+            self.apply(i, effects);
+            return;
+        }
+        let link = Link::start(
+            self.slots[i].id(),
+            g.conn,
+            self.cfg.max_frame,
+            self.link_tx.clone(),
+        );
+        self.ever_ready = true;
+        let keep = self.keep(i);
+        let effects = self.slots[i].greeted(link, self.now, keep, &self.limits);
+        self.apply(i, effects);
+        if !keep {
+            return;
+        }
+        self.announce_ready();
+        if self.reload_queue.front() == Some(&i) {
+            self.reload_queue.pop_front();
+            self.reload_step();
+        }
+    }
+
+    pub(super) fn on_link(&mut self, msg: FromLink) {
+        match msg {
+            FromLink::Frame(id, frame) => self.on_frame(id, frame),
+            FromLink::Frames(id, frames) => {
+                for frame in frames {
+                    self.on_frame(id, frame);
+                }
+            }
+            FromLink::Closed { id, fault } => {
+                let Some(i) = self.current(id) else { return };
+                let keep = self.keep(i);
+                let effects = self.slots[i].on_link_lost(fault, self.now, keep, &self.limits);
+                self.apply(i, effects);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, id: WorkerId, frame: WorkerFrame) {
+        let Some(i) = self.current(id) else { return };
+        let (task, outcome) = match frame {
+            WorkerFrame::Done { id, outcome } => (id, outcome),
+            WorkerFrame::Heartbeat => return,
+            WorkerFrame::Hello => {
+                let effects = self.slots[i].kill(Cause::Protocol("second Hello".into()));
+                return self.apply(i, effects);
+            }
+        };
+        match self.slots[i].on_done(task, self.now, &self.limits) {
+            Done::Task {
+                running,
+                pid,
+                shutdown,
+            } => {
+                if shutdown {
+                    self.apply(i, vec![Effect::Shutdown]);
+                }
+                self.on_result(i, pid, running, outcome);
+            }
+            Done::NotHeld => {
+                let fault = format!("result for task {task}, which it does not hold");
+                let effects = self.slots[i].kill(Cause::Protocol(fault));
+                self.apply(i, effects);
+            }
+            Done::Ignored => {}
+        }
+    }
+
+    pub(super) fn on_exited(&mut self, exited: Exited) {
+        let Some(i) = self.current(exited.id) else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        if !exited.stdout_tail.is_empty() || !exited.stderr_tail.is_empty() {
+            slot.stdout_tail = exited.stdout_tail;
+            slot.stderr_tail = exited.stderr_tail;
+        }
+        let keep = self.keep(i);
+        let effects = self.slots[i].on_exit(exited.exit, self.now, keep, &self.limits);
+        self.apply(i, effects);
+    }
+
+    /// Logs `ready` once, when every slot first has a worker that completed its handshake.
+    fn announce_ready(&mut self) {
+        if self.announced_ready {
+            return;
+        }
+        let pids: Option<Vec<u32>> = self.slots[..self.target]
+            .iter()
+            .map(|s| s.is_ready().then(|| s.pid()).flatten())
+            .collect();
+        if let Some(pids) = pids {
+            self.announced_ready = true;
+            tracing::debug!(?pids, "all workers ready");
+            let _ = self.ready_tx.send(Some(pids));
+        }
+    }
+
+    /// Retires a ready worker gracefully (`max-rss`, `reload`, `scale-down`).
+    pub(super) fn recycle(&mut self, i: usize, reason: &'static str) {
+        let effects = self.slots[i].retire(reason, self.now, &self.limits);
+        self.apply(i, effects);
+    }
+
+    /// Grows or shrinks the pool to `n` workers. New slots start at once; surplus slots finish
+    /// their in-flight tasks, get the termination frame and stay empty.
+    pub(super) fn scale(&mut self, n: usize) {
+        let n = n.clamp(1, 4096);
+        if self.phase != Phase::Running || n == self.target {
+            return;
+        }
+        tracing::info!(from = self.target, to = n, "scaling");
+        let old = self.target;
+        self.target = n;
+        if n > old {
+            for i in old..n {
+                if i == self.slots.len() {
+                    self.slots.push(crate::slot::Slot::new(i));
+                }
+                // A slot still retiring from an earlier scale-down is replaced when it exits.
+                if self.slots[i].is_stopped() {
+                    self.apply(i, vec![Effect::Spawn]);
+                }
+            }
+        } else {
+            for i in n..old {
+                self.reload_queue.retain(|&r| r != i);
+                match self.slots[i].state() {
+                    State::Ready { .. } => self.recycle(i, "scale-down"),
+                    State::Starting { .. } | State::Backoff { .. } => {
+                        let effects = self.slots[i].kill(Cause::Stop);
+                        self.apply(i, effects);
+                    }
+                    // Ending anyway: with the slot past the target, it stays empty.
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Rolling restart of every worker, one slot at a time, so capacity never drops below
+    /// N-1. Each replacement is spawned from the command line again, so a new binary on disk
+    /// is picked up.
+    pub(super) fn reload(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        tracing::info!(
+            workers = self.target,
+            "reloading: rolling restart of every worker"
+        );
+        self.reload_queue = (0..self.target).collect();
+        self.reload_step();
+    }
+
+    /// Retires the worker of the slot at the head of the reload queue; the next slot follows
+    /// when its replacement is ready.
+    fn reload_step(&mut self) {
+        while let Some(&i) = self.reload_queue.front() {
+            match self.slots[i].state() {
+                State::Ready { .. } => {
+                    self.recycle(i, "reload");
+                    return;
+                }
+                // Mid-start or mid-drain: its readiness moves the reload on.
+                State::Starting { .. } | State::Retiring { .. } | State::Exiting { .. } => return,
+                // Already on its way to a fresh process; nothing to wait for.
+                State::Backoff { .. }
+                | State::Stopped
+                | State::Dying { .. }
+                | State::Exited { .. } => {
+                    self.reload_queue.pop_front();
+                }
+            }
+        }
+        tracing::info!("reload complete");
+    }
+}

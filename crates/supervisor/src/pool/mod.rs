@@ -1,0 +1,310 @@
+//! The pool: the one task that owns all supervisor state — the worker slots, the submissions
+//! with their queues and reorder buffers, the retries waiting out their delay, and the
+//! counters.
+//!
+//! Everything else (link readers, process watchers, the accept loop, the submitters and the
+//! caller's commands) talks to it through channels; it `select!`s over them with priority:
+//! commands, exits and handshakes and timers come before the flood of result frames and new
+//! events. Each concern has its own file:
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `mod.rs` | the state and the select loop |
+//! | `intake.rs` | submissions opening and ending, events accepted into their queues |
+//! | `dispatch.rs` | handing queued jobs to workers with room, round-robin |
+//! | `lifecycle.rs` | spawning, handshakes, results, exits and carrying out slot effects; scaling and reloading |
+//! | `settle.rs` | the exactly-one-record bookkeeping: every record leaves through it |
+//! | `stop.rs` | graceful and fast stops, and when the pool may exit |
+//! | `timers.rs` | every deadline: one place that arms them and one that fires them |
+//! | `status.rs` | snapshots for `herd status`, USR1 and metrics |
+//!
+//! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
+//! the effects its transitions return.
+
+mod dispatch;
+mod intake;
+mod lifecycle;
+mod settle;
+mod status;
+mod stop;
+mod timers;
+
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::PoolConfig;
+use crate::guard::Guard;
+use crate::link::Link;
+use crate::msg::{Exited, FromLink, Outgoing};
+use crate::policy::Jitter;
+use crate::rendezvous::{self, Arrival, RuntimeDir};
+use crate::slot::{Cause, Limits, Slot};
+use crate::status::Stats;
+use crate::submissions::Submissions;
+use crate::{Command, PoolError, SubmissionMsg, Summary};
+
+use settle::Retries;
+
+/// What woke the pool up.
+enum Wake {
+    Command(Option<Command>),
+    Exited(Exited),
+    Arrival(Arrival),
+    Tick,
+    Link(FromLink),
+    Submission(Option<SubmissionMsg>),
+}
+
+/// Whether the pool is still taking work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Intake closed; finishing what was accepted, until `deadline` (then a fast stop).
+    Draining {
+        deadline: Instant,
+    },
+    /// Termination frames sent or workers killed; waiting for every slot to stop.
+    Stopping,
+}
+
+pub(crate) struct Pool {
+    cfg: PoolConfig,
+    limits: Limits,
+    rundir: RuntimeDir,
+    slots: Vec<Slot<Link>>,
+    /// Slots that should have a worker (scaling changes it); slots at or past it are retired
+    /// once their process ends.
+    target: usize,
+    /// Where the round-robin resumes.
+    cursor: usize,
+    submissions: Submissions,
+    retries: Retries,
+    next_job: u64,
+    phase: Phase,
+    /// Some worker completed a handshake once: start failures no longer make the pool give up.
+    ever_ready: bool,
+    announced_ready: bool,
+    ready_tx: watch::Sender<Option<Vec<u32>>>,
+    /// Per-worker frames gathered by one dispatch (kept to reuse the allocation).
+    outgoing: Vec<Vec<Outgoing>>,
+    /// Slots still to be restarted by a rolling reload, in order.
+    reload_queue: std::collections::VecDeque<usize>,
+    next_rss_check: Instant,
+    /// The time of the current wake-up.
+    now: Instant,
+    /// Moving average of task durations (µs), for the automatic window.
+    task_ewma_us: f64,
+    task_samples: u32,
+    started: std::time::Instant,
+    fatal: Option<PoolError>,
+    summary: Summary,
+    stats: Stats,
+    jitter: Jitter,
+    uid: u32,
+    exited_tx: mpsc::UnboundedSender<Exited>,
+    link_tx: mpsc::UnboundedSender<FromLink>,
+    /// Cleans up after herd if herd is killed (see `guard`); none if it could not start.
+    guard: Option<Arc<Guard>>,
+}
+
+impl Pool {
+    /// Runs a pool until it is stopped (a [`Command::Stop`], or every handle dropped).
+    pub(crate) async fn run(
+        mut cfg: PoolConfig,
+        mut submissions: mpsc::UnboundedReceiver<SubmissionMsg>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        ready_tx: watch::Sender<Option<Vec<u32>>>,
+    ) -> Result<Summary, PoolError> {
+        cfg.workers = cfg.workers.max(1);
+        cfg.max_frame = cfg.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
+        if cfg.command.is_empty() {
+            return Err(PoolError::NoCommand);
+        }
+        let rundir =
+            RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
+        let listener = UnixListener::bind(rundir.socket()).map_err(PoolError::RuntimeDir)?;
+        let guard = match Guard::start(rundir.dir(), rundir.socket()) {
+            Ok(g) => Some(Arc::new(g)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the guard process; if herd is killed, what workers started may outlive it");
+                None
+            }
+        };
+        let (arrival_tx, mut arrival_rx) = mpsc::unbounded_channel();
+        tokio::spawn(rendezvous::accept_loop(
+            listener,
+            cfg.max_frame,
+            cfg.start_timeout,
+            arrival_tx,
+        ));
+        let (exited_tx, mut exited_rx) = mpsc::unbounded_channel();
+        let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+        let seed = rendezvous::random_hex(8)
+            .ok()
+            .and_then(|h| u64::from_str_radix(&h, 16).ok())
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        let credits = cfg.effective_queue();
+        let now = Instant::now();
+        let mut pool = Pool {
+            limits: Limits {
+                start_timeout: cfg.start_timeout,
+                timeout: cfg.timeout,
+                exit_timeout: cfg.exit_timeout,
+                max_tasks: cfg.max_tasks,
+            },
+            uid: nix::unistd::getuid().as_raw(),
+            target: cfg.workers,
+            slots: Vec::new(),
+            cfg,
+            rundir,
+            cursor: 0,
+            submissions: Submissions::new(credits),
+            retries: Retries::default(),
+            next_job: 0,
+            phase: Phase::Running,
+            ever_ready: false,
+            announced_ready: false,
+            ready_tx,
+            outgoing: Vec::new(),
+            reload_queue: std::collections::VecDeque::new(),
+            next_rss_check: now,
+            now,
+            task_ewma_us: 0.0,
+            task_samples: 0,
+            started: std::time::Instant::now(),
+            fatal: None,
+            summary: Summary::default(),
+            stats: Stats::default(),
+            jitter: Jitter::new(seed),
+            exited_tx,
+            link_tx,
+            guard,
+        };
+        for i in 0..pool.target {
+            pool.slots.push(Slot::new(i));
+            if let Err(source) = pool.spawn(i) {
+                // Nothing can work if the very first spawn fails (missing binary, no permission).
+                for k in 0..pool.slots.len() {
+                    let effects = pool.slots[k].kill(Cause::Stop);
+                    pool.apply(k, effects);
+                }
+                return Err(PoolError::Spawn {
+                    program: pool.cfg.program(),
+                    source,
+                });
+            }
+        }
+
+        let mut submissions_open = true;
+        let mut commands_open = true;
+        let mut sleep = pin!(tokio::time::sleep_until(far_future()));
+        let mut armed: Option<Instant> = None;
+
+        loop {
+            pool.now = Instant::now();
+            pool.maybe_stop();
+            if pool.finished() {
+                break;
+            }
+            let deadline = pool.next_deadline();
+            if deadline != armed {
+                sleep.as_mut().reset(deadline.unwrap_or_else(far_future));
+                armed = deadline;
+            }
+            let event = tokio::select! {
+                biased;
+                cmd = commands.recv(), if commands_open => Wake::Command(cmd),
+                Some(exited) = exited_rx.recv() => Wake::Exited(exited),
+                Some(arrival) = arrival_rx.recv() => Wake::Arrival(arrival),
+                () = &mut sleep, if armed.is_some() => Wake::Tick,
+                Some(msg) = link_rx.recv() => Wake::Link(msg),
+                msg = submissions.recv(), if submissions_open => Wake::Submission(msg),
+            };
+            // One clock read per wake-up serves every event handled in it.
+            pool.now = Instant::now();
+            match event {
+                Wake::Command(Some(cmd)) => pool.on_command(cmd),
+                Wake::Command(None) => commands_open = false,
+                Wake::Exited(exited) => pool.on_exited(exited),
+                Wake::Arrival(Arrival::Hello(greeting)) => pool.on_greeting(greeting),
+                Wake::Arrival(Arrival::Failed { cred, problem }) => {
+                    pool.on_failed_handshake(&cred, &problem)
+                }
+                Wake::Tick => {
+                    armed = None;
+                    pool.on_tick();
+                }
+                Wake::Link(msg) => {
+                    pool.on_link(msg);
+                    // Drain what else is ready before paying for another select.
+                    for _ in 0..64 {
+                        match link_rx.try_recv() {
+                            Ok(msg) => pool.on_link(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Submission(Some(msg)) => {
+                    pool.on_submission(msg);
+                    for _ in 0..64 {
+                        match submissions.try_recv() {
+                            Ok(msg) => pool.on_submission(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Submission(None) => {
+                    // No handle left: nobody can submit or stop us any more.
+                    submissions_open = false;
+                    if !commands_open {
+                        pool.begin_stop(false);
+                    }
+                }
+            }
+            pool.dispatch();
+            for id in pool.submissions.flush(pool.now, false) {
+                tracing::info!(
+                    submission = id,
+                    "submitter went away; its queued events are dropped"
+                );
+            }
+        }
+        pool.submissions.flush(Instant::now(), true);
+        tracing::debug!(socket = %pool.rundir.socket().display(), "pool stopped");
+        match pool.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(pool.summary.clone()),
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Stop { fast } => self.begin_stop(fast),
+            Command::Scale(n) => self.scale(n),
+            Command::ScaleBy(delta) => {
+                let n = (self.target as i64 + delta).max(1) as usize;
+                self.scale(n);
+            }
+            Command::Reload => self.reload(),
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::LogStatus => self.log_status(),
+        }
+    }
+
+    /// Whether slot `i` should have a worker: the pool is not stopping and the slot is within
+    /// the scaling target.
+    fn keep(&self, i: usize) -> bool {
+        self.phase != Phase::Stopping && i < self.target
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,228 @@
+//! The exactly-one-record bookkeeping. Every accepted event leaves the pool as exactly one
+//! record, and every record leaves through [`Pool::emit`]. A job is always in exactly one
+//! place: its submission's queue, the retries waiting out their delay, or a worker's in-flight
+//! list; each path out of those places ends here, in a record or back in a queue. The
+//! submissions count what is still owed, and the pool may not exit before that count is zero
+//! (see `stop.rs`).
+//!
+//! # Suspects and bystanders
+//! A worker runs its tasks one at a time in the order sent, so when it dies or stalls the task
+//! at the head of its in-flight queue is the suspect: that one is charged an attempt against
+//! `retries`. The others it held were only waiting; they are re-queued without charge.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{Phase, Pool};
+use crate::job::{Job, Running, SubmissionId};
+use crate::policy;
+use crate::record::{ErrorKind, Record, RecordOutcome};
+
+/// Jobs waiting out a retry delay.
+#[derive(Debug, Default)]
+pub(super) struct Retries {
+    waiting: Vec<(Instant, Job)>,
+}
+
+impl Retries {
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// When the next one is due.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.waiting.iter().map(|(t, _)| *t).min()
+    }
+
+    /// The jobs due at `now`, oldest first.
+    pub fn due(&mut self, now: Instant) -> Vec<Job> {
+        if self.deadline().is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        let (due, later) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.waiting = later;
+        due.into_iter().map(|(_, j)| j).collect()
+    }
+
+    pub fn take_all(&mut self) -> Vec<Job> {
+        self.waiting.drain(..).map(|(_, j)| j).collect()
+    }
+}
+
+impl Pool {
+    /// The one exit of an event from the pool. `input_len` is its payload's length (what its
+    /// submitter was charged).
+    pub(super) fn emit(&mut self, submission: SubmissionId, record: Record, input_len: usize) {
+        match record.error_kind() {
+            None => self.summary.ok += 1,
+            Some(kind) => *self.summary.errors.entry(kind.as_str()).or_default() += 1,
+        }
+        self.submissions.emit(submission, record, input_len);
+    }
+
+    /// An error record for `job`, which carries its payload (for `--failed` files).
+    pub(super) fn fail(&mut self, job: Job, kind: ErrorKind, message: String) {
+        let len = job.payload.len();
+        let record = Record {
+            seq: job.seq,
+            attempts: job.attempts,
+            outcome: RecordOutcome::Err { kind, message },
+            input: Some(job.payload),
+        };
+        self.emit(job.submission, record, len);
+    }
+
+    /// Puts a job back at the front of its submission's queue, unless the pool is stopping
+    /// (then nothing will run it: it gets its `shutdown` record now).
+    pub(super) fn requeue(&mut self, job: Job) {
+        if self.phase == Phase::Stopping {
+            let message = "herd stopped before the event could run".to_string();
+            return self.fail(job, ErrorKind::Shutdown, message);
+        }
+        self.submissions.push_front(job);
+    }
+
+    /// Retries a job after `delay` (a retryable failure), unless the pool is stopping.
+    fn retry_later(&mut self, job: Job, delay: Duration) {
+        if self.phase == Phase::Stopping {
+            let message = "herd stopped before the event could be retried".to_string();
+            return self.fail(job, ErrorKind::Shutdown, message);
+        }
+        self.retries.waiting.push((self.now + delay, job));
+    }
+
+    /// Retries whose delay is over go back to the front of their queues.
+    pub(super) fn retries_due(&mut self) {
+        for job in self.retries.due(self.now).into_iter().rev() {
+            self.requeue(job);
+        }
+    }
+
+    /// Records every queued or delayed job as `shutdown`.
+    pub(super) fn fail_waiting(&mut self, message: &str) {
+        let mut jobs = self.submissions.take_all();
+        jobs.extend(self.retries.take_all());
+        for job in jobs {
+            self.fail(job, ErrorKind::Shutdown, message.to_string());
+        }
+    }
+
+    /// A worker answered a task: a record, or a retry after a retryable error.
+    pub(super) fn on_result(
+        &mut self,
+        worker: usize,
+        pid: u32,
+        running: Running,
+        outcome: Result<Bytes, (bool, String)>,
+    ) {
+        let micros = self
+            .now
+            .saturating_duration_since(running.started)
+            .as_micros() as u64;
+        self.task_ewma_us = if self.task_samples == 0 {
+            micros as f64
+        } else {
+            policy::ewma(self.task_ewma_us, micros as f64)
+        };
+        self.task_samples = self.task_samples.saturating_add(1);
+        self.stats.durations.observe(micros);
+        let mut job = running.job;
+        match outcome {
+            Ok(output) => {
+                let len = job.payload.len();
+                let record = Record {
+                    seq: job.seq,
+                    attempts: job.attempts,
+                    outcome: RecordOutcome::Ok {
+                        output,
+                        worker,
+                        pid,
+                        micros,
+                    },
+                    input: None,
+                };
+                self.emit(job.submission, record, len);
+            }
+            Err((retryable, message)) => {
+                job.charged += 1;
+                if retryable && job.charged <= self.cfg.retries {
+                    self.stats.retries += 1;
+                    let delay = policy::retry_delay(
+                        self.cfg.retry_backoff,
+                        job.charged,
+                        self.jitter.next_f64(),
+                    );
+                    tracing::debug!(
+                        seq = job.seq,
+                        attempt = job.attempts,
+                        delay_ms = delay.as_millis() as u64,
+                        "retryable failure; will retry"
+                    );
+                    self.retry_later(job, delay);
+                } else {
+                    self.fail(job, ErrorKind::Failed, message);
+                }
+            }
+        }
+    }
+
+    /// Work a dead worker held: the suspect is charged, bystanders go back uncharged. For a
+    /// stop (`Shutdown`) everything is recorded at once.
+    pub(super) fn settle_inflight(
+        &mut self,
+        inflight: VecDeque<Running>,
+        kind: ErrorKind,
+        message: &str,
+    ) {
+        let mut back = Vec::with_capacity(inflight.len());
+        for (k, running) in inflight.into_iter().enumerate() {
+            let mut job = running.job;
+            if kind == ErrorKind::Shutdown {
+                self.fail(job, kind, message.to_string());
+                continue;
+            }
+            if k == 0 {
+                job.charged += 1;
+                if job.charged > self.cfg.retries {
+                    self.fail(job, kind, message.to_string());
+                    continue;
+                }
+                self.stats.retries += 1;
+                tracing::debug!(
+                    seq = job.seq,
+                    attempt = job.attempts,
+                    "re-dispatching after {kind}"
+                );
+            } else {
+                // It was only queued in the worker, never started: that dispatch was no attempt.
+                job.attempts = job.attempts.saturating_sub(1);
+            }
+            back.push(job);
+        }
+        for job in back.into_iter().rev() {
+            self.requeue(job);
+        }
+    }
+
+    /// The final check before the pool may exit: nothing may be owed a record. Anything still
+    /// waiting is recorded as `shutdown` (no worker is left to run it); an event that is owed
+    /// a record but is nowhere would be a bug, and is reported as one rather than passed over.
+    pub(super) fn account_for_everything(&mut self) {
+        self.fail_waiting("herd stopped before the event could run");
+        let owed = self.submissions.unanswered();
+        if owed > 0 {
+            let err = crate::PoolError::Internal(format!("{owed} accepted events have no record"));
+            tracing::error!(unanswered = owed, "{err}");
+            self.fatal.get_or_insert(err);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What the pool tells about itself: the snapshot for `herd status`, `/metrics` and USR1.
+
+use super::{Phase, Pool};
+use crate::process;
+use crate::record::ErrorKind;
+use crate::status::{Status, WorkerStatus};
+
+impl Pool {
+    pub(super) fn status(&self) -> Status {
+        let workers: Vec<WorkerStatus> = self
+            .slots
+            .iter()
+            // A slot past the target with no process is gone, not stopped.
+            .filter(|s| !(s.index >= self.target && s.is_stopped()))
+            .map(|s| WorkerStatus {
+                index: s.index,
+                pid: s.pid(),
+                state: s.state().name(),
+                tasks: s.total_tasks,
+                restarts: s.restarts,
+                inflight: s.inflight_len(),
+                rss: s.pid().and_then(process::rss_bytes),
+            })
+            .collect();
+        let mut totals: std::collections::BTreeMap<&'static str, u64> =
+            ErrorKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+        totals.insert("ok", self.summary.ok);
+        for (k, v) in &self.summary.errors {
+            totals.insert(k, *v);
+        }
+        Status {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            target_workers: self.target,
+            workers,
+            queued: self.submissions.queued() + self.retries.len(),
+            inflight: self.slots.iter().map(|s| s.inflight_len()).sum(),
+            submissions: self.submissions.len(),
+            totals,
+            retries: self.stats.retries,
+            restarts: self.stats.restarts.clone(),
+            durations: self.stats.durations.clone(),
+            phase: match self.phase {
+                Phase::Running => "running",
+                Phase::Draining { .. } => "draining",
+                Phase::Stopping => "stopping",
+            },
+        }
+    }
+
+    /// USR1: the state of every worker, one log line each.
+    pub(super) fn log_status(&self) {
+        let st = self.status();
+        tracing::info!(
+            workers = st.workers.len(),
+            queued = st.queued,
+            inflight = st.inflight,
+            submissions = st.submissions,
+            ok = st.totals.get("ok").copied().unwrap_or(0),
+            retries = st.retries,
+            restarts = ?st.restarts,
+            "status"
+        );
+        for w in &st.workers {
+            tracing::info!(
+                worker = w.index,
+                pid = w.pid,
+                state = w.state,
+                tasks = w.tasks,
+                inflight = w.inflight,
+                restarts = w.restarts,
+                rss = w.rss,
+                "worker status"
+            );
+        }
+    }
+}
