@@ -40,6 +40,7 @@ pub mod record;
 mod rendezvous;
 mod slot;
 pub mod status;
+mod submission;
 mod submissions;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,9 @@ pub use job::SubmissionId;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
 pub use status::{Status, WorkerStatus};
+pub use submission::{
+    run_one, Delivered, EventSender, PoolGone, Records, Sink, Source, Submission, SubmissionError,
+};
 
 /// One item from an event source.
 #[derive(Debug, Clone)]
@@ -289,132 +293,3 @@ impl PoolHandle {
     }
 }
 
-/// One stream of events into a pool and its records back.
-#[derive(Debug)]
-pub struct Submission {
-    pub sender: EventSender,
-    pub records: Records,
-}
-
-/// The sending half of a submission. Each event takes credits (one event, and its payload's
-/// bytes), which come back when its record is delivered: at most `queue` events and about
-/// `queue_bytes` bytes of a submission are in the pool at once, which is the back-pressure.
-/// Dropping it (or [`EventSender::end`]) ends the submission.
-#[derive(Debug)]
-pub struct EventSender {
-    id: SubmissionId,
-    submissions: mpsc::UnboundedSender<SubmissionMsg>,
-    credits: Arc<Credits>,
-    max_batch: usize,
-}
-
-/// The pool has stopped.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the pool has stopped")]
-pub struct PoolGone;
-
-impl EventSender {
-    /// Largest batch [`EventSender::send`] accepts (the credit limit).
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
-    }
-
-    /// Sends a batch of events, waiting for credits first (in parts, if the batch is larger
-    /// than what the submission may hold at once).
-    ///
-    /// # Errors
-    /// [`PoolGone`] if the pool has stopped.
-    pub async fn send(&self, mut batch: Vec<Input>) -> Result<(), PoolGone> {
-        while !batch.is_empty() {
-            // The longest prefix within both budgets, and at least one event.
-            let mut bytes = 0usize;
-            let mut n = 0;
-            for input in batch.iter().take(self.max_batch) {
-                let charge = self.credits.input_charge(input.len());
-                if n > 0 && bytes + charge > self.credits.byte_limit {
-                    break;
-                }
-                bytes += charge;
-                n += 1;
-            }
-            let rest = batch.split_off(n);
-            // Both are bounded by their semaphore's size, far below u32::MAX.
-            let events = u32::try_from(n).unwrap_or(u32::MAX);
-            let byte_permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-            self.credits
-                .events
-                .acquire_many(events)
-                .await
-                .map_err(|_| PoolGone)?
-                .forget();
-            self.credits
-                .bytes
-                .acquire_many(byte_permits)
-                .await
-                .map_err(|_| PoolGone)?
-                .forget();
-            self.submissions
-                .send(SubmissionMsg::Events { id: self.id, batch })
-                .map_err(|_| PoolGone)?;
-            batch = rest;
-        }
-        Ok(())
-    }
-
-    /// Blocking [`EventSender::send`], for plain threads (not inside an async runtime).
-    ///
-    /// # Errors
-    /// [`PoolGone`] if the pool has stopped.
-    pub fn blocking_send(&self, batch: Vec<Input>) -> Result<(), PoolGone> {
-        futures_executor::block_on(self.send(batch))
-    }
-
-    /// Ends the submission: the records channel closes once every record is delivered.
-    pub fn end(self) {}
-}
-
-impl Drop for EventSender {
-    fn drop(&mut self) {
-        let _ = self.submissions.send(SubmissionMsg::End { id: self.id });
-    }
-}
-
-/// The receiving half of a submission. Its batches hold their records' credits until they
-/// are dropped: drop each one only after its records are written out.
-#[derive(Debug)]
-pub struct Records {
-    rx: mpsc::UnboundedReceiver<Outbox>,
-    credits: Arc<Credits>,
-}
-
-impl Records {
-    fn batch(&self, out: Outbox) -> RecordBatch {
-        RecordBatch::new(out.records, out.bytes, self.credits.clone())
-    }
-
-    /// The next batch of records; `None` once every record of an ended submission has come
-    /// (or the pool stopped).
-    pub async fn recv(&mut self) -> Option<RecordBatch> {
-        let out = self.rx.recv().await?;
-        Some(self.batch(out))
-    }
-
-    /// Blocking [`Records::recv`], for plain threads.
-    pub fn blocking_recv(&mut self) -> Option<RecordBatch> {
-        let out = self.rx.blocking_recv()?;
-        Some(self.batch(out))
-    }
-
-    /// A batch if one is ready now.
-    pub fn try_recv(&mut self) -> Option<RecordBatch> {
-        let out = self.rx.try_recv().ok()?;
-        Some(self.batch(out))
-    }
-}
-
-impl Drop for Records {
-    /// Nobody reads records any more: a sender waiting for credits must not wait forever.
-    fn drop(&mut self) {
-        self.credits.close();
-    }
-}

@@ -182,3 +182,42 @@ mod tests {
         }
     }
 }
+
+/// The lines of a byte stream as a [`crate::Source`]. The stream is read on a thread of its
+/// own (a terminal or a pipe may block for good), two batches ahead at most.
+#[derive(Debug)]
+pub struct LineSource {
+    rx: tokio::sync::mpsc::Receiver<Vec<Input>>,
+    reader: Option<std::thread::JoinHandle<io::Result<u64>>>,
+}
+
+impl LineSource {
+    /// Starts reading `input`; lines longer than `max_line` become `Rejected`.
+    ///
+    /// # Errors
+    /// The thread could not be started.
+    pub fn spawn<R: Read + Send + 'static>(input: R, max_line: usize) -> io::Result<Self> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let reader = std::thread::Builder::new()
+            .name("herd-input".into())
+            .spawn(move || read_lines(input, max_line, BATCH_EVENTS, |b| tx.blocking_send(b).is_ok()))?;
+        Ok(Self {
+            rx,
+            reader: Some(reader),
+        })
+    }
+}
+
+impl crate::Source for LineSource {
+    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
+        if let Some(batch) = self.rx.recv().await {
+            return Ok(Some(batch));
+        }
+        // The reader has returned (its sender is gone): how did it end?
+        match self.reader.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(io::Error::other("the input thread panicked")),
+            _ => Ok(None),
+        }
+    }
+}

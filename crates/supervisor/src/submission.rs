@@ -1,0 +1,315 @@
+//! One stream of events into a pool and its records back — the seam between the pool and
+//! where events come from and records go.
+//!
+//! A [`Source`] yields numbered events; a [`Sink`] takes their records. Today's sources are a
+//! byte stream of lines (`herd run`'s stdin or file, see [`crate::lines::LineSource`]) and a
+//! control-socket client (`herd submit`); the next (a broker consumer, which must publish each
+//! record and then acknowledge its message) is one more pair of implementations, with no
+//! change to the pool. [`Submission::run`] drives a pair to the end, and [`run_one`] runs a
+//! whole pool for one pair, stopping it once the source has ended and every record is out.
+//!
+//! Back-pressure is credits: each event takes credits for one event and for its bytes, and a
+//! record's credits come back only when the sink has delivered it (dropped its
+//! [`RecordBatch`]). A sink that holds records back — until an acknowledgement, or because its
+//! reader is slow — holds back its own source and nothing else.
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::credits::{Credits, Outbox};
+use crate::job::SubmissionId;
+use crate::{Command, Input, PoolError, PoolHandle, RecordBatch, SubmissionMsg, Summary};
+
+/// One stream of events into a pool and its records back.
+#[derive(Debug)]
+pub struct Submission {
+    pub sender: EventSender,
+    pub records: Records,
+}
+
+/// The sending half of a submission. Each event takes credits (one event, and its payload's
+/// bytes), which come back when its record is delivered: at most `queue` events and about
+/// `queue_bytes` bytes of a submission are in the pool at once, which is the back-pressure.
+/// Dropping it (or [`EventSender::end`]) ends the submission.
+#[derive(Debug)]
+pub struct EventSender {
+    pub(crate) id: SubmissionId,
+    pub(crate) submissions: mpsc::UnboundedSender<SubmissionMsg>,
+    pub(crate) credits: Arc<Credits>,
+    pub(crate) max_batch: usize,
+}
+
+/// The pool has stopped.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the pool has stopped")]
+pub struct PoolGone;
+
+impl EventSender {
+    /// Largest batch [`EventSender::send`] accepts (the credit limit).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Sends a batch of events, waiting for credits first (in parts, if the batch is larger
+    /// than what the submission may hold at once).
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub async fn send(&self, mut batch: Vec<Input>) -> Result<(), PoolGone> {
+        while !batch.is_empty() {
+            // The longest prefix within both budgets, and at least one event.
+            let mut bytes = 0usize;
+            let mut n = 0;
+            for input in batch.iter().take(self.max_batch) {
+                let charge = self.credits.input_charge(input.len());
+                if n > 0 && bytes + charge > self.credits.byte_limit {
+                    break;
+                }
+                bytes += charge;
+                n += 1;
+            }
+            let rest = batch.split_off(n);
+            // Both are bounded by their semaphore's size, far below u32::MAX.
+            let events = u32::try_from(n).unwrap_or(u32::MAX);
+            let byte_permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+            self.credits
+                .events
+                .acquire_many(events)
+                .await
+                .map_err(|_| PoolGone)?
+                .forget();
+            self.credits
+                .bytes
+                .acquire_many(byte_permits)
+                .await
+                .map_err(|_| PoolGone)?
+                .forget();
+            self.submissions
+                .send(SubmissionMsg::Events { id: self.id, batch })
+                .map_err(|_| PoolGone)?;
+            batch = rest;
+        }
+        Ok(())
+    }
+
+    /// Blocking [`EventSender::send`], for plain threads (not inside an async runtime).
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub fn blocking_send(&self, batch: Vec<Input>) -> Result<(), PoolGone> {
+        futures_executor::block_on(self.send(batch))
+    }
+
+    /// Ends the submission: the records channel closes once every record is delivered.
+    pub fn end(self) {}
+}
+
+impl Drop for EventSender {
+    fn drop(&mut self) {
+        let _ = self.submissions.send(SubmissionMsg::End { id: self.id });
+    }
+}
+
+/// The receiving half of a submission. Its batches hold their records' credits until they
+/// are dropped: drop each one only after its records are written out.
+#[derive(Debug)]
+pub struct Records {
+    pub(crate) rx: mpsc::UnboundedReceiver<Outbox>,
+    pub(crate) credits: Arc<Credits>,
+}
+
+impl Records {
+    fn batch(&self, out: Outbox) -> RecordBatch {
+        RecordBatch::new(out.records, out.bytes, self.credits.clone())
+    }
+
+    /// The next batch of records; `None` once every record of an ended submission has come
+    /// (or the pool stopped).
+    pub async fn recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.recv().await?;
+        Some(self.batch(out))
+    }
+
+    /// Blocking [`Records::recv`], for plain threads.
+    pub fn blocking_recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.blocking_recv()?;
+        Some(self.batch(out))
+    }
+
+    /// A batch if one is ready now.
+    pub fn try_recv(&mut self) -> Option<RecordBatch> {
+        let out = self.rx.try_recv().ok()?;
+        Some(self.batch(out))
+    }
+}
+
+impl Drop for Records {
+    /// Nobody reads records any more: a sender waiting for credits must not wait forever.
+    fn drop(&mut self) {
+        self.credits.close();
+    }
+}
+
+/// Where a submission's events come from.
+pub trait Source: Send {
+    /// The next batch of events, numbered by the source (`seq`, from 0); `Ok(None)` at the
+    /// end. An error also ends the source; the events already sent still get their records.
+    fn next_batch(&mut self) -> impl Future<Output = io::Result<Option<Vec<Input>>>> + Send;
+}
+
+/// Where a submission's records go.
+pub trait Sink: Send {
+    /// Delivers a batch of records. Their credits go back to the submission when `batch` is
+    /// dropped: a sink that must hold records (until an acknowledgement) keeps the batch.
+    fn deliver(&mut self, batch: RecordBatch) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Every record has been delivered (flush, acknowledge the end).
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// What a finished [`Submission::run`] moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Events taken from the source and sent to the pool.
+    pub events: u64,
+    /// Records delivered to the sink.
+    pub records: u64,
+    /// The source reached its end (rather than the pool stopping first).
+    pub source_ended: bool,
+}
+
+/// Why a submission did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmissionError {
+    /// The source failed; every event it had yielded still got its record.
+    #[error("reading events failed")]
+    Source(#[source] io::Error, Delivered),
+    /// The sink failed; records were lost with it.
+    #[error("delivering records failed")]
+    Sink(#[source] io::Error),
+}
+
+impl Submission {
+    /// Runs this submission to its end: events from `source` until it ends, records to `sink`
+    /// until every event sent has one (or the pool stopped). Reading and delivering run
+    /// concurrently, so neither waits on the other; credits bound what is in between.
+    ///
+    /// # Errors
+    /// [`SubmissionError::Sink`] at once when the sink fails; [`SubmissionError::Source`]
+    /// once every record of the events sent before the source failed is delivered.
+    pub async fn run<S: Source, K: Sink>(
+        self,
+        mut source: S,
+        mut sink: K,
+    ) -> Result<Delivered, SubmissionError> {
+        let Submission {
+            sender,
+            mut records,
+        } = self;
+        let feed = async move {
+            let mut events = 0u64;
+            let end = loop {
+                match source.next_batch().await {
+                    Ok(Some(batch)) => {
+                        let n = batch.len() as u64;
+                        if sender.send(batch).await.is_err() {
+                            break Ok(false); // the pool stopped
+                        }
+                        events += n;
+                    }
+                    Ok(None) => break Ok(true),
+                    Err(e) => break Err(e),
+                }
+            };
+            // Dropping the sender ends the submission: its channel closes after the last record.
+            drop(sender);
+            (events, end)
+        };
+        let deliver = async move {
+            let mut n = 0u64;
+            while let Some(batch) = records.recv().await {
+                n += batch.len() as u64;
+                sink.deliver(batch).await?;
+            }
+            sink.finish().await?;
+            Ok::<u64, io::Error>(n)
+        };
+        let mut feed = pin!(feed);
+        let mut deliver = pin!(deliver);
+        let mut fed = None;
+        loop {
+            tokio::select! {
+                r = &mut feed, if fed.is_none() => fed = Some(r),
+                r = &mut deliver => {
+                    let records = r.map_err(SubmissionError::Sink)?;
+                    // Delivery ends after the feed, unless the pool stopped first (then the
+                    // source may be blocked for good: it is not waited for).
+                    let (events, end) = fed.unwrap_or((records, Ok(false)));
+                    let mut done = Delivered { events, records, source_ended: false };
+                    return match end {
+                        Ok(ended) => {
+                            done.source_ended = ended;
+                            Ok(done)
+                        }
+                        Err(e) => Err(SubmissionError::Source(e, done)),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Runs `pool` (the future from [`crate::pool`]) with one submission from `source` to `sink`,
+/// and stops it once the source has ended and every record is delivered: gracefully, or at
+/// once if the sink failed. The pool runs on the calling thread (in a current-thread runtime:
+/// workers' parent-death signal is tied to the thread that spawns them); the submission on a
+/// thread of its own, so a sink may block.
+///
+/// # Errors
+/// The pool's error if it could not work, else the submission's.
+pub fn run_one<S, K>(
+    handle: PoolHandle,
+    pool: impl Future<Output = Result<Summary, PoolError>>,
+    ordered: bool,
+    source: S,
+    sink: K,
+) -> Result<(Summary, Result<Delivered, SubmissionError>), PoolError>
+where
+    S: Source + 'static,
+    K: Sink + 'static,
+{
+    let submission = handle.submit(ordered);
+    let stopper = handle.clone();
+    drop(handle);
+    let driver = std::thread::Builder::new()
+        .name("herd-submission".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| SubmissionError::Sink(io::Error::other(e)))?;
+            let result = runtime.block_on(submission.run(source, sink));
+            // Every record is out (or can no longer be delivered): the pool's job is done.
+            stopper.command(Command::Stop {
+                fast: matches!(result, Err(SubmissionError::Sink(_))),
+            });
+            result
+        })
+        .map_err(PoolError::RuntimeDir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PoolError::Internal(format!("cannot start the runtime: {e}")))?;
+    let summary = runtime.block_on(pool);
+    drop(runtime);
+    let delivered = driver
+        .join()
+        .map_err(|_| PoolError::Internal("the submission thread panicked".into()))?;
+    Ok((summary?, delivered))
+}
