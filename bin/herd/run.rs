@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use herd_supervisor::{Command, RecordWriter, Records, Submission};
+use std::sync::Arc;
+
+use herd_supervisor::lines::LineSource;
+use herd_supervisor::{Input, RecordBatch, RecordWriter, Sink, Source, SubmissionError};
 
 use crate::progress::{InputCount, Progress};
 use crate::{signals, PoolArgs};
@@ -54,123 +57,117 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let ordered = cfg.ordered;
     let max_line = cfg.max_frame.saturating_sub(32);
+    let source = CountedLines {
+        lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
+        count: input_count,
+        max_line,
+    };
+    let sink = RecordSink {
+        suspend: records_on_terminal && progress.is_shown(),
+        writer: RecordWriter::new(output),
+        failed,
+        progress,
+    };
     let (pool, run_pool) = herd_supervisor::pool(cfg);
-    let Submission { sender, records } = pool.submit(ordered);
     signals::forward(pool.clone(), false)?;
-
-    let reader = std::thread::Builder::new()
-        .name("herd-input".into())
-        .spawn(move || {
-            let max_batch = sender.max_batch();
-            let read = herd_supervisor::lines::read_lines(input, max_line, max_batch, |batch| {
-                let Some(count) = &input_count else {
-                    return sender.blocking_send(batch).is_ok();
-                };
-                let tally = InputCount::tally(&batch, max_line);
-                let sent = sender.blocking_send(batch).is_ok();
-                if sent {
-                    count.sent(tally);
-                }
-                sent
-            });
-            if let Some(count) = &input_count {
-                count.finish();
-            }
-            read
-        })
-        .context("cannot start the input thread")?;
-    let stopper = pool.clone();
-    let writer = std::thread::Builder::new()
-        .name("herd-output".into())
-        .spawn(move || {
-            let written = write_records(output, failed, records, progress, records_on_terminal);
-            // Every record is out (or the output failed): the pool's job is done.
-            stopper.command(Command::Stop {
-                fast: written.is_err(),
-            });
-            written
-        })
-        .context("cannot start the output thread")?;
-    drop(pool);
-
-    // One thread runs the pool: workers' parent-death signal is tied to the spawning thread,
-    // and this one lives as long as the process.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let started = std::time::Instant::now();
-    let result = runtime.block_on(run_pool);
-    drop(runtime);
-
-    let summary = result?;
-    let written = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
-    written.context("cannot write records")?;
+    // The library stops the pool once the input has ended and every record is written.
+    let (summary, delivered) = herd_supervisor::run_one(pool, run_pool, ordered, source, sink)?;
     crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
-    // After a stop the reader may still be blocked reading a terminal or pipe: don't wait.
-    if reader.is_finished() {
-        match reader.join() {
-            Ok(Ok(_)) => {}
-            // Every event read got its record, but the input was not read to its end.
-            Ok(Err(e)) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read input {}", args.input.display()))
-            }
-            Err(_) => anyhow::bail!("input thread panicked"),
+    match delivered {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // Every event read got its record, but the input was not read to its end.
+        Err(SubmissionError::Source(e, _)) => {
+            Err(e).with_context(|| format!("cannot read input {}", args.input.display()))
         }
+        Err(SubmissionError::Sink(e)) => Err(e).context("cannot write records"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-/// Writes record batches as JSON lines, and the inputs of failed events to `failed`; flushes
-/// whenever it has caught up. Counts them on the progress bar, which it clears at the end;
-/// with `on_terminal` (records go to the terminal the bar is on) it writes with the bar
-/// suspended.
-fn write_records(
-    out: Box<dyn Write + Send>,
-    mut failed: Option<Box<dyn Write + Send>>,
-    mut records: Records,
-    mut progress: Progress,
-    on_terminal: bool,
-) -> io::Result<()> {
-    let suspend = on_terminal && progress.is_shown();
-    let mut w = RecordWriter::new(out);
-    let written = (|| {
-        while let Some(first) = records.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(batch) = next.take() {
-                if suspend {
-                    progress.suspend(|| w.write(&batch))?;
-                } else {
-                    w.write(&batch)?;
-                }
-                if let Some(f) = failed.as_mut() {
-                    let inputs = batch
-                        .iter()
-                        .filter(|r| !r.is_ok())
-                        .filter_map(|r| r.input.as_ref());
-                    for input in inputs {
-                        f.write_all(input)?;
-                        f.write_all(b"\n")?;
-                    }
-                }
-                progress.written(&batch);
-                next = records.try_recv();
-            }
-            if suspend {
-                progress.suspend(|| w.flush())?;
-            } else {
-                w.flush()?;
-            }
-            if let Some(f) = failed.as_mut() {
-                f.flush()?;
+/// The input's lines, counted for the progress bar as they go into the pool.
+struct CountedLines {
+    lines: LineSource,
+    count: Option<Arc<InputCount>>,
+    max_line: usize,
+}
+
+impl Source for CountedLines {
+    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
+        let batch = self.lines.next_batch().await;
+        if let Some(count) = &self.count {
+            match &batch {
+                Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),
+                _ => count.finish(),
             }
         }
+        batch
+    }
+}
+
+/// Records as JSON lines, and the inputs of failed events to `failed`; flushed whenever the
+/// pool has nothing more ready. Counts them on the progress bar; with `suspend` (records go to
+/// the terminal the bar is on) writes with the bar out of the way. It runs on a thread of its
+/// own, so its writes may block.
+struct RecordSink {
+    writer: RecordWriter<Box<dyn Write + Send>>,
+    failed: Option<Box<dyn Write + Send>>,
+    progress: Progress,
+    suspend: bool,
+}
+
+impl RecordSink {
+    fn write(&mut self, batch: &[herd_supervisor::Record]) -> io::Result<()> {
+        if self.suspend {
+            let (progress, writer) = (&self.progress, &mut self.writer);
+            progress.suspend(|| writer.write(batch))?;
+        } else {
+            self.writer.write(batch)?;
+        }
+        if let Some(f) = self.failed.as_mut() {
+            let inputs = batch
+                .iter()
+                .filter(|r| !r.is_ok())
+                .filter_map(|r| r.input.as_ref());
+            for input in inputs {
+                f.write_all(input)?;
+                f.write_all(b"\n")?;
+            }
+        }
+        self.progress.written(batch);
         Ok(())
-    })();
-    // Off the screen before the pool's shutdown logs.
-    progress.clear();
-    written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.suspend {
+            let (progress, writer) = (&self.progress, &mut self.writer);
+            progress.suspend(|| writer.flush())?;
+        } else {
+            self.writer.flush()?;
+        }
+        if let Some(f) = self.failed.as_mut() {
+            f.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for RecordSink {
+    async fn deliver(&mut self, batch: RecordBatch) -> io::Result<()> {
+        let written = self.write(&batch);
+        if written.is_err() {
+            // Off the screen before the pool's shutdown logs.
+            self.progress.clear();
+        }
+        written
+    }
+
+    async fn caught_up(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        let flushed = self.flush();
+        self.progress.clear();
+        flushed
+    }
 }

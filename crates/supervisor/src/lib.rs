@@ -292,4 +292,3 @@ impl PoolHandle {
         got.clone()
     }
 }
-

@@ -200,7 +200,11 @@ impl LineSource {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let reader = std::thread::Builder::new()
             .name("herd-input".into())
-            .spawn(move || read_lines(input, max_line, BATCH_EVENTS, |b| tx.blocking_send(b).is_ok()))?;
+            .spawn(move || {
+                read_lines(input, max_line, BATCH_EVENTS, |b| {
+                    tx.blocking_send(b).is_ok()
+                })
+            })?;
         Ok(Self {
             rx,
             reader: Some(reader),

@@ -167,6 +167,12 @@ pub trait Sink: Send {
     /// dropped: a sink that must hold records (until an acknowledgement) keeps the batch.
     fn deliver(&mut self, batch: RecordBatch) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// The sink has caught up with the pool: nothing more is ready now. A buffering sink
+    /// flushes here, so records never wait for the next batch.
+    fn caught_up(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Every record has been delivered (flush, acknowledge the end).
     fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
@@ -236,6 +242,11 @@ impl Submission {
             while let Some(batch) = records.recv().await {
                 n += batch.len() as u64;
                 sink.deliver(batch).await?;
+                while let Some(more) = records.try_recv() {
+                    n += more.len() as u64;
+                    sink.deliver(more).await?;
+                }
+                sink.caught_up().await?;
             }
             sink.finish().await?;
             Ok::<u64, io::Error>(n)
