@@ -326,7 +326,7 @@ async fn stream(
         })
         .context("cannot start the input thread")?;
     // Records are written on a plain thread, so a slow output never holds up the socket.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
     let output_thread = std::thread::Builder::new()
         .name("herd-output".into())
         .spawn(move || -> std::io::Result<()> {

@@ -43,10 +43,17 @@ pub struct ServeArgs {
     /// How long a control connection that is not a submission, or a metrics connection, may
     /// sit idle before it is closed; also the most a request frame may take once begun.
     #[arg(long, value_name = "DUR", default_value = "10s",
-          value_parser = crate::parse_positive_duration)]
+          value_parser = parse_timeout)]
     idle_timeout: Duration,
     #[command(flatten)]
     pool: PoolArgs,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match crate::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` is zero: connections need some time")),
+        d => Ok(d),
+    }
 }
 
 /// Removes the pid file when the daemon exits.
