@@ -575,3 +575,26 @@ fn submit_fails_clearly_when_its_input_cannot_be_read() {
     assert!(line.contains("a-directory"), "{stderr}");
     d.stop();
 }
+
+#[test]
+fn a_daemon_that_stops_mid_submission_is_reported_after_the_records() {
+    let d = Daemon::start(1, &[]);
+    let mut sub = d.fx.spawn_herd(&["submit", "--control", d.ctl()]);
+    sub.write(square_events(3).as_bytes());
+    wait_for("three records", RUN_TIMEOUT, || sub.records_so_far() == 3);
+    // Its input stays open while the daemon stops.
+    output_ok(&mut d.fx.herd(&["ctl", "--control", d.ctl(), "stop"]));
+    wait_for("herd submit to notice", RUN_TIMEOUT, || {
+        sub.child.try_wait().unwrap().is_some()
+    });
+    let (status, records, logs) = sub.finish(RUN_TIMEOUT);
+    assert!(!status.success());
+    assert_eq!(records.len(), 3);
+    let text = dump(&logs);
+    assert!(
+        text.contains("the daemon stopped before the submission ended"),
+        "{text}"
+    );
+    let (status, _, logs) = d.live.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+}

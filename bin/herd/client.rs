@@ -366,7 +366,11 @@ async fn stream(
                     }
                     return Ok(Ok(received));
                 }
-                Some(Ok(Reply::Error(e))) => bail!("the daemon refused the submission: {e}"),
+                Some(Ok(Reply::Error(e))) => {
+                    // Records that came before it are still written.
+                    drop(out_tx);
+                    bail!("{e}")
+                }
                 Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
                 Some(Err(e)) => bail!("the daemon went away after {received} records: {e}"),
                 None => bail!("the daemon went away after {received} records"),
@@ -400,9 +404,8 @@ async fn stream(
         }
     };
     output_done()?;
-    if writing {
-        bail!("the daemon stopped taking events after {received} records");
-    }
+    // `Done` comes only after the daemon read our End: every frame is out, whatever the
+    // writer's state (it may not have been polled since its last write).
     let lines = match input_thread.join() {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {

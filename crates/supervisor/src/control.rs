@@ -420,6 +420,8 @@ async fn submission(
             "the submitter went away before its last record",
         )
     };
+    // Whether the client's End arrived: only then does `Done` say the submission is whole.
+    let ended = &std::sync::atomic::AtomicBool::new(false);
     let reader = async move {
         let mut seq = 0u64;
         loop {
@@ -430,7 +432,10 @@ async fn submission(
             let lines =
                 match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
                     RequestRef::Events(lines) => lines,
-                    RequestRef::End => break,
+                    RequestRef::End => {
+                        ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
                     other => {
                         let what = name(&other);
                         return Err(io::Error::other(format!("{what} inside a submission")));
@@ -494,9 +499,15 @@ async fn submission(
             // Written to the socket: the records are delivered and their credits go back.
             held.clear();
         }
+        let last = if ended.load(std::sync::atomic::Ordering::Relaxed) {
+            Reply::Done { records: count }
+        } else {
+            Reply::Error(format!(
+                "the daemon stopped before the submission ended ({count} records sent)"
+            ))
+        };
         // A submitter may read slowly: no time limit on its writes.
-        wr.write_all(&encode_reply(&Reply::Done { records: count })?)
-            .await
+        wr.write_all(&encode_reply(&last)?).await
     };
     // Whichever fails first (a vanished submitter) ends both; the writer finishing is success.
     tokio::select! {
