@@ -142,8 +142,39 @@ fn wait_closed(s: &mut UnixStream) {
     }
 }
 
-fn output_of(child: Child) -> Run {
-    Run::new(vec!["submit".into()], child.wait_with_output().unwrap())
+/// Waits for a background `herd submit` (killing it and failing after [`RUN_TIMEOUT`]),
+/// reading its output meanwhile.
+fn output_of(mut child: Child) -> Run {
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = r.read_to_end(&mut all);
+            all
+        })
+    };
+    let out = child.stdout.take().map(|o| drain(Box::new(o)));
+    let err = child.stderr.take().map(|e| drain(Box::new(e)));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herd submit did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let join = |t: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        t.map(|t| t.join().unwrap()).unwrap_or_default()
+    };
+    let output = std::process::Output {
+        status,
+        stdout: join(out),
+        stderr: join(err),
+    };
+    Run::new(vec!["submit".into()], output)
 }
 
 /// Every record of `n` square events, by seq and value.
@@ -244,10 +275,10 @@ fn a_slow_reader_slows_only_itself() {
             .unwrap();
         all
     });
-    let stdout = reader.join().unwrap();
-    let mut out = slow.wait_with_output().unwrap();
-    out.stdout = stdout;
-    check_squares(&Run::new(vec!["slow submit".into()], out), slow_n);
+    let mut run = output_of(slow);
+    run.out.stdout = reader.join().unwrap();
+    let run = Run::new(vec!["slow submit".into()], run.out);
+    check_squares(&run, slow_n);
     d.stop();
 }
 
