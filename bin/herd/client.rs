@@ -366,11 +366,7 @@ async fn stream(
                     }
                     return Ok(Ok(received));
                 }
-                Some(Ok(Reply::Error(e))) => {
-                    // Records that came before it are still written.
-                    drop(out_tx);
-                    bail!("{e}")
-                }
+                Some(Ok(Reply::Error(e))) => bail!("{e}"),
                 Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
                 Some(Err(e)) => bail!("the daemon went away after {received} records: {e}"),
                 None => bail!("the daemon went away after {received} records"),
@@ -381,29 +377,31 @@ async fn stream(
     let mut reader = pin!(reader);
     let mut writing = true;
     let mut _open = None;
-    let received = loop {
+    let outcome = loop {
         tokio::select! {
             w = &mut writer, if writing => {
                 writing = false;
                 // A failed write means the daemon is gone; the reader says so when it sees it.
                 _open = w.ok();
             }
-            r = &mut reader => break r?,
+            r = &mut reader => break r,
         }
     };
-    let output_done = || match output_thread.join() {
+    // The reader is finished (and its sender dropped): the output thread writes what it
+    // was given, also when the daemon failed us, and ends.
+    let written = match output_thread.join() {
         Ok(r) => r.context("cannot write records"),
-        Err(_) => bail!("the output thread panicked"),
+        Err(_) => Err(anyhow!("the output thread panicked")),
     };
-    let received = match received {
+    let received = match outcome? {
         Ok(n) => n,
         // The output failed: that thread has the reason.
         Err(n) => {
-            output_done()?;
+            written?;
             bail!("cannot write records (after {n})");
         }
     };
-    output_done()?;
+    written?;
     // `Done` comes only after the daemon read our End: every frame is out, whatever the
     // writer's state (it may not have been polled since its last write).
     let lines = match input_thread.join() {
