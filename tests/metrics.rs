@@ -149,3 +149,104 @@ fn a_busy_metrics_address_fails_at_start_up() {
     );
     assert!(!control.exists(), "the control socket is removed");
 }
+
+/// The metrics address from the daemon's `ready` line.
+fn metrics_addr(live: &Live) -> SocketAddr {
+    let ready = live
+        .logs()
+        .into_iter()
+        .find(|x| x["message"] == "ready")
+        .unwrap();
+    ready["metrics"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_bare_port_means_loopback_and_host_names_resolve() {
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    for (i, addr) in [":0", "0", "localhost:0"].iter().enumerate() {
+        let control = fx.path(&format!("c{i}.sock"));
+        let live = fx.serve(&control, 1, &["--metrics", addr]);
+        let bound = metrics_addr(&live);
+        assert!(bound.ip().is_loopback(), "{addr} bound {bound}");
+        assert_ne!(bound.port(), 0);
+        assert_eq!(get(bound, "/metrics").0, 200);
+        signal(live.pid(), nix::sys::signal::Signal::SIGTERM);
+        let (status, _, logs) = live.finish(RUN_TIMEOUT);
+        assert!(status.success(), "{}", dump(&logs));
+    }
+    let out = fx
+        .herd(&[
+            "serve",
+            "--control",
+            control.to_str().unwrap(),
+            "--metrics",
+            "::1:80",
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("needs brackets"), "{stderr}");
+}
+
+#[test]
+fn idle_metrics_connections_are_closed_and_capped() {
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let live = fx.serve(
+        &control,
+        1,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "3s",
+        ],
+    );
+    let addr = metrics_addr(&live);
+    // Two connections that never send a byte fill the cap...
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // ... so a third is closed at once (without an answer),
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+    let _ = write!(third, "GET /metrics HTTP/1.0\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = third.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // ... and the idle ones are closed by the daemon after the idle timeout.
+    for s in &mut idle {
+        s.set_read_timeout(Some(RUN_TIMEOUT)).unwrap();
+        let mut buf = Vec::new();
+        let n = s.read_to_end(&mut buf);
+        assert!(
+            matches!(n, Ok(0)) || n.is_err(),
+            "{n:?} {}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    wait_for("a scrape to succeed again", RUN_TIMEOUT, || {
+        get_status(addr) == Some(200)
+    });
+    output_ok(&mut fx.herd(&["ctl", "--control", control.to_str().unwrap(), "stop"]));
+    let (status, _, logs) = live.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+}
+
+/// The status code of `GET /metrics`, or `None` if the connection was closed first.
+fn get_status(addr: SocketAddr) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(RUN_TIMEOUT)).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.split_whitespace().nth(1)?.parse().ok()
+}

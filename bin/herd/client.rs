@@ -1,22 +1,25 @@
 //! The daemon's clients: `herd submit`, `herd status`, `herd ctl`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use futures_util::{SinkExt, StreamExt};
-use herd_proto::codec::FrameCodec;
-use herd_proto::control::{Reply, Request, CONTROL_VERSION};
-use herd_supervisor::control::CONTROL_MAX_FRAME;
+use futures_util::StreamExt;
+use herd_proto::codec::{encode_frame, FrameCodec};
+use herd_proto::control::{
+    Reply, Request, RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
+    REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
+};
 use herd_supervisor::Input;
-use serde_bytes::ByteBuf;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
-
-type Conn = Framed<UnixStream, FrameCodec<Reply, Request>>;
+use tokio_util::codec::FramedRead;
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -73,6 +76,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// How long `herd status` and `herd ctl` wait for the daemon's answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of lines per `Events` frame (a single longer line gets a frame of its own).
+const BATCH_BYTES: usize = 64 * 1024;
+
+type Replies = FramedRead<OwnedReadHalf, FrameCodec<Reply, Request>>;
+
+/// A connection the daemon has welcomed.
+struct Conn {
+    rd: Replies,
+    wr: OwnedWriteHalf,
+    /// Largest `Events` frame the daemon reads.
+    max_frame: usize,
+    /// Longest line the daemon's workers take.
+    max_line: usize,
+}
+
+fn frame(req: &Request) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_frame(req, &mut buf, REQUEST_MAX_FRAME).context("cannot encode a request")?;
+    Ok(buf)
+}
+
 async fn connect(path: &Path) -> anyhow::Result<Conn> {
     let stream = UnixStream::connect(path).await.with_context(|| {
         format!(
@@ -80,30 +106,58 @@ async fn connect(path: &Path) -> anyhow::Result<Conn> {
             path.display()
         )
     })?;
-    let mut conn = Framed::new(stream, FrameCodec::new(CONTROL_MAX_FRAME));
-    conn.send(Request::Hello {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = FramedRead::new(rd, FrameCodec::new(REPLY_MAX_FRAME));
+    let hello = frame(&Request::Hello {
         protocol: CONTROL_VERSION,
-    })
-    .await?;
-    match conn.next().await {
-        Some(Ok(Reply::Welcome { .. })) => Ok(conn),
+    })?;
+    // A daemon that refuses us (too many connections) may close before reading a word: its
+    // reason is still worth reading when the Hello cannot be written.
+    let sent = wr.write_all(&hello).await;
+    match rd.next().await {
+        Some(Ok(Reply::Welcome {
+            protocol,
+            max_frame,
+            max_line,
+            ..
+        })) if protocol == CONTROL_VERSION => Ok(Conn {
+            rd,
+            wr,
+            max_frame: max_frame as usize,
+            max_line: max_line as usize,
+        }),
+        Some(Ok(Reply::Welcome { protocol, .. })) => bail!(
+            "the daemon speaks control protocol {protocol} and this herd {CONTROL_VERSION}: \
+             use the herd binary that matches the daemon"
+        ),
         Some(Ok(Reply::Error(e))) => bail!("the daemon refused the connection: {e}"),
         Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
         Some(Err(e)) => bail!("bad reply from the daemon: {e}"),
-        None => bail!("the daemon closed the connection"),
+        None => {
+            sent.context("the daemon closed the connection")?;
+            bail!("the daemon closed the connection")
+        }
     }
 }
 
 /// One request, one reply.
 async fn ask(path: &Path, req: Request) -> anyhow::Result<Reply> {
-    let mut conn = connect(path).await?;
-    conn.send(req).await?;
-    match conn.next().await {
-        Some(Ok(Reply::Error(e))) => bail!("{e}"),
-        Some(Ok(reply)) => Ok(reply),
-        Some(Err(e)) => bail!("bad reply from the daemon: {e}"),
-        None => bail!("the daemon closed the connection without a reply"),
-    }
+    let exchange = async {
+        let mut conn = connect(path).await?;
+        conn.wr
+            .write_all(&frame(&req)?)
+            .await
+            .context("the daemon went away")?;
+        match conn.rd.next().await {
+            Some(Ok(Reply::Error(e))) => bail!("{e}"),
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(e)) => bail!("bad reply from the daemon: {e}"),
+            None => bail!("the daemon closed the connection without a reply"),
+        }
+    };
+    tokio::time::timeout(ASK_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("the daemon did not answer within {ASK_TIMEOUT:?}"))?
 }
 
 pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
@@ -174,73 +228,191 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let input = crate::open_input(&args.input)?;
-    let mut output = crate::open_output(&args.output)?;
+    let output = crate::open_output(&args.output)?;
     let rt = runtime()?;
-    let mut conn = rt.block_on(connect(&args.control))?;
-    rt.block_on(conn.send(Request::Submit {
+    let conn = rt.block_on(connect(&args.control))?;
+    let (lines, received) = rt.block_on(stream(conn, input, output, &args))?;
+    tracing::debug!(lines, received, "submission complete");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Turns batches of lines into `Events` frames of at most `budget` bytes each (a line longer
+/// than that gets a frame of its own, which the daemon's `max_frame` always allows).
+struct Encoder {
+    budget: usize,
+    max_frame: usize,
+}
+
+impl Encoder {
+    /// The frames for `batch`, back to back in one buffer.
+    fn encode(&self, batch: &[Input]) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut lines: Vec<Option<&serde_bytes::Bytes>> = Vec::new();
+        let mut size = EVENTS_FRAME_OVERHEAD;
+        for input in batch {
+            let line = match input {
+                Input::Event { payload, .. } => Some(serde_bytes::Bytes::new(payload)),
+                Input::Rejected { .. } => None,
+            };
+            let cost = line.map_or(1, |l| l.len() + EVENT_LINE_OVERHEAD);
+            if !lines.is_empty() && size + cost > self.budget {
+                self.flush(&mut lines, &mut out)?;
+                size = EVENTS_FRAME_OVERHEAD;
+            }
+            lines.push(line);
+            size += cost;
+        }
+        if !lines.is_empty() {
+            self.flush(&mut lines, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn flush(
+        &self,
+        lines: &mut Vec<Option<&serde_bytes::Bytes>>,
+        out: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let req = RequestRef::Events(std::mem::take(lines));
+        encode_frame(&req, out, self.max_frame).context("cannot encode a batch of lines")
+    }
+}
+
+/// The submission proper: lines in on a thread, frames out on one task, replies in on
+/// another, records out on a thread. No side waits for another: reading replies never waits
+/// for events to be written, nor writing events for replies to be read. Returns the lines
+/// sent and the records received.
+async fn stream(
+    conn: Conn,
+    input: Box<dyn Read + Send>,
+    mut output: Box<dyn Write + Send>,
+    args: &SubmitArgs,
+) -> anyhow::Result<(u64, u64)> {
+    let Conn {
+        mut rd,
+        mut wr,
+        max_frame,
+        max_line,
+    } = conn;
+    wr.write_all(&frame(&Request::Submit {
         ordered: args.ordered,
-    }))?;
+    })?)
+    .await
+    .context("the daemon went away")?;
 
-    // Lines are read on a plain thread and handed over in batches.
-    let (tx, mut rx) = mpsc::channel::<Vec<Option<ByteBuf>>>(4);
-    let reader = std::thread::spawn(move || {
-        herd_supervisor::lines::read_lines(input, CONTROL_MAX_FRAME - 64, 1024, |batch| {
-            let lines = batch
-                .into_iter()
-                .map(|i| match i {
-                    Input::Event { payload, .. } => Some(ByteBuf::from(payload.to_vec())),
-                    Input::Rejected { .. } => None,
-                })
-                .collect();
-            tx.blocking_send(lines).is_ok()
+    // Lines are read and encoded on a plain thread, and handed over as ready frames.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let encoder = Encoder {
+        budget: BATCH_BYTES.min(max_frame),
+        max_frame,
+    };
+    let input_thread = std::thread::Builder::new()
+        .name("herd-input".into())
+        .spawn(move || -> anyhow::Result<u64> {
+            let mut failed = None;
+            let read = herd_supervisor::lines::read_lines(input, max_line, 1024, |batch| {
+                match encoder.encode(&batch) {
+                    Ok(frames) => tx.blocking_send(frames).is_ok(),
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(read?),
+            }
         })
-    });
-
-    let (mut sink, mut stream) = conn.split();
-    let outcome: anyhow::Result<(u64, u64)> = rt.block_on(async {
-        let mut sent = 0u64;
-        let mut received = 0u64;
-        let mut sending = true;
-        loop {
-            tokio::select! {
-                batch = rx.recv(), if sending => match batch {
-                    Some(lines) => {
-                        sent += lines.len() as u64;
-                        sink.send(Request::Events(lines)).await.context("the daemon went away")?;
-                    }
-                    None => {
-                        sending = false;
-                        sink.send(Request::End).await.context("the daemon went away")?;
-                    }
-                },
-                reply = stream.next() => match reply {
-                    Some(Ok(Reply::Records(bytes))) => {
-                        received += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-                        output.write_all(&bytes).context("cannot write records")?;
-                        output.flush().context("cannot write records")?;
-                    }
-                    Some(Ok(Reply::Done { records })) => {
-                        if records != received || sending {
-                            bail!("the daemon finished after {received} records for {sent} events");
-                        }
-                        return Ok((sent, received));
-                    }
-                    Some(Ok(Reply::Error(e))) => bail!("the daemon refused the submission: {e}"),
-                    Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
-                    Some(Err(e)) => bail!("bad frame from the daemon: {e}"),
-                    None => bail!(
-                        "the daemon went away after {received} records ({sent} events sent)"
-                    ),
+        .context("cannot start the input thread")?;
+    // Records are written on a plain thread, so a slow output never holds up the socket.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
+    let output_thread = std::thread::Builder::new()
+        .name("herd-output".into())
+        .spawn(move || -> std::io::Result<()> {
+            while let Some(bytes) = out_rx.blocking_recv() {
+                output.write_all(&bytes)?;
+                if out_rx.is_empty() {
+                    output.flush()?;
                 }
             }
+            output.flush()
+        })
+        .context("cannot start the output thread")?;
+
+    let end = frame(&Request::End)?;
+    let writer = async move {
+        while let Some(frames) = rx.recv().await {
+            wr.write_all(&frames).await?;
         }
-    });
-    let (sent, received) = outcome?;
-    match reader.join() {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => bail!("reading the input failed: {e}"),
-        Err(_) => bail!("input thread panicked"),
+        wr.write_all(&end).await?;
+        // Our side stays open until the last record: closing it says we are gone.
+        Ok::<_, std::io::Error>(wr)
+    };
+    let reader = async move {
+        let mut received = 0u64;
+        loop {
+            match rd.next().await {
+                Some(Ok(Reply::Records(bytes))) => {
+                    // Records never contain a raw newline; a chunk may end inside one.
+                    received += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                    if out_tx.send(bytes).await.is_err() {
+                        return Ok(Err(received));
+                    }
+                }
+                Some(Ok(Reply::Done { records })) => {
+                    if records != received {
+                        bail!("the daemon sent {records} records, but {received} arrived");
+                    }
+                    return Ok(Ok(received));
+                }
+                Some(Ok(Reply::Error(e))) => bail!("{e}"),
+                Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
+                Some(Err(e)) => bail!("the daemon went away after {received} records: {e}"),
+                None => bail!("the daemon went away after {received} records"),
+            }
+        }
+    };
+    let mut writer = pin!(writer);
+    let mut reader = pin!(reader);
+    let mut writing = true;
+    let mut _open = None;
+    let outcome = loop {
+        tokio::select! {
+            w = &mut writer, if writing => {
+                writing = false;
+                // A failed write means the daemon is gone; the reader says so when it sees it.
+                _open = w.ok();
+            }
+            r = &mut reader => break r,
+        }
+    };
+    // The reader is finished (and its sender dropped): the output thread writes what it
+    // was given, also when the daemon failed us, and ends.
+    let written = match output_thread.join() {
+        Ok(r) => r.context("cannot write records"),
+        Err(_) => Err(anyhow!("the output thread panicked")),
+    };
+    let received = match outcome? {
+        Ok(n) => n,
+        // The output failed: that thread has the reason.
+        Err(n) => {
+            written?;
+            bail!("cannot write records (after {n})");
+        }
+    };
+    written?;
+    // `Done` comes only after the daemon read our End: every frame is out, whatever the
+    // writer's state (it may not have been polled since its last write).
+    let lines = match input_thread.join() {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            return Err(e.context(format!("cannot read input {}", args.input.display())));
+        }
+        Err(_) => bail!("the input thread panicked"),
+    };
+    if lines != received {
+        bail!("the daemon finished after {received} records for {lines} lines");
     }
-    tracing::debug!(sent, received, "submission complete");
-    Ok(ExitCode::SUCCESS)
+    Ok((lines, received))
 }

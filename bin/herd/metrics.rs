@@ -20,8 +20,18 @@
 //! | `herd_task_duration_seconds` | histogram | `le` |
 //!
 //! Any other path is a 404; a scrape after the pool has stopped is a 503.
+//!
+//! At most `max_connections` connections are open at once (the one over is closed at once),
+//! and a connection idle for `idle_timeout` is closed, so that scrapers, or anyone else who
+//! can reach the port, cannot take the descriptors the pool needs to restart workers.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -35,7 +45,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 /// What Prometheus expects for the OpenMetrics text format `prometheus_client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,26 +59,71 @@ const WORKER_STATES: [&str; 7] = [
     "starting", "idle", "busy", "draining", "dying", "backoff", "stopped",
 ];
 
+/// Where `--metrics` listens, as `HOST:PORT` (resolved when bound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsAddr(String);
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `--metrics`: `HOST:PORT` with a host name or an address (an IPv6 one in brackets), or a
+/// bare `PORT` or `:PORT`, which means the loopback address.
+pub fn parse_addr(s: &str) -> Result<MetricsAddr, String> {
+    let t = s.trim();
+    let bad =
+        |why: &str| format!("`{s}` is not a metrics address ({why}); use HOST:PORT, PORT or :PORT");
+    let port = |p: &str| p.parse::<u16>().map_err(|_| bad("bad port"));
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(MetricsAddr(addr.to_string()));
+    }
+    let Some((host, p)) = t.rsplit_once(':') else {
+        return Ok(MetricsAddr(format!("127.0.0.1:{}", port(t)?)));
+    };
+    let p = port(p)?;
+    if host.is_empty() {
+        return Ok(MetricsAddr(format!("127.0.0.1:{p}")));
+    }
+    if host.contains(':') || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err(bad("an IPv6 address needs brackets, like [::1]:9187"));
+    }
+    Ok(MetricsAddr(format!("{host}:{p}")))
+}
+
 /// The metrics endpoint, bound but not yet serving.
 #[derive(Debug)]
 pub struct MetricsServer {
     listener: TcpListener,
     addr: SocketAddr,
+    max_connections: usize,
+    idle_timeout: Duration,
 }
 
 impl MetricsServer {
-    /// Binds `addr`, so that a bad or busy address fails at start-up.
+    /// Binds `addr` (resolving a host name), so that a bad or busy address fails at
+    /// start-up.
     ///
     /// # Errors
-    /// When the address cannot be bound.
-    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr)
+    /// When the address cannot be resolved or bound.
+    pub async fn bind(
+        addr: &MetricsAddr,
+        max_connections: usize,
+        idle_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr.0.as_str())
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         let addr = listener
             .local_addr()
             .with_context(|| format!("cannot read the metrics address bound for {addr}"))?;
-        Ok(Self { listener, addr })
+        Ok(Self {
+            listener,
+            addr,
+            max_connections,
+            idle_timeout,
+        })
     }
 
     /// The address actually bound (the real port when asked for port 0).
@@ -82,10 +140,162 @@ impl MetricsServer {
         let app = axum::Router::new()
             .route("/metrics", axum::routing::get(scrape))
             .with_state(pool);
-        if let Err(e) = axum::serve(self.listener, app).await {
+        let listener = Capped {
+            listener: self.listener,
+            slots: Arc::new(Semaphore::new(self.max_connections.max(1))),
+            max: self.max_connections,
+            idle: self.idle_timeout,
+            full: false,
+            failing: false,
+        };
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(addr = %self.addr, error = %e, "the metrics server failed");
         }
         std::future::pending::<()>().await;
+    }
+}
+
+/// The metrics listener: a cap on open connections and an idle timeout on each.
+struct Capped {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    max: usize,
+    idle: Duration,
+    /// Conditions logged when they begin, not once per connection.
+    full: bool,
+    failing: bool,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = IdleStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (IdleStream, SocketAddr) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => {
+                    self.failing = false;
+                    accepted
+                }
+                Err(e) => {
+                    if !self.failing {
+                        tracing::warn!(error = %e, "accepting metrics connections fails");
+                        self.failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                if !self.full {
+                    tracing::warn!(
+                        max = self.max,
+                        "metrics connections at their limit; refusing more"
+                    );
+                    self.full = true;
+                }
+                continue;
+            };
+            self.full = false;
+            return (IdleStream::new(stream, slot, self.idle), peer);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that fails with `TimedOut` once neither side has moved a byte for `idle`,
+/// and gives its slot back when dropped.
+struct IdleStream {
+    io: TcpStream,
+    timer: Pin<Box<Sleep>>,
+    idle: Duration,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl IdleStream {
+    fn new(io: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
+        Self {
+            io,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            idle,
+            _slot: slot,
+        }
+    }
+
+    /// Passes on a result of the stream, restarting the clock when it moved; a pending one
+    /// becomes an error once the clock runs out.
+    fn watch<T>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                let next = Instant::now() + self.idle;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle metrics connection",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncRead for IdleStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.watch(cx, polled)
+    }
+}
+
+impl AsyncWrite for IdleStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, polled)
     }
 }
 
@@ -297,6 +507,20 @@ mod tests {
             scrape(State(pool)).await.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn metrics_addresses() {
+        let ok = |s: &str| parse_addr(s).unwrap_or_else(|e| panic!("{s}: {e}")).0;
+        assert_eq!(ok("9191"), "127.0.0.1:9191");
+        assert_eq!(ok(":9191"), "127.0.0.1:9191");
+        assert_eq!(ok("localhost:9191"), "localhost:9191");
+        assert_eq!(ok("0.0.0.0:80"), "0.0.0.0:80");
+        assert_eq!(ok("[::1]:9191"), "[::1]:9191");
+        assert_eq!(ok("metrics.internal:0"), "metrics.internal:0");
+        for bad in ["", "host:", "host:99999", "::1:80", ":x", "a b:1"] {
+            assert!(parse_addr(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -3,13 +3,22 @@
 use std::path::PathBuf;
 use std::pin::pin;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use herd_supervisor::control::ControlSocket;
+use herd_supervisor::control::{ControlLimits, ControlSocket};
 
-use crate::metrics::MetricsServer;
+use crate::metrics::{MetricsAddr, MetricsServer};
 use crate::{signals, PoolArgs};
+
+/// Descriptors kept for the pool whatever the connections take: the runtime, the control
+/// and worker listeners, logs, and what respawning a worker needs at once.
+const FD_RESERVE_BASE: u64 = 64;
+/// Descriptors kept per worker (its socket, stderr pipe, and the pipes of a respawn).
+const FD_RESERVE_PER_WORKER: u64 = 8;
+/// The soft descriptor limit is raised at most this far (workers inherit it).
+const FD_RAISE_MAX: u64 = 65536;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -20,11 +29,31 @@ pub struct ServeArgs {
     /// Write the daemon's pid to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9187) at /metrics.
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics. ADDR is HOST:PORT, with a host name
+    /// or an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
+    /// :PORT for the loopback address.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    metrics: Option<MetricsAddr>,
+    /// Most control connections open at once, and most metrics connections; a connection
+    /// over the cap is refused at once. Lowered if the descriptor limit cannot hold it
+    /// beside what the workers need.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_connections: u32,
+    /// How long a control connection that is not a submission, or a metrics connection, may
+    /// sit idle before it is closed; also the most a request frame may take once begun.
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = parse_timeout)]
+    idle_timeout: Duration,
     #[command(flatten)]
     pool: PoolArgs,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match crate::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` is zero: connections need some time")),
+        d => Ok(d),
+    }
 }
 
 /// Removes the pid file when the daemon exits.
@@ -40,6 +69,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let cfg = args.pool.config()?;
     let workers = cfg.workers;
+    let max_connections = connection_cap(
+        args.max_connections as usize,
+        workers,
+        if args.metrics.is_some() { 2 } else { 1 },
+    );
+    let limits = ControlLimits {
+        // The pool's own limit: its frame less the task overhead (as `herd run` reads lines).
+        max_line: cfg
+            .max_frame
+            .clamp(1024, herd_proto::MAX_FRAME_CEILING)
+            .saturating_sub(32),
+        max_connections,
+        idle_timeout: args.idle_timeout,
+    };
     // One thread runs everything: workers' parent-death signal is tied to the spawning thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,7 +91,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let summary = runtime.block_on(async {
         let control = ControlSocket::bind(&args.control)?;
         let metrics = match args.metrics {
-            Some(addr) => Some(MetricsServer::bind(addr).await?),
+            Some(addr) => Some(MetricsServer::bind(&addr, max_connections, args.idle_timeout).await?),
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(MetricsServer::local_addr);
@@ -63,7 +106,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (pool, run_pool) = herd_supervisor::pool(cfg);
         signals::forward(pool.clone(), true)?;
         let mut run_pool = pin!(run_pool);
-        let mut serve_control = pin!(control.serve(pool.clone()));
+        let mut serve_control = pin!(control.serve(pool.clone(), limits));
         let mut serve_metrics = pin!(async {
             match metrics {
                 Some(m) => m.serve(pool.clone()).await,
@@ -101,6 +144,42 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(runtime);
     crate::log_summary(&summary, started.elapsed().as_secs_f64(), "stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The connection cap per listener: `wanted`, or less if the descriptor limit (raised to the
+/// hard limit first) cannot hold that many connections on each of `listeners` beside what the
+/// pool needs to run and restart `workers` workers.
+fn connection_cap(wanted: usize, workers: usize, listeners: u64) -> usize {
+    let limit = raise_nofile();
+    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_WORKER * workers as u64;
+    let room = (limit.saturating_sub(reserve) / listeners).max(1);
+    let cap = (wanted as u64).min(room) as usize;
+    if cap < wanted {
+        tracing::warn!(
+            wanted,
+            cap,
+            nofile = limit,
+            "the descriptor limit cannot hold --max-connections beside the workers; lowered"
+        );
+    }
+    cap
+}
+
+/// Raises the soft limit on open descriptors to the hard limit (at most [`FD_RAISE_MAX`]);
+/// returns the soft limit in force.
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = hard.min(FD_RAISE_MAX);
+    if soft < want {
+        match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            Ok(()) => return want,
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit"),
+        }
+    }
+    soft
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) how the service is doing.

@@ -2,37 +2,87 @@
 //! streams events and reads records, and `herd status` / `herd ctl` ask and steer.
 //!
 //! Each connection runs in its own task and talks to the pool only through a [`PoolHandle`].
-//! A submission's reader stops reading the socket while the submission has no credits left
-//! (back-pressure on that submitter only); its writer formats records as they come. If the
-//! submitter vanishes, the connection task ends, its records channel closes, and the pool drops
-//! whatever it still had queued for it: nobody else waits.
+//! A submission reads and writes independently: its reader stops reading the socket while
+//! the submission has no credits left (back-pressure on that submitter only), and its writer
+//! keeps writing records meanwhile. A batch of records gives its credits back only once it
+//! has been written to the socket, so a submitter that stops reading stops itself, and what
+//! the daemon holds for it stays within its credits. If the submitter vanishes, the
+//! connection task ends, its records channel closes, and the pool drops whatever it still had
+//! queued for it: nobody else waits.
+//!
+//! What a peer can make the daemon hold is bounded: at most `max_connections` connections (the
+//! one over the cap is told so and closed), frames of at most [`REQUEST_MAX_FRAME`] bytes
+//! until a submission starts and of one line's worth after, buffer memory that grows only
+//! with bytes actually received, a deadline for a frame once it has begun, and an idle
+//! timeout for connections that are not submissions (a submission may wait for its producer
+//! as long as it likes).
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use herd_proto::codec::FrameCodec;
-use herd_proto::control::{Reply, Request, CONTROL_VERSION};
+use bytes::{Buf, Bytes, BytesMut};
+use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, HEADER_LEN};
+use herd_proto::control::{
+    RecordsFrame, Reply, RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
+    REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::codec::Framed;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::record::Record;
-use crate::{Command, Input, PoolHandle};
+use crate::{Command, Input, PoolHandle, Submission};
 
-type Conn = Framed<UnixStream, FrameCodec<Request, Reply>>;
+/// Smallest `Events` frame cap, whatever the line limit: room for a client's byte budget.
+const MIN_EVENTS_FRAME: usize = 64 * 1024;
+/// Bytes asked for per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Records are coalesced into one write up to about this many bytes.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Largest `Records` frame body written.
+const RECORDS_FRAME: usize = 1024 * 1024;
 
-/// Largest control frame (a batch of event lines or of records).
-pub const CONTROL_MAX_FRAME: usize = herd_proto::MAX_FRAME_CEILING;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest `Events` frame a submission may send when lines are at most `max_line` bytes.
+pub fn events_frame_cap(max_line: usize) -> usize {
+    (max_line + EVENT_LINE_OVERHEAD + EVENTS_FRAME_OVERHEAD)
+        .clamp(MIN_EVENTS_FRAME, herd_proto::MAX_FRAME_CEILING)
+}
 
-/// A bound control socket; removes its file on drop.
+/// What the control socket allows its peers.
+#[derive(Debug, Clone)]
+pub struct ControlLimits {
+    /// Longest event line the pool takes (the pool's frame limit less the task overhead);
+    /// longer lines get a `rejected` record.
+    pub max_line: usize,
+    /// Connections open at once; the one over the cap gets an error and is closed.
+    pub max_connections: usize,
+    /// How long a connection that is not a submission may wait before its request and its
+    /// reply, and how long any frame may take to arrive once it has begun.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            max_line: herd_proto::DEFAULT_MAX_FRAME - 32,
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound control socket; removes its file on drop (if it is still the one it bound).
 #[derive(Debug)]
 pub struct ControlSocket {
-    listener: UnixListener,
+    listener: std::os::unix::net::UnixListener,
     path: PathBuf,
+    /// Device and inode of the socket file bound.
+    id: (u64, u64),
 }
 
 /// Why the control socket cannot be set up.
@@ -40,6 +90,8 @@ pub struct ControlSocket {
 pub enum ControlError {
     #[error("another herd is already serving on {0}")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotSocket(PathBuf),
     #[error("cannot bind control socket {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -50,34 +102,43 @@ pub enum ControlError {
 
 impl ControlSocket {
     /// Binds `path` with mode 0600. A socket file left by a dead daemon (nobody accepts on it)
-    /// is replaced; a live daemon's is not touched.
+    /// is replaced; a live daemon's is not touched, and neither is anything but a socket.
     ///
     /// # Errors
-    /// [`ControlError::InUse`] when a daemon answers on `path`; [`ControlError::Bind`] otherwise.
+    /// [`ControlError::InUse`] when a daemon answers on `path`, [`ControlError::NotSocket`]
+    /// when something else is there; [`ControlError::Bind`] otherwise.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
         let bind_err = |source| ControlError::Bind {
             path: path.to_path_buf(),
             source,
         };
-        if path.exists() {
-            match std::os::unix::net::UnixStream::connect(path) {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotSocket(path.to_path_buf()))
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
                 Ok(_) => return Err(ControlError::InUse(path.to_path_buf())),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     tracing::info!(path = %path.display(), "replacing a stale control socket");
                     std::fs::remove_file(path).map_err(bind_err)?;
                 }
                 Err(e) => return Err(bind_err(e)),
-            }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
         }
         // Nobody but us may connect, not even between bind and chmod.
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
+        let bound = std::os::unix::net::UnixListener::bind(path);
         nix::sys::stat::umask(old);
         let listener = bound.map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let meta = std::fs::symlink_metadata(path).map_err(bind_err)?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
         })
     }
 
@@ -85,14 +146,33 @@ impl ControlSocket {
         &self.path
     }
 
-    /// Serves connections until the returned future is dropped.
-    pub async fn serve(&self, pool: PoolHandle) {
+    /// Serves connections until the returned future is dropped, in the tokio runtime that
+    /// polls it (it need not be the pool's).
+    pub async fn serve(&self, pool: PoolHandle, limits: ControlLimits) {
+        let listener = match self.listener.try_clone().and_then(UnixListener::from_std) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the control socket");
+                return std::future::pending().await;
+            }
+        };
+        let limits = Arc::new(limits);
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let uid = nix::unistd::getuid().as_raw();
+        // Each condition is logged when it begins, not once per connection.
+        let mut accept_failing = false;
+        let mut full = false;
         loop {
-            let stream = match self.listener.accept().await {
-                Ok((s, _)) => s,
+            let stream = match listener.accept().await {
+                Ok((s, _)) => {
+                    accept_failing = false;
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a control connection failed");
+                    if !accept_failing {
+                        tracing::warn!(error = %e, "accepting control connections fails");
+                        accept_failing = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -111,9 +191,22 @@ impl ControlSocket {
                     continue;
                 }
             }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                if !full {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "control connections at their limit; refusing more"
+                    );
+                    full = true;
+                }
+                refuse(&stream, limits.max_connections);
+                continue;
+            };
+            full = false;
             let pool = pool.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, pool).await {
+                if let Err(e) = connection(stream, pool, &limits, permit).await {
                     tracing::debug!(error = %e, "control connection ended");
                 }
             });
@@ -123,45 +216,170 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only our own socket: another daemon may have replaced a file we thought stale.
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
-async fn connection(stream: UnixStream, pool: PoolHandle) -> io::Result<()> {
-    let mut conn: Conn = Framed::new(stream, FrameCodec::new(CONTROL_MAX_FRAME));
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next()).await {
-        Ok(Some(Ok(Request::Hello { protocol }))) if protocol == CONTROL_VERSION => {}
-        Ok(Some(Ok(Request::Hello { protocol }))) => {
-            let msg = format!(
-                "control protocol {protocol} is not supported (daemon speaks {CONTROL_VERSION})"
-            );
-            return send(&mut conn, Reply::Error(msg)).await;
-        }
-        _ => return Ok(()),
+/// Tells a connection over the cap why it is closed, without waiting for it.
+fn refuse(stream: &UnixStream, max: usize) {
+    let msg = format!("too many control connections (at most {max}); try again later");
+    if let Ok(buf) = encode_reply(&Reply::Error(msg)) {
+        // A fresh socket has room for a small frame; if not, the close says enough.
+        let _ = stream.try_write(&buf);
     }
-    send(
-        &mut conn,
-        Reply::Welcome {
-            protocol: CONTROL_VERSION,
-            pid: std::process::id(),
-        },
-    )
-    .await?;
-    let Some(Ok(request)) = conn.next().await else {
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_string())
+}
+
+/// Reads frames off one connection. The buffer grows with the bytes that arrive, never
+/// ahead of them on the word of a header, and each frame is handed out as a [`Bytes`] that
+/// event payloads slice without copying.
+struct FrameReader {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    max: usize,
+    /// Time a frame may take once begun.
+    deadline: Duration,
+}
+
+impl FrameReader {
+    fn new(io: OwnedReadHalf, max: usize, deadline: Duration) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            max,
+            deadline,
+        }
+    }
+
+    /// The next frame's body, or `None` at a clean end of stream. Waits at most `idle` for a
+    /// frame to begin (`None`: as long as it takes); a begun frame must be complete within
+    /// the deadline.
+    async fn next(&mut self, idle: Option<Duration>) -> io::Result<Option<Bytes>> {
+        let mut begun = !self.buf.is_empty();
+        let mut until = if begun {
+            Some(Instant::now() + self.deadline)
+        } else {
+            idle.map(|d| Instant::now() + d)
+        };
+        loop {
+            let len = frame_len(&self.buf, self.max).map_err(io::Error::other)?;
+            if let Some(len) = len {
+                if self.buf.len() >= HEADER_LEN + len {
+                    self.buf.advance(HEADER_LEN);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            let read = self.io.read_buf(&mut self.buf);
+            let n = match until {
+                Some(at) => match tokio::time::timeout_at(at, read).await {
+                    Ok(r) => r?,
+                    Err(_) if begun => return Err(timed_out("a frame did not complete in time")),
+                    Err(_) => return Err(timed_out("idle connection")),
+                },
+                None => read.await?,
+            };
+            if n == 0 {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed in the middle of a frame",
+                    )),
+                };
+            }
+            if !begun {
+                begun = true;
+                until = Some(Instant::now() + self.deadline);
+            }
+        }
+    }
+}
+
+fn encode_reply(msg: &Reply) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf, REPLY_MAX_FRAME).map_err(io::Error::other)?;
+    Ok(buf)
+}
+
+/// Writes one reply frame within `limit`.
+async fn reply(wr: &mut OwnedWriteHalf, msg: &Reply, limit: Duration) -> io::Result<()> {
+    let buf = encode_reply(msg)?;
+    tokio::time::timeout(limit, wr.write_all(&buf))
+        .await
+        .map_err(|_| timed_out("the client does not read its reply"))?
+}
+
+async fn connection(
+    stream: UnixStream,
+    pool: PoolHandle,
+    limits: &ControlLimits,
+    _slot: OwnedSemaphorePermit,
+) -> io::Result<()> {
+    let idle = limits.idle_timeout;
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = FrameReader::new(rd, REQUEST_MAX_FRAME, idle);
+    let Some(body) = rd.next(Some(idle)).await? else {
         return Ok(());
     };
-    let reply = match request {
-        Request::Submit { ordered } => return submission(conn, pool, ordered).await,
-        Request::Status => match pool.status().await {
+    match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
+        RequestRef::Hello { protocol } if protocol == CONTROL_VERSION => {}
+        RequestRef::Hello { protocol } => {
+            let msg = format!(
+                "control protocol {protocol} is not supported (the daemon speaks \
+                 {CONTROL_VERSION}): use the herd binary that matches the daemon"
+            );
+            return reply(&mut wr, &Reply::Error(msg), idle).await;
+        }
+        _ => return Err(io::Error::other("the first request is not Hello")),
+    }
+    let welcome = Reply::Welcome {
+        protocol: CONTROL_VERSION,
+        pid: std::process::id(),
+        max_frame: u32::try_from(events_frame_cap(limits.max_line)).unwrap_or(u32::MAX),
+        max_line: u32::try_from(limits.max_line).unwrap_or(u32::MAX),
+    };
+    reply(&mut wr, &welcome, idle).await?;
+    let Some(body) = rd.next(Some(idle)).await? else {
+        return Ok(());
+    };
+    let answer = match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
+        RequestRef::Submit { ordered } => {
+            return submission(rd, wr, pool, ordered, limits).await;
+        }
+        RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
         },
-        Request::Scale { workers } => command(&pool, Command::Scale(workers as usize), "scaling"),
-        Request::Reload => command(&pool, Command::Reload, "reloading"),
-        Request::Stop { fast } => command(&pool, Command::Stop { fast }, "stopping"),
-        other => Reply::Error(format!("unexpected request {other:?}")),
+        RequestRef::Scale { workers } => {
+            command(&pool, Command::Scale(workers as usize), "scaling")
+        }
+        RequestRef::Reload => command(&pool, Command::Reload, "reloading"),
+        RequestRef::Stop { fast } => command(&pool, Command::Stop { fast }, "stopping"),
+        other => Reply::Error(format!("unexpected request {}", name(&other))),
     };
-    send(&mut conn, reply).await
+    reply(&mut wr, &answer, idle).await
+}
+
+fn name(req: &RequestRef<'_>) -> &'static str {
+    match req {
+        RequestRef::Hello { .. } => "Hello",
+        RequestRef::Submit { .. } => "Submit",
+        RequestRef::Events(_) => "Events",
+        RequestRef::End => "End",
+        RequestRef::Status => "Status",
+        RequestRef::Scale { .. } => "Scale",
+        RequestRef::Reload => "Reload",
+        RequestRef::Stop { .. } => "Stop",
+    }
 }
 
 fn command(pool: &PoolHandle, cmd: Command, what: &str) -> Reply {
@@ -172,77 +390,124 @@ fn command(pool: &PoolHandle, cmd: Command, what: &str) -> Reply {
     }
 }
 
-async fn send(conn: &mut Conn, reply: Reply) -> io::Result<()> {
-    conn.send(reply).await.map_err(io::Error::other)
+/// `line` as a slice of `body`, which it borrows from (checked, never trusted).
+fn slice_of(body: &Bytes, line: &[u8]) -> Option<Bytes> {
+    if line.is_empty() {
+        return Some(Bytes::new());
+    }
+    let start = (line.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start.checked_add(line.len())?;
+    (end <= body.len()).then(|| body.slice(start..end))
 }
 
 /// One `herd submit`: events in, records out, concurrently.
-async fn submission(conn: Conn, pool: PoolHandle, ordered: bool) -> io::Result<()> {
-    let sub = pool.submit(ordered);
-    let (mut sink, mut stream) = conn.split();
-    let sender = sub.sender;
-    let mut records = sub.records;
+async fn submission(
+    mut rd: FrameReader,
+    mut wr: OwnedWriteHalf,
+    pool: PoolHandle,
+    ordered: bool,
+    limits: &ControlLimits,
+) -> io::Result<()> {
+    rd.max = events_frame_cap(limits.max_line);
+    let max_line = limits.max_line;
+    let Submission {
+        sender,
+        mut records,
+    } = pool.submit(ordered);
+    let vanished = || {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the submitter went away before its last record",
+        )
+    };
+    // Whether the client's End arrived: only then does `Done` say the submission is whole.
+    let ended = &std::sync::atomic::AtomicBool::new(false);
     let reader = async move {
         let mut seq = 0u64;
-        while let Some(msg) = stream.next().await {
-            match msg.map_err(io::Error::other)? {
-                Request::Events(lines) => {
-                    let batch = lines
-                        .into_iter()
-                        .map(|line| {
-                            let input = match line {
-                                Some(b) => Input::Event {
-                                    seq,
-                                    payload: Bytes::from(b.into_vec()),
-                                },
-                                None => Input::Rejected {
-                                    seq,
-                                    reason: "line longer than the frame limit".into(),
-                                },
-                            };
-                            seq += 1;
-                            input
-                        })
-                        .collect();
-                    if sender.send(batch).await.is_err() {
+        loop {
+            // A producer may be slow: no idle limit between frames.
+            let Some(body) = rd.next(None).await? else {
+                return Err(vanished());
+            };
+            let lines =
+                match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
+                    RequestRef::Events(lines) => lines,
+                    RequestRef::End => {
+                        ended.store(true, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
-                }
-                Request::End => break,
-                _ => return Err(io::Error::other("unexpected request in a submission")),
+                    other => {
+                        let what = name(&other);
+                        return Err(io::Error::other(format!("{what} inside a submission")));
+                    }
+                };
+            let mut batch = Vec::with_capacity(lines.len());
+            for line in lines {
+                let input = match line {
+                    Some(b) => Input::Event {
+                        seq,
+                        payload: slice_of(&body, b)
+                            .ok_or_else(|| io::Error::other("line outside its frame"))?,
+                    },
+                    None => Input::Rejected {
+                        seq,
+                        reason: format!("line longer than the frame limit of {max_line} bytes"),
+                    },
+                };
+                batch.push(input);
+                seq += 1;
+            }
+            // Waits for credits: records must be written out before more events come in.
+            if sender.send(batch).await.is_err() {
+                // The pool has stopped; the writer reports what it got.
+                break;
             }
         }
         // Dropping the sender ends the submission.
         drop(sender);
-        // Keep the read side open until the writer is done; the client may half-close.
-        std::future::pending::<()>().await;
-        Ok::<(), io::Error>(())
+        // The client keeps its side open until its last record: an end now means it is gone.
+        match rd.next(None).await? {
+            None => Err(vanished()),
+            Some(_) => Err(io::Error::other("a request after the end of a submission")),
+        }
     };
     let writer = async move {
+        let mut frame = RecordsFrame::new();
+        let mut held = Vec::new();
         let mut count = 0u64;
-        let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(batch) = records.recv().await {
-            buf.clear();
-            append(&mut buf, &batch);
+            frame.clear();
+            append(&mut frame, &batch);
             count += batch.len() as u64;
-            // Coalesce what else is ready into one frame.
-            while buf.len() < 1 << 20 {
-                match records.try_recv() {
-                    Some(more) => {
-                        count += more.len() as u64;
-                        append(&mut buf, &more);
-                    }
-                    None => break,
-                }
+            held.push(batch);
+            // Coalesce what else is ready into one write.
+            while frame.len() < WRITE_CHUNK {
+                let Some(more) = records.try_recv() else {
+                    break;
+                };
+                append(&mut frame, &more);
+                count += more.len() as u64;
+                held.push(more);
             }
-            sink.send(Reply::Records(std::mem::take(&mut buf)))
-                .await
-                .map_err(io::Error::other)?;
+            let total = frame.len();
+            let mut at = 0;
+            while at < total {
+                let end = total.min(at + RECORDS_FRAME);
+                wr.write_all(frame.frame(at..end)).await?;
+                at = end;
+            }
+            // Written to the socket: the records are delivered and their credits go back.
+            held.clear();
         }
-        sink.send(Reply::Done { records: count })
-            .await
-            .map_err(io::Error::other)?;
-        Ok::<(), io::Error>(())
+        let last = if ended.load(std::sync::atomic::Ordering::Relaxed) {
+            Reply::Done { records: count }
+        } else {
+            Reply::Error(format!(
+                "the daemon stopped before the submission ended ({count} records sent)"
+            ))
+        };
+        // A submitter may read slowly: no time limit on its writes.
+        wr.write_all(&encode_reply(&last)?).await
     };
     // Whichever fails first (a vanished submitter) ends both; the writer finishing is success.
     tokio::select! {
@@ -251,8 +516,10 @@ async fn submission(conn: Conn, pool: PoolHandle, ordered: bool) -> io::Result<(
     }
 }
 
-fn append(buf: &mut Vec<u8>, batch: &[Record]) {
-    for r in batch {
-        r.write_json(buf);
-    }
+fn append(frame: &mut RecordsFrame, batch: &[Record]) {
+    frame.append(|buf| {
+        for r in batch {
+            r.write_json(buf);
+        }
+    });
 }

@@ -76,6 +76,7 @@ pub fn read_lines<R: Read>(
             let end = start + nl;
             if oversize || partial.len() + nl > max_line {
                 batch.push(reject(seq));
+                partial.clear();
             } else if partial.is_empty() {
                 batch.push(event(seq, data.slice(start..end)));
             } else {
@@ -164,6 +165,11 @@ mod tests {
         input.extend(vec![b'y'; 11]);
         let got: Vec<String> = collect(&input, 10).iter().map(show).collect();
         assert_eq!(got, ["0:ok", "1:REJECTED", "2:fine", "3:REJECTED"]);
+        // A line that fits until its last read must not leak into the next line.
+        let mut input = vec![b'a'; 70_001];
+        input.extend(b"\nok\n");
+        let got: Vec<String> = collect(&input, 70_000).iter().map(show).collect();
+        assert_eq!(got, ["0:REJECTED", "1:ok"]);
         // Exactly at the limit is fine.
         let got: Vec<String> = collect(b"0123456789\n", 10).iter().map(show).collect();
         assert_eq!(got, ["0:0123456789"]);
