@@ -35,12 +35,13 @@ pub struct ControlSocket {
     path: PathBuf,
 }
 
-/// Why the control socket cannot be set up.
+/// Why the control socket cannot be set up. [`ControlError::Bind`]'s message leaves its cause
+/// to [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("another herd is already serving on {0}")]
     InUse(PathBuf),
-    #[error("cannot bind control socket {path}: {source}")]
+    #[error("cannot bind control socket {path}")]
     Bind {
         path: PathBuf,
         #[source]
