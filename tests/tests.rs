@@ -3,6 +3,7 @@
 
 mod daemon;
 mod hardening;
+mod logs;
 mod metrics;
 mod run;
 mod supervision;
