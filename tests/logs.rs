@@ -1,6 +1,8 @@
 //! Logs and messages for operators: one clear line per error, typed JSON values, worker output
 //! that cannot flood the log, and a log sink that cannot stall the pool.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, Read};
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
