@@ -121,7 +121,8 @@ impl Logging {
         // source in their own message.
         let text = format!("{e:#}");
         let json_on_stderr = !self.to_file && self.front.format == LogFormat::Json;
-        let logged = (self.to_file || json_on_stderr) && tracing::enabled!(tracing::Level::ERROR);
+        let logged = (self.to_file || json_on_stderr)
+            && tracing::enabled!(target: "herd", tracing::Level::ERROR);
         if logged {
             tracing::error!(target: "herd", "{text}");
         }
@@ -487,5 +488,90 @@ impl Visit for JsonObject {
             }
         }
         self.value(&text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Formats the events `f` emits with [`JsonLine`] and parses them back.
+    fn json_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(JsonLine)
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_values_keep_their_types() {
+        let pids = vec![41u32, 42];
+        let counts = std::collections::BTreeMap::from([("crashed", 1u64)]);
+        let lines = json_lines(|| {
+            tracing::info!(
+                ?pids,
+                errors = ?counts,
+                secs = 0.5,
+                nan = f64::NAN,
+                ok = true,
+                delta = -3i64,
+                grace = ?std::time::Duration::from_secs(30),
+                line = "{\"a\": 1}",
+                "done {}",
+                "[1]"
+            );
+        });
+        let l = &lines[0];
+        assert_eq!(l["pids"], serde_json::json!([41, 42]));
+        assert_eq!(l["errors"], serde_json::json!({"crashed": 1}));
+        assert_eq!(l["secs"], 0.5);
+        assert_eq!(l["nan"], "NaN");
+        assert_eq!(l["ok"], true);
+        assert_eq!(l["delta"], -3);
+        assert_eq!(l["grace"], "30s");
+        // A str field stays a string even when it reads as JSON; so does the message.
+        assert_eq!(l["line"], "{\"a\": 1}");
+        assert_eq!(l["message"], "done [1]");
+        assert_eq!(l["level"], "INFO");
+        assert!(l["timestamp"].is_string());
+        assert_eq!(l["target"], "herd::logging::tests");
+    }
+
+    #[test]
+    fn a_message_that_reads_as_json_stays_a_string() {
+        let lines = json_lines(|| tracing::warn!("[1, 2]"));
+        assert_eq!(lines[0]["message"], "[1, 2]");
+    }
+
+    #[test]
+    fn the_drop_notice_matches_the_format() {
+        let text = drop_notice(LogFormat::Text, 7);
+        assert!(text.ends_with("dropped=7\n"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&drop_notice(LogFormat::Json, 7)).unwrap();
+        assert_eq!(json["dropped"], 7);
+        assert_eq!(json["level"], "WARN");
     }
 }

@@ -302,3 +302,34 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .unwrap_or(4096);
     Some(pages * page)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> WorkerId {
+        WorkerId { slot: 0, gen: 1 }
+    }
+
+    #[tokio::test]
+    async fn the_tail_skips_blank_lines_and_keeps_the_last_ones() {
+        let input: Vec<u8> = (0..20)
+            .flat_map(|i| format!("line {i}\r\n\n   \n").into_bytes())
+            .collect();
+        let tail = forward_lines(&input[..], id(), 1, "stdout").await;
+        let want: Vec<String> = (12..20).map(|i| format!("line {i}")).collect();
+        assert_eq!(Vec::from(tail), want);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_cut_and_the_rest_of_it_skipped() {
+        let mut input = vec![b'x'; 3 * MAX_LINE];
+        input.extend_from_slice(b"\nnext\nlast without newline");
+        let tail = forward_lines(&input[..], id(), 1, "stderr").await;
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        assert_eq!(tail[0].len(), MAX_LINE + " [line cut]".len());
+        assert!(tail[0].ends_with("x [line cut]"));
+        assert_eq!(tail[1], "next");
+        assert_eq!(tail[2], "last without newline");
+    }
+}
