@@ -19,7 +19,7 @@ use clap::ValueEnum;
 use indicatif::ProgressBar;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
@@ -32,7 +32,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Lines the queue to the writer thread holds at most.
+/// Lines the queue to the writer thread holds at most. Lines are admitted against this (and
+/// [`QUEUE_BYTES`]) before they go into the appender's channel, which is a little larger: it
+/// never refuses a line, and always has room for the guard's shutdown message.
 const QUEUE_LINES: usize = 16 * 1024;
 /// Bytes the queue holds at most (a line can be a worker's 8 KiB line, escaped).
 const QUEUE_BYTES: usize = 4 << 20;
@@ -68,10 +70,10 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
                 open(path).with_context(|| format!("cannot open log file {}", path.display()))?;
             let log = Arc::new(LogFile {
                 path: path.to_path_buf(),
-                file: Mutex::new(f),
+                reopened: Mutex::new(None),
             });
             let _ = LOG_FILE.set(log.clone());
-            (Target::File(log), false)
+            (Target::File { file: f, log }, false)
         }
         None => (Target::Stderr, io::stderr().is_terminal()),
     };
@@ -83,18 +85,15 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
     };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(QUEUE_LINES)
+        .buffered_lines_limit(QUEUE_LINES + 64)
         .thread_name("herd-log")
         .finish(sink);
-    let _ = DROPPED.set(Dropped {
-        appender: writer.error_counter(),
-        queue: queue.clone(),
-    });
     let front = Front {
         inner: writer,
         queue: queue.clone(),
         format,
     };
+    let _ = FRONT.set(front.clone());
     let front_for_exit = front.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -143,23 +142,18 @@ impl Logging {
 
 impl Drop for Logging {
     fn drop(&mut self) {
-        let Some(guard) = self.guard.take() else {
-            return;
-        };
-        // The guard's drop waits up to 100 ms for room in the queue and then prints a
-        // complaint to stdout, which carries records. With the queue full the sink is stuck
-        // and nothing more would get out anyway: leave the writer thread to the exit.
-        if self.front.queue.lines() < QUEUE_LINES {
-            drop(guard);
-        } else {
-            std::mem::forget(guard);
-        }
+        // The guard's drop queues a shutdown message (the channel always has room for it; were
+        // it full for 100 ms, the guard would complain on stdout, among the records) and
+        // waits up to a second for the writer thread to write out what is queued.
+        drop(self.guard.take());
     }
 }
 
 /// Log lines dropped so far because the sink did not keep up.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, Dropped::total)
+    FRONT
+        .get()
+        .map_or(0, |f| f.queue.dropped.load(Ordering::Relaxed))
 }
 
 /// Log lines on stderr are written with this bar (`herd run`'s progress bar) out of the way,
@@ -170,39 +164,19 @@ pub fn set_progress_bar(bar: Option<ProgressBar>) {
 
 static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
-static DROPPED: OnceLock<Dropped> = OnceLock::new();
-
-/// Both places a line can be dropped: the appender's full channel, our byte bound.
-struct Dropped {
-    appender: ErrorCounter,
-    queue: Arc<Queue>,
-}
-
-impl Dropped {
-    fn total(&self) -> u64 {
-        self.appender.dropped_lines() as u64 + self.queue.dropped.load(Ordering::Relaxed)
-    }
-}
+/// The subscriber's writer, for [`dropped_lines`] and [`reopen`].
+static FRONT: OnceLock<Front> = OnceLock::new();
 
 /// What is in the queue between the loggers and the writer thread.
 #[derive(Default)]
 struct Queue {
-    /// Lines and bytes put in, and taken out by the writer thread.
-    sent_lines: AtomicUsize,
-    taken_lines: AtomicUsize,
+    /// Lines and bytes admitted and not yet taken by the writer thread.
+    lines: AtomicUsize,
     bytes: AtomicUsize,
-    /// Lines refused for the byte bound.
+    /// Lines refused because the queue was full.
     dropped: AtomicU64,
     /// Drops already announced with a "log lines dropped" line.
     reported: AtomicU64,
-}
-
-impl Queue {
-    fn lines(&self) -> usize {
-        self.sent_lines
-            .load(Ordering::Acquire)
-            .saturating_sub(self.taken_lines.load(Ordering::Acquire))
-    }
 }
 
 /// The subscriber's writer: one formatted event becomes one queued line.
@@ -229,28 +203,40 @@ impl FrontWriter<'_> {
         let front = self.0;
         let queue = &front.queue;
         let len = line.len();
-        if queue.bytes.fetch_add(len, Ordering::AcqRel) + len > QUEUE_BYTES {
-            queue.bytes.fetch_sub(len, Ordering::AcqRel);
+        if len == 0 {
+            // The writer thread would never see it (write_all of nothing), nor give room back.
+            return true;
+        }
+        // Reserve room first: the writer thread gives it back when it takes the line.
+        if queue.lines.fetch_add(1, Ordering::AcqRel) >= QUEUE_LINES {
+            queue.lines.fetch_sub(1, Ordering::AcqRel);
             queue.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let counter = front.inner.error_counter();
-        let before = counter.dropped_lines();
-        // Lossy: never blocks; a full channel drops the line and counts it.
-        let _ = front.inner.clone().write(line);
-        if counter.dropped_lines() != before {
+        if queue.bytes.fetch_add(len, Ordering::AcqRel) + len > QUEUE_BYTES {
             queue.bytes.fetch_sub(len, Ordering::AcqRel);
+            queue.lines.fetch_sub(1, Ordering::AcqRel);
+            queue.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        queue.sent_lines.fetch_add(1, Ordering::AcqRel);
+        // Never blocks, and with the room reserved the channel takes it.
+        let _ = front.inner.clone().write(line);
         true
+    }
+
+    /// Queues [`REOPEN`] whatever the queue holds: the channel has room to spare for it, and
+    /// [`reopen`] keeps at most one in flight.
+    fn mark_reopen(&self) {
+        let queue = &self.0.queue;
+        queue.lines.fetch_add(1, Ordering::AcqRel);
+        queue.bytes.fetch_add(REOPEN.len(), Ordering::AcqRel);
+        let _ = self.0.inner.clone().write(REOPEN);
     }
 
     /// After a line got through: says how many were dropped before it, once.
     fn announce_drops(&self) {
-        let Some(dropped) = DROPPED.get() else { return };
         let queue = &self.0.queue;
-        let total = dropped.total();
+        let total = queue.dropped.load(Ordering::Relaxed);
         let reported = queue.reported.load(Ordering::Acquire);
         if total <= reported
             || queue
@@ -302,8 +288,13 @@ fn drop_notice(format: LogFormat, n: u64) -> String {
 /// Where the writer thread writes.
 enum Target {
     Stderr,
-    File(Arc<LogFile>),
+    File { file: File, log: Arc<LogFile> },
 }
+
+/// A queued "line" that tells the writer thread to switch to the reopened log file: lines
+/// logged before the reopen go to the old file, the rest to the new one. (Formatted lines
+/// end with a newline; this does not.)
+const REOPEN: &[u8] = b"\0herd: reopen the log file\0";
 
 /// The writer thread's end: gathers the queued lines and writes them in batches. Errors are
 /// swallowed: there is nowhere left to report them.
@@ -318,7 +309,7 @@ impl Sink {
         if self.buf.is_empty() {
             return;
         }
-        match &self.target {
+        match &mut self.target {
             Target::Stderr => {
                 let bar = PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let write = || io::stderr().lock().write_all(&self.buf);
@@ -327,8 +318,7 @@ impl Sink {
                     None => write(),
                 };
             }
-            Target::File(log) => {
-                let mut file = log.file.lock().unwrap_or_else(|e| e.into_inner());
+            Target::File { file, .. } => {
                 let _ = file.write_all(&self.buf);
             }
         }
@@ -339,8 +329,22 @@ impl Sink {
 impl Write for Sink {
     /// Called once per queued line (tracing-appender uses `write_all`, which we serve whole).
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        self.queue.taken_lines.fetch_add(1, Ordering::AcqRel);
         self.queue.bytes.fetch_sub(line.len(), Ordering::AcqRel);
+        self.queue.lines.fetch_sub(1, Ordering::AcqRel);
+        if line == REOPEN {
+            self.write_out();
+            if let Target::File { file, log } = &mut self.target {
+                let reopened = log
+                    .reopened
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(fresh) = reopened {
+                    *file = fresh;
+                }
+            }
+            return Ok(line.len());
+        }
         self.buf.extend_from_slice(line);
         if self.buf.len() >= WRITE_BATCH {
             self.write_out();
@@ -358,7 +362,8 @@ impl Write for Sink {
 /// The log file, reopenable so logrotate can move it away (USR2).
 struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    /// Opened by [`reopen`], waiting for the writer thread to take it.
+    reopened: Mutex<Option<File>>,
 }
 
 static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
@@ -367,14 +372,26 @@ fn open(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Reopens the log file at its path (a no-op when logging to stderr).
+/// Reopens the log file at its path (a no-op when logging to stderr). The file is opened
+/// here, so that an error can be reported; the writer thread switches to it after the lines
+/// already queued.
 pub fn reopen() -> io::Result<()> {
     let Some(log) = LOG_FILE.get() else {
         return Ok(());
     };
     let fresh = open(&log.path)?;
-    let mut file = log.file.lock().unwrap_or_else(|e| e.into_inner());
-    *file = fresh;
+    let in_flight = log
+        .reopened
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(fresh)
+        .is_some();
+    // A marker still queued will pick up the newer file.
+    if !in_flight {
+        if let Some(front) = FRONT.get() {
+            front.make_writer().mark_reopen();
+        }
+    }
     Ok(())
 }
 
