@@ -4,6 +4,7 @@
 mod control;
 mod daemon;
 mod hardening;
+mod logs;
 mod metrics;
 mod run;
 mod supervision;

@@ -194,10 +194,13 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbosity = cli.log.verbose as i8 - cli.log.quiet as i8;
-    if let Err(e) = logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
-        eprintln!("herd: {e:#}");
-        return ExitCode::from(2);
-    }
+    let logging = match logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("herd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
         Cmd::Serve(args) => serve::serve(args),
@@ -205,11 +208,11 @@ fn main() -> ExitCode {
         Cmd::Status(args) => client::status(args),
         Cmd::Ctl(args) => client::ctl(args),
     };
+    // Dropping `logging` flushes the queued log lines (the summary, the error).
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("herd: {e:#}");
+            logging.exit_with_error(&e);
             ExitCode::FAILURE
         }
     }
@@ -242,11 +245,13 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
     tracing::info!(
         records = summary.total(),
         ok = summary.ok,
+        // A map of counts by kind: a JSON object in JSON logs.
         errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
         peak_rss = peak_rss_bytes(),
-        secs = format!("{secs:.3}"),
+        secs = (secs * 1000.0).round() / 1000.0,
+        dropped_log_lines = logging::dropped_lines(),
         "{what}"
     );
 }

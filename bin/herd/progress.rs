@@ -2,8 +2,9 @@
 //! the input is a regular file, an estimated total and an ETA.
 //!
 //! It is drawn only when stderr is a terminal (and not with `--no-progress`): redirected
-//! stderr carries the logs and nothing else. Logs written while the bar is up land on the
-//! bar's line, and the bar is redrawn below them.
+//! stderr carries the logs and nothing else. While the bar is up, log lines are written with
+//! it out of the way (see [`crate::logging::set_progress_bar`]), so no stale copy of it stays
+//! on the screen.
 
 use std::io::{self, IsTerminal};
 use std::path::Path;
@@ -145,6 +146,7 @@ impl Progress {
                 self.bar.reset_eta();
                 self.bar.set_draw_target(ProgressDrawTarget::stderr());
                 self.bar.enable_steady_tick(TICK);
+                crate::logging::set_progress_bar(Some(self.bar.clone()));
             }
         }
     }
@@ -195,6 +197,7 @@ fn clear(bar: &ProgressBar, closed: &Mutex<bool>) {
     let mut closed = closed.lock().unwrap_or_else(|e| e.into_inner());
     if !*closed {
         *closed = true;
+        crate::logging::set_progress_bar(None);
         bar.finish_and_clear();
         // Whatever still updates it (a thread outliving an error) draws nowhere.
         bar.set_draw_target(ProgressDrawTarget::hidden());

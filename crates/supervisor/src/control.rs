@@ -85,14 +85,15 @@ pub struct ControlSocket {
     id: (u64, u64),
 }
 
-/// Why the control socket cannot be set up.
+/// Why the control socket cannot be set up. [`ControlError::Bind`]'s message leaves its cause
+/// to [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("another herd is already serving on {0}")]
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotSocket(PathBuf),
-    #[error("cannot bind control socket {path}: {source}")]
+    #[error("cannot bind control socket {path}")]
     Bind {
         path: PathBuf,
         #[source]

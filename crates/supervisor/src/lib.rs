@@ -148,6 +148,9 @@ impl Summary {
 }
 
 /// Why a pool could not run (never because of what one worker or event did).
+///
+/// A message does not repeat its [`source`](std::error::Error::source): print the chain
+/// (anyhow's `{:#}`) to get both, each once.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The worker command is empty.
@@ -157,14 +160,14 @@ pub enum PoolError {
     #[error("the pool stopped abnormally: {0}")]
     Internal(String),
     /// The worker program could not be started at all.
-    #[error("cannot start worker program `{program}`: {source}")]
+    #[error("cannot start worker program `{program}`")]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
     },
     /// The private socket directory could not be set up.
-    #[error("cannot set up the worker socket: {0}")]
+    #[error("cannot set up the worker socket")]
     RuntimeDir(#[source] std::io::Error),
     /// Workers start but never complete a handshake.
     #[error("worker program `{program}` never became ready ({attempts} failed starts); the last: {reason}. \

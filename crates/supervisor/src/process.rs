@@ -25,10 +25,13 @@ use crate::guard::Guard;
 use crate::msg::Exited;
 use crate::slot::{Exit, WorkerId};
 
-/// Lines of a worker's stderr kept for error messages.
-const STDERR_TAIL: usize = 8;
+/// Lines of a worker's output (each stream) kept for error messages.
+const TAIL_LINES: usize = 8;
 /// Longest forwarded line; the rest of a longer line is cut.
 const MAX_LINE: usize = 8 * 1024;
+/// Lines of one worker stream logged per [`BURST_WINDOW`]: room for a whole backtrace.
+const BURST_LINES: u32 = 100;
+const BURST_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The exit status as herd reports it.
 fn exit_of(status: io::Result<ExitStatus>) -> Exit {
@@ -131,47 +134,140 @@ pub(crate) fn spawn_worker(
     Ok(Spawned { pid })
 }
 
-/// Logs each line a worker writes, with its `worker` and `pid`, and returns the last few.
+/// Logs each non-blank line a worker writes to `stream` (stdout or stderr), with its `worker`
+/// and `pid`, and returns the last few (its tail, for error messages).
+///
+/// A burst (a backtrace, a chatty worker) is logged up to [`BURST_LINES`] lines per
+/// [`BURST_WINDOW`]; the lines past that are counted, not logged, and one warning per window
+/// says how many. That bounds what one worker can put in the log, and what it costs the pool's
+/// thread, which this task shares.
 async fn forward_lines<R: AsyncRead + Unpin>(
     mut r: R,
     id: WorkerId,
     pid: u32,
     stream: &'static str,
 ) -> VecDeque<String> {
-    let mut tail = VecDeque::with_capacity(STDERR_TAIL);
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    let emit = |line: &[u8], tail: &mut VecDeque<String>| {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        tracing::info!(target: "herd::worker", worker = id.slot, pid, stream, "{text}");
-        if tail.len() == STDERR_TAIL {
-            tail.pop_front();
-        }
-        tail.push_back(text.to_string());
+    let mut out = Forward {
+        id,
+        pid,
+        stream,
+        tail: VecDeque::with_capacity(TAIL_LINES),
+        window_end: None,
+        logged: 0,
+        suppressed: 0,
     };
+    let mut buf = Vec::with_capacity(4096);
+    // The rest of a line that was cut at MAX_LINE is skipped up to its newline.
+    let mut skipping = false;
+    let mut chunk = [0u8; 4096];
     loop {
-        let n = match r.read(&mut chunk).await {
+        // While lines are held back, the window's end reports them even if the worker falls
+        // silent. A read is cancel-safe: nothing is lost when the deadline wins.
+        let read = match out.window_end.filter(|_| out.suppressed > 0) {
+            Some(end) => match tokio::time::timeout_at(end, r.read(&mut chunk)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    out.report_suppressed();
+                    continue;
+                }
+            },
+            None => r.read(&mut chunk).await,
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let mut rest = &chunk[..n];
         while let Some(nl) = memchr::memchr(b'\n', rest) {
-            buf.extend_from_slice(&rest[..nl]);
-            emit(&buf, &mut tail);
+            if skipping {
+                skipping = false;
+            } else {
+                buf.extend_from_slice(&rest[..nl]);
+                out.line(&buf);
+            }
             buf.clear();
             rest = &rest[nl + 1..];
         }
-        buf.extend_from_slice(rest);
-        if buf.len() >= MAX_LINE {
-            emit(&buf[..MAX_LINE], &mut tail);
-            buf.clear();
+        if !skipping {
+            buf.extend_from_slice(rest);
+            if buf.len() >= MAX_LINE {
+                buf.truncate(MAX_LINE);
+                buf.extend_from_slice(" [line cut]".as_bytes());
+                out.line(&buf);
+                buf.clear();
+                skipping = true;
+            }
         }
     }
     if !buf.is_empty() {
-        emit(&buf, &mut tail);
+        out.line(&buf);
     }
-    tail
+    out.report_suppressed();
+    out.tail
+}
+
+/// [`forward_lines`]' state for one worker stream.
+struct Forward {
+    id: WorkerId,
+    pid: u32,
+    stream: &'static str,
+    tail: VecDeque<String>,
+    /// The end of the current rate-limit window (from its first line).
+    window_end: Option<tokio::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Forward {
+    fn line(&mut self, raw: &[u8]) {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end();
+        if text.trim_start().is_empty() {
+            return;
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text.to_string());
+
+        let now = tokio::time::Instant::now();
+        if self.window_end.is_none_or(|end| now >= end) {
+            self.report_suppressed();
+            self.window_end = Some(now + BURST_WINDOW);
+            self.logged = 0;
+        }
+        if self.logged < BURST_LINES {
+            self.logged += 1;
+            // A string field (not a format argument): a line that happens to be JSON stays a
+            // string in JSON logs.
+            tracing::info!(
+                target: "herd::worker",
+                message = text,
+                worker = self.id.slot,
+                pid = self.pid,
+                stream = self.stream,
+            );
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Logs how many lines the current window held back, if any.
+    fn report_suppressed(&mut self) {
+        if self.suppressed == 0 {
+            return;
+        }
+        tracing::warn!(
+            target: "herd::worker",
+            worker = self.id.slot,
+            pid = self.pid,
+            stream = self.stream,
+            suppressed = self.suppressed,
+            "worker output suppressed: more than {BURST_LINES} lines in {}s",
+            BURST_WINDOW.as_secs()
+        );
+        self.suppressed = 0;
+    }
 }
 
 /// Sends SIGKILL to the worker's whole process group (its children included). The group
@@ -205,4 +301,35 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .and_then(|p| u64::try_from(p).ok())
         .unwrap_or(4096);
     Some(pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> WorkerId {
+        WorkerId { slot: 0, gen: 1 }
+    }
+
+    #[tokio::test]
+    async fn the_tail_skips_blank_lines_and_keeps_the_last_ones() {
+        let input: Vec<u8> = (0..20)
+            .flat_map(|i| format!("line {i}\r\n\n   \n").into_bytes())
+            .collect();
+        let tail = forward_lines(&input[..], id(), 1, "stdout").await;
+        let want: Vec<String> = (12..20).map(|i| format!("line {i}")).collect();
+        assert_eq!(Vec::from(tail), want);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_is_cut_and_the_rest_of_it_skipped() {
+        let mut input = vec![b'x'; 3 * MAX_LINE];
+        input.extend_from_slice(b"\nnext\nlast without newline");
+        let tail = forward_lines(&input[..], id(), 1, "stderr").await;
+        assert_eq!(tail.len(), 3, "{tail:?}");
+        assert_eq!(tail[0].len(), MAX_LINE + " [line cut]".len());
+        assert!(tail[0].ends_with("x [line cut]"));
+        assert_eq!(tail[1], "next");
+        assert_eq!(tail[2], "last without newline");
+    }
 }

@@ -79,7 +79,15 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{}: {err}", program_name());
+            // "cannot connect to the supervisor at /x: No such file or directory (os error 2)"
+            let mut message = err.to_string();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(c) = cause {
+                message.push_str(": ");
+                message.push_str(&c.to_string());
+                cause = c.source();
+            }
+            eprintln!("{}: {message}", program_name());
             ExitCode::from(err.exit_code())
         }
     }
@@ -632,6 +640,9 @@ impl Config {
 }
 
 /// Why a worker stopped serving (other than the termination frame).
+///
+/// A message does not repeat its [`source`](std::error::Error::source): print the chain to
+/// get both, each once (as [`run`] does).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The process was not started by a herd supervisor.
@@ -646,7 +657,7 @@ pub enum Error {
         reason: String,
     },
     /// The supervisor's socket could not be reached.
-    #[error("cannot connect to the supervisor at {}: {source}", path.display())]
+    #[error("cannot connect to the supervisor at {}", path.display())]
     Connect {
         /// The socket path from the environment.
         path: PathBuf,
@@ -657,7 +668,7 @@ pub enum Error {
     #[error("the supervisor closed the connection; exiting")]
     Disconnected,
     /// A frame could not be read or written.
-    #[error("protocol error: {0}")]
+    #[error("protocol error")]
     Protocol(#[from] FrameError),
 }
 

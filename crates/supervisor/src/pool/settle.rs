@@ -220,8 +220,8 @@ impl Pool {
         self.fail_waiting("herd stopped before the event could run");
         let owed = self.submissions.unanswered();
         if owed > 0 {
+            // Returned from `run`, which its caller reports.
             let err = crate::PoolError::Internal(format!("{owed} accepted events have no record"));
-            tracing::error!(unanswered = owed, "{err}");
             self.fatal.get_or_insert(err);
         }
     }
