@@ -20,6 +20,7 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::record::Record;
-use crate::{Command, Input, PoolHandle, Submission};
+use crate::{Command, Input, PoolHandle, RecordBatch, Sink, Source, SubmissionError};
 
 /// Smallest `Events` frame cap, whatever the line limit: room for a client's byte budget.
 const MIN_EVENTS_FRAME: usize = 64 * 1024;
@@ -401,119 +402,155 @@ fn slice_of(body: &Bytes, line: &[u8]) -> Option<Bytes> {
     (end <= body.len()).then(|| body.slice(start..end))
 }
 
-/// One `herd submit`: events in, records out, concurrently.
+/// One `herd submit`: events from the client's frames, records back on its socket, run by
+/// [`Submission::run`] (reading and writing independently).
 async fn submission(
     mut rd: FrameReader,
-    mut wr: OwnedWriteHalf,
+    wr: OwnedWriteHalf,
     pool: PoolHandle,
     ordered: bool,
     limits: &ControlLimits,
 ) -> io::Result<()> {
     rd.max = events_frame_cap(limits.max_line);
-    let max_line = limits.max_line;
-    let Submission {
-        sender,
-        mut records,
-    } = pool.submit(ordered);
-    let vanished = || {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the submitter went away before its last record",
-        )
-    };
     // Whether the client's End arrived: only then does `Done` say the submission is whole.
-    let ended = &std::sync::atomic::AtomicBool::new(false);
-    let reader = async move {
-        let mut seq = 0u64;
-        loop {
-            // A producer may be slow: no idle limit between frames.
-            let Some(body) = rd.next(None).await? else {
-                return Err(vanished());
-            };
-            let lines =
-                match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
-                    RequestRef::Events(lines) => lines,
-                    RequestRef::End => {
-                        ended.store(true, std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                    other => {
-                        let what = name(&other);
-                        return Err(io::Error::other(format!("{what} inside a submission")));
-                    }
-                };
-            let mut batch = Vec::with_capacity(lines.len());
-            for line in lines {
-                let input = match line {
-                    Some(b) => Input::Event {
-                        seq,
-                        payload: slice_of(&body, b)
-                            .ok_or_else(|| io::Error::other("line outside its frame"))?,
-                    },
-                    None => Input::Rejected {
-                        seq,
-                        reason: format!("line longer than the frame limit of {max_line} bytes"),
-                    },
-                };
-                batch.push(input);
-                seq += 1;
-            }
-            // Waits for credits: records must be written out before more events come in.
-            if sender.send(batch).await.is_err() {
-                // The pool has stopped; the writer reports what it got.
-                break;
-            }
-        }
-        // Dropping the sender ends the submission.
-        drop(sender);
-        // The client keeps its side open until its last record: an end now means it is gone.
-        match rd.next(None).await? {
-            None => Err(vanished()),
-            Some(_) => Err(io::Error::other("a request after the end of a submission")),
-        }
+    let ended = Arc::new(AtomicBool::new(false));
+    let source = ClientEvents {
+        rd,
+        seq: 0,
+        max_line: limits.max_line,
+        ended: ended.clone(),
     };
-    let writer = async move {
-        let mut frame = RecordsFrame::new();
-        let mut held = Vec::new();
-        let mut count = 0u64;
-        while let Some(batch) = records.recv().await {
-            frame.clear();
-            append(&mut frame, &batch);
-            count += batch.len() as u64;
-            held.push(batch);
-            // Coalesce what else is ready into one write.
-            while frame.len() < WRITE_CHUNK {
-                let Some(more) = records.try_recv() else {
-                    break;
-                };
-                append(&mut frame, &more);
-                count += more.len() as u64;
-                held.push(more);
+    let sink = ClientRecords {
+        wr,
+        frame: RecordsFrame::new(),
+        held: Vec::new(),
+        count: 0,
+        ended,
+    };
+    match pool.submit(ordered).run(source, sink).await {
+        Ok(_) => Ok(()),
+        Err(SubmissionError::Source(e, _) | SubmissionError::Sink(e)) => Err(e),
+    }
+}
+
+fn vanished() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the submitter went away before its last record",
+    )
+}
+
+/// The events of a submission, from the client's `Events` frames until its `End`.
+struct ClientEvents {
+    rd: FrameReader,
+    seq: u64,
+    max_line: usize,
+    ended: Arc<AtomicBool>,
+}
+
+impl Source for ClientEvents {
+    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
+        // A producer may be slow: no idle limit between frames.
+        let Some(body) = self.rd.next(None).await? else {
+            return Err(vanished());
+        };
+        let lines = match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
+            RequestRef::Events(lines) => lines,
+            RequestRef::End => {
+                self.ended.store(true, Ordering::Relaxed);
+                return Ok(None);
             }
-            let total = frame.len();
-            let mut at = 0;
-            while at < total {
-                let end = total.min(at + RECORDS_FRAME);
-                wr.write_all(frame.frame(at..end)).await?;
-                at = end;
+            other => {
+                let what = name(&other);
+                return Err(io::Error::other(format!("{what} inside a submission")));
             }
-            // Written to the socket: the records are delivered and their credits go back.
-            held.clear();
+        };
+        let mut batch = Vec::with_capacity(lines.len());
+        for line in lines {
+            let seq = self.seq;
+            self.seq += 1;
+            batch.push(match line {
+                Some(b) => Input::Event {
+                    seq,
+                    payload: slice_of(&body, b)
+                        .ok_or_else(|| io::Error::other("line outside its frame"))?,
+                },
+                None => Input::Rejected {
+                    seq,
+                    reason: format!(
+                        "line longer than the frame limit of {} bytes",
+                        self.max_line
+                    ),
+                },
+            });
         }
-        let last = if ended.load(std::sync::atomic::Ordering::Relaxed) {
+        Ok(Some(batch))
+    }
+
+    /// The client keeps its side open until its last record: an end now means it is gone.
+    async fn gone(&mut self) -> io::Error {
+        match self.rd.next(None).await {
+            Ok(None) => vanished(),
+            Ok(Some(_)) => io::Error::other("a request after the end of a submission"),
+            Err(e) => e,
+        }
+    }
+}
+
+/// The records of a submission, as `Records` frames on the client's socket, then `Done`.
+/// Batches are coalesced into one write while more are ready, and give their credits back
+/// only once written.
+struct ClientRecords {
+    wr: OwnedWriteHalf,
+    frame: RecordsFrame,
+    held: Vec<RecordBatch>,
+    count: u64,
+    ended: Arc<AtomicBool>,
+}
+
+impl ClientRecords {
+    async fn write_out(&mut self) -> io::Result<()> {
+        let total = self.frame.len();
+        let mut at = 0;
+        while at < total {
+            let end = total.min(at + RECORDS_FRAME);
+            // A submitter may read slowly: no time limit on its writes.
+            self.wr.write_all(self.frame.frame(at..end)).await?;
+            at = end;
+        }
+        self.frame.clear();
+        // Written to the socket: the records are delivered and their credits go back.
+        self.held.clear();
+        Ok(())
+    }
+}
+
+impl Sink for ClientRecords {
+    async fn deliver(&mut self, batch: RecordBatch) -> io::Result<()> {
+        append(&mut self.frame, &batch);
+        self.count += batch.len() as u64;
+        self.held.push(batch);
+        if self.frame.len() >= WRITE_CHUNK {
+            self.write_out().await?;
+        }
+        Ok(())
+    }
+
+    async fn caught_up(&mut self) -> io::Result<()> {
+        self.write_out().await
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        self.write_out().await?;
+        let count = self.count;
+        let last = if self.ended.load(Ordering::Relaxed) {
             Reply::Done { records: count }
         } else {
             Reply::Error(format!(
                 "the daemon stopped before the submission ended ({count} records sent)"
             ))
         };
-        // A submitter may read slowly: no time limit on its writes.
-        wr.write_all(&encode_reply(&last)?).await
-    };
-    // Whichever fails first (a vanished submitter) ends both; the writer finishing is success.
-    tokio::select! {
-        r = reader => r,
-        r = writer => r,
+        self.wr.write_all(&encode_reply(&last)?).await
     }
 }
 

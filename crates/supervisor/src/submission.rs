@@ -159,6 +159,12 @@ pub trait Source: Send {
     /// The next batch of events, numbered by the source (`seq`, from 0); `Ok(None)` at the
     /// end. An error also ends the source; the events already sent still get their records.
     fn next_batch(&mut self) -> impl Future<Output = io::Result<Option<Vec<Input>>>> + Send;
+
+    /// After its end, resolves if whoever the records are for went away (a client that
+    /// closed its connection early): delivery then stops. By default it never resolves.
+    fn gone(&mut self) -> impl Future<Output = io::Error> + Send {
+        std::future::pending()
+    }
 }
 
 /// Where a submission's records go.
@@ -235,7 +241,7 @@ impl Submission {
             };
             // Dropping the sender ends the submission: its channel closes after the last record.
             drop(sender);
-            (events, end)
+            (events, end, source)
         };
         let deliver = async move {
             let mut n = 0u64;
@@ -253,25 +259,35 @@ impl Submission {
         };
         let mut feed = pin!(feed);
         let mut deliver = pin!(deliver);
-        let mut fed = None;
-        loop {
-            tokio::select! {
-                r = &mut feed, if fed.is_none() => fed = Some(r),
-                r = &mut deliver => {
-                    let records = r.map_err(SubmissionError::Sink)?;
-                    // Delivery ends after the feed, unless the pool stopped first (then the
-                    // source may be blocked for good: it is not waited for).
-                    let (events, end) = fed.unwrap_or((records, Ok(false)));
-                    let mut done = Delivered { events, records, source_ended: false };
-                    return match end {
-                        Ok(ended) => {
-                            done.source_ended = ended;
-                            Ok(done)
-                        }
-                        Err(e) => Err(SubmissionError::Source(e, done)),
-                    };
+        let finish = |records: u64, events: u64, end: io::Result<bool>| {
+            let mut done = Delivered {
+                events,
+                records,
+                source_ended: false,
+            };
+            match end {
+                Ok(ended) => {
+                    done.source_ended = ended;
+                    Ok(done)
                 }
+                Err(e) => Err(SubmissionError::Source(e, done)),
             }
+        };
+        // Until the source ends, delivery ending means the pool stopped first (the source may
+        // then be blocked for good: it is not waited for).
+        let (events, end, mut source) = tokio::select! {
+            fed = &mut feed => fed,
+            r = &mut deliver => {
+                let records = r.map_err(SubmissionError::Sink)?;
+                return finish(records, records, Ok(false));
+            }
+        };
+        tokio::select! {
+            r = &mut deliver => {
+                let records = r.map_err(SubmissionError::Sink)?;
+                finish(records, events, end)
+            }
+            e = source.gone() => Err(SubmissionError::Sink(e)),
         }
     }
 }
