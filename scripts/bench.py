@@ -494,10 +494,59 @@ def print_table(rows):
             print("  ".join("-" * w for w in widths))
 
 
+def compare(args):
+    """Before/after in one run: the tiny, latency, cpu and memory workloads for a baseline
+    build (--baseline DIR holding its herd and herd-chaos) and for this one, interleaved
+    (baseline, current, baseline, current, ...) so that the host's noise falls on both alike.
+    Prints one table and writes it to OUT/compare.json."""
+    os.makedirs(args.out, exist_ok=True)
+    n_tiny = 200_000 if args.quick else 1_000_000
+    events = os.path.join(args.out, f"tiny-{n_tiny}.txt")
+    if not os.path.exists(events):
+        with open(events, "w") as f:
+            f.writelines(f'{{"op":"square","n":{i}}}\n' for i in range(n_tiny))
+    builds = {"before": (os.path.join(args.baseline, "herd"), os.path.join(args.baseline, "herd-chaos")),
+              "after": (args.herd, args.chaos)}
+    lat_n = "20000" if args.quick else "200000"
+    cpu_n = "2000" if args.quick else "20000"
+    work = [("tiny", ["--events", events, "--repeat", "1"], "events_per_sec", "tiny events/s"),
+            ("latency", ["--n", lat_n, "--repeat", "1"], "p50_us", "latency p50 us (window 1)"),
+            ("latency", ["--n", lat_n, "--repeat", "1"], "p99_us", "latency p99 us (window 1)"),
+            ("cpu", ["--n", cpu_n, "--ms", "1"], "efficiency", "cpu efficiency (spin 1ms)"),
+            ("memory", ["--events", events], "peak_rss_mb", "peak RSS MiB")]
+    results = {b: {} for b in builds}
+    for rep in range(args.repeat):
+        done = set()
+        for workload, extra, _key, _label in work:
+            if (workload, tuple(extra)) in done:
+                continue
+            done.add((workload, tuple(extra)))
+            for name, (herd, chaos) in builds.items():
+                sub_args = argparse.Namespace(**{**vars(args), "herd": herd, "chaos": chaos})
+                r = sub(sub_args, workload, "--out", args.out, *extra)
+                results[name].setdefault(workload, []).append(r)
+    rows = []
+    for workload, _extra, key, label in work:
+        before = statistics.median(r[key] for r in results["before"][workload])
+        after = statistics.median(r[key] for r in results["after"][workload])
+        rows.append([label, before, after, after / before])
+    head = ["figure", "before", "after", "after / before"]
+    fmt = lambda v: f"{v:,.3f}" if abs(v) < 10 else f"{v:,.0f}"
+    cells = [head] + [[r[0]] + [fmt(v) for v in r[1:]] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for i, c in enumerate(cells):
+        print("  ".join(x.ljust(widths[j]) if j == 0 else x.rjust(widths[j])
+                        for j, x in enumerate(c)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    with open(os.path.join(args.out, "compare.json"), "w") as f:
+        json.dump({"rows": rows, "raw": results, "repeat": args.repeat}, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "all"])
+                                         "all", "compare"])
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -511,9 +560,14 @@ def main():
     ap.add_argument("--ms", type=int, default=1)
     ap.add_argument("--kill-every", type=float, default=0)
     ap.add_argument("--kills", type=int, default=40)
+    ap.add_argument("--baseline", help="compare: a directory with the baseline herd, herd-chaos")
     args = ap.parse_args()
     if args.workload == "all":
         return run_all(args)
+    if args.workload == "compare":
+        if not args.baseline:
+            die("compare needs --baseline DIR")
+        return compare(args)
     if args.workload == "latency" and args.n == 20000:
         args.n = 200000
     result = globals()[args.workload](args)
