@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -24,70 +24,7 @@ use crate::util::*;
 /// regression fails rather than hangs.
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
-struct Daemon {
-    fx: Fixture,
-    live: Live,
-    control: PathBuf,
-}
-
 impl Daemon {
-    fn start(workers: usize, extra: &[&str]) -> Self {
-        let fx = Fixture::new();
-        let control = fx.path("control.sock");
-        let live = fx.serve(&control, workers, extra);
-        Daemon { fx, live, control }
-    }
-
-    fn ctl(&self) -> &str {
-        self.control.to_str().unwrap()
-    }
-
-    /// `herd submit <extra>` in the background with input from a new file `name`.
-    fn submit_bg(&self, name: &str, input: &str, extra: &[&str]) -> Child {
-        let file = self.fx.path(name);
-        std::fs::write(&file, input).unwrap();
-        std::process::Command::new(herd_bin())
-            .args([
-                "submit",
-                "--control",
-                self.ctl(),
-                "-i",
-                file.to_str().unwrap(),
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn try_status(&self) -> Option<Value> {
-        let out = self
-            .fx
-            .herd(&["status", "--control", self.ctl(), "--json"])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    fn status(&self) -> Value {
-        let mut st = None;
-        wait_for("herd status to answer", RUN_TIMEOUT, || {
-            st = self.try_status();
-            st.is_some()
-        });
-        st.unwrap()
-    }
-
-    fn stop(self) {
-        output_ok(&mut self.fx.herd(&["ctl", "--control", self.ctl(), "stop"]));
-        let (status, _, logs) = self.live.finish(RUN_TIMEOUT);
-        assert!(status.success(), "{}", dump(&logs));
-        assert!(!self.control.exists(), "control socket removed");
-    }
-
     /// A raw connection that has said Hello and been welcomed.
     fn hello(&self) -> UnixStream {
         let mut s = raw_connect(&self.control);
@@ -224,7 +161,7 @@ fn two_hundred_thousand_tiny_events_through_one_submitter() {
         st["totals"]["ok"], 250_000,
         "the daemon counted what was delivered"
     );
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -239,7 +176,7 @@ fn eight_concurrent_submitters_of_25000_each() {
         check_squares(&output_of(sub), n);
     }
     assert_eq!(d.status()["totals"]["ok"], 8 * n);
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -279,7 +216,7 @@ fn a_slow_reader_slows_only_itself() {
     run.out.stdout = reader.join().unwrap();
     let run = Run::new(vec!["slow submit".into()], run.out);
     check_squares(&run, slow_n);
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -324,7 +261,7 @@ fn lines_at_the_pool_limit_pass_and_a_longer_one_is_rejected_alone() {
     for (r, kind_wanted) in recs.iter().zip(&want) {
         assert_eq!(kind(r), *kind_wanted, "seq {}: {}", r["seq"], r["error"]);
     }
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -370,7 +307,7 @@ fn oversize_garbage_and_stalled_frames_cost_the_daemon_nothing() {
             .output()
             .unwrap();
     check_squares(&Run::new(vec!["submit".into()], run), 1000);
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -386,7 +323,7 @@ fn an_old_client_gets_a_clear_error() {
         other => panic!("{other:?}"),
     }
     wait_closed(&mut s);
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]
@@ -428,7 +365,7 @@ fn idle_connections_time_out_and_the_one_over_the_cap_is_told_why() {
     assert!(status.success());
     assert_eq!(records.len(), 2);
     assert_eq!(records[1]["output"], 16);
-    d.stop();
+    d.stop_ok();
 }
 
 /// A process whose JSON log lines (stderr) are collected as they come. Killed on drop.
@@ -604,7 +541,7 @@ fn submit_fails_clearly_when_its_input_cannot_be_read() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.contains("cannot read input"), "{stderr}");
     assert!(line.contains("a-directory"), "{stderr}");
-    d.stop();
+    d.stop_ok();
 }
 
 #[test]

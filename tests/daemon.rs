@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
 use nix::sys::signal::Signal;
@@ -11,25 +10,7 @@ use serde_json::Value;
 
 use crate::util::*;
 
-/// A running daemon with its control socket in the fixture dir.
-struct Daemon {
-    fx: Fixture,
-    live: Live,
-    control: PathBuf,
-}
-
 impl Daemon {
-    fn start(workers: usize, extra: &[&str]) -> Self {
-        let fx = Fixture::new();
-        let control = fx.path("control.sock");
-        let live = fx.serve(&control, workers, extra);
-        Daemon { fx, live, control }
-    }
-
-    fn ctl(&self) -> &str {
-        self.control.to_str().unwrap()
-    }
-
     fn submit(&self, input: String) -> Run {
         let args = vec!["submit".to_string(), "--control".into(), self.ctl().into()];
         let out = self
@@ -39,29 +20,6 @@ impl Daemon {
             .output()
             .unwrap();
         Run::new(args, out)
-    }
-
-    /// `herd submit` in the background, input from a file.
-    fn submit_bg(&self, name: &str, input: &str) -> Child {
-        let file = self.fx.path(name);
-        std::fs::write(&file, input).unwrap();
-        std::process::Command::new(herd_bin())
-            .args([
-                "submit",
-                "--control",
-                self.ctl(),
-                "-i",
-                file.to_str().unwrap(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn status(&self) -> Value {
-        let out = output_ok(&mut self.fx.herd(&["status", "--control", self.ctl(), "--json"]));
-        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
@@ -82,21 +40,8 @@ impl Daemon {
             .count()
     }
 
-    fn ctl_cmd(&self, args: &[&str]) {
-        let mut all = vec!["ctl", "--control", self.ctl()];
-        all.extend_from_slice(args);
-        output_ok(&mut self.fx.herd(&all));
-    }
-
     fn signal(&self, sig: Signal) {
         signal(self.live.pid(), sig);
-    }
-
-    /// Stops with `ctl stop` and returns the exit status and the log.
-    fn stop(self) -> (std::process::ExitStatus, Vec<Value>, Fixture, PathBuf) {
-        self.ctl_cmd(&["stop"]);
-        let (status, _, logs) = self.live.finish(RUN_TIMEOUT);
-        (status, logs, self.fx, self.control)
     }
 }
 
@@ -190,7 +135,7 @@ fn hup_replaces_every_worker_and_loses_nothing() {
             }
         })
         .collect();
-    let sub = d.submit_bg("events.txt", &slow);
+    let sub = d.submit_bg("events.txt", &slow, &[]);
     d.wait_status("the submission is flowing", |s| {
         s["totals"]["ok"].as_u64().unwrap() > 100
     });
@@ -250,7 +195,11 @@ fn usr1_writes_a_status_snapshot_to_the_log() {
 #[test]
 fn term_finishes_queued_events_and_leaves_nothing() {
     let d = Daemon::start(2, &[]);
-    let sub = d.submit_bg("slow.txt", &"{\"op\":\"sleep\",\"ms\":10}\n".repeat(200));
+    let sub = d.submit_bg(
+        "slow.txt",
+        &"{\"op\":\"sleep\",\"ms\":10}\n".repeat(200),
+        &[],
+    );
     d.wait_status("200 events accepted", |s| {
         s["totals"]["ok"].as_u64().unwrap()
             + s["queued"].as_u64().unwrap()
@@ -300,12 +249,13 @@ fn json_logs_parse_and_carry_worker_stderr() {
 #[test]
 fn concurrent_submitters_both_get_all_their_records() {
     let d = Daemon::start(2, &[]);
-    let a = d.submit_bg("a.txt", &square_events(2000));
+    let a = d.submit_bg("a.txt", &square_events(2000), &[]);
     let b = d.submit_bg(
         "b.txt",
         &(0..2000)
             .map(|i| format!("{{\"op\":\"echo\",\"v\":\"b{i}\"}}\n"))
             .collect::<String>(),
+        &[],
     );
     let (ra, rb) = (child_output(a), child_output(b));
     ra.assert_success();
@@ -323,7 +273,11 @@ fn concurrent_submitters_both_get_all_their_records() {
 #[test]
 fn a_vanished_submitter_does_not_disturb_the_daemon() {
     let d = Daemon::start(2, &[]);
-    let mut doomed = d.submit_bg("doomed.txt", &"{\"op\":\"sleep\",\"ms\":5}\n".repeat(2000));
+    let mut doomed = d.submit_bg(
+        "doomed.txt",
+        &"{\"op\":\"sleep\",\"ms\":5}\n".repeat(2000),
+        &[],
+    );
     d.wait_status("the doomed submission is flowing", |s| {
         s["totals"]["ok"].as_u64().unwrap() > 20
     });
@@ -394,7 +348,11 @@ fn submit_without_a_daemon_fails_clearly() {
 #[test]
 fn submitter_fails_when_the_daemon_goes_away() {
     let d = Daemon::start(1, &[]);
-    let sub = d.submit_bg("long.txt", &"{\"op\":\"sleep\",\"ms\":20}\n".repeat(500));
+    let sub = d.submit_bg(
+        "long.txt",
+        &"{\"op\":\"sleep\",\"ms\":20}\n".repeat(500),
+        &[],
+    );
     d.wait_status("flowing", |s| s["totals"]["ok"].as_u64().unwrap() > 5);
     d.signal(Signal::SIGKILL);
     let run = child_output(sub);

@@ -147,13 +147,14 @@ fn a_worker_that_writes_text_fails_at_once_with_the_cause() {
     assert!(err.contains("failed its handshake"), "{err}");
     assert!(err.contains("where herd expects a Hello frame"), "{err}");
     assert!(err.contains(r#"{\"op\":\"square\""#), "{err}");
-    // Every event still has its record.
+    // The events herd had accepted when it gave up (possibly none yet) have their records.
     let records: Vec<Value> = out
         .stdout
         .lines()
         .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
         .collect();
-    assert_eq!(records.len(), 2);
+    assert!(records.len() <= 2);
+    assert!(records.iter().all(|r| kind(r) == "shutdown"), "{records:?}");
 }
 
 /// `herd run -- cat`-like mistakes: the program exits without ever connecting. The error says
@@ -220,19 +221,7 @@ fn a_stolen_token_costs_the_real_worker_nothing() {
         go.display(),
         chaos()
     );
-    let mut herd = fx.spawn_herd(&[
-        "run",
-        "--log-format",
-        "json",
-        "-w",
-        "1",
-        "--start-timeout",
-        "120s",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut herd = spawn_run_sh(&fx, 1, &["--start-timeout", "120s"], &script);
     let mut env = HashMap::new();
     wait_for("the worker's environment", RUN_TIMEOUT, || {
         for pid in children_of(herd.pid()) {
@@ -319,17 +308,7 @@ fn a_killed_herd_leaves_no_process_or_socket_behind() {
     for sig in [Signal::SIGKILL, Signal::SIGALRM] {
         let fx = Fixture::new();
         let script = format!("sleep 600 & echo \"sleeper $!\" >&2; exec '{}'", chaos());
-        let mut herd = fx.spawn_herd(&[
-            "run",
-            "--log-format",
-            "json",
-            "-w",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
+        let mut herd = spawn_run_sh(&fx, 2, &[], &script);
         herd.wait_log("2 workers ready", RUN_TIMEOUT, |l| {
             l.iter().filter(|x| x["message"] == "worker ready").count() >= 2
         });

@@ -461,17 +461,7 @@ fn a_slot_that_cannot_start_backs_off_while_the_others_serve() {
         "if [ \"$HERD_WORKER\" = 1 ]; then echo 'slot 1 is broken' >&2; exit 1; fi; exec {}",
         chaos()
     );
-    let mut herd = fx.spawn_herd(&[
-        "run",
-        "--log-format",
-        "json",
-        "-w",
-        "2",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
+    let mut herd = spawn_run_sh(&fx, 2, &[], &script);
     herd.wait_log("four failed starts of slot 1", RUN_TIMEOUT, |l| {
         l.iter()
             .filter(|x| x["message"] == "worker failed to start; backing off" && x["worker"] == 1)

@@ -426,3 +426,93 @@ pub fn dump(logs: &[Value]) -> String {
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
+
+/// A running daemon with its control socket in the fixture dir.
+pub struct Daemon {
+    pub fx: Fixture,
+    pub live: Live,
+    pub control: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(workers: usize, extra: &[&str]) -> Self {
+        let fx = Fixture::new();
+        let control = fx.path("control.sock");
+        let live = fx.serve(&control, workers, extra);
+        Daemon { fx, live, control }
+    }
+
+    pub fn ctl(&self) -> &str {
+        self.control.to_str().unwrap()
+    }
+
+    /// `herd submit <extra>` in the background with input from a new file `name`.
+    pub fn submit_bg(&self, name: &str, input: &str, extra: &[&str]) -> std::process::Child {
+        let file = self.fx.path(name);
+        std::fs::write(&file, input).unwrap();
+        std::process::Command::new(herd_bin())
+            .args([
+                "submit",
+                "--control",
+                self.ctl(),
+                "-i",
+                file.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// `herd status --json`, if the daemon answers.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self
+            .fx
+            .herd(&["status", "--control", self.ctl(), "--json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// `herd status --json`, waiting until the daemon answers.
+    pub fn status(&self) -> Value {
+        let mut st = None;
+        wait_for("herd status to answer", RUN_TIMEOUT, || {
+            st = self.try_status();
+            st.is_some()
+        });
+        st.unwrap()
+    }
+
+    pub fn ctl_cmd(&self, args: &[&str]) {
+        let mut all = vec!["ctl", "--control", self.ctl()];
+        all.extend_from_slice(args);
+        output_ok(&mut self.fx.herd(&all));
+    }
+
+    /// Stops with `ctl stop` and returns the exit status and the log.
+    pub fn stop(self) -> (std::process::ExitStatus, Vec<Value>, Fixture, PathBuf) {
+        self.ctl_cmd(&["stop"]);
+        let (status, _, logs) = self.live.finish(RUN_TIMEOUT);
+        (status, logs, self.fx, self.control)
+    }
+
+    /// Stops with `ctl stop`; it must exit 0 and remove its socket.
+    pub fn stop_ok(self) {
+        let (status, logs, _fx, control) = self.stop();
+        assert!(status.success(), "{}", dump(&logs));
+        assert!(!control.exists(), "control socket removed");
+    }
+}
+
+/// `herd run` (JSON logs) with `workers` workers running `sh -c script`.
+pub fn spawn_run_sh(fx: &Fixture, workers: usize, extra: &[&str], script: &str) -> Live {
+    let w = workers.to_string();
+    let mut args = vec!["run", "--log-format", "json", "-w", &w];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    fx.spawn_herd(&args)
+}
