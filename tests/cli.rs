@@ -257,7 +257,7 @@ fn documents_link_only_into_the_repository() {
 
 #[test]
 fn architecture_lists_every_chaos_op() {
-    let out = output_ok(&mut assert_cmd::Command::new(chaos()).arg("--help"));
+    let out = output_ok(assert_cmd::Command::new(chaos()).arg("--help"));
     let help = String::from_utf8(out.stdout).unwrap();
     let doc = read("docs/ARCHITECTURE.md");
     let ops: Vec<&str> = help
