@@ -55,7 +55,8 @@ enum Cmd {
     /// line number. Records go to stdout (or --output) in completion order unless --ordered.
     /// Exit status is 0 when every event got its record, whatever the records say; non-zero
     /// only when herd itself cannot do its job (e.g. the worker program cannot start).
-    /// SIGINT/SIGTERM: finish what was accepted, then exit; a second SIGINT or SIGQUIT: now.
+    /// SIGINT/SIGTERM/SIGHUP: finish what was accepted, then exit; a second SIGINT or
+    /// SIGQUIT: now. SIGUSR1: status snapshot to the log; SIGUSR2: reopen the log file.
     Run(run::RunArgs),
     /// Run a pool as a long-lived daemon: events arrive through the control socket
     /// (`herd submit`), and it is steered with signals, `herd ctl` and `herd status`.
