@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use herd_supervisor::slot::AUTO_WINDOW_MAX;
+use herd_supervisor::policy::AUTO_WINDOW_MAX;
 use herd_supervisor::PoolConfig;
 
 use crate::util::*;
