@@ -1,7 +1,7 @@
 //! `herd-chaos`: the fault-injection worker. Each event (one JSON object) chooses what the worker
 //! does, so tests, demos and benchmarks can reproduce every failure a supervisor must survive
-//! (ARCHITECTURE §5). Outputs are JSON; an unknown op or a malformed event is a non-retryable
-//! handler error.
+//! (the ops are listed in `--help` and docs/ARCHITECTURE.md). Outputs are JSON; an unknown op or
+//! a malformed event is a non-retryable handler error.
 //!
 //! `square` is the benchmark path: the event is parsed into a borrowed struct and the answer
 //! written straight into the output buffer, with no other allocation.

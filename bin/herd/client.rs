@@ -59,11 +59,18 @@ pub struct CtlArgs {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Run N workers (like TTIN/TTOU, but to a number).
-    Scale { workers: u32 },
+    Scale {
+        /// Workers to run: new ones start at once; surplus ones finish the tasks they hold,
+        /// get the termination frame and are not replaced.
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+        workers: u32,
+    },
     /// Rolling restart of every worker (like HUP).
     Reload,
     /// Stop the daemon: finish accepted events first (like TERM), or --fast (like QUIT).
     Stop {
+        /// Don't finish anything: kill the workers now and record every unfinished event as
+        /// `shutdown`.
         #[arg(long)]
         fast: bool,
     },

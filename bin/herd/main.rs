@@ -55,7 +55,8 @@ enum Cmd {
     /// line number. Records go to stdout (or --output) in completion order unless --ordered.
     /// Exit status is 0 when every event got its record, whatever the records say; non-zero
     /// only when herd itself cannot do its job (e.g. the worker program cannot start).
-    /// SIGINT/SIGTERM: finish what was accepted, then exit; a second SIGINT or SIGQUIT: now.
+    /// SIGINT/SIGTERM/SIGHUP: finish what was accepted, then exit; a second SIGINT or
+    /// SIGQUIT: now. SIGUSR1: status snapshot to the log; SIGUSR2: reopen the log file.
     Run(run::RunArgs),
     /// Run a pool as a long-lived daemon: events arrive through the control socket
     /// (`herd submit`), and it is steered with signals, `herd ctl` and `herd status`.
@@ -78,8 +79,8 @@ pub struct PoolArgs {
     /// Number of worker processes [default: number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     workers: Option<u32>,
-    /// Tasks in flight per worker [default: automatic, 2 to 256: enough to cover about 2 ms of
-    /// work, from the measured task duration].
+    /// Tasks in flight per worker [default: automatic, 2 to 1024: enough to cover about 2 ms of
+    /// work, from the measured task duration; 2 until 8 tasks have been measured].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     window: Option<u32>,
     /// Per-attempt deadline (e.g. 500ms, 30s); a worker past it is killed and replaced.
@@ -98,7 +99,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_rss: Option<usize>,
     /// Most events of one submission accepted but not yet answered (memory bound,
-    /// back-pressure and reorder window) [default: max(1024, 4 x workers x window)].
+    /// back-pressure and reorder window) [default: 4 x workers x window, within 1024 to 16384;
+    /// the automatic window counts as 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     queue: Option<u64>,
     /// Most bytes of one submission held at once: payloads of accepted events (kept for
@@ -192,7 +194,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| hint_worker_command(e).exit());
     let verbosity = cli.log.verbose as i8 - cli.log.quiet as i8;
     let logging = match logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
         Ok(l) => l,
@@ -216,6 +218,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Clap reports a worker command typed without `--` (`herd run herd-chaos`) as a bare
+/// "unexpected argument"; add a tip that shows where it goes.
+fn hint_worker_command(mut err: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if err.kind() != ErrorKind::UnknownArgument {
+        return err;
+    }
+    let (Some(ContextValue::String(arg)), Some(ContextValue::StyledStr(usage))) = (
+        err.get(ContextKind::InvalidArg),
+        err.get(ContextKind::Usage),
+    ) else {
+        return err;
+    };
+    // Only for a positional argument of a subcommand that takes a worker command.
+    let usage = usage.to_string();
+    let usage = usage.trim().trim_start_matches("Usage:").trim();
+    let Some(prefix) = usage.strip_suffix("<WORKER_CMD>...") else {
+        return err;
+    };
+    if arg.starts_with('-') {
+        return err;
+    }
+    let tip = format!("the worker command goes after `--`: {prefix}{arg}");
+    let mut tips = match err.get(ContextKind::Suggested) {
+        Some(ContextValue::StyledStrs(tips)) => tips.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(tip.into());
+    err.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
+    err
 }
 
 /// Events from FILE, or stdin for `-`.

@@ -1,5 +1,5 @@
 //! Result records: the one final answer herd gives for each accepted event, and their JSON-lines
-//! form (the user-visible contract of ARCHITECTURE §4).
+//! form (the user-visible contract in the README, "Result records").
 //!
 //! Formatting lives here, not in the pool, so the pool hands over raw records and the caller
 //! formats them off the supervisor's hot loop (the `herd` binary does it on its writer thread).

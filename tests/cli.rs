@@ -1,0 +1,276 @@
+//! The command line and the documents agree with the code: help texts state the limits the
+//! code applies, every argument is described, the README lists every option, and the
+//! documents link nothing outside the repository.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use herd_supervisor::policy::AUTO_WINDOW_MAX;
+use herd_supervisor::PoolConfig;
+
+use crate::util::*;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// `herd <args>`, expected to succeed; its stdout.
+fn stdout_of(fx: &Fixture, args: &[&str]) -> String {
+    String::from_utf8(output_ok(&mut fx.herd(args)).stdout).unwrap()
+}
+
+/// `herd <args>`, expected to be refused as a usage error; its stderr.
+fn usage_error(fx: &Fixture, args: &[&str]) -> String {
+    let out = fx.herd(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "herd {args:?}: want a usage error\nstderr:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "herd {args:?} printed to stdout");
+    stderr
+}
+
+/// The bounds of the default queue, from the code that computes it.
+fn queue_bounds() -> (usize, usize) {
+    let mut smallest = PoolConfig::new(["w"]);
+    smallest.workers = 1;
+    smallest.window = 1;
+    let mut largest = PoolConfig::new(["w"]);
+    largest.workers = 4096;
+    largest.window = 0;
+    (smallest.effective_queue(), largest.effective_queue())
+}
+
+#[test]
+fn worker_command_without_separator_gets_a_tip() {
+    let fx = Fixture::new();
+    let chaos = chaos();
+    let cases: [(&[&str], String); 3] = [
+        (&["run", chaos], format!("herd run [OPTIONS] -- {chaos}")),
+        (
+            &["run", "-w", "2", chaos, "--timeout", "1s"],
+            format!("herd run [OPTIONS] -- {chaos}"),
+        ),
+        (
+            &["serve", "--control", "h.sock", chaos],
+            format!("herd serve [OPTIONS] --control <PATH> -- {chaos}"),
+        ),
+    ];
+    for (args, want) in cases {
+        let stderr = usage_error(&fx, args);
+        let tip = format!("tip: the worker command goes after `--`: {want}");
+        assert!(
+            stderr.contains(&tip),
+            "herd {args:?}: want {tip:?}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.contains("unexpected argument"), "{stderr}");
+    }
+    // Nothing was started: no runtime directory, no control socket.
+    assert!(fx.leftover_runtime_dirs().is_empty());
+    assert!(!fx.path("h.sock").exists());
+
+    // Only where a worker command belongs, and not for a mistyped option.
+    for args in [
+        &["status", "--control", "h.sock", "extra"][..],
+        &["run", "--frobnicate", "--", chaos][..],
+    ] {
+        let stderr = usage_error(&fx, args);
+        assert!(
+            !stderr.contains("worker command goes after"),
+            "herd {args:?}: no worker-command tip wanted\nstderr:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_states_the_limits_the_code_applies() {
+    let fx = Fixture::new();
+    let (qmin, qmax) = queue_bounds();
+    for sub in ["run", "serve"] {
+        let help = stdout_of(&fx, &[sub, "--help"]);
+        let window = format!("automatic, 2 to {AUTO_WINDOW_MAX}");
+        assert!(
+            help.contains(&window),
+            "{sub} --help: want {window:?}\n{help}"
+        );
+        let queue = format!("within {qmin} to {qmax}");
+        assert!(
+            help.contains(&queue),
+            "{sub} --help: want {queue:?}\n{help}"
+        );
+    }
+    // The README says the same.
+    let readme = read("README.md");
+    for want in [
+        format!("2 to {AUTO_WINDOW_MAX} tasks per worker"),
+        format!("{qmin} to {qmax}"),
+    ] {
+        assert!(readme.contains(&want), "README.md: want {want:?}");
+    }
+    // `ctl scale` takes what `-w` takes.
+    let stderr = usage_error(&fx, &["ctl", "--control", "h.sock", "scale", "0"]);
+    assert!(stderr.contains("1..=4096"), "{stderr}");
+}
+
+/// Entries of a short (`-h`) help screen that have no description.
+fn undescribed(help: &str) -> Vec<String> {
+    help.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            l.starts_with("  ") && (t.starts_with('-') || t.starts_with('<'))
+        })
+        .filter(|l| {
+            let t = l.trim();
+            // "<spec>  <description>": the spec has no double space in it.
+            t.split_once("  ").is_none_or(|(_, d)| d.trim().is_empty())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_argument_is_described() {
+    let fx = Fixture::new();
+    let screens: [&[&str]; 9] = [
+        &["-h"],
+        &["run", "-h"],
+        &["serve", "-h"],
+        &["submit", "-h"],
+        &["status", "-h"],
+        &["ctl", "-h"],
+        &["ctl", "scale", "-h"],
+        &["ctl", "reload", "-h"],
+        &["ctl", "stop", "-h"],
+    ];
+    for args in screens {
+        let help = stdout_of(&fx, args);
+        let bare = undescribed(&help);
+        assert!(
+            bare.is_empty(),
+            "herd {args:?}: no description for {bare:?}\n{help}"
+        );
+    }
+    // The check itself: an entry without a description is caught.
+    assert_eq!(undescribed("Options:\n      --fast  \n").len(), 1);
+}
+
+/// Long options (`--name`) mentioned in `text`, in order of appearance, without repeats.
+fn long_options(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("--") {
+        rest = &rest[at + 2..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect();
+        if name.len() > 1 && !found.contains(&name) {
+            found.push(name);
+        }
+    }
+    found
+}
+
+#[test]
+fn readme_lists_every_option() {
+    let fx = Fixture::new();
+    let readme = read("README.md");
+    // The `herd run` synopsis block of the README.
+    let start = readme
+        .find("herd run [OPTIONS] -- WORKER_CMD")
+        .expect("README.md has the herd run synopsis");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").unwrap()];
+    let documented = long_options(block);
+    let run_opts = long_options(&stdout_of(&fx, &["run", "-h"]));
+    for opt in &run_opts {
+        if opt == "help" || opt == "version" {
+            continue;
+        }
+        assert!(
+            documented.contains(opt),
+            "`herd run --{opt}` is missing from the README's synopsis"
+        );
+    }
+    for opt in &documented {
+        assert!(
+            run_opts.contains(opt),
+            "the README's synopsis has --{opt}, which `herd run` does not take"
+        );
+    }
+    // What `serve` takes beyond `run`'s options is in the daemon section.
+    for opt in long_options(&stdout_of(&fx, &["serve", "-h"])) {
+        if opt == "help" || opt == "version" {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("--{opt}")),
+            "`herd serve --{opt}` is not in the README"
+        );
+    }
+}
+
+/// Relative link targets of the Markdown file at `rel`, resolved.
+fn local_links(rel: &str) -> Vec<(String, PathBuf)> {
+    let text = read(rel);
+    let base = repo().join(rel).parent().unwrap().to_path_buf();
+    let mut links = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("](") {
+        rest = &rest[at + 2..];
+        let Some(end) = rest.find(')') else { break };
+        let target = &rest[..end];
+        if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+            continue;
+        }
+        let path = target.split('#').next().unwrap();
+        links.push((target.to_string(), base.join(path)));
+    }
+    links
+}
+
+#[test]
+fn documents_link_only_into_the_repository() {
+    let root = repo().canonicalize().unwrap();
+    let mut checked = 0;
+    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+        for (target, path) in local_links(doc) {
+            let found = path
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{doc}: link {target:?} is dead: {e}"));
+            assert!(
+                found.starts_with(&root),
+                "{doc}: link {target:?} leads out of the repository"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "the README links into docs/");
+}
+
+#[test]
+fn architecture_lists_every_chaos_op() {
+    let out = output_ok(assert_cmd::Command::new(chaos()).arg("--help"));
+    let help = String::from_utf8(out.stdout).unwrap();
+    let doc = read("docs/ARCHITECTURE.md");
+    let ops: Vec<&str> = help
+        .split("{\"op\":\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    assert!(ops.len() >= 15, "herd-chaos --help lists its ops: {help}");
+    for op in ops {
+        let key = format!("{{\"op\":\"{op}\"");
+        assert!(
+            doc.contains(&key),
+            "docs/ARCHITECTURE.md does not describe the herd-chaos op {op}"
+        );
+    }
+}
