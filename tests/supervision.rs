@@ -169,8 +169,10 @@ fn hang_times_out_without_holding_up_the_rest() {
     let mut input = String::from("{\"op\":\"hang\"}\n");
     input.push_str(&square_events(300));
     // With one task in flight per worker nothing ever queues behind the hang: it is last.
+    // (The deadline is long enough that a tiny event never meets it, even on a machine so
+    // loaded that a worker waits hundreds of milliseconds for a CPU.)
     let run = fx.run_chaos(
-        &["-w", "2", "--window", "1", "--timeout", "300ms"],
+        &["-w", "2", "--window", "1", "--timeout", "1s"],
         input.clone(),
     );
     run.assert_success();
@@ -193,7 +195,7 @@ fn hang_times_out_without_holding_up_the_rest() {
 
     // With the automatic window, events queued behind the hang on its worker wait for the
     // deadline, then run elsewhere, uncharged.
-    let run = fx.run_chaos(&["-w", "2", "--timeout", "300ms"], input);
+    let run = fx.run_chaos(&["-w", "2", "--timeout", "1s"], input);
     run.assert_success();
     let recs = run.by_seq(301);
     assert_eq!(kind(recs[0]), "timeout");

@@ -150,7 +150,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// hard limit first) cannot hold that many connections on each of `listeners` beside what the
 /// pool needs to run and restart `workers` workers.
 fn connection_cap(wanted: usize, workers: usize, listeners: u64) -> usize {
-    let limit = raise_nofile();
+    let limit = herd_supervisor::raise_nofile_limit(FD_RAISE_MAX);
     let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_WORKER * workers as u64;
     let room = (limit.saturating_sub(reserve) / listeners).max(1);
     let cap = (wanted as u64).min(room) as usize;
@@ -163,23 +163,6 @@ fn connection_cap(wanted: usize, workers: usize, listeners: u64) -> usize {
         );
     }
     cap
-}
-
-/// Raises the soft limit on open descriptors to the hard limit (at most [`FD_RAISE_MAX`]);
-/// returns the soft limit in force.
-fn raise_nofile() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 1024;
-    };
-    let want = hard.min(FD_RAISE_MAX);
-    if soft < want {
-        match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
-            Ok(()) => return want,
-            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit"),
-        }
-    }
-    soft
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) how the service is doing.

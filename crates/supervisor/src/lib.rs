@@ -56,6 +56,7 @@ use credits::{Credits, Outbox};
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;
+pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
 pub use status::{Status, WorkerStatus};

@@ -78,14 +78,22 @@ pub(crate) fn spawn_worker(
         .process_group(0)
         .kill_on_drop(true);
     let parent = nix::unistd::getpid();
+    let nofile = NOFILE_AT_START.get().copied();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (prctl, getppid, _exit); it touches no locks and allocates nothing.
+    // syscalls (prctl, getppid, setrlimit, _exit); it touches no locks and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             // herd may have died between fork and prctl: then nobody would ever kill us.
             if nix::unistd::getppid() != parent {
                 nix::libc::_exit(1);
+            }
+            if let Some((soft, hard)) = nofile {
+                let _ = nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    soft,
+                    hard,
+                );
             }
             Ok(())
         });
@@ -268,6 +276,31 @@ impl Forward {
         );
         self.suppressed = 0;
     }
+}
+
+/// The descriptor limit herd started with, when [`raise_nofile_limit`] raised it: workers get
+/// it back, so herd's headroom is not passed on to programs that may not expect it.
+static NOFILE_AT_START: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Raises this process's soft limit on open descriptors to the hard limit (at most `max`), so
+/// that client connections cannot take the descriptors the pool needs to restart workers;
+/// workers spawned afterwards get the original limit back. Returns the soft limit in force.
+pub fn raise_nofile_limit(max: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let want = hard.min(max);
+    if soft < want {
+        match setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            Ok(()) => {
+                let _ = NOFILE_AT_START.set((soft, hard));
+                return want;
+            }
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit"),
+        }
+    }
+    soft
 }
 
 /// Sends SIGKILL to the worker's whole process group (its children included). The group
