@@ -398,7 +398,8 @@ fn framed(body: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The frames the decoder must reject: (name, direction, frame, error, why).
+/// The frames the decoder must reject.
+#[rustfmt::skip] // A table: one case per line.
 pub fn malformed() -> Vec<Malformed> {
     let m = |name: &str, direction: &str, frame: Vec<u8>, error: &str, why: &str| Malformed {
         name: name.into(),
