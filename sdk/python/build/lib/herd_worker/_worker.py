@@ -1,0 +1,469 @@
+"""The worker's half of the protocol: find the supervisor, say Hello, answer every Task with
+exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/src/lib.rs).
+
+- A worker never outlives its supervisor: end of stream on the socket exits 1; only the
+  termination frame (Shutdown) exits 0; a protocol violation, or not being started by herd,
+  exits 2.
+- A handler failure is a result, not a crash: an exception becomes a non-retryable error
+  (`Retryable` asks for a retry) and the worker keeps serving.
+- Pipelining is cheap: input is read in large chunks; while further complete tasks are already
+  buffered, replies after quick handlers are queued and written together; everything queued is
+  written before the worker could block on a read, so a reply never waits for new input.
+- Waiting for a task wakes nothing: the worker waits in poll(2), not in a blocking recv, which
+  Linux also wakes each time the supervisor reads a reply.
+- A finished Done is held for about 1 ms at most: the supervisor times each attempt from the
+  previous Done. The serve loop flushes once the oldest held reply is 1 ms old; while a handler
+  runs, a flusher thread (started the first time a reply is held across a handler) does it. It
+  needs the GIL for that, which a busy handler gives up within the interpreter's switch
+  interval (5 ms by default), so under a CPU-bound Python handler the bound is that interval.
+"""
+
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+
+from . import _codec
+from ._codec import ProtocolError
+
+ENV_SOCKET = "HERD_SOCKET"
+ENV_TOKEN = "HERD_TOKEN"
+ENV_WORKER = "HERD_WORKER"
+ENV_MAX_FRAME = "HERD_MAX_FRAME"
+
+# Exit codes, as the Rust SDK's.
+EXIT_SHUTDOWN = 0
+EXIT_DISCONNECTED = 1
+EXIT_ERROR = 2
+
+# Bytes asked of each recv: many pipelined small tasks at once.
+READ_SIZE = 64 * 1024
+# Queued replies above this size are written even if more input is buffered.
+WRITE_BATCH = 64 * 1024
+# The longest a queued Done waits, in seconds.
+MAX_HOLD = 0.001
+# Replies are batched only behind handlers faster than this (seconds); after a slower one the
+# reply goes out at once, since a write costs little next to such a task and the supervisor is
+# waiting to send more.
+BATCH_ONLY_UNDER = 50e-6
+
+_HEADER = struct.Struct("<I")
+_unpack_header = _HEADER.unpack_from
+
+
+class Retryable(Exception):
+    """Raise this from a handler to ask herd to run the event again (up to its --retries, with
+    backoff). Its message is shown in the record if the retries run out."""
+
+
+class Fatal(Exception):
+    """Raise this from a handler for a `failed` record carrying exactly this message, with no
+    traceback on stderr. Any other exception also fails the event, without a retry."""
+
+
+class Disconnected(Exception):
+    """The supervisor closed or reset the connection."""
+
+
+class _Startup(Exception):
+    """The worker cannot start: not under herd, unusable environment, no socket."""
+
+
+class Task:
+    """One task, handed to a handler run with `run(handler, pass_task=True)`."""
+
+    __slots__ = ("id", "attempt", "payload", "_out")
+
+    def __init__(self, id, attempt, payload, out):
+        #: The supervisor's identifier for this attempt; unique within one supervisor run.
+        self.id = id
+        #: Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
+        self.attempt = attempt
+        #: The event, exactly as herd received it (one input line without its newline).
+        self.payload = payload
+        self._out = out
+
+    def _write_raw(self, data):
+        """Fault injection only (examples/chaos.py): queues raw bytes after the replies already
+        queued and writes everything out. Anything but whole valid frames breaks the protocol."""
+        self._out.queue(bytes(data))
+        self._out.flush()
+
+    def _flush(self):
+        """Fault injection only: writes out the replies of earlier tasks that are still queued,
+        so a worker about to die loses only the task in hand."""
+        self._out.flush()
+
+    def __repr__(self):
+        return f"Task(id={self.id}, attempt={self.attempt}, payload_len={len(self.payload)})"
+
+
+class _Outbox:
+    """The write side, shared by the serve loop and the flusher thread: frames are queued and
+    written out, in order, under one lock."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queued = []
+        self.size = 0
+        # When the oldest queued frame was held back (time.perf_counter()); None if none is.
+        self.since = None
+        self._error = None  # an OSError the flusher hit, for the serve loop to report
+        self._flusher = None
+        self._idle = False
+        self._stop = False
+
+    def queue(self, frame):
+        with self._lock:
+            self._queued.append(frame)
+            self.size += len(frame)
+
+    def flush(self):
+        with self._lock:
+            self._write_locked()
+
+    def hold(self, now):
+        """Leaves what is queued for later, within MAX_HOLD of `now`."""
+        if self.since is None:
+            with self._lock:
+                self.since = now
+                if self._flusher is None:
+                    self._start_flusher()
+                elif self._idle:
+                    self._wake.notify()
+
+    def _write_locked(self):
+        if self._error is not None:
+            raise self._error
+        self.since = None
+        if self._queued:
+            data = b"".join(self._queued) if len(self._queued) > 1 else self._queued[0]
+            self._queued.clear()
+            self.size = 0
+            self._sock.sendall(data)
+
+    def _start_flusher(self):
+        t = threading.Thread(target=self._run_flusher, name="herd-flush", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:
+            # Without the flusher every reply is still written before the worker blocks on a
+            # read; only the bound on holding one back during a slow handler is lost.
+            return
+        self._flusher = t
+
+    def _run_flusher(self):
+        with self._lock:
+            while not self._stop:
+                since = self.since
+                if since is None:
+                    self._idle = True
+                    self._wake.wait()
+                    self._idle = False
+                    continue
+                left = since + MAX_HOLD - time.perf_counter()
+                if left > 0:
+                    self._wake.wait(left)
+                elif self._error is not None:
+                    self._queued.clear()
+                    self.since = None
+                else:
+                    try:
+                        self._write_locked()
+                    except OSError as e:
+                        self._error = e
+                        self._queued.clear()
+                        self.since = None
+
+    def stop(self):
+        with self._lock:
+            self._stop = True
+            self._wake.notify()
+
+
+class _Reader:
+    """Reads the socket, waiting for input in poll(2) rather than in a blocking recv. After a
+    read found nothing the next one polls first (the supervisor is answering one task at a
+    time); after a read found data it tries recv first (tasks are queued up)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self._poll_first = False
+
+    def recv(self, n):
+        recv, flags = self._sock.recv, socket.MSG_DONTWAIT
+        while True:
+            if self._poll_first:
+                self._poll.poll()
+            try:
+                data = recv(n, flags)
+            except BlockingIOError:
+                self._poll_first = True
+                continue
+            self._poll_first = False
+            return data
+
+    def recv_into(self, view):
+        recv_into, flags = self._sock.recv_into, socket.MSG_DONTWAIT
+        while True:
+            if self._poll_first:
+                self._poll.poll()
+            try:
+                n = recv_into(view, len(view), flags)
+            except BlockingIOError:
+                self._poll_first = True
+                continue
+            self._poll_first = False
+            return n
+
+
+def _output_bytes(value):
+    """The handler's return value as bytes: bytes as is, str encoded as UTF-8, bytearray and
+    memoryview copied. Anything else (None included) is a handler bug, reported as such."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(
+        f"handler returned {type(value).__name__}, expected bytes, bytearray, memoryview or str")
+
+
+def _failure_message(exc):
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _truncate(s, max_bytes):
+    """The longest prefix of `s` that encodes to at most `max_bytes` UTF-8 bytes."""
+    return s.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+def _done_err(id, retryable, message, max_frame):
+    try:
+        return _codec.encode_done_err(id, retryable, message, max_frame)
+    except ProtocolError:
+        size = len(message.encode("utf-8"))
+        return _codec.encode_done_err(id, False, (
+            f"handler error message of {size} bytes exceeds the maximum frame of {max_frame} "
+            f"bytes; it began: {_truncate(message, 200)}"), max_frame)
+
+
+def _reply(handler, arg, id, max_frame):
+    """Runs the handler on one task and returns the Done frame for it."""
+    try:
+        output = handler(arg)
+        if type(output) is not bytes:
+            output = _output_bytes(output)
+    except Retryable as e:
+        return _done_err(id, True, str(e) or "Retryable", max_frame)
+    except Fatal as e:
+        return _done_err(id, False, str(e) or "Fatal", max_frame)
+    except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
+        # Like a Rust panic: the traceback (from the handler down) for whoever reads the
+        # worker's stderr, which herd logs.
+        try:
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        return _done_err(id, False, f"handler raised {_failure_message(e)}", max_frame)
+    try:
+        return _codec.encode_done_ok(id, output, max_frame)
+    except ProtocolError:
+        return _done_err(id, False, (
+            f"handler output of {len(output)} bytes exceeds the maximum frame of {max_frame} "
+            f"bytes"), max_frame)
+
+
+def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=False):
+    """Runs the worker's side of the protocol on a connected socket: sends Hello, then answers
+    every Task with exactly one Done until Shutdown, which returns normally.
+
+    Raises Disconnected when the supervisor goes away, ProtocolError for a frame that cannot
+    be read or written. The handler runs on the calling thread."""
+    out = _Outbox(sock)
+    try:
+        try:
+            out.queue(_codec.encode_hello(_codec.PROTOCOL_VERSION, os.getpid(), token, max_frame))
+            out.flush()
+            _serve_loop(_Reader(sock), out, handler, max_frame, pass_task)
+        except Exception:
+            raise
+        except BaseException:
+            # SystemExit or KeyboardInterrupt from a handler ends the process: the replies of
+            # the tasks finished before it still go out.
+            try:
+                out.flush()
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+            raise
+        finally:
+            out.stop()
+    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+        raise Disconnected() from None
+
+
+def _serve_loop(reader, out, handler, max_frame, pass_task):
+    perf = time.perf_counter
+    decode = _codec.decode_to_worker
+    data = b""
+    pos = 0
+    while True:
+        # Everything queued goes out before a read that may block.
+        if out.size:
+            out.flush()
+        data = _read_more(reader, data, pos, max_frame)
+        pos = 0
+        end = len(data)
+        while end - pos >= 4:
+            body = pos + 4
+            fend = body + _unpack_header(data, pos)[0]
+            if fend - body > max_frame:
+                _codec.frame_len(data, pos, max_frame)  # raises the oversize error
+            if fend > end:
+                break
+            msg = decode(data, body, fend)
+            pos = fend
+            if msg[0] != "Task":
+                out.flush()
+                return
+            _, id, attempt, payload = msg
+            arg = Task(id, attempt, payload, out) if pass_task else payload
+            t0 = perf()
+            frame = _reply(handler, arg, id, max_frame)
+            now = perf()
+            out.queue(frame)
+            # Flush when the next read may block (no complete frame buffered), after a slow
+            # handler, when the batch is big or a reply has been held long enough; otherwise
+            # hold the reply (the flusher bounds how long while the next handler runs).
+            if (now - t0 >= BATCH_ONLY_UNDER or end - pos < 4
+                    or pos + 4 + _unpack_header(data, pos)[0] > end or out.size >= WRITE_BATCH
+                    or now - (out.since or now) >= MAX_HOLD):
+                out.flush()
+            else:
+                out.hold(now)
+        data = data[pos:]
+
+
+def _read_more(reader, rest, pos, max_frame):
+    """`rest[pos:]` (an incomplete frame, possibly empty) followed by at least one more byte.
+    A frame bigger than a read is read straight into a buffer of its size."""
+    rest = rest[pos:]
+    if len(rest) >= 4:
+        total = 4 + _codec.frame_len(rest, 0, max_frame)
+        if total > READ_SIZE:
+            buf = bytearray(total)
+            buf[:len(rest)] = rest
+            view = memoryview(buf)
+            got = len(rest)
+            while got < total:
+                n = reader.recv_into(view[got:])
+                if n == 0:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                got += n
+            return bytes(buf) if total <= 2 * READ_SIZE else buf
+    data = reader.recv(READ_SIZE)
+    if not data:
+        if rest:
+            raise ProtocolError("connection closed in the middle of a frame")
+        raise Disconnected()
+    return rest + data if rest else data
+
+
+def _program_name():
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name or "herd worker"
+
+
+def _config():
+    """(socket path, token, max frame) from the environment herd sets."""
+    for var in (ENV_SOCKET, ENV_TOKEN):
+        if var not in os.environ:
+            raise _Startup(
+                f"this program is a herd worker: run it under `herd run -- <cmd>` "
+                f"({var} is not set)")
+    path = os.environ[ENV_SOCKET]
+    token = os.environ[ENV_TOKEN]
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Startup(f"environment variable {ENV_TOKEN} is invalid: not valid UTF-8") from None
+    raw = os.environ.get(ENV_MAX_FRAME)
+    max_frame = _codec.DEFAULT_MAX_FRAME
+    if raw is not None:
+        try:
+            max_frame = int(raw.strip())
+            if max_frame < 0:
+                raise ValueError("negative")
+        except ValueError as e:
+            raise _Startup(
+                f"environment variable {ENV_MAX_FRAME} is invalid: {raw!r}: {e}") from None
+    return path, token, min(max_frame, _codec.MAX_FRAME_CEILING)
+
+
+def worker_index():
+    """This worker's slot index in its pool (HERD_WORKER), or None outside herd."""
+    try:
+        return int(os.environ[ENV_WORKER])
+    except (KeyError, ValueError):
+        return None
+
+
+def run(handler, *, pass_task=False):
+    """Runs `handler` as a herd worker until the supervisor sends the termination frame, then
+    exits the process. Never returns.
+
+    `handler(payload: bytes)` returns the output: bytes, bytearray, memoryview, or str (sent as
+    UTF-8). An exception gives the event a `failed` record (`Retryable` asks for a retry
+    instead) and the worker keeps serving. With `pass_task=True` the handler gets a `Task`
+    (`.payload`, `.attempt`, `.id`) instead of the payload.
+
+    Exit codes: 0 after the termination frame, 1 when the supervisor goes away, 2 when not
+    started by herd, the socket cannot be reached, or the protocol is broken."""
+    code = _run(handler, pass_task)
+    sys.exit(code)
+
+
+def _run(handler, pass_task):
+    try:
+        path, token, max_frame = _config()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            sock.close()
+            raise _Startup(f"cannot connect to the supervisor at {path}: {e.strerror or e}") \
+                from None
+        try:
+            serve(sock, handler, token, max_frame, pass_task)
+        finally:
+            sock.close()
+        return EXIT_SHUTDOWN
+    except Disconnected:
+        return _fail("the supervisor closed the connection; exiting", EXIT_DISCONNECTED)
+    except ProtocolError as e:
+        return _fail(f"protocol error: {e}", EXIT_ERROR)
+    except _Startup as e:
+        return _fail(str(e), EXIT_ERROR)
+    except OSError as e:
+        return _fail(f"protocol error: {e}", EXIT_ERROR)
+
+
+def _fail(message, code):
+    try:
+        sys.stderr.write(f"{_program_name()}: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return code
