@@ -298,11 +298,11 @@ def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=Fa
             out.queue(_codec.encode_hello(_codec.PROTOCOL_VERSION, os.getpid(), token, max_frame))
             out.flush()
             _serve_loop(_Reader(sock), out, handler, max_frame, pass_task)
-        except Exception:
+        except (OSError, Disconnected):
             raise
         except BaseException:
-            # SystemExit or KeyboardInterrupt from a handler ends the process: the replies of
-            # the tasks finished before it still go out.
+            # A protocol error, or SystemExit/KeyboardInterrupt from a handler, ends the worker:
+            # the replies of the tasks it finished still go out (herd counts them).
             try:
                 out.flush()
             except Exception:  # noqa: BLE001 - best effort on the way out
@@ -353,7 +353,6 @@ def _serve_loop(reader, out, handler, max_frame, pass_task):
                 out.flush()
             else:
                 out.hold(now)
-        data = data[pos:]
 
 
 def _read_more(reader, rest, pos, max_frame):

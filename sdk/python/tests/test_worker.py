@@ -1,0 +1,343 @@
+"""The worker process against a fake supervisor: the conversation, the exit codes, batching,
+and a supervisor that breaks the protocol, stops reading or vanishes."""
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import herd_worker
+from herd_worker import codec
+
+from conftest import ECHO_WORKER, TIMEOUT, background, wait_until, worker_env
+
+
+def test_hello_tasks_errors_then_shutdown_exits_0(fake):
+    sup = fake(ECHO_WORKER + "\n", max_frame=4096)
+    hello = sup.recv()
+    assert hello == ("Hello", 1, sup.proc.pid, "tok")
+    sup.send(codec.encode_task(1, 1, b"hi"))
+    assert sup.recv() == ("Done", 1, ("Ok", b"hi"))
+    sup.send(codec.encode_task(2, 1, b"boom"))
+    assert sup.recv() == ("Done", 2, ("Err", False, "handler raised ValueError: boom"))
+    sup.send(codec.encode_task(3, 2, b"still serving"))
+    assert sup.recv() == ("Done", 3, ("Ok", b"still serving"))
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
+    # The failure's traceback went to stderr, which herd logs.
+    assert "ValueError: boom" in err and "Traceback" in err
+
+
+def test_handler_results_of_every_kind(fake):
+    script = """
+import herd_worker
+class Weird: pass
+def handle(task):
+    p = task.payload
+    if p == b"str": return "h\u00e9llo"
+    if p == b"bytearray": return bytearray(b"ba")
+    if p == b"memoryview": return memoryview(b"xmvx")[1:3]
+    if p == b"none": return None
+    if p == b"weird": return Weird()
+    if p == b"retry": raise herd_worker.Retryable("later")
+    if p == b"retry-empty": raise herd_worker.Retryable()
+    if p == b"fatal": raise herd_worker.Fatal("nope")
+    if p == b"attempt": return str(task.attempt)
+    if p == b"id": return str(task.id)
+    if p == b"big": return b"x" * 5000
+    if p == b"big-error": raise herd_worker.Fatal("\u00e9" * 3000)
+    if p == b"worker": return str(herd_worker.worker_index())
+    return p
+herd_worker.run(handle, pass_task=True)
+"""
+    sup = fake(script, max_frame=4096)
+    sup.recv()
+    cases = [
+        (b"str", ("Ok", "h\u00e9llo".encode())),
+        (b"bytearray", ("Ok", b"ba")),
+        (b"memoryview", ("Ok", b"mv")),
+        (b"retry", ("Err", True, "later")),
+        (b"retry-empty", ("Err", True, "Retryable")),
+        (b"fatal", ("Err", False, "nope")),
+        (b"worker", ("Ok", b"0")),
+    ]
+    for i, (payload, outcome) in enumerate(cases):
+        sup.send(codec.encode_task(i, 1, payload))
+        assert sup.recv() == ("Done", i, outcome), payload
+    sup.send(codec.encode_task(100, 7, b"attempt"))
+    assert sup.recv() == ("Done", 100, ("Ok", b"7"))
+    sup.send(codec.encode_task(2**64 - 1, 1, b"id"))
+    assert sup.recv() == ("Done", 2**64 - 1, ("Ok", str(2**64 - 1).encode()))
+    for i, payload, want in [(200, b"none", "handler raised TypeError: handler returned "
+                                            "NoneType, expected bytes"),
+                             (201, b"weird", "handler raised TypeError: handler returned Weird"),
+                             (202, b"big", "handler output of 5000 bytes exceeds the maximum "
+                                           "frame of 4096 bytes"),
+                             (203, b"big-error", "handler error message of 6000 bytes exceeds "
+                                                 "the maximum frame of 4096 bytes; it began: "
+                                                 + "\u00e9" * 100)]:
+        sup.send(codec.encode_task(i, 1, payload))
+        tag, id, (kind, retryable, message) = sup.recv()
+        assert (tag, id, kind, retryable) == ("Done", i, "Err", False)
+        assert message.startswith(want), message
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+def test_pipelined_tasks_and_shutdown_in_one_write(fake):
+    sup = fake(ECHO_WORKER, max_frame=4096)
+    sup.recv()
+    n = 20_000
+    sent = background(lambda: sup.send(
+        b"".join(codec.encode_task(i, 1, b"%d" % i) for i in range(n))
+        + codec.encode_shutdown()))
+    for i in range(n):
+        assert sup.recv() == ("Done", i, ("Ok", b"%d" % i))
+    sent()
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+def test_eof_exits_1(fake):
+    sup = fake(ECHO_WORKER)
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"x"))
+    assert sup.recv() == ("Done", 1, ("Ok", b"x"))
+    sup.conn.close()
+    code, err = sup.wait()
+    assert code == 1
+    assert "the supervisor closed the connection; exiting" in err
+
+
+def test_eof_mid_frame_exits_2(fake):
+    sup = fake(ECHO_WORKER)
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"hello")[:7])
+    sup.conn.shutdown(socket.SHUT_WR)
+    code, err = sup.wait()
+    assert code == 2
+    assert "connection closed in the middle of a frame" in err
+
+
+def test_garbage_from_the_supervisor_exits_2(fake):
+    for bad, why in [(bytes.fromhex("030000007f0102"), "unknown ToWorker variant 127"),
+                     (bytes.fromhex("0200000001") + b"\x00", "trailing bytes"),
+                     (bytes.fromhex("ffffffff01"), "exceeds the maximum of 65536 bytes")]:
+        sup = fake(ECHO_WORKER, max_frame=65536)
+        sup.recv()
+        # A valid task first: its reply still comes, the garbage after it ends the worker.
+        sup.send(codec.encode_task(1, 1, b"ok") + bad)
+        assert sup.recv() == ("Done", 1, ("Ok", b"ok"))
+        code, err = sup.wait()
+        assert code == 2, err
+        assert "protocol error" in err and why in err, err
+        sup.close()
+
+
+def test_not_under_herd_exits_2():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
+    p = subprocess.run([sys.executable, "-c", ECHO_WORKER], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=TIMEOUT)
+    assert p.returncode == 2
+    assert p.stderr.decode() == ("-c: this program is a herd worker: run it under "
+                                 "`herd run -- <cmd>` (HERD_SOCKET is not set)\n")
+    assert p.stdout == b""
+
+
+def test_bad_environment_exits_2(tmp_path):
+    cases = [({"HERD_TOKEN": None}, "HERD_TOKEN is not set"),
+             ({"HERD_MAX_FRAME": "lots"}, "environment variable HERD_MAX_FRAME is invalid"),
+             ({}, "cannot connect to the supervisor at " + str(tmp_path / "nothing.sock"))]
+    for change, want in cases:
+        env = worker_env(str(tmp_path / "nothing.sock"))
+        for k, v in change.items():
+            if v is None:
+                env.pop(k)
+            else:
+                env[k] = v
+        p = subprocess.run([sys.executable, "-c", ECHO_WORKER], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+        assert p.returncode == 2, p.stderr
+        assert want in p.stderr.decode(), p.stderr
+
+
+def test_large_payloads_both_ways(fake):
+    # Bigger than a read (64 KiB): read straight into a buffer of the frame's size.
+    sup = fake(ECHO_WORKER, max_frame=16 << 20)
+    sup.recv()
+    big = [os.urandom(1) * (5 << 20), bytes(range(256)) * 4096, b"y" * 65_531, b"z" * 65_532]
+    # Sent from a thread: like herd, this side reads replies while it writes tasks.
+    sent = background(lambda: sup.send(
+        b"".join(codec.encode_task(i, 1, p) for i, p in enumerate(big))
+        + codec.encode_shutdown()))
+    for i, p in enumerate(big):
+        assert sup.recv() == ("Done", i, ("Ok", p))
+    sent()
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+def wchan(pid):
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_a_supervisor_that_stops_reading_then_leaves(fake):
+    # Replies fill the socket buffer while nobody reads: the worker blocks in its write. When
+    # the supervisor goes away it must exit 1 (not hang, not spin).
+    sup = fake(ECHO_WORKER, max_frame=1 << 20)
+    sup.recv()
+    task = codec.encode_task(1, 1, b"r" * (512 << 10))
+
+    def feed():
+        try:
+            for _ in range(64):
+                sup.conn.sendall(task)
+        except OSError:
+            pass  # the test closed the socket under us
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    wait_until("the worker blocked writing a reply nobody reads",
+               lambda: "send" in wchan(sup.proc.pid))
+    sup.conn.shutdown(socket.SHUT_RDWR)
+    sup.conn.close()
+    code, err = sup.wait()
+    assert code == 1, err
+    t.join(TIMEOUT)
+
+
+class CountingSocket:
+    """A socket wrapper for an in-process worker that counts reads and writes."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.reads = 0
+        self.writes = 0
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def recv(self, n, flags=0):
+        self.reads += 1
+        return self.sock.recv(n, flags)
+
+    def recv_into(self, view, n=0, flags=0):
+        self.reads += 1
+        return self.sock.recv_into(view, n, flags)
+
+    def sendall(self, data):
+        self.writes += 1
+        return self.sock.sendall(data)
+
+
+def serve_in_thread(handler, max_frame=1 << 20):
+    sup, wsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    counting = CountingSocket(wsock)
+    join = background(lambda: herd_worker.serve(counting, handler, "tok", max_frame))
+    sup.settimeout(TIMEOUT)
+    reader = FrameReader(sup)
+    assert reader.recv()[0] == "Hello"
+    return sup, reader, counting, join
+
+
+class FrameReader:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def recv(self):
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack_from("<I", self.buf)[0]
+                if len(self.buf) >= 4 + n:
+                    body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    return codec.decode_from_worker(body)
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+
+def test_tiny_tasks_are_answered_in_batches():
+    sup, reader, counting, join = serve_in_thread(lambda p: p)
+    n = 5000
+    t0 = time.monotonic()
+    sent = background(lambda: sup.sendall(
+        b"".join(codec.encode_task(i, 1, b"e") for i in range(n)) + codec.encode_shutdown()))
+    for i in range(n):
+        assert reader.recv() == ("Done", i, ("Ok", b"e"))
+    sent()
+    join()
+    elapsed_ms = (time.monotonic() - t0) * 1000
+    # Replies go out when the input runs dry (at most once per read) or once the oldest is
+    # 1 ms old: never one write per task.
+    writes = counting.writes - 1  # the Hello
+    assert writes <= counting.reads + elapsed_ms + 1, (writes, counting.reads, elapsed_ms)
+    assert writes < n // 10, (writes, counting.reads, elapsed_ms)
+
+
+def test_a_quick_reply_is_not_held_behind_a_slow_handler():
+    # Both tasks arrive in one write, so the first reply is held while the second runs. The
+    # second handler finishes only once the first reply has reached the supervisor: only the
+    # flusher thread can send it. Once with a handler that sleeps (releases the GIL), once with
+    # one that spins in Python (holds it, gives it up at the switch interval).
+    for mode in ("sleep", "spin"):
+        got_first = threading.Event()
+
+        def handler(p):
+            if p == b"slow":
+                if mode == "sleep":
+                    assert got_first.wait(TIMEOUT), "the first reply was held back"
+                else:
+                    deadline = time.monotonic() + TIMEOUT
+                    while not got_first.is_set():
+                        assert time.monotonic() < deadline, "the first reply was held back"
+            return p
+
+        sup, reader, counting, join = serve_in_thread(handler)
+        sup.sendall(codec.encode_task(1, 1, b"quick") + codec.encode_task(2, 1, b"slow"))
+        assert reader.recv() == ("Done", 1, ("Ok", b"quick"))
+        got_first.set()
+        assert reader.recv() == ("Done", 2, ("Ok", b"slow"))
+        sup.sendall(codec.encode_shutdown())
+        join()
+        sup.close()
+
+
+def test_serve_reports_a_vanished_supervisor():
+    sup, reader, counting, join = serve_in_thread(lambda p: p)
+    sup.close()
+    try:
+        join()
+    except herd_worker.Disconnected:
+        pass
+    else:
+        raise AssertionError("serve returned normally after EOF")
+
+
+def test_system_exit_in_a_handler_still_sends_earlier_replies(fake):
+    script = """
+import sys, herd_worker
+def handle(p):
+    if p == b"exit":
+        sys.exit(7)
+    return p
+herd_worker.run(handle)
+"""
+    sup = fake(script)
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"a") + codec.encode_task(2, 1, b"b")
+             + codec.encode_task(3, 1, b"exit"))
+    assert sup.recv() == ("Done", 1, ("Ok", b"a"))
+    assert sup.recv() == ("Done", 2, ("Ok", b"b"))
+    code, _ = sup.wait()
+    assert code == 7
