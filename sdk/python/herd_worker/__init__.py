@@ -11,8 +11,8 @@ Run it under herd: `herd run -w 4 -- python3 worker.py`. Standard library only, 
 The wire format is in docs/PROTOCOL.md; `herd_worker.codec` implements it.
 """
 
-from . import _codec as codec
-from ._codec import ProtocolError
+from . import codec
+from .codec import ProtocolError
 from ._worker import (Disconnected, Fatal, Retryable, Task, run, serve, worker_index,
                       EXIT_DISCONNECTED, EXIT_ERROR, EXIT_SHUTDOWN)
 

@@ -27,8 +27,8 @@ import threading
 import time
 import traceback
 
-from . import _codec
-from ._codec import ProtocolError
+from . import codec as _codec
+from .codec import ProtocolError
 
 ENV_SOCKET = "HERD_SOCKET"
 ENV_TOKEN = "HERD_TOKEN"

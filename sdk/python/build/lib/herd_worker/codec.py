@@ -1,0 +1,238 @@
+"""herd's wire protocol, version 1: frames and the bincode 2 bodies of every message.
+
+A frame is a 4-byte little-endian body length followed by the body, the bincode 2 "standard"
+encoding of one message (docs/PROTOCOL.md):
+
+- unsigned integers are varints: 0..=250 in one byte; else a marker byte, 251 (u16), 252 (u32)
+  or 253 (u64), followed by the value in that many little-endian bytes. The encoder always uses
+  the smallest form; the decoder, like herd's, also accepts a wider one as long as the marker
+  is not wider than the field (a u32 field refuses 253);
+- an enum is its variant index (a varint u32), then the variant's fields in order;
+- bytes and strings are a varint length and the raw bytes (strings must be UTF-8);
+- a bool is one byte, 0 or 1.
+
+Messages are plain tuples, tagged by their variant name:
+
+    herd -> worker:  ("Task", id, attempt, payload)   ("Shutdown",)
+    worker -> herd:  ("Hello", protocol, pid, token)  ("Heartbeat",)
+                     ("Done", id, ("Ok", output))     ("Done", id, ("Err", retryable, message))
+
+A worker only needs `encode_hello`, `encode_done_ok`, `encode_done_err` and `decode_to_worker`;
+the other half exists so tests (and anyone writing a supervisor) can speak the other side.
+"""
+
+import struct
+
+__all__ = [
+    "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
+    "encode_hello", "encode_done_ok", "encode_done_err", "encode_heartbeat", "encode_task",
+    "encode_shutdown", "decode_to_worker", "decode_from_worker", "frame_len", "varint",
+]
+
+PROTOCOL_VERSION = 1
+HEADER_LEN = 4
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+# herd's hard upper bound for any frame limit (and bincode's allocation limit).
+MAX_FRAME_CEILING = 64 * 1024 * 1024
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_HEADER = _U32
+
+# Variant indices, pinned by herd-proto's enums (FromWorker, Outcome, ToWorker).
+HELLO, DONE, HEARTBEAT = 0, 1, 2
+OK, ERR = 0, 1
+TASK, SHUTDOWN = 0, 1
+
+_U32_MAX = 0xFFFF_FFFF
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class ProtocolError(Exception):
+    """A frame that is not one valid message, or one that cannot be encoded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding.
+
+def varint(n):
+    """The bincode 2 varint encoding of the unsigned integer `n` (smallest form)."""
+    if n < 251:
+        if n < 0:
+            raise ProtocolError(f"cannot encode negative integer {n}")
+        return bytes((n,))
+    if n < 0x1_0000:
+        return b"\xfb" + _U16.pack(n)
+    if n <= _U32_MAX:
+        return b"\xfc" + _U32.pack(n)
+    if n <= _U64_MAX:
+        return b"\xfd" + _U64.pack(n)
+    raise ProtocolError(f"integer {n} does not fit in 64 bits")
+
+
+def _u32(n):
+    if n > _U32_MAX:
+        raise ProtocolError(f"integer {n} does not fit in 32 bits")
+    return varint(n)
+
+
+def _frame(body, max_frame):
+    if len(body) > max_frame:
+        raise ProtocolError(
+            f"frame of {len(body)} bytes exceeds the maximum of {max_frame} bytes")
+    return _HEADER.pack(len(body)) + body
+
+
+def _str(s):
+    b = s.encode("utf-8")
+    return varint(len(b)) + b
+
+
+def encode_hello(protocol, pid, token, max_frame=MAX_FRAME_CEILING):
+    """Frame for Hello{protocol, pid, token}: the worker's first frame."""
+    return _frame(b"\x00" + _u32(protocol) + _u32(pid) + _str(token), max_frame)
+
+
+def encode_done_ok(id, output, max_frame=MAX_FRAME_CEILING):
+    """Frame for Done{id, Ok(output)}; `output` is bytes-like. One copy of `output`."""
+    head = b"\x01" + varint(id) + b"\x00" + varint(len(output))
+    n = len(head) + len(output)
+    if n > max_frame:
+        raise ProtocolError(f"frame of {n} bytes exceeds the maximum of {max_frame} bytes")
+    return b"".join((_HEADER.pack(n), head, output))
+
+
+def encode_done_err(id, retryable, message, max_frame=MAX_FRAME_CEILING):
+    """Frame for Done{id, Err{retryable, message}}."""
+    return _frame(b"\x01" + varint(id) + (b"\x01\x01" if retryable else b"\x01\x00")
+                  + _str(message), max_frame)
+
+
+def encode_heartbeat():
+    """Frame for Heartbeat."""
+    return b"\x01\x00\x00\x00\x02"
+
+
+def encode_task(id, attempt, payload, max_frame=MAX_FRAME_CEILING):
+    """Frame for Task{id, attempt, payload} (the supervisor's side)."""
+    return _frame(b"\x00" + varint(id) + _u32(attempt) + varint(len(payload)) + bytes(payload),
+                  max_frame)
+
+
+def encode_shutdown():
+    """Frame for Shutdown, the termination frame (the supervisor's side)."""
+    return b"\x01\x00\x00\x00\x01"
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding. Every decoder takes the buffer and the body's bounds [p, end), so a frame is decoded
+# where it lies in the read buffer, and refuses a body that is not exactly one message.
+
+def frame_len(buf, pos, max_frame):
+    """The body length announced by the header at buf[pos:pos+4] (which must be there)."""
+    n = _HEADER.unpack_from(buf, pos)[0]
+    if n > max_frame:
+        raise ProtocolError(f"frame of {n} bytes exceeds the maximum of {max_frame} bytes")
+    return n
+
+
+def _short(what):
+    return ProtocolError(f"malformed frame: body ends inside {what}")
+
+
+def _uint(buf, p, end, widest, what):
+    """Decodes a varint at p whose field is at most `widest` bytes; returns (value, next p)."""
+    if p >= end:
+        raise _short(what)
+    b = buf[p]
+    if b < 251:
+        return b, p + 1
+    if b == 251:
+        if p + 3 > end:
+            raise _short(what)
+        return _U16.unpack_from(buf, p + 1)[0], p + 3
+    if b == 252 and widest >= 4:
+        if p + 5 > end:
+            raise _short(what)
+        return _U32.unpack_from(buf, p + 1)[0], p + 5
+    if b == 253 and widest >= 8:
+        if p + 9 > end:
+            raise _short(what)
+        return _U64.unpack_from(buf, p + 1)[0], p + 9
+    raise ProtocolError(
+        f"malformed frame: invalid varint marker {b} for {what} (a u{widest * 8})")
+
+
+def _bytes(buf, p, end, what):
+    n, p = _uint(buf, p, end, 8, f"the length of {what}")
+    if n > end - p:
+        raise ProtocolError(
+            f"malformed frame: {what} of {n} bytes, but only {end - p} left in the body")
+    return bytes(buf[p:p + n]), p + n
+
+
+def _text(buf, p, end, what):
+    raw, p = _bytes(buf, p, end, what)
+    try:
+        return raw.decode("utf-8"), p
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"malformed frame: {what} is not valid UTF-8: {e}") from None
+
+
+def _bool(buf, p, end, what):
+    if p >= end:
+        raise _short(what)
+    b = buf[p]
+    if b > 1:
+        raise ProtocolError(f"malformed frame: {what} is {b}, not a bool (0 or 1)")
+    return b == 1, p + 1
+
+
+def _done_with(msg, p, end, name):
+    if p != end:
+        raise ProtocolError(f"malformed frame: {end - p} trailing bytes after {name}")
+    return msg
+
+
+def _variant(buf, p, end, enum, count):
+    v, p = _uint(buf, p, end, 4, f"the {enum} variant")
+    if v >= count:
+        raise ProtocolError(f"malformed frame: unknown {enum} variant {v}")
+    return v, p
+
+
+def decode_to_worker(buf, p=0, end=None):
+    """Decodes a ToWorker body: ("Task", id, attempt, payload) or ("Shutdown",)."""
+    if end is None:
+        end = len(buf)
+    v, p = _variant(buf, p, end, "ToWorker", 2)
+    if v == TASK:
+        id, p = _uint(buf, p, end, 8, "Task.id")
+        attempt, p = _uint(buf, p, end, 4, "Task.attempt")
+        payload, p = _bytes(buf, p, end, "Task.payload")
+        return _done_with(("Task", id, attempt, payload), p, end, "Task")
+    return _done_with(("Shutdown",), p, end, "Shutdown")
+
+
+def decode_from_worker(buf, p=0, end=None):
+    """Decodes a FromWorker body: ("Hello", protocol, pid, token), ("Done", id, outcome) with
+    outcome ("Ok", output) or ("Err", retryable, message), or ("Heartbeat",)."""
+    if end is None:
+        end = len(buf)
+    v, p = _variant(buf, p, end, "FromWorker", 3)
+    if v == HELLO:
+        protocol, p = _uint(buf, p, end, 4, "Hello.protocol")
+        pid, p = _uint(buf, p, end, 4, "Hello.pid")
+        token, p = _text(buf, p, end, "Hello.token")
+        return _done_with(("Hello", protocol, pid, token), p, end, "Hello")
+    if v == DONE:
+        id, p = _uint(buf, p, end, 8, "Done.id")
+        o, p = _variant(buf, p, end, "Outcome", 2)
+        if o == OK:
+            output, p = _bytes(buf, p, end, "Outcome::Ok")
+            return _done_with(("Done", id, ("Ok", output)), p, end, "Done")
+        retryable, p = _bool(buf, p, end, "Outcome::Err.retryable")
+        message, p = _text(buf, p, end, "Outcome::Err.message")
+        return _done_with(("Done", id, ("Err", retryable, message)), p, end, "Done")
+    return _done_with(("Heartbeat",), p, end, "Heartbeat")
