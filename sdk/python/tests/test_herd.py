@@ -1,0 +1,283 @@
+"""Black-box: the real `herd` binary with Python workers (examples/chaos.py on herd_worker)."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+
+from conftest import CHAOS, TIMEOUT, UPPER, wait_until
+
+
+def square(i):
+    return '{"op":"square","n":%d}' % i
+
+
+def test_ok(herd):
+    run = herd.run(["-w", "2"], [square(i) for i in range(1000)])
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert all(r["ok"] and r["output"] == r["seq"] ** 2 and r["attempts"] == 1 for r in recs)
+    # Both workers left through the termination frame (exit 0).
+    exits = run.log("worker exited")
+    assert len(exits) == 2 and all(e.get("code") == 0 for e in exits), run.dump()
+
+
+def test_the_readme_example(herd):
+    run = herd.run([], b"hello\n\xc3\xa9t\xc3\xa9\n", worker=UPPER)
+    assert run.code == 0, run.dump()
+    assert [r["output"] for r in run.by_seq()] == ["HELLO", "\u00c9T\u00c9"]
+
+
+def test_fatal_errors_are_failed_records_and_the_worker_keeps_serving(herd):
+    events = []
+    for i in range(300):
+        events.append(['{"op":"panic"}', '{"op":"fail","retryable":false}', "not json",
+                       square(i)][i % 4])
+    run = herd.run(["-w", "1"], events)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    for r in recs:
+        if r["seq"] % 4 == 3:
+            assert r["ok"] and r["output"] == r["seq"] ** 2, r
+            continue
+        assert not r["ok"] and r["error"]["kind"] == "failed" and r["attempts"] == 1, r
+        want = ["handler raised RuntimeError: chaos.py: exception on request",
+                "failed on request", "malformed event"][r["seq"] % 4]
+        assert r["error"]["message"].startswith(want), r
+    # One worker did it all: an exception never costs a process.
+    assert len({r["pid"] for r in recs if r["ok"]}) == 1
+    assert not run.log("worker lost while holding work")
+
+
+def test_retryable_errors_are_retried(herd):
+    events = ['{"op":"flaky","fails":2}', '{"op":"fail","retryable":true}',
+              '{"op":"flaky","fails":5}', square(3)]
+    run = herd.run(["-w", "2", "--retries", "2", "--retry-backoff", "1ms"], events)
+    assert run.code == 0, run.dump()
+    r = run.by_seq()
+    assert r[0]["ok"] and r[0]["output"] == 3 and r[0]["attempts"] == 3
+    assert r[1]["error"] == {"kind": "failed", "message": "failed on request"}
+    assert r[1]["attempts"] == 3
+    assert r[2]["error"]["message"] == "flaky: attempt 3 of 5 planned failures"
+    assert r[3]["output"] == 9
+
+
+def test_crashes_are_retried_then_recorded(herd):
+    events = [square(0), '{"op":"exit","code":3}', square(2), '{"op":"crash","signal":"SEGV"}',
+              square(4), '{"op":"crash"}'] + [square(i) for i in range(6, 200)]
+    run = herd.run(["-w", "2", "--retries", "1"], events)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert recs[1]["error"]["kind"] == "crashed" and recs[1]["attempts"] == 2
+    assert "exited with code 3" in recs[1]["error"]["message"]
+    assert "killed by SIGSEGV" in recs[3]["error"]["message"]
+    assert "killed by SIGABRT" in recs[5]["error"]["message"]
+    for r in recs:
+        if r["seq"] not in (1, 3, 5):
+            assert r["ok"] and r["output"] == r["seq"] ** 2, r
+
+
+def test_a_hang_is_killed_by_the_timeout(herd):
+    events = [square(1), '{"op":"hang"}', square(3), '{"op":"sleep","ms":10}']
+    run = herd.run(["-w", "2", "--timeout", "1s", "--retries", "1"], events)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert recs[1]["error"]["kind"] == "timeout" and recs[1]["attempts"] == 2, recs[1]
+    assert [recs[i]["ok"] for i in (0, 2, 3)] == [True, True, True]
+    assert len(run.log("task timed out; killing worker")) == 2
+
+
+def test_garbage_from_a_broken_worker(herd):
+    events = ['{"op":"garbage"}', square(1), '{"op":"oversize"}', square(3)]
+    run = herd.run(["-w", "2", "--retries", "1"], events)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert recs[0]["error"]["kind"] == "protocol", recs[0]
+    assert "malformed frame" in recs[0]["error"]["message"]
+    assert recs[2]["error"]["kind"] == "protocol", recs[2]
+    assert "exceeds the maximum" in recs[2]["error"]["message"]
+    assert recs[1]["ok"] and recs[3]["ok"]
+
+
+def test_oversize_output_is_a_failed_record(herd):
+    script = herd.path("times1000.py")
+    with open(script, "w") as f:
+        f.write("import herd_worker\nherd_worker.run(lambda p: p * 1000)\n")
+    run = herd.run(["-w", "1", "--max-frame", "4096"], ["abcde", "x"], worker=script)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert recs[0]["error"]["kind"] == "failed"
+    assert recs[0]["error"]["message"] == (
+        "handler output of 5000 bytes exceeds the maximum frame of 4096 bytes")
+    assert recs[1]["output"] == "x" * 1000
+
+
+def test_large_payloads(herd):
+    # 64 events of 1 MiB each: every one bigger than a read, echoed back whole.
+    lines = [b'{"op":"echo","v":"%s"}' % (b"%06d" % i * 174_762) for i in range(64)]
+    run = herd.run(["-w", "2"], b"\n".join(lines) + b"\n")
+    assert run.code == 0, run.dump()
+    for r in run.by_seq():
+        assert r["ok"] and r["output"] == ("%06d" % r["seq"]) * 174_762, r["seq"]
+
+
+def test_volume_100k_tiny_events_through_2_python_workers(herd):
+    n = 100_000
+    run = herd.run(["-w", "2"], [square(i) for i in range(n)])
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    bad = [r for r in recs if not r["ok"] or r["output"] != r["seq"] ** 2]
+    assert not bad, bad[:3]
+    assert run.log("worker lost while holding work") == []
+
+
+def test_stderr_is_forwarded(herd):
+    run = herd.run(["-w", "1"], ['{"op":"stderr","text":"hi there"}'])
+    assert run.code == 0, run.dump()
+    assert run.by_seq()[0]["output"] == "hi there"
+    assert [entry for entry in run.logs if entry.get("message") == "hi there"], run.dump()
+
+
+class Daemon:
+    """`herd serve` with Python workers, its JSON log read as it comes."""
+
+    def __init__(self, herd, workers):
+        self.herd = herd
+        self.sock = herd.path("control.sock")
+        self.proc = subprocess.Popen(
+            [herd.bin, "serve", "--log-format", "json", "--control", self.sock, "-w",
+             str(workers), "--", sys.executable, CHAOS],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=herd.env)
+        self.logs = []
+        self.lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        wait_until(f"{workers} workers up", lambda: self.live_workers() == workers)
+
+    def _read(self):
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"message": line.decode("utf-8", "replace")}
+            with self.lock:
+                self.logs.append(entry)
+
+    def logged(self, message):
+        with self.lock:
+            return [e for e in self.logs if e.get("message") == message]
+
+    def ctl(self, *args):
+        return subprocess.run([self.herd.bin, args[0], "--control", self.sock, *args[1:]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=self.herd.env, timeout=TIMEOUT)
+
+    def status(self):
+        p = self.ctl("status", "--json")
+        return json.loads(p.stdout) if p.returncode == 0 else None
+
+    def live_workers(self):
+        st = self.status()
+        if st is None:
+            return 0
+        return sum(w["state"] in ("idle", "busy") for w in st["workers"])
+
+    def stop(self):
+        p = subprocess.run([self.herd.bin, "ctl", "--control", self.sock, "stop"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.herd.env,
+                           timeout=TIMEOUT)
+        assert p.returncode == 0, p.stderr
+        code = self.proc.wait(TIMEOUT)
+        self.reader.join(TIMEOUT)
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def rolling_reload(herd, how):
+    """A submission runs while every worker is replaced (HUP or `herd ctl reload`): nothing
+    is lost, every worker is new, and the old ones left through the termination frame (exit 0).
+    The second half of the events is sent only once the reload is complete, so both
+    generations of workers serve the submission whatever the machine's speed."""
+    d = Daemon(herd, 2)
+    try:
+        before = {w["pid"] for w in d.status()["workers"]}
+        n = 20_000
+        lines = [('{"op":"sleep","ms":2}' if i % 100 == 0 else square(i)) + "\n"
+                 for i in range(n)]
+        sub = subprocess.Popen([herd.bin, "submit", "--control", d.sock],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=herd.env)
+        out = {}
+
+        def drain(name, stream):
+            out[name] = stream.read()
+
+        readers = [threading.Thread(target=drain, args=(k, getattr(sub, k)), daemon=True)
+                   for k in ("stdout", "stderr")]
+        for t in readers:
+            t.start()
+        sub.stdin.write("".join(lines[:n // 2]).encode())
+        sub.stdin.flush()
+        wait_until("the submission is flowing",
+                   lambda: (d.status() or {"totals": {"ok": 0}})["totals"]["ok"] > 500)
+        if how == "hup":
+            d.proc.send_signal(signal.SIGHUP)
+        else:
+            p = d.ctl("ctl", "reload")
+            assert p.returncode == 0, p.stderr
+        wait_until("reload complete", lambda: d.logged("reload complete"))
+        sub.stdin.write("".join(lines[n // 2:]).encode())
+        sub.stdin.close()
+        assert sub.wait(TIMEOUT) == 0
+        for t in readers:
+            t.join(TIMEOUT)
+        recs = sorted((json.loads(line) for line in out["stdout"].splitlines()),
+                      key=lambda r: r["seq"])
+        assert [r["seq"] for r in recs] == list(range(n)), out["stderr"]
+        for r in recs:
+            assert r["ok"], r
+            assert r["output"] == (2 if r["seq"] % 100 == 0 else r["seq"] ** 2), r
+        pids = {r["pid"] for r in recs}
+        after = {w["pid"] for w in d.status()["workers"]}
+        assert len(after) == 2 and not (before & after), (before, after)
+        assert after <= pids and pids <= before | after, (before, after, pids)
+        assert d.stop() == 0
+        exits = d.logged("worker exited")
+        assert len(exits) == 4 and all(e.get("code") == 0 for e in exits), exits
+    finally:
+        d.kill()
+
+
+def test_rolling_reload_with_ctl_loses_nothing(herd):
+    rolling_reload(herd, "ctl")
+
+
+def test_rolling_reload_with_hup_loses_nothing(herd):
+    rolling_reload(herd, "hup")
+
+
+def test_herd_killed_takes_its_python_workers_along(herd):
+    d = Daemon(herd, 2)
+    pids = [w["pid"] for w in d.status()["workers"]]
+    d.proc.kill()
+    d.proc.wait(TIMEOUT)
+
+    def gone(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until("the workers to die with herd", lambda: all(gone(p) for p in pids))
+    # The guard removes the runtime dir; the fixture checks it is gone.
+    wait_until("the runtime dir to go", lambda: herd.leftovers() == [])
