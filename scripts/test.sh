@@ -20,3 +20,45 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+# The Python worker SDK's tests, against the herd binary just built. They run in a venv of their
+# own (target/pyvenv) with the SDK installed from sdk/python as a user would, plus pytest.
+# Debian's python3 needs the python3-venv package for `python3 -m venv`: install it when we can
+# (CI runs as root), else bootstrap pip with ensurepip into a venv made --without-pip.
+python_venv() {
+    local venv=$1
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        return
+    fi
+    rm -rf "$venv"
+    if python3 -m venv "$venv" 2>/dev/null; then
+        return
+    fi
+    rm -rf "$venv"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing python3-venv (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$venv" && return
+        rm -rf "$venv"
+    fi
+    python3 -m venv --without-pip "$venv" && "$venv/bin/python" -m ensurepip --upgrade >/dev/null \
+        && return
+    echo "test.sh: cannot create a Python venv: install python3-venv (Debian/Ubuntu) or pip" >&2
+    exit 1
+}
+
+step "Python SDK tests (sdk/python, pytest)"
+cargo build --workspace --bins --locked --quiet
+python_venv target/pyvenv
+target/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check pytest ./sdk/python
+rm -rf sdk/python/build sdk/python/herd_worker.egg-info
+set +e
+(cd sdk/python && HERD_BIN="$PWD/../../target/debug/herd" \
+    ../../target/pyvenv/bin/pytest -p no:cacheprovider -q tests)
+rc=$?
+set -e
+case $rc in
+    0) ;;
+    5) echo "test.sh: pytest collected no tests in sdk/python/tests" >&2; exit 1 ;;
+    *) echo "test.sh: Python SDK tests failed (pytest exit $rc)" >&2; exit "$rc" ;;
+esac
