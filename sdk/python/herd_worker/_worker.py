@@ -128,10 +128,18 @@ class _Outbox:
         with self._lock:
             self._write_locked()
 
-    def hold(self, now):
-        """Leaves what is queued for later, within MAX_HOLD of `now`."""
-        if self.since is None:
-            with self._lock:
+    def add(self, frame, now, flush):
+        """Queues a reply made at `now`, and writes out everything queued if `flush`, if the
+        batch is big, or if the oldest reply has waited MAX_HOLD; else leaves it for later
+        (the flusher writes it out if the serve loop has not within MAX_HOLD)."""
+        with self._lock:
+            self._queued.append(frame)
+            self.size += len(frame)
+            since = self.since
+            if (flush or self.size >= WRITE_BATCH
+                    or (since is not None and now - since >= MAX_HOLD)):
+                self._write_locked()
+            elif since is None:
                 self.since = now
                 if self._flusher is None:
                     self._start_flusher()
@@ -317,6 +325,7 @@ def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=Fa
 def _serve_loop(reader, out, handler, max_frame, pass_task):
     perf = time.perf_counter
     decode = _codec.decode_to_worker
+    header = _unpack_header
     data = b""
     pos = 0
     while True:
@@ -324,35 +333,37 @@ def _serve_loop(reader, out, handler, max_frame, pass_task):
         if out.size:
             out.flush()
         data = _read_more(reader, data, pos, max_frame)
-        pos = 0
-        end = len(data)
-        while end - pos >= 4:
-            body = pos + 4
-            fend = body + _unpack_header(data, pos)[0]
-            if fend - body > max_frame:
-                _codec.frame_len(data, pos, max_frame)  # raises the oversize error
-            if fend > end:
-                break
-            msg = decode(data, body, fend)
+        pos, end = 0, len(data)
+        fend = _frame_end(data, 0, end, max_frame)
+        while fend:
+            msg = decode(data, pos + 4, fend)
             pos = fend
+            # The end of the next frame if it is all here, else 0 (the next read may block). An
+            # oversize header counts as incomplete: it is refused after this task's reply.
+            fend = 0
+            if end - pos >= 4:
+                n = header(data, pos)[0]
+                if pos + 4 + n <= end and n <= max_frame:
+                    fend = pos + 4 + n
             if msg[0] != "Task":
                 out.flush()
                 return
             _, id, attempt, payload = msg
-            arg = Task(id, attempt, payload, out) if pass_task else payload
             t0 = perf()
-            frame = _reply(handler, arg, id, max_frame)
+            frame = _reply(handler, Task(id, attempt, payload, out) if pass_task else payload,
+                           id, max_frame)
             now = perf()
-            out.queue(frame)
-            # Flush when the next read may block (no complete frame buffered), after a slow
-            # handler, when the batch is big or a reply has been held long enough; otherwise
-            # hold the reply (the flusher bounds how long while the next handler runs).
-            if (now - t0 >= BATCH_ONLY_UNDER or end - pos < 4
-                    or pos + 4 + _unpack_header(data, pos)[0] > end or out.size >= WRITE_BATCH
-                    or now - (out.since or now) >= MAX_HOLD):
-                out.flush()
-            else:
-                out.hold(now)
+            # Hold the reply while more tasks are buffered behind a quick handler (the outbox
+            # bounds for how long); send it at once after a slow one or before a read.
+            out.add(frame, now, not fend or now - t0 >= BATCH_ONLY_UNDER)
+
+
+def _frame_end(data, pos, end, max_frame):
+    """The end of the frame at `pos` if it is all in data[:end], else 0."""
+    if end - pos < 4:
+        return 0
+    n = _codec.frame_len(data, pos, max_frame)
+    return pos + 4 + n if pos + 4 + n <= end else 0
 
 
 def _read_more(reader, rest, pos, max_frame):
