@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""herd's side of the benchmarks: drives the release `herd` binary with `herd-chaos` workers and
-prints one JSON object per workload on stdout (details on stderr). Every workload checks that
+"""herd's side of the benchmarks: drives the release `herd` binary with `herd-chaos` workers (or,
+with --python, Python workers: `peers.py worker`, the peers' own work() on the Python SDK in
+sdk/python) and prints one JSON object per workload on stdout (details on stderr). Every workload checks that
 every record arrived and is right, so a fast wrong answer cannot pass.
 
-    python3 scripts/bench.py tiny     --herd H --chaos C --events FILE [--window 64]
+    python3 scripts/bench.py tiny     --herd H --chaos C --events FILE [--window 64] [--python]
     python3 scripts/bench.py submit   --herd H --chaos C --events FILE   (herd serve + herd submit)
     python3 scripts/bench.py latency  --herd H --chaos C [--n 200000]
-    python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15]
+    python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
     python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers
@@ -37,8 +38,18 @@ def die(msg):
     sys.exit(1)
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def worker_cmd(args):
+    """herd-chaos, or with --python the Python SDK worker running the peers' work()."""
+    if getattr(args, "python", False):
+        return [sys.executable, os.path.join(HERE, "peers.py"), "worker"]
+    return [args.chaos]
+
+
 def herd_cmd(args, *opts):
-    return [args.herd, "run", "-q", *opts, "--", args.chaos]
+    return [args.herd, "run", "-q", *opts, "--", *worker_cmd(args)]
 
 
 def check_squares(stdout_bytes, n):
@@ -224,7 +235,7 @@ def cpu(args):
     if args.kill_every <= 0:
         return cpu_plain(args)
     cmd = [args.herd, "run", "--log-format", "json", "-w", str(args.workers), "--retries", "1000",
-           *window_opts(args), "--", args.chaos]
+           *window_opts(args), "--", *worker_cmd(args)]
     live = Live(cmd)
     live.wait_workers(args.workers)
     kills = 0
@@ -382,6 +393,8 @@ def run_all(args):
     r["submit"] = sub(args, "submit", "--events", events, "--repeat", str(args.repeat))
     r["tiny_peers"] = peers(args, "tiny", "--events", events, "--repeat", str(args.repeat),
                             "--seed-n", str(n // 50), "--c1-n", str(n // 10))
+    # Python workers (sdk/python) on the same events, doing the peers' own work().
+    r["tiny_py"] = sub(args, "tiny", "--python", "--events", events, "--repeat", str(args.repeat))
     # The socket limit: a thread per child, or one thread for all of them (herd's shape).
     r["raw"] = {
         "pipelined": raw(args, "--inflight", "64", "--n", str(n)),
@@ -397,6 +410,9 @@ def run_all(args):
     r["cpu"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2",
                    "--out", args.out)
     r["cpu_peers"] = peers(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--repeat", "2")
+    # Python workers (sdk/python) on the same events, doing the peers' own work().
+    r["cpu_py"] = sub(args, "cpu", "--python", "--n", str(cpu_n), "--ms", "1", "--repeat", "2",
+                      "--out", args.out)
     r["memory"] = sub(args, "memory", "--events", events)
     r["memory_peers"] = peers(args, "memory", "--n", str(n // 5))
     r["recovery"] = sub(args, "recovery", "--kills", "10" if args.quick else "40")
@@ -461,6 +477,19 @@ def table(r):
                       ("bare_spin", "bare Rust processes")):
         rows.append(["cpu efficiency (spin 1ms)", eff, name, rw[key]["efficiency"],
                      eff / rw[key]["efficiency"], ">= 0.98"])
+    if "tiny_py" in r:
+        py_eps = r["tiny_py"]["events_per_sec"]
+        for name in ("imap_unordered_c256", "executor_map_c256"):
+            if name in tp:
+                peer = tp[name]["events_per_sec"]
+                rows.append(["tiny events/s, Python workers", py_eps, name, peer, py_eps / peer,
+                             "> 1" if name == "imap_unordered_c256" else None])
+        py_eff = r["cpu_py"]["efficiency"]
+        for name in ("imap_unordered_c1", "executor_map_c1", "seed", "bare"):
+            if name in cp:
+                label = "bare Python processes" if name == "bare" else name
+                rows.append(["cpu efficiency (spin 1ms), Python workers", py_eff, label,
+                             cp[name]["efficiency"], py_eff / cp[name]["efficiency"], ">= 0.97"])
     mp_ = r["memory_peers"]
     for name in ("seed_unbounded", "seed_bounded"):
         if name in mp_:
@@ -561,7 +590,13 @@ def main():
     ap.add_argument("--kill-every", type=float, default=0)
     ap.add_argument("--kills", type=int, default=40)
     ap.add_argument("--baseline", help="compare: a directory with the baseline herd, herd-chaos")
+    ap.add_argument("--python", action="store_true",
+                    help="Python workers (peers.py worker on sdk/python) instead of herd-chaos")
     args = ap.parse_args()
+    # The Python workers import herd_worker straight from the source tree.
+    sdk = os.path.join(os.path.dirname(HERE), "sdk", "python")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (sdk, os.environ.get("PYTHONPATH")) if p)
     if args.workload == "all":
         return run_all(args)
     if args.workload == "compare":

@@ -9,6 +9,8 @@ compute, serialize a small JSON result.
   peers.py cpu [--n 20000] [--ms 1]
   peers.py latency [--n 2000] [--warmup 4]
   peers.py memory [--n 100000] [--bounded | --unbounded]    (neither: both, each in a fresh process)
+  peers.py worker    (a herd worker running the same work(), on the Python SDK: needs herd_worker
+                      importable, e.g. PYTHONPATH=sdk/python; scripts/bench.py's Python rows)
 Common options: --workers 2, --only PEER,PEER, --repeat R (tiny, cpu: report the median run).
 
 One JSON object goes to stdout, a human summary to stderr. A wrong or missing result exits 1.
@@ -398,7 +400,16 @@ MEASURED = {
 }
 
 
+def herd_worker_main():
+    """The per-event work of the peers as a herd worker (sdk/python): the same function on the
+    same events, so the Python rows of the benchmark compare dispatchers, not workloads."""
+    import herd_worker
+    herd_worker.run(work)
+
+
 def main():
+    if sys.argv[1:] == ["worker"]:
+        return herd_worker_main()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="workload", required=True)
     common = argparse.ArgumentParser(add_help=False)
