@@ -80,7 +80,7 @@ def test_crashes_are_retried_then_recorded(herd):
 
 def test_a_hang_is_killed_by_the_timeout(herd):
     events = [square(1), '{"op":"hang"}', square(3), '{"op":"sleep","ms":10}']
-    run = herd.run(["-w", "2", "--timeout", "1s", "--retries", "1"], events)
+    run = herd.run(["-w", "2", "--timeout", "2s", "--retries", "1"], events)
     assert run.code == 0, run.dump()
     recs = run.by_seq()
     assert recs[1]["error"]["kind"] == "timeout" and recs[1]["attempts"] == 2, recs[1]
