@@ -404,7 +404,8 @@ def herd_worker_main():
     """The per-event work of the peers as a herd worker (sdk/python): the same function on the
     same events, so the Python rows of the benchmark compare dispatchers, not workloads."""
     import herd_worker
-    herd_worker.run(work)
+    # The peers get each line as str (decoded outside their timing); herd hands over bytes.
+    herd_worker.run(lambda payload: work(payload.decode()))
 
 
 def main():

@@ -267,31 +267,26 @@ def _done_err(id, retryable, message, max_frame):
             f"bytes; it began: {_truncate(message, 200)}"), max_frame)
 
 
-def _reply(handler, arg, id, max_frame):
-    """Runs the handler on one task and returns the Done frame for it."""
+def _failed(exc, id, max_frame):
+    """The Done frame for a handler that raised `exc`."""
+    if isinstance(exc, Retryable):
+        return _done_err(id, True, str(exc) or "Retryable", max_frame)
+    if isinstance(exc, Fatal):
+        return _done_err(id, False, str(exc) or "Fatal", max_frame)
+    # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
+    # stderr, which herd logs.
     try:
-        output = handler(arg)
-        if type(output) is not bytes:
-            output = _output_bytes(output)
-    except Retryable as e:
-        return _done_err(id, True, str(e) or "Retryable", max_frame)
-    except Fatal as e:
-        return _done_err(id, False, str(e) or "Fatal", max_frame)
-    except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
-        # Like a Rust panic: the traceback (from the handler down) for whoever reads the
-        # worker's stderr, which herd logs.
-        try:
-            traceback.print_exception(type(e), e, e.__traceback__.tb_next, file=sys.stderr)
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        return _done_err(id, False, f"handler raised {_failure_message(e)}", max_frame)
-    try:
-        return _codec.encode_done_ok(id, output, max_frame)
-    except ProtocolError:
-        return _done_err(id, False, (
-            f"handler output of {len(output)} bytes exceeds the maximum frame of {max_frame} "
-            f"bytes"), max_frame)
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return _done_err(id, False, f"handler raised {_failure_message(exc)}", max_frame)
+
+
+def _too_big(id, output, max_frame):
+    return _done_err(id, False, (
+        f"handler output of {len(output)} bytes exceeds the maximum frame of {max_frame} "
+        f"bytes"), max_frame)
 
 
 def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=False):
@@ -325,6 +320,7 @@ def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=Fa
 def _serve_loop(reader, out, handler, max_frame, pass_task):
     perf = time.perf_counter
     decode = _codec.decode_to_worker
+    encode_ok = _codec.encode_done_ok
     header = _unpack_header
     data = b""
     pos = 0
@@ -350,8 +346,17 @@ def _serve_loop(reader, out, handler, max_frame, pass_task):
                 return
             _, id, attempt, payload = msg
             t0 = perf()
-            frame = _reply(handler, Task(id, attempt, payload, out) if pass_task else payload,
-                           id, max_frame)
+            try:
+                output = handler(Task(id, attempt, payload, out) if pass_task else payload)
+                if type(output) is not bytes:
+                    output = output.encode() if type(output) is str else _output_bytes(output)
+            except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
+                frame = _failed(e, id, max_frame)
+            else:
+                try:
+                    frame = encode_ok(id, output, max_frame)
+                except ProtocolError:
+                    frame = _too_big(id, output, max_frame)
             now = perf()
             # Hold the reply while more tasks are buffered behind a quick handler (the outbox
             # bounds for how long); send it at once after a slow one or before a read.
