@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """herd's side of the benchmarks: drives the release `herd` binary with `herd-chaos` workers (or,
-with --python, Python workers: `peers.py worker`, the peers' own work() on the Python SDK in
+with --python, Python workers: scripts/pywork.py, the peers' own work() on the Python SDK in
 sdk/python) and prints one JSON object per workload on stdout (details on stderr). Every workload checks that
 every record arrived and is right, so a fast wrong answer cannot pass.
 
@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def worker_cmd(args):
     """herd-chaos, or with --python the Python SDK worker running the peers' work()."""
     if getattr(args, "python", False):
-        return [sys.executable, os.path.join(HERE, "peers.py"), "worker"]
+        return [sys.executable, os.path.join(HERE, "pywork.py")]
     return [args.chaos]
 
 
@@ -591,7 +591,7 @@ def main():
     ap.add_argument("--kills", type=int, default=40)
     ap.add_argument("--baseline", help="compare: a directory with the baseline herd, herd-chaos")
     ap.add_argument("--python", action="store_true",
-                    help="Python workers (peers.py worker on sdk/python) instead of herd-chaos")
+                    help="Python workers (pywork.py on sdk/python) instead of herd-chaos")
     args = ap.parse_args()
     # The Python workers import herd_worker straight from the source tree.
     sdk = os.path.join(os.path.dirname(HERE), "sdk", "python")

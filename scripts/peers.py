@@ -9,8 +9,6 @@ compute, serialize a small JSON result.
   peers.py cpu [--n 20000] [--ms 1]
   peers.py latency [--n 2000] [--warmup 4]
   peers.py memory [--n 100000] [--bounded | --unbounded]    (neither: both, each in a fresh process)
-  peers.py worker    (a herd worker running the same work(), on the Python SDK: needs herd_worker
-                      importable, e.g. PYTHONPATH=sdk/python; scripts/bench.py's Python rows)
 Common options: --workers 2, --only PEER,PEER, --repeat R (tiny, cpu: report the median run).
 
 One JSON object goes to stdout, a human summary to stderr. A wrong or missing result exits 1.
@@ -30,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from pywork import spin, work  # noqa: F401 - the peers' per-event work
+
 # Explicit, although it is the Linux default in 3.11 (not in 3.14+): these patterns fork their
 # workers by default on Linux, so that is what a user of them gets.
 CTX = mp.get_context("fork")
@@ -45,24 +45,8 @@ class CheckFailed(Exception):
 # ---------------------------------------------------------------------------------------------
 # The work: same per-event shape as a herd worker (parse in, compute, small serialized result out).
 
-def spin(ms):
-    """Burn `ms` milliseconds of this process's CPU time, like herd-chaos's spin."""
-    end = time.process_time() + ms / 1000
-    while time.process_time() < end:
-        pass
-
-
-def work(line):
-    event = json.loads(line)
-    op = event["op"]
-    if op == "square":
-        out = event["n"] * event["n"]
-    elif op == "spin":
-        spin(event["ms"])
-        out = event["ms"]
-    else:
-        raise ValueError(f"unknown op {op!r}")
-    return json.dumps(out)
+# spin() and work() live in pywork.py, which is also the herd worker of bench.py's Python rows
+# (there it imports only what the work needs, so its start-up is a worker's, not this script's).
 
 
 def work_indexed(item):
@@ -400,17 +384,7 @@ MEASURED = {
 }
 
 
-def herd_worker_main():
-    """The per-event work of the peers as a herd worker (sdk/python): the same function on the
-    same events, so the Python rows of the benchmark compare dispatchers, not workloads."""
-    import herd_worker
-    # The peers get each line as str (decoded outside their timing); herd hands over bytes.
-    herd_worker.run(lambda payload: work(payload.decode()))
-
-
 def main():
-    if sys.argv[1:] == ["worker"]:
-        return herd_worker_main()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="workload", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""The per-event work of the Python peers (scripts/peers.py), and, run as a script, the same
+work as a herd worker on the Python SDK (sdk/python): scripts/bench.py's Python-worker rows put
+it under `herd run` beside the peers, on the same events. It needs herd_worker importable
+(bench.py sets PYTHONPATH=sdk/python):
+
+    herd run -w 2 -- python3 scripts/pywork.py < events
+
+Same per-event shape as a herd worker: parse the JSON event, compute, a small JSON result.
+"""
+
+import json
+import time
+
+
+def spin(ms):
+    """Burn `ms` milliseconds of this process's CPU time, like herd-chaos's spin."""
+    end = time.process_time() + ms / 1000
+    while time.process_time() < end:
+        pass
+
+
+def work(line):
+    event = json.loads(line)
+    op = event["op"]
+    if op == "square":
+        out = event["n"] * event["n"]
+    elif op == "spin":
+        spin(event["ms"])
+        out = event["ms"]
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    return json.dumps(out)
+
+
+if __name__ == "__main__":
+    import herd_worker
+
+    # The peers get each line as str (decoded outside their timing); herd hands over bytes.
+    herd_worker.run(lambda payload: work(payload.decode()))
