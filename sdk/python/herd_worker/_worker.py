@@ -162,7 +162,9 @@ class _Outbox:
             t.start()
         except RuntimeError:
             # Without the flusher every reply is still written before the worker blocks on a
-            # read; only the bound on holding one back during a slow handler is lost.
+            # read; only the bound on holding one back during a slow handler is lost. Not
+            # retried: `_idle` stays False, so nothing waits for a thread that is not there.
+            self._flusher = False
             return
         self._flusher = t
 
