@@ -37,6 +37,8 @@
 use std::any::Any;
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,6 +112,16 @@ pub fn run_with<F>(config: &Config, handler: F) -> Result<(), Error>
 where
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
+    let socket = connect_socket(config)?;
+    let reader = PollReader {
+        socket: &socket,
+        poll_first: false,
+    };
+    serve(reader, &socket, config, handler)
+}
+
+/// Connects to the socket named in `config`.
+fn connect_socket(config: &Config) -> Result<UnixStream, Error> {
     use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 
     let connect_err = |source| Error::Connect {
@@ -121,16 +133,8 @@ where
         .as_path()
         .to_fs_name::<GenericFilePath>()
         .map_err(connect_err)?;
-    let stream = Stream::connect(name).map_err(connect_err)?;
-    match stream {
-        Stream::UdSocket(s) => {
-            let socket = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s));
-            let reader = PollReader {
-                socket: &socket,
-                poll_first: false,
-            };
-            serve(reader, &socket, config, handler)
-        }
+    match Stream::connect(name).map_err(connect_err)? {
+        Stream::UdSocket(s) => Ok(UnixStream::from(std::os::fd::OwnedFd::from(s))),
     }
 }
 
@@ -144,17 +148,17 @@ where
 /// After a read found nothing, the next one polls first (the supervisor is answering one task
 /// at a time, as with `--window 1`); after a read found data, it tries `recv` first (tasks are
 /// queued up, and polling would be a wasted call).
-struct PollReader<'a> {
-    socket: &'a std::os::unix::net::UnixStream,
+struct PollReader<S> {
+    socket: S,
     poll_first: bool,
 }
 
-impl Read for PollReader<'_> {
+impl<S: AsFd> Read for PollReader<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use nix::errno::Errno;
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use nix::sys::socket::{recv, MsgFlags};
-        use std::os::fd::{AsFd, AsRawFd};
+        use std::os::fd::AsRawFd;
         loop {
             if self.poll_first {
                 let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
@@ -163,7 +167,7 @@ impl Read for PollReader<'_> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            match recv(self.socket.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            match recv(self.socket.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
                     self.poll_first = false;
                     return Ok(n);
@@ -271,6 +275,152 @@ where
                 }
             }
         }
+    }
+}
+
+/// Connects to the supervisor and completes the handshake, for a worker that answers tasks on
+/// its own schedule rather than from a handler: [`Tasks`] yields them, [`Replies`] (which may
+/// live on another thread) answers them, each exactly once, in any order.
+///
+/// This is for workers that keep several tasks in progress at once, such as `herd-stdio`,
+/// which pipes them through a child process. Most workers want [`run`]: with this API, nothing
+/// catches panics, nothing flushes replies on a timer, and a task left unanswered stays in
+/// flight until the supervisor's `--timeout`.
+///
+/// # Errors
+/// [`Error::Connect`] if the socket cannot be reached; [`Error::Disconnected`] or
+/// [`Error::Protocol`] if the `Hello` cannot be sent.
+pub fn connect(config: &Config) -> Result<(Tasks, Replies), Error> {
+    let socket = connect_socket(config)?;
+    let writer = socket.try_clone().map_err(Error::from_io)?;
+    split(socket, writer, config)
+}
+
+/// Sends `Hello` on `writer` and pairs the two directions of one connection.
+fn split(
+    reader: UnixStream,
+    writer: UnixStream,
+    config: &Config,
+) -> Result<(Tasks, Replies), Error> {
+    let max = config.max_frame;
+    let mut replies = Replies {
+        stream: writer,
+        buf: Vec::with_capacity(WRITE_BATCH),
+        max,
+    };
+    let hello = FromWorker::Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        token: config.token.clone(),
+    };
+    codec::encode_frame(&hello, &mut replies.buf, max)?;
+    replies.flush()?;
+    let tasks = Tasks {
+        reader: BufReader::with_capacity(
+            READ_BUFFER,
+            PollReader {
+                socket: reader,
+                poll_first: false,
+            },
+        ),
+        scratch: Vec::new(),
+        max,
+    };
+    Ok((tasks, replies))
+}
+
+/// The receiving half of a [`connect`]ed worker: the supervisor's tasks, in the order sent.
+pub struct Tasks {
+    reader: BufReader<PollReader<UnixStream>>,
+    scratch: Vec<u8>,
+    max: usize,
+}
+
+/// A task received through [`Tasks::recv`]; answer it with [`Replies::send`] and its `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The supervisor's identifier for this attempt (see [`Task::id`]).
+    pub id: u64,
+    /// 1 the first time, 2 after one retry, and so on.
+    pub attempt: u32,
+    /// The event, exactly as the supervisor received it.
+    pub payload: Vec<u8>,
+}
+
+impl Tasks {
+    /// Waits for the next task. `Ok(None)` is the termination frame: answer the tasks still in
+    /// hand, flush, and exit 0.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] when the supervisor is gone (exit 1); [`Error::Protocol`] for a
+    /// frame that cannot be read (exit 2).
+    pub fn recv(&mut self) -> Result<Option<Incoming>, Error> {
+        match codec::read_frame::<ToWorker, _>(&mut self.reader, &mut self.scratch, self.max)
+            .map_err(Error::from_frame)?
+        {
+            None => Err(Error::Disconnected),
+            Some(ToWorker::Shutdown) => Ok(None),
+            Some(ToWorker::Task {
+                id,
+                attempt,
+                payload,
+            }) => Ok(Some(Incoming {
+                id,
+                attempt,
+                payload,
+            })),
+        }
+    }
+
+    /// Whether a whole frame is already buffered, so that [`Tasks::recv`] will not block. A
+    /// worker that batches its own output flushes it when this is false.
+    pub fn buffered(&self) -> bool {
+        complete_frame_buffered(self.reader.buffer(), self.max)
+    }
+}
+
+/// The sending half of a [`connect`]ed worker. Replies are queued and written together: call
+/// [`Replies::flush`] before anything that may wait, or they wait too.
+pub struct Replies {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Replies {
+    /// Queues the answer to task `id` (written at once if the queue is full). An output too
+    /// large for one frame is replaced by a non-retryable error saying so.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if the supervisor is gone; [`Error::Protocol`] if the reply
+    /// cannot be encoded or written.
+    pub fn send(&mut self, id: u64, result: Result<Vec<u8>, TaskError>) -> Result<(), Error> {
+        let outcome = match result {
+            Ok(output) => Outcome::Ok(output),
+            Err(err) => Outcome::Err {
+                retryable: err.retryable,
+                message: err.message,
+            },
+        };
+        push_done(&mut self.buf, id, outcome, self.max)?;
+        if self.buf.len() >= WRITE_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out every queued reply.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if the supervisor is gone, else [`Error::Protocol`].
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let res = self.stream.write_all(&self.buf);
+        // After a failed write the connection is unusable anyway.
+        self.buf.clear();
+        res.map_err(Error::from_io)
     }
 }
 
@@ -1039,6 +1189,82 @@ mod tests {
         );
         let err = handle.join().unwrap().unwrap_err();
         assert!(matches!(err, Error::Disconnected), "{err:?}");
+    }
+
+    /// `split` on one end of a socket pair; returns the supervisor's end too, past the Hello.
+    fn split_pair() -> (UnixStream, Tasks, Replies) {
+        let (sup, worker) = UnixStream::pair().unwrap();
+        let writer = worker.try_clone().unwrap();
+        let (tasks, replies) = split(worker, writer, &config()).unwrap();
+        assert!(matches!(recv(&sup), FromWorker::Hello { .. }));
+        (sup, tasks, replies)
+    }
+
+    #[test]
+    fn split_connection_answers_in_any_order_and_batches() {
+        let (sup, mut tasks, mut replies) = split_pair();
+        let mut bytes = Vec::new();
+        for id in 0..100u64 {
+            codec::encode_frame(&task(id, 1, &id.to_le_bytes()), &mut bytes, 1024).unwrap();
+        }
+        codec::encode_frame(&ToWorker::Shutdown, &mut bytes, 1024).unwrap();
+        (&sup).write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        while let Some(t) = tasks.recv().unwrap() {
+            assert_eq!(t.payload, t.id.to_le_bytes());
+            got.push(t.id);
+            // All of them came in one write; only the termination frame is left at the end.
+            assert!(tasks.buffered());
+        }
+        assert!(!tasks.buffered());
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+        // Answered from another thread, in reverse order, one of them an error.
+        thread::spawn(move || {
+            for &id in got.iter().rev() {
+                let result = if id == 7 {
+                    Err(TaskError::retryable("again"))
+                } else {
+                    Ok(id.to_string().into_bytes())
+                };
+                replies.send(id, result).unwrap();
+            }
+            replies.flush().unwrap();
+        })
+        .join()
+        .unwrap();
+        for id in (0..100u64).rev() {
+            let want = if id == 7 {
+                Outcome::Err {
+                    retryable: true,
+                    message: "again".into(),
+                }
+            } else {
+                Outcome::Ok(id.to_string().into_bytes())
+            };
+            assert_eq!(recv(&sup), FromWorker::Done { id, outcome: want });
+        }
+    }
+
+    #[test]
+    fn split_connection_eof_oversize_and_garbage() {
+        let (sup, mut tasks, mut replies) = split_pair();
+        replies.send(1, Ok(vec![0; 2000])).unwrap();
+        replies.flush().unwrap();
+        assert!(matches!(
+            recv(&sup),
+            FromWorker::Done { id: 1, outcome: Outcome::Err { retryable: false, message } }
+                if message.contains("2000 bytes")
+        ));
+        drop(sup);
+        let err = tasks.recv().unwrap_err();
+        assert!(matches!(err, Error::Disconnected), "{err:?}");
+        // Writing to a supervisor that is gone is a disconnect too, not a protocol error.
+        replies.send(2, Ok(b"x".to_vec())).unwrap();
+        assert!(matches!(replies.flush(), Err(Error::Disconnected)));
+
+        let (sup, mut tasks, _replies) = split_pair();
+        (&sup).write_all(&[3u8, 0, 0, 0, 0x7f, 1, 2]).unwrap();
+        assert!(matches!(tasks.recv(), Err(Error::Protocol(_))));
     }
 
     #[test]
