@@ -71,7 +71,8 @@ Run it under herd: herd run -w 8 -- herd-stdio -- python3 -u enrich.py
 
 The program is started once and kept running. Each event is written to its stdin as one line;
 the next line it writes to stdout is that event's output. The program must:
-  - write exactly one line per input line, in order;
+  - write exactly one line per input line, in order, as soon as it has read that line (not
+    after a block of input: mawk needs -W interactive);
   - flush stdout after each line (python3 -u, sed -u, grep --line-buffered, jq --unbuffered,
     awk with fflush(), or stdbuf -oL);
   - write nothing else to stdout (diagnostics go to stderr, which herd logs).

@@ -8,5 +8,6 @@ mod hardening;
 mod logs;
 mod metrics;
 mod run;
+mod stdio;
 mod supervision;
 mod util;
