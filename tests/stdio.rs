@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use herd_proto::codec;
 use herd_proto::{FromWorker, Outcome, ToWorker};
