@@ -145,11 +145,7 @@ fn main() -> ExitCode {
     }
     match feed(tasks, stdin, ids_tx, &shared) {
         Fed::Shutdown => finish(&shared, &end_rx, cli.stop_timeout),
-        Fed::Herd(err) => {
-            std::mem::forget(exiting());
-            shared.kill();
-            ExitCode::from(report_code(&err))
-        }
+        Fed::Herd(err) => gone(&shared, &err),
         Fed::ChildStopped(err) => {
             // The answer thread reports it once the child's stdout ends (with the child's exit
             // status and what was left unanswered); one that lives on gets killed first.
@@ -292,6 +288,15 @@ fn fail(shared: &Shared, why: &str) -> ! {
     std::process::exit(i32::from(EXIT_PROGRAM))
 }
 
+/// Ends herd-stdio because herd is gone (or broke the protocol): the child goes too. Called
+/// by the answer thread, which must not just stop reading: the child would block on its
+/// stdout, and the main thread on the child's stdin.
+fn gone(shared: &Shared, err: &herd_worker::Error) -> ! {
+    std::mem::forget(exiting());
+    shared.kill();
+    std::process::exit(i32::from(report_code(err)))
+}
+
 /// How the main thread's task loop ended.
 enum Fed {
     /// herd sent the termination frame.
@@ -350,7 +355,6 @@ fn feed(mut tasks: Tasks, stdin: ChildStdin, ids: Sender<u64>, shared: &Shared) 
 }
 
 /// How the answer thread ended after the termination frame (any other end exits the process).
-#[derive(Default)]
 struct AnswersEnd {
     /// Tasks whose answers never came.
     unanswered: usize,
@@ -368,9 +372,10 @@ fn answer(stdout: ChildStdout, ids: &Receiver<u64>, shared: &Shared, max: usize)
     let mut dropped = 0usize;
     loop {
         // Replies go out before a read that may block.
-        // If herd is gone, the main thread sees it too and ends the process.
-        if reader.buffer().is_empty() && lock(&shared.replies).flush().is_err() {
-            return AnswersEnd::default();
+        if reader.buffer().is_empty() {
+            if let Err(err) = lock(&shared.replies).flush() {
+                gone(shared, &err);
+            }
         }
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
@@ -431,8 +436,8 @@ fn answer(stdout: ChildStdout, ids: &Receiver<u64>, shared: &Shared, max: usize)
         } else {
             Ok(std::mem::take(&mut line))
         };
-        if lock(&shared.replies).send(id, result).is_err() {
-            return AnswersEnd::default();
+        if let Err(err) = lock(&shared.replies).send(id, result) {
+            gone(shared, &err);
         }
     }
 }
