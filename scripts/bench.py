@@ -10,6 +10,8 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
+    python3 scripts/bench.py stdio    --herd H --chaos C --events FILE [--stdio S] [--n 20000]
+                                                            (herd-stdio + cat / a Python filter)
     python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers
                                                              and the socket limit, rawsock)
 
@@ -165,6 +167,78 @@ def latency(args):
         runs.append({"p50_us": pct(0.50), "p99_us": pct(0.99), "max_us": micros[-1]})
     return {"events": args.n, "p50_us": statistics.median(r["p50_us"] for r in runs),
             "p99_us": statistics.median(r["p99_us"] for r in runs), "runs": runs}
+
+
+STDIO_FILTER = """\
+import json, sys
+write = sys.stdout.write
+for line in sys.stdin:
+    write(str(json.loads(line)["n"] ** 2) + "\\n")
+"""
+
+
+def stdio(args):
+    """herd-stdio, the line-filter adapter, against the native herd-chaos worker on the same
+    events, run by run: tiny events/s through `cat` (records echo the event), through a Python
+    filter that squares (python3 -u, so one write per line) and through herd-chaos; then the
+    round trip at --window 1 (herd's `micros`, records to a file) for the same three."""
+    os.makedirs(args.out, exist_ok=True)
+    n = sum(1 for _ in open(args.events, "rb"))
+    filt = os.path.join(args.out, "stdio_filter.py")
+    with open(filt, "w") as f:
+        f.write(STDIO_FILTER)
+    workers = {"native": [args.chaos], "cat": [args.stdio, "--", "cat"],
+               "python": [args.stdio, "--", sys.executable, "-u", filt]}
+
+    def check(name, out, count):
+        if name != "cat":
+            return check_squares(out, count)
+        seen = 0
+        for line in out.splitlines():
+            r = json.loads(line)
+            if r["output"] != {"op": "square", "n": r["seq"]}:
+                die(f"wrong output: {line!r}")
+            seen += 1
+        if seen != count:
+            die(f"{seen} records for {count} events")
+
+    def cmd(name, *opts):
+        return [args.herd, "run", "-q", "-w", str(args.workers), *opts, "--", *workers[name]]
+
+    tput = {k: [] for k in workers}
+    for _ in range(args.repeat):
+        for name in workers:
+            with open(args.events, "rb") as f:
+                t0 = time.perf_counter()
+                p = subprocess.run(cmd(name), stdin=f, stdout=subprocess.PIPE)
+                secs = time.perf_counter() - t0
+            if p.returncode != 0:
+                die(f"herd with {name} exited {p.returncode}")
+            check(name, p.stdout, n)
+            tput[name].append(n / secs)
+    src = os.path.join(args.out, f"stdio-latency-{args.n}.txt")
+    dst = os.path.join(args.out, f"stdio-latency-{args.n}.jsonl")
+    with open(src, "w") as f:
+        f.writelines(f'{{"op":"square","n":{i}}}\n' for i in range(args.n))
+    lat = {k: [] for k in workers}
+    for _ in range(args.repeat):
+        for name in workers:
+            p = subprocess.run(cmd(name, "--window", "1", "-i", src, "-o", dst))
+            if p.returncode != 0:
+                die(f"herd with {name} exited {p.returncode}")
+            with open(dst, "rb") as f:
+                out = f.read()
+            check(name, out, args.n)
+            micros = sorted(json.loads(l)["micros"] for l in out.splitlines())
+            lat[name].append({"p50_us": micros[len(micros) // 2],
+                              "p99_us": micros[min(len(micros) - 1, int(0.99 * len(micros)))]})
+    res = {"events": n, "latency_events": args.n}
+    for name in workers:
+        res[name] = {"events_per_sec": statistics.median(tput[name]),
+                     "p50_us": statistics.median(r["p50_us"] for r in lat[name]),
+                     "p99_us": statistics.median(r["p99_us"] for r in lat[name]),
+                     "runs": {"events_per_sec": tput[name], "latency": lat[name]}}
+    return res
 
 
 class Live:
@@ -417,6 +491,8 @@ def run_all(args):
     r["memory_peers"] = peers(args, "memory", "--n", str(n // 5))
     r["recovery"] = sub(args, "recovery", "--kills", "10" if args.quick else "40")
     r["cpu_kills"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--kill-every", "0.15")
+    r["stdio"] = sub(args, "stdio", "--stdio", args.stdio, "--events", events, "--out", args.out,
+                     "--n", str(n // 50), "--repeat", str(args.repeat))
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -501,6 +577,17 @@ def table(r):
     rows.append(["spin 1ms events/s, kill every 150ms", r["cpu_kills"]["events_per_sec"],
                  "herd, no kills", r["cpu"]["events_per_sec"],
                  r["cpu_kills"]["events_per_sec"] / r["cpu"]["events_per_sec"], None])
+    if "stdio" in r:
+        st = r["stdio"]
+        for name, label in (("cat", "herd-stdio + cat"), ("python", "herd-stdio + python3 -u")):
+            rows.append([f"tiny events/s, {label}", st[name]["events_per_sec"],
+                         "herd-chaos, same run", st["native"]["events_per_sec"],
+                         st[name]["events_per_sec"] / st["native"]["events_per_sec"], None])
+        for name, label in (("cat", "herd-stdio + cat"), ("python", "herd-stdio + python3 -u")):
+            for q in ("p50_us", "p99_us"):
+                rows.append([f"latency {q} (window 1), {label}", st[name][q],
+                             "herd-chaos, same run", st["native"][q],
+                             st["native"][q] / st[name][q], None])
     return rows
 
 
@@ -575,13 +662,14 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "all", "compare"])
+                                         "stdio", "all", "compare"])
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--herd", default="target/release/herd")
     ap.add_argument("--chaos", default="target/release/herd-chaos")
     ap.add_argument("--rawsock", default="target/release/examples/rawsock")
+    ap.add_argument("--stdio", default="target/release/herd-stdio")
     ap.add_argument("--events")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--window", type=int, default=0, help="0: herd's automatic window")
