@@ -31,6 +31,10 @@
 //!   task buffered behind it. A flusher thread writes out whatever has been queued for
 //!   1 ms while the handler is still running. It sleeps while nothing is queued and is
 //!   woken at most once per batch, so the tiny-task path costs no extra write.
+//!
+//! A worker that must keep several tasks in progress at once, rather than run one handler call
+//! at a time, uses [`connect`] instead: it gets the tasks and the replies as two halves it can
+//! drive from two threads (`herd-stdio` pipes tasks through a child process this way).
 
 #![warn(missing_docs)]
 
