@@ -173,7 +173,7 @@ pub enum PoolError {
     /// Workers start but never complete a handshake.
     #[error("worker program `{program}` never became ready ({attempts} failed starts); the last: {reason}. \
         Is it a herd worker? A worker connects to the socket in $HERD_SOCKET and completes the \
-        handshake; the worker SDKs do this for you (Rust: the herd-worker crate, see the README){}{}",
+        handshake; the worker SDKs do this for you (the herd-worker crate for Rust, sdk/python for Python; a program that reads and writes lines runs under herd-stdio: see the README){}{}",
         format_tail("stdout", .stdout_tail), format_tail("stderr", .stderr_tail))]
     NeverReady {
         program: String,
