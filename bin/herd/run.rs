@@ -10,7 +10,7 @@ use clap::Args;
 use std::sync::Arc;
 
 use herd_supervisor::lines::LineSource;
-use herd_supervisor::{Input, RecordBatch, RecordWriter, Sink, Source, SubmissionError};
+use herd_supervisor::{Input, RecordBatch, RecordWriter, Room, Sink, Source, SubmissionError};
 
 use crate::progress::{InputCount, Progress};
 use crate::{signals, PoolArgs};
@@ -92,8 +92,8 @@ struct CountedLines {
 }
 
 impl Source for CountedLines {
-    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
-        let batch = self.lines.next_batch().await;
+    async fn next_batch(&mut self, room: Room) -> io::Result<Option<Vec<Input>>> {
+        let batch = self.lines.next_batch(room).await;
         if let Some(count) = &self.count {
             match &batch {
                 Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),

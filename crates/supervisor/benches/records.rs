@@ -37,6 +37,7 @@ fn err(seq: u64) -> Record {
         outcome: RecordOutcome::Err {
             kind: ErrorKind::Crashed,
             message: "worker 3 (pid 424250) killed by \"SIGSEGV\" while running the task".into(),
+            retryable: false,
         },
         input: Some(bytes::Bytes::from_static(br#"{"op":"square","n":12345}"#)),
     }

@@ -449,7 +449,8 @@ struct ClientEvents {
 }
 
 impl Source for ClientEvents {
-    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
+    /// The client's frames wait in its socket until there is room.
+    async fn next_batch(&mut self, _room: crate::Room) -> io::Result<Option<Vec<Input>>> {
         // A producer may be slow: no idle limit between frames.
         let Some(body) = self.rd.next(None).await? else {
             return Err(vanished());
@@ -470,11 +471,10 @@ impl Source for ClientEvents {
             let seq = self.seq;
             self.seq += 1;
             batch.push(match line {
-                Some(b) => Input::Event {
+                Some(b) => Input::event(
                     seq,
-                    payload: slice_of(&body, b)
-                        .ok_or_else(|| io::Error::other("line outside its frame"))?,
-                },
+                    slice_of(&body, b).ok_or_else(|| io::Error::other("line outside its frame"))?,
+                ),
                 None => Input::Rejected {
                     seq,
                     reason: format!(

@@ -61,20 +61,36 @@ pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
 pub use status::{Status, WorkerStatus};
 pub use submission::{
-    run_one, Delivered, EventSender, PoolGone, Records, Sink, Source, Submission, SubmissionError,
+    run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
+    SubmissionError,
 };
 
 /// One item from an event source.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// An event to run.
-    Event { seq: u64, payload: Bytes },
+    /// An event to run. `prior_attempts` is how many attempts it already had elsewhere (a
+    /// broker's earlier deliveries; 0 for a new event): its attempt numbers continue from
+    /// there, for the worker (`Task::attempt`) and in the record's `attempts`.
+    Event {
+        seq: u64,
+        payload: Bytes,
+        prior_attempts: u32,
+    },
     /// An event the source already refused (e.g. a line too long to buffer); it gets a
     /// `rejected` record.
     Rejected { seq: u64, reason: String },
 }
 
 impl Input {
+    /// A new event (never attempted before).
+    pub fn event(seq: u64, payload: Bytes) -> Self {
+        Input::Event {
+            seq,
+            payload,
+            prior_attempts: 0,
+        }
+    }
+
     /// Payload bytes this input holds.
     pub fn len(&self) -> usize {
         match self {
@@ -115,7 +131,7 @@ pub(crate) enum SubmissionMsg {
         id: SubmissionId,
         sink: mpsc::UnboundedSender<Outbox>,
         credits: Arc<Credits>,
-        ordered: bool,
+        options: SubmitOptions,
     },
     Events {
         id: SubmissionId,
@@ -124,6 +140,19 @@ pub(crate) enum SubmissionMsg {
     End {
         id: SubmissionId,
     },
+}
+
+/// How a submission wants its events handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// Records in `seq` order (a bounded reorder buffer holds early finishers) rather than
+    /// in completion order.
+    pub ordered: bool,
+    /// The source retries retryable handler errors itself (a broker redelivers a message it
+    /// is told to, after a delay): the pool does not retry them but hands each back at once
+    /// as a `failed` record whose [`RecordOutcome::Err`] says `retryable`. Crashes and
+    /// timeouts are still retried by the pool, up to `retries`.
+    pub source_retries: bool,
 }
 
 /// What a pool did, returned when it stops.
@@ -209,6 +238,8 @@ pub struct PoolHandle {
     commands: mpsc::UnboundedSender<Command>,
     next_submission: Arc<AtomicU64>,
     ready: watch::Receiver<Option<Vec<u32>>>,
+    /// Becomes true once the pool takes no more events (a stop began).
+    stopping: watch::Receiver<bool>,
     /// Per submission: events and bytes in the pool at once.
     queue: usize,
     queue_bytes: usize,
@@ -228,15 +259,17 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
     let (submissions_tx, submissions_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = watch::channel(None);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
     let handle = PoolHandle {
         submissions: submissions_tx,
         commands: cmd_tx,
         next_submission: Arc::new(AtomicU64::new(0)),
         ready: ready_rx,
+        stopping: stopping_rx,
         queue: config.effective_queue(),
         queue_bytes: config.queue_bytes,
     };
-    let run = pool::Pool::run(config, submissions_rx, cmd_rx, ready_tx);
+    let run = pool::Pool::run(config, submissions_rx, cmd_rx, ready_tx, stopping_tx);
     // The pool runs as a task of its own, not as the future the caller awaits: on a
     // current-thread runtime, a wake-up of the future passed to `block_on` costs an extra turn
     // of the I/O driver (an `epoll_wait`) before it is polled, and the link readers wake the
@@ -253,6 +286,14 @@ impl PoolHandle {
     /// Opens a submission: a stream of events whose records come back on its own channel, in
     /// completion order or (with `ordered`) in `seq` order.
     pub fn submit(&self, ordered: bool) -> Submission {
+        self.submit_with(SubmitOptions {
+            ordered,
+            ..SubmitOptions::default()
+        })
+    }
+
+    /// Opens a submission with `options`.
+    pub fn submit_with(&self, options: SubmitOptions) -> Submission {
         let id = self.next_submission.fetch_add(1, Ordering::Relaxed);
         let (sink, records) = mpsc::unbounded_channel();
         let credits = Credits::new(self.queue, self.queue_bytes);
@@ -260,7 +301,7 @@ impl PoolHandle {
             id,
             sink,
             credits: credits.clone(),
-            ordered,
+            options,
         });
         Submission {
             sender: EventSender {
@@ -286,6 +327,18 @@ impl PoolHandle {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Status(tx));
         rx.await.ok()
+    }
+
+    /// Resolves once the pool takes no more events: a stop began, or the pool is gone. A
+    /// source that must not take events it cannot run (a broker consumer) stops fetching.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Whether a stop has begun (or the pool is gone).
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow() || self.stopping.has_changed().is_err()
     }
 
     /// Waits until every worker has completed its handshake once; returns their pids, or

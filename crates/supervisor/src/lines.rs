@@ -122,7 +122,7 @@ fn event(seq: u64, mut line: Bytes) -> Input {
     if line.last() == Some(&b'\r') {
         line.truncate(line.len() - 1);
     }
-    Input::Event { seq, payload: line }
+    Input::event(seq, line)
 }
 
 #[cfg(test)]
@@ -144,7 +144,9 @@ mod tests {
 
     fn show(i: &Input) -> String {
         match i {
-            Input::Event { seq, payload } => format!("{seq}:{}", String::from_utf8_lossy(payload)),
+            Input::Event { seq, payload, .. } => {
+                format!("{seq}:{}", String::from_utf8_lossy(payload))
+            }
             Input::Rejected { seq, .. } => format!("{seq}:REJECTED"),
         }
     }
@@ -219,7 +221,8 @@ impl LineSource {
 }
 
 impl crate::Source for LineSource {
-    async fn next_batch(&mut self) -> io::Result<Option<Vec<Input>>> {
+    /// Lines are read ahead on their own thread: `room` is left to [`crate::EventSender`].
+    async fn next_batch(&mut self, _room: crate::Room) -> io::Result<Option<Vec<Input>>> {
         if let Some(batch) = self.rx.recv().await {
             return Ok(Some(batch));
         }

@@ -78,8 +78,14 @@ pub enum RecordOutcome {
         pid: u32,
         micros: u64,
     },
-    /// Why there is no output.
-    Err { kind: ErrorKind, message: String },
+    /// Why there is no output. `retryable` is set only on a handler's retryable error handed
+    /// back to a source that retries by itself ([`crate::SubmitOptions::source_retries`]); it
+    /// is not part of the JSON record.
+    Err {
+        kind: ErrorKind,
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl Record {
@@ -123,7 +129,7 @@ impl Record {
                 out.extend_from_slice(b",\"micros\":");
                 out.extend_from_slice(num.format(*micros).as_bytes());
             }
-            RecordOutcome::Err { kind, message } => {
+            RecordOutcome::Err { kind, message, .. } => {
                 out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
                 out.extend_from_slice(kind.as_str().as_bytes());
                 out.extend_from_slice(b"\",\"message\":");
@@ -286,6 +292,24 @@ mod tests {
     }
 
     #[test]
+    fn retryable_flag_is_not_in_the_json() {
+        let r = Record {
+            seq: 9,
+            attempts: 2,
+            outcome: RecordOutcome::Err {
+                kind: ErrorKind::Failed,
+                message: "later".into(),
+                retryable: true,
+            },
+            input: None,
+        };
+        assert_eq!(
+            json(&r),
+            "{\"seq\":9,\"ok\":false,\"error\":{\"kind\":\"failed\",\"message\":\"later\"},\"attempts\":2}\n"
+        );
+    }
+
+    #[test]
     fn error_record_format() {
         let r = Record {
             seq: 1,
@@ -293,6 +317,7 @@ mod tests {
             outcome: RecordOutcome::Err {
                 kind: ErrorKind::Crashed,
                 message: "worker 3 (pid 4250) killed by \"SIGSEGV\"".into(),
+                retryable: false,
             },
             input: None,
         };

@@ -96,6 +96,23 @@ impl EventSender {
         Ok(())
     }
 
+    /// Waits until the submission may take at least one more event, and says how much it may
+    /// take now without waiting: a source that fetches (a broker consumer) asks for no more,
+    /// so nothing it fetched sits waiting for credits.
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub async fn room(&self) -> Result<Room, PoolGone> {
+        // Taken and given back at once: only this sender takes this submission's credits.
+        let one = self.credits.events.acquire().await.map_err(|_| PoolGone)?;
+        let events = self.credits.events.available_permits() + 1;
+        drop(one);
+        Ok(Room {
+            events: events.min(self.max_batch),
+            bytes: self.credits.bytes.available_permits(),
+        })
+    }
+
     /// Blocking [`EventSender::send`], for plain threads (not inside an async runtime).
     ///
     /// # Errors
@@ -154,11 +171,28 @@ impl Drop for Records {
     }
 }
 
+/// What a submission may take now without waiting for credits (see [`EventSender::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Events; at least 1.
+    pub events: usize,
+    /// Bytes of the byte budget (each event is charged its payload and a small overhead).
+    pub bytes: usize,
+}
+
 /// Where a submission's events come from.
 pub trait Source: Send {
-    /// The next batch of events, numbered by the source (`seq`, from 0); `Ok(None)` at the
-    /// end. An error also ends the source; the events already sent still get their records.
-    fn next_batch(&mut self) -> impl Future<Output = io::Result<Option<Vec<Input>>>> + Send;
+    /// The next batch of events, numbered by the source (`seq`); `Ok(None)` at the end. An
+    /// error also ends the source; the events already sent still get their records.
+    ///
+    /// It is called once the submission has `room` for at least one event. A source that
+    /// reads ahead anyway (a pipe, a socket) may ignore it; one that takes events on lease
+    /// (a broker consumer, whose messages' ack wait starts when it fetches) fetches no more
+    /// than that, and a batch larger than `room` waits for credits.
+    fn next_batch(
+        &mut self,
+        room: Room,
+    ) -> impl Future<Output = io::Result<Option<Vec<Input>>>> + Send;
 
     /// After its end, resolves if whoever the records are for went away (a client that
     /// closed its connection early): delivery then stops. By default it never resolves.
@@ -227,7 +261,10 @@ impl Submission {
         let feed = async move {
             let mut events = 0u64;
             let end = loop {
-                match source.next_batch().await {
+                let Ok(room) = sender.room().await else {
+                    break Ok(false); // the pool stopped
+                };
+                match source.next_batch(room).await {
                     Ok(Some(batch)) => {
                         let n = batch.len() as u64;
                         if sender.send(batch).await.is_err() {
@@ -339,4 +376,63 @@ where
         .join()
         .map_err(|_| PoolError::Internal("the submission thread panicked".into()))?;
     Ok((summary?, delivered))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sender(events: usize, bytes: usize) -> (EventSender, Arc<Credits>) {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let credits = Credits::new(events, bytes);
+        let s = EventSender {
+            id: 0,
+            submissions: tx,
+            credits: credits.clone(),
+            max_batch: events,
+        };
+        (s, credits)
+    }
+
+    #[tokio::test]
+    async fn room_is_what_credits_allow_now_and_waits_for_one() {
+        let (s, credits) = sender(8, 10_000);
+        assert_eq!(
+            s.room().await.unwrap(),
+            Room {
+                events: 8,
+                bytes: 10_000
+            }
+        );
+        credits.events.try_acquire_many(8).unwrap().forget();
+        let mut waiting = tokio_test_poll(&s);
+        assert!(
+            waiting.as_mut().now_or_never_ready().is_none(),
+            "no room: waits"
+        );
+        credits.release(3, 0);
+        assert_eq!(waiting.await.unwrap().events, 3);
+        credits.close();
+        assert!(s.room().await.is_err(), "a closed submission has no room");
+    }
+
+    /// The `room` future, boxed so it can be polled once and then awaited.
+    fn tokio_test_poll(
+        s: &EventSender,
+    ) -> std::pin::Pin<Box<impl Future<Output = Result<Room, PoolGone>> + '_>> {
+        Box::pin(s.room())
+    }
+
+    trait NowOrNever: Future {
+        fn now_or_never_ready(self: std::pin::Pin<&mut Self>) -> Option<Self::Output> {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            match self.poll(&mut cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            }
+        }
+    }
+    impl<F: Future + ?Sized> NowOrNever for F {}
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::credits::{Credits, Outbox};
 use crate::job::{Job, SubmissionId};
 use crate::record::Record;
+use crate::SubmitOptions;
 
 #[derive(Debug)]
 struct Entry {
@@ -37,6 +38,8 @@ struct Entry {
     queue: VecDeque<Job>,
     in_ring: bool,
     ordered: bool,
+    /// Retryable failures go back to the source as records (see `SubmitOptions`).
+    source_retries: bool,
     reorder: VecDeque<Option<Record>>,
     next_seq_out: u64,
     out: Vec<Record>,
@@ -89,7 +92,7 @@ impl Submissions {
         id: SubmissionId,
         sink: mpsc::UnboundedSender<Outbox>,
         credits: Arc<Credits>,
-        ordered: bool,
+        options: SubmitOptions,
     ) {
         self.map.insert(
             id,
@@ -100,7 +103,8 @@ impl Submissions {
                 out_bytes: 0,
                 queue: VecDeque::new(),
                 in_ring: false,
-                ordered,
+                ordered: options.ordered,
+                source_retries: options.source_retries,
                 reorder: VecDeque::new(),
                 next_seq_out: 0,
                 out: Vec::new(),
@@ -118,6 +122,11 @@ impl Submissions {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Whether `id`'s source retries retryable failures itself.
+    pub fn source_retries(&self, id: SubmissionId) -> bool {
+        self.map.get(&id).is_some_and(|o| o.source_retries)
     }
 
     /// Counts `n` accepted events of `id` (queued or answered at once).
@@ -350,6 +359,13 @@ mod tests {
         }
     }
 
+    fn ordered() -> SubmitOptions {
+        SubmitOptions {
+            ordered: true,
+            ..SubmitOptions::default()
+        }
+    }
+
     fn rec(seq: u64) -> Record {
         Record {
             seq,
@@ -357,6 +373,7 @@ mod tests {
             outcome: RecordOutcome::Err {
                 kind: ErrorKind::Failed,
                 message: String::new(),
+                retryable: false,
             },
             input: None,
         }
@@ -366,8 +383,18 @@ mod tests {
     fn round_robin_across_submissions() {
         let mut o = Submissions::new(1024);
         let (tx, _rx) = mpsc::unbounded_channel();
-        o.open(1, tx.clone(), Credits::new(1 << 20, 1 << 30), false);
-        o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
+        o.open(
+            1,
+            tx.clone(),
+            Credits::new(1 << 20, 1 << 30),
+            SubmitOptions::default(),
+        );
+        o.open(
+            2,
+            tx,
+            Credits::new(1 << 20, 1 << 30),
+            SubmitOptions::default(),
+        );
         for s in 0..4 {
             o.push_back(job(1, s));
         }
@@ -388,7 +415,7 @@ mod tests {
     fn ordered_outbox_and_completion() {
         let mut o = Submissions::new(1024);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(7, tx, Credits::new(1 << 20, 1 << 30), true);
+        o.open(7, tx, Credits::new(1 << 20, 1 << 30), ordered());
         for _ in 0..3 {
             o.accepted(7, 1);
         }
@@ -416,7 +443,12 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Submissions::new(1 << 20);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(1, tx, Credits::new(1 << 20, 1 << 30), false);
+        o.open(
+            1,
+            tx,
+            Credits::new(1 << 20, 1 << 30),
+            SubmitOptions::default(),
+        );
         o.accepted(1, 1000);
         o.emit(1, rec(0), 0);
         o.flush(t0, false);
@@ -457,7 +489,12 @@ mod tests {
         // A small credit limit makes a small outbox due: its submitter may be waiting.
         let mut o = Submissions::new(4);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(2, tx, Credits::new(1 << 20, 1 << 30), false);
+        o.open(
+            2,
+            tx,
+            Credits::new(1 << 20, 1 << 30),
+            SubmitOptions::default(),
+        );
         o.accepted(2, 100);
         o.emit(2, rec(0), 0);
         o.flush(t0, false);
@@ -465,10 +502,33 @@ mod tests {
     }
 
     #[test]
+    fn source_retries_is_per_submission() {
+        let mut o = Submissions::new(1024);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let broker = SubmitOptions {
+            source_retries: true,
+            ..SubmitOptions::default()
+        };
+        o.open(1, tx.clone(), Credits::new(16, 1 << 20), broker);
+        o.open(2, tx, Credits::new(16, 1 << 20), SubmitOptions::default());
+        assert!(o.source_retries(1));
+        assert!(!o.source_retries(2));
+        assert!(
+            !o.source_retries(3),
+            "an unknown submission retries nothing"
+        );
+    }
+
+    #[test]
     fn vanished_submitter_is_cancelled() {
         let mut o = Submissions::new(1024);
         let (tx, rx) = mpsc::unbounded_channel();
-        o.open(3, tx, Credits::new(1 << 20, 1 << 30), false);
+        o.open(
+            3,
+            tx,
+            Credits::new(1 << 20, 1 << 30),
+            SubmitOptions::default(),
+        );
         o.push_back(job(3, 0));
         o.push_back(job(3, 1));
         o.accepted(3, 1);

@@ -18,10 +18,10 @@ impl Pool {
                 id,
                 sink,
                 credits,
-                ordered,
+                options,
             } => {
                 tracing::debug!(submission = id, "submission opened");
-                self.submissions.open(id, sink, credits, ordered);
+                self.submissions.open(id, sink, credits, options);
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
             SubmissionMsg::End { id } => self.submissions.end(id),
@@ -41,18 +41,22 @@ impl Pool {
         let mut jobs = Vec::with_capacity(batch.len());
         for input in batch {
             match input {
-                Input::Event { seq, payload } if running && payload.len() <= limit => {
+                Input::Event {
+                    seq,
+                    payload,
+                    prior_attempts,
+                } if running && payload.len() <= limit => {
                     jobs.push(Job {
                         id: self.next_job,
                         submission: id,
                         seq,
                         payload,
-                        attempts: 0,
+                        attempts: prior_attempts,
                         charged: 0,
                     });
                     self.next_job += 1;
                 }
-                Input::Event { seq, payload } if running => {
+                Input::Event { seq, payload, .. } if running => {
                     let why = format!(
                         "event of {} bytes exceeds the frame limit of {} bytes",
                         payload.len(),
@@ -60,7 +64,7 @@ impl Pool {
                     );
                     refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
                 }
-                Input::Event { seq, payload } => {
+                Input::Event { seq, payload, .. } => {
                     let why = "herd is stopping and takes no new events".to_string();
                     refused.push((seq, ErrorKind::Shutdown, why, Some(payload)));
                 }
@@ -75,7 +79,11 @@ impl Pool {
             let record = Record {
                 seq,
                 attempts: 0,
-                outcome: RecordOutcome::Err { kind, message },
+                outcome: RecordOutcome::Err {
+                    kind,
+                    message,
+                    retryable: false,
+                },
                 input,
             };
             self.emit(id, record, len);

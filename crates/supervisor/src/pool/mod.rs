@@ -119,6 +119,7 @@ impl Pool {
         mut submissions: mpsc::UnboundedReceiver<SubmissionMsg>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         ready_tx: watch::Sender<Option<Vec<u32>>>,
+        stopping_tx: watch::Sender<bool>,
     ) -> Result<Summary, PoolError> {
         cfg.workers = cfg.workers.max(1);
         cfg.max_frame = cfg.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
@@ -208,6 +209,10 @@ impl Pool {
         loop {
             pool.now = Instant::now();
             pool.maybe_stop();
+            if pool.phase != Phase::Running {
+                // Sources that fetch (a broker consumer) stop taking events now.
+                stopping_tx.send_if_modified(|s| !std::mem::replace(s, true));
+            }
             if pool.finished() {
                 break;
             }

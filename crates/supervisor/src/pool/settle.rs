@@ -71,11 +71,20 @@ impl Pool {
 
     /// An error record for `job`, which carries its payload (for `--failed` files).
     pub(super) fn fail(&mut self, job: Job, kind: ErrorKind, message: String) {
+        self.fail_as(job, kind, message, false);
+    }
+
+    /// [`Pool::fail`], saying whether the failure is retryable (for a source that retries).
+    fn fail_as(&mut self, job: Job, kind: ErrorKind, message: String, retryable: bool) {
         let len = job.payload.len();
         let record = Record {
             seq: job.seq,
             attempts: job.attempts,
-            outcome: RecordOutcome::Err { kind, message },
+            outcome: RecordOutcome::Err {
+                kind,
+                message,
+                retryable,
+            },
             input: Some(job.payload),
         };
         self.emit(job.submission, record, len);
@@ -153,6 +162,10 @@ impl Pool {
                 self.emit(job.submission, record, len);
             }
             Err((retryable, message)) => {
+                if retryable && self.submissions.source_retries(job.submission) {
+                    // Its source retries (a broker's delayed redelivery), not the pool.
+                    return self.fail_as(job, ErrorKind::Failed, message, true);
+                }
                 job.charged += 1;
                 if retryable && job.charged <= self.cfg.retries {
                     self.stats.retries += 1;
