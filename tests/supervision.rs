@@ -151,7 +151,11 @@ fn random_kill_9_of_workers_loses_nothing() {
         assert!(!seen[seq], "one record per event: {r}");
         seen[seq] = true;
         assert_eq!(r["ok"], true, "{r}");
-        let want = if seq.is_multiple_of(2) { 1 } else { (seq * seq) as u64 };
+        let want = if seq.is_multiple_of(2) {
+            1
+        } else {
+            (seq * seq) as u64
+        };
         assert_eq!(r["output"].as_u64().unwrap(), want, "{r}");
     }
     assert!(seen.iter().all(|s| *s), "every event has its record");

@@ -5,6 +5,8 @@ mod cli;
 mod control;
 mod daemon;
 mod hardening;
+#[cfg(feature = "nats")]
+mod jetstream;
 mod logs;
 mod metrics;
 mod run;

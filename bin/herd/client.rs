@@ -210,6 +210,27 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_default();
     println!("records: {totals}");
+    for src in st["sources"].as_array().into_iter().flatten() {
+        let up = if src["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        };
+        let numbers = src["numbers"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {}", num(v)))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{}: {up}  {}\n  {numbers}",
+            src["name"].as_str().unwrap_or("?"),
+            src["detail"].as_str().unwrap_or(""),
+        );
+    }
     println!(
         "\n{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10}",
         "WORKER", "PID", "STATE", "TASKS", "RESTARTS", "INFLIGHT", "RSS"

@@ -4,6 +4,8 @@
 mod client;
 mod logging;
 mod metrics;
+#[cfg(feature = "nats")]
+mod nats;
 mod progress;
 mod run;
 mod serve;
@@ -59,7 +61,8 @@ enum Cmd {
     /// SIGQUIT: now. SIGUSR1: status snapshot to the log; SIGUSR2: reopen the log file.
     Run(run::RunArgs),
     /// Run a pool as a long-lived daemon: events arrive through the control socket
-    /// (`herd submit`), and it is steered with signals, `herd ctl` and `herd status`.
+    /// (`herd submit`) and, with --nats, from a NATS JetStream consumer that any number of
+    /// daemons share; it is steered with signals, `herd ctl` and `herd status`.
     ///
     /// Signals: TERM/INT graceful stop (a second INT stops at once), QUIT fast stop, HUP
     /// rolling restart of every worker, USR1 status snapshot to the log, USR2 reopen the log

@@ -404,6 +404,38 @@ impl Collector for Snapshot {
         )?;
         ConstGauge::new(s.uptime_secs).encode(m)?;
 
+        // Sources outside the pool (a broker consumer): connection state and their numbers.
+        if !s.sources.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "source_connected",
+                "Whether an event source's connection is up (intake pauses while it is not)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for src in &s.sources {
+                let up = u64::from(src.connected);
+                ConstGauge::new(up).encode(m.encode_family(&[("source", src.name.as_str())])?)?;
+            }
+            let mut names: Vec<&String> = s.sources.iter().flat_map(|x| x.numbers.keys()).collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let metric = format!("source_{name}");
+                let mut m = enc.encode_descriptor(
+                    &metric,
+                    "An event source's own number (see the README, Beyond one machine)",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for src in &s.sources {
+                    if let Some(&v) = src.numbers.get(name) {
+                        ConstGauge::new(v)
+                            .encode(m.encode_family(&[("source", src.name.as_str())])?)?;
+                    }
+                }
+            }
+        }
+
         // The histogram: per-bucket counts go in as they are; the encoder makes them
         // cumulative. The last bucket is `+Inf`.
         let h = &s.durations;
@@ -464,6 +496,7 @@ mod tests {
             retries: 3,
             restarts: BTreeMap::from([("crash", 1)]),
             durations,
+            sources: Vec::new(),
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -538,6 +571,7 @@ mod tests {
             retries: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
+            sources: Vec::new(),
         };
         let text = render(status).expect("a String never fails to take writes");
         let buckets = text

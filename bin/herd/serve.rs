@@ -45,9 +45,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = parse_timeout)]
     idle_timeout: Duration,
+    #[cfg(feature = "nats")]
+    #[command(flatten)]
+    nats: Box<crate::nats::NatsArgs>,
     #[command(flatten)]
     pool: PoolArgs,
 }
+
+/// After the pool has stopped, how long JetStream intake gets to settle what it holds (its
+/// last records' PubAcks and acknowledgements); what is left comes back after the ack wait.
+#[cfg(feature = "nats")]
+const NATS_SETTLE: Duration = Duration::from_secs(15);
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match crate::parse_duration(s)? {
@@ -68,6 +76,8 @@ impl Drop for PidFile {
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let cfg = args.pool.config()?;
+    #[cfg(feature = "nats")]
+    let nats = args.nats.config(cfg.retry_backoff)?;
     let workers = cfg.workers;
     let max_connections = connection_cap(
         args.max_connections as usize,
@@ -103,9 +113,29 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        #[cfg(feature = "nats")]
+        let nats = match nats {
+            Some(c) => Some(herd_jetstream::JetStream::new(c).await?),
+            None => None,
+        };
         let (pool, run_pool) = herd_supervisor::pool(cfg);
         signals::forward(pool.clone(), true)?;
         let mut run_pool = pin!(run_pool);
+        // JetStream intake, beside the control socket; it ends once the pool stops taking
+        // events and it has settled what it holds.
+        #[cfg(feature = "nats")]
+        let nats_on = nats.is_some();
+        #[cfg(not(feature = "nats"))]
+        let nats_on = false;
+        let mut intake = pin!(async {
+            #[cfg(feature = "nats")]
+            if let Some(js) = nats {
+                return js.run(pool.clone()).await.map_err(anyhow::Error::from);
+            }
+            std::future::pending::<anyhow::Result<()>>().await
+        });
+        let mut intake_done = !nats_on;
+        let mut intake_failed = None;
         let mut serve_control = pin!(control.serve(pool.clone(), limits));
         let mut serve_metrics = pin!(async {
             match metrics {
@@ -135,9 +165,32 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
                 () = &mut serve_control => {}
                 () = &mut serve_metrics => {}
+                r = &mut intake, if !intake_done => {
+                    intake_done = true;
+                    if let Err(e) = r {
+                        tracing::error!(error = format!("{e:#}"), "JetStream intake cannot run; stopping");
+                        intake_failed = Some(e);
+                        pool.command(herd_supervisor::Command::Stop { fast: false });
+                    }
+                }
             }
         };
         notify(&[sd_notify::NotifyState::Stopping]);
+        #[cfg(feature = "nats")]
+        if !intake_done {
+            // The pool's last records still need their PubAcks and acknowledgements.
+            match tokio::time::timeout(NATS_SETTLE, &mut intake).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => intake_failed = Some(e),
+                Err(_) => tracing::warn!(
+                    "JetStream intake could not settle every message in time; the rest come \
+                     back to the consumer after their ack wait"
+                ),
+            }
+        }
+        if let Some(e) = intake_failed {
+            return Err(e);
+        }
 
         anyhow::Ok(result?)
     })?;

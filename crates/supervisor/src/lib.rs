@@ -59,7 +59,7 @@ pub use job::SubmissionId;
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
-pub use status::{Status, WorkerStatus};
+pub use status::{SourceStatus, Status, WorkerStatus};
 pub use submission::{
     run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
     SubmissionError,
@@ -232,7 +232,7 @@ fn format_tail(stream: &str, tail: &[String]) -> String {
 
 /// A handle on a running pool: submit events, send commands, ask for status. Cheap to clone;
 /// when every handle is gone the pool stops gracefully.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolHandle {
     submissions: mpsc::UnboundedSender<SubmissionMsg>,
     commands: mpsc::UnboundedSender<Command>,
@@ -240,10 +240,15 @@ pub struct PoolHandle {
     ready: watch::Receiver<Option<Vec<u32>>>,
     /// Becomes true once the pool takes no more events (a stop began).
     stopping: watch::Receiver<bool>,
+    /// Sources outside the pool that add themselves to status snapshots.
+    reporters: Arc<std::sync::Mutex<Vec<Reporter>>>,
     /// Per submission: events and bytes in the pool at once.
     queue: usize,
     queue_bytes: usize,
 }
+
+/// Tells a source's state for a status snapshot.
+type Reporter = Arc<dyn Fn() -> SourceStatus + Send + Sync>;
 
 /// Starts building a pool: returns its handle and the future that runs it. The pool spawns its
 /// workers when the future is first polled, and the future ends when the pool has stopped.
@@ -266,6 +271,7 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
         next_submission: Arc::new(AtomicU64::new(0)),
         ready: ready_rx,
         stopping: stopping_rx,
+        reporters: Arc::default(),
         queue: config.effective_queue(),
         queue_bytes: config.queue_bytes,
     };
@@ -280,6 +286,15 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
             .await
             .unwrap_or_else(|e| Err(PoolError::Internal(e.to_string())))
     })
+}
+
+impl std::fmt::Debug for PoolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHandle")
+            .field("queue", &self.queue)
+            .field("queue_bytes", &self.queue_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PoolHandle {
@@ -317,6 +332,11 @@ impl PoolHandle {
         }
     }
 
+    /// Events one submission may have in the pool at once (its event credits).
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
     /// Sends a command; `false` if the pool has stopped.
     pub fn command(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok()
@@ -326,7 +346,19 @@ impl PoolHandle {
     pub async fn status(&self) -> Option<Status> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Status(tx));
-        rx.await.ok()
+        let mut status = rx.await.ok()?;
+        let reporters = self.reporters.lock().unwrap_or_else(|e| e.into_inner());
+        status.sources = reporters.iter().map(|r| r()).collect();
+        Some(status)
+    }
+
+    /// Adds a source's own report to every status snapshot from now on (`herd status`,
+    /// metrics). `report` is called on the asker's task, so it must be quick and not block.
+    pub fn add_source_status(&self, report: impl Fn() -> SourceStatus + Send + Sync + 'static) {
+        self.reporters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(report));
     }
 
     /// Resolves once the pool takes no more events: a stop began, or the pool is gone. A

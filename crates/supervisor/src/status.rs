@@ -90,6 +90,24 @@ pub struct Status {
     pub restarts: BTreeMap<&'static str, u64>,
     /// Task durations.
     pub durations: Histogram,
+    /// Event sources outside the pool that report on themselves (a broker consumer); absent
+    /// when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceStatus>,
+}
+
+/// What an event source outside the pool (a broker consumer) tells about itself, in
+/// `herd status` and the metrics. It keeps its own state; the pool only passes it on.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// What it is, e.g. `jetstream`.
+    pub name: String,
+    /// Whether its connection is up (intake pauses while it is not).
+    pub connected: bool,
+    /// Where its events come from and its records go, for people.
+    pub detail: String,
+    /// Its counters and gauges by name (e.g. `fetched`, `acked`, `ack_pending`).
+    pub numbers: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ impl Pool {
                 Phase::Draining { .. } => "draining",
                 Phase::Stopping => "stopping",
             },
+            sources: Vec::new(),
         }
     }
 

@@ -1,0 +1,255 @@
+//! Records to the results subject, then the events' acknowledgements: each record is
+//! published with `Nats-Msg-Id` set to its event's stream sequence, and its event is settled
+//! only once the results stream has stored it (its PubAck). The batch of records is kept until
+//! then, so the submission's credits come back only for settled events.
+//!
+//! `deliver` publishes and hands the batch to the acker task, which waits for the PubAcks in
+//! order and settles: publishing the next batch does not wait for the last one's PubAcks.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use herd_supervisor::policy::{retry_delay, Jitter};
+use herd_supervisor::{ErrorKind, PoolHandle, Record, RecordBatch, RecordOutcome, Sink};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::held::{bump, Settle, Shared};
+use crate::source::settle;
+
+/// Delay before publishing a record again after a failure, doubling up to the cap.
+const REPUBLISH_FIRST: Duration = Duration::from_millis(100);
+const REPUBLISH_MAX: Duration = Duration::from_secs(2);
+
+/// What the sink needs to know of the consumer.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// The consumer's max deliver (`None`: unlimited).
+    pub max_deliver: Option<u64>,
+    /// herd's `--retry-backoff`: the base of a nak's delay.
+    pub backoff: Duration,
+}
+
+/// One record of a batch on its way.
+struct Item {
+    seq: u64,
+    how: Settle,
+    /// A nak on a stop: it waits until this daemon fetches no more.
+    on_stop: bool,
+    /// The record as published, and the publish's outcome so far (none: nothing to publish).
+    publish: Option<(Bytes, Result<PublishAckFuture, PublishError>)>,
+}
+
+struct Work {
+    /// Held until its events are settled: its credits come back only then.
+    batch: RecordBatch,
+    items: Vec<Item>,
+}
+
+pub(crate) struct JetStreamRecords {
+    publisher: Publisher,
+    shared: Arc<Shared>,
+    policy: Policy,
+    jitter: Jitter,
+    buf: Vec<u8>,
+    tx: Option<mpsc::Sender<Work>>,
+    acker: Option<JoinHandle<()>>,
+    pool: PoolHandle,
+}
+
+/// Publishes records to the results subject.
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    pub js: async_nats::jetstream::Context,
+    pub subject: Subject,
+}
+
+impl Publisher {
+    pub async fn publish(&self, seq: u64, record: Bytes) -> Result<PublishAckFuture, PublishError> {
+        let mut headers = HeaderMap::new();
+        // The results stream drops a second record for the same event (a redelivery) within
+        // its duplicate window.
+        headers.insert("Nats-Msg-Id", seq.to_string().as_str());
+        self.js
+            .publish_with_headers(self.subject.clone(), headers, record)
+            .await
+    }
+
+    /// Publishes until the results stream has stored it (or `give_up` fires).
+    pub async fn until_stored(
+        &self,
+        shared: &Shared,
+        seq: u64,
+        record: &Bytes,
+        mut first: Result<PublishAckFuture, PublishError>,
+    ) {
+        let mut delay = REPUBLISH_FIRST;
+        let mut warned = false;
+        loop {
+            let outcome = match first {
+                Ok(fut) => fut.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match outcome {
+                Ok(ack) => {
+                    bump(&shared.counters.published);
+                    if ack.duplicate {
+                        bump(&shared.counters.duplicates);
+                    }
+                    if warned {
+                        tracing::info!(seq, "record stored after retrying");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    bump(&shared.counters.errors);
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(seq, error = %e, "record not stored yet; publishing it again");
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REPUBLISH_MAX);
+            bump(&shared.counters.republished);
+            first = self.publish(seq, record.clone()).await;
+        }
+    }
+}
+
+impl JetStreamRecords {
+    pub fn new(
+        publisher: Publisher,
+        client: async_nats::Client,
+        shared: Arc<Shared>,
+        policy: Policy,
+        seed: u64,
+        pool: PoolHandle,
+    ) -> Self {
+        // Bounded by the credits anyway (a batch holds at least one); this only keeps the
+        // channel from being the unbounded kind.
+        let (tx, rx) = mpsc::channel(4096);
+        let acker = tokio::spawn(acker(
+            rx,
+            publisher.clone(),
+            client,
+            shared.clone(),
+            pool.clone(),
+        ));
+        Self {
+            publisher,
+            shared,
+            policy,
+            jitter: Jitter::new(seed),
+            buf: Vec::with_capacity(256),
+            tx: Some(tx),
+            acker: Some(acker),
+            pool,
+        }
+    }
+
+    /// How a record settles its event, `delivered` being the delivery count.
+    fn settle_as(&mut self, r: &Record, delivered: u64) -> Settle {
+        let last = self.policy.max_deliver.is_some_and(|max| delivered >= max);
+        match &r.outcome {
+            RecordOutcome::Ok { .. } => Settle::Ack,
+            // Never run: another daemon takes it at once.
+            RecordOutcome::Err {
+                kind: ErrorKind::Shutdown,
+                ..
+            } => Settle::Nak(None),
+            RecordOutcome::Err {
+                retryable: true, ..
+            } if !last => {
+                let n = u32::try_from(delivered).unwrap_or(u32::MAX);
+                let delay = retry_delay(self.policy.backoff, n, self.jitter.next_f64());
+                Settle::Nak(Some(delay))
+            }
+            RecordOutcome::Err { .. } => Settle::Term,
+        }
+    }
+}
+
+/// A record as published: its JSON line without the newline.
+pub(crate) fn render(r: &Record, buf: &mut Vec<u8>) -> Bytes {
+    buf.clear();
+    r.write_json(buf);
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Bytes::copy_from_slice(buf)
+}
+
+impl Sink for JetStreamRecords {
+    async fn deliver(&mut self, batch: RecordBatch) -> io::Result<()> {
+        let mut items = Vec::with_capacity(batch.len());
+        for r in batch.iter() {
+            let Some(delivered) = self.shared.delivered(r.seq) else {
+                tracing::error!(seq = r.seq, "a record for a message not held (bug)");
+                continue;
+            };
+            let how = self.settle_as(r, delivered);
+            let publish = match how {
+                Settle::Nak(_) => None,
+                Settle::Ack | Settle::Term => {
+                    let record = render(r, &mut self.buf);
+                    let sent = self.publisher.publish(r.seq, record.clone()).await;
+                    Some((record, sent))
+                }
+            };
+            let on_stop = matches!(how, Settle::Nak(_))
+                && (r.error_kind() == Some(ErrorKind::Shutdown) || self.pool.is_stopping());
+            items.push(Item {
+                seq: r.seq,
+                how,
+                on_stop,
+                publish,
+            });
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("sink finished"))?;
+        tx.send(Work { batch, items })
+            .await
+            .map_err(|_| io::Error::other("the acker task is gone"))
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        // The acker settles what it has, then ends.
+        self.tx = None;
+        if let Some(acker) = self.acker.take() {
+            acker.await.map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for each record to be stored, in order, then settles its event; a batch's credits
+/// go back once all of its events are settled.
+async fn acker(
+    mut rx: mpsc::Receiver<Work>,
+    publisher: Publisher,
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    pool: PoolHandle,
+) {
+    while let Some(Work { batch, items }) = rx.recv().await {
+        for item in items {
+            if let Some((record, sent)) = item.publish {
+                publisher
+                    .until_stored(&shared, item.seq, &record, sent)
+                    .await;
+            }
+            if item.on_stop || (matches!(item.how, Settle::Nak(_)) && pool.is_stopping()) {
+                shared.fetching_closed().await;
+            }
+            settle(&client, &shared, item.seq, item.how).await;
+        }
+        drop(batch);
+    }
+}
