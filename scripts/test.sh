@@ -18,6 +18,12 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# tests/jetstream.rs fails (loudly, never skips) without these; .ci/run installs them.
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 ||
+    echo "test.sh: the JetStream tests need nats-server: apt-get install nats-server" >&2
+command -v mosquitto_pub >/dev/null 2>&1 ||
+    echo "test.sh: the MQTT example test needs mosquitto-clients: apt-get install mosquitto-clients" >&2
+
 step "cargo test"
 cargo test --workspace --locked
 
