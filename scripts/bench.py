@@ -9,6 +9,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py latency  --herd H --chaos C [--n 200000]
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
+    python3 scripts/bench.py jetstream --herd H --chaos C [--n 100000]  (needs nats-server)
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
     python3 scripts/bench.py stdio    --herd H --chaos C --events FILE [--stdio S] [--n 20000]
                                                             (herd-stdio + cat / a Python filter)
@@ -421,6 +422,78 @@ def memory(args):
     return {"events": n, "peak_rss_kb": kb, "peak_rss_mb": kb / 1024}
 
 
+def jetstream(args):
+    """Tiny events end to end through NATS JetStream (events in a stream, a record published
+    per event, PubAck, then the event acknowledged), against a nats-server on 127.0.0.1: the
+    bare async-nats consumer (examples/nats_bare.rs: no worker, the engine's own limit), then
+    herd serve --nats with 1 and 2 daemons sharing the consumer. The events are published
+    first; the clock runs from starting the consumers to the last record stored. Medians of
+    --repeat runs; each run's records are checked (each event once, each result right)."""
+    import shutil
+    import socket
+    import tempfile
+    server_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(server_bin):
+        die("jetstream needs nats-server (apt-get install nats-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="herd-bench-nats-")
+    server = subprocess.Popen([server_bin, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
+                               os.path.join(tmp, "store")], stderr=subprocess.DEVNULL)
+    url = f"nats://127.0.0.1:{port}"
+    bare = args.nats_bare
+    n = args.n
+
+    def tool(mode):
+        p = subprocess.run([bare, mode, url, str(n)], stdout=subprocess.PIPE)
+        if p.returncode != 0:
+            die(f"nats_bare {mode} failed")
+        return p.stdout
+
+    def once(daemons):
+        tool("publish")
+        procs = []
+        t0 = time.time()
+        if daemons == 0:
+            procs.append(subprocess.Popen([bare, "consume", url, str(n)]))
+        for d in range(daemons):
+            w = max(1, args.workers // daemons)
+            procs.append(subprocess.Popen(
+                [args.herd, "serve", "-q", "--control", os.path.join(tmp, f"herd-{d}.sock"),
+                 "-w", str(w), "--nats", url, "--", args.chaos],
+                env={**os.environ, "XDG_RUNTIME_DIR": tmp}))
+        done_at = json.loads(tool("wait"))["done_at"]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            if p.wait(timeout=60) != 0:
+                die(f"a consumer exited {p.returncode}")
+        return n / (done_at - t0)
+
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    die("nats-server did not start")
+                time.sleep(0.05)
+        out = {"events": n}
+        for name, daemons in (("bare", 0), ("herd_1", 1), ("herd_2", 2)):
+            runs = [once(daemons) for _ in range(args.repeat)]
+            out[name] = {"events_per_sec": statistics.median(runs), "runs": runs}
+            log(f"bench: jetstream {name}: {out[name]['events_per_sec']:,.0f} events/s")
+        return out
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def sub(args, workload, *extra):
     """Runs one herd workload in a fresh interpreter (so threads and pipes never leak between
     workloads) and returns its JSON."""
@@ -493,6 +566,8 @@ def run_all(args):
     r["cpu_kills"] = sub(args, "cpu", "--n", str(cpu_n), "--ms", "1", "--kill-every", "0.15")
     r["stdio"] = sub(args, "stdio", "--stdio", args.stdio, "--events", events, "--out", args.out,
                      "--n", str(n // 50), "--repeat", str(args.repeat))
+    r["jetstream"] = sub(args, "jetstream", "--n", "20000" if args.quick else "100000",
+                         "--repeat", str(args.repeat), "--nats-bare", args.nats_bare)
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -574,6 +649,13 @@ def table(r):
                          f"{mp_[name]['events']} ev)", r["memory"]["peak_rss_mb"], name, peer_mb,
                          peer_mb / r["memory"]["peak_rss_mb"], "<= 16"])
     rows.append(["recovery median ms", r["recovery"]["median_ms"], "-", None, None, "<= 5"])
+    if "jetstream" in r:
+        js = r["jetstream"]
+        bare = js["bare"]["events_per_sec"]
+        for name, label in (("herd_1", "1 daemon"), ("herd_2", "2 daemons")):
+            eps = js[name]["events_per_sec"]
+            rows.append([f"JetStream tiny events/s, {label}", eps, "bare async-nats consumer",
+                         bare, eps / bare, ">= 0.7"])
     rows.append(["spin 1ms events/s, kill every 150ms", r["cpu_kills"]["events_per_sec"],
                  "herd, no kills", r["cpu"]["events_per_sec"],
                  r["cpu_kills"]["events_per_sec"] / r["cpu"]["events_per_sec"], None])
@@ -662,7 +744,8 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "stdio", "all", "compare"])
+                                         "stdio", "jetstream", "all", "compare"])
+    ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     ap.add_argument("--repeat", type=int, default=3)
