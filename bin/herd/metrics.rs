@@ -557,6 +557,38 @@ mod tests {
     }
 
     #[test]
+    fn sources_show_their_connection_and_numbers() {
+        let status = Status {
+            pid: 1,
+            uptime_secs: 0.0,
+            phase: "running",
+            target_workers: 1,
+            workers: vec![worker(0, "idle")],
+            queued: 0,
+            inflight: 0,
+            submissions: 1,
+            totals: BTreeMap::new(),
+            retries: 0,
+            restarts: BTreeMap::new(),
+            durations: Histogram::default(),
+            sources: vec![herd_supervisor::SourceStatus {
+                name: "jetstream".into(),
+                connected: false,
+                detail: String::new(),
+                numbers: BTreeMap::from([("acked".to_string(), 5), ("held".to_string(), 2)]),
+            }],
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        for line in [
+            "herd_source_connected{source=\"jetstream\"} 0",
+            "herd_source_acked{source=\"jetstream\"} 5",
+            "herd_source_held{source=\"jetstream\"} 2",
+        ] {
+            assert!(text.contains(line), "want {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn an_empty_histogram_has_every_bucket() {
         let status = Status {
             pid: 1,

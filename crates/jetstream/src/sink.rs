@@ -151,26 +151,26 @@ impl JetStreamRecords {
             pool,
         }
     }
+}
 
-    /// How a record settles its event, `delivered` being the delivery count.
-    fn settle_as(&mut self, r: &Record, delivered: u64) -> Settle {
-        let last = self.policy.max_deliver.is_some_and(|max| delivered >= max);
-        match &r.outcome {
-            RecordOutcome::Ok { .. } => Settle::Ack,
-            // Never run: another daemon takes it at once.
-            RecordOutcome::Err {
-                kind: ErrorKind::Shutdown,
-                ..
-            } => Settle::Nak(None),
-            RecordOutcome::Err {
-                retryable: true, ..
-            } if !last => {
-                let n = u32::try_from(delivered).unwrap_or(u32::MAX);
-                let delay = retry_delay(self.policy.backoff, n, self.jitter.next_f64());
-                Settle::Nak(Some(delay))
-            }
-            RecordOutcome::Err { .. } => Settle::Term,
+/// How a record settles its event, `delivered` being the delivery count.
+fn settle_as(r: &Record, delivered: u64, policy: &Policy, jitter: &mut Jitter) -> Settle {
+    let last = policy.max_deliver.is_some_and(|max| delivered >= max);
+    match &r.outcome {
+        RecordOutcome::Ok { .. } => Settle::Ack,
+        // Never run: another daemon takes it at once.
+        RecordOutcome::Err {
+            kind: ErrorKind::Shutdown,
+            ..
+        } => Settle::Nak(None),
+        RecordOutcome::Err {
+            retryable: true, ..
+        } if !last => {
+            let n = u32::try_from(delivered).unwrap_or(u32::MAX);
+            let delay = retry_delay(policy.backoff, n, jitter.next_f64());
+            Settle::Nak(Some(delay))
         }
+        RecordOutcome::Err { .. } => Settle::Term,
     }
 }
 
@@ -192,7 +192,7 @@ impl Sink for JetStreamRecords {
                 tracing::error!(seq = r.seq, "a record for a message not held (bug)");
                 continue;
             };
-            let how = self.settle_as(r, delivered);
+            let how = settle_as(r, delivered, &self.policy, &mut self.jitter);
             let publish = match how {
                 Settle::Nak(_) => None,
                 Settle::Ack | Settle::Term => {
@@ -251,5 +251,96 @@ async fn acker(
             settle(&client, &shared, item.seq, item.how).await;
         }
         drop(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(kind: ErrorKind, retryable: bool) -> Record {
+        Record {
+            seq: 1,
+            attempts: 1,
+            outcome: RecordOutcome::Err {
+                kind,
+                message: String::new(),
+                retryable,
+            },
+            input: None,
+        }
+    }
+
+    #[test]
+    fn each_record_settles_its_message() {
+        let policy = Policy {
+            max_deliver: Some(3),
+            backoff: Duration::from_millis(100),
+        };
+        let mut j = Jitter::new(1);
+        let ok = Record {
+            seq: 1,
+            attempts: 1,
+            outcome: RecordOutcome::Ok {
+                output: Bytes::from_static(b"1"),
+                worker: 0,
+                pid: 1,
+                micros: 1,
+            },
+            input: None,
+        };
+        assert_eq!(settle_as(&ok, 1, &policy, &mut j), Settle::Ack);
+        // Retryable: a nak with herd's backoff (doubling per delivery, jittered), until the
+        // last delivery, which is terminal.
+        let Settle::Nak(Some(d1)) = settle_as(&err(ErrorKind::Failed, true), 1, &policy, &mut j)
+        else {
+            panic!("a retryable error before the last delivery is a delayed nak");
+        };
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+        let Settle::Nak(Some(d2)) = settle_as(&err(ErrorKind::Failed, true), 2, &policy, &mut j)
+        else {
+            panic!("still a nak on the second delivery");
+        };
+        assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200));
+        assert_eq!(
+            settle_as(&err(ErrorKind::Failed, true), 3, &policy, &mut j),
+            Settle::Term
+        );
+        for kind in [
+            ErrorKind::Failed,
+            ErrorKind::Crashed,
+            ErrorKind::Timeout,
+            ErrorKind::Protocol,
+            ErrorKind::Rejected,
+        ] {
+            assert_eq!(
+                settle_as(&err(kind, false), 1, &policy, &mut j),
+                Settle::Term
+            );
+        }
+        // Never ran: back to the server at once, whatever the delivery.
+        assert_eq!(
+            settle_as(&err(ErrorKind::Shutdown, false), 3, &policy, &mut j),
+            Settle::Nak(None)
+        );
+        // No max deliver: retryable errors are naked for ever.
+        let unlimited = Policy {
+            max_deliver: None,
+            ..policy
+        };
+        assert!(matches!(
+            settle_as(&err(ErrorKind::Failed, true), 50, &unlimited, &mut j),
+            Settle::Nak(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_published_record_is_its_json_line_without_the_newline() {
+        let mut buf = Vec::new();
+        let body = render(&err(ErrorKind::Crashed, false), &mut buf);
+        assert_eq!(
+            &body[..],
+            br#"{"seq":1,"ok":false,"error":{"kind":"crashed","message":""},"attempts":1}"#
+        );
     }
 }
