@@ -62,7 +62,11 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
         Ok(v) if !v.trim().is_empty() => {
             EnvFilter::try_new(&v).with_context(|| format!("invalid RUST_LOG value `{v}`"))?
         }
-        _ => EnvFilter::new(level),
+        // The NATS client logs each reconnect attempt at info; herd logs the outage once.
+        _ => EnvFilter::new(format!(
+            "{level},async_nats={}",
+            if level == "error" { "error" } else { "warn" }
+        )),
     };
     let (target, ansi) = match file {
         Some(path) => {

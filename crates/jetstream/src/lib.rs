@@ -506,6 +506,8 @@ fn on_event(shared: &Shared, event: Event) {
             shared.connected.store(false, Ordering::Relaxed);
             tracing::info!("NATS connection closed");
         }
+        // One per reconnect attempt while the server is away: the outage is logged once above.
+        Event::ClientError(e) => tracing::debug!(error = %e, "NATS client error"),
         other => tracing::warn!(event = %other, "NATS"),
     }
 }
