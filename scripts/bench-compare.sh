@@ -17,4 +17,4 @@ CARGO_TARGET_DIR="$PWD/target/baseline-build" cargo build --release --quiet --bi
 mkdir -p "$base"
 cp target/baseline-build/release/herd target/baseline-build/release/herd-chaos "$base/"
 cargo build --release --quiet --bins
-exec python3 scripts/bench.py compare --baseline "$base" --out "${OUT:-target/bench}" ${QUICK:+--quick} "$@"
+python3 scripts/bench.py compare --baseline "$base" --out "${OUT:-target/bench}" ${QUICK:+--quick} "$@"
