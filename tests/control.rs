@@ -91,18 +91,7 @@ fn output_of(mut child: Child) -> Run {
     };
     let out = child.stdout.take().map(|o| drain(Box::new(o)));
     let err = child.stderr.take().map(|e| drain(Box::new(e)));
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("herd submit did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, RUN_TIMEOUT, "herd submit");
     let join = |t: Option<std::thread::JoinHandle<Vec<u8>>>| {
         t.map(|t| t.join().unwrap()).unwrap_or_default()
     };

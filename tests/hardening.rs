@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::process::Stdio;
 
@@ -314,17 +314,7 @@ fn a_killed_herd_leaves_no_process_or_socket_behind() {
         });
         herd.write(b"{\"op\":\"sleep\",\"ms\":60000}\n");
         let mut doomed = herd.all_worker_pids();
-        let sleepers: HashSet<u32> = herd
-            .logs()
-            .iter()
-            .filter_map(|l| {
-                l["message"]
-                    .as_str()?
-                    .strip_prefix("sleeper ")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let sleepers = sleeper_pids(&herd.logs());
         assert_eq!(sleepers.len(), 2);
         doomed.extend(&sleepers);
         assert_eq!(fx.leftover_runtime_dirs().len(), 1);

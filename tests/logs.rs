@@ -5,9 +5,9 @@
 
 use std::io::{BufRead, Read};
 use std::path::Path;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -204,22 +204,6 @@ fn worker_output_skips_blank_lines_and_bounds_a_burst() {
     signal(live.pid(), Signal::SIGTERM);
     let (status, _, logs) = live.finish(RUN_TIMEOUT);
     assert!(status.success(), "{}", dump(&logs));
-}
-
-/// Waits for `child` to exit within `limit`; kills it and panics otherwise.
-fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: herd did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -440,17 +440,7 @@ fn wrapped_workers_and_their_children_are_cleaned_up() {
     for (i, r) in run.by_seq(100).iter().enumerate() {
         assert_eq!(r["output"].as_u64().unwrap(), (i * i) as u64);
     }
-    let sleepers: HashSet<u32> = run
-        .logs
-        .iter()
-        .filter_map(|l| {
-            l["message"]
-                .as_str()?
-                .strip_prefix("sleeper ")?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let sleepers = sleeper_pids(&run.logs);
     assert_eq!(sleepers.len(), 2, "{}", run.stderr());
     assert!(run
         .log_events("worker exited")

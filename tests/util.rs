@@ -516,3 +516,36 @@ pub fn spawn_run_sh(fx: &Fixture, workers: usize, extra: &[&str], script: &str) 
     args.extend_from_slice(&["--", "sh", "-c", script]);
     fx.spawn_herd(&args)
 }
+
+/// Waits for `child` to exit within `limit`; kills it and panics otherwise.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: herd did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids a worker wrapper announced on stderr as "sleeper PID" lines.
+pub fn sleeper_pids(logs: &[Value]) -> HashSet<u32> {
+    logs.iter()
+        .filter_map(|l| {
+            l["message"]
+                .as_str()?
+                .strip_prefix("sleeper ")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
