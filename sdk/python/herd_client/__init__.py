@@ -1,0 +1,26 @@
+"""herd_client: hand events to a running `herd serve` from Python, and get their results.
+
+    async with herd_client.connect("/run/herd.sock") as pool:
+        out = await pool.submit(b'{"op":"square","n":7}')   # bytes, or raises an EventError
+        async for seq, out in pool.map(events):             # bounded in flight
+            ...
+
+    with herd_client.connect_sync("/run/herd.sock") as pool:   # the same, blocking
+        out = pool.submit(b"...")
+
+Standard library only, Python 3.9+. The control protocol is in crates/proto/src/control.rs
+(docs/CONTROL.md); the frames and varints are herd_worker.codec's.
+"""
+
+from ._client import (CONTROL_VERSION, ConnectionLost, EventCrashed, EventError, EventFailed,
+                      EventProtocolError, EventRejected, EventShutdown, EventTimeout, HerdError,
+                      HandshakeError, Pool, connect)
+from ._sync import Client, connect_sync
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "connect", "connect_sync", "Pool", "Client", "CONTROL_VERSION", "HerdError",
+    "HandshakeError", "ConnectionLost", "EventError", "EventFailed", "EventTimeout",
+    "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown",
+]

@@ -1,0 +1,467 @@
+"""The asyncio client: one control connection carrying one long-lived submission.
+
+Each submit() is one event line of that submission; the daemon numbers lines in the order they
+are sent (`seq`), so a pending table maps seq -> whoever awaits it. A writer task batches queued
+events into `Events` frames (waiting on the socket when the daemon withholds credits), and a
+reader task turns `Records` chunks (which may end mid-record) into resolved awaits. Anything
+that ends the connection fails every pending await with ConnectionLost at once.
+"""
+
+import asyncio
+import collections
+import json
+import struct
+
+from herd_worker import codec
+from herd_worker.codec import ProtocolError, varint
+
+CONTROL_VERSION = 2
+# Largest frame the daemon sends, and largest we send before `Submit` (control.rs).
+REPLY_MAX_FRAME = 8 * 1024 * 1024
+REQUEST_MAX_FRAME = 4 * 1024
+# Bytes of lines per `Events` frame (as `herd submit`); a longer line gets a frame of its own.
+BATCH_BYTES = 64 * 1024
+# Bytes an Events frame spends besides its lines, and per line besides the line (control.rs).
+EVENTS_FRAME_OVERHEAD = 4 + 1 + 9
+EVENT_LINE_OVERHEAD = 1 + 9
+
+# Variant indices: their order is part of the protocol.
+HELLO, SUBMIT, EVENTS, END = 0, 1, 2, 3
+WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
+_REPLY_VARIANTS = 6
+
+_HEADER = struct.Struct("<I")
+
+
+class HerdError(Exception):
+    """Base of every error this package raises."""
+
+
+class HandshakeError(HerdError):
+    """The daemon refused the connection, or speaks another control protocol."""
+
+
+class ConnectionLost(HerdError):
+    """The daemon stopped, died or broke the protocol: the event's result will never come."""
+
+
+class EventError(HerdError):
+    """An event's final record is an error. `kind` and `message` are the record's `error`,
+    `record` the whole record (a dict)."""
+
+    kind = None
+
+    def __init__(self, kind, message, record=None):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.record = record
+
+
+class EventFailed(EventError):
+    """The handler returned an error (`failed`)."""
+
+
+class EventTimeout(EventError):
+    """The event ran past the daemon's --timeout on every attempt (`timeout`)."""
+
+
+class EventCrashed(EventError):
+    """The worker died running the event, on every attempt (`crashed`)."""
+
+
+class EventProtocolError(EventError):
+    """The worker broke the protocol running the event (`protocol`)."""
+
+
+class EventRejected(EventError):
+    """The daemon refused the event, e.g. longer than its line limit (`rejected`)."""
+
+
+class EventShutdown(EventError):
+    """The daemon stopped before running the event (`shutdown`)."""
+
+
+_KINDS = {
+    "failed": EventFailed, "timeout": EventTimeout, "crashed": EventCrashed,
+    "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
+}
+
+_decoder = json.JSONDecoder()
+
+
+def _result(line):
+    """(output bytes, None) or (None, EventError) for one record line."""
+    rec = json.loads(line)
+    if rec.get("ok"):
+        out = rec.get("output")
+        if isinstance(out, str):
+            # A non-JSON output travels as a string: give back its text.
+            return out.encode("utf-8"), None
+        # A JSON output is embedded as the worker wrote it: give back exactly those bytes.
+        text = line.decode("utf-8") if isinstance(line, (bytes, bytearray)) else line
+        at = text.find('"output":') + 9
+        _, end = _decoder.raw_decode(text, at)
+        return text[at:end].encode("utf-8"), None
+    err = rec.get("error") or {}
+    kind = err.get("kind", "failed")
+    return None, _KINDS.get(kind, EventError)(kind, err.get("message", ""), rec)
+
+
+def _frame(body):
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader, max_frame=REPLY_MAX_FRAME):
+    head = await reader.readexactly(4)
+    n = _HEADER.unpack(head)[0]
+    if n > max_frame:
+        raise ProtocolError(f"the daemon sent a frame of {n} bytes (at most {max_frame})")
+    return await reader.readexactly(n)
+
+
+def connect(path, *, timeout=30.0):
+    """Connects to the daemon's control socket at `path`. Use as `async with connect(p) as
+    pool`, or `pool = await connect(p)` (then `await pool.close()`)."""
+    return _Connecting(path, timeout)
+
+
+class _Connecting:
+    def __init__(self, path, timeout):
+        self._path = path
+        self._timeout = timeout
+        self._pool = None
+
+    def __await__(self):
+        return Pool._open(self._path, self._timeout).__await__()
+
+    async def __aenter__(self):
+        self._pool = await Pool._open(self._path, self._timeout)
+        return self._pool
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            await self._pool.close()
+        else:
+            self._pool.abort()
+
+
+class Pool:
+    """A submission to a running daemon. Any number of coroutines may call submit() at once."""
+
+    def __init__(self, reader, writer, pid, max_frame, max_line):
+        self.pid = pid
+        self._reader = reader
+        self._writer = writer
+        self._max_line = max_line
+        self._budget = min(BATCH_BYTES, max_frame)
+        self._next = 0
+        # seq -> resolve(output, error), for every event sent or queued without a record yet.
+        self._pending = {}
+        self._outq = collections.deque()
+        self._wake_writer = asyncio.Event()
+        self._closing = False
+        self._error = None
+        self._done = asyncio.get_running_loop().create_future()
+        self._partial = b""
+        self._reader_task = asyncio.ensure_future(self._read_loop())
+        self._writer_task = asyncio.ensure_future(self._write_loop())
+
+    @classmethod
+    async def _open(cls, path, timeout):
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(path, limit=1 << 20), timeout)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ConnectionLost(
+                f"no herd daemon at {path} (is `herd serve` running?): {e}") from e
+        try:
+            return await asyncio.wait_for(cls._handshake(reader, writer), timeout)
+        except BaseException:
+            writer.close()
+            raise
+
+    @classmethod
+    async def _handshake(cls, reader, writer):
+        writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
+        try:
+            await writer.drain()
+        except OSError:
+            pass  # a daemon over its connection cap closes first: its reason may be readable
+        try:
+            body = await _read_frame(reader)
+        except (asyncio.IncompleteReadError, OSError) as e:
+            raise HandshakeError("the daemon closed the connection during the handshake") from e
+        n = len(body)
+        v, p = codec._variant(body, 0, n, "Reply", _REPLY_VARIANTS)
+        if v == ERROR:
+            text, _ = codec._text(body, p, n, "Error")
+            raise HandshakeError(f"the daemon refused the connection: {text}")
+        if v != WELCOME:
+            raise HandshakeError(f"unexpected reply {v} to Hello")
+        protocol, p = codec._uint(body, p, n, 4, "Welcome.protocol")
+        if protocol != CONTROL_VERSION:
+            raise HandshakeError(
+                f"the daemon speaks control protocol {protocol} and this client "
+                f"{CONTROL_VERSION}: use a herd_client that matches the daemon")
+        pid, p = codec._uint(body, p, n, 4, "Welcome.pid")
+        max_frame, p = codec._uint(body, p, n, 4, "Welcome.max_frame")
+        max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
+        # Unordered: the client matches records to events by seq itself.
+        writer.write(_frame(bytes((SUBMIT, 0))))
+        return cls(reader, writer, pid, max_frame, max_line)
+
+    # -----------------------------------------------------------------------------------------
+    # Submitting.
+
+    def _enqueue(self, event, resolve):
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise HerdError("this pool is closed")
+        if isinstance(event, str):
+            event = event.encode("utf-8")
+        elif not isinstance(event, bytes):
+            event = bytes(event)
+        seq = self._next
+        self._next += 1
+        self._pending[seq] = resolve
+        self._outq.append(event)
+        self._wake_writer.set()
+        return seq
+
+    async def submit(self, event):
+        """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
+        raises the EventError subclass of its record's kind, or ConnectionLost."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def resolve(out, err):
+            if not fut.done():
+                if err is None:
+                    fut.set_result(out)
+                else:
+                    fut.set_exception(err)
+
+        self._enqueue(event, resolve)
+        return await fut
+
+    async def map(self, events, *, ordered=False, window=1024, return_exceptions=False):
+        """Runs every event of `events` (an iterable or async iterable), with at most `window`
+        of them sent and not yet yielded, and yields (index, output) as they complete, or in
+        input order with `ordered=True`. An event's EventError is raised, or yielded in place
+        of its output with `return_exceptions=True`; ConnectionLost is always raised."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        loop = asyncio.get_running_loop()
+        results = collections.deque()
+        wake = asyncio.Event()
+        room = asyncio.Semaphore(window)
+        fed = {"n": None, "error": None}
+
+        def resolver(i):
+            def resolve(out, err):
+                results.append((i, out, err))
+                wake.set()
+            return resolve
+
+        async def feed():
+            i = 0
+            try:
+                if hasattr(events, "__aiter__"):
+                    it = events.__aiter__()
+                    while True:
+                        await room.acquire()
+                        try:
+                            ev = await it.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        self._enqueue(ev, resolver(i))
+                        i += 1
+                else:
+                    for ev in events:
+                        await room.acquire()
+                        self._enqueue(ev, resolver(i))
+                        i += 1
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                fed["error"] = e
+            fed["n"] = i
+            wake.set()
+
+        feeder = loop.create_task(feed())
+        held = {}
+        want = yielded = 0
+        try:
+            while True:
+                if fed["error"] is not None:
+                    raise fed["error"]
+                if not results:
+                    if fed["n"] is not None and yielded == fed["n"]:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                i, out, err = results.popleft()
+                if err is not None and (isinstance(err, ConnectionLost)
+                                        or not return_exceptions):
+                    raise err
+                value = err if err is not None else out
+                if not ordered:
+                    yielded += 1
+                    room.release()
+                    yield i, value
+                    continue
+                held[i] = value
+                while want in held:
+                    value = held.pop(want)
+                    yielded += 1
+                    want += 1
+                    room.release()
+                    yield want - 1, value
+        finally:
+            feeder.cancel()
+
+    # -----------------------------------------------------------------------------------------
+    # The two tasks.
+
+    def _encode_batch(self):
+        """Frames for queued events, up to about BATCH_BYTES (at least one event)."""
+        q = self._outq
+        parts = []
+        frames = []
+        size = EVENTS_FRAME_OVERHEAD
+        count = 0
+        taken = 0
+        while q and taken < 4 * BATCH_BYTES:
+            ev = q.popleft()
+            n = len(ev)
+            if n > self._max_line:
+                piece, cost = b"\x00", 1  # None: the daemon records it as `rejected`
+            else:
+                piece, cost = b"\x01" + varint(n) + ev, n + EVENT_LINE_OVERHEAD
+            if count and size + cost > self._budget:
+                frames.append(self._events_frame(count, parts))
+                parts, size, count = [], EVENTS_FRAME_OVERHEAD, 0
+            parts.append(piece)
+            size += cost
+            taken += cost
+            count += 1
+        if count:
+            frames.append(self._events_frame(count, parts))
+        return b"".join(frames)
+
+    @staticmethod
+    def _events_frame(count, parts):
+        body = b"".join([bytes((EVENTS,)), varint(count)] + parts)
+        return _frame(body)
+
+    async def _write_loop(self):
+        try:
+            while True:
+                if not self._outq:
+                    if self._closing:
+                        break
+                    self._wake_writer.clear()
+                    await self._wake_writer.wait()
+                    continue
+                self._writer.write(self._encode_batch())
+                # Waits here while the daemon withholds credits: back-pressure.
+                await self._writer.drain()
+            self._writer.write(_frame(bytes((END,))))
+            await self._writer.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure ends the connection
+            self._fail(ConnectionLost(f"cannot send to the daemon: {e}"))
+
+    async def _read_loop(self):
+        try:
+            while True:
+                body = await _read_frame(self._reader)
+                n = len(body)
+                v, p = codec._variant(body, 0, n, "Reply", _REPLY_VARIANTS)
+                if v == RECORDS:
+                    data, p = codec._bytes(body, p, n, "Records")
+                    self._records(data)
+                elif v == DONE:
+                    records, p = codec._uint(body, p, n, 8, "Done.records")
+                    if self._pending:
+                        raise ProtocolError(
+                            f"Done after {records} records with {len(self._pending)} pending")
+                    if not self._done.done():
+                        self._done.set_result(records)
+                    return
+                elif v == ERROR:
+                    text, _ = codec._text(body, p, n, "Error")
+                    raise ConnectionLost(f"the daemon ended the submission: {text}")
+                else:
+                    raise ProtocolError(f"unexpected reply variant {v} in a submission")
+        except asyncio.CancelledError:
+            raise
+        except (asyncio.IncompleteReadError, OSError) as e:
+            self._fail(ConnectionLost(
+                f"the herd daemon (pid {self.pid}) went away (stopped or died) with "
+                f"{len(self._pending)} events pending: {type(e).__name__}"))
+        except ConnectionLost as e:
+            self._fail(e)
+        except Exception as e:  # noqa: BLE001 - a broken stream ends the connection
+            self._fail(ConnectionLost(f"bad data from the daemon: {e}"))
+
+    def _records(self, data):
+        if self._partial:
+            data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        pending = self._pending
+        for line in lines:
+            if not line:
+                continue
+            # The seq comes first in every record: `{"seq":N,...`.
+            comma = line.find(b",", 7)
+            seq = int(line[7:comma])
+            resolve = pending.pop(seq, None)
+            if resolve is not None:
+                out, err = _result(line)
+                resolve(out, err)
+
+    def _fail(self, exc):
+        """Ends the connection: every pending await gets `exc`, now."""
+        if self._error is None:
+            self._error = exc
+        pending, self._pending = self._pending, {}
+        self._outq.clear()
+        for resolve in pending.values():
+            resolve(None, exc)
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # retrieved: close() re-raises it when asked
+        self._writer.close()
+        for t in (self._reader_task, self._writer_task):
+            if t is not asyncio.current_task():
+                t.cancel()
+
+    # -----------------------------------------------------------------------------------------
+    # Closing.
+
+    @property
+    def pending(self):
+        """Events sent or queued whose record has not arrived."""
+        return len(self._pending)
+
+    async def close(self):
+        """Waits for every pending event's record, then ends the submission. Raises
+        ConnectionLost if the daemon went away first."""
+        if not self._closing:
+            self._closing = True
+            self._wake_writer.set()
+        try:
+            await self._done
+        finally:
+            self._writer.close()
+            for t in (self._reader_task, self._writer_task):
+                t.cancel()
+            await asyncio.gather(self._reader_task, self._writer_task, return_exceptions=True)
+
+    def abort(self):
+        """Drops the connection now; pending awaits get ConnectionLost."""
+        self._closing = True
+        self._fail(ConnectionLost("the client closed the connection"))

@@ -1,0 +1,277 @@
+"""herd_client against the real daemon: `herd serve` with herd-chaos workers."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+import herd_client
+from conftest import TIMEOUT, herd_bin, wait_until
+
+
+def square(i):
+    return b'{"op":"square","n":%d}' % i
+
+
+class Daemon:
+    """`herd serve` in a private dir, once it has logged `ready`; its log lines collected."""
+
+    def __init__(self, tmp, workers=2, extra=()):
+        self.bin = herd_bin()
+        self.sock = os.path.join(tmp, "herd.sock")
+        chaos = os.path.join(os.path.dirname(self.bin), "herd-chaos")
+        env = dict(os.environ, XDG_RUNTIME_DIR=tmp, RUST_BACKTRACE="0")
+        env.pop("RUST_LOG", None)
+        self.env = env
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--log-format", "json", "--control", self.sock,
+             "-w", str(workers), *extra, "--", chaos],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env)
+        self.logs = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read_logs, daemon=True).start()
+        self.wait_log("ready")
+
+    def _read_logs(self):
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"message": line.decode("utf-8", "replace")}
+            with self.cv:
+                self.logs.append(entry)
+                self.cv.notify_all()
+        with self.cv:
+            self.logs.append({"message": "<eof>"})
+            self.cv.notify_all()
+
+    def wait_log(self, message):
+        with self.cv:
+            ok = self.cv.wait_for(
+                lambda: any(e.get("message") in (message, "<eof>") for e in self.logs),
+                TIMEOUT)
+            assert ok and any(e.get("message") == message for e in self.logs), self.logs[-30:]
+
+    def status(self):
+        out = subprocess.run([self.bin, "status", "--json", "--control", self.sock],
+                             stdout=subprocess.PIPE, env=self.env, timeout=TIMEOUT, check=True)
+        return json.loads(out.stdout)
+
+    def ctl(self, *args):
+        subprocess.run([self.bin, "ctl", "--control", self.sock, *args], env=self.env,
+                       stdout=subprocess.DEVNULL, timeout=TIMEOUT, check=True)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def daemon():
+    with tempfile.TemporaryDirectory(prefix="herd-pyclient-") as tmp:
+        made = []
+
+        def start(**kw):
+            d = Daemon(tmp, **kw)
+            made.append(d)
+            return d
+
+        yield start
+        for d in made:
+            d.close()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
+
+
+def test_submit_the_readme_example(daemon):
+    d = daemon()
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            assert pool.pid == d.proc.pid
+            assert await pool.submit(b'{"op":"square","n":7}') == b"49"
+            # A JSON output comes back as the worker wrote it; a string as its text.
+            assert await pool.submit('{"op":"echo","v":{"a":[1,2]}}') == b'{"a":[1,2]}'
+            assert await pool.submit(b'{"op":"echo","v":"h\\u00e9"}') == "h\u00e9".encode()
+            assert pool.pending == 0
+
+    run(main())
+
+
+def test_64_coroutines_submit_concurrently(daemon):
+    d = daemon()
+
+    async def caller(pool, k):
+        for i in range(200):
+            n = k * 1000 + i
+            assert await pool.submit(square(n)) == str(n * n).encode()
+        return k
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            done = await asyncio.gather(*(caller(pool, k) for k in range(64)))
+            assert done == list(range(64))
+
+    run(main())
+    assert d.status()["totals"]["ok"] == 64 * 200
+
+
+def test_map_100k_events_unordered_and_ordered(daemon):
+    d = daemon()
+    n = 100_000
+
+    async def source(count):
+        for i in range(count):
+            yield square(i)
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            seen = bytearray(n)
+            async for i, out in pool.map(source(n), window=2048):
+                assert out == str(i * i).encode()
+                assert not seen[i]
+                seen[i] = 1
+                # The window bounds what is in flight (and what the daemon holds for us).
+                assert pool.pending <= 2048
+            assert all(seen)
+            # In order, from a plain iterable.
+            got = [i async for i, out in pool.map((square(i) for i in range(5000)),
+                                                  ordered=True, window=64)]
+            assert got == list(range(5000))
+
+    run(main())
+
+
+def test_every_error_kind(daemon):
+    # Lines over about 4 KiB are rejected; hangs time out; no retries.
+    d = daemon(extra=["--timeout", "500ms", "--retries", "0", "--max-frame", "4KiB"])
+    cases = [
+        (b'{"op":"fail","retryable":false}', herd_client.EventFailed, "failed"),
+        (b'{"op":"hang"}', herd_client.EventTimeout, "timeout"),
+        (b'{"op":"crash"}', herd_client.EventCrashed, "crashed"),
+        (b'{"op":"garbage"}', herd_client.EventProtocolError, "protocol"),
+        (b'{"op":"echo","v":"' + b"x" * 8192 + b'"}', herd_client.EventRejected, "rejected"),
+    ]
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            for event, cls, kind in cases:
+                with pytest.raises(cls) as e:
+                    await pool.submit(event)
+                assert e.value.kind == kind and e.value.message, e.value
+                assert isinstance(e.value, herd_client.EventError)
+                assert e.value.record["ok"] is False
+            # map: raised, or yielded in place with return_exceptions.
+            events = [square(3), cases[0][0], square(4)]
+            got = dict([x async for x in pool.map(events, ordered=True, return_exceptions=True)])
+            assert got[0] == b"9" and got[2] == b"16"
+            assert isinstance(got[1], herd_client.EventFailed)
+            with pytest.raises(herd_client.EventFailed):
+                async for _ in pool.map(events, ordered=True):
+                    pass
+            # The pool still serves.
+            assert await pool.submit(square(5)) == b"25"
+
+    run(main())
+
+
+def test_shutdown_records_then_connection_lost_when_the_daemon_stops(daemon):
+    d = daemon()
+
+    async def main():
+        pool = await herd_client.connect(d.sock)
+        hung = [asyncio.ensure_future(pool.submit(b'{"op":"hang"}')) for _ in range(6)]
+        # Both workers hold a hang and the rest wait in the queue.
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
+        await asyncio.get_running_loop().run_in_executor(None, d.ctl, "stop", "--fast")
+        got = await asyncio.gather(*hung, return_exceptions=True)
+        assert all(isinstance(e, (herd_client.EventShutdown, herd_client.ConnectionLost))
+                   for e in got), got
+        assert any(isinstance(e, herd_client.EventShutdown) for e in got), got
+        # After the daemon is gone, a new submit fails at once, and so does close.
+        await asyncio.get_running_loop().run_in_executor(None, d.proc.wait, TIMEOUT)
+        with pytest.raises(herd_client.ConnectionLost):
+            await pool.submit(square(1))
+        with pytest.raises(herd_client.ConnectionLost):
+            await pool.close()
+
+    run(main())
+    assert d.proc.returncode == 0
+
+
+def test_daemon_sigkilled_with_awaits_pending(daemon):
+    d = daemon()
+
+    async def main():
+        pool = await herd_client.connect(d.sock)
+        assert await pool.submit(square(2)) == b"4"
+        waits = [asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":600000}'))
+                 for _ in range(50)]
+        it = pool.map((square(i) for i in range(10**9)), window=100)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
+        os.kill(d.proc.pid, signal.SIGKILL)
+        got = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(e, herd_client.ConnectionLost) for e in got), got
+        assert "went away" in str(got[0])
+        # A map in progress ends with the same error, however many it had yielded.
+        with pytest.raises(herd_client.ConnectionLost):
+            async for _ in it:
+                pass
+
+    run(main())
+
+
+def test_refused_and_missing_daemon(daemon, tmp_path):
+    async def missing():
+        with pytest.raises(herd_client.ConnectionLost, match="no herd daemon"):
+            await herd_client.connect(str(tmp_path / "nobody.sock"))
+
+    run(missing())
+    d = daemon(extra=["--max-connections", "1"])
+
+    async def over_the_cap():
+        async with herd_client.connect(d.sock) as pool:
+            with pytest.raises(herd_client.HandshakeError, match="refused"):
+                await herd_client.connect(d.sock)
+            assert await pool.submit(square(6)) == b"36"
+
+    run(over_the_cap())
+
+
+def test_blocking_client(daemon):
+    d = daemon()
+    with herd_client.connect_sync(d.sock) as pool:
+        assert pool.submit(square(9)) == b"81"
+        with pytest.raises(herd_client.EventFailed):
+            pool.submit(b'{"op":"fail","retryable":false}')
+        got = list(pool.map((square(i) for i in range(20_000)), ordered=True, window=256))
+        assert got == [(i, str(i * i).encode()) for i in range(20_000)]
+        # Several threads at once.
+        out = {}
+
+        def worker(k):
+            out[k] = [pool.submit(square(k * 100 + i)) for i in range(50)]
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert all(out[k] == [str((k * 100 + i) ** 2).encode() for i in range(50)]
+                   for k in range(8))
