@@ -191,7 +191,9 @@ class Pool:
         try:
             body = await _read_frame(reader)
         except (asyncio.IncompleteReadError, OSError) as e:
-            raise HandshakeError("the daemon closed the connection during the handshake") from e
+            raise HandshakeError(
+                "the daemon closed the connection during the handshake (at its "
+                "--max-connections?)") from e
         n = len(body)
         v, p = codec._variant(body, 0, n, "Reply", _REPLY_VARIANTS)
         if v == ERROR:
