@@ -201,7 +201,7 @@ impl ControlSocket {
                     );
                     full = true;
                 }
-                refuse(&stream, limits.max_connections);
+                refuse(stream, limits.max_connections);
                 continue;
             };
             full = false;
@@ -227,13 +227,36 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Tells a connection over the cap why it is closed, without waiting for it.
-fn refuse(stream: &UnixStream, max: usize) {
+/// Refused connections whose request is still being read away (see [`refuse`]).
+static LINGERING: Semaphore = Semaphore::const_new(32);
+
+/// Tells a connection over the cap why it is closed, without waiting for it. Closing a Unix
+/// socket with unread data resets it, and a reset can overtake the refusal in the client's
+/// receive queue, so the client's request is read away (for at most a second, by at most 32
+/// such connections at once; past that the close alone must say it).
+fn refuse(stream: UnixStream, max: usize) {
     let msg = format!("too many control connections (at most {max}); try again later");
     if let Ok(buf) = encode_reply(&Reply::Error(msg)) {
         // A fresh socket has room for a small frame; if not, the close says enough.
         let _ = stream.try_write(&buf);
     }
+    let Ok(permit) = LINGERING.try_acquire() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let drain = async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    });
 }
 
 fn timed_out(what: &str) -> io::Error {
