@@ -335,9 +335,9 @@ pub const OLD_CLIENT_ERROR: &str = "control protocol 1 is not supported (the dae
 
 /// Two records as `herd run` writes them, the JSON lines a `Records` chunk carries.
 pub const TWO_RECORDS: &str = concat!(
-    r#"{"seq":0,"status":"ok","attempts":1,"output":"{\"n\":7,\"square\":49}"}"#,
+    r#"{"seq":0,"ok":true,"output":{"n":7,"square":49},"attempts":1,"worker":0,"pid":4250,"micros":87}"#,
     "\n",
-    r#"{"seq":1,"status":"failed","attempts":1,"error":"bad op"}"#,
+    r#"{"seq":1,"ok":false,"error":{"kind":"failed","message":"bad op"},"attempts":1}"#,
     "\n",
 );
 
