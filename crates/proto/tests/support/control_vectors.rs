@@ -333,6 +333,10 @@ const U64_BOUNDARIES: [u64; 10] = [
 pub const OLD_CLIENT_ERROR: &str = "control protocol 1 is not supported (the daemon speaks 2): \
                                     use the herd binary that matches the daemon";
 
+/// The one record of the worked session in docs/CONTROL.md.
+pub const SESSION_RECORD: &str =
+    "{\"seq\":0,\"ok\":true,\"output\":49,\"attempts\":1,\"worker\":0,\"pid\":4250,\"micros\":87}\n";
+
 /// Two records as `herd run` writes them, the JSON lines a `Records` chunk carries.
 pub const TWO_RECORDS: &str = concat!(
     r#"{"seq":0,"ok":true,"output":{"n":7,"square":49},"attempts":1,"worker":0,"pid":4250,"micros":87}"#,
@@ -354,7 +358,7 @@ fn welcome(pid: u32) -> Reply {
     Reply::Welcome {
         protocol: CONTROL_VERSION,
         pid,
-        max_frame: 16_777_260,
+        max_frame: 16_777_208,
         max_line: 16_777_184,
     }
 }
@@ -388,6 +392,7 @@ pub fn messages() -> Vec<(String, Message)> {
         "events_one".into(),
         events(&[Some(br#"{"op":"square","n":7}"#)]),
     );
+    req("session_events".into(), events(&[Some(br#"{"n":7}"#)]));
     req("events_two".into(), events(&[Some(b"a"), Some(b"bc")]));
     req("events_empty_batch".into(), events(&[]));
     req("events_empty_line".into(), events(&[Some(b"")]));
@@ -443,6 +448,16 @@ pub fn messages() -> Vec<(String, Message)> {
     rep(
         "records_split_rest".into(),
         Reply::Records(TWO_RECORDS.as_bytes()[cut..].to_vec()),
+    );
+    // The worked session of docs/CONTROL.md: one record, in two chunks cut mid-record.
+    let one = SESSION_RECORD.as_bytes();
+    rep(
+        "session_records_1".into(),
+        Reply::Records(one[..24].to_vec()),
+    );
+    rep(
+        "session_records_2".into(),
+        Reply::Records(one[24..].to_vec()),
     );
     rep("records_empty".into(), Reply::Records(Vec::new()));
     for len in [250usize, 251, 65_536] {
