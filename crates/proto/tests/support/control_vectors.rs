@@ -466,6 +466,7 @@ pub fn messages() -> Vec<(String, Message)> {
             Reply::Records(vec![b'r'; len]),
         );
     }
+    rep("done_1".into(), Reply::Done { records: 1 });
     for n in U64_BOUNDARIES {
         rep(format!("done_{n}"), Reply::Done { records: n });
     }
