@@ -172,6 +172,15 @@ impl Shared {
         Some((held.reply, how.kind().into()))
     }
 
+    /// Lets go of every message still held (the intake has ended: nothing else will settle
+    /// them), returning where to settle each.
+    pub fn release_all(&self, how: Settle) -> Vec<(Subject, Bytes)> {
+        let seqs: Vec<u64> = self.map().keys().copied().collect();
+        seqs.into_iter()
+            .filter_map(|seq| self.release(seq, how))
+            .collect()
+    }
+
     /// Messages not touched for `age`: marked touched now, their reply subjects returned (to
     /// send them `+WPI`).
     pub fn stale(&self, age: Duration) -> Vec<Subject> {

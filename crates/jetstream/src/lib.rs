@@ -364,6 +364,13 @@ impl JetStream {
             },
             () = &mut advisories => {}
         }
+        // Events fetched while the pool was already stopping may never have reached it (it
+        // was gone): nothing holds them now, so they are naked for another daemon.
+        for (reply, body) in shared.release_all(held::Settle::Nak(None)) {
+            if let Err(e) = client.publish(reply, body).await {
+                tracing::debug!(error = %e, "nak not sent");
+            }
+        }
         if let Err(e) = client.flush().await {
             tracing::warn!(error = %e, "could not flush the last acknowledgements");
         }
