@@ -21,7 +21,7 @@ def square(i):
 class Daemon:
     """`herd serve` in a private dir, once it has logged `ready`; its log lines collected."""
 
-    def __init__(self, tmp, workers=2, extra=()):
+    def __init__(self, tmp, workers=2, extra=(), worker=None):
         self.bin = herd_bin()
         self.sock = os.path.join(tmp, "herd.sock")
         chaos = os.path.join(os.path.dirname(self.bin), "herd-chaos")
@@ -30,7 +30,7 @@ class Daemon:
         self.env = env
         self.proc = subprocess.Popen(
             [self.bin, "serve", "--log-format", "json", "--control", self.sock,
-             "-w", str(workers), *extra, "--", chaos],
+             "-w", str(workers), *extra, "--", *(worker or [chaos])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=env)
         self.logs = []

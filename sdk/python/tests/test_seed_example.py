@@ -1,0 +1,53 @@
+"""examples/seed: the article's program (ProcessPoolExecutor) and its herd rewrite give the same
+result for every event, on a small input with an event that fails; the herd one runs against a
+real `herd serve` whose workers run the same work() (scripts/pywork.py)."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from conftest import REPO, SDK, TIMEOUT
+from test_client import Daemon
+
+EXAMPLE = os.path.join(REPO, "examples", "seed")
+PYWORK = os.path.join(REPO, "scripts", "pywork.py")
+
+
+def results(stdout):
+    """index -> output, or ("error",) for a failed event; every index exactly once."""
+    out = {}
+    for line in stdout.decode().splitlines():
+        i, rest = line.split(" ", 1)
+        assert int(i) not in out, f"two results for event {i}"
+        out[int(i)] = ("error",) if rest.startswith("error ") else rest
+    return out
+
+
+def test_seed_executor_and_herd_agree(monkeypatch):
+    events = [b'{"op":"square","n":%d}' % i for i in range(300)]
+    events += [b'{"op":"spin","ms":1}', b'{"op":"nope"}', b'{"op":"square","n":-7}']
+    # The daemon's workers and seed_herd.py import the SDK from the tree, installed or not.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (SDK, os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="herd-seed-") as tmp:
+        path = os.path.join(tmp, "events")
+        with open(path, "wb") as f:
+            f.write(b"".join(e + b"\n" for e in events))
+        article = subprocess.run(
+            [sys.executable, os.path.join(EXAMPLE, "seed_executor.py"), path, "--workers", "2",
+             "--inflight", "16"], stdout=subprocess.PIPE, env=env, timeout=TIMEOUT, check=True)
+        daemon = Daemon(tmp, workers=2, worker=[sys.executable, PYWORK])
+        try:
+            rewrite = subprocess.run(
+                [sys.executable, os.path.join(EXAMPLE, "seed_herd.py"), path, "--control",
+                 daemon.sock, "--inflight", "16"],
+                stdout=subprocess.PIPE, env=env, timeout=TIMEOUT, check=True)
+        finally:
+            daemon.close()
+        assert daemon.proc.returncode == 0
+    a, b = results(article.stdout), results(rewrite.stdout)
+    assert sorted(a) == list(range(len(events)))
+    assert a == b
+    assert a[7] == "49" and a[300] == "1" and a[301] == ("error",) and a[302] == "49"
