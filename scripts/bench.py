@@ -11,6 +11,8 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py jetstream --herd H --chaos C [--n 100000]  (needs nats-server)
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
+    python3 scripts/bench.py seed     --herd H [--n 20000 --cpu-n 2000] [--kill-every 0.15]
+                                                            (examples/seed, both programs)
     python3 scripts/bench.py stdio    --herd H --chaos C --events FILE [--stdio S] [--n 20000]
                                                             (herd-stdio + cat / a Python filter)
     python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers
@@ -369,6 +371,139 @@ def cpu_plain(args):
             "efficiency": ideal / secs, "kills": 0, "runs": runs}
 
 
+SEED = os.path.join(os.path.dirname(HERE), "examples", "seed")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def serve(args, sock, *opts):
+    """`herd serve` with pywork.py workers (the seed's own work()), once all are up."""
+    daemon = subprocess.Popen([args.herd, "serve", "-q", "--control", sock, "-w",
+                               str(args.workers), *opts, "--", sys.executable,
+                               os.path.join(HERE, "pywork.py")])
+    deadline = time.time() + 60
+    while True:
+        p = subprocess.run([args.herd, "status", "--json", "--control", sock],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if p.returncode == 0:
+            st = json.loads(p.stdout)
+            if sum(w["state"] in ("idle", "busy") for w in st["workers"]) == args.workers:
+                return daemon
+        if daemon.poll() is not None:
+            die(f"herd serve exited {daemon.returncode}")
+        if time.time() > deadline:
+            daemon.kill()
+            die("herd serve did not get its workers up within 60 s")
+        time.sleep(0.05)
+
+
+def seed_run(args, program, path, expect, n, kill_pid=None, *opts):
+    """Runs examples/seed/PROGRAM on PATH; with kill_pid, SIGKILLs a random child of that
+    process (or of the program itself, for the executor) every --kill-every seconds. Returns
+    seconds, and how many events got the right result (each index at most once)."""
+    cmd = [sys.executable, os.path.join(SEED, program), path, *opts]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    kills = 0
+    stop = threading.Event()
+
+    def killer():
+        nonlocal kills
+        rng = random.Random(7)
+        while not stop.wait(args.kill_every):
+            pids = children(kill_pid or p.pid)
+            if pids:
+                try:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+                except ProcessLookupError:
+                    pass
+
+    k = threading.Thread(target=killer) if args.kill_every > 0 else None
+    if k:
+        k.start()
+    out = p.stdout.read()
+    p.wait()
+    secs = time.perf_counter() - t0
+    stop.set()
+    if k:
+        k.join()
+    seen = bytearray(n)
+    ok = 0
+    for line in out.splitlines():
+        i, rest = line.split(b" ", 1)
+        i = int(i)
+        if seen[i]:
+            die(f"seed {program}: two results for event {i}")
+        seen[i] = 1
+        ok += rest == expect(i)
+    return {"events": n, "seconds": secs, "events_per_sec": n / secs, "answered_ok": ok,
+            "exit": p.returncode, "kills": kills}
+
+
+def seed(args):
+    """The seed example's two programs (examples/seed) in the same run: the article's
+    (ProcessPoolExecutor) and herd_client's (against `herd serve` with pywork.py workers, up
+    before the clock starts), on --n tiny events and --cpu-n spin-1ms events; with
+    --kill-every, both on the spin events while a worker is SIGKILLed at that interval."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="herd-bench-seed-")
+    sock = os.path.join(tmp, "control.sock")
+    tiny_path = os.path.join(tmp, "tiny.txt")
+    with open(tiny_path, "w") as f:
+        f.writelines(f'{{"op":"square","n":{i}}}\n' for i in range(args.n))
+    spin_path = os.path.join(tmp, "spin.txt")
+    with open(spin_path, "wb") as f:
+        f.write(spin_events(args.cpu_n, args.ms))
+    square = lambda i: b"%d" % (i * i)
+    spun = lambda i: b"%d" % args.ms
+    ideal = args.cpu_n * args.ms / 1000 / args.workers
+    w = ["--workers", str(args.workers)]
+    r = {}
+    daemon = serve(args, sock, "--retries", "1000")
+    try:
+        h = ["--control", sock]
+        kill_every, args.kill_every = args.kill_every, 0
+        for label, path, n, expect in (("tiny", tiny_path, args.n, square),
+                                       ("cpu", spin_path, args.cpu_n, spun)):
+            for name, prog, opts in (("executor", "seed_executor.py", w),
+                                     ("herd", "seed_herd.py", h)):
+                runs = [seed_run(args, prog, path, expect, n, None, *opts)
+                        for _ in range(args.repeat)]
+                for x in runs:
+                    if x["answered_ok"] != n or x["exit"] != 0:
+                        die(f"seed {label} {name}: {x}")
+                best = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]
+                best["runs"] = [x["seconds"] for x in runs]
+                if label == "cpu":
+                    best["efficiency"] = ideal / best["seconds"]
+                r[f"{label}_{name}"] = best
+        args.kill_every = kill_every
+        if args.kill_every > 0:
+            r["kills_herd"] = seed_run(args, "seed_herd.py", spin_path, spun, args.cpu_n,
+                                       daemon.pid, *h)
+            if r["kills_herd"]["answered_ok"] != args.cpu_n:
+                die(f"seed kills herd: {r['kills_herd']}")
+            # The article's pool breaks at the first kill (BrokenProcessPool): count what it
+            # still answers.
+            r["kills_executor"] = seed_run(args, "seed_executor.py", spin_path, spun,
+                                           args.cpu_n, None, *w)
+        subprocess.run([args.herd, "ctl", "--control", sock, "stop"], stdout=subprocess.DEVNULL)
+        if daemon.wait(timeout=60) != 0:
+            die(f"herd serve exited {daemon.returncode}")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    return r
+
+
 def recovery(args):
     """Median time from SIGKILL of a busy worker to its replacement's handshake."""
     cmd = [args.herd, "run", "--log-format", "json", "-w", str(args.workers), "--retries", "1000",
@@ -568,6 +703,8 @@ def run_all(args):
                      "--n", str(n // 50), "--repeat", str(args.repeat))
     r["jetstream"] = sub(args, "jetstream", "--n", "20000" if args.quick else "100000",
                          "--repeat", str(args.repeat), "--nats-bare", args.nats_bare)
+    r["seed"] = sub(args, "seed", "--n", str(n // 50), "--cpu-n", str(cpu_n // 2), "--ms", "1",
+                    "--repeat", "1", "--kill-every", "0.15")
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -659,6 +796,22 @@ def table(r):
     rows.append(["spin 1ms events/s, kill every 150ms", r["cpu_kills"]["events_per_sec"],
                  "herd, no kills", r["cpu"]["events_per_sec"],
                  r["cpu_kills"]["events_per_sec"] / r["cpu"]["events_per_sec"], None])
+    if "seed" in r:
+        sd = r["seed"]
+        rows.append(["seed example tiny events/s, herd_client", sd["tiny_herd"]["events_per_sec"],
+                     "seed example, ProcessPoolExecutor", sd["tiny_executor"]["events_per_sec"],
+                     sd["tiny_herd"]["events_per_sec"] / sd["tiny_executor"]["events_per_sec"],
+                     ">= 10"])
+        rows.append(["seed example cpu efficiency (spin 1ms), herd_client",
+                     sd["cpu_herd"]["efficiency"], "seed example, ProcessPoolExecutor",
+                     sd["cpu_executor"]["efficiency"],
+                     sd["cpu_herd"]["efficiency"] / sd["cpu_executor"]["efficiency"], ">= 0.95"])
+        if "kills_herd" in sd:
+            kh, ke = sd["kills_herd"], sd["kills_executor"]
+            rows.append([f"seed example events answered of {kh['events']}, kill every 150ms",
+                         kh["answered_ok"], "seed example, ProcessPoolExecutor",
+                         ke["answered_ok"], kh["answered_ok"] / max(ke["answered_ok"], 1),
+                         "all"])
     if "stdio" in r:
         st = r["stdio"]
         for name, label in (("cat", "herd-stdio + cat"), ("python", "herd-stdio + python3 -u")):
@@ -744,7 +897,7 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "stdio", "jetstream", "all", "compare"])
+                                         "stdio", "jetstream", "seed", "all", "compare"])
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
@@ -758,6 +911,7 @@ def main():
     ap.add_argument("--window", type=int, default=0, help="0: herd's automatic window")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--ms", type=int, default=1)
+    ap.add_argument("--cpu-n", type=int, default=2000, help="seed: spin events")
     ap.add_argument("--kill-every", type=float, default=0)
     ap.add_argument("--kills", type=int, default=40)
     ap.add_argument("--baseline", help="compare: a directory with the baseline herd, herd-chaos")
