@@ -11,6 +11,11 @@
 // Each includer uses a different part of this module.
 #![allow(dead_code)]
 
+#[path = "common.rs"]
+mod common;
+pub use common::{hex, unhex};
+use common::{whole, U32_BOUNDARIES, U64_BOUNDARIES};
+
 use herd_proto::codec::{self, FrameError};
 use herd_proto::control::{Reply, Request, CONTROL_VERSION, REPLY_MAX_FRAME, REQUEST_MAX_FRAME};
 use serde::{Deserialize, Serialize};
@@ -271,62 +276,12 @@ pub fn limit(direction: &str) -> usize {
 /// Decodes one whole frame (header included) sent in `direction` with the owned decoder,
 /// which must use every byte. `max`: the frame limit to apply.
 pub fn decode_with(direction: &str, frame: &[u8], max: usize) -> Result<Message, FrameError> {
-    fn whole<T>(frame: &[u8], got: Option<(T, usize)>) -> Result<T, FrameError> {
-        match got {
-            Some((msg, used)) if used == frame.len() => Ok(msg),
-            Some((_, used)) => Err(FrameError::Malformed(format!(
-                "{} bytes after the frame",
-                frame.len() - used
-            ))),
-            None => Err(FrameError::EofMidFrame),
-        }
-    }
     if direction == CLIENT_TO_DAEMON {
         whole(frame, codec::decode_frame(frame, max)?).map(Message::Request)
     } else {
         whole(frame, codec::decode_frame(frame, max)?).map(Message::Reply)
     }
 }
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)].into());
-        s.push(DIGITS[usize::from(b & 15)].into());
-    }
-    s
-}
-
-pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
-        return Err(format!("odd number of hex digits in {s:?}"));
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(format!("{:?} is not a lower-case hex digit", char::from(c))),
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
-}
-
-/// The varint boundaries: each side of every change of encoded size.
-const U32_BOUNDARIES: [u64; 8] = [0, 250, 251, 255, 256, 65_535, 65_536, 4_294_967_295];
-const U64_BOUNDARIES: [u64; 10] = [
-    0,
-    250,
-    251,
-    255,
-    256,
-    65_535,
-    65_536,
-    4_294_967_295,
-    4_294_967_296,
-    u64::MAX,
-];
 
 /// What the daemon answers a client of another version (the text is the daemon's, in
 /// crates/supervisor/src/control.rs; only its variant, `Error`, is the protocol).
