@@ -109,22 +109,8 @@ def submit(args):
     n = sum(1 for _ in open(args.events, "rb"))
     tmp = tempfile.mkdtemp(prefix="herd-bench-")
     sock = os.path.join(tmp, "control.sock")
-    daemon = subprocess.Popen([args.herd, "serve", "-q", "--control", sock, "-w",
-                               str(args.workers), *window_opts(args), "--", args.chaos])
+    daemon = serve(args, sock, *window_opts(args), worker=[args.chaos])
     try:
-        deadline = time.time() + 60
-        while True:
-            p = subprocess.run([args.herd, "status", "--json", "--control", sock],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            if p.returncode == 0:
-                st = json.loads(p.stdout)
-                if sum(w["state"] in ("idle", "busy") for w in st["workers"]) == args.workers:
-                    break
-            if daemon.poll() is not None:
-                die(f"herd serve exited {daemon.returncode}")
-            if time.time() > deadline:
-                die("herd serve did not get its workers up within 60 s")
-            time.sleep(0.05)
         runs = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
@@ -382,11 +368,12 @@ def children(pid):
         return []
 
 
-def serve(args, sock, *opts):
-    """`herd serve` with pywork.py workers (the seed's own work()), once all are up."""
+def serve(args, sock, *opts, worker=None):
+    """`herd serve` with WORKER (default: pywork.py, the seed's own work()), once all of its
+    workers are up."""
+    worker = worker or [sys.executable, os.path.join(HERE, "pywork.py")]
     daemon = subprocess.Popen([args.herd, "serve", "-q", "--control", sock, "-w",
-                               str(args.workers), *opts, "--", sys.executable,
-                               os.path.join(HERE, "pywork.py")])
+                               str(args.workers), *opts, "--", *worker])
     deadline = time.time() + 60
     while True:
         p = subprocess.run([args.herd, "status", "--json", "--control", sock],
