@@ -365,11 +365,9 @@ struct Logged {
 
 impl Logged {
     fn spawn(fx: &Fixture, program: &str, args: &[&str]) -> Self {
-        let mut child = std::process::Command::new(program)
+        let mut child = fx
+            .std_command(program)
             .args(args)
-            .env("XDG_RUNTIME_DIR", fx.dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

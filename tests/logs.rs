@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, Read};
 use std::path::Path;
-use std::process::{ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -223,12 +223,10 @@ fn a_log_reader_that_never_reads_does_not_stall_the_pool() {
         .collect();
     let input = fx.path("events.txt");
     std::fs::write(&input, events).unwrap();
-    let mut child = Command::new(herd_bin())
+    let mut child = fx
+        .std_command(herd_bin())
         .args(["run", "-w", "2", "-i", input.to_str().unwrap(), "--"])
         .arg(chaos())
-        .env("XDG_RUNTIME_DIR", fx.dir.path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -297,14 +295,12 @@ fn wait_for_socket(path: &Path) {
 fn a_stuck_log_sink_drops_lines_and_says_how_many() {
     let fx = Fixture::new();
     let control = fx.path("control.sock");
-    let mut daemon = Command::new(herd_bin())
+    let mut daemon = fx
+        .std_command(herd_bin())
         .args(["serve", "--log-format", "json", "-w", "2", "--control"])
         .arg(&control)
         .arg("--")
         .arg(chaos())
-        .env("XDG_RUNTIME_DIR", fx.dir.path())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

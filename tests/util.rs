@@ -41,6 +41,16 @@ impl Fixture {
         self.dir.path().join(name)
     }
 
+    /// `program` as a plain `std` command (for tests that handle its pipes themselves), with
+    /// the runtime dir pointed into the fixture, no `RUST_LOG` and no stdin.
+    pub fn std_command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.env("XDG_RUNTIME_DIR", self.dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
     /// `herd <args>` with the runtime dir pointed into the fixture.
     pub fn herd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(herd_bin());
