@@ -11,6 +11,7 @@ import asyncio
 import collections
 import json
 import struct
+import types
 
 from herd_worker import codec
 from herd_worker.codec import ProtocolError, varint
@@ -31,6 +32,9 @@ WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
 _HEADER = struct.Struct("<I")
+_Function = types.FunctionType
+# `Some` tag and length of a line shorter than 251 bytes (bincode's one-byte varint).
+_SHORT_LINE = [b"\x01" + bytes((n,)) for n in range(251)]
 
 
 class HerdError(Exception):
@@ -87,22 +91,22 @@ _KINDS = {
     "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
 }
 
-_decoder = json.JSONDecoder()
+_OK_OUTPUT = b',"ok":true,"output":'
+_ATTEMPTS = b',"attempts":'
 
 
-def _result(line):
-    """(output bytes, None) or (None, EventError) for one record line."""
-    rec = json.loads(line)
-    if rec.get("ok"):
-        out = rec.get("output")
-        if isinstance(out, str):
-            # A non-JSON output travels as a string: give back its text.
-            return out.encode("utf-8"), None
+def _result(line, comma):
+    """(output bytes, None) or (None, EventError) for one record line; `comma` is where its
+    `seq` ends. A success is `{"seq":N,"ok":true,"output":X,"attempts":...}` with only numbers
+    after X (record.rs), so X is sliced out without parsing the record."""
+    if line.startswith(_OK_OUTPUT, comma):
+        out = line[comma + len(_OK_OUTPUT):line.rfind(_ATTEMPTS)]
+        if out[:1] == b'"':
+            # A non-JSON output travels as a JSON string: give back its text.
+            return json.loads(out).encode("utf-8"), None
         # A JSON output is embedded as the worker wrote it: give back exactly those bytes.
-        text = line.decode("utf-8") if isinstance(line, (bytes, bytearray)) else line
-        at = text.find('"output":') + 9
-        _, end = _decoder.raw_decode(text, at)
-        return text[at:end].encode("utf-8"), None
+        return out, None
+    rec = json.loads(line)
     err = rec.get("error") or {}
     kind = err.get("kind", "failed")
     return None, _KINDS.get(kind, EventError)(kind, err.get("message", ""), rec)
@@ -156,13 +160,15 @@ class Pool:
         self._max_line = max_line
         self._budget = min(BATCH_BYTES, max_frame)
         self._next = 0
-        # seq -> resolve(output, error), for every event sent or queued without a record yet.
+        # seq -> submit()'s future, or map()'s resolve(output, error), for every event sent or
+        # queued without a record yet.
         self._pending = {}
         self._outq = collections.deque()
         self._wake_writer = asyncio.Event()
         self._closing = False
         self._error = None
-        self._done = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._done = self._loop.create_future()
         self._partial = b""
         self._reader_task = asyncio.ensure_future(self._read_loop())
         self._writer_task = asyncio.ensure_future(self._write_loop())
@@ -216,7 +222,7 @@ class Pool:
     # -----------------------------------------------------------------------------------------
     # Submitting.
 
-    def _enqueue(self, event, resolve):
+    def _enqueue(self, event, waiter):
         if self._error is not None:
             raise self._error
         if self._closing:
@@ -227,7 +233,7 @@ class Pool:
             event = bytes(event)
         seq = self._next
         self._next += 1
-        self._pending[seq] = resolve
+        self._pending[seq] = waiter
         self._outq.append(event)
         self._wake_writer.set()
         return seq
@@ -235,16 +241,8 @@ class Pool:
     async def submit(self, event):
         """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
         raises the EventError subclass of its record's kind, or ConnectionLost."""
-        fut = asyncio.get_running_loop().create_future()
-
-        def resolve(out, err):
-            if not fut.done():
-                if err is None:
-                    fut.set_result(out)
-                else:
-                    fut.set_exception(err)
-
-        self._enqueue(event, resolve)
+        fut = self._loop.create_future()
+        self._enqueue(event, fut)
         return await fut
 
     async def map(self, events, *, ordered=False, window=1024, return_exceptions=False):
@@ -338,6 +336,8 @@ class Pool:
             n = len(ev)
             if n > self._max_line:
                 piece, cost = b"\x00", 1  # None: the daemon records it as `rejected`
+            elif n < 251:
+                piece, cost = _SHORT_LINE[n] + ev, n + EVENT_LINE_OVERHEAD
             else:
                 piece, cost = b"\x01" + varint(n) + ev, n + EVENT_LINE_OVERHEAD
             if count and size + cost > self._budget:
@@ -419,11 +419,18 @@ class Pool:
                 continue
             # The seq comes first in every record: `{"seq":N,...`.
             comma = line.find(b",", 7)
-            seq = int(line[7:comma])
-            resolve = pending.pop(seq, None)
-            if resolve is not None:
-                out, err = _result(line)
-                resolve(out, err)
+            waiter = pending.pop(int(line[7:comma]), None)
+            if waiter is None:
+                continue
+            out, err = _result(line, comma)
+            if waiter.__class__ is _Function:
+                waiter(out, err)
+            elif not waiter.done():
+                # submit()'s own future, stored as is: no closure per event.
+                if err is None:
+                    waiter.set_result(out)
+                else:
+                    waiter.set_exception(err)
 
     def _fail(self, exc):
         """Ends the connection: every pending await gets `exc`, now."""
@@ -431,8 +438,11 @@ class Pool:
             self._error = exc
         pending, self._pending = self._pending, {}
         self._outq.clear()
-        for resolve in pending.values():
-            resolve(None, exc)
+        for waiter in pending.values():
+            if waiter.__class__ is _Function:
+                waiter(None, exc)
+            elif not waiter.done():
+                waiter.set_exception(exc)
         if not self._done.done():
             self._done.set_exception(exc)
             self._done.exception()  # retrieved: close() re-raises it when asked

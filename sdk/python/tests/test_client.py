@@ -107,6 +107,12 @@ def test_submit_the_readme_example(daemon):
             # A JSON output comes back as the worker wrote it; a string as its text.
             assert await pool.submit('{"op":"echo","v":{"a":[1,2]}}') == b'{"a":[1,2]}'
             assert await pool.submit(b'{"op":"echo","v":"h\\u00e9"}') == "h\u00e9".encode()
+            # The output is sliced out of the record: keys of the record's own inside it, and
+            # JSON strings with escapes, come back whole.
+            tricky = b'{"attempts":[1,{"seq":2}],"s":",\\"attempts\\":3","t":"a\\nb"}'
+            assert await pool.submit(b'{"op":"echo","v":' + tricky + b'}') == tricky
+            assert await pool.submit(b'{"op":"echo","v":",\\"attempts\\":1}"}') == \
+                b',"attempts":1}'
             assert pool.pending == 0
 
     run(main())
