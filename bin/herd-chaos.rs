@@ -36,6 +36,10 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
   {\"op\":\"stderr\",\"text\":S}       writes S to stderr, returns S
   {\"op\":\"alloc\",\"mb\":M}          allocates and keeps M MiB, returns M
   {\"op\":\"pid\"}                    returns its own pid
+  {\"op\":\"runaway\",\"mb\":M}        allocates 1 MiB at a time up to M MiB, aborting if
+                                  an allocation fails (a leak meeting a memory limit)
+  {\"op\":\"whoami\"}                 returns its uid, gid, groups, nice level and limits
+  {\"op\":\"env\"}                    returns its environment as a JSON object
 ";
 
 fn main() -> ExitCode {
@@ -148,9 +152,24 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
             Ok(number(mb))
         }
         "pid" => Ok(number(std::process::id())),
+        "runaway" => {
+            let mb = need(event.mb, "runaway", "mb")?;
+            runaway(mb);
+            Ok(number(mb))
+        }
+        "whoami" => Ok(whoami()),
+        "env" => {
+            let env: serde_json::Map<String, serde_json::Value> = std::env::vars_os()
+                .map(|(k, v)| {
+                    let v = v.to_string_lossy().into_owned();
+                    (k.to_string_lossy().into_owned(), v.into())
+                })
+                .collect();
+            serde_json::to_vec(&env).map_err(|e| TaskError::fatal(e.to_string()))
+        }
         other => Err(TaskError::fatal(format!(
             "unknown op {other:?} (expected echo, square, spin, sleep, fail, flaky, panic, \
-             crash, exit, hang, garbage, oversize, stderr, alloc or pid)"
+             crash, exit, hang, garbage, oversize, stderr, alloc, pid, runaway, whoami or env)"
         ))),
     }
 }
@@ -292,6 +311,50 @@ fn next_random(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
+}
+
+/// A leak: 1 MiB blocks, each touched and kept, up to `mb` MiB. A failed allocation aborts
+/// the process (Rust's default), as it would in a real worker that leaks.
+fn runaway(mb: usize) {
+    let mut hoard = HOARD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for _ in 0..mb {
+        hoard.push(vec![0xa5u8; 1 << 20]);
+    }
+}
+
+/// Who the process runs as and under which limits, as the kernel says.
+fn whoami() -> Vec<u8> {
+    use nix::sys::resource::{getrlimit, Resource};
+    let limit = |r| {
+        getrlimit(r).map_or(serde_json::Value::Null, |(soft, hard)| {
+            serde_json::json!([soft, hard])
+        })
+    };
+    let groups: Vec<u32> = nix::unistd::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    // SAFETY: getpriority has no preconditions; -1 is a valid nice level, so errno is cleared.
+    let nice = unsafe {
+        *nix::libc::__errno_location() = 0;
+        nix::libc::getpriority(nix::libc::PRIO_PROCESS, 0)
+    };
+    let out = serde_json::json!({
+        "pid": std::process::id(),
+        "uid": nix::unistd::getuid().as_raw(),
+        "euid": nix::unistd::geteuid().as_raw(),
+        "gid": nix::unistd::getgid().as_raw(),
+        "groups": groups,
+        "nice": nice,
+        "as": limit(Resource::RLIMIT_AS),
+        "nofile": limit(Resource::RLIMIT_NOFILE),
+        "core": limit(Resource::RLIMIT_CORE),
+        "cpu": limit(Resource::RLIMIT_CPU),
+    });
+    serde_json::to_vec(&out).unwrap_or_default()
 }
 
 /// Memory kept for the life of the process by `alloc`.

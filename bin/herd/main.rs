@@ -2,6 +2,7 @@
 //! stdin/stdout (or files) to a `herd_supervisor` pool, and maps the outcome to an exit code.
 
 mod client;
+mod launch;
 mod logging;
 mod metrics;
 #[cfg(feature = "nats")]
@@ -125,6 +126,8 @@ pub struct PoolArgs {
     /// How long a worker may take to start and complete its handshake.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     start_timeout: Duration,
+    #[command(flatten)]
+    launch: launch::LaunchArgs,
     /// The worker command line, after `--`.
     #[arg(last = true, required = true, value_name = "WORKER_CMD")]
     command: Vec<OsString>,
@@ -134,6 +137,7 @@ impl PoolArgs {
     /// The pool configuration these options describe.
     pub fn config(self) -> anyhow::Result<PoolConfig> {
         let mut cfg = PoolConfig::new(self.command);
+        cfg.launch = self.launch.resolve()?;
         if let Some(w) = self.workers {
             cfg.workers = w as usize;
         }

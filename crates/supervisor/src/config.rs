@@ -49,6 +49,8 @@ pub struct PoolConfig {
     /// Where the private runtime directory is created (default: `$XDG_RUNTIME_DIR` or the
     /// system temp dir).
     pub runtime_dir: Option<PathBuf>,
+    /// As whom, with which limits and environment workers run.
+    pub launch: crate::launch::Launch,
 }
 
 impl PoolConfig {
@@ -76,6 +78,7 @@ impl PoolConfig {
             start_timeout: Duration::from_secs(10),
             exit_timeout: Duration::from_secs(5),
             runtime_dir: None,
+            launch: crate::launch::Launch::default(),
         }
     }
 

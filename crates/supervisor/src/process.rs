@@ -14,6 +14,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
+use nix::sys::resource::Resource;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::config::PoolConfig;
 use crate::guard::Guard;
+use crate::launch::{Launch, Limits, DEFAULT_PATH};
 use crate::msg::Exited;
 use crate::slot::{Exit, WorkerId};
 
@@ -66,9 +68,11 @@ pub(crate) fn spawn_worker(
             "empty worker command",
         ));
     };
+    let launch = &cfg.launch;
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env(herd_proto::ENV_SOCKET, socket)
+    cmd.args(args);
+    set_environment(&mut cmd, launch);
+    cmd.env(herd_proto::ENV_SOCKET, socket)
         .env(herd_proto::ENV_TOKEN, token)
         .env(herd_proto::ENV_WORKER, id.slot.to_string())
         .env(herd_proto::ENV_MAX_FRAME, cfg.max_frame.to_string())
@@ -78,22 +82,42 @@ pub(crate) fn spawn_worker(
         .process_group(0)
         .kill_on_drop(true);
     let parent = nix::unistd::getpid();
-    let nofile = NOFILE_AT_START.get().copied();
+    let rlimits = rlimits_for(&launch.limits);
+    let nice = launch.nice;
+    // Prepared before the fork: the child must not allocate.
+    let ids = launch
+        .user
+        .as_ref()
+        .map(|u| (u.uid, u.gid, u.groups.clone()));
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // syscalls (prctl, getppid, setrlimit, _exit); it touches no locks and allocates nothing.
+    // syscalls (setrlimit, setpriority, setgroups, setgid, setuid, prctl, getppid, _exit) on
+    // memory prepared before the fork; it touches no locks and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            use nix::libc;
+            for &(resource, soft, hard) in &rlimits {
+                nix::sys::resource::setrlimit(resource, soft, hard).map_err(io::Error::from)?;
+            }
+            // Before dropping root: only root may lower the nice level below 0.
+            if let Some(n) = nice {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                // Groups first: once the uid is dropped, they can no longer be changed.
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // After the uid change, which clears the parent-death signal.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
             // herd may have died between fork and prctl: then nobody would ever kill us.
             if nix::unistd::getppid() != parent {
-                nix::libc::_exit(1);
-            }
-            if let Some((soft, hard)) = nofile {
-                let _ = nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_NOFILE,
-                    soft,
-                    hard,
-                );
+                libc::_exit(1);
             }
             Ok(())
         });
@@ -140,6 +164,60 @@ pub(crate) fn spawn_worker(
         });
     });
     Ok(Spawned { pid })
+}
+
+/// The worker's environment: herd's own (without herd's `HERD_*` settings, which may hold
+/// secrets such as a NATS token) or, with `clear_env`, a minimal one; then the user's
+/// identity variables and the `--env` ones. The protocol variables are set after this.
+fn set_environment(cmd: &mut Command, launch: &Launch) {
+    if launch.clear_env {
+        cmd.env_clear();
+        let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        let lang = std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into());
+        cmd.env("PATH", path).env("HOME", home).env("LANG", lang);
+    } else {
+        for (key, _) in std::env::vars_os() {
+            if key.as_encoded_bytes().starts_with(b"HERD_") {
+                cmd.env_remove(key);
+            }
+        }
+    }
+    if let Some(user) = &launch.user {
+        // As su and sudo do: a worker writing to ~ must not aim at herd's home.
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
+    for (key, value) in &launch.env {
+        cmd.env(key, value);
+    }
+}
+
+/// The limits to set in a worker: the configured ones, and the descriptor limit herd started
+/// with (not the one it raised for itself) unless one is configured.
+fn rlimits_for(limits: &Limits) -> Vec<(Resource, u64, u64)> {
+    let mut out = Vec::with_capacity(4);
+    match limits.open_files {
+        Some(n) => out.push((Resource::RLIMIT_NOFILE, n, n)),
+        None => {
+            if let Some(&(soft, hard)) = NOFILE_AT_START.get() {
+                out.push((Resource::RLIMIT_NOFILE, soft, hard));
+            }
+        }
+    }
+    if let Some(n) = limits.address_space {
+        out.push((Resource::RLIMIT_AS, n, n));
+    }
+    if let Some(n) = limits.core {
+        out.push((Resource::RLIMIT_CORE, n, n));
+    }
+    if let Some(d) = limits.cpu {
+        // At the soft limit SIGXCPU (fatal unless handled), a second later SIGKILL.
+        let secs = d.as_secs().max(1);
+        out.push((Resource::RLIMIT_CPU, secs, secs + 1));
+    }
+    out
 }
 
 /// Logs each non-blank line a worker writes to `stream` (stdout or stderr), with its `worker`

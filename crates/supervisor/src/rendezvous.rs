@@ -22,6 +22,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use crate::launch::Identity;
 use crate::link::{self, WorkerSocket};
 
 /// What a new connection on the worker socket amounted to.
@@ -48,31 +49,50 @@ pub(crate) struct Greeting {
 pub(crate) struct RuntimeDir {
     dir: PathBuf,
     socket: PathBuf,
+    /// The worker user the directory and socket belong to, when not herd's.
+    owner: Option<(u32, u32)>,
 }
 
 impl RuntimeDir {
     /// Creates a fresh directory with mode 0700 under `base` (or `$XDG_RUNTIME_DIR`, or the
-    /// temp dir).
-    pub fn create(base: Option<&Path>) -> io::Result<Self> {
-        let base = base
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        sweep_stale(&base);
+    /// temp dir). With an `owner` (workers running as another user) the directory is theirs,
+    /// still 0700, so only they (and root) get in; a base that user cannot reach is skipped
+    /// when it was only a default, and refused when it was asked for.
+    pub fn create(base: Option<&Path>, owner: Option<&Identity>) -> io::Result<Self> {
+        let base = choose_base(base, owner)?;
+        sweep_stale(&base, owner.map(|o| o.uid));
         let mut last_err = None;
         for _ in 0..8 {
             let dir = base.join(format!("herd-{}-{}", std::process::id(), random_hex(6)?));
             match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => {
                     let socket = dir.join("workers.sock");
-                    return Ok(Self { dir, socket });
+                    let mut rd = Self {
+                        dir,
+                        socket,
+                        owner: None,
+                    };
+                    if let Some(o) = owner {
+                        std::os::unix::fs::chown(&rd.dir, Some(o.uid), Some(o.gid))?;
+                        rd.owner = Some((o.uid, o.gid));
+                    }
+                    return Ok(rd);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => return Err(e),
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("cannot create runtime directory")))
+    }
+
+    /// Binds the worker socket in the directory; with an owner, the socket is theirs too (a
+    /// connect needs write permission on it).
+    pub fn bind(&self) -> io::Result<UnixListener> {
+        let listener = UnixListener::bind(&self.socket)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&self.socket, Some(uid), Some(gid))?;
+        }
+        Ok(listener)
     }
 
     pub fn socket(&self) -> &Path {
@@ -87,13 +107,59 @@ impl RuntimeDir {
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_dir(&self.dir);
+        // A directory the workers own may hold what they left in it; std's remove_dir_all
+        // does not follow symlinks planted there.
+        if std::fs::remove_dir(&self.dir).is_err() && self.owner.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// Where the runtime directory goes: `base` if given, else `$XDG_RUNTIME_DIR`, else the temp
+/// dir; for an `owner`, only a place that user can reach.
+fn choose_base(base: Option<&Path>, owner: Option<&Identity>) -> io::Result<PathBuf> {
+    let blocked = |dir: &Path| owner.and_then(|o| o.blocked_at(dir));
+    if let Some(b) = base.filter(|p| p.is_dir()) {
+        if let Some(at) = blocked(b) {
+            return Err(unreachable_err(owner, b, &at));
+        }
+        return Ok(b.to_path_buf());
+    }
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+    {
+        match blocked(&xdg) {
+            None => return Ok(xdg),
+            Some(at) => tracing::debug!(
+                dir = %xdg.display(),
+                blocked = %at.display(),
+                "XDG_RUNTIME_DIR is out of the worker user's reach; using the temp dir"
+            ),
+        }
+    }
+    let tmp = std::env::temp_dir();
+    match blocked(&tmp) {
+        None => Ok(tmp),
+        Some(at) => Err(unreachable_err(owner, &tmp, &at)),
+    }
+}
+
+fn unreachable_err(owner: Option<&Identity>, base: &Path, at: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "worker user {} cannot reach {} ({} is not searchable by it)",
+            owner.map_or("?", |o| o.name.as_str()),
+            base.display(),
+            at.display()
+        ),
+    )
 }
 
 /// Removes runtime directories left by herd processes that were SIGKILLed (their Drop never
 /// ran): `herd-<pid>-<hex>` entries whose pid is gone, holding nothing but a socket.
-fn sweep_stale(base: &Path) {
+fn sweep_stale(base: &Path, worker_uid: Option<u32>) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -108,9 +174,9 @@ fn sweep_stale(base: &Path) {
             continue;
         };
         use std::os::unix::fs::MetadataExt;
-        let ours = entry
-            .metadata()
-            .is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw());
+        let ours = entry.metadata().is_ok_and(|m| {
+            m.uid() == nix::unistd::getuid().as_raw() || Some(m.uid()) == worker_uid
+        });
         if !ours {
             continue;
         }
@@ -251,7 +317,7 @@ mod tests {
     #[test]
     fn runtime_dir_is_private_and_removed() {
         let base = std::env::temp_dir();
-        let rd = RuntimeDir::create(Some(&base)).unwrap();
+        let rd = RuntimeDir::create(Some(&base), None).unwrap();
         let dir = rd.socket().parent().unwrap().to_path_buf();
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

@@ -33,7 +33,6 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -126,9 +125,9 @@ impl Pool {
         if cfg.command.is_empty() {
             return Err(PoolError::NoCommand);
         }
-        let rundir =
-            RuntimeDir::create(cfg.runtime_dir.as_deref()).map_err(PoolError::RuntimeDir)?;
-        let listener = UnixListener::bind(rundir.socket()).map_err(PoolError::RuntimeDir)?;
+        let rundir = RuntimeDir::create(cfg.runtime_dir.as_deref(), cfg.launch.user.as_ref())
+            .map_err(PoolError::RuntimeDir)?;
+        let listener = rundir.bind().map_err(PoolError::RuntimeDir)?;
         let guard = match Guard::start(rundir.dir(), rundir.socket()) {
             Ok(g) => Some(Arc::new(g)),
             Err(e) => {
@@ -158,7 +157,12 @@ impl Pool {
                 exit_timeout: cfg.exit_timeout,
                 max_tasks: cfg.max_tasks,
             },
-            uid: nix::unistd::getuid().as_raw(),
+            // Workers must connect as the user they were started as.
+            uid: cfg
+                .launch
+                .user
+                .as_ref()
+                .map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.uid),
             target: cfg.workers,
             slots: Vec::new(),
             cfg,

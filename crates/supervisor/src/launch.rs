@@ -1,0 +1,231 @@
+//! How worker processes are launched: as which user, under which resource limits and nice
+//! level, with which environment. Everything is resolved here, before any fork: the child
+//! only makes system calls on memory prepared in advance (see `process::spawn_worker`).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// Variables a worker always gets from herd, whatever the environment options say.
+pub const PROTOCOL_ENV: [&str; 4] = [
+    herd_proto::ENV_SOCKET,
+    herd_proto::ENV_TOKEN,
+    herd_proto::ENV_WORKER,
+    herd_proto::ENV_MAX_FRAME,
+];
+
+/// `PATH` for workers under [`Launch::clear_env`] when herd itself has none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// How every worker process of a pool is started. The default changes nothing: workers run as
+/// herd's user, with herd's limits (minus herd's own descriptor headroom) and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Run workers as this user (herd must be root to switch).
+    pub user: Option<Identity>,
+    /// Resource limits set in the child before exec.
+    pub limits: Limits,
+    /// Nice level (-20 to 19) set in the child before exec.
+    pub nice: Option<i32>,
+    /// Start from an empty environment (PHP-FPM's `clear_env`) instead of herd's: workers get
+    /// only `PATH`, `HOME`, `LANG` (and `USER`/`LOGNAME` with a user), [`Launch::env`] and the
+    /// protocol variables.
+    pub clear_env: bool,
+    /// Variables set for every worker (after the inherited or cleared environment).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Resource limits for workers; each sets the soft and hard limit (a worker cannot raise it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `RLIMIT_AS`: bytes of address space. A runaway allocation fails instead of pushing the
+    /// machine into the OOM killer.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NOFILE`: open descriptors.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_CORE`: bytes of a core dump (0: none).
+    pub core: Option<u64>,
+    /// `RLIMIT_CPU`: CPU time over the process's whole life. SIGXCPU at the limit, SIGKILL a
+    /// second later.
+    pub cpu: Option<Duration>,
+}
+
+/// A resolved user (and group) that workers run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user's name (or its uid, for a uid with no passwd entry).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary one included).
+    pub groups: Vec<u32>,
+    /// The user's home directory (`/` when unknown): the worker's `HOME`.
+    pub home: PathBuf,
+}
+
+impl Identity {
+    /// Looks up `user` (a name or a numeric uid) and `group` (a name or a numeric gid; default:
+    /// the user's primary group). A numeric uid with no passwd entry needs `group`.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Self, String> {
+        let entry = lookup_user(user)?;
+        let gid = match group {
+            Some(g) => lookup_group(g)?,
+            None => match &entry {
+                Some(u) => u.gid.as_raw(),
+                None => {
+                    return Err(format!(
+                        "uid {user} has no entry in the user database; give its group with --group"
+                    ))
+                }
+            },
+        };
+        let Some(u) = entry else {
+            // A bare uid (common in containers): no name, no supplementary groups.
+            let uid = user.parse().map_err(|_| format!("no user {user:?}"))?;
+            return Ok(Self {
+                name: user.to_string(),
+                uid,
+                gid,
+                groups: vec![gid],
+                home: PathBuf::from("/"),
+            });
+        };
+        let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("bad user {user:?}"))?;
+        let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+            .map_err(|e| format!("cannot list the groups of user {}: {e}", u.name))?
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        Ok(Self {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid,
+            groups,
+            home: u.dir,
+        })
+    }
+
+    /// Whether this user may search (traverse) every directory on the way to `dir`, `dir`
+    /// included; the first one it may not, if any.
+    pub fn blocked_at(&self, dir: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        if self.uid == 0 {
+            return None;
+        }
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        dir.ancestors()
+            .find(|d| {
+                let Ok(m) = std::fs::metadata(d) else {
+                    return true;
+                };
+                let bit = if m.uid() == self.uid {
+                    0o100
+                } else if self.groups.contains(&m.gid()) || m.gid() == self.gid {
+                    0o010
+                } else {
+                    0o001
+                };
+                m.mode() & bit == 0
+            })
+            .map(Path::to_path_buf)
+    }
+}
+
+fn lookup_user(user: &str) -> Result<Option<User>, String> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|e| format!("cannot look up user {user:?}: {e}"))?;
+    if found.is_none() && user.parse::<u32>().is_err() {
+        return Err(format!("no user {user:?}"));
+    }
+    Ok(found)
+}
+
+fn lookup_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group {group:?}")),
+        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+    }
+}
+
+/// Whether `name` may be set with `--env`: not empty, no `=` or NUL, and not one of the
+/// variables the protocol needs.
+pub fn check_env_name(name: &OsStr) -> Result<(), String> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'=') || bytes.contains(&0) {
+        return Err(format!("{name:?} is not a variable name"));
+    }
+    if PROTOCOL_ENV.iter().any(|p| p.as_bytes() == bytes) {
+        return Err(format!(
+            "{} is set by herd for each worker and cannot be overridden",
+            name.to_string_lossy()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether herd seems to run in a container (where root is the usual user and the container is
+/// the isolation boundary) or in a user namespace (where root is not the host's root).
+/// `HERD_CONTAINER=1` or `=0` overrides the guess.
+pub fn in_container() -> bool {
+    if let Some(v) = std::env::var_os("HERD_CONTAINER") {
+        return v != "0" && !v.is_empty();
+    }
+    let marker = ["/.dockerenv", "/run/.containerenv"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    let env = std::env::var_os("container").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    // The host's root maps "0 0 4294967295"; anything else is a user namespace.
+    let userns = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+        let f: Vec<&str> = m.split_whitespace().take(3).collect();
+        f.len() == 3 && f != ["0", "0", "4294967295"]
+    });
+    marker || env || userns
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn users_resolve_by_name_and_uid() {
+        let root = Identity::resolve("root", None).unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(Identity::resolve("0", None).unwrap(), root);
+        let bare = Identity::resolve("4000000", Some("4000001")).unwrap();
+        assert_eq!(
+            (bare.uid, bare.gid, bare.groups),
+            (4000000, 4000001, vec![4000001])
+        );
+        assert!(Identity::resolve("4000000", None)
+            .unwrap_err()
+            .contains("--group"));
+        assert!(Identity::resolve("no-such-user-herd", None)
+            .unwrap_err()
+            .contains("no user"));
+        assert!(Identity::resolve("root", Some("no-such-group-herd"))
+            .unwrap_err()
+            .contains("no group"));
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(check_env_name(OsStr::new("A_B")).is_ok());
+        assert!(check_env_name(OsStr::new("")).is_err());
+        assert!(check_env_name(OsStr::new("A=B")).is_err());
+        assert!(check_env_name(OsStr::new("HERD_SOCKET"))
+            .unwrap_err()
+            .contains("set by herd"));
+    }
+}
