@@ -9,6 +9,7 @@ mod hardening;
 mod jetstream;
 mod logs;
 mod metrics;
+mod privilege;
 mod run;
 mod stdio;
 mod supervision;

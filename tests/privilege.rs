@@ -1,0 +1,552 @@
+//! Least privilege and resource limits: workers under `--user` really run as that user (the
+//! kernel says so), still connect and serve, and own a socket directory nobody else may enter;
+//! `--limit-*` and `--nice` are in force in the worker; an address-space limit turns a runaway
+//! allocation into a crash record; `--env`/`--clear-env` shape what a worker sees; herd refuses
+//! root workers unless told, and refuses bad values.
+//!
+//! These tests switch users, so they need root; as another user they say so and pass.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::util::*;
+
+/// The unprivileged user the workers run as (Debian's `nobody`).
+const NOBODY: u32 = 65534;
+
+fn root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: switching users needs root");
+    }
+    root
+}
+
+/// A fixture whose dir the worker user may traverse (not list), so herd's default runtime
+/// directory inside it is reachable: the socket directory is then visible to the test.
+fn reachable_fixture() -> Fixture {
+    let fx = Fixture::new();
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    fx
+}
+
+/// `Uid:` and `Gid:` of `/proc/PID/status`: real, effective, saved and filesystem ids.
+fn proc_ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    (ids("Uid:"), ids("Gid:"))
+}
+
+/// The one record's output of `herd run <opts> -- herd-chaos` fed `event`.
+fn one_output(fx: &Fixture, opts: &[&str], event: &str) -> Value {
+    let run = fx.run_chaos(opts, format!("{event}\n"));
+    run.assert_success();
+    let r = run.by_seq(1)[0].clone();
+    assert_eq!(r["ok"], true, "{r}\n{}", run.stderr());
+    r["output"].clone()
+}
+
+fn keys(v: &Value) -> HashSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+/// A daemon whose workers run as `nobody`: the kernel reports that uid for every worker, the
+/// socket directory is theirs alone, 50,000 events come back ok, and a rolling reload brings
+/// up workers that run as `nobody` too.
+#[test]
+fn workers_run_as_the_given_user_and_serve() {
+    if !root() {
+        return;
+    }
+    let fx = reachable_fixture();
+    let control = fx.path("control.sock");
+    let herd = fx.serve(&control, 2, &["--user", "nobody"]);
+    herd.wait_log("2 workers ready", RUN_TIMEOUT, |l| {
+        l.iter().filter(|x| x["message"] == "worker ready").count() >= 2
+    });
+    let first: HashSet<u32> = herd.live_worker_pids().into_iter().collect();
+    assert_eq!(first.len(), 2);
+    for &pid in &first {
+        assert_eq!(
+            proc_ids(pid),
+            (vec![NOBODY; 4], vec![NOBODY; 4]),
+            "pid {pid}"
+        );
+    }
+
+    // The socket directory: the workers' own, mode 0700, socket inside theirs too.
+    let dirs = fx.leftover_runtime_dirs();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let meta = std::fs::metadata(&dirs[0]).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o700));
+    let sock = std::fs::metadata(dirs[0].join("workers.sock")).unwrap();
+    assert_eq!(sock.uid(), NOBODY);
+    // Another unprivileged user (daemon, uid 1) cannot even look inside.
+    let peek = std::process::Command::new("setpriv")
+        .args(["--reuid=1", "--regid=1", "--clear-groups", "ls"])
+        .arg(&dirs[0])
+        .output()
+        .unwrap();
+    assert!(!peek.status.success(), "uid 1 listed the socket directory");
+    assert!(
+        String::from_utf8_lossy(&peek.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&peek.stderr)
+    );
+
+    // They serve: every event of a large submission gets its ok record.
+    const N: usize = 50_000;
+    let d = Daemon {
+        fx,
+        live: herd,
+        control,
+    };
+    let mut input = square_events(N);
+    input.push_str("{\"op\":\"whoami\"}\n");
+    let child = d.submit_bg("events", &input, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), N + 1);
+    let seqs: HashSet<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.len(), N + 1);
+    for r in &records {
+        assert_eq!(r["ok"], true, "{r}");
+        let seq = r["seq"].as_u64().unwrap();
+        if seq < N as u64 {
+            assert_eq!(r["output"].as_u64(), Some(seq * seq), "{r}");
+        } else {
+            let who = &r["output"];
+            assert_eq!(who["uid"], NOBODY, "{who}");
+            assert_eq!(who["euid"], NOBODY, "{who}");
+            assert_eq!(who["gid"], NOBODY, "{who}");
+            // Root's supplementary groups are gone: only nobody's own.
+            assert_eq!(who["groups"], serde_json::json!([NOBODY]), "{who}");
+        }
+    }
+
+    // A rolling reload: the new workers run as nobody as well.
+    d.ctl_cmd(&["reload"]);
+    wait_for("2 new workers ready", RUN_TIMEOUT, || {
+        let now: HashSet<u32> = d.live.live_worker_pids().into_iter().collect();
+        now.len() == 2 && now.is_disjoint(&first)
+    });
+    for pid in d.live.live_worker_pids() {
+        assert_eq!(proc_ids(pid).0, vec![NOBODY; 4], "reloaded pid {pid}");
+    }
+    let pids = d.live.all_worker_pids();
+    let (status, logs, fx, _) = d.stop();
+    assert!(status.success(), "{}", dump(&logs));
+    assert_all_gone(&pids);
+    assert!(fx.leftover_runtime_dirs().is_empty());
+}
+
+/// Hostile: a worker running as `nobody` tries to SIGKILL herd (its parent) and to write into
+/// herd's directory before it starts serving. Both fail; herd serves every event.
+#[test]
+fn a_worker_under_user_cannot_touch_herd() {
+    if !root() {
+        return;
+    }
+    let fx = reachable_fixture();
+    let planted = fx.path("planted");
+    let script = format!(
+        "kill -9 $PPID 2>/dev/null; echo \"kill $?\" >&2; \
+         touch '{}' 2>/dev/null; echo \"touch $?\" >&2; exec '{}'",
+        planted.display(),
+        chaos()
+    );
+    let mut herd = spawn_run_sh(&fx, 2, &["--user", "nobody"], &script);
+    herd.feed(square_events(2_000).into_bytes());
+    let (status, records, logs) = herd.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", dump(&logs));
+    assert_eq!(records.len(), 2_000);
+    assert!(records.iter().all(|r| r["ok"] == true));
+    let said: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|m| m.starts_with("kill ") || m.starts_with("touch "))
+        .collect();
+    assert!(said.len() >= 4, "{}", dump(&logs));
+    assert!(said.iter().all(|m| m.ends_with(" 1")), "{said:?}");
+    assert!(!planted.exists());
+    assert!(fx.leftover_runtime_dirs().is_empty());
+}
+
+/// herd (root) is SIGKILLed while its `nobody` workers have started helpers: the guard, still
+/// root, kills them all and removes the workers' socket directory.
+#[test]
+fn the_guard_cleans_up_after_workers_of_another_user() {
+    if !root() {
+        return;
+    }
+    let fx = reachable_fixture();
+    let script = format!("sleep 600 & echo \"sleeper $!\" >&2; exec '{}'", chaos());
+    let herd = spawn_run_sh(&fx, 2, &["--user", "nobody"], &script);
+    herd.wait_log("2 workers ready", RUN_TIMEOUT, |l| {
+        l.iter().filter(|x| x["message"] == "worker ready").count() >= 2
+    });
+    let mut doomed = herd.all_worker_pids();
+    let sleepers = sleeper_pids(&herd.logs());
+    assert_eq!(sleepers.len(), 2);
+    for &pid in &sleepers {
+        assert_eq!(proc_ids(pid).0, vec![NOBODY; 4]);
+    }
+    doomed.extend(&sleepers);
+    assert_eq!(fx.leftover_runtime_dirs().len(), 1);
+    signal(herd.pid(), Signal::SIGKILL);
+    let mut herd = herd;
+    let _ = herd.child.wait();
+    assert_all_gone(&doomed);
+    wait_for("the socket directory to go", RUN_TIMEOUT, || {
+        fx.leftover_runtime_dirs().is_empty()
+    });
+}
+
+/// Under `--limit-as 256M`, an allocation that runs away to 4 GiB fails inside the worker,
+/// which aborts: the event gets a `crashed` record after its attempts, the worker is replaced,
+/// and the rest of the input is served. The machine's memory is never at stake.
+#[test]
+fn an_address_space_limit_turns_a_runaway_allocation_into_a_crash_record() {
+    const N: usize = 5_000;
+    let fx = Fixture::new();
+    let mut input = String::from("{\"op\":\"runaway\",\"mb\":4096}\n");
+    input.push_str(&square_events(N));
+    input.push_str("{\"op\":\"whoami\"}\n");
+    let run = fx.run_chaos(&["-w", "2", "--retries", "1", "--limit-as", "256M"], input);
+    run.assert_success();
+    let records = run.by_seq(N + 2);
+    let runaway = records[0];
+    assert_eq!(kind(runaway), "crashed", "{runaway}");
+    assert_eq!(runaway["attempts"], 2, "{runaway}");
+    let message = runaway["error"]["message"].as_str().unwrap();
+    assert!(message.contains("SIGABRT"), "{message}");
+    for (i, r) in records[1..=N].iter().enumerate() {
+        assert_eq!(r["output"].as_u64(), Some((i * i) as u64), "{r}");
+    }
+    let who = &records[N + 1]["output"];
+    assert_eq!(
+        who["as"],
+        serde_json::json!([256u64 << 20, 256u64 << 20]),
+        "{who}"
+    );
+    // The allocator said why in the worker's stderr, which herd logged.
+    assert!(
+        run.logs.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("memory allocation of"))),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// `--nice`, `--limit-nofile`, `--limit-core` and `--limit-cpu` as the worker sees them (soft
+/// and hard, so it cannot raise them); past its CPU budget a worker is killed by SIGXCPU and
+/// its task recorded as a crash.
+#[test]
+fn nice_and_limits_are_in_force_in_the_worker() {
+    let fx = Fixture::new();
+    let nice = if root() { "-3" } else { "7" };
+    let who = one_output(
+        &fx,
+        &[
+            "-w",
+            "1",
+            "--nice",
+            nice,
+            "--limit-nofile",
+            "64",
+            "--limit-core",
+            "0",
+            "--limit-cpu",
+            "90s",
+        ],
+        "{\"op\":\"whoami\"}",
+    );
+    assert_eq!(who["nice"].as_i64(), Some(nice.parse().unwrap()), "{who}");
+    assert_eq!(who["nofile"], serde_json::json!([64, 64]), "{who}");
+    assert_eq!(who["core"], serde_json::json!([0, 0]), "{who}");
+    assert_eq!(who["cpu"], serde_json::json!([90, 91]), "{who}");
+
+    // Without options the worker gets herd's own starting descriptor limit, not the one herd
+    // raised for itself.
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let who = one_output(&fx, &["-w", "1"], "{\"op\":\"whoami\"}");
+    assert_eq!(who["nofile"], serde_json::json!([soft, hard]), "{who}");
+    assert_eq!(who["nice"], 0, "{who}");
+
+    // A CPU budget of 1 s and a task that spins for 20 s: SIGXCPU, a crash record, and the
+    // events after it are served by the replacement.
+    let run = fx.run_chaos(
+        &["-w", "1", "--retries", "0", "--limit-cpu", "1s"],
+        "{\"op\":\"spin\",\"ms\":20000}\n{\"op\":\"square\",\"n\":9}\n",
+    );
+    run.assert_success();
+    let r = run.by_seq(2);
+    assert_eq!(kind(r[0]), "crashed", "{}", r[0]);
+    assert!(
+        r[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGXCPU"),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[1]["output"], 81);
+}
+
+/// The environment: inherited by default minus herd's own `HERD_*` settings (a NATS token
+/// must not leak), `--env` on top; `--clear-env` leaves exactly PATH, HOME, LANG, the `--env`
+/// ones and the protocol variables, plus the user's identity under `--user`.
+#[test]
+fn env_and_clear_env_shape_what_the_worker_sees() {
+    let fx = Fixture::new();
+    let env_of = |opts: &[&str]| -> Value {
+        let mut args = vec!["run", "--log-format", "json", "-w", "1"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", chaos()]);
+        let out = fx
+            .herd(&args)
+            .env("HERD_TEST_SECRET", "in herd's env")
+            .env("HERD_NATS_TOKEN", "s3cret")
+            .env("APP_SETTING", "inherited")
+            .write_stdin("{\"op\":\"env\"}\n")
+            .output()
+            .unwrap();
+        let run = Run::new(args.iter().map(|s| s.to_string()).collect(), out);
+        run.assert_success();
+        let r = run.by_seq(1)[0].clone();
+        assert_eq!(r["ok"], true, "{r}");
+        r["output"].clone()
+    };
+    let protocol = ["HERD_SOCKET", "HERD_TOKEN", "HERD_WORKER", "HERD_MAX_FRAME"];
+
+    let env = env_of(&[
+        "--env",
+        "FOO=bar",
+        "--env",
+        "APP_SETTING=overridden",
+        "--env",
+        "E=",
+    ]);
+    assert_eq!(env["FOO"], "bar");
+    assert_eq!(env["APP_SETTING"], "overridden");
+    assert_eq!(env["E"], "");
+    assert_eq!(env["PATH"].as_str(), std::env::var("PATH").ok().as_deref());
+    let herd_vars: HashSet<String> = keys(&env)
+        .into_iter()
+        .filter(|k| k.starts_with("HERD_"))
+        .collect();
+    assert_eq!(herd_vars, protocol.iter().map(|s| s.to_string()).collect());
+
+    let env = env_of(&["--clear-env", "--env", "FOO=bar"]);
+    let mut want: HashSet<String> = ["PATH", "HOME", "LANG", "FOO"]
+        .iter()
+        .chain(&protocol)
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(keys(&env), want, "{env}");
+    assert!(!env["PATH"].as_str().unwrap().is_empty());
+
+    if root() {
+        let env = env_of(&["--clear-env", "--user", "nobody"]);
+        want.remove("FOO");
+        want.extend(["USER".to_string(), "LOGNAME".to_string()]);
+        assert_eq!(keys(&env), want, "{env}");
+        assert_eq!(env["USER"], "nobody");
+        assert_eq!(env["LOGNAME"], "nobody");
+        assert_eq!(env["HOME"], "/nonexistent");
+    }
+}
+
+/// `herd <args>` as a run or serve that must fail before starting anything; its stderr.
+fn refused(fx: &Fixture, args: &[&str], env: &[(&str, &str)], code: i32) -> String {
+    let mut cmd = fx.herd(args);
+    cmd.env_remove("HERD_ALLOW_ROOT")
+        .env_remove("HERD_CONTAINER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "herd {args:?}\n{stderr}");
+    assert!(fx.leftover_runtime_dirs().is_empty(), "herd {args:?}");
+    stderr
+}
+
+/// Root workers: refused outside a container unless `--allow-root` (or HERD_ALLOW_ROOT=1);
+/// inside one, allowed without `--user`; `--user root` always needs `--allow-root`.
+#[test]
+fn root_workers_are_refused_unless_allowed() {
+    if !root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let chaos = chaos();
+    let host = [("HERD_CONTAINER", "0")];
+    for args in [
+        &["run", "--", chaos][..],
+        &["serve", "--control", "c.sock", "--", chaos][..],
+        &["run", "--user", "root", "--", chaos][..],
+        &["run", "--user", "0", "--group", "0", "--", chaos][..],
+    ] {
+        let stderr = refused(&fx, args, &host, 1);
+        assert!(
+            stderr.contains("refusing to run workers as root") && stderr.contains("--user"),
+            "{stderr}"
+        );
+        assert!(!fx.path("c.sock").exists());
+    }
+    let stderr = refused(
+        &fx,
+        &["run", "--user", "root", "--", chaos],
+        &[("HERD_CONTAINER", "1")],
+        1,
+    );
+    assert!(stderr.contains("--allow-root"), "{stderr}");
+
+    let ok = |args: &[&str], env: &[(&str, &str)]| {
+        let mut full = vec!["run", "-w", "1"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", chaos]);
+        let mut cmd = fx.herd(&full);
+        cmd.env_remove("HERD_ALLOW_ROOT")
+            .env_remove("HERD_CONTAINER");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = output_ok(cmd.write_stdin("{\"op\":\"whoami\"}\n"));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["output"]["uid"].as_u64().unwrap()
+    };
+    assert_eq!(ok(&["--allow-root"], &host), 0);
+    assert_eq!(
+        ok(&[], &[("HERD_CONTAINER", "0"), ("HERD_ALLOW_ROOT", "1")]),
+        0
+    );
+    assert_eq!(ok(&[], &[("HERD_CONTAINER", "1")]), 0);
+    assert_eq!(ok(&["--user", "root", "--allow-root"], &host), 0);
+    assert_eq!(ok(&["--user", "nobody"], &host), u64::from(NOBODY));
+}
+
+/// Bad values are refused before anything starts: as usage errors when the value itself is
+/// wrong, with a clear message when it does not fit the system or who herd runs as.
+#[test]
+fn bad_limit_and_user_values_are_refused() {
+    let fx = Fixture::new();
+    let chaos = chaos();
+    let usage: [(&[&str], &str); 11] = [
+        (&["--limit-as", "12X"], "unknown size unit"),
+        (&["--limit-as", "1K"], "below 16MiB"),
+        (&["--limit-as=-5"], "not a size"),
+        (&["--limit-core", "lots"], "not a size"),
+        (&["--nice", "20"], "-20..=19"),
+        (&["--nice", "-21"], "-20..=19"),
+        (&["--limit-nofile", "0"], "16.."),
+        (&["--limit-cpu", "0s"], "is zero"),
+        (&["--env", "NOEQUALS"], "not KEY=VALUE"),
+        (&["--env", "HERD_TOKEN=x"], "cannot be overridden"),
+        (&["--group", "nogroup"], "--user"),
+    ];
+    for (opts, want) in usage {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", chaos]);
+        let stderr = refused(&fx, &args, &[], 2);
+        assert!(
+            stderr.contains(want),
+            "herd {args:?}: want {want:?}\n{stderr}"
+        );
+    }
+    if !root() {
+        return;
+    }
+    let resolve: [(&[&str], &str); 3] = [
+        (
+            &["--user", "no-such-user-herd"],
+            "no user \"no-such-user-herd\"",
+        ),
+        (&["--user", "4000000"], "give its group with --group"),
+        (
+            &["--user", "nobody", "--group", "no-such-group-herd"],
+            "no group",
+        ),
+    ];
+    for (opts, want) in resolve {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", chaos]);
+        let stderr = refused(&fx, &args, &[], 1);
+        assert!(
+            stderr.contains(want),
+            "herd {args:?}: want {want:?}\n{stderr}"
+        );
+    }
+    // herd itself unprivileged: it cannot switch to another user, nor raise its priority.
+    for (opts, want) in [
+        (&["--user", "daemon"][..], "needs herd to run as root"),
+        (&["--nice", "-5"][..], "needs herd to run as root"),
+    ] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                herd_bin(),
+                "run",
+            ])
+            .args(opts)
+            .args(["--", chaos])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(want), "{opts:?}: want {want:?}\n{stderr}");
+    }
+}
+
+/// The default runtime directory (here the fixture, made mode 0700 root) is out of the worker
+/// user's reach: herd uses the temp dir instead, and removes what it made there.
+#[test]
+fn an_unreachable_runtime_dir_falls_back_to_the_temp_dir() {
+    if !root() {
+        return;
+    }
+    let fx = Fixture::new();
+    std::fs::set_permissions(fx.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let env = one_output(&fx, &["-w", "1", "--user", "nobody"], "{\"op\":\"env\"}");
+    let socket = PathBuf::from(env["HERD_SOCKET"].as_str().unwrap());
+    let dir = socket.parent().unwrap();
+    assert!(
+        dir.starts_with(std::env::temp_dir()),
+        "{}",
+        socket.display()
+    );
+    assert!(!dir.starts_with(fx.dir.path()), "{}", socket.display());
+    assert!(!Path::new(dir).exists(), "{} left behind", dir.display());
+    assert!(fx.leftover_runtime_dirs().is_empty());
+}
