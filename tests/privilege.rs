@@ -63,7 +63,7 @@ fn keys(v: &Value) -> HashSet<String> {
 }
 
 /// A daemon whose workers run as `nobody`: the kernel reports that uid for every worker, the
-/// socket directory is theirs alone, 50,000 events come back ok, and a rolling reload brings
+/// socket directory is theirs alone, 200,000 events come back ok, and a rolling reload brings
 /// up workers that run as `nobody` too.
 #[test]
 fn workers_run_as_the_given_user_and_serve() {
@@ -76,6 +76,16 @@ fn workers_run_as_the_given_user_and_serve() {
     herd.wait_log("2 workers ready", RUN_TIMEOUT, |l| {
         l.iter().filter(|x| x["message"] == "worker ready").count() >= 2
     });
+    let settings: Vec<Value> = herd
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "worker launch settings")
+        .collect();
+    assert_eq!(settings.len(), 1, "{}", dump(&herd.logs()));
+    assert_eq!(
+        (&settings[0]["user"], &settings[0]["uid"]),
+        (&"nobody".into(), &NOBODY.into())
+    );
     let first: HashSet<u32> = herd.live_worker_pids().into_iter().collect();
     assert_eq!(first.len(), 2);
     for &pid in &first {
@@ -107,7 +117,7 @@ fn workers_run_as_the_given_user_and_serve() {
     );
 
     // They serve: every event of a large submission gets its ok record.
-    const N: usize = 50_000;
+    const N: usize = 200_000;
     let d = Daemon {
         fx,
         live: herd,

@@ -38,6 +38,40 @@ pub struct Launch {
     pub env: Vec<(OsString, OsString)>,
 }
 
+impl Launch {
+    /// One log line with the settings, when any is set (`--env` values may be secrets: only
+    /// their names are logged).
+    pub(crate) fn log(&self, socket_dir: &Path) {
+        if self.user.is_none()
+            && self.limits == Limits::default()
+            && self.nice.is_none()
+            && !self.clear_env
+            && self.env.is_empty()
+        {
+            return;
+        }
+        let names: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        tracing::info!(
+            user = self.user.as_ref().map(|u| u.name.as_str()),
+            uid = self.user.as_ref().map(|u| u.uid),
+            gid = self.user.as_ref().map(|u| u.gid),
+            socket_dir = %socket_dir.display(),
+            limit_as = self.limits.address_space,
+            limit_nofile = self.limits.open_files,
+            limit_core = self.limits.core,
+            limit_cpu_secs = self.limits.cpu.map(|d| d.as_secs()),
+            nice = self.nice,
+            clear_env = self.clear_env,
+            env = ?names,
+            "worker launch settings"
+        );
+    }
+}
+
 /// Resource limits for workers; each sets the soft and hard limit (a worker cannot raise it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {

@@ -135,6 +135,7 @@ impl Pool {
                 None
             }
         };
+        cfg.launch.log(rundir.dir());
         let (arrival_tx, mut arrival_rx) = mpsc::unbounded_channel();
         tokio::spawn(rendezvous::accept_loop(
             listener,
