@@ -106,6 +106,13 @@ impl RuntimeDir {
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
+        // Workers that own the directory may have swapped it for a symlink (it sits in a
+        // shared, sticky directory): never remove through one.
+        if self.owner.is_some()
+            && !std::fs::symlink_metadata(&self.dir).is_ok_and(|m| m.file_type().is_dir())
+        {
+            return;
+        }
         let _ = std::fs::remove_file(&self.socket);
         // A directory the workers own may hold what they left in it; std's remove_dir_all
         // does not follow symlinks planted there.
@@ -174,8 +181,10 @@ fn sweep_stale(base: &Path, worker_uid: Option<u32>) {
             continue;
         };
         use std::os::unix::fs::MetadataExt;
+        // A real directory (the entry's own metadata: a planted symlink is not followed),
+        // herd's or, when workers run as another user, theirs.
         let ours = entry.metadata().is_ok_and(|m| {
-            m.uid() == nix::unistd::getuid().as_raw() || Some(m.uid()) == worker_uid
+            m.is_dir() && (m.uid() == nix::unistd::getuid().as_raw() || Some(m.uid()) == worker_uid)
         });
         if !ours {
             continue;
