@@ -15,6 +15,9 @@ use herd_proto::control::{
     REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
 };
 use herd_supervisor::Input;
+use std::sync::Arc;
+
+use crate::resume::{Plan, Renumber};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -35,6 +38,15 @@ pub struct SubmitArgs {
     /// Records in input order.
     #[arg(long)]
     ordered: bool,
+    /// Continue an interrupted submission: append to the existing --output, sending only the
+    /// lines that have no final record in it yet (a torn last line is cut off first); records
+    /// keep their line numbers as `seq`. Needs -i FILE and -o FILE.
+    #[arg(long)]
+    resume: bool,
+    /// Send only the lines whose final record in RECORDS (an earlier --output for the same
+    /// input) is not ok; their records keep their line numbers as `seq`.
+    #[arg(long, value_name = "RECORDS")]
+    retry_failed: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -255,11 +267,22 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let plan = crate::resume::plan(&crate::resume::Options {
+        input: &args.input,
+        output: &args.output,
+        resume: args.resume,
+        retry_failed: args.retry_failed.as_deref(),
+    })?
+    .map(Arc::new);
+    if plan.as_ref().is_some_and(|p| p.to_run == 0) {
+        tracing::info!("nothing to send: every event already has its record");
+        return Ok(ExitCode::SUCCESS);
+    }
     let input = crate::open_input(&args.input)?;
-    let output = crate::open_output(&args.output)?;
+    let output = crate::resume::open_output(&args.output, args.resume)?;
     let rt = runtime()?;
     let conn = rt.block_on(connect(&args.control))?;
-    let (lines, received) = rt.block_on(stream(conn, input, output, &args))?;
+    let (lines, received) = rt.block_on(stream(conn, input, output, &args, plan))?;
     tracing::debug!(lines, received, "submission complete");
     Ok(ExitCode::SUCCESS)
 }
@@ -315,6 +338,7 @@ async fn stream(
     input: Box<dyn Read + Send>,
     mut output: Box<dyn Write + Send>,
     args: &SubmitArgs,
+    plan: Option<Arc<Plan>>,
 ) -> anyhow::Result<(u64, u64)> {
     let Conn {
         mut rd,
@@ -334,11 +358,25 @@ async fn stream(
         budget: BATCH_BYTES.min(max_frame),
         max_frame,
     };
+    let input_plan = plan.clone();
     let input_thread = std::thread::Builder::new()
         .name("herd-input".into())
         .spawn(move || -> anyhow::Result<u64> {
             let mut failed = None;
+            // With a plan, only the lines that run are sent; the daemon numbers them densely.
+            let mut sent = 0u64;
             let read = herd_supervisor::lines::read_lines(input, max_line, 1024, |batch| {
+                let batch = match &input_plan {
+                    None => batch,
+                    Some(plan) => match plan.filter(batch, &mut sent) {
+                        Ok(kept) if kept.is_empty() => return true,
+                        Ok(kept) => kept,
+                        Err(e) => {
+                            failed = Some(e.into());
+                            return false;
+                        }
+                    },
+                };
                 match encoder.encode(&batch) {
                     Ok(frames) => tx.blocking_send(frames).is_ok(),
                     Err(e) => {
@@ -347,9 +385,17 @@ async fn stream(
                     }
                 }
             });
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(read?),
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let read = read?;
+            match &input_plan {
+                None => Ok(read),
+                Some(plan) if sent == plan.to_run => Ok(sent),
+                Some(plan) => bail!(
+                    "the input changed while herd read it: it had {} lines at the start",
+                    plan.lines
+                ),
             }
         })
         .context("cannot start the input thread")?;
@@ -377,6 +423,7 @@ async fn stream(
         // Our side stays open until the last record: closing it says we are gone.
         Ok::<_, std::io::Error>(wr)
     };
+    let mut renumber = plan.map(Renumber::new);
     let reader = async move {
         let mut received = 0u64;
         loop {
@@ -384,11 +431,18 @@ async fn stream(
                 Some(Ok(Reply::Records(bytes))) => {
                     // Records never contain a raw newline; a chunk may end inside one.
                     received += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                    let bytes = match &mut renumber {
+                        Some(r) => r.apply(&bytes)?,
+                        None => bytes,
+                    };
                     if out_tx.send(bytes).await.is_err() {
                         return Ok(Err(received));
                     }
                 }
                 Some(Ok(Reply::Done { records })) => {
+                    if renumber.as_ref().is_some_and(|r| !r.is_clean()) {
+                        bail!("the daemon's last record is unfinished");
+                    }
                     if records != received {
                         bail!("the daemon sent {records} records, but {received} arrived");
                     }

@@ -8,6 +8,7 @@ mod metrics;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;
+mod resume;
 mod run;
 mod serve;
 mod signals;

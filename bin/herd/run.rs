@@ -1,6 +1,5 @@
 //! `herd run`: a file or stdin through a pool, records to a file or stdout, then exit.
 
-use std::fs::File;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +12,7 @@ use herd_supervisor::lines::LineSource;
 use herd_supervisor::{Input, RecordBatch, RecordWriter, Room, Sink, Source, SubmissionError};
 
 use crate::progress::{InputCount, Progress};
+use crate::resume;
 use crate::{signals, PoolArgs};
 
 #[derive(Debug, Args)]
@@ -27,9 +27,19 @@ pub struct RunArgs {
     #[arg(long)]
     ordered: bool,
     /// Also write the input line of every event whose record is not ok to FILE, so that
-    /// `herd run -i FILE` can replay them.
+    /// `herd run -i FILE` can replay them (numbered as lines of FILE; --retry-failed keeps
+    /// their seqs). Appended to under --resume.
     #[arg(long, value_name = "FILE")]
     failed: Option<PathBuf>,
+    /// Continue an interrupted run: append to the existing --output, running only the events
+    /// that have no final record in it yet (a torn last line is cut off first). Needs -i FILE
+    /// and -o FILE. Events whose record is not ok count as done: see --retry-failed.
+    #[arg(long)]
+    resume: bool,
+    /// Run only the events whose final record in RECORDS (an earlier run's --output for the
+    /// same input) is not ok, keeping their seqs; their new records go to --output.
+    #[arg(long, value_name = "RECORDS")]
+    retry_failed: Option<PathBuf>,
     /// Never draw the progress bar (it is drawn on stderr only when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -40,15 +50,34 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = args.pool.config()?;
     cfg.ordered = args.ordered;
+    // Which events run (all, unless resuming or retrying), checked before anything opens.
+    let plan = resume::plan(&resume::Options {
+        input: &args.input,
+        output: &args.output,
+        resume: args.resume,
+        retry_failed: args.retry_failed.as_deref(),
+    })?
+    .map(Arc::new);
+    if plan.as_ref().is_some_and(|p| p.to_run == 0) {
+        tracing::info!("nothing to run: every event already has its record");
+        return Ok(ExitCode::SUCCESS);
+    }
     // Open both ends before starting any worker, so a typo costs nothing.
     let input = crate::open_input(&args.input)?;
     let to_stdout = args.output.as_os_str() == "-";
-    let output = crate::open_output(&args.output)?;
+    let output = resume::open_output(&args.output, args.resume)?;
     let failed: Option<Box<dyn Write + Send>> = match &args.failed {
-        Some(path) => Some(Box::new(io::BufWriter::new(
-            File::create(path)
-                .with_context(|| format!("cannot create failed-events file {}", path.display()))?,
-        ))),
+        Some(path) => {
+            let mut open = std::fs::OpenOptions::new();
+            if args.resume {
+                open.append(true).create(true);
+            } else {
+                open.write(true).create(true).truncate(true);
+            }
+            Some(Box::new(io::BufWriter::new(open.open(path).with_context(
+                || format!("cannot create failed-events file {}", path.display()),
+            )?)))
+        }
         None => None,
     };
     // Records on the terminal the bar is drawn on go out with the bar out of the way.
@@ -61,12 +90,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
         count: input_count,
         max_line,
+        plan: plan.clone(),
+        next: 0,
     };
     let sink = RecordSink {
         suspend: records_on_terminal && progress.is_shown(),
         writer: RecordWriter::new(output),
         failed,
         progress,
+        plan,
     };
     let (pool, run_pool) = herd_supervisor::pool(cfg);
     signals::forward(pool.clone(), false)?;
@@ -84,23 +116,46 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The input's lines, counted for the progress bar as they go into the pool.
+/// The input's lines, counted for the progress bar as they go into the pool. With a `plan`,
+/// only the lines that run, numbered densely from 0.
 struct CountedLines {
     lines: LineSource,
     count: Option<Arc<InputCount>>,
     max_line: usize,
+    plan: Option<Arc<resume::Plan>>,
+    /// The dense number of the next line that runs.
+    next: u64,
 }
 
 impl Source for CountedLines {
     async fn next_batch(&mut self, room: Room) -> io::Result<Option<Vec<Input>>> {
-        let batch = self.lines.next_batch(room).await;
-        if let Some(count) = &self.count {
-            match &batch {
-                Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),
-                _ => count.finish(),
+        loop {
+            let mut batch = self.lines.next_batch(room).await;
+            if let Some(count) = &self.count {
+                match &batch {
+                    Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),
+                    _ => count.finish(),
+                }
+            }
+            let Some(plan) = &self.plan else {
+                return batch;
+            };
+            match &mut batch {
+                Ok(Some(b)) => {
+                    let kept = plan.filter(std::mem::take(b), &mut self.next)?;
+                    if !kept.is_empty() {
+                        return Ok(Some(kept));
+                    }
+                }
+                Ok(None) if self.next != plan.to_run => {
+                    return Err(io::Error::other(format!(
+                        "the input changed while herd read it: it had {} lines at the start",
+                        plan.lines
+                    )))
+                }
+                _ => return batch,
             }
         }
-        batch
     }
 }
 
@@ -113,10 +168,28 @@ struct RecordSink {
     failed: Option<Box<dyn Write + Send>>,
     progress: Progress,
     suspend: bool,
+    /// Records' `seq` are dense numbers of the lines this plan runs: written as line numbers.
+    plan: Option<Arc<resume::Plan>>,
 }
 
 impl RecordSink {
     fn write(&mut self, batch: &[herd_supervisor::Record]) -> io::Result<()> {
+        let renumbered: Vec<herd_supervisor::Record>;
+        let batch = match &self.plan {
+            None => batch,
+            Some(plan) => {
+                renumbered = batch
+                    .iter()
+                    .map(|r| {
+                        let seq = plan.original(r.seq).ok_or_else(|| {
+                            io::Error::other(format!("a record for unknown event {}", r.seq))
+                        })?;
+                        Ok(herd_supervisor::Record { seq, ..r.clone() })
+                    })
+                    .collect::<io::Result<_>>()?;
+                &renumbered
+            }
+        };
         if self.suspend {
             let (progress, writer) = (&self.progress, &mut self.writer);
             progress.suspend(|| writer.write(batch))?;

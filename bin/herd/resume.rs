@@ -1,0 +1,509 @@
+//! `--resume` and `--retry-failed`: which events of an input still have to run, judged from
+//! records files written earlier, and how the pool's dense numbering maps back to line numbers.
+//!
+//! A records file is read once, line by line, into bitsets over the input's line numbers (one
+//! bit per line: 12.5 KB for 100,000 events), never into a map of its lines. Only the fixed
+//! prefix herd writes is looked at (`{"seq":N,"ok":…` or `{"seq":N,"chunk":…`), so outputs
+//! of any size or depth cost nothing to skip.
+//!
+//! The events that run are numbered 0, 1, 2, … for the pool (so `--ordered` and the daemon's
+//! arrival-order seqs work unchanged), and each record's `seq` is mapped back to its line
+//! number before it is written: [`Plan::original`] is a select over the bitset of lines to run.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use herd_supervisor::Input;
+
+/// A fixed-size set of line numbers.
+#[derive(Debug, Clone)]
+struct Bits {
+    words: Vec<u64>,
+}
+
+impl Bits {
+    fn new(len: u64) -> Self {
+        Self {
+            words: vec![0; len.div_ceil(64) as usize],
+        }
+    }
+
+    fn get(&self, i: u64) -> bool {
+        self.words
+            .get((i / 64) as usize)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: u64) {
+        if let Some(w) = self.words.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
+/// What a records file says about an input of `lines` lines.
+#[derive(Debug)]
+pub struct Scan {
+    /// Lines with a final record (ok or not).
+    done: Bits,
+    /// Lines whose final record is not ok.
+    failed: Bits,
+    pub finals: u64,
+    pub failed_count: u64,
+    /// Streamed partial results (`"chunk"` lines): not final, so they decide nothing.
+    pub chunk_lines: u64,
+    /// Byte offset and length of an unterminated last line (herd killed while writing it).
+    pub torn: Option<(u64, u64)>,
+}
+
+/// The prefix every line herd writes to a records file starts with.
+const PREFIX: &[u8] = b"{\"seq\":";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Ok,
+    Failed,
+    Chunk,
+}
+
+/// `seq` and kind of one records line (without its newline), or why it is not one.
+fn parse_line(line: &[u8]) -> Result<(u64, Line), &'static str> {
+    let rest = line
+        .strip_prefix(PREFIX)
+        .ok_or("it does not start with {\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or("its seq is not a number")?;
+    let rest = &rest[digits..];
+    let kind = if rest.starts_with(b",\"ok\":true,") {
+        Line::Ok
+    } else if rest.starts_with(b",\"ok\":false,") {
+        Line::Failed
+    } else if rest.starts_with(b",\"chunk\":") {
+        Line::Chunk
+    } else {
+        return Err("\"ok\" or \"chunk\" does not follow its seq");
+    };
+    if line.last() != Some(&b'}') {
+        return Err("it does not end with }");
+    }
+    Ok((seq, kind))
+}
+
+/// Reads the records file `path`, written for an input of `lines` lines. Nothing is changed:
+/// see [`repair`]. Fails, naming the line, on anything herd would not have written there.
+pub fn scan(path: &Path, lines: u64, input: &Path) -> anyhow::Result<Scan> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    scan_from(file, lines).with_context(|| {
+        format!(
+            "refusing to resume from {} for input {} (the file is left as it is)",
+            path.display(),
+            input.display()
+        )
+    })
+}
+
+fn scan_from(file: impl Read, lines: u64) -> anyhow::Result<Scan> {
+    let mut scan = Scan {
+        done: Bits::new(lines),
+        failed: Bits::new(lines),
+        finals: 0,
+        failed_count: 0,
+        chunk_lines: 0,
+        torn: None,
+    };
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    // One line at a time: memory is bounded by the longest record (a frame at most).
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    for number in 1u64.. {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)? as u64;
+        if n == 0 {
+            break;
+        }
+        let Some(body) = line.strip_suffix(b"\n") else {
+            // An unterminated last line is what a kill in the middle of a write leaves: the
+            // start of a record. Anything else there is not ours to cut off.
+            if line.starts_with(PREFIX) || PREFIX.starts_with(&line) {
+                scan.torn = Some((offset, n));
+                break;
+            }
+            bail!("line {number} is not a herd record (an unterminated line that does not start with {{\"seq\":)");
+        };
+        let (seq, kind) = parse_line(body)
+            .map_err(|why| anyhow::anyhow!("line {number} is not a herd record ({why})"))?;
+        if seq >= lines {
+            bail!(
+                "line {number} is a record for seq {seq}, but the input has {lines} lines: \
+                 the input changed since the records were written, or they are another input's"
+            );
+        }
+        match kind {
+            Line::Chunk => scan.chunk_lines += 1,
+            Line::Ok | Line::Failed => {
+                if scan.done.get(seq) {
+                    bail!(
+                        "line {number} is a second final record for seq {seq}; a herd records \
+                         file has one per event"
+                    );
+                }
+                scan.done.set(seq);
+                scan.finals += 1;
+                if kind == Line::Failed {
+                    scan.failed.set(seq);
+                    scan.failed_count += 1;
+                }
+            }
+        }
+        offset += n;
+    }
+    Ok(scan)
+}
+
+/// Cuts a torn last line off `path` (see [`Scan::torn`]).
+pub fn repair(path: &Path, scan: &Scan) -> anyhow::Result<()> {
+    if let Some((offset, len)) = scan.torn {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} to repair it", path.display()))?;
+        f.set_len(offset)
+            .with_context(|| format!("cannot cut the torn last line off {}", path.display()))?;
+        tracing::warn!(
+            output = %path.display(),
+            offset,
+            bytes = len,
+            "cut off a torn last line (herd was stopped while writing it); its event runs again"
+        );
+    }
+    Ok(())
+}
+
+/// Lines of `path` as `herd run` numbers them: a last line without a newline counts.
+pub fn count_lines(path: &Path) -> anyhow::Result<u64> {
+    let mut f =
+        File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read input {}", path.display()))
+            }
+        };
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        last = buf[n - 1];
+    }
+    Ok(lines + u64::from(last != b'\n'))
+}
+
+/// The events of one input that run this time.
+#[derive(Debug)]
+pub struct Plan {
+    /// Line numbers that run.
+    run: Bits,
+    /// Per word of `run`: how many lines before it run (for [`Plan::original`]).
+    before: Vec<u64>,
+    pub lines: u64,
+    pub to_run: u64,
+}
+
+impl Plan {
+    /// Every line runs except those set in `skip`; with `only`, only those set in it.
+    fn new(lines: u64, skip: Option<&Bits>, only: Option<&Bits>) -> Self {
+        let mut run = Bits::new(lines);
+        for (i, w) in run.words.iter_mut().enumerate() {
+            let mut word = only.map_or(!0, |o| o.words[i]);
+            if let Some(s) = skip {
+                word &= !s.words[i];
+            }
+            *w = word;
+        }
+        // Bits past the last line stay clear.
+        if lines % 64 != 0 {
+            if let Some(last) = run.words.last_mut() {
+                *last &= (1u64 << (lines % 64)) - 1;
+            }
+        }
+        let mut before = Vec::with_capacity(run.words.len());
+        let mut total = 0u64;
+        for w in &run.words {
+            before.push(total);
+            total += u64::from(w.count_ones());
+        }
+        Self {
+            run,
+            before,
+            lines,
+            to_run: total,
+        }
+    }
+
+    /// The line number of the `dense`-th event that runs (0-based).
+    pub fn original(&self, dense: u64) -> Option<u64> {
+        if dense >= self.to_run {
+            return None;
+        }
+        // The last word with fewer runs before it than `dense + 1`.
+        let word = self.before.partition_point(|&b| b <= dense) - 1;
+        let mut w = self.run.words[word];
+        for _ in 0..dense - self.before[word] {
+            w &= w - 1;
+        }
+        Some(word as u64 * 64 + u64::from(w.trailing_zeros()))
+    }
+
+    /// Keeps the inputs of `batch` that run, numbered densely from `*next`. Fails on a line
+    /// past the input's length as counted before the start (the input grew meanwhile).
+    pub fn filter(&self, batch: Vec<Input>, next: &mut u64) -> io::Result<Vec<Input>> {
+        let mut kept = Vec::with_capacity(batch.len());
+        for mut input in batch {
+            let seq = match &mut input {
+                Input::Event { seq, .. } | Input::Rejected { seq, .. } => seq,
+            };
+            if *seq >= self.lines {
+                return Err(io::Error::other(format!(
+                    "the input changed while herd read it: it had {} lines at the start",
+                    self.lines
+                )));
+            }
+            if self.run.get(*seq) {
+                *seq = *next;
+                *next += 1;
+                kept.push(input);
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// `--resume` and `--retry-failed` as given on the command line.
+pub struct Options<'a> {
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub resume: bool,
+    pub retry_failed: Option<&'a Path>,
+}
+
+/// Checks the files, repairs a torn last line and works out what runs. `None` when neither
+/// option is given (everything runs, numbered as read).
+pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
+    if !o.resume && o.retry_failed.is_none() {
+        return Ok(None);
+    }
+    let what = if o.resume {
+        "--resume"
+    } else {
+        "--retry-failed"
+    };
+    if o.input.as_os_str() == "-" {
+        bail!("{what} needs the input as a file (-i FILE): herd checks the records against it and numbers its lines again");
+    }
+    if o.resume && o.output.as_os_str() == "-" {
+        bail!("--resume needs the records file it appends to (-o FILE)");
+    }
+    let lines = count_lines(o.input)?;
+    let only = match o.retry_failed {
+        Some(records) => {
+            if same_file(records, o.output) {
+                bail!(
+                    "--retry-failed reads {} and -o would write to it: write the new records \
+                     to another file (each file keeps one final record per event)",
+                    records.display()
+                );
+            }
+            let scan = scan(records, lines, o.input)?;
+            if scan.torn.is_some() {
+                tracing::warn!(records = %records.display(), "ignoring an unterminated last line");
+            }
+            tracing::info!(
+                records = %records.display(),
+                finals = scan.finals,
+                failed = scan.failed_count,
+                lines,
+                "retrying the events whose final record is not ok"
+            );
+            Some(scan.failed)
+        }
+        None => None,
+    };
+    let skip = if o.resume && o.output.exists() {
+        let scan = scan(o.output, lines, o.input)?;
+        repair(o.output, &scan)?;
+        tracing::info!(
+            output = %o.output.display(),
+            finals = scan.finals,
+            failed = scan.failed_count,
+            chunk_lines = scan.chunk_lines,
+            lines,
+            "resuming: events with a final record are done"
+        );
+        if scan.failed_count > 0 && o.retry_failed.is_none() {
+            tracing::info!(
+                failed = scan.failed_count,
+                "events that ended failed count as done; to run them again with their seqs: \
+                 herd run --retry-failed {} -i {} -o NEW_FILE",
+                o.output.display(),
+                o.input.display()
+            );
+        }
+        Some(scan.done)
+    } else {
+        None
+    };
+    let plan = Plan::new(lines, skip.as_ref(), only.as_ref());
+    tracing::info!(lines, to_run = plan.to_run, "events to run");
+    Ok(Some(plan))
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The output for records: appended to under `--resume`, else created (or stdout).
+pub fn open_output(path: &Path, resume: bool) -> anyhow::Result<Box<dyn Write + Send>> {
+    if !resume {
+        return crate::open_output(path);
+    }
+    let f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot open output {} to append to it", path.display()))?;
+    Ok(Box::new(f))
+}
+
+/// Rewrites the `seq` of record lines (`{"seq":N,…`) from the pool's dense numbering to line
+/// numbers, across chunks of bytes that may end inside a line.
+pub struct Renumber {
+    plan: Arc<Plan>,
+    partial: Vec<u8>,
+}
+
+impl Renumber {
+    pub fn new(plan: Arc<Plan>) -> Self {
+        Self {
+            plan,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The complete lines of `partial + bytes`, renumbered; the rest waits for more.
+    pub fn apply(&mut self, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        let mut data = bytes;
+        if !self.partial.is_empty() {
+            let Some(nl) = memchr::memchr(b'\n', data) else {
+                self.partial.extend_from_slice(data);
+                return Ok(out);
+            };
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&data[..=nl]);
+            self.line(&line, &mut out)?;
+            data = &data[nl + 1..];
+        }
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', data) {
+            self.line(&data[start..=nl], &mut out)?;
+            start = nl + 1;
+        }
+        self.partial.extend_from_slice(&data[start..]);
+        Ok(out)
+    }
+
+    fn line(&self, line: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let bad = || anyhow::anyhow!("the daemon sent a record herd cannot renumber");
+        let rest = line.strip_prefix(PREFIX).ok_or_else(bad)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let dense: u64 = std::str::from_utf8(&rest[..digits])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        let seq = self.plan.original(dense).ok_or_else(bad)?;
+        out.extend_from_slice(PREFIX);
+        write!(out, "{seq}")?;
+        out.extend_from_slice(&rest[digits..]);
+        Ok(())
+    }
+
+    /// Whether a line was left unfinished.
+    pub fn is_clean(&self) -> bool {
+        self.partial.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn select_maps_dense_numbers_back() {
+        let lines = 1000;
+        let mut skip = Bits::new(lines);
+        for i in (0..lines).filter(|i| i % 3 == 0 || (100..300).contains(i)) {
+            skip.set(i);
+        }
+        let plan = Plan::new(lines, Some(&skip), None);
+        let want: Vec<u64> = (0..lines).filter(|&i| !skip.get(i)).collect();
+        assert_eq!(plan.to_run, want.len() as u64);
+        for (dense, &seq) in want.iter().enumerate() {
+            assert_eq!(plan.original(dense as u64), Some(seq));
+        }
+        assert_eq!(plan.original(plan.to_run), None);
+        // `only` and a length that is not a multiple of 64.
+        let plan = Plan::new(70, None, Some(&skip));
+        assert_eq!(plan.original(0), Some(0));
+        assert_eq!(plan.original(1), Some(3));
+        assert_eq!(plan.to_run, 24);
+        assert_eq!(Plan::new(70, None, None).to_run, 70);
+    }
+
+    #[test]
+    fn scan_judges_lines() {
+        let file = b"{\"seq\":1,\"ok\":true,\"output\":1}\n{\"seq\":0,\"chunk\":0,\"output\":2}\n\
+            {\"seq\":2,\"ok\":false,\"error\":{}}\n{\"seq\":0,\"ok";
+        let s = scan_from(&file[..], 3).unwrap();
+        assert_eq!((s.finals, s.failed_count, s.chunk_lines), (2, 1, 1));
+        assert!(s.done.get(1) && s.done.get(2) && !s.done.get(0) && s.failed.get(2));
+        assert_eq!(s.torn, Some((file.len() as u64 - 12, 12)));
+        let err = |f: &[u8], lines| scan_from(f, lines).unwrap_err().to_string();
+        assert!(err(b"hello\n", 3).contains("line 1 is not a herd record"));
+        assert!(err(b"garbage without newline", 3).contains("unterminated"));
+        assert!(err(b"{\"seq\":5,\"ok\":true,\"output\":1}\n", 3).contains("input changed"));
+        let twice = b"{\"seq\":0,\"ok\":true,\"o\":1}\n{\"seq\":0,\"ok\":false,\"o\":1}\n";
+        assert!(err(twice, 3).contains("second final record"));
+        assert!(err(b"{\"seq\":0,\"ok\":true,\"o\":1\n", 3).contains("does not end"));
+    }
+
+    #[test]
+    fn renumbers_across_chunks() {
+        let mut skip = Bits::new(10);
+        skip.set(0);
+        skip.set(1);
+        let plan = Plan::new(10, Some(&skip), None);
+        let mut r = Renumber::new(Arc::new(plan));
+        let mut out = r.apply(b"{\"seq\":0,\"ok\":true}\n{\"se").unwrap();
+        out.extend(r.apply(b"q\":3,\"ok\":false}\n").unwrap());
+        assert!(r.is_clean());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"seq\":2,\"ok\":true}\n{\"seq\":5,\"ok\":false}\n"
+        );
+        assert!(r.apply(b"nonsense\n").is_err());
+    }
+}
