@@ -10,6 +10,7 @@ mod jetstream;
 mod logs;
 mod metrics;
 mod privilege;
+mod resume;
 mod run;
 mod stdio;
 mod supervision;

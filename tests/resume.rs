@@ -1,0 +1,458 @@
+//! `--resume` and `--retry-failed` (issue 13, part 3): `herd run` and `herd submit` SIGKILLed
+//! at arbitrary points and resumed until done, torn last lines, files that are not herd
+//! records, and failed events retried under their own seqs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::util::*;
+
+const EVENTS: usize = 100_000;
+
+/// A small deterministic generator (xorshift64*), so the kill points are random but the same
+/// on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Every line of a records file, parsed (a torn line fails the test).
+fn lines_of(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "unterminated last line"
+    );
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("line {} ({e}): {l:?}", i + 1))
+        })
+        .collect()
+}
+
+/// The final records of a file by seq; panics on a second final record for any seq.
+fn finals(path: &Path) -> HashMap<u64, Value> {
+    let mut by_seq = HashMap::new();
+    for r in lines_of(path) {
+        if r.get("chunk").is_some() {
+            continue;
+        }
+        let seq = r["seq"].as_u64().unwrap();
+        if let Some(old) = by_seq.insert(seq, r.clone()) {
+            panic!("two final records for seq {seq}: {old} and {r}");
+        }
+    }
+    by_seq
+}
+
+/// Every seq of `n` square events has exactly one final record, and it is right.
+fn assert_all_squares(path: &Path, n: usize) {
+    let by_seq = finals(path);
+    assert_eq!(by_seq.len(), n, "final records");
+    for seq in 0..n as u64 {
+        let r = &by_seq[&seq];
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["output"].as_u64(), Some(seq * seq), "{r}");
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn spawn(fx: &Fixture, args: &[&str]) -> Child {
+    fx.std_command(herd_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `child` until the file at `out` reaches `bytes`, then SIGKILLs it. Returns whether it
+/// was killed (false: it finished first).
+fn kill_at(child: &mut Child, out: &Path, bytes: u64) -> bool {
+    let mut finished = false;
+    wait_for("the output to grow or herd to finish", RUN_TIMEOUT, || {
+        finished = child.try_wait().unwrap().is_some();
+        finished || file_len(out) >= bytes
+    });
+    if finished {
+        return false;
+    }
+    signal(child.id(), Signal::SIGKILL);
+    child.wait().unwrap();
+    true
+}
+
+#[test]
+fn run_killed_at_random_points_resumes_to_exactly_one_record_each() {
+    let fx = Fixture::new();
+    let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
+    std::fs::write(&input, square_events(EVENTS)).unwrap();
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "run",
+        "--log-format",
+        "json",
+        "-w",
+        "2",
+        "--resume",
+        "-i",
+        i,
+        "-o",
+        o,
+        "--",
+        chaos(),
+    ];
+    // A record takes 80 to 90 bytes: each run gets killed after writing 1/8 to 5/32 of the
+    // whole more, at a random byte (so often in the middle of a line).
+    let full = 80 * EVENTS as u64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut kills, mut torn) = (0, 0);
+    for round in 0..5 {
+        let point = file_len(&out) + full / 8 + rng.below(full / 32);
+        let mut child = spawn(&fx, &args);
+        assert!(
+            kill_at(&mut child, &out, point),
+            "round {round}: herd finished before the kill point"
+        );
+        kills += 1;
+        let bytes = std::fs::read(&out).unwrap();
+        torn += usize::from(bytes.last() != Some(&b'\n'));
+        // The guard cleans up after the killed herd: workers and socket directory.
+        wait_for("the killed run's socket dir to go", RUN_TIMEOUT, || {
+            fx.leftover_runtime_dirs().is_empty()
+        });
+    }
+    let out_run = fx.herd(&args).output().unwrap();
+    assert!(
+        out_run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out_run.stderr)
+    );
+    eprintln!("{kills} kills, {torn} left a torn last line");
+    assert_all_squares(&out, EVENTS);
+    // Once done, resuming again runs nothing and changes nothing.
+    let before = std::fs::read(&out).unwrap();
+    let again = fx.herd(&args).output().unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to run"));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+#[test]
+fn torn_last_line_is_cut_off_and_its_event_runs_again() {
+    let fx = Fixture::new();
+    let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
+    std::fs::write(&input, square_events(1000)).unwrap();
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let full = fx
+        .herd(&["run", "-w", "2", "-i", i, "-o", o, "--", chaos()])
+        .output()
+        .unwrap();
+    assert!(full.status.success());
+    // Keep 600 records and half of the next one, as a kill in the middle of a write leaves.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut kept: String = text.lines().take(600).map(|l| format!("{l}\n")).collect();
+    let next = text.lines().nth(600).unwrap();
+    kept.push_str(&next[..next.len() / 2]);
+    std::fs::write(&out, &kept).unwrap();
+    let torn_seq: u64 = serde_json::from_str::<Value>(next).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+
+    let run = fx
+        .herd(&[
+            "run",
+            "--log-format",
+            "json",
+            "-w",
+            "2",
+            "--ordered",
+            "--resume",
+            "-i",
+            i,
+            "-o",
+            o,
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("cut off a torn last line"), "{stderr}");
+    assert_all_squares(&out, 1000);
+    // The first 600 lines are untouched; the 400 appended ones are in input order (--ordered
+    // numbers the resumed events densely and maps them back).
+    let after = std::fs::read_to_string(&out).unwrap();
+    let appended: Vec<u64> = after
+        .lines()
+        .skip(600)
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(after.starts_with(&kept[..kept.len() - next.len() / 2]));
+    assert_eq!(appended.len(), 400);
+    assert!(appended.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(appended.contains(&torn_seq));
+}
+
+#[test]
+fn resume_ignores_chunk_lines_and_counts_failed_records_as_done() {
+    let fx = Fixture::new();
+    let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
+    std::fs::write(&input, square_events(4)).unwrap();
+    // seq 0: only streamed chunks, no final record; 1: failed; 3: ok.
+    std::fs::write(
+        &out,
+        "{\"seq\":0,\"chunk\":0,\"attempt\":1,\"output\":\"part\"}\n\
+         {\"seq\":1,\"ok\":false,\"error\":{\"kind\":\"crashed\",\"message\":\"x\"},\"attempts\":3}\n\
+         {\"seq\":3,\"ok\":true,\"output\":9,\"attempts\":1,\"worker\":0,\"pid\":1,\"micros\":1}\n",
+    )
+    .unwrap();
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let run = fx
+        .herd(&[
+            "run",
+            "--log-format",
+            "json",
+            "-w",
+            "1",
+            "--resume",
+            "-i",
+            i,
+            "-o",
+            o,
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--retry-failed"),
+        "the hint names the way to retry: {stderr}"
+    );
+    let by_seq = finals(&out);
+    assert_eq!(by_seq.len(), 4);
+    assert_eq!(by_seq[&0]["output"], 0);
+    assert_eq!(by_seq[&1]["ok"], false, "a failed event is done");
+    assert_eq!(by_seq[&2]["output"], 4);
+}
+
+#[test]
+fn retry_failed_keeps_the_original_seqs() {
+    let fx = Fixture::new();
+    let (input, out, retry, failed) = (
+        fx.path("events"),
+        fx.path("records.jsonl"),
+        fx.path("retry.jsonl"),
+        fx.path("failed.txt"),
+    );
+    // Every 7th event fails its first attempt; with no retries it ends failed.
+    let events: String = (0..2000)
+        .map(|n| {
+            if n % 7 == 3 {
+                "{\"op\":\"flaky\",\"fails\":1}\n".to_string()
+            } else {
+                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&input, events).unwrap();
+    let (i, o, r, f) = (
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        retry.to_str().unwrap(),
+        failed.to_str().unwrap(),
+    );
+    let first = fx
+        .herd(&[
+            "run",
+            "-w",
+            "2",
+            "--retries",
+            "0",
+            "--failed",
+            f,
+            "-i",
+            i,
+            "-o",
+            o,
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    assert!(first.status.success());
+    let want: Vec<u64> = (0..2000).filter(|n| n % 7 == 3).collect();
+    let mut failed_seqs: Vec<u64> = finals(&out)
+        .values()
+        .filter(|r| r["ok"] == false)
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    failed_seqs.sort();
+    assert_eq!(failed_seqs, want);
+    assert_eq!(
+        std::fs::read_to_string(&failed).unwrap().lines().count(),
+        want.len()
+    );
+
+    // The replay runs only those, from the original input, under their own seqs.
+    let again = fx
+        .herd(&[
+            "run",
+            "-w",
+            "2",
+            "--retries",
+            "1",
+            "--retry-failed",
+            o,
+            "-i",
+            i,
+            "-o",
+            r,
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let by_seq = finals(&retry);
+    let mut seqs: Vec<u64> = by_seq.keys().copied().collect();
+    seqs.sort();
+    assert_eq!(seqs, want);
+    for r in by_seq.values() {
+        // flaky succeeds on attempt 2 and returns the attempt.
+        assert_eq!(
+            (r["ok"].clone(), r["output"].clone()),
+            (true.into(), 2.into()),
+            "{r}"
+        );
+    }
+    // Writing the retries into the file they come from would give a seq two final records.
+    let same = fx
+        .herd(&["run", "--retry-failed", o, "-i", i, "-o", o, "--", chaos()])
+        .output()
+        .unwrap();
+    assert!(!same.status.success());
+    assert!(String::from_utf8_lossy(&same.stderr).contains("another file"));
+}
+
+#[test]
+fn files_that_are_not_herd_records_are_refused_untouched() {
+    let fx = Fixture::new();
+    let input = fx.path("events");
+    std::fs::write(&input, square_events(100)).unwrap();
+    let i = input.to_str().unwrap();
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("text", b"hello\nworld\n", "line 1 is not a herd record"),
+        (
+            "binary",
+            &[0xff, 0x00, 0x13, 0x37, 0xfe],
+            "unterminated line",
+        ),
+        (
+            "beyond",
+            b"{\"seq\":100,\"ok\":true,\"output\":1,\"attempts\":1}\n",
+            "the input changed",
+        ),
+        (
+            "twice",
+            b"{\"seq\":5,\"ok\":true,\"output\":25}\n{\"seq\":5,\"ok\":true,\"output\":25}\n",
+            "second final record",
+        ),
+        ("json", b"{\"a\":1}\n", "line 1 is not a herd record"),
+    ];
+    for (name, content, want) in cases {
+        let out = fx.path(name);
+        std::fs::write(&out, content).unwrap();
+        let run = fx
+            .herd(&[
+                "run",
+                "--log-format",
+                "json",
+                "--resume",
+                "-i",
+                i,
+                "-o",
+                out.to_str().unwrap(),
+                "--",
+                chaos(),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert!(stderr.contains("left as it is"), "{name}: {stderr}");
+        assert!(
+            !stderr.contains("worker ready"),
+            "{name}: no worker started"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), content, "{name}: untouched");
+    }
+    // Resuming needs files on both sides.
+    for (args, want) in [
+        (vec!["--resume", "-i", i], "-o FILE"),
+        (vec!["--resume", "-o", "x.jsonl"], "-i FILE"),
+    ] {
+        let mut all = vec!["run"];
+        all.extend(args);
+        all.extend(["--", chaos()]);
+        let run = fx.herd(&all).write_stdin("x\n").output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && stderr.contains(want), "{stderr}");
+    }
+}
+
+#[test]
+fn submit_killed_then_resumed_gets_every_record_once() {
+    let d = Daemon::start(2, &[]);
+    let (input, out) = (d.fx.path("events"), d.fx.path("records.jsonl"));
+    std::fs::write(&input, square_events(EVENTS)).unwrap();
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["submit", "--control", d.ctl(), "--resume", "-i", i, "-o", o];
+    let full = 80 * EVENTS as u64;
+    let mut rng = Rng(42);
+    for round in 0..3 {
+        let point = file_len(&out) + full / 6 + rng.below(full / 10);
+        let mut child = spawn(&d.fx, &args);
+        assert!(
+            kill_at(&mut child, &out, point),
+            "round {round}: submit finished before the kill point"
+        );
+    }
+    let last = d.fx.herd(&args).output().unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    assert_all_squares(&out, EVENTS);
+    // The daemon dropped the killed clients' events and serves on.
+    let st = d.status();
+    assert_eq!(st["submissions"], 0, "{st}");
+    d.stop_ok();
+}
