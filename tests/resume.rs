@@ -2,6 +2,8 @@
 //! at arbitrary points and resumed until done, torn last lines, files that are not herd
 //! records, and failed events retried under their own seqs.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -454,5 +456,59 @@ fn submit_killed_then_resumed_gets_every_record_once() {
     // The daemon dropped the killed clients' events and serves on.
     let st = d.status();
     assert_eq!(st["submissions"], 0, "{st}");
+    d.stop_ok();
+}
+
+#[test]
+fn submit_retry_failed_keeps_the_original_seqs() {
+    let d = Daemon::start(1, &["--retries", "0"]);
+    let (input, out, retry) = (
+        d.fx.path("events"),
+        d.fx.path("records.jsonl"),
+        d.fx.path("retry.jsonl"),
+    );
+    let events: String = (0..300)
+        .map(|n| {
+            if n % 5 == 2 {
+                "{\"op\":\"fail\"}\n".to_string()
+            } else {
+                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&input, events).unwrap();
+    let (i, o, r) = (
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        retry.to_str().unwrap(),
+    );
+    output_ok(
+        &mut d
+            .fx
+            .herd(&["submit", "--control", d.ctl(), "-i", i, "-o", o]),
+    );
+    let want: Vec<u64> = (0..300).filter(|n| n % 5 == 2).collect();
+    let args = [
+        "submit",
+        "--control",
+        d.ctl(),
+        "--resume",
+        "--retry-failed",
+        o,
+        "-i",
+        i,
+        "-o",
+        r,
+    ];
+    output_ok(&mut d.fx.herd(&args));
+    let by_seq = finals(&retry);
+    let mut seqs: Vec<u64> = by_seq.keys().copied().collect();
+    seqs.sort();
+    assert_eq!(seqs, want, "the retried events under their line numbers");
+    assert!(by_seq.values().all(|r| kind(r) == "failed"));
+    // Resumed again: nothing left to send, nothing written.
+    let before = std::fs::read(&retry).unwrap();
+    output_ok(&mut d.fx.herd(&args));
+    assert_eq!(std::fs::read(&retry).unwrap(), before);
     d.stop_ok();
 }

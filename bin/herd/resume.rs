@@ -229,7 +229,7 @@ impl Plan {
             *w = word;
         }
         // Bits past the last line stay clear.
-        if lines % 64 != 0 {
+        if !lines.is_multiple_of(64) {
             if let Some(last) = run.words.last_mut() {
                 *last &= (1u64 << (lines % 64)) - 1;
             }
