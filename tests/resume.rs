@@ -512,3 +512,43 @@ fn submit_retry_failed_keeps_the_original_seqs() {
     assert_eq!(std::fs::read(&retry).unwrap(), before);
     d.stop_ok();
 }
+
+#[test]
+fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
+    let fx = Fixture::new();
+    let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
+    std::fs::write(&input, "{\"op\":\"sleep\",\"ms\":20}\n".repeat(300)).unwrap();
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "run",
+        "-w",
+        "1",
+        "--resume",
+        "-i",
+        i,
+        "-o",
+        o,
+        "--",
+        chaos(),
+    ];
+    let mut first = spawn(&fx, &args);
+    // 300 events of 20 ms on one worker: about 6 s left after the first record.
+    wait_for("the first record", RUN_TIMEOUT, || file_len(&out) > 0);
+    let second = fx.herd(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains("another herd is writing"), "{stderr}");
+    assert!(first.try_wait().unwrap().is_none(), "the first still runs");
+    // The kernel drops a killed herd's lock: the next resume finishes the job.
+    signal(first.id(), Signal::SIGKILL);
+    first.wait().unwrap();
+    let last = fx.herd(&args).output().unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let by_seq = finals(&out);
+    assert_eq!(by_seq.len(), 300);
+    assert!(by_seq.values().all(|r| r["output"] == 20));
+}

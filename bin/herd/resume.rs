@@ -215,6 +215,8 @@ pub struct Plan {
     before: Vec<u64>,
     pub lines: u64,
     pub to_run: u64,
+    /// Held while the records are appended (see [`plan`]).
+    lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl Plan {
@@ -245,6 +247,7 @@ impl Plan {
             before,
             lines,
             to_run: total,
+            lock: None,
         }
     }
 
@@ -336,7 +339,25 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
         }
         None => None,
     };
-    let skip = if o.resume && o.output.exists() {
+    let mut lock = None;
+    let skip = if o.resume {
+        // Two herds appending to one file would run every event twice: the first holds the
+        // file locked until it ends (the kernel drops the lock of a killed process).
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(o.output)
+            .with_context(|| format!("cannot open output {}", o.output.display()))?;
+        lock = Some(
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+                |(_, e)| {
+                    anyhow::anyhow!(
+                        "another herd is writing to {} (it holds a lock on it): {e}",
+                        o.output.display()
+                    )
+                },
+            )?,
+        );
         let scan = scan(o.output, lines, o.input)?;
         repair(o.output, &scan)?;
         tracing::info!(
@@ -360,7 +381,8 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
     } else {
         None
     };
-    let plan = Plan::new(lines, skip.as_ref(), only.as_ref());
+    let mut plan = Plan::new(lines, skip.as_ref(), only.as_ref());
+    plan.lock = lock;
     tracing::info!(lines, to_run = plan.to_run, "events to run");
     Ok(Some(plan))
 }
