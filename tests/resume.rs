@@ -368,13 +368,17 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
     let input = fx.path("events");
     std::fs::write(&input, square_events(100)).unwrap();
     let i = input.to_str().unwrap();
-    let cases: [(&str, &[u8], &str); 5] = [
+    // A valid start, then a line no record could be.
+    let mut mixed = b"{\"seq\":0,\"ok\":true,\"output\":0}\n".to_vec();
+    mixed.extend(vec![b'x'; 20 << 20]);
+    let cases: [(&str, &[u8], &str); 6] = [
         ("text", b"hello\nworld\n", "line 1 is not a herd record"),
         (
             "binary",
             &[0xff, 0x00, 0x13, 0x37, 0xfe],
-            "unterminated line",
+            "line 1 is not a herd record",
         ),
+        ("big", &mixed, "line 2 is not a herd record"),
         (
             "beyond",
             b"{\"seq\":100,\"ok\":true,\"output\":1,\"attempts\":1}\n",

@@ -69,9 +69,10 @@ enum Line {
     Chunk,
 }
 
-/// `seq` and kind of one records line (without its newline), or why it is not one.
-fn parse_line(line: &[u8]) -> Result<(u64, Line), &'static str> {
-    let rest = line
+/// `seq` and kind of one records line from its first [`HEAD`] bytes and its last byte (before
+/// the newline), or why it is not one.
+fn parse_line(head: &[u8], last: Option<u8>) -> Result<(u64, Line), &'static str> {
+    let rest = head
         .strip_prefix(PREFIX)
         .ok_or("it does not start with {\"seq\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -89,11 +90,14 @@ fn parse_line(line: &[u8]) -> Result<(u64, Line), &'static str> {
     } else {
         return Err("\"ok\" or \"chunk\" does not follow its seq");
     };
-    if line.last() != Some(&b'}') {
+    if last != Some(b'}') {
         return Err("it does not end with }");
     }
     Ok((seq, kind))
 }
+
+/// Bytes of a line's start that [`parse_line`] needs: the prefix, 20 digits, `,"ok":false,`.
+const HEAD: usize = 64;
 
 /// Reads the records file `path`, written for an input of `lines` lines. Nothing is changed:
 /// see [`repair`]. Fails, naming the line, on anything herd would not have written there.
@@ -118,25 +122,50 @@ fn scan_from(file: impl Read, lines: u64) -> anyhow::Result<Scan> {
         torn: None,
     };
     let mut reader = BufReader::with_capacity(256 * 1024, file);
-    // One line at a time: memory is bounded by the longest record (a frame at most).
-    let mut line = Vec::new();
+    // Only the start and the last byte of a line are kept, so memory stays the same whatever
+    // the size of the records (or of a garbage file without a newline).
+    let mut head = Vec::with_capacity(HEAD);
     let mut offset = 0u64;
     for number in 1u64.. {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)? as u64;
-        if n == 0 {
-            break;
-        }
-        let Some(body) = line.strip_suffix(b"\n") else {
-            // An unterminated last line is what a kill in the middle of a write leaves: the
-            // start of a record. Anything else there is not ours to cut off.
-            if line.starts_with(PREFIX) || PREFIX.starts_with(&line) {
-                scan.torn = Some((offset, n));
+        head.clear();
+        let (mut len, mut last, mut ended) = (0u64, None, false);
+        loop {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() {
                 break;
             }
-            bail!("line {number} is not a herd record (an unterminated line that does not start with {{\"seq\":)");
-        };
-        let (seq, kind) = parse_line(body)
+            let (part, found) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..i], true),
+                None => (buf, false),
+            };
+            let take = (HEAD - head.len()).min(part.len());
+            head.extend_from_slice(&part[..take]);
+            last = part.last().copied().or(last);
+            len += part.len() as u64;
+            let used = part.len() + usize::from(found);
+            reader.consume(used);
+            if found {
+                ended = true;
+                break;
+            }
+            if head.len() >= PREFIX.len() && !head.starts_with(PREFIX) {
+                break;
+            }
+        }
+        if len == 0 && !ended {
+            break;
+        }
+        if !(head.starts_with(PREFIX) || PREFIX.starts_with(&head)) {
+            bail!("line {number} is not a herd record (it does not start with {{\"seq\":)");
+        }
+        if !ended {
+            // At the end of the file: an unterminated last line that starts like a record is
+            // what a kill in the middle of a write leaves.
+            scan.torn = Some((offset, len));
+            break;
+        }
+        let n = len + 1;
+        let (seq, kind) = parse_line(&head, last)
             .map_err(|why| anyhow::anyhow!("line {number} is not a herd record ({why})"))?;
         if seq >= lines {
             bail!(
@@ -505,7 +534,8 @@ mod tests {
         assert_eq!(s.torn, Some((file.len() as u64 - 12, 12)));
         let err = |f: &[u8], lines| scan_from(f, lines).unwrap_err().to_string();
         assert!(err(b"hello\n", 3).contains("line 1 is not a herd record"));
-        assert!(err(b"garbage without newline", 3).contains("unterminated"));
+        assert!(err(b"garbage without newline", 3).contains("line 1 is not a herd record"));
+        assert!(err(b"{\"seq\":1,\"ok\":true,\"o\":1}\ngarbage\n", 3).contains("line 2 is not"));
         assert!(err(b"{\"seq\":5,\"ok\":true,\"output\":1}\n", 3).contains("input changed"));
         let twice = b"{\"seq\":0,\"ok\":true,\"o\":1}\n{\"seq\":0,\"ok\":false,\"o\":1}\n";
         assert!(err(twice, 3).contains("second final record"));
