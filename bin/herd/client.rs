@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -15,14 +16,13 @@ use herd_proto::control::{
     REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
 };
 use herd_supervisor::Input;
-use std::sync::Arc;
-
-use crate::resume::{Plan, Renumber};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+
+use crate::resume::{Plan, Renumber};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -391,7 +391,7 @@ async fn stream(
             let read = read?;
             match &input_plan {
                 None => Ok(read),
-                Some(plan) if sent == plan.to_run => Ok(sent),
+                Some(plan) if read == plan.lines => Ok(sent),
                 Some(plan) => bail!(
                     "the input changed while herd read it: it had {} lines at the start",
                     plan.lines

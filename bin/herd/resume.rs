@@ -11,7 +11,7 @@
 //! number before it is written: [`Plan::original`] is a select over the bitset of lines to run.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -112,7 +112,7 @@ pub fn scan(path: &Path, lines: u64, input: &Path) -> anyhow::Result<Scan> {
     })
 }
 
-fn scan_from(file: impl Read, lines: u64) -> anyhow::Result<Scan> {
+fn scan_from(mut file: impl Read, lines: u64) -> anyhow::Result<Scan> {
     let mut scan = Scan {
         done: Bits::new(lines),
         failed: Bits::new(lines),
@@ -121,51 +121,70 @@ fn scan_from(file: impl Read, lines: u64) -> anyhow::Result<Scan> {
         chunk_lines: 0,
         torn: None,
     };
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    // Only the start and the last byte of a line are kept, so memory stays the same whatever
-    // the size of the records (or of a garbage file without a newline).
-    let mut head = Vec::with_capacity(HEAD);
+    // Only the start and the last byte of each line are kept, so memory stays the same
+    // whatever the size of the records (or of a garbage file without a newline).
+    let mut line = LineStart::default();
     let mut offset = 0u64;
-    for number in 1u64.. {
-        head.clear();
-        let (mut len, mut last, mut ended) = (0u64, None, false);
-        loop {
-            let buf = reader.fill_buf()?;
-            if buf.is_empty() {
-                break;
-            }
-            let (part, found) = match memchr::memchr(b'\n', buf) {
-                Some(i) => (&buf[..i], true),
-                None => (buf, false),
-            };
-            let take = (HEAD - head.len()).min(part.len());
-            head.extend_from_slice(&part[..take]);
-            last = part.last().copied().or(last);
-            len += part.len() as u64;
-            let used = part.len() + usize::from(found);
-            reader.consume(used);
-            if found {
-                ended = true;
-                break;
-            }
-            if head.len() >= PREFIX.len() && !head.starts_with(PREFIX) {
-                break;
-            }
+    let mut number = 1u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &buf[..n]) {
+            line.feed(&buf[start..nl]);
+            scan.judge(&line, number, lines)?;
+            offset += line.len + 1;
+            number += 1;
+            line = LineStart::default();
+            start = nl + 1;
         }
-        if len == 0 && !ended {
+        line.feed(&buf[start..n]);
+        if !line.plausible() {
             break;
         }
-        if !(head.starts_with(PREFIX) || PREFIX.starts_with(&head)) {
+    }
+    if line.len > 0 {
+        if !line.plausible() {
             bail!("line {number} is not a herd record (it does not start with {{\"seq\":)");
         }
-        if !ended {
-            // At the end of the file: an unterminated last line that starts like a record is
-            // what a kill in the middle of a write leaves.
-            scan.torn = Some((offset, len));
-            break;
-        }
-        let n = len + 1;
-        let (seq, kind) = parse_line(&head, last)
+        // An unterminated last line that starts like a record is what a kill in the middle
+        // of a write leaves.
+        scan.torn = Some((offset, line.len));
+    }
+    Ok(scan)
+}
+
+/// What [`scan_from`] keeps of a line: its first [`HEAD`] bytes, its last byte, its length.
+#[derive(Default)]
+struct LineStart {
+    head: Vec<u8>,
+    last: Option<u8>,
+    len: u64,
+}
+
+impl LineStart {
+    fn feed(&mut self, part: &[u8]) {
+        let take = HEAD.saturating_sub(self.head.len()).min(part.len());
+        self.head.extend_from_slice(&part[..take]);
+        self.last = part.last().copied().or(self.last);
+        self.len += part.len() as u64;
+    }
+
+    /// Whether it starts (or may yet start) like a record.
+    fn plausible(&self) -> bool {
+        self.head.starts_with(PREFIX) || PREFIX.starts_with(&self.head)
+    }
+}
+
+impl Scan {
+    /// Counts one complete line, or says why it cannot be in a records file.
+    fn judge(&mut self, line: &LineStart, number: u64, lines: u64) -> anyhow::Result<()> {
+        let (seq, kind) = parse_line(&line.head, line.last)
             .map_err(|why| anyhow::anyhow!("line {number} is not a herd record ({why})"))?;
         if seq >= lines {
             bail!(
@@ -174,25 +193,24 @@ fn scan_from(file: impl Read, lines: u64) -> anyhow::Result<Scan> {
             );
         }
         match kind {
-            Line::Chunk => scan.chunk_lines += 1,
+            Line::Chunk => self.chunk_lines += 1,
             Line::Ok | Line::Failed => {
-                if scan.done.get(seq) {
+                if self.done.get(seq) {
                     bail!(
                         "line {number} is a second final record for seq {seq}; a herd records \
                          file has one per event"
                     );
                 }
-                scan.done.set(seq);
-                scan.finals += 1;
+                self.done.set(seq);
+                self.finals += 1;
                 if kind == Line::Failed {
-                    scan.failed.set(seq);
-                    scan.failed_count += 1;
+                    self.failed.set(seq);
+                    self.failed_count += 1;
                 }
             }
         }
-        offset += n;
+        Ok(())
     }
-    Ok(scan)
 }
 
 /// Cuts a torn last line off `path` (see [`Scan::torn`]).

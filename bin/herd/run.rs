@@ -92,6 +92,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_line,
         plan: plan.clone(),
         next: 0,
+        seen: 0,
     };
     let sink = RecordSink {
         suspend: records_on_terminal && progress.is_shown(),
@@ -125,6 +126,8 @@ struct CountedLines {
     plan: Option<Arc<resume::Plan>>,
     /// The dense number of the next line that runs.
     next: u64,
+    /// Lines read.
+    seen: u64,
 }
 
 impl Source for CountedLines {
@@ -142,12 +145,13 @@ impl Source for CountedLines {
             };
             match &mut batch {
                 Ok(Some(b)) => {
+                    self.seen += b.len() as u64;
                     let kept = plan.filter(std::mem::take(b), &mut self.next)?;
                     if !kept.is_empty() {
                         return Ok(Some(kept));
                     }
                 }
-                Ok(None) if self.next != plan.to_run => {
+                Ok(None) if self.seen != plan.lines => {
                     return Err(io::Error::other(format!(
                         "the input changed while herd read it: it had {} lines at the start",
                         plan.lines
