@@ -556,3 +556,64 @@ fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
     assert_eq!(by_seq.len(), 300);
     assert!(by_seq.values().all(|r| r["output"] == 20));
 }
+
+#[test]
+fn failed_file_lists_every_failed_line_once_after_kills() {
+    let fx = Fixture::new();
+    let (input, out, failed) = (
+        fx.path("events"),
+        fx.path("records.jsonl"),
+        fx.path("failed.txt"),
+    );
+    let n = 30_000;
+    let line = |i: usize| {
+        if i % 10 == 4 {
+            format!("{{\"op\":\"fail\",\"n\":{i}}}")
+        } else {
+            format!("{{\"op\":\"square\",\"n\":{i}}}")
+        }
+    };
+    let events: String = (0..n).map(|i| line(i) + "\n").collect();
+    std::fs::write(&input, events).unwrap();
+    let (i, o, f) = (
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        failed.to_str().unwrap(),
+    );
+    let args = [
+        "run",
+        "-w",
+        "2",
+        "--resume",
+        "--failed",
+        f,
+        "-i",
+        i,
+        "-o",
+        o,
+        "--",
+        chaos(),
+    ];
+    let full = 80 * n as u64;
+    let mut rng = Rng(7);
+    for round in 0..2 {
+        let point = file_len(&out) + full / 4 + rng.below(full / 8);
+        let mut child = spawn(&fx, &args);
+        assert!(
+            kill_at(&mut child, &out, point),
+            "round {round}: herd finished before the kill point"
+        );
+    }
+    output_ok(&mut fx.herd(&args));
+    let by_seq = finals(&out);
+    assert_eq!(by_seq.len(), n);
+    let mut got: Vec<String> = std::fs::read_to_string(&failed)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..n).filter(|i| i % 10 == 4).map(line).collect();
+    want.sort();
+    assert_eq!(got, want, "each failed line once, the earlier runs' too");
+}

@@ -262,6 +262,8 @@ pub struct Plan {
     before: Vec<u64>,
     pub lines: u64,
     pub to_run: u64,
+    /// Under `--resume`: lines whose final record in the output is not ok.
+    failed_before: Option<Bits>,
     /// Held while the records are appended (see [`plan`]).
     lock: Option<nix::fcntl::Flock<File>>,
 }
@@ -294,6 +296,7 @@ impl Plan {
             before,
             lines,
             to_run: total,
+            failed_before: None,
             lock: None,
         }
     }
@@ -310,6 +313,11 @@ impl Plan {
             w &= w - 1;
         }
         Some(word as u64 * 64 + u64::from(w.trailing_zeros()))
+    }
+
+    /// Whether line `seq` does not run because its final record in the output is not ok.
+    pub fn failed_before(&self, seq: u64) -> bool {
+        self.failed_before.as_ref().is_some_and(|f| f.get(seq)) && !self.run.get(seq)
     }
 
     /// Keeps the inputs of `batch` that run, numbered densely from `*next`. Fails on a line
@@ -424,12 +432,13 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
                 o.input.display()
             );
         }
-        Some(scan.done)
+        Some(scan)
     } else {
         None
     };
-    let mut plan = Plan::new(lines, skip.as_ref(), only.as_ref());
+    let mut plan = Plan::new(lines, skip.as_ref().map(|s| &s.done), only.as_ref());
     plan.lock = lock;
+    plan.failed_before = skip.map(|s| s.failed);
     tracing::info!(lines, to_run = plan.to_run, "events to run");
     Ok(Some(plan))
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use herd_supervisor::lines::LineSource;
 use herd_supervisor::{Input, RecordBatch, RecordWriter, Room, Sink, Source, SubmissionError};
@@ -28,7 +28,7 @@ pub struct RunArgs {
     ordered: bool,
     /// Also write the input line of every event whose record is not ok to FILE, so that
     /// `herd run -i FILE` can replay them (numbered as lines of FILE; --retry-failed keeps
-    /// their seqs). Appended to under --resume.
+    /// their seqs). Under --resume, with the failed lines of the earlier runs too.
     #[arg(long, value_name = "FILE")]
     failed: Option<PathBuf>,
     /// Continue an interrupted run: append to the existing --output, running only the events
@@ -58,7 +58,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         retry_failed: args.retry_failed.as_deref(),
     })?
     .map(Arc::new);
-    if plan.as_ref().is_some_and(|p| p.to_run == 0) {
+    // With --failed, the input is still read: its failed lines are written again.
+    if plan.as_ref().is_some_and(|p| p.to_run == 0) && args.failed.is_none() {
         tracing::info!("nothing to run: every event already has its record");
         return Ok(ExitCode::SUCCESS);
     }
@@ -66,18 +67,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let input = crate::open_input(&args.input)?;
     let to_stdout = args.output.as_os_str() == "-";
     let output = resume::open_output(&args.output, args.resume)?;
-    let failed: Option<Box<dyn Write + Send>> = match &args.failed {
-        Some(path) => {
-            let mut open = std::fs::OpenOptions::new();
-            if args.resume {
-                open.append(true).create(true);
-            } else {
-                open.write(true).create(true).truncate(true);
-            }
-            Some(Box::new(io::BufWriter::new(open.open(path).with_context(
-                || format!("cannot create failed-events file {}", path.display()),
-            )?)))
-        }
+    // Under --resume the failed file is written anew: the lines of the events that failed in
+    // the earlier runs (from the records, so a kill that lost some of their lines loses
+    // nothing) as the input goes by, and this run's as their records come.
+    let failed: Option<Failed> = match &args.failed {
+        Some(path) => Some(Arc::new(Mutex::new(io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create failed-events file {}", path.display()))?,
+        )))),
         None => None,
     };
     // Records on the terminal the bar is drawn on go out with the bar out of the way.
@@ -93,6 +90,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plan: plan.clone(),
         next: 0,
         seen: 0,
+        failed: failed.clone(),
     };
     let sink = RecordSink {
         suspend: records_on_terminal && progress.is_shown(),
@@ -128,6 +126,24 @@ struct CountedLines {
     next: u64,
     /// Lines read.
     seen: u64,
+    failed: Option<Failed>,
+}
+
+/// The `--failed` file, written by the sink and, under `--resume`, by the source.
+type Failed = Arc<Mutex<io::BufWriter<std::fs::File>>>;
+
+/// Writes the lines of `batch` whose events failed in an earlier run to the failed file.
+fn write_failed_before(plan: &resume::Plan, batch: &[Input], failed: &Failed) -> io::Result<()> {
+    let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
+    for input in batch {
+        if let Input::Event { seq, payload, .. } = input {
+            if plan.failed_before(*seq) {
+                f.write_all(payload)?;
+                f.write_all(b"\n")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Source for CountedLines {
@@ -146,6 +162,9 @@ impl Source for CountedLines {
             match &mut batch {
                 Ok(Some(b)) => {
                     self.seen += b.len() as u64;
+                    if let Some(f) = &self.failed {
+                        write_failed_before(plan, b, f)?;
+                    }
                     let kept = plan.filter(std::mem::take(b), &mut self.next)?;
                     if !kept.is_empty() {
                         return Ok(Some(kept));
@@ -169,7 +188,7 @@ impl Source for CountedLines {
 /// own, so its writes may block.
 struct RecordSink {
     writer: RecordWriter<Box<dyn Write + Send>>,
-    failed: Option<Box<dyn Write + Send>>,
+    failed: Option<Failed>,
     progress: Progress,
     suspend: bool,
     /// Records' `seq` are dense numbers of the lines this plan runs: written as line numbers.
@@ -200,7 +219,8 @@ impl RecordSink {
         } else {
             self.writer.write(batch)?;
         }
-        if let Some(f) = self.failed.as_mut() {
+        if let Some(f) = &self.failed {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             let inputs = batch
                 .iter()
                 .filter(|r| !r.is_ok())
@@ -221,8 +241,8 @@ impl RecordSink {
         } else {
             self.writer.flush()?;
         }
-        if let Some(f) = self.failed.as_mut() {
-            f.flush()?;
+        if let Some(f) = &self.failed {
+            f.lock().unwrap_or_else(|e| e.into_inner()).flush()?;
         }
         Ok(())
     }
