@@ -423,6 +423,10 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
     for (args, want) in [
         (vec!["--resume", "-i", i], "-o FILE"),
         (vec!["--resume", "-o", "x.jsonl"], "-i FILE"),
+        (
+            vec!["--resume", "-i", "/dev/stdin", "-o", "x.jsonl"],
+            "regular file",
+        ),
     ] {
         let mut all = vec!["run"];
         all.extend(args);

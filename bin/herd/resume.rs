@@ -363,8 +363,12 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
     } else {
         "--retry-failed"
     };
-    if o.input.as_os_str() == "-" {
-        bail!("{what} needs the input as a file (-i FILE): herd checks the records against it and numbers its lines again");
+    // The input is read twice (counted first), so it must be a file, not a pipe.
+    if o.input.as_os_str() == "-" || std::fs::metadata(o.input).is_ok_and(|m| !m.is_file()) {
+        bail!(
+            "{what} needs the input as a regular file (-i FILE): herd checks the records \
+             against it and numbers its lines again"
+        );
     }
     if o.resume && o.output.as_os_str() == "-" {
         bail!("--resume needs the records file it appends to (-o FILE)");
