@@ -126,6 +126,12 @@ impl Progress {
         self.bar.suspend(f)
     }
 
+    /// Counts events that get no record this time (`--resume`: they have one already), so
+    /// the bar measures the whole input, whose lines it counts.
+    pub fn skipped(&mut self, events: u64) {
+        self.done += events;
+    }
+
     /// Counts records that were written.
     pub fn written(&mut self, records: &[Record]) {
         if !self.shown {

@@ -79,7 +79,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Records on the terminal the bar is drawn on go out with the bar out of the way.
     let records_on_terminal = to_stdout && io::stdout().is_terminal();
-    let (progress, input_count, _clear_progress) = Progress::new(!args.no_progress, &args.input);
+    let (mut progress, input_count, _clear_progress) =
+        Progress::new(!args.no_progress, &args.input);
+    if let Some(plan) = &plan {
+        progress.skipped(plan.lines - plan.to_run);
+    }
 
     let ordered = cfg.ordered;
     let max_line = cfg.max_frame.saturating_sub(32);
