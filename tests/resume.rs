@@ -419,6 +419,27 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
         );
         assert_eq!(std::fs::read(&out).unwrap(), content, "{name}: untouched");
     }
+    // `herd submit --resume` checks the file before it looks for a daemon.
+    let out = fx.path("text");
+    let sub = fx
+        .herd(&[
+            "submit",
+            "--control",
+            "/nonexistent.sock",
+            "--resume",
+            "-i",
+            i,
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&sub.stderr);
+    assert!(
+        !sub.status.success() && stderr.contains("line 1 is not a herd record"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"hello\nworld\n");
     // Resuming needs files on both sides.
     for (args, want) in [
         (vec!["--resume", "-i", i], "-o FILE"),
