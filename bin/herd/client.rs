@@ -222,6 +222,34 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_default();
     println!("records: {totals}");
+    let a = &st["autoscale"];
+    if a.is_object() {
+        let last = &a["last"];
+        let last = if last.is_object() {
+            format!(
+                "  last {} {} -> {} (backlog {}) at {:.0}s",
+                last["reason"].as_str().unwrap_or("?"),
+                num(&last["from"]),
+                num(&last["to"]),
+                num(&last["backlog"]),
+                last["uptime_secs"].as_f64().unwrap_or(0.0),
+            )
+        } else {
+            String::new()
+        };
+        let held = a["blocked"]
+            .as_str()
+            .map_or(String::new(), |r| format!("  growth held: {r}"));
+        println!(
+            "autoscale {}..{}  target {}  grows {}  shrinks {}  pool rss {:.1}MiB{held}{last}",
+            num(&a["min"]),
+            num(&a["max"]),
+            num(&a["target"]),
+            num(&a["grows"]),
+            num(&a["shrinks"]),
+            num(&a["pool_rss"]) as f64 / 1048576.0,
+        );
+    }
     for src in st["sources"].as_array().into_iter().flatten() {
         let up = if src["connected"].as_bool() == Some(true) {
             "connected"

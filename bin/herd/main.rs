@@ -81,9 +81,19 @@ enum Cmd {
 /// Worker and dispatch options shared by `run` and `serve`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {
-    /// Number of worker processes [default: number of CPUs].
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    workers: Option<u32>,
+    /// Number of worker processes, or MIN..MAX to autoscale between bounds: grow on a
+    /// backlog, shrink after --scale-idle of spare capacity (see the README) [default:
+    /// number of CPUs].
+    #[arg(short, long, value_name = "N|MIN..MAX", value_parser = parse_workers)]
+    workers: Option<Workers>,
+    /// With --workers MIN..MAX: how long spare capacity must last before one worker is
+    /// retired [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    scale_idle: Option<Duration>,
+    /// With --workers MIN..MAX: the pool does not grow while the sum of its workers' resident
+    /// memory would exceed SIZE (e.g. 2GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_pool_rss: Option<usize>,
     /// Tasks in flight per worker [default: automatic, 2 to 1024: enough to cover about 2 ms of
     /// work, from the measured task duration; 2 until 8 tasks have been measured].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -139,8 +149,23 @@ impl PoolArgs {
     pub fn config(self) -> anyhow::Result<PoolConfig> {
         let mut cfg = PoolConfig::new(self.command);
         cfg.launch = self.launch.resolve()?;
-        if let Some(w) = self.workers {
-            cfg.workers = w as usize;
+        match self.workers {
+            Some(Workers::Fixed(n)) => cfg.workers = n,
+            Some(Workers::Range(mut a)) => {
+                if let Some(idle) = self.scale_idle {
+                    a.idle = idle;
+                }
+                a.max_pool_rss = self.max_pool_rss.map(|b| b as u64);
+                cfg.workers = a.min;
+                cfg.autoscale = Some(a);
+            }
+            None => {}
+        }
+        if cfg.autoscale.is_none() {
+            anyhow::ensure!(
+                self.scale_idle.is_none() && self.max_pool_rss.is_none(),
+                "--scale-idle and --max-pool-rss apply to an autoscaling pool: give --workers MIN..MAX"
+            );
         }
         cfg.window = self.window.unwrap_or(0) as usize;
         cfg.timeout = self.timeout;
@@ -165,6 +190,35 @@ impl PoolArgs {
         }
         Ok(cfg)
     }
+}
+
+/// `--workers`: a fixed number, or autoscaling bounds.
+#[derive(Debug, Clone, Copy)]
+pub enum Workers {
+    Fixed(usize),
+    Range(herd_supervisor::AutoscaleConfig),
+}
+
+pub fn parse_workers(s: &str) -> Result<Workers, String> {
+    let num = |t: &str, what: &str| -> Result<usize, String> {
+        t.trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: {what} `{t}` is not a number (expected N or MIN..MAX)"))
+    };
+    let Some((min, max)) = s.split_once("..") else {
+        let n = num(s, "N")?;
+        if !(1..=herd_supervisor::autoscale::MAX_WORKERS).contains(&n) {
+            return Err(format!(
+                "`{s}`: the number of workers must be between 1 and {}",
+                herd_supervisor::autoscale::MAX_WORKERS
+            ));
+        }
+        return Ok(Workers::Fixed(n));
+    };
+    let (min, max) = (num(min, "MIN")?, num(max, "MAX")?);
+    herd_supervisor::AutoscaleConfig::new(min, max)
+        .map(Workers::Range)
+        .map_err(|e| format!("`{s}`: {e}"))
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

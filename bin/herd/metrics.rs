@@ -18,6 +18,11 @@
 //! | `herd_submissions` | gauge | |
 //! | `herd_uptime_seconds` | gauge | |
 //! | `herd_task_duration_seconds` | histogram | `le` |
+//! | `herd_autoscale_min`, `herd_autoscale_max` | gauge | (with `--workers MIN..MAX`) |
+//! | `herd_autoscale_decisions_total` | counter | `direction`: grow, shrink |
+//! | `herd_autoscale_blocked` | gauge | 1 while growth is held at `--max-pool-rss` |
+//! | `herd_autoscale_penalty` | gauge | the anti-flap factor on the idle interval |
+//! | `herd_pool_rss_bytes` | gauge | (with `--workers MIN..MAX`) |
 //!
 //! Any other path is a 404; a scrape after the pool has stopped is a 503.
 //!
@@ -436,6 +441,55 @@ impl Collector for Snapshot {
             }
         }
 
+        if let Some(a) = &s.autoscale {
+            let mut m = enc.encode_descriptor(
+                "autoscale_decisions",
+                "Autoscaling decisions, by direction",
+                None,
+                MetricType::Counter,
+            )?;
+            for (direction, n) in [("grow", a.grows), ("shrink", a.shrinks)] {
+                ConstCounter::new(n).encode(m.encode_family(&[("direction", direction)])?)?;
+            }
+            let gauges: [(&str, &str, u64); 4] = [
+                (
+                    "autoscale_min",
+                    "Fewest workers the pool autoscales to",
+                    a.min as u64,
+                ),
+                (
+                    "autoscale_max",
+                    "Most workers the pool autoscales to",
+                    a.max as u64,
+                ),
+                (
+                    "autoscale_blocked",
+                    "1 while growth is held back by the pool memory ceiling",
+                    u64::from(a.blocked.is_some()),
+                ),
+                (
+                    "autoscale_penalty",
+                    "Factor on the idle interval after a shrink was followed by a grow",
+                    u64::from(a.penalty),
+                ),
+            ];
+            for (name, help, v) in gauges {
+                ConstGauge::new(v).encode(enc.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+            }
+            let m = enc.encode_descriptor(
+                "pool_rss",
+                "Sum of the workers' resident memory",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(a.pool_rss).encode(m)?;
+        }
+
         // The histogram: per-bucket counts go in as they are; the encoder makes them
         // cumulative. The last bucket is `+Inf`.
         let h = &s.durations;
@@ -497,6 +551,7 @@ mod tests {
             restarts: BTreeMap::from([("crash", 1)]),
             durations,
             sources: Vec::new(),
+            autoscale: None,
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -528,6 +583,51 @@ mod tests {
                 text.lines().any(|l| l == line),
                 "missing {line:?} in:\n{text}"
             );
+        }
+    }
+
+    #[test]
+    fn autoscaling_shows_bounds_decisions_and_memory() {
+        let status = Status {
+            pid: 1,
+            uptime_secs: 0.0,
+            phase: "running",
+            target_workers: 3,
+            workers: vec![],
+            queued: 0,
+            inflight: 0,
+            submissions: 0,
+            totals: BTreeMap::new(),
+            retries: 0,
+            restarts: BTreeMap::new(),
+            durations: Histogram::default(),
+            sources: Vec::new(),
+            autoscale: Some(herd_supervisor::AutoscaleStatus {
+                min: 1,
+                max: 8,
+                target: 3,
+                idle_ms: 10_000,
+                penalty: 2,
+                pool_rss: 3 << 20,
+                max_pool_rss: None,
+                blocked: Some("max-pool-rss"),
+                grows: 4,
+                shrinks: 2,
+                last: None,
+            }),
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        for line in [
+            "herd_workers_target 3",
+            "herd_autoscale_min 1",
+            "herd_autoscale_max 8",
+            "herd_autoscale_decisions_total{direction=\"grow\"} 4",
+            "herd_autoscale_decisions_total{direction=\"shrink\"} 2",
+            "herd_autoscale_blocked 1",
+            "herd_autoscale_penalty 2",
+            "herd_pool_rss_bytes 3145728",
+        ] {
+            assert!(text.lines().any(|l| l == line), "want {line:?} in\n{text}");
         }
     }
 
@@ -577,6 +677,7 @@ mod tests {
                 detail: String::new(),
                 numbers: BTreeMap::from([("acked".to_string(), 5), ("held".to_string(), 2)]),
             }],
+            autoscale: None,
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -604,6 +705,7 @@ mod tests {
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
             sources: Vec::new(),
+            autoscale: None,
         };
         let text = render(status).expect("a String never fails to take writes");
         let buckets = text

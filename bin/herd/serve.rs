@@ -81,7 +81,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let workers = cfg.workers;
     let max_connections = connection_cap(
         args.max_connections as usize,
-        workers,
+        // Descriptors for as many workers as autoscaling may start.
+        cfg.max_workers(),
         if args.metrics.is_some() { 2 } else { 1 },
     );
     let limits = ControlLimits {

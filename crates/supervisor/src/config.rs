@@ -51,6 +51,9 @@ pub struct PoolConfig {
     pub runtime_dir: Option<PathBuf>,
     /// As whom, with which limits and environment workers run.
     pub launch: crate::launch::Launch,
+    /// Scale between bounds instead of running `workers` (which is then ignored): see
+    /// [`crate::autoscale`].
+    pub autoscale: Option<crate::autoscale::AutoscaleConfig>,
 }
 
 impl PoolConfig {
@@ -79,6 +82,7 @@ impl PoolConfig {
             exit_timeout: Duration::from_secs(5),
             runtime_dir: None,
             launch: crate::launch::Launch::default(),
+            autoscale: None,
         }
     }
 
@@ -94,7 +98,12 @@ impl PoolConfig {
         } else {
             self.window
         };
-        (self.workers.max(1) * window * 4).clamp(1024, 16384)
+        (self.max_workers() * window * 4).clamp(1024, 16384)
+    }
+
+    /// Workers the pool may run at most: `workers`, or the autoscaling maximum.
+    pub fn max_workers(&self) -> usize {
+        self.autoscale.map_or(self.workers, |a| a.max).max(1)
     }
 
     /// The program name, for messages.

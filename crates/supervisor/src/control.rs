@@ -384,9 +384,15 @@ async fn connection(
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
         },
-        RequestRef::Scale { workers } => {
-            command(&pool, Command::Scale(workers as usize), "scaling")
-        }
+        RequestRef::Scale { workers } => match pool.autoscale() {
+            // One owner for the target: the autoscaler would undo a manual scale anyway.
+            Some(a) => Reply::Error(format!(
+                "the daemon autoscales between {} and {} workers (--workers {}..{}); \
+                 restart it with --workers {workers} for a fixed size",
+                a.min, a.max, a.min, a.max
+            )),
+            None => command(&pool, Command::Scale(workers as usize), "scaling"),
+        },
         RequestRef::Reload => command(&pool, Command::Reload, "reloading"),
         RequestRef::Stop { fast } => command(&pool, Command::Stop { fast }, "stopping"),
         other => Reply::Error(format!("unexpected request {}", name(&other))),

@@ -25,6 +25,7 @@
 //! into messages for it: `rendezvous` (socket and handshakes), `link` (frames after the
 //! handshake), `process` (spawning, exit watching, stderr forwarding).
 
+pub mod autoscale;
 mod config;
 pub mod control;
 mod credits;
@@ -54,6 +55,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use credits::{Credits, Outbox};
 
+pub use autoscale::AutoscaleConfig;
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;
@@ -61,7 +63,7 @@ pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
-pub use status::{SourceStatus, Status, WorkerStatus};
+pub use status::{AutoscaleDecision, AutoscaleStatus, SourceStatus, Status, WorkerStatus};
 pub use submission::{
     run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
     SubmissionError,
@@ -114,9 +116,9 @@ pub enum Command {
     /// timeout), then sends the termination frames; `fast: true` kills the workers and
     /// records the rest as `shutdown`.
     Stop { fast: bool },
-    /// Run this many workers.
+    /// Run this many workers. Ignored (with a warning in the log) while the pool autoscales.
     Scale(usize),
-    /// One worker more (+1) or fewer (-1).
+    /// One worker more (+1) or fewer (-1). Ignored while the pool autoscales.
     ScaleBy(i64),
     /// Rolling restart of every worker.
     Reload,
@@ -247,6 +249,8 @@ pub struct PoolHandle {
     /// Per submission: events and bytes in the pool at once.
     queue: usize,
     queue_bytes: usize,
+    /// The autoscaling bounds, if the pool autoscales.
+    autoscale: Option<autoscale::AutoscaleConfig>,
 }
 
 /// Tells a source's state for a status snapshot.
@@ -276,6 +280,7 @@ pub fn pool(config: PoolConfig) -> (PoolHandle, impl Future<Output = Result<Summ
         reporters: Arc::default(),
         queue: config.effective_queue(),
         queue_bytes: config.queue_bytes,
+        autoscale: config.autoscale,
     };
     let run = pool::Pool::run(config, submissions_rx, cmd_rx, ready_tx, stopping_tx);
     // The pool runs as a task of its own, not as the future the caller awaits: on a
@@ -337,6 +342,11 @@ impl PoolHandle {
     /// Events one submission may have in the pool at once (its event credits).
     pub fn queue(&self) -> usize {
         self.queue
+    }
+
+    /// The autoscaling settings, if the pool autoscales (`--workers MIN..MAX`).
+    pub fn autoscale(&self) -> Option<autoscale::AutoscaleConfig> {
+        self.autoscale
     }
 
     /// Sends a command; `false` if the pool has stopped.

@@ -317,6 +317,17 @@ impl<L> Slot<L> {
         }
     }
 
+    /// When the task the worker is running now started, if it is running one (for the
+    /// autoscaler's measure of work done).
+    pub fn running_since(&self) -> Option<Instant> {
+        match &self.state {
+            State::Ready { inflight, .. } | State::Retiring { inflight, .. } => {
+                Some(inflight.front()?.started)
+            }
+            _ => None,
+        }
+    }
+
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, State::Stopped)
     }

@@ -94,6 +94,49 @@ pub struct Status {
     /// when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceStatus>,
+    /// The autoscaler's bounds and decisions; absent when the pool has a fixed size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+/// The autoscaler, as `herd status --json` shows it (`--workers MIN..MAX`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoscaleStatus {
+    pub min: usize,
+    pub max: usize,
+    /// Workers the pool is scaled to now (as `target_workers`).
+    pub target: usize,
+    /// How long spare capacity must last before a worker is retired, penalty included (ms).
+    pub idle_ms: u64,
+    /// The anti-flap factor the configured idle interval is multiplied by (1 = none).
+    pub penalty: u32,
+    /// Sum of the workers' resident memory (bytes).
+    pub pool_rss: u64,
+    /// `--max-pool-rss`, if set.
+    pub max_pool_rss: Option<u64>,
+    /// Why growth is held back now (`max-pool-rss`), if it is.
+    pub blocked: Option<&'static str>,
+    /// Decisions so far.
+    pub grows: u64,
+    pub shrinks: u64,
+    /// The latest decision.
+    pub last: Option<AutoscaleDecision>,
+}
+
+/// One autoscaling decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoscaleDecision {
+    pub from: usize,
+    pub to: usize,
+    /// `backlog` (grow) or `idle` (shrink).
+    pub reason: &'static str,
+    /// Events waiting when it was taken.
+    pub backlog: usize,
+    /// Busy-worker equivalents measured (a shrink's spare-capacity check).
+    pub demand: f64,
+    /// When: the pool's uptime then, and Unix time in milliseconds.
+    pub uptime_secs: f64,
+    pub unix_ms: u64,
 }
 
 /// What an event source outside the pool (a broker consumer) tells about itself, in

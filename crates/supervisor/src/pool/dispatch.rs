@@ -8,7 +8,7 @@ use crate::slot::Cause;
 
 impl Pool {
     /// The window in effect: fixed, or automatic (2 until enough tasks were measured).
-    fn window(&self) -> usize {
+    pub(super) fn window(&self) -> usize {
         match self.cfg.window {
             0 if self.task_samples < policy::AUTO_WINDOW_WARMUP => 2,
             0 => policy::auto_window(self.task_ewma_us),

@@ -273,14 +273,33 @@ impl Pool {
         self.apply(i, effects);
     }
 
-    /// Grows or shrinks the pool to `n` workers. New slots start at once; surplus slots finish
-    /// their in-flight tasks, get the termination frame and stay empty.
+    /// A manual scale (`herd ctl scale`, TTIN/TTOU). Refused while autoscaling: the
+    /// autoscaler owns the target then (`herd ctl scale` is refused before it gets here).
     pub(super) fn scale(&mut self, n: usize) {
-        let n = n.clamp(1, 4096);
+        if let Some(a) = &self.autoscaler {
+            let bounds = a.config();
+            tracing::warn!(
+                min = bounds.min,
+                max = bounds.max,
+                wanted = n,
+                "manual scaling ignored: the pool autoscales within its bounds"
+            );
+            return;
+        }
+        let n = n.clamp(1, crate::autoscale::MAX_WORKERS);
         if self.phase != Phase::Running || n == self.target {
             return;
         }
         tracing::info!(from = self.target, to = n, "scaling");
+        self.resize(n);
+    }
+
+    /// Grows or shrinks the pool to `n` workers. New slots start at once; surplus slots finish
+    /// their in-flight tasks, get the termination frame and stay empty.
+    pub(super) fn resize(&mut self, n: usize) {
+        if self.phase != Phase::Running || n == self.target || n == 0 {
+            return;
+        }
         let old = self.target;
         self.target = n;
         if n > old {

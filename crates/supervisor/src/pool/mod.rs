@@ -36,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::autoscale::Autoscaler;
 use crate::config::PoolConfig;
 use crate::guard::Guard;
 use crate::link::Link;
@@ -109,6 +110,15 @@ pub(crate) struct Pool {
     link_tx: mpsc::UnboundedSender<FromLink>,
     /// Cleans up after herd if herd is killed (see `guard`); none if it could not start.
     guard: Option<Arc<Guard>>,
+    /// With `--workers MIN..MAX`: the rule's state, sampled every `autoscale::TICK`.
+    autoscaler: Option<Autoscaler>,
+    next_autoscale: Instant,
+    /// The autoscaler's clock starts here.
+    epoch: Instant,
+    /// Sum of the workers' resident memory and how many it covers, measured every
+    /// `POOL_RSS_EVERY` while there is a pool memory ceiling.
+    pool_rss: Option<(u64, usize)>,
+    next_pool_rss: Instant,
 }
 
 impl Pool {
@@ -120,6 +130,9 @@ impl Pool {
         ready_tx: watch::Sender<Option<Vec<u32>>>,
         stopping_tx: watch::Sender<bool>,
     ) -> Result<Summary, PoolError> {
+        if let Some(a) = cfg.autoscale {
+            cfg.workers = a.min;
+        }
         cfg.workers = cfg.workers.max(1);
         cfg.max_frame = cfg.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
         if cfg.command.is_empty() {
@@ -150,6 +163,7 @@ impl Pool {
             .and_then(|h| u64::from_str_radix(&h, 16).ok())
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
         let credits = cfg.effective_queue();
+        let cfg_autoscale = cfg.autoscale;
         let now = Instant::now();
         let mut pool = Pool {
             limits: Limits {
@@ -190,6 +204,11 @@ impl Pool {
             exited_tx,
             link_tx,
             guard,
+            autoscaler: cfg_autoscale.map(Autoscaler::new),
+            next_autoscale: now + crate::autoscale::TICK,
+            epoch: now,
+            pool_rss: None,
+            next_pool_rss: now,
         };
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));

@@ -3,7 +3,7 @@
 use super::{Phase, Pool};
 use crate::process;
 use crate::record::ErrorKind;
-use crate::status::{Status, WorkerStatus};
+use crate::status::{AutoscaleDecision, AutoscaleStatus, Status, WorkerStatus};
 
 impl Pool {
     pub(super) fn status(&self) -> Status {
@@ -22,6 +22,7 @@ impl Pool {
                 rss: s.pid().and_then(process::rss_bytes),
             })
             .collect();
+        let pool_rss: u64 = workers.iter().filter_map(|w| w.rss).sum();
         let mut totals: std::collections::BTreeMap<&'static str, u64> =
             ErrorKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
         totals.insert("ok", self.summary.ok);
@@ -46,6 +47,38 @@ impl Pool {
                 Phase::Stopping => "stopping",
             },
             sources: Vec::new(),
+            autoscale: self.autoscaler.as_ref().map(|a| {
+                let cfg = a.config();
+                let (grows, shrinks) = a.counts();
+                let uptime = self.now.saturating_duration_since(self.epoch);
+                let unix_now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                AutoscaleStatus {
+                    min: cfg.min,
+                    max: cfg.max,
+                    target: self.target,
+                    idle_ms: a.idle_interval().as_millis() as u64,
+                    penalty: a.penalty(),
+                    pool_rss,
+                    max_pool_rss: cfg.max_pool_rss,
+                    blocked: a.blocked(),
+                    grows,
+                    shrinks,
+                    last: a.last().map(|d| {
+                        let ago = uptime.saturating_sub(d.at);
+                        AutoscaleDecision {
+                            from: d.from,
+                            to: d.to,
+                            reason: d.reason,
+                            backlog: d.backlog,
+                            demand: d.demand,
+                            uptime_secs: d.at.as_secs_f64(),
+                            unix_ms: unix_now.saturating_sub(ago).as_millis() as u64,
+                        }
+                    }),
+                }
+            }),
         }
     }
 

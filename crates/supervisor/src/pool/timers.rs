@@ -1,17 +1,20 @@
 //! Every deadline the pool keeps, armed in one place and fired in one place: each owner says
 //! when it next needs attention and what to do then (the slots' start, task and exit timeouts
 //! and backoffs; retries waiting out their delay; outboxes held for batching; the stop grace;
-//! the memory check).
+//! the memory check; the autoscaler's samples).
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{Phase, Pool};
-use crate::process;
+use crate::{autoscale, process};
 
 /// How often workers' resident memory is compared with `max_rss`.
 const RSS_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often the pool's memory (for `--max-pool-rss`) is summed: a read of
+/// `/proc/PID/statm` per worker, so not on every autoscaler sample.
+const POOL_RSS_EVERY: Duration = Duration::from_millis(500);
 
 impl Pool {
     /// The earliest deadline of all.
@@ -21,10 +24,13 @@ impl Pool {
             _ => None,
         };
         let rss = self.cfg.max_rss.map(|_| self.next_rss_check);
+        let autoscale = (self.autoscaler.is_some() && self.phase == Phase::Running)
+            .then_some(self.next_autoscale);
         let slots = self.slots.iter().filter_map(|s| s.deadline(&self.limits));
         [
             stop,
             rss,
+            autoscale,
             self.retries.deadline(),
             self.submissions.next_flush(),
         ]
@@ -38,6 +44,7 @@ impl Pool {
     /// checked before every wait, so neither needs anything here.)
     pub(super) fn on_tick(&mut self) {
         self.check_rss();
+        self.autoscale();
         self.retries_due();
         for i in 0..self.slots.len() {
             let keep = self.keep(i);
@@ -72,5 +79,87 @@ impl Pool {
                 self.recycle(i, "max-rss");
             }
         }
+    }
+
+    /// Samples the pool for the autoscaler and carries out its decision, if it is due.
+    fn autoscale(&mut self) {
+        if self.autoscaler.is_none() || self.next_autoscale > self.now {
+            return;
+        }
+        self.next_autoscale = self.now + autoscale::TICK;
+        if self.phase != Phase::Running {
+            return;
+        }
+        let window = self.window();
+        let max_tasks = self.cfg.max_tasks;
+        let active = &self.slots[..self.target.min(self.slots.len())];
+        let room = active
+            .iter()
+            .filter(|s| s.has_room(window, max_tasks))
+            .map(|s| window.saturating_sub(s.inflight_len()))
+            .sum();
+        let running: u64 = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running_since())
+            .map(|t| self.now.saturating_duration_since(t).as_micros() as u64)
+            .sum();
+        let ceiling = self
+            .autoscaler
+            .as_ref()
+            .and_then(|a| a.config().max_pool_rss);
+        if ceiling.is_some() && self.next_pool_rss <= self.now {
+            self.next_pool_rss = self.now + POOL_RSS_EVERY;
+            self.pool_rss = Some(self.slots.iter().filter_map(|s| s.pid()).fold(
+                (0, 0),
+                |(sum, n), pid| match process::rss_bytes(pid) {
+                    Some(b) => (sum + b, n + 1),
+                    None => (sum, n),
+                },
+            ));
+        }
+        let sample = autoscale::Sample {
+            now: self.now.saturating_duration_since(self.epoch),
+            target: self.target,
+            starting: active.iter().filter(|s| !s.is_ready()).count(),
+            queued: self.submissions.queued(),
+            room,
+            window,
+            work_us: self.stats.durations.sum_us.saturating_add(running),
+            pool_rss: self.pool_rss,
+        };
+        let Some(a) = self.autoscaler.as_mut() else {
+            return;
+        };
+        let was_blocked = a.blocked();
+        let decision = a.evaluate(&sample);
+        let idle_ms = a.idle_interval().as_millis() as u64;
+        let penalty = a.penalty();
+        match (was_blocked, a.blocked()) {
+            (None, Some(reason)) => tracing::info!(
+                reason,
+                target = self.target,
+                backlog = sample.queued,
+                pool_rss = self.pool_rss.map(|(b, _)| b),
+                max_pool_rss = ceiling,
+                "autoscale growth held"
+            ),
+            (Some(reason), None) => tracing::debug!(reason, "autoscale growth no longer held"),
+            _ => {}
+        }
+        let Some(d) = decision else {
+            return;
+        };
+        tracing::info!(
+            from = d.from,
+            to = d.to,
+            reason = d.reason,
+            backlog = d.backlog,
+            demand = d.demand,
+            idle_ms,
+            penalty,
+            "autoscale"
+        );
+        self.resize(d.to);
     }
 }
