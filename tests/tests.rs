@@ -1,6 +1,7 @@
 //! Black-box tests: the real `herd` binary driving real `herd-chaos` worker processes over
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
+mod autoscale;
 mod cli;
 mod control;
 mod daemon;

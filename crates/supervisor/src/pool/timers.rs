@@ -138,7 +138,7 @@ impl Pool {
         match (was_blocked, a.blocked()) {
             (None, Some(reason)) => tracing::info!(
                 reason,
-                target = self.target,
+                workers = self.target,
                 backlog = sample.queued,
                 pool_rss = self.pool_rss.map(|(b, _)| b),
                 max_pool_rss = ceiling,

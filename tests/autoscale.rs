@@ -1,0 +1,409 @@
+//! Autoscaling (`--workers MIN..MAX`): a burst grows the pool to MAX, spare capacity shrinks
+//! it to MIN one worker at a time, nothing is lost on the way, a steady load does not flap,
+//! the pool memory ceiling stops growth, and bad bounds are refused.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::util::*;
+
+/// `herd serve -w <workers> <extra> -- herd-chaos` with JSON logs, once it is ready.
+fn autoscaled(workers: &str, extra: &[&str]) -> Daemon {
+    let fx = Fixture::new();
+    let control = fx.path("control.sock");
+    let mut args = vec![
+        "serve",
+        "--log-format",
+        "json",
+        "--control",
+        control.to_str().unwrap(),
+        "-w",
+        workers,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", chaos()]);
+    let live = fx.spawn_herd(&args);
+    live.wait_log("ready", RUN_TIMEOUT, |l| {
+        l.iter().any(|x| x["message"] == "ready")
+    });
+    Daemon { fx, live, control }
+}
+
+/// Polls `herd status --json` until `cond` holds; returns that status.
+fn wait_status(d: &Daemon, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    wait_for(what, RUN_TIMEOUT, || {
+        last = d.status();
+        cond(&last)
+    });
+    last
+}
+
+/// Workers with a ready process (idle or busy).
+fn ready_workers(st: &Value) -> usize {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+        .count()
+}
+
+fn decisions(st: &Value) -> u64 {
+    st["autoscale"]["grows"].as_u64().unwrap() + st["autoscale"]["shrinks"].as_u64().unwrap()
+}
+
+fn sleeps(n: usize, ms: u64) -> String {
+    format!("{{\"op\":\"sleep\",\"ms\":{ms}}}\n").repeat(n)
+}
+
+/// Collects a background `herd submit`'s output on a thread, so its pipe never fills.
+fn collect(child: Child) -> std::thread::JoinHandle<std::process::Output> {
+    std::thread::spawn(move || child.wait_with_output().unwrap())
+}
+
+/// Every one of `n` records arrived once, and is ok.
+fn assert_all_ok(records: &[Value], n: usize) {
+    assert_eq!(records.len(), n, "one record per event");
+    let seqs: HashSet<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.len(), n, "no duplicate seq");
+    assert!(seqs.iter().all(|&s| s < n as u64));
+    for r in records {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+}
+
+fn parse_records(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn autoscale_lines(logs: &[Value]) -> Vec<&Value> {
+    logs.iter()
+        .filter(|l| l["message"] == "autoscale")
+        .collect()
+}
+
+#[test]
+fn a_burst_grows_to_max_and_idleness_shrinks_to_min_without_losing_a_record() {
+    let d = autoscaled("1..4", &["--scale-idle", "500ms"]);
+    let st = d.status();
+    let a = &st["autoscale"];
+    assert_eq!((a["min"].as_u64(), a["max"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(a["target"], 1);
+    assert_eq!(a["idle_ms"], 500);
+    assert_eq!(decisions(&st), 0);
+    assert_eq!(ready_workers(&st), 1);
+
+    // About 4 s of sleeping for 4 workers; 15 s for one.
+    let n = 3_000;
+    let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
+    let st = wait_status(&d, "the burst to grow the pool to 4 ready workers", |s| {
+        s["autoscale"]["target"] == 4 && ready_workers(s) == 4
+    });
+    assert_eq!(st["target_workers"], 4);
+    assert_eq!(st["autoscale"]["last"]["reason"], "backlog");
+    assert_eq!(st["autoscale"]["shrinks"], 0);
+    // Hostile: the newest worker dies mid-burst. It is restarted, not scaled away, and its
+    // task is retried.
+    let victim = st["workers"][3]["pid"].as_u64().unwrap() as u32;
+    signal(victim, Signal::SIGKILL);
+
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_all_ok(&parse_records(&out.stdout), n);
+
+    // Idle now: one worker retired per interval, down to MIN.
+    let st = wait_status(&d, "idleness to shrink the pool to 1", |s| {
+        s["target_workers"] == 1 && s["workers"].as_array().unwrap().len() == 1
+    });
+    let a = &st["autoscale"];
+    assert_eq!(a["shrinks"], 3);
+    assert_eq!(a["last"]["reason"], "idle");
+    assert_eq!(
+        (a["last"]["from"].as_u64(), a["last"]["to"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(a["last"]["unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(st["totals"]["ok"], n);
+    assert_eq!(st["restarts"]["crash"], 1);
+
+    let logs = d.live.logs();
+    let lines = autoscale_lines(&logs);
+    assert_eq!(
+        lines.len() as u64,
+        decisions(&st),
+        "one log line per decision"
+    );
+    let grows: Vec<_> = lines.iter().filter(|l| l["reason"] == "backlog").collect();
+    assert!(
+        grows
+            .iter()
+            .any(|l| l["to"].as_u64() > Some(l["from"].as_u64().unwrap() + 1)),
+        "a deep backlog grows by several at once: {grows:?}"
+    );
+    for l in &lines {
+        for field in ["from", "to", "reason", "backlog"] {
+            assert!(!l[field].is_null(), "{field} in {l}");
+        }
+    }
+    let shrinks: Vec<_> = lines.iter().filter(|l| l["reason"] == "idle").collect();
+    assert!(shrinks
+        .iter()
+        .all(|l| l["from"].as_u64().unwrap() == l["to"].as_u64().unwrap() + 1));
+    // Scale-down went through the termination frame: retired workers exited 0.
+    let retired = logs
+        .iter()
+        .filter(|l| l["message"] == "worker exited" && l["code"] == 0)
+        .count();
+    assert!(retired >= 3, "{}", dump(&logs));
+    let fx_pids = d.live.all_worker_pids();
+    let (status, logs, fx, _) = d.stop();
+    assert!(status.success(), "{}", dump(&logs));
+    assert_all_gone(&fx_pids);
+    assert!(fx.leftover_runtime_dirs().is_empty());
+}
+
+/// A `herd submit` driven in a closed loop: the test keeps `k` events outstanding, writing a
+/// new one each time a record arrives.
+struct Loop {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: BufReader<std::process::ChildStdout>,
+    sent: usize,
+    records: Vec<Value>,
+    event: String,
+}
+
+impl Loop {
+    fn start(d: &Daemon, event: &str) -> Self {
+        let mut child =
+            d.fx.std_command(herd_bin())
+                .args(["submit", "--control", d.ctl()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+        Loop {
+            stdin: child.stdin.take(),
+            out: BufReader::new(child.stdout.take().unwrap()),
+            child,
+            sent: 0,
+            records: Vec::new(),
+            event: format!("{event}\n"),
+        }
+    }
+
+    /// Keeps `k` outstanding until `records` more have arrived.
+    fn run(&mut self, k: usize, records: usize) {
+        let goal = self.records.len() + records;
+        while self.records.len() < goal {
+            let stdin = self.stdin.as_mut().unwrap();
+            while self.sent - self.records.len() < k {
+                stdin.write_all(self.event.as_bytes()).unwrap();
+                self.sent += 1;
+            }
+            stdin.flush().unwrap();
+            let mut line = String::new();
+            assert!(
+                self.out.read_line(&mut line).unwrap() > 0,
+                "submit ended early"
+            );
+            self.records.push(serde_json::from_str(&line).unwrap());
+        }
+    }
+
+    /// Runs with `k` outstanding, checking the daemon every few records, until `cond` holds.
+    fn run_until(
+        &mut self,
+        d: &Daemon,
+        k: usize,
+        what: &str,
+        mut cond: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let st = d.status();
+            if cond(&st) {
+                return st;
+            }
+            assert!(
+                start.elapsed() < RUN_TIMEOUT,
+                "timed out waiting for {what}: {st}"
+            );
+            self.run(k, k.max(2));
+        }
+    }
+
+    /// Ends the submission and returns every record.
+    fn finish(mut self) -> Vec<Value> {
+        self.stdin.take();
+        let mut line = String::new();
+        while self.out.read_line(&mut line).unwrap() > 0 {
+            self.records.push(serde_json::from_str(&line).unwrap());
+            line.clear();
+        }
+        assert!(wait_exit(&mut self.child, RUN_TIMEOUT, "submit").success());
+        assert_eq!(self.records.len(), self.sent);
+        self.records
+    }
+}
+
+#[test]
+fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
+    // Window 1: each worker holds one event, so k outstanding events need k workers.
+    let d = autoscaled("1..4", &["--scale-idle", "500ms", "--window", "1"]);
+    let mut lp = Loop::start(&d, r#"{"op":"sleep","ms":150}"#);
+    // 8 outstanding on 1 worker: a backlog, so the pool grows to 4.
+    lp.run_until(&d, 8, "the backlog to grow the pool to 4", |s| {
+        s["autoscale"]["target"] == 4 && ready_workers(s) == 4
+    });
+    // 2 outstanding on 4: one worker fewer would be 67% busy, so one goes, while events are
+    // in flight; two fewer would be 100% busy, so it stops at 3.
+    lp.run_until(&d, 2, "the pool to shrink to 3 under load", |s| {
+        s["autoscale"]["target"] == 3
+    });
+    // Steady: no decision at all over 40 records (3 s, six idle intervals).
+    let before = d.status();
+    lp.run(2, 40);
+    let after = d.status();
+    assert_eq!(
+        decisions(&after),
+        decisions(&before),
+        "the pool flapped under a steady load: {}",
+        after["autoscale"]
+    );
+    assert_eq!(after["target_workers"], 3);
+    assert_eq!(after["autoscale"]["penalty"], 1);
+
+    let records = lp.finish();
+    let n = records.len();
+    assert_all_ok(&records, n);
+    assert_eq!(after["restarts"].as_object().map(|m| m.len()), Some(0));
+
+    // Nothing to do: down to MIN.
+    wait_status(&d, "the idle pool to shrink to 1", |s| {
+        s["target_workers"] == 1
+    });
+    d.stop_ok();
+}
+
+#[test]
+fn the_pool_memory_ceiling_stops_growth() {
+    // Any worker is larger than 1 MiB: the ceiling is reached with one.
+    let d = autoscaled("1..4", &["--max-pool-rss", "1MiB"]);
+    let n = 400;
+    let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
+    let st = wait_status(&d, "growth held at the memory ceiling", |s| {
+        s["autoscale"]["blocked"] == "max-pool-rss"
+    });
+    assert_eq!(st["autoscale"]["max_pool_rss"], 1 << 20);
+    assert!(st["autoscale"]["pool_rss"].as_u64().unwrap() > 1 << 20);
+    let out = sub.join().unwrap();
+    assert!(out.status.success());
+    assert_all_ok(&parse_records(&out.stdout), n);
+    let st = d.status();
+    assert_eq!(st["target_workers"], 1);
+    assert_eq!(st["autoscale"]["grows"], 0);
+    let logs = d.live.logs();
+    let held: Vec<_> = logs
+        .iter()
+        .filter(|l| l["message"] == "autoscale growth held")
+        .collect();
+    assert!(!held.is_empty(), "{}", dump(&logs));
+    assert_eq!(held[0]["reason"], "max-pool-rss");
+    d.stop_ok();
+}
+
+#[test]
+fn manual_scaling_is_refused_while_autoscaling() {
+    let d = autoscaled("1..2", &[]);
+    let out =
+        d.fx.herd(&["ctl", "--control", d.ctl(), "scale", "3"])
+            .output()
+            .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("autoscales between 1 and 2 workers") && err.contains("--workers 3"),
+        "{err}"
+    );
+    // TTIN is ignored, with a warning.
+    signal(d.live.pid(), Signal::SIGTTIN);
+    d.live.wait_log("the ignored TTIN", RUN_TIMEOUT, |l| {
+        l.iter().any(|x| {
+            x["message"] == "manual scaling ignored: the pool autoscales within its bounds"
+        })
+    });
+    let st = d.status();
+    assert_eq!(st["target_workers"], 1);
+    assert_eq!(decisions(&st), 0);
+    d.stop_ok();
+}
+
+#[test]
+fn herd_run_autoscales_too() {
+    let fx = Fixture::new();
+    let run = fx.run_chaos(&["-w", "1..3", "--scale-idle", "200ms"], sleeps(1_500, 4));
+    run.assert_success();
+    assert_all_ok(&run.records, 1_500);
+    let grows = run.log_events("autoscale");
+    assert!(
+        grows
+            .iter()
+            .any(|l| l["reason"] == "backlog" && l["to"] == 3),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn bad_bounds_are_refused_with_a_clear_message() {
+    let fx = Fixture::new();
+    for (workers, want) in [
+        ("3..2", "MIN (3) is larger than MAX (2)"),
+        ("0..0", "MAX must be at least 1"),
+        ("0..4", "MIN must be at least 1"),
+        ("1..5000", "over the limit of 4096 workers"),
+        ("1..x", "MAX `x` is not a number"),
+        ("0", "between 1 and 4096"),
+    ] {
+        let out = fx
+            .herd(&["run", "-w", workers, "--", chaos()])
+            .write_stdin("")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{workers}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{workers}: want {want:?} in {err}");
+    }
+    let out = fx
+        .herd(&[
+            "serve",
+            "--control",
+            "x.sock",
+            "-w",
+            "2",
+            "--scale-idle",
+            "1s",
+            "--",
+            chaos(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("give --workers MIN..MAX"), "{err}");
+}
