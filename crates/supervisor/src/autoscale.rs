@@ -295,6 +295,8 @@ impl Autoscaler {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);

@@ -15,7 +15,7 @@
 //! | `lifecycle.rs` | spawning, handshakes, results, exits and carrying out slot effects; scaling and reloading |
 //! | `settle.rs` | the exactly-one-record bookkeeping: every record leaves through it |
 //! | `stop.rs` | graceful and fast stops, and when the pool may exit |
-//! | `timers.rs` | every deadline: one place that arms them and one that fires them |
+//! | `timers.rs` | every deadline: one place that arms them and one that fires them; the autoscaler's samples |
 //! | `status.rs` | snapshots for `herd status`, USR1 and metrics |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
