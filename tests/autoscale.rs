@@ -407,3 +407,27 @@ fn bad_bounds_are_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("give --workers MIN..MAX"), "{err}");
 }
+
+#[test]
+fn two_hundred_thousand_tiny_events_through_an_autoscaled_run_all_arrive() {
+    let fx = Fixture::new();
+    let n = 200_000;
+    let run = fx.run_chaos(&["-w", "1..4", "--scale-idle", "200ms"], square_events(n));
+    run.assert_success();
+    assert_eq!(run.records.len(), n);
+    let seqs: HashSet<u64> = run
+        .records
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), n);
+    for r in &run.records {
+        let seq = r["seq"].as_u64().unwrap();
+        assert_eq!(r["output"].as_u64(), Some(seq * seq), "{r}");
+    }
+    // However the load went, every decision stayed within the bounds.
+    for l in run.log_events("autoscale") {
+        let to = l["to"].as_u64().unwrap();
+        assert!((1..=4).contains(&to), "{l}");
+    }
+}
