@@ -227,10 +227,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let last = &a["last"];
         let last = if last.is_object() {
             format!(
-                "  last {} {} -> {} (backlog {}) at {:.0}s",
-                last["reason"].as_str().unwrap_or("?"),
+                "  last: {} -> {} ({}, {} waiting) at {:.0}s",
                 num(&last["from"]),
                 num(&last["to"]),
+                last["reason"].as_str().unwrap_or("?"),
                 num(&last["backlog"]),
                 last["uptime_secs"].as_f64().unwrap_or(0.0),
             )

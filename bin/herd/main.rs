@@ -114,7 +114,7 @@ pub struct PoolArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_rss: Option<usize>,
     /// Most events of one submission accepted but not yet answered (memory bound,
-    /// back-pressure and reorder window) [default: 4 x workers x window, within 1024 to 16384;
+    /// back-pressure and reorder window) [default: 4 x workers (MAX when autoscaling) x window, within 1024 to 16384;
     /// the automatic window counts as 1024].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     queue: Option<u64>,
