@@ -262,7 +262,9 @@ impl Autoscaler {
 
     /// After four penalised idle intervals without a flap, the penalty halves.
     fn decay_penalty(&mut self, now: Duration) {
-        if self.penalty > 1 && now.saturating_sub(self.last_flap) >= self.idle_interval() * 4 {
+        if self.penalty > 1
+            && now.saturating_sub(self.last_flap) >= self.idle_interval().saturating_mul(4)
+        {
             self.penalty /= 2;
             self.last_flap = now;
         }
