@@ -342,7 +342,10 @@ fn manual_scaling_is_refused_while_autoscaling() {
     );
     let table = output_ok(&mut d.fx.herd(&["status", "--control", d.ctl()]));
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("autoscale 1..2  target 1  grows 0  shrinks 0"), "{table}");
+    assert!(
+        table.contains("autoscale 1..2  target 1  grows 0  shrinks 0"),
+        "{table}"
+    );
     // TTIN is ignored, with a warning.
     signal(d.live.pid(), Signal::SIGTTIN);
     d.live.wait_log("the ignored TTIN", RUN_TIMEOUT, |l| {
