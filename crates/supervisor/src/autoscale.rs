@@ -130,7 +130,7 @@ pub struct Autoscaler {
     /// The idle interval is multiplied by this (1, 2, 4 ... [`MAX_PENALTY`]).
     penalty: u32,
     last_flap: Duration,
-    /// Why growth is held back now, if it is.
+    /// Why growth would be held back now, if it would: the pool is at its memory ceiling.
     blocked: Option<&'static str>,
     grows: u64,
     shrinks: u64,
@@ -191,8 +191,11 @@ impl Autoscaler {
             self.restart_interval(s);
         } else {
             self.backlog_samples = 0;
-            self.blocked = None;
         }
+        // A state, not an event: it changes when memory does, so its log line is not repeated
+        // with every burst.
+        self.blocked =
+            (s.target < self.cfg.max && self.rss_fit(s) == Some(0)).then_some("max-pool-rss");
         self.decay_penalty(s.now);
         if backlog {
             return self.maybe_grow(s);
@@ -210,10 +213,8 @@ impl Autoscaler {
             step = step.min(fit);
         }
         if step == 0 {
-            self.blocked = Some("max-pool-rss");
             return None;
         }
-        self.blocked = None;
         if self
             .last_shrink
             .is_some_and(|t| s.now.saturating_sub(t) < self.idle_interval())
@@ -540,10 +541,21 @@ mod tests {
         s.now = MS * 500;
         assert_eq!(a.evaluate(&s), None);
         assert_eq!(a.blocked(), Some("max-pool-rss"));
-        // The backlog gone, nothing is held back.
+        // The backlog gone, the pool is still at its ceiling: the state stays.
         s.queued = 0;
         s.room = 6;
         s.now = MS * 600;
+        assert_eq!(a.evaluate(&s), None);
+        assert_eq!(a.blocked(), Some("max-pool-rss"));
+        // Workers recycled to a smaller size: room for more again.
+        s.pool_rss = Some((30 << 20, 3));
+        s.now = MS * 700;
+        assert_eq!(a.evaluate(&s), None);
+        assert_eq!(a.blocked(), None);
+        // At max, a full pool is not "held back" by memory.
+        s.target = 16;
+        s.pool_rss = Some((150 << 20, 16));
+        s.now = MS * 800;
         assert_eq!(a.evaluate(&s), None);
         assert_eq!(a.blocked(), None);
     }
