@@ -311,9 +311,9 @@ fn the_pool_memory_ceiling_stops_growth() {
     assert!(out.status.success());
     assert_all_ok(&parse_records(&out.stdout), n);
     let st = d.status();
-    assert_eq!(st["target_workers"], 1);
-    assert_eq!(st["autoscale"]["grows"], 0);
     let logs = d.live.logs();
+    assert_eq!(st["target_workers"], 1, "{st}\n{}", dump(&logs));
+    assert_eq!(st["autoscale"]["grows"], 0);
     let held: Vec<_> = logs
         .iter()
         .filter(|l| l["message"] == "autoscale growth held")

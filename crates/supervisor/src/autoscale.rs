@@ -229,8 +229,10 @@ impl Autoscaler {
         self.decide(s, s.target + step, "backlog", s.target as f64)
     }
 
-    /// Workers that still fit under the memory ceiling, at the average worker's size; `None`
-    /// without a ceiling or a measurement.
+    /// Workers that still fit under the memory ceiling, at the average measured worker's
+    /// size; `None` without a ceiling or a measurement. Workers of the target that were not
+    /// measured (new ones, or a measurement older than the last grow) count at that size too,
+    /// so a stale measurement cannot let the pool overshoot.
     fn rss_fit(&self, s: &Sample) -> Option<usize> {
         let ceiling = self.cfg.max_pool_rss?;
         let (sum, n) = s.pool_rss?;
@@ -241,7 +243,9 @@ impl Autoscaler {
             return None;
         }
         let each = (sum / n as u64).max(1);
-        Some(usize::try_from((ceiling - sum) / each).unwrap_or(usize::MAX))
+        let projected = sum.max(each.saturating_mul(s.target as u64));
+        let room = ceiling.saturating_sub(projected);
+        Some(usize::try_from(room / each).unwrap_or(usize::MAX))
     }
 
     fn maybe_shrink(&mut self, s: &Sample) -> Option<Decision> {
@@ -558,6 +562,25 @@ mod tests {
         s.now = MS * 800;
         assert_eq!(a.evaluate(&s), None);
         assert_eq!(a.blocked(), None);
+    }
+
+    #[test]
+    fn workers_not_measured_yet_count_at_the_average_size() {
+        let mut a = Autoscaler::new(AutoscaleConfig {
+            max_pool_rss: Some(10 << 20),
+            ..cfg(1, 16)
+        });
+        // Measured before the last grow: one worker of 2 MiB, but the pool runs 4 now.
+        let mut s = sample(100, 4, 1_000, 0);
+        s.pool_rss = Some((2 << 20, 1));
+        assert_eq!(a.evaluate(&s), None);
+        s.now = MS * 200;
+        // 4 x 2 MiB = 8 MiB: one more fits under 10 MiB, not four.
+        assert_eq!(a.evaluate(&s).map(|d| d.to), Some(5));
+        s.target = 5;
+        s.now = MS * 300;
+        assert_eq!(a.evaluate(&s), None);
+        assert_eq!(a.blocked(), Some("max-pool-rss"));
     }
 
     #[test]

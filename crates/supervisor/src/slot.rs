@@ -336,6 +336,14 @@ impl<L> Slot<L> {
         matches!(self.state, State::Ready { .. })
     }
 
+    /// Whether a worker that completed its handshake is alive here (ready, or retiring).
+    pub fn is_up(&self) -> bool {
+        matches!(
+            self.state,
+            State::Ready { .. } | State::Retiring { .. } | State::Exiting { .. }
+        )
+    }
+
     /// The token a starting worker must present.
     pub fn token(&self) -> Option<&str> {
         match &self.state {

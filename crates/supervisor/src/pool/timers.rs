@@ -110,13 +110,19 @@ impl Pool {
             .and_then(|a| a.config().max_pool_rss);
         if ceiling.is_some() && self.next_pool_rss <= self.now {
             self.next_pool_rss = self.now + POOL_RSS_EVERY;
-            self.pool_rss = Some(self.slots.iter().filter_map(|s| s.pid()).fold(
-                (0, 0),
-                |(sum, n), pid| match process::rss_bytes(pid) {
-                    Some(b) => (sum + b, n + 1),
-                    None => (sum, n),
-                },
-            ));
+            // Workers past their handshake only: one still starting is not its full size yet.
+            let measured = self
+                .slots
+                .iter()
+                .filter(|s| s.is_up())
+                .filter_map(|s| s.pid());
+            self.pool_rss =
+                Some(
+                    measured.fold((0, 0), |(sum, n), pid| match process::rss_bytes(pid) {
+                        Some(b) => (sum + b, n + 1),
+                        None => (sum, n),
+                    }),
+                );
         }
         let sample = autoscale::Sample {
             now: self.now.saturating_duration_since(self.epoch),
