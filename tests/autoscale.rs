@@ -258,7 +258,9 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     // Window 1: each worker holds one event, so k outstanding events need k workers.
     let d = autoscaled("1..4", &["--scale-idle", "500ms", "--window", "1"]);
     // 8 outstanding on 1 worker: a backlog, so the pool grows to 4.
-    let feeder = Feeder::start(&d, r#"{"op":"sleep","ms":300}"#, 8);
+    // Tasks of 1 s: long beside the pause between a record and the next event, even on a
+    // loaded machine.
+    let feeder = Feeder::start(&d, r#"{"op":"sleep","ms":1000}"#, 8);
     wait_status(&d, "the backlog to grow the pool to 4", |s| {
         s["autoscale"]["target"] == 4 && ready_workers(s) == 4
     });
@@ -269,12 +271,12 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     wait_status(&d, "the pool to shrink under load", |s| {
         s["autoscale"]["target"].as_u64() <= Some(3)
     });
-    // Steady: over 20 records (3 s, six idle intervals) it never grows again, shrinks at
+    // Steady: over 8 records (4 s, eight idle intervals) it never grows again, shrinks at
     // most one more step while it settles, and is never penalised for flapping. With 2
     // outstanding and window 1, a grow would need the pool to drop to 1 worker.
     let before = d.status();
-    let goal = feeder.received() + 20;
-    wait_for("20 more records", RUN_TIMEOUT, || feeder.received() >= goal);
+    let goal = feeder.received() + 8;
+    wait_for("8 more records", RUN_TIMEOUT, || feeder.received() >= goal);
     let after = d.status();
     let (a, b) = (&after["autoscale"], &before["autoscale"]);
     assert_eq!(a["grows"], b["grows"], "grew under a steady load: {a}");
