@@ -357,6 +357,52 @@ impl Encoder {
     }
 }
 
+/// Counts the record lines of a submission as they arrive, and which of them are chunk
+/// lines (`{"seq":N,"chunk":...`) rather than final records.
+#[derive(Debug, Default)]
+struct RecordLines {
+    total: u64,
+    chunks: u64,
+    /// The start of the line in progress, when a frame ended inside it.
+    head: Vec<u8>,
+}
+
+/// Enough of a line to tell a chunk line: `{"seq":`, 20 digits, `,"chunk":`.
+const LINE_HEAD: usize = 36;
+
+impl RecordLines {
+    fn feed(&mut self, bytes: &[u8]) {
+        // Records never contain a raw newline; a frame may end inside one.
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[start..nl];
+            start = nl + 1;
+            self.total += 1;
+            let chunk = if self.head.is_empty() {
+                is_chunk_line(line)
+            } else {
+                let room = LINE_HEAD.saturating_sub(self.head.len());
+                self.head.extend_from_slice(&line[..line.len().min(room)]);
+                let chunk = is_chunk_line(&self.head);
+                self.head.clear();
+                chunk
+            };
+            self.chunks += u64::from(chunk);
+        }
+        let rest = &bytes[start..];
+        let room = LINE_HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+}
+
+fn is_chunk_line(line: &[u8]) -> bool {
+    let Some(rest) = line.strip_prefix(b"{\"seq\":") else {
+        return false;
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    rest[digits..].starts_with(b",\"chunk\":")
+}
+
 /// The submission proper: lines in on a thread, frames out on one task, replies in on
 /// another, records out on a thread. No side waits for another: reading replies never waits
 /// for events to be written, nor writing events for replies to be read. Returns the lines
@@ -453,18 +499,19 @@ async fn stream(
     };
     let mut renumber = plan.map(Renumber::new);
     let reader = async move {
-        let mut received = 0u64;
+        let mut lines = RecordLines::default();
         loop {
+            let received = lines.total;
             match rd.next().await {
                 Some(Ok(Reply::Records(bytes))) => {
-                    // Records never contain a raw newline; a chunk may end inside one.
-                    received += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                    // Counted as the daemon sent them (its seqs), then renumbered.
+                    lines.feed(&bytes);
                     let bytes = match &mut renumber {
                         Some(r) => r.apply(&bytes)?,
                         None => bytes,
                     };
                     if out_tx.send(bytes).await.is_err() {
-                        return Ok(Err(received));
+                        return Ok(Err(lines.total));
                     }
                 }
                 Some(Ok(Reply::Done { records })) => {
@@ -474,7 +521,8 @@ async fn stream(
                     if records != received {
                         bail!("the daemon sent {records} records, but {received} arrived");
                     }
-                    return Ok(Ok(received));
+                    // One final record per line sent; chunk lines come on top.
+                    return Ok(Ok(received - lines.chunks));
                 }
                 Some(Ok(Reply::Error(e))) => bail!("{e}"),
                 Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),

@@ -10,6 +10,7 @@
 //! | --- | --- | --- |
 //! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown |
 //! | `herd_retries_total` | counter | |
+//! | `herd_chunks_total` | counter | |
 //! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload |
 //! | `herd_workers` | gauge | `state`: starting, idle, busy, draining, dying, backoff, stopped |
 //! | `herd_workers_target` | gauge | |
@@ -356,6 +357,13 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         ConstCounter::new(s.retries).encode(m)?;
+        let m = enc.encode_descriptor(
+            "chunks",
+            "Chunk lines (partial results) written, every attempt counted",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.chunks).encode(m)?;
         let mut m = enc.encode_descriptor(
             "restarts",
             "Worker replacements, by reason",
@@ -548,6 +556,7 @@ mod tests {
             submissions: 2,
             totals: BTreeMap::from([("ok", 7), ("failed", 2)]),
             retries: 3,
+            chunks: 0,
             restarts: BTreeMap::from([("crash", 1)]),
             durations,
             sources: Vec::new(),
@@ -669,6 +678,7 @@ mod tests {
             submissions: 1,
             totals: BTreeMap::new(),
             retries: 0,
+            chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
             sources: vec![herd_supervisor::SourceStatus {
@@ -702,6 +712,7 @@ mod tests {
             submissions: 0,
             totals: BTreeMap::new(),
             retries: 0,
+            chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
             sources: Vec::new(),

@@ -137,8 +137,9 @@ impl Progress {
         if !self.shown {
             return;
         }
-        let failed = records.iter().filter(|r| !r.is_ok()).count() as u64;
-        self.done += records.len() as u64;
+        let failed = records.iter().filter(|r| r.is_err()).count() as u64;
+        // Events done: chunk lines are extra lines, not events.
+        self.done += records.iter().filter(|r| r.is_final()).count() as u64;
         if failed > 0 {
             self.failed += failed;
             self.bar.set_message(format!("{} failed", self.failed));

@@ -227,7 +227,7 @@ impl RecordSink {
             let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
             let inputs = batch
                 .iter()
-                .filter(|r| !r.is_ok())
+                .filter(|r| r.is_err())
                 .filter_map(|r| r.input.as_ref());
             for input in inputs {
                 f.write_all(input)?;

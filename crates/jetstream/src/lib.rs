@@ -570,6 +570,7 @@ async fn max_deliveries(
         let record = herd_supervisor::Record {
             seq: adv.stream_seq,
             attempts: u32::try_from(adv.deliveries).unwrap_or(u32::MAX),
+            chunks: 0,
             outcome: herd_supervisor::RecordOutcome::Err {
                 kind: herd_supervisor::ErrorKind::Timeout,
                 message: format!(
@@ -588,9 +589,10 @@ async fn max_deliveries(
             "message past max deliveries: error record published"
         );
         bump(&shared.counters.max_deliveries);
-        let sent = publisher.publish(adv.stream_seq, body.clone()).await;
+        let id = adv.stream_seq.to_string();
+        let sent = publisher.publish(&id, body.clone()).await;
         publisher
-            .until_stored(&shared, adv.stream_seq, &body, sent)
+            .until_stored(&shared, adv.stream_seq, &id, &body, sent)
             .await;
     }
     std::future::pending().await

@@ -37,11 +37,13 @@ pub(crate) struct Policy {
 /// One record of a batch on its way.
 struct Item {
     seq: u64,
-    how: Settle,
+    /// How its event settles; `None` for a chunk line, which settles nothing.
+    how: Option<Settle>,
     /// A nak on a stop: it waits until this daemon fetches no more.
     on_stop: bool,
-    /// The record as published, and the publish's outcome so far (none: nothing to publish).
-    publish: Option<(Bytes, Result<PublishAckFuture, PublishError>)>,
+    /// The record as published with its message id, and the publish's outcome so far (none:
+    /// nothing to publish).
+    publish: Option<(String, Bytes, Result<PublishAckFuture, PublishError>)>,
 }
 
 struct Work {
@@ -69,11 +71,12 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub async fn publish(&self, seq: u64, record: Bytes) -> Result<PublishAckFuture, PublishError> {
+    /// Publishes `record` with message id `id`: the event's stream sequence for a final
+    /// record, so the results stream drops a second record for the same event (a
+    /// redelivery) within its duplicate window; see [`chunk_id`] for a chunk line.
+    pub async fn publish(&self, id: &str, record: Bytes) -> Result<PublishAckFuture, PublishError> {
         let mut headers = HeaderMap::new();
-        // The results stream drops a second record for the same event (a redelivery) within
-        // its duplicate window.
-        headers.insert("Nats-Msg-Id", seq.to_string().as_str());
+        headers.insert("Nats-Msg-Id", id);
         self.js
             .publish_with_headers(self.subject.clone(), headers, record)
             .await
@@ -84,6 +87,7 @@ impl Publisher {
         &self,
         shared: &Shared,
         seq: u64,
+        id: &str,
         record: &Bytes,
         mut first: Result<PublishAckFuture, PublishError>,
     ) {
@@ -116,7 +120,7 @@ impl Publisher {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(REPUBLISH_MAX);
             bump(&shared.counters.republished);
-            first = self.publish(seq, record.clone()).await;
+            first = self.publish(id, record.clone()).await;
         }
     }
 }
@@ -153,11 +157,19 @@ impl JetStreamRecords {
     }
 }
 
+/// The message id of a chunk line: unique per delivery of the event, attempt and chunk, so
+/// the duplicate window never drops a chunk of a later attempt or redelivery.
+fn chunk_id(seq: u64, delivered: u64, attempt: u32, index: u32) -> String {
+    format!("{seq}.{delivered}.{attempt}.{index}")
+}
+
 /// How a record settles its event, `delivered` being the delivery count.
 fn settle_as(r: &Record, delivered: u64, policy: &Policy, jitter: &mut Jitter) -> Settle {
     let last = policy.max_deliver.is_some_and(|max| delivered >= max);
     match &r.outcome {
-        RecordOutcome::Ok { .. } => Settle::Ack,
+        // Not called for chunks (they settle nothing); acking would be wrong, so a stray one
+        // must not settle the event either way.
+        RecordOutcome::Ok { .. } | RecordOutcome::Chunk { .. } => Settle::Ack,
         // Never run: another daemon takes it at once.
         RecordOutcome::Err {
             kind: ErrorKind::Shutdown,
@@ -192,17 +204,33 @@ impl Sink for JetStreamRecords {
                 tracing::error!(seq = r.seq, "a record for a message not held (bug)");
                 continue;
             };
+            if let RecordOutcome::Chunk { index, .. } = &r.outcome {
+                // Published to the results subject like a record, before the event's final
+                // record; the event stays held.
+                let id = chunk_id(r.seq, delivered, r.attempts, *index);
+                let record = render(r, &mut self.buf);
+                let sent = self.publisher.publish(&id, record.clone()).await;
+                items.push(Item {
+                    seq: r.seq,
+                    how: None,
+                    on_stop: false,
+                    publish: Some((id, record, sent)),
+                });
+                continue;
+            }
             let how = settle_as(r, delivered, &self.policy, &mut self.jitter);
             let publish = match how {
                 Settle::Nak(_) => None,
                 Settle::Ack | Settle::Term => {
+                    let id = r.seq.to_string();
                     let record = render(r, &mut self.buf);
-                    let sent = self.publisher.publish(r.seq, record.clone()).await;
-                    Some((record, sent))
+                    let sent = self.publisher.publish(&id, record.clone()).await;
+                    Some((id, record, sent))
                 }
             };
             let on_stop = matches!(how, Settle::Nak(_))
                 && (r.error_kind() == Some(ErrorKind::Shutdown) || self.pool.is_stopping());
+            let how = Some(how);
             items.push(Item {
                 seq: r.seq,
                 how,
@@ -240,15 +268,18 @@ async fn acker(
 ) {
     while let Some(Work { batch, items }) = rx.recv().await {
         for item in items {
-            if let Some((record, sent)) = item.publish {
+            if let Some((id, record, sent)) = item.publish {
                 publisher
-                    .until_stored(&shared, item.seq, &record, sent)
+                    .until_stored(&shared, item.seq, &id, &record, sent)
                     .await;
             }
-            if item.on_stop || (matches!(item.how, Settle::Nak(_)) && pool.is_stopping()) {
+            let Some(how) = item.how else {
+                continue; // a chunk line: stored, and nothing to settle
+            };
+            if item.on_stop || (matches!(how, Settle::Nak(_)) && pool.is_stopping()) {
                 shared.fetching_closed().await;
             }
-            settle(&client, &shared, item.seq, item.how).await;
+            settle(&client, &shared, item.seq, how).await;
         }
         drop(batch);
     }
@@ -262,6 +293,7 @@ mod tests {
         Record {
             seq: 1,
             attempts: 1,
+            chunks: 0,
             outcome: RecordOutcome::Err {
                 kind,
                 message: String::new(),
@@ -281,6 +313,7 @@ mod tests {
         let ok = Record {
             seq: 1,
             attempts: 1,
+            chunks: 0,
             outcome: RecordOutcome::Ok {
                 output: Bytes::from_static(b"1"),
                 worker: 0,

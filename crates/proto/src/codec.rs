@@ -327,6 +327,12 @@ mod tests {
         };
         assert_eq!(frame(&err), [6, 0, 0, 0, 1, 7, 1, 1, 1, b'x']);
         assert_eq!(frame(&FromWorker::Heartbeat), [1, 0, 0, 0, 2]);
+        // Version 2 only adds a variant, after the others.
+        let chunk = FromWorker::Chunk {
+            id: 7,
+            data: b"ab".to_vec(),
+        };
+        assert_eq!(frame(&chunk), [5, 0, 0, 0, 3, 7, 2, b'a', b'b']);
     }
 
     #[test]
@@ -386,6 +392,18 @@ mod tests {
         });
         let got: FromWorkerRef<'_> = decode_body_borrowed(&hello[HEADER_LEN..]).unwrap();
         assert!(matches!(got, FromWorkerRef::Hello { pid: 3, .. }));
+        let chunk = frame(&FromWorker::Chunk {
+            id: 4,
+            data: b"row".to_vec(),
+        });
+        let got: FromWorkerRef<'_> = decode_body_borrowed(&chunk[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            got,
+            FromWorkerRef::Chunk {
+                id: 4,
+                data: b"row"
+            }
+        );
         assert!(decode_body_borrowed::<FromWorkerRef<'_>>(&[127, 0]).is_err());
         assert!(
             decode_body_borrowed::<FromWorkerRef<'_>>(&[2, 0]).is_err(),
@@ -406,6 +424,10 @@ mod tests {
                 outcome: Outcome::Ok(vec![0, 255, 10]),
             },
             FromWorker::Heartbeat,
+            FromWorker::Chunk {
+                id: u64::MAX,
+                data: vec![1; 300],
+            },
         ];
         for msg in msgs {
             let bytes = frame(&msg);

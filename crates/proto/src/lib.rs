@@ -1,4 +1,4 @@
-//! herd's wire protocol, version 1: the messages a supervisor and its workers exchange, and the
+//! herd's wire protocol, version 2: the messages a supervisor and its workers exchange, and the
 //! one codec both sides use to put them on a Unix-domain socket.
 //!
 //! This crate is pure: types and byte-level encoding only, no runtime and no I/O policy. The
@@ -11,6 +11,7 @@
 //! worker                                   supervisor
 //!   │ ── Hello { protocol, pid, token } ──▶  │  checks version, token, peer uid/pid
 //!   │ ◀─ Task { id, attempt, payload } ───── │  up to `window` tasks in flight
+//!   │ ── Chunk { id, data } ─────────────▶   │  v2: zero or more per Task, before its Done
 //!   │ ── Done { id, outcome } ───────────▶   │  exactly one Done per Task
 //!   │ ── Heartbeat ──────────────────────▶   │  optional, any time after Hello
 //!   │ ◀─ Shutdown ────────────────────────── │  termination frame: finish, reply, exit 0
@@ -28,8 +29,12 @@ use serde::{Deserialize, Serialize};
 
 pub use codec::{FrameError, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_FRAME_CEILING};
 
-/// Version of this protocol, sent in [`FromWorker::Hello`]; the supervisor refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of this protocol, sent in [`FromWorker::Hello`] by the SDKs. Version 2 added
+/// [`FromWorker::Chunk`]; every version-1 frame is unchanged, so the supervisor accepts
+/// workers speaking any version from [`MIN_PROTOCOL_VERSION`] to this one.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version the supervisor still accepts (a version-1 worker never sends a Chunk).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// Environment variable carrying the supervisor's socket path to a worker.
 pub const ENV_SOCKET: &str = "HERD_SOCKET";
@@ -53,6 +58,13 @@ pub enum FromWorker {
     Done { id: u64, outcome: Outcome },
     /// Liveness signal; carries no work.
     Heartbeat,
+    /// Version 2: a partial result of task `id`, sent before its `Done`. Last, so the
+    /// variant indexes of version 1 do not move.
+    Chunk {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// What a handler made of one task.
@@ -98,6 +110,12 @@ pub enum FromWorkerRef<'a> {
     },
     /// See [`FromWorker::Heartbeat`].
     Heartbeat,
+    /// See [`FromWorker::Chunk`].
+    Chunk {
+        id: u64,
+        #[serde(borrow)]
+        data: &'a [u8],
+    },
 }
 
 /// Borrowing twin of [`Outcome`].

@@ -83,6 +83,10 @@ fn read_like_herd(frame: &[u8]) -> Result<FromWorker, FrameError> {
                 },
             },
             FromWorkerRef::Heartbeat => FromWorker::Heartbeat,
+            FromWorkerRef::Chunk { id, data } => FromWorker::Chunk {
+                id,
+                data: data.to_vec(),
+            },
         },
     )
 }
@@ -312,6 +316,11 @@ fn the_vectors_cover_the_protocol() {
             JsonMessage::Shutdown => {
                 shapes.insert("Shutdown");
             }
+            JsonMessage::Chunk { id, data_hex } => {
+                shapes.insert("Chunk");
+                ids.insert(*id);
+                lens.insert(data_hex.len() / 2);
+            }
         }
     }
     for shape in [
@@ -322,6 +331,7 @@ fn the_vectors_cover_the_protocol() {
         "Heartbeat",
         "Task",
         "Shutdown",
+        "Chunk",
         "non-ASCII string",
     ] {
         assert!(shapes.contains(shape), "no vector for {shape}");

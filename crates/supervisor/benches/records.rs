@@ -19,6 +19,7 @@ fn ok(seq: u64, output: &[u8]) -> Record {
     Record {
         seq,
         attempts: 1,
+        chunks: 0,
         outcome: RecordOutcome::Ok {
             // `.into()` so this builds whether the field is a `Vec<u8>` or a `Bytes`.
             output: output.to_vec().into(),
@@ -34,6 +35,7 @@ fn err(seq: u64) -> Record {
     Record {
         seq,
         attempts: 3,
+        chunks: 0,
         outcome: RecordOutcome::Err {
             kind: ErrorKind::Crashed,
             message: "worker 3 (pid 424250) killed by \"SIGSEGV\" while running the task".into(),

@@ -17,6 +17,8 @@ use crate::record::{Record, RecordOutcome};
 
 /// Bytes charged per event besides its payload: the job, the record and their bookkeeping.
 pub(crate) const EVENT_OVERHEAD: usize = 64;
+/// Bytes charged per chunk line besides its output: the record and its bookkeeping.
+pub(crate) const CHUNK_OVERHEAD: usize = 64;
 
 /// One submission's credits.
 #[derive(Debug)]
@@ -49,6 +51,8 @@ impl Credits {
         let extra = match &record.outcome {
             RecordOutcome::Ok { output, .. } => output.len(),
             RecordOutcome::Err { message, .. } => message.len(),
+            // A chunk line has no event charge of its own to ride on.
+            RecordOutcome::Chunk { output, .. } => output.len() + CHUNK_OVERHEAD,
         };
         if extra == 0 {
             return 0;
@@ -73,20 +77,40 @@ impl Credits {
 
 /// Records handed over by the pool, with the credits they hold. The credits go back to the
 /// submission when the batch is dropped: drop it only once its records are written out.
+///
+/// A batch may hold chunk lines besides final records ([`Record::is_final`]); only final
+/// records hold an event credit.
 #[derive(Debug)]
 pub struct RecordBatch {
     records: Vec<Record>,
     bytes: usize,
+    chunks: usize,
     credits: Arc<Credits>,
 }
 
 impl RecordBatch {
-    pub(crate) fn new(records: Vec<Record>, bytes: usize, credits: Arc<Credits>) -> Self {
+    pub(crate) fn new(
+        records: Vec<Record>,
+        bytes: usize,
+        chunks: usize,
+        credits: Arc<Credits>,
+    ) -> Self {
         Self {
             records,
             bytes,
+            chunks,
             credits,
         }
+    }
+
+    /// How many of the records are chunk lines (the rest are final records).
+    pub fn chunks(&self) -> usize {
+        self.chunks
+    }
+
+    /// How many of the records are final records.
+    pub fn finals(&self) -> usize {
+        self.records.len() - self.chunks
     }
 }
 
@@ -100,15 +124,17 @@ impl std::ops::Deref for RecordBatch {
 
 impl Drop for RecordBatch {
     fn drop(&mut self) {
-        self.credits.release(self.records.len(), self.bytes);
+        self.credits.release(self.finals(), self.bytes);
     }
 }
 
-/// What the pool sends a submitter: records and the bytes they hold.
+/// What the pool sends a submitter: records, the bytes they hold, and how many of them are
+/// chunk lines.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     pub records: Vec<Record>,
     pub bytes: usize,
+    pub chunks: usize,
 }
 
 #[cfg(test)]
@@ -121,6 +147,7 @@ mod tests {
         Record {
             seq: 0,
             attempts: 1,
+            chunks: 0,
             outcome: RecordOutcome::Ok {
                 output: Bytes::from(vec![b'x'; len]),
                 worker: 0,
@@ -141,7 +168,7 @@ mod tests {
         // Output beyond what is left takes only what is left; intake then waits.
         assert_eq!(c.charge_output(&ok(500)), 100);
         assert_eq!(c.bytes.available_permits(), 0);
-        let batch = RecordBatch::new(vec![ok(500), ok(0)], 1000, c.clone());
+        let batch = RecordBatch::new(vec![ok(500), ok(0)], 1000, 0, c.clone());
         assert_eq!(batch.len(), 2);
         drop(batch);
         assert_eq!(c.bytes.available_permits(), 1000);

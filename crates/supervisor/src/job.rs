@@ -19,6 +19,8 @@ pub(crate) struct Job {
     pub attempts: u32,
     /// Failures charged against `retries`.
     pub charged: u32,
+    /// Chunks its latest attempt sent (reset when a worker is given it).
+    pub chunks: u32,
 }
 
 /// A job a worker holds.

@@ -34,10 +34,20 @@ pub(crate) struct WorkerSocket {
     pub read_buf: BytesMut,
 }
 
-/// Decodes the whole frame at the front of `buf` (checked complete by the caller).
-fn decode(frame: Bytes) -> Result<WorkerFrame, FrameError> {
+/// Decodes the whole frame at the front of `buf` (checked complete by the caller). `chunks`
+/// says whether the worker's protocol version has the `Chunk` frame.
+fn decode(frame: Bytes, chunks: bool) -> Result<WorkerFrame, FrameError> {
     let body = &frame[HEADER_LEN..];
     Ok(match decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
+        FromWorkerRef::Chunk { id, data } if chunks => WorkerFrame::Chunk {
+            id,
+            data: frame.slice_ref(data),
+        },
+        FromWorkerRef::Chunk { .. } => {
+            return Err(FrameError::Malformed(
+                "Chunk frame from a protocol 1 worker".into(),
+            ))
+        }
         FromWorkerRef::Done {
             id,
             outcome: OutcomeRef::Ok(out),
@@ -75,15 +85,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Starts the reader and writer tasks for a worker that passed its handshake.
+    /// Starts the reader and writer tasks for a worker that passed its handshake, speaking
+    /// protocol version `protocol`.
     pub fn start(
         id: WorkerId,
         conn: WorkerSocket,
         max_frame: usize,
+        protocol: u32,
         frames: mpsc::UnboundedSender<FromLink>,
     ) -> Self {
         let socket = conn.socket.get_ref().clone();
-        tokio::spawn(read_loop(conn, max_frame, id, frames));
+        tokio::spawn(read_loop(conn, max_frame, protocol >= 2, id, frames));
         let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
@@ -139,6 +151,7 @@ impl Link {
 async fn read_loop(
     conn: WorkerSocket,
     max_frame: usize,
+    chunks: bool,
     id: WorkerId,
     frames: mpsc::UnboundedSender<FromLink>,
 ) {
@@ -160,7 +173,7 @@ async fn read_loop(
                     break;
                 }
             };
-            match decode(buf.split_to(HEADER_LEN + len).freeze()) {
+            match decode(buf.split_to(HEADER_LEN + len).freeze(), chunks) {
                 Ok(frame) => batch.push(frame),
                 Err(e) => {
                     fault = Some(e.to_string());

@@ -32,6 +32,11 @@ pub(crate) enum WorkerFrame {
         id: u64,
         outcome: Result<Bytes, (bool, String)>,
     },
+    /// A partial result of task `id` (protocol 2), a slice of the read buffer like an output.
+    Chunk {
+        id: u64,
+        data: Bytes,
+    },
     Heartbeat,
     Hello,
 }

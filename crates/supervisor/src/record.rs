@@ -1,5 +1,6 @@
-//! Result records: the one final answer herd gives for each accepted event, and their JSON-lines
-//! form (the user-visible contract in the README, "Result records").
+//! Result records: the one final answer herd gives for each accepted event, the chunk lines a
+//! streaming handler adds before it, and their JSON-lines form (the user-visible contract in
+//! the README, "Result records").
 //!
 //! Formatting lives here, not in the pool, so the pool hands over raw records and the caller
 //! formats them off the supervisor's hot loop (the `herd` binary does it on its writer thread).
@@ -54,13 +55,17 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// The final result of one event.
+/// The final result of one event, or (with [`RecordOutcome::Chunk`]) one of the partial
+/// results a streaming handler sent before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The event's sequence number (0-based input line number in `herd run`).
     pub seq: u64,
-    /// How many times the event was dispatched to a worker (0 if never).
+    /// How many times the event was dispatched to a worker (0 if never); for a chunk, the
+    /// attempt that sent it.
     pub attempts: u32,
+    /// Chunks the final attempt sent before this final record (0 on chunk lines).
+    pub chunks: u32,
     /// Success or the typed error.
     pub outcome: RecordOutcome,
     /// The event's payload, kept on error records only (for `--failed` replay files); `None`
@@ -86,6 +91,8 @@ pub enum RecordOutcome {
         message: String,
         retryable: bool,
     },
+    /// Not a final record: partial result number `index` (from 0) of attempt `attempts`.
+    Chunk { index: u32, output: bytes::Bytes },
 }
 
 impl Record {
@@ -94,10 +101,20 @@ impl Record {
         matches!(self.outcome, RecordOutcome::Ok { .. })
     }
 
+    /// Whether this is an event's one final record (not a chunk line).
+    pub fn is_final(&self) -> bool {
+        !matches!(self.outcome, RecordOutcome::Chunk { .. })
+    }
+
+    /// Whether this is a final error record.
+    pub fn is_err(&self) -> bool {
+        matches!(self.outcome, RecordOutcome::Err { .. })
+    }
+
     /// The error kind, if this is an error record.
     pub fn error_kind(&self) -> Option<ErrorKind> {
         match self.outcome {
-            RecordOutcome::Ok { .. } => None,
+            RecordOutcome::Ok { .. } | RecordOutcome::Chunk { .. } => None,
             RecordOutcome::Err { kind, .. } => Some(kind),
         }
     }
@@ -128,6 +145,7 @@ impl Record {
                 out.extend_from_slice(num.format(*pid).as_bytes());
                 out.extend_from_slice(b",\"micros\":");
                 out.extend_from_slice(num.format(*micros).as_bytes());
+                self.write_chunks(out);
             }
             RecordOutcome::Err { kind, message, .. } => {
                 out.extend_from_slice(b",\"ok\":false,\"error\":{\"kind\":\"");
@@ -136,9 +154,27 @@ impl Record {
                 write_json_string(message, out);
                 out.extend_from_slice(b"},\"attempts\":");
                 out.extend_from_slice(num.format(self.attempts).as_bytes());
+                self.write_chunks(out);
+            }
+            RecordOutcome::Chunk { index, output } => {
+                out.extend_from_slice(b",\"chunk\":");
+                out.extend_from_slice(num.format(*index).as_bytes());
+                out.extend_from_slice(b",\"attempt\":");
+                out.extend_from_slice(num.format(self.attempts).as_bytes());
+                out.extend_from_slice(b",\"output\":");
+                write_output(output, out);
             }
         }
         out.extend_from_slice(b"}\n");
+    }
+
+    /// `,"chunks":n` on a final record whose attempt streamed; nothing otherwise, so records
+    /// of handlers that do not stream are as they always were.
+    fn write_chunks(&self, out: &mut Vec<u8>) {
+        if self.chunks > 0 {
+            out.extend_from_slice(b",\"chunks\":");
+            out.extend_from_slice(itoa::Buffer::new().format(self.chunks).as_bytes());
+        }
     }
 }
 
@@ -252,6 +288,7 @@ mod tests {
         Record {
             seq: 3,
             attempts: 1,
+            chunks: 0,
             outcome: RecordOutcome::Ok {
                 output: bytes::Bytes::copy_from_slice(output),
                 worker: 2,
@@ -267,6 +304,46 @@ mod tests {
         assert_eq!(
             json(&ok(b"49")),
             "{\"seq\":3,\"ok\":true,\"output\":49,\"attempts\":1,\"worker\":2,\"pid\":4242,\"micros\":517}\n"
+        );
+    }
+
+    #[test]
+    fn chunk_line_and_final_record_with_chunks() {
+        let chunk = Record {
+            seq: 3,
+            attempts: 2,
+            chunks: 0,
+            outcome: RecordOutcome::Chunk {
+                index: 4,
+                output: bytes::Bytes::from_static(b"{\"row\": 1}"),
+            },
+            input: None,
+        };
+        assert_eq!(
+            json(&chunk),
+            "{\"seq\":3,\"chunk\":4,\"attempt\":2,\"output\":{\"row\": 1}}\n"
+        );
+        assert!(!chunk.is_final() && !chunk.is_ok() && !chunk.is_err());
+        let mut fin = ok(b"49");
+        fin.chunks = 5;
+        assert_eq!(
+            json(&fin),
+            "{\"seq\":3,\"ok\":true,\"output\":49,\"attempts\":1,\"worker\":2,\"pid\":4242,\"micros\":517,\"chunks\":5}\n"
+        );
+        let err = Record {
+            seq: 1,
+            attempts: 3,
+            chunks: 2,
+            outcome: RecordOutcome::Err {
+                kind: ErrorKind::Crashed,
+                message: "gone".into(),
+                retryable: false,
+            },
+            input: None,
+        };
+        assert_eq!(
+            json(&err),
+            "{\"seq\":1,\"ok\":false,\"error\":{\"kind\":\"crashed\",\"message\":\"gone\"},\"attempts\":3,\"chunks\":2}\n"
         );
     }
 
@@ -296,6 +373,7 @@ mod tests {
         let r = Record {
             seq: 9,
             attempts: 2,
+            chunks: 0,
             outcome: RecordOutcome::Err {
                 kind: ErrorKind::Failed,
                 message: "later".into(),
@@ -314,6 +392,7 @@ mod tests {
         let r = Record {
             seq: 1,
             attempts: 3,
+            chunks: 0,
             outcome: RecordOutcome::Err {
                 kind: ErrorKind::Crashed,
                 message: "worker 3 (pid 4250) killed by \"SIGSEGV\"".into(),

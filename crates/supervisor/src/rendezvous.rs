@@ -301,6 +301,7 @@ fn frame_name(frame: &FromWorker) -> &'static str {
         FromWorker::Hello { .. } => "Hello",
         FromWorker::Done { .. } => "Done",
         FromWorker::Heartbeat => "Heartbeat",
+        FromWorker::Chunk { .. } => "Chunk",
     }
 }
 

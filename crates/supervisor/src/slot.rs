@@ -240,6 +240,23 @@ pub(crate) enum Done {
     Ignored,
 }
 
+/// A chunk frame, as [`Slot::on_chunk`] saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChunkFor {
+    /// Chunk number `index` of this attempt of the event `seq` of `submission`.
+    Task {
+        submission: crate::job::SubmissionId,
+        seq: u64,
+        attempt: u32,
+        index: u32,
+    },
+    /// A chunk for a task the worker does not hold (unknown, or already answered): a
+    /// protocol fault.
+    NotHeld,
+    /// The slot has no worker that could send it.
+    Ignored,
+}
+
 /// One slot: its lifecycle and what outlives each process in it.
 #[derive(Debug)]
 pub(crate) struct Slot<L> {
@@ -446,14 +463,40 @@ impl<L> Slot<L> {
 
     /// Hands a job to a ready worker (check [`Slot::has_room`] first); gives it back if the
     /// slot is not ready.
-    pub fn assign(&mut self, job: Job, now: Instant) -> Result<(), Job> {
+    pub fn assign(&mut self, mut job: Job, now: Instant) -> Result<(), Job> {
         match &mut self.state {
             State::Ready { inflight, sent, .. } => {
                 *sent += 1;
+                job.chunks = 0;
                 inflight.push_back(Running { job, started: now });
                 Ok(())
             }
             _ => Err(job),
+        }
+    }
+
+    /// A chunk for task `task` arrived; counted on the task like a result, from the same
+    /// states (a chunk sent before the worker died still stands: it was written).
+    pub fn on_chunk(&mut self, task: u64) -> ChunkFor {
+        let inflight = match &mut self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Dying { inflight, .. }
+            | State::Exited { inflight, .. } => inflight,
+            State::Exiting { .. } => return ChunkFor::NotHeld,
+            _ => return ChunkFor::Ignored,
+        };
+        let Some(running) = inflight.iter_mut().find(|r| r.job.id == task) else {
+            return ChunkFor::NotHeld;
+        };
+        let job = &mut running.job;
+        let index = job.chunks;
+        job.chunks = job.chunks.saturating_add(1);
+        ChunkFor::Task {
+            submission: job.submission,
+            seq: job.seq,
+            attempt: job.attempts,
+            index,
         }
     }
 

@@ -37,6 +37,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub retries: u64,
+    pub chunks: u64,
     pub restarts: BTreeMap<&'static str, u64>,
     pub durations: Histogram,
 }
@@ -88,6 +89,8 @@ pub struct Status {
     /// start-failure) and graceful (max-tasks, max-rss, reload). A scale-down retires a worker
     /// without replacing it and is not counted here (see `target_workers`).
     pub restarts: BTreeMap<&'static str, u64>,
+    /// Chunk lines (partial results of protocol-2 workers) written, all attempts counted.
+    pub chunks: u64,
     /// Task durations.
     pub durations: Histogram,
     /// Event sources outside the pool that report on themselves (a broker consumer); absent

@@ -141,7 +141,7 @@ pub struct Records {
 
 impl Records {
     fn batch(&self, out: Outbox) -> RecordBatch {
-        RecordBatch::new(out.records, out.bytes, self.credits.clone())
+        RecordBatch::new(out.records, out.bytes, out.chunks, self.credits.clone())
     }
 
     /// The next batch of records; `None` once every record of an ended submission has come

@@ -40,9 +40,12 @@ struct Entry {
     ordered: bool,
     /// Retryable failures go back to the source as records (see `SubmitOptions`).
     source_retries: bool,
-    reorder: VecDeque<Option<Record>>,
+    /// Ordered submissions: what waits for the events before it, from `next_seq_out` on.
+    reorder: VecDeque<Pending>,
     next_seq_out: u64,
     out: Vec<Record>,
+    /// Of `out`, how many are chunk lines.
+    out_chunks: usize,
     /// When `out` was first seen non-empty by a flush.
     since: Option<Instant>,
     /// Events accepted and records emitted: equal means nothing is owed.
@@ -52,10 +55,58 @@ struct Entry {
     ended: bool,
 }
 
+/// An event of an ordered submission waiting for those before it: its chunk lines so far, then
+/// its final record once there is one.
+#[derive(Debug, Default)]
+struct Pending {
+    chunks: Vec<Record>,
+    /// What `chunks` hold of the byte credits (part of `held`).
+    chunk_bytes: usize,
+    fin: Option<Record>,
+}
+
 /// An outbox this full goes out at once.
 pub(crate) const FLUSH_RECORDS: usize = 256;
 /// The longest a record waits in an outbox.
 pub(crate) const MAX_HOLD: Duration = Duration::from_millis(2);
+
+impl Entry {
+    /// The reorder entry of `seq` (an ordered submission), made if need be.
+    fn pending(&mut self, seq: u64) -> Option<&mut Pending> {
+        let Some(offset) = seq.checked_sub(self.next_seq_out) else {
+            tracing::error!(seq, "record for a seq already written (bug)");
+            return None;
+        };
+        let offset = offset as usize;
+        if self.reorder.len() <= offset {
+            self.reorder.resize_with(offset + 1, Pending::default);
+        }
+        self.reorder.get_mut(offset)
+    }
+
+    /// Moves to the outbox whatever no longer waits for an earlier event: the oldest event's
+    /// chunk lines, and its final record with everything after it that is complete.
+    fn release_in_order(&mut self) {
+        while let Some(front) = self.reorder.front_mut() {
+            if !front.chunks.is_empty() {
+                self.out_chunks += front.chunks.len();
+                self.out.append(&mut front.chunks);
+                // Out of the reorder buffer: delivered with the outbox, not with the event.
+                let bytes = std::mem::take(&mut front.chunk_bytes);
+                self.held -= bytes;
+                self.out_bytes += bytes;
+            }
+            let Some(fin) = front.fin.take() else { break };
+            self.out.push(fin);
+            self.reorder.pop_front();
+            self.next_seq_out += 1;
+        }
+        if self.reorder.is_empty() {
+            // Everything held is in the outbox now.
+            self.out_bytes += std::mem::take(&mut self.held);
+        }
+    }
+}
 
 /// All open submissions.
 #[derive(Debug)]
@@ -108,6 +159,7 @@ impl Submissions {
                 reorder: VecDeque::new(),
                 next_seq_out: 0,
                 out: Vec::new(),
+                out_chunks: 0,
                 since: None,
                 accepted: 0,
                 emitted: 0,
@@ -244,25 +296,36 @@ impl Submissions {
             return;
         }
         o.held += charge;
-        let Some(offset) = record.seq.checked_sub(o.next_seq_out) else {
-            tracing::error!(seq = record.seq, "record for a seq already written (bug)");
-            return;
+        if let Some(p) = o.pending(record.seq) {
+            p.fin = Some(record);
+        }
+        o.release_in_order();
+    }
+
+    /// Routes a chunk line to its submission's outbox: at once, or, in an ordered submission,
+    /// after everything of the events before its own (it goes out as soon as its event is the
+    /// oldest unanswered one, so a long stream is not held back until its end). Charged
+    /// against the byte credits like an output; owes nothing and settles nothing.
+    pub fn emit_chunk(&mut self, submission: SubmissionId, record: Record) {
+        let Some(o) = self.map.get_mut(&submission) else {
+            return; // cancelled: nobody reads its lines
         };
-        let offset = offset as usize;
-        if o.reorder.len() <= offset {
-            o.reorder.resize_with(offset + 1, || None);
+        let charge = o.credits.charge_output(&record);
+        if o.out.is_empty() {
+            self.dirty.push(submission);
         }
-        o.reorder[offset] = Some(record);
-        while let Some(Some(_)) = o.reorder.front() {
-            if let Some(Some(r)) = o.reorder.pop_front() {
-                o.out.push(r);
-                o.next_seq_out += 1;
-            }
+        if !o.ordered {
+            o.out.push(record);
+            o.out_chunks += 1;
+            o.out_bytes += charge;
+            return;
         }
-        if o.reorder.is_empty() {
-            // Everything held is in the outbox now.
-            o.out_bytes += std::mem::take(&mut o.held);
+        o.held += charge;
+        if let Some(p) = o.pending(record.seq) {
+            p.chunks.push(record);
+            p.chunk_bytes += charge;
         }
+        o.release_in_order();
     }
 
     /// Marks the end of a submission's events.
@@ -313,6 +376,7 @@ impl Submissions {
                 let out = Outbox {
                     records: std::mem::replace(&mut o.out, next),
                     bytes: std::mem::take(&mut o.out_bytes),
+                    chunks: std::mem::take(&mut o.out_chunks),
                 };
                 if o.sink.send(out).is_err() {
                     gone.push(id);
@@ -356,6 +420,7 @@ mod tests {
             payload: Bytes::new(),
             attempts: 0,
             charged: 0,
+            chunks: 0,
         }
     }
 
@@ -370,6 +435,7 @@ mod tests {
         Record {
             seq,
             attempts: 1,
+            chunks: 0,
             outcome: RecordOutcome::Err {
                 kind: ErrorKind::Failed,
                 message: String::new(),
@@ -409,6 +475,97 @@ mod tests {
         o.push_back(job(1, 9));
         o.push_front(job(1, 8));
         assert_eq!(o.pop().unwrap().seq, 8);
+    }
+
+    fn chunk(seq: u64, attempt: u32, index: u32) -> Record {
+        Record {
+            seq,
+            attempts: attempt,
+            chunks: 0,
+            outcome: RecordOutcome::Chunk {
+                index,
+                output: Bytes::from_static(b"12345678"),
+            },
+            input: None,
+        }
+    }
+
+    /// (seq, chunk index) of each line in the outboxes received so far; `None` for a final.
+    fn lines(rx: &mut mpsc::UnboundedReceiver<Outbox>) -> Vec<(u64, Option<u32>)> {
+        let mut v = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            let chunks = out.records.iter().filter(|r| !r.is_final()).count();
+            assert_eq!(out.chunks, chunks, "the outbox counts its chunk lines");
+            for r in out.records {
+                v.push(match r.outcome {
+                    RecordOutcome::Chunk { index, .. } => (r.seq, Some(index)),
+                    _ => (r.seq, None),
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn chunks_owe_nothing_and_hold_no_event_credit() {
+        let mut o = Submissions::new(1024);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let credits = Credits::new(10, 1 << 20);
+        o.open(3, tx, credits.clone(), SubmitOptions::default());
+        // Taken by the submitter when it sent the event; given back with its final record.
+        credits.events.try_acquire().unwrap().forget();
+        let input = credits.input_charge(0);
+        credits
+            .bytes
+            .try_acquire_many(input as u32)
+            .unwrap()
+            .forget();
+        o.accepted(3, 1);
+        o.emit_chunk(3, chunk(0, 1, 0));
+        o.emit_chunk(3, chunk(0, 1, 1));
+        assert_eq!(o.unanswered(), 1, "a chunk is no answer");
+        let charged = (1 << 20) - input - credits.bytes.available_permits();
+        assert_eq!(charged, 2 * (8 + crate::credits::CHUNK_OVERHEAD));
+        o.end(3);
+        o.emit(3, rec(0), 0);
+        assert_eq!(o.unanswered(), 0);
+        o.flush(Instant::now(), true);
+        let out = rx.try_recv().unwrap();
+        assert_eq!(out.chunks, 2);
+        let batch = crate::RecordBatch::new(out.records, out.bytes, out.chunks, credits.clone());
+        assert_eq!((batch.finals(), batch.chunks()), (1, 2));
+        drop(batch);
+        assert_eq!(credits.events.available_permits(), 10);
+        assert_eq!(credits.bytes.available_permits(), 1 << 20);
+    }
+
+    #[test]
+    fn ordered_chunks_follow_the_events_before_them() {
+        let mut o = Submissions::new(1024);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        o.open(7, tx, Credits::new(1 << 20, 1 << 30), ordered());
+        o.accepted(7, 3);
+        // seq 1 streams while seq 0 runs: held back.
+        o.emit_chunk(7, chunk(1, 1, 0));
+        o.emit_chunk(7, chunk(2, 1, 0));
+        o.flush(Instant::now(), true);
+        assert!(lines(&mut rx).is_empty(), "held until seq 0 is done");
+        // seq 0 is the oldest: its chunks go out at once.
+        o.emit_chunk(7, chunk(0, 1, 0));
+        o.flush(Instant::now(), true);
+        assert_eq!(lines(&mut rx), [(0, Some(0))]);
+        o.emit(7, rec(0), 0);
+        o.emit_chunk(7, chunk(1, 2, 0)); // a retry's chunk
+        o.flush(Instant::now(), true);
+        assert_eq!(
+            lines(&mut rx),
+            [(0, None), (1, Some(0)), (1, Some(0))],
+            "seq 1 is the oldest now: its chunks, both attempts, in arrival order"
+        );
+        o.emit(7, rec(2), 0);
+        o.emit(7, rec(1), 0);
+        o.flush(Instant::now(), true);
+        assert_eq!(lines(&mut rx), [(1, None), (2, Some(0)), (2, None)]);
     }
 
     #[test]

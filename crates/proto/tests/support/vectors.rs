@@ -98,6 +98,11 @@ pub enum JsonMessage {
         payload_hex: String,
     },
     Shutdown,
+    /// Version 2.
+    Chunk {
+        id: u64,
+        data_hex: String,
+    },
 }
 
 /// [`Outcome`] in JSON.
@@ -160,6 +165,10 @@ impl Message {
                 },
             },
             Message::FromWorker(FromWorker::Heartbeat) => JsonMessage::Heartbeat,
+            Message::FromWorker(FromWorker::Chunk { id, data }) => JsonMessage::Chunk {
+                id: *id,
+                data_hex: hex(data),
+            },
             Message::ToWorker(ToWorker::Task {
                 id,
                 attempt,
@@ -193,6 +202,10 @@ impl Message {
                 },
             }),
             JsonMessage::Heartbeat => Message::FromWorker(FromWorker::Heartbeat),
+            JsonMessage::Chunk { id, data_hex } => Message::FromWorker(FromWorker::Chunk {
+                id,
+                data: unhex(&data_hex)?,
+            }),
             JsonMessage::Task {
                 id,
                 attempt,
@@ -221,9 +234,11 @@ pub fn decode(direction: &str, frame: &[u8]) -> Result<Message, FrameError> {
     }
 }
 
+/// The `hello` vectors stay those of version 1, byte for byte (herd still accepts them);
+/// `hello_protocol_2` is what today's SDKs send.
 fn hello(pid: u32, token: &str) -> FromWorker {
     FromWorker::Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: 1,
         pid,
         token: token.into(),
     }
@@ -243,6 +258,13 @@ fn err(id: u64, retryable: bool, message: &str) -> FromWorker {
             retryable,
             message: message.into(),
         },
+    }
+}
+
+fn chunk(id: u64, data: &[u8]) -> FromWorker {
+    FromWorker::Chunk {
+        id,
+        data: data.to_vec(),
     }
 }
 
@@ -266,11 +288,20 @@ pub fn messages() -> Vec<(String, Message)> {
         hello(31_337, "9f86d081884c7d659a2feaa0c55ad015"),
     );
     from("hello_empty_token".into(), hello(1, ""));
-    // herd refuses this at the handshake, but it is a well-formed frame.
+    // What the SDKs send since version 2 (which added Chunk).
     from(
         "hello_protocol_2".into(),
         FromWorker::Hello {
-            protocol: 2,
+            protocol: PROTOCOL_VERSION,
+            pid: 7,
+            token: "ab12".into(),
+        },
+    );
+    // herd refuses this at the handshake, but it is a well-formed frame.
+    from(
+        "hello_protocol_3".into(),
+        FromWorker::Hello {
+            protocol: 3,
             pid: 7,
             token: "ab12".into(),
         },
@@ -313,6 +344,17 @@ pub fn messages() -> Vec<(String, Message)> {
         err(u64::MAX, false, &"e".repeat(300)),
     );
     from("heartbeat".into(), FromWorker::Heartbeat);
+    // Version 2: partial results, any number per task before its Done.
+    from("chunk".into(), chunk(7, br#"{"row":1}"#));
+    from("chunk_empty".into(), chunk(0, b""));
+    from("chunk_binary".into(), chunk(3, &[0, 255, 10, 13, 251]));
+    from("chunk_id_u64_max".into(), chunk(u64::MAX, b"x"));
+    for len in [250, 251, 65_536] {
+        from(
+            format!("chunk_data_{len}_bytes"),
+            chunk(1, &vec![b'c'; len]),
+        );
+    }
 
     let mut to = |name: String, m: ToWorker| v.push((name, Message::ToWorker(m)));
     to("task".into(), task(1, 1, br#"{"op":"square","n":7}"#));
@@ -370,8 +412,11 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("empty_body", WORKER_TO_HERD, &[], "a body must hold one message; an empty one holds none"),
         bad("empty_body_to_worker", HERD_TO_WORKER, &[], "a body must hold one message; an empty one holds none"),
-        bad("unknown_variant_3", WORKER_TO_HERD, &[3], "FromWorker has variants 0 (Hello), 1 (Done) and 2 (Heartbeat) only"),
-        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 2 only"),
+        bad("unknown_variant_4", WORKER_TO_HERD, &[4], "FromWorker has variants 0 (Hello), 1 (Done), 2 (Heartbeat) and 3 (Chunk) only"),
+        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 3 only"),
+        bad("chunk_missing_data", WORKER_TO_HERD, &[3, 7], "the body ends where the chunk's data length should start"),
+        bad("chunk_length_past_end", WORKER_TO_HERD, &[3, 7, 9, b'a', b'b'], "the data's length says 9 bytes, the body ends after 2"),
+        bad("chunk_trailing_byte", WORKER_TO_HERD, &[3, 7, 1, b'a', 0], "a body holds exactly one message: bytes after it are refused"),
         bad("heartbeat_sent_to_worker", HERD_TO_WORKER, &[2], "ToWorker has variants 0 (Task) and 1 (Shutdown) only; 2 is Heartbeat in the other direction"),
         bad("variant_index_u64_marker", WORKER_TO_HERD, &[253, 2, 0, 0, 0, 0, 0, 0, 0], "a variant index is a u32 varint: the u64 marker 253 is refused whatever the value"),
         bad("hello_truncated_token", WORKER_TO_HERD, &[0, 1, 146, 4, b'a', b'b'], "the token's length says 4 bytes, the body ends after 2"),
@@ -441,6 +486,12 @@ pub fn non_canonical() -> Vec<NonCanonical> {
             Message::ToWorker(task(1, 1, b"")),
             &[0, 1, 252, 1, 0, 0, 0, 0],
             "attempt 1 written as marker 252 + u32",
+        ),
+        n(
+            "chunk_data_length_u16_form",
+            Message::FromWorker(chunk(1, b"hi")),
+            &[3, 1, 251, 2, 0, b'h', b'i'],
+            "data length 2 written as marker 251 + u16",
         ),
         n(
             "task_payload_length_u16_form",

@@ -53,6 +53,7 @@ impl Pool {
                         payload,
                         attempts: prior_attempts,
                         charged: 0,
+                        chunks: 0,
                     });
                     self.next_job += 1;
                 }
@@ -79,6 +80,7 @@ impl Pool {
             let record = Record {
                 seq,
                 attempts: 0,
+                chunks: 0,
                 outcome: RecordOutcome::Err {
                     kind,
                     message,

@@ -10,10 +10,11 @@ use super::{Phase, Pool};
 use crate::link::Link;
 use crate::msg::{Exited, FromLink, Outgoing, WorkerFrame};
 use crate::process;
+use crate::record::{Record, RecordOutcome};
 use crate::rendezvous::{self, Greeting};
-use crate::slot::{Cause, Done, Effect, Effects, State, WorkerId};
+use crate::slot::{Cause, ChunkFor, Done, Effect, Effects, State, WorkerId};
 use crate::PoolError;
-use herd_proto::PROTOCOL_VERSION;
+use herd_proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// Consecutive failed starts on every slot, with no worker ever ready, that make the pool
 /// give up.
@@ -144,9 +145,9 @@ impl Pool {
         let pid = self.slots[i].pid().unwrap_or(0);
         let problem = if self.slots[i].token() != Some(g.token.as_str()) {
             Some("it presented the wrong token".to_string())
-        } else if g.protocol != PROTOCOL_VERSION {
+        } else if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&g.protocol) {
             Some(format!(
-                "it speaks protocol version {}, herd speaks {PROTOCOL_VERSION}",
+                "it speaks protocol version {}, herd speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
                 g.protocol
             ))
         } else if g.cred.uid() != self.uid {
@@ -174,6 +175,7 @@ impl Pool {
             self.slots[i].id(),
             g.conn,
             self.cfg.max_frame,
+            g.protocol,
             self.link_tx.clone(),
         );
         self.ever_ready = true;
@@ -211,6 +213,7 @@ impl Pool {
         let Some(i) = self.current(id) else { return };
         let (task, outcome) = match frame {
             WorkerFrame::Done { id, outcome } => (id, outcome),
+            WorkerFrame::Chunk { id, data } => return self.on_chunk(i, id, data),
             WorkerFrame::Heartbeat => return,
             WorkerFrame::Hello => {
                 let effects = self.slots[i].kill(Cause::Protocol("second Hello".into()));
@@ -234,6 +237,38 @@ impl Pool {
                 self.apply(i, effects);
             }
             Done::Ignored => {}
+        }
+    }
+
+    /// A partial result: a chunk line for its submission now (it cannot be taken back, so
+    /// it carries its attempt), or a protocol fault if the worker does not hold the task.
+    fn on_chunk(&mut self, i: usize, task: u64, data: bytes::Bytes) {
+        match self.slots[i].on_chunk(task) {
+            ChunkFor::Task {
+                submission,
+                seq,
+                attempt,
+                index,
+            } => {
+                self.stats.chunks += 1;
+                let record = Record {
+                    seq,
+                    attempts: attempt,
+                    chunks: 0,
+                    outcome: RecordOutcome::Chunk {
+                        index,
+                        output: data,
+                    },
+                    input: None,
+                };
+                self.submissions.emit_chunk(submission, record);
+            }
+            ChunkFor::NotHeld => {
+                let fault = format!("chunk for task {task}, which it does not hold");
+                let effects = self.slots[i].kill(Cause::Protocol(fault));
+                self.apply(i, effects);
+            }
+            ChunkFor::Ignored => {}
         }
     }
 

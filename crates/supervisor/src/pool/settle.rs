@@ -80,6 +80,7 @@ impl Pool {
         let record = Record {
             seq: job.seq,
             attempts: job.attempts,
+            chunks: job.chunks,
             outcome: RecordOutcome::Err {
                 kind,
                 message,
@@ -151,6 +152,7 @@ impl Pool {
                 let record = Record {
                     seq: job.seq,
                     attempts: job.attempts,
+                    chunks: job.chunks,
                     outcome: RecordOutcome::Ok {
                         output,
                         worker,

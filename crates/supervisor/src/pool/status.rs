@@ -40,6 +40,7 @@ impl Pool {
             totals,
             retries: self.stats.retries,
             restarts: self.stats.restarts.clone(),
+            chunks: self.stats.chunks,
             durations: self.stats.durations.clone(),
             phase: match self.phase {
                 Phase::Running => "running",

@@ -29,6 +29,7 @@ fn job(id: u64) -> Job {
         payload: Bytes::new(),
         attempts: 1,
         charged: 0,
+        chunks: 0,
     }
 }
 
@@ -574,4 +575,42 @@ fn exit_descriptions() {
     assert_eq!(signal_name(99), "signal 99");
     assert_eq!(humanize(ms(1500)), "1500ms");
     assert_eq!(humanize(ms(2000)), "2s");
+}
+
+#[test]
+fn chunks_count_per_attempt_and_only_for_held_tasks() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    let first = |index| ChunkFor::Task {
+        submission: 0,
+        seq: 1,
+        attempt: 1,
+        index,
+    };
+    assert_eq!(s.on_chunk(1), first(0));
+    assert_eq!(s.on_chunk(1), first(1));
+    // The second task may stream too (it is held), counted apart.
+    assert!(matches!(s.on_chunk(2), ChunkFor::Task { index: 0, .. }));
+    assert_eq!(s.on_chunk(99), ChunkFor::NotHeld, "unknown id");
+    let Done::Task { running, .. } = s.on_done(1, t0, &limits()) else {
+        panic!("task 1 is held");
+    };
+    assert_eq!(running.job.chunks, 2, "the final record's count");
+    assert_eq!(s.on_chunk(1), ChunkFor::NotHeld, "after its Done");
+    // A retry starts counting again.
+    let mut again = running.job;
+    again.attempts = 2;
+    s.assign(again, t0).unwrap();
+    assert!(matches!(
+        s.on_chunk(1),
+        ChunkFor::Task {
+            attempt: 2,
+            index: 0,
+            ..
+        }
+    ));
+    // Chunks sent before a kill still count; an empty slot ignores them.
+    s.kill(Cause::Timeout);
+    assert!(matches!(s.on_chunk(2), ChunkFor::Task { index: 1, .. }));
+    assert_eq!(Slot::<()>::new(0).on_chunk(1), ChunkFor::Ignored);
 }
