@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use herd_proto::codec;
+use herd_proto::{FromWorker, Outcome, DEFAULT_MAX_FRAME};
 use herd_worker::{Task, TaskError};
 use nix::sys::signal::{self, SigHandler, SigSet, Signal};
 use nix::time::{clock_gettime, ClockId};
@@ -40,6 +42,13 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
                                   an allocation fails (a leak meeting a memory limit)
   {\"op\":\"whoami\"}                 returns its uid, gid, groups, nice level and limits
   {\"op\":\"env\"}                    returns its environment as a JSON object
+  {\"op\":\"stream\",\"n\":N}          sends N chunks {\"i\":0}..{\"i\":N-1}, returns N; options:
+                                   \"size\":B  each chunk a JSON string of B bytes instead
+                                   \"ms\":M    sleeps M ms before each chunk
+                                   \"crash_after\":K  exits with code 3 after K chunks while
+                                             the attempt is at most \"fails\" (default 1)
+  {\"op\":\"stray_chunk\"}            sends a chunk for a task it does not hold, then sleeps;
+                                   with \"after_done\":true, its own Done then a chunk for it
 ";
 
 fn main() -> ExitCode {
@@ -70,6 +79,9 @@ struct Event<'a> {
     #[serde(borrow)]
     text: Option<Cow<'a, str>>,
     mb: Option<usize>,
+    size: Option<usize>,
+    crash_after: Option<u32>,
+    after_done: Option<bool>,
 }
 
 fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
@@ -167,11 +179,83 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
                 .collect();
             serde_json::to_vec(&env).map_err(|e| TaskError::fatal(e.to_string()))
         }
+        "stream" => {
+            let n = need(event.n, "stream", "n")?;
+            let n = u32::try_from(n).map_err(|_| TaskError::fatal(format!("stream: bad n {n}")))?;
+            let dies = event
+                .crash_after
+                .filter(|_| task.attempt() <= event.fails.unwrap_or(1));
+            let (size, ms) = (event.size, event.ms);
+            stream(task, n, size, ms, dies)
+        }
+        "stray_chunk" => {
+            let mut frames = Vec::new();
+            let encode = |frames: &mut Vec<u8>, msg: &FromWorker| {
+                codec::encode_frame(msg, frames, DEFAULT_MAX_FRAME)
+                    .map_err(|e| TaskError::fatal(format!("cannot encode: {e}")))
+            };
+            let id = if event.after_done.unwrap_or(false) {
+                let done = FromWorker::Done {
+                    id: task.id(),
+                    outcome: Outcome::Ok(b"\"done\"".to_vec()),
+                };
+                encode(&mut frames, &done)?;
+                task.id()
+            } else {
+                // Far from any id herd has handed out.
+                task.id() ^ (1 << 62)
+            };
+            let chunk = FromWorker::Chunk {
+                id,
+                data: b"\"stray\"".to_vec(),
+            };
+            encode(&mut frames, &chunk)?;
+            write_raw(task, &frames)?;
+            sleep_forever()
+        }
         other => Err(TaskError::fatal(format!(
             "unknown op {other:?} (expected echo, square, spin, sleep, fail, flaky, panic, \
-             crash, exit, hang, garbage, oversize, stderr, alloc, pid, runaway, whoami or env)"
+             crash, exit, hang, garbage, oversize, stderr, alloc, pid, runaway, whoami, env, \
+             stream or stray_chunk)"
         ))),
     }
+}
+
+/// `stream`: `n` chunks, then `n` as the output; exits after `dies` chunks if set.
+fn stream(
+    task: &mut Task<'_>,
+    n: u32,
+    size: Option<usize>,
+    ms: Option<u64>,
+    dies: Option<u32>,
+) -> Result<Vec<u8>, TaskError> {
+    let mut data = Vec::new();
+    for i in 0..n {
+        if dies == Some(i) {
+            flush_queued(task);
+            std::process::exit(3);
+        }
+        if let Some(ms) = ms {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        data.clear();
+        match size {
+            Some(size) => {
+                data.reserve(size + 2);
+                data.push(b'"');
+                data.resize(size + 1, b'x');
+                data.push(b'"');
+            }
+            // Writing to a Vec cannot fail.
+            None => _ = write!(data, "{{\"i\":{i}}}"),
+        }
+        task.chunk(&data)?;
+    }
+    if dies == Some(n) {
+        flush_queued(task);
+        std::process::exit(3);
+    }
+    Ok(number(n))
 }
 
 /// The field an op requires, or a fatal error naming it.

@@ -32,6 +32,10 @@
 //!   1 ms while the handler is still running. It sleeps while nothing is queued and is
 //!   woken at most once per batch, so the tiny-task path costs no extra write.
 //!
+//! - **A handler may stream.** [`Task::chunk`] sends a partial result (protocol version 2's
+//!   `Chunk` frame) before the handler returns its final output; herd writes each one as a
+//!   record line of its own. Chunks are queued like replies and go out within the same 1 ms.
+//!
 //! A worker that must keep several tasks in progress at once, rather than run one handler call
 //! at a time, uses [`connect`] instead: it gets the tasks and the replies as two halves it can
 //! drive from two threads (`herd-stdio` pipes tasks through a child process this way).
@@ -252,7 +256,7 @@ where
                 attempt,
                 payload,
             }) => {
-                let mut raw = RawStream(outbox);
+                let mut raw = RawStream(outbox, max);
                 let mut task = Task {
                     id,
                     attempt,
@@ -637,7 +641,50 @@ impl<W: Write> Drop for StopOnDrop<'_, W> {
 
 /// The handler's view of the write side ([`Task::raw_stream`]): bytes are queued after the
 /// `Done` frames already there and go out on `flush`, or within [`MAX_HOLD`].
-struct RawStream<'a, W>(&'a Outbox<W>);
+struct RawStream<'a, W>(&'a Outbox<W>, usize);
+
+/// What a [`Task`] writes to: the raw stream, and chunks.
+trait TaskOut: Write {
+    /// Queues a `Chunk` frame for task `id`.
+    fn chunk(&mut self, id: u64, data: &[u8]) -> Result<(), TaskError>;
+}
+
+impl<W: Write> TaskOut for RawStream<'_, W> {
+    fn chunk(&mut self, id: u64, data: &[u8]) -> Result<(), TaskError> {
+        let max = self.1;
+        let frame = FromWorker::Chunk {
+            id,
+            data: data.to_vec(),
+        };
+        let mut out = self.0.lock();
+        if let Err(e) = out.take_error() {
+            // The connection is broken; the serve loop reports it after the handler returns.
+            return Err(TaskError::retryable(format!(
+                "cannot send a chunk to herd: {e}"
+            )));
+        }
+        match codec::encode_frame(&frame, &mut out.buf, max) {
+            Ok(()) => {}
+            Err(FrameError::Oversize { .. }) => {
+                return Err(TaskError::fatal(format!(
+                    "chunk of {} bytes exceeds the maximum frame of {max} bytes",
+                    data.len()
+                )))
+            }
+            Err(e) => return Err(TaskError::fatal(format!("cannot encode a chunk: {e}"))),
+        }
+        // Held like a quick reply: the flusher sends it within MAX_HOLD, so a stream of small
+        // chunks costs one write per batch, and a lone chunk does not wait for the handler.
+        if out.buf.len() >= WRITE_BATCH {
+            if let Err(e) = out.flush() {
+                out.error = Some(e);
+            }
+        } else {
+            out.held(&self.0.wake);
+        }
+        Ok(())
+    }
+}
 
 impl<W: Write> Write for RawStream<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -658,12 +705,14 @@ pub struct Task<'a> {
     id: u64,
     attempt: u32,
     payload: &'a [u8],
-    out: &'a mut dyn Write,
+    out: &'a mut dyn TaskOut,
 }
 
-impl Task<'_> {
+impl<'a> Task<'a> {
     /// The event, exactly as the supervisor received it (one input line, without its newline).
-    pub fn payload(&self) -> &[u8] {
+    /// Borrowed for the whole call, not from `self`, so a handler may read it while it sends
+    /// chunks.
+    pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
 
@@ -675,6 +724,30 @@ impl Task<'_> {
     /// The supervisor's identifier for this attempt; unique within one supervisor run.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Sends `data` as a partial result of this task (a `Chunk` frame, protocol version 2),
+    /// before the handler returns the final output. herd writes it at once as a record line
+    /// of its own, `{"seq":…,"chunk":k,"attempt":a,"output":…}`, and the final record counts
+    /// the chunks. A chunk cannot be taken back: if this attempt fails and the event is
+    /// retried, the next attempt's chunks follow with their own `attempt`.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::process::ExitCode {
+    /// herd_worker::run(|task| {
+    ///     for row in 0..3 {
+    ///         task.chunk(format!("{{\"row\":{row}}}").as_bytes())?;
+    ///     }
+    ///     Ok(b"3".to_vec())
+    /// })
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// A fatal [`TaskError`] if `data` does not fit in a frame (split it); a retryable one if
+    /// the connection to herd is broken. Return it with `?`: the task then fails as it says.
+    pub fn chunk(&mut self, data: &[u8]) -> Result<(), TaskError> {
+        self.out.chunk(self.id, data)
     }
 
     /// The connection's write side, for fault injection only (`herd-chaos`): whatever is written
@@ -1026,6 +1099,59 @@ mod tests {
                 }
             );
         }
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn chunks_go_before_their_done_and_an_oversize_one_fails_the_task() {
+        let (sup, worker) = spawn_worker(|task: &mut Task<'_>| {
+            if task.payload() == b"huge" {
+                task.chunk(b"fits")?;
+                task.chunk(&[0; 2000])?;
+                return Ok(b"unreachable".to_vec());
+            }
+            for row in task.payload() {
+                task.chunk(&[*row])?;
+            }
+            Ok(b"end".to_vec())
+        });
+        recv(&sup);
+        send(&sup, &task(5, 1, b"ab"));
+        send(&sup, &task(6, 1, b"huge"));
+        send(&sup, &task(7, 1, b""));
+        let chunk = |id, data: &[u8]| FromWorker::Chunk {
+            id,
+            data: data.to_vec(),
+        };
+        assert_eq!(recv(&sup), chunk(5, b"a"));
+        assert_eq!(recv(&sup), chunk(5, b"b"));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 5,
+                outcome: Outcome::Ok(b"end".to_vec())
+            }
+        );
+        assert_eq!(recv(&sup), chunk(6, b"fits"));
+        match recv(&sup) {
+            FromWorker::Done {
+                id: 6,
+                outcome:
+                    Outcome::Err {
+                        retryable: false,
+                        message,
+                    },
+            } => assert!(message.contains("chunk of 2000 bytes"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 7,
+                outcome: Outcome::Ok(b"end".to_vec())
+            }
+        );
+        send(&sup, &ToWorker::Shutdown);
         worker.join().unwrap().unwrap();
     }
 
