@@ -574,3 +574,32 @@ async fn stream(
     }
     Ok((lines, received))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lines_tell_chunk_lines_from_final_records_across_frames() {
+        let text = concat!(
+            "{\"seq\":0,\"chunk\":0,\"attempt\":1,\"output\":1}\n",
+            "{\"seq\":12345678901234567890,\"chunk\":1,\"attempt\":1,\"output\":\"x\"}\n",
+            "{\"seq\":0,\"ok\":true,\"output\":{\"a\":1,\"chunk\":2},\"attempts\":1}\n",
+            "{\"seq\":1,\"ok\":false,\"error\":{\"kind\":\"failed\",\"message\":\"m\"},\"attempts\":1}\n",
+        )
+        .as_bytes();
+        // Every way of cutting the text into two frames counts the same.
+        for cut in 0..=text.len() {
+            let mut lines = RecordLines::default();
+            lines.feed(&text[..cut]);
+            lines.feed(&text[cut..]);
+            assert_eq!((lines.total, lines.chunks), (4, 2), "cut at {cut}");
+        }
+        // And one byte at a time.
+        let mut lines = RecordLines::default();
+        for b in text.chunks(1) {
+            lines.feed(b);
+        }
+        assert_eq!((lines.total, lines.chunks), (4, 2));
+    }
+}

@@ -265,6 +265,12 @@ impl Pool {
             }
             ChunkFor::NotHeld => {
                 let fault = format!("chunk for task {task}, which it does not hold");
+                let pid = self.slots[i].pid();
+                tracing::warn!(
+                    worker = i,
+                    pid,
+                    "protocol violation: {fault}; killing worker"
+                );
                 let effects = self.slots[i].kill(Cause::Protocol(fault));
                 self.apply(i, effects);
             }
