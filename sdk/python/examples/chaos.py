@@ -13,6 +13,7 @@ import sys
 import time
 
 import herd_worker
+from herd_worker import codec
 
 HELP = """\
 chaos.py: a herd worker (Python SDK) whose behaviour each event chooses.
@@ -32,6 +33,13 @@ Run it under `herd run -- python3 chaos.py`; events are JSON objects, one per li
   {"op":"stderr","text":S}       writes S to stderr, returns S
   {"op":"alloc","mb":M}          allocates and keeps M MiB, returns M
   {"op":"pid"}                    returns its own pid
+  {"op":"stream","n":N}          sends N chunks {"i":0}..{"i":N-1}, returns N; options:
+                                   "size":B  each chunk a JSON string of B bytes instead
+                                   "ms":M    sleeps M ms before each chunk
+                                   "crash_after":K  exits with code 3 after K chunks while
+                                             the attempt is at most "fails" (default 1)
+  {"op":"stray_chunk"}            sends a chunk for a task it does not hold, then sleeps;
+                                   with "after_done":true, its own Done then a chunk for it
 """
 
 _loads = json.loads
@@ -115,9 +123,35 @@ def handle(task):
         return str(mb)
     if op == "pid":
         return str(os.getpid())
+    if op == "stream":
+        return stream(task, event)
+    if op == "stray_chunk":
+        if event.get("after_done"):
+            frames = codec.encode_done_ok(task.id, b'"done"') + codec.encode_chunk(task.id, b'"stray"')
+        else:
+            frames = codec.encode_chunk(task.id ^ (1 << 62), b'"stray"')
+        task._write_raw(frames)
+        sleep_forever()
     raise herd_worker.Fatal(
         f"unknown op {op!r} (expected echo, square, spin, sleep, fail, flaky, panic, crash, "
-        f"exit, hang, garbage, oversize, stderr, alloc or pid)")
+        f"exit, hang, garbage, oversize, stderr, alloc, pid, stream or stray_chunk)")
+
+
+def stream(task, event):
+    n = need(event, "stream", "n")
+    size, ms = event.get("size"), event.get("ms")
+    dies = event.get("crash_after") if task.attempt <= event.get("fails", 1) else None
+    for i in range(n):
+        if dies == i:
+            task._flush()
+            os._exit(3)
+        if ms:
+            time.sleep(ms / 1000)
+        task.chunk(b'"' + b"x" * size + b'"' if size is not None else '{"i":%d}' % i)
+    if dies == n:
+        task._flush()
+        os._exit(3)
+    return str(n)
 
 
 def parse_signal(name):

@@ -4,6 +4,9 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
 - A worker never outlives its supervisor: end of stream on the socket exits 1; only the
   termination frame (Shutdown) exits 0; a protocol violation, or not being started by herd,
   exits 2.
+- A handler may stream: a generator handler's yielded values are sent as Chunk frames
+  (protocol version 2), each a record line of its own, and its return value is the final
+  output. Chunks are queued like replies and go out within the same 1 ms.
 - A handler failure is a result, not a crash: an exception becomes a non-retryable error
   (`Retryable` asks for a retry) and the worker keeps serving.
 - Pipelining is cheap: input is read in large chunks; while further complete tasks are already
@@ -26,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from types import GeneratorType as _Generator
 
 from . import codec as _codec
 from .codec import ProtocolError
@@ -76,9 +80,9 @@ class _Startup(Exception):
 class Task:
     """One task, handed to a handler run with `run(handler, pass_task=True)`."""
 
-    __slots__ = ("id", "attempt", "payload", "_out")
+    __slots__ = ("id", "attempt", "payload", "_out", "_max")
 
-    def __init__(self, id, attempt, payload, out):
+    def __init__(self, id, attempt, payload, out, max_frame=_codec.DEFAULT_MAX_FRAME):
         #: The supervisor's identifier for this attempt; unique within one supervisor run.
         self.id = id
         #: Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
@@ -86,6 +90,13 @@ class Task:
         #: The event, exactly as herd received it (one input line without its newline).
         self.payload = payload
         self._out = out
+        self._max = max_frame
+
+    def chunk(self, data):
+        """Sends `data` (bytes-like, or str as UTF-8) as a partial result of this task, before
+        the handler returns: herd writes it at once as a record line of its own. The same as
+        yielding it from a generator handler. Raises Fatal if it does not fit in a frame."""
+        _send_chunk(self._out, self.id, _output_bytes(data), self._max)
 
     def _write_raw(self, data):
         """Fault injection only (examples/chaos.py): queues raw bytes after the replies already
@@ -248,6 +259,31 @@ def _output_bytes(value):
         f"handler returned {type(value).__name__}, expected bytes, bytearray, memoryview or str")
 
 
+def _send_chunk(out, id, data, max_frame):
+    try:
+        frame = _codec.encode_chunk(id, data, max_frame)
+    except ProtocolError:
+        raise Fatal(f"chunk of {len(data)} bytes exceeds the maximum frame of {max_frame} "
+                    f"bytes") from None
+    # Held like a quick reply: out within MAX_HOLD, one write for a burst of chunks.
+    out.add(frame, time.perf_counter(), False)
+
+
+def _stream(gen, id, out, max_frame):
+    """Runs a generator handler: each yielded value is a chunk, the return value (None: empty)
+    the final output. A chunk already sent stays sent if the generator then raises."""
+    try:
+        while True:
+            try:
+                value = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                return b"" if result is None else _output_bytes(result)
+            _send_chunk(out, id, _output_bytes(value), max_frame)
+    finally:
+        gen.close()
+
+
 def _failure_message(exc):
     text = str(exc)
     name = type(exc).__name__
@@ -349,9 +385,15 @@ def _serve_loop(reader, out, handler, max_frame, pass_task):
             _, id, attempt, payload = msg
             t0 = perf()
             try:
-                output = handler(Task(id, attempt, payload, out) if pass_task else payload)
+                output = handler(Task(id, attempt, payload, out, max_frame) if pass_task
+                                 else payload)
                 if type(output) is not bytes:
-                    output = output.encode() if type(output) is str else _output_bytes(output)
+                    if type(output) is str:
+                        output = output.encode()
+                    elif type(output) is _Generator:
+                        output = _stream(output, id, out, max_frame)
+                    else:
+                        output = _output_bytes(output)
             except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
                 frame = _failed(e, id, max_frame)
             else:
@@ -442,7 +484,9 @@ def run(handler, *, pass_task=False):
     exits the process. Never returns.
 
     `handler(payload: bytes)` returns the output: bytes, bytearray, memoryview, or str (sent as
-    UTF-8). An exception gives the event a `failed` record (`Retryable` asks for a retry
+    UTF-8). A generator handler streams: each value it yields is sent at once as a chunk (a
+    record line of its own), and what it returns (None: empty) is the final output. An
+    exception gives the event a `failed` record (`Retryable` asks for a retry
     instead) and the worker keeps serving. With `pass_task=True` the handler gets a `Task`
     (`.payload`, `.attempt`, `.id`) instead of the payload.
 

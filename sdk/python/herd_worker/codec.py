@@ -1,4 +1,4 @@
-"""herd's wire protocol, version 1: frames and the bincode 2 bodies of every message.
+"""herd's wire protocol, version 2: frames and the bincode 2 bodies of every message.
 
 A frame is a 4-byte little-endian body length followed by the body, the bincode 2 "standard"
 encoding of one message (docs/PROTOCOL.md):
@@ -16,8 +16,10 @@ Messages are plain tuples, tagged by their variant name:
     herd -> worker:  ("Task", id, attempt, payload)   ("Shutdown",)
     worker -> herd:  ("Hello", protocol, pid, token)  ("Heartbeat",)
                      ("Done", id, ("Ok", output))     ("Done", id, ("Err", retryable, message))
+                     ("Chunk", id, data)  (version 2: a partial result, before the task's Done)
 
-A worker only needs `encode_hello`, `encode_done_ok`, `encode_done_err` and `decode_to_worker`;
+A worker only needs `encode_hello`, `encode_done_ok`, `encode_done_err`, `encode_chunk` and
+`decode_to_worker`;
 the other half exists so tests (and anyone writing a supervisor) can speak the other side.
 """
 
@@ -25,11 +27,13 @@ import struct
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
-    "encode_hello", "encode_done_ok", "encode_done_err", "encode_heartbeat", "encode_task",
+    "encode_hello", "encode_done_ok", "encode_done_err", "encode_heartbeat", "encode_chunk",
+    "encode_task",
     "encode_shutdown", "decode_to_worker", "decode_from_worker", "frame_len", "varint",
 ]
 
-PROTOCOL_VERSION = 1
+# Version 2 added the Chunk frame; every version-1 frame is unchanged.
+PROTOCOL_VERSION = 2
 HEADER_LEN = 4
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # herd's hard upper bound for any frame limit (and bincode's allocation limit).
@@ -41,7 +45,7 @@ _U64 = struct.Struct("<Q")
 _HEADER = _U32
 
 # Variant indices, pinned by herd-proto's enums (FromWorker, Outcome, ToWorker).
-HELLO, DONE, HEARTBEAT = 0, 1, 2
+HELLO, DONE, HEARTBEAT, CHUNK = 0, 1, 2, 3
 OK, ERR = 0, 1
 TASK, SHUTDOWN = 0, 1
 
@@ -127,6 +131,16 @@ def encode_done_err(id, retryable, message, max_frame=MAX_FRAME_CEILING):
 def encode_heartbeat():
     """Frame for Heartbeat."""
     return b"\x01\x00\x00\x00\x02"
+
+
+def encode_chunk(id, data, max_frame=MAX_FRAME_CEILING):
+    """Frame for Chunk{id, data} (version 2): a partial result of task `id`; `data` is
+    bytes-like."""
+    head = b"\x03" + varint(id) + varint(len(data))
+    size = len(head) + len(data)
+    if size > max_frame:
+        raise ProtocolError(f"frame of {size} bytes exceeds the maximum of {max_frame} bytes")
+    return b"".join((_HEADER.pack(size), head, data))
 
 
 def encode_task(id, attempt, payload, max_frame=MAX_FRAME_CEILING):
@@ -251,10 +265,11 @@ def decode_to_worker(buf, p=0, end=None):
 
 def decode_from_worker(buf, p=0, end=None):
     """Decodes a FromWorker body: ("Hello", protocol, pid, token), ("Done", id, outcome) with
-    outcome ("Ok", output) or ("Err", retryable, message), or ("Heartbeat",)."""
+    outcome ("Ok", output) or ("Err", retryable, message), ("Heartbeat",), or ("Chunk", id,
+    data)."""
     if end is None:
         end = len(buf)
-    v, p = _variant(buf, p, end, "FromWorker", 3)
+    v, p = _variant(buf, p, end, "FromWorker", 4)
     if v == HELLO:
         protocol, p = _uint(buf, p, end, 4, "Hello.protocol")
         pid, p = _uint(buf, p, end, 4, "Hello.pid")
@@ -269,4 +284,8 @@ def decode_from_worker(buf, p=0, end=None):
         retryable, p = _bool(buf, p, end, "Outcome::Err.retryable")
         message, p = _text(buf, p, end, "Outcome::Err.message")
         return _done_with(("Done", id, ("Err", retryable, message)), p, end, "Done")
+    if v == CHUNK:
+        id, p = _uint(buf, p, end, 8, "Chunk.id")
+        data, p = _bytes(buf, p, end, "Chunk.data")
+        return _done_with(("Chunk", id, data), p, end, "Chunk")
     return _done_with(("Heartbeat",), p, end, "Heartbeat")

@@ -35,6 +35,8 @@ def message_to_tuple(m):
             return ("Done", v["id"], ("Ok", bytes.fromhex(out)))
         assert otag == "Err", otag
         return ("Done", v["id"], ("Err", o["retryable"], o["message"]))
+    if tag == "Chunk":
+        return ("Chunk", v["id"], bytes.fromhex(v["data_hex"]))
     raise AssertionError(f"unknown message in the vectors: {m!r}")
 
 
@@ -52,6 +54,8 @@ def encode(msg):
         if msg[2][0] == "Ok":
             return codec.encode_done_ok(msg[1], msg[2][1])
         return codec.encode_done_err(msg[1], msg[2][1], msg[2][2])
+    if tag == "Chunk":
+        return codec.encode_chunk(msg[1], msg[2])
     raise AssertionError(msg)
 
 
@@ -73,7 +77,7 @@ def test_the_vectors_file_covers_every_message():
               else x["message"]) for x in v["vectors"]}
     for want in [("herd->worker", "Task"), ("herd->worker", "Shutdown"),
                  ("worker->herd", "Hello"), ("worker->herd", "Done"),
-                 ("worker->herd", "Heartbeat")]:
+                 ("worker->herd", "Heartbeat"), ("worker->herd", "Chunk")]:
         assert want in kinds, f"no vector for {want}"
     assert v["malformed"], "no malformed vectors"
 

@@ -281,3 +281,25 @@ def test_herd_killed_takes_its_python_workers_along(herd):
     wait_until("the workers to die with herd", lambda: all(gone(p) for p in pids))
     # The guard removes the runtime dir; the fixture checks it is gone.
     wait_until("the runtime dir to go", lambda: herd.leftovers() == [])
+
+
+def test_streamed_chunks_through_herd_and_a_crash_mid_stream(herd):
+    events = ['{"op":"stream","n":5}'] * 300 + ['{"op":"stream","n":4,"crash_after":2}'] * 5
+    run = herd.run(["-w", "2"], events)
+    assert run.code == 0, run.dump()
+    finals = [r for r in run.records if "chunk" not in r]
+    assert sorted(r["seq"] for r in finals) == list(range(305)), run.dump()
+    chunks = {}
+    for r in run.records:
+        if "chunk" in r:
+            chunks.setdefault(r["seq"], []).append((r["attempt"], r["chunk"], r["output"]))
+    for r in finals:
+        # A consumer keeps the chunks of the final attempt: numbered from 0, as many as it says.
+        kept = [c for c in chunks[r["seq"]] if c[0] == r["attempts"]]
+        assert [c[1] for c in kept] == list(range(r["chunks"])), (r, chunks[r["seq"]])
+        assert [c[2] for c in kept] == [{"i": i} for i in range(r["chunks"])]
+        if r["seq"] < 300:
+            assert r["ok"] and r["attempts"] == 1 and r["chunks"] == 5, r
+        else:
+            assert r["ok"] and r["attempts"] == 2 and r["chunks"] == 4, r
+            assert [c[:2] for c in chunks[r["seq"]] if c[0] == 1] == [(1, 0), (1, 1)]

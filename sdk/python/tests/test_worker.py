@@ -18,7 +18,7 @@ from conftest import ECHO_WORKER, TIMEOUT, background, wait_until, worker_env
 def test_hello_tasks_errors_then_shutdown_exits_0(fake):
     sup = fake(ECHO_WORKER + "\n", max_frame=4096)
     hello = sup.recv()
-    assert hello == ("Hello", 1, sup.proc.pid, "tok")
+    assert hello == ("Hello", codec.PROTOCOL_VERSION, sup.proc.pid, "tok")
     sup.send(codec.encode_task(1, 1, b"hi"))
     assert sup.recv() == ("Done", 1, ("Ok", b"hi"))
     sup.send(codec.encode_task(2, 1, b"boom"))
@@ -340,3 +340,52 @@ herd_worker.run(handle)
     assert sup.recv() == ("Done", 2, ("Ok", b"b"))
     code, _ = sup.wait()
     assert code == 7
+
+
+def test_a_generator_handler_streams_chunks_before_its_done(fake):
+    script = """
+import herd_worker
+def handle(p):
+    if p == b"rows":
+        for i in range(3):
+            yield '{"row":%d}' % i
+        return b"3"
+    if p == b"none":
+        yield b"only"
+    if p == b"raises":
+        yield b"sent"
+        raise ValueError("half way")
+    if p == b"big":
+        yield b"fits"
+        yield b"x" * 5000
+    if p == b"weird":
+        yield 42
+herd_worker.run(handle)
+"""
+    sup = fake(script, max_frame=4096)
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"rows"))
+    assert [sup.recv() for _ in range(4)] == [
+        ("Chunk", 1, b'{"row":0}'), ("Chunk", 1, b'{"row":1}'), ("Chunk", 1, b'{"row":2}'),
+        ("Done", 1, ("Ok", b"3"))]
+    sup.send(codec.encode_task(2, 1, b"none"))
+    assert [sup.recv() for _ in range(2)] == [("Chunk", 2, b"only"), ("Done", 2, ("Ok", b""))]
+    # A chunk sent stays sent; the failure is the task's one Done.
+    sup.send(codec.encode_task(3, 1, b"raises"))
+    assert sup.recv() == ("Chunk", 3, b"sent")
+    assert sup.recv() == ("Done", 3, ("Err", False, "handler raised ValueError: half way"))
+    sup.send(codec.encode_task(4, 1, b"big"))
+    assert sup.recv() == ("Chunk", 4, b"fits")
+    assert sup.recv() == ("Done", 4, ("Err", False, "chunk of 5000 bytes exceeds the maximum "
+                                                    "frame of 4096 bytes"))
+    sup.send(codec.encode_task(5, 1, b"weird"))
+    done = sup.recv()
+    assert done[:2] == ("Done", 5) and "handler returned int" in done[2][2], done
+    # Tasks pipelined behind streams are answered in order.
+    sup.send(b"".join(codec.encode_task(10 + i, 1, b"rows") for i in range(50)))
+    for i in range(50):
+        msgs = [sup.recv() for _ in range(4)]
+        assert [m[:2] for m in msgs] == [("Chunk", 10 + i)] * 3 + [("Done", 10 + i)], msgs
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
