@@ -4,6 +4,8 @@
         out = await pool.submit(b'{"op":"square","n":7}')   # bytes, or raises an EventError
         async for seq, out in pool.map(events):             # bounded in flight
             ...
+        async for chunk in pool.submit_stream(event):        # a streaming handler's parts
+            ...
 
     with herd_client.connect_sync("/run/herd.sock") as pool:   # the same, blocking
         out = pool.submit(b"...")
@@ -12,9 +14,9 @@ Standard library only, Python 3.9+. The control protocol is in crates/proto/src/
 (docs/CONTROL.md); the frames and varints are herd_worker.codec's.
 """
 
-from ._client import (CONTROL_VERSION, ConnectionLost, EventCrashed, EventError, EventFailed,
-                      EventProtocolError, EventRejected, EventShutdown, EventTimeout, HerdError,
-                      HandshakeError, Pool, connect)
+from ._client import (CONTROL_VERSION, Chunk, ConnectionLost, EventCrashed, EventError,
+                      EventFailed, EventProtocolError, EventRejected, EventShutdown,
+                      EventTimeout, HerdError, HandshakeError, Pool, Stream, connect)
 from ._sync import Client, connect_sync
 
 __version__ = "0.1.0"
@@ -22,5 +24,5 @@ __version__ = "0.1.0"
 __all__ = [
     "connect", "connect_sync", "Pool", "Client", "CONTROL_VERSION", "HerdError",
     "HandshakeError", "ConnectionLost", "EventError", "EventFailed", "EventTimeout",
-    "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown",
+    "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown", "Chunk", "Stream",
 ]

@@ -112,6 +112,67 @@ def _result(line, comma):
     return None, _KINDS.get(kind, EventError)(kind, err.get("message", ""), rec)
 
 
+Chunk = collections.namedtuple("Chunk", "attempt index data")
+Chunk.__doc__ = """A partial result of a streaming handler: chunk `index` (from 0) of attempt
+`attempt`, its output as bytes (like submit()'s). A chunk cannot be taken back: when an attempt
+fails and the event is retried, the next attempt's chunks follow from index 0; keep those whose
+`attempt` is the last one."""
+
+_OUTPUT = b',"output":'
+
+
+def _chunk(line):
+    """A chunk line `{"seq":N,"chunk":K,"attempt":A,"output":X}` (record.rs) as a Chunk."""
+    rec_end = line.index(_OUTPUT)
+    head = json.loads(line[:rec_end] + b"}")
+    out = line[rec_end + len(_OUTPUT):-1]
+    if out[:1] == b'"':
+        out = json.loads(out).encode("utf-8")
+    return Chunk(head["attempt"], head["chunk"], out)
+
+
+class Stream:
+    """What submit_stream() returns: an async iterator of the event's Chunks as they arrive;
+    it ends when the final record does, raising its EventError (or ConnectionLost) if it is
+    one. Then `output` is the final output (bytes); `await stream.result()` drains the
+    chunks and returns it."""
+
+    def __init__(self):
+        self._chunks = collections.deque()
+        self._wake = asyncio.Event()
+        self._end = None
+        self.output = None
+
+    def _add(self, chunk):
+        self._chunks.append(chunk)
+        self._wake.set()
+
+    def _finish(self, out, err):
+        self._end = (out, err)
+        self._wake.set()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._chunks:
+            if self._end is not None:
+                out, err = self._end
+                if err is not None:
+                    raise err
+                self.output = out
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._chunks.popleft()
+
+    async def result(self):
+        """Skips the chunks not yet read; returns the final output or raises its error."""
+        async for _ in self:
+            pass
+        return self.output
+
+
 def _frame(body):
     return _HEADER.pack(len(body)) + body
 
@@ -163,6 +224,8 @@ class Pool:
         # seq -> submit()'s future, or map()'s resolve(output, error), for every event sent or
         # queued without a record yet.
         self._pending = {}
+        # seq -> the Stream of a submit_stream() event, until its final record.
+        self._streams = {}
         self._outq = collections.deque()
         self._wake_writer = asyncio.Event()
         self._closing = False
@@ -244,6 +307,27 @@ class Pool:
         fut = self._loop.create_future()
         self._enqueue(event, fut)
         return await fut
+
+    def submit_stream(self, event):
+        """Runs one event whose handler streams partial results: returns a Stream, an async
+        iterator of its Chunks as they arrive, which ends with the final record (raising its
+        EventError if it is one); then `stream.output` is the final output.
+
+            stream = pool.submit_stream(b'{"op":"stream","n":3}')
+            async for chunk in stream:      # Chunk(attempt, index, data)
+                ...
+            out = stream.output
+        """
+        stream = Stream()
+        streams = self._streams
+
+        def resolve(out, err):
+            streams.pop(seq, None)
+            stream._finish(out, err)
+
+        seq = self._enqueue(event, resolve)
+        streams[seq] = stream
+        return stream
 
     async def map(self, events, *, ordered=False, window=1024, return_exceptions=False):
         """Runs every event of `events` (an iterable or async iterable), with at most `window`
@@ -419,6 +503,11 @@ class Pool:
                 continue
             # The seq comes first in every record: `{"seq":N,...`.
             comma = line.find(b",", 7)
+            if line[comma + 2] == 99:  # `{"seq":N,"chunk":...`: a partial result, not final
+                stream = self._streams.get(int(line[7:comma]))
+                if stream is not None:
+                    stream._add(_chunk(line))
+                continue
             waiter = pending.pop(int(line[7:comma]), None)
             if waiter is None:
                 continue

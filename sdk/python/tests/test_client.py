@@ -283,3 +283,41 @@ def test_blocking_client(daemon):
             t.join(TIMEOUT)
         assert all(out[k] == [str((k * 100 + i) ** 2).encode() for i in range(50)]
                    for k in range(8))
+
+
+def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
+    d = daemon()
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            stream = pool.submit_stream(b'{"op":"stream","n":4}')
+            got = [c async for c in stream]
+            assert got == [herd_client.Chunk(1, i, b'{"i":%d}' % i) for i in range(4)]
+            assert stream.output == b"4"
+            # Text chunks come back as their text, like outputs.
+            s = pool.submit_stream(b'{"op":"stream","n":2,"size":3}')
+            assert [c.data async for c in s] == [b"xxx", b"xxx"]
+            # A worker dying mid-stream: attempt 1's chunks, then the retry's from index 0.
+            s = pool.submit_stream(b'{"op":"stream","n":3,"crash_after":2}')
+            got = [(c.attempt, c.index) async for c in s]
+            assert got == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)], got
+            assert s.output == b"3"
+            # A final error record ends the iteration with its error.
+            s = pool.submit_stream(b'{"op":"stream","n":2,"crash_after":1,"fails":99}')
+            with pytest.raises(herd_client.EventCrashed):
+                async for _ in s:
+                    pass
+            # Streams, plain submits and map share the connection; the others see finals only.
+            streams = [pool.submit_stream(b'{"op":"stream","n":%d}' % (i % 5))
+                       for i in range(300)]
+            plain = await asyncio.gather(*(pool.submit(b'{"op":"stream","n":3}')
+                                           for _ in range(100)))
+            assert plain == [b"3"] * 100
+            outs = [out async for _, out in pool.map([b'{"op":"stream","n":2}'] * 500)]
+            assert outs == [b"2"] * 500
+            for i, s in enumerate(streams):
+                assert [c.index async for c in s] == list(range(i % 5))
+                assert await s.result() == str(i % 5).encode()
+            assert pool.pending == 0 and not pool._streams
+
+    run(main())
