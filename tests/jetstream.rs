@@ -301,6 +301,48 @@ impl Js {
     }
 }
 
+impl Js {
+    /// Waits until the results stream holds `n` messages, then reads them in stream order:
+    /// each line with its `Nats-Msg-Id`.
+    pub fn lines(&self, n: u64) -> Vec<(String, Value)> {
+        wait_for(&format!("{n} lines in HERD_RESULTS"), LIMIT, || {
+            self.results_count() >= n
+        });
+        let total = self.results_count();
+        self.rt.block_on(async {
+            let stream = self.js.get_stream("HERD_RESULTS").await.unwrap();
+            let c = stream
+                .create_consumer(consumer::pull::Config {
+                    ack_policy: consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let mut lines = Vec::new();
+            while (lines.len() as u64) < total {
+                let mut batch = c
+                    .fetch()
+                    .max_messages(1000)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .unwrap();
+                while let Some(m) = batch.next().await {
+                    let m = m.unwrap();
+                    let id = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Msg-Id"))
+                        .map(|v| v.as_str().to_string())
+                        .unwrap();
+                    lines.push((id, serde_json::from_slice(&m.payload).unwrap()));
+                }
+            }
+            lines
+        })
+    }
+}
+
 fn square(i: u64) -> String {
     format!("{{\"op\":\"square\",\"n\":{i}}}")
 }
@@ -671,4 +713,76 @@ fn jetstream_mqtt_example() {
     outputs.sort_unstable();
     let want: Vec<u64> = (1..=200u64).map(|n| n * n).collect();
     assert_eq!(outputs, want, "each event once, each result right");
+}
+
+#[test]
+fn jetstream_chunk_lines_go_to_the_results_subject_before_their_record() {
+    const N: u64 = 2_000;
+    let server = NatsServer::start();
+    let js = Js::connect(&server);
+    js.create_events_stream();
+    // Every tenth event's worker dies after 2 of its 4 chunks on the first attempt.
+    js.publish((0..N).map(|i| {
+        if i % 10 == 0 {
+            r#"{"op":"stream","n":4,"crash_after":2}"#.to_string()
+        } else {
+            r#"{"op":"stream","n":4}"#.to_string()
+        }
+    }));
+    let fx = Fixture::new();
+    let d = daemon(&fx, "d", &server, 2, &[]);
+    // Per event: 4 chunk lines of the final attempt and its record, plus 2 chunk lines of the
+    // attempt that died for every tenth.
+    let lines = js.lines(N * 5 + N / 10 * 2);
+    let mut by_seq: HashMap<u64, Vec<(String, &Value)>> = HashMap::new();
+    for (id, line) in &lines {
+        by_seq
+            .entry(line["seq"].as_u64().unwrap())
+            .or_default()
+            .push((id.clone(), line));
+    }
+    assert_eq!(by_seq.len() as u64, N);
+    for (seq, ls) in &by_seq {
+        let (last_id, fin) = ls.last().unwrap();
+        assert_eq!(
+            last_id,
+            &seq.to_string(),
+            "the record comes last, its id the seq"
+        );
+        assert_eq!(fin["ok"], true, "{fin}");
+        assert_eq!(fin["chunks"], 4, "{fin}");
+        let dies = (seq - 1) % 10 == 0;
+        assert_eq!(fin["attempts"], if dies { 2 } else { 1 }, "{fin}");
+        let chunks: Vec<(String, u64, u64)> = ls[..ls.len() - 1]
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    c["attempt"].as_u64().unwrap(),
+                    c["chunk"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let mut want = Vec::new();
+        if dies {
+            want.extend([(1, 0), (1, 1)]);
+        }
+        let last = if dies { 2 } else { 1 };
+        want.extend((0..4).map(|k| (last, k)));
+        let got: Vec<(u64, u64)> = chunks.iter().map(|c| (c.1, c.2)).collect();
+        assert_eq!(got, want, "seq {seq}");
+        for (id, attempt, k) in &chunks {
+            assert_eq!(
+                id,
+                &format!("{seq}.1.{attempt}.{k}"),
+                "seq.delivery.attempt.chunk"
+            );
+        }
+    }
+    wait_for("the consumer to settle", LIMIT, || {
+        let (pending, ack_pending, _) = js.consumer();
+        pending == 0 && ack_pending == 0 && js.events_left() == 0
+    });
+    assert_eq!(number(&status(&fx, "d"), "acked"), N, "one ack per event");
+    stop(d, Signal::SIGTERM);
 }
