@@ -353,3 +353,84 @@ fn a_version_1_worker_still_works_and_may_not_send_chunks() {
     );
     assert!(evs[300].chunks.is_empty(), "nothing written for it");
 }
+
+/// Resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_stream_to_a_reader_that_stops_reading_waits_instead_of_filling_memory() {
+    use std::io::Read;
+    let d = Daemon::start(1, &[]);
+    // 2,000 chunks of 256 KiB: 500 MiB if herd took them all in.
+    let (n, size) = (2_000u64, 256 * 1024);
+    let input = d.fx.path("events");
+    std::fs::write(
+        &input,
+        format!("{{\"op\":\"stream\",\"n\":{n},\"size\":{size}}}\n"),
+    )
+    .unwrap();
+    let mut submit =
+        d.fx.std_command(herd_bin())
+            .args([
+                "submit",
+                "--control",
+                d.ctl(),
+                "-i",
+                input.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    // Nobody reads the records yet.
+    wait_for("the stream to start", RUN_TIMEOUT, || {
+        d.status()["chunks"].as_u64().unwrap() >= 20
+    });
+    // The stream stalls: the chunk count stops growing (unchanged over 10 status calls)
+    // short of the end, and herd's memory stays small meanwhile.
+    let daemon = d.live.pid();
+    let (mut peak, mut last, mut same) = (0, 0, 0);
+    wait_for("the stream to stall", RUN_TIMEOUT, || {
+        peak = peak.max(rss(daemon));
+        let chunks = d.status()["chunks"].as_u64().unwrap();
+        assert!(chunks < n, "herd took the whole stream in");
+        same = if chunks == last { same + 1 } else { 0 };
+        last = chunks;
+        same >= 10
+    });
+    assert!(
+        peak < 120 << 20,
+        "herd's memory is bounded while its reader is stalled: {peak} bytes at {last} chunks"
+    );
+    eprintln!(
+        "stalled at {last} chunks of {n}, herd's peak RSS {} MiB",
+        peak >> 20
+    );
+    // The reader comes back: everything arrives, in order, once.
+    let mut out = String::new();
+    submit
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(submit.wait().unwrap().success());
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let evs = events(&lines, 1);
+    let kept = kept(&evs[0]);
+    assert_eq!(kept.len() as u64, n);
+    assert!(kept.iter().all(|c| c.as_str().unwrap().len() == size));
+    assert_eq!(evs[0].fin.unwrap()["output"], n);
+    d.stop_ok();
+}

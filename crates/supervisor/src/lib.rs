@@ -26,6 +26,7 @@
 //! handshake), `process` (spawning, exit watching, stderr forwarding).
 
 pub mod autoscale;
+mod backlog;
 mod config;
 pub mod control;
 mod credits;
@@ -56,6 +57,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use credits::{Credits, Outbox};
 
 pub use autoscale::AutoscaleConfig;
+pub use backlog::ChunkTicket;
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;

@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use crate::backlog::Backlog;
 use crate::msg::{FromLink, Outgoing, WorkerFrame};
 use crate::slot::WorkerId;
 
@@ -35,12 +36,13 @@ pub(crate) struct WorkerSocket {
 }
 
 /// Decodes the whole frame at the front of `buf` (checked complete by the caller). `chunks`
-/// says whether the worker's protocol version has the `Chunk` frame.
-fn decode(frame: Bytes, chunks: bool) -> Result<WorkerFrame, FrameError> {
+/// is the worker's backlog if its protocol version has the `Chunk` frame.
+fn decode(frame: Bytes, chunks: Option<&Arc<Backlog>>) -> Result<WorkerFrame, FrameError> {
     let body = &frame[HEADER_LEN..];
     Ok(match decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
-        FromWorkerRef::Chunk { id, data } if chunks => WorkerFrame::Chunk {
+        FromWorkerRef::Chunk { id, data } if chunks.is_some() => WorkerFrame::Chunk {
             id,
+            ticket: chunks.map(|b| b.take(data.len())).unwrap_or_default(),
             data: frame.slice_ref(data),
         },
         FromWorkerRef::Chunk { .. } => {
@@ -159,6 +161,7 @@ async fn read_loop(
         socket,
         read_buf: mut buf,
     } = conn;
+    let backlog = chunks.then(|| Arc::new(Backlog::default()));
     // Reused while reads bring one frame each (the usual case with one task in flight): such
     // a frame travels alone, so the common path allocates nothing.
     let mut batch = Vec::new();
@@ -173,7 +176,7 @@ async fn read_loop(
                     break;
                 }
             };
-            match decode(buf.split_to(HEADER_LEN + len).freeze(), chunks) {
+            match decode(buf.split_to(HEADER_LEN + len).freeze(), backlog.as_ref()) {
                 Ok(frame) => batch.push(frame),
                 Err(e) => {
                     fault = Some(e.to_string());
@@ -208,6 +211,11 @@ async fn read_loop(
         let need = want.saturating_sub(buf.len());
         if buf.capacity() - buf.len() < need.max(MIN_SPARE) {
             buf.reserve(need.max(READ_CHUNK));
+        }
+        if let Some(backlog) = &backlog {
+            // Too much of what this worker streamed is not delivered yet: stop reading, so it
+            // blocks on its socket until its records are written out (see `backlog`).
+            backlog.room().await;
         }
         match read(&socket, &mut buf).await {
             Ok(0) => {

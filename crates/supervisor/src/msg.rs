@@ -36,6 +36,7 @@ pub(crate) enum WorkerFrame {
     Chunk {
         id: u64,
         data: Bytes,
+        ticket: crate::ChunkTicket,
     },
     Heartbeat,
     Hello,

@@ -92,7 +92,13 @@ pub enum RecordOutcome {
         retryable: bool,
     },
     /// Not a final record: partial result number `index` (from 0) of attempt `attempts`.
-    Chunk { index: u32, output: bytes::Bytes },
+    /// `ticket` holds the chunk's share of its worker's backlog until the record is dropped
+    /// (see `backlog`): drop a chunk record once it is written out, as any record.
+    Chunk {
+        index: u32,
+        output: bytes::Bytes,
+        ticket: crate::ChunkTicket,
+    },
 }
 
 impl Record {
@@ -156,7 +162,7 @@ impl Record {
                 out.extend_from_slice(num.format(self.attempts).as_bytes());
                 self.write_chunks(out);
             }
-            RecordOutcome::Chunk { index, output } => {
+            RecordOutcome::Chunk { index, output, .. } => {
                 out.extend_from_slice(b",\"chunk\":");
                 out.extend_from_slice(num.format(*index).as_bytes());
                 out.extend_from_slice(b",\"attempt\":");
@@ -316,6 +322,7 @@ mod tests {
             outcome: RecordOutcome::Chunk {
                 index: 4,
                 output: bytes::Bytes::from_static(b"{\"row\": 1}"),
+                ticket: crate::ChunkTicket::default(),
             },
             input: None,
         };

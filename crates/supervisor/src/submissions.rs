@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::credits::{Credits, Outbox};
 use crate::job::{Job, SubmissionId};
-use crate::record::Record;
+use crate::record::{Record, RecordOutcome};
 use crate::SubmitOptions;
 
 #[derive(Debug)]
@@ -306,7 +306,7 @@ impl Submissions {
     /// after everything of the events before its own (it goes out as soon as its event is the
     /// oldest unanswered one, so a long stream is not held back until its end). Charged
     /// against the byte credits like an output; owes nothing and settles nothing.
-    pub fn emit_chunk(&mut self, submission: SubmissionId, record: Record) {
+    pub fn emit_chunk(&mut self, submission: SubmissionId, mut record: Record) {
         let Some(o) = self.map.get_mut(&submission) else {
             return; // cancelled: nobody reads its lines
         };
@@ -321,6 +321,14 @@ impl Submissions {
             return;
         }
         o.held += charge;
+        if record.seq != o.next_seq_out {
+            // Parked behind an earlier event, which may be queued behind this very worker:
+            // holding its backlog here could stall both (see `backlog`). The byte credits
+            // still count it.
+            if let RecordOutcome::Chunk { ticket, .. } = &mut record.outcome {
+                drop(std::mem::take(ticket));
+            }
+        }
         if let Some(p) = o.pending(record.seq) {
             p.chunks.push(record);
             p.chunk_bytes += charge;
@@ -485,6 +493,7 @@ mod tests {
             outcome: RecordOutcome::Chunk {
                 index,
                 output: Bytes::from_static(b"12345678"),
+                ticket: crate::ChunkTicket::default(),
             },
             input: None,
         }

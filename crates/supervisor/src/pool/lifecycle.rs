@@ -213,7 +213,7 @@ impl Pool {
         let Some(i) = self.current(id) else { return };
         let (task, outcome) = match frame {
             WorkerFrame::Done { id, outcome } => (id, outcome),
-            WorkerFrame::Chunk { id, data } => return self.on_chunk(i, id, data),
+            WorkerFrame::Chunk { id, data, ticket } => return self.on_chunk(i, id, data, ticket),
             WorkerFrame::Heartbeat => return,
             WorkerFrame::Hello => {
                 let effects = self.slots[i].kill(Cause::Protocol("second Hello".into()));
@@ -242,7 +242,7 @@ impl Pool {
 
     /// A partial result: a chunk line for its submission now (it cannot be taken back, so
     /// it carries its attempt), or a protocol fault if the worker does not hold the task.
-    fn on_chunk(&mut self, i: usize, task: u64, data: bytes::Bytes) {
+    fn on_chunk(&mut self, i: usize, task: u64, data: bytes::Bytes, ticket: crate::ChunkTicket) {
         match self.slots[i].on_chunk(task) {
             ChunkFor::Task {
                 submission,
@@ -258,6 +258,7 @@ impl Pool {
                     outcome: RecordOutcome::Chunk {
                         index,
                         output: data,
+                        ticket,
                     },
                     input: None,
                 };
