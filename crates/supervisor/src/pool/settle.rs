@@ -217,10 +217,12 @@ impl Pool {
                     attempt = job.attempts,
                     "re-dispatching after {kind}"
                 );
-            } else {
+            } else if job.chunks == 0 {
                 // It was only queued in the worker, never started: that dispatch was no attempt.
                 job.attempts = job.attempts.saturating_sub(1);
             }
+            // (One that streamed chunks did start, whatever the order: its chunk lines carry
+            // this attempt, so the next one must have a number of its own.)
             back.push(job);
         }
         for job in back.into_iter().rev() {
