@@ -608,6 +608,7 @@ mod tests {
             submissions: 0,
             totals: BTreeMap::new(),
             retries: 0,
+            chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
             sources: Vec::new(),
