@@ -11,7 +11,7 @@
 //! listed, removes the socket and its directory, and exits.
 //!
 //! The guard is forked, not executed, so a library user needs no extra binary. Between fork
-//! and exit it makes only async-signal-safe system calls (`read`, `kill`, `unlink`, `rmdir`,
+//! and exit it makes only async-signal-safe system calls (`read`, `kill`, `open`, `unlinkat`, `rmdir`,
 //! `close`, `setsid`, `_exit`) on memory prepared before the fork, as a forked child of a
 //! multi-threaded process must. It is double-forked (reparented to init or the nearest
 //! subreaper, so herd never has to reap it), starts its own session (no terminal signal
@@ -46,7 +46,9 @@ impl Guard {
     /// Forks the guard for a pool whose socket is `socket` inside `dir`.
     pub fn start(dir: &Path, socket: &Path) -> io::Result<Self> {
         let dir = CString::new(dir.as_os_str().as_bytes())?;
-        let socket = CString::new(socket.as_os_str().as_bytes())?;
+        // Only the socket's name: the guard removes it relative to the directory it opened.
+        let name = socket.file_name().unwrap_or(socket.as_os_str());
+        let socket = CString::new(name.as_bytes())?;
         // Close-on-exec: workers must not hold the write end, or the pipe would never end.
         let (rx, tx) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let (rx_fd, tx_fd) = (rx.as_raw_fd(), tx.as_raw_fd());
@@ -104,6 +106,7 @@ impl Guard {
 }
 
 /// The guard's whole life. Never returns.
+/// `socket` is the socket's file name inside `dir`.
 unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
     // SAFETY (all calls below): async-signal-safe system calls on memory prepared before the
     // fork; no allocation, no locks.
@@ -169,8 +172,18 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
         for &g in &groups[..count] {
             libc::kill(-g, libc::SIGKILL);
         }
-        libc::unlink(socket.as_ptr());
-        libc::rmdir(dir.as_ptr());
+        // Under --user the directory belongs to the workers' user, who could have swapped it
+        // for a symlink: open it without following one, and unlink the socket inside it.
+        let fd = libc::open(
+            dir.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::unlinkat(fd, socket.as_ptr(), 0);
+            libc::close(fd);
+            // rmdir never follows a symlink.
+            libc::rmdir(dir.as_ptr());
+        }
         libc::_exit(0)
     }
 }
