@@ -15,6 +15,7 @@
 //! | `herd_workers` | gauge | `state`: starting, idle, busy, draining, dying, backoff, stopped |
 //! | `herd_workers_target` | gauge | |
 //! | `herd_queue_depth` | gauge | |
+//! | `herd_queue_depth_priority` | gauge | `priority`: each priority with queued events, and always 0 |
 //! | `herd_inflight` | gauge | |
 //! | `herd_submissions` | gauge | |
 //! | `herd_uptime_seconds` | gauge | |
@@ -409,6 +410,19 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?)?;
         }
+        // The default priority always, so that a pool without priorities has the series too.
+        let mut by_priority = s.queued_by_priority.clone();
+        by_priority.entry(0).or_insert(0);
+        let mut m = enc.encode_descriptor(
+            "queue_depth_priority",
+            "Accepted events waiting for a worker, by priority (higher runs first)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (p, n) in by_priority {
+            let label = p.to_string();
+            ConstGauge::new(n as u64).encode(m.encode_family(&[("priority", label.as_str())])?)?;
+        }
         let m = enc.encode_descriptor(
             "uptime",
             "Time since the pool started",
@@ -552,6 +566,7 @@ mod tests {
             target_workers: 3,
             workers: vec![worker(0, "idle"), worker(1, "busy"), worker(2, "idle")],
             queued: 4,
+            queued_by_priority: BTreeMap::from([(-2, 1), (9, 3)]),
             inflight: 1,
             submissions: 2,
             totals: BTreeMap::from([("ok", 7), ("failed", 2)]),
@@ -575,6 +590,10 @@ mod tests {
             "herd_workers{state=\"backoff\"} 0",
             "herd_workers_target 3",
             "herd_queue_depth 4",
+            "# TYPE herd_queue_depth_priority gauge",
+            "herd_queue_depth_priority{priority=\"-2\"} 1",
+            "herd_queue_depth_priority{priority=\"0\"} 0",
+            "herd_queue_depth_priority{priority=\"9\"} 3",
             "herd_inflight 1",
             "herd_submissions 2",
             "herd_uptime_seconds 1.5",
@@ -604,6 +623,7 @@ mod tests {
             target_workers: 3,
             workers: vec![],
             queued: 0,
+            queued_by_priority: BTreeMap::new(),
             inflight: 0,
             submissions: 0,
             totals: BTreeMap::new(),
@@ -675,6 +695,7 @@ mod tests {
             target_workers: 1,
             workers: vec![worker(0, "idle")],
             queued: 0,
+            queued_by_priority: BTreeMap::new(),
             inflight: 0,
             submissions: 1,
             totals: BTreeMap::new(),
@@ -709,6 +730,7 @@ mod tests {
             target_workers: 0,
             workers: vec![],
             queued: 0,
+            queued_by_priority: BTreeMap::new(),
             inflight: 0,
             submissions: 0,
             totals: BTreeMap::new(),

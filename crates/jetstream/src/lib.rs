@@ -334,6 +334,7 @@ impl JetStream {
         let submission = pool.submit_with(SubmitOptions {
             ordered: false,
             source_retries: true,
+            ..SubmitOptions::default()
         });
         let progress = progress(client.clone(), shared.clone(), ack_wait);
         let advisories = max_deliveries(

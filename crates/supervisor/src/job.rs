@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::priority::Priority;
+
 /// Identifies one submission (a stream of events and its records) for the life of the pool.
 pub type SubmissionId = u64;
 
@@ -21,6 +23,8 @@ pub(crate) struct Job {
     pub charged: u32,
     /// Chunks its latest attempt sent (reset when a worker is given it).
     pub chunks: u32,
+    /// Its dispatch priority (kept across retries).
+    pub priority: Priority,
 }
 
 /// A job a worker holds.

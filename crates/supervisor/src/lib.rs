@@ -38,6 +38,7 @@ mod link;
 mod msg;
 pub mod policy;
 mod pool;
+pub mod priority;
 mod process;
 pub mod record;
 mod rendezvous;
@@ -151,6 +152,12 @@ pub(crate) enum SubmissionMsg {
 /// How a submission wants its events handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubmitOptions {
+    /// The dispatch priority of its events (see [`crate::priority`]): higher first, default 0.
+    pub priority: priority::Priority,
+    /// Each line starts with its own priority and a tab (`5\t{...}`), which is stripped
+    /// before the event goes to a worker; a line without a valid one gets a `rejected`
+    /// record. Off, herd never looks inside a line.
+    pub line_priority: bool,
     /// Records in `seq` order (a bounded reorder buffer holds early finishers) rather than
     /// in completion order.
     pub ordered: bool,

@@ -74,6 +74,9 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// Accepted events waiting for a worker (including retries waiting out their backoff).
     pub queued: usize,
+    /// Of `queued`, how many at each priority (as a JSON object: `{"0": 120, "5": 3}`);
+    /// priorities with none are left out.
+    pub queued_by_priority: BTreeMap<i8, usize>,
     /// Events held by workers.
     pub inflight: usize,
     /// Open submissions.

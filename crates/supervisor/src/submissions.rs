@@ -2,8 +2,8 @@
 //! `herd run`, or each `herd submit` client of a daemon), each with its own queue of accepted
 //! events, its reorder buffer and its outbox.
 //!
-//! Jobs are taken round-robin across submissions, so a submitter with a thousand queued events
-//! does not make a newcomer wait behind all of them. Records go back on an unbounded channel:
+//! Jobs are taken by priority, then round-robin across submissions (see `priority`), so a
+//! submitter with a thousand queued events does not make a newcomer wait behind all of them. Records go back on an unbounded channel:
 //! the submitter bounds it by the credits it holds (see `Submission`), so the pool never waits
 //! on a slow reader and a vanished one costs nothing but its own queue.
 //!
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::credits::{Credits, Outbox};
 use crate::job::{Job, SubmissionId};
+use crate::priority::{Priority, Queue};
 use crate::record::{Record, RecordOutcome};
 use crate::SubmitOptions;
 
@@ -35,11 +36,7 @@ struct Entry {
     held: usize,
     /// Of `held`, what the records in `out` hold.
     out_bytes: usize,
-    queue: VecDeque<Job>,
-    in_ring: bool,
-    ordered: bool,
-    /// Retryable failures go back to the source as records (see `SubmitOptions`).
-    source_retries: bool,
+    options: SubmitOptions,
     /// Ordered submissions: what waits for the events before it, from `next_seq_out` on.
     reorder: VecDeque<Pending>,
     next_seq_out: u64,
@@ -112,11 +109,10 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Submissions {
     map: HashMap<SubmissionId, Entry>,
-    /// Submissions with queued jobs, in round-robin order.
-    ring: VecDeque<SubmissionId>,
+    /// Their queued jobs.
+    queue: Queue,
     /// Submissions whose outbox has records.
     dirty: Vec<SubmissionId>,
-    queued: usize,
     /// Accepted events that have no record yet, across all submissions (those of a
     /// cancelled submission no longer count: nobody waits for their records). The pool may
     /// not stop before this is zero.
@@ -130,9 +126,8 @@ impl Submissions {
     pub fn new(credits: usize) -> Self {
         Self {
             map: HashMap::default(),
-            ring: VecDeque::new(),
+            queue: Queue::default(),
             dirty: Vec::new(),
-            queued: 0,
             unanswered: 0,
             flush_at: (credits / 4).clamp(1, FLUSH_RECORDS),
         }
@@ -152,10 +147,7 @@ impl Submissions {
                 credits,
                 held: 0,
                 out_bytes: 0,
-                queue: VecDeque::new(),
-                in_ring: false,
-                ordered: options.ordered,
-                source_retries: options.source_retries,
+                options,
                 reorder: VecDeque::new(),
                 next_seq_out: 0,
                 out: Vec::new(),
@@ -168,6 +160,7 @@ impl Submissions {
         );
     }
 
+    #[cfg(test)]
     pub fn contains(&self, id: SubmissionId) -> bool {
         self.map.contains_key(&id)
     }
@@ -178,7 +171,12 @@ impl Submissions {
 
     /// Whether `id`'s source retries retryable failures itself.
     pub fn source_retries(&self, id: SubmissionId) -> bool {
-        self.map.get(&id).is_some_and(|o| o.source_retries)
+        self.map.get(&id).is_some_and(|o| o.options.source_retries)
+    }
+
+    /// `id`'s options, if it is open.
+    pub fn options(&self, id: SubmissionId) -> Option<SubmitOptions> {
+        self.map.get(&id).map(|o| o.options)
     }
 
     /// Counts `n` accepted events of `id` (queued or answered at once).
@@ -194,17 +192,10 @@ impl Submissions {
         self.unanswered
     }
 
-    /// Queues new jobs of one submission, in order, with one lookup.
+    /// Queues new jobs of one submission, in order.
     pub fn extend(&mut self, id: SubmissionId, jobs: impl Iterator<Item = Job>) {
-        let Some(o) = self.map.get_mut(&id) else {
-            return;
-        };
-        let before = o.queue.len();
-        o.queue.extend(jobs);
-        self.queued += o.queue.len() - before;
-        if !o.in_ring && !o.queue.is_empty() {
-            o.in_ring = true;
-            self.ring.push_back(id);
+        if self.map.contains_key(&id) {
+            self.queue.extend(id, jobs);
         }
     }
 
@@ -220,62 +211,30 @@ impl Submissions {
     }
 
     fn push(&mut self, job: Job, front: bool) {
-        let id = job.submission;
-        let Some(o) = self.map.get_mut(&id) else {
-            return; // its submitter is gone (and was uncounted); nobody wants the record
-        };
-        if front {
-            o.queue.push_front(job);
-        } else {
-            o.queue.push_back(job);
+        if self.map.contains_key(&job.submission) {
+            self.queue.push(job, front);
         }
-        self.queued += 1;
-        if !o.in_ring {
-            o.in_ring = true;
-            if front {
-                self.ring.push_front(id);
-            } else {
-                self.ring.push_back(id);
-            }
-        }
+        // Otherwise its submitter is gone (and was uncounted); nobody wants the record.
     }
 
-    /// The next job, round-robin across submissions.
+    /// The next job: by priority, then round-robin across submissions.
     pub fn pop(&mut self) -> Option<Job> {
-        while let Some(id) = self.ring.pop_front() {
-            let Some(o) = self.map.get_mut(&id) else {
-                continue;
-            };
-            let Some(job) = o.queue.pop_front() else {
-                o.in_ring = false;
-                continue;
-            };
-            self.queued -= 1;
-            if o.queue.is_empty() {
-                o.in_ring = false;
-            } else {
-                self.ring.push_back(id);
-            }
-            return Some(job);
-        }
-        None
+        self.queue.pop()
     }
 
     /// Queued jobs across all submissions.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.queue.queued()
+    }
+
+    /// Queued jobs per priority, highest first (only priorities with some).
+    pub fn depths(&self) -> impl Iterator<Item = (Priority, usize)> + '_ {
+        self.queue.depths()
     }
 
     /// Takes every queued job (for a fast stop).
     pub fn take_all(&mut self) -> Vec<Job> {
-        self.ring.clear();
-        self.queued = 0;
-        let mut all = Vec::new();
-        for o in self.map.values_mut() {
-            o.in_ring = false;
-            all.extend(o.queue.drain(..));
-        }
-        all
+        self.queue.take_all()
     }
 
     /// Routes a final record to its submission's outbox (in `seq` order if it asked for that).
@@ -290,7 +249,7 @@ impl Submissions {
         if o.out.is_empty() {
             self.dirty.push(submission);
         }
-        if !o.ordered {
+        if !o.options.ordered {
             o.out.push(record);
             o.out_bytes += charge;
             return;
@@ -314,7 +273,7 @@ impl Submissions {
         if o.out.is_empty() {
             self.dirty.push(submission);
         }
-        if !o.ordered {
+        if !o.options.ordered {
             o.out.push(record);
             o.out_chunks += 1;
             o.out_bytes += charge;
@@ -349,10 +308,9 @@ impl Submissions {
     pub fn cancel(&mut self, id: SubmissionId) -> usize {
         match self.map.remove(&id) {
             Some(o) => {
-                self.queued -= o.queue.len();
                 // Queued or in flight, none of its events is owed a record any more.
                 self.unanswered -= (o.accepted - o.emitted) as usize;
-                o.queue.len()
+                self.queue.cancel(id)
             }
             None => 0,
         }
@@ -394,6 +352,7 @@ impl Submissions {
             if o.ended && o.emitted == o.accepted {
                 // Every record delivered: dropping the sink tells the submitter it is done.
                 self.map.remove(&id);
+                self.queue.cancel(id); // its emptied queues
             }
         }
         self.dirty = waiting;
@@ -429,6 +388,7 @@ mod tests {
             attempts: 0,
             charged: 0,
             chunks: 0,
+            priority: 0,
         }
     }
 

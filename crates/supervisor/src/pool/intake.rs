@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::{Phase, Pool};
 use crate::job::{Job, SubmissionId};
+use crate::priority;
 use crate::record::{ErrorKind, Record, RecordOutcome};
 use crate::{Input, SubmissionMsg};
 
@@ -31,9 +32,9 @@ impl Pool {
     /// Accepts a batch of events: each is queued, or recorded at once if it cannot run (too
     /// large for a frame, refused by its source, or the pool is stopping).
     fn accept(&mut self, id: SubmissionId, batch: Vec<Input>) {
-        if !self.submissions.contains(id) {
+        let Some(options) = self.submissions.options(id) else {
             return;
-        }
+        };
         self.submissions.accepted(id, batch.len());
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_frame.saturating_sub(TASK_OVERHEAD);
@@ -43,9 +44,22 @@ impl Pool {
             match input {
                 Input::Event {
                     seq,
-                    payload,
+                    mut payload,
                     prior_attempts,
                 } if running && payload.len() <= limit => {
+                    let mut priority = options.priority;
+                    if options.line_priority {
+                        match priority::split_line_priority(&payload) {
+                            Ok((p, start)) => {
+                                priority = p;
+                                payload = payload.slice(start..);
+                            }
+                            Err(why) => {
+                                refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
+                                continue;
+                            }
+                        }
+                    }
                     jobs.push(Job {
                         id: self.next_job,
                         submission: id,
@@ -54,6 +68,7 @@ impl Pool {
                         attempts: prior_attempts,
                         charged: 0,
                         chunks: 0,
+                        priority,
                     });
                     self.next_job += 1;
                 }

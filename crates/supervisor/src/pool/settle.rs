@@ -36,6 +36,11 @@ impl Retries {
         self.waiting.is_empty()
     }
 
+    /// The priority of each waiting job (for the per-priority queue depth).
+    pub fn priorities(&self) -> impl Iterator<Item = crate::priority::Priority> + '_ {
+        self.waiting.iter().map(|(_, j)| j.priority)
+    }
+
     /// When the next one is due.
     pub fn deadline(&self) -> Option<Instant> {
         self.waiting.iter().map(|(t, _)| *t).min()

@@ -26,6 +26,13 @@ impl Pool {
         let mut totals: std::collections::BTreeMap<&'static str, u64> =
             ErrorKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
         totals.insert("ok", self.summary.ok);
+        let mut queued_by_priority = std::collections::BTreeMap::new();
+        for (p, n) in self.submissions.depths() {
+            *queued_by_priority.entry(p).or_insert(0) += n;
+        }
+        for p in self.retries.priorities() {
+            *queued_by_priority.entry(p).or_insert(0) += 1;
+        }
         for (k, v) in &self.summary.errors {
             totals.insert(k, *v);
         }
@@ -35,6 +42,7 @@ impl Pool {
             target_workers: self.target,
             workers,
             queued: self.submissions.queued() + self.retries.len(),
+            queued_by_priority,
             inflight: self.slots.iter().map(|s| s.inflight_len()).sum(),
             submissions: self.submissions.len(),
             totals,

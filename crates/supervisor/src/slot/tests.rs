@@ -30,6 +30,7 @@ fn job(id: u64) -> Job {
         attempts: 1,
         charged: 0,
         chunks: 0,
+        priority: 0,
     }
 }
 
