@@ -5,7 +5,7 @@
 //! client                                  daemon
 //!   │ ── Hello { protocol } ────────────▶   │  version check (or Error, then close)
 //!   │ ◀─ Welcome { protocol, pid, .. } ──── │  with the submission's frame and line limits
-//!   │ ── Submit { ordered } ────────────▶   │  a submission:
+//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith, with a priority):
 //!   │ ── Events([line | None, ..]) ─────▶   │    lines (None: too long, rejected client-side)
 //!   │ ── End ───────────────────────────▶   │
 //!   │ ◀─ Records(json lines) ───────────── │    as they complete, concurrently with Events
@@ -64,6 +64,14 @@ pub enum Request {
     Stop {
         fast: bool,
     },
+    /// `Submit` with a priority for its events (higher first, default 0), or with
+    /// `line_priority` each line's own (`<priority>\t<event>`, the prefix stripped before
+    /// dispatch). Appended to version 2: a daemon that predates it closes the connection.
+    SubmitWith {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -71,14 +79,27 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename = "Request")]
 pub enum RequestRef<'a> {
-    Hello { protocol: u32 },
-    Submit { ordered: bool },
+    Hello {
+        protocol: u32,
+    },
+    Submit {
+        ordered: bool,
+    },
     Events(#[serde(borrow)] Vec<Option<&'a serde_bytes::Bytes>>),
     End,
     Status,
-    Scale { workers: u32 },
+    Scale {
+        workers: u32,
+    },
     Reload,
-    Stop { fast: bool },
+    Stop {
+        fast: bool,
+    },
+    SubmitWith {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
 }
 
 /// Bytes an `Events` frame spends on one line besides the line itself, at most (the `Some`
@@ -280,6 +301,18 @@ mod tests {
                 Request::Scale { workers: 9 },
                 RequestRef::Scale { workers: 9 },
             ),
+            (
+                Request::SubmitWith {
+                    ordered: true,
+                    priority: -3,
+                    line_priority: false,
+                },
+                RequestRef::SubmitWith {
+                    ordered: true,
+                    priority: -3,
+                    line_priority: false,
+                },
+            ),
         ] {
             assert_eq!(frame(&o), frame(&b));
         }
@@ -300,5 +333,13 @@ mod tests {
         );
         // Hello{protocol} is variant 0 in every version.
         assert_eq!(frame(&Request::Hello { protocol: 1 }), [2, 0, 0, 0, 0, 1]);
+        // SubmitWith came after Stop (7); a priority is one two's-complement byte.
+        let with = |priority| Request::SubmitWith {
+            ordered: false,
+            priority,
+            line_priority: true,
+        };
+        assert_eq!(frame(&with(-1)), [4, 0, 0, 0, 8, 0, 0xff, 1]);
+        assert_eq!(frame(&with(127)), [4, 0, 0, 0, 8, 0, 0x7f, 1]);
     }
 }

@@ -84,6 +84,15 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
         RequestRef::Scale { workers } => Request::Scale { workers },
         RequestRef::Reload => Request::Reload,
         RequestRef::Stop { fast } => Request::Stop { fast },
+        RequestRef::SubmitWith {
+            ordered,
+            priority,
+            line_priority,
+        } => Request::SubmitWith {
+            ordered,
+            priority,
+            line_priority,
+        },
     })
 }
 
@@ -350,6 +359,17 @@ fn the_control_vectors_cover_the_protocol() {
                         "Stop"
                     }
                 }
+                JsonRequest::SubmitWith {
+                    priority,
+                    line_priority,
+                    ..
+                } => match (*line_priority, *priority) {
+                    (true, _) => "SubmitWith line_priority",
+                    (false, i8::MIN) => "SubmitWith lowest",
+                    (false, i8::MAX) => "SubmitWith highest",
+                    (false, p) if p < 0 => "SubmitWith negative",
+                    _ => "SubmitWith",
+                },
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -388,6 +408,11 @@ fn the_control_vectors_cover_the_protocol() {
         "Reload",
         "Stop",
         "Stop fast",
+        "SubmitWith",
+        "SubmitWith negative",
+        "SubmitWith lowest",
+        "SubmitWith highest",
+        "SubmitWith line_priority",
         "Welcome",
         "Records",
         "Done",

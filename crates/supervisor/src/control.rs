@@ -37,7 +37,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::record::Record;
-use crate::{Command, Input, PoolHandle, RecordBatch, Sink, Source, SubmissionError};
+use crate::{
+    Command, Input, PoolHandle, RecordBatch, Sink, Source, SubmissionError, SubmitOptions,
+};
 
 /// Smallest `Events` frame cap, whatever the line limit: room for a client's byte budget.
 const MIN_EVENTS_FRAME: usize = 64 * 1024;
@@ -378,7 +380,24 @@ async fn connection(
     };
     let answer = match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
         RequestRef::Submit { ordered } => {
-            return submission(rd, wr, pool, ordered, limits).await;
+            let options = SubmitOptions {
+                ordered,
+                ..SubmitOptions::default()
+            };
+            return submission(rd, wr, pool, options, limits).await;
+        }
+        RequestRef::SubmitWith {
+            ordered,
+            priority,
+            line_priority,
+        } => {
+            let options = SubmitOptions {
+                ordered,
+                priority,
+                line_priority,
+                ..SubmitOptions::default()
+            };
+            return submission(rd, wr, pool, options, limits).await;
         }
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
@@ -410,6 +429,7 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Scale { .. } => "Scale",
         RequestRef::Reload => "Reload",
         RequestRef::Stop { .. } => "Stop",
+        RequestRef::SubmitWith { .. } => "SubmitWith",
     }
 }
 
@@ -437,7 +457,7 @@ async fn submission(
     mut rd: FrameReader,
     wr: OwnedWriteHalf,
     pool: PoolHandle,
-    ordered: bool,
+    options: SubmitOptions,
     limits: &ControlLimits,
 ) -> io::Result<()> {
     rd.max = events_frame_cap(limits.max_line);
@@ -456,7 +476,7 @@ async fn submission(
         count: 0,
         ended,
     };
-    match pool.submit(ordered).run(source, sink).await {
+    match pool.submit_with(options).run(source, sink).await {
         Ok(_) => Ok(()),
         Err(SubmissionError::Source(e, _) | SubmissionError::Sink(e)) => Err(e),
     }

@@ -115,6 +115,11 @@ pub enum JsonRequest {
     Stop {
         fast: bool,
     },
+    SubmitWith {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -188,6 +193,15 @@ impl Message {
                 Request::Scale { workers } => JsonRequest::Scale { workers: *workers },
                 Request::Reload => JsonRequest::Reload,
                 Request::Stop { fast } => JsonRequest::Stop { fast: *fast },
+                Request::SubmitWith {
+                    ordered,
+                    priority,
+                    line_priority,
+                } => JsonRequest::SubmitWith {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -237,6 +251,15 @@ impl Message {
                 JsonRequest::Scale { workers } => Request::Scale { workers },
                 JsonRequest::Reload => Request::Reload,
                 JsonRequest::Stop { fast } => Request::Stop { fast },
+                JsonRequest::SubmitWith {
+                    ordered,
+                    priority,
+                    line_priority,
+                } => Request::SubmitWith {
+                    ordered,
+                    priority,
+                    line_priority,
+                },
             }))
         } else if direction == DAEMON_TO_CLIENT {
             let r: JsonReply = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -374,6 +397,22 @@ pub fn messages() -> Vec<(String, Message)> {
     req("reload".into(), Request::Reload);
     req("stop".into(), Request::Stop { fast: false });
     req("stop_fast".into(), Request::Stop { fast: true });
+    for (name, ordered, priority, line_priority) in [
+        ("submit_with_priority_5", false, 5, false),
+        ("submit_with_priority_minus_1_ordered", true, -1, false),
+        ("submit_with_priority_127", false, 127, false),
+        ("submit_with_priority_minus_128", false, -128, false),
+        ("submit_with_line_priority", false, 0, true),
+    ] {
+        req(
+            name.into(),
+            Request::SubmitWith {
+                ordered,
+                priority,
+                line_priority,
+            },
+        );
+    }
 
     let mut rep = |name: String, m: Reply| v.push((name, Message::Reply(m)));
     rep("welcome".into(), welcome(4242));
@@ -487,7 +526,9 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_8", c, &[8], "Request has variants 0 (Hello) to 7 (Stop) only"),
+        bad("request_unknown_variant_9", c, &[9], "Request has variants 0 (Hello) to 8 (SubmitWith) only"),
+        bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
+        bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
         bad("reply_unknown_variant_6", d, &[6], "Reply has variants 0 (Welcome) to 5 (Error) only"),
         bad("hello_missing_protocol", c, &[0], "the body ends where the protocol should start"),
         bad("hello_protocol_u64_marker", c, &[0, 253, 2, 0, 0, 0, 0, 0, 0, 0], "protocol is a u32: the u64 marker 253 is refused"),

@@ -21,7 +21,12 @@ impl Pool {
                 credits,
                 options,
             } => {
-                tracing::debug!(submission = id, "submission opened");
+                tracing::debug!(
+                    submission = id,
+                    priority = options.priority,
+                    line_priority = options.line_priority,
+                    "submission opened"
+                );
                 self.submissions.open(id, sink, credits, options);
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
