@@ -47,6 +47,8 @@ pub struct SubmitArgs {
     /// input) is not ok; their records keep their line numbers as `seq`.
     #[arg(long, value_name = "RECORDS")]
     retry_failed: Option<PathBuf>,
+    #[command(flatten)]
+    priority: crate::PriorityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -420,11 +422,23 @@ async fn stream(
         max_frame,
         max_line,
     } = conn;
-    wr.write_all(&frame(&Request::Submit {
-        ordered: args.ordered,
-    })?)
-    .await
-    .context("the daemon went away")?;
+    // Plain Submit when there is no priority to give: it works with daemons older than
+    // SubmitWith too.
+    let with_priority = args.priority.is_set();
+    let start = if with_priority {
+        Request::SubmitWith {
+            ordered: args.ordered,
+            priority: args.priority.priority,
+            line_priority: args.priority.line_priority,
+        }
+    } else {
+        Request::Submit {
+            ordered: args.ordered,
+        }
+    };
+    wr.write_all(&frame(&start)?)
+        .await
+        .context("the daemon went away")?;
 
     // Lines are read and encoded on a plain thread, and handed over as ready frames.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -527,6 +541,10 @@ async fn stream(
                 Some(Ok(Reply::Error(e))) => bail!("{e}"),
                 Some(Ok(other)) => bail!("unexpected reply from the daemon: {other:?}"),
                 Some(Err(e)) => bail!("the daemon went away after {received} records: {e}"),
+                None if received == 0 && with_priority => bail!(
+                    "the daemon closed the connection without a record: if it is older than \
+                     priorities it does not know --priority and --line-priority"
+                ),
                 None => bail!("the daemon went away after {received} records"),
             }
         }

@@ -78,6 +78,32 @@ enum Cmd {
     Ctl(client::CtlArgs),
 }
 
+/// Priority options shared by `run` and `submit`.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PriorityArgs {
+    /// Dispatch priority of these events, -128 to 127: higher runs first, with aging so a
+    /// lower one is delayed, never starved (see the README, Priorities).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    priority: i8,
+    /// Each line starts with its own priority and a tab (`5<TAB>{...}`); herd strips it
+    /// before the event goes to a worker. A line without a valid one gets a `rejected`
+    /// record. Without this flag herd never looks inside a line.
+    #[arg(long)]
+    line_priority: bool,
+}
+
+impl PriorityArgs {
+    /// Whether anything but the defaults was asked for.
+    pub fn is_set(&self) -> bool {
+        self.priority != 0 || self.line_priority
+    }
+}
+
 /// Worker and dispatch options shared by `run` and `serve`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {

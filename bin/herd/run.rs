@@ -44,6 +44,8 @@ pub struct RunArgs {
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
+    priority: crate::PriorityArgs,
+    #[command(flatten)]
     pool: PoolArgs,
 }
 
@@ -107,7 +109,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     signals::forward(pool.clone(), false)?;
     let started = std::time::Instant::now();
     // The library stops the pool once the input has ended and every record is written.
-    let (summary, delivered) = herd_supervisor::run_one(pool, run_pool, ordered, source, sink)?;
+    let options = herd_supervisor::SubmitOptions {
+        ordered,
+        priority: args.priority.priority,
+        line_priority: args.priority.line_priority,
+        ..Default::default()
+    };
+    let (summary, delivered) =
+        herd_supervisor::run_one_with(pool, run_pool, options, source, sink)?;
     crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
     match delivered {
         Ok(_) => Ok(ExitCode::SUCCESS),

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 
 use crate::credits::{Credits, Outbox};
 use crate::job::SubmissionId;
-use crate::{Command, Input, PoolError, PoolHandle, RecordBatch, SubmissionMsg, Summary};
+use crate::{
+    Command, Input, PoolError, PoolHandle, RecordBatch, SubmissionMsg, SubmitOptions, Summary,
+};
 
 /// One stream of events into a pool and its records back.
 #[derive(Debug)]
@@ -348,7 +350,29 @@ where
     S: Source + 'static,
     K: Sink + 'static,
 {
-    let submission = handle.submit(ordered);
+    let options = SubmitOptions {
+        ordered,
+        ..SubmitOptions::default()
+    };
+    run_one_with(handle, pool, options, source, sink)
+}
+
+/// [`run_one`] with every submission option (priorities).
+///
+/// # Errors
+/// As [`run_one`].
+pub fn run_one_with<S, K>(
+    handle: PoolHandle,
+    pool: impl Future<Output = Result<Summary, PoolError>>,
+    options: SubmitOptions,
+    source: S,
+    sink: K,
+) -> Result<(Summary, Result<Delivered, SubmissionError>), PoolError>
+where
+    S: Source + 'static,
+    K: Sink + 'static,
+{
+    let submission = handle.submit_with(options);
     let stopper = handle.clone();
     drop(handle);
     let driver = std::thread::Builder::new()
