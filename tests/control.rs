@@ -81,7 +81,7 @@ fn wait_closed(s: &mut UnixStream) {
 
 /// Waits for a background `herd submit` (killing it and failing after [`RUN_TIMEOUT`]),
 /// reading its output meanwhile.
-fn output_of(mut child: Child) -> Run {
+pub(crate) fn output_of(mut child: Child) -> Run {
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut all = Vec::new();
@@ -104,7 +104,7 @@ fn output_of(mut child: Child) -> Run {
 }
 
 /// Every record of `n` square events, by seq and value.
-fn check_squares(run: &Run, n: usize) {
+pub(crate) fn check_squares(run: &Run, n: usize) {
     run.assert_success();
     for (i, r) in run.by_seq(n).iter().enumerate() {
         assert_eq!(r["ok"], true, "{r}");

@@ -11,6 +11,7 @@ mod hardening;
 mod jetstream;
 mod logs;
 mod metrics;
+mod priority;
 mod privilege;
 mod resume;
 mod run;

@@ -348,12 +348,10 @@ mod tests {
         // A steady stream 2 levels higher: the low level gets exactly one dispatch in every
         // 2 × AGING_DISPATCHES + 1 (it waits 2 × AGING_DISPATCHES).
         let period = 2 * AGING_DISPATCHES + 1;
-        let mut high = 0u64;
         let mut low_at = Vec::new();
         for n in 0..5 * period {
             // Keep the high level from ever running dry.
-            q.push(job(2, high, 0), false);
-            high += 1;
+            q.push(job(2, n, 0), false);
             let j = q.pop().unwrap();
             if j.submission == 1 {
                 low_at.push(n);
