@@ -27,7 +27,7 @@ EVENTS_FRAME_OVERHEAD = 4 + 1 + 9
 EVENT_LINE_OVERHEAD = 1 + 9
 
 # Variant indices: their order is part of the protocol.
-HELLO, SUBMIT, EVENTS, END = 0, 1, 2, 3
+HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH = 0, 1, 2, 3, 8
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
@@ -211,11 +211,21 @@ class _Connecting:
             self._pool.abort()
 
 
+def _check_priority(priority):
+    if not isinstance(priority, int) or not -128 <= priority <= 127:
+        raise ValueError(f"priority must be an integer from -128 to 127, not {priority!r}")
+
+
 class Pool:
-    """A submission to a running daemon. Any number of coroutines may call submit() at once."""
+    """A submission to a running daemon. Any number of coroutines may call submit() at once.
+
+    A `priority` other than 0 goes on a submission of its own (a second connection, opened
+    on first use), so events at the default priority cost nothing extra."""
 
     def __init__(self, reader, writer, pid, max_frame, max_line):
         self.pid = pid
+        self._opened = None  # (path, timeout), to open the connection of another priority
+        self._lanes = {}  # priority -> task opening (then holding) that priority's Pool
         self._reader = reader
         self._writer = writer
         self._max_line = max_line
@@ -237,7 +247,7 @@ class Pool:
         self._writer_task = asyncio.ensure_future(self._write_loop())
 
     @classmethod
-    async def _open(cls, path, timeout):
+    async def _open(cls, path, timeout, priority=0):
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -245,13 +255,15 @@ class Pool:
             raise ConnectionLost(
                 f"no herd daemon at {path} (is `herd serve` running?): {e}") from e
         try:
-            return await asyncio.wait_for(cls._handshake(reader, writer), timeout)
+            pool = await asyncio.wait_for(cls._handshake(reader, writer, priority), timeout)
         except BaseException:
             writer.close()
             raise
+        pool._opened = (path, timeout)
+        return pool
 
     @classmethod
-    async def _handshake(cls, reader, writer):
+    async def _handshake(cls, reader, writer, priority=0):
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -278,9 +290,26 @@ class Pool:
         pid, p = codec._uint(body, p, n, 4, "Welcome.pid")
         max_frame, p = codec._uint(body, p, n, 4, "Welcome.max_frame")
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
-        # Unordered: the client matches records to events by seq itself.
-        writer.write(_frame(bytes((SUBMIT, 0))))
+        # Unordered: the client matches records to events by seq itself. Plain Submit
+        # without a priority, so that daemons older than SubmitWith work too.
+        if priority:
+            writer.write(_frame(bytes((SUBMIT_WITH, 0, priority & 0xFF, 0))))
+        else:
+            writer.write(_frame(bytes((SUBMIT, 0))))
         return cls(reader, writer, pid, max_frame, max_line)
+
+    async def _lane(self, priority):
+        """The Pool whose submission runs at `priority` (opened on first use)."""
+        _check_priority(priority)
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise HerdError("this pool is closed")
+        task = self._lanes.get(priority)
+        if task is None:
+            task = asyncio.ensure_future(Pool._open(*self._opened, priority))
+            self._lanes[priority] = task
+        return await asyncio.shield(task)
 
     # -----------------------------------------------------------------------------------------
     # Submitting.
@@ -301,9 +330,12 @@ class Pool:
         self._wake_writer.set()
         return seq
 
-    async def submit(self, event):
+    async def submit(self, event, *, priority=0):
         """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
-        raises the EventError subclass of its record's kind, or ConnectionLost."""
+        raises the EventError subclass of its record's kind, or ConnectionLost. `priority`:
+        -128 to 127, higher runs first (the README's Priorities)."""
+        if priority:
+            return await (await self._lane(priority)).submit(event)
         fut = self._loop.create_future()
         self._enqueue(event, fut)
         return await fut
@@ -329,13 +361,21 @@ class Pool:
         streams[seq] = stream
         return stream
 
-    async def map(self, events, *, ordered=False, window=1024, return_exceptions=False):
+    async def map(self, events, *, ordered=False, window=1024, return_exceptions=False,
+                  priority=0):
         """Runs every event of `events` (an iterable or async iterable), with at most `window`
         of them sent and not yet yielded, and yields (index, output) as they complete, or in
         input order with `ordered=True`. An event's EventError is raised, or yielded in place
-        of its output with `return_exceptions=True`; ConnectionLost is always raised."""
+        of its output with `return_exceptions=True`; ConnectionLost is always raised.
+        `priority` as for submit()."""
         if window < 1:
             raise ValueError("window must be at least 1")
+        if priority:
+            lane = await self._lane(priority)
+            async for item in lane.map(events, ordered=ordered, window=window,
+                                       return_exceptions=return_exceptions):
+                yield item
+            return
         loop = asyncio.get_running_loop()
         results = collections.deque()
         wake = asyncio.Event()
@@ -555,6 +595,9 @@ class Pool:
             self._closing = True
             self._wake_writer.set()
         try:
+            # The other priorities' submissions end with this one.
+            lanes = await asyncio.gather(*self._lanes.values(), return_exceptions=True)
+            await asyncio.gather(*(p.close() for p in lanes if isinstance(p, Pool)))
             await self._done
         finally:
             self._writer.close()
@@ -565,4 +608,9 @@ class Pool:
     def abort(self):
         """Drops the connection now; pending awaits get ConnectionLost."""
         self._closing = True
+        for task in self._lanes.values():
+            if task.done() and task.exception() is None:
+                task.result().abort()
+            else:
+                task.cancel()
         self._fail(ConnectionLost("the client closed the connection"))

@@ -29,12 +29,13 @@ class Client:
     def _call(self, coro, timeout=None):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def submit(self, event, timeout=None):
+    def submit(self, event, timeout=None, *, priority=0):
         """Runs one event; its output as bytes, or raises EventError / ConnectionLost.
-        `timeout` (seconds) bounds only this wait (concurrent.futures.TimeoutError)."""
-        return self._call(self._pool.submit(event), timeout)
+        `timeout` (seconds) bounds only this wait (concurrent.futures.TimeoutError).
+        `priority`: -128 to 127, higher runs first."""
+        return self._call(self._pool.submit(event, priority=priority), timeout)
 
-    def map(self, events, *, ordered=False, window=1024, return_exceptions=False):
+    def map(self, events, *, ordered=False, window=1024, return_exceptions=False, priority=0):
         """Like Pool.map, for a plain iterable: yields (index, output)."""
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -71,7 +72,8 @@ class Client:
         for i, ev in enumerate(events):
             while inflight >= window:
                 yield from drain_one()
-            sent(i, asyncio.run_coroutine_threadsafe(self._pool.submit(ev), self._loop))
+            sent(i, asyncio.run_coroutine_threadsafe(self._pool.submit(ev, priority=priority),
+                                                     self._loop))
             inflight += 1
         while inflight:
             yield from drain_one()

@@ -321,3 +321,35 @@ def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
             assert pool.pending == 0 and not pool._streams
 
     run(main())
+
+
+def test_priority_events_overtake_a_flood(daemon):
+    d = daemon(workers=1)
+    sleep = b'{"op":"sleep","ms":2}'
+
+    def queued_at(st, p):
+        return st["queued_by_priority"].get(str(p), 0)
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            # About 4 s of work for the one worker, at priority -1, on a connection of its own.
+            flood = asyncio.gather(*(pool.submit(sleep, priority=-1) for _ in range(2000)))
+            while queued_at(await asyncio.to_thread(d.status), -1) == 0:
+                await asyncio.sleep(0.01)  # polling the daemon, not synchronizing
+            assert await pool.submit(square(12), priority=5) == b"144"
+            # The default priority (0) goes ahead of -1 too.
+            assert await pool.submit(square(3)) == b"9"
+            got = sorted([x async for x in pool.map((square(i) for i in range(50)), priority=9)])
+            assert got == [(i, str(i * i).encode()) for i in range(50)]
+            st = await asyncio.to_thread(d.status)
+            assert queued_at(st, -1) > 0, st
+            assert st["submissions"] == 4  # priorities 0, -1, 5 and 9
+            with pytest.raises(ValueError):
+                await pool.submit(square(1), priority=128)
+            assert await flood == [b"2"] * 2000
+
+    run(main())
+    with herd_client.connect_sync(d.sock) as pool:
+        assert pool.submit(square(9), priority=-128) == b"81"
+        assert sorted(pool.map([square(2), square(3)], priority=127)) == [(0, b"4"), (1, b"9")]
+    assert d.status()["totals"]["ok"] == 2000 + 2 + 50 + 3
