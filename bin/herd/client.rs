@@ -252,6 +252,18 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             num(&a["pool_rss"]) as f64 / 1048576.0,
         );
     }
+    if let Some(by) = st["queued_by_priority"]
+        .as_object()
+        .filter(|m| !m.is_empty())
+    {
+        let mut by: Vec<(i64, u64)> = by
+            .iter()
+            .filter_map(|(p, n)| Some((p.parse().ok()?, num(n))))
+            .collect();
+        by.sort_by(|a, b| b.cmp(a));
+        let by: Vec<String> = by.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+        println!("queued by priority: {}", by.join("  "));
+    }
     for src in st["sources"].as_array().into_iter().flatten() {
         let up = if src["connected"].as_bool() == Some(true) {
             "connected"
