@@ -60,7 +60,7 @@ target/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check pyte
 rm -rf sdk/python/build sdk/python/herd_worker.egg-info
 set +e
 (cd sdk/python && HERD_BIN="$PWD/../../target/debug/herd" \
-    ../../target/pyvenv/bin/pytest -p no:cacheprovider -q tests)
+    ../../target/pyvenv/bin/python -m pytest -p no:cacheprovider -q tests)
 rc=$?
 set -e
 case $rc in

@@ -262,8 +262,10 @@ fn stdio_hanging_child_is_killed_by_the_timeout() {
     let mut input = numbers(0..200);
     input.push_str("{\"op\":\"hang\"}\n");
     input.push_str(&numbers(200..400));
+    // 5 s: the deadline covers a task's time in the child's window too, and a Python child
+    // starting on a loaded machine can take over a second before it answers anything.
     let run = fx.run_stdio(
-        &["-w", "2", "--timeout", "1s", "--retries", "0"],
+        &["-w", "2", "--timeout", "5s", "--retries", "0"],
         &["python3", "-u", &py],
         input,
     );
