@@ -236,6 +236,7 @@ class Pool:
         self._pending = {}
         # seq -> the Stream of a submit_stream() event, until its final record.
         self._streams = {}
+        self._relays = set()  # tasks feeding streams of other priorities (_relay)
         self._outq = collections.deque()
         self._wake_writer = asyncio.Event()
         self._closing = False
@@ -300,6 +301,10 @@ class Pool:
 
     async def _lane(self, priority):
         """The Pool whose submission runs at `priority` (opened on first use)."""
+        return await asyncio.shield(self._lane_task(priority))
+
+    def _lane_task(self, priority):
+        """The task opening (then holding) the Pool of `priority`, started on first use."""
         _check_priority(priority)
         if self._error is not None:
             raise self._error
@@ -309,7 +314,7 @@ class Pool:
         if task is None:
             task = asyncio.ensure_future(Pool._open(*self._opened, priority))
             self._lanes[priority] = task
-        return await asyncio.shield(task)
+        return task
 
     # -----------------------------------------------------------------------------------------
     # Submitting.
@@ -340,10 +345,11 @@ class Pool:
         self._enqueue(event, fut)
         return await fut
 
-    def submit_stream(self, event):
+    def submit_stream(self, event, *, priority=0):
         """Runs one event whose handler streams partial results: returns a Stream, an async
         iterator of its Chunks as they arrive, which ends with the final record (raising its
-        EventError if it is one); then `stream.output` is the final output.
+        EventError if it is one); then `stream.output` is the final output. `priority` as for
+        submit().
 
             stream = pool.submit_stream(b'{"op":"stream","n":3}')
             async for chunk in stream:      # Chunk(attempt, index, data)
@@ -351,6 +357,9 @@ class Pool:
             out = stream.output
         """
         stream = Stream()
+        if priority:
+            self._relay(stream, event, self._lane_task(priority))
+            return stream
         streams = self._streams
 
         def resolve(out, err):
@@ -360,6 +369,26 @@ class Pool:
         seq = self._enqueue(event, resolve)
         streams[seq] = stream
         return stream
+
+    def _relay(self, stream, event, lane):
+        """Feeds `stream` from the same event's stream on another priority's connection (the
+        `lane` task, which may still be opening: so this runs as a task the pool holds)."""
+
+        async def relay():
+            try:
+                inner = (await asyncio.shield(lane)).submit_stream(event)
+                async for chunk in inner:
+                    stream._add(chunk)
+                stream._finish(inner.output, None)
+            except HerdError as e:
+                stream._finish(None, e)
+            except asyncio.CancelledError:
+                stream._finish(None, ConnectionLost("the client closed the connection"))
+                raise
+
+        task = self._loop.create_task(relay())
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
 
     async def map(self, events, *, ordered=False, window=1024, return_exceptions=False,
                   priority=0):
@@ -595,7 +624,9 @@ class Pool:
             self._closing = True
             self._wake_writer.set()
         try:
-            # The other priorities' submissions end with this one.
+            # The other priorities' submissions end with this one, once the streams relayed
+            # from them have ended.
+            await asyncio.gather(*self._relays, return_exceptions=True)
             lanes = await asyncio.gather(*self._lanes.values(), return_exceptions=True)
             await asyncio.gather(*(p.close() for p in lanes if isinstance(p, Pool)))
             await self._done
@@ -608,6 +639,8 @@ class Pool:
     def abort(self):
         """Drops the connection now; pending awaits get ConnectionLost."""
         self._closing = True
+        for task in list(self._relays):
+            task.cancel()
         for task in self._lanes.values():
             if task.done() and task.exception() is None:
                 task.result().abort()

@@ -319,6 +319,14 @@ def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
                 assert [c.index async for c in s] == list(range(i % 5))
                 assert await s.result() == str(i % 5).encode()
             assert pool.pending == 0 and not pool._streams
+            # At another priority, on that priority's own submission.
+            s = pool.submit_stream(b'{"op":"stream","n":3}', priority=5)
+            assert [c.index async for c in s] == [0, 1, 2] and s.output == b"3"
+            late = pool.submit_stream(b'{"op":"stream","n":2}', priority=-3)
+        # close() waited for the stream still running at its own priority.
+        assert [c.index async for c in late] == [0, 1] and late.output == b"2"
+        with pytest.raises(ValueError):
+            pool.submit_stream(b"x", priority=1000)
 
     run(main())
 
