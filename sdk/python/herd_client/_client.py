@@ -239,6 +239,7 @@ class Pool:
         self._relays = set()  # tasks feeding streams of other priorities (_relay)
         self._outq = collections.deque()
         self._wake_writer = asyncio.Event()
+        self._writer_idle = False  # the writer waits on _wake_writer: set it for new events
         self._closing = False
         self._error = None
         self._loop = asyncio.get_running_loop()
@@ -319,20 +320,25 @@ class Pool:
     # -----------------------------------------------------------------------------------------
     # Submitting.
 
-    def _enqueue(self, event, waiter):
+    def _admit(self, event):
+        """`event` as bytes, or raises why this pool takes no more events."""
         if self._error is not None:
             raise self._error
         if self._closing:
             raise HerdError("this pool is closed")
         if isinstance(event, str):
-            event = event.encode("utf-8")
-        elif not isinstance(event, bytes):
-            event = bytes(event)
+            return event.encode("utf-8")
+        return event if isinstance(event, bytes) else bytes(event)
+
+    def _enqueue(self, event, waiter):
+        event = self._admit(event)
         seq = self._next
-        self._next += 1
+        self._next = seq + 1
         self._pending[seq] = waiter
         self._outq.append(event)
-        self._wake_writer.set()
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake_writer.set()
         return seq
 
     async def submit(self, event, *, priority=0):
@@ -341,8 +347,18 @@ class Pool:
         -128 to 127, higher runs first (the README's Priorities)."""
         if priority:
             return await (await self._lane(priority)).submit(event)
+        # _enqueue inlined: this is the path of every event of a run_in_executor-style program.
+        if event.__class__ is not bytes or self._error is not None or self._closing:
+            event = event.encode("utf-8") if event.__class__ is str and self._error is None \
+                and not self._closing else self._admit(event)
         fut = self._loop.create_future()
-        self._enqueue(event, fut)
+        seq = self._next
+        self._next = seq + 1
+        self._pending[seq] = fut
+        self._outq.append(event)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake_writer.set()
         return await fut
 
     def submit_stream(self, event, *, priority=0):
@@ -490,13 +506,15 @@ class Pool:
             if n > self._max_line:
                 piece, cost = b"\x00", 1  # None: the daemon records it as `rejected`
             elif n < 251:
-                piece, cost = _SHORT_LINE[n] + ev, n + EVENT_LINE_OVERHEAD
+                piece, cost = _SHORT_LINE[n], n + EVENT_LINE_OVERHEAD
             else:
-                piece, cost = b"\x01" + varint(n) + ev, n + EVENT_LINE_OVERHEAD
+                piece, cost = b"\x01" + varint(n), n + EVENT_LINE_OVERHEAD
             if count and size + cost > self._budget:
                 frames.append(self._events_frame(count, parts))
                 parts, size, count = [], EVENTS_FRAME_OVERHEAD, 0
             parts.append(piece)
+            if cost > 1:
+                parts.append(ev)
             size += cost
             taken += cost
             count += 1
@@ -516,6 +534,7 @@ class Pool:
                     if self._closing:
                         break
                     self._wake_writer.clear()
+                    self._writer_idle = True
                     await self._wake_writer.wait()
                     continue
                 self._writer.write(self._encode_batch())
