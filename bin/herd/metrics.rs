@@ -1,4 +1,5 @@
-//! `herd serve --metrics ADDR`: the pool's counters as Prometheus metrics at `GET /metrics`.
+//! `herd serve --metrics ADDR`: the pool's counters as Prometheus metrics at `GET /metrics`,
+//! the status object at `GET /status.json` and a live dashboard that polls it at `GET /`.
 //!
 //! Owns nothing but a TCP listener. The pool state lives in the pool's one owner task, so
 //! every scrape asks it for a [`Status`] snapshot and renders that: there is no second copy of
@@ -28,6 +29,11 @@
 //!
 //! Any other path is a 404; a scrape after the pool has stopped is a 503.
 //!
+//! Nothing here is authenticated: the listener is for trusted networks. It binds loopback
+//! addresses only unless the operator passes `--metrics-public`, and on loopback it answers
+//! only requests whose `Host` is a loopback name, so that a web page the operator visits
+//! cannot read it through DNS rebinding.
+//!
 //! At most `max_connections` connections are open at once (the one over is closed at once),
 //! and a connection idle for `idle_timeout` is closed, so that scrapers, or anyone else who
 //! can reach the port, cannot take the descriptors the pool needs to restart workers.
@@ -56,6 +62,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+
+/// The dashboard: one page with inline CSS and JavaScript that polls `status.json`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The page runs its own inline script and reads `status.json`, nothing else.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
 
 /// What Prometheus expects for the OpenMetrics text format `prometheus_client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -106,20 +120,41 @@ pub struct MetricsServer {
     addr: SocketAddr,
     max_connections: usize,
     idle_timeout: Duration,
+    /// `--metrics-public`: any address and any `Host` header.
+    public: bool,
 }
 
 impl MetricsServer {
     /// Binds `addr` (resolving a host name), so that a bad or busy address fails at
-    /// start-up.
+    /// start-up. Unless `public`, every address it resolves to must be a loopback one.
     ///
     /// # Errors
-    /// When the address cannot be resolved or bound.
+    /// When the address cannot be resolved or bound, or is not loopback and not `public`.
     pub async fn bind(
         addr: &MetricsAddr,
+        public: bool,
         max_connections: usize,
         idle_timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr.0.as_str())
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr.0.as_str())
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?
+            .collect();
+        if resolved.is_empty() {
+            anyhow::bail!("cannot listen for metrics on {addr}: the name resolves to nothing");
+        }
+        if !public {
+            if let Some(open) = resolved.iter().find(|a| !a.ip().is_loopback()) {
+                anyhow::bail!(
+                    "refusing to serve metrics and the dashboard on {addr} ({}): it is not a \
+                     loopback address, and they have no authentication. Use a loopback \
+                     address (127.0.0.1:PORT, [::1]:PORT, or just PORT) and a tunnel or a \
+                     reverse proxy, or pass --metrics-public to serve them to the network",
+                    open.ip()
+                );
+            }
+        }
+        let listener = TcpListener::bind(resolved.as_slice())
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         let addr = listener
@@ -130,6 +165,7 @@ impl MetricsServer {
             addr,
             max_connections,
             idle_timeout,
+            public,
         })
     }
 
@@ -144,9 +180,14 @@ impl MetricsServer {
     /// # Cancel safety
     /// Dropping the future closes the listener; scrapes in progress are abandoned.
     pub async fn serve(self, pool: PoolHandle) {
-        let app = axum::Router::new()
+        let mut app = axum::Router::new()
             .route("/metrics", axum::routing::get(scrape))
+            .route("/status.json", axum::routing::get(status_json))
+            .route("/", axum::routing::get(dashboard))
             .with_state(pool);
+        if !self.public {
+            app = app.layer(axum::middleware::from_fn(loopback_host));
+        }
         let listener = Capped {
             listener: self.listener,
             slots: Arc::new(Semaphore::new(self.max_connections.max(1))),
@@ -303,6 +344,77 @@ impl AsyncWrite for IdleStream {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_shutdown(cx);
         this.watch(cx, polled)
+    }
+}
+
+/// Outside `--metrics-public`, a request must name a loopback host (or none, as HTTP/1.0
+/// may): a page on another site that rebinds its name to 127.0.0.1 is turned away.
+async fn loopback_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    if host.is_none_or(is_loopback_host) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "herd: this listener answers loopback host names only (see --metrics-public)\n",
+    )
+        .into_response()
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`… with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `GET /`: the dashboard.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// `GET /status.json`: the object `herd status --json` prints.
+async fn status_json(State(pool): State<PoolHandle>) -> Response {
+    let Some(status) = pool.status().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "herd: the pool has stopped\n",
+        )
+            .into_response();
+    };
+    match serde_json::to_string(&status) {
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the status object");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 
@@ -550,6 +662,7 @@ mod tests {
             restarts: 0,
             inflight: 0,
             rss: None,
+            uptime_secs: None,
         }
     }
 
@@ -574,6 +687,8 @@ mod tests {
             chunks: 0,
             restarts: BTreeMap::from([("crash", 1)]),
             durations,
+            events: Default::default(),
+            history: Default::default(),
             sources: Vec::new(),
             autoscale: None,
         };
@@ -687,6 +802,41 @@ mod tests {
     }
 
     #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:9187",
+            "LOCALHOST.",
+            "app.localhost:1",
+            "127.0.0.1",
+            "127.3.2.1:80",
+            "[::1]:9187",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(ok), "{ok} refused");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9187",
+            "10.0.0.1:80",
+            "[::2]:1",
+            "localhost.evil.example",
+            "",
+            "[",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_dashboard_is_small_and_self_contained() {
+        assert!(DASHBOARD.len() < 16 * 1024, "{} bytes", DASHBOARD.len());
+        // No CDN: the machines herd runs on often have no internet.
+        assert!(!DASHBOARD.contains("src=\"http"), "an external script");
+        assert!(!DASHBOARD.contains("href=\"http"), "an external link");
+    }
+
+    #[test]
     fn sources_show_their_connection_and_numbers() {
         let status = Status {
             pid: 1,
@@ -703,6 +853,8 @@ mod tests {
             chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
+            events: Default::default(),
+            history: Default::default(),
             sources: vec![herd_supervisor::SourceStatus {
                 name: "jetstream".into(),
                 connected: false,
@@ -738,6 +890,8 @@ mod tests {
             chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
+            events: Default::default(),
+            history: Default::default(),
             sources: Vec::new(),
             autoscale: None,
         };

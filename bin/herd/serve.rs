@@ -29,11 +29,16 @@ pub struct ServeArgs {
     /// Write the daemon's pid to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics. ADDR is HOST:PORT, with a host name
-    /// or an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
-    /// :PORT for the loopback address.
+    /// Serve Prometheus metrics at http://ADDR/metrics, a live dashboard at http://ADDR/ and
+    /// the status object at http://ADDR/status.json. ADDR is HOST:PORT, with a host name or
+    /// an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
+    /// :PORT for the loopback address. Loopback only, unless --metrics-public.
     #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     metrics: Option<MetricsAddr>,
+    /// Let --metrics listen on an address that is not loopback (e.g. 0.0.0.0:9187), and
+    /// answer any Host. Metrics and dashboard have no authentication: trusted networks only.
+    #[arg(long, requires = "metrics")]
+    metrics_public: bool,
     /// Most control connections open at once, and most metrics connections; a connection
     /// over the cap is refused at once. Lowered if the descriptor limit cannot hold it
     /// beside what the workers need.
@@ -102,7 +107,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let summary = runtime.block_on(async {
         let control = ControlSocket::bind(&args.control)?;
         let metrics = match args.metrics {
-            Some(addr) => Some(MetricsServer::bind(&addr, max_connections, args.idle_timeout).await?),
+            Some(addr) => Some(MetricsServer::bind(
+                &addr,
+                args.metrics_public,
+                max_connections,
+                args.idle_timeout,
+            ).await?),
             None => None,
         };
         let metrics_addr = metrics.as_ref().map(MetricsServer::local_addr);

@@ -218,6 +218,9 @@ pub(crate) enum Effect {
     Replaced {
         reason: &'static str,
         unexpected: bool,
+        /// The process that ended, and what happened to it (for `herd status` events).
+        pid: u32,
+        detail: String,
     },
 }
 
@@ -274,6 +277,8 @@ pub(crate) struct Slot<L> {
     pub last_failure: String,
     pub stdout_tail: Vec<String>,
     pub stderr_tail: Vec<String>,
+    /// When the current (or last) process was spawned, for its uptime in `herd status`.
+    pub spawned_at: Option<Instant>,
 }
 
 impl<L> Slot<L> {
@@ -288,6 +293,7 @@ impl<L> Slot<L> {
             last_failure: String::new(),
             stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
+            spawned_at: None,
         }
     }
 
@@ -411,6 +417,7 @@ impl<L> Slot<L> {
     /// The process was spawned and must now complete its handshake.
     pub fn spawned(&mut self, pid: u32, token: String, now: Instant) {
         tracing::debug!(worker = self.index, pid, "worker spawned");
+        self.spawned_at = Some(now);
         self.set(State::Starting {
             pid,
             token,
@@ -762,6 +769,11 @@ impl<L> Slot<L> {
                 effects.push(Effect::Replaced {
                     reason,
                     unexpected: false,
+                    pid,
+                    detail: format!(
+                        "worker {i} (pid {pid}) recycled ({reason}), {}",
+                        exit.what()
+                    ),
                 });
                 effects.push(Effect::Spawn);
             }
@@ -811,6 +823,10 @@ impl<L> Slot<L> {
             effects.push(Effect::Replaced {
                 reason: "exit-timeout",
                 unexpected: true,
+                pid,
+                detail: format!(
+                    "worker {i} (pid {pid}) did not exit after the termination frame and was killed"
+                ),
             });
             effects.push(Effect::Spawn);
             return effects;
@@ -829,6 +845,8 @@ impl<L> Slot<L> {
         effects.push(Effect::Replaced {
             reason,
             unexpected: true,
+            pid,
+            detail: message.clone(),
         });
         if !started {
             effects.extend(self.start_failure(&message, now));

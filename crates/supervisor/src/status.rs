@@ -1,9 +1,16 @@
 //! What the pool can tell about itself: counters it keeps as it goes, and the snapshot it
 //! hands out for `herd status`, USR1 and `/metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
+
+/// Lifecycle events kept for `events` (the oldest is dropped first).
+pub const EVENTS_KEPT: usize = 32;
+/// Width of one `history` bucket, in seconds.
+pub const HISTORY_INTERVAL_SECS: u64 = 5;
+/// `history` buckets kept: with [`HISTORY_INTERVAL_SECS`], the last ten minutes.
+pub const HISTORY_BUCKETS: usize = 120;
 
 /// Upper bounds (µs) of the task-duration histogram buckets; the last bucket is unbounded.
 pub const DURATION_BOUNDS_US: [u64; 16] = [
@@ -33,6 +40,76 @@ impl Histogram {
     }
 }
 
+/// A worker process replaced, as the `events` of `herd status --json` show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LifecycleEvent {
+    /// When, in seconds since the pool started (compare with `uptime_secs`).
+    pub at_secs: f64,
+    /// The slot.
+    pub worker: usize,
+    /// The process that ended.
+    pub pid: u32,
+    /// As in `restarts`: crash, timeout, protocol, start-failure, exit-timeout (unexpected),
+    /// max-tasks, max-rss, reload (graceful).
+    pub reason: &'static str,
+    /// A crash, timeout, protocol fault or start failure, rather than a graceful retirement.
+    pub unexpected: bool,
+    /// What happened, for people (e.g. "worker 1 (pid 4242) killed by SIGKILL").
+    pub detail: String,
+}
+
+/// Final records per [`HISTORY_INTERVAL_SECS`] bucket, for a throughput chart.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryBucket {
+    /// Start of the bucket, in seconds since the pool started (a multiple of the interval).
+    /// Buckets in which no record was written are absent.
+    pub at_secs: u64,
+    /// Ok records.
+    pub ok: u64,
+    /// Error records by kind (only kinds that occurred).
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// The last [`HISTORY_BUCKETS`] buckets of final records, oldest first.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct History {
+    pub interval_secs: u64,
+    pub buckets: VecDeque<HistoryBucket>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            interval_secs: HISTORY_INTERVAL_SECS,
+            buckets: VecDeque::new(),
+        }
+    }
+}
+
+impl History {
+    /// Counts one final record written `elapsed_secs` after the pool started (`None`: ok).
+    pub fn record(&mut self, elapsed_secs: u64, error: Option<&'static str>) {
+        let at = elapsed_secs - elapsed_secs % self.interval_secs;
+        if self.buckets.back().is_none_or(|b| b.at_secs < at) {
+            if self.buckets.len() == HISTORY_BUCKETS {
+                self.buckets.pop_front();
+            }
+            self.buckets.push_back(HistoryBucket {
+                at_secs: at,
+                ok: 0,
+                errors: BTreeMap::new(),
+            });
+        }
+        // The clock is monotonic, so the current bucket is always the last one.
+        if let Some(b) = self.buckets.back_mut() {
+            match error {
+                None => b.ok += 1,
+                Some(kind) => *b.errors.entry(kind).or_default() += 1,
+            }
+        }
+    }
+}
+
 /// Counters the pool keeps besides the per-outcome totals.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -40,6 +117,18 @@ pub(crate) struct Stats {
     pub chunks: u64,
     pub restarts: BTreeMap<&'static str, u64>,
     pub durations: Histogram,
+    /// The last [`EVENTS_KEPT`] lifecycle events, oldest first.
+    pub events: VecDeque<LifecycleEvent>,
+    pub history: History,
+}
+
+impl Stats {
+    pub fn lifecycle(&mut self, event: LifecycleEvent) {
+        if self.events.len() == EVENTS_KEPT {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
 }
 
 /// One worker slot, as `herd status --json` shows it.
@@ -59,6 +148,8 @@ pub struct WorkerStatus {
     pub inflight: usize,
     /// Resident memory in bytes.
     pub rss: Option<u64>,
+    /// Seconds since the current process was spawned, if there is one.
+    pub uptime_secs: Option<f64>,
 }
 
 /// A snapshot of the whole pool. This is the documented `herd status --json` object.
@@ -96,6 +187,11 @@ pub struct Status {
     pub chunks: u64,
     /// Task durations.
     pub durations: Histogram,
+    /// The last 32 workers replaced (restarts and recycles), oldest first, with their reason.
+    pub events: VecDeque<LifecycleEvent>,
+    /// Final records per 5-second bucket over the last ten minutes, for throughput and error
+    /// rates.
+    pub history: History,
     /// Event sources outside the pool that report on themselves (a broker consumer); absent
     /// when there are none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -174,5 +270,43 @@ mod tests {
         assert_eq!(h.counts[1], 1, "<= 250us");
         assert_eq!(h.counts[13], 1, "<= 2.5s");
         assert_eq!(h.counts[16], 1, "+Inf");
+    }
+
+    #[test]
+    fn history_is_bucketed_and_bounded() {
+        let mut h = History::default();
+        h.record(0, None);
+        h.record(4, Some("crashed"));
+        h.record(5, None);
+        h.record(23, None);
+        let at: Vec<u64> = h.buckets.iter().map(|b| b.at_secs).collect();
+        assert_eq!(at, [0, 5, 20]);
+        assert_eq!(h.buckets[0].ok, 1);
+        assert_eq!(h.buckets[0].errors.get("crashed"), Some(&1));
+        for s in 0..10_000 {
+            h.record(25 + s, None);
+        }
+        assert_eq!(h.buckets.len(), HISTORY_BUCKETS);
+        assert_eq!(h.buckets.back().map(|b| b.at_secs), Some(10_020));
+    }
+
+    #[test]
+    fn events_are_bounded() {
+        let mut st = Stats::default();
+        for pid in 0..100 {
+            st.lifecycle(LifecycleEvent {
+                at_secs: 0.0,
+                worker: 0,
+                pid,
+                reason: "crash",
+                unexpected: true,
+                detail: String::new(),
+            });
+        }
+        assert_eq!(st.events.len(), EVENTS_KEPT);
+        assert_eq!(
+            st.events.front().map(|e| e.pid),
+            Some(100 - EVENTS_KEPT as u32)
+        );
     }
 }

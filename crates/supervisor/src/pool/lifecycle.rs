@@ -13,6 +13,7 @@ use crate::process;
 use crate::record::{Record, RecordOutcome};
 use crate::rendezvous::{self, Greeting};
 use crate::slot::{Cause, ChunkFor, Done, Effect, Effects, State, WorkerId};
+use crate::status::LifecycleEvent;
 use crate::PoolError;
 use herd_proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
@@ -61,8 +62,21 @@ impl Pool {
                     message,
                 } => self.settle_inflight(inflight, kind, &message),
                 Effect::StartFailed => self.maybe_give_up(i),
-                Effect::Replaced { reason, unexpected } => {
+                Effect::Replaced {
+                    reason,
+                    unexpected,
+                    pid,
+                    detail,
+                } => {
                     *self.stats.restarts.entry(reason).or_default() += 1;
+                    self.stats.lifecycle(LifecycleEvent {
+                        at_secs: self.started.elapsed().as_secs_f64(),
+                        worker: i,
+                        pid,
+                        reason,
+                        unexpected,
+                        detail,
+                    });
                     if unexpected {
                         self.summary.restarts += 1;
                     } else {

@@ -67,10 +67,18 @@ impl Pool {
     /// The one exit of an event from the pool. `input_len` is its payload's length (what its
     /// submitter was charged).
     pub(super) fn emit(&mut self, submission: SubmissionId, record: Record, input_len: usize) {
-        match record.error_kind() {
+        let kind = record.error_kind().map(|k| k.as_str());
+        match kind {
             None => self.summary.ok += 1,
-            Some(kind) => *self.summary.errors.entry(kind.as_str()).or_default() += 1,
+            Some(kind) => *self.summary.errors.entry(kind).or_default() += 1,
         }
+        // The wake-up's clock: no clock read per record.
+        let elapsed = self
+            .now
+            .into_std()
+            .saturating_duration_since(self.started)
+            .as_secs();
+        self.stats.history.record(elapsed, kind);
         self.submissions.emit(submission, record, input_len);
     }
 

@@ -7,6 +7,7 @@ use crate::status::{AutoscaleDecision, AutoscaleStatus, Status, WorkerStatus};
 
 impl Pool {
     pub(super) fn status(&self) -> Status {
+        let now = tokio::time::Instant::now();
         let workers: Vec<WorkerStatus> = self
             .slots
             .iter()
@@ -20,6 +21,10 @@ impl Pool {
                 restarts: s.restarts,
                 inflight: s.inflight_len(),
                 rss: s.pid().and_then(process::rss_bytes),
+                uptime_secs: s
+                    .pid()
+                    .and(s.spawned_at)
+                    .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             })
             .collect();
         let pool_rss: u64 = workers.iter().filter_map(|w| w.rss).sum();
@@ -50,6 +55,8 @@ impl Pool {
             restarts: self.stats.restarts.clone(),
             chunks: self.stats.chunks,
             durations: self.stats.durations.clone(),
+            events: self.stats.events.clone(),
+            history: self.stats.history.clone(),
             phase: match self.phase {
                 Phase::Running => "running",
                 Phase::Draining { .. } => "draining",

@@ -72,7 +72,9 @@ fn names(effects: &Effects) -> Vec<String> {
                 format!("settle {kind} {ids:?}")
             }
             Effect::StartFailed => "start-failed".to_string(),
-            Effect::Replaced { reason, unexpected } => {
+            Effect::Replaced {
+                reason, unexpected, ..
+            } => {
                 format!("replaced {reason} {}", if *unexpected { "!" } else { "ok" })
             }
         })
