@@ -23,6 +23,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
     echo "test.sh: the JetStream tests need nats-server: apt-get install nats-server" >&2
 command -v mosquitto_pub >/dev/null 2>&1 ||
     echo "test.sh: the MQTT example test needs mosquitto-clients: apt-get install mosquitto-clients" >&2
+command -v chromium >/dev/null 2>&1 ||
+    echo "test.sh: the dashboard tests need headless Chromium: apt-get install chromium" >&2
 
 step "cargo test"
 cargo test --workspace --locked

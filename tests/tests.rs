@@ -6,6 +6,7 @@ mod chunks;
 mod cli;
 mod control;
 mod daemon;
+mod dashboard;
 mod hardening;
 #[cfg(feature = "nats")]
 mod jetstream;
