@@ -289,7 +289,27 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     assert!(page.contains("content-security-policy"), "{page}");
     assert!(page.contains("<table id=\"workers\""), "{page}");
 
+    let ready = live
+        .logs()
+        .into_iter()
+        .find(|x| x["message"] == "ready")
+        .unwrap();
+    assert_eq!(ready["dashboard"], format!("http://{addr}/"), "{ready}");
+
+    // The JSON beside the page is the object `herd status --json` prints.
     let st = status_json(addr);
+    let out = output_ok(&mut fx.herd(&["status", "--control", ctl, "--json"]));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&st), keys(&cli));
+    assert_eq!(st["totals"], cli["totals"]);
+    let history_ok: u64 = st["history"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["ok"].as_u64().unwrap())
+        .sum();
+    assert_eq!(history_ok, 500, "{st}");
     let pids: Vec<String> = st["workers"]
         .as_array()
         .unwrap()

@@ -165,6 +165,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         tracing::info!(
                             control = %control.path().display(),
                             metrics = metrics_addr.map(tracing::field::display),
+                            dashboard = metrics_addr.map(|a| format!("http://{a}/")),
                             ?pids,
                             "ready"
                         );
