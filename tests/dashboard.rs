@@ -347,6 +347,30 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     let bars = browser.eval("document.querySelectorAll('#rate rect').length");
     assert!(bars.as_u64().unwrap() > 0, "the throughput chart has bars");
 
+    // What the page does not know (autoscaling, event sources) is listed field by field.
+    let shown = browser.eval(
+        "extra({pid: 1, autoscale: {min: 1, max: 8, decisions: [{action: 'grow', by: 2}]}}); \
+         JSON.stringify([document.getElementById('more').hidden, \
+           [...document.querySelectorAll('#extra dt, #extra dd')].map(e => e.textContent)])",
+    );
+    assert_eq!(
+        shown,
+        json!([
+            false,
+            [
+                "autoscale.min",
+                "1",
+                "autoscale.max",
+                "8",
+                "autoscale.decisions.0.action",
+                "grow",
+                "autoscale.decisions.0.by",
+                "2"
+            ]
+        ])
+        .to_string()
+    );
+
     // A worker killed from outside: the same page, never reloaded, shows its replacement
     // and the restart with its reason.
     let victim: u32 = pids[1].parse().unwrap();
