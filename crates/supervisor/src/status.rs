@@ -1,5 +1,5 @@
 //! What the pool can tell about itself: counters it keeps as it goes, and the snapshot it
-//! hands out for `herd status`, USR1 and `/metrics`.
+//! hands out for `herd status`, USR1, `/metrics` and the dashboard (`/status.json`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -7,6 +7,8 @@ use serde::Serialize;
 
 /// Lifecycle events kept for `events` (the oldest is dropped first).
 pub const EVENTS_KEPT: usize = 32;
+/// Longest `detail` of an event kept, in bytes (a fault message can quote a worker).
+pub const EVENT_DETAIL_MAX: usize = 512;
 /// Width of one `history` bucket, in seconds.
 pub const HISTORY_INTERVAL_SECS: u64 = 5;
 /// `history` buckets kept: with [`HISTORY_INTERVAL_SECS`], the last ten minutes.
@@ -89,7 +91,7 @@ impl Default for History {
 impl History {
     /// Counts one final record written `elapsed_secs` after the pool started (`None`: ok).
     pub fn record(&mut self, elapsed_secs: u64, error: Option<&'static str>) {
-        let at = elapsed_secs - elapsed_secs % self.interval_secs;
+        let at = elapsed_secs - elapsed_secs % self.interval_secs.max(1);
         if self.buckets.back().is_none_or(|b| b.at_secs < at) {
             if self.buckets.len() == HISTORY_BUCKETS {
                 self.buckets.pop_front();
@@ -123,7 +125,16 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub fn lifecycle(&mut self, event: LifecycleEvent) {
+    /// Keeps `event` as the newest, dropping the oldest past [`EVENTS_KEPT`].
+    pub fn lifecycle(&mut self, mut event: LifecycleEvent) {
+        if event.detail.len() > EVENT_DETAIL_MAX {
+            let mut end = EVENT_DETAIL_MAX;
+            while !event.detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            event.detail.truncate(end);
+            event.detail.push('…');
+        }
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
         }
@@ -300,10 +311,14 @@ mod tests {
                 pid,
                 reason: "crash",
                 unexpected: true,
-                detail: String::new(),
+                detail: "é".repeat(1000),
             });
         }
         assert_eq!(st.events.len(), EVENTS_KEPT);
+        assert!(st
+            .events
+            .iter()
+            .all(|e| e.detail.len() <= EVENT_DETAIL_MAX + 3));
         assert_eq!(
             st.events.front().map(|e| e.pid),
             Some(100 - EVENTS_KEPT as u32)
