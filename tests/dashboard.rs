@@ -32,7 +32,10 @@ fn chromium() -> String {
 }
 
 /// A headless Chromium driven over `--remote-debugging-pipe` (JSON messages ending in NUL,
-/// read by the browser on fd 3 and written on fd 4), with one page attached.
+/// read by the browser on fd 3 and written on fd 4), with one page attached. Its profile,
+/// HOME and config live in a temp dir of its own, whose path every process it starts carries
+/// on its command line (its crash handlers leave its process group), so that all of them can
+/// be found at the end.
 struct Browser {
     child: Child,
     to: ChildStdin,
@@ -48,6 +51,7 @@ impl Browser {
             .prefix("herd-chromium-")
             .tempdir()
             .unwrap();
+        let root = profile.path();
         // The shell hands our stdin and stdout to the browser as fds 3 and 4, then execs it.
         let mut child = Command::new("sh")
             .arg("-c")
@@ -67,7 +71,13 @@ impl Browser {
                 "--remote-debugging-pipe",
                 "--window-size=1200,900",
             ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                root.join("profile").display()
+            ))
+            .env("HOME", root)
+            .env("XDG_CONFIG_HOME", root.join("config"))
+            .env("XDG_CACHE_HOME", root.join("cache"))
             .arg("about:blank")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -166,42 +176,19 @@ impl Browser {
         }
     }
 
-    /// Closes the browser; then no process of its group may be left.
-    fn close(mut self) {
-        let pgid = Pid::from_raw(self.child.id() as i32);
-        self.next_id += 1;
-        let msg = json!({ "id": self.next_id, "method": "Browser.close" });
-        let mut bytes = serde_json::to_vec(&msg).unwrap();
-        bytes.push(0);
-        let _ = self.to.write_all(&bytes);
-        let start = Instant::now();
-        while self.child.try_wait().unwrap().is_none() && start.elapsed() < RUN_TIMEOUT {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Whatever of it is still running (helpers, a browser that did not close) goes too.
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = self.child.wait();
-        wait_for("Chromium's processes to be gone", RUN_TIMEOUT, || {
-            group_members(pgid.as_raw()).is_empty()
-        });
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // A failed test leaves no browser behind either.
-        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// Live (non-zombie) processes in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+    /// Live processes of this browser: its process group, and anything carrying its temp
+    /// dir on its command line.
+    fn processes(&self) -> Vec<u32> {
+        let pgid = self.child.id().to_string();
+        let mark = self._profile.path().as_os_str().as_encoded_bytes();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
                 // After the parenthesised name: state, ppid, pgrp.
                 let rest: Vec<&str> = stat
                     .rsplit(')')
@@ -209,10 +196,50 @@ fn group_members(pgid: i32) -> Vec<u32> {
                     .unwrap_or("")
                     .split_whitespace()
                     .collect();
-                rest.first() != Some(&"Z") && rest.get(2) == Some(&pgid.to_string().as_str())
+                if rest.first() == Some(&"Z") {
+                    return false;
+                }
+                rest.get(2) == Some(&pgid.as_str())
+                    || std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.windows(mark.len()).any(|w| w == mark))
             })
-        })
-        .collect()
+            .collect()
+    }
+
+    /// SIGKILL to every process of this browser that is still running.
+    fn kill_all(&mut self) {
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Closes the browser; then none of its processes may be left.
+    fn close(mut self) {
+        self.next_id += 1;
+        let msg = json!({ "id": self.next_id, "method": "Browser.close" });
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        let _ = self.to.write_all(&bytes);
+        // It ends its helpers itself; it gets time to, on a loaded machine.
+        let start = Instant::now();
+        while !self.processes().is_empty() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever is still running (a browser that did not close) is killed.
+        self.kill_all();
+        wait_for("Chromium's processes to be gone", RUN_TIMEOUT, || {
+            self.processes().is_empty()
+        });
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // A failed test leaves no browser behind either.
+        self.kill_all();
+    }
 }
 
 /// The metrics address from the daemon's `ready` line.
