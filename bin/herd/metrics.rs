@@ -746,6 +746,8 @@ mod tests {
             chunks: 0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
+            events: Default::default(),
+            history: Default::default(),
             sources: Vec::new(),
             autoscale: Some(herd_supervisor::AutoscaleStatus {
                 min: 1,
