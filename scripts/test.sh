@@ -58,7 +58,11 @@ python_venv() {
 step "Python SDK tests (sdk/python, pytest)"
 cargo build --workspace --bins --locked --quiet
 python_venv target/pyvenv
-target/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check pytest ./sdk/python
+target/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check pytest
+# Forced: the package keeps its version number while its code changes, and pip would keep an
+# older copy of the same version.
+target/pyvenv/bin/python -m pip install --quiet --disable-pip-version-check --force-reinstall \
+    --no-deps ./sdk/python
 rm -rf sdk/python/build sdk/python/herd_worker.egg-info
 set +e
 (cd sdk/python && HERD_BIN="$PWD/../../target/debug/herd" \
