@@ -460,7 +460,8 @@ def seed(args):
         for label, path, n, expect in (("tiny", tiny_path, args.n, square),
                                        ("cpu", spin_path, args.cpu_n, spun)):
             for name, prog, opts in (("executor", "seed_executor.py", w),
-                                     ("herd", "seed_herd.py", h)):
+                                     ("herd", "seed_herd.py", h),
+                                     ("herd_map", "seed_herd_map.py", h)):
                 runs = [seed_run(args, prog, path, expect, n, None, *opts)
                         for _ in range(args.repeat)]
                 for x in runs:
@@ -791,10 +792,18 @@ def table(r):
                      "seed example, ProcessPoolExecutor", sd["tiny_executor"]["events_per_sec"],
                      sd["tiny_herd"]["events_per_sec"] / sd["tiny_executor"]["events_per_sec"],
                      ">= 10"])
+        rows.append(["seed example tiny events/s, herd_client map", sd["tiny_herd_map"]["events_per_sec"],
+                     "seed example, ProcessPoolExecutor", sd["tiny_executor"]["events_per_sec"],
+                     sd["tiny_herd_map"]["events_per_sec"] / sd["tiny_executor"]["events_per_sec"],
+                     None])
         rows.append(["seed example cpu efficiency (spin 1ms), herd_client",
                      sd["cpu_herd"]["efficiency"], "seed example, ProcessPoolExecutor",
                      sd["cpu_executor"]["efficiency"],
                      sd["cpu_herd"]["efficiency"] / sd["cpu_executor"]["efficiency"], ">= 0.95"])
+        rows.append(["seed example cpu efficiency (spin 1ms), herd_client map",
+                     sd["cpu_herd_map"]["efficiency"], "seed example, ProcessPoolExecutor",
+                     sd["cpu_executor"]["efficiency"],
+                     sd["cpu_herd_map"]["efficiency"] / sd["cpu_executor"]["efficiency"], None])
         if "kills_herd" in sd:
             kh, ke = sd["kills_herd"], sd["kills_executor"]
             rows.append([f"seed example events answered of {kh['events']}, kill every 150ms",

@@ -44,10 +44,15 @@ def test_seed_executor_and_herd_agree(monkeypatch):
                 [sys.executable, os.path.join(EXAMPLE, "seed_herd.py"), path, "--control",
                  daemon.sock, "--inflight", "16"],
                 stdout=subprocess.PIPE, env=env, timeout=TIMEOUT, check=True)
+            mapped = subprocess.run(
+                [sys.executable, os.path.join(EXAMPLE, "seed_herd_map.py"), path, "--control",
+                 daemon.sock, "--inflight", "16"],
+                stdout=subprocess.PIPE, env=env, timeout=TIMEOUT, check=True)
         finally:
             daemon.close()
         assert daemon.proc.returncode == 0
     a, b = results(article.stdout), results(rewrite.stdout)
     assert sorted(a) == list(range(len(events)))
     assert a == b
+    assert results(mapped.stdout) == a
     assert a[7] == "49" and a[300] == "1" and a[301] == ("error",) and a[302] == "49"
