@@ -158,6 +158,49 @@ fn ordered_keeps_every_events_chunks_with_it_in_input_order() {
     }
 }
 
+/// Chunks parked behind a slow earlier event (`--ordered`) are bounded by the submission's
+/// byte budget: past it that event's chunks are dropped and its one final record is a
+/// `rejected` one that says why; the events around it are untouched.
+#[test]
+fn ordered_chunks_parked_past_the_byte_budget_reject_their_event_alone() {
+    let fx = Fixture::new();
+    // Event 0 runs 5 s; event 1 streams 200 KiB meanwhile, against a 64 KiB budget.
+    let input = "{\"op\":\"sleep\",\"ms\":5000}\n\
+                 {\"op\":\"stream\",\"n\":200,\"size\":1024}\n\
+                 {\"op\":\"stream\",\"n\":3}\n\
+                 {\"op\":\"square\",\"n\":4}\n";
+    // One task per worker, so event 1 runs beside event 0, not after it.
+    let run = fx.run_chaos(
+        &[
+            "-w",
+            "2",
+            "--window",
+            "1",
+            "--ordered",
+            "--queue-bytes",
+            "64KiB",
+        ],
+        input,
+    );
+    run.assert_success();
+    let evs = events(&run.records, 4);
+    assert_eq!(evs[0].fin.unwrap()["ok"], true);
+    let fin = evs[1].fin.unwrap();
+    assert_eq!(kind(fin), "rejected", "{fin}");
+    let msg = fin["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("outgrew the submission's byte budget"),
+        "{msg}"
+    );
+    assert!(
+        kept(&evs[1]).is_empty(),
+        "none of its chunk lines were written"
+    );
+    assert!(fin.get("chunks").is_none(), "{fin}");
+    assert_eq!(kept(&evs[2]).len(), 3);
+    assert_eq!(evs[3].fin.unwrap()["output"], 16);
+}
+
 #[test]
 fn large_chunks_arrive_whole_and_an_oversize_one_fails_its_event() {
     let fx = Fixture::new();

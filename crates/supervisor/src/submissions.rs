@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::credits::{Credits, Outbox};
 use crate::job::{Job, SubmissionId};
 use crate::priority::{Priority, Queue};
-use crate::record::{Record, RecordOutcome};
+use crate::record::{ErrorKind, Record, RecordOutcome};
 use crate::SubmitOptions;
 
 #[derive(Debug)]
@@ -43,6 +43,8 @@ struct Entry {
     out: Vec<Record>,
     /// Of `out`, how many are chunk lines.
     out_chunks: usize,
+    /// The size of the chunk lines parked behind an earlier event (ordered only).
+    parked: usize,
     /// When `out` was first seen non-empty by a flush.
     since: Option<Instant>,
     /// Events accepted and records emitted: equal means nothing is owed.
@@ -59,7 +61,19 @@ struct Pending {
     chunks: Vec<Record>,
     /// What `chunks` hold of the byte credits (part of `held`).
     chunk_bytes: usize,
+    /// The size of the chunks parked while an earlier event was unanswered.
+    parked_bytes: usize,
+    /// Chunks dropped because the parked ones outgrew the byte budget: the final record
+    /// becomes a `rejected` one saying so.
+    overflow: Option<Overflow>,
     fin: Option<Record>,
+}
+
+/// What an ordered event lost to the parking limit.
+#[derive(Debug, Default, Clone, Copy)]
+struct Overflow {
+    chunks: u64,
+    bytes: u64,
 }
 
 /// An outbox this full goes out at once.
@@ -89,6 +103,7 @@ impl Entry {
                 self.out_chunks += front.chunks.len();
                 self.out.append(&mut front.chunks);
                 // Out of the reorder buffer: delivered with the outbox, not with the event.
+                self.parked -= std::mem::take(&mut front.parked_bytes);
                 let bytes = std::mem::take(&mut front.chunk_bytes);
                 self.held -= bytes;
                 self.out_bytes += bytes;
@@ -102,6 +117,35 @@ impl Entry {
             // Everything held is in the outbox now.
             self.out_bytes += std::mem::take(&mut self.held);
         }
+    }
+}
+
+/// A chunk line's size as the parking limit counts it: by its bytes, not its charge (an
+/// exhausted budget charges nothing).
+fn chunk_size(record: &Record) -> usize {
+    match &record.outcome {
+        RecordOutcome::Chunk { output, .. } => output.len() + crate::credits::CHUNK_OVERHEAD,
+        _ => 0,
+    }
+}
+
+/// The final record of an ordered event whose parked chunks were dropped: `rejected`, saying
+/// why, and with no chunk lines to look for.
+fn overflowed(record: Record, lost: Overflow, limit: usize) -> Record {
+    let message = format!(
+        "its streamed chunks waited for earlier events (--ordered) and outgrew the \
+         submission's byte budget ({limit} bytes): {} chunks ({} bytes) were dropped; \
+         stream without --ordered, or raise --queue-bytes",
+        lost.chunks, lost.bytes
+    );
+    Record {
+        chunks: 0,
+        outcome: RecordOutcome::Err {
+            kind: ErrorKind::Rejected,
+            message,
+            retryable: false,
+        },
+        ..record
     }
 }
 
@@ -152,6 +196,7 @@ impl Submissions {
                 next_seq_out: 0,
                 out: Vec::new(),
                 out_chunks: 0,
+                parked: 0,
                 since: None,
                 accepted: 0,
                 emitted: 0,
@@ -245,6 +290,12 @@ impl Submissions {
         };
         o.emitted += 1;
         self.unanswered -= 1;
+        let mut record = record;
+        if o.options.ordered {
+            if let Some(lost) = o.pending(record.seq).and_then(|p| p.overflow) {
+                record = overflowed(record, lost, o.credits.byte_limit);
+            }
+        }
         let charge = o.credits.input_charge(input_len) + o.credits.charge_output(&record);
         if o.out.is_empty() {
             self.dirty.push(submission);
@@ -279,18 +330,53 @@ impl Submissions {
             o.out_bytes += charge;
             return;
         }
-        o.held += charge;
-        if record.seq != o.next_seq_out {
+        let parked = record.seq != o.next_seq_out;
+        if parked {
             // Parked behind an earlier event, which may be queued behind this very worker:
-            // holding its backlog here could stall both (see `backlog`). The byte credits
-            // still count it.
+            // holding its backlog here could stall both (see `backlog`). So the parked lines
+            // are bounded by the byte budget instead: past it, the event's chunks are dropped
+            // and its final record says so, rather than the buffer growing without end.
             if let RecordOutcome::Chunk { ticket, .. } = &mut record.outcome {
                 drop(std::mem::take(ticket));
             }
-        }
-        if let Some(p) = o.pending(record.seq) {
+            let size = chunk_size(&record);
+            let over = o.parked + size > o.credits.byte_limit;
+            let credits = o.credits.clone();
+            let Some(p) = o.pending(record.seq) else {
+                credits.release(0, charge);
+                return;
+            };
+            if over || p.overflow.is_some() {
+                let lost = p.overflow.get_or_insert_with(Overflow::default);
+                lost.chunks += p.chunks.len() as u64 + 1;
+                lost.bytes += (p.parked_bytes + size) as u64;
+                p.chunks.clear();
+                let freed = std::mem::take(&mut p.chunk_bytes);
+                let unparked = std::mem::take(&mut p.parked_bytes);
+                o.held -= freed;
+                o.parked -= unparked;
+                credits.release(0, freed + charge);
+                return;
+            }
             p.chunks.push(record);
             p.chunk_bytes += charge;
+            p.parked_bytes += size;
+            o.held += charge;
+            o.parked += size;
+            return;
+        }
+        let credits = o.credits.clone();
+        if let Some(p) = o.pending(record.seq) {
+            if let Some(lost) = &mut p.overflow {
+                // Its earlier chunks were dropped: so are the rest, for one consistent answer.
+                lost.chunks += 1;
+                lost.bytes += chunk_size(&record) as u64;
+                credits.release(0, charge);
+                return;
+            }
+            p.chunks.push(record);
+            p.chunk_bytes += charge;
+            o.held += charge;
         }
         o.release_in_order();
     }
@@ -535,6 +621,50 @@ mod tests {
         o.emit(7, rec(1), 0);
         o.flush(Instant::now(), true);
         assert_eq!(lines(&mut rx), [(1, None), (2, Some(0)), (2, None)]);
+    }
+
+    #[test]
+    fn parked_chunks_past_the_byte_budget_reject_their_event() {
+        let mut o = Submissions::new(1024);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Room for two parked chunk lines (72 bytes each), not three.
+        let credits = Credits::new(1 << 20, 200);
+        o.open(7, tx, credits.clone(), ordered());
+        o.accepted(7, 3);
+        o.emit_chunk(7, chunk(1, 1, 0));
+        o.emit_chunk(7, chunk(1, 1, 1));
+        o.emit_chunk(7, chunk(1, 1, 2)); // over: seq 1's chunks are dropped
+        o.emit_chunk(7, chunk(2, 1, 0)); // room again for another event's
+        o.emit(7, rec(0), 0);
+        o.emit_chunk(7, chunk(1, 1, 3)); // seq 1 is the oldest now: dropped all the same
+        let mut fin = rec(1);
+        fin.chunks = 4;
+        o.emit(7, fin, 0);
+        o.emit(7, rec(2), 0);
+        o.flush(Instant::now(), true);
+        let mut outs = Vec::new();
+        while let Ok(out) = rx.try_recv() {
+            outs.extend(out.records);
+        }
+        let got: Vec<_> = outs
+            .iter()
+            .map(|r| match &r.outcome {
+                RecordOutcome::Chunk { index, .. } => (r.seq, Some(*index)),
+                _ => (r.seq, None),
+            })
+            .collect();
+        assert_eq!(got, [(0, None), (1, None), (2, Some(0)), (2, None)]);
+        let RecordOutcome::Err { kind, message, .. } = &outs[1].outcome else {
+            panic!("{:?}", outs[1]);
+        };
+        assert_eq!(*kind, ErrorKind::Rejected);
+        assert!(
+            message.contains("4 chunks (288 bytes) were dropped"),
+            "{message}"
+        );
+        assert_eq!(outs[1].chunks, 0, "no chunk lines to look for");
+        // What the dropped lines took from the budget is back.
+        assert_eq!(o.map[&7].parked, 0);
     }
 
     #[test]
