@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -67,6 +67,17 @@ fn assert_all_squares(path: &Path, n: usize) {
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(r["output"].as_u64(), Some(seq * seq), "{r}");
     }
+}
+
+/// `herd run --log-format json FLAGS --resume -i INPUT -o OUTPUT -- chaos`, run to its end:
+/// the tests below differ only in FLAGS and the files.
+fn run_resume(fx: &Fixture, flags: &[&str], input: &str, output: &str) -> (Output, String) {
+    let mut args = vec!["run", "--log-format", "json"];
+    args.extend(flags);
+    args.extend(["--resume", "-i", input, "-o", output, "--", chaos()]);
+    let run = fx.herd(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    (run, stderr)
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -175,25 +186,7 @@ fn torn_last_line_is_cut_off_and_its_event_runs_again() {
         .as_u64()
         .unwrap();
 
-    let run = fx
-        .herd(&[
-            "run",
-            "--log-format",
-            "json",
-            "-w",
-            "2",
-            "--ordered",
-            "--resume",
-            "-i",
-            i,
-            "-o",
-            o,
-            "--",
-            chaos(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (run, stderr) = run_resume(&fx, &["-w", "2", "--ordered"], i, o);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("cut off a torn last line"), "{stderr}");
     assert_all_squares(&out, 1000);
@@ -229,24 +222,7 @@ fn resume_ignores_chunk_lines_and_counts_failed_records_as_done() {
     )
     .unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let run = fx
-        .herd(&[
-            "run",
-            "--log-format",
-            "json",
-            "-w",
-            "1",
-            "--resume",
-            "-i",
-            i,
-            "-o",
-            o,
-            "--",
-            chaos(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (run, stderr) = run_resume(&fx, &["-w", "1"], i, o);
     assert!(run.status.success(), "{stderr}");
     assert!(
         stderr.contains("--retry-failed"),
@@ -394,22 +370,7 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
     for (name, content, want) in cases {
         let out = fx.path(name);
         std::fs::write(&out, content).unwrap();
-        let run = fx
-            .herd(&[
-                "run",
-                "--log-format",
-                "json",
-                "--resume",
-                "-i",
-                i,
-                "-o",
-                out.to_str().unwrap(),
-                "--",
-                chaos(),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&run.stderr);
+        let (run, stderr) = run_resume(&fx, &[], i, out.to_str().unwrap());
         assert!(!run.status.success(), "{name}: {stderr}");
         assert!(stderr.contains(want), "{name}: {stderr}");
         assert!(stderr.contains("left as it is"), "{name}: {stderr}");
