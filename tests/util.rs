@@ -338,6 +338,21 @@ impl Live {
         self.logs.0.lock().unwrap().clone()
     }
 
+    /// The metrics address from the daemon's `ready` line (the metrics and dashboard tests
+    /// both scrape the daemon there).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let ready = self
+            .logs()
+            .into_iter()
+            .find(|x| x["message"] == "ready")
+            .unwrap();
+        ready["metrics"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Records received so far.
     pub fn records_so_far(&self) -> usize {
         self.records.lock().unwrap().len()
