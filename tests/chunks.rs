@@ -354,18 +354,6 @@ fn a_version_1_worker_still_works_and_may_not_send_chunks() {
     assert!(evs[300].chunks.is_empty(), "nothing written for it");
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[test]
 fn a_stream_to_a_reader_that_stops_reading_waits_instead_of_filling_memory() {
     use std::io::Read;

@@ -112,18 +112,6 @@ pub(crate) fn check_squares(run: &Run, n: usize) {
     }
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[test]
 fn two_hundred_thousand_tiny_events_through_one_submitter() {
     let d = Daemon::start(2, &[]);

@@ -18,6 +18,18 @@ pub fn chaos() -> &'static str {
     env!("CARGO_BIN_EXE_herd-chaos")
 }
 
+/// Resident memory of `pid`, in bytes (the chunks and control tests both bound it).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 pub fn herd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
 }
