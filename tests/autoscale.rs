@@ -37,26 +37,6 @@ fn autoscaled(workers: &str, extra: &[&str]) -> Daemon {
     Daemon { fx, live, control }
 }
 
-/// Polls `herd status --json` until `cond` holds; returns that status.
-fn wait_status(d: &Daemon, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    wait_for(what, RUN_TIMEOUT, || {
-        last = d.status();
-        cond(&last)
-    });
-    last
-}
-
-/// Workers with a ready process (idle or busy).
-fn ready_workers(st: &Value) -> usize {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "idle" || w["state"] == "busy")
-        .count()
-}
-
 fn decisions(st: &Value) -> u64 {
     st["autoscale"]["grows"].as_u64().unwrap() + st["autoscale"]["shrinks"].as_u64().unwrap()
 }
@@ -108,7 +88,7 @@ fn a_burst_grows_to_max_and_idleness_shrinks_to_min_without_losing_a_record() {
     // About 4 s of sleeping for 4 workers; 15 s for one.
     let n = 3_000;
     let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
-    let st = wait_status(&d, "the burst to grow the pool to 4 ready workers", |s| {
+    let st = d.wait_status("the burst to grow the pool to 4 ready workers", |s| {
         s["autoscale"]["target"] == 4 && ready_workers(s) == 4
     });
     assert_eq!(st["target_workers"], 4);
@@ -128,7 +108,7 @@ fn a_burst_grows_to_max_and_idleness_shrinks_to_min_without_losing_a_record() {
     assert_all_ok(&parse_records(&out.stdout), n);
 
     // Idle now: one worker retired per interval, down to MIN.
-    let st = wait_status(&d, "idleness to shrink the pool to 1", |s| {
+    let st = d.wait_status("idleness to shrink the pool to 1", |s| {
         s["target_workers"] == 1 && s["workers"].as_array().unwrap().len() == 1
     });
     let a = &st["autoscale"];
@@ -261,14 +241,14 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     // Tasks of 1 s: long beside the pause between a record and the next event, even on a
     // loaded machine.
     let feeder = Feeder::start(&d, r#"{"op":"sleep","ms":1000}"#, 8);
-    wait_status(&d, "the backlog to grow the pool to 4", |s| {
+    d.wait_status("the backlog to grow the pool to 4", |s| {
         s["autoscale"]["target"] == 4 && ready_workers(s) == 4
     });
     // 2 outstanding on 4: one worker fewer would be at most 67% busy, so one goes, while
     // events are in flight. (The gap between a record and the next event is idle time too;
     // on a loaded machine it can make 2 look like 1.5, and then 3 -> 2 is right as well.)
     feeder.set(2);
-    wait_status(&d, "the pool to shrink under load", |s| {
+    d.wait_status("the pool to shrink under load", |s| {
         s["autoscale"]["target"].as_u64() <= Some(3)
     });
     // Steady: over 8 records (4 s, eight idle intervals) it never grows again, shrinks at
@@ -292,9 +272,7 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     assert_eq!(after["restarts"].as_object().map(|m| m.len()), Some(0));
 
     // Nothing to do: down to MIN.
-    wait_status(&d, "the idle pool to shrink to 1", |s| {
-        s["target_workers"] == 1
-    });
+    d.wait_status("the idle pool to shrink to 1", |s| s["target_workers"] == 1);
     d.stop_ok();
 }
 
@@ -304,7 +282,7 @@ fn the_pool_memory_ceiling_stops_growth() {
     let d = autoscaled("1..4", &["--max-pool-rss", "1MiB"]);
     let n = 400;
     let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
-    let st = wait_status(&d, "growth held at the memory ceiling", |s| {
+    let st = d.wait_status("growth held at the memory ceiling", |s| {
         s["autoscale"]["blocked"] == "max-pool-rss"
     });
     assert_eq!(st["autoscale"]["max_pool_rss"], 1 << 20);

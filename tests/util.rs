@@ -464,6 +464,16 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
+/// Workers with a ready process (idle or busy) in a `herd status --json` object.
+pub fn ready_workers(st: &Value) -> usize {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+        .count()
+}
+
 /// A running daemon with its control socket in the fixture dir.
 pub struct Daemon {
     pub fx: Fixture,
@@ -500,6 +510,17 @@ impl Daemon {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// Polls `herd status --json` until `cond` holds; returns that status. The daemon and
+    /// autoscale tests both wait on it.
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        wait_for(what, RUN_TIMEOUT, || {
+            last = self.status();
+            cond(&last)
+        });
+        last
     }
 
     /// `herd status --json`, if the daemon answers.
