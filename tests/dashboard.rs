@@ -285,15 +285,9 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     let ctl = control.to_str().unwrap();
     let live = fx.serve(&control, 3, &["--metrics", "127.0.0.1:0"]);
     let addr = live.metrics_addr();
-    let out = fx
-        .herd(&["submit", "--control", ctl])
-        .write_stdin(square_events(500))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        fx.herd(&["submit", "--control", ctl])
+            .write_stdin(square_events(500)),
     );
 
     // The page is the one embedded in the binary, with its own policy.
@@ -485,15 +479,9 @@ fn the_http_listener_shrugs_off_garbage_slow_clients_and_floods() {
     let held: Vec<TcpStream> = (0..300)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
-    let out = fx
-        .herd(&["submit", "--control", ctl])
-        .write_stdin(square_events(1000))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        fx.herd(&["submit", "--control", ctl])
+            .write_stdin(square_events(1000)),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1000);
     drop(held);

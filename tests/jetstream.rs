@@ -340,15 +340,8 @@ fn daemon(fx: &Fixture, name: &str, server: &NatsServer, workers: usize, extra: 
 /// `herd status --json` of the daemon `name`.
 fn status(fx: &Fixture, name: &str) -> Value {
     let control = fx.path(&format!("{name}.sock"));
-    let out = fx
-        .herd(&["status", "--control", control.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        output_ok(&mut fx.herd(&["status", "--control", control.to_str().unwrap(), "--json"]));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
