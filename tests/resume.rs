@@ -69,13 +69,21 @@ fn assert_all_squares(path: &Path, n: usize) {
     }
 }
 
-/// `herd run --log-format json FLAGS --resume -i INPUT -o OUTPUT -- chaos`, run to its end:
-/// the tests below differ only in FLAGS and the files.
-fn run_resume(fx: &Fixture, flags: &[&str], input: &str, output: &str) -> (Output, String) {
-    let mut args = vec!["run", "--log-format", "json"];
+/// `run FLAGS --resume -i INPUT -o OUTPUT -- herd-chaos`: the command line of every resumed
+/// `herd run` below, which differ only in FLAGS and the files.
+fn resume_args<'a>(flags: &[&'a str], input: &'a str, output: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
     args.extend(flags);
     args.extend(["--resume", "-i", input, "-o", output, "--", chaos()]);
-    let run = fx.herd(&args).output().unwrap();
+    args
+}
+
+/// `herd run --log-format json FLAGS --resume -i INPUT -o OUTPUT -- herd-chaos`, run to its
+/// end: its output and stderr.
+fn run_resume(fx: &Fixture, flags: &[&str], input: &str, output: &str) -> (Output, String) {
+    let mut all = vec!["--log-format", "json"];
+    all.extend(flags);
+    let run = fx.herd(&resume_args(&all, input, output)).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     (run, stderr)
 }
@@ -115,20 +123,7 @@ fn run_killed_at_random_points_resumes_to_exactly_one_record_each() {
     let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
     std::fs::write(&input, square_events(EVENTS)).unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let args = [
-        "run",
-        "--log-format",
-        "json",
-        "-w",
-        "2",
-        "--resume",
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["--log-format", "json", "-w", "2"], i, o);
     // A record takes 80 to 90 bytes: each run gets killed after writing 1/8 to 5/32 of the
     // whole more, at a random byte (so often in the middle of a line).
     let full = 80 * EVENTS as u64;
@@ -436,12 +431,7 @@ fn submit_killed_then_resumed_gets_every_record_once() {
             "round {round}: submit finished before the kill point"
         );
     }
-    let last = d.fx.herd(&args).output().unwrap();
-    assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    output_ok(&mut d.fx.herd(&args));
     assert_all_squares(&out, EVENTS);
     // The daemon dropped the killed clients' events and serves on.
     let st = d.status();
@@ -509,18 +499,7 @@ fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
     let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
     std::fs::write(&input, "{\"op\":\"sleep\",\"ms\":20}\n".repeat(300)).unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let args = [
-        "run",
-        "-w",
-        "1",
-        "--resume",
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["-w", "1"], i, o);
     let mut first = spawn(&fx, &args);
     // 300 events of 20 ms on one worker: about 6 s left after the first record.
     wait_for("the first record", RUN_TIMEOUT, || file_len(&out) > 0);
@@ -532,12 +511,7 @@ fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
     // The kernel drops a killed herd's lock: the next resume finishes the job.
     signal(first.id(), Signal::SIGKILL);
     first.wait().unwrap();
-    let last = fx.herd(&args).output().unwrap();
-    assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    output_ok(&mut fx.herd(&args));
     let by_seq = finals(&out);
     assert_eq!(by_seq.len(), 300);
     assert!(by_seq.values().all(|r| r["output"] == 20));
@@ -566,20 +540,7 @@ fn failed_file_lists_every_failed_line_once_after_kills() {
         out.to_str().unwrap(),
         failed.to_str().unwrap(),
     );
-    let args = [
-        "run",
-        "-w",
-        "2",
-        "--resume",
-        "--failed",
-        f,
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["-w", "2", "--failed", f], i, o);
     let full = 80 * n as u64;
     let mut rng = Rng(7);
     for round in 0..2 {
