@@ -19,21 +19,7 @@ use crate::util::*;
 fn autoscaled(workers: &str, extra: &[&str]) -> Daemon {
     let fx = Fixture::new();
     let control = fx.path("control.sock");
-    let mut args = vec![
-        "serve",
-        "--log-format",
-        "json",
-        "--control",
-        control.to_str().unwrap(),
-        "-w",
-        workers,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", chaos()]);
-    let live = fx.spawn_herd(&args);
-    live.wait_log("ready", RUN_TIMEOUT, |l| {
-        l.iter().any(|x| x["message"] == "ready")
-    });
+    let live = fx.serve_w(&control, workers, extra);
     Daemon { fx, live, control }
 }
 

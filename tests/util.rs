@@ -309,7 +309,11 @@ impl Fixture {
     /// `herd serve` on `control` with JSON logs and `workers` herd-chaos workers (plus `extra`
     /// options), once it has logged `ready`.
     pub fn serve(&self, control: &Path, workers: usize, extra: &[&str]) -> Live {
-        let w = workers.to_string();
+        self.serve_w(control, &workers.to_string(), extra)
+    }
+
+    /// `serve` with `-w` as herd takes it: a count or an autoscaling `MIN..MAX`.
+    pub fn serve_w(&self, control: &Path, workers: &str, extra: &[&str]) -> Live {
         let mut args = vec![
             "serve",
             "--log-format",
@@ -317,7 +321,7 @@ impl Fixture {
             "--control",
             control.to_str().unwrap(),
             "-w",
-            &w,
+            workers,
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", chaos()]);
