@@ -88,6 +88,20 @@ fn run_resume(fx: &Fixture, flags: &[&str], input: &str, output: &str) -> (Outpu
     (run, stderr)
 }
 
+/// Square events `0..n`, except that each `n` that `odd` picks is the event `instead`: the
+/// retry tests mix failing events into squares this way.
+fn squares_but(n: u64, instead: &str, odd: impl Fn(u64) -> bool) -> String {
+    (0..n)
+        .map(|i| {
+            if odd(i) {
+                format!("{instead}\n")
+            } else {
+                format!("{{\"op\":\"square\",\"n\":{i}}}\n")
+            }
+        })
+        .collect()
+}
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -240,15 +254,7 @@ fn retry_failed_keeps_the_original_seqs() {
         fx.path("failed.txt"),
     );
     // Every 7th event fails its first attempt; with no retries it ends failed.
-    let events: String = (0..2000)
-        .map(|n| {
-            if n % 7 == 3 {
-                "{\"op\":\"flaky\",\"fails\":1}\n".to_string()
-            } else {
-                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
-            }
-        })
-        .collect();
+    let events = squares_but(2000, "{\"op\":\"flaky\",\"fails\":1}", |n| n % 7 == 3);
     std::fs::write(&input, events).unwrap();
     let (i, o, r, f) = (
         input.to_str().unwrap(),
@@ -447,15 +453,7 @@ fn submit_retry_failed_keeps_the_original_seqs() {
         d.fx.path("records.jsonl"),
         d.fx.path("retry.jsonl"),
     );
-    let events: String = (0..300)
-        .map(|n| {
-            if n % 5 == 2 {
-                "{\"op\":\"fail\"}\n".to_string()
-            } else {
-                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
-            }
-        })
-        .collect();
+    let events = squares_but(300, "{\"op\":\"fail\"}", |n| n % 5 == 2);
     std::fs::write(&input, events).unwrap();
     let (i, o, r) = (
         input.to_str().unwrap(),
