@@ -383,11 +383,7 @@ fn two_hundred_thousand_tiny_events_through_an_autoscaled_run_all_arrive() {
     let run = fx.run_chaos(&["-w", "1..4", "--scale-idle", "200ms"], square_events(n));
     run.assert_success();
     assert_eq!(run.records.len(), n);
-    let seqs: HashSet<u64> = run
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: HashSet<u64> = run.seqs().into_iter().collect();
     assert_eq!(seqs.len(), n);
     for r in &run.records {
         let seq = r["seq"].as_u64().unwrap();

@@ -139,11 +139,7 @@ fn ordered_keeps_every_events_chunks_with_it_in_input_order() {
         .collect();
     let run = fx.run_chaos(&["-w", "3", "--ordered"], input);
     run.assert_success();
-    let seqs: Vec<u64> = run
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = run.seqs();
     assert!(
         seqs.windows(2).all(|w| w[0] <= w[1]),
         "every line of an event comes after every line of the events before it"

@@ -126,11 +126,7 @@ fn two_hundred_thousand_tiny_events_through_one_submitter() {
             .unwrap();
     let ordered = Run::new(vec!["submit --ordered".into()], out);
     ordered.assert_success();
-    let seqs: Vec<u64> = ordered
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = ordered.seqs();
     assert_eq!(seqs, (0..50_000).collect::<Vec<u64>>(), "input order");
     check_squares(&ordered, 50_000);
     let st = d.status();

@@ -147,6 +147,14 @@ impl Run {
         self
     }
 
+    /// The `seq` of every stdout line, in output order (what the ordering tests compare).
+    pub fn seqs(&self) -> Vec<u64> {
+        self.records
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    }
+
     /// Records sorted by seq; asserts exactly one per seq in 0..n.
     pub fn by_seq(&self, n: usize) -> Vec<&Value> {
         let mut v: Vec<&Value> = self.records.iter().collect();
