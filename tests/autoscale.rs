@@ -19,42 +19,8 @@ use crate::util::*;
 fn autoscaled(workers: &str, extra: &[&str]) -> Daemon {
     let fx = Fixture::new();
     let control = fx.path("control.sock");
-    let mut args = vec![
-        "serve",
-        "--log-format",
-        "json",
-        "--control",
-        control.to_str().unwrap(),
-        "-w",
-        workers,
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", chaos()]);
-    let live = fx.spawn_herd(&args);
-    live.wait_log("ready", RUN_TIMEOUT, |l| {
-        l.iter().any(|x| x["message"] == "ready")
-    });
+    let live = fx.serve_w(&control, workers, extra);
     Daemon { fx, live, control }
-}
-
-/// Polls `herd status --json` until `cond` holds; returns that status.
-fn wait_status(d: &Daemon, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    wait_for(what, RUN_TIMEOUT, || {
-        last = d.status();
-        cond(&last)
-    });
-    last
-}
-
-/// Workers with a ready process (idle or busy).
-fn ready_workers(st: &Value) -> usize {
-    st["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "idle" || w["state"] == "busy")
-        .count()
 }
 
 fn decisions(st: &Value) -> u64 {
@@ -108,7 +74,7 @@ fn a_burst_grows_to_max_and_idleness_shrinks_to_min_without_losing_a_record() {
     // About 4 s of sleeping for 4 workers; 15 s for one.
     let n = 3_000;
     let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
-    let st = wait_status(&d, "the burst to grow the pool to 4 ready workers", |s| {
+    let st = d.wait_status("the burst to grow the pool to 4 ready workers", |s| {
         s["autoscale"]["target"] == 4 && ready_workers(s) == 4
     });
     assert_eq!(st["target_workers"], 4);
@@ -128,7 +94,7 @@ fn a_burst_grows_to_max_and_idleness_shrinks_to_min_without_losing_a_record() {
     assert_all_ok(&parse_records(&out.stdout), n);
 
     // Idle now: one worker retired per interval, down to MIN.
-    let st = wait_status(&d, "idleness to shrink the pool to 1", |s| {
+    let st = d.wait_status("idleness to shrink the pool to 1", |s| {
         s["target_workers"] == 1 && s["workers"].as_array().unwrap().len() == 1
     });
     let a = &st["autoscale"];
@@ -261,14 +227,14 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     // Tasks of 1 s: long beside the pause between a record and the next event, even on a
     // loaded machine.
     let feeder = Feeder::start(&d, r#"{"op":"sleep","ms":1000}"#, 8);
-    wait_status(&d, "the backlog to grow the pool to 4", |s| {
+    d.wait_status("the backlog to grow the pool to 4", |s| {
         s["autoscale"]["target"] == 4 && ready_workers(s) == 4
     });
     // 2 outstanding on 4: one worker fewer would be at most 67% busy, so one goes, while
     // events are in flight. (The gap between a record and the next event is idle time too;
     // on a loaded machine it can make 2 look like 1.5, and then 3 -> 2 is right as well.)
     feeder.set(2);
-    wait_status(&d, "the pool to shrink under load", |s| {
+    d.wait_status("the pool to shrink under load", |s| {
         s["autoscale"]["target"].as_u64() <= Some(3)
     });
     // Steady: over 8 records (4 s, eight idle intervals) it never grows again, shrinks at
@@ -292,9 +258,7 @@ fn a_steady_load_does_not_flap_and_shrinking_under_load_loses_nothing() {
     assert_eq!(after["restarts"].as_object().map(|m| m.len()), Some(0));
 
     // Nothing to do: down to MIN.
-    wait_status(&d, "the idle pool to shrink to 1", |s| {
-        s["target_workers"] == 1
-    });
+    d.wait_status("the idle pool to shrink to 1", |s| s["target_workers"] == 1);
     d.stop_ok();
 }
 
@@ -304,7 +268,7 @@ fn the_pool_memory_ceiling_stops_growth() {
     let d = autoscaled("1..4", &["--max-pool-rss", "1MiB"]);
     let n = 400;
     let sub = collect(d.submit_bg("burst.txt", &sleeps(n, 5), &[]));
-    let st = wait_status(&d, "growth held at the memory ceiling", |s| {
+    let st = d.wait_status("growth held at the memory ceiling", |s| {
         s["autoscale"]["blocked"] == "max-pool-rss"
     });
     assert_eq!(st["autoscale"]["max_pool_rss"], 1 << 20);
@@ -419,11 +383,7 @@ fn two_hundred_thousand_tiny_events_through_an_autoscaled_run_all_arrive() {
     let run = fx.run_chaos(&["-w", "1..4", "--scale-idle", "200ms"], square_events(n));
     run.assert_success();
     assert_eq!(run.records.len(), n);
-    let seqs: HashSet<u64> = run
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: HashSet<u64> = run.seqs().into_iter().collect();
     assert_eq!(seqs.len(), n);
     for r in &run.records {
         let seq = r["seq"].as_u64().unwrap();

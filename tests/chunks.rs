@@ -139,11 +139,7 @@ fn ordered_keeps_every_events_chunks_with_it_in_input_order() {
         .collect();
     let run = fx.run_chaos(&["-w", "3", "--ordered"], input);
     run.assert_success();
-    let seqs: Vec<u64> = run
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = run.seqs();
     assert!(
         seqs.windows(2).all(|w| w[0] <= w[1]),
         "every line of an event comes after every line of the events before it"
@@ -395,18 +391,6 @@ fn a_version_1_worker_still_works_and_may_not_send_chunks() {
         "{msg}"
     );
     assert!(evs[300].chunks.is_empty(), "nothing written for it");
-}
-
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 #[test]

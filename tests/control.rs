@@ -112,18 +112,6 @@ pub(crate) fn check_squares(run: &Run, n: usize) {
     }
 }
 
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 #[test]
 fn two_hundred_thousand_tiny_events_through_one_submitter() {
     let d = Daemon::start(2, &[]);
@@ -138,11 +126,7 @@ fn two_hundred_thousand_tiny_events_through_one_submitter() {
             .unwrap();
     let ordered = Run::new(vec!["submit --ordered".into()], out);
     ordered.assert_success();
-    let seqs: Vec<u64> = ordered
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = ordered.seqs();
     assert_eq!(seqs, (0..50_000).collect::<Vec<u64>>(), "input order");
     check_squares(&ordered, 50_000);
     let st = d.status();

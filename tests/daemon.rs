@@ -22,24 +22,6 @@ impl Daemon {
         Run::new(args, out)
     }
 
-    fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
-        let mut last = Value::Null;
-        wait_for(what, RUN_TIMEOUT, || {
-            last = self.status();
-            cond(&last)
-        });
-        last
-    }
-
-    fn live_workers(st: &Value) -> usize {
-        st["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["state"] == "idle" || w["state"] == "busy")
-            .count()
-    }
-
     fn signal(&self, sig: Signal) {
         signal(self.live.pid(), sig);
     }
@@ -79,7 +61,7 @@ fn scaling_by_signal_and_by_ctl() {
     let d = Daemon::start(2, &[]);
     d.signal(Signal::SIGTTIN);
     d.wait_status("3 workers after TTIN", |s| {
-        s["target_workers"] == 3 && Daemon::live_workers(s) == 3
+        s["target_workers"] == 3 && ready_workers(s) == 3
     });
     // Standard signals do not queue: wait for each to take effect before the next.
     d.signal(Signal::SIGTTOU);
@@ -92,9 +74,7 @@ fn scaling_by_signal_and_by_ctl() {
     });
     assert_eq!(st["target_workers"], 1);
     d.ctl_cmd(&["scale", "4"]);
-    d.wait_status("4 workers after ctl scale 4", |s| {
-        Daemon::live_workers(s) == 4
-    });
+    d.wait_status("4 workers after ctl scale 4", |s| ready_workers(s) == 4);
     let run = d.submit(square_events(200));
     run.assert_success();
     let pids: HashSet<u64> = run

@@ -242,20 +242,6 @@ impl Drop for Browser {
     }
 }
 
-/// The metrics address from the daemon's `ready` line.
-fn metrics_addr(live: &Live) -> SocketAddr {
-    let ready = live
-        .logs()
-        .into_iter()
-        .find(|x| x["message"] == "ready")
-        .unwrap();
-    ready["metrics"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
-        .parse()
-        .unwrap()
-}
-
 /// Sends `request` raw and reads until the server closes; the status code, if any.
 fn raw(addr: SocketAddr, request: &[u8]) -> (Option<u16>, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -298,16 +284,10 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     let control = fx.path("c.sock");
     let ctl = control.to_str().unwrap();
     let live = fx.serve(&control, 3, &["--metrics", "127.0.0.1:0"]);
-    let addr = metrics_addr(&live);
-    let out = fx
-        .herd(&["submit", "--control", ctl])
-        .write_stdin(square_events(500))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let addr = live.metrics_addr();
+    output_ok(
+        fx.herd(&["submit", "--control", ctl])
+            .write_stdin(square_events(500)),
     );
 
     // The page is the one embedded in the binary, with its own policy.
@@ -450,7 +430,7 @@ fn the_http_listener_shrugs_off_garbage_slow_clients_and_floods() {
             "2s",
         ],
     );
-    let addr = metrics_addr(&live);
+    let addr = live.metrics_addr();
 
     // Garbage: binary noise, a bad request line, a huge header. Each gets an error or a
     // closed connection, nothing else.
@@ -499,15 +479,9 @@ fn the_http_listener_shrugs_off_garbage_slow_clients_and_floods() {
     let held: Vec<TcpStream> = (0..300)
         .filter_map(|_| TcpStream::connect(addr).ok())
         .collect();
-    let out = fx
-        .herd(&["submit", "--control", ctl])
-        .write_stdin(square_events(1000))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        fx.herd(&["submit", "--control", ctl])
+            .write_stdin(square_events(1000)),
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1000);
     drop(held);
@@ -585,7 +559,7 @@ fn a_non_loopback_address_needs_metrics_public() {
 
     // Asked for explicitly: any address, any Host.
     let live = fx.serve(&control, 1, &["--metrics", "0.0.0.0:0", "--metrics-public"]);
-    let bound = metrics_addr(&live);
+    let bound = live.metrics_addr();
     assert!(bound.ip().is_unspecified(), "{bound}");
     let local: SocketAddr = format!("127.0.0.1:{}", bound.port()).parse().unwrap();
     let (code, text) = raw(

@@ -256,10 +256,11 @@ impl Js {
         })
     }
 
-    /// Waits until the results stream holds `n` records, then reads every one: by `seq`,
-    /// each record with its `Nats-Msg-Id`. Panics on a second record for one `seq`.
-    pub fn results(&self, n: u64) -> HashMap<u64, Value> {
-        wait_for(&format!("{n} records in HERD_RESULTS"), LIMIT, || {
+    /// Waits until the results stream holds `n` messages, then reads every one in stream
+    /// order: its `Nats-Msg-Id`, if it has one, and its payload. `results` and `lines` both
+    /// read the stream this way and differ only in what they check of each message.
+    fn read_results(&self, what: &str, n: u64) -> Vec<(Option<String>, Value)> {
+        wait_for(&format!("{n} {what} in HERD_RESULTS"), LIMIT, || {
             self.results_count() >= n
         });
         let total = self.results_count();
@@ -272,9 +273,8 @@ impl Js {
                 })
                 .await
                 .unwrap();
-            let mut by_seq = HashMap::new();
-            let mut read = 0u64;
-            while read < total {
+            let mut read = Vec::new();
+            while (read.len() as u64) < total {
                 let mut batch = c
                     .fetch()
                     .max_messages(1000)
@@ -284,20 +284,28 @@ impl Js {
                     .unwrap();
                 while let Some(m) = batch.next().await {
                     let m = m.unwrap();
-                    read += 1;
-                    let r: Value = serde_json::from_slice(&m.payload).unwrap();
-                    let seq = r["seq"].as_u64().unwrap();
                     let id = m
                         .headers
                         .as_ref()
                         .and_then(|h| h.get("Nats-Msg-Id"))
                         .map(|v| v.as_str().to_string());
-                    assert_eq!(id, Some(seq.to_string()), "Nats-Msg-Id is the seq: {r}");
-                    assert!(by_seq.insert(seq, r).is_none(), "two records for seq {seq}");
+                    read.push((id, serde_json::from_slice(&m.payload).unwrap()));
                 }
             }
-            by_seq
+            read
         })
+    }
+
+    /// Waits until the results stream holds `n` records, then reads every one: by `seq`,
+    /// each record with its `Nats-Msg-Id`. Panics on a second record for one `seq`.
+    pub fn results(&self, n: u64) -> HashMap<u64, Value> {
+        let mut by_seq = HashMap::new();
+        for (id, r) in self.read_results("records", n) {
+            let seq = r["seq"].as_u64().unwrap();
+            assert_eq!(id, Some(seq.to_string()), "Nats-Msg-Id is the seq: {r}");
+            assert!(by_seq.insert(seq, r).is_none(), "two records for seq {seq}");
+        }
+        by_seq
     }
 }
 
@@ -305,41 +313,10 @@ impl Js {
     /// Waits until the results stream holds `n` messages, then reads them in stream order:
     /// each line with its `Nats-Msg-Id`.
     pub fn lines(&self, n: u64) -> Vec<(String, Value)> {
-        wait_for(&format!("{n} lines in HERD_RESULTS"), LIMIT, || {
-            self.results_count() >= n
-        });
-        let total = self.results_count();
-        self.rt.block_on(async {
-            let stream = self.js.get_stream("HERD_RESULTS").await.unwrap();
-            let c = stream
-                .create_consumer(consumer::pull::Config {
-                    ack_policy: consumer::AckPolicy::None,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let mut lines = Vec::new();
-            while (lines.len() as u64) < total {
-                let mut batch = c
-                    .fetch()
-                    .max_messages(1000)
-                    .expires(Duration::from_secs(2))
-                    .messages()
-                    .await
-                    .unwrap();
-                while let Some(m) = batch.next().await {
-                    let m = m.unwrap();
-                    let id = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("Nats-Msg-Id"))
-                        .map(|v| v.as_str().to_string())
-                        .unwrap();
-                    lines.push((id, serde_json::from_slice(&m.payload).unwrap()));
-                }
-            }
-            lines
-        })
+        self.read_results("lines", n)
+            .into_iter()
+            .map(|(id, line)| (id.unwrap(), line))
+            .collect()
     }
 }
 
@@ -363,15 +340,8 @@ fn daemon(fx: &Fixture, name: &str, server: &NatsServer, workers: usize, extra: 
 /// `herd status --json` of the daemon `name`.
 fn status(fx: &Fixture, name: &str) -> Value {
     let control = fx.path(&format!("{name}.sock"));
-    let out = fx
-        .herd(&["status", "--control", control.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        output_ok(&mut fx.herd(&["status", "--control", control.to_str().unwrap(), "--json"]));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -150,20 +150,6 @@ fn a_busy_metrics_address_fails_at_start_up() {
     assert!(!control.exists(), "the control socket is removed");
 }
 
-/// The metrics address from the daemon's `ready` line.
-fn metrics_addr(live: &Live) -> SocketAddr {
-    let ready = live
-        .logs()
-        .into_iter()
-        .find(|x| x["message"] == "ready")
-        .unwrap();
-    ready["metrics"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_bare_port_means_loopback_and_host_names_resolve() {
     let fx = Fixture::new();
@@ -171,7 +157,7 @@ fn a_bare_port_means_loopback_and_host_names_resolve() {
     for (i, addr) in [":0", "0", "localhost:0"].iter().enumerate() {
         let control = fx.path(&format!("c{i}.sock"));
         let live = fx.serve(&control, 1, &["--metrics", addr]);
-        let bound = metrics_addr(&live);
+        let bound = live.metrics_addr();
         assert!(bound.ip().is_loopback(), "{addr} bound {bound}");
         assert_ne!(bound.port(), 0);
         assert_eq!(get(bound, "/metrics").0, 200);
@@ -212,7 +198,7 @@ fn idle_metrics_connections_are_closed_and_capped() {
             "3s",
         ],
     );
-    let addr = metrics_addr(&live);
+    let addr = live.metrics_addr();
     // Two connections that never send a byte fill the cap...
     let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
     // ... so a third is closed at once (without an answer),

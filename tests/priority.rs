@@ -107,21 +107,14 @@ fn urgent_submissions_overtake_a_low_priority_flood() {
     d.stop_ok();
 }
 
-/// One worker and a window of 1 make the completion order the dispatch order.
-fn run_one_by_one(fx: &Fixture, input: String) -> Run {
+/// `herd run FLAGS --line-priority -- herd-chaos` on `input`, which must succeed: the runs
+/// below differ only in their pool flags.
+fn run_line_priority(fx: &Fixture, flags: &[&str], input: String) -> Run {
+    let mut args = vec!["run"];
+    args.extend(flags);
+    args.extend(["--line-priority", "--", chaos()]);
     let out = fx
-        .herd(&[
-            "run",
-            "-w",
-            "1",
-            "--window",
-            "1",
-            "--queue",
-            "100000",
-            "--line-priority",
-            "--",
-            chaos(),
-        ])
+        .herd(&args)
         .write_stdin(input)
         .timeout(RUN_TIMEOUT)
         .output()
@@ -129,6 +122,15 @@ fn run_one_by_one(fx: &Fixture, input: String) -> Run {
     let run = Run::new(vec!["run --line-priority".into()], out);
     run.assert_success();
     run
+}
+
+/// One worker and a window of 1 make the completion order the dispatch order.
+fn run_one_by_one(fx: &Fixture, input: String) -> Run {
+    run_line_priority(
+        fx,
+        &["-w", "1", "--window", "1", "--queue", "100000"],
+        input,
+    )
 }
 
 /// Where each record of `seqs` came in the output (completion order).
@@ -150,23 +152,7 @@ fn urgent_lines_overtake_a_flood_in_one_run() {
     // 1 s deadline.)
     let flood = 50_000;
     let input = prefixed(-5, 0, flood) + &prefixed(10, flood, 5);
-    let out = fx
-        .herd(&[
-            "run",
-            "-w",
-            "2",
-            "--queue",
-            "1000000",
-            "--line-priority",
-            "--",
-            chaos(),
-        ])
-        .write_stdin(input)
-        .timeout(RUN_TIMEOUT)
-        .output()
-        .unwrap();
-    let run = Run::new(vec!["run --line-priority".into()], out);
-    run.assert_success();
+    let run = run_line_priority(&fx, &["-w", "2", "--queue", "1000000"], input);
     for (i, r) in run.by_seq(flood + 5).iter().enumerate() {
         assert_eq!(r["ok"], true, "{r}");
         assert_eq!(

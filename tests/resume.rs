@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -69,6 +69,39 @@ fn assert_all_squares(path: &Path, n: usize) {
     }
 }
 
+/// `run FLAGS --resume -i INPUT -o OUTPUT -- herd-chaos`: the command line of every resumed
+/// `herd run` below, which differ only in FLAGS and the files.
+fn resume_args<'a>(flags: &[&'a str], input: &'a str, output: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend(flags);
+    args.extend(["--resume", "-i", input, "-o", output, "--", chaos()]);
+    args
+}
+
+/// `herd run --log-format json FLAGS --resume -i INPUT -o OUTPUT -- herd-chaos`, run to its
+/// end: its output and stderr.
+fn run_resume(fx: &Fixture, flags: &[&str], input: &str, output: &str) -> (Output, String) {
+    let mut all = vec!["--log-format", "json"];
+    all.extend(flags);
+    let run = fx.herd(&resume_args(&all, input, output)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    (run, stderr)
+}
+
+/// Square events `0..n`, except that each `n` that `odd` picks is the event `instead`: the
+/// retry tests mix failing events into squares this way.
+fn squares_but(n: u64, instead: &str, odd: impl Fn(u64) -> bool) -> String {
+    (0..n)
+        .map(|i| {
+            if odd(i) {
+                format!("{instead}\n")
+            } else {
+                format!("{{\"op\":\"square\",\"n\":{i}}}\n")
+            }
+        })
+        .collect()
+}
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -104,20 +137,7 @@ fn run_killed_at_random_points_resumes_to_exactly_one_record_each() {
     let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
     std::fs::write(&input, square_events(EVENTS)).unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let args = [
-        "run",
-        "--log-format",
-        "json",
-        "-w",
-        "2",
-        "--resume",
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["--log-format", "json", "-w", "2"], i, o);
     // A record takes 80 to 90 bytes: each run gets killed after writing 1/8 to 5/32 of the
     // whole more, at a random byte (so often in the middle of a line).
     let full = 80 * EVENTS as u64;
@@ -175,25 +195,7 @@ fn torn_last_line_is_cut_off_and_its_event_runs_again() {
         .as_u64()
         .unwrap();
 
-    let run = fx
-        .herd(&[
-            "run",
-            "--log-format",
-            "json",
-            "-w",
-            "2",
-            "--ordered",
-            "--resume",
-            "-i",
-            i,
-            "-o",
-            o,
-            "--",
-            chaos(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (run, stderr) = run_resume(&fx, &["-w", "2", "--ordered"], i, o);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("cut off a torn last line"), "{stderr}");
     assert_all_squares(&out, 1000);
@@ -229,24 +231,7 @@ fn resume_ignores_chunk_lines_and_counts_failed_records_as_done() {
     )
     .unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let run = fx
-        .herd(&[
-            "run",
-            "--log-format",
-            "json",
-            "-w",
-            "1",
-            "--resume",
-            "-i",
-            i,
-            "-o",
-            o,
-            "--",
-            chaos(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (run, stderr) = run_resume(&fx, &["-w", "1"], i, o);
     assert!(run.status.success(), "{stderr}");
     assert!(
         stderr.contains("--retry-failed"),
@@ -269,15 +254,7 @@ fn retry_failed_keeps_the_original_seqs() {
         fx.path("failed.txt"),
     );
     // Every 7th event fails its first attempt; with no retries it ends failed.
-    let events: String = (0..2000)
-        .map(|n| {
-            if n % 7 == 3 {
-                "{\"op\":\"flaky\",\"fails\":1}\n".to_string()
-            } else {
-                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
-            }
-        })
-        .collect();
+    let events = squares_but(2000, "{\"op\":\"flaky\",\"fails\":1}", |n| n % 7 == 3);
     std::fs::write(&input, events).unwrap();
     let (i, o, r, f) = (
         input.to_str().unwrap(),
@@ -394,22 +371,7 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
     for (name, content, want) in cases {
         let out = fx.path(name);
         std::fs::write(&out, content).unwrap();
-        let run = fx
-            .herd(&[
-                "run",
-                "--log-format",
-                "json",
-                "--resume",
-                "-i",
-                i,
-                "-o",
-                out.to_str().unwrap(),
-                "--",
-                chaos(),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&run.stderr);
+        let (run, stderr) = run_resume(&fx, &[], i, out.to_str().unwrap());
         assert!(!run.status.success(), "{name}: {stderr}");
         assert!(stderr.contains(want), "{name}: {stderr}");
         assert!(stderr.contains("left as it is"), "{name}: {stderr}");
@@ -475,12 +437,7 @@ fn submit_killed_then_resumed_gets_every_record_once() {
             "round {round}: submit finished before the kill point"
         );
     }
-    let last = d.fx.herd(&args).output().unwrap();
-    assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    output_ok(&mut d.fx.herd(&args));
     assert_all_squares(&out, EVENTS);
     // The daemon dropped the killed clients' events and serves on.
     let st = d.status();
@@ -496,15 +453,7 @@ fn submit_retry_failed_keeps_the_original_seqs() {
         d.fx.path("records.jsonl"),
         d.fx.path("retry.jsonl"),
     );
-    let events: String = (0..300)
-        .map(|n| {
-            if n % 5 == 2 {
-                "{\"op\":\"fail\"}\n".to_string()
-            } else {
-                format!("{{\"op\":\"square\",\"n\":{n}}}\n")
-            }
-        })
-        .collect();
+    let events = squares_but(300, "{\"op\":\"fail\"}", |n| n % 5 == 2);
     std::fs::write(&input, events).unwrap();
     let (i, o, r) = (
         input.to_str().unwrap(),
@@ -548,18 +497,7 @@ fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
     let (input, out) = (fx.path("events"), fx.path("records.jsonl"));
     std::fs::write(&input, "{\"op\":\"sleep\",\"ms\":20}\n".repeat(300)).unwrap();
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let args = [
-        "run",
-        "-w",
-        "1",
-        "--resume",
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["-w", "1"], i, o);
     let mut first = spawn(&fx, &args);
     // 300 events of 20 ms on one worker: about 6 s left after the first record.
     wait_for("the first record", RUN_TIMEOUT, || file_len(&out) > 0);
@@ -571,12 +509,7 @@ fn a_second_resume_of_the_same_output_is_refused_while_the_first_runs() {
     // The kernel drops a killed herd's lock: the next resume finishes the job.
     signal(first.id(), Signal::SIGKILL);
     first.wait().unwrap();
-    let last = fx.herd(&args).output().unwrap();
-    assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    output_ok(&mut fx.herd(&args));
     let by_seq = finals(&out);
     assert_eq!(by_seq.len(), 300);
     assert!(by_seq.values().all(|r| r["output"] == 20));
@@ -605,20 +538,7 @@ fn failed_file_lists_every_failed_line_once_after_kills() {
         out.to_str().unwrap(),
         failed.to_str().unwrap(),
     );
-    let args = [
-        "run",
-        "-w",
-        "2",
-        "--resume",
-        "--failed",
-        f,
-        "-i",
-        i,
-        "-o",
-        o,
-        "--",
-        chaos(),
-    ];
+    let args = resume_args(&["-w", "2", "--failed", f], i, o);
     let full = 80 * n as u64;
     let mut rng = Rng(7);
     for round in 0..2 {

@@ -92,11 +92,7 @@ fn ordered_gives_input_order() {
     }
     let run = fx.run_chaos(&["-w", "3", "--window", "4", "--ordered"], input);
     run.assert_success();
-    let seqs: Vec<u64> = run
-        .records
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = run.seqs();
     assert_eq!(seqs, (0..300).collect::<Vec<u64>>());
 }
 

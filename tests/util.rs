@@ -18,6 +18,18 @@ pub fn chaos() -> &'static str {
     env!("CARGO_BIN_EXE_herd-chaos")
 }
 
+/// Resident memory of `pid`, in bytes (the chunks and control tests both bound it).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 pub fn herd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
 }
@@ -133,6 +145,14 @@ impl Run {
             self.stderr()
         );
         self
+    }
+
+    /// The `seq` of every stdout line, in output order (what the ordering tests compare).
+    pub fn seqs(&self) -> Vec<u64> {
+        self.records
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
     }
 
     /// Records sorted by seq; asserts exactly one per seq in 0..n.
@@ -297,7 +317,11 @@ impl Fixture {
     /// `herd serve` on `control` with JSON logs and `workers` herd-chaos workers (plus `extra`
     /// options), once it has logged `ready`.
     pub fn serve(&self, control: &Path, workers: usize, extra: &[&str]) -> Live {
-        let w = workers.to_string();
+        self.serve_w(control, &workers.to_string(), extra)
+    }
+
+    /// `serve` with `-w` as herd takes it: a count or an autoscaling `MIN..MAX`.
+    pub fn serve_w(&self, control: &Path, workers: &str, extra: &[&str]) -> Live {
         let mut args = vec![
             "serve",
             "--log-format",
@@ -305,7 +329,7 @@ impl Fixture {
             "--control",
             control.to_str().unwrap(),
             "-w",
-            &w,
+            workers,
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", chaos()]);
@@ -336,6 +360,21 @@ impl Live {
 
     pub fn logs(&self) -> Vec<Value> {
         self.logs.0.lock().unwrap().clone()
+    }
+
+    /// The metrics address from the daemon's `ready` line (the metrics and dashboard tests
+    /// both scrape the daemon there).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let ready = self
+            .logs()
+            .into_iter()
+            .find(|x| x["message"] == "ready")
+            .unwrap();
+        ready["metrics"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+            .parse()
+            .unwrap()
     }
 
     /// Records received so far.
@@ -437,6 +476,16 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
+/// Workers with a ready process (idle or busy) in a `herd status --json` object.
+pub fn ready_workers(st: &Value) -> usize {
+    st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+        .count()
+}
+
 /// A running daemon with its control socket in the fixture dir.
 pub struct Daemon {
     pub fx: Fixture,
@@ -473,6 +522,17 @@ impl Daemon {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
+    }
+
+    /// Polls `herd status --json` until `cond` holds; returns that status. The daemon and
+    /// autoscale tests both wait on it.
+    pub fn wait_status(&self, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        wait_for(what, RUN_TIMEOUT, || {
+            last = self.status();
+            cond(&last)
+        });
+        last
     }
 
     /// `herd status --json`, if the daemon answers.

@@ -666,6 +666,30 @@ mod tests {
         }
     }
 
+    /// A running pool with nothing in it: each test sets only the fields it renders.
+    fn empty_status() -> Status {
+        Status {
+            pid: 1,
+            uptime_secs: 0.0,
+            phase: "running",
+            target_workers: 0,
+            workers: vec![],
+            queued: 0,
+            queued_by_priority: BTreeMap::new(),
+            inflight: 0,
+            submissions: 0,
+            totals: BTreeMap::new(),
+            retries: 0,
+            chunks: 0,
+            restarts: BTreeMap::new(),
+            durations: Histogram::default(),
+            events: Default::default(),
+            history: Default::default(),
+            sources: Vec::new(),
+            autoscale: None,
+        }
+    }
+
     #[test]
     fn renders_the_snapshot() {
         let mut durations = Histogram::default();
@@ -673,9 +697,7 @@ mod tests {
             durations.observe(us);
         }
         let status = Status {
-            pid: 1,
             uptime_secs: 1.5,
-            phase: "running",
             target_workers: 3,
             workers: vec![worker(0, "idle"), worker(1, "busy"), worker(2, "idle")],
             queued: 4,
@@ -684,13 +706,9 @@ mod tests {
             submissions: 2,
             totals: BTreeMap::from([("ok", 7), ("failed", 2)]),
             retries: 3,
-            chunks: 0,
             restarts: BTreeMap::from([("crash", 1)]),
             durations,
-            events: Default::default(),
-            history: Default::default(),
-            sources: Vec::new(),
-            autoscale: None,
+            ..empty_status()
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -732,23 +750,7 @@ mod tests {
     #[test]
     fn autoscaling_shows_bounds_decisions_and_memory() {
         let status = Status {
-            pid: 1,
-            uptime_secs: 0.0,
-            phase: "running",
             target_workers: 3,
-            workers: vec![],
-            queued: 0,
-            queued_by_priority: BTreeMap::new(),
-            inflight: 0,
-            submissions: 0,
-            totals: BTreeMap::new(),
-            retries: 0,
-            chunks: 0,
-            restarts: BTreeMap::new(),
-            durations: Histogram::default(),
-            events: Default::default(),
-            history: Default::default(),
-            sources: Vec::new(),
             autoscale: Some(herd_supervisor::AutoscaleStatus {
                 min: 1,
                 max: 8,
@@ -762,6 +764,7 @@ mod tests {
                 shrinks: 2,
                 last: None,
             }),
+            ..empty_status()
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -841,29 +844,16 @@ mod tests {
     #[test]
     fn sources_show_their_connection_and_numbers() {
         let status = Status {
-            pid: 1,
-            uptime_secs: 0.0,
-            phase: "running",
             target_workers: 1,
             workers: vec![worker(0, "idle")],
-            queued: 0,
-            queued_by_priority: BTreeMap::new(),
-            inflight: 0,
             submissions: 1,
-            totals: BTreeMap::new(),
-            retries: 0,
-            chunks: 0,
-            restarts: BTreeMap::new(),
-            durations: Histogram::default(),
-            events: Default::default(),
-            history: Default::default(),
             sources: vec![herd_supervisor::SourceStatus {
                 name: "jetstream".into(),
                 connected: false,
                 detail: String::new(),
                 numbers: BTreeMap::from([("acked".to_string(), 5), ("held".to_string(), 2)]),
             }],
-            autoscale: None,
+            ..empty_status()
         };
         let text = render(status).expect("a String never fails to take writes");
         for line in [
@@ -877,27 +867,7 @@ mod tests {
 
     #[test]
     fn an_empty_histogram_has_every_bucket() {
-        let status = Status {
-            pid: 1,
-            uptime_secs: 0.0,
-            phase: "running",
-            target_workers: 0,
-            workers: vec![],
-            queued: 0,
-            queued_by_priority: BTreeMap::new(),
-            inflight: 0,
-            submissions: 0,
-            totals: BTreeMap::new(),
-            retries: 0,
-            chunks: 0,
-            restarts: BTreeMap::new(),
-            durations: Histogram::default(),
-            events: Default::default(),
-            history: Default::default(),
-            sources: Vec::new(),
-            autoscale: None,
-        };
-        let text = render(status).expect("a String never fails to take writes");
+        let text = render(empty_status()).expect("a String never fails to take writes");
         let buckets = text
             .lines()
             .filter(|l| l.starts_with("herd_task_duration_seconds_bucket"))

@@ -27,6 +27,24 @@ pub(crate) struct Job {
     pub priority: Priority,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A job not yet attempted, with an empty payload: the unit tests of the queues, the
+    /// submissions and the slots each need one and differ only in these numbers.
+    pub(crate) fn fresh(id: u64, submission: SubmissionId, seq: u64, priority: Priority) -> Self {
+        Job {
+            id,
+            submission,
+            seq,
+            payload: Bytes::new(),
+            attempts: 0,
+            charged: 0,
+            chunks: 0,
+            priority,
+        }
+    }
+}
+
 /// A job a worker holds.
 #[derive(Debug)]
 pub(crate) struct Running {

@@ -261,19 +261,9 @@ impl Queue {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use bytes::Bytes;
 
     fn job(submission: SubmissionId, seq: u64, priority: Priority) -> Job {
-        Job {
-            id: submission * 1_000_000 + seq,
-            submission,
-            seq,
-            payload: Bytes::new(),
-            attempts: 0,
-            charged: 0,
-            chunks: 0,
-            priority,
-        }
+        Job::fresh(submission * 1_000_000 + seq, submission, seq, priority)
     }
 
     fn drain(q: &mut Queue) -> Vec<(SubmissionId, u64, Priority)> {

@@ -466,16 +466,7 @@ mod tests {
     use bytes::Bytes;
 
     fn job(submission: SubmissionId, seq: u64) -> Job {
-        Job {
-            id: submission * 1000 + seq,
-            submission,
-            seq,
-            payload: Bytes::new(),
-            attempts: 0,
-            charged: 0,
-            chunks: 0,
-            priority: 0,
-        }
+        Job::fresh(submission * 1000 + seq, submission, seq, 0)
     }
 
     fn ordered() -> SubmitOptions {

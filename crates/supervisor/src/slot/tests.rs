@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::*;
@@ -23,14 +22,8 @@ fn limits() -> Limits {
 
 fn job(id: u64) -> Job {
     Job {
-        id,
-        submission: 0,
-        seq: id,
-        payload: Bytes::new(),
         attempts: 1,
-        charged: 0,
-        chunks: 0,
-        priority: 0,
+        ..Job::fresh(id, 0, id, 0)
     }
 }
 
