@@ -105,9 +105,8 @@ def submit(args):
     until its workers are up, then `herd submit` sends the same events file, with its records
     to a pipe read by this script. The median of --repeat submissions (the daemon's start-up
     is not in them; the run row's pool start-up is a few milliseconds)."""
-    import tempfile
     n = sum(1 for _ in open(args.events, "rb"))
-    tmp = tempfile.mkdtemp(prefix="herd-bench-")
+    tmp = scratch("herd-bench-")
     sock = os.path.join(tmp, "control.sock")
     daemon = serve(args, sock, *window_opts(args), worker=[args.chaos])
     try:
@@ -357,6 +356,16 @@ def cpu_plain(args):
             "efficiency": ideal / secs, "kills": 0, "runs": runs}
 
 
+def scratch(prefix):
+    """A temporary directory removed when this process exits, however it exits."""
+    import atexit
+    import shutil
+    import tempfile
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 SEED = os.path.join(os.path.dirname(HERE), "examples", "seed")
 
 
@@ -439,8 +448,7 @@ def seed(args):
     (ProcessPoolExecutor) and herd_client's (against `herd serve` with pywork.py workers, up
     before the clock starts), on --n tiny events and --cpu-n spin-1ms events; with
     --kill-every, both on the spin events while a worker is SIGKILLed at that interval."""
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix="herd-bench-seed-")
+    tmp = scratch("herd-bench-seed-")
     sock = os.path.join(tmp, "control.sock")
     tiny_path = os.path.join(tmp, "tiny.txt")
     with open(tiny_path, "w") as f:
@@ -554,14 +562,13 @@ def jetstream(args):
     --repeat runs; each run's records are checked (each event once, each result right)."""
     import shutil
     import socket
-    import tempfile
     server_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not os.path.exists(server_bin):
         die("jetstream needs nats-server (apt-get install nats-server)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    tmp = tempfile.mkdtemp(prefix="herd-bench-nats-")
+    tmp = scratch("herd-bench-nats-")
     server = subprocess.Popen([server_bin, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
                                os.path.join(tmp, "store")], stderr=subprocess.DEVNULL)
     url = f"nats://127.0.0.1:{port}"
