@@ -115,8 +115,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         line_priority: args.priority.line_priority,
         ..Default::default()
     };
-    let (summary, delivered) =
-        herd_supervisor::run_one_with(pool, run_pool, options, source, sink)?;
+    let (summary, delivered) = herd_supervisor::run_one(pool, run_pool, options, source, sink)?;
     crate::log_summary(&summary, started.elapsed().as_secs_f64(), "done");
     match delivered {
         Ok(_) => Ok(ExitCode::SUCCESS),

@@ -68,8 +68,8 @@ pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
 pub use status::{AutoscaleDecision, AutoscaleStatus, SourceStatus, Status, WorkerStatus};
 pub use submission::{
-    run_one, run_one_with, Delivered, EventSender, PoolGone, Records, Room, Sink, Source,
-    Submission, SubmissionError,
+    run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
+    SubmissionError,
 };
 
 /// One item from an event source.

@@ -331,37 +331,15 @@ impl Submission {
     }
 }
 
-/// Runs `pool` (the future from [`crate::pool`]) with one submission from `source` to `sink`,
-/// and stops it once the source has ended and every record is delivered: gracefully, or at
-/// once if the sink failed. The pool runs on the calling thread (in a current-thread runtime:
+/// Runs `pool` (the future from [`crate::pool`]) with one submission (`options`) from `source`
+/// to `sink`, and stops it once the source has ended and every record is delivered:
+/// gracefully, or at once if the sink failed. The pool runs on the calling thread (in a current-thread runtime:
 /// workers' parent-death signal is tied to the thread that spawns them); the submission on a
 /// thread of its own, so a sink may block.
 ///
 /// # Errors
 /// The pool's error if it could not work, else the submission's.
 pub fn run_one<S, K>(
-    handle: PoolHandle,
-    pool: impl Future<Output = Result<Summary, PoolError>>,
-    ordered: bool,
-    source: S,
-    sink: K,
-) -> Result<(Summary, Result<Delivered, SubmissionError>), PoolError>
-where
-    S: Source + 'static,
-    K: Sink + 'static,
-{
-    let options = SubmitOptions {
-        ordered,
-        ..SubmitOptions::default()
-    };
-    run_one_with(handle, pool, options, source, sink)
-}
-
-/// [`run_one`] with every submission option (priorities).
-///
-/// # Errors
-/// As [`run_one`].
-pub fn run_one_with<S, K>(
     handle: PoolHandle,
     pool: impl Future<Output = Result<Summary, PoolError>>,
     options: SubmitOptions,
