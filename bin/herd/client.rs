@@ -214,16 +214,18 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         num(&st["inflight"]),
         num(&st["submissions"]),
     );
-    let totals = st["totals"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {}", num(v)))
-                .collect::<Vec<_>>()
-                .join("  ")
-        })
-        .unwrap_or_default();
-    println!("records: {totals}");
+    // An object of counters as `name n  name n`.
+    let counts = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {}", num(v)))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            })
+            .unwrap_or_default()
+    };
+    println!("records: {}", counts(&st["totals"]));
     let a = &st["autoscale"];
     if a.is_object() {
         let last = &a["last"];
@@ -270,15 +272,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             "DISCONNECTED"
         };
-        let numbers = src["numbers"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {}", num(v)))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            })
-            .unwrap_or_default();
+        let numbers = counts(&src["numbers"]);
         println!(
             "{}: {up}  {}\n  {numbers}",
             src["name"].as_str().unwrap_or("?"),
