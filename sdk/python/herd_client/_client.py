@@ -236,7 +236,7 @@ class Pool:
         self._pending = {}
         # seq -> the Stream of a submit_stream() event, until its final record.
         self._streams = {}
-        self._relays = set()  # tasks feeding streams of other priorities (_relay)
+        self._relays = set()  # tasks sending streamed events of other priorities
         self._outq = collections.deque()
         self._wake_writer = asyncio.Event()
         self._writer_idle = False  # the writer waits on _wake_writer: set it for new events
@@ -374,8 +374,13 @@ class Pool:
         """
         stream = Stream()
         if priority:
-            self._relay(stream, event, self._lane_task(priority))
-            return stream
+            self._stream_later(stream, event, self._lane_task(priority))
+        else:
+            self._stream_into(stream, event)
+        return stream
+
+    def _stream_into(self, stream, event):
+        """Sends `event` on this connection, its chunks and final record going to `stream`."""
         streams = self._streams
 
         def resolve(out, err):
@@ -384,25 +389,21 @@ class Pool:
 
         seq = self._enqueue(event, resolve)
         streams[seq] = stream
-        return stream
 
-    def _relay(self, stream, event, lane):
-        """Feeds `stream` from the same event's stream on another priority's connection (the
-        `lane` task, which may still be opening: so this runs as a task the pool holds)."""
+    def _stream_later(self, stream, event, lane):
+        """_stream_into on another priority's connection once it is open (the `lane` task):
+        a task the pool holds, so that close() waits for the event to be sent."""
 
-        async def relay():
+        async def send():
             try:
-                inner = (await asyncio.shield(lane)).submit_stream(event)
-                async for chunk in inner:
-                    stream._add(chunk)
-                stream._finish(inner.output, None)
+                (await asyncio.shield(lane))._stream_into(stream, event)
             except HerdError as e:
                 stream._finish(None, e)
             except asyncio.CancelledError:
                 stream._finish(None, ConnectionLost("the client closed the connection"))
                 raise
 
-        task = self._loop.create_task(relay())
+        task = self._loop.create_task(send())
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
 
@@ -643,8 +644,8 @@ class Pool:
             self._closing = True
             self._wake_writer.set()
         try:
-            # The other priorities' submissions end with this one, once the streams relayed
-            # from them have ended.
+            # The other priorities' submissions end with this one, once every streamed event
+            # meant for them is sent.
             await asyncio.gather(*self._relays, return_exceptions=True)
             lanes = await asyncio.gather(*self._lanes.values(), return_exceptions=True)
             await asyncio.gather(*(p.close() for p in lanes if isinstance(p, Pool)))
