@@ -404,11 +404,7 @@ impl RecordLines {
 }
 
 fn is_chunk_line(line: &[u8]) -> bool {
-    let Some(rest) = line.strip_prefix(b"{\"seq\":") else {
-        return false;
-    };
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    rest[digits..].starts_with(b",\"chunk\":")
+    crate::resume::split_seq(line).is_some_and(|(_, rest)| rest.starts_with(b",\"chunk\":"))
 }
 
 /// The submission proper: lines in on a thread, frames out on one task, replies in on

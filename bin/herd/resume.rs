@@ -62,6 +62,17 @@ pub struct Scan {
 /// The prefix every line herd writes to a records file starts with.
 const PREFIX: &[u8] = b"{\"seq\":";
 
+/// A record line's `seq` and the bytes after it (`{"seq":N<rest>`), or `None` if the line
+/// does not start that way.
+pub fn split_seq(line: &[u8]) -> Option<(Option<u64>, &[u8])> {
+    let rest = line.strip_prefix(PREFIX)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    Some((seq, &rest[digits..]))
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Line {
     Ok,
@@ -72,15 +83,8 @@ enum Line {
 /// `seq` and kind of one records line from its first [`HEAD`] bytes and its last byte (before
 /// the newline), or why it is not one.
 fn parse_line(head: &[u8], last: Option<u8>) -> Result<(u64, Line), &'static str> {
-    let rest = head
-        .strip_prefix(PREFIX)
-        .ok_or("it does not start with {\"seq\":")?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&rest[..digits])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or("its seq is not a number")?;
-    let rest = &rest[digits..];
+    let (seq, rest) = split_seq(head).ok_or("it does not start with {\"seq\":")?;
+    let seq = seq.ok_or("its seq is not a number")?;
     let kind = if rest.starts_with(b",\"ok\":true,") {
         Line::Ok
     } else if rest.starts_with(b",\"ok\":false,") {
@@ -509,16 +513,11 @@ impl Renumber {
 
     fn line(&self, line: &[u8], out: &mut Vec<u8>) -> anyhow::Result<()> {
         let bad = || anyhow::anyhow!("the daemon sent a record herd cannot renumber");
-        let rest = line.strip_prefix(PREFIX).ok_or_else(bad)?;
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let dense: u64 = std::str::from_utf8(&rest[..digits])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        let seq = self.plan.original(dense).ok_or_else(bad)?;
+        let (dense, rest) = split_seq(line).ok_or_else(bad)?;
+        let seq = dense.and_then(|d| self.plan.original(d)).ok_or_else(bad)?;
         out.extend_from_slice(PREFIX);
         write!(out, "{seq}")?;
-        out.extend_from_slice(&rest[digits..]);
+        out.extend_from_slice(rest);
         Ok(())
     }
 
