@@ -146,11 +146,9 @@ fn positions(run: &Run, seqs: std::ops::Range<u64>) -> Vec<usize> {
 #[test]
 fn urgent_lines_overtake_a_flood_in_one_run() {
     let fx = Fixture::new();
-    // 50,000 tiny events, 2 workers, the automatic window: the whole input is accepted
-    // (queue of 1,000,000) long before the workers get through it. (Not more: this test
-    // keeps both cores busy, and a test running beside it starts Python workers against a
-    // 1 s deadline.)
-    let flood = 50_000;
+    // 200,000 tiny events, 2 workers, the automatic window: the whole input is accepted
+    // (queue of 1,000,000) long before the workers get through it.
+    let flood = 200_000;
     let input = prefixed(-5, 0, flood) + &prefixed(10, flood, 5);
     let run = run_line_priority(&fx, &["-w", "2", "--queue", "1000000"], input);
     for (i, r) in run.by_seq(flood + 5).iter().enumerate() {
