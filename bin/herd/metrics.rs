@@ -35,8 +35,11 @@
 //! cannot read it through DNS rebinding.
 //!
 //! At most `max_connections` connections are open at once (the one over is closed at once),
-//! and a connection idle for `idle_timeout` is closed, so that scrapers, or anyone else who
-//! can reach the port, cannot take the descriptors the pool needs to restart workers.
+//! a connection idle for `idle_timeout` is closed, and so is one whose request head has not
+//! arrived whole within `idle_timeout` of the server starting to wait for it, however it
+//! trickles in (hyper answers it `408`). So scrapers, or anyone else who can reach the port,
+//! cannot take the descriptors the pool needs to restart workers, nor hold the slots a scrape
+//! needs for longer than that.
 
 use std::future::Future;
 use std::io;
@@ -52,6 +55,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herd_supervisor::status::{Status, DURATION_BOUNDS_US};
 use herd_supervisor::PoolHandle;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -61,6 +67,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
 /// The dashboard: one page with inline CSS and JavaScript that polls `status.json`.
@@ -188,7 +195,7 @@ impl MetricsServer {
         if !self.public {
             app = app.layer(axum::middleware::from_fn(loopback_host));
         }
-        let listener = Capped {
+        let mut listener = Capped {
             listener: self.listener,
             slots: Arc::new(Semaphore::new(self.max_connections.max(1))),
             max: self.max_connections,
@@ -196,10 +203,30 @@ impl MetricsServer {
             full: false,
             failing: false,
         };
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(addr = %self.addr, error = %e, "the metrics server failed");
+        // The idle timer of `IdleStream` restarts on every byte, so a head sent a byte at a
+        // time would hold its slot for ever: hyper's own deadline on the head bounds it.
+        // HTTP/1 only (what Prometheus and browsers speak here), with no upgrades.
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.idle_timeout);
+        // Owned here, so that dropping `serve` ends the connections too.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                (io, peer) = listener.accept() => {
+                    let conn = http.serve_connection(
+                        TokioIo::new(io),
+                        TowerToHyperService::new(app.clone()),
+                    );
+                    connections.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "metrics connection failed");
+                        }
+                    });
+                }
+                Some(_) = connections.join_next() => {}
+            }
         }
-        std::future::pending::<()>().await;
     }
 }
 
@@ -214,10 +241,8 @@ struct Capped {
     failing: bool,
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = IdleStream;
-    type Addr = SocketAddr;
-
+impl Capped {
+    /// The next connection within the cap; those over it are closed as they come.
     async fn accept(&mut self) -> (IdleStream, SocketAddr) {
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -247,10 +272,6 @@ impl axum::serve::Listener for Capped {
             self.full = false;
             return (IdleStream::new(stream, slot, self.idle), peer);
         }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 }
 

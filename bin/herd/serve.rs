@@ -51,7 +51,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = CONNECTIONS)]
     max_connections: u32,
     /// How long a control connection that is not a submission, or a metrics connection, may
-    /// sit idle before it is closed; also the most a request frame may take once begun.
+    /// sit idle before it is closed; also the most a request frame may take once begun, and
+    /// an HTTP request head in all, however slowly it trickles in.
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = parse_timeout, help_heading = CONNECTIONS)]
     idle_timeout: Duration,
