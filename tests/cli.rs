@@ -161,10 +161,13 @@ fn every_argument_is_described() {
     assert_eq!(undescribed("Options:\n      --fast  \n").len(), 1);
 }
 
-/// The sections of a help screen: each heading (`Options`, `Pool`…) with the long names (or
-/// `<VALUE>` names) of the entries under it.
-fn help_sections(help: &str) -> Vec<(String, Vec<String>)> {
-    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+/// A help screen's headings (`Options`, `Pool`…), each with the long names (or `<VALUE>`
+/// names) of the entries under it.
+type Sections = Vec<(String, Vec<String>)>;
+
+/// The sections of a short (`-h`) help screen.
+fn help_sections(help: &str) -> Sections {
+    let mut sections: Sections = Vec::new();
     for line in help.lines() {
         if let Some(heading) = line.strip_suffix(':').filter(|_| !line.starts_with(' ')) {
             sections.push((heading.to_string(), Vec::new()));
@@ -193,7 +196,7 @@ fn help_sections(help: &str) -> Vec<(String, Vec<String>)> {
 }
 
 /// The heading `option` is listed under on a help screen.
-fn heading_of<'a>(sections: &'a [(String, Vec<String>)], option: &str) -> Option<&'a str> {
+fn heading_of<'a>(sections: &'a Sections, option: &str) -> Option<&'a str> {
     sections
         .iter()
         .find(|(_, entries)| entries.iter().any(|e| e == option))
@@ -203,11 +206,10 @@ fn heading_of<'a>(sections: &'a [(String, Vec<String>)], option: &str) -> Option
 #[test]
 fn help_groups_the_options_by_topic() {
     let fx = Fixture::new();
-    let screens: Vec<(&str, Vec<(String, Vec<String>)>)> =
-        ["run", "serve", "submit", "status", "ctl"]
-            .into_iter()
-            .map(|sub| (sub, help_sections(&stdout_of(&fx, &[sub, "-h"]))))
-            .collect();
+    let screens: Vec<(&str, Sections)> = ["run", "serve", "submit", "status", "ctl"]
+        .into_iter()
+        .map(|sub| (sub, help_sections(&stdout_of(&fx, &[sub, "-h"]))))
+        .collect();
     let serve = &screens[1].1;
     let want: &[(&str, &[&str])] = &[
         (
