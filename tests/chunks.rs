@@ -278,6 +278,30 @@ fn a_chunk_for_a_task_the_worker_does_not_hold_is_a_protocol_fault() {
 }
 
 #[test]
+fn a_done_behind_a_protocol_fault_in_the_same_read_is_not_trusted() {
+    let fx = Fixture::new();
+    let mut input = square_events(100);
+    // A stray chunk, then its own Done, in one write: the Done is discarded with the worker.
+    input.push_str("{\"op\":\"stray_chunk\",\"then_done\":true}\n");
+    input.push_str(&square_events(100));
+    let run = fx.run_chaos(&["-w", "2", "--retries", "1"], input);
+    run.assert_success();
+    let evs = events(&run.records, 201);
+    let fin = evs[100].fin.unwrap();
+    assert_eq!(
+        kind(fin),
+        "protocol",
+        "not the Done behind the fault: {fin}"
+    );
+    assert_eq!(fin["attempts"], 2, "charged like any fault, retried: {fin}");
+    for (i, e) in evs.iter().enumerate().filter(|(i, _)| *i != 100) {
+        let v = if i < 100 { i } else { i - 101 };
+        assert_eq!(e.fin.unwrap()["output"], v * v, "{:?}", e.fin);
+    }
+    assert_all_gone(&run.worker_pids());
+}
+
+#[test]
 fn a_chunk_after_its_done_is_a_protocol_fault_and_the_event_keeps_its_one_record() {
     let fx = Fixture::new();
     let mut input = square_events(100);

@@ -239,7 +239,7 @@ pub(crate) enum Done {
     },
     /// A result for a task the worker does not hold: a protocol fault.
     NotHeld,
-    /// The slot has no worker that could send results.
+    /// The slot has no worker that could send results, or its worker broke the protocol.
     Ignored,
 }
 
@@ -256,7 +256,7 @@ pub(crate) enum ChunkFor {
     /// A chunk for a task the worker does not hold (unknown, or already answered): a
     /// protocol fault.
     NotHeld,
-    /// The slot has no worker that could send it.
+    /// The slot has no worker that could send it, or its worker broke the protocol.
     Ignored,
 }
 
@@ -482,9 +482,29 @@ impl<L> Slot<L> {
         }
     }
 
+    /// Whether the worker was killed for breaking the protocol. Nothing it sent after the
+    /// fault is trusted, not even frames that arrived in the same read: its results and
+    /// chunks are ignored, and what it held is settled as the fault (the suspect charged, the
+    /// bystanders re-queued), exactly as if the frames had never come.
+    fn faulted(&self) -> bool {
+        matches!(
+            &self.state,
+            State::Dying {
+                cause: Cause::Protocol(_),
+                ..
+            } | State::Exited {
+                end: End::Killed(Cause::Protocol(_)),
+                ..
+            }
+        )
+    }
+
     /// A chunk for task `task` arrived; counted on the task like a result, from the same
     /// states (a chunk sent before the worker died still stands: it was written).
     pub fn on_chunk(&mut self, task: u64) -> ChunkFor {
+        if self.faulted() {
+            return ChunkFor::Ignored;
+        }
         let inflight = match &mut self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
@@ -508,8 +528,12 @@ impl<L> Slot<L> {
     }
 
     /// A result for task `task` arrived. Results count from a worker that is retiring, being
-    /// killed or has exited (they were sent before it died).
+    /// killed or has exited (they were sent before it died), unless it was killed for a
+    /// protocol fault (see [`Slot::faulted`]).
     pub fn on_done(&mut self, task: u64, now: Instant, limits: &Limits) -> Done {
+        if self.faulted() {
+            return Done::Ignored;
+        }
         let (pid, inflight) = match &mut self.state {
             State::Ready { pid, inflight, .. }
             | State::Retiring { pid, inflight, .. }

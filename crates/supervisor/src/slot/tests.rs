@@ -610,3 +610,27 @@ fn chunks_count_per_attempt_and_only_for_held_tasks() {
     assert!(matches!(s.on_chunk(2), ChunkFor::Task { index: 1, .. }));
     assert_eq!(Slot::<()>::new(0).on_chunk(1), ChunkFor::Ignored);
 }
+
+#[test]
+fn nothing_after_a_protocol_fault_counts_and_its_work_is_settled_as_the_fault() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    // A stray chunk was the fault; its own Done and chunk came behind it, in the same read.
+    assert_eq!(s.on_chunk(99), ChunkFor::NotHeld);
+    s.kill(Cause::Protocol("chunk for task 99".into()));
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Ignored));
+    assert_eq!(s.on_chunk(2), ChunkFor::Ignored);
+    // Nor after its exit, while the link still drains.
+    let _ = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    assert!(matches!(s.on_done(2, t0, &limits()), Done::Ignored));
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle protocol [1, 2]", "replaced protocol !", "spawn"],
+        "the suspect and its bystander, as if the late frames never came"
+    );
+    // Any other kill still takes the results sent before it.
+    let mut s = busy(t0, 1);
+    s.kill(Cause::Timeout);
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+}
