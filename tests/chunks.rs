@@ -485,3 +485,72 @@ fn a_stream_to_a_reader_that_stops_reading_waits_instead_of_filling_memory() {
     assert_eq!(evs[0].fin.unwrap()["output"], n);
     d.stop_ok();
 }
+
+#[test]
+fn a_submitter_that_stops_reading_its_chunks_holds_up_only_itself() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(2, &[]);
+    // One stream per worker, for a submitter that does not read its records.
+    let stream = "{\"op\":\"stream\",\"n\":500,\"size\":1000000}\n";
+    let mut slow = d.submit_bg("streams", &stream.repeat(2), &[]);
+    let mut last = 0;
+    let mut same = 0;
+    wait_for("both streams to stall", RUN_TIMEOUT, || {
+        let chunks = d.status()["chunks"].as_u64().unwrap();
+        same = if chunks == last { same + 1 } else { 0 };
+        last = chunks;
+        chunks >= 8 && same >= 10
+    });
+    // Another submitter's work is answered anyway, within the hold limit and a little.
+    let started = std::time::Instant::now();
+    let mut quick =
+        d.fx.std_command(herd_bin())
+            .args(["submit", "--control", d.ctl()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut stdin = quick.stdin.take().unwrap();
+    stdin.write_all(square_events(200).as_bytes()).unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    let mut stdout = quick.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || stdout.read_to_string(&mut out).map(|_| out));
+    wait_for(
+        "the other submitter's records",
+        std::time::Duration::from_secs(40),
+        || reader.is_finished(),
+    );
+    let out = reader.join().unwrap().unwrap();
+    assert!(quick.wait().unwrap().success());
+    eprintln!(
+        "200 events beside a stalled reader: {:?}",
+        started.elapsed()
+    );
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().all(|r| r["ok"] == true), "{out}");
+    // The stalled streams were stopped for it: each event has its one record, rejected.
+    let mut out = String::new();
+    slow.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(slow.wait().unwrap().success());
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in events(&lines, 2) {
+        let fin = e.fin.unwrap();
+        assert_eq!(kind(fin), "rejected", "{fin}");
+        let msg = fin["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("did not read its chunks"), "{msg}");
+    }
+    assert_eq!(d.status()["restarts"]["held"], 2);
+    d.stop_ok();
+}

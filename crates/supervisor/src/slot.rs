@@ -91,6 +91,11 @@ pub(crate) enum Cause {
     /// Its socket ended, or could not be written, while the process still ran. Recorded as a
     /// crash: the exit status says more than the socket did.
     LinkLost,
+    /// Its reader was paused for one submitter's undelivered chunks past
+    /// [`crate::backlog::HELD_LIMIT`] while others had work for it. The streaming event is
+    /// `rejected` (its submitter is not reading; a retry would only stall again), the rest
+    /// go back uncharged.
+    Held,
 }
 
 /// What an exit means, decided from the state the slot was in when it happened.
@@ -145,6 +150,8 @@ pub(crate) enum State<L> {
         /// Tasks sent to this process, and completed by it (for `max_tasks`).
         sent: u64,
         done: u64,
+        /// Since when its reader has been paused for undelivered chunks (see `backlog`).
+        held: Option<Instant>,
     },
     /// Out of rotation; gets the termination frame once everything it holds is answered.
     Retiring {
@@ -152,6 +159,7 @@ pub(crate) enum State<L> {
         link: L,
         inflight: VecDeque<Running>,
         reason: &'static str,
+        held: Option<Instant>,
     },
     /// The termination frame was sent (it holds nothing); has until `deadline` to exit.
     Exiting {
@@ -385,10 +393,45 @@ impl<L> Slot<L> {
         }
     }
 
-    /// Whether a ready worker may be sent one more task.
+    /// Whether a ready worker may be sent one more task (not while it is held for a
+    /// submitter's undelivered chunks: a task behind it would wait on that submitter).
     pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
-        matches!(&self.state, State::Ready { inflight, sent, .. }
+        matches!(&self.state, State::Ready { inflight, sent, held: None, .. }
             if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
+    }
+
+    /// The worker's link reader paused (`held`) for undelivered chunks, or resumed.
+    pub fn on_held(&mut self, held: bool, now: Instant) {
+        if let State::Ready { held: h, .. } | State::Retiring { held: h, .. } = &mut self.state {
+            tracing::debug!(
+                worker = self.index,
+                held,
+                "worker held for its chunks' reader"
+            );
+            *h = held.then_some(now);
+        }
+    }
+
+    /// If the worker is held for undelivered chunks: since when, and the submission of the
+    /// task it runs (the one streaming), with whether it holds another submission's tasks.
+    pub fn held(&self) -> Option<(Instant, crate::job::SubmissionId, bool)> {
+        match &self.state {
+            State::Ready {
+                held: Some(since),
+                inflight,
+                ..
+            }
+            | State::Retiring {
+                held: Some(since),
+                inflight,
+                ..
+            } => {
+                let sub = inflight.front()?.job.submission;
+                let others = inflight.iter().any(|r| r.job.submission != sub);
+                Some((*since, sub, others))
+            }
+            _ => None,
+        }
     }
 
     fn set(&mut self, next: State<L>) {
@@ -459,6 +502,7 @@ impl<L> Slot<L> {
             inflight: VecDeque::new(),
             sent: 0,
             done: 0,
+            held: None,
         });
         if keep {
             return Vec::new();
@@ -593,6 +637,7 @@ impl<L> Slot<L> {
                 pid,
                 link,
                 inflight,
+                held,
                 ..
             } => {
                 if reason != "stop" {
@@ -604,6 +649,7 @@ impl<L> Slot<L> {
                     link,
                     inflight,
                     reason,
+                    held,
                 });
                 if idle {
                     self.exit_now(now, limits);
@@ -824,6 +870,14 @@ impl<L> Slot<L> {
                 format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
             ),
             End::Killed(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
+            End::Killed(Cause::Held) => (
+                ErrorKind::Rejected,
+                format!(
+                    "its submitter did not read its chunks for {} while other work waited \
+                     for worker {i} (pid {pid}), which was stopped",
+                    humanize(crate::backlog::HELD_LIMIT)
+                ),
+            ),
             End::Killed(Cause::Stop) => (
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
@@ -863,6 +917,7 @@ impl<L> Slot<L> {
             _ if !started => "start-failure",
             End::Killed(Cause::Timeout) => "timeout",
             End::Killed(Cause::Protocol(_)) => "protocol",
+            End::Killed(Cause::Held) => "held",
             _ => "crash",
         };
         self.restarts += 1;

@@ -295,6 +295,7 @@ impl Pool {
                     }
                 }
             }
+            pool.release_held();
             pool.dispatch();
             for id in pool.submissions.flush(pool.now, false) {
                 tracing::info!(

@@ -634,3 +634,32 @@ fn nothing_after_a_protocol_fault_counts_and_its_work_is_settled_as_the_fault() 
     s.kill(Cause::Timeout);
     assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
 }
+
+#[test]
+fn a_held_worker_takes_no_work_and_its_kill_rejects_the_stream_alone() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 1);
+    let mut other = job(2);
+    other.submission = 7;
+    s.assign(other, t0).unwrap();
+    assert!(s.has_room(4, None));
+    s.on_held(true, t0 + ms(10));
+    assert!(
+        !s.has_room(4, None),
+        "nothing is dispatched behind a held worker"
+    );
+    assert_eq!(s.held(), Some((t0 + ms(10), 0, true)));
+    s.on_held(false, t0 + ms(20));
+    assert_eq!(s.held(), None);
+    assert!(s.has_room(4, None));
+    s.on_held(true, t0 + ms(30));
+    assert_eq!(names(&s.kill(Cause::Held)), [format!("kill {PID}")]);
+    let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    assert!(e.is_empty(), "waits for the link");
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle rejected [1, 2]", "replaced held !", "spawn"]
+    );
+    assert!(settle_message(&e).contains("did not read its chunks"));
+}
