@@ -221,6 +221,9 @@ pub(crate) enum Effect {
     },
     /// A start failed (counted towards giving up on the pool).
     StartFailed,
+    /// A worker that completed its handshake died on its own without completing a task
+    /// (counted towards the pool's circuit breaker; any completed task resets the count).
+    EarlyDeath { detail: String },
     /// A worker process was replaced, for this reason; `unexpected` for a crash, timeout,
     /// protocol fault or start failure, else a graceful retirement.
     Replaced {
@@ -287,6 +290,8 @@ pub(crate) struct Slot<L> {
     pub stderr_tail: Vec<String>,
     /// When the current (or last) process was spawned, for its uptime in `herd status`.
     pub spawned_at: Option<Instant>,
+    /// Tasks the current (or last) process completed, whatever its state.
+    completed: u64,
 }
 
 impl<L> Slot<L> {
@@ -302,6 +307,7 @@ impl<L> Slot<L> {
             stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
             spawned_at: None,
+            completed: 0,
         }
     }
 
@@ -461,6 +467,7 @@ impl<L> Slot<L> {
     pub fn spawned(&mut self, pid: u32, token: String, now: Instant) {
         tracing::debug!(worker = self.index, pid, "worker spawned");
         self.spawned_at = Some(now);
+        self.completed = 0;
         self.set(State::Starting {
             pid,
             token,
@@ -600,6 +607,7 @@ impl<L> Slot<L> {
         }
         self.failures = 0;
         self.total_tasks += 1;
+        self.completed += 1;
         let mut worn_out = false;
         let mut emptied = false;
         match &mut self.state {
@@ -927,6 +935,14 @@ impl<L> Slot<L> {
             pid,
             detail: message.clone(),
         });
+        if started
+            && self.completed == 0
+            && matches!(end, End::Crashed | End::Killed(Cause::LinkLost))
+        {
+            effects.push(Effect::EarlyDeath {
+                detail: message.clone(),
+            });
+        }
         if !started {
             effects.extend(self.start_failure(&message, now));
         } else if held_work {

@@ -63,6 +63,7 @@ impl Pool {
                     message,
                 } => self.settle_inflight(inflight, kind, &message),
                 Effect::StartFailed => self.maybe_give_up(i),
+                Effect::EarlyDeath { detail } => self.on_early_death(detail),
                 Effect::Replaced {
                     reason,
                     unexpected,
@@ -249,6 +250,7 @@ impl Pool {
                 if shutdown {
                     self.apply(i, vec![Effect::Shutdown]);
                 }
+                self.on_task_completed();
                 self.on_result(i, pid, running, outcome);
             }
             Done::NotHeld => {

@@ -65,6 +65,7 @@ fn names(effects: &Effects) -> Vec<String> {
                 format!("settle {kind} {ids:?}")
             }
             Effect::StartFailed => "start-failed".to_string(),
+            Effect::EarlyDeath { .. } => "early-death".to_string(),
             Effect::Replaced {
                 reason, unexpected, ..
             } => {
@@ -310,7 +311,13 @@ fn an_exit_with_its_link_already_closed_is_settled_at_once() {
     let e = s.on_exit(Exit::Code(3), t0, true, &limits());
     assert_eq!(
         names(&e),
-        ["settle crashed [1]", "replaced crash !", "spawn"]
+        [
+            "settle crashed [1]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ],
+        "it completed no task: counted for the breaker"
     );
     assert_eq!(
         settle_message(&e),
@@ -327,7 +334,12 @@ fn an_exit_whose_link_never_ends_is_settled_at_the_link_drain_deadline() {
     let e = s.on_deadline(t0 + LINK_DRAIN, true, &limits());
     assert_eq!(
         names(&e),
-        ["settle crashed [1]", "replaced crash !", "spawn"]
+        [
+            "settle crashed [1]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ]
     );
 }
 
@@ -337,13 +349,17 @@ fn idle_deaths_back_off_after_the_first() {
     let mut s = ready(t0);
     assert!(s.on_link_lost(None, t0, true, &limits()).len() == 1);
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced crash !", "spawn"], "first: at once");
+    assert_eq!(
+        names(&e),
+        ["replaced crash !", "early-death", "spawn"],
+        "first: at once"
+    );
     s.next_id();
     s.spawned(PID + 1, "t2".into(), t0);
     s.greeted((), t0, true, &limits());
     s.on_link_lost(None, t0, true, &limits());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced crash !"]);
+    assert_eq!(names(&e), ["replaced crash !", "early-death"]);
     assert_eq!(s.state().name(), "backoff");
     assert_eq!(s.deadline(&limits()), Some(t0 + policy::BACKOFF_BASE));
     // A completed task resets the count.
@@ -662,4 +678,24 @@ fn a_held_worker_takes_no_work_and_its_kill_rejects_the_stream_alone() {
         ["settle rejected [1, 2]", "replaced held !", "spawn"]
     );
     assert!(settle_message(&e).contains("did not read its chunks"));
+}
+
+#[test]
+fn only_a_worker_that_never_completed_a_task_dies_early() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+    s.on_link_lost(None, t0, true, &limits());
+    let e = s.on_exit(Exit::Code(3), t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle crashed [2]", "replaced crash !", "spawn"]
+    );
+    // Its successor starts from nothing.
+    s.next_id();
+    s.spawned(PID + 1, "t2".into(), t0);
+    s.greeted((), t0, true, &limits());
+    s.on_link_lost(None, t0, true, &limits());
+    let e = s.on_exit(Exit::Code(3), t0, true, &limits());
+    assert!(names(&e).contains(&"early-death".to_string()), "{e:?}");
 }
