@@ -935,9 +935,16 @@ impl<L> Slot<L> {
             pid,
             detail: message.clone(),
         });
-        if started
-            && self.completed == 0
-            && matches!(end, End::Crashed | End::Killed(Cause::LinkLost))
+        // A worker whose Hello the pool had not taken in yet when it died counts too (it
+        // looks like a failed start): only a completed task shows the workers can work.
+        if self.completed == 0
+            && matches!(
+                end,
+                End::Crashed
+                    | End::Killed(Cause::LinkLost)
+                    | End::NeverConnected
+                    | End::Killed(Cause::StartFailed(_))
+            )
         {
             effects.push(Effect::EarlyDeath {
                 detail: message.clone(),

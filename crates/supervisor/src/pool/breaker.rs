@@ -64,12 +64,19 @@ impl Pool {
     }
 
     /// While the breaker is open, answers every queued event at once but the probe: one
-    /// event left queued when no worker holds any.
+    /// event left queued when no worker holds any and one is ready to take it.
     pub(super) fn shed_while_open(&mut self) {
         let Some(open) = &self.breaker else {
             return;
         };
-        let probing = self.slots.iter().any(|s| s.inflight_len() > 0);
+        // A probe only for a worker ready to take it now: one left waiting for a slot in
+        // backoff could wait for ever.
+        let window = self.window();
+        let probing = self.slots.iter().any(|s| s.inflight_len() > 0)
+            || !self
+                .slots
+                .iter()
+                .any(|s| s.has_room(window, self.cfg.max_tasks));
         if self.submissions.queued() <= usize::from(!probing) {
             return;
         }

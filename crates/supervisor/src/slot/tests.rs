@@ -373,7 +373,10 @@ fn start_failures_back_off_longer_each_time() {
     let t0 = Instant::now();
     let mut s = starting(t0);
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert_eq!(
         s.last_failure,
         format!("worker 3 (pid {PID}) exited with code 0 without connecting to herd")
@@ -402,7 +405,10 @@ fn a_start_timeout_kills_and_counts_as_a_start_failure() {
     let e = s.on_deadline(t0 + ms(10_000), true, &limits());
     assert_eq!(names(&e), [format!("kill {PID}")]);
     let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert!(s
         .last_failure
         .contains("did not complete its handshake within 10s"));
@@ -533,7 +539,10 @@ fn a_failed_handshake_is_a_start_failure_with_its_cause() {
     let mut s = starting(t0);
     s.kill(Cause::StartFailed("it wrote text".into()));
     let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert_eq!(s.last_failure, "it wrote text");
 }
 
