@@ -561,7 +561,7 @@ impl Collector for Snapshot {
             let n = s.workers.iter().filter(|w| w.state == state).count();
             ConstGauge::new(n as u64).encode(m.encode_family(&[("state", state)])?)?;
         }
-        let gauges: [(&str, &str, u64); 4] = [
+        let gauges: [(&str, &str, u64); 5] = [
             (
                 "workers_target",
                 "Workers the pool is scaled to",
@@ -574,6 +574,11 @@ impl Collector for Snapshot {
             ),
             ("inflight", "Events held by workers", s.inflight as u64),
             ("submissions", "Open submissions", s.submissions as u64),
+            (
+                "breaker_open",
+                "1 while the circuit breaker is open: workers keep dying after their handshake",
+                u64::from(s.breaker.is_some()),
+            ),
         ];
         for (name, help, v) in gauges {
             ConstGauge::new(v).encode(enc.encode_descriptor(
@@ -748,6 +753,7 @@ mod tests {
             history: Default::default(),
             sources: Vec::new(),
             autoscale: None,
+            breaker: None,
         }
     }
 

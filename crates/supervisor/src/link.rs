@@ -212,10 +212,17 @@ async fn read_loop(
         if buf.capacity() - buf.len() < need.max(MIN_SPARE) {
             buf.reserve(need.max(READ_CHUNK));
         }
-        if let Some(backlog) = &backlog {
+        if let Some(backlog) = backlog.as_ref().filter(|b| b.over()) {
             // Too much of what this worker streamed is not delivered yet: stop reading, so it
-            // blocks on its socket until its records are written out (see `backlog`).
+            // blocks on its socket until its records are written out (see `backlog`). The
+            // pool hears of it, after the frames before it, to stop dispatching here.
+            if frames.send(FromLink::Held { id, held: true }).is_err() {
+                return;
+            }
             backlog.room().await;
+            if frames.send(FromLink::Held { id, held: false }).is_err() {
+                return;
+            }
         }
         match read(&socket, &mut buf).await {
             Ok(0) => {

@@ -91,6 +91,11 @@ pub(crate) enum Cause {
     /// Its socket ended, or could not be written, while the process still ran. Recorded as a
     /// crash: the exit status says more than the socket did.
     LinkLost,
+    /// Its reader was paused for one submitter's undelivered chunks past
+    /// [`crate::backlog::HELD_LIMIT`] while others had work for it. The streaming event is
+    /// `rejected` (its submitter is not reading; a retry would only stall again), the rest
+    /// go back uncharged.
+    Held,
 }
 
 /// What an exit means, decided from the state the slot was in when it happened.
@@ -145,6 +150,8 @@ pub(crate) enum State<L> {
         /// Tasks sent to this process, and completed by it (for `max_tasks`).
         sent: u64,
         done: u64,
+        /// Since when its reader has been paused for undelivered chunks (see `backlog`).
+        held: Option<Instant>,
     },
     /// Out of rotation; gets the termination frame once everything it holds is answered.
     Retiring {
@@ -152,6 +159,7 @@ pub(crate) enum State<L> {
         link: L,
         inflight: VecDeque<Running>,
         reason: &'static str,
+        held: Option<Instant>,
     },
     /// The termination frame was sent (it holds nothing); has until `deadline` to exit.
     Exiting {
@@ -213,6 +221,9 @@ pub(crate) enum Effect {
     },
     /// A start failed (counted towards giving up on the pool).
     StartFailed,
+    /// A worker that completed its handshake died on its own without completing a task
+    /// (counted towards the pool's circuit breaker; any completed task resets the count).
+    EarlyDeath { detail: String },
     /// A worker process was replaced, for this reason; `unexpected` for a crash, timeout,
     /// protocol fault or start failure, else a graceful retirement.
     Replaced {
@@ -239,7 +250,7 @@ pub(crate) enum Done {
     },
     /// A result for a task the worker does not hold: a protocol fault.
     NotHeld,
-    /// The slot has no worker that could send results.
+    /// The slot has no worker that could send results, or its worker broke the protocol.
     Ignored,
 }
 
@@ -256,7 +267,7 @@ pub(crate) enum ChunkFor {
     /// A chunk for a task the worker does not hold (unknown, or already answered): a
     /// protocol fault.
     NotHeld,
-    /// The slot has no worker that could send it.
+    /// The slot has no worker that could send it, or its worker broke the protocol.
     Ignored,
 }
 
@@ -279,6 +290,8 @@ pub(crate) struct Slot<L> {
     pub stderr_tail: Vec<String>,
     /// When the current (or last) process was spawned, for its uptime in `herd status`.
     pub spawned_at: Option<Instant>,
+    /// Tasks the current (or last) process completed, whatever its state.
+    completed: u64,
 }
 
 impl<L> Slot<L> {
@@ -294,6 +307,7 @@ impl<L> Slot<L> {
             stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
             spawned_at: None,
+            completed: 0,
         }
     }
 
@@ -385,10 +399,45 @@ impl<L> Slot<L> {
         }
     }
 
-    /// Whether a ready worker may be sent one more task.
+    /// Whether a ready worker may be sent one more task (not while it is held for a
+    /// submitter's undelivered chunks: a task behind it would wait on that submitter).
     pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
-        matches!(&self.state, State::Ready { inflight, sent, .. }
+        matches!(&self.state, State::Ready { inflight, sent, held: None, .. }
             if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
+    }
+
+    /// The worker's link reader paused (`held`) for undelivered chunks, or resumed.
+    pub fn on_held(&mut self, held: bool, now: Instant) {
+        if let State::Ready { held: h, .. } | State::Retiring { held: h, .. } = &mut self.state {
+            tracing::debug!(
+                worker = self.index,
+                held,
+                "worker held for its chunks' reader"
+            );
+            *h = held.then_some(now);
+        }
+    }
+
+    /// If the worker is held for undelivered chunks: since when, and the submission of the
+    /// task it runs (the one streaming), with whether it holds another submission's tasks.
+    pub fn held(&self) -> Option<(Instant, crate::job::SubmissionId, bool)> {
+        match &self.state {
+            State::Ready {
+                held: Some(since),
+                inflight,
+                ..
+            }
+            | State::Retiring {
+                held: Some(since),
+                inflight,
+                ..
+            } => {
+                let sub = inflight.front()?.job.submission;
+                let others = inflight.iter().any(|r| r.job.submission != sub);
+                Some((*since, sub, others))
+            }
+            _ => None,
+        }
     }
 
     fn set(&mut self, next: State<L>) {
@@ -418,6 +467,7 @@ impl<L> Slot<L> {
     pub fn spawned(&mut self, pid: u32, token: String, now: Instant) {
         tracing::debug!(worker = self.index, pid, "worker spawned");
         self.spawned_at = Some(now);
+        self.completed = 0;
         self.set(State::Starting {
             pid,
             token,
@@ -459,6 +509,7 @@ impl<L> Slot<L> {
             inflight: VecDeque::new(),
             sent: 0,
             done: 0,
+            held: None,
         });
         if keep {
             return Vec::new();
@@ -482,9 +533,29 @@ impl<L> Slot<L> {
         }
     }
 
+    /// Whether the worker was killed for breaking the protocol. Nothing it sent after the
+    /// fault is trusted, not even frames that arrived in the same read: its results and
+    /// chunks are ignored, and what it held is settled as the fault (the suspect charged, the
+    /// bystanders re-queued), exactly as if the frames had never come.
+    fn faulted(&self) -> bool {
+        matches!(
+            &self.state,
+            State::Dying {
+                cause: Cause::Protocol(_),
+                ..
+            } | State::Exited {
+                end: End::Killed(Cause::Protocol(_)),
+                ..
+            }
+        )
+    }
+
     /// A chunk for task `task` arrived; counted on the task like a result, from the same
     /// states (a chunk sent before the worker died still stands: it was written).
     pub fn on_chunk(&mut self, task: u64) -> ChunkFor {
+        if self.faulted() {
+            return ChunkFor::Ignored;
+        }
         let inflight = match &mut self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
@@ -508,8 +579,12 @@ impl<L> Slot<L> {
     }
 
     /// A result for task `task` arrived. Results count from a worker that is retiring, being
-    /// killed or has exited (they were sent before it died).
+    /// killed or has exited (they were sent before it died), unless it was killed for a
+    /// protocol fault (see [`Slot::faulted`]).
     pub fn on_done(&mut self, task: u64, now: Instant, limits: &Limits) -> Done {
+        if self.faulted() {
+            return Done::Ignored;
+        }
         let (pid, inflight) = match &mut self.state {
             State::Ready { pid, inflight, .. }
             | State::Retiring { pid, inflight, .. }
@@ -532,6 +607,7 @@ impl<L> Slot<L> {
         }
         self.failures = 0;
         self.total_tasks += 1;
+        self.completed += 1;
         let mut worn_out = false;
         let mut emptied = false;
         match &mut self.state {
@@ -569,6 +645,7 @@ impl<L> Slot<L> {
                 pid,
                 link,
                 inflight,
+                held,
                 ..
             } => {
                 if reason != "stop" {
@@ -580,6 +657,7 @@ impl<L> Slot<L> {
                     link,
                     inflight,
                     reason,
+                    held,
                 });
                 if idle {
                     self.exit_now(now, limits);
@@ -800,6 +878,14 @@ impl<L> Slot<L> {
                 format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
             ),
             End::Killed(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
+            End::Killed(Cause::Held) => (
+                ErrorKind::Rejected,
+                format!(
+                    "its submitter did not read its chunks for {} while other work waited \
+                     for worker {i} (pid {pid}), which was stopped",
+                    humanize(crate::backlog::HELD_LIMIT)
+                ),
+            ),
             End::Killed(Cause::Stop) => (
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
@@ -839,6 +925,7 @@ impl<L> Slot<L> {
             _ if !started => "start-failure",
             End::Killed(Cause::Timeout) => "timeout",
             End::Killed(Cause::Protocol(_)) => "protocol",
+            End::Killed(Cause::Held) => "held",
             _ => "crash",
         };
         self.restarts += 1;
@@ -848,6 +935,21 @@ impl<L> Slot<L> {
             pid,
             detail: message.clone(),
         });
+        // A worker whose Hello the pool had not taken in yet when it died counts too (it
+        // looks like a failed start): only a completed task shows the workers can work.
+        if self.completed == 0
+            && matches!(
+                end,
+                End::Crashed
+                    | End::Killed(Cause::LinkLost)
+                    | End::NeverConnected
+                    | End::Killed(Cause::StartFailed(_))
+            )
+        {
+            effects.push(Effect::EarlyDeath {
+                detail: message.clone(),
+            });
+        }
         if !started {
             effects.extend(self.start_failure(&message, now));
         } else if held_work {

@@ -27,6 +27,13 @@ impl Pool {
         let autoscale = (self.autoscaler.is_some() && self.phase == Phase::Running)
             .then_some(self.next_autoscale);
         let slots = self.slots.iter().filter_map(|s| s.deadline(&self.limits));
+        // A held worker's limit (see `release_held`); once past, only new work matters, and
+        // that wakes the pool anyway.
+        let held = self
+            .slots
+            .iter()
+            .filter_map(|s| Some(s.held()?.0 + crate::backlog::HELD_LIMIT))
+            .filter(|&t| t > self.now);
         [
             stop,
             rss,
@@ -37,6 +44,7 @@ impl Pool {
         .into_iter()
         .flatten()
         .chain(slots)
+        .chain(held)
         .min()
     }
 
