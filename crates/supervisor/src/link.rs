@@ -87,6 +87,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Whether bytes (or the end of the stream) wait unread on the socket: the reader task
+    /// has not caught up with what the worker wrote.
+    pub fn unread(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.socket.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
     /// Starts the reader and writer tasks for a worker that passed its handshake, speaking
     /// protocol version `protocol`.
     pub fn start(

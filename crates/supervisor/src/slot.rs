@@ -129,6 +129,11 @@ pub(crate) struct Limits {
 /// long).
 pub(crate) const LINK_DRAIN: Duration = Duration::from_secs(1);
 
+/// How long past the exit a link that still has unread bytes may keep the slot waiting: a
+/// starved herd may not have read a dead worker's last frames within [`LINK_DRAIN`], and
+/// settling then would drop results (or chunks) the worker did send.
+pub(crate) const LINK_DRAIN_MAX: Duration = Duration::from_secs(30);
+
 /// A slot's lifecycle; each variant carries what is true of the slot in it.
 #[derive(Debug)]
 pub(crate) enum State<L> {
@@ -184,6 +189,11 @@ pub(crate) enum State<L> {
         inflight: VecDeque<Running>,
         end: End,
         deadline: Instant,
+        /// When the exit was seen (bounds [`Slot::extend_drain`]).
+        since: Instant,
+        /// The link, kept so the pool can ask whether bytes are still unread on it (none
+        /// once the worker was killed: the kill dropped it).
+        link: Option<L>,
     },
 }
 
@@ -780,23 +790,39 @@ impl<L> Slot<L> {
     /// The process exited. If its link is still open, results it sent before dying may be on
     /// their way: wait for the link's end (up to [`LINK_DRAIN`]) before settling.
     pub fn on_exit(&mut self, exit: Exit, now: Instant, keep: bool, limits: &Limits) -> Effects {
-        let (pid, inflight, end, link_open) = match self.take() {
-            State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false),
-            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
-                (pid, inflight, End::Crashed, true)
+        let (pid, inflight, end, link_open, link) = match self.take() {
+            State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false, None),
+            State::Ready {
+                pid,
+                inflight,
+                link,
+                ..
             }
+            | State::Retiring {
+                pid,
+                inflight,
+                link,
+                ..
+            } => (pid, inflight, End::Crashed, true, Some(link)),
             State::Exiting {
                 pid,
                 link_open,
                 reason,
+                link,
                 ..
-            } => (pid, VecDeque::new(), End::Graceful(reason), link_open),
+            } => (
+                pid,
+                VecDeque::new(),
+                End::Graceful(reason),
+                link_open,
+                Some(link),
+            ),
             State::Dying {
                 pid,
                 inflight,
                 cause,
                 link_open,
-            } => (pid, inflight, End::Killed(cause), link_open),
+            } => (pid, inflight, End::Killed(cause), link_open, None),
             other => {
                 self.state = other;
                 return Vec::new();
@@ -814,6 +840,8 @@ impl<L> Slot<L> {
             inflight,
             end,
             deadline: now + LINK_DRAIN,
+            since: now,
+            link,
         });
         if link_open {
             return Vec::new();
@@ -995,6 +1023,34 @@ impl<L> Slot<L> {
 
     /// Whatever is due at `now`: a start or task timeout, an exit timeout, an exit whose
     /// link never ended, the end of a backoff.
+    /// The link of an exited worker whose drain deadline has passed, for the pool to ask
+    /// whether the worker's last bytes are still unread.
+    pub fn overdue_drain(&self, now: Instant) -> Option<&L> {
+        match &self.state {
+            State::Exited {
+                deadline,
+                link: Some(link),
+                ..
+            } if *deadline <= now => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Gives an exited worker's link another [`LINK_DRAIN`] because bytes are still unread
+    /// on it (herd, not the worker, is behind), up to [`LINK_DRAIN_MAX`] after the exit.
+    /// Returns whether it did.
+    pub fn extend_drain(&mut self, now: Instant) -> bool {
+        match &mut self.state {
+            State::Exited {
+                deadline, since, ..
+            } if now.saturating_duration_since(*since) < LINK_DRAIN_MAX => {
+                *deadline = now + LINK_DRAIN;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn on_deadline(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
         if self.deadline(limits).is_none_or(|d| d > now) {
             return Vec::new();

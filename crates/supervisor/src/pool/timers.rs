@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Phase, Pool};
+use crate::link::Link;
 use crate::{autoscale, process};
 
 /// How often workers' resident memory is compared with `max_rss`.
@@ -55,6 +56,12 @@ impl Pool {
         self.autoscale();
         self.retries_due();
         for i in 0..self.slots.len() {
+            let unread = self.slots[i]
+                .overdue_drain(self.now)
+                .is_some_and(Link::unread);
+            if unread && self.slots[i].extend_drain(self.now) {
+                continue;
+            }
             let keep = self.keep(i);
             let effects = self.slots[i].on_deadline(self.now, keep, &self.limits);
             self.apply(i, effects);
