@@ -23,6 +23,10 @@ struct Held {
     delivered: u64,
     /// When it was fetched or last reported in progress.
     touched: Instant,
+    /// A record of it could not be stored (yet): it gets no more progress reports, so that
+    /// if this daemon cannot settle it, its ack wait runs out and another daemon (or this
+    /// one, once it can) settles it, instead of it being held here for as long as that lasts.
+    unstored: bool,
 }
 
 /// How a message is settled.
@@ -96,6 +100,8 @@ pub(crate) struct Shared {
     pub fetch_closed: watch::Sender<bool>,
     pub counters: Counters,
     pub consumer: ConsumerNumbers,
+    /// Records fail to be stored (logged once until one is stored again).
+    pub store_failing: AtomicBool,
 }
 
 impl Shared {
@@ -107,6 +113,7 @@ impl Shared {
             fetch_closed: watch::Sender::new(false),
             counters: Counters::default(),
             consumer: ConsumerNumbers::default(),
+            store_failing: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +145,7 @@ impl Shared {
                         reply,
                         delivered,
                         touched: now,
+                        unstored: false,
                     },
                 );
                 true
@@ -154,6 +162,13 @@ impl Shared {
     /// The delivery count of a held message.
     pub fn delivered(&self, seq: u64) -> Option<u64> {
         self.map().get(&seq).map(|h| h.delivered)
+    }
+
+    /// Marks a held message whose record could not be stored: no more progress for it.
+    pub fn unstored(&self, seq: u64) {
+        if let Some(h) = self.map().get_mut(&seq) {
+            h.unstored = true;
+        }
     }
 
     /// Messages held now.
@@ -181,13 +196,13 @@ impl Shared {
             .collect()
     }
 
-    /// Messages not touched for `age`: marked touched now, their reply subjects returned (to
-    /// send them `+WPI`).
+    /// Messages not touched for `age` (and whose records have not failed to be stored):
+    /// marked touched now, their reply subjects returned (to send them `+WPI`).
     pub fn stale(&self, age: Duration) -> Vec<Subject> {
         let now = Instant::now();
         let mut map = self.map();
         let mut out = Vec::new();
-        for h in map.values_mut() {
+        for h in map.values_mut().filter(|h| !h.unstored) {
             if now.saturating_duration_since(h.touched) >= age {
                 h.touched = now;
                 out.push(h.reply.clone());
@@ -239,5 +254,24 @@ mod tests {
         );
         let (_, nak) = s.release(2, Settle::Nak(None)).unwrap();
         assert_eq!(&nak[..], b"-NAK");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_whose_record_cannot_be_stored_gets_no_progress() {
+        let s = Shared::new();
+        s.hold(1, "a".into(), 1);
+        s.hold(2, "b".into(), 1);
+        s.unstored(2);
+        s.unstored(99); // not held: nothing to mark
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let stale = s.stale(Duration::from_secs(5));
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].as_str(), "a");
+        // A redelivery to this daemon moves its acknowledgement, not its state.
+        assert!(!s.hold(2, "b2".into(), 2));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(s.stale(Duration::from_secs(5)).len(), 1);
+        let (reply, _) = s.release(2, Settle::Ack).unwrap();
+        assert_eq!(reply.as_str(), "b2");
     }
 }
