@@ -23,9 +23,10 @@ struct Held {
     delivered: u64,
     /// When it was fetched or last reported in progress.
     touched: Instant,
-    /// A record of it could not be stored (yet): it gets no more progress reports, so that
-    /// if this daemon cannot settle it, its ack wait runs out and another daemon (or this
-    /// one, once it can) settles it, instead of it being held here for as long as that lasts.
+    /// A line of it (a record or chunk) failed to be stored, and none has been stored since:
+    /// it gets no progress reports, so that if this daemon cannot settle it, its ack wait runs
+    /// out and another daemon (or this one, once it can) settles it, instead of it being held
+    /// here for as long as that lasts.
     unstored: bool,
 }
 
@@ -164,10 +165,11 @@ impl Shared {
         self.map().get(&seq).map(|h| h.delivered)
     }
 
-    /// Marks a held message whose record could not be stored: no more progress for it.
-    pub fn unstored(&self, seq: u64) {
+    /// Marks whether a held message's last line failed to be stored: while it has, the
+    /// message gets no progress.
+    pub fn set_unstored(&self, seq: u64, unstored: bool) {
         if let Some(h) = self.map().get_mut(&seq) {
-            h.unstored = true;
+            h.unstored = unstored;
         }
     }
 
@@ -261,8 +263,8 @@ mod tests {
         let s = Shared::new();
         s.hold(1, "a".into(), 1);
         s.hold(2, "b".into(), 1);
-        s.unstored(2);
-        s.unstored(99); // not held: nothing to mark
+        s.set_unstored(2, true);
+        s.set_unstored(99, true); // not held: nothing to mark
         tokio::time::advance(Duration::from_secs(10)).await;
         let stale = s.stale(Duration::from_secs(5));
         assert_eq!(stale.len(), 1);
@@ -271,6 +273,11 @@ mod tests {
         assert!(!s.hold(2, "b2".into(), 2));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(s.stale(Duration::from_secs(5)).len(), 1);
+        // A line stored again (a chunk of a task still running): progress again.
+        s.set_unstored(2, false);
+        let stale = s.stale(Duration::from_secs(5));
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].as_str(), "b2");
         let (reply, _) = s.release(2, Settle::Ack).unwrap();
         assert_eq!(reply.as_str(), "b2");
     }

@@ -24,8 +24,10 @@
 //!   take those messages at once. A daemon that is killed loses nothing: its messages come
 //!   back after the ack wait.
 //! - **Connection faults:** the client reconnects by itself, forever. Meanwhile pull requests
-//!   fail or bring nothing (intake pauses), records are published again until stored, and
-//!   nothing accepted is dropped.
+//!   fail or bring nothing (intake pauses), nothing is published or reported in progress, and
+//!   nothing accepted is dropped; on reconnection every record not yet stored is published
+//!   again at once (its PubAck went with the old connection). While a message's record fails to
+//!   be stored, it gets no `+WPI`: if this daemon cannot settle it, another one can.
 
 mod held;
 mod sink;

@@ -130,8 +130,9 @@ impl Publisher {
     /// Publishes until the results stream has stored it. A PubAck comes only on the
     /// connection its publish went out on: after a reconnection, the record is published
     /// again at once instead of after the PubAck timeout, and while there is no connection
-    /// it waits for one instead of queueing copies. A record that cannot be stored makes its
-    /// event get no more progress reports (see `Shared::stale`).
+    /// it waits for one instead of queueing copies. While a line fails to be stored (an
+    /// error or no PubAck in time on a live connection), its event gets no progress reports
+    /// (see `Shared::stale`).
     pub async fn until_stored(&self, seq: u64, id: &str, record: &Bytes, mut sent: Sent) {
         let shared = &*self.shared;
         let mut connections = shared.connections.subscribe();
@@ -148,6 +149,7 @@ impl Publisher {
                                 if ack.duplicate {
                                     bump(&shared.counters.duplicates);
                                 }
+                                shared.set_unstored(seq, false);
                                 if shared.store_failing.swap(false, Ordering::Relaxed) {
                                     tracing::info!(seq, "records are stored again");
                                 }
@@ -162,11 +164,12 @@ impl Publisher {
             };
             if let Some(failure) = &failure {
                 bump(&shared.counters.errors);
-                shared.unstored(seq);
                 match failure {
-                    // The disconnection is logged once, for all of them.
+                    // The disconnection is logged once, for all of them; published again on
+                    // the new connection, it is stored at once.
                     Failure::Lost => tracing::debug!(seq, "PubAck lost with its connection"),
                     Failure::Error(e) => {
+                        shared.set_unstored(seq, true);
                         if !shared.store_failing.swap(true, Ordering::Relaxed) {
                             tracing::warn!(seq, error = %e, "records are not stored; publishing them again");
                         }
