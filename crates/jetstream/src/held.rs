@@ -23,6 +23,11 @@ struct Held {
     delivered: u64,
     /// When it was fetched or last reported in progress.
     touched: Instant,
+    /// A line of it (a record or chunk) failed to be stored, and none has been stored since:
+    /// it gets no progress reports, so that if this daemon cannot settle it, its ack wait runs
+    /// out and another daemon (or this one, once it can) settles it, instead of it being held
+    /// here for as long as that lasts.
+    unstored: bool,
 }
 
 /// How a message is settled.
@@ -96,6 +101,8 @@ pub(crate) struct Shared {
     pub fetch_closed: watch::Sender<bool>,
     pub counters: Counters,
     pub consumer: ConsumerNumbers,
+    /// Records fail to be stored (logged once until one is stored again).
+    pub store_failing: AtomicBool,
 }
 
 impl Shared {
@@ -107,6 +114,7 @@ impl Shared {
             fetch_closed: watch::Sender::new(false),
             counters: Counters::default(),
             consumer: ConsumerNumbers::default(),
+            store_failing: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +146,7 @@ impl Shared {
                         reply,
                         delivered,
                         touched: now,
+                        unstored: false,
                     },
                 );
                 true
@@ -154,6 +163,14 @@ impl Shared {
     /// The delivery count of a held message.
     pub fn delivered(&self, seq: u64) -> Option<u64> {
         self.map().get(&seq).map(|h| h.delivered)
+    }
+
+    /// Marks whether a held message's last line failed to be stored: while it has, the
+    /// message gets no progress.
+    pub fn set_unstored(&self, seq: u64, unstored: bool) {
+        if let Some(h) = self.map().get_mut(&seq) {
+            h.unstored = unstored;
+        }
     }
 
     /// Messages held now.
@@ -181,13 +198,13 @@ impl Shared {
             .collect()
     }
 
-    /// Messages not touched for `age`: marked touched now, their reply subjects returned (to
-    /// send them `+WPI`).
+    /// Messages not touched for `age` (and whose records have not failed to be stored):
+    /// marked touched now, their reply subjects returned (to send them `+WPI`).
     pub fn stale(&self, age: Duration) -> Vec<Subject> {
         let now = Instant::now();
         let mut map = self.map();
         let mut out = Vec::new();
-        for h in map.values_mut() {
+        for h in map.values_mut().filter(|h| !h.unstored) {
             if now.saturating_duration_since(h.touched) >= age {
                 h.touched = now;
                 out.push(h.reply.clone());
@@ -239,5 +256,29 @@ mod tests {
         );
         let (_, nak) = s.release(2, Settle::Nak(None)).unwrap();
         assert_eq!(&nak[..], b"-NAK");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_whose_record_cannot_be_stored_gets_no_progress() {
+        let s = Shared::new();
+        s.hold(1, "a".into(), 1);
+        s.hold(2, "b".into(), 1);
+        s.set_unstored(2, true);
+        s.set_unstored(99, true); // not held: nothing to mark
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let stale = s.stale(Duration::from_secs(5));
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].as_str(), "a");
+        // A redelivery to this daemon moves its acknowledgement, not its state.
+        assert!(!s.hold(2, "b2".into(), 2));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(s.stale(Duration::from_secs(5)).len(), 1);
+        // A line stored again (a chunk of a task still running): progress again.
+        s.set_unstored(2, false);
+        let stale = s.stale(Duration::from_secs(5));
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].as_str(), "b2");
+        let (reply, _) = s.release(2, Settle::Ack).unwrap();
+        assert_eq!(reply.as_str(), "b2");
     }
 }

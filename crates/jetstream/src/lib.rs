@@ -24,8 +24,10 @@
 //!   take those messages at once. A daemon that is killed loses nothing: its messages come
 //!   back after the ack wait.
 //! - **Connection faults:** the client reconnects by itself, forever. Meanwhile pull requests
-//!   fail or bring nothing (intake pauses), records are published again until stored, and
-//!   nothing accepted is dropped.
+//!   fail or bring nothing (intake pauses), nothing is published or reported in progress, and
+//!   nothing accepted is dropped; on reconnection every record not yet stored is published
+//!   again at once (its PubAck went with the old connection). While a message's record fails to
+//!   be stored, it gets no `+WPI`: if this daemon cannot settle it, another one can.
 
 mod held;
 mod sink;
@@ -304,6 +306,7 @@ impl JetStream {
         let publisher = Publisher {
             js: js.clone(),
             subject: self.cfg.results.clone().into(),
+            shared: shared.clone(),
         };
         let (requests, requested) = mpsc::channel(1);
         let source = JetStreamEvents { requests };
@@ -521,13 +524,18 @@ fn on_event(shared: &Shared, event: Event) {
 }
 
 /// Sends `+WPI` for every message held longer than half the ack wait, so long tasks are not
-/// redelivered to another daemon while they run.
+/// redelivered to another daemon while they run; not for a message whose record could not be
+/// stored (see `Shared::stale`), and nothing while disconnected (the client would only queue
+/// them, ahead of the records that wait for the connection).
 async fn progress(client: async_nats::Client, shared: Arc<Shared>, ack_wait: Duration) {
     let half = ack_wait / 2;
     let mut tick = tokio::time::interval((ack_wait / 4).max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !shared.connected.load(Ordering::Relaxed) {
+            continue;
+        }
         for reply in shared.stale(half) {
             let body = async_nats::jetstream::AckKind::Progress.into();
             if client.publish(reply, body).await.is_err() {
@@ -593,7 +601,7 @@ async fn max_deliveries(
         let id = adv.stream_seq.to_string();
         let sent = publisher.publish(&id, body.clone()).await;
         publisher
-            .until_stored(&shared, adv.stream_seq, &id, &body, sent)
+            .until_stored(adv.stream_seq, &id, &body, sent)
             .await;
     }
     std::future::pending().await

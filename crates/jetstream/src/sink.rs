@@ -3,19 +3,29 @@
 //! only once the results stream has stored it (its PubAck). The batch of records is kept until
 //! then, so the submission's credits come back only for settled events.
 //!
-//! `deliver` publishes and hands the batch to the acker task, which waits for the PubAcks in
-//! order and settles: publishing the next batch does not wait for the last one's PubAcks.
+//! `deliver` publishes and hands the batch to the acker task, which waits for the PubAcks of
+//! every record it has at once and settles each event as soon as its own records are stored:
+//! one lost PubAck delays only its own event, and after a server restart every record whose
+//! PubAck went with the old connection is published again at once, not one by one.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
 use herd_supervisor::policy::{retry_delay, Jitter};
 use herd_supervisor::{ErrorKind, PoolHandle, Record, RecordBatch, RecordOutcome, Sink};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::held::{bump, Settle, Shared};
@@ -34,6 +44,20 @@ pub(crate) struct Policy {
     pub backoff: Duration,
 }
 
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+/// A publish on its way.
+pub(crate) enum Sent {
+    /// Sent on the connection numbered `connection` (see `Shared::connections`); `ack` is its
+    /// PubAck, already polled once.
+    Out { ack: AckFuture, connection: u64 },
+    /// Not sent.
+    Failed(PublishError),
+    /// Not sent: there was no connection. (The client would queue it, and everything else
+    /// sent meanwhile, until its buffer is full and every publish waits out a timeout.)
+    Offline,
+}
+
 /// One record of a batch on its way.
 struct Item {
     seq: u64,
@@ -41,9 +65,9 @@ struct Item {
     how: Option<Settle>,
     /// A nak on a stop: it waits until this daemon fetches no more.
     on_stop: bool,
-    /// The record as published with its message id, and the publish's outcome so far (none:
-    /// nothing to publish).
-    publish: Option<(String, Bytes, Result<PublishAckFuture, PublishError>)>,
+    /// The record as published with its message id, and the publish so far (none: nothing to
+    /// publish).
+    publish: Option<(String, Bytes, Sent)>,
 }
 
 struct Work {
@@ -68,60 +92,120 @@ pub(crate) struct JetStreamRecords {
 pub(crate) struct Publisher {
     pub js: async_nats::jetstream::Context,
     pub subject: Subject,
+    pub shared: Arc<Shared>,
 }
 
 impl Publisher {
     /// Publishes `record` with message id `id`: the event's stream sequence for a final
     /// record, so the results stream drops a second record for the same event (a
     /// redelivery) within its duplicate window; see [`chunk_id`] for a chunk line.
-    pub async fn publish(&self, id: &str, record: Bytes) -> Result<PublishAckFuture, PublishError> {
+    pub async fn publish(&self, id: &str, record: Bytes) -> Sent {
+        // Read before sending: a reconnection in between counts against this publish.
+        let connection = *self.shared.connections.borrow();
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            return Sent::Offline;
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id);
-        self.js
+        let ack = match self
+            .js
             .publish_with_headers(self.subject.clone(), headers, record)
             .await
+        {
+            Ok(ack) => ack,
+            Err(e) => return Sent::Failed(e),
+        };
+        // Polled once at once: a `PublishAckFuture` dropped before its first poll hands its
+        // in-flight permit to the client's acker task, which warns for each one ("failed to
+        // pass future permit to the acker") when that task is gone, as at runtime teardown.
+        // Once polled, dropping it releases the permit itself. Its timeout runs from here.
+        let mut ack: AckFuture = Box::pin(std::future::IntoFuture::into_future(ack));
+        if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(ack.as_mut().poll(cx))).await
+        {
+            ack = Box::pin(std::future::ready(r));
+        }
+        Sent::Out { ack, connection }
     }
 
-    /// Publishes until the results stream has stored it (or `give_up` fires).
-    pub async fn until_stored(
-        &self,
-        shared: &Shared,
-        seq: u64,
-        id: &str,
-        record: &Bytes,
-        mut first: Result<PublishAckFuture, PublishError>,
-    ) {
+    /// Publishes until the results stream has stored it. A PubAck comes only on the
+    /// connection its publish went out on: after a reconnection, the record is published
+    /// again at once instead of after the PubAck timeout, and while there is no connection
+    /// it waits for one instead of queueing copies. While a line fails to be stored (an
+    /// error or no PubAck in time on a live connection), its event gets no progress reports
+    /// (see `Shared::stale`).
+    pub async fn until_stored(&self, seq: u64, id: &str, record: &Bytes, mut sent: Sent) {
+        let shared = &*self.shared;
+        let mut connections = shared.connections.subscribe();
         let mut delay = REPUBLISH_FIRST;
-        let mut warned = false;
         loop {
-            let outcome = match first {
-                Ok(fut) => fut.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match outcome {
-                Ok(ack) => {
-                    bump(&shared.counters.published);
-                    if ack.duplicate {
-                        bump(&shared.counters.duplicates);
+            let failure = match sent {
+                Sent::Offline => None,
+                Sent::Failed(e) => Some(Failure::Error(e)),
+                Sent::Out { ack, connection } if *connections.borrow_and_update() == connection => {
+                    tokio::select! {
+                        r = ack => match r {
+                            Ok(ack) => {
+                                bump(&shared.counters.published);
+                                if ack.duplicate {
+                                    bump(&shared.counters.duplicates);
+                                }
+                                shared.set_unstored(seq, false);
+                                if shared.store_failing.swap(false, Ordering::Relaxed) {
+                                    tracing::info!(seq, "records are stored again");
+                                }
+                                return;
+                            }
+                            Err(e) => Some(Failure::Error(e)),
+                        },
+                        () = reconnected(&mut connections) => Some(Failure::Lost),
                     }
-                    if warned {
-                        tracing::info!(seq, "record stored after retrying");
-                    }
-                    return;
                 }
-                Err(e) => {
-                    bump(&shared.counters.errors);
-                    if !warned {
-                        warned = true;
-                        tracing::warn!(seq, error = %e, "record not stored yet; publishing it again");
+                Sent::Out { .. } => Some(Failure::Lost),
+            };
+            if let Some(failure) = &failure {
+                bump(&shared.counters.errors);
+                match failure {
+                    // The disconnection is logged once, for all of them; published again on
+                    // the new connection, it is stored at once.
+                    Failure::Lost => tracing::debug!(seq, "PubAck lost with its connection"),
+                    Failure::Error(e) => {
+                        shared.set_unstored(seq, true);
+                        if !shared.store_failing.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(seq, error = %e, "records are not stored; publishing them again");
+                        }
                     }
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(REPUBLISH_MAX);
+            if !shared.connected.load(Ordering::Relaxed) {
+                // `connections` has seen every reconnection up to the flag's `false`: the
+                // next one wakes this.
+                reconnected(&mut connections).await;
+                delay = REPUBLISH_FIRST;
+            } else if let Some(Failure::Error(_)) = failure {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => delay = (delay * 2).min(REPUBLISH_MAX),
+                    () = reconnected(&mut connections) => delay = REPUBLISH_FIRST,
+                }
+            } // else: a new connection already, or one that came back since: at once.
             bump(&shared.counters.republished);
-            first = self.publish(id, record.clone()).await;
+            sent = self.publish(id, record.clone()).await;
         }
+    }
+}
+
+/// Why a record is not stored yet.
+enum Failure {
+    /// Its publish went out on a connection that is gone: no PubAck will come.
+    Lost,
+    /// The publish failed, or its PubAck did not come in time or was an error.
+    Error(PublishError),
+}
+
+/// The next (re)connection.
+async fn reconnected(connections: &mut watch::Receiver<u64>) {
+    if connections.changed().await.is_err() {
+        // The sender lives in `Shared`, which the caller holds: never.
+        std::future::pending::<()>().await;
     }
 }
 
@@ -257,8 +341,10 @@ impl Sink for JetStreamRecords {
     }
 }
 
-/// Waits for each record to be stored, in order, then settles its event; a batch's credits
-/// go back once all of its events are settled.
+/// Waits for the records of every batch at once and settles each event once its records are
+/// stored; a batch's credits go back once all of its events are settled. The records of one
+/// event (its chunk lines, then its final record) are waited for in order, so an event is
+/// never settled before all of its lines are stored.
 async fn acker(
     mut rx: mpsc::Receiver<Work>,
     publisher: Publisher,
@@ -266,23 +352,68 @@ async fn acker(
     shared: Arc<Shared>,
     pool: PoolHandle,
 ) {
-    while let Some(Work { batch, items }) = rx.recv().await {
-        for item in items {
-            if let Some((id, record, sent)) = item.publish {
-                publisher
-                    .until_stored(&shared, item.seq, &id, &record, sent)
-                    .await;
+    let mut running = FuturesUnordered::new();
+    // Per event with lines on their way: the last one's "stored" signal.
+    let mut last: HashMap<u64, oneshot::Receiver<()>> = HashMap::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        tokio::select! {
+            work = rx.recv(), if open => {
+                let Some(Work { batch, items }) = work else {
+                    open = false;
+                    continue;
+                };
+                // Dropped, and its credits returned, with its last item.
+                let batch = Arc::new(batch);
+                for item in items {
+                    let after = last.remove(&item.seq);
+                    let (done, stored) = oneshot::channel();
+                    if item.how.is_none() {
+                        last.insert(item.seq, stored); // a chunk line: its final record waits
+                    }
+                    running.push(settle_item(
+                        item,
+                        after,
+                        done,
+                        batch.clone(),
+                        &publisher,
+                        &client,
+                        &shared,
+                        &pool,
+                    ));
+                }
             }
-            let Some(how) = item.how else {
-                continue; // a chunk line: stored, and nothing to settle
-            };
-            if item.on_stop || (matches!(how, Settle::Nak(_)) && pool.is_stopping()) {
-                shared.fetching_closed().await;
-            }
-            settle(&client, &shared, item.seq, how).await;
+            Some(()) = running.next() => {}
         }
-        drop(batch);
     }
+}
+
+/// Stores one item's record (after the event's earlier lines), then settles its event.
+#[allow(clippy::too_many_arguments)]
+async fn settle_item(
+    item: Item,
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+    batch: Arc<RecordBatch>,
+    publisher: &Publisher,
+    client: &async_nats::Client,
+    shared: &Shared,
+    pool: &PoolHandle,
+) {
+    if let Some(after) = after {
+        let _ = after.await;
+    }
+    if let Some((id, record, sent)) = item.publish {
+        publisher.until_stored(item.seq, &id, &record, sent).await;
+    }
+    if let Some(how) = item.how {
+        if item.on_stop || (matches!(how, Settle::Nak(_)) && pool.is_stopping()) {
+            shared.fetching_closed().await;
+        }
+        settle(client, shared, item.seq, how).await;
+    }
+    let _ = done.send(());
+    drop(batch);
 }
 
 #[cfg(test)]
