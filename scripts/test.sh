@@ -28,6 +28,13 @@ command -v chromium >/dev/null 2>&1 ||
 
 step "cargo test"
 cargo test --workspace --locked
+# The tests that switch users (tests/privilege.rs) are #[ignore = "needs root"].
+if [ "$(id -u)" = 0 ]; then
+    step "cargo test: the tests that need root"
+    cargo test --locked --test tests -- --ignored
+else
+    echo "test.sh: not root, so the tests marked \"needs root\" did not run" >&2
+fi
 
 # The Python worker SDK's tests, against the herd binary just built. They run in a venv of their
 # own (target/pyvenv) with the SDK installed from sdk/python as a user would, plus pytest.
