@@ -779,3 +779,57 @@ fn workers_of_herds_own_user_cannot_read_herds_environment() {
         "{stderr}"
     );
 }
+
+/// Everything in the socket directory is herd's or its workers': what a worker planted there
+/// (a file, a directory tree, a symlink to a file outside) goes with it when herd exits, and a
+/// directory a SIGKILLed herd left behind with such things in it is swept by the next herd.
+/// Symlinks are removed, never followed.
+#[test]
+fn what_workers_plant_in_the_socket_directory_goes_with_it() {
+    let fx = Fixture::new();
+    let outside = fx.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep"), "keep").unwrap();
+    let plant = format!(
+        "d=$(dirname \"$HERD_SOCKET\"); touch \"$d/x\" && mkdir -p \"$d/sub/deeper\" && \
+         touch \"$d/sub/deeper/y\" && ln -s '{0}' \"$d/link\" && ln -s '{0}/keep' \"$d/sub/k\" \
+         && echo planted >&2; exec '{1}'",
+        outside.display(),
+        chaos()
+    );
+    let mut herd = spawn_run_sh(&fx, 1, &[], &plant);
+    herd.feed(square_events(10).into_bytes());
+    let (status, records, logs) = herd.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+    assert_eq!(records.len(), 10);
+    assert!(
+        logs.iter().any(|l| l["message"] == "planted"),
+        "{}",
+        dump(&logs)
+    );
+    assert_eq!(fx.leftover_runtime_dirs(), Vec::<PathBuf>::new());
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep")).unwrap(),
+        "keep"
+    );
+
+    // A stale directory of a herd that is gone (its pid: a process that has exited), with
+    // the same things planted in it; and a stale-looking symlink, which must not be followed.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = fx.path(&format!("herd-{pid}-0123456789ab"));
+    std::fs::create_dir_all(stale.join("sub/deeper")).unwrap();
+    std::fs::write(stale.join("x"), "").unwrap();
+    std::fs::write(stale.join("sub/deeper/y"), "").unwrap();
+    std::os::unix::fs::symlink(&outside, stale.join("link")).unwrap();
+    let decoy = fx.path(&format!("herd-{pid}-decoy"));
+    std::os::unix::fs::symlink(&outside, &decoy).unwrap();
+    fx.run_chaos(&["-w", "1"], square_events(1))
+        .assert_success();
+    assert_eq!(fx.leftover_runtime_dirs(), vec![decoy]);
+    assert_eq!(
+        std::fs::read_to_string(outside.join("keep")).unwrap(),
+        "keep"
+    );
+}
