@@ -833,3 +833,84 @@ fn what_workers_plant_in_the_socket_directory_goes_with_it() {
         "keep"
     );
 }
+
+/// The pipe inodes among `pid`'s descriptors.
+fn pipe_inodes(pid: u32) -> HashSet<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("pipe:"))
+        .collect()
+}
+
+/// The guard of the herd with pid `herd`: the `herd-guard` process holding a pipe herd holds.
+fn guard_of(herd: u32) -> u32 {
+    let herd_pipes = pipe_inodes(herd);
+    let guards: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "herd-guard")
+        })
+        .filter(|&pid| !pipe_inodes(pid).is_disjoint(&herd_pipes))
+        .collect();
+    assert_eq!(guards.len(), 1, "{guards:?}");
+    guards[0]
+}
+
+/// Hostile: the guard still lists a worker's process group when that group has ended and its
+/// id has gone to a stranger (here: the guard is stopped while herd is SIGKILLed and its worker
+/// dies; a new session leader is then steered to the worker's pid through ns_last_pid). When
+/// the guard runs again, the stranger survives: the guard kills only processes in herd's
+/// session, never a group by its id.
+#[test]
+#[ignore = "needs root"]
+fn the_guard_never_kills_a_group_whose_id_was_reused() {
+    need_root();
+    let fx = Fixture::new();
+    let herd = fx.spawn_herd(&["run", "--log-format", "json", "-w", "1", "--", chaos()]);
+    herd.wait_log("the worker ready", RUN_TIMEOUT, |l| {
+        l.iter().any(|x| x["message"] == "worker ready")
+    });
+    let worker = herd.live_worker_pids()[0];
+    let guard = guard_of(herd.pid());
+    signal(guard, Signal::SIGSTOP);
+    signal(herd.pid(), Signal::SIGKILL);
+    let mut herd = herd;
+    let _ = herd.child.wait();
+    wait_for("the worker to be gone", RUN_TIMEOUT, || {
+        !Path::new(&format!("/proc/{worker}")).exists()
+    });
+    // A stranger in a session of its own, with the worker's pid as its group id.
+    let mut stranger = None;
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (worker - 1).to_string()).unwrap();
+        let mut child = std::process::Command::new("setsid")
+            .args(["sleep", "600"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if child.id() == worker {
+            stranger = Some(child);
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut stranger = stranger.expect("could not give a new process the worker's pid");
+    wait_for("the stranger to lead its own session", RUN_TIMEOUT, || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| s.contains("(sleep)"))
+    });
+    signal(guard, Signal::SIGCONT);
+    wait_for("the guard to finish", RUN_TIMEOUT, || {
+        std::fs::read_to_string(format!("/proc/{guard}/comm"))
+            .map_or(true, |c| c.trim_end() != "herd-guard")
+    });
+    let alive = stranger.try_wait().unwrap().is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(alive, "the guard killed a stranger's process group");
+}
