@@ -120,7 +120,12 @@ impl RuntimeDir {
         // There is no bindat(2): bind through the descriptor's /proc link, so the path cannot
         // be redirected between herd making the directory and binding in it.
         let via = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(SOCKET_NAME);
-        let listener = UnixListener::bind(&via)?;
+        let listener = match UnixListener::bind(&via) {
+            // No /proc: the path, which only herd can change below its base until the
+            // hand-over (the check below catches a base that led elsewhere).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => UnixListener::bind(&self.socket)?,
+            other => other?,
+        };
         // Nobody else can write in the directory yet: what is there now is what herd bound.
         let st = fstatat(
             Some(self.fd.as_raw_fd()),
@@ -161,6 +166,11 @@ impl Drop for RuntimeDir {
     fn drop(&mut self) {
         // Everything in the directory is herd's or its workers': remove it all, through the
         // descriptor (the workers may have moved the directory or swapped it for a symlink).
+        let _ = unlinkat(
+            Some(self.fd.as_raw_fd()),
+            SOCKET_NAME,
+            UnlinkatFlags::NoRemoveDir,
+        );
         clear_dir(&self.fd);
         remove_if_same(&self.base, &self.name, &self.fd);
     }
