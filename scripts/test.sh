@@ -77,6 +77,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+# The tests that switch users (tests/privilege.rs) are #[ignore = "needs root"].
+if [ "$(id -u)" = 0 ]; then
+    step "cargo test: the tests that need root"
+    cargo test --locked --test tests -- --ignored
+else
+    echo "test.sh: not root, so the tests marked \"needs root\" did not run" >&2
+fi
 
 # The Python worker SDK's tests, against the herd binary just built, in the venv made above.
 step "Python SDK tests (sdk/python, pytest)"

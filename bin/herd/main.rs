@@ -296,6 +296,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Cmd::Run(_) | Cmd::Serve(_)) {
+        hide_from_workers();
+    }
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
         Cmd::Serve(args) => serve::serve(args),
@@ -310,6 +313,17 @@ fn main() -> ExitCode {
             logging.exit_with_error(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Workers of herd's own user could otherwise read herd's memory and environment (its
+/// secrets, such as a NATS token) through `/proc/<herd>/environ`, `mem` or ptrace, whatever
+/// `--clear-env` hides from their own environment. A process that is not dumpable keeps its
+/// `/proc` files root's and refuses ptrace to all but root; workers are dumpable again once
+/// they exec. (It also means herd leaves no core dump.)
+fn hide_from_workers() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot hide herd's memory from its workers (PR_SET_DUMPABLE)");
     }
 }
 

@@ -10,9 +10,15 @@
 //! end-of-file — herd exited, normally or not — the guard kills the process groups still
 //! listed, removes the socket and its directory, and exits.
 //!
+//! It never signals a group by its id (`kill(-pgid)`): a group id is its leader's pid, free for
+//! reuse once the group's last member is gone, and by the time the guard runs (a stopped or
+//! starved guard, a message herd could not write) a listed group may have ended and its id
+//! gone to a stranger. It kills, through a pidfd each, the processes it finds in `/proc` that
+//! are in a listed group *and* in herd's session, which a stranger's new group is not.
+//!
 //! The guard is forked, not executed, so a library user needs no extra binary. Between fork
-//! and exit it makes only async-signal-safe system calls (`read`, `kill`, `open`, `unlinkat`, `rmdir`,
-//! `close`, `setsid`, `_exit`) on memory prepared before the fork, as a forked child of a
+//! and exit it makes only async-signal-safe system calls (`read`, `open`, `getdents64`,
+//! `pidfd_open`, `pidfd_send_signal`, `unlinkat`, `rmdir`, `close`, `setsid`, `_exit`) on memory prepared before the fork, as a forked child of a
 //! multi-threaded process must. It is double-forked (reparented to init or the nearest
 //! subreaper, so herd never has to reap it), starts its own session (no terminal signal
 //! reaches it, so Ctrl-C stops herd gracefully without taking the guard along) and closes every
@@ -111,6 +117,10 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
     // SAFETY (all calls below): async-signal-safe system calls on memory prepared before the
     // fork; no allocation, no locks.
     unsafe {
+        // herd's session, which its workers and their children share: a stranger that got a
+        // worker's group id after the group ended is (unless herd shares a terminal session
+        // with it) in another one.
+        let herd_session = libc::getsid(0);
         libc::setsid();
         for sig in [
             libc::SIGINT,
@@ -169,9 +179,7 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
                 }
             }
         }
-        for &g in &groups[..count] {
-            libc::kill(-g, libc::SIGKILL);
-        }
+        kill_groups(&groups[..count], herd_session);
         // Under --user the directory belongs to the workers' user, who could have swapped it
         // for a symlink: open it without following one, and unlink the socket inside it.
         let fd = libc::open(
@@ -185,5 +193,182 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
             libc::rmdir(dir.as_ptr());
         }
         libc::_exit(0)
+    }
+}
+
+/// SIGKILLs every process in one of `groups` that is in herd's session `session`, each through a
+/// pidfd opened and then re-checked, so that a pid reused in between is never hit. A few passes
+/// catch what forked during the previous one. Async-signal-safe: stack buffers and syscalls.
+unsafe fn kill_groups(groups: &[i32], session: i32) {
+    if groups.is_empty() || session <= 0 {
+        return;
+    }
+    // SAFETY (all calls): system calls on stack buffers.
+    unsafe {
+        for _ in 0..4 {
+            let proc_dir = libc::open(
+                c"/proc".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if proc_dir < 0 {
+                return;
+            }
+            let mut killed = 0;
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = libc::syscall(libc::SYS_getdents64, proc_dir, buf.as_mut_ptr(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                let n = n as usize;
+                let mut at = 0;
+                // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+                while at + 19 < n {
+                    let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+                    if reclen == 0 || at + reclen > n {
+                        break;
+                    }
+                    let pid = parse_pid(&buf[at + 19..at + reclen]);
+                    at += reclen;
+                    let Some(pid) = pid else { continue };
+                    let ours = |pid| match stat_ids(pid) {
+                        Some((state, pgrp, sid)) => {
+                            state != b'Z' && sid == session && groups.contains(&pgrp)
+                        }
+                        None => false,
+                    };
+                    if !ours(pid) {
+                        continue;
+                    }
+                    let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+                    if fd < 0 {
+                        continue;
+                    }
+                    // Still ours once the pidfd pins it: the pid was not reused in between.
+                    if ours(pid) {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            fd,
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0u32,
+                        );
+                        killed += 1;
+                    }
+                    libc::close(fd);
+                }
+            }
+            libc::close(proc_dir);
+            if killed == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// A `/proc` entry's name as a pid (NUL-terminated digits), if it is one.
+fn parse_pid(name: &[u8]) -> Option<i32> {
+    let name = &name[..name.iter().position(|&b| b == 0)?];
+    if name.is_empty() || name.len() > 9 {
+        return None;
+    }
+    let mut pid = 0i32;
+    for &b in name {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        pid = pid * 10 + i32::from(b - b'0');
+    }
+    Some(pid)
+}
+
+/// State, process group and session of `pid`, from `/proc/<pid>/stat`. Async-signal-safe.
+unsafe fn stat_ids(pid: i32) -> Option<(u8, i32, i32)> {
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
+    let mut digits = [0u8; 10];
+    let (mut len, mut rest) = (0, pid);
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for i in (0..len).rev() {
+        path[at] = digits[i];
+        at += 1;
+    }
+    path[at..at + 5].copy_from_slice(b"/stat");
+    let mut buf = [0u8; 512];
+    // SAFETY: system calls on the stack buffers above; `path` is NUL-terminated (zeroed).
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    parse_stat(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// `pid (comm) S ppid pgrp session ...`: the state, pgrp and session (comm may hold anything,
+/// so fields count from its last `)`).
+fn parse_stat(stat: &[u8]) -> Option<(u8, i32, i32)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    let num = |f: &[u8]| -> Option<i32> {
+        let (neg, digits) = match f.split_first() {
+            Some((b'-', d)) => (true, d),
+            _ => (false, f),
+        };
+        let mut v = 0i32;
+        for &b in digits {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            v = v.checked_mul(10)?.checked_add(i32::from(b - b'0'))?;
+        }
+        Some(if neg { -v } else { v })
+    };
+    let _ppid = fields.next()?;
+    let pgrp = num(fields.next()?)?;
+    let session = num(fields.next()?)?;
+    Some((state, pgrp, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_count_from_the_last_parenthesis() {
+        assert_eq!(
+            parse_stat(b"42 (a) b) 7 (x) S 1 40 39 0 -1 4194560\n"),
+            Some((b'S', 40, 39))
+        );
+        assert_eq!(parse_stat(b"42 (sleep) Z 1 -1 5 0"), Some((b'Z', -1, 5)));
+        assert_eq!(parse_stat(b"42 (sleep"), None);
+        assert_eq!(parse_pid(b"1234\0\0"), Some(1234));
+        assert_eq!(parse_pid(b"self\0"), None);
+        assert_eq!(parse_pid(b"\0"), None);
+    }
+
+    #[test]
+    fn this_process_is_found_in_its_own_group_and_session() {
+        let me = std::process::id() as i32;
+        // SAFETY: reads /proc with stack buffers.
+        let (state, pgrp, sid) = unsafe { stat_ids(me) }.expect("own stat");
+        assert_ne!(state, b'Z');
+        assert_eq!(pgrp, nix::unistd::getpgrp().as_raw());
+        assert_eq!(sid, nix::unistd::getsid(None).expect("sid").as_raw());
     }
 }

@@ -124,6 +124,7 @@ pub(crate) fn spawn_worker(
     }
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
+    let exit_watch = exit_watch(pid);
     // The worker's group dies with herd even if herd is SIGKILLed.
     let guard = guard.cloned();
     if let Some(g) = &guard {
@@ -136,9 +137,19 @@ pub(crate) fn spawn_worker(
     tokio::spawn(async move {
         let out_task = stdout.map(|s| tokio::spawn(forward_lines(s, id, pid, "stdout")));
         let err_task = stderr.map(|s| tokio::spawn(forward_lines(s, id, pid, "stderr")));
+        // Whatever the worker left behind in its process group goes with it: killed while the
+        // worker is an unreaped zombie, whose pid (the group's id) no stranger can have yet.
+        let pinned = match &exit_watch {
+            Some(fd) => fd.readable().await.is_ok(),
+            None => false,
+        };
+        if pinned {
+            kill_group(pid);
+        }
         let status = exit_of(child.wait().await);
-        // Whatever the worker left behind in its process group goes with it.
-        kill_group(pid);
+        if !pinned {
+            kill_group(pid);
+        }
         if let Some(g) = &guard {
             g.forget(pid);
         }
@@ -381,8 +392,23 @@ pub fn raise_nofile_limit(max: u64) -> u64 {
     soft
 }
 
-/// Sends SIGKILL to the worker's whole process group (its children included). The group
-/// leader is not reaped before the watcher reports its exit, so the id cannot be reused yet.
+/// A pidfd of child `pid`, readable once it has exited but before it is reaped (only the
+/// watcher reaps it, after): the group's id is then still the worker's. `None` on kernels
+/// without `pidfd_open` (before 5.3).
+fn exit_watch(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let raw = i32::try_from(pid).ok().filter(|&p| p > 0)?;
+    // SAFETY: a plain system call; its result is checked before use.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, raw, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `pidfd_open` just returned this descriptor, owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns the descriptor, which stays open and the same while registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .ok()
+}
+
+/// Sends SIGKILL to the worker's whole process group (its children included).
 pub(crate) fn kill_group(pid: u32) {
     if pid == 0 {
         return;

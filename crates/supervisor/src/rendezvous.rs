@@ -7,8 +7,9 @@
 //! claims (token) and what the kernel says about it (uid, pid) are both passed to the pool,
 //! which alone knows which token belongs to which spawned child.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use herd_proto::codec::FrameCodec;
 use herd_proto::{FromWorker, ToWorker};
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::unistd::{fchown, fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
 use tokio::io::Interest;
 use tokio::net::unix::UCred;
 use tokio::net::UnixListener;
@@ -44,9 +48,23 @@ pub(crate) struct Greeting {
     pub conn: WorkerSocket,
 }
 
+/// The socket's name inside the runtime directory.
+const SOCKET_NAME: &str = "workers.sock";
+
 /// The private directory and the socket path inside it. Dropping it removes both.
+///
+/// Under `--user` the directory ends up owned by the workers' user, who may then put anything
+/// in it, symlinks included. So herd (possibly root) never resolves a path inside it: it creates,
+/// binds, changes owners and removes relative to descriptors it holds, without following
+/// symlinks, and hands the directory over only once everything in it is set up.
 #[derive(Debug)]
 pub(crate) struct RuntimeDir {
+    /// The directory the runtime directory was made in.
+    base: OwnedFd,
+    /// The runtime directory's name in `base`.
+    name: OsString,
+    /// The runtime directory itself, opened when herd made it.
+    fd: OwnedFd,
     dir: PathBuf,
     socket: PathBuf,
     /// The worker user the directory and socket belong to, when not herd's.
@@ -55,42 +73,82 @@ pub(crate) struct RuntimeDir {
 
 impl RuntimeDir {
     /// Creates a fresh directory with mode 0700 under `base` (or `$XDG_RUNTIME_DIR`, or the
-    /// temp dir). With an `owner` (workers running as another user) the directory is theirs,
-    /// still 0700, so only they (and root) get in; a base that user cannot reach is skipped
-    /// when it was only a default, and refused when it was asked for.
+    /// temp dir), herd's until [`bind`](Self::bind) hands it to an `owner` (workers running as
+    /// another user), still 0700, so only they (and root) get in; a base that user cannot
+    /// reach is skipped when it was only a default, and refused when it was asked for.
     pub fn create(base: Option<&Path>, owner: Option<&Identity>) -> io::Result<Self> {
-        let base = choose_base(base, owner)?;
-        sweep_stale(&base, owner.map(|o| o.uid));
+        let base_path = choose_base(base, owner)?;
+        let base_fd = open_dir(None, &base_path, OFlag::empty())?;
+        sweep_stale(&base_fd, owner.map(|o| o.uid));
         let mut last_err = None;
         for _ in 0..8 {
-            let dir = base.join(format!("herd-{}-{}", std::process::id(), random_hex(6)?));
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            let name = format!("herd-{}-{}", std::process::id(), random_hex(6)?);
+            match mkdirat(Some(base_fd.as_raw_fd()), name.as_str(), Mode::S_IRWXU) {
                 Ok(()) => {
-                    let socket = dir.join("workers.sock");
-                    let mut rd = Self {
-                        dir,
-                        socket,
-                        owner: None,
-                    };
-                    if let Some(o) = owner {
-                        std::os::unix::fs::chown(&rd.dir, Some(o.uid), Some(o.gid))?;
-                        rd.owner = Some((o.uid, o.gid));
+                    let fd = open_dir(Some(&base_fd), Path::new(&name), OFlag::O_NOFOLLOW)?;
+                    // Exactly 0700 whatever the umask, and verifiably the directory just made.
+                    fchmod(fd.as_raw_fd(), Mode::S_IRWXU)?;
+                    let st = fstat(fd.as_raw_fd())?;
+                    if st.st_uid != nix::unistd::geteuid().as_raw() || !is(&st, SFlag::S_IFDIR) {
+                        return Err(io::Error::other(format!(
+                            "{} is not the directory herd just created",
+                            base_path.join(&name).display()
+                        )));
                     }
-                    return Ok(rd);
+                    let dir = base_path.join(&name);
+                    return Ok(Self {
+                        base: base_fd,
+                        name: name.into(),
+                        fd,
+                        socket: dir.join(SOCKET_NAME),
+                        dir,
+                        owner: owner.map(|o| (o.uid, o.gid)),
+                    });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => return Err(e),
+                Err(nix::errno::Errno::EEXIST) => {
+                    last_err = Some(io::Error::from(nix::errno::Errno::EEXIST));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(last_err.unwrap_or_else(|| io::Error::other("cannot create runtime directory")))
     }
 
     /// Binds the worker socket in the directory; with an owner, the socket is theirs too (a
-    /// connect needs write permission on it).
+    /// connect needs write permission on it), and then the directory.
     pub fn bind(&self) -> io::Result<UnixListener> {
-        let listener = UnixListener::bind(&self.socket)?;
+        // There is no bindat(2): bind through the descriptor's /proc link, so the path cannot
+        // be redirected between herd making the directory and binding in it.
+        let via = PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).join(SOCKET_NAME);
+        let listener = match UnixListener::bind(&via) {
+            // No /proc: the path, which only herd can change below its base until the
+            // hand-over (the check below catches a base that led elsewhere).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => UnixListener::bind(&self.socket)?,
+            other => other?,
+        };
+        // Nobody else can write in the directory yet: what is there now is what herd bound.
+        let st = fstatat(
+            Some(self.fd.as_raw_fd()),
+            SOCKET_NAME,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || !is(&st, SFlag::S_IFSOCK) {
+            return Err(io::Error::other(format!(
+                "{} is not the socket herd just bound",
+                self.socket.display()
+            )));
+        }
         if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(&self.socket, Some(uid), Some(gid))?;
+            let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+            fchownat(
+                Some(self.fd.as_raw_fd()),
+                SOCKET_NAME,
+                uid,
+                gid,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            // Last: from here on the workers' user may change what is inside.
+            fchown(self.fd.as_raw_fd(), uid, gid)?;
         }
         Ok(listener)
     }
@@ -106,19 +164,69 @@ impl RuntimeDir {
 
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
-        // Workers that own the directory may have swapped it for a symlink (it sits in a
-        // shared, sticky directory): never remove through one.
-        if self.owner.is_some()
-            && !std::fs::symlink_metadata(&self.dir).is_ok_and(|m| m.file_type().is_dir())
+        // Everything in the directory is herd's or its workers': remove it all, through the
+        // descriptor (the workers may have moved the directory or swapped it for a symlink).
+        let _ = unlinkat(
+            Some(self.fd.as_raw_fd()),
+            SOCKET_NAME,
+            UnlinkatFlags::NoRemoveDir,
+        );
+        clear_dir(&self.fd);
+        remove_if_same(&self.base, &self.name, &self.fd);
+    }
+}
+
+fn is(st: &FileStat, kind: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == kind
+}
+
+/// Opens directory `path` (relative to `at` if given) for use as a descriptor, with `extra`
+/// flags such as `O_NOFOLLOW`.
+fn open_dir(at: Option<&OwnedFd>, path: &Path, extra: OFlag) -> io::Result<OwnedFd> {
+    let fd = openat(
+        at.map(|d| d.as_raw_fd()),
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | extra,
+        Mode::empty(),
+    )?;
+    // SAFETY: `openat` just returned this descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The path that lists, or reaches into, the directory open as `fd`.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Removes everything inside the directory open as `dir`, never following a symlink: each
+/// entry is unlinked relative to the descriptor; a subdirectory goes with std's
+/// `remove_dir_all`, which opens each level with `O_NOFOLLOW` and unlinks relative to it.
+fn clear_dir(dir: &OwnedFd) {
+    let Ok(entries) = std::fs::read_dir(fd_path(dir)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if unlinkat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) == Err(nix::errno::Errno::EISDIR)
         {
-            return;
+            let _ = std::fs::remove_dir_all(fd_path(dir).join(&name));
         }
-        let _ = std::fs::remove_file(&self.socket);
-        // A directory the workers own may hold what they left in it; std's remove_dir_all
-        // does not follow symlinks planted there.
-        if std::fs::remove_dir(&self.dir).is_err() && self.owner.is_some() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the (empty) directory `name` in `base` if it is still the one open as `dir`.
+fn remove_if_same(base: &OwnedFd, name: &OsStr, dir: &OwnedFd) -> bool {
+    let here = fstatat(Some(base.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW);
+    let ours = fstat(dir.as_raw_fd());
+    match (here, ours) {
+        (Ok(h), Ok(o)) if (h.st_dev, h.st_ino) == (o.st_dev, o.st_ino) => {
+            unlinkat(Some(base.as_raw_fd()), name, UnlinkatFlags::RemoveDir).is_ok()
         }
+        _ => false,
     }
 }
 
@@ -165,11 +273,13 @@ fn unreachable_err(owner: Option<&Identity>, base: &Path, at: &Path) -> io::Erro
 }
 
 /// Removes runtime directories left by herd processes that were SIGKILLed (their Drop never
-/// ran): `herd-<pid>-<hex>` entries whose pid is gone, holding nothing but a socket.
-fn sweep_stale(base: &Path, worker_uid: Option<u32>) {
-    let Ok(entries) = std::fs::read_dir(base) else {
+/// ran, and the guard only removes the socket): `herd-<pid>-<hex>` directories of herd's user
+/// or the workers' whose pid is gone, with whatever the workers left in them.
+fn sweep_stale(base: &OwnedFd, worker_uid: Option<u32>) {
+    let Ok(entries) = std::fs::read_dir(fd_path(base)) else {
         return;
     };
+    let me = nix::unistd::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -180,13 +290,15 @@ fn sweep_stale(base: &Path, worker_uid: Option<u32>) {
         else {
             continue;
         };
-        use std::os::unix::fs::MetadataExt;
-        // A real directory (the entry's own metadata: a planted symlink is not followed),
-        // herd's or, when workers run as another user, theirs.
-        let ours = entry.metadata().is_ok_and(|m| {
-            m.is_dir() && (m.uid() == nix::unistd::getuid().as_raw() || Some(m.uid()) == worker_uid)
-        });
-        if !ours {
+        // A real directory (a planted symlink is not followed), herd's or, when workers run
+        // as another user, theirs.
+        let ours = |st: &FileStat| {
+            is(st, SFlag::S_IFDIR) && (st.st_uid == me || Some(st.st_uid) == worker_uid)
+        };
+        let Ok(fd) = open_dir(Some(base), Path::new(&name), OFlag::O_NOFOLLOW) else {
+            continue;
+        };
+        if !fstat(fd.as_raw_fd()).is_ok_and(|st| ours(&st)) {
             continue;
         }
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
@@ -194,10 +306,9 @@ fn sweep_stale(base: &Path, worker_uid: Option<u32>) {
         if alive {
             continue;
         }
-        let dir = entry.path();
-        let _ = std::fs::remove_file(dir.join("workers.sock"));
-        if std::fs::remove_dir(&dir).is_ok() {
-            tracing::debug!(dir = %dir.display(), "removed a stale runtime directory");
+        clear_dir(&fd);
+        if remove_if_same(base, &name, &fd) {
+            tracing::debug!(dir = ?name, "removed a stale runtime directory");
         }
     }
 }
