@@ -164,11 +164,13 @@ pub(crate) enum State<L> {
     /// Its link ended (or could not be written) while the process still ran: it is most
     /// likely exiting, and gets until `deadline` (the exit timeout) to do so on its own, so
     /// that its record says how it ended (a Python worker's `sys.exit(3)` closes its socket
-    /// before the interpreter has shut down). Then it is killed.
+    /// before the interpreter has shut down). Then it is killed. After a failed write the
+    /// link may still deliver the results the worker sent before: they count, as in `Dying`.
     Leaving {
         pid: u32,
         inflight: VecDeque<Running>,
         deadline: Instant,
+        link_open: bool,
     },
     /// Killed by the pool; waiting for its exit status.
     Dying {
@@ -499,6 +501,7 @@ impl<L> Slot<L> {
         let inflight = match &mut self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. }
             | State::Dying { inflight, .. }
             | State::Exited { inflight, .. } => inflight,
             State::Exiting { .. } => return ChunkFor::NotHeld,
@@ -524,6 +527,7 @@ impl<L> Slot<L> {
         let (pid, inflight) = match &mut self.state {
             State::Ready { pid, inflight, .. }
             | State::Retiring { pid, inflight, .. }
+            | State::Leaving { pid, inflight, .. }
             | State::Dying { pid, inflight, .. }
             | State::Exited { pid, inflight, .. } => (*pid, inflight),
             State::Exiting { .. } => return Done::NotHeld,
@@ -648,7 +652,12 @@ impl<L> Slot<L> {
                 (pid, inflight, true)
             }
             State::Exiting { pid, link_open, .. } => (pid, VecDeque::new(), link_open),
-            State::Leaving { pid, inflight, .. } => (pid, inflight, false),
+            State::Leaving {
+                pid,
+                inflight,
+                link_open,
+                ..
+            } => (pid, inflight, link_open),
             State::Backoff { .. } if cause == Cause::Stop => return Vec::new(),
             other => {
                 self.state = other;
@@ -677,7 +686,12 @@ impl<L> Slot<L> {
     ) -> Effects {
         match (&mut self.state, fault) {
             (State::Exited { .. }, _) => self.settle(now, keep, limits),
-            (State::Dying { link_open, .. } | State::Exiting { link_open, .. }, None) => {
+            (
+                State::Dying { link_open, .. }
+                | State::Exiting { link_open, .. }
+                | State::Leaving { link_open, .. },
+                None,
+            ) => {
                 // Expected: it is being killed, or is exiting after the termination frame.
                 *link_open = false;
                 Vec::new()
@@ -695,17 +709,23 @@ impl<L> Slot<L> {
                 self.kill_after_link_lost(Cause::Protocol(fault))
             }
             (State::Ready { .. } | State::Retiring { .. }, None) => {
-                self.leave(now, limits);
+                self.leave(now, limits, false);
                 Vec::new()
             }
             _ => Vec::new(),
         }
     }
 
+    /// A write to the worker's link failed: the process is most likely exiting (see
+    /// [`Slot::leave`]); what it sent before still arrives on the link.
+    pub fn on_write_failed(&mut self, now: Instant, limits: &Limits) {
+        self.leave(now, limits, true);
+    }
+
     /// The link of a ready or retiring worker ended, or could not be written: the process is
     /// most likely exiting. It gets the exit timeout to do so, so that its own exit status,
     /// not herd's SIGKILL, decides what is recorded (see [`State::Leaving`]).
-    pub fn leave(&mut self, now: Instant, limits: &Limits) {
+    fn leave(&mut self, now: Instant, limits: &Limits, link_open: bool) {
         match self.take() {
             State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
                 tracing::debug!(
@@ -717,6 +737,7 @@ impl<L> Slot<L> {
                     pid,
                     inflight,
                     deadline: now + limits.exit_timeout,
+                    link_open,
                 });
             }
             other => self.state = other,
@@ -745,7 +766,12 @@ impl<L> Slot<L> {
                 reason,
                 ..
             } => (pid, VecDeque::new(), End::Graceful(reason), link_open),
-            State::Leaving { pid, inflight, .. } => (pid, inflight, End::Crashed, false),
+            State::Leaving {
+                pid,
+                inflight,
+                link_open,
+                ..
+            } => (pid, inflight, End::Crashed, link_open),
             State::Dying {
                 pid,
                 inflight,

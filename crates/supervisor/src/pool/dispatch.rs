@@ -58,7 +58,7 @@ impl Pool {
             batch.clear();
             if !sent {
                 // The writer is gone, so the worker is going down: its exit settles the tasks.
-                self.slots[i].leave(now, &self.limits);
+                self.slots[i].on_write_failed(now, &self.limits);
             }
         }
         self.outgoing = batches;

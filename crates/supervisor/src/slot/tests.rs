@@ -345,11 +345,19 @@ fn a_worker_that_closes_its_link_but_does_not_exit_is_killed_at_the_exit_timeout
              so herd killed it"
         )
     );
-    // A write that fails (the dispatcher's view of the same end) waits the same way.
-    let mut s = busy(t0, 1);
-    s.leave(t0, &limits());
+    // A write that fails (the dispatcher's view of the same end) waits the same way, and the
+    // results the worker sent before still count: the link has not ended yet.
+    let mut s = busy(t0, 2);
+    s.on_write_failed(t0, &limits());
     assert_eq!(s.deadline(&limits()), Some(t0 + ms(5000)));
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
     let e = s.on_exit(Exit::Signal(11), t0, true, &limits());
+    assert!(e.is_empty(), "waits for the link");
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle crashed [2]", "replaced crash !", "spawn"]
+    );
     assert_eq!(
         settle_message(&e),
         format!("worker 3 (pid {PID}) killed by SIGSEGV")
