@@ -48,7 +48,9 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
                                    \"crash_after\":K  exits with code 3 after K chunks while
                                              the attempt is at most \"fails\" (default 1)
   {\"op\":\"stray_chunk\"}            sends a chunk for a task it does not hold, then sleeps;
-                                   with \"after_done\":true, its own Done then a chunk for it
+                                   with \"after_done\":true, its own Done then a chunk for it;
+                                   with \"then_done\":true, the stray chunk then its own Done,
+                                   in one write
 ";
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ struct Event<'a> {
     size: Option<usize>,
     crash_after: Option<u32>,
     after_done: Option<bool>,
+    then_done: Option<bool>,
 }
 
 fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
@@ -210,6 +213,14 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
                 data: b"\"stray\"".to_vec(),
             };
             encode(&mut frames, &chunk)?;
+            if event.then_done.unwrap_or(false) {
+                // Behind the fault, in the same write: herd must not trust it.
+                let done = FromWorker::Done {
+                    id: task.id(),
+                    outcome: Outcome::Ok(b"\"done\"".to_vec()),
+                };
+                encode(&mut frames, &done)?;
+            }
             write_raw(task, &frames)?;
             sleep_forever()
         }

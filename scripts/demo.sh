@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Demo of herd's main job: a generated stream of CPU-heavy events, some of them nasty, through a
-# pool of herd-chaos workers. Prints a sample of the records and a count by outcome.
+# pool of herd-chaos workers. Prints a sample of the records and what happened to every event;
+# herd's own log (the injected crashes and panics as the workers report them) goes to a file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-20000}
 WORKERS=${WORKERS:-$(nproc)}
+out_dir=target/demo
+records=$out_dir/records.jsonl
+log=$out_dir/herd.log
 
-cargo build --release --quiet --bins
+echo "==> building herd and herd-chaos (release; the first build takes several minutes)"
+cargo build --release --bins
 herd=target/release/herd
 chaos=target/release/herd-chaos
 
@@ -24,26 +29,41 @@ gen() {
         }
     }'
 }
+count() { grep -c "$1" "$records" || true; }
 
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-echo "herd run -w $WORKERS --timeout 5s -- herd-chaos   ($N events)"
+mkdir -p "$out_dir"
+: >"$log"
+echo
+echo "==> herd run -w $WORKERS --timeout 5s -- herd-chaos   ($N events, a few of them nasty)"
 start=$(date +%s.%N)
-gen | "$herd" run -w "$WORKERS" --timeout 5s -- "$chaos" >"$out"
+gen | "$herd" run -w "$WORKERS" --timeout 5s --log-file "$log" -- "$chaos" >"$records"
 end=$(date +%s.%N)
 
 echo
-echo "first records:"
-head -n 5 "$out" | sed 's/^/  /'
-echo "one of each error:"
-for kind in crashed failed; do
-    grep -m1 "\"kind\":\"$kind\"" "$out" | sed 's/^/  /' || true
+echo "The first records (one JSON line per event, in the order they finished):"
+head -n 3 "$records" | sed 's/^/  /'
+echo "One record of each kind of failure:"
+for kind in failed crashed; do
+    grep -m1 "\"kind\":\"$kind\"" "$records" | sed 's/^/  /' || true
 done
+
+total=$(wc -l <"$records")
+ok=$(count '"ok":true')
+retried=$(grep '"ok":true' "$records" | grep -vc '"attempts":1,' || true)
 echo
-echo "records: $(wc -l <"$out") for $N events"
-echo "  ok:      $(grep -c '"ok":true' "$out" || true)"
-for kind in failed crashed timeout protocol rejected shutdown; do
-    c=$(grep -c "\"kind\":\"$kind\"" "$out" || true)
-    [ "$c" = 0 ] || printf '  %-8s %s\n' "$kind:" "$c"
+awk -v s="$start" -v e="$end" -v n="$N" -v w="$WORKERS" 'BEGIN {
+    printf "What happened: %d events through %d worker processes in %.1f s (%.0f events/s).\n",
+        n, w, e - s, n / (e - s) }'
+echo "Every event got exactly one record ($total records for $N events, in $records):"
+printf '  %-9s %7s  %s\n' ok "$ok" "answered ($retried of them after a retry: the flaky ones)"
+printf '  %-9s %7s  %s\n' failed "$(count '"kind":"failed"')" \
+    "the worker reported an error: a handler that panicked, a line that is not JSON"
+printf '  %-9s %7s  %s\n' crashed "$(count '"kind":"crashed"')" \
+    "the event killed its worker on every attempt; herd restarted the worker each time"
+for kind in timeout protocol rejected shutdown; do
+    c=$(count "\"kind\":\"$kind\"")
+    [ "$c" = 0 ] || printf '  %-9s %7s\n' "$kind" "$c"
 done
-awk -v s="$start" -v e="$end" -v n="$N" 'BEGIN { printf "elapsed: %.2fs (%.0f events/s)\n", e - s, n / (e - s) }'
+echo "The crashes and panics were injected on purpose: herd replaced every dead worker and"
+echo "carried on. Its log ($(wc -l <"$log") lines, the workers' panic messages among them): $log"
+[ "$total" = "$N" ]

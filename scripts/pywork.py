@@ -4,7 +4,7 @@ work as a herd worker on the Python SDK (sdk/python): scripts/bench.py's Python-
 it under `herd run` beside the peers, on the same events. It needs herd_worker importable
 (bench.py sets PYTHONPATH=sdk/python):
 
-    herd run -w 2 -- python3 scripts/pywork.py < events
+    PYTHONPATH=sdk/python herd run -w 2 -- python3 scripts/pywork.py < events
 
 Same per-event shape as a herd worker: parse the JSON event, compute, a small JSON result.
 """

@@ -278,6 +278,30 @@ fn a_chunk_for_a_task_the_worker_does_not_hold_is_a_protocol_fault() {
 }
 
 #[test]
+fn a_done_behind_a_protocol_fault_in_the_same_read_is_not_trusted() {
+    let fx = Fixture::new();
+    let mut input = square_events(100);
+    // A stray chunk, then its own Done, in one write: the Done is discarded with the worker.
+    input.push_str("{\"op\":\"stray_chunk\",\"then_done\":true}\n");
+    input.push_str(&square_events(100));
+    let run = fx.run_chaos(&["-w", "2", "--retries", "1"], input);
+    run.assert_success();
+    let evs = events(&run.records, 201);
+    let fin = evs[100].fin.unwrap();
+    assert_eq!(
+        kind(fin),
+        "protocol",
+        "not the Done behind the fault: {fin}"
+    );
+    assert_eq!(fin["attempts"], 2, "charged like any fault, retried: {fin}");
+    for (i, e) in evs.iter().enumerate().filter(|(i, _)| *i != 100) {
+        let v = if i < 100 { i } else { i - 101 };
+        assert_eq!(e.fin.unwrap()["output"], v * v, "{:?}", e.fin);
+    }
+    assert_all_gone(&run.worker_pids());
+}
+
+#[test]
 fn a_chunk_after_its_done_is_a_protocol_fault_and_the_event_keeps_its_one_record() {
     let fx = Fixture::new();
     let mut input = square_events(100);
@@ -459,5 +483,74 @@ fn a_stream_to_a_reader_that_stops_reading_waits_instead_of_filling_memory() {
     assert_eq!(kept.len() as u64, n);
     assert!(kept.iter().all(|c| c.as_str().unwrap().len() == size));
     assert_eq!(evs[0].fin.unwrap()["output"], n);
+    d.stop_ok();
+}
+
+#[test]
+fn a_submitter_that_stops_reading_its_chunks_holds_up_only_itself() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(2, &[]);
+    // One stream per worker, for a submitter that does not read its records.
+    let stream = "{\"op\":\"stream\",\"n\":500,\"size\":1000000}\n";
+    let mut slow = d.submit_bg("streams", &stream.repeat(2), &[]);
+    let mut last = 0;
+    let mut same = 0;
+    wait_for("both streams to stall", RUN_TIMEOUT, || {
+        let chunks = d.status()["chunks"].as_u64().unwrap();
+        same = if chunks == last { same + 1 } else { 0 };
+        last = chunks;
+        chunks >= 8 && same >= 10
+    });
+    // Another submitter's work is answered anyway, within the hold limit and a little.
+    let started = std::time::Instant::now();
+    let mut quick =
+        d.fx.std_command(herd_bin())
+            .args(["submit", "--control", d.ctl()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut stdin = quick.stdin.take().unwrap();
+    stdin.write_all(square_events(200).as_bytes()).unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    let mut stdout = quick.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || stdout.read_to_string(&mut out).map(|_| out));
+    wait_for(
+        "the other submitter's records",
+        std::time::Duration::from_secs(40),
+        || reader.is_finished(),
+    );
+    let out = reader.join().unwrap().unwrap();
+    assert!(quick.wait().unwrap().success());
+    eprintln!(
+        "200 events beside a stalled reader: {:?}",
+        started.elapsed()
+    );
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 200);
+    assert!(records.iter().all(|r| r["ok"] == true), "{out}");
+    // The stalled streams were stopped for it: each event has its one record, rejected.
+    let mut out = String::new();
+    slow.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(slow.wait().unwrap().success());
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for e in events(&lines, 2) {
+        let fin = e.fin.unwrap();
+        assert_eq!(kind(fin), "rejected", "{fin}");
+        let msg = fin["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("did not read its chunks"), "{msg}");
+    }
+    assert_eq!(d.status()["restarts"]["held"], 2);
     d.stop_ok();
 }

@@ -161,6 +161,120 @@ fn every_argument_is_described() {
     assert_eq!(undescribed("Options:\n      --fast  \n").len(), 1);
 }
 
+/// A help screen's headings (`Options`, `Pool`…), each with the long names (or `<VALUE>`
+/// names) of the entries under it.
+type Sections = Vec<(String, Vec<String>)>;
+
+/// The sections of a short (`-h`) help screen.
+fn help_sections(help: &str) -> Sections {
+    let mut sections: Sections = Vec::new();
+    for line in help.lines() {
+        if let Some(heading) = line.strip_suffix(':').filter(|_| !line.starts_with(' ')) {
+            sections.push((heading.to_string(), Vec::new()));
+            continue;
+        }
+        let t = line.trim_start();
+        if !line.starts_with("  ") || !(t.starts_with('-') || t.starts_with('<')) {
+            continue;
+        }
+        let Some((_, entries)) = sections.last_mut() else {
+            continue;
+        };
+        let spec = t.split_whitespace().next().unwrap().trim_end_matches(',');
+        let name = match spec.strip_prefix('-').filter(|s| !s.starts_with('-')) {
+            // `-w, --workers <N>`: the long name.
+            Some(_) => t.split_whitespace().nth(1).unwrap_or(spec),
+            None => spec,
+        };
+        entries.push(
+            name.trim_start_matches('-')
+                .trim_end_matches("...")
+                .to_string(),
+        );
+    }
+    sections
+}
+
+/// The heading `option` is listed under on a help screen.
+fn heading_of<'a>(sections: &'a Sections, option: &str) -> Option<&'a str> {
+    sections
+        .iter()
+        .find(|(_, entries)| entries.iter().any(|e| e == option))
+        .map(|(heading, _)| heading.as_str())
+}
+
+#[test]
+fn help_groups_the_options_by_topic() {
+    let fx = Fixture::new();
+    let screens: Vec<(&str, Sections)> = ["run", "serve", "submit", "status", "ctl"]
+        .into_iter()
+        .map(|sub| (sub, help_sections(&stdout_of(&fx, &[sub, "-h"]))))
+        .collect();
+    let serve = &screens[1].1;
+    let want: &[(&str, &[&str])] = &[
+        (
+            "Pool",
+            &[
+                "workers", "timeout", "retries", "window", "queue", "max-rss", "grace",
+            ],
+        ),
+        ("Workers", &["user", "group", "env", "clear-env", "nice"]),
+        (
+            "Worker limits",
+            &["limit-as", "limit-nofile", "limit-core", "limit-cpu"],
+        ),
+        ("Metrics & dashboard", &["metrics", "metrics-public"]),
+        ("Logging", &["log-format", "log-file", "verbose", "quiet"]),
+        ("Arguments", &["<WORKER_CMD>"]),
+    ];
+    for (heading, options) in want {
+        for opt in *options {
+            assert_eq!(
+                heading_of(serve, opt),
+                Some(*heading),
+                "herd serve -h: --{opt} belongs under {heading:?}\n{serve:#?}"
+            );
+        }
+    }
+    for (sub, sections) in &screens {
+        for (heading, entries) in sections {
+            // The NATS heading holds the NATS options and nothing else.
+            let nats = heading.starts_with("NATS");
+            for e in entries {
+                assert_eq!(
+                    e.starts_with("nats"),
+                    nats,
+                    "herd {sub} -h: {e} is under {heading:?}"
+                );
+            }
+        }
+        // Every screen has the log options together, under their own heading.
+        for opt in ["log-format", "log-file", "verbose", "quiet"] {
+            assert_eq!(
+                heading_of(sections, opt),
+                Some("Logging"),
+                "herd {sub} -h: --{opt}\n{sections:#?}"
+            );
+        }
+        // What `run` and `serve` share sits under the same heading in both.
+        if *sub == "run" {
+            for (heading, entries) in sections {
+                for e in entries.iter().filter(|e| heading_of(serve, e).is_some()) {
+                    assert_eq!(
+                        heading_of(serve, e),
+                        Some(heading.as_str()),
+                        "--{e}: run and serve put it under different headings"
+                    );
+                }
+            }
+        }
+    }
+    // The parser itself.
+    let parsed = help_sections("Options:\n  -w, --workers <N>  x\n\nPool:\n      --grace <D>  y\n");
+    assert_eq!(heading_of(&parsed, "workers"), Some("Options"));
+    assert_eq!(heading_of(&parsed, "grace"), Some("Pool"));
+}
+
 /// Long options (`--name`) mentioned in `text`, in order of appearance, without repeats.
 fn long_options(text: &str) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();

@@ -413,6 +413,92 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     assert!(status.success(), "{status:?}\n{}", dump(&logs));
 }
 
+/// Issue 19, item 9: the page's policy names its own script and style by hash, so they run
+/// and nothing else inline does, as a script an injection slipped into the page would be.
+#[test]
+fn the_dashboard_runs_its_own_script_and_no_other_inline_one() {
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let live = fx.serve(&control, 1, &["--metrics", "127.0.0.1:0"]);
+    let addr = live.metrics_addr();
+    let (code, page) = get(addr, "/");
+    assert_eq!(code, Some(200), "{page}");
+    let csp = page
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy:"))
+        .unwrap_or_else(|| panic!("no policy in {page}"));
+    for directive in ["script-src", "style-src"] {
+        let sources = csp
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix(directive))
+            .unwrap_or_else(|| panic!("no {directive} in {csp}"));
+        assert!(!sources.contains("'unsafe-inline'"), "{csp}");
+        assert!(sources.contains("'sha256-"), "{csp}");
+    }
+
+    let mut browser = Browser::open(&format!("http://{addr}/"));
+    // Its own script runs under the policy: it polls and draws.
+    browser.wait(
+        "the page's own script to poll status.json",
+        "+(document.getElementById('updated')?.dataset.polls ?? 0)",
+        |v| v.as_f64().is_some_and(|n| n >= 1.0),
+    );
+    browser.wait(
+        "the page's own style to apply",
+        "getComputedStyle(document.getElementById('lost')).display",
+        |v| v == "none",
+    );
+    // What an injection would add: an inline script, an inline event handler and a style
+    // element. Each is refused, and reported as a violation of the policy.
+    browser.eval(
+        r#"(() => {
+            window.violations = [];
+            document.addEventListener("securitypolicyviolation",
+                e => window.violations.push(e.effectiveDirective));
+            const s = document.createElement("script");
+            s.textContent = "window.injected = 1";
+            document.body.append(s);
+            const img = document.createElement("img");
+            img.setAttribute("onerror", "window.handler = 1");
+            img.addEventListener("error", () => { window.errored = 1 });
+            img.src = "data:,not-an-image";
+            document.body.append(img);
+            const st = document.createElement("style");
+            st.textContent = "body { display: none }";
+            document.head.append(st);
+            return 0;
+        })()"#,
+    );
+    // Done once the image has failed and the three refusals are reported, or as soon as an
+    // injected script has run.
+    let outcome = browser.wait(
+        "the injections to run or be refused",
+        "JSON.stringify({ ran: [window.injected, window.handler].filter(x => x).length, \
+            violations: [...window.violations].sort(), errored: window.errored === 1 })",
+        |v| {
+            let v: Value = serde_json::from_str(v.as_str().unwrap_or("{}")).unwrap();
+            v["ran"].as_u64() > Some(0)
+                || (v["errored"] == true
+                    && v["violations"].as_array().is_some_and(|a| a.len() >= 3))
+        },
+    );
+    let outcome: Value = serde_json::from_str(outcome.as_str().unwrap()).unwrap();
+    assert_eq!(outcome["ran"], 0, "an injected script ran: {outcome}");
+    assert_eq!(
+        outcome["violations"],
+        json!(["script-src-attr", "script-src-elem", "style-src-elem"])
+    );
+    assert_eq!(
+        browser.eval("getComputedStyle(document.body).display"),
+        json!("block")
+    );
+    browser.close();
+    output_ok(&mut fx.herd(&["ctl", "--control", control.to_str().unwrap(), "stop"]));
+    let (status, _, logs) = live.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{status:?}\n{}", dump(&logs));
+}
+
 #[test]
 fn the_http_listener_shrugs_off_garbage_slow_clients_and_floods() {
     let fx = Fixture::new();

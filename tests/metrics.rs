@@ -236,3 +236,91 @@ fn get_status(addr: SocketAddr) -> Option<u16> {
     s.read_to_string(&mut raw).ok()?;
     raw.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Issue 19, item 4 (slowloris): connections that trickle a request head, a byte a second,
+/// never go idle, yet each is closed once its head has taken `--idle-timeout`, so they hold the
+/// listener for a bounded time and scrapes get through.
+#[test]
+fn trickled_request_heads_cannot_hold_the_metrics_listener() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let fx = Fixture::new();
+    let control = fx.path("c.sock");
+    let live = fx.serve(
+        &control,
+        1,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-connections",
+            "4",
+            "--idle-timeout",
+            "3s",
+        ],
+    );
+    let addr = live.metrics_addr();
+    // Six attackers, connected before the first scrape so that they take every slot.
+    let start = Instant::now();
+    let give_up = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let give_up = give_up.clone();
+            std::thread::spawn(move || {
+                let head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+                let bytes = head.iter().copied().chain(std::iter::repeat(b'a'));
+                // The read timeout paces the attack: one byte, then a second of listening for
+                // the daemon to close the connection.
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = [0u8; 512];
+                for b in bytes {
+                    if give_up.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    if s.write_all(&[b]).is_err() {
+                        return Some(start.elapsed());
+                    }
+                    match s.read(&mut buf) {
+                        // An answer (a 408) or the end: the daemon let go of it.
+                        Ok(_) => return Some(start.elapsed()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) => {}
+                        Err(_) => return Some(start.elapsed()),
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    // The 3 s head deadline, and generous room for a loaded machine; without a deadline on
+    // the head, the attackers would hold every slot for as long as they liked.
+    let answered = std::panic::catch_unwind(|| {
+        wait_for(
+            "a scrape to be answered while six clients trickle request heads",
+            Duration::from_secs(20),
+            || get_status(addr) == Some(200),
+        );
+        start.elapsed()
+    });
+    give_up.store(true, Ordering::Relaxed);
+    let closed: Vec<Option<Duration>> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let answered = answered.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!("scrape answered after {answered:?}; attackers closed after {closed:?}");
+    // Every attacker was let go (the two over the cap at once), none before it ran out of its
+    // 3 s unless it was over the cap.
+    assert!(closed.iter().all(Option::is_some), "{closed:?}");
+    let held = closed
+        .iter()
+        .flatten()
+        .filter(|d| **d >= Duration::from_secs(2))
+        .count();
+    assert!(held <= 4, "{closed:?}");
+    output_ok(&mut fx.herd(&["ctl", "--control", control.to_str().unwrap(), "stop"]));
+    let (status, _, logs) = live.finish(RUN_TIMEOUT);
+    assert!(status.success(), "{}", dump(&logs));
+}

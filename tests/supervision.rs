@@ -480,3 +480,69 @@ fn a_slot_that_cannot_start_backs_off_while_the_others_serve() {
         "exponential backoff: {delays:?}"
     );
 }
+
+/// A worker that completes its handshake (protocol 2) and dies at once, whatever it is sent.
+const HELLO_THEN_DIE: &str = r#"
+import os, socket, struct
+def varint(n):
+    if n <= 250: return bytes([n])
+    if n < 1 << 16: return b"\xfb" + struct.pack("<H", n)
+    if n < 1 << 32: return b"\xfc" + struct.pack("<I", n)
+    return b"\xfd" + struct.pack("<Q", n)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(os.environ["HERD_SOCKET"])
+token = os.environ["HERD_TOKEN"].encode()
+body = b"\x00" + varint(2) + varint(os.getpid()) + varint(len(token)) + token
+s.sendall(struct.pack("<I", len(body)) + body)
+os._exit(3)
+"#;
+
+#[test]
+fn workers_that_always_die_after_their_handshake_open_the_circuit_breaker() {
+    let fx = Fixture::new();
+    let py = fx.path("hello_then_die.py");
+    std::fs::write(&py, HELLO_THEN_DIE).unwrap();
+    let started = Instant::now();
+    let out = fx
+        .herd(&["run", "--log-format", "json", "-w", "2", "--", "python3"])
+        .arg(&py)
+        .write_stdin(square_events(300))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let run = Run::new(vec!["run hello_then_die.py".into()], out);
+    eprintln!(
+        "300 events, workers that always die: {:?}",
+        started.elapsed()
+    );
+    let records = run.by_seq(300);
+    assert!(
+        records.iter().all(|r| kind(r) == "crashed"),
+        "{}",
+        run.stderr()
+    );
+    let shed = records
+        .iter()
+        .filter(|r| {
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("circuit breaker is open"))
+        })
+        .count();
+    assert!(
+        shed > 200,
+        "most answered at once, not one death each: {shed}"
+    );
+    assert_eq!(
+        run.log_events(
+            "circuit breaker open: workers keep dying after their handshake without \
+             completing a task; queued events are answered as crashed until a worker \
+             completes one"
+        )
+        .len(),
+        1,
+        "logged once:\n{}",
+        run.stderr()
+    );
+    assert_all_gone(&run.worker_pids());
+}

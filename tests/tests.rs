@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod daemon;
 mod dashboard;
+mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]
 mod jetstream;

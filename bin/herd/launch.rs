@@ -9,10 +9,14 @@ use clap::Args;
 use herd_supervisor::launch::{check_env_name, in_container};
 use herd_supervisor::{Identity, Launch, Limits};
 
+/// The help heading of the resource limits (the other options go under "Workers").
+const LIMITS: &str = "Worker limits";
+
 /// The smallest `--limit-as`: below it even the dynamic loader has no room.
 const MIN_ADDRESS_SPACE: usize = 16 << 20;
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Workers")]
 pub struct LaunchArgs {
     /// Run workers as USER (a name or a uid); herd must run as root. Their socket directory
     /// belongs to USER alone (mode 0700).
@@ -31,17 +35,21 @@ pub struct LaunchArgs {
     allow_root: bool,
     /// Most address space per worker (e.g. 512M, 2G): a runaway allocation fails in the
     /// worker instead of exhausting the machine's memory.
-    #[arg(long, value_name = "SIZE", value_parser = parse_address_space)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_address_space,
+          help_heading = LIMITS)]
     limit_as: Option<usize>,
     /// Most open descriptors per worker [default: the limit herd started with].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..=1 << 30),
+          help_heading = LIMITS)]
     limit_nofile: Option<u64>,
     /// Largest core dump per worker; 0 turns core dumps off.
-    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size,
+          help_heading = LIMITS)]
     limit_core: Option<usize>,
     /// CPU time a worker process may use over its whole life (e.g. 10m): then SIGXCPU, and
     /// SIGKILL a second later; its task is recorded as a crash.
-    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration,
+          help_heading = LIMITS)]
     limit_cpu: Option<Duration>,
     /// Nice level of workers, -20 (favoured) to 19 (background); below 0 needs root.
     #[arg(long, value_name = "N", allow_negative_numbers = true,

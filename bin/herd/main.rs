@@ -36,6 +36,7 @@ struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
 struct LogArgs {
     /// Log format on stderr (or in --log-file): human-readable text, or one JSON object per line.
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -81,6 +82,7 @@ enum Cmd {
 
 /// Priority options shared by `run` and `submit`.
 #[derive(Debug, Clone, Copy, Args)]
+#[command(next_help_heading = "Priority")]
 pub struct PriorityArgs {
     /// Dispatch priority of these events, -128 to 127: higher runs first, with aging so a
     /// lower one is delayed, never starved (see the README, Priorities).
@@ -107,6 +109,7 @@ impl PriorityArgs {
 
 /// Worker and dispatch options shared by `run` and `serve`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Pool")]
 pub struct PoolArgs {
     /// Number of worker processes, or MIN..MAX to autoscale between bounds: grow on a
     /// backlog, shrink after --scale-idle of spare capacity (see the README) [default:
@@ -167,7 +170,9 @@ pub struct PoolArgs {
     #[command(flatten)]
     launch: launch::LaunchArgs,
     /// The worker command line, after `--`.
-    #[arg(last = true, required = true, value_name = "WORKER_CMD")]
+    // No heading: the positional goes under "Arguments", not the heading of the options
+    // flattened before it.
+    #[arg(last = true, required = true, value_name = "WORKER_CMD", help_heading = None::<&str>)]
     command: Vec<OsString>,
 }
 

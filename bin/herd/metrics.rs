@@ -35,14 +35,17 @@
 //! cannot read it through DNS rebinding.
 //!
 //! At most `max_connections` connections are open at once (the one over is closed at once),
-//! and a connection idle for `idle_timeout` is closed, so that scrapers, or anyone else who
-//! can reach the port, cannot take the descriptors the pool needs to restart workers.
+//! a connection idle for `idle_timeout` is closed, and so is one whose request head has not
+//! arrived whole within `idle_timeout` of the server starting to wait for it, however it
+//! trickles in (hyper answers it `408`). So scrapers, or anyone else who can reach the port,
+//! cannot take the descriptors the pool needs to restart workers, nor hold the slots a scrape
+//! needs for longer than that.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -50,26 +53,39 @@ use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use herd_supervisor::status::{Status, DURATION_BOUNDS_US};
 use herd_supervisor::PoolHandle;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
 /// The dashboard: one page with inline CSS and JavaScript that polls `status.json`.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The page runs its own inline script and reads `status.json`, nothing else.
-const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-    form-action 'none'; frame-ancestors 'none'";
+/// The page runs its own inline script and style and reads `status.json`, nothing else: the
+/// script and style are named by hash, so that anything else inline (a script or handler
+/// an injection slipped into the page) is refused.
+static DASHBOARD_CSP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+         img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        inline_hashes(DASHBOARD, "script"),
+        inline_hashes(DASHBOARD, "style"),
+    )
+});
 
 /// What Prometheus expects for the OpenMetrics text format `prometheus_client` writes.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -188,7 +204,7 @@ impl MetricsServer {
         if !self.public {
             app = app.layer(axum::middleware::from_fn(loopback_host));
         }
-        let listener = Capped {
+        let mut listener = Capped {
             listener: self.listener,
             slots: Arc::new(Semaphore::new(self.max_connections.max(1))),
             max: self.max_connections,
@@ -196,10 +212,30 @@ impl MetricsServer {
             full: false,
             failing: false,
         };
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(addr = %self.addr, error = %e, "the metrics server failed");
+        // The idle timer of `IdleStream` restarts on every byte, so a head sent a byte at a
+        // time would hold its slot for ever: hyper's own deadline on the head bounds it.
+        // HTTP/1 only (what Prometheus and browsers speak here), with no upgrades.
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.idle_timeout);
+        // Owned here, so that dropping `serve` ends the connections too.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                (io, peer) = listener.accept() => {
+                    let conn = http.serve_connection(
+                        TokioIo::new(io),
+                        TowerToHyperService::new(app.clone()),
+                    );
+                    connections.spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "metrics connection failed");
+                        }
+                    });
+                }
+                Some(_) = connections.join_next() => {}
+            }
         }
-        std::future::pending::<()>().await;
     }
 }
 
@@ -214,10 +250,8 @@ struct Capped {
     failing: bool,
 }
 
-impl axum::serve::Listener for Capped {
-    type Io = IdleStream;
-    type Addr = SocketAddr;
-
+impl Capped {
+    /// The next connection within the cap; those over it are closed as they come.
     async fn accept(&mut self) -> (IdleStream, SocketAddr) {
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -247,10 +281,6 @@ impl axum::serve::Listener for Capped {
             self.full = false;
             return (IdleStream::new(stream, slot, self.idle), peer);
         }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 }
 
@@ -378,12 +408,43 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The CSP sources that allow each `<tag>` element of `page` by the SHA-256 of its content
+/// (`'sha256-…'`, space-separated), or `'none'` when it has none.
+fn inline_hashes(page: &str, tag: &str) -> String {
+    let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
+    let mut sources = Vec::new();
+    let mut rest = page;
+    while let Some(at) = rest.find(&open) {
+        rest = &rest[at + open.len()..];
+        // `<style>` or `<style media=…>`, not `<styles>`.
+        if !rest.starts_with(|c: char| c == '>' || c.is_ascii_whitespace()) {
+            continue;
+        }
+        let Some(start) = rest.find('>') else { break };
+        let Some(len) = rest[start + 1..].find(&close) else {
+            break;
+        };
+        // The browser hashes the text as parsed, and HTML parsing turns CRLF and CR into LF.
+        let text = rest[start + 1..start + 1 + len]
+            .replace("\r\n", "\n")
+            .replace('\r', "\n");
+        let digest = Sha256::digest(text.as_bytes());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        sources.push(format!("'sha256-{b64}'"));
+        rest = &rest[start + 1 + len + close.len()..];
+    }
+    if sources.is_empty() {
+        return "'none'".to_string();
+    }
+    sources.join(" ")
+}
+
 /// `GET /`: the dashboard.
 async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP.as_str()),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
@@ -500,7 +561,7 @@ impl Collector for Snapshot {
             let n = s.workers.iter().filter(|w| w.state == state).count();
             ConstGauge::new(n as u64).encode(m.encode_family(&[("state", state)])?)?;
         }
-        let gauges: [(&str, &str, u64); 4] = [
+        let gauges: [(&str, &str, u64); 5] = [
             (
                 "workers_target",
                 "Workers the pool is scaled to",
@@ -513,6 +574,11 @@ impl Collector for Snapshot {
             ),
             ("inflight", "Events held by workers", s.inflight as u64),
             ("submissions", "Open submissions", s.submissions as u64),
+            (
+                "breaker_open",
+                "1 while the circuit breaker is open: workers keep dying after their handshake",
+                u64::from(s.breaker.is_some()),
+            ),
         ];
         for (name, help, v) in gauges {
             ConstGauge::new(v).encode(enc.encode_descriptor(
@@ -687,6 +753,7 @@ mod tests {
             history: Default::default(),
             sources: Vec::new(),
             autoscale: None,
+            breaker: None,
         }
     }
 
@@ -839,6 +906,35 @@ mod tests {
         // No CDN: the machines herd runs on often have no internet.
         assert!(!DASHBOARD.contains("src=\"http"), "an external script");
         assert!(!DASHBOARD.contains("href=\"http"), "an external link");
+    }
+
+    #[test]
+    fn the_policy_names_each_inline_block_by_hash() {
+        // Known digests (`printf 'alert(1)' | sha256sum`, in base64); CRLF is hashed as LF.
+        let page = "<style>p{}</style><script>alert(1)</script><styles>x</styles>\
+                    <script type=module>a\r\nb</script>";
+        assert_eq!(
+            inline_hashes(page, "script"),
+            "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI=' \
+             'sha256-fhj3NzEbLcOy8mndeDlrA1HxT7Zu+oefdoyyMYGIPHg='"
+        );
+        assert_eq!(inline_hashes(page, "style").matches("'sha256-").count(), 1);
+        assert_eq!(inline_hashes("<p>", "script"), "'none'");
+        // The dashboard: one script and one style, and no 'unsafe-inline' anywhere.
+        for tag in ["script", "style"] {
+            assert_eq!(
+                inline_hashes(DASHBOARD, tag).matches("'sha256-").count(),
+                DASHBOARD.matches(&format!("<{tag}>")).count(),
+                "{tag}"
+            );
+        }
+        assert!(
+            !DASHBOARD_CSP.contains("unsafe-inline"),
+            "{}",
+            *DASHBOARD_CSP
+        );
+        // Inline `style="…"` attributes would need 'unsafe-inline' (or 'unsafe-hashes').
+        assert!(!DASHBOARD.contains(" style="), "an inline style attribute");
     }
 
     #[test]

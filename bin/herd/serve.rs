@@ -20,6 +20,10 @@ const FD_RESERVE_PER_WORKER: u64 = 8;
 /// The soft descriptor limit is raised at most this far (workers inherit it).
 const FD_RAISE_MAX: u64 = 65536;
 
+/// Help headings of the daemon's own options (the pool's come with `PoolArgs`).
+const METRICS: &str = "Metrics & dashboard";
+const CONNECTIONS: &str = "Connection limits (control socket and metrics)";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The control socket (created with mode 0600) that `herd submit`, `herd status` and
@@ -33,28 +37,30 @@ pub struct ServeArgs {
     /// the status object at http://ADDR/status.json. ADDR is HOST:PORT, with a host name or
     /// an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
     /// :PORT for the loopback address. Loopback only, unless --metrics-public.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+          help_heading = METRICS)]
     metrics: Option<MetricsAddr>,
     /// Let --metrics listen on an address that is not loopback (e.g. 0.0.0.0:9187), and
     /// answer any Host. Metrics and dashboard have no authentication: trusted networks only.
-    #[arg(long, requires = "metrics")]
+    #[arg(long, requires = "metrics", help_heading = METRICS)]
     metrics_public: bool,
     /// Most control connections open at once, and most metrics connections; a connection
     /// over the cap is refused at once. Lowered if the descriptor limit cannot hold it
     /// beside what the workers need.
     #[arg(long, value_name = "N", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=65536))]
+          value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = CONNECTIONS)]
     max_connections: u32,
     /// How long a control connection that is not a submission, or a metrics connection, may
-    /// sit idle before it is closed; also the most a request frame may take once begun.
+    /// sit idle before it is closed; also the most a request frame may take once begun, and
+    /// an HTTP request head in all, however slowly it trickles in.
     #[arg(long, value_name = "DUR", default_value = "10s",
-          value_parser = parse_timeout)]
+          value_parser = parse_timeout, help_heading = CONNECTIONS)]
     idle_timeout: Duration,
+    #[command(flatten)]
+    pool: PoolArgs,
     #[cfg(feature = "nats")]
     #[command(flatten)]
     nats: Box<crate::nats::NatsArgs>,
-    #[command(flatten)]
-    pool: PoolArgs,
 }
 
 /// After the pool has stopped, how long JetStream intake gets to settle what it holds (its

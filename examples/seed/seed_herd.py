@@ -2,7 +2,7 @@
 """The seed article's pipeline on herd: an asyncio event source feeding CPU-heavy work to a
 `herd serve` daemon through herd_client. seed_executor.py is the same program as the article.
 
-    herd serve --control herd.sock -- python3 scripts/pywork.py &
+    PYTHONPATH=sdk/python herd serve --control herd.sock -- python3 scripts/pywork.py &
     PYTHONPATH=sdk/python python3 examples/seed/seed_herd.py EVENTS --control herd.sock
 
 EVENTS holds one JSON event a line; the async generator `subscription` yields them as a

@@ -4,7 +4,7 @@ per event awaiting `pool.submit`, the subscription goes straight into `pool.map`
 `--inflight` events in flight and yields results as they complete. Same input and output as
 seed_executor.py and seed_herd.py.
 
-    herd serve --control herd.sock -- python3 scripts/pywork.py &
+    PYTHONPATH=sdk/python herd serve --control herd.sock -- python3 scripts/pywork.py &
     PYTHONPATH=sdk/python python3 examples/seed/seed_herd_map.py EVENTS --control herd.sock
 """
 

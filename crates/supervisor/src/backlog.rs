@@ -11,6 +11,10 @@
 //! leave the pool within its outbox delay whatever other workers do, so this cannot deadlock
 //! (chunks that `--ordered` parks behind an earlier event give their ticket back: see
 //! `submissions`).
+//!
+//! A paused worker is held for one submitter, so the reader tells the pool when it pauses and
+//! resumes: nothing is dispatched to a held worker, and one held past [`HELD_LIMIT`] while
+//! other submitters have work for it is killed (`Cause::Held`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +23,11 @@ use tokio::sync::Notify;
 
 /// Undelivered chunk bytes over which a worker's reader pauses.
 pub(crate) const LIMIT: usize = 4 * 1024 * 1024;
+/// How long a paused worker may be held for its submitter while other submitters have work
+/// waiting for it; then it is killed (its stream's event is `rejected`), so a submitter that
+/// stops reading holds up only itself. A reader that keeps reading, however slowly, unpauses
+/// the worker well within it.
+pub(crate) const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes counted per chunk besides its data.
 const OVERHEAD: usize = 64;
 
@@ -38,6 +47,11 @@ impl Backlog {
         ChunkTicket {
             held: Some((self.clone(), n)),
         }
+    }
+
+    /// Whether the backlog is over [`LIMIT`] (the reader would wait in [`Backlog::room`]).
+    pub fn over(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > LIMIT
     }
 
     /// Waits until the backlog is at most [`LIMIT`].

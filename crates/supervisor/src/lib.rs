@@ -66,7 +66,9 @@ pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit};
-pub use status::{AutoscaleDecision, AutoscaleStatus, SourceStatus, Status, WorkerStatus};
+pub use status::{
+    AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
+};
 pub use submission::{
     run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
     SubmissionError,

@@ -87,6 +87,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Whether bytes (or the end of the stream) wait unread on the socket: the reader task
+    /// has not caught up with what the worker wrote.
+    pub fn unread(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.socket.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
     /// Starts the reader and writer tasks for a worker that passed its handshake, speaking
     /// protocol version `protocol`.
     pub fn start(
@@ -212,10 +223,17 @@ async fn read_loop(
         if buf.capacity() - buf.len() < need.max(MIN_SPARE) {
             buf.reserve(need.max(READ_CHUNK));
         }
-        if let Some(backlog) = &backlog {
+        if let Some(backlog) = backlog.as_ref().filter(|b| b.over()) {
             // Too much of what this worker streamed is not delivered yet: stop reading, so it
-            // blocks on its socket until its records are written out (see `backlog`).
+            // blocks on its socket until its records are written out (see `backlog`). The
+            // pool hears of it, after the frames before it, to stop dispatching here.
+            if frames.send(FromLink::Held { id, held: true }).is_err() {
+                return;
+            }
             backlog.room().await;
+            if frames.send(FromLink::Held { id, held: false }).is_err() {
+                return;
+            }
         }
         match read(&socket, &mut buf).await {
             Ok(0) => {

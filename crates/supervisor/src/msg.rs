@@ -49,6 +49,9 @@ pub(crate) enum FromLink {
     Frame(WorkerId, WorkerFrame),
     /// Everything decoded from one read.
     Frames(WorkerId, Vec<WorkerFrame>),
+    /// The reader stopped reading (`true`) because too much of what the worker streamed is
+    /// not delivered yet, or started again (`false`): see `backlog`.
+    Held { id: WorkerId, held: bool },
     /// The end of the socket, with the protocol fault that ended it, if any.
     Closed { id: WorkerId, fault: Option<String> },
 }

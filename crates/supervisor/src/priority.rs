@@ -90,6 +90,11 @@ impl Queue {
         self.queued
     }
 
+    /// Whether a submission other than `id` has jobs queued.
+    pub fn others_queued(&self, id: SubmissionId) -> bool {
+        self.levels.iter().any(|l| l.ring.iter().any(|&s| s != id))
+    }
+
     /// Queued jobs per priority, highest first; levels with none are left out.
     pub fn depths(&self) -> impl Iterator<Item = (Priority, usize)> + '_ {
         self.levels
@@ -264,6 +269,19 @@ mod tests {
 
     fn job(submission: SubmissionId, seq: u64, priority: Priority) -> Job {
         Job::fresh(submission * 1_000_000 + seq, submission, seq, priority)
+    }
+
+    #[test]
+    fn others_queued_sees_any_other_submission_at_any_level() {
+        let mut q = Queue::default();
+        assert!(!q.others_queued(1));
+        q.push(job(1, 0, 0), false);
+        assert!(!q.others_queued(1), "only its own");
+        q.push(job(2, 0, 5), false);
+        assert!(q.others_queued(1));
+        assert!(q.others_queued(2));
+        assert_eq!(q.pop().map(|j| j.submission), Some(2));
+        assert!(!q.others_queued(1), "an emptied queue counts no more");
     }
 
     fn drain(q: &mut Queue) -> Vec<(SubmissionId, u64, Priority)> {

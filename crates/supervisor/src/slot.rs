@@ -91,6 +91,11 @@ pub(crate) enum Cause {
     /// Its socket ended, or could not be written, and the process had not exited within the
     /// exit timeout after that (see [`State::Leaving`]).
     LinkLost,
+    /// Its reader was paused for one submitter's undelivered chunks past
+    /// [`crate::backlog::HELD_LIMIT`] while others had work for it. The streaming event is
+    /// `rejected` (its submitter is not reading; a retry would only stall again), the rest
+    /// go back uncharged.
+    Held,
 }
 
 /// What an exit means, decided from the state the slot was in when it happened.
@@ -124,6 +129,11 @@ pub(crate) struct Limits {
 /// long).
 pub(crate) const LINK_DRAIN: Duration = Duration::from_secs(1);
 
+/// How long past the exit a link that still has unread bytes may keep the slot waiting: a
+/// starved herd may not have read a dead worker's last frames within [`LINK_DRAIN`], and
+/// settling then would drop results (or chunks) the worker did send.
+pub(crate) const LINK_DRAIN_MAX: Duration = Duration::from_secs(30);
+
 /// A slot's lifecycle; each variant carries what is true of the slot in it.
 #[derive(Debug)]
 pub(crate) enum State<L> {
@@ -145,6 +155,8 @@ pub(crate) enum State<L> {
         /// Tasks sent to this process, and completed by it (for `max_tasks`).
         sent: u64,
         done: u64,
+        /// Since when its reader has been paused for undelivered chunks (see `backlog`).
+        held: Option<Instant>,
     },
     /// Out of rotation; gets the termination frame once everything it holds is answered.
     Retiring {
@@ -152,6 +164,7 @@ pub(crate) enum State<L> {
         link: L,
         inflight: VecDeque<Running>,
         reason: &'static str,
+        held: Option<Instant>,
     },
     /// The termination frame was sent (it holds nothing); has until `deadline` to exit.
     Exiting {
@@ -187,6 +200,11 @@ pub(crate) enum State<L> {
         inflight: VecDeque<Running>,
         end: End,
         deadline: Instant,
+        /// When the exit was seen (bounds [`Slot::extend_drain`]).
+        since: Instant,
+        /// The link, kept so the pool can ask whether bytes are still unread on it (none
+        /// once the worker was killed: the kill dropped it).
+        link: Option<L>,
     },
 }
 
@@ -224,6 +242,9 @@ pub(crate) enum Effect {
     },
     /// A start failed (counted towards giving up on the pool).
     StartFailed,
+    /// A worker that completed its handshake died on its own without completing a task
+    /// (counted towards the pool's circuit breaker; any completed task resets the count).
+    EarlyDeath { detail: String },
     /// A worker process was replaced, for this reason; `unexpected` for a crash, timeout,
     /// protocol fault or start failure, else a graceful retirement.
     Replaced {
@@ -250,7 +271,7 @@ pub(crate) enum Done {
     },
     /// A result for a task the worker does not hold: a protocol fault.
     NotHeld,
-    /// The slot has no worker that could send results.
+    /// The slot has no worker that could send results, or its worker broke the protocol.
     Ignored,
 }
 
@@ -267,7 +288,7 @@ pub(crate) enum ChunkFor {
     /// A chunk for a task the worker does not hold (unknown, or already answered): a
     /// protocol fault.
     NotHeld,
-    /// The slot has no worker that could send it.
+    /// The slot has no worker that could send it, or its worker broke the protocol.
     Ignored,
 }
 
@@ -290,6 +311,8 @@ pub(crate) struct Slot<L> {
     pub stderr_tail: Vec<String>,
     /// When the current (or last) process was spawned, for its uptime in `herd status`.
     pub spawned_at: Option<Instant>,
+    /// Tasks the current (or last) process completed, whatever its state.
+    completed: u64,
 }
 
 impl<L> Slot<L> {
@@ -305,6 +328,7 @@ impl<L> Slot<L> {
             stdout_tail: Vec::new(),
             stderr_tail: Vec::new(),
             spawned_at: None,
+            completed: 0,
         }
     }
 
@@ -398,10 +422,45 @@ impl<L> Slot<L> {
         }
     }
 
-    /// Whether a ready worker may be sent one more task.
+    /// Whether a ready worker may be sent one more task (not while it is held for a
+    /// submitter's undelivered chunks: a task behind it would wait on that submitter).
     pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
-        matches!(&self.state, State::Ready { inflight, sent, .. }
+        matches!(&self.state, State::Ready { inflight, sent, held: None, .. }
             if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
+    }
+
+    /// The worker's link reader paused (`held`) for undelivered chunks, or resumed.
+    pub fn on_held(&mut self, held: bool, now: Instant) {
+        if let State::Ready { held: h, .. } | State::Retiring { held: h, .. } = &mut self.state {
+            tracing::debug!(
+                worker = self.index,
+                held,
+                "worker held for its chunks' reader"
+            );
+            *h = held.then_some(now);
+        }
+    }
+
+    /// If the worker is held for undelivered chunks: since when, and the submission of the
+    /// task it runs (the one streaming), with whether it holds another submission's tasks.
+    pub fn held(&self) -> Option<(Instant, crate::job::SubmissionId, bool)> {
+        match &self.state {
+            State::Ready {
+                held: Some(since),
+                inflight,
+                ..
+            }
+            | State::Retiring {
+                held: Some(since),
+                inflight,
+                ..
+            } => {
+                let sub = inflight.front()?.job.submission;
+                let others = inflight.iter().any(|r| r.job.submission != sub);
+                Some((*since, sub, others))
+            }
+            _ => None,
+        }
     }
 
     fn set(&mut self, next: State<L>) {
@@ -431,6 +490,7 @@ impl<L> Slot<L> {
     pub fn spawned(&mut self, pid: u32, token: String, now: Instant) {
         tracing::debug!(worker = self.index, pid, "worker spawned");
         self.spawned_at = Some(now);
+        self.completed = 0;
         self.set(State::Starting {
             pid,
             token,
@@ -472,6 +532,7 @@ impl<L> Slot<L> {
             inflight: VecDeque::new(),
             sent: 0,
             done: 0,
+            held: None,
         });
         if keep {
             return Vec::new();
@@ -495,9 +556,29 @@ impl<L> Slot<L> {
         }
     }
 
+    /// Whether the worker was killed for breaking the protocol. Nothing it sent after the
+    /// fault is trusted, not even frames that arrived in the same read: its results and
+    /// chunks are ignored, and what it held is settled as the fault (the suspect charged, the
+    /// bystanders re-queued), exactly as if the frames had never come.
+    fn faulted(&self) -> bool {
+        matches!(
+            &self.state,
+            State::Dying {
+                cause: Cause::Protocol(_),
+                ..
+            } | State::Exited {
+                end: End::Killed(Cause::Protocol(_)),
+                ..
+            }
+        )
+    }
+
     /// A chunk for task `task` arrived; counted on the task like a result, from the same
     /// states (a chunk sent before the worker died still stands: it was written).
     pub fn on_chunk(&mut self, task: u64) -> ChunkFor {
+        if self.faulted() {
+            return ChunkFor::Ignored;
+        }
         let inflight = match &mut self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
@@ -522,8 +603,12 @@ impl<L> Slot<L> {
     }
 
     /// A result for task `task` arrived. Results count from a worker that is retiring, being
-    /// killed or has exited (they were sent before it died).
+    /// killed or has exited (they were sent before it died), unless it was killed for a
+    /// protocol fault (see [`Slot::faulted`]).
     pub fn on_done(&mut self, task: u64, now: Instant, limits: &Limits) -> Done {
+        if self.faulted() {
+            return Done::Ignored;
+        }
         let (pid, inflight) = match &mut self.state {
             State::Ready { pid, inflight, .. }
             | State::Retiring { pid, inflight, .. }
@@ -547,6 +632,7 @@ impl<L> Slot<L> {
         }
         self.failures = 0;
         self.total_tasks += 1;
+        self.completed += 1;
         let mut worn_out = false;
         let mut emptied = false;
         match &mut self.state {
@@ -584,6 +670,7 @@ impl<L> Slot<L> {
                 pid,
                 link,
                 inflight,
+                held,
                 ..
             } => {
                 if reason != "stop" {
@@ -595,6 +682,7 @@ impl<L> Slot<L> {
                     link,
                     inflight,
                     reason,
+                    held,
                 });
                 if idle {
                     self.exit_now(now, limits);
@@ -755,29 +843,46 @@ impl<L> Slot<L> {
     /// The process exited. If its link is still open, results it sent before dying may be on
     /// their way: wait for the link's end (up to [`LINK_DRAIN`]) before settling.
     pub fn on_exit(&mut self, exit: Exit, now: Instant, keep: bool, limits: &Limits) -> Effects {
-        let (pid, inflight, end, link_open) = match self.take() {
-            State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false),
-            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
-                (pid, inflight, End::Crashed, true)
+        let (pid, inflight, end, link_open, link) = match self.take() {
+            State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false, None),
+            State::Ready {
+                pid,
+                inflight,
+                link,
+                ..
             }
+            | State::Retiring {
+                pid,
+                inflight,
+                link,
+                ..
+            } => (pid, inflight, End::Crashed, true, Some(link)),
             State::Exiting {
                 pid,
                 link_open,
                 reason,
+                link,
                 ..
-            } => (pid, VecDeque::new(), End::Graceful(reason), link_open),
+            } => (
+                pid,
+                VecDeque::new(),
+                End::Graceful(reason),
+                link_open,
+                Some(link),
+            ),
+            // Its link was dropped with its Ready state, as a killed worker's is.
             State::Leaving {
                 pid,
                 inflight,
                 link_open,
                 ..
-            } => (pid, inflight, End::Crashed, link_open),
+            } => (pid, inflight, End::Crashed, link_open, None),
             State::Dying {
                 pid,
                 inflight,
                 cause,
                 link_open,
-            } => (pid, inflight, End::Killed(cause), link_open),
+            } => (pid, inflight, End::Killed(cause), link_open, None),
             other => {
                 self.state = other;
                 return Vec::new();
@@ -795,6 +900,8 @@ impl<L> Slot<L> {
             inflight,
             end,
             deadline: now + LINK_DRAIN,
+            since: now,
+            link,
         });
         if link_open {
             return Vec::new();
@@ -868,6 +975,14 @@ impl<L> Slot<L> {
                 format!("worker {i} (pid {pid}) broke the protocol: {fault}"),
             ),
             End::Killed(Cause::StartFailed(why)) => (ErrorKind::Crashed, why.clone()),
+            End::Killed(Cause::Held) => (
+                ErrorKind::Rejected,
+                format!(
+                    "its submitter did not read its chunks for {} while other work waited \
+                     for worker {i} (pid {pid}), which was stopped",
+                    humanize(crate::backlog::HELD_LIMIT)
+                ),
+            ),
             End::Killed(Cause::Stop) => (
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
@@ -907,6 +1022,7 @@ impl<L> Slot<L> {
             _ if !started => "start-failure",
             End::Killed(Cause::Timeout) => "timeout",
             End::Killed(Cause::Protocol(_)) => "protocol",
+            End::Killed(Cause::Held) => "held",
             _ => "crash",
         };
         self.restarts += 1;
@@ -916,6 +1032,21 @@ impl<L> Slot<L> {
             pid,
             detail: message.clone(),
         });
+        // A worker whose Hello the pool had not taken in yet when it died counts too (it
+        // looks like a failed start): only a completed task shows the workers can work.
+        if self.completed == 0
+            && matches!(
+                end,
+                End::Crashed
+                    | End::Killed(Cause::LinkLost)
+                    | End::NeverConnected
+                    | End::Killed(Cause::StartFailed(_))
+            )
+        {
+            effects.push(Effect::EarlyDeath {
+                detail: message.clone(),
+            });
+        }
         if !started {
             effects.extend(self.start_failure(&message, now));
         } else if held_work {
@@ -963,6 +1094,34 @@ impl<L> Slot<L> {
 
     /// Whatever is due at `now`: a start or task timeout, an exit timeout, an exit whose
     /// link never ended, the end of a backoff.
+    /// The link of an exited worker whose drain deadline has passed, for the pool to ask
+    /// whether the worker's last bytes are still unread.
+    pub fn overdue_drain(&self, now: Instant) -> Option<&L> {
+        match &self.state {
+            State::Exited {
+                deadline,
+                link: Some(link),
+                ..
+            } if *deadline <= now => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Gives an exited worker's link another [`LINK_DRAIN`] because bytes are still unread
+    /// on it (herd, not the worker, is behind), up to [`LINK_DRAIN_MAX`] after the exit.
+    /// Returns whether it did.
+    pub fn extend_drain(&mut self, now: Instant) -> bool {
+        match &mut self.state {
+            State::Exited {
+                deadline, since, ..
+            } if now.saturating_duration_since(*since) < LINK_DRAIN_MAX => {
+                *deadline = now + LINK_DRAIN;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn on_deadline(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
         if self.deadline(limits).is_none_or(|d| d > now) {
             return Vec::new();

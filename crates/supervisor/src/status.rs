@@ -210,6 +210,21 @@ pub struct Status {
     /// The autoscaler's bounds and decisions; absent when the pool has a fixed size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleStatus>,
+    /// The circuit breaker, while it is open (workers keep dying after their handshake
+    /// without completing a task); absent when closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerStatus>,
+}
+
+/// An open circuit breaker, as `herd status --json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerStatus {
+    /// How long it has been open (s).
+    pub open_secs: f64,
+    /// Workers in a row that died after their handshake without completing a task.
+    pub deaths: u32,
+    /// What the last one died of.
+    pub last: String,
 }
 
 /// The autoscaler, as `herd status --json` shows it (`--workers MIN..MAX`).

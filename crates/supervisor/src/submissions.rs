@@ -272,6 +272,11 @@ impl Submissions {
         self.queue.queued()
     }
 
+    /// Whether a submission other than `id` has jobs queued.
+    pub fn others_queued(&self, id: SubmissionId) -> bool {
+        self.queue.others_queued(id)
+    }
+
     /// Queued jobs per priority, highest first (only priorities with some).
     pub fn depths(&self) -> impl Iterator<Item = (Priority, usize)> + '_ {
         self.queue.depths()

@@ -7,6 +7,7 @@ use std::io;
 use tokio::net::unix::UCred;
 
 use super::{Phase, Pool};
+use crate::backlog::HELD_LIMIT;
 use crate::link::Link;
 use crate::msg::{Exited, FromLink, Outgoing, WorkerFrame};
 use crate::process;
@@ -62,6 +63,7 @@ impl Pool {
                     message,
                 } => self.settle_inflight(inflight, kind, &message),
                 Effect::StartFailed => self.maybe_give_up(i),
+                Effect::EarlyDeath { detail } => self.on_early_death(detail),
                 Effect::Replaced {
                     reason,
                     unexpected,
@@ -214,6 +216,11 @@ impl Pool {
                     self.on_frame(id, frame);
                 }
             }
+            FromLink::Held { id, held } => {
+                if let Some(i) = self.current(id) {
+                    self.slots[i].on_held(held, self.now);
+                }
+            }
             FromLink::Closed { id, fault } => {
                 let Some(i) = self.current(id) else { return };
                 let keep = self.keep(i);
@@ -243,6 +250,7 @@ impl Pool {
                 if shutdown {
                     self.apply(i, vec![Effect::Shutdown]);
                 }
+                self.on_task_completed();
                 self.on_result(i, pid, running, outcome);
             }
             Done::NotHeld => {
@@ -290,6 +298,32 @@ impl Pool {
                 self.apply(i, effects);
             }
             ChunkFor::Ignored => {}
+        }
+    }
+
+    /// Kills each worker held for one submitter's undelivered chunks for longer than
+    /// [`HELD_LIMIT`] while another submitter's work waits for it (queued, or behind the
+    /// stream in the worker): a submitter that stops reading holds up only itself. Checked at
+    /// every wake-up, so work arriving after the limit releases the worker at once.
+    pub(super) fn release_held(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some((since, submission, others_inside)) = self.slots[i].held() else {
+                continue;
+            };
+            if since + HELD_LIMIT > self.now
+                || !(others_inside || self.submissions.others_queued(submission))
+            {
+                continue;
+            }
+            tracing::warn!(
+                worker = i,
+                pid = self.slots[i].pid(),
+                submission,
+                "worker held for a submitter that does not read its chunks while other work \
+                 waits; killing it"
+            );
+            let effects = self.slots[i].kill(Cause::Held);
+            self.apply(i, effects);
         }
     }
 

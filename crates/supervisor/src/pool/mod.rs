@@ -12,6 +12,7 @@
 //! | `mod.rs` | the state and the select loop |
 //! | `intake.rs` | submissions opening and ending, events accepted into their queues |
 //! | `dispatch.rs` | handing queued jobs to workers with room, round-robin |
+//! | `breaker.rs` | the circuit breaker: workers that always die after their handshake |
 //! | `lifecycle.rs` | spawning, handshakes, results, exits and carrying out slot effects; scaling and reloading |
 //! | `settle.rs` | the exactly-one-record bookkeeping: every record leaves through it |
 //! | `stop.rs` | graceful and fast stops, and when the pool may exit |
@@ -21,6 +22,7 @@
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
 
+mod breaker;
 mod dispatch;
 mod intake;
 mod lifecycle;
@@ -88,6 +90,10 @@ pub(crate) struct Pool {
     phase: Phase,
     /// Some worker completed a handshake once: start failures no longer make the pool give up.
     ever_ready: bool,
+    /// Workers in a row that died after their handshake without completing a task.
+    early_deaths: u32,
+    /// Open while workers keep dying that way (see `breaker`).
+    breaker: Option<breaker::Open>,
     announced_ready: bool,
     ready_tx: watch::Sender<Option<Vec<u32>>>,
     /// Per-worker frames gathered by one dispatch (kept to reuse the allocation).
@@ -188,6 +194,8 @@ impl Pool {
             next_job: 0,
             phase: Phase::Running,
             ever_ready: false,
+            early_deaths: 0,
+            breaker: None,
             announced_ready: false,
             ready_tx,
             outgoing: Vec::new(),
@@ -295,6 +303,8 @@ impl Pool {
                     }
                 }
             }
+            pool.release_held();
+            pool.shed_while_open();
             pool.dispatch();
             for id in pool.submissions.flush(pool.now, false) {
                 tracing::info!(

@@ -218,7 +218,14 @@ impl Pool {
                 self.fail(job, kind, message.to_string());
                 continue;
             }
-            if k == 0 {
+            // Stopped because its submitter did not read its chunks (`Cause::Held`): the
+            // stream is not retried (it would stall again); anything else it held is innocent.
+            let held = kind == ErrorKind::Rejected;
+            if k == 0 && held && job.chunks > 0 {
+                self.fail(job, kind, message.to_string());
+                continue;
+            }
+            if k == 0 && !held {
                 job.charged += 1;
                 if job.charged > self.cfg.retries {
                     self.fail(job, kind, message.to_string());

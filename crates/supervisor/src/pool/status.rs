@@ -63,6 +63,14 @@ impl Pool {
                 Phase::Stopping => "stopping",
             },
             sources: Vec::new(),
+            breaker: self
+                .breaker
+                .as_ref()
+                .map(|open| crate::status::BreakerStatus {
+                    open_secs: self.now.saturating_duration_since(open.since).as_secs_f64(),
+                    deaths: self.early_deaths,
+                    last: open.last.clone(),
+                }),
             autoscale: self.autoscaler.as_ref().map(|a| {
                 let cfg = a.config();
                 let (grows, shrinks) = a.counts();

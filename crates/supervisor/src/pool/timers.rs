@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Phase, Pool};
+use crate::link::Link;
 use crate::{autoscale, process};
 
 /// How often workers' resident memory is compared with `max_rss`.
@@ -27,6 +28,13 @@ impl Pool {
         let autoscale = (self.autoscaler.is_some() && self.phase == Phase::Running)
             .then_some(self.next_autoscale);
         let slots = self.slots.iter().filter_map(|s| s.deadline(&self.limits));
+        // A held worker's limit (see `release_held`); once past, only new work matters, and
+        // that wakes the pool anyway.
+        let held = self
+            .slots
+            .iter()
+            .filter_map(|s| Some(s.held()?.0 + crate::backlog::HELD_LIMIT))
+            .filter(|&t| t > self.now);
         [
             stop,
             rss,
@@ -37,6 +45,7 @@ impl Pool {
         .into_iter()
         .flatten()
         .chain(slots)
+        .chain(held)
         .min()
     }
 
@@ -47,6 +56,12 @@ impl Pool {
         self.autoscale();
         self.retries_due();
         for i in 0..self.slots.len() {
+            let unread = self.slots[i]
+                .overdue_drain(self.now)
+                .is_some_and(Link::unread);
+            if unread && self.slots[i].extend_drain(self.now) {
+                continue;
+            }
             let keep = self.keep(i);
             let effects = self.slots[i].on_deadline(self.now, keep, &self.limits);
             self.apply(i, effects);

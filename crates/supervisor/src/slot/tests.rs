@@ -65,6 +65,7 @@ fn names(effects: &Effects) -> Vec<String> {
                 format!("settle {kind} {ids:?}")
             }
             Effect::StartFailed => "start-failed".to_string(),
+            Effect::EarlyDeath { .. } => "early-death".to_string(),
             Effect::Replaced {
                 reason, unexpected, ..
             } => {
@@ -317,7 +318,13 @@ fn an_exit_with_its_link_already_closed_is_settled_at_once() {
     let e = s.on_exit(Exit::Code(3), t0 + ms(4000), true, &limits());
     assert_eq!(
         names(&e),
-        ["settle crashed [1]", "replaced crash !", "spawn"]
+        [
+            "settle crashed [1]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ],
+        "it completed no task: counted for the breaker"
     );
     assert_eq!(
         settle_message(&e),
@@ -335,7 +342,12 @@ fn a_worker_that_closes_its_link_but_does_not_exit_is_killed_at_the_exit_timeout
     let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
     assert_eq!(
         names(&e),
-        ["settle crashed [1, 2]", "replaced crash !", "spawn"]
+        [
+            "settle crashed [1, 2]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ]
     );
     // The record says herd killed it, and why, not "killed by SIGKILL".
     assert_eq!(
@@ -379,7 +391,12 @@ fn an_exit_whose_link_never_ends_is_settled_at_the_link_drain_deadline() {
     let e = s.on_deadline(t0 + LINK_DRAIN, true, &limits());
     assert_eq!(
         names(&e),
-        ["settle crashed [1]", "replaced crash !", "spawn"]
+        [
+            "settle crashed [1]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ]
     );
 }
 
@@ -389,13 +406,17 @@ fn idle_deaths_back_off_after_the_first() {
     let mut s = ready(t0);
     assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced crash !", "spawn"], "first: at once");
+    assert_eq!(
+        names(&e),
+        ["replaced crash !", "early-death", "spawn"],
+        "first: at once"
+    );
     s.next_id();
     s.spawned(PID + 1, "t2".into(), t0);
     s.greeted((), t0, true, &limits());
     s.on_link_lost(None, t0, true, &limits());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced crash !"]);
+    assert_eq!(names(&e), ["replaced crash !", "early-death"]);
     assert_eq!(s.state().name(), "backoff");
     assert_eq!(s.deadline(&limits()), Some(t0 + policy::BACKOFF_BASE));
     // A completed task resets the count.
@@ -409,7 +430,10 @@ fn start_failures_back_off_longer_each_time() {
     let t0 = Instant::now();
     let mut s = starting(t0);
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert_eq!(
         s.last_failure,
         format!("worker 3 (pid {PID}) exited with code 0 without connecting to herd")
@@ -438,7 +462,10 @@ fn a_start_timeout_kills_and_counts_as_a_start_failure() {
     let e = s.on_deadline(t0 + ms(10_000), true, &limits());
     assert_eq!(names(&e), [format!("kill {PID}")]);
     let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert!(s
         .last_failure
         .contains("did not complete its handshake within 10s"));
@@ -569,7 +596,10 @@ fn a_failed_handshake_is_a_start_failure_with_its_cause() {
     let mut s = starting(t0);
     s.kill(Cause::StartFailed("it wrote text".into()));
     let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
-    assert_eq!(names(&e), ["replaced start-failure !", "start-failed"]);
+    assert_eq!(
+        names(&e),
+        ["replaced start-failure !", "early-death", "start-failed"]
+    );
     assert_eq!(s.last_failure, "it wrote text");
 }
 
@@ -661,4 +691,77 @@ fn chunks_count_per_attempt_and_only_for_held_tasks() {
     s.kill(Cause::Timeout);
     assert!(matches!(s.on_chunk(2), ChunkFor::Task { index: 1, .. }));
     assert_eq!(Slot::<()>::new(0).on_chunk(1), ChunkFor::Ignored);
+}
+
+#[test]
+fn nothing_after_a_protocol_fault_counts_and_its_work_is_settled_as_the_fault() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    // A stray chunk was the fault; its own Done and chunk came behind it, in the same read.
+    assert_eq!(s.on_chunk(99), ChunkFor::NotHeld);
+    s.kill(Cause::Protocol("chunk for task 99".into()));
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Ignored));
+    assert_eq!(s.on_chunk(2), ChunkFor::Ignored);
+    // Nor after its exit, while the link still drains.
+    let _ = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    assert!(matches!(s.on_done(2, t0, &limits()), Done::Ignored));
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle protocol [1, 2]", "replaced protocol !", "spawn"],
+        "the suspect and its bystander, as if the late frames never came"
+    );
+    // Any other kill still takes the results sent before it.
+    let mut s = busy(t0, 1);
+    s.kill(Cause::Timeout);
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+}
+
+#[test]
+fn a_held_worker_takes_no_work_and_its_kill_rejects_the_stream_alone() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 1);
+    let mut other = job(2);
+    other.submission = 7;
+    s.assign(other, t0).unwrap();
+    assert!(s.has_room(4, None));
+    s.on_held(true, t0 + ms(10));
+    assert!(
+        !s.has_room(4, None),
+        "nothing is dispatched behind a held worker"
+    );
+    assert_eq!(s.held(), Some((t0 + ms(10), 0, true)));
+    s.on_held(false, t0 + ms(20));
+    assert_eq!(s.held(), None);
+    assert!(s.has_room(4, None));
+    s.on_held(true, t0 + ms(30));
+    assert_eq!(names(&s.kill(Cause::Held)), [format!("kill {PID}")]);
+    let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    assert!(e.is_empty(), "waits for the link");
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle rejected [1, 2]", "replaced held !", "spawn"]
+    );
+    assert!(settle_message(&e).contains("did not read its chunks"));
+}
+
+#[test]
+fn only_a_worker_that_never_completed_a_task_dies_early() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+    s.on_link_lost(None, t0, true, &limits());
+    let e = s.on_exit(Exit::Code(3), t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle crashed [2]", "replaced crash !", "spawn"]
+    );
+    // Its successor starts from nothing.
+    s.next_id();
+    s.spawned(PID + 1, "t2".into(), t0);
+    s.greeted((), t0, true, &limits());
+    s.on_link_lost(None, t0, true, &limits());
+    let e = s.on_exit(Exit::Code(3), t0, true, &limits());
+    assert!(names(&e).contains(&"early-death".to_string()), "{e:?}");
 }
