@@ -29,6 +29,10 @@
 //!   for, stops reading its stdin, or ends in the middle of a line.
 //! - **Bounded memory.** An answer line longer than herd's frame limit is not kept: the task gets
 //!   a non-retryable error, and the rest of the line is skipped.
+//! - **A silent child is named.** A filter that buffers its output when it writes to a pipe
+//!   (Debian's mawk, `sed` without `-u`, `python3` without `-u`) holds its answers back, and
+//!   herd waits. When events have waited [`SILENCE`] for an answer and the child wrote nothing,
+//!   herd-stdio says so once on stderr (herd logs it), with how to unbuffer the usual filters.
 //! - **The child never outlives herd-stdio.** It gets `PR_SET_PDEATHSIG(SIGKILL)`, and it is in
 //!   the process group herd kills when the worker exits or times out. On the termination frame
 //!   its stdin is closed; it gets `--stop-timeout` to write its last answers and exit, then it is
@@ -40,9 +44,10 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -59,6 +64,11 @@ const EXIT_PROGRAM: u8 = 3;
 const PIPE_BUFFER: usize = 64 * 1024;
 /// Longest quote of a stray line in an error message.
 const QUOTE: usize = 200;
+/// How long events may wait for an answer, with nothing at all from the child, before
+/// herd-stdio says (once) that the child may be buffering its output.
+const SILENCE: Duration = Duration::from_secs(5);
+/// How often the answer thread looks at the time while it waits for the child's output.
+const SILENCE_TICK: u16 = 500;
 
 #[derive(Parser)]
 #[command(
@@ -125,6 +135,7 @@ fn main() -> ExitCode {
         child: Mutex::new(child),
         replies: Mutex::new(replies),
         stopping: AtomicBool::new(false),
+        flushed: AtomicU64::new(0),
     });
     let (ids_tx, ids_rx) = mpsc::channel();
     let (end_tx, end_rx) = mpsc::channel();
@@ -237,6 +248,8 @@ struct Shared {
     replies: Mutex<Replies>,
     /// The termination frame came: the end of the child's stdout is expected.
     stopping: AtomicBool,
+    /// Lines flushed to the child's stdin so far (each one waits for its answer line).
+    flushed: AtomicU64,
 }
 
 impl Shared {
@@ -310,6 +323,7 @@ enum Fed {
 /// The main thread: tasks from herd become lines on the child's stdin.
 fn feed(mut tasks: Tasks, stdin: ChildStdin, ids: Sender<u64>, shared: &Shared) -> Fed {
     let mut stdin = BufWriter::with_capacity(PIPE_BUFFER, stdin);
+    let mut written = 0u64;
     loop {
         // Lines go out before a read that may block: the child must not wait for a task we
         // hold while herd waits for its answer.
@@ -317,6 +331,7 @@ fn feed(mut tasks: Tasks, stdin: ChildStdin, ids: Sender<u64>, shared: &Shared) 
             if let Err(err) = stdin.flush() {
                 return Fed::ChildStopped(err);
             }
+            shared.flushed.store(written, Ordering::Relaxed);
         }
         let task = match tasks.recv() {
             Ok(Some(task)) => task,
@@ -345,12 +360,13 @@ fn feed(mut tasks: Tasks, stdin: ChildStdin, ids: Sender<u64>, shared: &Shared) 
             // The answer thread is gone: the process is on its way out.
             return Fed::ChildStopped(io::ErrorKind::BrokenPipe.into());
         }
-        let written = stdin
+        let line = stdin
             .write_all(&task.payload)
             .and_then(|()| stdin.write_all(b"\n"));
-        if let Err(err) = written {
+        if let Err(err) = line {
             return Fed::ChildStopped(err);
         }
+        written += 1;
     }
 }
 
@@ -370,11 +386,17 @@ fn answer(stdout: ChildStdout, ids: &Receiver<u64>, shared: &Shared, max: usize)
     let mut line = Vec::new();
     // Bytes of the current line beyond `max`, dropped.
     let mut dropped = 0usize;
+    // Answer lines read, and whether the child was already named as silent.
+    let mut answered = 0u64;
+    let mut warned = false;
     loop {
         // Replies go out before a read that may block.
         if reader.buffer().is_empty() {
             if let Err(err) = lock(&shared.replies).flush() {
                 gone(shared, &err);
+            }
+            if !warned {
+                warned = await_output(reader.get_ref(), shared, answered);
             }
         }
         let buf = match reader.fill_buf() {
@@ -415,6 +437,7 @@ fn answer(stdout: ChildStdout, ids: &Receiver<u64>, shared: &Shared, max: usize)
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+        answered += 1;
         let Ok(id) = ids.try_recv() else {
             let quote = String::from_utf8_lossy(&line[..line.len().min(QUOTE)]).into_owned();
             fail(
@@ -438,6 +461,43 @@ fn answer(stdout: ChildStdout, ids: &Receiver<u64>, shared: &Shared, max: usize)
         };
         if let Err(err) = lock(&shared.replies).send(id, result) {
             gone(shared, &err);
+        }
+    }
+}
+
+/// Waits until the child's stdout can be read (or has ended). Returns true after saying, once,
+/// that events have waited [`SILENCE`] without a byte from the child: the usual cause is a
+/// filter that buffers its output on a pipe, and herd would otherwise wait without a word.
+fn await_output(stdout: &ChildStdout, shared: &Shared, answered: u64) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    // Since when events have been waiting while the child wrote nothing.
+    let mut waiting_since: Option<Instant> = None;
+    loop {
+        let pending = shared
+            .flushed
+            .load(Ordering::Relaxed)
+            .saturating_sub(answered);
+        if pending == 0 {
+            waiting_since = None;
+        } else {
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SILENCE {
+                eprintln!(
+                    "herd-stdio: {} has not answered for {}s with {pending} events waiting for \
+                     their answer lines: if it buffers its output on a pipe, make it write each \
+                     line at once (python3 -u, sed -u, grep --line-buffered, mawk -W \
+                     interactive, awk with fflush(), jq --unbuffered, or stdbuf -oL)",
+                    shared.program,
+                    SILENCE.as_secs()
+                );
+                return true;
+            }
+        }
+        let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, SILENCE_TICK) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            // Readable, ended, or an error the read will report.
+            Ok(_) | Err(_) => return false,
         }
     }
 }

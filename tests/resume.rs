@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -348,7 +349,7 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
     // A valid start, then a line no record could be.
     let mut mixed = b"{\"seq\":0,\"ok\":true,\"output\":0}\n".to_vec();
     mixed.extend(vec![b'x'; 20 << 20]);
-    let cases: [(&str, &[u8], &str); 6] = [
+    let cases: [(&str, &[u8], &str); 7] = [
         ("text", b"hello\nworld\n", "line 1 is not a herd record"),
         (
             "binary",
@@ -367,6 +368,13 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
             "second final record",
         ),
         ("json", b"{\"a\":1}\n", "line 1 is not a herd record"),
+        // A middle line cut short that still ends with `}` (issue 19, item 6).
+        (
+            "cut",
+            b"{\"seq\":0,\"ok\":true,\"output\":0}\n{\"seq\":1,\"ok\":true,\"output\":{\"a\":2}\n\
+              {\"seq\":2,\"ok\":true,\"output\":4}\n",
+            "line 2 is not a herd record (it is not valid JSON",
+        ),
     ];
     for (name, content, want) in cases {
         let out = fx.path(name);
@@ -418,6 +426,57 @@ fn files_that_are_not_herd_records_are_refused_untouched() {
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success() && stderr.contains(want), "{stderr}");
     }
+}
+
+/// Issue 19, item 5: records that cannot be read back (a pipe, a FIFO) are refused at once, as
+/// `-o -` is, by `herd run` and `herd submit` alike; before, the scan waited for ever.
+#[test]
+fn resume_refuses_a_pipe_or_fifo_as_the_records_file() {
+    let fx = Fixture::new();
+    let input = fx.path("events");
+    std::fs::write(&input, square_events(10)).unwrap();
+    let fifo = fx.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let new = fx.path("new.jsonl");
+    let (i, f, n) = (
+        input.to_str().unwrap(),
+        fifo.to_str().unwrap(),
+        new.to_str().unwrap(),
+    );
+    let submit = ["submit", "--control", "/nonexistent.sock"];
+    let cases: [(&str, Vec<&str>); 5] = [
+        ("run -o FIFO", resume_args(&[], i, f)),
+        // The test reads herd's stdout through a pipe.
+        ("run -o /dev/stdout", resume_args(&[], i, "/dev/stdout")),
+        (
+            "run --retry-failed FIFO",
+            vec!["run", "--retry-failed", f, "-i", i, "-o", n, "--", chaos()],
+        ),
+        (
+            "submit -o FIFO",
+            [&submit[..], &["--resume", "-i", i, "-o", f]].concat(),
+        ),
+        (
+            "submit -o /dev/stdout",
+            [&submit[..], &["--resume", "-i", i, "-o", "/dev/stdout"]].concat(),
+        ),
+    ];
+    for (name, args) in cases {
+        let run = fx
+            .herd(&args)
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains("needs the records as a regular file")
+                && stderr.contains("is a pipe or FIFO"),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("worker ready"), "{name}: {stderr}");
+    }
+    assert!(!exists(&new), "nothing was created");
 }
 
 #[test]

@@ -349,3 +349,44 @@ fn sigint_finishes_accepted_events_and_a_second_one_stops_at_once() {
         .all(|r| kind(r) == "ok" || kind(r) == "shutdown"));
     assert!(fx.leftover_runtime_dirs().is_empty());
 }
+
+/// Issue 19, item 13: started with stdout closed (`>&-`), herd cannot write its records, so
+/// `run` and `submit` refuse to start (before, the runtime's /dev/null took fd 1 and herd
+/// exited 0 with every record lost). Likewise a closed stdin. `>/dev/null` still works.
+#[test]
+fn a_closed_stdout_or_stdin_is_refused_before_any_worker_starts() {
+    let fx = Fixture::new();
+    let input = fx.path("events");
+    std::fs::write(&input, square_events(3)).unwrap();
+    let i = input.to_str().unwrap();
+    let run = ["run", "-i", i, "--", chaos()];
+    let submit = ["submit", "--control", "/nonexistent.sock", "-i", i];
+    let sh = |redirect: &str, args: &[&str]| {
+        // The shell applies the redirection, then becomes herd, as a user's shell does.
+        fx.std_command("sh")
+            .arg("-c")
+            .arg(format!("exec \"$0\" \"$@\" {redirect}"))
+            .arg(herd_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let stdin_run = ["run", "--", chaos()];
+    for (redirect, args, want) in [
+        (">&-", &run[..], "stdout is closed"),
+        (">&-", &submit[..], "stdout is closed"),
+        ("<&-", &stdin_run[..], "stdin is closed"),
+    ] {
+        let out = sh(redirect, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{redirect} {args:?}: {stderr}");
+        assert!(stderr.contains(want), "{redirect} {args:?}: {stderr}");
+        assert!(!stderr.contains("worker ready"), "{redirect}: {stderr}");
+    }
+    let out = sh(">/dev/null", &run);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -570,3 +570,58 @@ fn stdio_exits_and_takes_its_child_along_when_herd_goes_away() {
         "{stderr}"
     );
 }
+
+/// Issue 19: a filter that buffers its output on a pipe (`sed` without `-u`, like Debian's
+/// mawk) holds every answer back and herd waits. herd-stdio says so once, with how to unbuffer
+/// it, after events waited 5 s with nothing from the filter (before, there was no log line).
+#[test]
+fn stdio_a_filter_that_buffers_its_output_is_named_once() {
+    let fx = Fixture::new();
+    let input = fx.path("input");
+    std::fs::write(&input, "a\nb\nc\n").unwrap();
+    let args = [
+        "run",
+        "--log-format",
+        "json",
+        "-w",
+        "1",
+        "-i",
+        input.to_str().unwrap(),
+        "--",
+        stdio_bin(),
+        "--",
+        "sed",
+        "s/^/x/",
+    ];
+    let started = std::time::Instant::now();
+    let live = fx.spawn_herd(&args);
+    let silent = |l: &Value| {
+        l["stream"] == "stderr"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("has not answered"))
+    };
+    live.wait_log(
+        "herd-stdio to name the silent filter",
+        std::time::Duration::from_secs(60),
+        |logs| logs.iter().any(silent),
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "not before 5 s of silence"
+    );
+    // The answers never come: a fast stop ends the run.
+    signal(live.pid(), nix::sys::signal::Signal::SIGQUIT);
+    let (_, records, logs) = live.finish(RUN_TIMEOUT);
+    let named: Vec<&Value> = logs.iter().filter(|l| silent(l)).collect();
+    assert_eq!(named.len(), 1, "once: {}", dump(&logs));
+    let message = named[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`sed s/^/x/`")
+            && message.contains("sed -u")
+            && message.contains("mawk -W interactive"),
+        "{message}"
+    );
+    assert_eq!(records.len(), 3);
+    assert!(records.iter().all(|r| kind(r) == "shutdown"), "{records:?}");
+}

@@ -315,7 +315,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let input = crate::open_input(&args.input)?;
-    let output = crate::resume::open_output(&args.output, args.resume)?;
+    let output = crate::resume::open_output(&args.output, plan.as_deref())?;
     let rt = runtime()?;
     let conn = rt.block_on(connect(&args.control))?;
     let (lines, received) = rt.block_on(stream(conn, input, output, &args, plan))?;

@@ -12,6 +12,7 @@ mod resume;
 mod run;
 mod serve;
 mod signals;
+mod stdio;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -363,6 +364,10 @@ fn hint_worker_command(mut err: clap::Error) -> clap::Error {
 pub fn open_input(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
     use anyhow::Context;
     if path.as_os_str() == "-" {
+        anyhow::ensure!(
+            !stdio::was_closed(0),
+            "stdin is closed, so there are no events to read: give -i FILE, or </dev/null for none"
+        );
         return Ok(Box::new(std::io::stdin()));
     }
     let f = std::fs::File::open(path)
@@ -374,6 +379,12 @@ pub fn open_input(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Rea
 pub fn open_output(path: &std::path::Path) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
     use anyhow::Context;
     if path.as_os_str() == "-" {
+        // Refused before any worker starts: the records would go nowhere and herd exit 0.
+        anyhow::ensure!(
+            !stdio::was_closed(1),
+            "stdout is closed, so the records cannot be written: give -o FILE, or >/dev/null \
+             to drop them"
+        );
         return Ok(Box::new(std::io::stdout()));
     }
     let f = std::fs::File::create(path)

@@ -2,9 +2,10 @@
 //! records files written earlier, and how the pool's dense numbering maps back to line numbers.
 //!
 //! A records file is read once, line by line, into bitsets over the input's line numbers (one
-//! bit per line: 12.5 KB for 100,000 events), never into a map of its lines. Only the fixed
-//! prefix herd writes is looked at (`{"seq":N,"ok":…` or `{"seq":N,"chunk":…`), so outputs
-//! of any size or depth cost nothing to skip.
+//! bit per line: 12.5 KB for 100,000 events), never into a map of its lines. The fixed prefix
+//! herd writes (`{"seq":N,"ok":…` or `{"seq":N,"chunk":…`) says what a line is, and a
+//! streaming syntax check ([`json`]) that every line is one whole JSON value, so a line cut
+//! short in the middle of the file is refused; outputs of any size cost no memory to check.
 //!
 //! The events that run are numbered 0, 1, 2, … for the pool (so `--ordered` and the daemon's
 //! arrival-order seqs work unchanged), and each record's `seq` is mapped back to its line
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use herd_supervisor::Input;
+
+mod json;
 
 /// A fixed-size set of line numbers.
 #[derive(Debug, Clone)]
@@ -80,9 +83,8 @@ enum Line {
     Chunk,
 }
 
-/// `seq` and kind of one records line from its first [`HEAD`] bytes and its last byte (before
-/// the newline), or why it is not one.
-fn parse_line(head: &[u8], last: Option<u8>) -> Result<(u64, Line), &'static str> {
+/// `seq` and kind of one records line from its first [`HEAD`] bytes, or why it is not one.
+fn parse_line(head: &[u8]) -> Result<(u64, Line), &'static str> {
     let (seq, rest) = split_seq(head).ok_or("it does not start with {\"seq\":")?;
     let seq = seq.ok_or("its seq is not a number")?;
     let kind = if rest.starts_with(b",\"ok\":true,") {
@@ -94,19 +96,58 @@ fn parse_line(head: &[u8], last: Option<u8>) -> Result<(u64, Line), &'static str
     } else {
         return Err("\"ok\" or \"chunk\" does not follow its seq");
     };
-    if last != Some(b'}') {
-        return Err("it does not end with }");
-    }
     Ok((seq, kind))
 }
 
 /// Bytes of a line's start that [`parse_line`] needs: the prefix, 20 digits, `,"ok":false,`.
 const HEAD: usize = 64;
 
-/// Reads the records file `path`, written for an input of `lines` lines. Nothing is changed:
-/// see [`repair`]. Fails, naming the line, on anything herd would not have written there.
-pub fn scan(path: &Path, lines: u64, input: &Path) -> anyhow::Result<Scan> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+/// Opens the records file `path` for `what` (an option's name) and refuses anything but a
+/// regular file: a pipe, FIFO or terminal cannot be read back (the scan would wait for ever
+/// for its end) nor cut. The open does not wait either: a FIFO's blocks until a writer comes.
+fn open_records(path: &Path, options: &mut OpenOptions, what: &str) -> anyhow::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = options
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .file_type();
+    let not = if kind.is_file() {
+        None
+    } else if kind.is_fifo() {
+        Some("a pipe or FIFO")
+    } else if kind.is_char_device() {
+        Some("a terminal or device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(not) = not {
+        bail!(
+            "{what} needs the records as a regular file, which herd reads back: {} is {not}",
+            path.display()
+        );
+    }
+    // Blocking again: no change on a regular file, but the descriptor is written through.
+    let fd = file.as_raw_fd();
+    fcntl(fd, FcntlArg::F_GETFL)
+        .and_then(|f| {
+            let flags = OFlag::from_bits_truncate(f) - OFlag::O_NONBLOCK;
+            fcntl(fd, FcntlArg::F_SETFL(flags))
+        })
+        .with_context(|| format!("cannot set the flags of {}", path.display()))?;
+    Ok(file)
+}
+
+/// Reads the records file `file` (at `path`), written for an input of `lines` lines. Nothing
+/// is changed: see [`repair`]. Fails, naming the line, on anything herd would not have written.
+fn scan(file: &File, path: &Path, lines: u64, input: &Path) -> anyhow::Result<Scan> {
     scan_from(file, lines).with_context(|| {
         format!(
             "refusing to resume from {} for input {} (the file is left as it is)",
@@ -125,8 +166,8 @@ fn scan_from(mut file: impl Read, lines: u64) -> anyhow::Result<Scan> {
         chunk_lines: 0,
         torn: None,
     };
-    // Only the start and the last byte of each line are kept, so memory stays the same
-    // whatever the size of the records (or of a garbage file without a newline).
+    // Only the start of each line and the state of its syntax check are kept, so memory stays
+    // the same whatever the size of the records (or of a garbage file without a newline).
     let mut line = LineStart::default();
     let mut offset = 0u64;
     let mut number = 1u64;
@@ -163,11 +204,11 @@ fn scan_from(mut file: impl Read, lines: u64) -> anyhow::Result<Scan> {
     Ok(scan)
 }
 
-/// What [`scan_from`] keeps of a line: its first [`HEAD`] bytes, its last byte, its length.
+/// What [`scan_from`] keeps of a line: its first [`HEAD`] bytes, its syntax check, its length.
 #[derive(Default)]
 struct LineStart {
     head: Vec<u8>,
-    last: Option<u8>,
+    json: json::JsonCheck,
     len: u64,
 }
 
@@ -175,7 +216,7 @@ impl LineStart {
     fn feed(&mut self, part: &[u8]) {
         let take = HEAD.saturating_sub(self.head.len()).min(part.len());
         self.head.extend_from_slice(&part[..take]);
-        self.last = part.last().copied().or(self.last);
+        self.json.feed(part);
         self.len += part.len() as u64;
     }
 
@@ -188,8 +229,13 @@ impl LineStart {
 impl Scan {
     /// Counts one complete line, or says why it cannot be in a records file.
     fn judge(&mut self, line: &LineStart, number: u64, lines: u64) -> anyhow::Result<()> {
-        let (seq, kind) = parse_line(&line.head, line.last)
+        let (seq, kind) = parse_line(&line.head)
             .map_err(|why| anyhow::anyhow!("line {number} is not a herd record ({why})"))?;
+        // Checked before anything else counts it: a line cut short or garbled in the middle
+        // of the file is not a record, whatever its start says.
+        if let Err(why) = line.json.finish() {
+            bail!("line {number} is not a herd record ({why})");
+        }
         if seq >= lines {
             bail!(
                 "line {number} is a record for seq {seq}, but the input has {lines} lines: \
@@ -217,14 +263,10 @@ impl Scan {
     }
 }
 
-/// Cuts a torn last line off `path` (see [`Scan::torn`]).
-pub fn repair(path: &Path, scan: &Scan) -> anyhow::Result<()> {
+/// Cuts a torn last line off `file` at `path` (see [`Scan::torn`]).
+fn repair(file: &File, path: &Path, scan: &Scan) -> anyhow::Result<()> {
     if let Some((offset, len)) = scan.torn {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .with_context(|| format!("cannot open {} to repair it", path.display()))?;
-        f.set_len(offset)
+        file.set_len(offset)
             .with_context(|| format!("cannot cut the torn last line off {}", path.display()))?;
         tracing::warn!(
             output = %path.display(),
@@ -268,7 +310,8 @@ pub struct Plan {
     pub to_run: u64,
     /// Under `--resume`: lines whose final record in the output is not ok.
     failed_before: Option<Bits>,
-    /// Held while the records are appended (see [`plan`]).
+    /// Under `--resume`: the records file, checked, held locked while the records are
+    /// appended to it (see [`plan`]).
     lock: Option<nix::fcntl::Flock<File>>,
 }
 
@@ -387,7 +430,8 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
                     records.display()
                 );
             }
-            let scan = scan(records, lines, o.input)?;
+            let file = open_records(records, OpenOptions::new().read(true), "--retry-failed")?;
+            let scan = scan(&file, records, lines, o.input)?;
             if scan.torn.is_some() {
                 tracing::warn!(records = %records.display(), "ignoring an unterminated last line");
             }
@@ -405,24 +449,23 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
     let mut lock = None;
     let skip = if o.resume {
         // Two herds appending to one file would run every event twice: the first holds the
-        // file locked until it ends (the kernel drops the lock of a killed process).
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(o.output)
-            .with_context(|| format!("cannot open output {}", o.output.display()))?;
-        lock = Some(
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-                |(_, e)| {
-                    anyhow::anyhow!(
-                        "another herd is writing to {} (it holds a lock on it): {e}",
-                        o.output.display()
-                    )
-                },
-            )?,
-        );
-        let scan = scan(o.output, lines, o.input)?;
-        repair(o.output, &scan)?;
+        // file locked until it ends (the kernel drops the lock of a killed process). It is
+        // opened once: read, cut and appended to through one descriptor.
+        let file = open_records(
+            o.output,
+            OpenOptions::new().read(true).append(true).create(true),
+            "--resume",
+        )?;
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| {
+                anyhow::anyhow!(
+                    "another herd is writing to {} (it holds a lock on it): {e}",
+                    o.output.display()
+                )
+            })?;
+        let scan = scan(&file, o.output, lines, o.input)?;
+        repair(&file, o.output, &scan)?;
+        lock = Some(file);
         tracing::info!(
             output = %o.output.display(),
             finals = scan.finals,
@@ -460,17 +503,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The output for records: appended to under `--resume`, else created (or stdout).
-pub fn open_output(path: &Path, resume: bool) -> anyhow::Result<Box<dyn Write + Send>> {
-    if !resume {
-        return crate::open_output(path);
+/// The output for records: under `--resume` the records file [`plan`] checked and locked,
+/// appended to; else created (or stdout).
+pub fn open_output(path: &Path, plan: Option<&Plan>) -> anyhow::Result<Box<dyn Write + Send>> {
+    match plan.and_then(|p| p.lock.as_deref()) {
+        Some(file) => Ok(Box::new(file.try_clone().with_context(|| {
+            format!("cannot open output {} to append to it", path.display())
+        })?)),
+        None => crate::open_output(path),
     }
-    let f = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .with_context(|| format!("cannot open output {} to append to it", path.display()))?;
-    Ok(Box::new(f))
 }
 
 /// Rewrites the `seq` of record lines (`{"seq":N,…`) from the pool's dense numbering to line
@@ -569,7 +610,22 @@ mod tests {
         assert!(err(b"{\"seq\":5,\"ok\":true,\"output\":1}\n", 3).contains("input changed"));
         let twice = b"{\"seq\":0,\"ok\":true,\"o\":1}\n{\"seq\":0,\"ok\":false,\"o\":1}\n";
         assert!(err(twice, 3).contains("second final record"));
-        assert!(err(b"{\"seq\":0,\"ok\":true,\"o\":1\n", 3).contains("does not end"));
+        assert!(err(b"{\"seq\":0,\"ok\":true,\"o\":1\n", 3).contains("ends inside a value"));
+        // A middle line cut short, though it ends with `}` (issue 19, item 6).
+        let cut =
+            b"{\"seq\":0,\"ok\":true,\"output\":0}\n{\"seq\":1,\"ok\":true,\"output\":{\"a\":2}\n\
+            {\"seq\":2,\"ok\":true,\"output\":4}\n";
+        let e = err(cut, 3);
+        assert!(
+            e.contains("line 2 is not a herd record") && e.contains("not valid JSON"),
+            "{e}"
+        );
+        let trailing = b"{\"seq\":0,\"ok\":true,\"output\":0}}\n";
+        assert!(
+            err(trailing, 3).contains("column 31"),
+            "{}",
+            err(trailing, 3)
+        );
     }
 
     #[test]

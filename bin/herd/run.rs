@@ -68,7 +68,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Open both ends before starting any worker, so a typo costs nothing.
     let input = crate::open_input(&args.input)?;
     let to_stdout = args.output.as_os_str() == "-";
-    let output = resume::open_output(&args.output, args.resume)?;
+    let output = resume::open_output(&args.output, plan.as_deref())?;
     // Under --resume the failed file is written anew: the lines of the events that failed in
     // the earlier runs (from the records, so a kill that lost some of their lines loses
     // nothing) as the input goes by, and this run's as their records come.

@@ -88,8 +88,8 @@ pub(crate) enum Cause {
     StartFailed(String),
     /// The pool is stopping fast, it overran its exit timeout, or it was scaled away mid-start.
     Stop,
-    /// Its socket ended, or could not be written, while the process still ran. Recorded as a
-    /// crash: the exit status says more than the socket did.
+    /// Its socket ended, or could not be written, and the process had not exited within the
+    /// exit timeout after that (see [`State::Leaving`]).
     LinkLost,
     /// Its reader was paused for one submitter's undelivered chunks past
     /// [`crate::backlog::HELD_LIMIT`] while others had work for it. The streaming event is
@@ -174,6 +174,17 @@ pub(crate) enum State<L> {
         deadline: Instant,
         reason: &'static str,
     },
+    /// Its link ended (or could not be written) while the process still ran: it is most
+    /// likely exiting, and gets until `deadline` (the exit timeout) to do so on its own, so
+    /// that its record says how it ended (a Python worker's `sys.exit(3)` closes its socket
+    /// before the interpreter has shut down). Then it is killed. After a failed write the
+    /// link may still deliver the results the worker sent before: they count, as in `Dying`.
+    Leaving {
+        pid: u32,
+        inflight: VecDeque<Running>,
+        deadline: Instant,
+        link_open: bool,
+    },
     /// Killed by the pool; waiting for its exit status.
     Dying {
         pid: u32,
@@ -207,7 +218,7 @@ impl<L> State<L> {
             State::Ready { inflight, .. } if inflight.is_empty() => "idle",
             State::Ready { .. } => "busy",
             State::Retiring { .. } | State::Exiting { .. } => "draining",
-            State::Dying { .. } | State::Exited { .. } => "dying",
+            State::Leaving { .. } | State::Dying { .. } | State::Exited { .. } => "dying",
         }
     }
 }
@@ -348,6 +359,7 @@ impl<L> Slot<L> {
             | State::Ready { pid, .. }
             | State::Retiring { pid, .. }
             | State::Exiting { pid, .. }
+            | State::Leaving { pid, .. }
             | State::Dying { pid, .. }
             | State::Exited { pid, .. } => Some(*pid),
             State::Backoff { .. } | State::Stopped => None,
@@ -358,6 +370,7 @@ impl<L> Slot<L> {
         match &self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. }
             | State::Dying { inflight, .. }
             | State::Exited { inflight, .. } => inflight.len(),
             _ => 0,
@@ -569,6 +582,7 @@ impl<L> Slot<L> {
         let inflight = match &mut self.state {
             State::Ready { inflight, .. }
             | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. }
             | State::Dying { inflight, .. }
             | State::Exited { inflight, .. } => inflight,
             State::Exiting { .. } => return ChunkFor::NotHeld,
@@ -598,6 +612,7 @@ impl<L> Slot<L> {
         let (pid, inflight) = match &mut self.state {
             State::Ready { pid, inflight, .. }
             | State::Retiring { pid, inflight, .. }
+            | State::Leaving { pid, inflight, .. }
             | State::Dying { pid, inflight, .. }
             | State::Exited { pid, inflight, .. } => (*pid, inflight),
             State::Exiting { .. } => return Done::NotHeld,
@@ -725,6 +740,12 @@ impl<L> Slot<L> {
                 (pid, inflight, true)
             }
             State::Exiting { pid, link_open, .. } => (pid, VecDeque::new(), link_open),
+            State::Leaving {
+                pid,
+                inflight,
+                link_open,
+                ..
+            } => (pid, inflight, link_open),
             State::Backoff { .. } if cause == Cause::Stop => return Vec::new(),
             other => {
                 self.state = other;
@@ -753,7 +774,12 @@ impl<L> Slot<L> {
     ) -> Effects {
         match (&mut self.state, fault) {
             (State::Exited { .. }, _) => self.settle(now, keep, limits),
-            (State::Dying { link_open, .. } | State::Exiting { link_open, .. }, None) => {
+            (
+                State::Dying { link_open, .. }
+                | State::Exiting { link_open, .. }
+                | State::Leaving { link_open, .. },
+                None,
+            ) => {
                 // Expected: it is being killed, or is exiting after the termination frame.
                 *link_open = false;
                 Vec::new()
@@ -771,11 +797,38 @@ impl<L> Slot<L> {
                 self.kill_after_link_lost(Cause::Protocol(fault))
             }
             (State::Ready { .. } | State::Retiring { .. }, None) => {
-                // Usually the process is exiting; make sure of it. Its exit status, not this
-                // EOF, decides what is recorded.
-                self.kill_after_link_lost(Cause::LinkLost)
+                self.leave(now, limits, false);
+                Vec::new()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// A write to the worker's link failed: the process is most likely exiting (see
+    /// [`Slot::leave`]); what it sent before still arrives on the link.
+    pub fn on_write_failed(&mut self, now: Instant, limits: &Limits) {
+        self.leave(now, limits, true);
+    }
+
+    /// The link of a ready or retiring worker ended, or could not be written: the process is
+    /// most likely exiting. It gets the exit timeout to do so, so that its own exit status,
+    /// not herd's SIGKILL, decides what is recorded (see [`State::Leaving`]).
+    fn leave(&mut self, now: Instant, limits: &Limits, link_open: bool) {
+        match self.take() {
+            State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
+                tracing::debug!(
+                    worker = self.index,
+                    pid,
+                    "worker link ended; awaiting its exit"
+                );
+                self.set(State::Leaving {
+                    pid,
+                    inflight,
+                    deadline: now + limits.exit_timeout,
+                    link_open,
+                });
+            }
+            other => self.state = other,
         }
     }
 
@@ -817,6 +870,13 @@ impl<L> Slot<L> {
                 link_open,
                 Some(link),
             ),
+            // Its link was dropped with its Ready state, as a killed worker's is.
+            State::Leaving {
+                pid,
+                inflight,
+                link_open,
+                ..
+            } => (pid, inflight, End::Crashed, link_open, None),
             State::Dying {
                 pid,
                 inflight,
@@ -890,6 +950,15 @@ impl<L> Slot<L> {
             End::NeverConnected => (
                 ErrorKind::Crashed,
                 format!("worker {i} (pid {pid}) {what} without connecting to herd"),
+            ),
+            // herd's own SIGKILL is not how it ended: it had stopped talking to herd.
+            End::Killed(Cause::LinkLost) if exit == Exit::Signal(nix::libc::SIGKILL) => (
+                ErrorKind::Crashed,
+                format!(
+                    "worker {i} (pid {pid}) closed its connection to herd but did not exit \
+                     within {}, so herd killed it",
+                    humanize(limits.exit_timeout)
+                ),
             ),
             End::Crashed | End::Killed(Cause::LinkLost) | End::Graceful(_) => {
                 (ErrorKind::Crashed, format!("worker {i} (pid {pid}) {what}"))
@@ -1015,7 +1084,9 @@ impl<L> Slot<L> {
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
             State::Ready { inflight, .. } | State::Retiring { inflight, .. } => head(inflight),
-            State::Exiting { deadline, .. } | State::Exited { deadline, .. } => Some(*deadline),
+            State::Exiting { deadline, .. }
+            | State::Leaving { deadline, .. }
+            | State::Exited { deadline, .. } => Some(*deadline),
             State::Backoff { until } => Some(*until),
             State::Dying { .. } | State::Stopped => None,
         }
@@ -1077,6 +1148,14 @@ impl<L> Slot<L> {
                     "worker did not exit after the termination frame; killing it"
                 );
                 self.kill(Cause::Stop)
+            }
+            State::Leaving { pid, .. } => {
+                tracing::warn!(
+                    worker = i,
+                    pid,
+                    "worker closed its connection but did not exit; killing it"
+                );
+                self.kill(Cause::LinkLost)
             }
             State::Exited { pid, .. } => {
                 tracing::warn!(

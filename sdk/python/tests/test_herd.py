@@ -78,6 +78,28 @@ def test_crashes_are_retried_then_recorded(herd):
             assert r["ok"] and r["output"] == r["seq"] ** 2, r
 
 
+def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd):
+    """`sys.exit(3)` in a handler closes the socket before the interpreter has shut down; herd
+    waits for the exit instead of killing the process at the socket's end, so the record gives
+    the real cause, not herd's own SIGKILL (issue 19)."""
+    worker = herd.path("exits.py")
+    with open(worker, "w") as f:
+        f.write("import sys\nimport herd_worker\n\n\n"
+                "def handle(payload):\n"
+                "    if payload == b'exit':\n"
+                "        sys.exit(3)\n"
+                "    return payload\n\n\n"
+                "herd_worker.run(handle)\n")
+    run = herd.run(["-w", "1", "--retries", "1"], ["a", "exit", "b"], worker=worker)
+    assert run.code == 0, run.dump()
+    recs = run.by_seq()
+    assert recs[1]["error"]["kind"] == "crashed" and recs[1]["attempts"] == 2, recs[1]
+    assert recs[1]["error"]["message"].endswith("exited with code 3"), recs[1]
+    assert [r["output"] for r in (recs[0], recs[2])] == ["a", "b"]
+    codes = [e.get("code") for e in run.log("worker exited")]
+    assert codes.count(3) == 2, run.dump()
+
+
 def test_a_hang_is_killed_by_the_timeout(herd):
     events = [square(1), '{"op":"hang"}', square(3), '{"op":"sleep","ms":10}']
     run = herd.run(["-w", "2", "--timeout", "2s", "--retries", "1"], events)

@@ -4,7 +4,6 @@
 use super::Pool;
 use crate::msg::Outgoing;
 use crate::policy;
-use crate::slot::Cause;
 
 impl Pool {
     /// The window in effect: fixed, or automatic (2 until enough tasks were measured).
@@ -59,8 +58,7 @@ impl Pool {
             batch.clear();
             if !sent {
                 // The writer is gone, so the worker is going down: its exit settles the tasks.
-                let effects = self.slots[i].kill(Cause::LinkLost);
-                self.apply(i, effects);
+                self.slots[i].on_write_failed(now, &self.limits);
             }
         }
         self.outgoing = batches;

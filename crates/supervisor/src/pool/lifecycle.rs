@@ -447,6 +447,7 @@ impl Pool {
                 // Already on its way to a fresh process; nothing to wait for.
                 State::Backoff { .. }
                 | State::Stopped
+                | State::Leaving { .. }
                 | State::Dying { .. }
                 | State::Exited { .. } => {
                     self.reload_queue.pop_front();

@@ -304,11 +304,18 @@ fn a_crash_while_working_charges_the_head_and_restarts_at_once() {
 fn an_exit_with_its_link_already_closed_is_settled_at_once() {
     let t0 = Instant::now();
     let mut s = busy(t0, 1);
-    // EOF first: herd makes sure the process goes (its exit decides the record).
+    // EOF first (a Python `sys.exit(3)` closes its socket, then shuts the interpreter down):
+    // no kill, which would record herd's SIGKILL instead of the real exit (issue 19).
     let e = s.on_link_lost(None, t0, true, &limits());
-    assert_eq!(names(&e), [format!("kill {PID}")]);
+    assert!(e.is_empty(), "{:?}", names(&e));
     assert_eq!(s.state().name(), "dying");
-    let e = s.on_exit(Exit::Code(3), t0, true, &limits());
+    assert_eq!(
+        s.deadline(&limits()),
+        Some(t0 + ms(5000)),
+        "the exit timeout"
+    );
+    assert!(s.on_deadline(t0 + ms(4999), true, &limits()).is_empty());
+    let e = s.on_exit(Exit::Code(3), t0 + ms(4000), true, &limits());
     assert_eq!(
         names(&e),
         [
@@ -323,6 +330,56 @@ fn an_exit_with_its_link_already_closed_is_settled_at_once() {
         settle_message(&e),
         format!("worker 3 (pid {PID}) exited with code 3")
     );
+}
+
+#[test]
+fn a_worker_that_closes_its_link_but_does_not_exit_is_killed_at_the_exit_timeout() {
+    let t0 = Instant::now();
+    let mut s = busy(t0, 2);
+    assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
+    let e = s.on_deadline(t0 + ms(5000), true, &limits());
+    assert_eq!(names(&e), [format!("kill {PID}")]);
+    let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        [
+            "settle crashed [1, 2]",
+            "replaced crash !",
+            "early-death",
+            "spawn"
+        ]
+    );
+    // The record says herd killed it, and why, not "killed by SIGKILL".
+    assert_eq!(
+        settle_message(&e),
+        format!(
+            "worker 3 (pid {PID}) closed its connection to herd but did not exit within 5s, \
+             so herd killed it"
+        )
+    );
+    // A write that fails (the dispatcher's view of the same end) waits the same way, and the
+    // results the worker sent before still count: the link has not ended yet.
+    let mut s = busy(t0, 2);
+    s.on_write_failed(t0, &limits());
+    assert_eq!(s.deadline(&limits()), Some(t0 + ms(5000)));
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+    let e = s.on_exit(Exit::Signal(11), t0, true, &limits());
+    assert!(e.is_empty(), "waits for the link");
+    let e = s.on_link_lost(None, t0, true, &limits());
+    assert_eq!(
+        names(&e),
+        ["settle crashed [2]", "replaced crash !", "spawn"]
+    );
+    assert_eq!(
+        settle_message(&e),
+        format!("worker 3 (pid {PID}) killed by SIGSEGV")
+    );
+    // A fast stop meanwhile kills it; its work is recorded as shutdown.
+    let mut s = busy(t0, 1);
+    s.on_link_lost(None, t0, false, &limits());
+    assert_eq!(names(&s.kill(Cause::Stop)), [format!("kill {PID}")]);
+    let e = s.on_exit(Exit::Signal(9), t0, false, &limits());
+    assert_eq!(names(&e), ["settle shutdown [1]"]);
 }
 
 #[test]
@@ -347,7 +404,7 @@ fn an_exit_whose_link_never_ends_is_settled_at_the_link_drain_deadline() {
 fn idle_deaths_back_off_after_the_first() {
     let t0 = Instant::now();
     let mut s = ready(t0);
-    assert!(s.on_link_lost(None, t0, true, &limits()).len() == 1);
+    assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
     assert_eq!(
         names(&e),
