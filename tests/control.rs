@@ -546,8 +546,11 @@ fn sleep_events(n: usize, ms: u64) -> Vec<u8> {
 /// The daemon stops (`sig`) while one `herd submit` still has thousands of events queued:
 /// every one of them still reaches it, `shutdown` records for those that never ran, and the
 /// daemon exits only after that (issue 19, item 1).
-fn a_stop_delivers_every_record_to_the_submitter(extra: &[&str], sig: Signal) {
-    let d = Daemon::start(1, extra);
+fn a_stop_delivers_every_record_to_the_submitter(workers: &str, extra: &[&str], sig: Signal) {
+    let fx = Fixture::new();
+    let control = fx.path("control.sock");
+    let live = fx.serve_w(&control, workers, extra);
+    let d = Daemon { fx, live, control };
     let mut sub = d.fx.spawn_herd(&["submit", "--control", d.ctl()]);
     let feeder = sub.feed(sleep_events(4000, 50));
     wait_for("the first records", RUN_TIMEOUT, || sub.records_so_far() >= 20);
@@ -567,12 +570,17 @@ fn a_stop_delivers_every_record_to_the_submitter(extra: &[&str], sig: Signal) {
 
 #[test]
 fn a_fast_stop_delivers_every_record_to_a_connected_submitter() {
-    a_stop_delivers_every_record_to_the_submitter(&[], Signal::SIGQUIT);
+    a_stop_delivers_every_record_to_the_submitter("1", &[], Signal::SIGQUIT);
+}
+
+#[test]
+fn a_fast_stop_delivers_every_record_to_a_connected_submitter_under_autoscaling() {
+    a_stop_delivers_every_record_to_the_submitter("1..2", &[], Signal::SIGQUIT);
 }
 
 #[test]
 fn a_graceful_stop_past_its_grace_delivers_every_record_to_a_connected_submitter() {
-    a_stop_delivers_every_record_to_the_submitter(&["--grace", "1s"], Signal::SIGTERM);
+    a_stop_delivers_every_record_to_the_submitter("1", &["--grace", "1s"], Signal::SIGTERM);
 }
 
 #[test]

@@ -735,3 +735,80 @@ fn append(frame: &mut RecordsFrame, batch: &[Record]) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const FRAME: usize = 600 * 1024;
+
+    fn reader(budget: &Arc<Semaphore>) -> (FrameReader, OwnedWriteHalf, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (rd, wr) = ours.into_split();
+        let rd = FrameReader::new(rd, 1 << 20, Duration::from_secs(30), budget.clone());
+        (rd, wr, theirs)
+    }
+
+    fn frame(fill: u8) -> Vec<u8> {
+        let mut f = (FRAME as u32).to_le_bytes().to_vec();
+        f.resize(HEADER_LEN + FRAME, fill);
+        f
+    }
+
+    /// Two big frames, half sent each, and budget for one: the first reserves its whole
+    /// length, the second waits holding none of it, and both complete in turn (a budget
+    /// taken piecemeal would leave each holding half, waiting for the other).
+    #[tokio::test]
+    async fn big_frames_take_the_shared_budget_whole_and_in_turn() {
+        let budget = Arc::new(Semaphore::new(FRAME + FRAME / 2));
+        let (mut r1, _w1, mut c1) = reader(&budget);
+        let (mut r2, _w2, mut c2) = reader(&budget);
+        let (a, b) = (frame(b'a'), frame(b'b'));
+        let half = HEADER_LEN + FRAME / 2;
+        let first = tokio::spawn(async move { r1.next(None).await.map(|f| (f.unwrap(), r1)) });
+        c1.write_all(&a[..half]).await.unwrap();
+        let wait = Duration::from_secs(30);
+        tokio::time::timeout(wait, async {
+            while budget.available_permits() != FRAME / 2 - HEADER_LEN {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first frame reserves its whole length");
+        let second = tokio::spawn(async move { r2.next(None).await.map(|f| (f.unwrap(), r2)) });
+        // The second reads its free share, then waits for the budget without taking any.
+        let writer = tokio::spawn(async move {
+            c2.write_all(&b).await.unwrap();
+            c2
+        });
+        c1.write_all(&a[half..]).await.unwrap();
+        let (body, r1) = tokio::time::timeout(wait, first).await.unwrap().unwrap().unwrap();
+        assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'a'));
+        assert!(r1.reserved.is_none());
+        let (body, r2) = tokio::time::timeout(wait, second).await.unwrap().unwrap().unwrap();
+        assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'b'));
+        assert!(r2.reserved.is_none() && r2.buf.is_empty());
+        writer.await.unwrap();
+        assert_eq!(budget.available_permits(), FRAME + FRAME / 2);
+    }
+
+    /// Frames within the free share never touch the budget, however many follow each other.
+    #[tokio::test]
+    async fn small_frames_need_no_budget() {
+        let budget = Arc::new(Semaphore::new(0));
+        let (mut r, _w, mut c) = reader(&budget);
+        let mut bytes = Vec::new();
+        for i in 0..40u8 {
+            let mut f = 10_000u32.to_le_bytes().to_vec();
+            f.resize(HEADER_LEN + 10_000, i);
+            bytes.extend_from_slice(&f);
+        }
+        tokio::spawn(async move { c.write_all(&bytes).await.map(|()| c) });
+        for i in 0..40u8 {
+            let body = r.next(None).await.unwrap().unwrap();
+            assert_eq!((body.len(), body[0]), (10_000, i));
+            assert!(r.buf.len() <= FREE_PARTIAL);
+        }
+    }
+}
