@@ -540,7 +540,9 @@ fn a_daemon_that_stops_mid_submission_is_reported_after_the_records() {
 
 /// `n` events that each sleep `ms` milliseconds.
 fn sleep_events(n: usize, ms: u64) -> Vec<u8> {
-    format!("{{\"op\":\"sleep\",\"ms\":{ms}}}\n").repeat(n).into_bytes()
+    format!("{{\"op\":\"sleep\",\"ms\":{ms}}}\n")
+        .repeat(n)
+        .into_bytes()
 }
 
 /// The daemon stops (`sig`) while one `herd submit` still has thousands of events queued:
@@ -553,7 +555,9 @@ fn a_stop_delivers_every_record_to_the_submitter(workers: &str, extra: &[&str], 
     let d = Daemon { fx, live, control };
     let mut sub = d.fx.spawn_herd(&["submit", "--control", d.ctl()]);
     let feeder = sub.feed(sleep_events(4000, 50));
-    wait_for("the first records", RUN_TIMEOUT, || sub.records_so_far() >= 20);
+    wait_for("the first records", RUN_TIMEOUT, || {
+        sub.records_so_far() >= 20
+    });
     signal(d.live.pid(), sig);
     let (status, records, logs) = sub.finish(RUN_TIMEOUT);
     feeder.join().unwrap();
@@ -562,7 +566,10 @@ fn a_stop_delivers_every_record_to_the_submitter(workers: &str, extra: &[&str], 
     let seqs: HashSet<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs.len(), 4000);
     let shutdown = records.iter().filter(|r| kind(r) == "shutdown").count();
-    assert!((1..=3980).contains(&shutdown), "{shutdown} shutdown records");
+    assert!(
+        (1..=3980).contains(&shutdown),
+        "{shutdown} shutdown records"
+    );
     let (status, _, logs) = d.live.finish(RUN_TIMEOUT);
     assert!(status.success(), "{}", dump(&logs));
     assert!(!d.control.exists(), "control socket removed");
@@ -629,17 +636,16 @@ fn submitters_over_the_connection_cap_wait_for_their_turn() {
         .map(|i| {
             let out = d.fx.path(&format!("out{i}"));
             let err = std::fs::File::create(d.fx.path(&format!("err{i}"))).unwrap();
-            let child = d
-                .fx
-                .std_command(herd_bin())
-                .args(["submit", "--control", d.ctl(), "-i"])
-                .arg(&input)
-                .arg("-o")
-                .arg(&out)
-                .stdout(Stdio::null())
-                .stderr(err)
-                .spawn()
-                .unwrap();
+            let child =
+                d.fx.std_command(herd_bin())
+                    .args(["submit", "--control", d.ctl(), "-i"])
+                    .arg(&input)
+                    .arg("-o")
+                    .arg(&out)
+                    .stdout(Stdio::null())
+                    .stderr(err)
+                    .spawn()
+                    .unwrap();
             (i, child)
         })
         .collect();

@@ -209,7 +209,10 @@ impl ControlSocket {
             }
         };
         let frame_cap = events_frame_cap(limits.max_line) + HEADER_LEN;
-        let budget = limits.partial_frames.max(frame_cap).min(Semaphore::MAX_PERMITS);
+        let budget = limits
+            .partial_frames
+            .max(frame_cap)
+            .min(Semaphore::MAX_PERMITS);
         let shared = Arc::new(Shared {
             limits,
             partial: Arc::new(Semaphore::new(budget)),
@@ -783,10 +786,18 @@ mod tests {
             c2
         });
         c1.write_all(&a[half..]).await.unwrap();
-        let (body, r1) = tokio::time::timeout(wait, first).await.unwrap().unwrap().unwrap();
+        let (body, r1) = tokio::time::timeout(wait, first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'a'));
         assert!(r1.reserved.is_none());
-        let (body, r2) = tokio::time::timeout(wait, second).await.unwrap().unwrap().unwrap();
+        let (body, r2) = tokio::time::timeout(wait, second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'b'));
         assert!(r2.reserved.is_none() && r2.buf.is_empty());
         writer.await.unwrap();
