@@ -598,9 +598,10 @@ fn a_submitter_that_does_not_read_is_given_up_on_at_the_delivery_deadline() {
     let line = serde_bytes::ByteBuf::from(sleep_events(1, 50).trim_ascii_end().to_vec());
     send(&mut s, &Request::Events(vec![Some(line); 4000]));
     send(&mut s, &Request::End);
-    // It never reads: its records fill the socket buffer, and the rest stay with the daemon.
-    d.wait_status("the events to be queued", |st| {
-        st["queued"].as_u64().unwrap() >= 3000
+    // It never reads: its first records wait in the socket buffer, and once the stop's
+    // `shutdown` records fill it, the rest stay with the daemon.
+    d.wait_status("the events to be queued and three done", |st| {
+        st["queued"].as_u64().unwrap() >= 3000 && st["totals"]["ok"].as_u64().unwrap() >= 3
     });
     let stopped = std::time::Instant::now();
     signal(d.live.pid(), Signal::SIGQUIT);
@@ -622,7 +623,8 @@ fn a_submitter_that_does_not_read_is_given_up_on_at_the_delivery_deadline() {
         };
         read += body.iter().filter(|&&b| b == b'\n').count() as u64;
     }
-    assert!(lost > 0 && read > 0, "{read} read, {lost} lost");
+    eprintln!("{read} records read, {lost} not delivered");
+    assert!(lost > 0 && read >= 3, "{read} read, {lost} lost");
     assert_eq!(read + lost, 4000);
 }
 

@@ -56,9 +56,8 @@ const FREE_PARTIAL: usize = 128 * 1024;
 pub const PARTIAL_FRAMES_BUDGET: usize = 64 * 1024 * 1024;
 /// Records are coalesced into one write up to about this many bytes.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// Largest `Records` frame body written. Small enough that a socket buffer holds several:
-/// a frame cut short by the delivery deadline is lost whole.
-const RECORDS_FRAME: usize = 64 * 1024;
+/// Largest `Records` frame body written.
+const RECORDS_FRAME: usize = 1024 * 1024;
 
 /// The largest `Events` frame a submission may send when lines are at most `max_line` bytes.
 pub fn events_frame_cap(max_line: usize) -> usize {
