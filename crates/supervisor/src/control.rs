@@ -54,6 +54,8 @@ const MIN_EVENTS_FRAME: usize = 64 * 1024;
 const FREE_PARTIAL: usize = 128 * 1024;
 /// The default budget for partly received frames across all connections.
 pub const PARTIAL_FRAMES_BUDGET: usize = 64 * 1024 * 1024;
+/// How often reaching the connection cap is logged, at most.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Records are coalesced into one write up to about this many bytes.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Largest `Records` frame body written.
@@ -219,24 +221,22 @@ impl ControlSocket {
         });
         let slots = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
         let uid = nix::unistd::getuid().as_raw();
-        // Each condition is logged when it begins, not once per connection.
+        // Each condition is logged when it begins, not once per connection; reaching the
+        // cap at most once per `FULL_LOG_EVERY`, as it may come and go with every connection.
         let mut accept_failing = false;
-        let mut full = false;
+        let mut full_logged: Option<Instant> = None;
         loop {
             // At the cap, connections wait in the listen backlog, unaccepted: they cost no
             // descriptor of ours, and each is served in turn.
             let permit = match slots.clone().try_acquire_owned() {
-                Ok(p) => {
-                    full = false;
-                    p
-                }
+                Ok(p) => p,
                 Err(_) => {
-                    if !full {
+                    if full_logged.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
                         tracing::info!(
                             max = shared.limits.max_connections,
                             "control connections at their limit; new ones wait for a turn"
                         );
-                        full = true;
+                        full_logged = Some(Instant::now());
                     }
                     match slots.clone().acquire_owned().await {
                         Ok(p) => p,
