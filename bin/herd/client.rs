@@ -120,22 +120,71 @@ fn frame(req: &Request) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// How long a client waits for its turn when the daemon's control connections are all in
+/// use (it connects, but is not welcomed until one closes).
+const TURN_TIMEOUT: Duration = Duration::from_secs(300);
+/// After this long without a welcome, the client says what it waits for.
+const TURN_NOTICE: Duration = Duration::from_secs(5);
+
+/// Connects, retrying while the daemon's listen backlog is full (`EAGAIN`): a client over
+/// the connection cap waits for its turn rather than fail.
+async fn connect_stream(path: &Path, until: tokio::time::Instant) -> anyhow::Result<UnixStream> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() + pause < until =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "no herd daemon at {} (is `herd serve` running?)",
+                        path.display()
+                    )
+                })
+            }
+        }
+    }
+}
+
 async fn connect(path: &Path) -> anyhow::Result<Conn> {
-    let stream = UnixStream::connect(path).await.with_context(|| {
-        format!(
-            "no herd daemon at {} (is `herd serve` running?)",
-            path.display()
-        )
-    })?;
+    let until = tokio::time::Instant::now() + TURN_TIMEOUT;
+    let stream = connect_stream(path, until).await?;
     let (rd, mut wr) = stream.into_split();
     let mut rd = FramedRead::new(rd, FrameCodec::new(REPLY_MAX_FRAME));
     let hello = frame(&Request::Hello {
         protocol: CONTROL_VERSION,
     })?;
-    // A daemon that refuses us (too many connections) may close before reading a word: its
-    // reason is still worth reading when the Hello cannot be written.
+    // An error reply is still worth reading when the Hello cannot be written.
     let sent = wr.write_all(&hello).await;
-    match rd.next().await {
+    // Over the connection cap, the daemon accepts us only once a connection closes.
+    let mut welcome = pin!(rd.next());
+    let first = match tokio::time::timeout(TURN_NOTICE, &mut welcome).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                control = %path.display(),
+                "the daemon's control connections are all in use; waiting for a turn (at \
+                 most {})",
+                humantime::format_duration(TURN_TIMEOUT)
+            );
+            tokio::time::timeout_at(until, &mut welcome)
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the daemon did not take the connection within {}: its control \
+                         connections stayed in use (--max-connections)",
+                        humantime::format_duration(TURN_TIMEOUT)
+                    )
+                })?
+        }
+    };
+    match first {
         Some(Ok(Reply::Welcome {
             protocol,
             max_frame,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use herd_supervisor::control::{ControlLimits, ControlSocket};
+use herd_supervisor::control::{ControlLimits, ControlSocket, Deliveries};
 
 use crate::metrics::{MetricsAddr, MetricsServer};
 use crate::{signals, PoolArgs};
@@ -44,9 +44,10 @@ pub struct ServeArgs {
     /// answer any Host. Metrics and dashboard have no authentication: trusted networks only.
     #[arg(long, requires = "metrics", help_heading = METRICS)]
     metrics_public: bool,
-    /// Most control connections open at once, and most metrics connections; a connection
-    /// over the cap is refused at once. Lowered if the descriptor limit cannot hold it
-    /// beside what the workers need.
+    /// Most control connections open at once, and most metrics connections. A control
+    /// connection over the cap waits for its turn (unaccepted, in the listen backlog); a
+    /// metrics connection over it is refused at once. Lowered if the descriptor limit cannot
+    /// hold it beside what the workers need.
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = CONNECTIONS)]
     max_connections: u32,
@@ -56,12 +57,22 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "10s",
           value_parser = parse_timeout, help_heading = CONNECTIONS)]
     idle_timeout: Duration,
+    /// After the pool has stopped, how long connected submitters get to read the records
+    /// still owed to them. Past it the daemon gives up on those that do not read, logs how
+    /// many records were not delivered, and exits with status 3.
+    #[arg(long, value_name = "DUR", default_value = "10s",
+          value_parser = parse_timeout)]
+    delivery_timeout: Duration,
     #[command(flatten)]
     pool: PoolArgs,
     #[cfg(feature = "nats")]
     #[command(flatten)]
     nats: Box<crate::nats::NatsArgs>,
 }
+
+/// The exit status of a daemon that stopped with records it could not deliver to a connected
+/// submitter (one that did not read them within `--delivery-timeout`).
+const EXIT_UNDELIVERED: u8 = 3;
 
 /// After the pool has stopped, how long JetStream intake gets to settle what it holds (its
 /// last records' PubAcks and acknowledgements); what is left comes back after the ack wait.
@@ -104,6 +115,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .saturating_sub(32),
         max_connections,
         idle_timeout: args.idle_timeout,
+        ..ControlLimits::default()
     };
     // One thread runs everything: workers' parent-death signal is tied to the spawning thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -153,7 +165,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         });
         let mut intake_done = !nats_on;
         let mut intake_failed = None;
-        let mut serve_control = pin!(control.serve(pool.clone(), limits));
+        let deliveries = Deliveries::new();
+        let mut serve_control = pin!(control.serve(pool.clone(), limits, deliveries.clone()));
         let mut serve_metrics = pin!(async {
             match metrics {
                 Some(m) => m.serve(pool.clone()).await,
@@ -194,6 +207,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         notify(&[sd_notify::NotifyState::Stopping]);
+        // The pool's last records are still on their way to the submitters; no new connection
+        // is accepted meanwhile (the accept loop is no longer polled).
+        let delivery_timeout = args.delivery_timeout;
+        let delivered =
+            tokio::spawn(async move { deliveries.finish(delivery_timeout).await });
         #[cfg(feature = "nats")]
         if !intake_done {
             // The pool's last records still need their PubAcks and acknowledgements.
@@ -206,14 +224,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
+        let undelivered = delivered.await.unwrap_or(0);
         if let Some(e) = intake_failed {
             return Err(e);
         }
-
-        anyhow::Ok(result?)
+        anyhow::Ok((result?, undelivered))
     })?;
     drop(runtime);
+    let (summary, undelivered) = summary;
     crate::log_summary(&summary, started.elapsed().as_secs_f64(), "stopped");
+    if undelivered > 0 {
+        tracing::error!(
+            undelivered,
+            timeout = %humantime::format_duration(args.delivery_timeout),
+            "submitters did not read all their records before --delivery-timeout; \
+             those records were not delivered"
+        );
+        return Ok(ExitCode::from(EXIT_UNDELIVERED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,20 +11,24 @@
 //! queued for it: nobody else waits.
 //!
 //! What a peer can make the daemon hold is bounded: at most `max_connections` connections (the
-//! one over the cap is told so and closed), frames of at most [`REQUEST_MAX_FRAME`] bytes
-//! until a submission starts and of one line's worth after, buffer memory that grows only
-//! with bytes actually received, a deadline for a frame once it has begun, and an idle
-//! timeout for connections that are not submissions (a submission may wait for its producer
-//! as long as it likes).
+//! ones over the cap wait in the listen backlog, which costs the daemon no descriptor, until
+//! one closes), frames of at most [`REQUEST_MAX_FRAME`] bytes until a submission starts and
+//! of one line's worth after, buffer memory that grows only with bytes actually received, a
+//! shared budget for the bytes of frames not yet complete (see [`FrameReader`]), a deadline
+//! for a frame once it has begun, and an idle timeout for connections that are not
+//! submissions (a submission may wait for its producer as long as it likes).
+//!
+//! When the pool stops, its last records are still on their way to the submitters: the
+//! daemon waits for them through [`Deliveries::finish`], bounded by a delivery deadline.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, HEADER_LEN};
 use herd_proto::control::{
     RecordsFrame, Reply, RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
@@ -35,6 +39,8 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::record::Record;
 use crate::{
@@ -43,8 +49,13 @@ use crate::{
 
 /// Smallest `Events` frame cap, whatever the line limit: room for a client's byte budget.
 const MIN_EVENTS_FRAME: usize = 64 * 1024;
-/// Bytes asked for per read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes a connection may hold of a frame not yet complete without a share of the
+/// partial-frame budget: room for a client's usual `Events` frame (64 KiB of lines).
+const FREE_PARTIAL: usize = 128 * 1024;
+/// The default budget for partly received frames across all connections.
+pub const PARTIAL_FRAMES_BUDGET: usize = 64 * 1024 * 1024;
+/// How often reaching the connection cap is logged, at most.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Records are coalesced into one write up to about this many bytes.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// Largest `Records` frame body written.
@@ -62,11 +73,14 @@ pub struct ControlLimits {
     /// Longest event line the pool takes (the pool's frame limit less the task overhead);
     /// longer lines get a `rejected` record.
     pub max_line: usize,
-    /// Connections open at once; the one over the cap gets an error and is closed.
+    /// Connections open at once; the ones over the cap are not accepted until one closes.
     pub max_connections: usize,
     /// How long a connection that is not a submission may wait before its request and its
     /// reply, and how long any frame may take to arrive once it has begun.
     pub idle_timeout: Duration,
+    /// Bytes of partly received frames held across all connections (raised to the largest
+    /// frame if smaller, so that any legal frame can be read).
+    pub partial_frames: usize,
 }
 
 impl Default for ControlLimits {
@@ -75,7 +89,41 @@ impl Default for ControlLimits {
             max_line: herd_proto::DEFAULT_MAX_FRAME - 32,
             max_connections: 64,
             idle_timeout: Duration::from_secs(10),
+            partial_frames: PARTIAL_FRAMES_BUDGET,
         }
+    }
+}
+
+/// The submissions a control socket serves, so that the daemon can wait for their last
+/// records after the pool stopped. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Deliveries {
+    tracker: TaskTracker,
+    /// Cancelled when the delivery deadline has passed: submissions stop writing and count
+    /// what they could not deliver.
+    give_up: CancellationToken,
+    undelivered: Arc<AtomicU64>,
+}
+
+impl Deliveries {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Once the pool has stopped: waits until every connected submitter has been written
+    /// its records and its last frame, for at most `deadline`. Returns how many record
+    /// lines could not be delivered (to submitters that did not read them in time).
+    pub async fn finish(&self, deadline: Duration) -> u64 {
+        self.tracker.close();
+        if tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.give_up.cancel();
+            // They only count now, without writing: that takes no time at all.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        }
+        self.undelivered.load(Ordering::Relaxed)
     }
 }
 
@@ -151,8 +199,9 @@ impl ControlSocket {
     }
 
     /// Serves connections until the returned future is dropped, in the tokio runtime that
-    /// polls it (it need not be the pool's).
-    pub async fn serve(&self, pool: PoolHandle, limits: ControlLimits) {
+    /// polls it (it need not be the pool's). Submissions are tracked in `deliveries`: they
+    /// outlive this future, as tasks of that runtime.
+    pub async fn serve(&self, pool: PoolHandle, limits: ControlLimits, deliveries: Deliveries) {
         let listener = match self.listener.try_clone().and_then(UnixListener::from_std) {
             Ok(l) => l,
             Err(e) => {
@@ -160,13 +209,41 @@ impl ControlSocket {
                 return std::future::pending().await;
             }
         };
-        let limits = Arc::new(limits);
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let frame_cap = events_frame_cap(limits.max_line) + HEADER_LEN;
+        let budget = limits
+            .partial_frames
+            .max(frame_cap)
+            .min(Semaphore::MAX_PERMITS);
+        let shared = Arc::new(Shared {
+            limits,
+            partial: Arc::new(Semaphore::new(budget)),
+            deliveries,
+        });
+        let slots = Arc::new(Semaphore::new(shared.limits.max_connections.max(1)));
         let uid = nix::unistd::getuid().as_raw();
-        // Each condition is logged when it begins, not once per connection.
+        // Each condition is logged when it begins, not once per connection; reaching the
+        // cap at most once per `FULL_LOG_EVERY`, as it may come and go with every connection.
         let mut accept_failing = false;
-        let mut full = false;
+        let mut full_logged: Option<Instant> = None;
         loop {
+            // At the cap, connections wait in the listen backlog, unaccepted: they cost no
+            // descriptor of ours, and each is served in turn.
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if full_logged.is_none_or(|t| t.elapsed() >= FULL_LOG_EVERY) {
+                        tracing::info!(
+                            max = shared.limits.max_connections,
+                            "control connections at their limit; new ones wait for a turn"
+                        );
+                        full_logged = Some(Instant::now());
+                    }
+                    match slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return std::future::pending().await, // never closed
+                    }
+                }
+            };
             let stream = match listener.accept().await {
                 Ok((s, _)) => {
                     accept_failing = false;
@@ -195,22 +272,10 @@ impl ControlSocket {
                     continue;
                 }
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                if !full {
-                    tracing::warn!(
-                        max = limits.max_connections,
-                        "control connections at their limit; refusing more"
-                    );
-                    full = true;
-                }
-                refuse(stream, limits.max_connections);
-                continue;
-            };
-            full = false;
             let pool = pool.clone();
-            let limits = limits.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, pool, &limits, permit).await {
+                if let Err(e) = connection(stream, pool, &shared, permit).await {
                     tracing::debug!(error = %e, "control connection ended");
                 }
             });
@@ -229,36 +294,12 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Refused connections whose request is still being read away (see [`refuse`]).
-static LINGERING: Semaphore = Semaphore::const_new(32);
-
-/// Tells a connection over the cap why it is closed, without waiting for it. Closing a Unix
-/// socket with unread data resets it, and a reset can overtake the refusal in the client's
-/// receive queue, so the client's request is read away (for at most a second, by at most 32
-/// such connections at once; past that the close alone must say it).
-fn refuse(stream: UnixStream, max: usize) {
-    let msg = format!("too many control connections (at most {max}); try again later");
-    if let Ok(buf) = encode_reply(&Reply::Error(msg)) {
-        // A fresh socket has room for a small frame; if not, the close says enough.
-        let _ = stream.try_write(&buf);
-    }
-    let Ok(permit) = LINGERING.try_acquire() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let _permit = permit;
-        let mut stream = stream;
-        let _ = stream.shutdown().await;
-        let mut sink = [0u8; 1024];
-        let drain = async {
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-    });
+/// What every connection of one control socket shares.
+struct Shared {
+    limits: ControlLimits,
+    /// Bytes of partly received frames, across all connections (see [`FrameReader`]).
+    partial: Arc<Semaphore>,
+    deliveries: Deliveries,
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -268,21 +309,33 @@ fn timed_out(what: &str) -> io::Error {
 /// Reads frames off one connection. The buffer grows with the bytes that arrive, never
 /// ahead of them on the word of a header, and each frame is handed out as a [`Bytes`] that
 /// event payloads slice without copying.
+///
+/// Up to [`FREE_PARTIAL`] bytes of a frame are read freely. A larger frame reads on only once
+/// it has reserved its whole length from the budget shared by all connections (and it keeps
+/// the reservation until it is complete), so half-sent frames cannot pin more than the budget
+/// between them, whatever the number of connections. All or nothing per frame: a frame that
+/// waits for the budget holds none of it, so frames never wait on each other's halves. Its
+/// deadline starts again once it has its share: the wait is not the client's doing.
 struct FrameReader {
     io: OwnedReadHalf,
     buf: BytesMut,
     max: usize,
     /// Time a frame may take once begun.
     deadline: Duration,
+    budget: Arc<Semaphore>,
+    /// The current frame's share of `budget`.
+    reserved: Option<OwnedSemaphorePermit>,
 }
 
 impl FrameReader {
-    fn new(io: OwnedReadHalf, max: usize, deadline: Duration) -> Self {
+    fn new(io: OwnedReadHalf, max: usize, deadline: Duration, budget: Arc<Semaphore>) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
             max,
             deadline,
+            budget,
+            reserved: None,
         }
     }
 
@@ -298,14 +351,41 @@ impl FrameReader {
         };
         loop {
             let len = frame_len(&self.buf, self.max).map_err(io::Error::other)?;
-            if let Some(len) = len {
-                if self.buf.len() >= HEADER_LEN + len {
+            let whole = len.map(|l| HEADER_LEN + l);
+            if let Some(whole) = whole {
+                if self.buf.len() >= whole {
                     self.buf.advance(HEADER_LEN);
-                    return Ok(Some(self.buf.split_to(len).freeze()));
+                    let body = self.buf.split_to(whole - HEADER_LEN).freeze();
+                    self.reserved = None;
+                    return Ok(Some(body));
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            let read = self.io.read_buf(&mut self.buf);
+            // How far this read may fill the buffer.
+            let fill = match whole {
+                Some(whole) if whole > FREE_PARTIAL && self.buf.len() >= FREE_PARTIAL => {
+                    if self.reserved.is_none() {
+                        // `whole` is within `max`, which the budget is at least.
+                        let n = u32::try_from(whole).unwrap_or(u32::MAX);
+                        let permit = self
+                            .budget
+                            .clone()
+                            .acquire_many_owned(n)
+                            .await
+                            .map_err(io::Error::other)?;
+                        self.reserved = Some(permit);
+                        until = Some(Instant::now() + self.deadline);
+                        // Reserved: the frame may have its memory at once.
+                        self.buf.reserve(whole - self.buf.len());
+                    }
+                    // Up to the end of this frame: the next one starts unreserved.
+                    whole
+                }
+                _ => FREE_PARTIAL,
+            };
+            let room = fill - self.buf.len();
+            self.buf.reserve(room);
+            let mut limited = (&mut self.buf).limit(room);
+            let read = self.io.read_buf(&mut limited);
             let n = match until {
                 Some(at) => match tokio::time::timeout_at(at, read).await {
                     Ok(r) => r?,
@@ -348,12 +428,13 @@ async fn reply(wr: &mut OwnedWriteHalf, msg: &Reply, limit: Duration) -> io::Res
 async fn connection(
     stream: UnixStream,
     pool: PoolHandle,
-    limits: &ControlLimits,
+    shared: &Shared,
     _slot: OwnedSemaphorePermit,
 ) -> io::Result<()> {
+    let limits = &shared.limits;
     let idle = limits.idle_timeout;
     let (rd, mut wr) = stream.into_split();
-    let mut rd = FrameReader::new(rd, REQUEST_MAX_FRAME, idle);
+    let mut rd = FrameReader::new(rd, REQUEST_MAX_FRAME, idle, shared.partial.clone());
     let Some(body) = rd.next(Some(idle)).await? else {
         return Ok(());
     };
@@ -384,7 +465,7 @@ async fn connection(
                 ordered,
                 ..SubmitOptions::default()
             };
-            return submission(rd, wr, pool, options, limits).await;
+            return submission(rd, wr, pool, options, shared).await;
         }
         RequestRef::SubmitWith {
             ordered,
@@ -397,7 +478,7 @@ async fn connection(
                 line_priority,
                 ..SubmitOptions::default()
             };
-            return submission(rd, wr, pool, options, limits).await;
+            return submission(rd, wr, pool, options, shared).await;
         }
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
@@ -458,8 +539,9 @@ async fn submission(
     wr: OwnedWriteHalf,
     pool: PoolHandle,
     options: SubmitOptions,
-    limits: &ControlLimits,
+    shared: &Shared,
 ) -> io::Result<()> {
+    let limits = &shared.limits;
     rd.max = events_frame_cap(limits.max_line);
     // Whether the client's End arrived: only then does `Done` say the submission is whole.
     let ended = Arc::new(AtomicBool::new(false));
@@ -469,14 +551,20 @@ async fn submission(
         max_line: limits.max_line,
         ended: ended.clone(),
     };
+    let deliveries = &shared.deliveries;
     let sink = ClientRecords {
         wr,
         frame: RecordsFrame::new(),
         held: Vec::new(),
         count: 0,
         ended,
+        give_up: deliveries.give_up.clone(),
+        abandoned: false,
+        undelivered: deliveries.undelivered.clone(),
     };
-    match pool.submit_with(options).run(source, sink).await {
+    // Tracked: the daemon does not exit while the pool's last records are on their way.
+    let run = pool.submit_with(options).run(source, sink);
+    match deliveries.tracker.track_future(run).await {
         Ok(_) => Ok(()),
         Err(SubmissionError::Source(e, _) | SubmissionError::Sink(e)) => Err(e),
     }
@@ -549,26 +637,48 @@ impl Source for ClientEvents {
 /// The records of a submission, as `Records` frames on the client's socket, then `Done`.
 /// Batches are coalesced into one write while more are ready, and give their credits back
 /// only once written.
+///
+/// A record counts as delivered once written to the socket. Once the delivery deadline after
+/// a stop has passed (`give_up`), nothing more is written: the records not delivered are
+/// counted instead, so the daemon can say how many its submitters lost.
 struct ClientRecords {
     wr: OwnedWriteHalf,
     frame: RecordsFrame,
     held: Vec<RecordBatch>,
     count: u64,
     ended: Arc<AtomicBool>,
+    give_up: CancellationToken,
+    /// The deadline passed: the rest is counted, not written.
+    abandoned: bool,
+    undelivered: Arc<AtomicU64>,
 }
 
 impl ClientRecords {
     async fn write_out(&mut self) -> io::Result<()> {
         let total = self.frame.len();
         let mut at = 0;
-        while at < total {
+        while at < total && !self.abandoned {
             let end = total.min(at + RECORDS_FRAME);
-            // A submitter may read slowly: no time limit on its writes.
-            self.wr.write_all(self.frame.frame(at..end)).await?;
+            // A submitter may read slowly: no time limit on its writes, until the delivery
+            // deadline of a stop.
+            tokio::select! {
+                r = self.wr.write_all(self.frame.frame(at..end)) => r?,
+                () = self.give_up.cancelled() => {
+                    self.abandoned = true;
+                    break;
+                }
+            }
             at = end;
         }
+        if at < total {
+            // Lines end in '\n' and never contain one: those not written in whole frames.
+            let frame = self.frame.frame(at..total);
+            let body = &frame[frame.len() - (total - at)..];
+            let lost = memchr::memchr_iter(b'\n', body).count() as u64;
+            self.undelivered.fetch_add(lost, Ordering::Relaxed);
+        }
         self.frame.clear();
-        // Written to the socket: the records are delivered and their credits go back.
+        // Written to the socket (or given up on): their credits go back.
         self.held.clear();
         Ok(())
     }
@@ -576,6 +686,12 @@ impl ClientRecords {
 
 impl Sink for ClientRecords {
     async fn deliver(&mut self, batch: RecordBatch) -> io::Result<()> {
+        if self.abandoned || self.give_up.is_cancelled() {
+            self.abandoned = true;
+            self.undelivered
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            return Ok(());
+        }
         append(&mut self.frame, &batch);
         self.count += batch.len() as u64;
         self.held.push(batch);
@@ -591,6 +707,11 @@ impl Sink for ClientRecords {
 
     async fn finish(&mut self) -> io::Result<()> {
         self.write_out().await?;
+        if self.abandoned {
+            return Err(timed_out(
+                "the submitter did not read its records before the delivery deadline",
+            ));
+        }
         let count = self.count;
         let last = if self.ended.load(Ordering::Relaxed) {
             Reply::Done { records: count }
@@ -599,7 +720,13 @@ impl Sink for ClientRecords {
                 "the daemon stopped before the submission ended ({count} records sent)"
             ))
         };
-        self.wr.write_all(&encode_reply(&last)?).await
+        let buf = encode_reply(&last)?;
+        tokio::select! {
+            r = self.wr.write_all(&buf) => r,
+            () = self.give_up.cancelled() => Err(timed_out(
+                "the submitter did not read its last frame before the delivery deadline",
+            )),
+        }
     }
 }
 
@@ -609,4 +736,89 @@ fn append(frame: &mut RecordsFrame, batch: &[Record]) {
             r.write_json(buf);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const FRAME: usize = 600 * 1024;
+
+    fn reader(budget: &Arc<Semaphore>) -> (FrameReader, OwnedWriteHalf, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (rd, wr) = ours.into_split();
+        let rd = FrameReader::new(rd, 1 << 20, Duration::from_secs(30), budget.clone());
+        (rd, wr, theirs)
+    }
+
+    fn frame(fill: u8) -> Vec<u8> {
+        let mut f = (FRAME as u32).to_le_bytes().to_vec();
+        f.resize(HEADER_LEN + FRAME, fill);
+        f
+    }
+
+    /// Two big frames, half sent each, and budget for one: the first reserves its whole
+    /// length, the second waits holding none of it, and both complete in turn (a budget
+    /// taken piecemeal would leave each holding half, waiting for the other).
+    #[tokio::test]
+    async fn big_frames_take_the_shared_budget_whole_and_in_turn() {
+        let budget = Arc::new(Semaphore::new(FRAME + FRAME / 2));
+        let (mut r1, _w1, mut c1) = reader(&budget);
+        let (mut r2, _w2, mut c2) = reader(&budget);
+        let (a, b) = (frame(b'a'), frame(b'b'));
+        let half = HEADER_LEN + FRAME / 2;
+        let first = tokio::spawn(async move { r1.next(None).await.map(|f| (f.unwrap(), r1)) });
+        c1.write_all(&a[..half]).await.unwrap();
+        let wait = Duration::from_secs(30);
+        tokio::time::timeout(wait, async {
+            while budget.available_permits() != FRAME / 2 - HEADER_LEN {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first frame reserves its whole length");
+        let second = tokio::spawn(async move { r2.next(None).await.map(|f| (f.unwrap(), r2)) });
+        // The second reads its free share, then waits for the budget without taking any.
+        let writer = tokio::spawn(async move {
+            c2.write_all(&b).await.unwrap();
+            c2
+        });
+        c1.write_all(&a[half..]).await.unwrap();
+        let (body, r1) = tokio::time::timeout(wait, first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'a'));
+        assert!(r1.reserved.is_none());
+        let (body, r2) = tokio::time::timeout(wait, second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((body.len(), body[FRAME - 1]), (FRAME, b'b'));
+        assert!(r2.reserved.is_none() && r2.buf.is_empty());
+        writer.await.unwrap();
+        assert_eq!(budget.available_permits(), FRAME + FRAME / 2);
+    }
+
+    /// Frames within the free share never touch the budget, however many follow each other.
+    #[tokio::test]
+    async fn small_frames_need_no_budget() {
+        let budget = Arc::new(Semaphore::new(0));
+        let (mut r, _w, mut c) = reader(&budget);
+        let mut bytes = Vec::new();
+        for i in 0..40u8 {
+            let mut f = 10_000u32.to_le_bytes().to_vec();
+            f.resize(HEADER_LEN + 10_000, i);
+            bytes.extend_from_slice(&f);
+        }
+        tokio::spawn(async move { c.write_all(&bytes).await.map(|()| c) });
+        for i in 0..40u8 {
+            let body = r.next(None).await.unwrap().unwrap();
+            assert_eq!((body.len(), body[0]), (10_000, i));
+            assert!(r.buf.len() <= FREE_PARTIAL);
+        }
+    }
 }

@@ -257,7 +257,13 @@ class Pool:
             raise ConnectionLost(
                 f"no herd daemon at {path} (is `herd serve` running?): {e}") from e
         try:
+            # Over its --max-connections the daemon accepts us only when a connection closes.
             pool = await asyncio.wait_for(cls._handshake(reader, writer, priority), timeout)
+        except asyncio.TimeoutError as e:
+            writer.close()
+            raise HandshakeError(
+                f"the daemon did not take the connection within {timeout}s: its control "
+                "connections stayed in use (--max-connections)") from e
         except BaseException:
             writer.close()
             raise
@@ -270,13 +276,12 @@ class Pool:
         try:
             await writer.drain()
         except OSError:
-            pass  # a daemon over its connection cap closes first: its reason may be readable
+            pass  # a daemon that refuses us may close first: its reason may be readable
         try:
             body = await _read_frame(reader)
         except (asyncio.IncompleteReadError, OSError) as e:
             raise HandshakeError(
-                "the daemon closed the connection during the handshake (at its "
-                "--max-connections?)") from e
+                "the daemon closed the connection during the handshake") from e
         n = len(body)
         v, p = codec._variant(body, 0, n, "Reply", _REPLY_VARIANTS)
         if v == ERROR:

@@ -243,7 +243,7 @@ def test_daemon_sigkilled_with_awaits_pending(daemon):
     run(main())
 
 
-def test_refused_and_missing_daemon(daemon, tmp_path):
+def test_missing_daemon_and_waiting_over_the_cap(daemon, tmp_path):
     async def missing():
         with pytest.raises(herd_client.ConnectionLost, match="no herd daemon"):
             await herd_client.connect(str(tmp_path / "nobody.sock"))
@@ -252,12 +252,19 @@ def test_refused_and_missing_daemon(daemon, tmp_path):
     d = daemon(extra=["--max-connections", "1"])
 
     async def over_the_cap():
-        async with herd_client.connect(d.sock) as pool:
-            # The daemon's reason, or (when its close resets the socket before we read the
-            # reason: it does not read our Hello) that it closed: a HandshakeError either way.
-            with pytest.raises(herd_client.HandshakeError, match="refused|closed"):
-                await herd_client.connect(d.sock)
-            assert await pool.submit(square(6)) == b"36"
+        first = await herd_client.connect(d.sock)
+        # The daemon does not accept a second connection while the first is open: it waits
+        # for its turn (bounded by the connect timeout), and is served once the first closes.
+        second = asyncio.ensure_future(herd_client.connect(d.sock))
+        assert await first.submit(square(6)) == b"36"
+        assert not second.done()
+        await first.close()
+        second = await asyncio.wait_for(second, TIMEOUT)
+        assert await second.submit(square(7)) == b"49"
+        await second.close()
+        with pytest.raises(herd_client.HandshakeError, match="not take the connection"):
+            async with herd_client.connect(d.sock):
+                await herd_client.connect(d.sock, timeout=0.5)
 
     run(over_the_cap())
 
