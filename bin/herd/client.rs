@@ -251,101 +251,72 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
-    let st: serde_json::Value = serde_json::from_str(&json).context("bad status object")?;
-    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let st: herd_supervisor::Status = serde_json::from_str(&json).context("bad status object")?;
     println!(
         "herd pid {}  up {:.0}s  {}  workers {}  queued {}  in flight {}  submissions {}",
-        num(&st["pid"]),
-        st["uptime_secs"].as_f64().unwrap_or(0.0),
-        st["phase"].as_str().unwrap_or("?"),
-        num(&st["target_workers"]),
-        num(&st["queued"]),
-        num(&st["inflight"]),
-        num(&st["submissions"]),
+        st.pid, st.uptime_secs, st.phase, st.target_workers, st.queued, st.inflight, st.submissions,
     );
-    // An object of counters as `name n  name n`.
-    let counts = |v: &serde_json::Value| {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| format!("{k} {}", num(v)))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            })
-            .unwrap_or_default()
-    };
-    println!("records: {}", counts(&st["totals"]));
-    let a = &st["autoscale"];
-    if a.is_object() {
-        let last = &a["last"];
-        let last = if last.is_object() {
+    // Counters as `name n  name n`.
+    fn counts<K: std::fmt::Display>(m: &std::collections::BTreeMap<K, u64>) -> String {
+        let parts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        parts.join("  ")
+    }
+    println!("records: {}", counts(&st.totals));
+    if let Some(a) = &st.autoscale {
+        let last = a.last.as_ref().map_or(String::new(), |last| {
             format!(
                 "  last: {} -> {} ({}, {} waiting) at {:.0}s",
-                num(&last["from"]),
-                num(&last["to"]),
-                last["reason"].as_str().unwrap_or("?"),
-                num(&last["backlog"]),
-                last["uptime_secs"].as_f64().unwrap_or(0.0),
+                last.from, last.to, last.reason, last.backlog, last.uptime_secs,
             )
-        } else {
-            String::new()
-        };
-        let held = a["blocked"]
-            .as_str()
+        });
+        let held = a
+            .blocked
+            .as_ref()
             .map_or(String::new(), |r| format!("  growth held: {r}"));
         println!(
             "autoscale {}..{}  target {}  grows {}  shrinks {}  pool rss {:.1}MiB{held}{last}",
-            num(&a["min"]),
-            num(&a["max"]),
-            num(&a["target"]),
-            num(&a["grows"]),
-            num(&a["shrinks"]),
-            num(&a["pool_rss"]) as f64 / 1048576.0,
+            a.min,
+            a.max,
+            a.target,
+            a.grows,
+            a.shrinks,
+            a.pool_rss as f64 / 1048576.0,
         );
     }
-    if let Some(by) = st["queued_by_priority"]
-        .as_object()
-        .filter(|m| !m.is_empty())
-    {
-        let mut by: Vec<(i64, u64)> = by
+    if !st.queued_by_priority.is_empty() {
+        let by: Vec<String> = st
+            .queued_by_priority
             .iter()
-            .filter_map(|(p, n)| Some((p.parse().ok()?, num(n))))
+            .rev()
+            .map(|(p, n)| format!("{p}: {n}"))
             .collect();
-        by.sort_by(|a, b| b.cmp(a));
-        let by: Vec<String> = by.iter().map(|(p, n)| format!("{p}: {n}")).collect();
         println!("queued by priority: {}", by.join("  "));
     }
-    for src in st["sources"].as_array().into_iter().flatten() {
-        let up = if src["connected"].as_bool() == Some(true) {
+    for src in &st.sources {
+        let up = if src.connected {
             "connected"
         } else {
             "DISCONNECTED"
         };
-        let numbers = counts(&src["numbers"]);
         println!(
-            "{}: {up}  {}\n  {numbers}",
-            src["name"].as_str().unwrap_or("?"),
-            src["detail"].as_str().unwrap_or(""),
+            "{}: {up}  {}\n  {}",
+            src.name,
+            src.detail,
+            counts(&src.numbers)
         );
     }
     println!(
         "\n{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10}",
         "WORKER", "PID", "STATE", "TASKS", "RESTARTS", "INFLIGHT", "RSS"
     );
-    for w in st["workers"].as_array().into_iter().flatten() {
-        let rss = w["rss"].as_u64().map_or("-".to_string(), |b| {
+    for w in &st.workers {
+        let rss = w.rss.map_or("-".to_string(), |b| {
             format!("{:.1}MiB", b as f64 / 1048576.0)
         });
-        let pid = w["pid"].as_u64().map_or("-".to_string(), |p| p.to_string());
+        let pid = w.pid.map_or("-".to_string(), |p| p.to_string());
         println!(
             "{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10}",
-            num(&w["index"]),
-            pid,
-            w["state"].as_str().unwrap_or("?"),
-            num(&w["tasks"]),
-            num(&w["restarts"]),
-            num(&w["inflight"]),
-            rss
+            w.index, pid, w.state, w.tasks, w.restarts, w.inflight, rss
         );
     }
     Ok(ExitCode::SUCCESS)

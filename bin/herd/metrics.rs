@@ -522,7 +522,7 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         for (outcome, n) in &s.totals {
-            ConstCounter::new(*n).encode(m.encode_family(&[("outcome", *outcome)])?)?;
+            ConstCounter::new(*n).encode(m.encode_family(&[("outcome", outcome.as_ref())])?)?;
         }
         let m = enc.encode_descriptor(
             "retries",
@@ -545,7 +545,7 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         for (reason, n) in &s.restarts {
-            ConstCounter::new(*n).encode(m.encode_family(&[("reason", *reason)])?)?;
+            ConstCounter::new(*n).encode(m.encode_family(&[("reason", reason.as_ref())])?)?;
         }
 
         // Gauges.
@@ -553,8 +553,8 @@ impl Collector for Snapshot {
             enc.encode_descriptor("workers", "Worker slots, by state", None, MetricType::Gauge)?;
         let mut states = WORKER_STATES.to_vec();
         for w in &s.workers {
-            if !states.contains(&w.state) {
-                states.push(w.state);
+            if !states.contains(&w.state.as_ref()) {
+                states.push(&w.state);
             }
         }
         for state in states {

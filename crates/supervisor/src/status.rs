@@ -1,9 +1,14 @@
 //! What the pool can tell about itself: counters it keeps as it goes, and the snapshot it
 //! hands out for `herd status`, USR1, `/metrics` and the dashboard (`/status.json`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// A name from a fixed set (a state, an outcome, a reason): borrowed where the pool makes it,
+/// owned where a client reads it back from JSON.
+pub type Name = Cow<'static, str>;
 
 /// Lifecycle events kept for `events` (the oldest is dropped first).
 pub const EVENTS_KEPT: usize = 32;
@@ -22,7 +27,7 @@ pub const DURATION_BOUNDS_US: [u64; 16] = [
 
 /// Task durations (dispatch, or start of the worker's turn, to result), cumulative buckets
 /// in the Prometheus sense are derived when rendering.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Histogram {
     /// Count per bucket of [`DURATION_BOUNDS_US`], plus one for larger values.
     pub counts: Vec<u64>,
@@ -43,7 +48,7 @@ impl Histogram {
 }
 
 /// A worker process replaced, as the `events` of `herd status --json` show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LifecycleEvent {
     /// When, in seconds since the pool started (compare with `uptime_secs`).
     pub at_secs: f64,
@@ -53,7 +58,7 @@ pub struct LifecycleEvent {
     pub pid: u32,
     /// As in `restarts`: crash, timeout, protocol, start-failure, exit-timeout (unexpected),
     /// max-tasks, max-rss, reload (graceful).
-    pub reason: &'static str,
+    pub reason: Name,
     /// A crash, timeout, protocol fault or start failure, rather than a graceful retirement.
     pub unexpected: bool,
     /// What happened, for people (e.g. "worker 1 (pid 4242) killed by SIGKILL").
@@ -61,7 +66,7 @@ pub struct LifecycleEvent {
 }
 
 /// Final records per [`HISTORY_INTERVAL_SECS`] bucket, for a throughput chart.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HistoryBucket {
     /// Start of the bucket, in seconds since the pool started (a multiple of the interval).
     /// Buckets in which no record was written are absent.
@@ -69,11 +74,11 @@ pub struct HistoryBucket {
     /// Ok records.
     pub ok: u64,
     /// Error records by kind (only kinds that occurred).
-    pub errors: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<Name, u64>,
 }
 
 /// The last [`HISTORY_BUCKETS`] buckets of final records, oldest first.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct History {
     pub interval_secs: u64,
     pub buckets: VecDeque<HistoryBucket>,
@@ -106,7 +111,7 @@ impl History {
         if let Some(b) = self.buckets.back_mut() {
             match error {
                 None => b.ok += 1,
-                Some(kind) => *b.errors.entry(kind).or_default() += 1,
+                Some(kind) => *b.errors.entry(Cow::Borrowed(kind)).or_default() += 1,
             }
         }
     }
@@ -143,14 +148,14 @@ impl Stats {
 }
 
 /// One worker slot, as `herd status --json` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// Slot index (stable across restarts).
     pub index: usize,
     /// Current process, if any.
     pub pid: Option<u32>,
     /// starting, idle, busy, draining, dying, backoff, stopped.
-    pub state: &'static str,
+    pub state: Name,
     /// Tasks completed in this slot.
     pub tasks: u64,
     /// Unexpected exits replaced in this slot (crash, timeout, protocol, start-failure).
@@ -164,13 +169,13 @@ pub struct WorkerStatus {
 }
 
 /// A snapshot of the whole pool. This is the documented `herd status --json` object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// The supervisor's pid.
     pub pid: u32,
     pub uptime_secs: f64,
     /// running, draining, stopping.
-    pub phase: &'static str,
+    pub phase: Name,
     /// Workers the pool is scaled to.
     pub target_workers: usize,
     pub workers: Vec<WorkerStatus>,
@@ -184,7 +189,7 @@ pub struct Status {
     /// Open submissions.
     pub submissions: usize,
     /// Final records by outcome: ok and each error kind.
-    pub totals: BTreeMap<&'static str, u64>,
+    pub totals: BTreeMap<Name, u64>,
     /// Attempts that were retried: each time an event went back to the queue after a failed
     /// attempt (a retryable handler error, or the crash, timeout or protocol fault of the
     /// worker running it). Events merely queued behind a failed worker are re-sent without
@@ -193,7 +198,7 @@ pub struct Status {
     /// Worker processes replaced, by reason: unexpected (crash, timeout, protocol,
     /// start-failure) and graceful (max-tasks, max-rss, reload). A scale-down retires a worker
     /// without replacing it and is not counted here (see `target_workers`).
-    pub restarts: BTreeMap<&'static str, u64>,
+    pub restarts: BTreeMap<Name, u64>,
     /// Chunk lines (partial results of protocol-2 workers) written, all attempts counted.
     pub chunks: u64,
     /// Task durations.
@@ -205,19 +210,19 @@ pub struct Status {
     pub history: History,
     /// Event sources outside the pool that report on themselves (a broker consumer); absent
     /// when there are none.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceStatus>,
     /// The autoscaler's bounds and decisions; absent when the pool has a fixed size.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleStatus>,
     /// The circuit breaker, while it is open (workers keep dying after their handshake
     /// without completing a task); absent when closed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerStatus>,
 }
 
 /// An open circuit breaker, as `herd status --json` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BreakerStatus {
     /// How long it has been open (s).
     pub open_secs: f64,
@@ -228,7 +233,7 @@ pub struct BreakerStatus {
 }
 
 /// The autoscaler, as `herd status --json` shows it (`--workers MIN..MAX`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AutoscaleStatus {
     pub min: usize,
     pub max: usize,
@@ -243,7 +248,7 @@ pub struct AutoscaleStatus {
     /// `--max-pool-rss`, if set.
     pub max_pool_rss: Option<u64>,
     /// Why growth is held back now (`max-pool-rss`), if it is.
-    pub blocked: Option<&'static str>,
+    pub blocked: Option<Name>,
     /// Decisions so far.
     pub grows: u64,
     pub shrinks: u64,
@@ -252,12 +257,12 @@ pub struct AutoscaleStatus {
 }
 
 /// One autoscaling decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AutoscaleDecision {
     pub from: usize,
     pub to: usize,
     /// `backlog` (grow) or `idle` (shrink).
-    pub reason: &'static str,
+    pub reason: Name,
     /// Events waiting when it was taken.
     pub backlog: usize,
     /// Busy-worker equivalents measured (a shrink's spare-capacity check).
@@ -269,7 +274,7 @@ pub struct AutoscaleDecision {
 
 /// What an event source outside the pool (a broker consumer) tells about itself, in
 /// `herd status` and the metrics. It keeps its own state; the pool only passes it on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceStatus {
     /// What it is, e.g. `jetstream`.
     pub name: String,
@@ -316,6 +321,104 @@ mod tests {
         assert_eq!(h.buckets.back().map(|b| b.at_secs), Some(10_020));
     }
 
+    /// `herd status`, the dashboard and every client read the one typed shape the pool
+    /// writes: every field survives JSON and back (issue 20).
+    #[test]
+    fn status_round_trips_through_json() {
+        let mut durations = Histogram::default();
+        durations.observe(300);
+        let mut history = History::default();
+        history.record(3, Some("crashed"));
+        history.record(7, None);
+        let mut stats = Stats::default();
+        stats.lifecycle(LifecycleEvent {
+            at_secs: 1.5,
+            worker: 2,
+            pid: 42,
+            reason: "max-rss".into(),
+            unexpected: false,
+            detail: "worker 2 (pid 42) recycled".into(),
+        });
+        let status = Status {
+            pid: 7,
+            uptime_secs: 12.25,
+            phase: "draining".into(),
+            target_workers: 2,
+            workers: vec![WorkerStatus {
+                index: 0,
+                pid: Some(99),
+                state: "busy".into(),
+                tasks: 5,
+                restarts: 1,
+                inflight: 2,
+                rss: Some(1 << 20),
+                uptime_secs: Some(3.5),
+            }],
+            queued: 3,
+            queued_by_priority: BTreeMap::from([(-3, 1), (5, 2)]),
+            inflight: 2,
+            submissions: 1,
+            totals: BTreeMap::from([("ok".into(), 4), ("crashed".into(), 1)]),
+            retries: 1,
+            restarts: BTreeMap::from([("crash".into(), 1)]),
+            chunks: 6,
+            durations,
+            events: stats.events,
+            history,
+            sources: vec![SourceStatus {
+                name: "jetstream".into(),
+                connected: true,
+                detail: "stream S".into(),
+                numbers: BTreeMap::from([("acked".into(), 4)]),
+            }],
+            autoscale: Some(AutoscaleStatus {
+                min: 1,
+                max: 4,
+                target: 2,
+                idle_ms: 500,
+                penalty: 2,
+                pool_rss: 1 << 21,
+                max_pool_rss: None,
+                blocked: Some("max-pool-rss".into()),
+                grows: 1,
+                shrinks: 0,
+                last: Some(AutoscaleDecision {
+                    from: 1,
+                    to: 2,
+                    reason: "backlog".into(),
+                    backlog: 9,
+                    demand: 1.5,
+                    uptime_secs: 2.0,
+                    unix_ms: 1_700_000_000_000,
+                }),
+            }),
+            breaker: Some(BreakerStatus {
+                open_secs: 0.5,
+                deaths: 3,
+                last: "exit 1".into(),
+            }),
+        };
+        let json = serde_json::to_string(&status).expect("serializes");
+        let back: Status = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
+        assert_eq!(back.queued_by_priority.get(&-3), Some(&1));
+        assert_eq!(back.workers[0].state, "busy");
+        // The optional parts are absent from the JSON when empty, and read back as empty.
+        let bare = Status {
+            sources: Vec::new(),
+            autoscale: None,
+            breaker: None,
+            ..back
+        };
+        let json = serde_json::to_string(&bare).expect("serializes");
+        assert!(
+            !json.contains("autoscale") && !json.contains("sources"),
+            "{json}"
+        );
+        let back: Status = serde_json::from_str(&json).expect("deserializes");
+        assert!(back.autoscale.is_none() && back.breaker.is_none() && back.sources.is_empty());
+    }
+
     #[test]
     fn events_are_bounded() {
         let mut st = Stats::default();
@@ -324,7 +427,7 @@ mod tests {
                 at_secs: 0.0,
                 worker: 0,
                 pid,
-                reason: "crash",
+                reason: "crash".into(),
                 unexpected: true,
                 detail: "é".repeat(1000),
             });

@@ -75,7 +75,7 @@ impl Pool {
                         at_secs: self.started.elapsed().as_secs_f64(),
                         worker: i,
                         pid,
-                        reason,
+                        reason: reason.into(),
                         unexpected,
                         detail,
                     });

@@ -16,7 +16,7 @@ impl Pool {
             .map(|s| WorkerStatus {
                 index: s.index,
                 pid: s.pid(),
-                state: s.state().name(),
+                state: s.state().name().into(),
                 tasks: s.total_tasks,
                 restarts: s.restarts,
                 inflight: s.inflight_len(),
@@ -28,9 +28,11 @@ impl Pool {
             })
             .collect();
         let pool_rss: u64 = workers.iter().filter_map(|w| w.rss).sum();
-        let mut totals: std::collections::BTreeMap<&'static str, u64> =
-            ErrorKind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
-        totals.insert("ok", self.summary.ok);
+        let mut totals: std::collections::BTreeMap<crate::status::Name, u64> = ErrorKind::ALL
+            .iter()
+            .map(|k| (k.as_str().into(), 0))
+            .collect();
+        totals.insert("ok".into(), self.summary.ok);
         let mut queued_by_priority = std::collections::BTreeMap::new();
         for (p, n) in self.submissions.depths() {
             *queued_by_priority.entry(p).or_insert(0) += n;
@@ -39,7 +41,7 @@ impl Pool {
             *queued_by_priority.entry(p).or_insert(0) += 1;
         }
         for (k, v) in &self.summary.errors {
-            totals.insert(k, *v);
+            totals.insert((*k).into(), *v);
         }
         Status {
             pid: std::process::id(),
@@ -52,7 +54,12 @@ impl Pool {
             submissions: self.submissions.len(),
             totals,
             retries: self.stats.retries,
-            restarts: self.stats.restarts.clone(),
+            restarts: self
+                .stats
+                .restarts
+                .iter()
+                .map(|(k, v)| ((*k).into(), *v))
+                .collect(),
             chunks: self.stats.chunks,
             durations: self.stats.durations.clone(),
             events: self.stats.events.clone(),
@@ -61,7 +68,8 @@ impl Pool {
                 Phase::Running => "running",
                 Phase::Draining { .. } => "draining",
                 Phase::Stopping => "stopping",
-            },
+            }
+            .into(),
             sources: Vec::new(),
             breaker: self
                 .breaker
@@ -86,7 +94,7 @@ impl Pool {
                     penalty: a.penalty(),
                     pool_rss,
                     max_pool_rss: cfg.max_pool_rss,
-                    blocked: a.blocked(),
+                    blocked: a.blocked().map(Into::into),
                     grows,
                     shrinks,
                     last: a.last().map(|d| {
@@ -94,7 +102,7 @@ impl Pool {
                         AutoscaleDecision {
                             from: d.from,
                             to: d.to,
-                            reason: d.reason,
+                            reason: d.reason.into(),
                             backlog: d.backlog,
                             demand: d.demand,
                             uptime_secs: d.at.as_secs_f64(),
@@ -123,7 +131,7 @@ impl Pool {
             tracing::info!(
                 worker = w.index,
                 pid = w.pid,
-                state = w.state,
+                state = w.state.as_ref(),
                 tasks = w.tasks,
                 inflight = w.inflight,
                 restarts = w.restarts,
