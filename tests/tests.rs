@@ -4,6 +4,7 @@
 mod autoscale;
 mod chunks;
 mod cli;
+mod client;
 mod control;
 mod daemon;
 mod dashboard;

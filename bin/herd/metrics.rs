@@ -723,7 +723,7 @@ mod tests {
         WorkerStatus {
             index,
             pid: Some(100 + index as u32),
-            state,
+            state: state.into(),
             tasks: 0,
             restarts: 0,
             inflight: 0,
@@ -737,7 +737,7 @@ mod tests {
         Status {
             pid: 1,
             uptime_secs: 0.0,
-            phase: "running",
+            phase: "running".into(),
             target_workers: 0,
             workers: vec![],
             queued: 0,
@@ -771,9 +771,9 @@ mod tests {
             queued_by_priority: BTreeMap::from([(-2, 1), (9, 3)]),
             inflight: 1,
             submissions: 2,
-            totals: BTreeMap::from([("ok", 7), ("failed", 2)]),
+            totals: BTreeMap::from([("ok".into(), 7), ("failed".into(), 2)]),
             retries: 3,
-            restarts: BTreeMap::from([("crash", 1)]),
+            restarts: BTreeMap::from([("crash".into(), 1)]),
             durations,
             ..empty_status()
         };
@@ -826,7 +826,7 @@ mod tests {
                 penalty: 2,
                 pool_rss: 3 << 20,
                 max_pool_rss: None,
-                blocked: Some("max-pool-rss"),
+                blocked: Some("max-pool-rss".into()),
                 grows: 4,
                 shrinks: 2,
                 last: None,

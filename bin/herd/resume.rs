@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use herd_supervisor::record::{split_seq, SEQ_PREFIX as PREFIX};
 use herd_supervisor::Input;
 
 mod json;
@@ -60,20 +61,6 @@ pub struct Scan {
     pub chunk_lines: u64,
     /// Byte offset and length of an unterminated last line (herd killed while writing it).
     pub torn: Option<(u64, u64)>,
-}
-
-/// The prefix every line herd writes to a records file starts with.
-const PREFIX: &[u8] = b"{\"seq\":";
-
-/// A record line's `seq` and the bytes after it (`{"seq":N<rest>`), or `None` if the line
-/// does not start that way.
-pub fn split_seq(line: &[u8]) -> Option<(Option<u64>, &[u8])> {
-    let rest = line.strip_prefix(PREFIX)?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&rest[..digits])
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok());
-    Some((seq, &rest[digits..]))
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -27,6 +27,7 @@
 
 pub mod autoscale;
 mod backlog;
+pub mod client;
 mod config;
 pub mod control;
 mod credits;

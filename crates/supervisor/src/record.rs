@@ -132,7 +132,7 @@ impl Record {
     /// invalid UTF-8 replaced by U+FFFD.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut num = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(SEQ_PREFIX);
         out.extend_from_slice(num.format(self.seq).as_bytes());
         match &self.outcome {
             RecordOutcome::Ok {
@@ -182,6 +182,21 @@ impl Record {
             out.extend_from_slice(itoa::Buffer::new().format(self.chunks).as_bytes());
         }
     }
+}
+
+/// The prefix every line [`Record::write_json`] writes starts with.
+pub const SEQ_PREFIX: &[u8] = b"{\"seq\":";
+
+/// A record line's `seq` and the bytes after it (`{"seq":N<rest>`), or `None` if the line
+/// does not start that way: the reader of what [`Record::write_json`] writes, for programs
+/// that read records back (resuming, renumbering, counting chunk lines).
+pub fn split_seq(line: &[u8]) -> Option<(Option<u64>, &[u8])> {
+    let rest = line.strip_prefix(SEQ_PREFIX)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    Some((seq, &rest[digits..]))
 }
 
 /// Embeds a worker's output: raw when it is single-line valid JSON, compacted when it is
