@@ -88,7 +88,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let ordered = cfg.ordered;
-    let max_line = cfg.max_frame.saturating_sub(32);
+    let max_line = cfg
+        .max_frame
+        .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD);
     let source = CountedLines {
         lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
         count: input_count,

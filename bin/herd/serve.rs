@@ -112,7 +112,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_line: cfg
             .max_frame
             .clamp(1024, herd_proto::MAX_FRAME_CEILING)
-            .saturating_sub(32),
+            .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD),
         max_connections,
         idle_timeout: args.idle_timeout,
         ..ControlLimits::default()

@@ -25,6 +25,9 @@ use serde::{de::DeserializeOwned, Serialize};
 pub const HEADER_LEN: usize = 4;
 /// Default largest frame body accepted by a reader: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Most bytes a `Task` frame body adds around its payload (variant, id, attempt, length):
+/// the longest event a worker can be sent is the frame limit less this.
+pub const TASK_FRAME_OVERHEAD: usize = 32;
 /// Hard upper bound for any configured maximum; also bincode's allocation limit, so no length
 /// field inside a body can make the decoder allocate more than this.
 pub const MAX_FRAME_CEILING: usize = 64 * 1024 * 1024;
@@ -292,6 +295,20 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(msg, &mut out, DEFAULT_MAX_FRAME).unwrap();
         out
+    }
+
+    /// The overhead bound holds for the largest id, attempt and payload length.
+    #[test]
+    fn task_frame_overhead_bounds_a_task() {
+        let payload = vec![b'x'; MAX_FRAME_CEILING - TASK_FRAME_OVERHEAD];
+        let task = crate::ToWorkerRef::Task {
+            id: u64::MAX,
+            attempt: u32::MAX,
+            payload: &payload,
+        };
+        let mut out = Vec::new();
+        encode_frame(&task, &mut out, MAX_FRAME_CEILING).unwrap();
+        assert!(out.len() - HEADER_LEN <= payload.len() + TASK_FRAME_OVERHEAD);
     }
 
     /// Pins the wire format: changing any byte here is a protocol version bump.

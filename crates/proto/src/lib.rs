@@ -27,7 +27,9 @@ pub mod control;
 
 use serde::{Deserialize, Serialize};
 
-pub use codec::{FrameError, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_FRAME_CEILING};
+pub use codec::{
+    FrameError, DEFAULT_MAX_FRAME, HEADER_LEN, MAX_FRAME_CEILING, TASK_FRAME_OVERHEAD,
+};
 
 /// Version of this protocol, sent in [`FromWorker::Hello`] by the SDKs. Version 2 added
 /// [`FromWorker::Chunk`]; every version-1 frame is unchanged, so the supervisor accepts

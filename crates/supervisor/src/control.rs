@@ -86,7 +86,7 @@ pub struct ControlLimits {
 impl Default for ControlLimits {
     fn default() -> Self {
         Self {
-            max_line: herd_proto::DEFAULT_MAX_FRAME - 32,
+            max_line: herd_proto::DEFAULT_MAX_FRAME - herd_proto::TASK_FRAME_OVERHEAD,
             max_connections: 64,
             idle_timeout: Duration::from_secs(10),
             partial_frames: PARTIAL_FRAMES_BUDGET,

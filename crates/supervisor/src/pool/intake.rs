@@ -8,9 +8,7 @@ use crate::job::{Job, SubmissionId};
 use crate::priority;
 use crate::record::{ErrorKind, Record, RecordOutcome};
 use crate::{Input, SubmissionMsg};
-
-/// Frame overhead on top of an event's payload (variant, id, attempt, length varints).
-const TASK_OVERHEAD: usize = 32;
+use herd_proto::TASK_FRAME_OVERHEAD;
 
 impl Pool {
     pub(super) fn on_submission(&mut self, msg: SubmissionMsg) {
@@ -42,7 +40,7 @@ impl Pool {
         };
         self.submissions.accepted(id, batch.len());
         let running = self.phase == Phase::Running;
-        let limit = self.cfg.max_frame.saturating_sub(TASK_OVERHEAD);
+        let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
         let mut refused = Vec::new();
         let mut jobs = Vec::with_capacity(batch.len());
         for input in batch {
