@@ -12,7 +12,7 @@ use herd_proto::control::{Reply, Request};
 use herd_supervisor::client::{self, Client, Events, Records};
 use tokio::sync::mpsc;
 
-use crate::resume::{Plan, Renumber};
+use crate::resume::{Cut, Plan, Renumber};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -225,17 +225,16 @@ async fn stream(
     // Lines are read and encoded on a plain thread, and handed over as ready frames.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let encoder = events.encoder();
-    let input_plan = plan.clone();
+    let mut cut = plan.clone().map(Cut::new);
     let input_thread = std::thread::Builder::new()
         .name("herd-input".into())
         .spawn(move || -> anyhow::Result<u64> {
             let mut failed = None;
-            // With a plan, only the lines that run are sent; the daemon numbers them densely.
-            let mut sent = 0u64;
             let read = herd_supervisor::lines::read_lines(input, max_line, 1024, |batch| {
-                let batch = match &input_plan {
+                // With a plan, only the lines that run are sent; the daemon numbers them densely.
+                let batch = match &mut cut {
                     None => batch,
-                    Some(plan) => match plan.filter(batch, &mut sent) {
+                    Some(cut) => match cut.batch(batch) {
                         Ok(kept) if kept.is_empty() => return true,
                         Ok(kept) => kept,
                         Err(e) => {
@@ -256,13 +255,9 @@ async fn stream(
                 return Err(e);
             }
             let read = read?;
-            match &input_plan {
+            match &cut {
                 None => Ok(read),
-                Some(plan) if read == plan.lines => Ok(sent),
-                Some(plan) => bail!(
-                    "the input changed while herd read it: it had {} lines at the start",
-                    plan.lines
-                ),
+                Some(cut) => Ok(cut.end()?),
             }
         })
         .context("cannot start the input thread")?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use herd_supervisor::record::{split_seq, SEQ_PREFIX as PREFIX};
-use herd_supervisor::Input;
+use herd_supervisor::{Input, Room, Source};
 
 mod json;
 
@@ -353,28 +353,100 @@ impl Plan {
     pub fn failed_before(&self, seq: u64) -> bool {
         self.failed_before.as_ref().is_some_and(|f| f.get(seq)) && !self.run.get(seq)
     }
+}
 
-    /// Keeps the inputs of `batch` that run, numbered densely from `*next`. Fails on a line
-    /// past the input's length as counted before the start (the input grew meanwhile).
-    pub fn filter(&self, batch: Vec<Input>, next: &mut u64) -> io::Result<Vec<Input>> {
+/// The input changed between its count and its reading: the records would name the wrong
+/// lines, so the run stops.
+fn input_changed(lines: u64) -> io::Error {
+    io::Error::other(format!(
+        "the input changed while herd read it: it had {lines} lines at the start"
+    ))
+}
+
+/// The one place `--resume` and `--retry-failed` cut an input: keeps the lines of each batch
+/// that run, numbers them densely, and checks that the input has exactly the lines the plan
+/// counted.
+#[derive(Debug)]
+pub struct Cut {
+    plan: Arc<Plan>,
+    /// The dense number of the next line that runs.
+    next: u64,
+    /// Lines read.
+    seen: u64,
+}
+
+impl Cut {
+    pub fn new(plan: Arc<Plan>) -> Self {
+        Self {
+            plan,
+            next: 0,
+            seen: 0,
+        }
+    }
+
+    /// The inputs of `batch` that run, renumbered. Fails on a line past the input's length
+    /// as counted before the start (the input grew meanwhile).
+    pub fn batch(&mut self, batch: Vec<Input>) -> io::Result<Vec<Input>> {
         let mut kept = Vec::with_capacity(batch.len());
         for mut input in batch {
             let seq = match &mut input {
                 Input::Event { seq, .. } | Input::Rejected { seq, .. } => seq,
             };
-            if *seq >= self.lines {
-                return Err(io::Error::other(format!(
-                    "the input changed while herd read it: it had {} lines at the start",
-                    self.lines
-                )));
+            if *seq >= self.plan.lines {
+                return Err(input_changed(self.plan.lines));
             }
-            if self.run.get(*seq) {
-                *seq = *next;
-                *next += 1;
+            self.seen += 1;
+            if self.plan.run.get(*seq) {
+                *seq = self.next;
+                self.next += 1;
                 kept.push(input);
             }
         }
         Ok(kept)
+    }
+
+    /// At the input's end: the lines sent, or an error if the input shrank meanwhile.
+    pub fn end(&self) -> io::Result<u64> {
+        if self.seen == self.plan.lines {
+            Ok(self.next)
+        } else {
+            Err(input_changed(self.plan.lines))
+        }
+    }
+}
+
+/// Any [`Source`] of an input's lines, cut to the lines that run (see [`Cut`]); without a
+/// plan, the lines as read.
+pub struct Resumed<S> {
+    inner: S,
+    cut: Option<Cut>,
+}
+
+impl<S> Resumed<S> {
+    pub fn new(inner: S, plan: Option<Arc<Plan>>) -> Self {
+        Self {
+            inner,
+            cut: plan.map(Cut::new),
+        }
+    }
+}
+
+impl<S: Source> Source for Resumed<S> {
+    async fn next_batch(&mut self, room: Room) -> io::Result<Option<Vec<Input>>> {
+        let Some(cut) = &mut self.cut else {
+            return self.inner.next_batch(room).await;
+        };
+        loop {
+            match self.inner.next_batch(room).await? {
+                Some(batch) => {
+                    let kept = cut.batch(batch)?;
+                    if !kept.is_empty() {
+                        return Ok(Some(kept));
+                    }
+                }
+                None => return cut.end().map(|_| None),
+            }
+        }
     }
 }
 
@@ -580,6 +652,40 @@ mod tests {
         assert_eq!(plan.original(1), Some(3));
         assert_eq!(plan.to_run, 24);
         assert_eq!(Plan::new(70, None, None).to_run, 70);
+    }
+
+    #[test]
+    fn cut_numbers_the_lines_that_run_and_refuses_a_changed_input() {
+        let mut skip = Bits::new(5);
+        skip.set(1);
+        skip.set(3);
+        let plan = Arc::new(Plan::new(5, Some(&skip), None));
+        let events = |seqs: std::ops::Range<u64>| -> Vec<Input> {
+            seqs.map(|s| Input::event(s, s.to_string().into()))
+                .collect()
+        };
+        let seqs = |b: &[Input]| -> Vec<(u64, Vec<u8>)> {
+            b.iter()
+                .map(|i| match i {
+                    Input::Event { seq, payload, .. } => (*seq, payload.to_vec()),
+                    Input::Rejected { seq, .. } => (*seq, Vec::new()),
+                })
+                .collect()
+        };
+        let mut cut = Cut::new(plan.clone());
+        let first = cut.batch(events(0..2)).unwrap();
+        let second = cut.batch(events(2..5)).unwrap();
+        assert_eq!(seqs(&first), [(0, b"0".to_vec())]);
+        assert_eq!(seqs(&second), [(1, b"2".to_vec()), (2, b"4".to_vec())]);
+        assert_eq!(cut.end().unwrap(), 3);
+        // Grown: a line past the count. Shrunk: fewer lines at the end.
+        let mut cut = Cut::new(plan.clone());
+        let e = cut.batch(events(0..6)).unwrap_err().to_string();
+        assert!(e.contains("the input changed while herd read it"), "{e}");
+        let mut cut = Cut::new(plan);
+        cut.batch(events(0..4)).unwrap();
+        let e = cut.end().unwrap_err().to_string();
+        assert!(e.contains("it had 5 lines at the start"), "{e}");
     }
 
     #[test]

@@ -91,15 +91,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let max_line = cfg
         .max_frame
         .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD);
-    let source = CountedLines {
-        lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
-        count: input_count,
-        max_line,
-        plan: plan.clone(),
-        next: 0,
-        seen: 0,
-        failed: failed.clone(),
-    };
+    let source = resume::Resumed::new(
+        CountedLines {
+            lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
+            count: input_count,
+            max_line,
+            plan: plan.clone(),
+            failed: failed.clone(),
+        },
+        plan.clone(),
+    );
     let sink = RecordSink {
         suspend: records_on_terminal && progress.is_shown(),
         writer: RecordWriter::new(output),
@@ -129,17 +130,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The input's lines, counted for the progress bar as they go into the pool. With a `plan`,
-/// only the lines that run, numbered densely from 0.
+/// The input's lines, counted for the progress bar as they go into the pool. Under a `plan`
+/// with a `failed` file, the lines that failed in an earlier run are written to it as they go
+/// by ([`resume::Resumed`] then keeps the lines that run).
 struct CountedLines {
     lines: LineSource,
     count: Option<Arc<InputCount>>,
     max_line: usize,
     plan: Option<Arc<resume::Plan>>,
-    /// The dense number of the next line that runs.
-    next: u64,
-    /// Lines read.
-    seen: u64,
     failed: Option<Failed>,
 }
 
@@ -162,37 +160,17 @@ fn write_failed_before(plan: &resume::Plan, batch: &[Input], failed: &Failed) ->
 
 impl Source for CountedLines {
     async fn next_batch(&mut self, room: Room) -> io::Result<Option<Vec<Input>>> {
-        loop {
-            let mut batch = self.lines.next_batch(room).await;
-            if let Some(count) = &self.count {
-                match &batch {
-                    Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),
-                    _ => count.finish(),
-                }
-            }
-            let Some(plan) = &self.plan else {
-                return batch;
-            };
-            match &mut batch {
-                Ok(Some(b)) => {
-                    self.seen += b.len() as u64;
-                    if let Some(f) = &self.failed {
-                        write_failed_before(plan, b, f)?;
-                    }
-                    let kept = plan.filter(std::mem::take(b), &mut self.next)?;
-                    if !kept.is_empty() {
-                        return Ok(Some(kept));
-                    }
-                }
-                Ok(None) if self.seen != plan.lines => {
-                    return Err(io::Error::other(format!(
-                        "the input changed while herd read it: it had {} lines at the start",
-                        plan.lines
-                    )))
-                }
-                _ => return batch,
+        let batch = self.lines.next_batch(room).await;
+        if let Some(count) = &self.count {
+            match &batch {
+                Ok(Some(b)) => count.sent(InputCount::tally(b, self.max_line)),
+                _ => count.finish(),
             }
         }
+        if let (Ok(Some(b)), Some(plan), Some(f)) = (&batch, &self.plan, &self.failed) {
+            write_failed_before(plan, b, f)?;
+        }
+        batch
     }
 }
 
