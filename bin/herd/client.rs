@@ -19,24 +19,8 @@ pub struct SubmitArgs {
     /// The daemon's control socket.
     #[arg(long, value_name = "PATH")]
     control: PathBuf,
-    /// Events, one per line ('-' = stdin).
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    input: PathBuf,
-    /// Result records, JSON lines ('-' = stdout); `seq` counts lines of this submission.
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    output: PathBuf,
-    /// Records in input order.
-    #[arg(long)]
-    ordered: bool,
-    /// Continue an interrupted submission: append to the existing --output, sending only the
-    /// lines that have no final record in it yet (a torn last line is cut off first); records
-    /// keep their line numbers as `seq`. Needs -i FILE and -o FILE.
-    #[arg(long)]
-    resume: bool,
-    /// Send only the lines whose final record in RECORDS (an earlier --output for the same
-    /// input) is not ok; their records keep their line numbers as `seq`.
-    #[arg(long, value_name = "RECORDS")]
-    retry_failed: Option<PathBuf>,
+    #[command(flatten)]
+    io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
 }
@@ -182,19 +166,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let plan = crate::resume::plan(&crate::resume::Options {
-        input: &args.input,
-        output: &args.output,
-        resume: args.resume,
-        retry_failed: args.retry_failed.as_deref(),
-    })?
-    .map(Arc::new);
+    let plan = args.io.plan()?;
     if plan.as_ref().is_some_and(|p| p.to_run == 0) {
         tracing::info!("nothing to send: every event already has its record");
         return Ok(ExitCode::SUCCESS);
     }
-    let input = crate::open_input(&args.input)?;
-    let output = crate::resume::open_output(&args.output, plan.as_deref())?;
+    let input = crate::open_input(&args.io.input)?;
+    let output = crate::resume::open_output(&args.io.output, plan.as_deref())?;
     let rt = runtime()?;
     let conn = rt.block_on(Client::connect(&args.control))?;
     let (lines, received) = rt.block_on(stream(conn, input, output, &args, plan))?;
@@ -215,7 +193,7 @@ async fn stream(
 ) -> anyhow::Result<(u64, u64)> {
     let max_line = conn.max_line();
     let options = herd_supervisor::SubmitOptions {
-        ordered: args.ordered,
+        ordered: args.io.ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
         ..Default::default()
@@ -335,7 +313,7 @@ async fn stream(
     let lines = match input_thread.join() {
         Ok(Ok(n)) => n,
         Ok(Err(e)) => {
-            return Err(e.context(format!("cannot read input {}", args.input.display())));
+            return Err(e.context(format!("cannot read input {}", args.io.input.display())));
         }
         Err(_) => bail!("the input thread panicked"),
     };

@@ -13,7 +13,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -450,18 +452,46 @@ impl<S: Source> Source for Resumed<S> {
     }
 }
 
-/// `--resume` and `--retry-failed` as given on the command line.
-pub struct Options<'a> {
-    pub input: &'a Path,
-    pub output: &'a Path,
+/// Where events come from and records go, and which events run: what `herd run` and
+/// `herd submit` share.
+#[derive(Debug, Args)]
+pub struct IoArgs {
+    /// Events, one per line ('-' = stdin).
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    pub input: PathBuf,
+    /// Result records, JSON lines ('-' = stdout); `seq` is the event's line number in the
+    /// input, from 0.
+    #[arg(short, long, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+    /// Write records in input order (a bounded reorder buffer holds early finishers).
+    #[arg(long)]
+    pub ordered: bool,
+    /// Continue an interrupted run or submission: append to the existing --output, running
+    /// only the events that have no final record in it yet (a torn last line is cut off
+    /// first); records keep their line numbers as `seq`. Needs -i FILE and -o FILE. Events
+    /// whose record is not ok count as done: see --retry-failed.
+    #[arg(long)]
     pub resume: bool,
-    pub retry_failed: Option<&'a Path>,
+    /// Run only the events whose final record in RECORDS (an earlier --output for the same
+    /// input) is not ok; their new records keep their line numbers as `seq` and go to
+    /// --output.
+    #[arg(long, value_name = "RECORDS")]
+    pub retry_failed: Option<PathBuf>,
+}
+
+impl IoArgs {
+    /// Which events run: `None` when neither --resume nor --retry-failed is given.
+    pub fn plan(&self) -> anyhow::Result<Option<Arc<Plan>>> {
+        Ok(plan(self)?.map(Arc::new))
+    }
 }
 
 /// Checks the files, repairs a torn last line and works out what runs. `None` when neither
 /// option is given (everything runs, numbered as read).
-pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
-    if !o.resume && o.retry_failed.is_none() {
+fn plan(o: &IoArgs) -> anyhow::Result<Option<Plan>> {
+    let retry_failed = o.retry_failed.as_deref();
+    let (input, output) = (o.input.as_path(), o.output.as_path());
+    if !o.resume && retry_failed.is_none() {
         return Ok(None);
     }
     let what = if o.resume {
@@ -470,19 +500,19 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
         "--retry-failed"
     };
     // The input is read twice (counted first), so it must be a file, not a pipe.
-    if o.input.as_os_str() == "-" || std::fs::metadata(o.input).is_ok_and(|m| !m.is_file()) {
+    if input.as_os_str() == "-" || std::fs::metadata(input).is_ok_and(|m| !m.is_file()) {
         bail!(
             "{what} needs the input as a regular file (-i FILE): herd checks the records \
              against it and numbers its lines again"
         );
     }
-    if o.resume && o.output.as_os_str() == "-" {
+    if o.resume && output.as_os_str() == "-" {
         bail!("--resume needs the records file it appends to (-o FILE)");
     }
-    let lines = count_lines(o.input)?;
-    let only = match o.retry_failed {
+    let lines = count_lines(input)?;
+    let only = match retry_failed {
         Some(records) => {
-            if same_file(records, o.output) {
+            if same_file(records, output) {
                 bail!(
                     "--retry-failed reads {} and -o would write to it: write the new records \
                      to another file (each file keeps one final record per event)",
@@ -490,7 +520,7 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
                 );
             }
             let file = open_records(records, OpenOptions::new().read(true), "--retry-failed")?;
-            let scan = scan(&file, records, lines, o.input)?;
+            let scan = scan(&file, records, lines, input)?;
             if scan.torn.is_some() {
                 tracing::warn!(records = %records.display(), "ignoring an unterminated last line");
             }
@@ -511,7 +541,7 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
         // file locked until it ends (the kernel drops the lock of a killed process). It is
         // opened once: read, cut and appended to through one descriptor.
         let file = open_records(
-            o.output,
+            output,
             OpenOptions::new().read(true).append(true).create(true),
             "--resume",
         )?;
@@ -519,27 +549,27 @@ pub fn plan(o: &Options) -> anyhow::Result<Option<Plan>> {
             .map_err(|(_, e)| {
                 anyhow::anyhow!(
                     "another herd is writing to {} (it holds a lock on it): {e}",
-                    o.output.display()
+                    output.display()
                 )
             })?;
-        let scan = scan(&file, o.output, lines, o.input)?;
-        repair(&file, o.output, &scan)?;
+        let scan = scan(&file, output, lines, input)?;
+        repair(&file, output, &scan)?;
         lock = Some(file);
         tracing::info!(
-            output = %o.output.display(),
+            output = %output.display(),
             finals = scan.finals,
             failed = scan.failed_count,
             chunk_lines = scan.chunk_lines,
             lines,
             "resuming: events with a final record are done"
         );
-        if scan.failed_count > 0 && o.retry_failed.is_none() {
+        if scan.failed_count > 0 && retry_failed.is_none() {
             tracing::info!(
                 failed = scan.failed_count,
                 "events that ended failed count as done; to run them again with their seqs: \
                  herd run --retry-failed {} -i {} -o NEW_FILE",
-                o.output.display(),
-                o.input.display()
+                output.display(),
+                input.display()
             );
         }
         Some(scan)

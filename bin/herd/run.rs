@@ -17,29 +17,13 @@ use crate::{signals, PoolArgs};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Events, one per line ('-' = stdin).
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    input: PathBuf,
-    /// Result records, JSON lines ('-' = stdout).
-    #[arg(short, long, value_name = "FILE", default_value = "-")]
-    output: PathBuf,
-    /// Write records in input order (a bounded reorder buffer holds early finishers).
-    #[arg(long)]
-    ordered: bool,
+    #[command(flatten)]
+    io: resume::IoArgs,
     /// Also write the input line of every event whose record is not ok to FILE, so that
     /// `herd run -i FILE` can replay them (numbered as lines of FILE; --retry-failed keeps
     /// their seqs). Under --resume, with the failed lines of the earlier runs too.
     #[arg(long, value_name = "FILE")]
     failed: Option<PathBuf>,
-    /// Continue an interrupted run: append to the existing --output, running only the events
-    /// that have no final record in it yet (a torn last line is cut off first). Needs -i FILE
-    /// and -o FILE. Events whose record is not ok count as done: see --retry-failed.
-    #[arg(long)]
-    resume: bool,
-    /// Run only the events whose final record in RECORDS (an earlier run's --output for the
-    /// same input) is not ok, keeping their seqs; their new records go to --output.
-    #[arg(long, value_name = "RECORDS")]
-    retry_failed: Option<PathBuf>,
     /// Never draw the progress bar (it is drawn on stderr only when stderr is a terminal).
     #[arg(long)]
     no_progress: bool,
@@ -51,24 +35,18 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = args.pool.config()?;
-    cfg.ordered = args.ordered;
+    cfg.ordered = args.io.ordered;
     // Which events run (all, unless resuming or retrying), checked before anything opens.
-    let plan = resume::plan(&resume::Options {
-        input: &args.input,
-        output: &args.output,
-        resume: args.resume,
-        retry_failed: args.retry_failed.as_deref(),
-    })?
-    .map(Arc::new);
+    let plan = args.io.plan()?;
     // With --failed, the input is still read: its failed lines are written again.
     if plan.as_ref().is_some_and(|p| p.to_run == 0) && args.failed.is_none() {
         tracing::info!("nothing to run: every event already has its record");
         return Ok(ExitCode::SUCCESS);
     }
     // Open both ends before starting any worker, so a typo costs nothing.
-    let input = crate::open_input(&args.input)?;
-    let to_stdout = args.output.as_os_str() == "-";
-    let output = resume::open_output(&args.output, plan.as_deref())?;
+    let input = crate::open_input(&args.io.input)?;
+    let to_stdout = args.io.output.as_os_str() == "-";
+    let output = resume::open_output(&args.io.output, plan.as_deref())?;
     // Under --resume the failed file is written anew: the lines of the events that failed in
     // the earlier runs (from the records, so a kill that lost some of their lines loses
     // nothing) as the input goes by, and this run's as their records come.
@@ -82,7 +60,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Records on the terminal the bar is drawn on go out with the bar out of the way.
     let records_on_terminal = to_stdout && io::stdout().is_terminal();
     let (mut progress, input_count, _clear_progress) =
-        Progress::new(!args.no_progress, &args.input);
+        Progress::new(!args.no_progress, &args.io.input);
     if let Some(plan) = &plan {
         progress.skipped(plan.lines - plan.to_run);
     }
@@ -124,7 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => Ok(ExitCode::SUCCESS),
         // Every event read got its record, but the input was not read to its end.
         Err(SubmissionError::Source(e, _)) => {
-            Err(e).with_context(|| format!("cannot read input {}", args.input.display()))
+            Err(e).with_context(|| format!("cannot read input {}", args.io.input.display()))
         }
         Err(SubmissionError::Sink(e)) => Err(e).context("cannot write records"),
     }
