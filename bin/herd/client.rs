@@ -12,7 +12,7 @@ use herd_proto::control::{Reply, Request};
 use herd_supervisor::client::{self, Client, Events, Records};
 use tokio::sync::mpsc;
 
-use crate::resume::{Cut, Plan, Renumber};
+use herd_supervisor::resume::{Cut, Plan, Renumber};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -172,7 +172,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let input = crate::open_input(&args.io.input)?;
-    let output = crate::resume::open_output(&args.io.output, plan.as_deref())?;
+    let output = args.io.open_output(plan.as_deref())?;
     let rt = runtime()?;
     let conn = rt.block_on(Client::connect(&args.control))?;
     let (lines, received) = rt.block_on(stream(conn, input, output, &args, plan))?;

@@ -14,6 +14,7 @@ use herd_supervisor::{Input, RecordBatch, RecordWriter, Room, Sink, Source, Subm
 use crate::progress::{InputCount, Progress};
 use crate::resume;
 use crate::{signals, PoolArgs};
+use herd_supervisor::resume::Plan;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -46,7 +47,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Open both ends before starting any worker, so a typo costs nothing.
     let input = crate::open_input(&args.io.input)?;
     let to_stdout = args.io.output.as_os_str() == "-";
-    let output = resume::open_output(&args.io.output, plan.as_deref())?;
+    let output = args.io.open_output(plan.as_deref())?;
     // Under --resume the failed file is written anew: the lines of the events that failed in
     // the earlier runs (from the records, so a kill that lost some of their lines loses
     // nothing) as the input goes by, and this run's as their records come.
@@ -69,7 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let max_line = cfg
         .max_frame
         .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD);
-    let source = resume::Resumed::new(
+    let source = herd_supervisor::resume::Resumed::new(
         CountedLines {
             lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,
             count: input_count,
@@ -110,12 +111,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The input's lines, counted for the progress bar as they go into the pool. Under a `plan`
 /// with a `failed` file, the lines that failed in an earlier run are written to it as they go
-/// by ([`resume::Resumed`] then keeps the lines that run).
+/// by ([`herd_supervisor::resume::Resumed`] then keeps the lines that run).
 struct CountedLines {
     lines: LineSource,
     count: Option<Arc<InputCount>>,
     max_line: usize,
-    plan: Option<Arc<resume::Plan>>,
+    plan: Option<Arc<Plan>>,
     failed: Option<Failed>,
 }
 
@@ -123,7 +124,7 @@ struct CountedLines {
 type Failed = Arc<Mutex<io::BufWriter<std::fs::File>>>;
 
 /// Writes the lines of `batch` whose events failed in an earlier run to the failed file.
-fn write_failed_before(plan: &resume::Plan, batch: &[Input], failed: &Failed) -> io::Result<()> {
+fn write_failed_before(plan: &Plan, batch: &[Input], failed: &Failed) -> io::Result<()> {
     let mut f = failed.lock().unwrap_or_else(|e| e.into_inner());
     for input in batch {
         if let Input::Event { seq, payload, .. } = input {
@@ -162,7 +163,7 @@ struct RecordSink {
     progress: Progress,
     suspend: bool,
     /// Records' `seq` are dense numbers of the lines this plan runs: written as line numbers.
-    plan: Option<Arc<resume::Plan>>,
+    plan: Option<Arc<Plan>>,
 }
 
 impl RecordSink {

@@ -43,6 +43,7 @@ pub mod priority;
 mod process;
 pub mod record;
 mod rendezvous;
+pub mod resume;
 mod slot;
 pub mod status;
 mod submission;
