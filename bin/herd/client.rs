@@ -1,18 +1,12 @@
 //! The daemon's clients: `herd submit`, `herd status`, `herd ctl`.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::pin::pin;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use herd_proto::control::{Reply, Request};
-use herd_supervisor::client::{self, Client, Events, Records};
-use tokio::sync::mpsc;
-
-use herd_supervisor::resume::{Cut, Plan, Renumber};
+use herd_supervisor::client::{self, Client, SubmitError};
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
@@ -173,152 +167,29 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     }
     let input = crate::open_input(&args.io.input)?;
     let output = args.io.open_output(plan.as_deref())?;
-    let rt = runtime()?;
-    let conn = rt.block_on(Client::connect(&args.control))?;
-    let (lines, received) = rt.block_on(stream(conn, input, output, &args, plan))?;
-    tracing::debug!(lines, received, "submission complete");
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The submission proper: lines in on a thread, frames out on one task, replies in on
-/// another, records out on a thread. No side waits for another: reading replies never waits
-/// for events to be written, nor writing events for replies to be read. Returns the lines
-/// sent and the records received.
-async fn stream(
-    conn: Client,
-    input: Box<dyn Read + Send>,
-    mut output: Box<dyn Write + Send>,
-    args: &SubmitArgs,
-    plan: Option<Arc<Plan>>,
-) -> anyhow::Result<(u64, u64)> {
-    let max_line = conn.max_line();
     let options = herd_supervisor::SubmitOptions {
         ordered: args.io.ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
         ..Default::default()
     };
-    let (events, records): (Events, Records) = conn.submit(&options).await?;
-
-    // Lines are read and encoded on a plain thread, and handed over as ready frames.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-    let encoder = events.encoder();
-    let mut cut = plan.clone().map(Cut::new);
-    let input_thread = std::thread::Builder::new()
-        .name("herd-input".into())
-        .spawn(move || -> anyhow::Result<u64> {
-            let mut failed = None;
-            let read = herd_supervisor::lines::read_lines(input, max_line, 1024, |batch| {
-                // With a plan, only the lines that run are sent; the daemon numbers them densely.
-                let batch = match &mut cut {
-                    None => batch,
-                    Some(cut) => match cut.batch(batch) {
-                        Ok(kept) if kept.is_empty() => return true,
-                        Ok(kept) => kept,
-                        Err(e) => {
-                            failed = Some(e.into());
-                            return false;
-                        }
-                    },
-                };
-                match encoder.encode(&batch) {
-                    Ok(frames) => tx.blocking_send(frames).is_ok(),
-                    Err(e) => {
-                        failed = Some(e.into());
-                        false
-                    }
-                }
-            });
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            let read = read?;
-            match &cut {
-                None => Ok(read),
-                Some(cut) => Ok(cut.end()?),
-            }
-        })
-        .context("cannot start the input thread")?;
-    // Records are written on a plain thread, so a slow output never holds up the socket.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
-    let output_thread = std::thread::Builder::new()
-        .name("herd-output".into())
-        .spawn(move || -> std::io::Result<()> {
-            while let Some(bytes) = out_rx.blocking_recv() {
-                output.write_all(&bytes)?;
-                if out_rx.is_empty() {
-                    output.flush()?;
-                }
-            }
-            output.flush()
-        })
-        .context("cannot start the output thread")?;
-
-    let writer = async move {
-        let mut events = events;
-        while let Some(frames) = rx.recv().await {
-            events.send_encoded(&frames).await?;
+    let rt = runtime()?;
+    let sent = rt.block_on(async {
+        let client = Client::connect(&args.control).await?;
+        client.submit_lines(input, output, &options, plan).await
+    });
+    match sent {
+        Ok(sent) => {
+            tracing::debug!(
+                lines = sent.lines,
+                records = sent.records,
+                "submission complete"
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        // Our side stays open until the last record: closing it says we are gone.
-        events.end().await
-    };
-    let mut renumber = plan.map(Renumber::new);
-    let reader = async move {
-        let mut records = records;
-        while let Some(bytes) = records.next().await? {
-            // Counted as the daemon sent them (its seqs), then renumbered.
-            let bytes = match &mut renumber {
-                Some(r) => r.apply(&bytes)?,
-                None => bytes,
-            };
-            if out_tx.send(bytes).await.is_err() {
-                return Ok(Err(records.received()));
-            }
+        Err(SubmitError::Input(e)) => {
+            Err(e).with_context(|| format!("cannot read input {}", args.io.input.display()))
         }
-        if renumber.as_ref().is_some_and(|r| !r.is_clean()) {
-            bail!("the daemon's last record is unfinished");
-        }
-        // One final record per line sent; chunk lines come on top.
-        Ok(Ok(records.finals()))
-    };
-    let mut writer = pin!(writer);
-    let mut reader = pin!(reader);
-    let mut writing = true;
-    let outcome = loop {
-        tokio::select! {
-            _ = &mut writer, if writing => {
-                // A failed write means the daemon is gone; the reader says so when it sees it.
-                writing = false;
-            }
-            r = &mut reader => break r,
-        }
-    };
-    // The reader is finished (and its sender dropped): the output thread writes what it
-    // was given, also when the daemon failed us, and ends.
-    let written = match output_thread.join() {
-        Ok(r) => r.context("cannot write records"),
-        Err(_) => Err(anyhow!("the output thread panicked")),
-    };
-    let received = match outcome? {
-        Ok(n) => n,
-        // The output failed: that thread has the reason.
-        Err(n) => {
-            written?;
-            bail!("cannot write records (after {n})");
-        }
-    };
-    written?;
-    // `Done` comes only after the daemon read our End: every frame is out, whatever the
-    // writer's state (it may not have been polled since its last write).
-    let lines = match input_thread.join() {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
-            return Err(e.context(format!("cannot read input {}", args.io.input.display())));
-        }
-        Err(_) => bail!("the input thread panicked"),
-    };
-    if lines != received {
-        bail!("the daemon finished after {received} records for {lines} lines");
+        Err(e) => Err(e.into()),
     }
-    Ok((lines, received))
 }

@@ -30,9 +30,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -44,11 +45,12 @@ use herd_proto::control::{
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::record::split_seq;
+use crate::resume::{Cut, NotARecord, Plan, Renumber};
 use crate::{Input, Status, SubmitOptions};
 
 /// How long [`ask`] and [`status`] wait for the daemon's answer.
@@ -117,6 +119,40 @@ pub enum ClientError {
     BadStatus(#[source] serde_json::Error),
     #[error("cannot encode a request")]
     Encode(#[source] FrameError),
+}
+
+/// Why [`Client::submit_lines`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Reading the input failed, or it changed under a [`Plan`].
+    #[error("cannot read the input")]
+    Input(#[source] io::Error),
+    #[error("cannot write records")]
+    Output(#[source] io::Error),
+    /// The output took records no more (its writer ended without an error).
+    #[error("cannot write records (after {0})")]
+    OutputClosed(u64),
+    #[error(transparent)]
+    Renumber(#[from] NotARecord),
+    #[error("the daemon's last record is unfinished")]
+    Unfinished,
+    #[error("the daemon finished after {records} records for {lines} lines")]
+    Short { records: u64, lines: u64 },
+    #[error("cannot start the {0} thread")]
+    Thread(&'static str, #[source] io::Error),
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
+/// What [`Client::submit_lines`] sent and received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    /// Lines sent.
+    pub lines: u64,
+    /// Final records received: one per line.
+    pub records: u64,
 }
 
 type Replies = FramedRead<OwnedReadHalf, FrameCodec<Reply, Request>>;
@@ -270,6 +306,153 @@ impl Client {
             _keep: keep_rx,
         };
         Ok((events, records))
+    }
+}
+
+impl Client {
+    /// Submits the lines of `input` and writes their records to `output` as JSON lines: what
+    /// `herd submit` does. With a `plan` (`--resume`, `--retry-failed`) only the lines that
+    /// run are sent, and records keep their line numbers as `seq`.
+    ///
+    /// Lines are read on a thread, frames go out on one task, replies come in on another, and
+    /// records are written on a thread: no side waits for another, so a slow output holds up
+    /// only this submission, never the socket's other direction.
+    pub async fn submit_lines(
+        self,
+        input: impl Read + Send + 'static,
+        mut output: impl Write + Send + 'static,
+        options: &SubmitOptions,
+        plan: Option<Arc<Plan>>,
+    ) -> Result<Submitted, SubmitError> {
+        let max_line = self.max_line;
+        let (events, records) = self.submit(options).await?;
+
+        // Lines are read and encoded on a plain thread, and handed over as ready frames.
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let encoder = events.encoder();
+        let mut cut = plan.clone().map(Cut::new);
+        let input_thread = std::thread::Builder::new()
+            .name("herd-input".into())
+            .spawn(move || -> Result<u64, SubmitError> {
+                let mut failed = None;
+                let read = crate::lines::read_lines(input, max_line, 1024, |batch| {
+                    // With a plan, only the lines that run are sent; the daemon numbers them
+                    // densely.
+                    let batch = match &mut cut {
+                        None => batch,
+                        Some(cut) => match cut.batch(batch) {
+                            Ok(kept) if kept.is_empty() => return true,
+                            Ok(kept) => kept,
+                            Err(e) => {
+                                failed = Some(SubmitError::Input(e));
+                                return false;
+                            }
+                        },
+                    };
+                    match encoder.encode(&batch) {
+                        Ok(frames) => tx.blocking_send(frames).is_ok(),
+                        Err(e) => {
+                            failed = Some(e.into());
+                            false
+                        }
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                let read = read.map_err(SubmitError::Input)?;
+                match &cut {
+                    None => Ok(read),
+                    Some(cut) => cut.end().map_err(SubmitError::Input),
+                }
+            })
+            .map_err(|e| SubmitError::Thread("input", e))?;
+        // Records are written on a plain thread, so a slow output never holds up the socket.
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
+        let output_thread = std::thread::Builder::new()
+            .name("herd-output".into())
+            .spawn(move || -> io::Result<()> {
+                while let Some(bytes) = out_rx.blocking_recv() {
+                    output.write_all(&bytes)?;
+                    if out_rx.is_empty() {
+                        output.flush()?;
+                    }
+                }
+                output.flush()
+            })
+            .map_err(|e| SubmitError::Thread("output", e))?;
+
+        let writer = async move {
+            let mut events = events;
+            while let Some(frames) = rx.recv().await {
+                events.send_encoded(&frames).await?;
+            }
+            // Our side stays open until the last record: closing it says we are gone.
+            events.end().await
+        };
+        let mut renumber = plan.map(Renumber::new);
+        let reader = async move {
+            let mut records = records;
+            while let Some(bytes) = records.next().await? {
+                // Counted as the daemon sent them (its seqs), then renumbered.
+                let bytes = match &mut renumber {
+                    Some(r) => r.apply(&bytes)?,
+                    None => bytes,
+                };
+                if out_tx.send(bytes).await.is_err() {
+                    return Ok(Err(records.received()));
+                }
+            }
+            if renumber.as_ref().is_some_and(|r| !r.is_clean()) {
+                return Err(SubmitError::Unfinished);
+            }
+            // One final record per line sent; chunk lines come on top.
+            Ok(Ok(records.finals()))
+        };
+        let mut writer = pin!(writer);
+        let mut reader = pin!(reader);
+        let mut writing = true;
+        let outcome = loop {
+            tokio::select! {
+                _ = &mut writer, if writing => {
+                    // A failed write means the daemon is gone; the reader says so when it
+                    // sees it.
+                    writing = false;
+                }
+                r = &mut reader => break r,
+            }
+        };
+        // The reader is finished (and its sender dropped): the output thread writes what it
+        // was given, also when the daemon failed us, and ends.
+        let written = match output_thread.join() {
+            Ok(r) => r.map_err(SubmitError::Output),
+            Err(_) => Err(SubmitError::Panicked("output")),
+        };
+        let received = match outcome? {
+            Ok(n) => n,
+            // The output failed: that thread has the reason.
+            Err(n) => {
+                written?;
+                return Err(SubmitError::OutputClosed(n));
+            }
+        };
+        written?;
+        // `Done` comes only after the daemon read our End: every frame is out, whatever the
+        // writer's state (it may not have been polled since its last write).
+        let lines = match input_thread.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(SubmitError::Panicked("input")),
+        };
+        if lines != received {
+            return Err(SubmitError::Short {
+                records: received,
+                lines,
+            });
+        }
+        Ok(Submitted {
+            lines,
+            records: received,
+        })
     }
 }
 
