@@ -172,15 +172,7 @@ impl RecordSink {
         let batch = match &self.plan {
             None => batch,
             Some(plan) => {
-                renumbered = batch
-                    .iter()
-                    .map(|r| {
-                        let seq = plan.original(r.seq).ok_or_else(|| {
-                            io::Error::other(format!("a record for unknown event {}", r.seq))
-                        })?;
-                        Ok(herd_supervisor::Record { seq, ..r.clone() })
-                    })
-                    .collect::<io::Result<_>>()?;
+                renumbered = plan.renumber(batch).map_err(io::Error::other)?;
                 &renumbered
             }
         };

@@ -16,7 +16,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::record::{split_seq, SEQ_PREFIX as PREFIX};
+use crate::record::{split_seq, Record, SEQ_PREFIX as PREFIX};
 use crate::{Input, Room, Source};
 
 mod json;
@@ -423,6 +423,18 @@ impl Plan {
         Some(word as u64 * 64 + u64::from(w.trailing_zeros()))
     }
 
+    /// `records` of the events this plan runs, their `seq` mapped back from the pool's dense
+    /// numbering to line numbers (as [`Renumber`] does to record lines).
+    pub fn renumber(&self, records: &[Record]) -> Result<Vec<Record>, UnknownEvent> {
+        records
+            .iter()
+            .map(|r| {
+                let seq = self.original(r.seq).ok_or(UnknownEvent(r.seq))?;
+                Ok(Record { seq, ..r.clone() })
+            })
+            .collect()
+    }
+
     /// Under `--resume`, the records file to append to: checked, and locked while the plan
     /// lives.
     pub fn append_to(&self) -> Option<&File> {
@@ -638,6 +650,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// A record [`Plan::renumber`] cannot map back: its event is not one the plan ran.
+#[derive(Debug, thiserror::Error)]
+#[error("a record for unknown event {0}")]
+pub struct UnknownEvent(pub u64);
+
 /// A record line [`Renumber`] cannot map back to a line of the input.
 #[derive(Debug, thiserror::Error)]
 #[error("the daemon sent a record herd cannot renumber")]
@@ -807,5 +824,40 @@ mod tests {
             "{\"seq\":2,\"ok\":true}\n{\"seq\":5,\"ok\":false}\n"
         );
         assert!(r.apply(b"nonsense\n").is_err());
+    }
+
+    /// Records and record lines are mapped back alike (herd run, herd submit).
+    #[test]
+    fn renumbers_records_like_record_lines() {
+        let mut skip = Bits::new(10);
+        skip.set(0);
+        skip.set(1);
+        let plan = Plan::new(10, Some(&skip), None);
+        let record = |seq| Record {
+            seq,
+            attempts: 1,
+            chunks: 0,
+            outcome: crate::RecordOutcome::Ok {
+                output: bytes::Bytes::from_static(b"1"),
+                worker: 0,
+                pid: 1,
+                micros: 1,
+            },
+            input: None,
+        };
+        let back = plan.renumber(&[record(0), record(3)]).unwrap();
+        let seqs: Vec<u64> = back.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [2, 5]);
+        let mut lines = Vec::new();
+        for r in &back {
+            r.write_json(&mut lines);
+        }
+        let mut r = Renumber::new(Arc::new(plan));
+        let mut dense = Vec::new();
+        record(0).write_json(&mut dense);
+        record(3).write_json(&mut dense);
+        assert_eq!(r.apply(&dense).unwrap(), lines);
+        let plan = Plan::new(10, Some(&skip), None);
+        assert_eq!(plan.renumber(&[record(8)]).unwrap_err().0, 8);
     }
 }
