@@ -55,11 +55,11 @@ fn the_library_client_reads_the_typed_status_and_steers() {
     let reply = rt
         .block_on(herd_supervisor::client::ask(
             &d.control,
-            &herd_proto::control::Request::Scale { workers: 3 },
+            &herd_supervisor::client::Request::Scale { workers: 3 },
         ))
         .unwrap();
     assert!(
-        matches!(reply, herd_proto::control::Reply::Ok(_)),
+        matches!(reply, herd_supervisor::client::Reply::Ok(_)),
         "{reply:?}"
     );
     wait_for("three workers", RUN_TIMEOUT, || {

@@ -39,8 +39,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use herd_proto::codec::{encode_frame, FrameCodec, FrameError};
 use herd_proto::control::{
-    Reply, Request, RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
-    REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
+    RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD, REPLY_MAX_FRAME,
+    REQUEST_MAX_FRAME,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -52,6 +52,8 @@ use tokio_util::codec::FramedRead;
 use crate::record::split_seq;
 use crate::resume::{Cut, NotARecord, Plan, Renumber};
 use crate::{Input, Status, SubmitOptions};
+
+pub use herd_proto::control::{Reply, Request};
 
 /// How long [`ask`] and [`status`] wait for the daemon's answer.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
