@@ -5,7 +5,9 @@
 //! for a turn rather than fail); [`ask`] sends one request and reads one reply; [`status`]
 //! reads the typed [`Status`]; [`Client::submit`] starts a submission and splits the connection
 //! into an [`Events`] writer and a [`Records`] reader, meant to run concurrently: the daemon
-//! sends records while it still reads events, so neither side may wait for the other.
+//! sends records while it still reads events, and reads no more events from a submitter that
+//! does not read its records. [`Client::submit_lines`] does all of it for a reader of lines
+//! and a writer of records (`herd submit`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), herd_supervisor::client::ClientError> {
@@ -25,8 +27,10 @@
 //!     }
 //!     Ok(out)
 //! };
-//! let (ended, out) = tokio::join!(send, read);
-//! let (_open, _out) = (ended?, out?);
+//! let (sent, records) = tokio::join!(send, read);
+//! let records = records?; // the daemon's reason, if any, comes with the records
+//! sent?;
+//! # let _ = records;
 //! # Ok(()) }
 //! ```
 
