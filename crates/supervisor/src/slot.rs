@@ -957,7 +957,7 @@ impl<L> Slot<L> {
                 format!(
                     "worker {i} (pid {pid}) closed its connection to herd but did not exit \
                      within {}, so herd killed it",
-                    humanize(limits.exit_timeout)
+                    humantime::format_duration(limits.exit_timeout)
                 ),
             ),
             End::Crashed | End::Killed(Cause::LinkLost) | End::Graceful(_) => {
@@ -967,7 +967,7 @@ impl<L> Slot<L> {
                 ErrorKind::Timeout,
                 format!(
                     "attempt exceeded the {} deadline; worker {i} (pid {pid}) was killed",
-                    humanize(limits.timeout.unwrap_or_default())
+                    humantime::format_duration(limits.timeout.unwrap_or_default())
                 ),
             ),
             End::Killed(Cause::Protocol(fault)) => (
@@ -980,7 +980,7 @@ impl<L> Slot<L> {
                 format!(
                     "its submitter did not read its chunks for {} while other work waited \
                      for worker {i} (pid {pid}), which was stopped",
-                    humanize(crate::backlog::HELD_LIMIT)
+                    humantime::format_duration(crate::backlog::HELD_LIMIT)
                 ),
             ),
             End::Killed(Cause::Stop) => (
@@ -1131,7 +1131,7 @@ impl<L> Slot<L> {
             State::Starting { pid, .. } => {
                 let why = format!(
                     "worker {i} (pid {pid}) did not complete its handshake within {}",
-                    humanize(limits.start_timeout)
+                    humantime::format_duration(limits.start_timeout)
                 );
                 tracing::warn!(worker = i, pid, "{why}; killing it");
                 self.kill(Cause::StartFailed(why))
@@ -1181,15 +1181,6 @@ impl<L> Slot<L> {
 
 fn is_shutdown(e: &Effect) -> bool {
     matches!(e, Effect::Shutdown)
-}
-
-/// "30s" / "500ms", for messages.
-pub(crate) fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 #[cfg(test)]

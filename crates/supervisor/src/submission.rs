@@ -384,6 +384,7 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use futures_util::FutureExt;
 
     fn sender(events: usize, bytes: usize) -> (EventSender, Arc<Credits>) {
         let (tx, _rx) = mpsc::unbounded_channel();
@@ -409,10 +410,7 @@ mod tests {
         );
         credits.events.try_acquire_many(8).unwrap().forget();
         let mut waiting = tokio_test_poll(&s);
-        assert!(
-            waiting.as_mut().now_or_never_ready().is_none(),
-            "no room: waits"
-        );
+        assert!(waiting.as_mut().now_or_never().is_none(), "no room: waits");
         credits.release(3, 0);
         assert_eq!(waiting.await.unwrap().events, 3);
         credits.close();
@@ -425,16 +423,4 @@ mod tests {
     ) -> std::pin::Pin<Box<impl Future<Output = Result<Room, PoolGone>> + '_>> {
         Box::pin(s.room())
     }
-
-    trait NowOrNever: Future {
-        fn now_or_never_ready(self: std::pin::Pin<&mut Self>) -> Option<Self::Output> {
-            let waker = futures_util::task::noop_waker();
-            let mut cx = std::task::Context::from_waker(&waker);
-            match self.poll(&mut cx) {
-                std::task::Poll::Ready(v) => Some(v),
-                std::task::Poll::Pending => None,
-            }
-        }
-    }
-    impl<F: Future + ?Sized> NowOrNever for F {}
 }
