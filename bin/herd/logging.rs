@@ -17,10 +17,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context;
 use clap::ValueEnum;
 use indicatif::ProgressBar;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,13 +104,7 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
         .with_writer(front);
     let installed = match format {
         LogFormat::Text => builder.with_ansi(ansi).with_target(false).try_init(),
-        // tracing-subscriber's own: `timestamp`, `level`, the event's fields, `target`.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(JsonLine).try_init(),
     };
     installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
     Ok(Logging {
@@ -174,10 +171,7 @@ static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
 /// The subscriber's writer, for [`dropped_lines`] and [`reopen`].
 static FRONT: OnceLock<Front> = OnceLock::new();
 
-/// What is in the queue between the loggers and the writer thread. Admission is counted here,
-/// not by the appender's own lossy mode and `error_counter`: a full appender channel makes
-/// `WorkerGuard`'s drop `println!` on stdout (the records) and would drop the reopen marker,
-/// and it bounds lines only, not bytes.
+/// What is in the queue between the loggers and the writer thread.
 #[derive(Default)]
 struct Queue {
     /// Lines and bytes admitted and not yet taken by the writer thread.
@@ -405,14 +399,116 @@ pub fn reopen() -> io::Result<()> {
     Ok(())
 }
 
-/// A value logged as its JSON text (`pids = %AsJson(&pids)`): tracing has no structured
-/// values, so a list or a map is one string field, JSON in both log formats.
-pub struct AsJson<T>(pub T);
+/// One JSON object per event: `timestamp`, `level`, the event's fields (`message` first),
+/// `target`.
+///
+/// Field values keep their JSON types: numbers and booleans as such, strings (`record_str`,
+/// e.g. a worker's output line) always as strings. A value recorded through `Debug` or
+/// `Display` (`?x`, `%x`) that reads as a JSON array or object, such as a `Vec` of pids or
+/// a map of counts, is embedded as one; anything else becomes a string. The message is
+/// always a string.
+struct JsonLine;
 
-impl<T: serde::Serialize> fmt::Display for AsJson<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = serde_json::to_string(&self.0).map_err(|_| fmt::Error)?;
-        f.write_str(&text)
+impl<S, N> FormatEvent<S, N> for JsonLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut ts = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut ts))?;
+        let meta = event.metadata();
+        let mut obj = JsonObject(String::with_capacity(256));
+        obj.0.push('{');
+        obj.key("timestamp");
+        obj.value(&ts);
+        obj.key("level");
+        obj.value(meta.level().as_str());
+        event.record(&mut obj);
+        obj.key("target");
+        obj.value(meta.target());
+        obj.0.push('}');
+        writeln!(writer, "{}", obj.0)
+    }
+}
+
+/// An object being written, without its closing brace.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn key(&mut self, name: &str) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+        self.value(name);
+        self.0.push(':');
+    }
+
+    fn value<T: serde::Serialize + ?Sized>(&mut self, v: &T) {
+        // Serializing a str, number or Value cannot fail.
+        if let Ok(s) = serde_json::to_string(v) {
+            self.0.push_str(&s);
+        } else {
+            self.0.push_str("null");
+        }
+    }
+}
+
+impl Visit for JsonObject {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field.name());
+        self.value(value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field.name());
+        self.value(&value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field.name());
+        self.value(&value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field.name());
+        self.value(&value);
+    }
+
+    fn record_i128(&mut self, field: &Field, value: i128) {
+        self.key(field.name());
+        self.value(&value);
+    }
+
+    fn record_u128(&mut self, field: &Field, value: u128) {
+        self.key(field.name());
+        self.value(&value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field.name());
+        if value.is_finite() {
+            self.value(&value);
+        } else {
+            self.value(&value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        self.key(field.name());
+        if field.name() != "message" && text.starts_with(['[', '{']) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                self.value(&v);
+                return;
+            }
+        }
+        self.value(&text);
     }
 }
 
@@ -422,15 +518,12 @@ mod tests {
 
     use super::*;
 
-    /// Formats the events `f` emits as `--log-format json` does and parses them back.
+    /// Formats the events `f` emits with [`JsonLine`] and parses them back.
     fn json_lines(f: impl FnOnce()) -> Vec<serde_json::Value> {
         let out = Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = out.clone();
         let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+            .event_format(JsonLine)
             .with_writer(move || Capture(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, f);
@@ -459,10 +552,10 @@ mod tests {
         let counts = std::collections::BTreeMap::from([("crashed", 1u64)]);
         let lines = json_lines(|| {
             tracing::info!(
-                pids = %AsJson(&pids),
-                errors = %AsJson(&counts),
-                debug = ?pids,
+                ?pids,
+                errors = ?counts,
                 secs = 0.5,
+                nan = f64::NAN,
                 ok = true,
                 delta = -3i64,
                 grace = ?std::time::Duration::from_secs(30),
@@ -472,14 +565,10 @@ mod tests {
             );
         });
         let l = &lines[0];
-        let parsed = |key: &str| -> serde_json::Value {
-            serde_json::from_str(l[key].as_str().unwrap()).unwrap()
-        };
-        assert_eq!(parsed("pids"), serde_json::json!([41, 42]));
-        assert_eq!(parsed("errors"), serde_json::json!({"crashed": 1}));
-        // Debug text is never re-read as JSON: it is a string, whatever it looks like.
-        assert_eq!(l["debug"], "[41, 42]");
+        assert_eq!(l["pids"], serde_json::json!([41, 42]));
+        assert_eq!(l["errors"], serde_json::json!({"crashed": 1}));
         assert_eq!(l["secs"], 0.5);
+        assert_eq!(l["nan"], "NaN");
         assert_eq!(l["ok"], true);
         assert_eq!(l["delta"], -3);
         assert_eq!(l["grace"], "30s");
@@ -489,9 +578,6 @@ mod tests {
         assert_eq!(l["level"], "INFO");
         assert!(l["timestamp"].is_string());
         assert_eq!(l["target"], "herd::logging::tests");
-        // Nothing else: no span fields.
-        let keys: Vec<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 12, "{keys:?}");
     }
 
     #[test]

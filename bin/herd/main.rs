@@ -397,8 +397,8 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
     tracing::info!(
         records = summary.total(),
         ok = summary.ok,
-        // A map of counts by kind, as JSON text.
-        errors = %logging::AsJson(&summary.errors),
+        // A map of counts by kind: a JSON object in JSON logs.
+        errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
         peak_rss = peak_rss_bytes(),

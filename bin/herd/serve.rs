@@ -185,7 +185,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                             control = %control.path().display(),
                             metrics = metrics_addr.map(tracing::field::display),
                             dashboard = metrics_addr.map(|a| format!("http://{a}/")),
-                            pids = %crate::logging::AsJson(&pids),
+                            ?pids,
                             "ready"
                         );
                         notify(&[
