@@ -65,7 +65,7 @@ pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
-pub use slot::{signal_name, Exit};
+pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
     AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
 };

@@ -45,7 +45,7 @@ use crate::link::Link;
 use crate::msg::{Exited, FromLink, Outgoing};
 use crate::policy::Jitter;
 use crate::rendezvous::{self, Arrival, RuntimeDir};
-use crate::slot::{Cause, Limits, Slot};
+use crate::slot::{Cause, Slot, SlotLimits};
 use crate::status::Stats;
 use crate::submissions::Submissions;
 use crate::{Command, PoolError, SubmissionMsg, Summary};
@@ -76,7 +76,7 @@ enum Phase {
 
 pub(crate) struct Pool {
     cfg: PoolConfig,
-    limits: Limits,
+    limits: SlotLimits,
     rundir: RuntimeDir,
     slots: Vec<Slot<Link>>,
     /// Slots that should have a worker (scaling changes it); slots at or past it are retired
@@ -172,7 +172,7 @@ impl Pool {
         let cfg_autoscale = cfg.autoscale;
         let now = Instant::now();
         let mut pool = Pool {
-            limits: Limits {
+            limits: SlotLimits {
                 start_timeout: cfg.start_timeout,
                 timeout: cfg.timeout,
                 exit_timeout: cfg.exit_timeout,
@@ -223,8 +223,7 @@ impl Pool {
             if let Err(source) = pool.spawn(i) {
                 // Nothing can work if the very first spawn fails (missing binary, no permission).
                 for k in 0..pool.slots.len() {
-                    let effects = pool.slots[k].kill(Cause::Stop);
-                    pool.apply(k, effects);
+                    pool.kill(k, Cause::Stop);
                 }
                 return Err(PoolError::Spawn {
                     program: pool.cfg.program(),
