@@ -33,29 +33,42 @@ pub const AGING_DISPATCHES: u64 = 64;
 /// clear "out of range" on a longer number).
 const PREFIX_SCAN: usize = 12;
 
+/// Why a `--line-priority` line has no valid priority (the message of its `rejected` record).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinePriorityError {
+    /// No tab within the first few bytes.
+    #[error(
+        "line does not start with a priority and a tab (--line-priority): \
+         expected `<priority>\\t<event>`"
+    )]
+    Missing,
+    /// What comes before the tab (escaped) is not an integer.
+    #[error("bad line priority `{0}`: expected an integer from -128 to 127 and a tab")]
+    NotAnInteger(String),
+    /// An integer outside `-128..=127`.
+    #[error("line priority {0} is out of range: expected an integer from -128 to 127")]
+    OutOfRange(String),
+}
+
 /// Splits a `--line-priority` line, `<priority>\t<event>`: returns the priority and where the
-/// event starts, or why the line has no valid priority (for its `rejected` record).
-pub fn split_line_priority(line: &[u8]) -> Result<(Priority, usize), String> {
+/// event starts.
+///
+/// # Errors
+/// Why the line has no valid priority (for its `rejected` record).
+pub fn split_line_priority(line: &[u8]) -> Result<(Priority, usize), LinePriorityError> {
     let Some(tab) = line.iter().take(PREFIX_SCAN).position(|&b| b == b'\t') else {
-        return Err(
-            "line does not start with a priority and a tab (--line-priority): \
-             expected `<priority>\\t<event>`"
-                .to_string(),
-        );
+        return Err(LinePriorityError::Missing);
     };
     let text = String::from_utf8_lossy(&line[..tab]);
     let digits = text.strip_prefix(['-', '+']).unwrap_or(&text);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "bad line priority `{}`: expected an integer from -128 to 127 and a tab",
-            text.escape_debug()
+        return Err(LinePriorityError::NotAnInteger(
+            text.escape_debug().to_string(),
         ));
     }
     match text.parse::<i64>().map(Priority::try_from) {
         Ok(Ok(p)) => Ok((p, tab + 1)),
-        _ => Err(format!(
-            "line priority {text} is out of range: expected an integer from -128 to 127"
-        )),
+        _ => Err(LinePriorityError::OutOfRange(text.into_owned())),
     }
 }
 
@@ -296,7 +309,21 @@ mod tests {
         assert_eq!(split_line_priority(b"-128\tx"), Ok((-128, 5)));
         assert_eq!(split_line_priority(b"+127\t"), Ok((127, 5)));
         assert_eq!(split_line_priority(b"007\tx"), Ok((7, 4)));
-        let err = |l: &[u8]| split_line_priority(l).unwrap_err();
+        let err = |l: &[u8]| split_line_priority(l).unwrap_err().to_string();
+        assert_eq!(split_line_priority(b"{}"), Err(LinePriorityError::Missing));
+        assert_eq!(
+            split_line_priority(b"high\tx"),
+            Err(LinePriorityError::NotAnInteger("high".into()))
+        );
+        assert_eq!(
+            split_line_priority(b"128\tx"),
+            Err(LinePriorityError::OutOfRange("128".into()))
+        );
+        assert_eq!(
+            err(b"x"),
+            "line does not start with a priority and a tab (--line-priority): \
+             expected `<priority>\\t<event>`"
+        );
         assert!(err(b"{\"n\":1}").contains("does not start with a priority"));
         assert!(err(b"").contains("does not start with a priority"));
         assert!(err(b"\tx").contains("bad line priority ``"));
