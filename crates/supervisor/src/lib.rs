@@ -47,7 +47,6 @@ mod rendezvous;
 mod slot;
 pub mod status;
 mod submission;
-mod submissions;
 
 use std::collections::BTreeMap;
 use std::future::Future;

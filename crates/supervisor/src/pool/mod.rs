@@ -18,6 +18,9 @@
 //! | `stop.rs` | graceful and fast stops, and when the pool may exit |
 //! | `timers.rs` | every deadline: one place that arms them and one that fires them; the autoscaler's samples |
 //! | `status.rs` | snapshots for `herd status`, USR1 and metrics |
+//! | `submissions.rs` | per submission: its queued jobs, its outbox, the records it is owed |
+//! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
+//! | `reorder.rs` | an `--ordered` submission's reorder buffer |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -26,9 +29,12 @@ mod breaker;
 mod dispatch;
 mod intake;
 mod lifecycle;
+mod queue;
+mod reorder;
 mod settle;
 mod status;
 mod stop;
+mod submissions;
 mod timers;
 
 use std::pin::pin;
@@ -47,8 +53,8 @@ use crate::policy::Jitter;
 use crate::rendezvous::{self, Arrival, RuntimeDir};
 use crate::slot::{Cause, Slot, SlotLimits};
 use crate::status::Stats;
-use crate::submissions::Submissions;
 use crate::{Command, PoolError, SubmissionMsg, Summary};
+use submissions::Submissions;
 
 use settle::Retries;
 
