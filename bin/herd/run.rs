@@ -50,8 +50,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = args.pool.config()?;
-    cfg.ordered = args.ordered;
+    let cfg = args.pool.config()?;
     // Which events run (all, unless resuming or retrying), checked before anything opens.
     let plan = resume::plan(&resume::Options {
         input: &args.input,
@@ -87,7 +86,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress.skipped(plan.lines - plan.to_run);
     }
 
-    let ordered = cfg.ordered;
+    let ordered = args.ordered;
     let max_line = cfg.max_frame.saturating_sub(32);
     let source = CountedLines {
         lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,

@@ -51,10 +51,10 @@ pub struct LifecycleEvent {
     pub worker: usize,
     /// The process that ended.
     pub pid: u32,
-    /// As in `restarts`: crash, timeout, protocol, start-failure, exit-timeout (unexpected),
-    /// max-tasks, max-rss, reload (graceful).
-    pub reason: &'static str,
-    /// A crash, timeout, protocol fault or start failure, rather than a graceful retirement.
+    /// As in `restarts`.
+    pub reason: crate::Replacement,
+    /// [`Replacement::is_unexpected`](crate::Replacement::is_unexpected) of `reason`, spelled
+    /// out for readers of the JSON.
     pub unexpected: bool,
     /// What happened, for people (e.g. "worker 1 (pid 4242) killed by SIGKILL").
     pub detail: String,
@@ -324,7 +324,7 @@ mod tests {
                 at_secs: 0.0,
                 worker: 0,
                 pid,
-                reason: "crash",
+                reason: crate::Replacement::Crash,
                 unexpected: true,
                 detail: "é".repeat(1000),
             });

@@ -353,8 +353,9 @@ where
     let submission = handle.submit_with(options);
     let stopper = handle.clone();
     drop(handle);
+    const DRIVER: &str = "herd-submission";
     let driver = std::thread::Builder::new()
-        .name("herd-submission".into())
+        .name(DRIVER.into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -367,7 +368,10 @@ where
             });
             result
         })
-        .map_err(PoolError::RuntimeDir)?;
+        .map_err(|source| PoolError::Thread {
+            name: DRIVER,
+            source,
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -385,6 +389,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use futures_util::FutureExt;
+
+    #[test]
+    fn a_failed_thread_spawn_is_reported_as_such_not_as_the_worker_socket() {
+        let e = PoolError::Thread {
+            name: "herd-submission",
+            source: io::Error::from(io::ErrorKind::WouldBlock),
+        };
+        assert_eq!(e.to_string(), "cannot start the herd-submission thread");
+        assert!(std::error::Error::source(&e).is_some());
+    }
 
     fn sender(events: usize, bytes: usize) -> (EventSender, Arc<Credits>) {
         let (tx, _rx) = mpsc::unbounded_channel();
