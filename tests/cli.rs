@@ -1,5 +1,5 @@
 //! The command line and the documents agree with the code: help texts state the limits the
-//! code applies, every argument is described, the README lists every option, and the
+//! code applies, every argument is described, the generated reference is current, and the
 //! documents link nothing outside the repository.
 
 #![allow(clippy::unwrap_used)]
@@ -292,43 +292,88 @@ fn long_options(text: &str) -> Vec<String> {
     found
 }
 
+/// docs/CLI.md and docs/man/*.1 are what `herd generate-docs` writes from the clap definitions
+/// now: a changed option fails here until they are regenerated (`HERD_REGEN=1` does that).
 #[test]
-fn readme_lists_every_option() {
+fn generated_reference_is_current() {
     let fx = Fixture::new();
-    let readme = read("README.md");
-    // The `herd run` synopsis block of the README.
-    let start = readme
-        .find("herd run [OPTIONS] -- WORKER_CMD")
-        .expect("README.md has the herd run synopsis");
-    let block = &readme[start..];
-    let block = &block[..block.find("```").unwrap()];
-    let documented = long_options(block);
-    let run_opts = long_options(&stdout_of(&fx, &["run", "-h"]));
-    for opt in &run_opts {
-        if opt == "help" || opt == "version" {
-            continue;
+    let fresh = fx.path("docs");
+    let out = fx
+        .herd(&["generate-docs", fresh.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = |dir: &Path| -> std::collections::BTreeSet<PathBuf> {
+        let mut set: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(dir.join("man"))
+            .unwrap()
+            .map(|e| Path::new("man").join(e.unwrap().file_name()))
+            .collect();
+        set.insert("CLI.md".into());
+        set
+    };
+    let committed = repo().join("docs");
+    if std::env::var_os("HERD_REGEN").is_some_and(|v| v == "1") {
+        let _ = std::fs::remove_dir_all(committed.join("man"));
+        std::fs::create_dir_all(committed.join("man")).unwrap();
+        for f in files(&fresh) {
+            std::fs::copy(fresh.join(&f), committed.join(&f)).unwrap();
         }
-        assert!(
-            documented.contains(opt),
-            "`herd run --{opt}` is missing from the README's synopsis"
-        );
+        return;
     }
-    for opt in &documented {
-        assert!(
-            run_opts.contains(opt),
-            "the README's synopsis has --{opt}, which `herd run` does not take"
-        );
+    let regen = "regenerate with HERD_REGEN=1 cargo test --test tests -- cli::generated_reference_is_current";
+    assert_eq!(
+        files(&committed),
+        files(&fresh),
+        "docs/man is stale: {regen}"
+    );
+    for f in files(&fresh) {
+        let want = std::fs::read_to_string(fresh.join(&f)).unwrap();
+        let have = std::fs::read_to_string(committed.join(&f)).unwrap();
+        assert!(want == have, "docs/{} is stale: {regen}", f.display());
     }
-    // What `serve` takes beyond `run`'s options is in the daemon section.
-    for opt in long_options(&stdout_of(&fx, &["serve", "-h"])) {
-        if opt == "help" || opt == "version" {
-            continue;
+    // Every option of `run` and `serve` is in the reference.
+    let reference = read("docs/CLI.md");
+    for sub in ["run", "serve"] {
+        for opt in long_options(&stdout_of(&fx, &[sub, "-h"])) {
+            if opt == "help" || opt == "version" {
+                continue;
+            }
+            assert!(
+                reference.contains(&format!("`--{opt}")),
+                "docs/CLI.md lacks `herd {sub} --{opt}`"
+            );
         }
-        assert!(
-            readme.contains(&format!("--{opt}")),
-            "`herd serve --{opt}` is not in the README"
-        );
     }
+}
+
+/// `herd completions SHELL` prints a script that completes herd's subcommands and options.
+#[test]
+fn completions_for_each_shell() {
+    let fx = Fixture::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _herd"),
+        ("zsh", "#compdef herd"),
+        ("fish", "complete -c herd"),
+    ] {
+        let script = stdout_of(&fx, &["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["serve", "max-rss", "line-priority", "scale"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let syntax = std::process::Command::new("bash")
+        .args(["-n", "-c", &stdout_of(&fx, &["completions", "bash"])])
+        .status()
+        .unwrap();
+    assert!(
+        syntax.success(),
+        "the bash completion script does not parse"
+    );
+    usage_error(&fx, &["completions", "tcsh"]);
 }
 
 /// Relative link targets of the Markdown file at `rel`, resolved.

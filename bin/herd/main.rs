@@ -2,6 +2,7 @@
 //! stdin/stdout (or files) to a `herd_supervisor` pool, and maps the outcome to an exit code.
 
 mod client;
+mod docs;
 mod launch;
 mod logging;
 mod metrics;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use herd_supervisor::PoolConfig;
 
 use logging::LogFormat;
@@ -78,6 +79,11 @@ enum Cmd {
     Status(client::StatusArgs),
     /// Steer a daemon: scale, reload, stop.
     Ctl(client::CtlArgs),
+    /// Print a shell completion script for herd.
+    Completions(docs::CompletionsArgs),
+    /// Write docs/CLI.md and docs/man/*.1 from these definitions (for the repository).
+    #[command(hide = true)]
+    GenerateDocs(docs::GenerateDocsArgs),
 }
 
 /// Priority options shared by `run` and `submit`.
@@ -306,6 +312,10 @@ fn main() -> ExitCode {
         Cmd::Submit(args) => client::submit(args),
         Cmd::Status(args) => client::status(args),
         Cmd::Ctl(args) => client::ctl(args),
+        Cmd::Completions(args) => {
+            docs::completions(args, Cli::command()).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::GenerateDocs(args) => docs::generate(args, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
     // Dropping `logging` flushes the queued log lines (the summary, the error).
     match result {
