@@ -106,13 +106,13 @@ fn help_states_the_limits_the_code_applies() {
             "{sub} --help: want {queue:?}\n{help}"
         );
     }
-    // The README says the same.
-    let readme = read("README.md");
+    // The guide's page on `herd run` says the same.
+    let guide = read("docs/RUN.md");
     for want in [
         format!("2 to {AUTO_WINDOW_MAX} tasks per worker"),
         format!("{qmin} to {qmax}"),
     ] {
-        assert!(readme.contains(&want), "README.md: want {want:?}");
+        assert!(guide.contains(&want), "docs/RUN.md: want {want:?}");
     }
     // `ctl scale` takes what `-w` takes.
     let stderr = usage_error(&fx, &["ctl", "--control", "h.sock", "scale", "0"]);
@@ -386,20 +386,30 @@ fn local_links(rel: &str) -> Vec<(String, PathBuf)> {
         rest = &rest[at + 2..];
         let Some(end) = rest.find(')') else { break };
         let target = &rest[..end];
-        if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+        if target.contains("://") || target.starts_with("mailto:") {
             continue;
         }
-        let path = target.split('#').next().unwrap();
-        links.push((target.to_string(), base.join(path)));
+        let path = match target.split('#').next().unwrap() {
+            "" => repo().join(rel),
+            path => base.join(path),
+        };
+        links.push((target.to_string(), path));
     }
     links
 }
 
+/// Every relative link of the README and of the pages in docs/ (and the other READMEs) leads to
+/// a file of the repository, and to a heading of it where it names one.
 #[test]
 fn documents_link_only_into_the_repository() {
     let root = repo().canonicalize().unwrap();
     let mut checked = 0;
-    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+    let mut docs = vec!["README.md".to_string()];
+    docs.extend(markdown_in("docs"));
+    docs.extend(markdown_in("examples/seed"));
+    docs.extend(markdown_in("sdk/python"));
+    assert!(docs.len() > 10, "{docs:?}");
+    for doc in &docs {
         for (target, path) in local_links(doc) {
             let found = path
                 .canonicalize()
@@ -408,10 +418,76 @@ fn documents_link_only_into_the_repository() {
                 found.starts_with(&root),
                 "{doc}: link {target:?} leads out of the repository"
             );
+            if let Some((_, anchor)) = target.split_once('#') {
+                if found.extension().is_some_and(|e| e == "md") {
+                    let text = std::fs::read_to_string(&found).unwrap();
+                    assert!(
+                        heading_anchors(&text).iter().any(|a| a == anchor),
+                        "{doc}: link {target:?}: no such heading"
+                    );
+                }
+            }
             checked += 1;
         }
     }
     assert!(checked > 0, "the README links into docs/");
+    // The README is a front door; the manual is in docs/.
+    let lines = read("README.md").lines().count();
+    assert!(lines < 250, "README.md has {lines} lines");
+    let guide = read("docs/GUIDE.md");
+    for page in markdown_in("docs") {
+        let name = page.trim_start_matches("docs/");
+        assert!(
+            name == "GUIDE.md" || guide.contains(&format!("]({name}")),
+            "docs/GUIDE.md does not list {page}"
+        );
+    }
+}
+
+/// The anchors GitHub gives the headings of a Markdown text (outside code blocks).
+fn heading_anchors(text: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        if in_code {
+            continue;
+        }
+        let heading = heading.trim_start_matches('#');
+        let Some(heading) = heading.strip_prefix(' ') else {
+            continue;
+        };
+        anchors.push(
+            heading
+                .trim()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .flat_map(char::to_lowercase)
+                .collect(),
+        );
+    }
+    anchors
+}
+
+/// The Markdown files directly in the repository's directory `rel`, sorted.
+fn markdown_in(rel: &str) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(repo().join(rel))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("{rel}/{n}"))
+        .collect();
+    found.sort();
+    found
 }
 
 #[test]

@@ -91,7 +91,7 @@ enum Cmd {
 #[command(next_help_heading = "Priority")]
 pub struct PriorityArgs {
     /// Dispatch priority of these events, -128 to 127: higher runs first, with aging so a
-    /// lower one is delayed, never starved (see the README, Priorities).
+    /// lower one is delayed, never starved (see docs/PRIORITIES.md).
     #[arg(
         long,
         value_name = "N",
@@ -118,7 +118,7 @@ impl PriorityArgs {
 #[command(next_help_heading = "Pool")]
 pub struct PoolArgs {
     /// Number of worker processes, or MIN..MAX to autoscale between bounds: grow on a
-    /// backlog, shrink after --scale-idle of spare capacity (see the README) [default:
+    /// backlog, shrink after --scale-idle of spare capacity (see docs/AUTOSCALING.md) [default:
     /// number of CPUs].
     #[arg(short, long, value_name = "N|MIN..MAX", value_parser = parse_workers)]
     workers: Option<Workers>,
