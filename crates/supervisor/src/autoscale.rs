@@ -4,7 +4,7 @@
 //! [`Autoscaler::evaluate`] returns a [`Decision`] or nothing. No clock, no I/O, no processes,
 //! so every case is unit-tested below.
 //!
-//! The rule (the README's "Autoscaling" section says why):
+//! The rule (docs/AUTOSCALING.md says why):
 //! - **Grow on backlog**, like uWSGI's `backlog` cheaper algorithm and Celery's autoscaler:
 //!   events wait while every ready worker's window is full, on [`GROW_AFTER`] consecutive
 //!   samples, and no worker is still starting (the last step has not landed yet). The step is
