@@ -1654,3 +1654,8 @@ pub(crate) mod tests {
         assert_eq!(truncate("abc", 10), "abc");
     }
 }
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
