@@ -20,3 +20,4 @@ mod run;
 mod stdio;
 mod supervision;
 mod util;
+mod worker_sdk;
