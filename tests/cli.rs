@@ -1,5 +1,5 @@
 //! The command line and the documents agree with the code: help texts state the limits the
-//! code applies, every argument is described, the README lists every option, and the
+//! code applies, every argument is described, the generated reference is current, and the
 //! documents link nothing outside the repository.
 
 #![allow(clippy::unwrap_used)]
@@ -106,13 +106,13 @@ fn help_states_the_limits_the_code_applies() {
             "{sub} --help: want {queue:?}\n{help}"
         );
     }
-    // The README says the same.
-    let readme = read("README.md");
+    // The guide's page on `herd run` says the same.
+    let guide = read("docs/RUN.md");
     for want in [
         format!("2 to {AUTO_WINDOW_MAX} tasks per worker"),
         format!("{qmin} to {qmax}"),
     ] {
-        assert!(readme.contains(&want), "README.md: want {want:?}");
+        assert!(guide.contains(&want), "docs/RUN.md: want {want:?}");
     }
     // `ctl scale` takes what `-w` takes.
     let stderr = usage_error(&fx, &["ctl", "--control", "h.sock", "scale", "0"]);
@@ -292,43 +292,88 @@ fn long_options(text: &str) -> Vec<String> {
     found
 }
 
+/// docs/CLI.md and docs/man/*.1 are what `herd generate-docs` writes from the clap definitions
+/// now: a changed option fails here until they are regenerated (`HERD_REGEN=1` does that).
 #[test]
-fn readme_lists_every_option() {
+fn generated_reference_is_current() {
     let fx = Fixture::new();
-    let readme = read("README.md");
-    // The `herd run` synopsis block of the README.
-    let start = readme
-        .find("herd run [OPTIONS] -- WORKER_CMD")
-        .expect("README.md has the herd run synopsis");
-    let block = &readme[start..];
-    let block = &block[..block.find("```").unwrap()];
-    let documented = long_options(block);
-    let run_opts = long_options(&stdout_of(&fx, &["run", "-h"]));
-    for opt in &run_opts {
-        if opt == "help" || opt == "version" {
-            continue;
+    let fresh = fx.path("docs");
+    let out = fx
+        .herd(&["generate-docs", fresh.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = |dir: &Path| -> std::collections::BTreeSet<PathBuf> {
+        let mut set: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(dir.join("man"))
+            .unwrap()
+            .map(|e| Path::new("man").join(e.unwrap().file_name()))
+            .collect();
+        set.insert("CLI.md".into());
+        set
+    };
+    let committed = repo().join("docs");
+    if std::env::var_os("HERD_REGEN").is_some_and(|v| v == "1") {
+        let _ = std::fs::remove_dir_all(committed.join("man"));
+        std::fs::create_dir_all(committed.join("man")).unwrap();
+        for f in files(&fresh) {
+            std::fs::copy(fresh.join(&f), committed.join(&f)).unwrap();
         }
-        assert!(
-            documented.contains(opt),
-            "`herd run --{opt}` is missing from the README's synopsis"
-        );
+        return;
     }
-    for opt in &documented {
-        assert!(
-            run_opts.contains(opt),
-            "the README's synopsis has --{opt}, which `herd run` does not take"
-        );
+    let regen = "regenerate with HERD_REGEN=1 cargo test --test tests -- cli::generated_reference_is_current";
+    assert_eq!(
+        files(&committed),
+        files(&fresh),
+        "docs/man is stale: {regen}"
+    );
+    for f in files(&fresh) {
+        let want = std::fs::read_to_string(fresh.join(&f)).unwrap();
+        let have = std::fs::read_to_string(committed.join(&f)).unwrap();
+        assert!(want == have, "docs/{} is stale: {regen}", f.display());
     }
-    // What `serve` takes beyond `run`'s options is in the daemon section.
-    for opt in long_options(&stdout_of(&fx, &["serve", "-h"])) {
-        if opt == "help" || opt == "version" {
-            continue;
+    // Every option of `run` and `serve` is in the reference.
+    let reference = read("docs/CLI.md");
+    for sub in ["run", "serve"] {
+        for opt in long_options(&stdout_of(&fx, &[sub, "-h"])) {
+            if opt == "help" || opt == "version" {
+                continue;
+            }
+            assert!(
+                reference.contains(&format!("`--{opt}")),
+                "docs/CLI.md lacks `herd {sub} --{opt}`"
+            );
         }
-        assert!(
-            readme.contains(&format!("--{opt}")),
-            "`herd serve --{opt}` is not in the README"
-        );
     }
+}
+
+/// `herd completions SHELL` prints a script that completes herd's subcommands and options.
+#[test]
+fn completions_for_each_shell() {
+    let fx = Fixture::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _herd"),
+        ("zsh", "#compdef herd"),
+        ("fish", "complete -c herd"),
+    ] {
+        let script = stdout_of(&fx, &["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for word in ["serve", "max-rss", "line-priority", "scale"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let syntax = std::process::Command::new("bash")
+        .args(["-n", "-c", &stdout_of(&fx, &["completions", "bash"])])
+        .status()
+        .unwrap();
+    assert!(
+        syntax.success(),
+        "the bash completion script does not parse"
+    );
+    usage_error(&fx, &["completions", "tcsh"]);
 }
 
 /// Relative link targets of the Markdown file at `rel`, resolved.
@@ -341,20 +386,30 @@ fn local_links(rel: &str) -> Vec<(String, PathBuf)> {
         rest = &rest[at + 2..];
         let Some(end) = rest.find(')') else { break };
         let target = &rest[..end];
-        if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+        if target.contains("://") || target.starts_with("mailto:") {
             continue;
         }
-        let path = target.split('#').next().unwrap();
-        links.push((target.to_string(), base.join(path)));
+        let path = match target.split('#').next().unwrap() {
+            "" => repo().join(rel),
+            path => base.join(path),
+        };
+        links.push((target.to_string(), path));
     }
     links
 }
 
+/// Every relative link of the README and of the pages in docs/ (and the other READMEs) leads to
+/// a file of the repository, and to a heading of it where it names one.
 #[test]
 fn documents_link_only_into_the_repository() {
     let root = repo().canonicalize().unwrap();
     let mut checked = 0;
-    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+    let mut docs = vec!["README.md".to_string()];
+    docs.extend(markdown_in("docs"));
+    docs.extend(markdown_in("examples/seed"));
+    docs.extend(markdown_in("sdk/python"));
+    assert!(docs.len() > 10, "{docs:?}");
+    for doc in &docs {
         for (target, path) in local_links(doc) {
             let found = path
                 .canonicalize()
@@ -363,10 +418,76 @@ fn documents_link_only_into_the_repository() {
                 found.starts_with(&root),
                 "{doc}: link {target:?} leads out of the repository"
             );
+            if let Some((_, anchor)) = target.split_once('#') {
+                if found.extension().is_some_and(|e| e == "md") {
+                    let text = std::fs::read_to_string(&found).unwrap();
+                    assert!(
+                        heading_anchors(&text).iter().any(|a| a == anchor),
+                        "{doc}: link {target:?}: no such heading"
+                    );
+                }
+            }
             checked += 1;
         }
     }
     assert!(checked > 0, "the README links into docs/");
+    // The README is a front door; the manual is in docs/.
+    let lines = read("README.md").lines().count();
+    assert!(lines < 250, "README.md has {lines} lines");
+    let guide = read("docs/GUIDE.md");
+    for page in markdown_in("docs") {
+        let name = page.trim_start_matches("docs/");
+        assert!(
+            name == "GUIDE.md" || guide.contains(&format!("]({name}")),
+            "docs/GUIDE.md does not list {page}"
+        );
+    }
+}
+
+/// The anchors GitHub gives the headings of a Markdown text (outside code blocks).
+fn heading_anchors(text: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        }
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        if in_code {
+            continue;
+        }
+        let heading = heading.trim_start_matches('#');
+        let Some(heading) = heading.strip_prefix(' ') else {
+            continue;
+        };
+        anchors.push(
+            heading
+                .trim()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .flat_map(char::to_lowercase)
+                .collect(),
+        );
+    }
+    anchors
+}
+
+/// The Markdown files directly in the repository's directory `rel`, sorted.
+fn markdown_in(rel: &str) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(repo().join(rel))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("{rel}/{n}"))
+        .collect();
+    found.sort();
+    found
 }
 
 #[test]

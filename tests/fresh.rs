@@ -1,7 +1,8 @@
-//! A new user on a fresh machine: the README's commands run as written, in order, in a checkout
-//! (every shell block, unless it is marked `<!-- readme-test: skip: REASON -->`), the files they
-//! leave are ignored by git, `scripts/demo.sh` reads well, and `scripts/test.sh` sets up what the
-//! tests need or stops at once naming it.
+//! A new user on a fresh machine: the commands of the README and of the user guide in docs/ run
+//! as written, in order, in a checkout (every shell block, unless it is marked
+//! `<!-- readme-test: skip: REASON -->`), the files they leave are ignored by git,
+//! `scripts/demo.sh` reads well, and `scripts/test.sh` sets up what the tests need or stops at
+//! once naming it.
 //!
 //! The checkout is a temp dir with the repository's entries linked in and `target/release`
 //! pointing at this test build's binaries; `cargo` on `PATH` is a stand-in: `cargo build` of the
@@ -325,14 +326,53 @@ fn assert_records_match(what: &str, want: &[String], got: &str) {
     }
 }
 
-/// The README's shell blocks, then the seed example's (which uses the README's venv and
-/// install), run as written in one checkout; then every file they made is ignored by git.
+/// The pages of the user guide, in the order a reader meets them: their commands run after the
+/// README's (they use its install, venv and files), before the seed example's.
+const GUIDE_PAGES: [&str; 13] = [
+    "docs/PYTHON.md",
+    "docs/STREAMING.md",
+    "docs/WORKERS.md",
+    "docs/RUN.md",
+    "docs/RESUME.md",
+    "docs/DAEMON.md",
+    "docs/PRIORITIES.md",
+    "docs/DASHBOARD.md",
+    "docs/JETSTREAM.md",
+    "docs/RECORDS.md",
+    "docs/PRIVILEGES.md",
+    "docs/AUTOSCALING.md",
+    "docs/PERFORMANCE.md",
+];
+
+/// Every page of docs/ with a shell block is one whose blocks run: a command moved to a new page
+/// cannot go untested.
+#[test]
+fn every_doc_page_with_commands_is_run() {
+    for e in fs::read_dir(repo().join("docs")).unwrap() {
+        let name = format!("docs/{}", e.unwrap().file_name().to_str().unwrap());
+        if !name.ends_with(".md") || GUIDE_PAGES.contains(&name.as_str()) {
+            continue;
+        }
+        let text = fs::read_to_string(repo().join(&name)).unwrap();
+        assert!(
+            !text
+                .lines()
+                .any(|l| matches!(l.trim_start(), "```sh" | "```console")),
+            "{name} has shell blocks: add it to GUIDE_PAGES"
+        );
+    }
+}
+
+/// The README's shell blocks, then the user guide's, then the seed example's (which uses the
+/// README's venv and install), run as written in one checkout; then every file they made is
+/// ignored by git.
 #[test]
 fn readme_shell_blocks_run_as_written() {
     let co = Checkout::new();
     let before = co.paths();
-    let all: Vec<Block> = ["README.md", "examples/seed/README.md"]
-        .into_iter()
+    let all: Vec<Block> = std::iter::once("README.md")
+        .chain(GUIDE_PAGES)
+        .chain(["examples/seed/README.md"])
         .flat_map(blocks)
         .collect();
     let nats_server = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]

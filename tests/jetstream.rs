@@ -605,11 +605,17 @@ fn jetstream_graceful_stop_finishes_and_acks_what_it_holds() {
     // What it finished is acknowledged, and nothing waits out the 60 s ack wait. The server
     // applies an ack to its consumer after answering the flush that carried it, so the count
     // may lag an instant: waiting half the ack wait still tells an ack from an expiry.
-    wait_for(
-        "nothing left unacknowledged",
-        Duration::from_secs(30),
-        || js.consumer().1 == 0,
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while js.consumer().1 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unacknowledged after 30 s: {:?}, {} records\n{}",
+            js.consumer(),
+            js.results_count(),
+            dump(&logs)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let done = js.results_count();
     assert!((4..N).contains(&done), "{done}");
     assert_eq!(

@@ -21,3 +21,4 @@ mod run;
 mod stdio;
 mod supervision;
 mod util;
+mod worker_sdk;

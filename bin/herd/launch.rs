@@ -70,9 +70,7 @@ impl LaunchArgs {
         let euid = nix::unistd::geteuid().as_raw();
         let user = match &self.user {
             Some(name) => {
-                let id = Identity::resolve(name, self.group.as_deref())
-                    .map_err(anyhow::Error::msg)
-                    .context("--user")?;
+                let id = Identity::resolve(name, self.group.as_deref()).context("--user")?;
                 if euid == 0 {
                     Some(id)
                 } else if id.uid == euid && self.group.is_none() {
@@ -135,6 +133,6 @@ fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
         return Err(format!("`{s}` is not KEY=VALUE"));
     };
     let key = OsString::from(key);
-    check_env_name(&key)?;
+    check_env_name(&key).map_err(|e| e.to_string())?;
     Ok((key, OsString::from(value)))
 }

@@ -407,6 +407,10 @@ pub fn reopen() -> io::Result<()> {
 /// `Display` (`?x`, `%x`) that reads as a JSON array or object, such as a `Vec` of pids or
 /// a map of counts, is embedded as one; anything else becomes a string. The message is
 /// always a string.
+///
+/// Not tracing-subscriber's `.json()`: tracing values have no arrays or maps, so it writes
+/// the ready line's `pids` and the summary's `errors` as strings, which log readers then
+/// have to parse twice (`json_logs_carry_arrays_objects_and_numbers` holds that shape).
 struct JsonLine;
 
 impl<S, N> FormatEvent<S, N> for JsonLine

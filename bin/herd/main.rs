@@ -2,6 +2,7 @@
 //! stdin/stdout (or files) to a `herd_supervisor` pool, and maps the outcome to an exit code.
 
 mod client;
+mod docs;
 mod launch;
 mod logging;
 mod metrics;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use herd_supervisor::PoolConfig;
 
 use logging::LogFormat;
@@ -78,6 +79,11 @@ enum Cmd {
     Status(client::StatusArgs),
     /// Steer a daemon: scale, reload, stop.
     Ctl(client::CtlArgs),
+    /// Print a shell completion script for herd.
+    Completions(docs::CompletionsArgs),
+    /// Write docs/CLI.md and docs/man/*.1 from these definitions (for the repository).
+    #[command(hide = true)]
+    GenerateDocs(docs::GenerateDocsArgs),
 }
 
 /// Priority options shared by `run` and `submit`.
@@ -85,7 +91,7 @@ enum Cmd {
 #[command(next_help_heading = "Priority")]
 pub struct PriorityArgs {
     /// Dispatch priority of these events, -128 to 127: higher runs first, with aging so a
-    /// lower one is delayed, never starved (see the README, Priorities).
+    /// lower one is delayed, never starved (see docs/PRIORITIES.md).
     #[arg(
         long,
         value_name = "N",
@@ -112,7 +118,7 @@ impl PriorityArgs {
 #[command(next_help_heading = "Pool")]
 pub struct PoolArgs {
     /// Number of worker processes, or MIN..MAX to autoscale between bounds: grow on a
-    /// backlog, shrink after --scale-idle of spare capacity (see the README) [default:
+    /// backlog, shrink after --scale-idle of spare capacity (see docs/AUTOSCALING.md) [default:
     /// number of CPUs].
     #[arg(short, long, value_name = "N|MIN..MAX", value_parser = parse_workers)]
     workers: Option<Workers>,
@@ -306,6 +312,10 @@ fn main() -> ExitCode {
         Cmd::Submit(args) => client::submit(args),
         Cmd::Status(args) => client::status(args),
         Cmd::Ctl(args) => client::ctl(args),
+        Cmd::Completions(args) => {
+            docs::completions(args, Cli::command()).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::GenerateDocs(args) => docs::generate(args, Cli::command()).map(|()| ExitCode::SUCCESS),
     };
     // Dropping `logging` flushes the queued log lines (the summary, the error).
     match result {

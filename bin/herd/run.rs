@@ -35,8 +35,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut cfg = args.pool.config()?;
-    cfg.ordered = args.io.ordered;
+    let cfg = args.pool.config()?;
     // Which events run (all, unless resuming or retrying), checked before anything opens.
     let plan = args.io.plan()?;
     // With --failed, the input is still read: its failed lines are written again.
@@ -66,7 +65,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         progress.skipped(plan.lines - plan.to_run);
     }
 
-    let ordered = cfg.ordered;
+    let ordered = args.io.ordered;
     let max_line = cfg
         .max_frame
         .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD);

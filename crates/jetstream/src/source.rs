@@ -21,6 +21,9 @@ use crate::held::{bump, Settle, Shared};
 pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Pause before a new pull request after a failed one (unless the connection comes back).
 const RETRY_PULL: Duration = Duration::from_millis(500);
+/// How long making a pull request may take before it is tried again (it does not wait for
+/// the server, so only a stalled connection makes it take long).
+const PULL_SETUP: Duration = Duration::from_secs(5);
 
 /// The source the submission reads: each call asks the fetcher for what fits in `room`.
 pub(crate) struct JetStreamEvents {
@@ -110,9 +113,14 @@ impl Fetcher {
                     .max_messages(room.events)
                     .expires(PULL_EXPIRES)
                     .messages();
-                let made = tokio::select! {
-                    r = request => r,
-                    () = self.pool.stopping() => return None,
+                // Not cancelled by a stop: a pull request the server already has would deliver
+                // messages nobody naks, held until their ack wait. Once made, it is the open
+                // batch, which the stop drains and naks (see `run`).
+                let Ok(made) = tokio::time::timeout(PULL_SETUP, request).await else {
+                    if self.pool.is_stopping() {
+                        return None;
+                    }
+                    continue;
                 };
                 match made {
                     Ok(b) => {

@@ -4,7 +4,7 @@
 //! cargo run -q -p herd-proto --example control_vectors > docs/control-vectors.json
 //! ```
 //!
-//! `tests/control_vectors.rs` fails while the checked-in file differs from this output.
+//! `tests/vectors.rs` fails while the checked-in file differs from this output.
 
 #[path = "../tests/support/control_vectors.rs"]
 mod control_vectors;

@@ -4,7 +4,7 @@
 //! cargo run -q -p herd-proto --example protocol_vectors > docs/protocol-vectors.json
 //! ```
 //!
-//! `tests/protocol_vectors.rs` fails while the checked-in file differs from this output.
+//! `tests/vectors.rs` fails while the checked-in file differs from this output.
 
 #[path = "../tests/support/vectors.rs"]
 mod vectors;

@@ -20,7 +20,7 @@
 //! The wire format of a frame is documented (and pinned by tests) in [`codec`].
 //! For implementers in other languages, the whole worker protocol is specified in
 //! `docs/PROTOCOL.md`, with test vectors in `docs/protocol-vectors.json` that
-//! `tests/protocol_vectors.rs` checks against this crate.
+//! `tests/vectors.rs` checks against this crate.
 
 pub mod codec;
 pub mod control;

@@ -4,7 +4,7 @@
 //! [`Autoscaler::evaluate`] returns a [`Decision`] or nothing. No clock, no I/O, no processes,
 //! so every case is unit-tested below.
 //!
-//! The rule (the README's "Autoscaling" section says why):
+//! The rule (docs/AUTOSCALING.md says why):
 //! - **Grow on backlog**, like uWSGI's `backlog` cheaper algorithm and Celery's autoscaler:
 //!   events wait while every ready worker's window is full, on [`GROW_AFTER`] consecutive
 //!   samples, and no worker is still starting (the last step has not landed yet). The step is
@@ -49,25 +49,36 @@ pub struct AutoscaleConfig {
     pub max_pool_rss: Option<u64>,
 }
 
+/// Why `--workers MIN..MAX` bounds were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    #[error("MAX must be at least 1")]
+    NoMax,
+    #[error("MIN must be at least 1 (herd keeps a worker ready to take the first event)")]
+    NoMin,
+    #[error("MIN ({min}) is larger than MAX ({max})")]
+    MinOverMax { min: usize, max: usize },
+    #[error("MAX ({max}) is over the limit of {MAX_WORKERS} workers")]
+    OverLimit { max: usize },
+}
+
 impl AutoscaleConfig {
-    /// Bounds `min..max` with the default idle interval and no memory ceiling; refuses bad
-    /// bounds with a message for people.
-    pub fn new(min: usize, max: usize) -> Result<Self, String> {
+    /// Bounds `min..max` with the default idle interval and no memory ceiling.
+    ///
+    /// # Errors
+    /// Bounds that cannot work, with a message for people.
+    pub fn new(min: usize, max: usize) -> Result<Self, BoundsError> {
         if max == 0 {
-            return Err("MAX must be at least 1".into());
+            return Err(BoundsError::NoMax);
         }
         if min == 0 {
-            return Err(
-                "MIN must be at least 1 (herd keeps a worker ready to take the first event)".into(),
-            );
+            return Err(BoundsError::NoMin);
         }
         if min > max {
-            return Err(format!("MIN ({min}) is larger than MAX ({max})"));
+            return Err(BoundsError::MinOverMax { min, max });
         }
         if max > MAX_WORKERS {
-            return Err(format!(
-                "MAX ({max}) is over the limit of {MAX_WORKERS} workers"
-            ));
+            return Err(BoundsError::OverLimit { max });
         }
         Ok(Self {
             min,
@@ -358,16 +369,25 @@ mod tests {
     fn bad_bounds_are_refused_with_a_reason() {
         assert_eq!(
             AutoscaleConfig::new(3, 2).unwrap_err(),
-            "MIN (3) is larger than MAX (2)"
+            BoundsError::MinOverMax { min: 3, max: 2 }
         );
         assert_eq!(
-            AutoscaleConfig::new(0, 0).unwrap_err(),
+            AutoscaleConfig::new(3, 2).unwrap_err().to_string(),
+            "MIN (3) is larger than MAX (2)"
+        );
+        assert_eq!(AutoscaleConfig::new(0, 0).unwrap_err(), BoundsError::NoMax);
+        assert_eq!(
+            AutoscaleConfig::new(0, 0).unwrap_err().to_string(),
             "MAX must be at least 1"
         );
         assert!(AutoscaleConfig::new(0, 4)
             .unwrap_err()
+            .to_string()
             .starts_with("MIN must be at least 1"));
-        assert!(AutoscaleConfig::new(1, 5000).unwrap_err().contains("4096"));
+        assert!(AutoscaleConfig::new(1, 5000)
+            .unwrap_err()
+            .to_string()
+            .contains("4096"));
         let ok = AutoscaleConfig::new(2, 2).unwrap();
         assert_eq!((ok.min, ok.max, ok.idle), (2, 2, DEFAULT_IDLE));
     }

@@ -39,8 +39,6 @@ pub struct PoolConfig {
     /// Replace a worker (gracefully, between tasks) once its resident memory exceeds this
     /// many bytes (checked twice a second).
     pub max_rss: Option<u64>,
-    /// Emit records in `seq` order instead of completion order.
-    pub ordered: bool,
     /// How long a worker may take from spawn to a completed handshake.
     pub start_timeout: Duration,
     /// How long a worker gets to exit after the termination frame before it is killed
@@ -75,7 +73,6 @@ impl PoolConfig {
             retries: 2,
             retry_backoff: Duration::from_millis(100),
             stop_grace: Duration::from_secs(30),
-            ordered: false,
             max_tasks: None,
             max_rss: None,
             start_timeout: Duration::from_secs(10),

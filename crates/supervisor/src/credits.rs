@@ -130,7 +130,7 @@ impl Drop for RecordBatch {
 
 /// What the pool sends a submitter: records, the bytes they hold, and how many of them are
 /// chunk lines.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Outbox {
     pub records: Vec<Record>,
     pub bytes: usize,

@@ -103,22 +103,23 @@ pub struct Identity {
 impl Identity {
     /// Looks up `user` (a name or a numeric uid) and `group` (a name or a numeric gid; default:
     /// the user's primary group). A numeric uid with no passwd entry needs `group`.
-    pub fn resolve(user: &str, group: Option<&str>) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// The user or group does not exist or cannot be looked up.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<Self, IdentityError> {
         let entry = lookup_user(user)?;
         let gid = match group {
             Some(g) => lookup_group(g)?,
             None => match &entry {
                 Some(u) => u.gid.as_raw(),
-                None => {
-                    return Err(format!(
-                        "uid {user} has no entry in the user database; give its group with --group"
-                    ))
-                }
+                None => return Err(IdentityError::GroupNeeded(user.to_string())),
             },
         };
         let Some(u) = entry else {
             // A bare uid (common in containers): no name, no supplementary groups.
-            let uid = user.parse().map_err(|_| format!("no user {user:?}"))?;
+            let uid = user
+                .parse()
+                .map_err(|_| IdentityError::NoUser(user.to_string()))?;
             return Ok(Self {
                 name: user.to_string(),
                 uid,
@@ -127,9 +128,13 @@ impl Identity {
                 home: PathBuf::from("/"),
             });
         };
-        let cname = CString::new(u.name.as_bytes()).map_err(|_| format!("bad user {user:?}"))?;
+        let cname = CString::new(u.name.as_bytes())
+            .map_err(|_| IdentityError::BadName(user.to_string()))?;
         let groups = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
-            .map_err(|e| format!("cannot list the groups of user {}: {e}", u.name))?
+            .map_err(|source| IdentityError::Groups {
+                user: u.name.clone(),
+                source,
+            })?
             .into_iter()
             .map(Gid::as_raw)
             .collect();
@@ -168,41 +173,97 @@ impl Identity {
     }
 }
 
-fn lookup_user(user: &str) -> Result<Option<User>, String> {
+/// Why [`Identity::resolve`] failed. The look-up's own error is the
+/// [`source`](std::error::Error::source), not repeated in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// No such user name.
+    #[error("no user {0:?}")]
+    NoUser(String),
+    /// No such group name.
+    #[error("no group {0:?}")]
+    NoGroup(String),
+    /// A numeric uid without a passwd entry, and no group given.
+    #[error("uid {0} has no entry in the user database; give its group with --group")]
+    GroupNeeded(String),
+    /// A user name with a NUL byte.
+    #[error("bad user {0:?}")]
+    BadName(String),
+    /// The user database could not be read.
+    #[error("cannot look up user {user:?}")]
+    LookupUser {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// The group database could not be read.
+    #[error("cannot look up group {group:?}")]
+    LookupGroup {
+        group: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// The user's supplementary groups could not be listed.
+    #[error("cannot list the groups of user {user}")]
+    Groups {
+        user: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn lookup_user(user: &str) -> Result<Option<User>, IdentityError> {
     let found = match user.parse::<u32>() {
         Ok(uid) => User::from_uid(Uid::from_raw(uid)),
         Err(_) => User::from_name(user),
     }
-    .map_err(|e| format!("cannot look up user {user:?}: {e}"))?;
+    .map_err(|source| IdentityError::LookupUser {
+        user: user.to_string(),
+        source,
+    })?;
     if found.is_none() && user.parse::<u32>().is_err() {
-        return Err(format!("no user {user:?}"));
+        return Err(IdentityError::NoUser(user.to_string()));
     }
     Ok(found)
 }
 
-fn lookup_group(group: &str) -> Result<u32, String> {
+fn lookup_group(group: &str) -> Result<u32, IdentityError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
     match Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("no group {group:?}")),
-        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+        Ok(None) => Err(IdentityError::NoGroup(group.to_string())),
+        Err(source) => Err(IdentityError::LookupGroup {
+            group: group.to_string(),
+            source,
+        }),
     }
+}
+
+/// Why a name cannot be set with `--env`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvNameError {
+    /// Empty, or holds `=` or NUL.
+    #[error("{0:?} is not a variable name")]
+    NotAName(OsString),
+    /// One of [`PROTOCOL_ENV`].
+    #[error("{0} is set by herd for each worker and cannot be overridden")]
+    Reserved(&'static str),
 }
 
 /// Whether `name` may be set with `--env`: not empty, no `=` or NUL, and not one of the
 /// variables the protocol needs.
-pub fn check_env_name(name: &OsStr) -> Result<(), String> {
+///
+/// # Errors
+/// Why it may not.
+pub fn check_env_name(name: &OsStr) -> Result<(), EnvNameError> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.contains(&b'=') || bytes.contains(&0) {
-        return Err(format!("{name:?} is not a variable name"));
+        return Err(EnvNameError::NotAName(name.to_os_string()));
     }
-    if PROTOCOL_ENV.iter().any(|p| p.as_bytes() == bytes) {
-        return Err(format!(
-            "{} is set by herd for each worker and cannot be overridden",
-            name.to_string_lossy()
-        ));
+    if let Some(reserved) = PROTOCOL_ENV.iter().find(|p| p.as_bytes() == bytes) {
+        return Err(EnvNameError::Reserved(reserved));
     }
     Ok(())
 }
@@ -242,24 +303,30 @@ mod tests {
             (bare.uid, bare.gid, bare.groups),
             (4000000, 4000001, vec![4000001])
         );
-        assert!(Identity::resolve("4000000", None)
-            .unwrap_err()
-            .contains("--group"));
-        assert!(Identity::resolve("no-such-user-herd", None)
-            .unwrap_err()
-            .contains("no user"));
-        assert!(Identity::resolve("root", Some("no-such-group-herd"))
-            .unwrap_err()
-            .contains("no group"));
+        let err = Identity::resolve("4000000", None).unwrap_err();
+        assert!(matches!(&err, IdentityError::GroupNeeded(u) if u == "4000000"));
+        assert!(err.to_string().contains("--group"));
+        let err = Identity::resolve("no-such-user-herd", None).unwrap_err();
+        assert!(matches!(&err, IdentityError::NoUser(u) if u == "no-such-user-herd"));
+        assert_eq!(err.to_string(), "no user \"no-such-user-herd\"");
+        let err = Identity::resolve("root", Some("no-such-group-herd")).unwrap_err();
+        assert!(matches!(&err, IdentityError::NoGroup(g) if g == "no-such-group-herd"));
+        assert!(err.to_string().contains("no group"));
     }
 
     #[test]
     fn env_names_are_checked() {
         assert!(check_env_name(OsStr::new("A_B")).is_ok());
-        assert!(check_env_name(OsStr::new("")).is_err());
-        assert!(check_env_name(OsStr::new("A=B")).is_err());
-        assert!(check_env_name(OsStr::new("HERD_SOCKET"))
-            .unwrap_err()
-            .contains("set by herd"));
+        assert_eq!(
+            check_env_name(OsStr::new("")),
+            Err(EnvNameError::NotAName(OsString::new()))
+        );
+        assert_eq!(
+            check_env_name(OsStr::new("A=B")).unwrap_err().to_string(),
+            "\"A=B\" is not a variable name"
+        );
+        let err = check_env_name(OsStr::new("HERD_SOCKET")).unwrap_err();
+        assert_eq!(err, EnvNameError::Reserved("HERD_SOCKET"));
+        assert!(err.to_string().contains("set by herd"));
     }
 }

@@ -9,7 +9,7 @@
 //! queue — when it is full the source is simply not read, which is the back-pressure — and
 //! dispatched round-robin to the workers with room in their window. Results come back
 //! asynchronously; each accepted event leaves as exactly one [`Record`] on the sink, in
-//! completion order or, with `ordered`, in `seq` order.
+//! completion order or, with [`SubmitOptions::ordered`], in `seq` order.
 //!
 //! When a worker dies, breaks the protocol or overruns its deadline, its process group is
 //! killed, the task it was running is charged an attempt and retried (or recorded as
@@ -18,8 +18,10 @@
 //! working, with exponential backoff if it failed to start or died idle.
 //!
 //! When the source ends (or a graceful [`Command::Stop`] arrives) the pool finishes what it
-//! accepted, sends every worker the termination frame, gives them `grace` to exit, kills
-//! stragglers, reaps everything and removes its socket directory.
+//! accepted, within [`PoolConfig::stop_grace`] (`--grace`, the drain deadline; what is left
+//! then is recorded as `shutdown`), sends every worker the termination frame, gives each
+//! [`PoolConfig::exit_timeout`] to exit, kills stragglers, reaps everything and removes its
+//! socket directory.
 //!
 //! All of this state is owned by a single task (`pool`); the other modules only translate I/O
 //! into messages for it: `rendezvous` (socket and handshakes), `link` (frames after the
@@ -47,7 +49,6 @@ pub mod resume;
 mod slot;
 pub mod status;
 mod submission;
-mod submissions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -67,7 +68,7 @@ pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
-pub use slot::{signal_name, Exit};
+pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
     AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
 };
@@ -216,6 +217,14 @@ pub enum PoolError {
     /// The private socket directory could not be set up.
     #[error("cannot set up the worker socket")]
     RuntimeDir(#[source] std::io::Error),
+    /// A thread the pool needs (e.g. the one that drives [`run_one`]'s submission) could not
+    /// be started: the process is out of threads or memory.
+    #[error("cannot start the {name} thread")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Workers start but never complete a handshake.
     #[error("worker program `{program}` never became ready ({attempts} failed starts); the last: {reason}. \
         Is it a herd worker? A worker connects to the socket in $HERD_SOCKET and completes the \

@@ -21,7 +21,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use crate::backlog::Backlog;
-use crate::msg::{FromLink, Outgoing, WorkerFrame};
+use crate::msg::{FromLink, Outgoing, TaskOutcome, WorkerFrame};
 use crate::slot::WorkerId;
 
 /// A worker's connection after its handshake: the socket (non-blocking), registered with the
@@ -55,14 +55,17 @@ fn decode(frame: Bytes, chunks: Option<&Arc<Backlog>>) -> Result<WorkerFrame, Fr
             outcome: OutcomeRef::Ok(out),
         } => WorkerFrame::Done {
             id,
-            outcome: Ok(frame.slice_ref(out)),
+            outcome: TaskOutcome::Ok(frame.slice_ref(out)),
         },
         FromWorkerRef::Done {
             id,
             outcome: OutcomeRef::Err { retryable, message },
         } => WorkerFrame::Done {
             id,
-            outcome: Err((retryable, message.into_owned())),
+            outcome: TaskOutcome::Failed {
+                retryable,
+                message: message.into_owned(),
+            },
         },
         FromWorkerRef::Heartbeat => WorkerFrame::Heartbeat,
         FromWorkerRef::Hello { .. } => WorkerFrame::Hello,
@@ -356,4 +359,41 @@ fn write_while_room(socket: &UnixStream, buf: &[u8]) -> io::Result<usize> {
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use herd_proto::{FromWorker, Outcome};
+
+    fn decoded(outcome: Outcome) -> WorkerFrame {
+        let mut buf = Vec::new();
+        encode_frame(&FromWorker::Done { id: 7, outcome }, &mut buf, 1 << 20).unwrap();
+        decode(Bytes::from(buf), None).unwrap()
+    }
+
+    #[test]
+    fn a_result_frame_decodes_to_a_named_outcome() {
+        let WorkerFrame::Done { id, outcome } = decoded(Outcome::Ok(b"out".to_vec())) else {
+            panic!("not a result")
+        };
+        assert_eq!(
+            (id, outcome),
+            (7, TaskOutcome::Ok(Bytes::from_static(b"out")))
+        );
+        let WorkerFrame::Done { outcome, .. } = decoded(Outcome::Err {
+            retryable: true,
+            message: "busy".into(),
+        }) else {
+            panic!("not a result")
+        };
+        assert_eq!(
+            outcome,
+            TaskOutcome::Failed {
+                retryable: true,
+                message: "busy".into()
+            }
+        );
+    }
 }

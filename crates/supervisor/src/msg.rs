@@ -30,7 +30,7 @@ pub(crate) enum Outgoing {
 pub(crate) enum WorkerFrame {
     Done {
         id: u64,
-        outcome: Result<Bytes, (bool, String)>,
+        outcome: TaskOutcome,
     },
     /// A partial result of task `id` (protocol 2), a slice of the read buffer like an output.
     Chunk {
@@ -40,6 +40,15 @@ pub(crate) enum WorkerFrame {
     },
     Heartbeat,
     Hello,
+}
+
+/// What a worker answered for a task.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TaskOutcome {
+    /// The handler's output.
+    Ok(Bytes),
+    /// The handler failed; `retryable` if another attempt may succeed.
+    Failed { retryable: bool, message: String },
 }
 
 /// From a worker's link reader.

@@ -1,6 +1,6 @@
 //! Result records: the one final answer herd gives for each accepted event, the chunk lines a
 //! streaming handler adds before it, and their JSON-lines form (the user-visible contract in
-//! the README, "Result records").
+//! docs/RECORDS.md).
 //!
 //! Formatting lives here, not in the pool, so the pool hands over raw records and the caller
 //! formats them off the supervisor's hot loop (the `herd` binary does it on its writer thread).

@@ -98,6 +98,95 @@ pub(crate) enum Cause {
     Held,
 }
 
+/// Why a worker process was replaced or retired: the key of `restarts` and the `reason` of
+/// the `events` in `herd status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replacement {
+    /// It died on its own.
+    Crash,
+    /// Its running task overran `--timeout`, and it was killed.
+    Timeout,
+    /// It broke the protocol, and was killed.
+    Protocol,
+    /// It was held for a submitter that did not read its chunks while other work waited,
+    /// and was killed.
+    Held,
+    /// It never completed its handshake.
+    StartFailure,
+    /// It did not exit within the exit timeout after the termination frame, and was killed.
+    ExitTimeout,
+    /// It completed `--max-tasks` tasks.
+    MaxTasks,
+    /// Its resident memory passed `--max-rss`.
+    MaxRss,
+    /// A rolling reload.
+    Reload,
+    /// The pool scaled down past its slot (it is not replaced).
+    ScaleDown,
+    /// The pool is stopping (it is not replaced).
+    Stop,
+}
+
+impl Replacement {
+    /// Every reason, in a stable order (for counters and reports).
+    pub const ALL: [Replacement; 11] = [
+        Replacement::Crash,
+        Replacement::Timeout,
+        Replacement::Protocol,
+        Replacement::Held,
+        Replacement::StartFailure,
+        Replacement::ExitTimeout,
+        Replacement::MaxTasks,
+        Replacement::MaxRss,
+        Replacement::Reload,
+        Replacement::ScaleDown,
+        Replacement::Stop,
+    ];
+
+    /// The name in `herd status` and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replacement::Crash => "crash",
+            Replacement::Timeout => "timeout",
+            Replacement::Protocol => "protocol",
+            Replacement::Held => "held",
+            Replacement::StartFailure => "start-failure",
+            Replacement::ExitTimeout => "exit-timeout",
+            Replacement::MaxTasks => "max-tasks",
+            Replacement::MaxRss => "max-rss",
+            Replacement::Reload => "reload",
+            Replacement::ScaleDown => "scale-down",
+            Replacement::Stop => "stop",
+        }
+    }
+
+    /// The process ended against the pool's wishes (a fault, counted in
+    /// [`crate::Summary::restarts`]), rather than being retired gracefully (counted in
+    /// [`crate::Summary::recycled`]).
+    pub fn is_unexpected(self) -> bool {
+        match self {
+            Replacement::Crash
+            | Replacement::Timeout
+            | Replacement::Protocol
+            | Replacement::Held
+            | Replacement::StartFailure
+            | Replacement::ExitTimeout => true,
+            Replacement::MaxTasks
+            | Replacement::MaxRss
+            | Replacement::Reload
+            | Replacement::ScaleDown
+            | Replacement::Stop => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Replacement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What an exit means, decided from the state the slot was in when it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum End {
@@ -107,13 +196,14 @@ pub(crate) enum End {
     Crashed,
     /// The pool killed it.
     Killed(Cause),
-    /// It answered the termination frame; `reason` is why it was retired.
-    Graceful(&'static str),
+    /// It answered the termination frame; why it was retired.
+    Graceful(Replacement),
 }
 
-/// The per-worker limits a slot enforces.
+/// The per-worker deadlines and task budget a slot enforces (not to be confused with
+/// [`crate::Limits`], the resource limits a worker is launched with).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct SlotLimits {
     /// From spawn to a completed handshake.
     pub start_timeout: Duration,
     /// Per attempt.
@@ -163,7 +253,7 @@ pub(crate) enum State<L> {
         pid: u32,
         link: L,
         inflight: VecDeque<Running>,
-        reason: &'static str,
+        reason: Replacement,
         held: Option<Instant>,
     },
     /// The termination frame was sent (it holds nothing); has until `deadline` to exit.
@@ -172,7 +262,7 @@ pub(crate) enum State<L> {
         link: L,
         link_open: bool,
         deadline: Instant,
-        reason: &'static str,
+        reason: Replacement,
     },
     /// Its link ended (or could not be written) while the process still ran: it is most
     /// likely exiting, and gets until `deadline` (the exit timeout) to do so on its own, so
@@ -245,11 +335,9 @@ pub(crate) enum Effect {
     /// A worker that completed its handshake died on its own without completing a task
     /// (counted towards the pool's circuit breaker; any completed task resets the count).
     EarlyDeath { detail: String },
-    /// A worker process was replaced, for this reason; `unexpected` for a crash, timeout,
-    /// protocol fault or start failure, else a graceful retirement.
+    /// A worker process was replaced, for this reason.
     Replaced {
-        reason: &'static str,
-        unexpected: bool,
+        reason: Replacement,
         /// The process that ended, and what happened to it (for `herd status` events).
         pid: u32,
         detail: String,
@@ -262,12 +350,12 @@ pub(crate) type Effects = Vec<Effect>;
 /// A result frame, as [`Slot::on_done`] saw it.
 #[derive(Debug)]
 pub(crate) enum Done {
-    /// The task it settles, the worker's pid, and whether the slot now wants its termination
-    /// frame sent (it retired and this was the last task it held).
+    /// The task it settles, the worker's pid, and what the slot wants done now (the
+    /// termination frame, when it retired and this was the last task it held).
     Task {
         running: Running,
         pid: u32,
-        shutdown: bool,
+        effects: Effects,
     },
     /// A result for a task the worker does not hold: a protocol fault.
     NotHeld,
@@ -521,7 +609,7 @@ impl<L> Slot<L> {
 
     /// The starting worker completed its handshake. With `keep` false (the pool is stopping,
     /// or the slot was scaled away meanwhile) it gets the termination frame at once.
-    pub fn greeted(&mut self, link: L, now: Instant, keep: bool, limits: &Limits) -> Effects {
+    pub fn greeted(&mut self, link: L, now: Instant, keep: bool, limits: &SlotLimits) -> Effects {
         let State::Starting { pid, .. } = self.state else {
             return Vec::new();
         };
@@ -537,7 +625,7 @@ impl<L> Slot<L> {
         if keep {
             return Vec::new();
         }
-        self.retire("stop", now, limits)
+        self.retire(Replacement::Stop, now, limits)
     }
 
     // ----- work --------------------------------------------------------------------------
@@ -605,7 +693,7 @@ impl<L> Slot<L> {
     /// A result for task `task` arrived. Results count from a worker that is retiring, being
     /// killed or has exited (they were sent before it died), unless it was killed for a
     /// protocol fault (see [`Slot::faulted`]).
-    pub fn on_done(&mut self, task: u64, now: Instant, limits: &Limits) -> Done {
+    pub fn on_done(&mut self, task: u64, now: Instant, limits: &SlotLimits) -> Done {
         if self.faulted() {
             return Done::Ignored;
         }
@@ -643,20 +731,18 @@ impl<L> Slot<L> {
             State::Retiring { inflight, .. } => emptied = inflight.is_empty(),
             _ => {}
         }
-        let shutdown = if worn_out {
-            self.retire("max-tasks", now, limits)
-                .iter()
-                .any(is_shutdown)
+        let effects = if worn_out {
+            self.retire(Replacement::MaxTasks, now, limits)
         } else if emptied {
             self.exit_now(now, limits);
-            true
+            vec![Effect::Shutdown]
         } else {
-            false
+            Vec::new()
         };
         Done::Task {
             running,
             pid,
-            shutdown,
+            effects,
         }
     }
 
@@ -664,7 +750,7 @@ impl<L> Slot<L> {
 
     /// Takes a ready worker out of rotation for `reason`; it gets the termination frame once
     /// everything it holds is answered (at once if idle), and its exit is graceful.
-    pub fn retire(&mut self, reason: &'static str, now: Instant, limits: &Limits) -> Effects {
+    pub fn retire(&mut self, reason: Replacement, now: Instant, limits: &SlotLimits) -> Effects {
         match self.take() {
             State::Ready {
                 pid,
@@ -673,8 +759,8 @@ impl<L> Slot<L> {
                 held,
                 ..
             } => {
-                if reason != "stop" {
-                    tracing::info!(worker = self.index, pid, reason, "recycling worker");
+                if reason != Replacement::Stop {
+                    tracing::info!(worker = self.index, pid, %reason, "recycling worker");
                 }
                 let idle = inflight.is_empty();
                 self.set(State::Retiring {
@@ -698,7 +784,7 @@ impl<L> Slot<L> {
     }
 
     /// Retiring and holding nothing: the termination frame goes out (the caller sends it).
-    fn exit_now(&mut self, now: Instant, limits: &Limits) {
+    fn exit_now(&mut self, now: Instant, limits: &SlotLimits) {
         if let State::Retiring {
             pid, link, reason, ..
         } = self.take()
@@ -716,9 +802,9 @@ impl<L> Slot<L> {
     /// The pool is stopping gracefully and everything is answered: every worker gets the
     /// termination frame; a starting one gets it once it is ready (see [`Slot::greeted`]), a
     /// slot in backoff stays empty.
-    pub fn stop(&mut self, now: Instant, limits: &Limits) -> Effects {
+    pub fn stop(&mut self, now: Instant, limits: &SlotLimits) -> Effects {
         match &self.state {
-            State::Ready { .. } => self.retire("stop", now, limits),
+            State::Ready { .. } => self.retire(Replacement::Stop, now, limits),
             State::Retiring { inflight, .. } if inflight.is_empty() => {
                 self.exit_now(now, limits);
                 vec![Effect::Shutdown]
@@ -770,7 +856,7 @@ impl<L> Slot<L> {
         fault: Option<String>,
         now: Instant,
         keep: bool,
-        limits: &Limits,
+        limits: &SlotLimits,
     ) -> Effects {
         match (&mut self.state, fault) {
             (State::Exited { .. }, _) => self.settle(now, keep, limits),
@@ -806,14 +892,14 @@ impl<L> Slot<L> {
 
     /// A write to the worker's link failed: the process is most likely exiting (see
     /// [`Slot::leave`]); what it sent before still arrives on the link.
-    pub fn on_write_failed(&mut self, now: Instant, limits: &Limits) {
+    pub fn on_write_failed(&mut self, now: Instant, limits: &SlotLimits) {
         self.leave(now, limits, true);
     }
 
     /// The link of a ready or retiring worker ended, or could not be written: the process is
     /// most likely exiting. It gets the exit timeout to do so, so that its own exit status,
     /// not herd's SIGKILL, decides what is recorded (see [`State::Leaving`]).
-    fn leave(&mut self, now: Instant, limits: &Limits, link_open: bool) {
+    fn leave(&mut self, now: Instant, limits: &SlotLimits, link_open: bool) {
         match self.take() {
             State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
                 tracing::debug!(
@@ -842,7 +928,13 @@ impl<L> Slot<L> {
 
     /// The process exited. If its link is still open, results it sent before dying may be on
     /// their way: wait for the link's end (up to [`LINK_DRAIN`]) before settling.
-    pub fn on_exit(&mut self, exit: Exit, now: Instant, keep: bool, limits: &Limits) -> Effects {
+    pub fn on_exit(
+        &mut self,
+        exit: Exit,
+        now: Instant,
+        keep: bool,
+        limits: &SlotLimits,
+    ) -> Effects {
         let (pid, inflight, end, link_open, link) = match self.take() {
             State::Starting { pid, .. } => (pid, VecDeque::new(), End::NeverConnected, false, None),
             State::Ready {
@@ -910,7 +1002,7 @@ impl<L> Slot<L> {
     }
 
     /// Decides what an exit means for the work the worker held and for the slot.
-    fn settle(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
+    fn settle(&mut self, now: Instant, keep: bool, limits: &SlotLimits) -> Effects {
         let State::Exited {
             pid,
             exit,
@@ -929,12 +1021,11 @@ impl<L> Slot<L> {
                 tracing::info!(
                     worker = i,
                     pid,
-                    reason,
+                    %reason,
                     "worker recycled; starting its replacement"
                 );
                 effects.push(Effect::Replaced {
                     reason,
-                    unexpected: false,
                     pid,
                     detail: format!(
                         "worker {i} (pid {pid}) recycled ({reason}), {}",
@@ -957,7 +1048,7 @@ impl<L> Slot<L> {
                 format!(
                     "worker {i} (pid {pid}) closed its connection to herd but did not exit \
                      within {}, so herd killed it",
-                    humanize(limits.exit_timeout)
+                    humantime::format_duration(limits.exit_timeout)
                 ),
             ),
             End::Crashed | End::Killed(Cause::LinkLost) | End::Graceful(_) => {
@@ -967,7 +1058,7 @@ impl<L> Slot<L> {
                 ErrorKind::Timeout,
                 format!(
                     "attempt exceeded the {} deadline; worker {i} (pid {pid}) was killed",
-                    humanize(limits.timeout.unwrap_or_default())
+                    humantime::format_duration(limits.timeout.unwrap_or_default())
                 ),
             ),
             End::Killed(Cause::Protocol(fault)) => (
@@ -980,7 +1071,7 @@ impl<L> Slot<L> {
                 format!(
                     "its submitter did not read its chunks for {} while other work waited \
                      for worker {i} (pid {pid}), which was stopped",
-                    humanize(crate::backlog::HELD_LIMIT)
+                    humantime::format_duration(crate::backlog::HELD_LIMIT)
                 ),
             ),
             End::Killed(Cause::Stop) => (
@@ -1004,8 +1095,7 @@ impl<L> Slot<L> {
             // worker.
             self.restarts += 1;
             effects.push(Effect::Replaced {
-                reason: "exit-timeout",
-                unexpected: true,
+                reason: Replacement::ExitTimeout,
                 pid,
                 detail: format!(
                     "worker {i} (pid {pid}) did not exit after the termination frame and was killed"
@@ -1019,16 +1109,15 @@ impl<L> Slot<L> {
             End::NeverConnected | End::Killed(Cause::StartFailed(_))
         );
         let reason = match &end {
-            _ if !started => "start-failure",
-            End::Killed(Cause::Timeout) => "timeout",
-            End::Killed(Cause::Protocol(_)) => "protocol",
-            End::Killed(Cause::Held) => "held",
-            _ => "crash",
+            _ if !started => Replacement::StartFailure,
+            End::Killed(Cause::Timeout) => Replacement::Timeout,
+            End::Killed(Cause::Protocol(_)) => Replacement::Protocol,
+            End::Killed(Cause::Held) => Replacement::Held,
+            _ => Replacement::Crash,
         };
         self.restarts += 1;
         effects.push(Effect::Replaced {
             reason,
-            unexpected: true,
             pid,
             detail: message.clone(),
         });
@@ -1079,7 +1168,7 @@ impl<L> Slot<L> {
     // ----- time --------------------------------------------------------------------------
 
     /// When this slot next needs [`Slot::on_deadline`].
-    pub fn deadline(&self, limits: &Limits) -> Option<Instant> {
+    pub fn deadline(&self, limits: &SlotLimits) -> Option<Instant> {
         let head = |inflight: &VecDeque<Running>| Some(inflight.front()?.started + limits.timeout?);
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
@@ -1122,7 +1211,7 @@ impl<L> Slot<L> {
         }
     }
 
-    pub fn on_deadline(&mut self, now: Instant, keep: bool, limits: &Limits) -> Effects {
+    pub fn on_deadline(&mut self, now: Instant, keep: bool, limits: &SlotLimits) -> Effects {
         if self.deadline(limits).is_none_or(|d| d > now) {
             return Vec::new();
         }
@@ -1131,7 +1220,7 @@ impl<L> Slot<L> {
             State::Starting { pid, .. } => {
                 let why = format!(
                     "worker {i} (pid {pid}) did not complete its handshake within {}",
-                    humanize(limits.start_timeout)
+                    humantime::format_duration(limits.start_timeout)
                 );
                 tracing::warn!(worker = i, pid, "{why}; killing it");
                 self.kill(Cause::StartFailed(why))
@@ -1176,19 +1265,6 @@ impl<L> Slot<L> {
             }
             State::Dying { .. } | State::Stopped => Vec::new(),
         }
-    }
-}
-
-fn is_shutdown(e: &Effect) -> bool {
-    matches!(e, Effect::Shutdown)
-}
-
-/// "30s" / "500ms", for messages.
-pub(crate) fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 

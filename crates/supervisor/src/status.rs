@@ -56,10 +56,10 @@ pub struct LifecycleEvent {
     pub worker: usize,
     /// The process that ended.
     pub pid: u32,
-    /// As in `restarts`: crash, timeout, protocol, start-failure, exit-timeout (unexpected),
-    /// max-tasks, max-rss, reload (graceful).
-    pub reason: Name,
-    /// A crash, timeout, protocol fault or start failure, rather than a graceful retirement.
+    /// As in `restarts`.
+    pub reason: crate::Replacement,
+    /// [`Replacement::is_unexpected`](crate::Replacement::is_unexpected) of `reason`, spelled
+    /// out for readers of the JSON.
     pub unexpected: bool,
     /// What happened, for people (e.g. "worker 1 (pid 4242) killed by SIGKILL").
     pub detail: String,
@@ -335,7 +335,7 @@ mod tests {
             at_secs: 1.5,
             worker: 2,
             pid: 42,
-            reason: "max-rss".into(),
+            reason: crate::Replacement::MaxRss,
             unexpected: false,
             detail: "worker 2 (pid 42) recycled".into(),
         });
@@ -427,7 +427,7 @@ mod tests {
                 at_secs: 0.0,
                 worker: 0,
                 pid,
-                reason: "crash".into(),
+                reason: crate::Replacement::Crash,
                 unexpected: true,
                 detail: "é".repeat(1000),
             });

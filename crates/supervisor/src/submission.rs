@@ -353,8 +353,9 @@ where
     let submission = handle.submit_with(options);
     let stopper = handle.clone();
     drop(handle);
+    const DRIVER: &str = "herd-submission";
     let driver = std::thread::Builder::new()
-        .name("herd-submission".into())
+        .name(DRIVER.into())
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -367,7 +368,10 @@ where
             });
             result
         })
-        .map_err(PoolError::RuntimeDir)?;
+        .map_err(|source| PoolError::Thread {
+            name: DRIVER,
+            source,
+        })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -384,6 +388,17 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_failed_thread_spawn_is_reported_as_such_not_as_the_worker_socket() {
+        let e = PoolError::Thread {
+            name: "herd-submission",
+            source: io::Error::from(io::ErrorKind::WouldBlock),
+        };
+        assert_eq!(e.to_string(), "cannot start the herd-submission thread");
+        assert!(std::error::Error::source(&e).is_some());
+    }
 
     fn sender(events: usize, bytes: usize) -> (EventSender, Arc<Credits>) {
         let (tx, _rx) = mpsc::unbounded_channel();
@@ -409,10 +424,7 @@ mod tests {
         );
         credits.events.try_acquire_many(8).unwrap().forget();
         let mut waiting = tokio_test_poll(&s);
-        assert!(
-            waiting.as_mut().now_or_never_ready().is_none(),
-            "no room: waits"
-        );
+        assert!(waiting.as_mut().now_or_never().is_none(), "no room: waits");
         credits.release(3, 0);
         assert_eq!(waiting.await.unwrap().events, 3);
         credits.close();
@@ -425,16 +437,4 @@ mod tests {
     ) -> std::pin::Pin<Box<impl Future<Output = Result<Room, PoolGone>> + '_>> {
         Box::pin(s.room())
     }
-
-    trait NowOrNever: Future {
-        fn now_or_never_ready(self: std::pin::Pin<&mut Self>) -> Option<Self::Output> {
-            let waker = futures_util::task::noop_waker();
-            let mut cx = std::task::Context::from_waker(&waker);
-            match self.poll(&mut cx) {
-                std::task::Poll::Ready(v) => Some(v),
-                std::task::Poll::Pending => None,
-            }
-        }
-    }
-    impl<F: Future + ?Sized> NowOrNever for F {}
 }

@@ -8,10 +8,17 @@
 //!
 //! This crate owns the worker's half of the protocol (see `herd-proto`): finding the
 //! supervisor's socket from the environment, the `Hello` handshake, the serve loop that turns
-//! every `Task` into exactly one `Done`, and the process's exit code. It is deliberately
-//! blocking (no async runtime): a worker exists to burn CPU in its handler, and one task runs at
-//! a time, on the thread that called [`serve`]. The only other thread is a small flusher that
+//! every `Task` into exactly one `Done`, and the process's exit code. It is blocking by default
+//! (no async runtime): a worker exists to burn CPU in its handler, and one task runs at a
+//! time, on the thread that called [`serve`]. The only other thread is a small flusher that
 //! bounds how long a finished `Done` can be held back (see below).
+//!
+//! A handler that awaits I/O instead uses `run_async`, behind the `tokio` feature: the same
+//! serve loop, with each handler future driven on a runtime the SDK builds.
+//!
+//! In a handler, `?` works on any error: it becomes the task's [`TaskError`], retryable when it
+//! is a transient I/O failure and fatal otherwise ([`TaskError::classify`]; [`ResultExt`]
+//! chooses explicitly).
 //!
 //! # Theory of operation
 //!
@@ -41,6 +48,12 @@
 //! drive from two threads (`herd-stdio` pipes tasks through a child process this way).
 
 #![warn(missing_docs)]
+
+#[cfg(feature = "tokio")]
+mod asynchronous;
+
+#[cfg(feature = "tokio")]
+pub use asynchronous::{run_async, run_async_with, serve_async};
 
 use std::any::Any;
 use std::fmt;
@@ -85,7 +98,12 @@ pub fn run<F>(handler: F) -> ExitCode
 where
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
-    let result = Config::from_env().and_then(|config| run_with(&config, handler));
+    exit(Config::from_env().and_then(|config| run_with(&config, handler)))
+}
+
+/// Prints a failed worker's error chain to stderr and maps it to the exit code [`run`]
+/// documents.
+fn exit(result: Result<(), Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -814,7 +832,138 @@ impl fmt::Display for TaskError {
     }
 }
 
-impl std::error::Error for TaskError {}
+// Like `anyhow::Error`, `TaskError` does not implement `std::error::Error`: that is what lets
+// the blanket `From` below exist (it would overlap `impl From<T> for T`), so that `?` works on
+// any error in a handler.
+
+/// `?` on any error in a handler: the error becomes the task's outcome.
+///
+/// The message is the error and its [`source`](std::error::Error::source) chain, joined by
+/// `": "`. Whether it is retryable is decided by [`TaskError::classify`]: an error that a second
+/// attempt could plausibly not hit (a peer or the network briefly unavailable, an I/O timeout) is
+/// retryable; anything else (a malformed event, a parse error, a missing file) is fatal, since
+/// every attempt would fail the same way. Override the default with [`ResultExt`].
+///
+/// ```
+/// use herd_worker::{Task, TaskError};
+///
+/// fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
+///     let text = std::str::from_utf8(task.payload())?; // fatal: the event is not UTF-8
+///     let n: u64 = text.trim().parse()?; // fatal: not a number
+///     Ok((n * 2).to_string().into_bytes())
+/// }
+///
+/// let err = TaskError::from("x".parse::<u64>().unwrap_err());
+/// assert!(!err.is_retryable());
+/// assert_eq!(err.message(), "invalid digit found in string");
+/// let err = TaskError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+/// assert!(err.is_retryable());
+/// ```
+impl<E> From<E> for TaskError
+where
+    E: std::error::Error + 'static,
+{
+    fn from(err: E) -> Self {
+        TaskError::classify(&err)
+    }
+}
+
+impl TaskError {
+    /// The outcome `?` makes of `err` (see the `From` impl): its message with its source chain,
+    /// retryable if and only if the error or one of its sources is
+    /// - an [`io::Error`] of a kind that says a peer, the network or a resource was briefly
+    ///   unavailable: `TimedOut`, `Interrupted`, `WouldBlock`, `ConnectionRefused`,
+    ///   `ConnectionReset`, `ConnectionAborted`, `NotConnected`, `BrokenPipe`,
+    ///   `HostUnreachable`, `NetworkUnreachable`, `NetworkDown`, `AddrNotAvailable` or
+    ///   `ResourceBusy`;
+    /// - with the `tokio` feature, a `tokio::time::error::Elapsed` (a `timeout` ran out).
+    ///
+    /// Everything else is fatal: the same event would fail the same way on every attempt.
+    ///
+    /// `Box<dyn Error>` does not implement `Error`, so `?` cannot convert it; this can:
+    /// `.map_err(|e| TaskError::classify(&*e))`.
+    pub fn classify(err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = err.to_string();
+        let mut retryable = is_transient(err);
+        let mut cause = err.source();
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            retryable |= is_transient(c);
+            cause = c.source();
+        }
+        Self { retryable, message }
+    }
+}
+
+/// Whether `err` itself (not its sources) is a failure a later attempt may not hit.
+fn is_transient(err: &(dyn std::error::Error + 'static)) -> bool {
+    use io::ErrorKind::*;
+    if let Some(io) = err.downcast_ref::<io::Error>() {
+        return matches!(
+            io.kind(),
+            TimedOut
+                | Interrupted
+                | WouldBlock
+                | ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | BrokenPipe
+                | HostUnreachable
+                | NetworkUnreachable
+                | NetworkDown
+                | AddrNotAvailable
+                | ResourceBusy
+        );
+    }
+    #[cfg(feature = "tokio")]
+    if err.is::<tokio::time::error::Elapsed>() {
+        return true;
+    }
+    false
+}
+
+/// Chooses the outcome of a failed `Result` explicitly, where the default of `?` (see
+/// [`TaskError::classify`]) does not fit: the message stays, the retryability is yours.
+///
+/// ```
+/// use herd_worker::{ResultExt, Task, TaskError};
+///
+/// fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
+///     // A missing file is fatal by default; here it is still being written: try again.
+///     let path = std::str::from_utf8(task.payload())?;
+///     std::fs::read(path).retryable()
+/// }
+/// ```
+pub trait ResultExt<T> {
+    /// The error, if any, as a retryable [`TaskError`].
+    ///
+    /// # Errors
+    /// The `Err` of `self`, converted.
+    fn retryable(self) -> Result<T, TaskError>;
+    /// The error, if any, as a fatal [`TaskError`].
+    ///
+    /// # Errors
+    /// The `Err` of `self`, converted.
+    fn fatal(self) -> Result<T, TaskError>;
+}
+
+impl<T, E: Into<TaskError>> ResultExt<T> for Result<T, E> {
+    fn retryable(self) -> Result<T, TaskError> {
+        self.map_err(|e| TaskError {
+            retryable: true,
+            ..e.into()
+        })
+    }
+
+    fn fatal(self) -> Result<T, TaskError> {
+        self.map_err(|e| TaskError {
+            retryable: false,
+            ..e.into()
+        })
+    }
+}
 
 /// Where a worker finds its supervisor, as passed in the environment.
 #[derive(Debug, Clone)]
@@ -897,6 +1046,10 @@ pub enum Error {
     /// A frame could not be read or written.
     #[error("protocol error")]
     Protocol(#[from] FrameError),
+    /// The async runtime for [`run_async`] could not be started (the `tokio` feature).
+    #[cfg(feature = "tokio")]
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
 }
 
 impl Error {
@@ -934,7 +1087,7 @@ fn is_disconnect(err: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::os::unix::net::UnixStream;
@@ -942,7 +1095,7 @@ mod tests {
 
     use super::*;
 
-    fn config() -> Config {
+    pub(crate) fn config() -> Config {
         Config {
             socket: PathBuf::new(),
             token: "tok".into(),
@@ -961,19 +1114,19 @@ mod tests {
         (sup, handle)
     }
 
-    fn send(sock: &UnixStream, msg: &ToWorker) {
+    pub(crate) fn send(sock: &UnixStream, msg: &ToWorker) {
         let mut w = sock;
         codec::write_frame(&mut w, msg, &mut Vec::new(), 1024).unwrap();
     }
 
-    fn recv(sock: &UnixStream) -> FromWorker {
+    pub(crate) fn recv(sock: &UnixStream) -> FromWorker {
         let mut r = sock;
         codec::read_frame(&mut r, &mut Vec::new(), 1024)
             .unwrap()
             .unwrap()
     }
 
-    fn task(id: u64, attempt: u32, payload: &[u8]) -> ToWorker {
+    pub(crate) fn task(id: u64, attempt: u32, payload: &[u8]) -> ToWorker {
         ToWorker::Task {
             id,
             attempt,
@@ -1415,9 +1568,94 @@ mod tests {
         assert!(!complete_frame_buffered(&[20, 0, 0, 0, 1, 2], 10));
     }
 
+    /// An error whose source is an I/O error, as a client library's would be.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot query the index")]
+    struct Query(#[source] io::Error);
+
+    #[test]
+    fn question_mark_turns_any_error_into_a_task_error() {
+        fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
+            let text = std::str::from_utf8(task.payload())?;
+            let n: u32 = text.parse()?;
+            if n == 0 {
+                Err(Query(io::ErrorKind::ConnectionReset.into()))?;
+            }
+            Ok(n.to_string().into_bytes())
+        }
+        let (sup, worker) = spawn_worker(handle);
+        recv(&sup);
+        send(&sup, &task(1, 1, b"\xff"));
+        send(&sup, &task(2, 1, b"x"));
+        send(&sup, &task(3, 1, b"0"));
+        send(&sup, &task(4, 1, b"7"));
+        let err = |retryable, message: &str| Outcome::Err {
+            retryable,
+            message: message.into(),
+        };
+        let want = [
+            err(false, "invalid utf-8 sequence of 1 bytes from index 0"),
+            err(false, "invalid digit found in string"),
+            err(true, "cannot query the index: connection reset"),
+            Outcome::Ok(b"7".to_vec()),
+        ];
+        for (id, outcome) in (1..).zip(want) {
+            assert_eq!(recv(&sup), FromWorker::Done { id, outcome });
+        }
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn only_transient_io_errors_are_retryable() {
+        use io::ErrorKind::*;
+        for kind in [TimedOut, ConnectionRefused, BrokenPipe, NetworkUnreachable] {
+            assert!(
+                TaskError::from(io::Error::from(kind)).is_retryable(),
+                "{kind:?}"
+            );
+        }
+        for kind in [
+            NotFound,
+            PermissionDenied,
+            InvalidData,
+            UnexpectedEof,
+            Other,
+        ] {
+            assert!(
+                !TaskError::from(io::Error::from(kind)).is_retryable(),
+                "{kind:?}"
+            );
+        }
+        // A source anywhere in the chain counts; the message names every link once.
+        let err = TaskError::from(Query(io::Error::new(TimedOut, "after 5s")));
+        assert!(err.is_retryable());
+        assert_eq!(err.message(), "cannot query the index: after 5s");
+        let boxed: Box<dyn std::error::Error + Send + Sync> = "plain".into();
+        assert_eq!(TaskError::classify(&*boxed), TaskError::fatal("plain"));
+    }
+
+    #[test]
+    fn result_ext_overrides_the_default() {
+        let missing: Result<(), io::Error> = Err(io::ErrorKind::NotFound.into());
+        assert_eq!(
+            missing.retryable(),
+            Err(TaskError::retryable("entity not found"))
+        );
+        let refused: Result<(), io::Error> = Err(io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(refused.fatal(), Err(TaskError::fatal("connection refused")));
+        let own: Result<(), TaskError> = Err(TaskError::fatal("mine"));
+        assert_eq!(own.retryable(), Err(TaskError::retryable("mine")));
+    }
+
     #[test]
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 10), "abc");
     }
 }
+
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

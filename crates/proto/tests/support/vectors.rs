@@ -1,7 +1,7 @@
 //! The worker-protocol test vectors behind `docs/protocol-vectors.json`: which messages and
 //! which hand-made frames it lists, their JSON form, and the exact text of the file.
 //!
-//! Shared by `tests/protocol_vectors.rs` (which checks the checked-in file against the codec
+//! Shared by `tests/vectors.rs` (which checks the checked-in file against the codec
 //! and against this generator) and `examples/protocol_vectors.rs` (which prints the file). The
 //! messages are built as Rust values and encoded by the real codec; only the malformed and
 //! non-canonical frames are written by hand, and the test proves what the decoder makes of

@@ -58,6 +58,7 @@ impl Pool {
                                 payload = payload.slice(start..);
                             }
                             Err(why) => {
+                                let why = why.to_string();
                                 refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
                                 continue;
                             }

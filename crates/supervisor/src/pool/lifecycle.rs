@@ -13,10 +13,13 @@ use crate::msg::{Exited, FromLink, Outgoing, WorkerFrame};
 use crate::process;
 use crate::record::{Record, RecordOutcome};
 use crate::rendezvous::{self, Greeting};
-use crate::slot::{Cause, ChunkFor, Done, Effect, Effects, State, WorkerId};
+use crate::slot::{
+    Cause, ChunkFor, Done, Effect, Effects, Replacement, Slot, SlotLimits, State, WorkerId,
+};
 use crate::status::LifecycleEvent;
 use crate::PoolError;
 use herd_proto::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use tokio::time::Instant;
 
 /// Consecutive failed starts on every slot, with no worker ever ready, that make the pool
 /// give up.
@@ -39,6 +42,23 @@ impl Pool {
         Ok(())
     }
 
+    /// Runs a transition of slot `i` (given the pool's clock and the slot limits) and carries
+    /// out the effects it returns.
+    pub(super) fn transition(
+        &mut self,
+        i: usize,
+        step: impl FnOnce(&mut Slot<Link>, Instant, &SlotLimits) -> Effects,
+    ) {
+        let effects = step(&mut self.slots[i], self.now, &self.limits);
+        self.apply(i, effects);
+    }
+
+    /// Kills the worker of slot `i` for `cause` (see [`Slot::kill`]).
+    pub(super) fn kill(&mut self, i: usize, cause: Cause) {
+        let effects = self.slots[i].kill(cause);
+        self.apply(i, effects);
+    }
+
     /// Carries out what a transition of slot `i` asked for.
     pub(super) fn apply(&mut self, i: usize, effects: Effects) {
         for effect in effects {
@@ -46,8 +66,7 @@ impl Pool {
                 Effect::Spawn => {
                     if let Err(e) = self.spawn(i) {
                         tracing::warn!(worker = i, program = self.cfg.program(), error = %e, "cannot spawn worker");
-                        let more = self.slots[i].spawn_failed(&e.to_string(), self.now);
-                        self.apply(i, more);
+                        self.transition(i, |slot, now, _| slot.spawn_failed(&e.to_string(), now));
                     }
                 }
                 Effect::Shutdown => {
@@ -66,20 +85,19 @@ impl Pool {
                 Effect::EarlyDeath { detail } => self.on_early_death(detail),
                 Effect::Replaced {
                     reason,
-                    unexpected,
                     pid,
                     detail,
                 } => {
-                    *self.stats.restarts.entry(reason).or_default() += 1;
+                    *self.stats.restarts.entry(reason.as_str()).or_default() += 1;
                     self.stats.lifecycle(LifecycleEvent {
                         at_secs: self.started.elapsed().as_secs_f64(),
                         worker: i,
                         pid,
-                        reason: reason.into(),
-                        unexpected,
+                        reason,
+                        unexpected: reason.is_unexpected(),
                         detail,
                     });
-                    if unexpected {
+                    if reason.is_unexpected() {
                         self.summary.restarts += 1;
                     } else {
                         self.summary.recycled += 1;
@@ -141,8 +159,7 @@ impl Pool {
         let pid = self.slots[i].pid().unwrap_or(0);
         tracing::warn!(worker = i, pid, "worker handshake failed: {problem}");
         let why = format!("worker {i} (pid {pid}) failed its handshake: {problem}");
-        let effects = self.slots[i].kill(Cause::StartFailed(why));
-        self.apply(i, effects);
+        self.kill(i, Cause::StartFailed(why));
     }
 
     pub(super) fn on_greeting(&mut self, g: Greeting) {
@@ -183,8 +200,7 @@ impl Pool {
                 "worker handshake refused: {problem}"
             );
             let why = format!("worker {i} (pid {pid}) failed its handshake: {problem}");
-            let effects = self.slots[i].kill(Cause::StartFailed(why));
-            self.apply(i, effects);
+            self.kill(i, Cause::StartFailed(why));
             return;
         }
         let link = Link::start(
@@ -196,8 +212,7 @@ impl Pool {
         );
         self.ever_ready = true;
         let keep = self.keep(i);
-        let effects = self.slots[i].greeted(link, self.now, keep, &self.limits);
-        self.apply(i, effects);
+        self.transition(i, |slot, now, limits| slot.greeted(link, now, keep, limits));
         if !keep {
             return;
         }
@@ -224,8 +239,9 @@ impl Pool {
             FromLink::Closed { id, fault } => {
                 let Some(i) = self.current(id) else { return };
                 let keep = self.keep(i);
-                let effects = self.slots[i].on_link_lost(fault, self.now, keep, &self.limits);
-                self.apply(i, effects);
+                self.transition(i, |slot, now, limits| {
+                    slot.on_link_lost(fault, now, keep, limits)
+                });
             }
         }
     }
@@ -237,26 +253,22 @@ impl Pool {
             WorkerFrame::Chunk { id, data, ticket } => return self.on_chunk(i, id, data, ticket),
             WorkerFrame::Heartbeat => return,
             WorkerFrame::Hello => {
-                let effects = self.slots[i].kill(Cause::Protocol("second Hello".into()));
-                return self.apply(i, effects);
+                return self.kill(i, Cause::Protocol("second Hello".into()));
             }
         };
         match self.slots[i].on_done(task, self.now, &self.limits) {
             Done::Task {
                 running,
                 pid,
-                shutdown,
+                effects,
             } => {
-                if shutdown {
-                    self.apply(i, vec![Effect::Shutdown]);
-                }
+                self.apply(i, effects);
                 self.on_task_completed();
                 self.on_result(i, pid, running, outcome);
             }
             Done::NotHeld => {
                 let fault = format!("result for task {task}, which it does not hold");
-                let effects = self.slots[i].kill(Cause::Protocol(fault));
-                self.apply(i, effects);
+                self.kill(i, Cause::Protocol(fault));
             }
             Done::Ignored => {}
         }
@@ -294,8 +306,7 @@ impl Pool {
                     pid,
                     "protocol violation: {fault}; killing worker"
                 );
-                let effects = self.slots[i].kill(Cause::Protocol(fault));
-                self.apply(i, effects);
+                self.kill(i, Cause::Protocol(fault));
             }
             ChunkFor::Ignored => {}
         }
@@ -322,8 +333,7 @@ impl Pool {
                 "worker held for a submitter that does not read its chunks while other work \
                  waits; killing it"
             );
-            let effects = self.slots[i].kill(Cause::Held);
-            self.apply(i, effects);
+            self.kill(i, Cause::Held);
         }
     }
 
@@ -337,8 +347,9 @@ impl Pool {
             slot.stderr_tail = exited.stderr_tail;
         }
         let keep = self.keep(i);
-        let effects = self.slots[i].on_exit(exited.exit, self.now, keep, &self.limits);
-        self.apply(i, effects);
+        self.transition(i, |slot, now, limits| {
+            slot.on_exit(exited.exit, now, keep, limits)
+        });
     }
 
     /// Logs `ready` once, when every slot first has a worker that completed its handshake.
@@ -358,9 +369,8 @@ impl Pool {
     }
 
     /// Retires a ready worker gracefully (`max-rss`, `reload`, `scale-down`).
-    pub(super) fn recycle(&mut self, i: usize, reason: &'static str) {
-        let effects = self.slots[i].retire(reason, self.now, &self.limits);
-        self.apply(i, effects);
+    pub(super) fn recycle(&mut self, i: usize, reason: Replacement) {
+        self.transition(i, |slot, now, limits| slot.retire(reason, now, limits));
     }
 
     /// A manual scale (`herd ctl scale`, TTIN/TTOU). Refused while autoscaling: the
@@ -406,10 +416,9 @@ impl Pool {
             for i in n..old {
                 self.reload_queue.retain(|&r| r != i);
                 match self.slots[i].state() {
-                    State::Ready { .. } => self.recycle(i, "scale-down"),
+                    State::Ready { .. } => self.recycle(i, Replacement::ScaleDown),
                     State::Starting { .. } | State::Backoff { .. } => {
-                        let effects = self.slots[i].kill(Cause::Stop);
-                        self.apply(i, effects);
+                        self.kill(i, Cause::Stop);
                     }
                     // Ending anyway: with the slot past the target, it stays empty.
                     _ => {}
@@ -439,7 +448,7 @@ impl Pool {
         while let Some(&i) = self.reload_queue.front() {
             match self.slots[i].state() {
                 State::Ready { .. } => {
-                    self.recycle(i, "reload");
+                    self.recycle(i, Replacement::Reload);
                     return;
                 }
                 // Mid-start or mid-drain: its readiness moves the reload on.

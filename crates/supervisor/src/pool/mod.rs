@@ -18,6 +18,9 @@
 //! | `stop.rs` | graceful and fast stops, and when the pool may exit |
 //! | `timers.rs` | every deadline: one place that arms them and one that fires them; the autoscaler's samples |
 //! | `status.rs` | snapshots for `herd status`, USR1 and metrics |
+//! | `submissions.rs` | per submission: its queued jobs, its outbox, the records it is owed |
+//! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
+//! | `reorder.rs` | an `--ordered` submission's reorder buffer |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -26,9 +29,12 @@ mod breaker;
 mod dispatch;
 mod intake;
 mod lifecycle;
+mod queue;
+mod reorder;
 mod settle;
 mod status;
 mod stop;
+mod submissions;
 mod timers;
 
 use std::pin::pin;
@@ -45,10 +51,10 @@ use crate::link::Link;
 use crate::msg::{Exited, FromLink, Outgoing};
 use crate::policy::Jitter;
 use crate::rendezvous::{self, Arrival, RuntimeDir};
-use crate::slot::{Cause, Limits, Slot};
+use crate::slot::{Cause, Slot, SlotLimits};
 use crate::status::Stats;
-use crate::submissions::Submissions;
 use crate::{Command, PoolError, SubmissionMsg, Summary};
+use submissions::Submissions;
 
 use settle::Retries;
 
@@ -76,7 +82,7 @@ enum Phase {
 
 pub(crate) struct Pool {
     cfg: PoolConfig,
-    limits: Limits,
+    limits: SlotLimits,
     rundir: RuntimeDir,
     slots: Vec<Slot<Link>>,
     /// Slots that should have a worker (scaling changes it); slots at or past it are retired
@@ -172,7 +178,7 @@ impl Pool {
         let cfg_autoscale = cfg.autoscale;
         let now = Instant::now();
         let mut pool = Pool {
-            limits: Limits {
+            limits: SlotLimits {
                 start_timeout: cfg.start_timeout,
                 timeout: cfg.timeout,
                 exit_timeout: cfg.exit_timeout,
@@ -223,8 +229,7 @@ impl Pool {
             if let Err(source) = pool.spawn(i) {
                 // Nothing can work if the very first spawn fails (missing binary, no permission).
                 for k in 0..pool.slots.len() {
-                    let effects = pool.slots[k].kill(Cause::Stop);
-                    pool.apply(k, effects);
+                    pool.kill(k, Cause::Stop);
                 }
                 return Err(PoolError::Spawn {
                     program: pool.cfg.program(),

@@ -13,11 +13,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Phase, Pool};
 use crate::job::{Job, Running, SubmissionId};
+use crate::msg::TaskOutcome;
 use crate::policy;
 use crate::record::{ErrorKind, Record, RecordOutcome};
 
@@ -145,7 +145,7 @@ impl Pool {
         worker: usize,
         pid: u32,
         running: Running,
-        outcome: Result<Bytes, (bool, String)>,
+        outcome: TaskOutcome,
     ) {
         let micros = self
             .now
@@ -160,7 +160,7 @@ impl Pool {
         self.stats.durations.observe(micros);
         let mut job = running.job;
         match outcome {
-            Ok(output) => {
+            TaskOutcome::Ok(output) => {
                 let len = job.payload.len();
                 let record = Record {
                     seq: job.seq,
@@ -176,7 +176,7 @@ impl Pool {
                 };
                 self.emit(job.submission, record, len);
             }
-            Err((retryable, message)) => {
+            TaskOutcome::Failed { retryable, message } => {
                 if retryable && self.submissions.source_retries(job.submission) {
                     // Its source retries (a broker's delayed redelivery), not the pool.
                     return self.fail_as(job, ErrorKind::Failed, message, true);

@@ -36,8 +36,7 @@ impl Pool {
         self.reload_queue.clear();
         self.fail_waiting(&format!("{why} before the event ran"));
         for i in 0..self.slots.len() {
-            let effects = self.slots[i].kill(Cause::Stop);
-            self.apply(i, effects);
+            self.kill(i, Cause::Stop);
         }
     }
 
@@ -58,8 +57,7 @@ impl Pool {
         self.phase = Phase::Stopping;
         tracing::debug!("all events answered; sending termination frames");
         for i in 0..self.slots.len() {
-            let effects = self.slots[i].stop(self.now, &self.limits);
-            self.apply(i, effects);
+            self.transition(i, |slot, now, limits| slot.stop(now, limits));
         }
     }
 

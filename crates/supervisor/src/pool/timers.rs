@@ -63,8 +63,7 @@ impl Pool {
                 continue;
             }
             let keep = self.keep(i);
-            let effects = self.slots[i].on_deadline(self.now, keep, &self.limits);
-            self.apply(i, effects);
+            self.transition(i, |slot, now, limits| slot.on_deadline(now, keep, limits));
         }
     }
 
@@ -91,7 +90,7 @@ impl Pool {
                     limit_mib = limit >> 20,
                     "worker memory over the limit"
                 );
-                self.recycle(i, "max-rss");
+                self.recycle(i, crate::slot::Replacement::MaxRss);
             }
         }
     }

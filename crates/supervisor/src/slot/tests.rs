@@ -11,8 +11,8 @@ use super::*;
 
 const PID: u32 = 4242;
 
-fn limits() -> Limits {
-    Limits {
+fn limits() -> SlotLimits {
+    SlotLimits {
         start_timeout: Duration::from_secs(10),
         timeout: Some(Duration::from_secs(2)),
         exit_timeout: Duration::from_secs(5),
@@ -66,10 +66,11 @@ fn names(effects: &Effects) -> Vec<String> {
             }
             Effect::StartFailed => "start-failed".to_string(),
             Effect::EarlyDeath { .. } => "early-death".to_string(),
-            Effect::Replaced {
-                reason, unexpected, ..
-            } => {
-                format!("replaced {reason} {}", if *unexpected { "!" } else { "ok" })
+            Effect::Replaced { reason, .. } => {
+                format!(
+                    "replaced {reason} {}",
+                    if reason.is_unexpected() { "!" } else { "ok" }
+                )
             }
         })
         .collect()
@@ -135,9 +136,10 @@ fn results_settle_tasks_in_order_and_move_the_clock_of_the_next() {
         Done::Task {
             running,
             pid,
-            shutdown,
+            effects,
         } => {
-            assert_eq!((running.job.id, pid, shutdown), (1, PID, false));
+            assert_eq!((running.job.id, pid), (1, PID));
+            assert!(effects.is_empty());
         }
         other => panic!("{other:?}"),
     }
@@ -164,7 +166,7 @@ fn results_settle_tasks_in_order_and_move_the_clock_of_the_next() {
 #[test]
 fn max_tasks_caps_what_is_sent_and_retires_the_worker_after_the_last() {
     let t0 = Instant::now();
-    let lim = Limits {
+    let lim = SlotLimits {
         max_tasks: Some(2),
         ..limits()
     };
@@ -173,14 +175,18 @@ fn max_tasks_caps_what_is_sent_and_retires_the_worker_after_the_last() {
     s.assign(job(1), t0).unwrap();
     s.assign(job(2), t0).unwrap();
     assert!(!s.has_room(8, Some(2)), "never more than max_tasks sent");
-    let Done::Task { shutdown, .. } = s.on_done(1, t0, &lim) else {
+    let Done::Task { effects, .. } = s.on_done(1, t0, &lim) else {
         panic!()
     };
-    assert!(!shutdown);
-    let Done::Task { shutdown, .. } = s.on_done(2, t0, &lim) else {
+    assert!(effects.is_empty());
+    let Done::Task { effects, .. } = s.on_done(2, t0, &lim) else {
         panic!()
     };
-    assert!(shutdown, "the last task answered: termination frame");
+    assert_eq!(
+        names(&effects),
+        ["shutdown"],
+        "the last task answered: termination frame"
+    );
     assert_eq!(s.state().name(), "draining");
     // Its exit is a graceful replacement.
     let e = s.on_exit(Exit::Code(0), t0, true, &lim);
@@ -194,19 +200,19 @@ fn max_tasks_caps_what_is_sent_and_retires_the_worker_after_the_last() {
 fn retiring_a_busy_worker_waits_for_its_last_result() {
     let t0 = Instant::now();
     let mut s = busy(t0, 2);
-    assert!(s.retire("reload", t0, &limits()).is_empty());
+    assert!(s.retire(Replacement::Reload, t0, &limits()).is_empty());
     assert_eq!(s.state().name(), "draining");
     assert!(!s.has_room(8, None), "out of rotation");
     // Retiring again (a recycle during a reload) changes nothing.
-    assert!(s.retire("max-rss", t0, &limits()).is_empty());
-    let Done::Task { shutdown, .. } = s.on_done(1, t0, &limits()) else {
+    assert!(s.retire(Replacement::MaxRss, t0, &limits()).is_empty());
+    let Done::Task { effects, .. } = s.on_done(1, t0, &limits()) else {
         panic!()
     };
-    assert!(!shutdown);
-    let Done::Task { shutdown, .. } = s.on_done(2, t0, &limits()) else {
+    assert!(effects.is_empty());
+    let Done::Task { effects, .. } = s.on_done(2, t0, &limits()) else {
         panic!()
     };
-    assert!(shutdown);
+    assert_eq!(names(&effects), ["shutdown"]);
     assert_eq!(
         s.deadline(&limits()),
         Some(t0 + ms(5000)),
@@ -224,14 +230,17 @@ fn retiring_a_busy_worker_waits_for_its_last_result() {
 fn an_idle_worker_retires_at_once() {
     let t0 = Instant::now();
     let mut s = ready(t0);
-    assert_eq!(names(&s.retire("max-rss", t0, &limits())), ["shutdown"]);
+    assert_eq!(
+        names(&s.retire(Replacement::MaxRss, t0, &limits())),
+        ["shutdown"]
+    );
     // The link closes first this time, then the process exits: settled at the exit.
     assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
     assert_eq!(names(&e), ["replaced max-rss ok", "spawn"]);
     // Retiring a slot that is not ready does nothing.
     let mut s = starting(t0);
-    assert!(s.retire("reload", t0, &limits()).is_empty());
+    assert!(s.retire(Replacement::Reload, t0, &limits()).is_empty());
     assert_eq!(s.state().name(), "starting");
 }
 
@@ -239,7 +248,10 @@ fn an_idle_worker_retires_at_once() {
 fn a_graceful_exit_of_a_slot_no_longer_wanted_leaves_it_empty() {
     let t0 = Instant::now();
     let mut s = ready(t0);
-    assert_eq!(names(&s.retire("scale-down", t0, &limits())), ["shutdown"]);
+    assert_eq!(
+        names(&s.retire(Replacement::ScaleDown, t0, &limits())),
+        ["shutdown"]
+    );
     assert!(s.on_link_lost(None, t0, false, &limits()).is_empty());
     assert!(s.on_exit(Exit::Code(0), t0, false, &limits()).is_empty());
     assert!(s.is_stopped());
@@ -263,7 +275,7 @@ fn a_graceful_stop() {
     assert!(s.is_stopped());
     // A worker retiring with nothing left gets the frame now.
     let mut s = busy(t0, 1);
-    s.retire("reload", t0, &lim);
+    s.retire(Replacement::Reload, t0, &lim);
     s.on_done(1, t0, &lim);
     assert_eq!(s.state().name(), "draining");
 }
@@ -495,7 +507,7 @@ fn a_task_timeout_kills_the_worker_and_blames_the_head() {
 fn a_timeout_while_retiring_is_still_a_timeout() {
     let t0 = Instant::now();
     let mut s = busy(t0, 1);
-    s.retire("reload", t0, &limits());
+    s.retire(Replacement::Reload, t0, &limits());
     let e = s.on_deadline(t0 + ms(2000), true, &limits());
     assert_eq!(names(&e), [format!("kill {PID}")]);
     s.on_link_lost(None, t0, true, &limits());
@@ -531,11 +543,30 @@ fn protocol_faults_kill_and_are_recorded_as_such() {
     );
 }
 
+/// Durations in messages are written by humantime, as `--timeout` takes them.
+#[test]
+fn a_timeout_message_names_the_deadline_as_humantime_writes_it() {
+    let t0 = Instant::now();
+    let lim = SlotLimits {
+        timeout: Some(ms(1500)),
+        ..limits()
+    };
+    let mut s = busy(t0, 1);
+    s.kill(Cause::Timeout);
+    s.on_link_lost(None, t0, true, &lim);
+    let e = s.on_exit(Exit::Signal(9), t0, true, &lim);
+    let msg = settle_message(&e);
+    assert!(
+        msg.starts_with("attempt exceeded the 1s 500ms deadline"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn a_worker_that_ignores_the_termination_frame_is_killed_and_replaced() {
     let t0 = Instant::now();
     let mut s = ready(t0);
-    s.retire("reload", t0, &limits());
+    s.retire(Replacement::Reload, t0, &limits());
     let e = s.on_deadline(t0 + ms(5000), true, &limits());
     assert_eq!(names(&e), [format!("kill {PID}")]);
     s.on_link_lost(None, t0, true, &limits());
@@ -637,7 +668,7 @@ fn state_names_for_status() {
 #[test]
 fn no_task_timeout_without_a_timeout() {
     let t0 = Instant::now();
-    let lim = Limits {
+    let lim = SlotLimits {
         timeout: None,
         ..limits()
     };
@@ -651,8 +682,6 @@ fn exit_descriptions() {
     assert_eq!(Exit::Code(3).describe(), "exit code 3");
     assert_eq!(Exit::Signal(11).describe(), "SIGSEGV");
     assert_eq!(signal_name(99), "signal 99");
-    assert_eq!(humanize(ms(1500)), "1500ms");
-    assert_eq!(humanize(ms(2000)), "2s");
 }
 
 #[test]
@@ -764,4 +793,34 @@ fn only_a_worker_that_never_completed_a_task_dies_early() {
     s.on_link_lost(None, t0, true, &limits());
     let e = s.on_exit(Exit::Code(3), t0, true, &limits());
     assert!(names(&e).contains(&"early-death".to_string()), "{e:?}");
+}
+
+#[test]
+fn replacement_reasons_are_named_once_and_say_whether_unexpected() {
+    for r in Replacement::ALL {
+        assert_eq!(
+            serde_json::to_value(r).unwrap(),
+            serde_json::Value::from(r.as_str())
+        );
+        assert_eq!(
+            serde_json::from_value::<Replacement>(r.as_str().into()).unwrap(),
+            r
+        );
+    }
+    let unexpected: Vec<&str> = Replacement::ALL
+        .into_iter()
+        .filter(|r| r.is_unexpected())
+        .map(Replacement::as_str)
+        .collect();
+    assert_eq!(
+        unexpected,
+        [
+            "crash",
+            "timeout",
+            "protocol",
+            "held",
+            "start-failure",
+            "exit-timeout"
+        ]
+    );
 }

@@ -2,10 +2,11 @@
 //! `herd run`, or each `herd submit` client of a daemon), each with its own queue of accepted
 //! events, its reorder buffer and its outbox.
 //!
-//! Jobs are taken by priority, then round-robin across submissions (see `priority`), so a
-//! submitter with a thousand queued events does not make a newcomer wait behind all of them. Records go back on an unbounded channel:
-//! the submitter bounds it by the credits it holds (see `Submission`), so the pool never waits
-//! on a slow reader and a vanished one costs nothing but its own queue.
+//! Jobs are taken by priority, then round-robin across submissions (see `queue`), so a
+//! submitter with a thousand queued events does not make a newcomer wait behind all of them.
+//! Records go back on an unbounded channel: the submitter bounds it by the credits it holds
+//! (see `Submission`), so the pool never waits on a slow reader and a vanished one costs
+//! nothing but its own queue.
 //!
 //! Records are handed over in batches, not one by one: each hand-over wakes the submitter
 //! (for `herd run`, a thread that then makes a write), and with a wake-up per record that
@@ -14,7 +15,6 @@
 //! has waited [`MAX_HOLD`], or at once when nothing else is owed to the submission (so an
 //! interactive submitter never waits for a record).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,27 +24,22 @@ use tokio::time::Instant;
 
 use crate::credits::{Credits, Outbox};
 use crate::job::{Job, SubmissionId};
-use crate::priority::{Priority, Queue};
-use crate::record::{ErrorKind, Record, RecordOutcome};
+use crate::priority::Priority;
+use crate::record::Record;
 use crate::SubmitOptions;
+
+use super::queue::Queue;
+use super::reorder::Reorder;
 
 #[derive(Debug)]
 struct Entry {
     sink: mpsc::UnboundedSender<Outbox>,
     credits: Arc<Credits>,
-    /// Bytes the records in `out` and `reorder` hold (their inputs' and outputs' charges).
-    held: usize,
-    /// Of `held`, what the records in `out` hold.
-    out_bytes: usize,
     options: SubmitOptions,
-    /// Ordered submissions: what waits for the events before it, from `next_seq_out` on.
-    reorder: VecDeque<Pending>,
-    next_seq_out: u64,
-    out: Vec<Record>,
-    /// Of `out`, how many are chunk lines.
-    out_chunks: usize,
-    /// The size of the chunk lines parked behind an earlier event (ordered only).
-    parked: usize,
+    /// Ordered submissions: what waits for the events before it.
+    reorder: Reorder,
+    /// Records ready to go, with the bytes they hold and how many are chunk lines.
+    out: Outbox,
     /// When `out` was first seen non-empty by a flush.
     since: Option<Instant>,
     /// Events accepted and records emitted: equal means nothing is owed.
@@ -54,100 +49,10 @@ struct Entry {
     ended: bool,
 }
 
-/// An event of an ordered submission waiting for those before it: its chunk lines so far, then
-/// its final record once there is one.
-#[derive(Debug, Default)]
-struct Pending {
-    chunks: Vec<Record>,
-    /// What `chunks` hold of the byte credits (part of `held`).
-    chunk_bytes: usize,
-    /// The size of the chunks parked while an earlier event was unanswered.
-    parked_bytes: usize,
-    /// Chunks dropped because the parked ones outgrew the byte budget: the final record
-    /// becomes a `rejected` one saying so.
-    overflow: Option<Overflow>,
-    fin: Option<Record>,
-}
-
-/// What an ordered event lost to the parking limit.
-#[derive(Debug, Default, Clone, Copy)]
-struct Overflow {
-    chunks: u64,
-    bytes: u64,
-}
-
 /// An outbox this full goes out at once.
 pub(crate) const FLUSH_RECORDS: usize = 256;
 /// The longest a record waits in an outbox.
 pub(crate) const MAX_HOLD: Duration = Duration::from_millis(2);
-
-impl Entry {
-    /// The reorder entry of `seq` (an ordered submission), made if need be.
-    fn pending(&mut self, seq: u64) -> Option<&mut Pending> {
-        let Some(offset) = seq.checked_sub(self.next_seq_out) else {
-            tracing::error!(seq, "record for a seq already written (bug)");
-            return None;
-        };
-        let offset = offset as usize;
-        if self.reorder.len() <= offset {
-            self.reorder.resize_with(offset + 1, Pending::default);
-        }
-        self.reorder.get_mut(offset)
-    }
-
-    /// Moves to the outbox whatever no longer waits for an earlier event: the oldest event's
-    /// chunk lines, and its final record with everything after it that is complete.
-    fn release_in_order(&mut self) {
-        while let Some(front) = self.reorder.front_mut() {
-            if !front.chunks.is_empty() {
-                self.out_chunks += front.chunks.len();
-                self.out.append(&mut front.chunks);
-                // Out of the reorder buffer: delivered with the outbox, not with the event.
-                self.parked -= std::mem::take(&mut front.parked_bytes);
-                let bytes = std::mem::take(&mut front.chunk_bytes);
-                self.held -= bytes;
-                self.out_bytes += bytes;
-            }
-            let Some(fin) = front.fin.take() else { break };
-            self.out.push(fin);
-            self.reorder.pop_front();
-            self.next_seq_out += 1;
-        }
-        if self.reorder.is_empty() {
-            // Everything held is in the outbox now.
-            self.out_bytes += std::mem::take(&mut self.held);
-        }
-    }
-}
-
-/// A chunk line's size as the parking limit counts it: by its bytes, not its charge (an
-/// exhausted budget charges nothing).
-fn chunk_size(record: &Record) -> usize {
-    match &record.outcome {
-        RecordOutcome::Chunk { output, .. } => output.len() + crate::credits::CHUNK_OVERHEAD,
-        _ => 0,
-    }
-}
-
-/// The final record of an ordered event whose parked chunks were dropped: `rejected`, saying
-/// why, and with no chunk lines to look for.
-fn overflowed(record: Record, lost: Overflow, limit: usize) -> Record {
-    let message = format!(
-        "its streamed chunks waited for earlier events (--ordered) and outgrew the \
-         submission's byte budget ({limit} bytes): {} chunks ({} bytes) were dropped; \
-         stream without --ordered, or raise --queue-bytes",
-        lost.chunks, lost.bytes
-    );
-    Record {
-        chunks: 0,
-        outcome: RecordOutcome::Err {
-            kind: ErrorKind::Rejected,
-            message,
-            retryable: false,
-        },
-        ..record
-    }
-}
 
 /// All open submissions.
 #[derive(Debug)]
@@ -189,14 +94,9 @@ impl Submissions {
             Entry {
                 sink,
                 credits,
-                held: 0,
-                out_bytes: 0,
                 options,
-                reorder: VecDeque::new(),
-                next_seq_out: 0,
-                out: Vec::new(),
-                out_chunks: 0,
-                parked: 0,
+                reorder: Reorder::default(),
+                out: Outbox::default(),
                 since: None,
                 accepted: 0,
                 emitted: 0,
@@ -297,93 +197,39 @@ impl Submissions {
         self.unanswered -= 1;
         let mut record = record;
         if o.options.ordered {
-            if let Some(lost) = o.pending(record.seq).and_then(|p| p.overflow) {
-                record = overflowed(record, lost, o.credits.byte_limit);
-            }
+            record = o.reorder.final_record(record, o.credits.byte_limit);
         }
         let charge = o.credits.input_charge(input_len) + o.credits.charge_output(&record);
-        if o.out.is_empty() {
+        if o.out.records.is_empty() {
             self.dirty.push(submission);
         }
-        if !o.options.ordered {
-            o.out.push(record);
-            o.out_bytes += charge;
-            return;
+        if o.options.ordered {
+            o.reorder.finish(record, charge, &mut o.out);
+        } else {
+            o.out.records.push(record);
+            o.out.bytes += charge;
         }
-        o.held += charge;
-        if let Some(p) = o.pending(record.seq) {
-            p.fin = Some(record);
-        }
-        o.release_in_order();
     }
 
     /// Routes a chunk line to its submission's outbox: at once, or, in an ordered submission,
     /// after everything of the events before its own (it goes out as soon as its event is the
     /// oldest unanswered one, so a long stream is not held back until its end). Charged
     /// against the byte credits like an output; owes nothing and settles nothing.
-    pub fn emit_chunk(&mut self, submission: SubmissionId, mut record: Record) {
+    pub fn emit_chunk(&mut self, submission: SubmissionId, record: Record) {
         let Some(o) = self.map.get_mut(&submission) else {
             return; // cancelled: nobody reads its lines
         };
         let charge = o.credits.charge_output(&record);
-        if o.out.is_empty() {
+        if o.out.records.is_empty() {
             self.dirty.push(submission);
         }
-        if !o.options.ordered {
-            o.out.push(record);
-            o.out_chunks += 1;
-            o.out_bytes += charge;
-            return;
+        if o.options.ordered {
+            o.reorder.chunk(record, charge, &o.credits, &mut o.out);
+        } else {
+            o.out.records.push(record);
+            o.out.chunks += 1;
+            o.out.bytes += charge;
         }
-        let parked = record.seq != o.next_seq_out;
-        if parked {
-            // Parked behind an earlier event, which may be queued behind this very worker:
-            // holding its backlog here could stall both (see `backlog`). So the parked lines
-            // are bounded by the byte budget instead: past it, the event's chunks are dropped
-            // and its final record says so, rather than the buffer growing without end.
-            if let RecordOutcome::Chunk { ticket, .. } = &mut record.outcome {
-                drop(std::mem::take(ticket));
-            }
-            let size = chunk_size(&record);
-            let over = o.parked + size > o.credits.byte_limit;
-            let credits = o.credits.clone();
-            let Some(p) = o.pending(record.seq) else {
-                credits.release(0, charge);
-                return;
-            };
-            if over || p.overflow.is_some() {
-                let lost = p.overflow.get_or_insert_with(Overflow::default);
-                lost.chunks += p.chunks.len() as u64 + 1;
-                lost.bytes += (p.parked_bytes + size) as u64;
-                p.chunks.clear();
-                let freed = std::mem::take(&mut p.chunk_bytes);
-                let unparked = std::mem::take(&mut p.parked_bytes);
-                o.held -= freed;
-                o.parked -= unparked;
-                credits.release(0, freed + charge);
-                return;
-            }
-            p.chunks.push(record);
-            p.chunk_bytes += charge;
-            p.parked_bytes += size;
-            o.held += charge;
-            o.parked += size;
-            return;
-        }
-        let credits = o.credits.clone();
-        if let Some(p) = o.pending(record.seq) {
-            if let Some(lost) = &mut p.overflow {
-                // Its earlier chunks were dropped: so are the rest, for one consistent answer.
-                lost.chunks += 1;
-                lost.bytes += chunk_size(&record) as u64;
-                credits.release(0, charge);
-                return;
-            }
-            p.chunks.push(record);
-            p.chunk_bytes += charge;
-            o.held += charge;
-        }
-        o.release_in_order();
     }
 
     /// Marks the end of a submission's events.
@@ -417,11 +263,11 @@ impl Submissions {
             let Some(o) = self.map.get_mut(&id) else {
                 continue;
             };
-            if !o.out.is_empty() {
+            if !o.out.records.is_empty() {
                 let since = *o.since.get_or_insert(now);
                 let due = all
                     || o.emitted == o.accepted
-                    || o.out.len() >= self.flush_at
+                    || o.out.records.len() >= self.flush_at
                     || now >= since + MAX_HOLD;
                 if !due {
                     waiting.push(id);
@@ -429,12 +275,11 @@ impl Submissions {
                 }
                 o.since = None;
                 // The next outbox is likely about as large as this one.
-                let next = Vec::with_capacity(o.out.len());
-                let out = Outbox {
-                    records: std::mem::replace(&mut o.out, next),
-                    bytes: std::mem::take(&mut o.out_bytes),
-                    chunks: std::mem::take(&mut o.out_chunks),
+                let next = Outbox {
+                    records: Vec::with_capacity(o.out.records.len()),
+                    ..Outbox::default()
                 };
+                let out = std::mem::replace(&mut o.out, next);
                 if o.sink.send(out).is_err() {
                     gone.push(id);
                     continue;
@@ -660,7 +505,7 @@ mod tests {
         );
         assert_eq!(outs[1].chunks, 0, "no chunk lines to look for");
         // What the dropped lines took from the budget is back.
-        assert_eq!(o.map[&7].parked, 0);
+        assert_eq!(o.map[&7].reorder.parked(), 0);
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! The worker protocol: `docs/protocol-vectors.json`, decoded also the way herd's link reader
+//! does, and encoded also the way herd's dispatcher does.
+
+use std::collections::BTreeSet;
+use std::io::Cursor;
+
+use herd_proto::codec::{self, FrameError};
+use herd_proto::{
+    FromWorker, FromWorkerRef, Outcome, OutcomeRef, ToWorker, ToWorkerRef, DEFAULT_MAX_FRAME,
+    HEADER_LEN, PROTOCOL_VERSION,
+};
+
+use super::vectors::{self, JsonMessage, JsonOutcome, Message};
+use super::{entry, Entries, Suite};
+
+pub struct Worker;
+
+suite_tests!(Worker);
+
+impl Suite for Worker {
+    type Message = Message;
+    type Json = JsonMessage;
+
+    const FILE: &'static str = vectors::FILE;
+    const GENERATED_BY: &'static str = vectors::GENERATED_BY;
+    const SPEC: &'static str = "docs/PROTOCOL.md";
+    const MIN_EXAMPLES: usize = 5;
+    const DIRECTIONS: [&'static str; 2] = [vectors::WORKER_TO_HERD, vectors::HERD_TO_WORKER];
+
+    fn generated() -> String {
+        vectors::render(&vectors::build())
+    }
+
+    fn checked_in() -> Entries<JsonMessage> {
+        let text = std::fs::read_to_string(super::repo_path(vectors::FILE)).unwrap();
+        let file: vectors::File = serde_json::from_str(&text).unwrap();
+        assert_eq!(file.protocol, PROTOCOL_VERSION);
+        assert_eq!(file.max_frame, DEFAULT_MAX_FRAME);
+        Entries {
+            vectors: file
+                .vectors
+                .iter()
+                .map(|v| entry(&v.name, &v.direction, &v.frame_hex, Some(&v.message), None))
+                .collect(),
+            malformed: file
+                .malformed
+                .iter()
+                .map(|m| entry(&m.name, &m.direction, &m.frame_hex, None, Some(&m.error)))
+                .collect(),
+            non_canonical: file
+                .non_canonical
+                .iter()
+                .map(|n| entry(&n.name, &n.direction, &n.frame_hex, Some(&n.message), None))
+                .collect(),
+        }
+    }
+
+    fn from_json(direction: &str, json: &JsonMessage) -> Result<Message, String> {
+        Message::from_json(direction, json)
+    }
+
+    fn to_json(msg: &Message) -> JsonMessage {
+        msg.to_json()
+    }
+
+    fn frame(msg: &Message) -> Vec<u8> {
+        msg.frame()
+    }
+
+    fn check_other_encoders(name: &str, msg: &Message, want: &[u8]) {
+        if let Message::ToWorker(m) = msg {
+            assert_eq!(encode_like_herd(m), want, "{name}: herd's encoder");
+        }
+    }
+
+    fn vector_limit(_: &str, _: &[u8]) -> usize {
+        DEFAULT_MAX_FRAME
+    }
+
+    fn limit(_: &str) -> usize {
+        DEFAULT_MAX_FRAME
+    }
+
+    fn decode(direction: &str, frame: &[u8], max: usize) -> Result<Message, FrameError> {
+        assert_eq!(max, DEFAULT_MAX_FRAME);
+        vectors::decode(direction, frame)
+    }
+
+    fn read(
+        direction: &str,
+        r: &mut Cursor<&[u8]>,
+        scratch: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<Option<Message>, FrameError> {
+        Ok(if direction == vectors::WORKER_TO_HERD {
+            codec::read_frame::<FromWorker, _>(r, scratch, max)?.map(Message::FromWorker)
+        } else {
+            codec::read_frame::<ToWorker, _>(r, scratch, max)?.map(Message::ToWorker)
+        })
+    }
+
+    fn decode_borrowed(
+        direction: &str,
+        frame: &[u8],
+        max: usize,
+    ) -> Option<Result<Message, FrameError>> {
+        (direction == vectors::WORKER_TO_HERD)
+            .then(|| read_like_herd(frame, max).map(Message::FromWorker))
+    }
+}
+
+/// Decodes a worker's frame the way herd's link reader does: header check, then the borrowing
+/// decoder on the body.
+fn read_like_herd(frame: &[u8], max: usize) -> Result<FromWorker, FrameError> {
+    let len = codec::frame_len(frame, max)?.ok_or(FrameError::EofMidFrame)?;
+    let body = frame
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .ok_or(FrameError::EofMidFrame)?;
+    assert_eq!(HEADER_LEN + len, frame.len(), "one frame per vector");
+    Ok(
+        match codec::decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
+            FromWorkerRef::Hello {
+                protocol,
+                pid,
+                token,
+            } => FromWorker::Hello {
+                protocol,
+                pid,
+                token: token.into_owned(),
+            },
+            FromWorkerRef::Done { id, outcome } => FromWorker::Done {
+                id,
+                outcome: match outcome {
+                    OutcomeRef::Ok(out) => Outcome::Ok(out.to_vec()),
+                    OutcomeRef::Err { retryable, message } => Outcome::Err {
+                        retryable,
+                        message: message.into_owned(),
+                    },
+                },
+            },
+            FromWorkerRef::Heartbeat => FromWorker::Heartbeat,
+            FromWorkerRef::Chunk { id, data } => FromWorker::Chunk {
+                id,
+                data: data.to_vec(),
+            },
+        },
+    )
+}
+
+/// The frame herd's dispatcher writes for a task (the borrowing twin of `ToWorker`).
+fn encode_like_herd(msg: &ToWorker) -> Vec<u8> {
+    let borrowed = match msg {
+        ToWorker::Task {
+            id,
+            attempt,
+            payload,
+        } => ToWorkerRef::Task {
+            id: *id,
+            attempt: *attempt,
+            payload,
+        },
+        ToWorker::Shutdown => ToWorkerRef::Shutdown,
+    };
+    let mut out = Vec::new();
+    codec::encode_frame(&borrowed, &mut out, DEFAULT_MAX_FRAME).unwrap();
+    out
+}
+
+/// The file covers what the spec promises: every message shape, and every varint width for
+/// the integer fields and lengths.
+#[test]
+fn the_vectors_cover_the_protocol() {
+    let file = Worker::checked_in();
+    let mut shapes = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut u32s = BTreeSet::new();
+    let mut lens = BTreeSet::new();
+    for v in &file.vectors {
+        match v.message.as_ref().unwrap() {
+            JsonMessage::Hello { pid, token, .. } => {
+                shapes.insert("Hello");
+                u32s.insert(u64::from(*pid));
+                lens.insert(token.len());
+                if !token.is_ascii() {
+                    shapes.insert("non-ASCII string");
+                }
+            }
+            JsonMessage::Done { id, outcome } => {
+                ids.insert(*id);
+                match outcome {
+                    JsonOutcome::Ok { output_hex } => {
+                        shapes.insert("Done Ok");
+                        lens.insert(output_hex.len() / 2);
+                    }
+                    JsonOutcome::Err { retryable, message } => {
+                        shapes.insert(if *retryable {
+                            "Done Err retryable"
+                        } else {
+                            "Done Err fatal"
+                        });
+                        lens.insert(message.len());
+                        if !message.is_ascii() {
+                            shapes.insert("non-ASCII string");
+                        }
+                    }
+                }
+            }
+            JsonMessage::Heartbeat => {
+                shapes.insert("Heartbeat");
+            }
+            JsonMessage::Task {
+                id,
+                attempt,
+                payload_hex,
+            } => {
+                shapes.insert("Task");
+                ids.insert(*id);
+                u32s.insert(u64::from(*attempt));
+                lens.insert(payload_hex.len() / 2);
+            }
+            JsonMessage::Shutdown => {
+                shapes.insert("Shutdown");
+            }
+            JsonMessage::Chunk { id, data_hex } => {
+                shapes.insert("Chunk");
+                ids.insert(*id);
+                lens.insert(data_hex.len() / 2);
+            }
+        }
+    }
+    for shape in [
+        "Hello",
+        "Done Ok",
+        "Done Err retryable",
+        "Done Err fatal",
+        "Heartbeat",
+        "Task",
+        "Shutdown",
+        "Chunk",
+        "non-ASCII string",
+    ] {
+        assert!(shapes.contains(shape), "no vector for {shape}");
+    }
+    let u32_edges = [0, 250, 251, 255, 256, 65_535, 65_536, u64::from(u32::MAX)];
+    for edge in u32_edges {
+        assert!(u32s.contains(&edge), "no u32 field of {edge}");
+    }
+    for edge in u32_edges.into_iter().chain([1 << 32, u64::MAX]) {
+        assert!(ids.contains(&edge), "no id of {edge}");
+    }
+    // Lengths are bounded by the frame limit, so the u64 form never occurs; the u32 one does.
+    for edge in [0, 250, 251, 255, 256, 65_535, 65_536] {
+        assert!(
+            lens.contains(&edge),
+            "no string or byte vector of {edge} bytes"
+        );
+    }
+}
