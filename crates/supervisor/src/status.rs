@@ -148,7 +148,8 @@ impl Stats {
 }
 
 /// One worker slot, as `herd status --json` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WorkerStatus {
     /// Slot index (stable across restarts).
     pub index: usize,
@@ -169,7 +170,10 @@ pub struct WorkerStatus {
 }
 
 /// A snapshot of the whole pool. This is the documented `herd status --json` object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Every field reads back with a default when absent, as `herd status` did before the shape
+/// was typed: a daemon that predates a field is still shown.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// The supervisor's pid.
     pub pid: u32,
@@ -233,7 +237,8 @@ pub struct BreakerStatus {
 }
 
 /// The autoscaler, as `herd status --json` shows it (`--workers MIN..MAX`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AutoscaleStatus {
     pub min: usize,
     pub max: usize,
@@ -417,6 +422,12 @@ mod tests {
         );
         let back: Status = serde_json::from_str(&json).expect("deserializes");
         assert!(back.autoscale.is_none() && back.breaker.is_none() && back.sources.is_empty());
+        // A daemon that predates most fields.
+        let old: Status =
+            serde_json::from_str(r#"{"pid":9,"phase":"running","workers":[{"index":1}]}"#)
+                .expect("deserializes");
+        assert_eq!((old.pid, old.workers[0].index, old.queued), (9, 1, 0));
+        assert!(old.history.buckets.is_empty() && old.totals.is_empty());
     }
 
     #[test]
