@@ -403,3 +403,24 @@ fn usr2_reopens_the_log_file_and_pid_file_and_sd_notify_work() {
     assert!(!pid_file.exists(), "pid file removed");
     assert!(!control.exists());
 }
+
+#[test]
+fn status_to_a_reader_that_has_gone_is_not_a_panic() {
+    let d = Daemon::start(1, &[]);
+    // A pipe whose reader is closed before herd writes: every write fails with EPIPE.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    for args in [vec!["status"], vec!["status", "--json"]] {
+        let out =
+            d.fx.std_command(herd_bin())
+                .args(&args)
+                .args(["--control", d.ctl()])
+                .stdout(Stdio::from(write.try_clone().unwrap()))
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,5 +1,6 @@
 //! The daemon's clients: `herd submit`, `herd status`, `herd ctl`.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -72,10 +73,9 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         Action::Stop { fast } => Request::Stop { fast },
     };
     match runtime()?.block_on(client::ask(&args.control, &req))? {
-        Reply::Ok(text) => println!("ok: {text}"),
+        Reply::Ok(text) => write_stdout(&format!("ok: {text}\n")),
         other => bail!("unexpected reply: {other:?}"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -85,20 +85,32 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let Reply::Status(json) = rt.block_on(client::ask(&args.control, &Request::Status))? else {
             bail!("unexpected reply to a status request");
         };
-        println!("{json}");
-        return Ok(ExitCode::SUCCESS);
+        return write_stdout(&format!("{json}\n"));
     }
     let st = rt.block_on(client::status(&args.control))?;
-    println!(
+    let mut out = String::new();
+    // Lines gather in `out`, written once at the end (see `write_stdout`).
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            let _ = writeln!(out, $($t)*);
+        }};
+    }
+    say!(
         "herd pid {}  up {:.0}s  {}  workers {}  queued {}  in flight {}  submissions {}",
-        st.pid, st.uptime_secs, st.phase, st.target_workers, st.queued, st.inflight, st.submissions,
+        st.pid,
+        st.uptime_secs,
+        st.phase,
+        st.target_workers,
+        st.queued,
+        st.inflight,
+        st.submissions,
     );
     // Counters as `name n  name n`.
     fn counts<K: std::fmt::Display>(m: &std::collections::BTreeMap<K, u64>) -> String {
         let parts: Vec<String> = m.iter().map(|(k, n)| format!("{k} {n}")).collect();
         parts.join("  ")
     }
-    println!("records: {}", counts(&st.totals));
+    say!("records: {}", counts(&st.totals));
     if let Some(a) = &st.autoscale {
         let last = a.last.as_ref().map_or(String::new(), |last| {
             format!(
@@ -110,7 +122,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .blocked
             .as_ref()
             .map_or(String::new(), |r| format!("  growth held: {r}"));
-        println!(
+        say!(
             "autoscale {}..{}  target {}  grows {}  shrinks {}  pool rss {:.1}MiB{held}{last}",
             a.min,
             a.max,
@@ -127,7 +139,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .rev()
             .map(|(p, n)| format!("{p}: {n}"))
             .collect();
-        println!("queued by priority: {}", by.join("  "));
+        say!("queued by priority: {}", by.join("  "));
     }
     for src in &st.sources {
         let up = if src.connected {
@@ -135,28 +147,56 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             "DISCONNECTED"
         };
-        println!(
+        say!(
             "{}: {up}  {}\n  {}",
             src.name,
             src.detail,
             counts(&src.numbers)
         );
     }
-    println!(
+    say!(
         "\n{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10}",
-        "WORKER", "PID", "STATE", "TASKS", "RESTARTS", "INFLIGHT", "RSS"
+        "WORKER",
+        "PID",
+        "STATE",
+        "TASKS",
+        "RESTARTS",
+        "INFLIGHT",
+        "RSS"
     );
     for w in &st.workers {
         let rss = w.rss.map_or("-".to_string(), |b| {
             format!("{:.1}MiB", b as f64 / 1048576.0)
         });
         let pid = w.pid.map_or("-".to_string(), |p| p.to_string());
-        println!(
+        say!(
             "{:>6} {:>8} {:>9} {:>10} {:>9} {:>9} {:>10}",
-            w.index, pid, w.state, w.tasks, w.restarts, w.inflight, rss
+            w.index,
+            pid,
+            w.state,
+            w.tasks,
+            w.restarts,
+            w.inflight,
+            rss
         );
     }
-    Ok(ExitCode::SUCCESS)
+    write_stdout(&out)
+}
+
+/// Writes a command's output to stdout. A reader that has gone (`herd status | head`) is not
+/// an error: the output was for it alone.
+fn write_stdout(text: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
