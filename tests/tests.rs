@@ -4,6 +4,7 @@
 mod autoscale;
 mod chunks;
 mod cli;
+mod config;
 mod control;
 mod daemon;
 mod dashboard;

@@ -52,13 +52,14 @@ impl Pool {
         self.limits.exit_timeout = new.exit_timeout;
         self.limits.max_tasks = new.max_tasks;
         tracing::info!(roll, "new configuration applied");
+        if roll {
+            // Every replacement is spawned from the new command and launch settings (before
+            // scaling: a worker added below starts with them already).
+            self.reload();
+        }
         if self.autoscaler.is_none() && new.autoscale.is_none() {
             self.cfg.workers = new.workers.max(1);
             self.scale(new.workers);
-        }
-        if roll {
-            // Every replacement is spawned from the new command and launch settings.
-            self.reload();
         }
     }
 }
