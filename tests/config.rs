@@ -1,6 +1,8 @@
 //! `--config FILE`: every option has a key, the command line wins, mistakes name their key and
 //! line, `herd check` validates, and a HUP applies a good file and refuses a bad one.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;

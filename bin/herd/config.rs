@@ -394,6 +394,22 @@ pub fn changed(
 mod tests {
     use super::*;
 
+    /// A renamed option cannot leave its key behind in the list a HUP applies.
+    #[test]
+    fn live_keys_are_keys_of_serve() {
+        let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+        cmd.build();
+        let serve = cmd.find_subcommand("serve").expect("serve");
+        for key in LIVE_KEYS {
+            assert!(
+                serve
+                    .get_arguments()
+                    .any(|a| a.get_long().unwrap_or(a.get_id().as_str()) == *key),
+                "{key}"
+            );
+        }
+    }
+
     #[test]
     fn misspellings_are_close() {
         assert!(close("retries", "retris"));

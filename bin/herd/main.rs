@@ -71,7 +71,8 @@ enum Cmd {
     /// daemons share; it is steered with signals, `herd ctl` and `herd status`.
     ///
     /// Signals: TERM/INT graceful stop (a second INT stops at once), QUIT fast stop, HUP
-    /// rolling restart of every worker, USR1 status snapshot to the log, USR2 reopen the log
+    /// rolling restart of every worker (with --config: re-read the file and apply what
+    /// changed; see docs/CONFIG.md), USR1 status snapshot to the log, USR2 reopen the log
     /// file, TTIN/TTOU one worker more/fewer.
     Serve(serve::ServeArgs),
     /// Stream events (lines) to a daemon and print their records as they complete.
