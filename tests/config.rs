@@ -288,7 +288,7 @@ fn hup_applies_a_good_file_and_refuses_a_bad_one_under_load() {
         std::fs::write(
             &f,
             format!(
-                "control = \"{}\"\nworkers = {workers}\nretries = 2\nenv = [\"GEN={gen}\"]\ncommand = [\"{}\"]\n",
+                "control = \"{}\"\nworkers = {workers}\nidle-timeout = \"{gen}s\"\nenv = [\"GEN={gen}\"]\ncommand = [\"{}\"]\n",
                 control.display(),
                 chaos()
             ),
@@ -339,6 +339,36 @@ fn hup_applies_a_good_file_and_refuses_a_bad_one_under_load() {
     });
     let st = d.wait_status("three workers", |s| ready_workers(s) == 3);
     assert_eq!(st["target_workers"], 3);
+    let logs = d.live.logs();
+    let said = |msg: &str| {
+        logs.iter()
+            .find(|l| l["message"] == msg)
+            .map(|l| l["keys"].clone())
+    };
+    assert_eq!(
+        said("configuration changed"),
+        Some(serde_json::json!(["env", "workers"])),
+        "{}",
+        dump(&logs)
+    );
+    assert_eq!(
+        said("these keys changed but take effect only at a restart"),
+        Some(serde_json::json!(["idle-timeout"])),
+        "{}",
+        dump(&logs)
+    );
+    // Every worker now runs with the new environment.
+    let env_events = "{\"op\":\"env\"}\n".repeat(30);
+    let out =
+        d.fx.herd(&["submit", "--control", control.to_str().unwrap()])
+            .write_stdin(env_events)
+            .output()
+            .unwrap();
+    let envs = Run::new(vec!["submit".into()], out);
+    envs.assert_success();
+    for r in envs.by_seq(30) {
+        assert_eq!(r["output"]["GEN"], "2", "{r}");
+    }
 
     // A bad file: refused, and what runs stays.
     std::fs::write(&f, "workers = 3\nretrys = 2\n").unwrap();
