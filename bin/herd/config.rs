@@ -67,10 +67,17 @@ impl Expanded {
     }
 
     /// `FILE:LINE` of the key for arg `id`, if the file set it (and the command line did not).
-    fn origin(&self, id: &str) -> Option<String> {
+    fn line_of(&self, id: &str) -> Option<String> {
         let (path, entries) = self.file.as_ref()?;
         let e = entries.iter().find(|e| e.id == id && !e.args.is_empty())?;
-        Some(format!("{}:{}: key `{}`", path.display(), e.line, e.key))
+        Some(format!("{}:{}", path.display(), e.line))
+    }
+
+    /// `FILE:LINE: key `KEY``, for an error about the key for arg `id`.
+    fn origin(&self, id: &str) -> Option<String> {
+        let (_, entries) = self.file.as_ref()?;
+        let e = entries.iter().find(|e| e.id == id)?;
+        Some(format!("{}: key `{}`", self.line_of(id)?, e.key))
     }
 
     /// Parses the expanded command line; an error about a value from the file names its key
@@ -347,8 +354,8 @@ pub fn report(exp: &Expanded, cmd: &Command, m: &ArgMatches) -> anyhow::Result<S
             .find(|a| a.get_long().unwrap_or(a.get_id().as_str()) == key)
             .map(|a| a.get_id().to_string())
             .unwrap_or_default();
-        let from = match (source.as_str(), exp.origin(&id)) {
-            ("set", Some(origin)) => origin.split(": key").next().unwrap_or_default().to_string(),
+        let from = match (source.as_str(), exp.line_of(&id)) {
+            ("set", Some(line)) => line,
             ("set", None) => "command line".to_string(),
             (other, _) => other.to_string(),
         };
