@@ -5,6 +5,7 @@ mod autoscale;
 mod chunks;
 mod cli;
 mod client;
+mod config;
 mod control;
 mod daemon;
 mod dashboard;

@@ -2,6 +2,7 @@
 //! stdin/stdout (or files) to a `herd_supervisor` pool, and maps the outcome to an exit code.
 
 mod client;
+mod config;
 mod docs;
 mod launch;
 mod logging;
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use herd_supervisor::PoolConfig;
 
 use logging::LogFormat;
@@ -70,7 +71,8 @@ enum Cmd {
     /// daemons share; it is steered with signals, `herd ctl` and `herd status`.
     ///
     /// Signals: TERM/INT graceful stop (a second INT stops at once), QUIT fast stop, HUP
-    /// rolling restart of every worker, USR1 status snapshot to the log, USR2 reopen the log
+    /// rolling restart of every worker (with --config: re-read the file and apply what
+    /// changed; see docs/CONFIG.md), USR1 status snapshot to the log, USR2 reopen the log
     /// file, TTIN/TTOU one worker more/fewer.
     Serve(serve::ServeArgs),
     /// Stream events (lines) to a daemon and print their records as they complete.
@@ -79,11 +81,48 @@ enum Cmd {
     Status(client::StatusArgs),
     /// Steer a daemon: scale, reload, stop.
     Ctl(client::CtlArgs),
+    /// Check a configuration file (see docs/CONFIG.md) as `herd serve --config FILE` (or
+    /// `herd run`) would read it, and print every setting with where it comes from; start
+    /// nothing. Exit status 0 if it is valid.
+    Check(CheckArgs),
     /// Print a shell completion script for herd.
     Completions(docs::CompletionsArgs),
     /// Write docs/CLI.md and docs/man/*.1 from these definitions (for the repository).
     #[command(hide = true)]
     GenerateDocs(docs::GenerateDocsArgs),
+}
+
+/// `--config`, shared by `run` and `serve`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Configuration")]
+pub struct ConfigArgs {
+    /// Read options from a TOML file whose keys are these long options (`retries = 3`,
+    /// `retry-backoff = "200ms"`, `env = ["A=1"]`) and `command` (the worker command as an
+    /// array); the command line overrides it. `herd serve` re-reads it on HUP (see
+    /// docs/CONFIG.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// The configuration file to check.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Which command the file is for.
+    #[arg(
+        long = "for",
+        value_enum,
+        value_name = "COMMAND",
+        default_value = "serve"
+    )]
+    target: CheckTarget,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CheckTarget {
+    Serve,
+    Run,
 }
 
 /// Priority options shared by `run` and `submit`.
@@ -293,8 +332,114 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// Parses a command line with its `--config` file folded in.
+fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, config::Expanded), String> {
+    let expanded = config::expand(&Cli::command(), argv).map_err(|e| format!("{e:#}"))?;
+    let mut cmd = Cli::command();
+    let parsed = expanded
+        .parse(cmd.clone())
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)))
+        .map_err(|e| e.format(&mut cmd));
+    match parsed {
+        Ok((cli, m)) => Ok((cli, m, expanded)),
+        Err(e) => match expanded.explain(&e) {
+            Some(msg) => Err(msg),
+            None => hint_worker_command(e).exit(),
+        },
+    }
+}
+
+/// The settings of subcommand `name` in a parse, for `herd check` and HUP.
+fn settings(
+    m: &clap::ArgMatches,
+    name: &str,
+) -> std::collections::BTreeMap<String, (Vec<OsString>, String)> {
+    let mut cmd = Cli::command();
+    cmd.build();
+    match (cmd.find_subcommand(name), m.subcommand_matches(name)) {
+        (Some(sub), Some(sm)) => config::settings(sub, sm),
+        _ => Default::default(),
+    }
+}
+
+/// `herd check --config FILE`: parse and check as `herd serve|run --config FILE` would.
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let name = match args.target {
+        CheckTarget::Serve => "serve",
+        CheckTarget::Run => "run",
+    };
+    let argv = vec![
+        OsString::from("herd"),
+        name.into(),
+        "--config".into(),
+        args.config.into_os_string(),
+    ];
+    let (cli, m, expanded) = parse(argv).map_err(anyhow::Error::msg)?;
+    match cli.command {
+        Cmd::Serve(a) => drop(serve::check(a)?),
+        Cmd::Run(a) => drop(a.pool.config()?),
+        _ => anyhow::bail!("not a command with a configuration file"),
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let (Some(sub), Some(sm)) = (cmd.find_subcommand(name), m.subcommand_matches(name)) else {
+        anyhow::bail!("no {name} settings");
+    };
+    print!("{}", config::report(&expanded, sub, sm)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a HUP does to `herd serve --config`: parse the command line and the file again; apply
+/// a valid change (in place, or rolling the workers for a new command or environment), say
+/// which changed keys need a restart; refuse an invalid file, keeping what runs.
+fn reloader(argv: Vec<OsString>, m: &clap::ArgMatches) -> signals::OnHup {
+    let mut current = settings(m, "serve");
+    Box::new(move || {
+        let (cli, m) = match parse(argv.clone()) {
+            Ok((cli, m, _)) => (cli, m),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; the running one stays");
+                return None;
+            }
+        };
+        let Cmd::Serve(args) = cli.command else {
+            return None;
+        };
+        let cfg = match args.pool.config() {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "configuration refused; the running one stays"
+                );
+                return None;
+            }
+        };
+        let new = settings(&m, "serve");
+        let (live, restart) = config::changed(&current, &new);
+        current = new;
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these keys changed but take effect only at a restart");
+        }
+        if live.is_empty() && restart.is_empty() {
+            // As without a file: a HUP restarts the workers (e.g. for a new binary on disk).
+            tracing::info!("configuration unchanged: rolling restart of the workers");
+            return Some(herd_supervisor::Command::Reload);
+        }
+        tracing::info!(keys = ?live, "configuration changed");
+        Some(herd_supervisor::Command::Reconfigure(Box::new(cfg)))
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|e| hint_worker_command(e).exit());
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (cli, matches, expanded) = match parse(argv.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("herd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let verbosity = cli.log.verbose as i8 - cli.log.quiet as i8;
     let logging = match logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
         Ok(l) => l,
@@ -308,7 +453,11 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
-        Cmd::Serve(args) => serve::serve(args),
+        Cmd::Serve(args) => {
+            let on_hup = expanded.has_file().then(|| reloader(argv, &matches));
+            serve::serve(args, on_hup)
+        }
+        Cmd::Check(args) => check(args),
         Cmd::Submit(args) => client::submit(args),
         Cmd::Status(args) => client::status(args),
         Cmd::Ctl(args) => client::ctl(args),

@@ -31,7 +31,9 @@ pub struct RunArgs {
     #[command(flatten)]
     priority: crate::PriorityArgs,
     #[command(flatten)]
-    pool: PoolArgs,
+    config: crate::ConfigArgs,
+    #[command(flatten)]
+    pub pool: PoolArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -87,7 +89,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plan,
     };
     let (pool, run_pool) = herd_supervisor::pool(cfg);
-    signals::forward(pool.clone(), false)?;
+    signals::forward(pool.clone(), false, None)?;
     let started = std::time::Instant::now();
     // The library stops the pool once the input has ended and every record is written.
     let options = herd_supervisor::SubmitOptions {

@@ -64,7 +64,9 @@ pub struct ServeArgs {
           value_parser = parse_timeout)]
     delivery_timeout: Duration,
     #[command(flatten)]
-    pool: PoolArgs,
+    config: crate::ConfigArgs,
+    #[command(flatten)]
+    pub pool: PoolArgs,
     #[cfg(feature = "nats")]
     #[command(flatten)]
     nats: Box<crate::nats::NatsArgs>,
@@ -95,7 +97,16 @@ impl Drop for PidFile {
     }
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// Everything `herd check` can check without starting: the pool's and the daemon's settings.
+pub fn check(args: ServeArgs) -> anyhow::Result<herd_supervisor::PoolConfig> {
+    let cfg = args.pool.config()?;
+    #[cfg(feature = "nats")]
+    args.nats.config(cfg.retry_backoff)?;
+    Ok(cfg)
+}
+
+/// Runs the daemon; `on_hup` (with `--config`) re-reads the file on HUP.
+pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let cfg = args.pool.config()?;
     #[cfg(feature = "nats")]
@@ -148,7 +159,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let (pool, run_pool) = herd_supervisor::pool(cfg);
-        signals::forward(pool.clone(), true)?;
+        signals::forward(pool.clone(), true, on_hup)?;
         let mut run_pool = pin!(run_pool);
         // JetStream intake, beside the control socket; it ends once the pool stops taking
         // events and it has settled what it holds.

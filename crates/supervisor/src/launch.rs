@@ -22,7 +22,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// How every worker process of a pool is started. The default changes nothing: workers run as
 /// herd's user, with herd's limits (minus herd's own descriptor headroom) and environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Launch {
     /// Run workers as this user (herd must be root to switch).
     pub user: Option<Identity>,

@@ -130,6 +130,13 @@ pub enum Command {
     ScaleBy(i64),
     /// Rolling restart of every worker.
     Reload,
+    /// A new configuration for the running pool. Applied in place: `workers` (unless
+    /// autoscaling), `window`, `timeout`, `retries`, `retry_backoff`, `stop_grace`,
+    /// `max_tasks`, `max_rss`, `start_timeout`, `exit_timeout`. A changed `command` or
+    /// `launch` rolls every worker (as [`Command::Reload`]). `max_frame`, `queue`,
+    /// `queue_bytes`, `runtime_dir`, the launch user and `autoscale` need a restart: their
+    /// running values stay (with a warning in the log).
+    Reconfigure(Box<PoolConfig>),
     /// A snapshot of the pool.
     Status(oneshot::Sender<Status>),
     /// Write a status snapshot to the log.

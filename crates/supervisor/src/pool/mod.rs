@@ -30,6 +30,7 @@ mod dispatch;
 mod intake;
 mod lifecycle;
 mod queue;
+mod reconfigure;
 mod reorder;
 mod settle;
 mod status;
@@ -335,6 +336,7 @@ impl Pool {
                 self.scale(n);
             }
             Command::Reload => self.reload(),
+            Command::Reconfigure(cfg) => self.reconfigure(*cfg),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
