@@ -6,7 +6,6 @@ mod config;
 mod docs;
 mod launch;
 mod logging;
-mod metrics;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;

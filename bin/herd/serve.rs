@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use herd_supervisor::control::{ControlLimits, ControlSocket, Deliveries};
 
-use crate::metrics::{MetricsAddr, MetricsServer};
 use crate::{signals, PoolArgs};
+use herd_http::{Exposure, ListenAddr};
 
 /// Descriptors kept for the pool whatever the connections take: the runtime, the control
 /// and worker listeners, logs, and what respawning a worker needs at once.
@@ -37,9 +37,9 @@ pub struct ServeArgs {
     /// the status object at http://ADDR/status.json. ADDR is HOST:PORT, with a host name or
     /// an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
     /// :PORT for the loopback address. Loopback only, unless --metrics-public.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+    #[arg(long, value_name = "ADDR", value_parser = str::parse::<ListenAddr>,
           help_heading = METRICS)]
-    metrics: Option<MetricsAddr>,
+    metrics: Option<ListenAddr>,
     /// Let --metrics listen on an address that is not loopback (e.g. 0.0.0.0:9187), and
     /// answer any Host. Metrics and dashboard have no authentication: trusted networks only.
     #[arg(long, requires = "metrics", help_heading = METRICS)]
@@ -135,16 +135,15 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(async {
         let control = ControlSocket::bind(&args.control)?;
-        let metrics = match args.metrics {
-            Some(addr) => Some(MetricsServer::bind(
-                &addr,
-                args.metrics_public,
-                max_connections,
-                args.idle_timeout,
-            ).await?),
+        let metrics = match &args.metrics {
+            Some(addr) => Some(bind_metrics(addr, args.metrics_public).await?),
             None => None,
         };
-        let metrics_addr = metrics.as_ref().map(MetricsServer::local_addr);
+        let metrics_addr = metrics.as_ref().map(herd_http::Server::local_addr);
+        let metrics_limits = herd_http::Limits {
+            max_connections,
+            idle_timeout: args.idle_timeout,
+        };
         let _pid_file = match &args.pid_file {
             Some(p) => {
                 std::fs::write(p, format!("{}\n", std::process::id()))
@@ -180,7 +179,7 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         let mut serve_control = pin!(control.serve(pool.clone(), limits, deliveries.clone()));
         let mut serve_metrics = pin!(async {
             match metrics {
-                Some(m) => m.serve(pool.clone()).await,
+                Some(m) => m.serve(pool.clone(), metrics_limits, std::future::pending()).await,
                 None => std::future::pending().await,
             }
         });
@@ -254,6 +253,24 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         return Ok(ExitCode::from(EXIT_UNDELIVERED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--metrics ADDR` bound; off loopback only with `--metrics-public`.
+async fn bind_metrics(addr: &ListenAddr, public: bool) -> anyhow::Result<herd_http::Server> {
+    let exposure = if public {
+        Exposure::Public
+    } else {
+        Exposure::Loopback
+    };
+    herd_http::Server::bind(addr, exposure)
+        .await
+        .map_err(|e| match e {
+            herd_http::Error::NotLoopback { .. } => anyhow::anyhow!(
+                "{e}. Use a loopback address (127.0.0.1:PORT, [::1]:PORT, or just PORT) and a \
+             tunnel or a reverse proxy, or pass --metrics-public to serve them to the network"
+            ),
+            e => e.into(),
+        })
 }
 
 /// The connection cap per listener: `wanted`, or less if the descriptor limit (raised to the
