@@ -19,8 +19,6 @@ const WORKER_STATES: [&str; 7] = [
     "starting", "idle", "busy", "draining", "dying", "backoff", "stopped",
 ];
 
-/// Where `--metrics` listens, as `HOST:PORT` (resolved when bound).
-
 /// The snapshot in the OpenMetrics text format.
 pub fn render(status: Status) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("herd");
