@@ -298,15 +298,7 @@ fn long_options(text: &str) -> Vec<String> {
 fn generated_reference_is_current() {
     let fx = Fixture::new();
     let fresh = fx.path("docs");
-    let out = fx
-        .herd(&["generate-docs", fresh.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(&mut fx.herd(&["generate-docs", fresh.to_str().unwrap()]));
     let files = |dir: &Path| -> std::collections::BTreeSet<PathBuf> {
         let mut set: std::collections::BTreeSet<PathBuf> = std::fs::read_dir(dir.join("man"))
             .unwrap()

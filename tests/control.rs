@@ -305,15 +305,7 @@ fn idle_connections_time_out_and_the_one_over_the_cap_waits_its_turn() {
     // Three idle connections: one silent, two welcomed and then silent.
     let mut idle = vec![raw_connect(&d.control), d.hello(), d.hello()];
     // The fourth is served once the idle ones have timed out.
-    let out =
-        d.fx.herd(&["status", "--control", d.ctl()])
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(&mut d.fx.herd(&["status", "--control", d.ctl()]));
     for s in &mut idle {
         wait_closed(s);
     }

@@ -211,23 +211,8 @@ esac
         let mut cmd = Command::new("bash");
         // What cargo sets for this test process is not in a user's shell; build scripts that
         // watch it (ring's CARGO_MANIFEST_DIR) would make every cargo command rebuild them.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k == "CARGO"
-                || [
-                    "CARGO_MANIFEST_",
-                    "CARGO_PKG_",
-                    "CARGO_CRATE_",
-                    "CARGO_BIN_",
-                    "CARGO_PRIMARY_",
-                ]
-                .iter()
-                .any(|p| k.starts_with(p))
-                || k == "CARGO_TARGET_TMPDIR"
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
+        remove_cargo_test_env(&mut cmd);
+        cmd.env_remove("CARGO").env_remove("CARGO_TARGET_TMPDIR");
         let mut child = cmd
             .args(["-euo", "pipefail", "-c", script])
             .current_dir(self.root())

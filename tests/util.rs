@@ -186,6 +186,26 @@ impl Run {
     }
 }
 
+/// Removes from `cmd`'s environment what cargo set for this test process: it describes the
+/// herd package under test, not a build or shell the child starts.
+pub fn remove_cargo_test_env(cmd: &mut std::process::Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+}
+
 /// Runs `cmd` to completion; panics with its stderr unless it exited 0.
 pub fn output_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();

@@ -38,22 +38,7 @@ fn probe_worker() -> &'static Path {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
-        // What cargo set for this test process describes the herd package, not this build.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
+        remove_cargo_test_env(&mut cmd);
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "building the probe example failed");
         out.stdout

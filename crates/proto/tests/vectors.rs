@@ -330,6 +330,64 @@ macro_rules! suite_tests {
     };
 }
 
+/// The checked-in vectors file `rel`, parsed.
+fn parse_checked_in<F: serde::de::DeserializeOwned>(rel: &str) -> F {
+    let text = std::fs::read_to_string(repo_path(rel)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The three lists of a parsed vectors file, whichever protocol's: each protocol's `File` has
+/// its own entry types, with the same field names.
+macro_rules! entries_of {
+    ($file:expr) => {{
+        let file = $file;
+        $crate::Entries {
+            vectors: file
+                .vectors
+                .iter()
+                .map(|v| $crate::entry(&v.name, &v.direction, &v.frame_hex, Some(&v.message), None))
+                .collect(),
+            malformed: file
+                .malformed
+                .iter()
+                .map(|m| $crate::entry(&m.name, &m.direction, &m.frame_hex, None, Some(&m.error)))
+                .collect(),
+            non_canonical: file
+                .non_canonical
+                .iter()
+                .map(|n| $crate::entry(&n.name, &n.direction, &n.frame_hex, Some(&n.message), None))
+                .collect(),
+        }
+    }};
+}
+
+/// The varint boundaries of a u32 field: each side of every change of encoded size (the last
+/// is `u32::MAX`). A u64 field adds `U64_EDGES_BEYOND_U32`. The test's own list, not the
+/// generator's.
+const U32_EDGES: [u64; 8] = [0, 250, 251, 255, 256, 65_535, 65_536, 4_294_967_295];
+const U64_EDGES_BEYOND_U32: [u64; 2] = [1 << 32, u64::MAX];
+
+/// Each of `want` must be in `have`; `missing` words the failure.
+fn assert_covers<T: Ord>(
+    have: &BTreeSet<T>,
+    want: impl IntoIterator<Item = T>,
+    missing: impl Fn(&T) -> String,
+) {
+    for w in want {
+        assert!(have.contains(&w), "{}", missing(&w));
+    }
+}
+
+/// The body of `frame` after the header check a receiver makes; `frame` must be one frame.
+fn single_body(frame: &[u8], max: usize) -> Result<&[u8], FrameError> {
+    let len = herd_proto::codec::frame_len(frame, max)?.ok_or(FrameError::EofMidFrame)?;
+    let body = frame
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .ok_or(FrameError::EofMidFrame)?;
+    assert_eq!(HEADER_LEN + len, frame.len(), "one frame per vector");
+    Ok(body)
+}
+
 /// The parts of a vectors file's lists every protocol shares.
 fn entry<J>(
     name: &str,

@@ -720,6 +720,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The plan for an input of `lines` lines of which `skipped` are done already.
+    fn plan_skipping(lines: u64, skipped: &[u64]) -> Plan {
+        let mut skip = Bits::new(lines);
+        for &i in skipped {
+            skip.set(i);
+        }
+        Plan::new(lines, Some(&skip), None)
+    }
+
     #[test]
     fn select_maps_dense_numbers_back() {
         let lines = 1000;
@@ -744,10 +753,7 @@ mod tests {
 
     #[test]
     fn cut_numbers_the_lines_that_run_and_refuses_a_changed_input() {
-        let mut skip = Bits::new(5);
-        skip.set(1);
-        skip.set(3);
-        let plan = Arc::new(Plan::new(5, Some(&skip), None));
+        let plan = Arc::new(plan_skipping(5, &[1, 3]));
         let events = |seqs: std::ops::Range<u64>| -> Vec<Input> {
             seqs.map(|s| Input::event(s, s.to_string().into()))
                 .collect()
@@ -811,10 +817,7 @@ mod tests {
 
     #[test]
     fn renumbers_across_chunks() {
-        let mut skip = Bits::new(10);
-        skip.set(0);
-        skip.set(1);
-        let plan = Plan::new(10, Some(&skip), None);
+        let plan = plan_skipping(10, &[0, 1]);
         let mut r = Renumber::new(Arc::new(plan));
         let mut out = r.apply(b"{\"seq\":0,\"ok\":true}\n{\"se").unwrap();
         out.extend(r.apply(b"q\":3,\"ok\":false}\n").unwrap());
@@ -829,10 +832,7 @@ mod tests {
     /// Records and record lines are mapped back alike (herd run, herd submit).
     #[test]
     fn renumbers_records_like_record_lines() {
-        let mut skip = Bits::new(10);
-        skip.set(0);
-        skip.set(1);
-        let plan = Plan::new(10, Some(&skip), None);
+        let plan = plan_skipping(10, &[0, 1]);
         let record = |seq| Record {
             seq,
             attempts: 1,
@@ -857,7 +857,7 @@ mod tests {
         record(0).write_json(&mut dense);
         record(3).write_json(&mut dense);
         assert_eq!(r.apply(&dense).unwrap(), lines);
-        let plan = Plan::new(10, Some(&skip), None);
+        let plan = plan_skipping(10, &[0, 1]);
         assert_eq!(plan.renumber(&[record(8)]).unwrap_err().0, 8);
     }
 }

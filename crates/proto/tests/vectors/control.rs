@@ -14,7 +14,7 @@ use herd_proto::{HEADER_LEN, MAX_FRAME_CEILING};
 use super::control_vectors::{
     self as cv, JsonMessage, JsonReply, JsonRequest, Message, CLIENT_TO_DAEMON, DAEMON_TO_CLIENT,
 };
-use super::{decode_all, entry, Entries, Suite};
+use super::{assert_covers, decode_all, Entries, Suite, U32_EDGES, U64_EDGES_BEYOND_U32};
 
 pub struct Control;
 
@@ -35,28 +35,11 @@ impl Suite for Control {
     }
 
     fn checked_in() -> Entries<JsonMessage> {
-        let text = std::fs::read_to_string(super::repo_path(cv::FILE)).unwrap();
-        let file: cv::File = serde_json::from_str(&text).unwrap();
+        let file: cv::File = super::parse_checked_in(cv::FILE);
         assert_eq!(file.protocol, CONTROL_VERSION);
         assert_eq!(file.request_max_frame, REQUEST_MAX_FRAME);
         assert_eq!(file.reply_max_frame, REPLY_MAX_FRAME);
-        Entries {
-            vectors: file
-                .vectors
-                .iter()
-                .map(|v| entry(&v.name, &v.direction, &v.frame_hex, Some(&v.message), None))
-                .collect(),
-            malformed: file
-                .malformed
-                .iter()
-                .map(|m| entry(&m.name, &m.direction, &m.frame_hex, None, Some(&m.error)))
-                .collect(),
-            non_canonical: file
-                .non_canonical
-                .iter()
-                .map(|n| entry(&n.name, &n.direction, &n.frame_hex, Some(&n.message), None))
-                .collect(),
-        }
+        entries_of!(file)
     }
 
     fn from_json(direction: &str, json: &JsonMessage) -> Result<Message, String> {
@@ -131,11 +114,7 @@ impl Suite for Control {
 /// Decodes a client's frame the way the daemon does: header check, then the borrowing
 /// decoder on the body.
 fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
-    let len = codec::frame_len(frame, max)?.ok_or(FrameError::EofMidFrame)?;
-    let body = frame
-        .get(HEADER_LEN..HEADER_LEN + len)
-        .ok_or(FrameError::EofMidFrame)?;
-    assert_eq!(HEADER_LEN + len, frame.len(), "one frame per vector");
+    let body = super::single_body(frame, max)?;
     Ok(match codec::decode_body_borrowed::<RequestRef<'_>>(body)? {
         RequestRef::Hello { protocol } => Request::Hello { protocol },
         RequestRef::Submit { ordered } => Request::Submit { ordered },
@@ -288,7 +267,7 @@ fn the_vectors_cover_the_protocol() {
         };
         shapes.insert(shape);
     }
-    for shape in [
+    let shapes_wanted = [
         "Hello",
         "Submit ordered",
         "Submit unordered",
@@ -312,17 +291,13 @@ fn the_vectors_cover_the_protocol() {
         "Ok",
         "Error",
         "non-ASCII string",
-    ] {
-        assert!(shapes.contains(shape), "no vector for {shape}");
-    }
-    let u32_edges = [0, 250, 251, 255, 256, 65_535, 65_536, u64::from(u32::MAX)];
-    for edge in u32_edges {
-        assert!(u32s.contains(&edge), "no u32 field of {edge}");
-    }
-    for edge in u32_edges.into_iter().chain([1 << 32, u64::MAX]) {
-        assert!(u64s.contains(&edge), "no Done of {edge}");
-    }
-    for edge in [0, 250, 251, 255, 256, 65_536] {
-        assert!(lens.contains(&edge), "no length of {edge}");
-    }
+    ];
+    assert_covers(&shapes, shapes_wanted, |shape| {
+        format!("no vector for {shape}")
+    });
+    assert_covers(&u32s, U32_EDGES, |edge| format!("no u32 field of {edge}"));
+    let u64_edges = U32_EDGES.into_iter().chain(U64_EDGES_BEYOND_U32);
+    assert_covers(&u64s, u64_edges, |edge| format!("no Done of {edge}"));
+    let len_edges = [0, 250, 251, 255, 256, 65_536];
+    assert_covers(&lens, len_edges, |edge| format!("no length of {edge}"));
 }

@@ -7,11 +7,11 @@ use std::io::Cursor;
 use herd_proto::codec::{self, FrameError};
 use herd_proto::{
     FromWorker, FromWorkerRef, Outcome, OutcomeRef, ToWorker, ToWorkerRef, DEFAULT_MAX_FRAME,
-    HEADER_LEN, PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 
 use super::vectors::{self, JsonMessage, JsonOutcome, Message};
-use super::{entry, Entries, Suite};
+use super::{assert_covers, Entries, Suite, U32_EDGES, U64_EDGES_BEYOND_U32};
 
 pub struct Worker;
 
@@ -32,27 +32,10 @@ impl Suite for Worker {
     }
 
     fn checked_in() -> Entries<JsonMessage> {
-        let text = std::fs::read_to_string(super::repo_path(vectors::FILE)).unwrap();
-        let file: vectors::File = serde_json::from_str(&text).unwrap();
+        let file: vectors::File = super::parse_checked_in(vectors::FILE);
         assert_eq!(file.protocol, PROTOCOL_VERSION);
         assert_eq!(file.max_frame, DEFAULT_MAX_FRAME);
-        Entries {
-            vectors: file
-                .vectors
-                .iter()
-                .map(|v| entry(&v.name, &v.direction, &v.frame_hex, Some(&v.message), None))
-                .collect(),
-            malformed: file
-                .malformed
-                .iter()
-                .map(|m| entry(&m.name, &m.direction, &m.frame_hex, None, Some(&m.error)))
-                .collect(),
-            non_canonical: file
-                .non_canonical
-                .iter()
-                .map(|n| entry(&n.name, &n.direction, &n.frame_hex, Some(&n.message), None))
-                .collect(),
-        }
+        entries_of!(file)
     }
 
     fn from_json(direction: &str, json: &JsonMessage) -> Result<Message, String> {
@@ -112,11 +95,7 @@ impl Suite for Worker {
 /// Decodes a worker's frame the way herd's link reader does: header check, then the borrowing
 /// decoder on the body.
 fn read_like_herd(frame: &[u8], max: usize) -> Result<FromWorker, FrameError> {
-    let len = codec::frame_len(frame, max)?.ok_or(FrameError::EofMidFrame)?;
-    let body = frame
-        .get(HEADER_LEN..HEADER_LEN + len)
-        .ok_or(FrameError::EofMidFrame)?;
-    assert_eq!(HEADER_LEN + len, frame.len(), "one frame per vector");
+    let body = super::single_body(frame, max)?;
     Ok(
         match codec::decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
             FromWorkerRef::Hello {
@@ -228,7 +207,7 @@ fn the_vectors_cover_the_protocol() {
             }
         }
     }
-    for shape in [
+    let shapes_wanted = [
         "Hello",
         "Done Ok",
         "Done Err retryable",
@@ -238,21 +217,16 @@ fn the_vectors_cover_the_protocol() {
         "Shutdown",
         "Chunk",
         "non-ASCII string",
-    ] {
-        assert!(shapes.contains(shape), "no vector for {shape}");
-    }
-    let u32_edges = [0, 250, 251, 255, 256, 65_535, 65_536, u64::from(u32::MAX)];
-    for edge in u32_edges {
-        assert!(u32s.contains(&edge), "no u32 field of {edge}");
-    }
-    for edge in u32_edges.into_iter().chain([1 << 32, u64::MAX]) {
-        assert!(ids.contains(&edge), "no id of {edge}");
-    }
+    ];
+    assert_covers(&shapes, shapes_wanted, |shape| {
+        format!("no vector for {shape}")
+    });
+    assert_covers(&u32s, U32_EDGES, |edge| format!("no u32 field of {edge}"));
+    let id_edges = U32_EDGES.into_iter().chain(U64_EDGES_BEYOND_U32);
+    assert_covers(&ids, id_edges, |edge| format!("no id of {edge}"));
     // Lengths are bounded by the frame limit, so the u64 form never occurs; the u32 one does.
-    for edge in [0, 250, 251, 255, 256, 65_535, 65_536] {
-        assert!(
-            lens.contains(&edge),
-            "no string or byte vector of {edge} bytes"
-        );
-    }
+    let len_edges = [0, 250, 251, 255, 256, 65_535, 65_536];
+    assert_covers(&lens, len_edges, |edge| {
+        format!("no string or byte vector of {edge} bytes")
+    });
 }

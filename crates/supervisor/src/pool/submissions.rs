@@ -386,6 +386,18 @@ mod tests {
         }
     }
 
+    /// Outboxes of `limit` records at most, with submission `id` open and credit to spare.
+    fn opened(
+        limit: usize,
+        id: u64,
+        opts: SubmitOptions,
+    ) -> (Submissions, mpsc::UnboundedReceiver<Outbox>) {
+        let mut o = Submissions::new(limit);
+        let (tx, rx) = mpsc::unbounded_channel();
+        o.open(id, tx, Credits::new(1 << 20, 1 << 30), opts);
+        (o, rx)
+    }
+
     /// (seq, chunk index) of each line in the outboxes received so far; `None` for a final.
     fn lines(rx: &mut mpsc::UnboundedReceiver<Outbox>) -> Vec<(u64, Option<u32>)> {
         let mut v = Vec::new();
@@ -437,9 +449,7 @@ mod tests {
 
     #[test]
     fn ordered_chunks_follow_the_events_before_them() {
-        let mut o = Submissions::new(1024);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(7, tx, Credits::new(1 << 20, 1 << 30), ordered());
+        let (mut o, mut rx) = opened(1024, 7, ordered());
         o.accepted(7, 3);
         // seq 1 streams while seq 0 runs: held back.
         o.emit_chunk(7, chunk(1, 1, 0));
@@ -510,9 +520,7 @@ mod tests {
 
     #[test]
     fn ordered_outbox_and_completion() {
-        let mut o = Submissions::new(1024);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(7, tx, Credits::new(1 << 20, 1 << 30), ordered());
+        let (mut o, mut rx) = opened(1024, 7, ordered());
         for _ in 0..3 {
             o.accepted(7, 1);
         }
@@ -538,14 +546,7 @@ mod tests {
     #[test]
     fn outboxes_are_held_until_full_old_or_owed_nothing() {
         let t0 = Instant::now();
-        let mut o = Submissions::new(1 << 20);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(
-            1,
-            tx,
-            Credits::new(1 << 20, 1 << 30),
-            SubmitOptions::default(),
-        );
+        let (mut o, mut rx) = opened(1 << 20, 1, SubmitOptions::default());
         o.accepted(1, 1000);
         o.emit(1, rec(0), 0);
         o.flush(t0, false);
@@ -584,14 +585,7 @@ mod tests {
         assert_eq!(got, 1000 - 257);
 
         // A small credit limit makes a small outbox due: its submitter may be waiting.
-        let mut o = Submissions::new(4);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        o.open(
-            2,
-            tx,
-            Credits::new(1 << 20, 1 << 30),
-            SubmitOptions::default(),
-        );
+        let (mut o, mut rx) = opened(4, 2, SubmitOptions::default());
         o.accepted(2, 100);
         o.emit(2, rec(0), 0);
         o.flush(t0, false);
@@ -618,14 +612,7 @@ mod tests {
 
     #[test]
     fn vanished_submitter_is_cancelled() {
-        let mut o = Submissions::new(1024);
-        let (tx, rx) = mpsc::unbounded_channel();
-        o.open(
-            3,
-            tx,
-            Credits::new(1 << 20, 1 << 30),
-            SubmitOptions::default(),
-        );
+        let (mut o, rx) = opened(1024, 3, SubmitOptions::default());
         o.push_back(job(3, 0));
         o.push_back(job(3, 1));
         o.accepted(3, 1);
