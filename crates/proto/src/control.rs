@@ -10,7 +10,8 @@
 //!   │ ── End ───────────────────────────▶   │
 //!   │ ◀─ Records(json lines) ───────────── │    as they complete, concurrently with Events
 //!   │ ◀─ Done { records } ──────────────── │    every record sent
-//!   │ ── Status | Scale | Reload | Stop ─▶  │  or one request,
+//!   │ ── Cancel { seq } ────────────────▶   │    any time: cancel one of its events
+//!   │ ── Status | Scale | Reload | Stop ─▶  │  or one request (also CancelIn),
 //!   │ ◀─ Status(json) | Ok(text) | Error ── │  one reply
 //! ```
 //!
@@ -72,6 +73,25 @@ pub enum Request {
         priority: i8,
         line_priority: bool,
     },
+    /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
+    /// its own: the event's record answers it (`cancelled`, or the record it already had).
+    Cancel {
+        seq: u64,
+    },
+    /// One request: cancel event `seq` of submission `submission` (the id a `SubmitNamed`
+    /// submission was told). `Ok(text)` if it will be `cancelled`, `Error(text)` if not (already
+    /// answered, or no such submission).
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    /// `SubmitWith`, and the daemon's first reply is `Submission { id }`: the id `CancelIn`
+    /// names it by.
+    SubmitNamed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -96,6 +116,25 @@ pub enum RequestRef<'a> {
         fast: bool,
     },
     SubmitWith {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
+    /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
+    /// its own: the event's record answers it (`cancelled`, or the record it already had).
+    Cancel {
+        seq: u64,
+    },
+    /// One request: cancel event `seq` of submission `submission` (the id a `SubmitNamed`
+    /// submission was told). `Ok(text)` if it will be `cancelled`, `Error(text)` if not (already
+    /// answered, or no such submission).
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    /// `SubmitWith`, and the daemon's first reply is `Submission { id }`: the id `CancelIn`
+    /// names it by.
+    SubmitNamed {
         ordered: bool,
         priority: i8,
         line_priority: bool,
@@ -131,6 +170,10 @@ pub enum Reply {
     Status(String),
     Ok(String),
     Error(String),
+    /// The first reply to `SubmitNamed`: the submission's id, for `CancelIn`.
+    Submission {
+        id: u64,
+    },
 }
 
 /// Room before a `Records` body for the frame header, the variant and the length.

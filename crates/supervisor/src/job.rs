@@ -25,6 +25,9 @@ pub(crate) struct Job {
     pub chunks: u32,
     /// Its dispatch priority (kept across retries).
     pub priority: Priority,
+    /// A cancel reached it while a worker held it: whatever ends this attempt (its result,
+    /// the worker's death, a stop), its record is `cancelled`.
+    pub cancelled: bool,
 }
 
 #[cfg(test)]
@@ -41,6 +44,7 @@ impl Job {
             charged: 0,
             chunks: 0,
             priority,
+            cancelled: false,
         }
     }
 }

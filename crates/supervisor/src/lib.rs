@@ -65,6 +65,7 @@ pub use backlog::ChunkTicket;
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;
+pub use pool::CancelOutcome;
 pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
@@ -73,7 +74,7 @@ pub use status::{
     AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
 };
 pub use submission::{
-    run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
+    run_one, Canceller, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
     SubmissionError,
 };
 
@@ -158,6 +159,13 @@ pub(crate) enum SubmissionMsg {
     },
     End {
         id: SubmissionId,
+    },
+    /// Cancel event `seq` of submission `id`. On the submission channel, so that every event
+    /// its submitter sent before the cancel has been accepted when it arrives.
+    Cancel {
+        id: SubmissionId,
+        seq: u64,
+        reply: Option<oneshot::Sender<CancelOutcome>>,
     },
 }
 
@@ -381,6 +389,19 @@ impl PoolHandle {
     /// Sends a command; `false` if the pool has stopped.
     pub fn command(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok()
+    }
+
+    /// Cancels event `seq` of submission `submission` (from another connection than its
+    /// submitter's); `None` if the pool has stopped.
+    pub async fn cancel(&self, submission: SubmissionId, seq: u64) -> Option<CancelOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let msg = SubmissionMsg::Cancel {
+            id: submission,
+            seq,
+            reply: Some(tx),
+        };
+        self.submissions.send(msg).ok()?;
+        rx.await.ok()
     }
 
     /// A snapshot of the pool, or `None` if it has stopped.

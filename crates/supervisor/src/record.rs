@@ -23,17 +23,21 @@ pub enum ErrorKind {
     Rejected,
     /// herd stopped before the event could run.
     Shutdown,
+    /// A control request cancelled the event (queued: removed; running: its worker was
+    /// stopped and replaced).
+    Cancelled,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (for counters and reports).
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Failed,
         ErrorKind::Timeout,
         ErrorKind::Crashed,
         ErrorKind::Protocol,
         ErrorKind::Rejected,
         ErrorKind::Shutdown,
+        ErrorKind::Cancelled,
     ];
 
     /// The `error.kind` string.
@@ -45,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Shutdown => "shutdown",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

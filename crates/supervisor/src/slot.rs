@@ -96,6 +96,9 @@ pub(crate) enum Cause {
     /// `rejected` (its submitter is not reading; a retry would only stall again), the rest
     /// go back uncharged.
     Held,
+    /// A control request cancelled this task (its job id), which the worker held. The task
+    /// gets a `cancelled` record; the rest go back uncharged, as bystanders of a crash.
+    Cancelled(u64),
 }
 
 /// Why a worker process was replaced or retired: the key of `restarts` and the `reason` of
@@ -112,6 +115,8 @@ pub enum Replacement {
     /// It was held for a submitter that did not read its chunks while other work waited,
     /// and was killed.
     Held,
+    /// A task it held was cancelled, and it was stopped.
+    Cancelled,
     /// It never completed its handshake.
     StartFailure,
     /// It did not exit within the exit timeout after the termination frame, and was killed.
@@ -130,11 +135,12 @@ pub enum Replacement {
 
 impl Replacement {
     /// Every reason, in a stable order (for counters and reports).
-    pub const ALL: [Replacement; 11] = [
+    pub const ALL: [Replacement; 12] = [
         Replacement::Crash,
         Replacement::Timeout,
         Replacement::Protocol,
         Replacement::Held,
+        Replacement::Cancelled,
         Replacement::StartFailure,
         Replacement::ExitTimeout,
         Replacement::MaxTasks,
@@ -151,6 +157,7 @@ impl Replacement {
             Replacement::Timeout => "timeout",
             Replacement::Protocol => "protocol",
             Replacement::Held => "held",
+            Replacement::Cancelled => "cancelled",
             Replacement::StartFailure => "start-failure",
             Replacement::ExitTimeout => "exit-timeout",
             Replacement::MaxTasks => "max-tasks",
@@ -170,6 +177,7 @@ impl Replacement {
             | Replacement::Timeout
             | Replacement::Protocol
             | Replacement::Held
+            | Replacement::Cancelled
             | Replacement::StartFailure
             | Replacement::ExitTimeout => true,
             Replacement::MaxTasks
@@ -819,6 +827,39 @@ impl<L> Slot<L> {
 
     /// Kills the worker's process group for `cause`; its exit status arrives later and
     /// settles its work. A slot in backoff killed for a stop just stays empty.
+    /// Marks task `task` cancelled if this worker holds it, so that whatever ends it (its
+    /// result, the worker's death, a stop) records it as `cancelled`. Returns `None` if it
+    /// is not held here, else whether the worker still runs and must be stopped
+    /// ([`Slot::kill`] with [`Cause::Cancelled`]); a worker already dying needs nothing more.
+    pub fn cancel(&mut self, task: u64) -> Option<bool> {
+        let (inflight, alive) = match &mut self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. } => (inflight, true),
+            State::Dying { inflight, .. } | State::Exited { inflight, .. } => (inflight, false),
+            _ => return None,
+        };
+        let running = inflight.iter_mut().find(|r| r.job.id == task)?;
+        running.job.cancelled = true;
+        Some(alive)
+    }
+
+    /// The id of the job this worker holds for event `seq` of `submission`, if any.
+    pub fn holds(&self, submission: crate::job::SubmissionId, seq: u64) -> Option<u64> {
+        let inflight = match &self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. }
+            | State::Dying { inflight, .. }
+            | State::Exited { inflight, .. } => inflight,
+            _ => return None,
+        };
+        inflight
+            .iter()
+            .find(|r| r.job.submission == submission && r.job.seq == seq)
+            .map(|r| r.job.id)
+    }
+
     pub fn kill(&mut self, cause: Cause) -> Effects {
         let (pid, inflight, link_open) = match self.take() {
             State::Starting { pid, .. } => (pid, VecDeque::new(), false),
@@ -1078,6 +1119,10 @@ impl<L> Slot<L> {
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
             ),
+            End::Killed(Cause::Cancelled(_)) => (
+                ErrorKind::Cancelled,
+                format!("cancelled; worker {i} (pid {pid}) was stopped"),
+            ),
         };
         let held_work = !inflight.is_empty();
         if held_work {
@@ -1113,6 +1158,7 @@ impl<L> Slot<L> {
             End::Killed(Cause::Timeout) => Replacement::Timeout,
             End::Killed(Cause::Protocol(_)) => Replacement::Protocol,
             End::Killed(Cause::Held) => Replacement::Held,
+            End::Killed(Cause::Cancelled(_)) => Replacement::Cancelled,
             _ => Replacement::Crash,
         };
         self.restarts += 1;
@@ -1138,6 +1184,11 @@ impl<L> Slot<L> {
         }
         if !started {
             effects.extend(self.start_failure(&message, now));
+        } else if let End::Killed(Cause::Cancelled(_)) = end {
+            // Stopped for a cancel, not a fault of the worker (whether or not the cancelled
+            // task's result crossed the kill): replace it now, with no backoff.
+            tracing::info!(worker = i, pid, "{message}; restarting");
+            effects.push(Effect::Spawn);
         } else if held_work {
             // It died working: the likely culprit was a task, not the worker; replace it now.
             tracing::warn!(

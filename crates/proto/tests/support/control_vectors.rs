@@ -120,6 +120,18 @@ pub enum JsonRequest {
         priority: i8,
         line_priority: bool,
     },
+    Cancel {
+        seq: u64,
+    },
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    SubmitNamed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -147,6 +159,9 @@ pub enum JsonReply {
     },
     Error {
         message: String,
+    },
+    Submission {
+        id: u64,
     },
 }
 
@@ -202,6 +217,20 @@ impl Message {
                     priority: *priority,
                     line_priority: *line_priority,
                 },
+                Request::Cancel { seq } => JsonRequest::Cancel { seq: *seq },
+                Request::CancelIn { submission, seq } => JsonRequest::CancelIn {
+                    submission: *submission,
+                    seq: *seq,
+                },
+                Request::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                } => JsonRequest::SubmitNamed {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -222,6 +251,7 @@ impl Message {
                 Reply::Status(json) => JsonReply::Status { json: json.clone() },
                 Reply::Ok(m) => JsonReply::Ok { message: m.clone() },
                 Reply::Error(m) => JsonReply::Error { message: m.clone() },
+                Reply::Submission { id } => JsonReply::Submission { id: *id },
             }),
         }
     }
@@ -260,6 +290,17 @@ impl Message {
                     priority,
                     line_priority,
                 },
+                JsonRequest::Cancel { seq } => Request::Cancel { seq },
+                JsonRequest::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
+                JsonRequest::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                } => Request::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                },
             }))
         } else if direction == DAEMON_TO_CLIENT {
             let r: JsonReply = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -280,6 +321,7 @@ impl Message {
                 JsonReply::Status { json } => Reply::Status(json),
                 JsonReply::Ok { message } => Reply::Ok(message),
                 JsonReply::Error { message } => Reply::Error(message),
+                JsonReply::Submission { id } => Reply::Submission { id },
             }))
         } else {
             Err(format!("unknown direction {direction:?}"))
@@ -414,6 +456,40 @@ pub fn messages() -> Vec<(String, Message)> {
         );
     }
 
+    for seq in U64_BOUNDARIES {
+        req(format!("cancel_{seq}"), Request::Cancel { seq });
+    }
+    req(
+        "cancel_in".into(),
+        Request::CancelIn {
+            submission: 3,
+            seq: 17,
+        },
+    );
+    req(
+        "cancel_in_max".into(),
+        Request::CancelIn {
+            submission: u64::MAX,
+            seq: u64::MAX,
+        },
+    );
+    req(
+        "submit_named".into(),
+        Request::SubmitNamed {
+            ordered: false,
+            priority: 0,
+            line_priority: false,
+        },
+    );
+    req(
+        "submit_named_priority_minus_3_ordered".into(),
+        Request::SubmitNamed {
+            ordered: true,
+            priority: -3,
+            line_priority: false,
+        },
+    );
+
     let mut rep = |name: String, m: Reply| v.push((name, Message::Reply(m)));
     rep("welcome".into(), welcome(4242));
     for pid in U32_BOUNDARIES {
@@ -491,6 +567,17 @@ pub fn messages() -> Vec<(String, Message)> {
         "error_unexpected_request".into(),
         Reply::Error("unexpected request End".into()),
     );
+    for id in [0u64, 1, 250, 251, u64::MAX] {
+        rep(format!("submission_{id}"), Reply::Submission { id });
+    }
+    rep(
+        "ok_cancelled_queued".into(),
+        Reply::Ok("cancelled (it was queued)".into()),
+    );
+    rep(
+        "error_already_answered".into(),
+        Reply::Error("already answered (or never accepted): nothing to cancel".into()),
+    );
     rep(
         "error_non_ascii".into(),
         Reply::Error("naïve café: ☃ 🦀".into()),
@@ -526,10 +613,13 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_9", c, &[9], "Request has variants 0 (Hello) to 8 (SubmitWith) only"),
+        bad("request_unknown_variant_12", c, &[12], "Request has variants 0 (Hello) to 11 (SubmitNamed) only"),
+        bad("cancel_missing_seq", c, &[9], "the body ends where seq should start"),
+        bad("cancel_in_missing_seq", c, &[10, 3], "the body ends after submission, where seq should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
-        bad("reply_unknown_variant_6", d, &[6], "Reply has variants 0 (Welcome) to 5 (Error) only"),
+        bad("reply_unknown_variant_7", d, &[7], "Reply has variants 0 (Welcome) to 6 (Submission) only"),
+        bad("submission_missing_id", d, &[6], "the body ends where id should start"),
         bad("hello_missing_protocol", c, &[0], "the body ends where the protocol should start"),
         bad("hello_protocol_u64_marker", c, &[0, 253, 2, 0, 0, 0, 0, 0, 0, 0], "protocol is a u32: the u64 marker 253 is refused"),
         bad("submit_bool_2", c, &[1, 2], "a bool is one byte, 0 or 1; 2 is refused"),

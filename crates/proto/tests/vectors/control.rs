@@ -138,6 +138,17 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             priority,
             line_priority,
         },
+        RequestRef::Cancel { seq } => Request::Cancel { seq },
+        RequestRef::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
+        RequestRef::SubmitNamed {
+            ordered,
+            priority,
+            line_priority,
+        } => Request::SubmitNamed {
+            ordered,
+            priority,
+            line_priority,
+        },
     })
 }
 
@@ -241,6 +252,12 @@ fn the_vectors_cover_the_protocol() {
                     (false, p) if p < 0 => "SubmitWith negative",
                     _ => "SubmitWith",
                 },
+                JsonRequest::Cancel { seq } => {
+                    u64s.insert(*seq);
+                    "Cancel"
+                }
+                JsonRequest::CancelIn { .. } => "CancelIn",
+                JsonRequest::SubmitNamed { .. } => "SubmitNamed",
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -263,6 +280,7 @@ fn the_vectors_cover_the_protocol() {
                     }
                     "Error"
                 }
+                JsonReply::Submission { .. } => "Submission",
             },
         };
         shapes.insert(shape);
@@ -284,12 +302,16 @@ fn the_vectors_cover_the_protocol() {
         "SubmitWith lowest",
         "SubmitWith highest",
         "SubmitWith line_priority",
+        "Cancel",
+        "CancelIn",
+        "SubmitNamed",
         "Welcome",
         "Records",
         "Done",
         "Status reply",
         "Ok",
         "Error",
+        "Submission",
         "non-ASCII string",
     ];
     assert_covers(&shapes, shapes_wanted, |shape| {

@@ -29,6 +29,13 @@ impl Pool {
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
             SubmissionMsg::End { id } => self.submissions.end(id),
+            SubmissionMsg::Cancel { id, seq, reply } => {
+                let outcome = self.cancel_event(id, seq);
+                tracing::debug!(submission = id, seq, ?outcome, "cancel");
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
         }
     }
 
@@ -73,6 +80,7 @@ impl Pool {
                         charged: 0,
                         chunks: 0,
                         priority,
+                        cancelled: false,
                     });
                     self.next_job += 1;
                 }

@@ -26,6 +26,7 @@
 //! the effects its transitions return.
 
 mod breaker;
+mod cancel;
 mod dispatch;
 mod intake;
 mod lifecycle;
@@ -58,6 +59,7 @@ use crate::{Command, PoolError, SubmissionMsg, Summary};
 use submissions::Submissions;
 
 use settle::Retries;
+pub use cancel::CancelOutcome;
 
 /// What woke the pool up.
 enum Wake {

@@ -196,6 +196,26 @@ impl Queue {
         removed
     }
 
+    /// Removes the queued job of event `seq` of submission `id`, if it is queued.
+    pub fn remove(&mut self, id: SubmissionId, seq: u64) -> Option<Job> {
+        for level in &mut self.levels {
+            let Some(q) = level.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some(pos) = q.iter().position(|j| j.seq == seq) else {
+                continue;
+            };
+            let job = q.remove(pos)?;
+            if q.is_empty() {
+                level.ring.retain(|&s| s != id);
+            }
+            level.queued -= 1;
+            self.queued -= 1;
+            return Some(job);
+        }
+        None
+    }
+
     /// Takes every queued job (for a fast stop).
     pub fn take_all(&mut self) -> Vec<Job> {
         let mut all = Vec::with_capacity(self.queued);

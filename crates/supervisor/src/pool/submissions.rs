@@ -105,7 +105,6 @@ impl Submissions {
         );
     }
 
-    #[cfg(test)]
     pub fn contains(&self, id: SubmissionId) -> bool {
         self.map.contains_key(&id)
     }
@@ -180,6 +179,11 @@ impl Submissions {
     /// Queued jobs per priority, highest first (only priorities with some).
     pub fn depths(&self) -> impl Iterator<Item = (Priority, usize)> + '_ {
         self.queue.depths()
+    }
+
+    /// Removes the queued job of event `seq` of submission `id` (a cancel).
+    pub fn remove_queued(&mut self, id: SubmissionId, seq: u64) -> Option<Job> {
+        self.queue.remove(id, seq)
     }
 
     /// Takes every queued job (for a fast stop).
