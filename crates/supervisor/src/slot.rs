@@ -1321,3 +1321,5 @@ impl<L> Slot<L> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod cancel_tests;

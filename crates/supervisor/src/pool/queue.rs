@@ -367,4 +367,24 @@ mod tests {
         q.extend(3, [job(3, 2, -1)]);
         assert_eq!(drain(&mut q), [(3, 2, -1)]);
     }
+
+    /// A cancelled event leaves its queue alone: the counts, the levels and the turns of the
+    /// others stay right.
+    #[test]
+    fn remove_takes_one_job_and_keeps_the_counts_and_turns() {
+        let mut q = Queue::default();
+        q.extend(1, [job(1, 0, 0), job(1, 1, 3), job(1, 2, 0)]);
+        q.extend(2, [job(2, 0, 3)]);
+        assert_eq!(q.remove(1, 1).map(|j| j.seq), Some(1));
+        assert!(q.remove(1, 1).is_none(), "only once");
+        assert!(q.remove(2, 1).is_none(), "another submission's seq");
+        assert!(q.remove(9, 0).is_none(), "no such submission");
+        assert_eq!(q.queued(), 3);
+        assert_eq!(q.depths().collect::<Vec<_>>(), [(3, 1), (0, 2)]);
+        // Submission 2 was the only one at level 3 once 1's job left it.
+        assert_eq!(q.remove(2, 0).map(|j| j.seq), Some(0));
+        assert_eq!(q.depths().collect::<Vec<_>>(), [(0, 2)]);
+        assert_eq!(drain(&mut q), [(1, 0, 0), (1, 2, 0)]);
+        assert_eq!(q.queued(), 0);
+    }
 }

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::*;
 
-const PID: u32 = 4242;
+pub(super) const PID: u32 = 4242;
 
-fn limits() -> SlotLimits {
+pub(super) fn limits() -> SlotLimits {
     SlotLimits {
         start_timeout: Duration::from_secs(10),
         timeout: Some(Duration::from_secs(2)),
@@ -38,14 +38,14 @@ fn starting(t0: Instant) -> Slot<()> {
     s
 }
 
-fn ready(t0: Instant) -> Slot<()> {
+pub(super) fn ready(t0: Instant) -> Slot<()> {
     let mut s = starting(t0);
     assert!(s.greeted((), t0, true, &limits()).is_empty());
     s
 }
 
 /// A ready slot holding tasks 1..=n, dispatched at `t0`.
-fn busy(t0: Instant, n: u64) -> Slot<()> {
+pub(super) fn busy(t0: Instant, n: u64) -> Slot<()> {
     let mut s = ready(t0);
     for id in 1..=n {
         s.assign(job(id), t0).unwrap();
@@ -53,7 +53,7 @@ fn busy(t0: Instant, n: u64) -> Slot<()> {
     s
 }
 
-fn names(effects: &Effects) -> Vec<String> {
+pub(super) fn names(effects: &Effects) -> Vec<String> {
     effects
         .iter()
         .map(|e| match e {
