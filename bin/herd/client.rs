@@ -18,6 +18,10 @@ pub struct SubmitArgs {
     io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
+    /// Print `herd: submission N` on stderr once the daemon has named this submission: the
+    /// N that `herd ctl cancel --submission N SEQ` takes.
+    #[arg(long)]
+    print_id: bool,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +54,17 @@ enum Action {
     },
     /// Rolling restart of every worker (like HUP).
     Reload,
+    /// Cancel one accepted event: queued, it is removed; running, its worker is stopped and
+    /// replaced (the other tasks it held run elsewhere). Its record is `cancelled`. Fails
+    /// if the event was already answered.
+    Cancel {
+        /// The submission, as `herd submit --print-id` printed it.
+        #[arg(long, value_name = "ID")]
+        submission: u64,
+        /// The event's seq in its submission (0-based, in the order sent).
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+    },
     /// Stop the daemon: finish accepted events first (like TERM), or --fast (like QUIT).
     Stop {
         /// Don't finish anything: kill the workers now and record every unfinished event as
@@ -71,6 +86,7 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         Action::Scale { workers } => Request::Scale { workers },
         Action::Reload => Request::Reload,
         Action::Stop { fast } => Request::Stop { fast },
+        Action::Cancel { submission, seq } => Request::CancelIn { submission, seq },
     };
     match runtime()?.block_on(client::ask(&args.control, &req))? {
         Reply::Ok(text) => write_stdout(&format!("ok: {text}\n")),
@@ -215,7 +231,10 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = runtime()?;
     let sent = rt.block_on(async {
-        let client = Client::connect(&args.control).await?;
+        let mut client = Client::connect(&args.control).await?;
+        if args.print_id {
+            client = client.named();
+        }
         client.submit_lines(input, output, &options, plan).await
     });
     match sent {
