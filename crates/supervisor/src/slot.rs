@@ -177,10 +177,11 @@ impl Replacement {
             | Replacement::Timeout
             | Replacement::Protocol
             | Replacement::Held
-            | Replacement::Cancelled
             | Replacement::StartFailure
             | Replacement::ExitTimeout => true,
-            Replacement::MaxTasks
+            // Asked for (a cancel), not a fault of the worker.
+            Replacement::Cancelled
+            | Replacement::MaxTasks
             | Replacement::MaxRss
             | Replacement::Reload
             | Replacement::ScaleDown
@@ -1161,7 +1162,9 @@ impl<L> Slot<L> {
             End::Killed(Cause::Cancelled(_)) => Replacement::Cancelled,
             _ => Replacement::Crash,
         };
-        self.restarts += 1;
+        if reason.is_unexpected() {
+            self.restarts += 1;
+        }
         effects.push(Effect::Replaced {
             reason,
             pid,
@@ -1320,6 +1323,6 @@ impl<L> Slot<L> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod cancel_tests;
+#[cfg(test)]
+mod tests;

@@ -58,8 +58,8 @@ use crate::status::Stats;
 use crate::{Command, PoolError, SubmissionMsg, Summary};
 use submissions::Submissions;
 
-use settle::Retries;
 pub use cancel::CancelOutcome;
+use settle::Retries;
 
 /// What woke the pool up.
 enum Wake {
