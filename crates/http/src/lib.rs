@@ -23,7 +23,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown |
+//! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown, cancelled |
 //! | `herd_retries_total` | counter | |
 //! | `herd_chunks_total` | counter | |
 //! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload |

@@ -476,6 +476,8 @@ mod tests {
             ErrorKind::Timeout,
             ErrorKind::Protocol,
             ErrorKind::Rejected,
+            // Cancelled on purpose: terminated, never redelivered.
+            ErrorKind::Cancelled,
         ] {
             assert_eq!(
                 settle_as(&err(kind, false), 1, &policy, &mut j),
