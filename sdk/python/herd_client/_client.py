@@ -27,7 +27,7 @@ EVENTS_FRAME_OVERHEAD = 4 + 1 + 9
 EVENT_LINE_OVERHEAD = 1 + 9
 
 # Variant indices: their order is part of the protocol.
-HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH = 0, 1, 2, 3, 8
+HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL = 0, 1, 2, 3, 8, 9
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
@@ -86,9 +86,15 @@ class EventShutdown(EventError):
     """The daemon stopped before running the event (`shutdown`)."""
 
 
+class EventCancelled(EventError):
+    """The event was cancelled (`cancelled`): by Stream.cancel(), or from another connection
+    (`herd ctl cancel`)."""
+
+
 _KINDS = {
     "failed": EventFailed, "timeout": EventTimeout, "crashed": EventCrashed,
     "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
+    "cancelled": EventCancelled,
 }
 
 _OK_OUTPUT = b',"ok":true,"output":'
@@ -138,10 +144,20 @@ class Stream:
     chunks and returns it."""
 
     def __init__(self):
+        self._cancel = None  # set once its event is enqueued: sends the Cancel
+        self._cancel_asked = False
         self._chunks = collections.deque()
         self._wake = asyncio.Event()
         self._end = None
         self.output = None
+
+    def cancel(self):
+        """Cancels the event: queued, the daemon drops it; running, it stops its worker. The
+        stream then ends with EventCancelled, unless the final record was already on its
+        way (then that record stands)."""
+        self._cancel_asked = True
+        if self._cancel is not None:
+            self._cancel()
 
     def _add(self, chunk):
         self._chunks.append(chunk)
@@ -238,6 +254,8 @@ class Pool:
         self._streams = {}
         self._relays = set()  # tasks sending streamed events of other priorities
         self._outq = collections.deque()
+        self._sent = 0  # events written to the socket: seqs below it may be cancelled
+        self._cancels = []  # seqs to cancel, in the order asked
         self._wake_writer = asyncio.Event()
         self._writer_idle = False  # the writer waits on _wake_writer: set it for new events
         self._closing = False
@@ -364,7 +382,12 @@ class Pool:
         if self._writer_idle:
             self._writer_idle = False
             self._wake_writer.set()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The awaiting coroutine was cancelled: so is the event (its record is dropped).
+            self._cancel(seq)
+            raise
 
     def submit_stream(self, event, *, priority=0):
         """Runs one event whose handler streams partial results: returns a Stream, an async
@@ -394,6 +417,9 @@ class Pool:
 
         seq = self._enqueue(event, resolve)
         streams[seq] = stream
+        stream._cancel = lambda: self._cancel(seq)
+        if stream._cancel_asked:
+            self._cancel(seq)
 
     def _stream_later(self, stream, event, lane):
         """_stream_into on another priority's connection once it is open (the `lane` task):
@@ -498,6 +524,24 @@ class Pool:
     # -----------------------------------------------------------------------------------------
     # The two tasks.
 
+    def _cancel(self, seq):
+        """Sends `Cancel { seq }` once the event itself is out, if its record is still owed."""
+        if self._error is not None or seq not in self._pending:
+            return
+        self._cancels.append(seq)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake_writer.set()
+
+    def _ready_cancels(self):
+        """Frames for the cancels whose events are written (a cancel never overtakes its
+        event)."""
+        ready = [s for s in self._cancels if s < self._sent]
+        if not ready:
+            return b""
+        self._cancels = [s for s in self._cancels if s >= self._sent]
+        return b"".join(_frame(bytes((CANCEL,)) + varint(s)) for s in ready)
+
     def _encode_batch(self):
         """Frames for queued events, up to about BATCH_BYTES (at least one event)."""
         q = self._outq
@@ -508,6 +552,7 @@ class Pool:
         taken = 0
         while q and taken < 4 * BATCH_BYTES:
             ev = q.popleft()
+            self._sent += 1
             n = len(ev)
             if n > self._max_line:
                 piece, cost = b"\x00", 1  # None: the daemon records it as `rejected`
@@ -534,20 +579,25 @@ class Pool:
         return _frame(body)
 
     async def _write_loop(self):
+        ended = False
         try:
             while True:
-                if not self._outq:
-                    if self._closing:
-                        break
+                if self._outq:
+                    self._writer.write(self._encode_batch())
+                elif self._closing and not ended:
+                    self._writer.write(_frame(bytes((END,))))
+                    ended = True
+                elif not self._cancels:
+                    # Nothing to send (after End, only cancels may come): wait to be woken.
                     self._wake_writer.clear()
                     self._writer_idle = True
                     await self._wake_writer.wait()
                     continue
-                self._writer.write(self._encode_batch())
+                cancels = self._ready_cancels()
+                if cancels:
+                    self._writer.write(cancels)
                 # Waits here while the daemon withholds credits: back-pressure.
                 await self._writer.drain()
-            self._writer.write(_frame(bytes((END,))))
-            await self._writer.drain()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends the connection
