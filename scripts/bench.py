@@ -10,6 +10,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py jetstream --herd H --chaos C [--n 100000]  (needs nats-server)
+    python3 scripts/bench.py cancel   --herd H --chaos C [--n 100]   (request to record)
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
     python3 scripts/bench.py seed     --herd H [--n 20000 --cpu-n 2000] [--kill-every 0.15]
                                                             (examples/seed, both programs)
@@ -369,6 +370,88 @@ def scratch(prefix):
 SEED = os.path.join(os.path.dirname(HERE), "examples", "seed")
 
 
+SLEEP_LONG = b'{"op":"sleep","ms":600000}'
+
+
+def cancel(args):
+    """Cancel latency, from Stream.cancel() in herd_client to its `cancelled` record: an event
+    running (its worker is stopped; the record comes once it has exited) and an event queued
+    (every worker busy with a long sleep: it is only taken out of the queue). --n of each, one
+    at a time, each waited for in `herd status` before it is cancelled."""
+    import asyncio
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "sdk", "python"))
+    import herd_client  # the source tree's, like the Python workers'
+    tmp = scratch("herd-bench-")
+    sock = os.path.join(tmp, "control.sock")
+    daemon = serve(args, sock, "--window", "1", worker=[args.chaos])
+
+    def wait_status(cond, what):
+        deadline = time.time() + 60
+        while True:
+            p = subprocess.run([args.herd, "status", "--json", "--control", sock],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            if p.returncode == 0 and cond(json.loads(p.stdout)):
+                return
+            if time.time() > deadline:
+                die(f"cancel: timed out waiting for {what}")
+            time.sleep(0.002)
+
+    def ready(st):
+        return sum(w["state"] in ("idle", "busy") for w in st["workers"]) == args.workers
+
+    async def timed_cancel(loop, stream):
+        t0 = time.perf_counter()
+        stream.cancel()
+        try:
+            async for _ in stream:
+                pass
+        except herd_client.EventCancelled:
+            return time.perf_counter() - t0
+        die("cancel: the event was not cancelled")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running, queued = [], []
+        async with herd_client.connect(sock) as pool:
+            for _ in range(args.n):
+                await loop.run_in_executor(None, wait_status,
+                                           lambda st: ready(st) and st["inflight"] == 0,
+                                           "the workers to be ready")
+                stream = pool.submit_stream(SLEEP_LONG)
+                await loop.run_in_executor(None, wait_status, lambda st: st["inflight"] == 1,
+                                           "the sleep to run")
+                running.append(await timed_cancel(loop, stream))
+            await loop.run_in_executor(None, wait_status, ready, "the workers to be ready")
+            blockers = [pool.submit_stream(SLEEP_LONG) for _ in range(args.workers)]
+            await loop.run_in_executor(None, wait_status,
+                                       lambda st: st["inflight"] == args.workers,
+                                       "every worker to be busy")
+            for _ in range(args.n):
+                stream = pool.submit_stream(SLEEP_LONG)
+                await loop.run_in_executor(None, wait_status, lambda st: st["queued"] == 1,
+                                           "the event to be queued")
+                queued.append(await timed_cancel(loop, stream))
+            for b in blockers:
+                await timed_cancel(loop, b)
+        return running, queued
+
+    try:
+        running, queued = asyncio.run(main())
+        subprocess.run([args.herd, "ctl", "--control", sock, "stop"], stdout=subprocess.DEVNULL)
+        if daemon.wait(timeout=60) != 0:
+            die(f"herd serve exited {daemon.returncode}")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+    return {"n": args.n, "running_p50_ms": pct(running, 0.5), "running_p99_ms": pct(running, 0.99),
+            "queued_p50_ms": pct(queued, 0.5), "queued_p99_ms": pct(queued, 0.99)}
+
+
 def children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -702,6 +785,7 @@ def run_all(args):
     # programs) is then a tenth of herd's time, not a third.
     r["seed"] = sub(args, "seed", "--n", str(n // 10), "--cpu-n", str(cpu_n // 2), "--ms", "1",
                     "--repeat", "1", "--kill-every", "0.15")
+    r["cancel"] = sub(args, "cancel", "--n", "20" if args.quick else "100")
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -783,6 +867,11 @@ def table(r):
                          f"{mp_[name]['events']} ev)", r["memory"]["peak_rss_mb"], name, peer_mb,
                          peer_mb / r["memory"]["peak_rss_mb"], "<= 16"])
     rows.append(["recovery median ms", r["recovery"]["median_ms"], "-", None, None, "<= 5"])
+    if "cancel" in r:
+        for state in ("queued", "running"):
+            for q in ("p50", "p99"):
+                rows.append([f"cancel latency {q} ms, {state} (request to record)",
+                             r["cancel"][f"{state}_{q}_ms"], "-", None, None, None])
     if "jetstream" in r:
         js = r["jetstream"]
         bare = js["bare"]["events_per_sec"]
@@ -902,7 +991,8 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "stdio", "jetstream", "seed", "all", "compare"])
+                                         "stdio", "jetstream", "seed", "cancel", "all",
+                                         "compare"])
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
