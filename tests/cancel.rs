@@ -263,3 +263,49 @@ fn ten_thousand_cancels_racing_completions_crashes_and_a_stop_leave_one_record_e
         .count();
     assert!(kills > 0, "no cancel found its event running: {kinds:?}");
 }
+
+/// An event waiting out its retry delay is taken from the retries: its record is `cancelled`
+/// at once, with the attempt it made, and it never runs again.
+#[test]
+fn a_cancel_reaches_an_event_waiting_for_its_retry() {
+    let d = Daemon::start(1, &["--retries", "3", "--retry-backoff", "60s"]);
+    let rt = runtime();
+    let text = rt.block_on(async {
+        let client = Client::connect(&d.control).await.unwrap();
+        let (mut ev, mut rec) = client.submit(&SubmitOptions::default()).await.unwrap();
+        ev.send(&events(&[r#"{"op":"flaky","fails":10}"#]))
+            .await
+            .unwrap();
+        ev.end().await.unwrap();
+        let control = d.control.clone();
+        let st = tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            wait_for("the retry to wait", RUN_TIMEOUT, || {
+                let rt = runtime();
+                let st = rt.block_on(herd_supervisor::client::status(&control));
+                let waiting = st
+                    .as_ref()
+                    .is_ok_and(|st| st.retries == 1 && st.queued == 1);
+                last = st.ok();
+                waiting
+            });
+            last
+        })
+        .await
+        .unwrap();
+        assert!(st.is_some_and(|st| st.inflight == 0));
+        rec.cancel(0).await.unwrap();
+        let mut text = Vec::new();
+        while let Some(bytes) = rec.next().await.unwrap() {
+            text.extend_from_slice(&bytes);
+        }
+        String::from_utf8(text).unwrap()
+    });
+    let r: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(kind(&r), "cancelled", "{r}");
+    assert_eq!(r["attempts"], 1, "{r}");
+    let st = d.status();
+    assert_eq!(st["queued"], 0, "{st}");
+    assert_eq!(total(&st, "cancelled"), 1, "{st}");
+    d.stop_ok();
+}
