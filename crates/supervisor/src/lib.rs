@@ -43,6 +43,7 @@ pub mod policy;
 mod pool;
 pub mod priority;
 mod process;
+pub mod rate;
 pub mod record;
 mod rendezvous;
 pub mod resume;
@@ -67,6 +68,7 @@ pub use credits::RecordBatch;
 pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
 pub use process::raise_nofile_limit;
+pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};
 pub use status::{

@@ -21,6 +21,7 @@ impl Pool {
         let now = self.now;
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);
+        self.rate_wake = None;
         while self.submissions.queued() > 0 {
             let slots = &self.slots;
             let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
@@ -28,6 +29,12 @@ impl Pool {
             }) else {
                 break;
             };
+            // The pool's rate limit, checked only once a worker has room: its wait is the
+            // limit's doing, not the workers'.
+            if let Some(Err(at)) = self.rate.as_mut().map(|l| l.check(now)) {
+                self.rate_wake = Some(at);
+                break;
+            }
             self.cursor = i + 1;
             let Some(mut job) = self.submissions.pop() else {
                 break;
@@ -39,13 +46,23 @@ impl Pool {
                 payload: job.payload.clone(),
             };
             match self.slots[i].assign(job, now) {
-                Ok(()) => batches[i].push(frame),
+                Ok(()) => {
+                    batches[i].push(frame);
+                    if let Some(l) = self.rate.as_mut() {
+                        l.start(now);
+                    }
+                }
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
                     job.attempts -= 1;
                     self.requeue(job);
                     break;
                 }
+            }
+        }
+        if self.submissions.queued() == 0 {
+            if let Some(l) = self.rate.as_mut() {
+                l.idle(now);
             }
         }
         // One message per worker per wake-up, however many tasks it got.

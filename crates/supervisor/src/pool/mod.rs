@@ -132,6 +132,10 @@ pub(crate) struct Pool {
     /// `POOL_RSS_EVERY` while there is a pool memory ceiling.
     pool_rss: Option<(u64, usize)>,
     next_pool_rss: Instant,
+    /// The pool's `--rate` limit on attempt starts, if any.
+    rate: Option<crate::rate::Limiter>,
+    /// When a start held back by a rate limit may happen (set by each dispatch).
+    rate_wake: Option<Instant>,
 }
 
 impl Pool {
@@ -224,7 +228,10 @@ impl Pool {
             epoch: now,
             pool_rss: None,
             next_pool_rss: now,
+            rate: None,
+            rate_wake: None,
         };
+        pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));
             if let Err(source) = pool.spawn(i) {
