@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod priority;
 mod privilege;
+mod rate;
 mod resume;
 mod run;
 mod stdio;

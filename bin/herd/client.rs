@@ -132,6 +132,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             a.pool_rss as f64 / 1048576.0,
         );
     }
+    for r in &st.rates {
+        let scope = match r.scope {
+            herd_supervisor::RateScope::Pool => "pool".to_owned(),
+            herd_supervisor::RateScope::Submission(id) => format!("submission {id}"),
+        };
+        let holding = if r.holding { "  holding" } else { "" };
+        say!(
+            "rate {scope}: {}  delayed {}  waited {:.1}s{holding}",
+            r.rate,
+            r.delayed,
+            r.wait_secs,
+        );
+    }
     if !st.queued_by_priority.is_empty() {
         let by: Vec<String> = st
             .queued_by_priority

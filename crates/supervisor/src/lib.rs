@@ -72,7 +72,8 @@ pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
-    AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
+    AutoscaleDecision, AutoscaleStatus, BreakerStatus, RateScope, RateStatus, SourceStatus, Status,
+    WorkerStatus,
 };
 pub use submission::{
     run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,

@@ -197,6 +197,12 @@ impl Limiter {
         }
     }
 
+    /// How long the start held back now has waited so far.
+    pub fn current_wait(&self, now: Instant) -> Duration {
+        self.held_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
     /// Whether a start is being held back.
     pub fn holding(&self) -> bool {
         self.held_since.is_some()

@@ -21,6 +21,7 @@
 //! | `submissions.rs` | per submission: its queued jobs, its outbox, the records it is owed |
 //! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
 //! | `reorder.rs` | an `--ordered` submission's reorder buffer |
+//! | `rate.rs` | the rate limits on attempt starts: changes and their status |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -30,6 +31,7 @@ mod dispatch;
 mod intake;
 mod lifecycle;
 mod queue;
+mod rate;
 mod reconfigure;
 mod reorder;
 mod settle;
