@@ -72,6 +72,21 @@ pub enum Request {
         priority: i8,
         line_priority: bool,
     },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -99,6 +114,21 @@ pub enum RequestRef<'a> {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+    },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
     },
 }
 

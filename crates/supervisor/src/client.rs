@@ -279,7 +279,14 @@ impl Client {
         // Plain Submit when there is no priority to give: it works with daemons older than
         // SubmitWith too.
         let with_priority = options.priority != 0 || options.line_priority;
-        let start = if with_priority {
+        let start = if let Some(rate) = options.rate {
+            Request::SubmitRated {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                rate: rate.to_string(),
+            }
+        } else if with_priority {
             Request::SubmitWith {
                 ordered: options.ordered,
                 priority: options.priority,

@@ -480,6 +480,25 @@ async fn connection(
             };
             return submission(rd, wr, pool, options, shared).await;
         }
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => match rate.parse::<crate::rate::Rate>() {
+            Ok(rate) => {
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate: Some(rate),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        RequestRef::Rate { submission, rate } => set_rate(&pool, submission, rate.as_deref()).await,
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -511,6 +530,35 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Reload => "Reload",
         RequestRef::Stop { .. } => "Stop",
         RequestRef::SubmitWith { .. } => "SubmitWith",
+        RequestRef::Rate { .. } => "Rate",
+        RequestRef::SubmitRated { .. } => "SubmitRated",
+    }
+}
+
+/// `Rate`: the pool's limit, or an open submission's.
+async fn set_rate(pool: &PoolHandle, submission: Option<u64>, rate: Option<&str>) -> Reply {
+    let rate = match rate.map(str::parse::<crate::rate::Rate>).transpose() {
+        Ok(r) => r,
+        Err(e) => return Reply::Error(e.to_string()),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = Command::SetRate {
+        submission,
+        rate,
+        reply,
+    };
+    if !pool.command(cmd) {
+        return Reply::Error("the pool has stopped".into());
+    }
+    let what = match submission {
+        None => "the pool".to_owned(),
+        Some(id) => format!("submission {id}"),
+    };
+    let limit = rate.map_or("no limit".to_owned(), |r| r.to_string());
+    match answer.await {
+        Ok(true) => Reply::Ok(format!("rate of {what}: {limit}")),
+        Ok(false) => Reply::Error(format!("no open submission {id}", id = submission.unwrap_or(0))),
+        Err(_) => Reply::Error("the pool has stopped".into()),
     }
 }
 

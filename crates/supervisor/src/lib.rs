@@ -144,6 +144,13 @@ pub enum Command {
     Status(oneshot::Sender<Status>),
     /// Write a status snapshot to the log.
     LogStatus,
+    /// A new rate limit on attempt starts (`None`: unlimited): the pool's, or one open
+    /// submission's. The reply is false if that submission is not open.
+    SetRate {
+        submission: Option<SubmissionId>,
+        rate: Option<rate::Rate>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Submission traffic into the pool, on one ordered channel.
@@ -181,6 +188,9 @@ pub struct SubmitOptions {
     /// as a `failed` record whose [`RecordOutcome::Err`] says `retryable`. Crashes and
     /// timeouts are still retried by the pool, up to `retries`.
     pub source_retries: bool,
+    /// Attempt starts of this submission's events, at most (`herd submit --rate`); other
+    /// submissions are dispatched past it while it waits.
+    pub rate: Option<rate::Rate>,
 }
 
 /// What a pool did, returned when it stops.

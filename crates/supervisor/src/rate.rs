@@ -16,17 +16,26 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A rate: `count` starts per `per`, with bursts of up to `burst` at once.
+/// A rate: `count` starts per `per`, with bursts of up to `burst` at once. Built by parsing
+/// (`"200/s,burst=10".parse()`), which refuses a count that is not a positive number.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
-    /// Starts per `per` (may be fractional: `0.5/s`).
-    pub count: f64,
-    pub per: Duration,
+    /// Starts per `per` (may be fractional: `0.5/s`); positive and finite.
+    count: f64,
+    per: Duration,
     /// Starts allowed at once after a quiet spell (at least 1).
-    pub burst: u32,
+    burst: u32,
 }
 
+// `count` is never NaN (parsing refuses it), so equality is reflexive.
+impl Eq for Rate {}
+
 impl Rate {
+    /// Starts allowed at once after a quiet spell.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
     /// The time between two starts at the steady rate (at least 1 ns).
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.per.as_secs_f64() / self.count).max(Duration::from_nanos(1))

@@ -120,6 +120,16 @@ pub enum JsonRequest {
         priority: i8,
         line_priority: bool,
     },
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -202,6 +212,21 @@ impl Message {
                     priority: *priority,
                     line_priority: *line_priority,
                 },
+                Request::Rate { submission, rate } => JsonRequest::Rate {
+                    submission: *submission,
+                    rate: rate.clone(),
+                },
+                Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => JsonRequest::SubmitRated {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    rate: rate.clone(),
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -259,6 +284,18 @@ impl Message {
                     ordered,
                     priority,
                     line_priority,
+                },
+                JsonRequest::Rate { submission, rate } => Request::Rate { submission, rate },
+                JsonRequest::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
                 },
             }))
         } else if direction == DAEMON_TO_CLIENT {
@@ -413,6 +450,29 @@ pub fn messages() -> Vec<(String, Message)> {
             },
         );
     }
+    for (name, submission, rate) in [
+        ("rate_pool", None, Some("200/s,burst=10")),
+        ("rate_pool_off", None, None),
+        ("rate_submission", Some(3), Some("30/m")),
+        ("rate_submission_u64_max", Some(u64::MAX), Some("0.5/s")),
+    ] {
+        req(
+            name.into(),
+            Request::Rate {
+                submission,
+                rate: rate.map(str::to_owned),
+            },
+        );
+    }
+    req(
+        "submit_rated".into(),
+        Request::SubmitRated {
+            ordered: true,
+            priority: -1,
+            line_priority: false,
+            rate: "200/s,burst=10".into(),
+        },
+    );
 
     let mut rep = |name: String, m: Reply| v.push((name, Message::Reply(m)));
     rep("welcome".into(), welcome(4242));
@@ -526,7 +586,8 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_9", c, &[9], "Request has variants 0 (Hello) to 8 (SubmitWith) only"),
+        bad("request_unknown_variant_11", c, &[11], "Request has variants 0 (Hello) to 10 (SubmitRated) only"),
+        bad("rate_missing_rate", c, &[9, 0], "the body ends where rate should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
         bad("reply_unknown_variant_6", d, &[6], "Reply has variants 0 (Welcome) to 5 (Error) only"),

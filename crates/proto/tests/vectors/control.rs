@@ -138,6 +138,18 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             priority,
             line_priority,
         },
+        RequestRef::Rate { submission, rate } => Request::Rate { submission, rate },
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => Request::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        },
     })
 }
 
@@ -241,6 +253,12 @@ fn the_vectors_cover_the_protocol() {
                     (false, p) if p < 0 => "SubmitWith negative",
                     _ => "SubmitWith",
                 },
+                JsonRequest::Rate { submission, rate } => match (submission, rate) {
+                    (_, None) => "Rate off",
+                    (None, Some(_)) => "Rate pool",
+                    (Some(_), Some(_)) => "Rate submission",
+                },
+                JsonRequest::SubmitRated { .. } => "SubmitRated",
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -284,6 +302,10 @@ fn the_vectors_cover_the_protocol() {
         "SubmitWith lowest",
         "SubmitWith highest",
         "SubmitWith line_priority",
+        "Rate pool",
+        "Rate off",
+        "Rate submission",
+        "SubmitRated",
         "Welcome",
         "Records",
         "Done",

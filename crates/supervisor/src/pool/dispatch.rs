@@ -36,8 +36,13 @@ impl Pool {
                 break;
             }
             self.cursor = i + 1;
-            let Some(mut job) = self.submissions.pop() else {
-                break;
+            // Past the submissions a limit of their own holds back, to the others'.
+            let mut job = match self.submissions.pop_limited(now) {
+                Ok(job) => job,
+                Err(wake) => {
+                    self.rate_wake = wake;
+                    break;
+                }
             };
             job.attempts += 1;
             let frame = Outgoing::Task {

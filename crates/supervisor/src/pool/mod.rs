@@ -350,6 +350,20 @@ impl Pool {
                 let _ = reply.send(self.status());
             }
             Command::LogStatus => self.log_status(),
+            Command::SetRate {
+                submission,
+                rate,
+                reply,
+            } => {
+                let found = match submission {
+                    None => {
+                        self.set_rate(rate);
+                        true
+                    }
+                    Some(id) => self.set_submission_rate(id, rate),
+                };
+                let _ = reply.send(found);
+            }
         }
     }
 
