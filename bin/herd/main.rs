@@ -183,7 +183,7 @@ pub struct PoolArgs {
     retry_backoff: Duration,
     /// Attempt starts of the whole pool, at most: N/s, N/m or N/h, with up to B at once after
     /// a quiet spell [default burst: 1]. A retry is a start and counts. Exact (GCRA): no
-    /// window edge lets a double burst through (see docs/GUIDE.md).
+    /// window edge lets a double burst through (see docs/RATES.md).
     #[arg(long, value_name = "N/s[,burst=B]", value_parser = parse_rate)]
     rate: Option<herd_supervisor::Rate>,
     /// Replace a worker gracefully after it completed N tasks (against leaks).
