@@ -38,7 +38,14 @@ fn pool_rate_is_exact_with_its_burst_and_no_window_edge() {
     let fx = Fixture::new();
     // One task per worker at a time, so a start on the worker follows its dispatch closely.
     let run = fx.run_chaos(
-        &["--workers", "4", "--window", "1", "--rate", "200/s,burst=10"],
+        &[
+            "--workers",
+            "4",
+            "--window",
+            "1",
+            "--rate",
+            "200/s,burst=10",
+        ],
         clock_events(2000),
     );
     run.assert_success();
@@ -95,9 +102,7 @@ fn a_submission_limit_holds_back_only_that_submission() {
     assert_eq!(rate["rate"], "5/s", "{st}");
     assert!(rate["scope"]["submission"].is_u64(), "{st}");
     assert!(rate["wait_secs"].as_f64().unwrap() > 0.0, "{st}");
-    eprintln!(
-        "1000 unlimited starts in {fast_took:?} beside a 5/s submission; its status: {rate}"
-    );
+    eprintln!("1000 unlimited starts in {fast_took:?} beside a 5/s submission; its status: {rate}");
     d.stop_ok();
 }
 
@@ -111,11 +116,10 @@ fn ctl_rate_changes_the_pool_limit_mid_run() {
     });
     assert_eq!(st["rates"][0]["scope"], "pool", "{st}");
     assert_eq!(st["rates"][0]["rate"], "2/s", "{st}");
-    let out = d
-        .fx
-        .herd(&["ctl", "--control", d.ctl(), "rate", "400/s,burst=10"])
-        .output()
-        .unwrap();
+    let out =
+        d.fx.herd(&["ctl", "--control", d.ctl(), "rate", "400/s,burst=10"])
+            .output()
+            .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -130,9 +134,16 @@ fn ctl_rate_changes_the_pool_limit_mid_run() {
     assert_eq!(st["rates"][0]["rate"], "400/s,burst=10", "{st}");
     assert!(st["rates"][0]["wait_secs"].as_f64().unwrap() > 0.5, "{st}");
     // A submission that is not open is an error; `off` lifts the limit.
-    let out = d
-        .fx
-        .herd(&["ctl", "--control", d.ctl(), "rate", "--submission", "999", "1/s"])
+    let out =
+        d.fx.herd(&[
+            "ctl",
+            "--control",
+            d.ctl(),
+            "rate",
+            "--submission",
+            "999",
+            "1/s",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -304,7 +304,8 @@ pub fn parse_workers(s: &str) -> Result<Workers, String> {
 }
 
 pub fn parse_rate(s: &str) -> Result<herd_supervisor::Rate, String> {
-    s.parse().map_err(|e: herd_supervisor::rate::ParseRateError| e.to_string())
+    s.parse()
+        .map_err(|e: herd_supervisor::rate::ParseRateError| e.to_string())
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -333,7 +333,60 @@ mod tests {
             sources: Vec::new(),
             autoscale: None,
             breaker: None,
+            rates: Vec::new(),
         }
+    }
+
+    #[test]
+    fn rate_limits_show_their_rate_and_waits_by_scope() {
+        let limit =
+            |scope, rate: &str, per_second, delayed, wait_secs| herd_supervisor::RateStatus {
+                scope,
+                rate: rate.into(),
+                per_second,
+                burst: 10,
+                delayed,
+                wait_secs,
+                holding: false,
+            };
+        let status = Status {
+            rates: vec![
+                limit(
+                    herd_supervisor::RateScope::Pool,
+                    "200/s,burst=10",
+                    200.0,
+                    1990,
+                    9.5,
+                ),
+                limit(
+                    herd_supervisor::RateScope::Submission(7),
+                    "30/m",
+                    0.5,
+                    3,
+                    6.0,
+                ),
+            ],
+            ..empty_status()
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        for line in [
+            "# TYPE herd_rate_limit gauge",
+            "herd_rate_limit{scope=\"pool\"} 200.0",
+            "herd_rate_limit{scope=\"submission-7\"} 0.5",
+            "herd_rate_limit_burst{scope=\"pool\"} 10",
+            "herd_rate_limit_delayed_total{scope=\"pool\"} 1990",
+            "# TYPE herd_rate_limit_wait_seconds counter",
+            "herd_rate_limit_wait_seconds_total{scope=\"pool\"} 9.5",
+            "herd_rate_limit_wait_seconds_total{scope=\"submission-7\"} 6.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // No limit, no series.
+        let text = render(empty_status()).expect("a String never fails to take writes");
+        assert!(!text.contains("herd_rate_limit"), "{text}");
     }
 
     #[test]

@@ -557,7 +557,10 @@ async fn set_rate(pool: &PoolHandle, submission: Option<u64>, rate: Option<&str>
     let limit = rate.map_or("no limit".to_owned(), |r| r.to_string());
     match answer.await {
         Ok(true) => Reply::Ok(format!("rate of {what}: {limit}")),
-        Ok(false) => Reply::Error(format!("no open submission {id}", id = submission.unwrap_or(0))),
+        Ok(false) => Reply::Error(format!(
+            "no open submission {id}",
+            id = submission.unwrap_or(0)
+        )),
         Err(_) => Reply::Error("the pool has stopped".into()),
     }
 }

@@ -84,7 +84,10 @@ impl FromStr for Rate {
                     .trim()
                     .strip_prefix("burst=")
                     .ok_or_else(|| err("after the comma only burst=B may follow"))?;
-                let b: u32 = b.trim().parse().map_err(|_| err("the burst is not a number"))?;
+                let b: u32 = b
+                    .trim()
+                    .parse()
+                    .map_err(|_| err("the burst is not a number"))?;
                 if b == 0 {
                     return Err(err("the burst must be at least 1"));
                 }
@@ -242,8 +245,17 @@ mod tests {
         assert_eq!(rate("0.5/s").interval(), Duration::from_secs(2));
         assert_eq!(rate("200/s, burst=10").burst, 10);
         for bad in [
-            "", "200", "200/d", "0/s", "-1/s", "inf/s", "NaN/s", "x/s", "2/s,burst=0",
-            "2/s,bust=3", "2/s,burst=x",
+            "",
+            "200",
+            "200/d",
+            "0/s",
+            "-1/s",
+            "inf/s",
+            "NaN/s",
+            "x/s",
+            "2/s,burst=0",
+            "2/s,bust=3",
+            "2/s,burst=x",
         ] {
             assert!(bad.parse::<Rate>().is_err(), "{bad:?} parsed");
         }
@@ -299,10 +311,7 @@ mod tests {
         // Idle long: the burst is back, but only the burst.
         let at = schedule(&mut l, t0 + Duration::from_secs(100), 13);
         assert_eq!(at.iter().filter(|d| d.is_zero()).count(), 3);
-        let first_second = at
-            .iter()
-            .filter(|d| **d < Duration::from_secs(1))
-            .count();
+        let first_second = at.iter().filter(|d| **d < Duration::from_secs(1)).count();
         assert_eq!(first_second, 3 + 9, "{at:?}");
     }
 

@@ -431,8 +431,18 @@ mod tests {
                 deaths: 3,
                 last: "exit 1".into(),
             }),
+            rates: vec![RateStatus {
+                scope: RateScope::Submission(3),
+                rate: "30/m".into(),
+                per_second: 0.5,
+                burst: 1,
+                delayed: 2,
+                wait_secs: 3.5,
+                holding: true,
+            }],
         };
         let json = serde_json::to_string(&status).expect("serializes");
+        assert!(json.contains(r#""scope":{"submission":3}"#), "{json}");
         let back: Status = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
         assert_eq!(back.queued_by_priority.get(&-3), Some(&1));
@@ -442,11 +452,12 @@ mod tests {
             sources: Vec::new(),
             autoscale: None,
             breaker: None,
+            rates: Vec::new(),
             ..back
         };
         let json = serde_json::to_string(&bare).expect("serializes");
         assert!(
-            !json.contains("autoscale") && !json.contains("sources"),
+            !json.contains("autoscale") && !json.contains("sources") && !json.contains("rates"),
             "{json}"
         );
         let back: Status = serde_json::from_str(&json).expect("deserializes");

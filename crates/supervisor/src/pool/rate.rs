@@ -18,10 +18,18 @@ impl Pool {
     }
 
     /// A new limit for one submission; false if it is not open.
-    pub(super) fn set_submission_rate(&mut self, id: crate::SubmissionId, rate: Option<Rate>) -> bool {
+    pub(super) fn set_submission_rate(
+        &mut self,
+        id: crate::SubmissionId,
+        rate: Option<Rate>,
+    ) -> bool {
         let found = self.submissions.set_rate(id, rate, self.now);
         if found {
-            tracing::info!(submission = id, rate = rate.map(|r| r.to_string()), "submission rate limit");
+            tracing::info!(
+                submission = id,
+                rate = rate.map(|r| r.to_string()),
+                "submission rate limit"
+            );
         }
         found
     }

@@ -199,7 +199,12 @@ impl Submissions {
     }
 
     /// A new limit for submission `id` (`None`: unlimited); false if it is not open.
-    pub fn set_rate(&mut self, id: SubmissionId, rate: Option<crate::rate::Rate>, now: Instant) -> bool {
+    pub fn set_rate(
+        &mut self,
+        id: SubmissionId,
+        rate: Option<crate::rate::Rate>,
+        now: Instant,
+    ) -> bool {
         let Some(entry) = self.map.get_mut(&id) else {
             return false;
         };
