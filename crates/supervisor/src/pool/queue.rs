@@ -212,7 +212,7 @@ impl Queue {
             })
             .collect();
         // Stable: among equals the earlier (higher) level stays first.
-        order.sort_by(|a, b| b.1.cmp(&a.1));
+        order.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
         for (li, _) in order {
             let level = &mut self.levels[li];
             let Some(pos) = level.ring.iter().position(|id| !held.contains(id)) else {
