@@ -65,6 +65,7 @@ window = 8
 timeout = "1s"
 retries = 4
 retry-backoff = "250ms"
+rate = "200/s,burst=10"
 max-tasks = 1_000
 max-rss = "512MiB"
 queue = 5000
@@ -157,6 +158,7 @@ window = 4
 timeout = "2s"
 retries = 1
 retry-backoff = "1s"
+rate = "30/m"
 max-tasks = 10
 max-rss = "1GiB"
 queue = 100

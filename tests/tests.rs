@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod priority;
 mod privilege;
+mod rate;
 mod resume;
 mod run;
 mod stdio;

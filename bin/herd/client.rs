@@ -18,6 +18,12 @@ pub struct SubmitArgs {
     io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
+    /// Attempt starts of this submission's events, at most: N/s, N/m or N/h, with up to B at
+    /// once after a quiet spell [default burst: 1]. A retry is a start and counts. Other
+    /// submissions keep their speed while this one waits; the daemon's own --rate applies
+    /// too. Change it with `herd ctl rate --submission ID`.
+    #[arg(long, value_name = "N/s[,burst=B]", value_parser = crate::parse_rate)]
+    rate: Option<herd_supervisor::Rate>,
     /// Print `herd: submission N` on stderr once the daemon has named this submission: the
     /// N that `herd ctl cancel --submission N SEQ` takes.
     #[arg(long)]
@@ -54,6 +60,18 @@ enum Action {
     },
     /// Rolling restart of every worker (like HUP).
     Reload,
+    /// Change a rate limit on attempt starts: the pool's (as `herd serve --rate`), or with
+    /// --submission that of one open submission (its id in `herd status --json`, `rates`).
+    /// A retry is a start and counts.
+    Rate {
+        /// N/s, N/m or N/h, with up to B at once after a quiet spell [default burst: 1];
+        /// `off` for no limit.
+        #[arg(value_name = "N/s[,burst=B]|off", value_parser = parse_rate_or_off)]
+        rate: RateOrOff,
+        /// The submission whose limit changes, instead of the pool's.
+        #[arg(long, value_name = "ID")]
+        submission: Option<u64>,
+    },
     /// Cancel one accepted event: queued, it is removed; running, its worker is stopped and
     /// replaced (the other tasks it held run elsewhere). Its record is `cancelled`. Fails
     /// if the event was already answered.
@@ -74,6 +92,17 @@ enum Action {
     },
 }
 
+/// A rate, or `off` (`None`).
+#[derive(Debug, Clone)]
+struct RateOrOff(Option<herd_supervisor::Rate>);
+
+fn parse_rate_or_off(s: &str) -> Result<RateOrOff, String> {
+    if s == "off" {
+        return Ok(RateOrOff(None));
+    }
+    crate::parse_rate(s).map(|r| RateOrOff(Some(r)))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -85,6 +114,10 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let req = match args.action {
         Action::Scale { workers } => Request::Scale { workers },
         Action::Reload => Request::Reload,
+        Action::Rate { rate, submission } => Request::Rate {
+            submission,
+            rate: rate.0.map(|r| r.to_string()),
+        },
         Action::Stop { fast } => Request::Stop { fast },
         Action::Cancel { submission, seq } => Request::CancelIn { submission, seq },
     };
@@ -146,6 +179,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             a.grows,
             a.shrinks,
             a.pool_rss as f64 / 1048576.0,
+        );
+    }
+    for r in &st.rates {
+        let scope = match r.scope {
+            herd_supervisor::RateScope::Pool => "pool".to_owned(),
+            herd_supervisor::RateScope::Submission(id) => format!("submission {id}"),
+        };
+        let holding = if r.holding { "  holding" } else { "" };
+        say!(
+            "rate {scope}: {}  delayed {}  waited {:.1}s{holding}",
+            r.rate,
+            r.delayed,
+            r.wait_secs,
         );
     }
     if !st.queued_by_priority.is_empty() {
@@ -227,6 +273,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         ordered: args.io.ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
+        rate: args.rate,
         ..Default::default()
     };
     let rt = runtime()?;

@@ -181,6 +181,11 @@ pub struct PoolArgs {
     /// Base delay before retrying a retryable failure; doubles per attempt, with jitter.
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_duration)]
     retry_backoff: Duration,
+    /// Attempt starts of the whole pool, at most: N/s, N/m or N/h, with up to B at once after
+    /// a quiet spell [default burst: 1]. A retry is a start and counts. Exact (GCRA): no
+    /// window edge lets a double burst through (see docs/RATES.md).
+    #[arg(long, value_name = "N/s[,burst=B]", value_parser = parse_rate)]
+    rate: Option<herd_supervisor::Rate>,
     /// Replace a worker gracefully after it completed N tasks (against leaks).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tasks: Option<u64>,
@@ -247,6 +252,7 @@ impl PoolArgs {
         cfg.timeout = self.timeout;
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;
+        cfg.rate = self.rate;
         cfg.queue = self.queue.unwrap_or(0) as usize;
         if let Some(b) = self.queue_bytes {
             anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");
@@ -295,6 +301,11 @@ pub fn parse_workers(s: &str) -> Result<Workers, String> {
     herd_supervisor::AutoscaleConfig::new(min, max)
         .map(Workers::Range)
         .map_err(|e| format!("`{s}`: {e}"))
+}
+
+pub fn parse_rate(s: &str) -> Result<herd_supervisor::Rate, String> {
+    s.parse()
+        .map_err(|e: herd_supervisor::rate::ParseRateError| e.to_string())
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

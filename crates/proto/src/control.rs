@@ -73,6 +73,21 @@ pub enum Request {
         priority: i8,
         line_priority: bool,
     },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
     /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
     /// its own: the event's record answers it (`cancelled`, or the record it already had).
     Cancel {
@@ -85,12 +100,13 @@ pub enum Request {
         submission: u64,
         seq: u64,
     },
-    /// `SubmitWith`, and the daemon's first reply is `Submission { id }`: the id `CancelIn`
-    /// names it by.
+    /// `SubmitRated` with the rate optional, and the daemon's first reply is
+    /// `Submission { id }`: the id `CancelIn` names it by.
     SubmitNamed {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+        rate: Option<String>,
     },
 }
 
@@ -120,6 +136,21 @@ pub enum RequestRef<'a> {
         priority: i8,
         line_priority: bool,
     },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
     /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
     /// its own: the event's record answers it (`cancelled`, or the record it already had).
     Cancel {
@@ -132,12 +163,13 @@ pub enum RequestRef<'a> {
         submission: u64,
         seq: u64,
     },
-    /// `SubmitWith`, and the daemon's first reply is `Submission { id }`: the id `CancelIn`
-    /// names it by.
+    /// `SubmitRated` with the rate optional, and the daemon's first reply is
+    /// `Submission { id }`: the id `CancelIn` names it by.
     SubmitNamed {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+        rate: Option<String>,
     },
 }
 

@@ -296,6 +296,14 @@ impl Client {
                 ordered: options.ordered,
                 priority: options.priority,
                 line_priority: options.line_priority,
+                rate: options.rate.map(|r| r.to_string()),
+            }
+        } else if let Some(rate) = options.rate {
+            Request::SubmitRated {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                rate: rate.to_string(),
             }
         } else if with_priority {
             Request::SubmitWith {

@@ -52,6 +52,8 @@ pub struct PoolConfig {
     /// Scale between bounds instead of running `workers` (which is then ignored): see
     /// [`crate::autoscale`].
     pub autoscale: Option<crate::autoscale::AutoscaleConfig>,
+    /// Attempt starts of the whole pool, at most (`--rate`); a retry is a start.
+    pub rate: Option<crate::rate::Rate>,
 }
 
 impl PoolConfig {
@@ -80,6 +82,7 @@ impl PoolConfig {
             runtime_dir: None,
             launch: crate::launch::Launch::default(),
             autoscale: None,
+            rate: None,
         }
     }
 

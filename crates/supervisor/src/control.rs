@@ -480,19 +480,43 @@ async fn connection(
             };
             return submission(rd, wr, pool, options, false, shared).await;
         }
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => match rate.parse::<crate::rate::Rate>() {
+            Ok(rate) => {
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate: Some(rate),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, false, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        RequestRef::Rate { submission, rate } => set_rate(&pool, submission, rate.as_deref()).await,
         RequestRef::SubmitNamed {
             ordered,
             priority,
             line_priority,
-        } => {
-            let options = SubmitOptions {
-                ordered,
-                priority,
-                line_priority,
-                ..SubmitOptions::default()
-            };
-            return submission(rd, wr, pool, options, true, shared).await;
-        }
+            rate,
+        } => match rate.map(|r| r.parse::<crate::rate::Rate>()).transpose() {
+            Ok(rate) => {
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, true, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
         RequestRef::CancelIn { submission, seq } => match pool.cancel(submission, seq).await {
             Some(outcome) if outcome.cancelled() => Reply::Ok(outcome.describe().into()),
             Some(outcome) => Reply::Error(outcome.describe().into()),
@@ -532,6 +556,38 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Cancel { .. } => "Cancel",
         RequestRef::CancelIn { .. } => "CancelIn",
         RequestRef::SubmitNamed { .. } => "SubmitNamed",
+        RequestRef::Rate { .. } => "Rate",
+        RequestRef::SubmitRated { .. } => "SubmitRated",
+    }
+}
+
+/// `Rate`: the pool's limit, or an open submission's.
+async fn set_rate(pool: &PoolHandle, submission: Option<u64>, rate: Option<&str>) -> Reply {
+    let rate = match rate.map(str::parse::<crate::rate::Rate>).transpose() {
+        Ok(r) => r,
+        Err(e) => return Reply::Error(e.to_string()),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = Command::SetRate {
+        submission,
+        rate,
+        reply,
+    };
+    if !pool.command(cmd) {
+        return Reply::Error("the pool has stopped".into());
+    }
+    let what = match submission {
+        None => "the pool".to_owned(),
+        Some(id) => format!("submission {id}"),
+    };
+    let limit = rate.map_or("no limit".to_owned(), |r| r.to_string());
+    match answer.await {
+        Ok(true) => Reply::Ok(format!("rate of {what}: {limit}")),
+        Ok(false) => Reply::Error(format!(
+            "no open submission {id}",
+            id = submission.unwrap_or(0)
+        )),
+        Err(_) => Reply::Error("the pool has stopped".into()),
     }
 }
 

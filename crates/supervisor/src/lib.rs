@@ -43,6 +43,7 @@ pub mod policy;
 mod pool;
 pub mod priority;
 mod process;
+pub mod rate;
 pub mod record;
 mod rendezvous;
 pub mod resume;
@@ -68,10 +69,12 @@ pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
 pub use pool::CancelOutcome;
 pub use process::raise_nofile_limit;
+pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
-    AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
+    AutoscaleDecision, AutoscaleStatus, BreakerStatus, RateScope, RateStatus, SourceStatus, Status,
+    WorkerStatus,
 };
 pub use submission::{
     run_one, Canceller, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
@@ -142,6 +145,13 @@ pub enum Command {
     Status(oneshot::Sender<Status>),
     /// Write a status snapshot to the log.
     LogStatus,
+    /// A new rate limit on attempt starts (`None`: unlimited): the pool's, or one open
+    /// submission's. The reply is false if that submission is not open.
+    SetRate {
+        submission: Option<SubmissionId>,
+        rate: Option<rate::Rate>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Submission traffic into the pool, on one ordered channel.
@@ -186,6 +196,9 @@ pub struct SubmitOptions {
     /// as a `failed` record whose [`RecordOutcome::Err`] says `retryable`. Crashes and
     /// timeouts are still retried by the pool, up to `retries`.
     pub source_retries: bool,
+    /// Attempt starts of this submission's events, at most (`herd submit --rate`); other
+    /// submissions are dispatched past it while it waits.
+    pub rate: Option<rate::Rate>,
 }
 
 /// What a pool did, returned when it stops.

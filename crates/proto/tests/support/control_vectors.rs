@@ -120,6 +120,16 @@ pub enum JsonRequest {
         priority: i8,
         line_priority: bool,
     },
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
     Cancel {
         seq: u64,
     },
@@ -131,6 +141,7 @@ pub enum JsonRequest {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+        rate: Option<String>,
     },
 }
 
@@ -217,6 +228,21 @@ impl Message {
                     priority: *priority,
                     line_priority: *line_priority,
                 },
+                Request::Rate { submission, rate } => JsonRequest::Rate {
+                    submission: *submission,
+                    rate: rate.clone(),
+                },
+                Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => JsonRequest::SubmitRated {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    rate: rate.clone(),
+                },
                 Request::Cancel { seq } => JsonRequest::Cancel { seq: *seq },
                 Request::CancelIn { submission, seq } => JsonRequest::CancelIn {
                     submission: *submission,
@@ -226,10 +252,12 @@ impl Message {
                     ordered,
                     priority,
                     line_priority,
+                    rate,
                 } => JsonRequest::SubmitNamed {
                     ordered: *ordered,
                     priority: *priority,
                     line_priority: *line_priority,
+                    rate: rate.clone(),
                 },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
@@ -290,16 +318,30 @@ impl Message {
                     priority,
                     line_priority,
                 },
+                JsonRequest::Rate { submission, rate } => Request::Rate { submission, rate },
+                JsonRequest::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                },
                 JsonRequest::Cancel { seq } => Request::Cancel { seq },
                 JsonRequest::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
                 JsonRequest::SubmitNamed {
                     ordered,
                     priority,
                     line_priority,
+                    rate,
                 } => Request::SubmitNamed {
                     ordered,
                     priority,
                     line_priority,
+                    rate,
                 },
             }))
         } else if direction == DAEMON_TO_CLIENT {
@@ -455,6 +497,29 @@ pub fn messages() -> Vec<(String, Message)> {
             },
         );
     }
+    for (name, submission, rate) in [
+        ("rate_pool", None, Some("200/s,burst=10")),
+        ("rate_pool_off", None, None),
+        ("rate_submission", Some(3), Some("30/m")),
+        ("rate_submission_u64_max", Some(u64::MAX), Some("0.5/s")),
+    ] {
+        req(
+            name.into(),
+            Request::Rate {
+                submission,
+                rate: rate.map(str::to_owned),
+            },
+        );
+    }
+    req(
+        "submit_rated".into(),
+        Request::SubmitRated {
+            ordered: true,
+            priority: -1,
+            line_priority: false,
+            rate: "200/s,burst=10".into(),
+        },
+    );
 
     for seq in U64_BOUNDARIES {
         req(format!("cancel_{seq}"), Request::Cancel { seq });
@@ -479,6 +544,7 @@ pub fn messages() -> Vec<(String, Message)> {
             ordered: false,
             priority: 0,
             line_priority: false,
+            rate: None,
         },
     );
     req(
@@ -487,6 +553,7 @@ pub fn messages() -> Vec<(String, Message)> {
             ordered: true,
             priority: -3,
             line_priority: false,
+            rate: Some("200/s,burst=10".into()),
         },
     );
 
@@ -613,9 +680,10 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_12", c, &[12], "Request has variants 0 (Hello) to 11 (SubmitNamed) only"),
-        bad("cancel_missing_seq", c, &[9], "the body ends where seq should start"),
-        bad("cancel_in_missing_seq", c, &[10, 3], "the body ends after submission, where seq should start"),
+        bad("request_unknown_variant_14", c, &[14], "Request has variants 0 (Hello) to 13 (SubmitNamed) only"),
+        bad("cancel_missing_seq", c, &[11], "the body ends where seq should start"),
+        bad("cancel_in_missing_seq", c, &[12, 3], "the body ends after submission, where seq should start"),
+        bad("rate_missing_rate", c, &[9, 0], "the body ends where rate should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
         bad("reply_unknown_variant_7", d, &[7], "Reply has variants 0 (Welcome) to 6 (Submission) only"),

@@ -138,16 +138,30 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             priority,
             line_priority,
         },
+        RequestRef::Rate { submission, rate } => Request::Rate { submission, rate },
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => Request::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        },
         RequestRef::Cancel { seq } => Request::Cancel { seq },
         RequestRef::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
         RequestRef::SubmitNamed {
             ordered,
             priority,
             line_priority,
+            rate,
         } => Request::SubmitNamed {
             ordered,
             priority,
             line_priority,
+            rate,
         },
     })
 }
@@ -252,6 +266,12 @@ fn the_vectors_cover_the_protocol() {
                     (false, p) if p < 0 => "SubmitWith negative",
                     _ => "SubmitWith",
                 },
+                JsonRequest::Rate { submission, rate } => match (submission, rate) {
+                    (_, None) => "Rate off",
+                    (None, Some(_)) => "Rate pool",
+                    (Some(_), Some(_)) => "Rate submission",
+                },
+                JsonRequest::SubmitRated { .. } => "SubmitRated",
                 JsonRequest::Cancel { seq } => {
                     u64s.insert(*seq);
                     "Cancel"
@@ -302,6 +322,10 @@ fn the_vectors_cover_the_protocol() {
         "SubmitWith lowest",
         "SubmitWith highest",
         "SubmitWith line_priority",
+        "Rate pool",
+        "Rate off",
+        "Rate submission",
+        "SubmitRated",
         "Cancel",
         "CancelIn",
         "SubmitNamed",

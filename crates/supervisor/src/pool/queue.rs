@@ -179,6 +179,66 @@ impl Queue {
         None
     }
 
+    /// Jobs of submission `id` queued, across levels.
+    pub fn queued_of(&self, id: SubmissionId) -> usize {
+        self.levels
+            .iter()
+            .filter_map(|l| l.jobs.get(&id))
+            .map(VecDeque::len)
+            .sum()
+    }
+
+    /// The next job of a submission not in `held` (those a rate limit holds back): by the same
+    /// rule as [`pop`](Self::pop), skipping the held ones, which keep their turn.
+    pub fn pop_unless(&mut self, held: &[SubmissionId]) -> Option<Job> {
+        if held.is_empty() {
+            return self.pop();
+        }
+        // Levels by effective priority, best first (as `pick`).
+        let mut order: Vec<(usize, (i64, u64))> = self
+            .levels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.queued > 0)
+            .map(|(i, l)| {
+                let waited = self.dispatched - l.since;
+                (
+                    i,
+                    (
+                        i64::from(l.priority) * AGING_DISPATCHES as i64 + waited as i64,
+                        waited,
+                    ),
+                )
+            })
+            .collect();
+        // Stable: among equals the earlier (higher) level stays first.
+        order.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
+        for (li, _) in order {
+            let level = &mut self.levels[li];
+            let Some(pos) = level.ring.iter().position(|id| !held.contains(id)) else {
+                continue;
+            };
+            let Some(id) = level.ring.remove(pos) else {
+                continue;
+            };
+            let Some(q) = level.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some(job) = q.pop_front() else {
+                continue;
+            };
+            if !q.is_empty() {
+                level.ring.push_back(id);
+            }
+            level.queued -= 1;
+            self.queued -= 1;
+            self.dispatched += 1;
+            level.since = self.dispatched;
+            return Some(job);
+        }
+        None
+    }
+
     /// Removes submission `id`'s queued jobs and its queues; returns how many jobs it had.
     pub fn cancel(&mut self, id: SubmissionId) -> usize {
         let mut removed = 0;
@@ -347,6 +407,24 @@ mod tests {
         q.push(first, true);
         q.push(urgent, true);
         assert_eq!(drain(&mut q), [(2, 0, 9), (1, 0, 0), (1, 1, 0), (1, 2, 0)]);
+    }
+
+    #[test]
+    fn held_submissions_are_skipped_and_keep_their_turn() {
+        let mut q = Queue::default();
+        q.extend(1, (0..3).map(|s| job(1, s, 0)));
+        q.extend(2, (0..3).map(|s| job(2, s, 0)));
+        q.extend(3, [job(3, 0, 5)]);
+        // The top level is held entirely: a lower one is served, not nothing.
+        let j = q.pop_unless(&[3]).unwrap();
+        assert_eq!((j.submission, j.seq), (1, 0));
+        assert_eq!(q.pop_unless(&[1, 3]).unwrap().submission, 2);
+        assert_eq!(q.pop_unless(&[1, 3]).unwrap().submission, 2);
+        assert_eq!(q.queued_of(1), 2);
+        assert!(q.pop_unless(&[1, 2, 3]).is_none());
+        assert_eq!(q.queued(), 4);
+        // Released, everything comes out in the usual order.
+        assert_eq!(drain(&mut q), [(3, 0, 5), (1, 1, 0), (2, 2, 0), (1, 2, 0)]);
     }
 
     #[test]

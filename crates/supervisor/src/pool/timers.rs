@@ -41,6 +41,7 @@ impl Pool {
             autoscale,
             self.retries.deadline(),
             self.submissions.next_flush(),
+            self.rate_wake,
         ]
         .into_iter()
         .flatten()
