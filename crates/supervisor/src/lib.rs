@@ -36,6 +36,7 @@ mod credits;
 mod guard;
 mod job;
 pub mod launch;
+mod limits;
 pub mod lines;
 mod link;
 mod msg;
@@ -178,6 +179,10 @@ pub struct SubmitOptions {
     /// as a `failed` record whose [`RecordOutcome::Err`] says `retryable`. Crashes and
     /// timeouts are still retried by the pool, up to `retries`.
     pub source_retries: bool,
+    /// This submission's `--max-age`, in place of the pool's (see [`PoolConfig::max_age`]).
+    pub max_age: Option<std::time::Duration>,
+    /// This submission's `--deadline`, in place of the pool's (see [`PoolConfig::deadline`]).
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// What a pool did, returned when it stops.

@@ -32,7 +32,13 @@ impl Pool {
             let Some(mut job) = self.submissions.pop() else {
                 break;
             };
+            // Out of time while queued: its record now, and the worker's place to the next.
+            if let Some(kind) = crate::limits::verdict(&job, now) {
+                self.fail(job, kind, crate::limits::message(kind).to_string());
+                continue;
+            }
             job.attempts += 1;
+            let was_dispatched = std::mem::replace(&mut job.dispatched, true);
             let frame = Outgoing::Task {
                 id: job.id,
                 attempt: job.attempts,
@@ -43,6 +49,7 @@ impl Pool {
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
                     job.attempts -= 1;
+                    job.dispatched = was_dispatched;
                     self.requeue(job);
                     break;
                 }

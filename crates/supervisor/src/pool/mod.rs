@@ -27,6 +27,7 @@
 
 mod breaker;
 mod dispatch;
+mod expiry;
 mod intake;
 mod lifecycle;
 mod queue;
@@ -132,6 +133,9 @@ pub(crate) struct Pool {
     /// `POOL_RSS_EVERY` while there is a pool memory ceiling.
     pool_rss: Option<(u64, usize)>,
     next_pool_rss: Instant,
+    /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
+    time_limited: bool,
+    next_sweep: Instant,
 }
 
 impl Pool {
@@ -224,6 +228,8 @@ impl Pool {
             epoch: now,
             pool_rss: None,
             next_pool_rss: now,
+            time_limited: false,
+            next_sweep: now,
         };
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
+use tokio::time::Instant;
 
 use crate::job::{Job, SubmissionId};
 use crate::priority::{Priority, AGING_DISPATCHES};
@@ -194,6 +195,52 @@ impl Queue {
         }
         self.queued -= removed;
         removed
+    }
+
+    /// Removes the queued jobs that are out of time at `now` (see [`crate::limits`]), looking
+    /// at no more than `budget` jobs. Within one submission's queue at one level, jobs never
+    /// dispatched are in the order they were accepted, behind any that went back to the front,
+    /// so the scan of a queue stops at the first one of those still in time.
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        mut budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        let mut out = Vec::new();
+        for level in &mut self.levels {
+            if level.queued == 0 {
+                continue;
+            }
+            let mut emptied = false;
+            for q in level.jobs.values_mut() {
+                let mut k = 0;
+                while budget > 0 && k < q.len() {
+                    budget -= 1;
+                    match crate::limits::verdict(&q[k], now) {
+                        Some(kind) => {
+                            if let Some(job) = q.remove(k) {
+                                out.push((job, kind));
+                                level.queued -= 1;
+                                self.queued -= 1;
+                            }
+                        }
+                        None if !q[k].dispatched => break,
+                        None => k += 1,
+                    }
+                }
+                emptied |= q.is_empty();
+            }
+            if emptied {
+                let jobs = &level.jobs;
+                level
+                    .ring
+                    .retain(|id| jobs.get(id).is_some_and(|q| !q.is_empty()));
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        out
     }
 
     /// Takes every queued job (for a fast stop).

@@ -182,6 +182,15 @@ impl Submissions {
         self.queue.depths()
     }
 
+    /// Removes queued jobs out of time (see [`Queue::take_out_of_time`]).
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        self.queue.take_out_of_time(now, budget)
+    }
+
     /// Takes every queued job (for a fast stop).
     pub fn take_all(&mut self) -> Vec<Job> {
         self.queue.take_all()
