@@ -394,4 +394,43 @@ mod tests {
         q.extend(3, [job(3, 2, -1)]);
         assert_eq!(drain(&mut q), [(3, 2, -1)]);
     }
+
+    #[test]
+    fn deadline_sweep_takes_what_is_out_of_time_and_keeps_the_counts() {
+        use crate::record::ErrorKind;
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let aged = |sub, seq, accepted: Duration| {
+            let mut j = job(sub, seq, 0);
+            j.expires = Some(t0 + accepted + ms(100));
+            j.deadline = Some(t0 + accepted + ms(500));
+            j
+        };
+        let mut q = Queue::default();
+        q.extend(1, (0..4).map(|i| aged(1, i, ms(10 * i))));
+        q.extend(2, [aged(2, 0, ms(200))]);
+        // A retry at the front: dispatched once, so held to its deadline only.
+        let mut retry = aged(1, 9, ms(0));
+        retry.dispatched = true;
+        q.push(retry, true);
+        assert!(q.take_out_of_time(t0 + ms(50), 100).is_empty());
+        // At 125 ms: seqs 0, 1 and 2 of submission 1 expired; 3 and the retry are in time.
+        let out = q.take_out_of_time(t0 + ms(125), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        let e = ErrorKind::Expired;
+        assert_eq!(got, [(1, 0, e), (1, 1, e), (1, 2, e)]);
+        assert_eq!(q.queued(), 3);
+        // The budget bounds the work: one job looked at (the retry, in time).
+        assert!(q.take_out_of_time(t0 + ms(250), 1).is_empty());
+        // At 600 ms: the retry's deadline passed, and everything else expired.
+        let out = q.take_out_of_time(t0 + ms(600), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&(1, 9, ErrorKind::Deadline)));
+        assert!(got.contains(&(1, 3, e)) && got.contains(&(2, 0, e)));
+        assert_eq!(q.queued(), 0);
+        assert!(q.pop().is_none());
+        assert!(!q.others_queued(3), "emptied queues left the ring");
+    }
 }
