@@ -18,6 +18,14 @@ pub struct SubmitArgs {
     io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
+    /// This submission's --max-age, in place of the daemon's: an event that waited longer
+    /// than DUR for its first start gets an `expired` record instead of running.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    max_age: Option<std::time::Duration>,
+    /// This submission's --deadline, in place of the daemon's: a limit over all attempts of
+    /// one event, retries and backoff included, after which it gets a `deadline` record.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    deadline: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +219,8 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         ordered: args.io.ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
+        max_age: args.max_age,
+        deadline: args.deadline,
         ..Default::default()
     };
     let rt = runtime()?;

@@ -5,7 +5,7 @@
 //! client                                  daemon
 //!   │ ── Hello { protocol } ────────────▶   │  version check (or Error, then close)
 //!   │ ◀─ Welcome { protocol, pid, .. } ──── │  with the submission's frame and line limits
-//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith, with a priority):
+//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith/SubmitTimed):
 //!   │ ── Events([line | None, ..]) ─────▶   │    lines (None: too long, rejected client-side)
 //!   │ ── End ───────────────────────────▶   │
 //!   │ ◀─ Records(json lines) ───────────── │    as they complete, concurrently with Events
@@ -72,6 +72,17 @@ pub enum Request {
         priority: i8,
         line_priority: bool,
     },
+    /// `SubmitWith` plus this submission's time limits, in milliseconds, 0 for the daemon's
+    /// own: `max_age_ms` (an event that waited longer for its first start gets an `expired`
+    /// record) and `deadline_ms` (over all its attempts; then a `deadline` record). Appended
+    /// to version 2: a daemon that predates it closes the connection.
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -99,6 +110,13 @@ pub enum RequestRef<'a> {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+    },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
     },
 }
 

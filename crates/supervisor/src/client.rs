@@ -279,7 +279,17 @@ impl Client {
         // Plain Submit when there is no priority to give: it works with daemons older than
         // SubmitWith too.
         let with_priority = options.priority != 0 || options.line_priority;
-        let start = if with_priority {
+        // Milliseconds, at least 1 (0 means the daemon's own limit).
+        let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
+        let start = if options.max_age.is_some() || options.deadline.is_some() {
+            Request::SubmitTimed {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                max_age_ms: ms(options.max_age),
+                deadline_ms: ms(options.deadline),
+            }
+        } else if with_priority {
             Request::SubmitWith {
                 ordered: options.ordered,
                 priority: options.priority,

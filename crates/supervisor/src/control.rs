@@ -480,6 +480,24 @@ async fn connection(
             };
             return submission(rd, wr, pool, options, shared).await;
         }
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+        } => {
+            let ms = |n: u64| (n > 0).then(|| std::time::Duration::from_millis(n));
+            let options = SubmitOptions {
+                ordered,
+                priority,
+                line_priority,
+                max_age: ms(max_age_ms),
+                deadline: ms(deadline_ms),
+                ..SubmitOptions::default()
+            };
+            return submission(rd, wr, pool, options, shared).await;
+        }
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -511,6 +529,7 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Reload => "Reload",
         RequestRef::Stop { .. } => "Stop",
         RequestRef::SubmitWith { .. } => "SubmitWith",
+        RequestRef::SubmitTimed { .. } => "SubmitTimed",
     }
 }
 

@@ -39,11 +39,12 @@ impl Limits {
         self.max_age.is_some() || self.deadline.is_some()
     }
 
-    /// `(expires, deadline)` for an event accepted at `now`.
+    /// `(expires, deadline)` for an event accepted at `now`. A limit too far to represent (a
+    /// client may send any number) is no limit.
     pub fn stamp(&self, now: Instant) -> (Option<Instant>, Option<Instant>) {
         (
-            self.max_age.map(|d| now + d),
-            self.deadline.map(|d| now + d),
+            self.max_age.and_then(|d| now.checked_add(d)),
+            self.deadline.and_then(|d| now.checked_add(d)),
         )
     }
 }
@@ -120,5 +121,11 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(m.stamp(t0), (Some(t0 + s), Some(t0 + 3 * s)));
         assert_eq!(Limits::default().stamp(t0), (None, None));
+        let huge = Duration::from_millis(u64::MAX);
+        let far = Limits {
+            max_age: Some(huge),
+            deadline: Some(huge),
+        };
+        assert_eq!(far.stamp(t0), (None, None), "no overflow");
     }
 }

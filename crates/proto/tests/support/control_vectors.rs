@@ -120,6 +120,13 @@ pub enum JsonRequest {
         priority: i8,
         line_priority: bool,
     },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -202,6 +209,19 @@ impl Message {
                     priority: *priority,
                     line_priority: *line_priority,
                 },
+                Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                } => JsonRequest::SubmitTimed {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    max_age_ms: *max_age_ms,
+                    deadline_ms: *deadline_ms,
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -259,6 +279,19 @@ impl Message {
                     ordered,
                     priority,
                     line_priority,
+                },
+                JsonRequest::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                } => Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
                 },
             }))
         } else if direction == DAEMON_TO_CLIENT {
@@ -413,6 +446,22 @@ pub fn messages() -> Vec<(String, Message)> {
             },
         );
     }
+    for (name, max_age_ms, deadline_ms) in [
+        ("submit_timed_max_age_1000", 1000, 0),
+        ("submit_timed_deadline_300000", 0, 300_000),
+        ("submit_timed_u64_max", u64::MAX, u64::MAX),
+    ] {
+        req(
+            name.into(),
+            Request::SubmitTimed {
+                ordered: false,
+                priority: 0,
+                line_priority: false,
+                max_age_ms,
+                deadline_ms,
+            },
+        );
+    }
 
     let mut rep = |name: String, m: Reply| v.push((name, Message::Reply(m)));
     rep("welcome".into(), welcome(4242));
@@ -526,7 +575,8 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_9", c, &[9], "Request has variants 0 (Hello) to 8 (SubmitWith) only"),
+        bad("request_unknown_variant_10", c, &[10], "Request has variants 0 (Hello) to 9 (SubmitTimed) only"),
+        bad("submit_timed_missing_deadline", c, &[9, 0, 0, 0, 100], "the body ends where deadline_ms should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
         bad("reply_unknown_variant_6", d, &[6], "Reply has variants 0 (Welcome) to 5 (Error) only"),

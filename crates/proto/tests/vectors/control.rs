@@ -138,6 +138,19 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             priority,
             line_priority,
         },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+        } => Request::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+        },
     })
 }
 
@@ -241,6 +254,15 @@ fn the_vectors_cover_the_protocol() {
                     (false, p) if p < 0 => "SubmitWith negative",
                     _ => "SubmitWith",
                 },
+                JsonRequest::SubmitTimed {
+                    max_age_ms,
+                    deadline_ms,
+                    ..
+                } => {
+                    u64s.insert(*max_age_ms);
+                    u64s.insert(*deadline_ms);
+                    "SubmitTimed"
+                }
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -284,6 +306,7 @@ fn the_vectors_cover_the_protocol() {
         "SubmitWith lowest",
         "SubmitWith highest",
         "SubmitWith line_priority",
+        "SubmitTimed",
         "Welcome",
         "Records",
         "Done",
