@@ -121,7 +121,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(m.stamp(t0), (Some(t0 + s), Some(t0 + 3 * s)));
         assert_eq!(Limits::default().stamp(t0), (None, None));
-        let huge = Duration::from_millis(u64::MAX);
+        let huge = Duration::MAX;
         let far = Limits {
             max_age: Some(huge),
             deadline: Some(huge),
