@@ -212,7 +212,12 @@ impl Queue {
                 continue;
             }
             let mut emptied = false;
-            for q in level.jobs.values_mut() {
+            let mut removed = 0;
+            // Only the queues in the ring have jobs: an emptied one costs nothing here.
+            for id in &level.ring {
+                let Some(q) = level.jobs.get_mut(id) else {
+                    continue;
+                };
                 let mut k = 0;
                 while budget > 0 && k < q.len() {
                     budget -= 1;
@@ -220,8 +225,7 @@ impl Queue {
                         Some(kind) => {
                             if let Some(job) = q.remove(k) {
                                 out.push((job, kind));
-                                level.queued -= 1;
-                                self.queued -= 1;
+                                removed += 1;
                             }
                         }
                         None if !q[k].dispatched => break,
@@ -229,7 +233,12 @@ impl Queue {
                     }
                 }
                 emptied |= q.is_empty();
+                if budget == 0 {
+                    break;
+                }
             }
+            level.queued -= removed;
+            self.queued -= removed;
             if emptied {
                 let jobs = &level.jobs;
                 level
