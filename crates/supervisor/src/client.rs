@@ -279,7 +279,20 @@ impl Client {
         // Plain Submit when there is no priority to give: it works with daemons older than
         // SubmitWith too.
         let with_priority = options.priority != 0 || options.line_priority;
-        let start = if let Some(rate) = options.rate {
+        // Milliseconds, at least 1 (0 means the daemon's own limit).
+        let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
+        // The oldest request that carries every option given: SubmitTimed carries the time
+        // limits and a rate too, SubmitRated only a rate.
+        let start = if options.max_age.is_some() || options.deadline.is_some() {
+            Request::SubmitTimed {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                max_age_ms: ms(options.max_age),
+                deadline_ms: ms(options.deadline),
+                rate: options.rate.map_or_else(String::new, |r| r.to_string()),
+            }
+        } else if let Some(rate) = options.rate {
             Request::SubmitRated {
                 ordered: options.ordered,
                 priority: options.priority,

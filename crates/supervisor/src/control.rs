@@ -499,6 +499,32 @@ async fn connection(
             Err(e) => Reply::Error(e.to_string()),
         },
         RequestRef::Rate { submission, rate } => set_rate(&pool, submission, rate.as_deref()).await,
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => match (!rate.is_empty())
+            .then(|| rate.parse::<crate::rate::Rate>())
+            .transpose()
+        {
+            Ok(rate) => {
+                let ms = |n: u64| (n > 0).then(|| std::time::Duration::from_millis(n));
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                    max_age: ms(max_age_ms),
+                    deadline: ms(deadline_ms),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -532,6 +558,7 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::SubmitWith { .. } => "SubmitWith",
         RequestRef::Rate { .. } => "Rate",
         RequestRef::SubmitRated { .. } => "SubmitRated",
+        RequestRef::SubmitTimed { .. } => "SubmitTimed",
     }
 }
 

@@ -25,6 +25,14 @@ pub(crate) struct Job {
     pub chunks: u32,
     /// Its dispatch priority (kept across retries).
     pub priority: Priority,
+    /// `--max-age`: when it expires unless it has been dispatched by then (see
+    /// [`crate::limits`]).
+    pub expires: Option<Instant>,
+    /// It was handed to a worker once: `--max-age` no longer applies.
+    pub dispatched: bool,
+    /// `--deadline`: when it gets a `deadline` record if it has no answer yet, whatever
+    /// attempt it is on.
+    pub deadline: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -41,6 +49,9 @@ impl Job {
             charged: 0,
             chunks: 0,
             priority,
+            expires: None,
+            dispatched: false,
+            deadline: None,
         }
     }
 }

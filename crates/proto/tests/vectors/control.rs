@@ -150,6 +150,21 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             line_priority,
             rate,
         },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => Request::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        },
     })
 }
 
@@ -259,6 +274,20 @@ fn the_vectors_cover_the_protocol() {
                     (Some(_), Some(_)) => "Rate submission",
                 },
                 JsonRequest::SubmitRated { .. } => "SubmitRated",
+                JsonRequest::SubmitTimed {
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                    ..
+                } => {
+                    u64s.insert(*max_age_ms);
+                    u64s.insert(*deadline_ms);
+                    if rate.is_empty() {
+                        "SubmitTimed"
+                    } else {
+                        "SubmitTimed rated"
+                    }
+                }
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -306,6 +335,8 @@ fn the_vectors_cover_the_protocol() {
         "Rate off",
         "Rate submission",
         "SubmitRated",
+        "SubmitTimed",
+        "SubmitTimed rated",
         "Welcome",
         "Records",
         "Done",

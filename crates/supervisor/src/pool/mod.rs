@@ -28,6 +28,7 @@
 
 mod breaker;
 mod dispatch;
+mod expiry;
 mod intake;
 mod lifecycle;
 mod queue;
@@ -138,6 +139,9 @@ pub(crate) struct Pool {
     rate: Option<crate::rate::Limiter>,
     /// When a start held back by a rate limit may happen (set by each dispatch).
     rate_wake: Option<Instant>,
+    /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
+    time_limited: bool,
+    next_sweep: Instant,
 }
 
 impl Pool {
@@ -232,6 +236,8 @@ impl Pool {
             next_pool_rss: now,
             rate: None,
             rate_wake: None,
+            time_limited: false,
+            next_sweep: now,
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
