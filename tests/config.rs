@@ -63,6 +63,8 @@ scale-idle = "30s"
 max-pool-rss = "2GiB"
 window = 8
 timeout = "1s"
+max-age = "30s"
+deadline = "5m"
 retries = 4
 retry-backoff = "250ms"
 rate = "200/s,burst=10"
@@ -156,6 +158,8 @@ line-priority = true
 workers = 3
 window = 4
 timeout = "2s"
+max-age = "1s"
+deadline = "1m"
 retries = 1
 retry-backoff = "1s"
 rate = "30/m"

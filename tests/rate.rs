@@ -152,3 +152,34 @@ fn ctl_rate_changes_the_pool_limit_mid_run() {
     assert!(d.status().get("rates").is_none());
     d.stop_ok();
 }
+
+#[test]
+fn a_submission_with_a_rate_and_a_max_age_gets_both() {
+    // One `herd submit` with both: SubmitTimed carries the rate along with the time limits.
+    let d = Daemon::start(2, &["--window", "1"]);
+    let child = d.submit_bg(
+        "both.txt",
+        &clock_events(20),
+        &["--rate", "5/s", "--max-age", "700ms"],
+    );
+    d.wait_status("the submission's limit holding", |st| {
+        st["rates"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["rate"] == "5/s"))
+    });
+    let run = crate::control::output_of(child);
+    run.assert_success();
+    let ok: Vec<&Value> = run.records.iter().filter(|r| kind(r) == "ok").collect();
+    let expired = run.records.iter().filter(|r| kind(r) == "expired").count();
+    assert_eq!(ok.len() + expired, 20, "only ok and expired records");
+    // At 5/s about 4 start within the 700 ms (0, 200, 400, 600 ms); the rest expired queued.
+    assert!((2..=6).contains(&ok.len()), "{} ok", ok.len());
+    let mut at: Vec<u64> = ok.iter().map(|r| r["output"].as_u64().unwrap()).collect();
+    at.sort_unstable();
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|&g| g >= 150_000),
+        "starts of a 5/s submission closer than 200 ms: {gaps:?}"
+    );
+    d.stop_ok();
+}

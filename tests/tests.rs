@@ -10,6 +10,7 @@ mod config;
 mod control;
 mod daemon;
 mod dashboard;
+mod deadline;
 mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]

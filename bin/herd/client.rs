@@ -25,9 +25,18 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N/s[,burst=B]", value_parser = crate::parse_rate)]
     rate: Option<herd_supervisor::Rate>,
     /// Print `herd: submission N` on stderr once the daemon has named this submission: the
-    /// N that `herd ctl cancel --submission N SEQ` takes.
-    #[arg(long)]
+    /// N that `herd ctl cancel --submission N SEQ` takes. Not with --max-age or --deadline
+    /// (a timed submission is not named).
+    #[arg(long, conflicts_with_all = ["max_age", "deadline"])]
     print_id: bool,
+    /// This submission's --max-age, in place of the daemon's: an event that waited longer
+    /// than DUR for its first start gets an `expired` record instead of running.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    max_age: Option<std::time::Duration>,
+    /// This submission's --deadline, in place of the daemon's: a limit over all attempts of
+    /// one event, retries and backoff included, after which it gets a `deadline` record.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    deadline: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +283,8 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
         rate: args.rate,
+        max_age: args.max_age,
+        deadline: args.deadline,
         ..Default::default()
     };
     let rt = runtime()?;

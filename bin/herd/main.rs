@@ -175,6 +175,15 @@ pub struct PoolArgs {
     /// Per-attempt deadline (e.g. 500ms, 30s); a worker past it is killed and replaced.
     #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
     timeout: Option<Duration>,
+    /// An event that waited longer than DUR for its first start gets an `expired` record
+    /// instead of running (a backlog of stale events is dropped, not worked through).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    max_age: Option<Duration>,
+    /// A limit over all attempts of one event, retries and backoff included: once DUR has
+    /// passed since it was accepted it gets a `deadline` record (a running attempt's worker is
+    /// killed and replaced).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    deadline: Option<Duration>,
     /// Extra attempts after a crash, timeout or retryable failure.
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
@@ -250,6 +259,8 @@ impl PoolArgs {
         }
         cfg.window = self.window.unwrap_or(0) as usize;
         cfg.timeout = self.timeout;
+        cfg.max_age = self.max_age;
+        cfg.deadline = self.deadline;
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;
         cfg.rate = self.rate;

@@ -5,7 +5,7 @@
 //! client                                  daemon
 //!   │ ── Hello { protocol } ────────────▶   │  version check (or Error, then close)
 //!   │ ◀─ Welcome { protocol, pid, .. } ──── │  with the submission's frame and line limits
-//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith, with a priority):
+//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith/SubmitTimed):
 //!   │ ── Events([line | None, ..]) ─────▶   │    lines (None: too long, rejected client-side)
 //!   │ ── End ───────────────────────────▶   │
 //!   │ ◀─ Records(json lines) ───────────── │    as they complete, concurrently with Events
@@ -108,6 +108,21 @@ pub enum Request {
         line_priority: bool,
         rate: Option<String>,
     },
+    /// `SubmitWith` plus this submission's time limits, in milliseconds, 0 for the daemon's
+    /// own: `max_age_ms` (an event that waited longer for its first start gets an `expired`
+    /// record) and `deadline_ms` (over all its attempts; then a `deadline` record); and its
+    /// rate limit as in `SubmitRated` (`""`: none), so that one request carries every option
+    /// `herd submit` takes but `--print-id`: it is not named (no `Submission` reply), so
+    /// `herd submit` refuses `--print-id` with `--max-age`/`--deadline`. Variant 14, appended
+    /// to version 2 after `SubmitNamed`: a daemon that predates it closes the connection.
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -170,6 +185,14 @@ pub enum RequestRef<'a> {
         priority: i8,
         line_priority: bool,
         rate: Option<String>,
+    },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
     },
 }
 

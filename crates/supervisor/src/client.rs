@@ -102,6 +102,9 @@ pub enum ClientError {
     Closed(#[source] Option<io::Error>),
     #[error("the daemon closed the connection without a reply")]
     NoReply,
+    /// Options that no request carries together.
+    #[error("{0}")]
+    Options(String),
     #[error("the daemon went away")]
     Gone(#[source] io::Error),
     #[error("the daemon went away after {received} records")]
@@ -291,12 +294,32 @@ impl Client {
         // Plain Submit when there is no priority to give: it works with daemons older than
         // SubmitWith too.
         let with_priority = options.priority != 0 || options.line_priority;
+        // Milliseconds, at least 1 (0 means the daemon's own limit).
+        let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
+        let timed = options.max_age.is_some() || options.deadline.is_some();
+        if self.named && timed {
+            // No request is both named and timed: refuse rather than drop the limits.
+            return Err(ClientError::Options(
+                "a named submission (--print-id) cannot have --max-age or --deadline".into(),
+            ));
+        }
+        // The oldest request that carries every option given: SubmitNamed the name (and a
+        // rate), SubmitTimed the time limits and a rate too, SubmitRated only a rate.
         let start = if self.named {
             Request::SubmitNamed {
                 ordered: options.ordered,
                 priority: options.priority,
                 line_priority: options.line_priority,
                 rate: options.rate.map(|r| r.to_string()),
+            }
+        } else if timed {
+            Request::SubmitTimed {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                max_age_ms: ms(options.max_age),
+                deadline_ms: ms(options.deadline),
+                rate: options.rate.map_or_else(String::new, |r| r.to_string()),
             }
         } else if let Some(rate) = options.rate {
             Request::SubmitRated {

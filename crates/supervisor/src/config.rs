@@ -27,6 +27,13 @@ pub struct PoolConfig {
     pub max_frame: usize,
     /// Per-attempt deadline.
     pub timeout: Option<Duration>,
+    /// An event that waited longer than this for its first start gets an `expired` record
+    /// instead of running (`--max-age`). A submission may set its own.
+    pub max_age: Option<Duration>,
+    /// A limit over all the attempts of one event, retries and backoff included
+    /// (`--deadline`): once it passes the event gets a `deadline` record. A submission may set
+    /// its own.
+    pub deadline: Option<Duration>,
     /// Extra attempts after a crash, timeout or retryable failure.
     pub retries: u32,
     /// Base delay before retrying a retryable failure (doubles per attempt, with jitter).
@@ -72,6 +79,8 @@ impl PoolConfig {
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_frame: herd_proto::DEFAULT_MAX_FRAME,
             timeout: None,
+            max_age: None,
+            deadline: None,
             retries: 2,
             retry_backoff: Duration::from_millis(100),
             stop_grace: Duration::from_secs(30),

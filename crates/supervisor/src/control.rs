@@ -522,6 +522,32 @@ async fn connection(
             Some(outcome) => Reply::Error(outcome.describe().into()),
             None => Reply::Error("the pool has stopped".into()),
         },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => match (!rate.is_empty())
+            .then(|| rate.parse::<crate::rate::Rate>())
+            .transpose()
+        {
+            Ok(rate) => {
+                let ms = |n: u64| (n > 0).then(|| std::time::Duration::from_millis(n));
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                    max_age: ms(max_age_ms),
+                    deadline: ms(deadline_ms),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, false, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -558,6 +584,7 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::SubmitNamed { .. } => "SubmitNamed",
         RequestRef::Rate { .. } => "Rate",
         RequestRef::SubmitRated { .. } => "SubmitRated",
+        RequestRef::SubmitTimed { .. } => "SubmitTimed",
     }
 }
 

@@ -36,6 +36,7 @@ mod credits;
 mod guard;
 mod job;
 pub mod launch;
+mod limits;
 pub mod lines;
 mod link;
 mod msg;
@@ -199,6 +200,10 @@ pub struct SubmitOptions {
     /// Attempt starts of this submission's events, at most (`herd submit --rate`); other
     /// submissions are dispatched past it while it waits.
     pub rate: Option<rate::Rate>,
+    /// This submission's `--max-age`, in place of the pool's (see [`PoolConfig::max_age`]).
+    pub max_age: Option<std::time::Duration>,
+    /// This submission's `--deadline`, in place of the pool's (see [`PoolConfig::deadline`]).
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// What a pool did, returned when it stops.

@@ -26,11 +26,16 @@ pub enum ErrorKind {
     /// A control request cancelled the event (queued: removed; running: its worker was
     /// stopped and replaced).
     Cancelled,
+    /// It waited longer than `--max-age` for its first start, and never ran.
+    Expired,
+    /// `--deadline` passed (over all its attempts, retries and backoff included) before it
+    /// had an answer.
+    Deadline,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (for counters and reports).
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Failed,
         ErrorKind::Timeout,
         ErrorKind::Crashed,
@@ -38,6 +43,8 @@ impl ErrorKind {
         ErrorKind::Rejected,
         ErrorKind::Shutdown,
         ErrorKind::Cancelled,
+        ErrorKind::Expired,
+        ErrorKind::Deadline,
     ];
 
     /// The `error.kind` string.
@@ -50,6 +57,8 @@ impl ErrorKind {
             ErrorKind::Rejected => "rejected",
             ErrorKind::Shutdown => "shutdown",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Expired => "expired",
+            ErrorKind::Deadline => "deadline",
         }
     }
 }

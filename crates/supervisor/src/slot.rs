@@ -99,6 +99,9 @@ pub(crate) enum Cause {
     /// A control request cancelled this task (its job id), which the worker held. The task
     /// gets a `cancelled` record; the rest go back uncharged, as bystanders of a crash.
     Cancelled(u64),
+    /// The `--deadline` of its running task passed. The task gets a `deadline` record, the
+    /// rest go back uncharged, as for a timeout.
+    Deadline,
 }
 
 /// Why a worker process was replaced or retired: the key of `restarts` and the `reason` of
@@ -131,11 +134,13 @@ pub enum Replacement {
     ScaleDown,
     /// The pool is stopping (it is not replaced).
     Stop,
+    /// The `--deadline` of its running task passed, and it was killed.
+    Deadline,
 }
 
 impl Replacement {
     /// Every reason, in a stable order (for counters and reports).
-    pub const ALL: [Replacement; 12] = [
+    pub const ALL: [Replacement; 13] = [
         Replacement::Crash,
         Replacement::Timeout,
         Replacement::Protocol,
@@ -148,6 +153,7 @@ impl Replacement {
         Replacement::Reload,
         Replacement::ScaleDown,
         Replacement::Stop,
+        Replacement::Deadline,
     ];
 
     /// The name in `herd status` and the logs.
@@ -165,6 +171,7 @@ impl Replacement {
             Replacement::Reload => "reload",
             Replacement::ScaleDown => "scale-down",
             Replacement::Stop => "stop",
+            Replacement::Deadline => "deadline",
         }
     }
 
@@ -185,7 +192,8 @@ impl Replacement {
             | Replacement::MaxRss
             | Replacement::Reload
             | Replacement::ScaleDown
-            | Replacement::Stop => false,
+            | Replacement::Stop
+            | Replacement::Deadline => false,
         }
     }
 }
@@ -1116,6 +1124,13 @@ impl<L> Slot<L> {
                     humantime::format_duration(crate::backlog::HELD_LIMIT)
                 ),
             ),
+            End::Killed(Cause::Deadline) => (
+                ErrorKind::Deadline,
+                format!(
+                    "{}; worker {i} (pid {pid}) was killed",
+                    crate::limits::message(ErrorKind::Deadline)
+                ),
+            ),
             End::Killed(Cause::Stop) => (
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
@@ -1160,6 +1175,7 @@ impl<L> Slot<L> {
             End::Killed(Cause::Protocol(_)) => Replacement::Protocol,
             End::Killed(Cause::Held) => Replacement::Held,
             End::Killed(Cause::Cancelled(_)) => Replacement::Cancelled,
+            End::Killed(Cause::Deadline) => Replacement::Deadline,
             _ => Replacement::Crash,
         };
         if reason.is_unexpected() {
@@ -1223,7 +1239,12 @@ impl<L> Slot<L> {
 
     /// When this slot next needs [`Slot::on_deadline`].
     pub fn deadline(&self, limits: &SlotLimits) -> Option<Instant> {
-        let head = |inflight: &VecDeque<Running>| Some(inflight.front()?.started + limits.timeout?);
+        // The running task's `--timeout`, or its `--deadline` if that comes first.
+        let head = |inflight: &VecDeque<Running>| {
+            let head = inflight.front()?;
+            let timeout = limits.timeout.map(|t| head.started + t);
+            [timeout, head.job.deadline].into_iter().flatten().min()
+        };
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
             State::Ready { inflight, .. } | State::Retiring { inflight, .. } => head(inflight),
@@ -1281,6 +1302,19 @@ impl<L> Slot<L> {
             }
             State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
                 let seq = inflight.front().map(|h| h.job.seq);
+                let past_deadline = inflight
+                    .front()
+                    .and_then(|h| h.job.deadline)
+                    .is_some_and(|d| d <= now);
+                if past_deadline {
+                    tracing::info!(
+                        worker = i,
+                        pid,
+                        seq,
+                        "task past its deadline; killing worker"
+                    );
+                    return self.kill(Cause::Deadline);
+                }
                 tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
                 self.kill(Cause::Timeout)
             }

@@ -16,8 +16,9 @@ Standard library only, Python 3.9+. The control protocol is in crates/proto/src/
 """
 
 from ._client import (CONTROL_VERSION, Chunk, ConnectionLost, EventCancelled, EventCrashed,
-                      EventError, EventFailed, EventProtocolError, EventRejected, EventShutdown,
-                      EventTimeout, HerdError, HandshakeError, Pool, Stream, connect)
+                      EventDeadline, EventError, EventExpired, EventFailed, EventProtocolError,
+                      EventRejected, EventShutdown, EventTimeout, HerdError, HandshakeError,
+                      Pool, Stream, connect)
 from ._sync import Client, connect_sync
 
 __version__ = "0.1.0"
@@ -26,5 +27,5 @@ __all__ = [
     "connect", "connect_sync", "Pool", "Client", "CONTROL_VERSION", "HerdError",
     "HandshakeError", "ConnectionLost", "EventError", "EventFailed", "EventTimeout",
     "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown", "EventCancelled",
-    "Chunk", "Stream",
+    "EventExpired", "EventDeadline", "Chunk", "Stream",
 ]

@@ -27,7 +27,9 @@ EVENTS_FRAME_OVERHEAD = 4 + 1 + 9
 EVENT_LINE_OVERHEAD = 1 + 9
 
 # Variant indices: their order is part of the protocol.
-HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL = 0, 1, 2, 3, 8, 11
+# (9 and 10 are Rate and SubmitRated, 12 and 13 CancelIn and SubmitNamed, which this client
+# does not send; SubmitTimed carries a rate too, sent empty: no limit of the submission's own.)
+HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL, SUBMIT_TIMED = 0, 1, 2, 3, 8, 11, 14
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
@@ -91,10 +93,20 @@ class EventCancelled(EventError):
     (`herd ctl cancel`)."""
 
 
+class EventExpired(EventError):
+    """The event waited longer than its max age to start, and did not run (`expired`)."""
+
+
+class EventDeadline(EventError):
+    """The event's deadline, over all its attempts, passed before it had an answer
+    (`deadline`)."""
+
+
 _KINDS = {
     "failed": EventFailed, "timeout": EventTimeout, "crashed": EventCrashed,
     "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
     "cancelled": EventCancelled,
+    "expired": EventExpired, "deadline": EventDeadline,
 }
 
 _OK_OUTPUT = b',"ok":true,"output":'
@@ -201,23 +213,40 @@ async def _read_frame(reader, max_frame=REPLY_MAX_FRAME):
     return await reader.readexactly(n)
 
 
-def connect(path, *, timeout=30.0):
+def connect(path, *, timeout=30.0, max_age=None, deadline=None):
     """Connects to the daemon's control socket at `path`. Use as `async with connect(p) as
-    pool`, or `pool = await connect(p)` (then `await pool.close()`)."""
-    return _Connecting(path, timeout)
+    pool`, or `pool = await connect(p)` (then `await pool.close()`).
+
+    `max_age` and `deadline` (seconds) replace the daemon's --max-age and --deadline for the
+    events of this pool: an event that waited longer than `max_age` to start raises
+    EventExpired, one without an answer `deadline` after it was accepted (retries
+    included) raises EventDeadline."""
+    return _Connecting(path, timeout, _limits_ms(max_age, deadline))
+
+
+def _limits_ms(max_age, deadline):
+    """(max_age_ms, deadline_ms) for SubmitTimed: 0 is the daemon's own limit."""
+    def ms(name, s):
+        if s is None:
+            return 0
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 2**53:
+            raise ValueError(f"{name} must be a positive number of seconds, not {s!r}")
+        return max(1, round(s * 1000))
+    return (ms("max_age", max_age), ms("deadline", deadline))
 
 
 class _Connecting:
-    def __init__(self, path, timeout):
+    def __init__(self, path, timeout, limits=(0, 0)):
         self._path = path
         self._timeout = timeout
+        self._limits = limits
         self._pool = None
 
     def __await__(self):
-        return Pool._open(self._path, self._timeout).__await__()
+        return Pool._open(self._path, self._timeout, 0, self._limits).__await__()
 
     async def __aenter__(self):
-        self._pool = await Pool._open(self._path, self._timeout)
+        self._pool = await Pool._open(self._path, self._timeout, 0, self._limits)
         return self._pool
 
     async def __aexit__(self, exc_type, exc, tb):
@@ -241,6 +270,7 @@ class Pool:
     def __init__(self, reader, writer, pid, max_frame, max_line):
         self.pid = pid
         self._opened = None  # (path, timeout), to open the connection of another priority
+        self._limits = (0, 0)  # (max_age_ms, deadline_ms) of every connection
         self._lanes = {}  # priority -> task opening (then holding) that priority's Pool
         self._reader = reader
         self._writer = writer
@@ -267,7 +297,7 @@ class Pool:
         self._writer_task = asyncio.ensure_future(self._write_loop())
 
     @classmethod
-    async def _open(cls, path, timeout, priority=0):
+    async def _open(cls, path, timeout, priority=0, limits=(0, 0)):
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -276,7 +306,8 @@ class Pool:
                 f"no herd daemon at {path} (is `herd serve` running?): {e}") from e
         try:
             # Over its --max-connections the daemon accepts us only when a connection closes.
-            pool = await asyncio.wait_for(cls._handshake(reader, writer, priority), timeout)
+            pool = await asyncio.wait_for(
+                cls._handshake(reader, writer, priority, limits), timeout)
         except asyncio.TimeoutError as e:
             writer.close()
             raise HandshakeError(
@@ -286,10 +317,11 @@ class Pool:
             writer.close()
             raise
         pool._opened = (path, timeout)
+        pool._limits = limits
         return pool
 
     @classmethod
-    async def _handshake(cls, reader, writer, priority=0):
+    async def _handshake(cls, reader, writer, priority=0, limits=(0, 0)):
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -317,7 +349,12 @@ class Pool:
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
         # Unordered: the client matches records to events by seq itself. Plain Submit
         # without a priority, so that daemons older than SubmitWith work too.
-        if priority:
+        if any(limits):
+            # Only with limits to give, so that daemons older than SubmitTimed work too.
+            # max_age_ms, deadline_ms, then rate: an empty string (none).
+            writer.write(_frame(bytes((SUBMIT_TIMED, 0, priority & 0xFF, 0))
+                                + varint(limits[0]) + varint(limits[1]) + varint(0)))
+        elif priority:
             writer.write(_frame(bytes((SUBMIT_WITH, 0, priority & 0xFF, 0))))
         else:
             writer.write(_frame(bytes((SUBMIT, 0))))
@@ -336,7 +373,7 @@ class Pool:
             raise HerdError("this pool is closed")
         task = self._lanes.get(priority)
         if task is None:
-            task = asyncio.ensure_future(Pool._open(*self._opened, priority))
+            task = asyncio.ensure_future(Pool._open(*self._opened, priority, self._limits))
             self._lanes[priority] = task
         return task
 

@@ -414,3 +414,34 @@ def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon):
             assert e.value.kind == "cancelled" and e.value.record["ok"] is False
 
     run(main())
+
+
+def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon):
+    # One worker taking one task at a time: what waits behind a slow event stays queued.
+    d = daemon(workers=1, extra=("--window", "1"))
+    with pytest.raises(ValueError):
+        herd_client.connect(d.sock, max_age=0)
+    with pytest.raises(ValueError):
+        herd_client.connect_sync(d.sock, deadline="1s")
+
+    async def main():
+        async with herd_client.connect(d.sock, max_age=0.3) as pool:
+            slow = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":1500}'))
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: wait_until("the slow event running",
+                                         lambda: d.status()["inflight"] >= 1))
+            with pytest.raises(herd_client.EventExpired) as e:
+                await pool.submit(square(3))
+            assert e.value.kind == "expired" and e.value.record["attempts"] == 0
+            # Started before its max age passed: it runs to the end.
+            assert await slow == b"1500"
+        async with herd_client.connect(d.sock, deadline=0.5) as pool:
+            with pytest.raises(herd_client.EventDeadline) as e:
+                await pool.submit(b'{"op":"hang"}')
+            assert e.value.kind == "deadline"
+            # The worker holding it was replaced; the pool still serves.
+            assert await pool.submit(square(4)) == b"16"
+
+    run(main())
+    totals = d.status()["totals"]
+    assert totals.get("expired") == 1 and totals.get("deadline") == 1, totals

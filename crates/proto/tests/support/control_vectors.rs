@@ -143,6 +143,14 @@ pub enum JsonRequest {
         line_priority: bool,
         rate: Option<String>,
     },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -259,6 +267,21 @@ impl Message {
                     line_priority: *line_priority,
                     rate: rate.clone(),
                 },
+                Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                } => JsonRequest::SubmitTimed {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    max_age_ms: *max_age_ms,
+                    deadline_ms: *deadline_ms,
+                    rate: rate.clone(),
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -341,6 +364,21 @@ impl Message {
                     ordered,
                     priority,
                     line_priority,
+                    rate,
+                },
+                JsonRequest::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                } => Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
                     rate,
                 },
             }))
@@ -520,6 +558,24 @@ pub fn messages() -> Vec<(String, Message)> {
             rate: "200/s,burst=10".into(),
         },
     );
+    for (name, max_age_ms, deadline_ms, rate) in [
+        ("submit_timed_max_age_1000", 1000, 0, ""),
+        ("submit_timed_deadline_300000", 0, 300_000, ""),
+        ("submit_timed_u64_max", u64::MAX, u64::MAX, ""),
+        ("submit_timed_rated", 1000, 300_000, "200/s,burst=10"),
+    ] {
+        req(
+            name.into(),
+            Request::SubmitTimed {
+                ordered: false,
+                priority: 0,
+                line_priority: false,
+                max_age_ms,
+                deadline_ms,
+                rate: rate.into(),
+            },
+        );
+    }
 
     for seq in U64_BOUNDARIES {
         req(format!("cancel_{seq}"), Request::Cancel { seq });
@@ -680,10 +736,12 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_14", c, &[14], "Request has variants 0 (Hello) to 13 (SubmitNamed) only"),
+        bad("request_unknown_variant_15", c, &[15], "Request has variants 0 (Hello) to 14 (SubmitTimed) only"),
         bad("cancel_missing_seq", c, &[11], "the body ends where seq should start"),
         bad("cancel_in_missing_seq", c, &[12, 3], "the body ends after submission, where seq should start"),
         bad("rate_missing_rate", c, &[9, 0], "the body ends where rate should start"),
+        bad("submit_timed_missing_deadline", c, &[14, 0, 0, 0, 100], "the body ends where deadline_ms should start"),
+        bad("submit_timed_missing_rate", c, &[14, 0, 0, 0, 100, 100], "the body ends where rate should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
         bad("reply_unknown_variant_7", d, &[7], "Reply has variants 0 (Welcome) to 6 (Submission) only"),

@@ -163,6 +163,21 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             line_priority,
             rate,
         },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => Request::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        },
     })
 }
 
@@ -278,6 +293,20 @@ fn the_vectors_cover_the_protocol() {
                 }
                 JsonRequest::CancelIn { .. } => "CancelIn",
                 JsonRequest::SubmitNamed { .. } => "SubmitNamed",
+                JsonRequest::SubmitTimed {
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                    ..
+                } => {
+                    u64s.insert(*max_age_ms);
+                    u64s.insert(*deadline_ms);
+                    if rate.is_empty() {
+                        "SubmitTimed"
+                    } else {
+                        "SubmitTimed rated"
+                    }
+                }
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -329,6 +358,8 @@ fn the_vectors_cover_the_protocol() {
         "Cancel",
         "CancelIn",
         "SubmitNamed",
+        "SubmitTimed",
+        "SubmitTimed rated",
         "Welcome",
         "Records",
         "Done",

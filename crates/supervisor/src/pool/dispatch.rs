@@ -44,7 +44,15 @@ impl Pool {
                     break;
                 }
             };
+            // Out of time while queued: its record now, and the worker's place to the next
+            // (no start counted against either rate limit).
+            if let Some(kind) = crate::limits::verdict(&job, now) {
+                self.fail(job, kind, crate::limits::message(kind).to_string());
+                continue;
+            }
             job.attempts += 1;
+            let submission = job.submission;
+            let was_dispatched = std::mem::replace(&mut job.dispatched, true);
             let frame = Outgoing::Task {
                 id: job.id,
                 attempt: job.attempts,
@@ -56,10 +64,12 @@ impl Pool {
                     if let Some(l) = self.rate.as_mut() {
                         l.start(now);
                     }
+                    self.submissions.rate_started(submission, now);
                 }
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
                     job.attempts -= 1;
+                    job.dispatched = was_dispatched;
                     self.requeue(job);
                     break;
                 }

@@ -46,6 +46,18 @@ impl Pool {
             return;
         };
         self.submissions.accepted(id, batch.len());
+        let limits = crate::limits::Limits::merged(
+            crate::limits::Limits {
+                max_age: options.max_age,
+                deadline: options.deadline,
+            },
+            crate::limits::Limits {
+                max_age: self.cfg.max_age,
+                deadline: self.cfg.deadline,
+            },
+        );
+        let (expires, deadline) = limits.stamp(self.now);
+        self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
         let mut refused = Vec::new();
@@ -81,6 +93,9 @@ impl Pool {
                         chunks: 0,
                         priority,
                         cancelled: false,
+                        expires,
+                        dispatched: false,
+                        deadline,
                     });
                     self.next_job += 1;
                 }

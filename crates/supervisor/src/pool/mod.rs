@@ -29,6 +29,7 @@
 mod breaker;
 mod cancel;
 mod dispatch;
+mod expiry;
 mod intake;
 mod lifecycle;
 mod queue;
@@ -140,6 +141,9 @@ pub(crate) struct Pool {
     rate: Option<crate::rate::Limiter>,
     /// When a start held back by a rate limit may happen (set by each dispatch).
     rate_wake: Option<Instant>,
+    /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
+    time_limited: bool,
+    next_sweep: Instant,
 }
 
 impl Pool {
@@ -234,6 +238,8 @@ impl Pool {
             next_pool_rss: now,
             rate: None,
             rate_wake: None,
+            time_limited: false,
+            next_sweep: now,
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {

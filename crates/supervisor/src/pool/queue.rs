@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
+use tokio::time::Instant;
 
 use crate::job::{Job, SubmissionId};
 use crate::priority::{Priority, AGING_DISPATCHES};
@@ -276,6 +277,61 @@ impl Queue {
         None
     }
 
+    /// Removes the queued jobs that are out of time at `now` (see [`crate::limits`]), looking
+    /// at no more than `budget` jobs. Within one submission's queue at one level, jobs never
+    /// dispatched are in the order they were accepted, behind any that went back to the front,
+    /// so the scan of a queue stops at the first one of those still in time.
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        mut budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        let mut out = Vec::new();
+        for level in &mut self.levels {
+            if level.queued == 0 {
+                continue;
+            }
+            let mut emptied = false;
+            let mut removed = 0;
+            // Only the queues in the ring have jobs: an emptied one costs nothing here.
+            for id in &level.ring {
+                let Some(q) = level.jobs.get_mut(id) else {
+                    continue;
+                };
+                let mut k = 0;
+                while budget > 0 && k < q.len() {
+                    budget -= 1;
+                    match crate::limits::verdict(&q[k], now) {
+                        Some(kind) => {
+                            if let Some(job) = q.remove(k) {
+                                out.push((job, kind));
+                                removed += 1;
+                            }
+                        }
+                        None if !q[k].dispatched => break,
+                        None => k += 1,
+                    }
+                }
+                emptied |= q.is_empty();
+                if budget == 0 {
+                    break;
+                }
+            }
+            level.queued -= removed;
+            self.queued -= removed;
+            if emptied {
+                let jobs = &level.jobs;
+                level
+                    .ring
+                    .retain(|id| jobs.get(id).is_some_and(|q| !q.is_empty()));
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        out
+    }
+
     /// Takes every queued job (for a fast stop).
     pub fn take_all(&mut self) -> Vec<Job> {
         let mut all = Vec::with_capacity(self.queued);
@@ -464,5 +520,44 @@ mod tests {
         assert_eq!(q.depths().collect::<Vec<_>>(), [(0, 2)]);
         assert_eq!(drain(&mut q), [(1, 0, 0), (1, 2, 0)]);
         assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn deadline_sweep_takes_what_is_out_of_time_and_keeps_the_counts() {
+        use crate::record::ErrorKind;
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let aged = |sub, seq, accepted: Duration| {
+            let mut j = job(sub, seq, 0);
+            j.expires = Some(t0 + accepted + ms(100));
+            j.deadline = Some(t0 + accepted + ms(500));
+            j
+        };
+        let mut q = Queue::default();
+        q.extend(1, (0..4).map(|i| aged(1, i, ms(10 * i))));
+        q.extend(2, [aged(2, 0, ms(200))]);
+        // A retry at the front: dispatched once, so held to its deadline only.
+        let mut retry = aged(1, 9, ms(0));
+        retry.dispatched = true;
+        q.push(retry, true);
+        assert!(q.take_out_of_time(t0 + ms(50), 100).is_empty());
+        // At 125 ms: seqs 0, 1 and 2 of submission 1 expired; 3 and the retry are in time.
+        let out = q.take_out_of_time(t0 + ms(125), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        let e = ErrorKind::Expired;
+        assert_eq!(got, [(1, 0, e), (1, 1, e), (1, 2, e)]);
+        assert_eq!(q.queued(), 3);
+        // The budget bounds the work: one job looked at (the retry, in time).
+        assert!(q.take_out_of_time(t0 + ms(250), 1).is_empty());
+        // At 600 ms: the retry's deadline passed, and everything else expired.
+        let out = q.take_out_of_time(t0 + ms(600), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&(1, 9, ErrorKind::Deadline)));
+        assert!(got.contains(&(1, 3, e)) && got.contains(&(2, 0, e)));
+        assert_eq!(q.queued(), 0);
+        assert!(q.pop().is_none());
+        assert!(!q.others_queued(3), "emptied queues left the ring");
     }
 }

@@ -41,14 +41,31 @@ impl Retries {
         self.waiting.iter().map(|(_, j)| j.priority)
     }
 
-    /// When the next one is due.
+    /// When the next one is due: its delay is over, or its `--deadline` passes.
     pub fn deadline(&self) -> Option<Instant> {
-        self.waiting.iter().map(|(t, _)| *t).min()
+        let at = |(t, j): &(Instant, Job)| j.deadline.map_or(*t, |d| d.min(*t));
+        self.waiting.iter().map(at).min()
+    }
+
+    /// The jobs whose `--deadline` passed while they waited out their delay.
+    pub fn past_deadline(&mut self, now: Instant) -> Vec<Job> {
+        if !self
+            .waiting
+            .iter()
+            .any(|(_, j)| j.deadline.is_some_and(|d| d <= now))
+        {
+            return Vec::new();
+        }
+        let (past, rest) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, j)| j.deadline.is_some_and(|d| d <= now));
+        self.waiting = rest;
+        past.into_iter().map(|(_, j)| j).collect()
     }
 
     /// The jobs due at `now`, oldest first.
     pub fn due(&mut self, now: Instant) -> Vec<Job> {
-        if self.deadline().is_none_or(|d| d > now) {
+        if self.waiting.iter().all(|(t, _)| *t > now) {
             return Vec::new();
         }
         let (due, later) = std::mem::take(&mut self.waiting)
@@ -140,6 +157,7 @@ impl Pool {
 
     /// Retries whose delay is over go back to the front of their queues.
     pub(super) fn retries_due(&mut self) {
+        self.retries_past_deadline();
         for job in self.retries.due(self.now).into_iter().rev() {
             self.requeue(job);
         }
@@ -253,6 +271,11 @@ impl Pool {
                     job.attempts = job.attempts.saturating_sub(1);
                 }
                 back.push(job);
+                continue;
+            }
+            // Killed because its `--deadline` passed: no attempt is left to it.
+            if k == 0 && kind == ErrorKind::Deadline {
+                self.fail(job, kind, message.to_string());
                 continue;
             }
             if k == 0 && held && job.chunks > 0 {

@@ -172,8 +172,9 @@ impl Submissions {
         self.queue.pop()
     }
 
-    /// The next job whose submission's rate limit lets it start at `now` (counted as a start
-    /// of that limit); when none may, the earliest time one of the held submissions may start.
+    /// The next job whose submission's rate limit lets it start at `now` (not yet counted as a
+    /// start of that limit: see [`Self::rate_started`]); when none may, the earliest time one of
+    /// the held submissions may start.
     pub fn pop_limited(&mut self, now: Instant) -> Result<Job, Option<Instant>> {
         if self.rates.is_empty() {
             return self.queue.pop().ok_or(None);
@@ -190,11 +191,15 @@ impl Submissions {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
-        let job = self.queue.pop_unless(&held).ok_or(wake)?;
-        if let Some(l) = self.rates.get_mut(&job.submission) {
+        self.queue.pop_unless(&held).ok_or(wake)
+    }
+
+    /// Counts a start of submission `id` against its rate limit, if it has one: called once a
+    /// job from [`Self::pop_limited`] did start (not when it was out of time, or went back).
+    pub fn rate_started(&mut self, id: SubmissionId, now: Instant) {
+        if let Some(l) = self.rates.get_mut(&id) {
             l.start(now);
         }
-        Ok(job)
     }
 
     /// A new limit for submission `id` (`None`: unlimited); false if it is not open.
@@ -243,6 +248,15 @@ impl Submissions {
     /// Removes the queued job of event `seq` of submission `id` (a cancel).
     pub fn remove_queued(&mut self, id: SubmissionId, seq: u64) -> Option<Job> {
         self.queue.remove(id, seq)
+    }
+
+    /// Removes queued jobs out of time (see [`Queue::take_out_of_time`]).
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        self.queue.take_out_of_time(now, budget)
     }
 
     /// Takes every queued job (for a fast stop).
