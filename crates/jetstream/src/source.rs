@@ -161,7 +161,7 @@ impl Fetcher {
                 Some(Some(Ok(msg))) => msg,
                 Some(Some(Err(e))) => {
                     tracing::debug!(error = %e, "pull request ended with an error");
-                    self.batch = None;
+                    self.abandon();
                     continue;
                 }
                 Some(None) => {
@@ -175,13 +175,30 @@ impl Fetcher {
             while let Some(next) = self.batch.as_mut().and_then(|b| b.next().now_or_never()) {
                 match next {
                     Some(Ok(msg)) => self.take(msg, &mut out),
-                    _ => self.batch = None,
+                    Some(Err(_)) => self.abandon(),
+                    None => self.batch = None,
                 }
             }
             if !out.is_empty() {
                 return Some(out);
             }
         }
+    }
+
+    /// Gives up the open pull request after an error without losing what it may still
+    /// bring: a message the server delivers to it after this would otherwise wait out its ack
+    /// wait unseen. Such messages are naked as soon as they arrive.
+    fn abandon(&mut self) {
+        let Some(batch) = self.batch.take() else {
+            return;
+        };
+        let (client, shared) = (self.client.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            for reply in drain(batch, &shared).await {
+                bump(&shared.counters.naked);
+                let _ = client.publish(reply, AckKind::Nak(None).into()).await;
+            }
+        });
     }
 
     /// Takes a delivery: an event for the pool, unless this daemon already runs the message.
@@ -222,9 +239,12 @@ async fn drain(mut batch: Batch, shared: &Shared) -> Vec<async_nats::Subject> {
     let mut late = Vec::new();
     let limit = PULL_EXPIRES + Duration::from_secs(5);
     let _ = tokio::time::timeout(limit, async {
-        while let Some(Ok(msg)) = batch.next().await {
-            bump(&shared.counters.fetched);
-            late.extend(msg.reply.clone());
+        // Past an error too: messages may still follow it until the request ends.
+        while let Some(next) = batch.next().await {
+            if let Ok(msg) = next {
+                bump(&shared.counters.fetched);
+                late.extend(msg.reply.clone());
+            }
         }
     })
     .await;
