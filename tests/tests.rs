@@ -2,7 +2,6 @@
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
 mod autoscale;
-mod cancel;
 mod chunks;
 mod cli;
 mod client;
@@ -10,7 +9,6 @@ mod config;
 mod control;
 mod daemon;
 mod dashboard;
-mod deadline;
 mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]
@@ -19,7 +17,6 @@ mod logs;
 mod metrics;
 mod priority;
 mod privilege;
-mod rate;
 mod resume;
 mod run;
 mod stdio;

@@ -27,7 +27,6 @@ pub const LIVE_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "retry-backoff",
-    "rate",
     "max-tasks",
     "max-rss",
     "grace",

@@ -71,7 +71,6 @@ impl Pool {
             }
             .into(),
             sources: Vec::new(),
-            rates: self.rate_status(),
             breaker: self
                 .breaker
                 .as_ref()
