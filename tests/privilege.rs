@@ -944,3 +944,26 @@ fn the_guard_never_kills_a_group_whose_id_was_reused() {
     let _ = stranger.wait();
     assert!(alive, "the guard killed a stranger's process group");
 }
+
+/// herd's session is 0 when it descends from an init that never called `setsid` (CI's machine
+/// runs its tests so) or from a session leader outside its pid namespace. The guard took 0 for
+/// "no session" and killed nothing there. The killed-herd test, run again in a new pid
+/// namespace, where `getsid` says 0.
+#[test]
+#[ignore = "needs root"]
+fn a_killed_herd_in_session_zero_leaves_nothing_behind() {
+    need_root();
+    let me = std::env::current_exe().unwrap();
+    let script = r#"set -e
+test "$(cut -d' ' -f6 /proc/self/stat)" = 0 || { echo "session is not 0"; exit 9; }
+exec "$0" --exact hardening::a_killed_herd_leaves_no_process_or_socket_behind"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", script])
+        .arg(&me)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}

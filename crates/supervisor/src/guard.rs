@@ -14,7 +14,11 @@
 //! reuse once the group's last member is gone, and by the time the guard runs (a stopped or
 //! starved guard, a message herd could not write) a listed group may have ended and its id
 //! gone to a stranger. It kills, through a pidfd each, the processes it finds in `/proc` that
-//! are in a listed group *and* in herd's session, which a stranger's new group is not.
+//! are in a listed group *and* in herd's session, which a stranger's new group is not, unless
+//! the process holding the group's id now is not the leader it saw (its start time differs).
+//! herd's session may be 0 (a child of an init that never called `setsid`, or of a session
+//! leader outside herd's pid namespace): that is a session like any other, not a reason to kill
+//! nothing.
 //!
 //! The guard is forked, not executed, so a library user needs no extra binary. Between fork
 //! and exit it makes only async-signal-safe system calls (`read`, `open`, `getdents64`,
@@ -144,7 +148,8 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
         libc::syscall(libc::SYS_close_range, (rx + 1) as u32, u32::MAX, 0u32);
         libc::prctl(libc::PR_SET_NAME, c"herd-guard".as_ptr());
 
-        let mut groups = [0i32; MAX_GROUPS];
+        // Each group's id and its leader's start time when the guard heard of it (0: unknown).
+        let mut groups = [(0i32, 0u64); MAX_GROUPS];
         let mut count = 0usize;
         let mut buf = [0u8; 4096];
         let mut carry = [0u8; 4];
@@ -170,10 +175,11 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
                 let msg = i32::from_ne_bytes(carry);
                 if msg > 0 {
                     if count < MAX_GROUPS {
-                        groups[count] = msg;
+                        let started = stat_ids(msg).map_or(0, |s| s.started);
+                        groups[count] = (msg, started);
                         count += 1;
                     }
-                } else if let Some(k) = groups[..count].iter().position(|&g| g == -msg) {
+                } else if let Some(k) = groups[..count].iter().position(|&(g, _)| g == -msg) {
                     count -= 1;
                     groups[k] = groups[count];
                 }
@@ -196,11 +202,13 @@ unsafe fn guard_main(rx: i32, tx: i32, dir: &CString, socket: &CString) -> ! {
     }
 }
 
-/// SIGKILLs every process in one of `groups` that is in herd's session `session`, each through a
-/// pidfd opened and then re-checked, so that a pid reused in between is never hit. A few passes
-/// catch what forked during the previous one. Async-signal-safe: stack buffers and syscalls.
-unsafe fn kill_groups(groups: &[i32], session: i32) {
-    if groups.is_empty() || session <= 0 {
+/// SIGKILLs every process in one of `groups` that is in herd's session `session` (and whose
+/// group's id is not held by a newer leader), each through a pidfd opened and then re-checked,
+/// so that a pid reused in between is never hit. A few passes catch what forked during the
+/// previous one. Async-signal-safe: stack buffers and syscalls.
+unsafe fn kill_groups(groups: &[(i32, u64)], session: i32) {
+    // Session 0 is a real one (see the module docs); only getsid's error is not.
+    if groups.is_empty() || session < 0 {
         return;
     }
     // SAFETY (all calls): system calls on stack buffers.
@@ -232,10 +240,12 @@ unsafe fn kill_groups(groups: &[i32], session: i32) {
                     at += reclen;
                     let Some(pid) = pid else { continue };
                     let ours = |pid| match stat_ids(pid) {
-                        Some((state, pgrp, sid)) => {
-                            state != b'Z' && sid == session && groups.contains(&pgrp)
+                        Some(s) if s.state != b'Z' && s.session == session => {
+                            groups.iter().any(|&(g, started)| {
+                                g == s.pgrp && (started == 0 || leader_unchanged(g, started))
+                            })
                         }
-                        None => false,
+                        _ => false,
                     };
                     if !ours(pid) {
                         continue;
@@ -282,8 +292,26 @@ fn parse_pid(name: &[u8]) -> Option<i32> {
     Some(pid)
 }
 
-/// State, process group and session of `pid`, from `/proc/<pid>/stat`. Async-signal-safe.
-unsafe fn stat_ids(pid: i32) -> Option<(u8, i32, i32)> {
+/// Whether group `pgid`'s id is not held by a process other than the leader that started at
+/// `started`: the leader is still there, or gone (its group lives on while a member does, and
+/// its id cannot be reused until none does).
+unsafe fn leader_unchanged(pgid: i32, started: u64) -> bool {
+    // SAFETY: reads /proc with stack buffers.
+    unsafe { stat_ids(pgid) }.is_none_or(|s| s.started == started)
+}
+
+/// What the guard reads of a process in `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: u8,
+    pgrp: i32,
+    session: i32,
+    /// Clock ticks after boot: with the pid, names one process for good.
+    started: u64,
+}
+
+/// `pid`'s `/proc/<pid>/stat`. Async-signal-safe.
+unsafe fn stat_ids(pid: i32) -> Option<Stat> {
     let mut path = [0u8; 32];
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
@@ -317,9 +345,9 @@ unsafe fn stat_ids(pid: i32) -> Option<(u8, i32, i32)> {
     parse_stat(buf.get(..usize::try_from(n).ok()?)?)
 }
 
-/// `pid (comm) S ppid pgrp session ...`: the state, pgrp and session (comm may hold anything,
-/// so fields count from its last `)`).
-fn parse_stat(stat: &[u8]) -> Option<(u8, i32, i32)> {
+/// `pid (comm) S ppid pgrp session ... starttime ...`: the state, pgrp, session and start time
+/// (comm may hold anything, so fields count from its last `)`).
+fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let mut fields = stat[close + 1..]
         .split(|&b| b == b' ')
@@ -342,7 +370,21 @@ fn parse_stat(stat: &[u8]) -> Option<(u8, i32, i32)> {
     let _ppid = fields.next()?;
     let pgrp = num(fields.next()?)?;
     let session = num(fields.next()?)?;
-    Some((state, pgrp, session))
+    // tty_nr through itrealvalue, then starttime (field 22).
+    let started = fields.nth(15)?;
+    let mut ticks = 0u64;
+    for &b in started {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        ticks = ticks.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(Stat {
+        state,
+        pgrp,
+        session,
+        started: ticks,
+    })
 }
 
 #[cfg(test)]
@@ -351,11 +393,22 @@ mod tests {
 
     #[test]
     fn stat_fields_count_from_the_last_parenthesis() {
+        let tail = " 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 98765 4096 3\n";
         assert_eq!(
-            parse_stat(b"42 (a) b) 7 (x) S 1 40 39 0 -1 4194560\n"),
-            Some((b'S', 40, 39))
+            parse_stat(format!("42 (a) b) 7 (x) S 1 40 39{tail}").as_bytes()),
+            Some(Stat {
+                state: b'S',
+                pgrp: 40,
+                session: 39,
+                started: 98765
+            })
         );
-        assert_eq!(parse_stat(b"42 (sleep) Z 1 -1 5 0"), Some((b'Z', -1, 5)));
+        assert_eq!(
+            parse_stat(format!("42 (sleep) Z 1 -1 0{tail}").as_bytes())
+                .map(|s| (s.pgrp, s.session)),
+            Some((-1, 0))
+        );
+        assert_eq!(parse_stat(b"42 (sleep) S 1 40 39 0"), None);
         assert_eq!(parse_stat(b"42 (sleep"), None);
         assert_eq!(parse_pid(b"1234\0\0"), Some(1234));
         assert_eq!(parse_pid(b"self\0"), None);
@@ -366,9 +419,13 @@ mod tests {
     fn this_process_is_found_in_its_own_group_and_session() {
         let me = std::process::id() as i32;
         // SAFETY: reads /proc with stack buffers.
-        let (state, pgrp, sid) = unsafe { stat_ids(me) }.expect("own stat");
-        assert_ne!(state, b'Z');
-        assert_eq!(pgrp, nix::unistd::getpgrp().as_raw());
-        assert_eq!(sid, nix::unistd::getsid(None).expect("sid").as_raw());
+        let s = unsafe { stat_ids(me) }.expect("own stat");
+        assert_ne!(s.state, b'Z');
+        assert_eq!(s.pgrp, nix::unistd::getpgrp().as_raw());
+        assert_eq!(s.session, nix::unistd::getsid(None).expect("sid").as_raw());
+        assert!(s.started > 0);
+        // SAFETY: as above.
+        assert!(unsafe { leader_unchanged(me, s.started) });
+        assert!(!unsafe { leader_unchanged(me, s.started + 1) });
     }
 }
