@@ -38,6 +38,7 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
   {\"op\":\"stderr\",\"text\":S}       writes S to stderr, returns S
   {\"op\":\"alloc\",\"mb\":M}          allocates and keeps M MiB, returns M
   {\"op\":\"pid\"}                    returns its own pid
+  {\"op\":\"clock\"}                  returns the wall-clock time it started, in µs since 1970
   {\"op\":\"runaway\",\"mb\":M}        allocates 1 MiB at a time up to M MiB, aborting if
                                   an allocation fails (a leak meeting a memory limit)
   {\"op\":\"whoami\"}                 returns its uid, gid, groups, nice level and limits
@@ -167,6 +168,12 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
             Ok(number(mb))
         }
         "pid" => Ok(number(std::process::id())),
+        "clock" => {
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Ok(number(since.as_micros() as u64))
+        }
         "runaway" => {
             let mb = need(event.mb, "runaway", "mb")?;
             runaway(mb);
@@ -226,7 +233,7 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
         }
         other => Err(TaskError::fatal(format!(
             "unknown op {other:?} (expected echo, square, spin, sleep, fail, flaky, panic, \
-             crash, exit, hang, garbage, oversize, stderr, alloc, pid, runaway, whoami, env, \
+             crash, exit, hang, garbage, oversize, stderr, alloc, pid, clock, runaway, whoami, env, \
              stream or stray_chunk)"
         ))),
     }

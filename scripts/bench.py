@@ -10,6 +10,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py jetstream --herd H --chaos C [--n 100000]  (needs nats-server)
+    python3 scripts/bench.py cancel   --herd H --chaos C [--n 100]   (request to record)
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
     python3 scripts/bench.py seed     --herd H [--n 20000 --cpu-n 2000] [--kill-every 0.15]
                                                             (examples/seed, both programs)
@@ -129,6 +130,42 @@ def submit(args):
             daemon.wait()
     secs = statistics.median(runs)
     return {"events": n, "seconds": secs, "events_per_sec": n / secs, "runs": runs}
+
+
+def rate(args):
+    """Rate limits. Dispatch cost: the tiny events with a --rate far above what the pool can
+    reach beside the same run without one (alternating, median of --repeat each). Accuracy:
+    2,000 `clock` events (each answers with its worker-side start time) at 200/s,burst=10;
+    after the burst the starts should come at exactly the asked rate."""
+    n = sum(1 for _ in open(args.events, "rb"))
+    high = "100000000/s,burst=1000"
+    runs = {"none": [], "high": []}
+    for _ in range(args.repeat):
+        for name, opts in (("none", []), ("high", ["--rate", high])):
+            with open(args.events, "rb") as f:
+                t0 = time.perf_counter()
+                p = subprocess.run(herd_cmd(args, "-w", str(args.workers), *window_opts(args),
+                                            *opts), stdin=f, stdout=subprocess.PIPE)
+                secs = time.perf_counter() - t0
+            if p.returncode != 0:
+                die(f"herd exited {p.returncode}")
+            check_squares(p.stdout, n)
+            runs[name].append(n / secs)
+    none, limited = statistics.median(runs["none"]), statistics.median(runs["high"])
+    asked, burst, k = 200.0, 10, 2000
+    p = subprocess.run(herd_cmd(args, "-w", str(args.workers), "--window", "1", "--rate",
+                                f"{asked:g}/s,burst={burst}"),
+                       input=b'{"op":"clock"}\n' * k, stdout=subprocess.PIPE)
+    if p.returncode != 0:
+        die(f"herd exited {p.returncode}")
+    starts = sorted(json.loads(line)["output"] for line in p.stdout.splitlines())
+    if len(starts) != k:
+        die(f"{len(starts)} records for {k} clock events")
+    # The burst starts at once; the other k - burst follow at the asked rate.
+    achieved = (k - burst) / ((starts[-1] - starts[0]) / 1e6)
+    return {"events": n, "none_events_per_sec": none, "high_rate_events_per_sec": limited,
+            "high_rate": high, "runs": runs, "asked_per_sec": asked, "burst": burst,
+            "achieved_per_sec": achieved, "accuracy": achieved / asked}
 
 
 def latency(args):
@@ -367,6 +404,88 @@ def scratch(prefix):
 
 
 SEED = os.path.join(os.path.dirname(HERE), "examples", "seed")
+
+
+SLEEP_LONG = b'{"op":"sleep","ms":600000}'
+
+
+def cancel(args):
+    """Cancel latency, from Stream.cancel() in herd_client to its `cancelled` record: an event
+    running (its worker is stopped; the record comes once it has exited) and an event queued
+    (every worker busy with a long sleep: it is only taken out of the queue). --n of each, one
+    at a time, each waited for in `herd status` before it is cancelled."""
+    import asyncio
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "sdk", "python"))
+    import herd_client  # the source tree's, like the Python workers'
+    tmp = scratch("herd-bench-")
+    sock = os.path.join(tmp, "control.sock")
+    daemon = serve(args, sock, "--window", "1", worker=[args.chaos])
+
+    def wait_status(cond, what):
+        deadline = time.time() + 60
+        while True:
+            p = subprocess.run([args.herd, "status", "--json", "--control", sock],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            if p.returncode == 0 and cond(json.loads(p.stdout)):
+                return
+            if time.time() > deadline:
+                die(f"cancel: timed out waiting for {what}")
+            time.sleep(0.002)
+
+    def ready(st):
+        return sum(w["state"] in ("idle", "busy") for w in st["workers"]) == args.workers
+
+    async def timed_cancel(loop, stream):
+        t0 = time.perf_counter()
+        stream.cancel()
+        try:
+            async for _ in stream:
+                pass
+        except herd_client.EventCancelled:
+            return time.perf_counter() - t0
+        die("cancel: the event was not cancelled")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        running, queued = [], []
+        async with herd_client.connect(sock) as pool:
+            for _ in range(args.n):
+                await loop.run_in_executor(None, wait_status,
+                                           lambda st: ready(st) and st["inflight"] == 0,
+                                           "the workers to be ready")
+                stream = pool.submit_stream(SLEEP_LONG)
+                await loop.run_in_executor(None, wait_status, lambda st: st["inflight"] == 1,
+                                           "the sleep to run")
+                running.append(await timed_cancel(loop, stream))
+            await loop.run_in_executor(None, wait_status, ready, "the workers to be ready")
+            blockers = [pool.submit_stream(SLEEP_LONG) for _ in range(args.workers)]
+            await loop.run_in_executor(None, wait_status,
+                                       lambda st: st["inflight"] == args.workers,
+                                       "every worker to be busy")
+            for _ in range(args.n):
+                stream = pool.submit_stream(SLEEP_LONG)
+                await loop.run_in_executor(None, wait_status, lambda st: st["queued"] == 1,
+                                           "the event to be queued")
+                queued.append(await timed_cancel(loop, stream))
+            for b in blockers:
+                await timed_cancel(loop, b)
+        return running, queued
+
+    try:
+        running, queued = asyncio.run(main())
+        subprocess.run([args.herd, "ctl", "--control", sock, "stop"], stdout=subprocess.DEVNULL)
+        if daemon.wait(timeout=60) != 0:
+            die(f"herd serve exited {daemon.returncode}")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+    return {"n": args.n, "running_p50_ms": pct(running, 0.5), "running_p99_ms": pct(running, 0.99),
+            "queued_p50_ms": pct(queued, 0.5), "queued_p99_ms": pct(queued, 0.99)}
 
 
 def children(pid):
@@ -681,6 +800,7 @@ def run_all(args):
                                     "1", "--single"),
         "bare_spin": raw(args, "bare", "--n", str(cpu_n), "--ms", "1"),
     }
+    r["rate"] = sub(args, "rate", "--events", events, "--repeat", str(args.repeat))
     r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out, "--repeat",
                        str(args.repeat))
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
@@ -702,6 +822,7 @@ def run_all(args):
     # programs) is then a tenth of herd's time, not a third.
     r["seed"] = sub(args, "seed", "--n", str(n // 10), "--cpu-n", str(cpu_n // 2), "--ms", "1",
                     "--repeat", "1", "--kill-every", "0.15")
+    r["cancel"] = sub(args, "cancel", "--n", "20" if args.quick else "100")
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -737,6 +858,13 @@ def table(r):
     sub_eps = r["submit"]["events_per_sec"]
     rows.append(["tiny events/s, serve + submit", sub_eps, "herd run, same events", herd_eps,
                  sub_eps / herd_eps, ">= 0.8"])
+    if "rate" in r:
+        rt = r["rate"]
+        rows.append(["tiny events/s, --rate far above reach", rt["high_rate_events_per_sec"],
+                     "herd run, no --rate", rt["none_events_per_sec"],
+                     rt["high_rate_events_per_sec"] / rt["none_events_per_sec"], ">= 0.95"])
+        rows.append(["rate accuracy, achieved / asked (200/s,burst=10)", rt["accuracy"],
+                     "-", None, None, "1 +- 0.02"])
     rw = r["raw"]
     rows.append(["tiny events/s", herd_eps, "raw socket, 64 in flight",
                  rw["pipelined"]["frames_per_sec"],
@@ -783,6 +911,11 @@ def table(r):
                          f"{mp_[name]['events']} ev)", r["memory"]["peak_rss_mb"], name, peer_mb,
                          peer_mb / r["memory"]["peak_rss_mb"], "<= 16"])
     rows.append(["recovery median ms", r["recovery"]["median_ms"], "-", None, None, "<= 5"])
+    if "cancel" in r:
+        for state in ("queued", "running"):
+            for q in ("p50", "p99"):
+                rows.append([f"cancel latency {q} ms, {state} (request to record)",
+                             r["cancel"][f"{state}_{q}_ms"], "-", None, None, None])
     if "jetstream" in r:
         js = r["jetstream"]
         bare = js["bare"]["events_per_sec"]
@@ -901,8 +1034,9 @@ def compare(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["tiny", "submit", "latency", "cpu", "recovery", "memory",
-                                         "stdio", "jetstream", "seed", "all", "compare"])
+    ap.add_argument("workload", choices=["tiny", "submit", "rate", "latency", "cpu", "recovery", "memory",
+                                         "stdio", "jetstream", "seed", "cancel", "all",
+                                         "compare"])
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")

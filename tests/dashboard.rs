@@ -407,6 +407,22 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     assert_eq!(st["events"][0]["worker"], 1, "{st}");
     assert_eq!(st["restarts"]["crash"], 1, "{st}");
 
+    // Errors by kind beside the count: an event past its own deadline (`herd submit
+    // --deadline`), whose worker was replaced for it.
+    let out = output_ok(
+        fx.herd(&["submit", "--control", ctl, "--deadline", "300ms"])
+            .write_stdin("{\"op\":\"hang\"}\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"kind\":\"deadline\""));
+    browser.wait(
+        "the deadline record among the errors",
+        "document.getElementById('errkinds').textContent",
+        |v| v == "deadline 1",
+    );
+    let st = status_json(addr);
+    assert_eq!(st["totals"]["deadline"], 1, "{st}");
+    assert_eq!(st["restarts"]["deadline"], 1, "{st}");
+
     browser.close();
     output_ok(&mut fx.herd(&["ctl", "--control", ctl, "stop"]));
     let (status, _, logs) = live.finish(RUN_TIMEOUT);

@@ -90,6 +90,9 @@ fn metrics_count_events_workers_and_durations() {
     assert_eq!(v("herd_events_total{outcome=\"ok\"}"), 50.0);
     assert_eq!(v("herd_events_total{outcome=\"failed\"}"), 5.0);
     assert_eq!(v("herd_events_total{outcome=\"crashed\"}"), 0.0);
+    // Every record kind has its series, the limits' too, before the first of them.
+    assert_eq!(v("herd_events_total{outcome=\"expired\"}"), 0.0);
+    assert_eq!(v("herd_events_total{outcome=\"deadline\"}"), 0.0);
     assert_eq!(v("herd_retries_total"), 0.0);
     assert_eq!(v("herd_task_duration_seconds_count"), 55.0);
     assert_eq!(v("herd_task_duration_seconds_bucket{le=\"+Inf\"}"), 55.0);

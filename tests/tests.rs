@@ -2,6 +2,7 @@
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
 mod autoscale;
+mod cancel;
 mod chunks;
 mod cli;
 mod client;
@@ -9,6 +10,7 @@ mod config;
 mod control;
 mod daemon;
 mod dashboard;
+mod deadline;
 mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]
@@ -17,6 +19,7 @@ mod logs;
 mod metrics;
 mod priority;
 mod privilege;
+mod rate;
 mod resume;
 mod run;
 mod stdio;

@@ -18,6 +18,25 @@ pub struct SubmitArgs {
     io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
+    /// Attempt starts of this submission's events, at most: N/s, N/m or N/h, with up to B at
+    /// once after a quiet spell [default burst: 1]. A retry is a start and counts. Other
+    /// submissions keep their speed while this one waits; the daemon's own --rate applies
+    /// too. Change it with `herd ctl rate --submission ID`.
+    #[arg(long, value_name = "N/s[,burst=B]", value_parser = crate::parse_rate)]
+    rate: Option<herd_supervisor::Rate>,
+    /// Print `herd: submission N` on stderr once the daemon has named this submission: the
+    /// N that `herd ctl cancel --submission N SEQ` takes. Not with --max-age or --deadline
+    /// (a timed submission is not named).
+    #[arg(long, conflicts_with_all = ["max_age", "deadline"])]
+    print_id: bool,
+    /// This submission's --max-age, in place of the daemon's: an event that waited longer
+    /// than DUR for its first start gets an `expired` record instead of running.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    max_age: Option<std::time::Duration>,
+    /// This submission's --deadline, in place of the daemon's: a limit over all attempts of
+    /// one event, retries and backoff included, after which it gets a `deadline` record.
+    #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
+    deadline: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +69,29 @@ enum Action {
     },
     /// Rolling restart of every worker (like HUP).
     Reload,
+    /// Change a rate limit on attempt starts: the pool's (as `herd serve --rate`), or with
+    /// --submission that of one open submission (its id in `herd status --json`, `rates`).
+    /// A retry is a start and counts.
+    Rate {
+        /// N/s, N/m or N/h, with up to B at once after a quiet spell [default burst: 1];
+        /// `off` for no limit.
+        #[arg(value_name = "N/s[,burst=B]|off", value_parser = parse_rate_or_off)]
+        rate: RateOrOff,
+        /// The submission whose limit changes, instead of the pool's.
+        #[arg(long, value_name = "ID")]
+        submission: Option<u64>,
+    },
+    /// Cancel one accepted event: queued, it is removed; running, its worker is stopped and
+    /// replaced (the other tasks it held run elsewhere). Its record is `cancelled`. Fails
+    /// if the event was already answered.
+    Cancel {
+        /// The submission, as `herd submit --print-id` printed it.
+        #[arg(long, value_name = "ID")]
+        submission: u64,
+        /// The event's seq in its submission (0-based, in the order sent).
+        #[arg(value_name = "SEQ")]
+        seq: u64,
+    },
     /// Stop the daemon: finish accepted events first (like TERM), or --fast (like QUIT).
     Stop {
         /// Don't finish anything: kill the workers now and record every unfinished event as
@@ -57,6 +99,17 @@ enum Action {
         #[arg(long)]
         fast: bool,
     },
+}
+
+/// A rate, or `off` (`None`).
+#[derive(Debug, Clone)]
+struct RateOrOff(Option<herd_supervisor::Rate>);
+
+fn parse_rate_or_off(s: &str) -> Result<RateOrOff, String> {
+    if s == "off" {
+        return Ok(RateOrOff(None));
+    }
+    crate::parse_rate(s).map(|r| RateOrOff(Some(r)))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -70,7 +123,12 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let req = match args.action {
         Action::Scale { workers } => Request::Scale { workers },
         Action::Reload => Request::Reload,
+        Action::Rate { rate, submission } => Request::Rate {
+            submission,
+            rate: rate.0.map(|r| r.to_string()),
+        },
         Action::Stop { fast } => Request::Stop { fast },
+        Action::Cancel { submission, seq } => Request::CancelIn { submission, seq },
     };
     match runtime()?.block_on(client::ask(&args.control, &req))? {
         Reply::Ok(text) => write_stdout(&format!("ok: {text}\n")),
@@ -130,6 +188,19 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             a.grows,
             a.shrinks,
             a.pool_rss as f64 / 1048576.0,
+        );
+    }
+    for r in &st.rates {
+        let scope = match r.scope {
+            herd_supervisor::RateScope::Pool => "pool".to_owned(),
+            herd_supervisor::RateScope::Submission(id) => format!("submission {id}"),
+        };
+        let holding = if r.holding { "  holding" } else { "" };
+        say!(
+            "rate {scope}: {}  delayed {}  waited {:.1}s{holding}",
+            r.rate,
+            r.delayed,
+            r.wait_secs,
         );
     }
     if !st.queued_by_priority.is_empty() {
@@ -211,11 +282,17 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         ordered: args.io.ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
+        rate: args.rate,
+        max_age: args.max_age,
+        deadline: args.deadline,
         ..Default::default()
     };
     let rt = runtime()?;
     let sent = rt.block_on(async {
-        let client = Client::connect(&args.control).await?;
+        let mut client = Client::connect(&args.control).await?;
+        if args.print_id {
+            client = client.named();
+        }
         client.submit_lines(input, output, &options, plan).await
     });
     match sent {

@@ -27,6 +27,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "retry-backoff",
+    "rate",
     "max-tasks",
     "max-rss",
     "grace",

@@ -175,12 +175,26 @@ pub struct PoolArgs {
     /// Per-attempt deadline (e.g. 500ms, 30s); a worker past it is killed and replaced.
     #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
     timeout: Option<Duration>,
+    /// An event that waited longer than DUR for its first start gets an `expired` record
+    /// instead of running (a backlog of stale events is dropped, not worked through).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    max_age: Option<Duration>,
+    /// A limit over all attempts of one event, retries and backoff included: once DUR has
+    /// passed since it was accepted it gets a `deadline` record (a running attempt's worker is
+    /// killed and replaced).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    deadline: Option<Duration>,
     /// Extra attempts after a crash, timeout or retryable failure.
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
     /// Base delay before retrying a retryable failure; doubles per attempt, with jitter.
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_duration)]
     retry_backoff: Duration,
+    /// Attempt starts of the whole pool, at most: N/s, N/m or N/h, with up to B at once after
+    /// a quiet spell [default burst: 1]. A retry is a start and counts. Exact (GCRA): no
+    /// window edge lets a double burst through (see docs/RATES.md).
+    #[arg(long, value_name = "N/s[,burst=B]", value_parser = parse_rate)]
+    rate: Option<herd_supervisor::Rate>,
     /// Replace a worker gracefully after it completed N tasks (against leaks).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tasks: Option<u64>,
@@ -245,8 +259,11 @@ impl PoolArgs {
         }
         cfg.window = self.window.unwrap_or(0) as usize;
         cfg.timeout = self.timeout;
+        cfg.max_age = self.max_age;
+        cfg.deadline = self.deadline;
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;
+        cfg.rate = self.rate;
         cfg.queue = self.queue.unwrap_or(0) as usize;
         if let Some(b) = self.queue_bytes {
             anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");
@@ -295,6 +312,11 @@ pub fn parse_workers(s: &str) -> Result<Workers, String> {
     herd_supervisor::AutoscaleConfig::new(min, max)
         .map(Workers::Range)
         .map_err(|e| format!("`{s}`: {e}"))
+}
+
+pub fn parse_rate(s: &str) -> Result<herd_supervisor::Rate, String> {
+    s.parse()
+        .map_err(|e: herd_supervisor::rate::ParseRateError| e.to_string())
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -23,10 +23,10 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown |
+//! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown, cancelled, expired, deadline |
 //! | `herd_retries_total` | counter | |
 //! | `herd_chunks_total` | counter | |
-//! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload |
+//! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload, cancelled, deadline |
 //! | `herd_workers` | gauge | `state`: starting, idle, busy, draining, dying, backoff, stopped |
 //! | `herd_workers_target` | gauge | |
 //! | `herd_queue_depth` | gauge | |

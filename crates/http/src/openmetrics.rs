@@ -212,6 +212,10 @@ impl Collector for Snapshot {
             ConstGauge::new(a.pool_rss).encode(m)?;
         }
 
+        if !s.rates.is_empty() {
+            encode_rates(&s.rates, &mut enc)?;
+        }
+
         // The histogram: per-bucket counts go in as they are; the encoder makes them
         // cumulative. The last bucket is `+Inf`.
         let h = &s.durations;
@@ -232,6 +236,60 @@ impl Collector for Snapshot {
         m.encode_histogram::<NoLabelSet>(h.sum_us as f64 / 1e6, h.count, &buckets, None)
     }
 }
+/// Each rate limit, labelled by its scope (`pool` or `submission-N`): its rate and how long
+/// it held starts back.
+fn encode_rates(
+    rates: &[herd_supervisor::RateStatus],
+    enc: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use herd_supervisor::RateScope;
+    let scopes: Vec<String> = rates
+        .iter()
+        .map(|r| match r.scope {
+            RateScope::Pool => "pool".to_owned(),
+            RateScope::Submission(id) => format!("submission-{id}"),
+        })
+        .collect();
+    let mut m = enc.encode_descriptor(
+        "rate_limit",
+        "Attempt starts allowed per second, by the limit's scope",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (r, scope) in rates.iter().zip(&scopes) {
+        ConstGauge::new(r.per_second).encode(m.encode_family(&[("scope", scope.as_str())])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "rate_limit_burst",
+        "Attempt starts a limit lets through at once after a quiet spell",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (r, scope) in rates.iter().zip(&scopes) {
+        ConstGauge::new(u64::from(r.burst))
+            .encode(m.encode_family(&[("scope", scope.as_str())])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "rate_limit_delayed",
+        "Attempt starts a rate limit held back",
+        None,
+        MetricType::Counter,
+    )?;
+    for (r, scope) in rates.iter().zip(&scopes) {
+        ConstCounter::new(r.delayed).encode(m.encode_family(&[("scope", scope.as_str())])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "rate_limit_wait",
+        "Time attempt starts waited on a rate limit, summed",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?;
+    for (r, scope) in rates.iter().zip(&scopes) {
+        ConstCounter::new(r.wait_secs).encode(m.encode_family(&[("scope", scope.as_str())])?)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -275,7 +333,60 @@ mod tests {
             sources: Vec::new(),
             autoscale: None,
             breaker: None,
+            rates: Vec::new(),
         }
+    }
+
+    #[test]
+    fn rate_limits_show_their_rate_and_waits_by_scope() {
+        let limit =
+            |scope, rate: &str, per_second, delayed, wait_secs| herd_supervisor::RateStatus {
+                scope,
+                rate: rate.into(),
+                per_second,
+                burst: 10,
+                delayed,
+                wait_secs,
+                holding: false,
+            };
+        let status = Status {
+            rates: vec![
+                limit(
+                    herd_supervisor::RateScope::Pool,
+                    "200/s,burst=10",
+                    200.0,
+                    1990,
+                    9.5,
+                ),
+                limit(
+                    herd_supervisor::RateScope::Submission(7),
+                    "30/m",
+                    0.5,
+                    3,
+                    6.0,
+                ),
+            ],
+            ..empty_status()
+        };
+        let text = render(status).expect("a String never fails to take writes");
+        for line in [
+            "# TYPE herd_rate_limit gauge",
+            "herd_rate_limit{scope=\"pool\"} 200.0",
+            "herd_rate_limit{scope=\"submission-7\"} 0.5",
+            "herd_rate_limit_burst{scope=\"pool\"} 10",
+            "herd_rate_limit_delayed_total{scope=\"pool\"} 1990",
+            "# TYPE herd_rate_limit_wait_seconds counter",
+            "herd_rate_limit_wait_seconds_total{scope=\"pool\"} 9.5",
+            "herd_rate_limit_wait_seconds_total{scope=\"submission-7\"} 6.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        // No limit, no series.
+        let text = render(empty_status()).expect("a String never fails to take writes");
+        assert!(!text.contains("herd_rate_limit"), "{text}");
     }
 
     #[test]

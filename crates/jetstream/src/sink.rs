@@ -476,6 +476,11 @@ mod tests {
             ErrorKind::Timeout,
             ErrorKind::Protocol,
             ErrorKind::Rejected,
+            // Cancelled on purpose: terminated, never redelivered.
+            ErrorKind::Cancelled,
+            // A stale or late event is dropped, not redelivered to go stale again.
+            ErrorKind::Expired,
+            ErrorKind::Deadline,
         ] {
             assert_eq!(
                 settle_as(&err(kind, false), 1, &policy, &mut j),

@@ -5,12 +5,13 @@
 //! client                                  daemon
 //!   │ ── Hello { protocol } ────────────▶   │  version check (or Error, then close)
 //!   │ ◀─ Welcome { protocol, pid, .. } ──── │  with the submission's frame and line limits
-//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith, with a priority):
+//!   │ ── Submit { ordered } ────────────▶   │  a submission (or SubmitWith/SubmitTimed):
 //!   │ ── Events([line | None, ..]) ─────▶   │    lines (None: too long, rejected client-side)
 //!   │ ── End ───────────────────────────▶   │
 //!   │ ◀─ Records(json lines) ───────────── │    as they complete, concurrently with Events
 //!   │ ◀─ Done { records } ──────────────── │    every record sent
-//!   │ ── Status | Scale | Reload | Stop ─▶  │  or one request,
+//!   │ ── Cancel { seq } ────────────────▶   │    any time: cancel one of its events
+//!   │ ── Status | Scale | Reload | Stop ─▶  │  or one request (also CancelIn),
 //!   │ ◀─ Status(json) | Ok(text) | Error ── │  one reply
 //! ```
 //!
@@ -72,6 +73,56 @@ pub enum Request {
         priority: i8,
         line_priority: bool,
     },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
+    /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
+    /// its own: the event's record answers it (`cancelled`, or the record it already had).
+    Cancel {
+        seq: u64,
+    },
+    /// One request: cancel event `seq` of submission `submission` (the id a `SubmitNamed`
+    /// submission was told). `Ok(text)` if it will be `cancelled`, `Error(text)` if not (already
+    /// answered, or no such submission).
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    /// `SubmitRated` with the rate optional, and the daemon's first reply is
+    /// `Submission { id }`: the id `CancelIn` names it by.
+    SubmitNamed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus this submission's time limits, in milliseconds, 0 for the daemon's
+    /// own: `max_age_ms` (an event that waited longer for its first start gets an `expired`
+    /// record) and `deadline_ms` (over all its attempts; then a `deadline` record); and its
+    /// rate limit as in `SubmitRated` (`""`: none), so that one request carries every option
+    /// `herd submit` takes but `--print-id`: it is not named (no `Submission` reply), so
+    /// `herd submit` refuses `--print-id` with `--max-age`/`--deadline`. Variant 14, appended
+    /// to version 2 after `SubmitNamed`: a daemon that predates it closes the connection.
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -99,6 +150,49 @@ pub enum RequestRef<'a> {
         ordered: bool,
         priority: i8,
         line_priority: bool,
+    },
+    /// A new rate limit on attempt starts, as `herd --rate` spells it (`200/s,burst=10`;
+    /// `None`: unlimited): the pool's, or that of the open submission `submission` (its id in
+    /// `herd status`). Answered `Ok` or `Error`. Appended to version 2.
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    /// `SubmitWith` plus a rate limit on this submission's attempt starts (`200/s,burst=10`):
+    /// other submissions are dispatched past it while it waits. Appended to version 2.
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
+    /// Inside a submission (before or after its `End`): cancel its event `seq`. No reply of
+    /// its own: the event's record answers it (`cancelled`, or the record it already had).
+    Cancel {
+        seq: u64,
+    },
+    /// One request: cancel event `seq` of submission `submission` (the id a `SubmitNamed`
+    /// submission was told). `Ok(text)` if it will be `cancelled`, `Error(text)` if not (already
+    /// answered, or no such submission).
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    /// `SubmitRated` with the rate optional, and the daemon's first reply is
+    /// `Submission { id }`: the id `CancelIn` names it by.
+    SubmitNamed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: Option<String>,
+    },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
     },
 }
 
@@ -131,6 +225,10 @@ pub enum Reply {
     Status(String),
     Ok(String),
     Error(String),
+    /// The first reply to `SubmitNamed`: the submission's id, for `CancelIn`.
+    Submission {
+        id: u64,
+    },
 }
 
 /// Room before a `Records` body for the frame header, the variant and the length.

@@ -102,6 +102,9 @@ pub enum ClientError {
     Closed(#[source] Option<io::Error>),
     #[error("the daemon closed the connection without a reply")]
     NoReply,
+    /// Options that no request carries together.
+    #[error("{0}")]
+    Options(String),
     #[error("the daemon went away")]
     Gone(#[source] io::Error),
     #[error("the daemon went away after {received} records")]
@@ -170,6 +173,8 @@ pub struct Client {
     wr: OwnedWriteHalf,
     max_frame: usize,
     max_line: usize,
+    /// Open submissions with `SubmitNamed`, to learn their id ([`Client::named`]).
+    named: bool,
 }
 
 fn frame(req: &Request) -> Result<Vec<u8>, ClientError> {
@@ -239,6 +244,7 @@ impl Client {
                 wr,
                 max_frame: max_frame as usize,
                 max_line: max_line as usize,
+                named: false,
             }),
             Some(Ok(Reply::Welcome { protocol, .. })) => Err(ClientError::Version(protocol)),
             Some(Ok(Reply::Error(e))) => Err(ClientError::Refused(e)),
@@ -246,6 +252,15 @@ impl Client {
             Some(Err(e)) => Err(ClientError::BadReply(e)),
             None => Err(ClientError::Closed(sent.err())),
         }
+    }
+
+    /// Opens the submission so that the daemon names it ([`Records::submission`]), for a
+    /// cancel from another connection (`herd ctl cancel --submission`);
+    /// [`Client::submit_lines`] prints it on stderr as `herd: submission N`. A daemon older
+    /// than `SubmitNamed` closes the connection instead.
+    pub fn named(mut self) -> Self {
+        self.named = true;
+        self
     }
 
     /// The longest event line the daemon's workers take: [`Events`] sends a longer one as a
@@ -279,7 +294,41 @@ impl Client {
         // Plain Submit when there is no priority to give: it works with daemons older than
         // SubmitWith too.
         let with_priority = options.priority != 0 || options.line_priority;
-        let start = if with_priority {
+        // Milliseconds, at least 1 (0 means the daemon's own limit).
+        let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
+        let timed = options.max_age.is_some() || options.deadline.is_some();
+        if self.named && timed {
+            // No request is both named and timed: refuse rather than drop the limits.
+            return Err(ClientError::Options(
+                "a named submission (--print-id) cannot have --max-age or --deadline".into(),
+            ));
+        }
+        // The oldest request that carries every option given: SubmitNamed the name (and a
+        // rate), SubmitTimed the time limits and a rate too, SubmitRated only a rate.
+        let start = if self.named {
+            Request::SubmitNamed {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                rate: options.rate.map(|r| r.to_string()),
+            }
+        } else if timed {
+            Request::SubmitTimed {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                max_age_ms: ms(options.max_age),
+                deadline_ms: ms(options.deadline),
+                rate: options.rate.map_or_else(String::new, |r| r.to_string()),
+            }
+        } else if let Some(rate) = options.rate {
+            Request::SubmitRated {
+                ordered: options.ordered,
+                priority: options.priority,
+                line_priority: options.line_priority,
+                rate: rate.to_string(),
+            }
+        } else if with_priority {
             Request::SubmitWith {
                 ordered: options.ordered,
                 priority: options.priority,
@@ -294,6 +343,18 @@ impl Client {
             .write_all(&frame(&start)?)
             .await
             .map_err(ClientError::Gone)?;
+        // A named submission's first reply is its id.
+        let submission = if self.named {
+            match self.rd.next().await {
+                Some(Ok(Reply::Submission { id })) => Some(id),
+                Some(Ok(Reply::Error(e))) => return Err(ClientError::Daemon(e)),
+                Some(Ok(other)) => return Err(ClientError::Unexpected(format!("{other:?}"))),
+                Some(Err(e)) => return Err(ClientError::BadReply(e)),
+                None => return Err(ClientError::NoReply),
+            }
+        } else {
+            None
+        };
         let (keep_tx, keep_rx) = oneshot::channel();
         let events = Events {
             wr: self.wr,
@@ -309,7 +370,8 @@ impl Client {
             lines: RecordLines::default(),
             with_priority,
             done: false,
-            _keep: keep_rx,
+            keep: Keep::Waiting(keep_rx),
+            submission,
         };
         Ok((events, records))
     }
@@ -332,6 +394,11 @@ impl Client {
     ) -> Result<Submitted, SubmitError> {
         let max_line = self.max_line;
         let (events, records) = self.submit(options).await?;
+        if let Some(id) = records.submission() {
+            // `herd submit --print-id`: the id `herd ctl cancel --submission` names, as soon
+            // as the daemon gives it, for whoever runs the command.
+            eprintln!("herd: submission {id}");
+        }
 
         // Lines are read and encoded on a plain thread, and handed over as ready frames.
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -554,6 +621,14 @@ impl Events {
         self.wr.write_all(frames).await.map_err(ClientError::Gone)
     }
 
+    /// Cancels event `seq` of this submission (numbered from 0 in the order sent). Its
+    /// record answers: `cancelled`, or the record it already had. After [`Events::end`],
+    /// [`Records::cancel`] does the same.
+    pub async fn cancel(&mut self, seq: u64) -> Result<(), ClientError> {
+        let f = frame(&Request::Cancel { seq })?;
+        self.wr.write_all(&f).await.map_err(ClientError::Gone)
+    }
+
     /// Says there are no more events. The socket stays open until the [`Records`] is
     /// dropped: closing it earlier would tell the daemon the submitter is gone.
     pub async fn end(mut self) -> Result<(), ClientError> {
@@ -575,7 +650,20 @@ pub struct Records {
     with_priority: bool,
     done: bool,
     /// The write side once the events ended, held open while records still come.
-    _keep: oneshot::Receiver<OwnedWriteHalf>,
+    keep: Keep,
+    /// The daemon's id of a named submission ([`Client::named`]).
+    submission: Option<u64>,
+}
+
+/// Where the write side of a submission is, as the [`Records`] sees it.
+#[derive(Debug)]
+enum Keep {
+    /// With the [`Events`], or on its way after [`Events::end`].
+    Waiting(oneshot::Receiver<OwnedWriteHalf>),
+    /// Here, after [`Events::end`].
+    Held(OwnedWriteHalf),
+    /// The [`Events`] was dropped without `end`.
+    Gone,
 }
 
 impl Records {
@@ -614,6 +702,30 @@ impl Records {
                 source: None,
             }),
         }
+    }
+
+    /// The daemon's id of this submission, if it was opened [`Client::named`].
+    pub fn submission(&self) -> Option<u64> {
+        self.submission
+    }
+
+    /// Cancels event `seq` once the events have ended ([`Events::end`]); before that, use
+    /// [`Events::cancel`] (this one then fails with [`ClientError::Unexpected`]).
+    pub async fn cancel(&mut self, seq: u64) -> Result<(), ClientError> {
+        if let Keep::Waiting(rx) = &mut self.keep {
+            match rx.try_recv() {
+                Ok(wr) => self.keep = Keep::Held(wr),
+                Err(oneshot::error::TryRecvError::Closed) => self.keep = Keep::Gone,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        let Keep::Held(wr) = &mut self.keep else {
+            return Err(ClientError::Unexpected(
+                "a cancel before the events ended: send it with Events::cancel".into(),
+            ));
+        };
+        let f = frame(&Request::Cancel { seq })?;
+        wr.write_all(&f).await.map_err(ClientError::Gone)
     }
 
     /// Record lines received so far (chunk lines included).

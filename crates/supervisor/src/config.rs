@@ -27,6 +27,13 @@ pub struct PoolConfig {
     pub max_frame: usize,
     /// Per-attempt deadline.
     pub timeout: Option<Duration>,
+    /// An event that waited longer than this for its first start gets an `expired` record
+    /// instead of running (`--max-age`). A submission may set its own.
+    pub max_age: Option<Duration>,
+    /// A limit over all the attempts of one event, retries and backoff included
+    /// (`--deadline`): once it passes the event gets a `deadline` record. A submission may set
+    /// its own.
+    pub deadline: Option<Duration>,
     /// Extra attempts after a crash, timeout or retryable failure.
     pub retries: u32,
     /// Base delay before retrying a retryable failure (doubles per attempt, with jitter).
@@ -52,6 +59,8 @@ pub struct PoolConfig {
     /// Scale between bounds instead of running `workers` (which is then ignored): see
     /// [`crate::autoscale`].
     pub autoscale: Option<crate::autoscale::AutoscaleConfig>,
+    /// Attempt starts of the whole pool, at most (`--rate`); a retry is a start.
+    pub rate: Option<crate::rate::Rate>,
 }
 
 impl PoolConfig {
@@ -70,6 +79,8 @@ impl PoolConfig {
             queue_bytes: DEFAULT_QUEUE_BYTES,
             max_frame: herd_proto::DEFAULT_MAX_FRAME,
             timeout: None,
+            max_age: None,
+            deadline: None,
             retries: 2,
             retry_backoff: Duration::from_millis(100),
             stop_grace: Duration::from_secs(30),
@@ -80,6 +91,7 @@ impl PoolConfig {
             runtime_dir: None,
             launch: crate::launch::Launch::default(),
             autoscale: None,
+            rate: None,
         }
     }
 

@@ -465,7 +465,7 @@ async fn connection(
                 ordered,
                 ..SubmitOptions::default()
             };
-            return submission(rd, wr, pool, options, shared).await;
+            return submission(rd, wr, pool, options, false, shared).await;
         }
         RequestRef::SubmitWith {
             ordered,
@@ -478,8 +478,76 @@ async fn connection(
                 line_priority,
                 ..SubmitOptions::default()
             };
-            return submission(rd, wr, pool, options, shared).await;
+            return submission(rd, wr, pool, options, false, shared).await;
         }
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => match rate.parse::<crate::rate::Rate>() {
+            Ok(rate) => {
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate: Some(rate),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, false, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        RequestRef::Rate { submission, rate } => set_rate(&pool, submission, rate.as_deref()).await,
+        RequestRef::SubmitNamed {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => match rate.map(|r| r.parse::<crate::rate::Rate>()).transpose() {
+            Ok(rate) => {
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, true, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
+        RequestRef::CancelIn { submission, seq } => match pool.cancel(submission, seq).await {
+            Some(outcome) if outcome.cancelled() => Reply::Ok(outcome.describe().into()),
+            Some(outcome) => Reply::Error(outcome.describe().into()),
+            None => Reply::Error("the pool has stopped".into()),
+        },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => match (!rate.is_empty())
+            .then(|| rate.parse::<crate::rate::Rate>())
+            .transpose()
+        {
+            Ok(rate) => {
+                let ms = |n: u64| (n > 0).then(|| std::time::Duration::from_millis(n));
+                let options = SubmitOptions {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                    max_age: ms(max_age_ms),
+                    deadline: ms(deadline_ms),
+                    ..SubmitOptions::default()
+                };
+                return submission(rd, wr, pool, options, false, shared).await;
+            }
+            Err(e) => Reply::Error(e.to_string()),
+        },
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -511,6 +579,42 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Reload => "Reload",
         RequestRef::Stop { .. } => "Stop",
         RequestRef::SubmitWith { .. } => "SubmitWith",
+        RequestRef::Cancel { .. } => "Cancel",
+        RequestRef::CancelIn { .. } => "CancelIn",
+        RequestRef::SubmitNamed { .. } => "SubmitNamed",
+        RequestRef::Rate { .. } => "Rate",
+        RequestRef::SubmitRated { .. } => "SubmitRated",
+        RequestRef::SubmitTimed { .. } => "SubmitTimed",
+    }
+}
+
+/// `Rate`: the pool's limit, or an open submission's.
+async fn set_rate(pool: &PoolHandle, submission: Option<u64>, rate: Option<&str>) -> Reply {
+    let rate = match rate.map(str::parse::<crate::rate::Rate>).transpose() {
+        Ok(r) => r,
+        Err(e) => return Reply::Error(e.to_string()),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = Command::SetRate {
+        submission,
+        rate,
+        reply,
+    };
+    if !pool.command(cmd) {
+        return Reply::Error("the pool has stopped".into());
+    }
+    let what = match submission {
+        None => "the pool".to_owned(),
+        Some(id) => format!("submission {id}"),
+    };
+    let limit = rate.map_or("no limit".to_owned(), |r| r.to_string());
+    match answer.await {
+        Ok(true) => Reply::Ok(format!("rate of {what}: {limit}")),
+        Ok(false) => Reply::Error(format!(
+            "no open submission {id}",
+            id = submission.unwrap_or(0)
+        )),
+        Err(_) => Reply::Error("the pool has stopped".into()),
     }
 }
 
@@ -536,13 +640,19 @@ fn slice_of(body: &Bytes, line: &[u8]) -> Option<Bytes> {
 /// [`Submission::run`] (reading and writing independently).
 async fn submission(
     mut rd: FrameReader,
-    wr: OwnedWriteHalf,
+    mut wr: OwnedWriteHalf,
     pool: PoolHandle,
     options: SubmitOptions,
+    named: bool,
     shared: &Shared,
 ) -> io::Result<()> {
     let limits = &shared.limits;
     rd.max = events_frame_cap(limits.max_line);
+    let submission = pool.submit_with(options);
+    if named {
+        let id = submission.sender.id();
+        reply(&mut wr, &Reply::Submission { id }, limits.idle_timeout).await?;
+    }
     // Whether the client's End arrived: only then does `Done` say the submission is whole.
     let ended = Arc::new(AtomicBool::new(false));
     let source = ClientEvents {
@@ -550,6 +660,7 @@ async fn submission(
         seq: 0,
         max_line: limits.max_line,
         ended: ended.clone(),
+        canceller: submission.sender.canceller(),
     };
     let deliveries = &shared.deliveries;
     let sink = ClientRecords {
@@ -563,7 +674,7 @@ async fn submission(
         undelivered: deliveries.undelivered.clone(),
     };
     // Tracked: the daemon does not exit while the pool's last records are on their way.
-    let run = pool.submit_with(options).run(source, sink);
+    let run = submission.run(source, sink);
     match deliveries.tracker.track_future(run).await {
         Ok(_) => Ok(()),
         Err(SubmissionError::Source(e, _) | SubmissionError::Sink(e)) => Err(e),
@@ -583,14 +694,30 @@ struct ClientEvents {
     seq: u64,
     max_line: usize,
     ended: Arc<AtomicBool>,
+    /// Carries the client's `Cancel`s to the pool, behind the events sent before them.
+    canceller: crate::Canceller,
+}
+
+impl ClientEvents {
+    /// A `Cancel` from the client; its event's record answers it.
+    fn cancel(&self, seq: u64) {
+        // A pool that is gone answers every event anyway (or nobody is listening).
+        let _ = self.canceller.cancel(seq);
+    }
 }
 
 impl Source for ClientEvents {
     /// The client's frames wait in its socket until there is room.
     async fn next_batch(&mut self, _room: crate::Room) -> io::Result<Option<Vec<Input>>> {
         // A producer may be slow: no idle limit between frames.
-        let Some(body) = self.rd.next(None).await? else {
-            return Err(vanished());
+        let body = loop {
+            let Some(body) = self.rd.next(None).await? else {
+                return Err(vanished());
+            };
+            match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
+                RequestRef::Cancel { seq } => self.cancel(seq),
+                _ => break body,
+            }
         };
         let lines = match decode_body_borrowed::<RequestRef<'_>>(&body).map_err(io::Error::other)? {
             RequestRef::Events(lines) => lines,
@@ -626,10 +753,17 @@ impl Source for ClientEvents {
 
     /// The client keeps its side open until its last record: an end now means it is gone.
     async fn gone(&mut self) -> io::Error {
-        match self.rd.next(None).await {
-            Ok(None) => vanished(),
-            Ok(Some(_)) => io::Error::other("a request after the end of a submission"),
-            Err(e) => e,
+        loop {
+            let body = match self.rd.next(None).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return vanished(),
+                Err(e) => return e,
+            };
+            // A client may cancel an event it awaits after its End, too.
+            match decode_body_borrowed::<RequestRef<'_>>(&body) {
+                Ok(RequestRef::Cancel { seq }) => self.cancel(seq),
+                _ => return io::Error::other("a request after the end of a submission"),
+            }
         }
     }
 }

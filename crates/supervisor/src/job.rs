@@ -25,6 +25,17 @@ pub(crate) struct Job {
     pub chunks: u32,
     /// Its dispatch priority (kept across retries).
     pub priority: Priority,
+    /// A cancel reached it while a worker held it: whatever ends this attempt (its result,
+    /// the worker's death, a stop), its record is `cancelled`.
+    pub cancelled: bool,
+    /// `--max-age`: when it expires unless it has been dispatched by then (see
+    /// [`crate::limits`]).
+    pub expires: Option<Instant>,
+    /// It was handed to a worker once: `--max-age` no longer applies.
+    pub dispatched: bool,
+    /// `--deadline`: when it gets a `deadline` record if it has no answer yet, whatever
+    /// attempt it is on.
+    pub deadline: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -41,6 +52,10 @@ impl Job {
             charged: 0,
             chunks: 0,
             priority,
+            cancelled: false,
+            expires: None,
+            dispatched: false,
+            deadline: None,
         }
     }
 }

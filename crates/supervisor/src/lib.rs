@@ -36,6 +36,7 @@ mod credits;
 mod guard;
 mod job;
 pub mod launch;
+mod limits;
 pub mod lines;
 mod link;
 mod msg;
@@ -43,6 +44,7 @@ pub mod policy;
 mod pool;
 pub mod priority;
 mod process;
+pub mod rate;
 pub mod record;
 mod rendezvous;
 pub mod resume;
@@ -66,14 +68,17 @@ pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
+pub use pool::CancelOutcome;
 pub use process::raise_nofile_limit;
+pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
-    AutoscaleDecision, AutoscaleStatus, BreakerStatus, SourceStatus, Status, WorkerStatus,
+    AutoscaleDecision, AutoscaleStatus, BreakerStatus, RateScope, RateStatus, SourceStatus, Status,
+    WorkerStatus,
 };
 pub use submission::{
-    run_one, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
+    run_one, Canceller, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
     SubmissionError,
 };
 
@@ -141,6 +146,13 @@ pub enum Command {
     Status(oneshot::Sender<Status>),
     /// Write a status snapshot to the log.
     LogStatus,
+    /// A new rate limit on attempt starts (`None`: unlimited): the pool's, or one open
+    /// submission's. The reply is false if that submission is not open.
+    SetRate {
+        submission: Option<SubmissionId>,
+        rate: Option<rate::Rate>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Submission traffic into the pool, on one ordered channel.
@@ -158,6 +170,13 @@ pub(crate) enum SubmissionMsg {
     },
     End {
         id: SubmissionId,
+    },
+    /// Cancel event `seq` of submission `id`. On the submission channel, so that every event
+    /// its submitter sent before the cancel has been accepted when it arrives.
+    Cancel {
+        id: SubmissionId,
+        seq: u64,
+        reply: Option<oneshot::Sender<CancelOutcome>>,
     },
 }
 
@@ -178,6 +197,13 @@ pub struct SubmitOptions {
     /// as a `failed` record whose [`RecordOutcome::Err`] says `retryable`. Crashes and
     /// timeouts are still retried by the pool, up to `retries`.
     pub source_retries: bool,
+    /// Attempt starts of this submission's events, at most (`herd submit --rate`); other
+    /// submissions are dispatched past it while it waits.
+    pub rate: Option<rate::Rate>,
+    /// This submission's `--max-age`, in place of the pool's (see [`PoolConfig::max_age`]).
+    pub max_age: Option<std::time::Duration>,
+    /// This submission's `--deadline`, in place of the pool's (see [`PoolConfig::deadline`]).
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// What a pool did, returned when it stops.
@@ -381,6 +407,19 @@ impl PoolHandle {
     /// Sends a command; `false` if the pool has stopped.
     pub fn command(&self, cmd: Command) -> bool {
         self.commands.send(cmd).is_ok()
+    }
+
+    /// Cancels event `seq` of submission `submission` (from another connection than its
+    /// submitter's); `None` if the pool has stopped.
+    pub async fn cancel(&self, submission: SubmissionId, seq: u64) -> Option<CancelOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let msg = SubmissionMsg::Cancel {
+            id: submission,
+            seq,
+            reply: Some(tx),
+        };
+        self.submissions.send(msg).ok()?;
+        rx.await.ok()
     }
 
     /// A snapshot of the pool, or `None` if it has stopped.

@@ -23,17 +23,28 @@ pub enum ErrorKind {
     Rejected,
     /// herd stopped before the event could run.
     Shutdown,
+    /// A control request cancelled the event (queued: removed; running: its worker was
+    /// stopped and replaced).
+    Cancelled,
+    /// It waited longer than `--max-age` for its first start, and never ran.
+    Expired,
+    /// `--deadline` passed (over all its attempts, retries and backoff included) before it
+    /// had an answer.
+    Deadline,
 }
 
 impl ErrorKind {
     /// Every kind, in a stable order (for counters and reports).
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Failed,
         ErrorKind::Timeout,
         ErrorKind::Crashed,
         ErrorKind::Protocol,
         ErrorKind::Rejected,
         ErrorKind::Shutdown,
+        ErrorKind::Cancelled,
+        ErrorKind::Expired,
+        ErrorKind::Deadline,
     ];
 
     /// The `error.kind` string.
@@ -45,6 +56,9 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Shutdown => "shutdown",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Expired => "expired",
+            ErrorKind::Deadline => "deadline",
         }
     }
 }

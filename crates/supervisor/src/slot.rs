@@ -96,6 +96,12 @@ pub(crate) enum Cause {
     /// `rejected` (its submitter is not reading; a retry would only stall again), the rest
     /// go back uncharged.
     Held,
+    /// A control request cancelled this task (its job id), which the worker held. The task
+    /// gets a `cancelled` record; the rest go back uncharged, as bystanders of a crash.
+    Cancelled(u64),
+    /// The `--deadline` of its running task passed. The task gets a `deadline` record, the
+    /// rest go back uncharged, as for a timeout.
+    Deadline,
 }
 
 /// Why a worker process was replaced or retired: the key of `restarts` and the `reason` of
@@ -112,6 +118,8 @@ pub enum Replacement {
     /// It was held for a submitter that did not read its chunks while other work waited,
     /// and was killed.
     Held,
+    /// A task it held was cancelled, and it was stopped.
+    Cancelled,
     /// It never completed its handshake.
     StartFailure,
     /// It did not exit within the exit timeout after the termination frame, and was killed.
@@ -126,15 +134,18 @@ pub enum Replacement {
     ScaleDown,
     /// The pool is stopping (it is not replaced).
     Stop,
+    /// The `--deadline` of its running task passed, and it was killed.
+    Deadline,
 }
 
 impl Replacement {
     /// Every reason, in a stable order (for counters and reports).
-    pub const ALL: [Replacement; 11] = [
+    pub const ALL: [Replacement; 13] = [
         Replacement::Crash,
         Replacement::Timeout,
         Replacement::Protocol,
         Replacement::Held,
+        Replacement::Cancelled,
         Replacement::StartFailure,
         Replacement::ExitTimeout,
         Replacement::MaxTasks,
@@ -142,6 +153,7 @@ impl Replacement {
         Replacement::Reload,
         Replacement::ScaleDown,
         Replacement::Stop,
+        Replacement::Deadline,
     ];
 
     /// The name in `herd status` and the logs.
@@ -151,6 +163,7 @@ impl Replacement {
             Replacement::Timeout => "timeout",
             Replacement::Protocol => "protocol",
             Replacement::Held => "held",
+            Replacement::Cancelled => "cancelled",
             Replacement::StartFailure => "start-failure",
             Replacement::ExitTimeout => "exit-timeout",
             Replacement::MaxTasks => "max-tasks",
@@ -158,6 +171,7 @@ impl Replacement {
             Replacement::Reload => "reload",
             Replacement::ScaleDown => "scale-down",
             Replacement::Stop => "stop",
+            Replacement::Deadline => "deadline",
         }
     }
 
@@ -172,11 +186,14 @@ impl Replacement {
             | Replacement::Held
             | Replacement::StartFailure
             | Replacement::ExitTimeout => true,
-            Replacement::MaxTasks
+            // Asked for (a cancel), not a fault of the worker.
+            Replacement::Cancelled
+            | Replacement::MaxTasks
             | Replacement::MaxRss
             | Replacement::Reload
             | Replacement::ScaleDown
-            | Replacement::Stop => false,
+            | Replacement::Stop
+            | Replacement::Deadline => false,
         }
     }
 }
@@ -819,6 +836,39 @@ impl<L> Slot<L> {
 
     /// Kills the worker's process group for `cause`; its exit status arrives later and
     /// settles its work. A slot in backoff killed for a stop just stays empty.
+    /// Marks task `task` cancelled if this worker holds it, so that whatever ends it (its
+    /// result, the worker's death, a stop) records it as `cancelled`. Returns `None` if it
+    /// is not held here, else whether the worker still runs and must be stopped
+    /// ([`Slot::kill`] with [`Cause::Cancelled`]); a worker already dying needs nothing more.
+    pub fn cancel(&mut self, task: u64) -> Option<bool> {
+        let (inflight, alive) = match &mut self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. } => (inflight, true),
+            State::Dying { inflight, .. } | State::Exited { inflight, .. } => (inflight, false),
+            _ => return None,
+        };
+        let running = inflight.iter_mut().find(|r| r.job.id == task)?;
+        running.job.cancelled = true;
+        Some(alive)
+    }
+
+    /// The id of the job this worker holds for event `seq` of `submission`, if any.
+    pub fn holds(&self, submission: crate::job::SubmissionId, seq: u64) -> Option<u64> {
+        let inflight = match &self.state {
+            State::Ready { inflight, .. }
+            | State::Retiring { inflight, .. }
+            | State::Leaving { inflight, .. }
+            | State::Dying { inflight, .. }
+            | State::Exited { inflight, .. } => inflight,
+            _ => return None,
+        };
+        inflight
+            .iter()
+            .find(|r| r.job.submission == submission && r.job.seq == seq)
+            .map(|r| r.job.id)
+    }
+
     pub fn kill(&mut self, cause: Cause) -> Effects {
         let (pid, inflight, link_open) = match self.take() {
             State::Starting { pid, .. } => (pid, VecDeque::new(), false),
@@ -1074,9 +1124,20 @@ impl<L> Slot<L> {
                     humantime::format_duration(crate::backlog::HELD_LIMIT)
                 ),
             ),
+            End::Killed(Cause::Deadline) => (
+                ErrorKind::Deadline,
+                format!(
+                    "{}; worker {i} (pid {pid}) was killed",
+                    crate::limits::message(ErrorKind::Deadline)
+                ),
+            ),
             End::Killed(Cause::Stop) => (
                 ErrorKind::Shutdown,
                 "herd stopped before the event finished".to_string(),
+            ),
+            End::Killed(Cause::Cancelled(_)) => (
+                ErrorKind::Cancelled,
+                format!("cancelled; worker {i} (pid {pid}) was stopped"),
             ),
         };
         let held_work = !inflight.is_empty();
@@ -1113,9 +1174,13 @@ impl<L> Slot<L> {
             End::Killed(Cause::Timeout) => Replacement::Timeout,
             End::Killed(Cause::Protocol(_)) => Replacement::Protocol,
             End::Killed(Cause::Held) => Replacement::Held,
+            End::Killed(Cause::Cancelled(_)) => Replacement::Cancelled,
+            End::Killed(Cause::Deadline) => Replacement::Deadline,
             _ => Replacement::Crash,
         };
-        self.restarts += 1;
+        if reason.is_unexpected() {
+            self.restarts += 1;
+        }
         effects.push(Effect::Replaced {
             reason,
             pid,
@@ -1138,6 +1203,11 @@ impl<L> Slot<L> {
         }
         if !started {
             effects.extend(self.start_failure(&message, now));
+        } else if let End::Killed(Cause::Cancelled(_)) = end {
+            // Stopped for a cancel, not a fault of the worker (whether or not the cancelled
+            // task's result crossed the kill): replace it now, with no backoff.
+            tracing::info!(worker = i, pid, "{message}; restarting");
+            effects.push(Effect::Spawn);
         } else if held_work {
             // It died working: the likely culprit was a task, not the worker; replace it now.
             tracing::warn!(
@@ -1169,7 +1239,12 @@ impl<L> Slot<L> {
 
     /// When this slot next needs [`Slot::on_deadline`].
     pub fn deadline(&self, limits: &SlotLimits) -> Option<Instant> {
-        let head = |inflight: &VecDeque<Running>| Some(inflight.front()?.started + limits.timeout?);
+        // The running task's `--timeout`, or its `--deadline` if that comes first.
+        let head = |inflight: &VecDeque<Running>| {
+            let head = inflight.front()?;
+            let timeout = limits.timeout.map(|t| head.started + t);
+            [timeout, head.job.deadline].into_iter().flatten().min()
+        };
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
             State::Ready { inflight, .. } | State::Retiring { inflight, .. } => head(inflight),
@@ -1227,6 +1302,19 @@ impl<L> Slot<L> {
             }
             State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
                 let seq = inflight.front().map(|h| h.job.seq);
+                let past_deadline = inflight
+                    .front()
+                    .and_then(|h| h.job.deadline)
+                    .is_some_and(|d| d <= now);
+                if past_deadline {
+                    tracing::info!(
+                        worker = i,
+                        pid,
+                        seq,
+                        "task past its deadline; killing worker"
+                    );
+                    return self.kill(Cause::Deadline);
+                }
                 tracing::warn!(worker = i, pid, seq, "task timed out; killing worker");
                 self.kill(Cause::Timeout)
             }
@@ -1268,5 +1356,7 @@ impl<L> Slot<L> {
     }
 }
 
+#[cfg(test)]
+mod cancel_tests;
 #[cfg(test)]
 mod tests;

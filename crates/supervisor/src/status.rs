@@ -223,6 +223,35 @@ pub struct Status {
     /// without completing a task); absent when closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerStatus>,
+    /// Rate limits on attempt starts (`--rate`), the pool's first; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rates: Vec<RateStatus>,
+}
+
+/// What a rate limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateScope {
+    /// Every attempt start of the pool (`--rate` of `herd run` / `herd serve`).
+    Pool,
+    /// The starts of one submission's events (`herd submit --rate`).
+    Submission(crate::SubmissionId),
+}
+
+/// One rate limit, as `herd status --json` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RateStatus {
+    pub scope: RateScope,
+    /// As given: `200/s,burst=10`.
+    pub rate: String,
+    pub per_second: f64,
+    pub burst: u32,
+    /// Starts the limit held back, and their waits summed (from the limit's first refusal to
+    /// the start), the current wait included.
+    pub delayed: u64,
+    pub wait_secs: f64,
+    /// Whether a start is being held back now.
+    pub holding: bool,
 }
 
 /// An open circuit breaker, as `herd status --json` shows it.
@@ -402,8 +431,18 @@ mod tests {
                 deaths: 3,
                 last: "exit 1".into(),
             }),
+            rates: vec![RateStatus {
+                scope: RateScope::Submission(3),
+                rate: "30/m".into(),
+                per_second: 0.5,
+                burst: 1,
+                delayed: 2,
+                wait_secs: 3.5,
+                holding: true,
+            }],
         };
         let json = serde_json::to_string(&status).expect("serializes");
+        assert!(json.contains(r#""scope":{"submission":3}"#), "{json}");
         let back: Status = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
         assert_eq!(back.queued_by_priority.get(&-3), Some(&1));
@@ -413,11 +452,12 @@ mod tests {
             sources: Vec::new(),
             autoscale: None,
             breaker: None,
+            rates: Vec::new(),
             ..back
         };
         let json = serde_json::to_string(&bare).expect("serializes");
         assert!(
-            !json.contains("autoscale") && !json.contains("sources"),
+            !json.contains("autoscale") && !json.contains("sources") && !json.contains("rates"),
             "{json}"
         );
         let back: Status = serde_json::from_str(&json).expect("deserializes");

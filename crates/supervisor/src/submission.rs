@@ -125,6 +125,42 @@ impl EventSender {
 
     /// Ends the submission: the records channel closes once every record is delivered.
     pub fn end(self) {}
+
+    /// The submission's id in its pool (what [`crate::PoolHandle::cancel`] names).
+    pub fn id(&self) -> SubmissionId {
+        self.id
+    }
+
+    /// A handle that cancels this submission's events, usable after the sender is moved.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            id: self.id,
+            submissions: self.submissions.clone(),
+        }
+    }
+}
+
+/// Cancels events of one submission (see [`EventSender::canceller`]). A cancel travels
+/// behind the events sent before it, so it always finds them accepted.
+#[derive(Debug, Clone)]
+pub struct Canceller {
+    id: SubmissionId,
+    submissions: mpsc::UnboundedSender<SubmissionMsg>,
+}
+
+impl Canceller {
+    /// Cancels event `seq` without waiting for the outcome (its record tells it).
+    ///
+    /// # Errors
+    /// [`PoolGone`] if the pool has stopped.
+    pub fn cancel(&self, seq: u64) -> Result<(), PoolGone> {
+        let msg = SubmissionMsg::Cancel {
+            id: self.id,
+            seq,
+            reply: None,
+        };
+        self.submissions.send(msg).map_err(|_| PoolGone)
+    }
 }
 
 impl Drop for EventSender {

@@ -6,6 +6,7 @@
             ...
         async for chunk in pool.submit_stream(event):        # a streaming handler's parts
             ...
+        task.cancel()   # a task awaiting pool.submit(): the daemon cancels the event too
 
     with herd_client.connect_sync("/run/herd.sock") as pool:   # the same, blocking
         out = pool.submit(b"...")
@@ -14,9 +15,10 @@ Standard library only, Python 3.9+. The control protocol is in crates/proto/src/
 (docs/CONTROL.md); the frames and varints are herd_worker.codec's.
 """
 
-from ._client import (CONTROL_VERSION, Chunk, ConnectionLost, EventCrashed, EventError,
-                      EventFailed, EventProtocolError, EventRejected, EventShutdown,
-                      EventTimeout, HerdError, HandshakeError, Pool, Stream, connect)
+from ._client import (CONTROL_VERSION, Chunk, ConnectionLost, EventCancelled, EventCrashed,
+                      EventDeadline, EventError, EventExpired, EventFailed, EventProtocolError,
+                      EventRejected, EventShutdown, EventTimeout, HerdError, HandshakeError,
+                      Pool, Stream, connect)
 from ._sync import Client, connect_sync
 
 __version__ = "0.1.0"
@@ -24,5 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "connect", "connect_sync", "Pool", "Client", "CONTROL_VERSION", "HerdError",
     "HandshakeError", "ConnectionLost", "EventError", "EventFailed", "EventTimeout",
-    "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown", "Chunk", "Stream",
+    "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown", "EventCancelled",
+    "EventExpired", "EventDeadline", "Chunk", "Stream",
 ]

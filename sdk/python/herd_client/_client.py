@@ -27,7 +27,9 @@ EVENTS_FRAME_OVERHEAD = 4 + 1 + 9
 EVENT_LINE_OVERHEAD = 1 + 9
 
 # Variant indices: their order is part of the protocol.
-HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH = 0, 1, 2, 3, 8
+# (9 and 10 are Rate and SubmitRated, 12 and 13 CancelIn and SubmitNamed, which this client
+# does not send; SubmitTimed carries a rate too, sent empty: no limit of the submission's own.)
+HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL, SUBMIT_TIMED = 0, 1, 2, 3, 8, 11, 14
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
@@ -86,9 +88,25 @@ class EventShutdown(EventError):
     """The daemon stopped before running the event (`shutdown`)."""
 
 
+class EventCancelled(EventError):
+    """The event was cancelled (`cancelled`): by Stream.cancel(), or from another connection
+    (`herd ctl cancel`)."""
+
+
+class EventExpired(EventError):
+    """The event waited longer than its max age to start, and did not run (`expired`)."""
+
+
+class EventDeadline(EventError):
+    """The event's deadline, over all its attempts, passed before it had an answer
+    (`deadline`)."""
+
+
 _KINDS = {
     "failed": EventFailed, "timeout": EventTimeout, "crashed": EventCrashed,
     "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
+    "cancelled": EventCancelled,
+    "expired": EventExpired, "deadline": EventDeadline,
 }
 
 _OK_OUTPUT = b',"ok":true,"output":'
@@ -138,10 +156,20 @@ class Stream:
     chunks and returns it."""
 
     def __init__(self):
+        self._cancel = None  # set once its event is enqueued: sends the Cancel
+        self._cancel_asked = False
         self._chunks = collections.deque()
         self._wake = asyncio.Event()
         self._end = None
         self.output = None
+
+    def cancel(self):
+        """Cancels the event: queued, the daemon drops it; running, it stops its worker. The
+        stream then ends with EventCancelled, unless the final record was already on its
+        way (then that record stands)."""
+        self._cancel_asked = True
+        if self._cancel is not None:
+            self._cancel()
 
     def _add(self, chunk):
         self._chunks.append(chunk)
@@ -185,23 +213,40 @@ async def _read_frame(reader, max_frame=REPLY_MAX_FRAME):
     return await reader.readexactly(n)
 
 
-def connect(path, *, timeout=30.0):
+def connect(path, *, timeout=30.0, max_age=None, deadline=None):
     """Connects to the daemon's control socket at `path`. Use as `async with connect(p) as
-    pool`, or `pool = await connect(p)` (then `await pool.close()`)."""
-    return _Connecting(path, timeout)
+    pool`, or `pool = await connect(p)` (then `await pool.close()`).
+
+    `max_age` and `deadline` (seconds) replace the daemon's --max-age and --deadline for the
+    events of this pool: an event that waited longer than `max_age` to start raises
+    EventExpired, one without an answer `deadline` after it was accepted (retries
+    included) raises EventDeadline."""
+    return _Connecting(path, timeout, _limits_ms(max_age, deadline))
+
+
+def _limits_ms(max_age, deadline):
+    """(max_age_ms, deadline_ms) for SubmitTimed: 0 is the daemon's own limit."""
+    def ms(name, s):
+        if s is None:
+            return 0
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 2**53:
+            raise ValueError(f"{name} must be a positive number of seconds, not {s!r}")
+        return max(1, round(s * 1000))
+    return (ms("max_age", max_age), ms("deadline", deadline))
 
 
 class _Connecting:
-    def __init__(self, path, timeout):
+    def __init__(self, path, timeout, limits=(0, 0)):
         self._path = path
         self._timeout = timeout
+        self._limits = limits
         self._pool = None
 
     def __await__(self):
-        return Pool._open(self._path, self._timeout).__await__()
+        return Pool._open(self._path, self._timeout, 0, self._limits).__await__()
 
     async def __aenter__(self):
-        self._pool = await Pool._open(self._path, self._timeout)
+        self._pool = await Pool._open(self._path, self._timeout, 0, self._limits)
         return self._pool
 
     async def __aexit__(self, exc_type, exc, tb):
@@ -225,6 +270,7 @@ class Pool:
     def __init__(self, reader, writer, pid, max_frame, max_line):
         self.pid = pid
         self._opened = None  # (path, timeout), to open the connection of another priority
+        self._limits = (0, 0)  # (max_age_ms, deadline_ms) of every connection
         self._lanes = {}  # priority -> task opening (then holding) that priority's Pool
         self._reader = reader
         self._writer = writer
@@ -238,6 +284,8 @@ class Pool:
         self._streams = {}
         self._relays = set()  # tasks sending streamed events of other priorities
         self._outq = collections.deque()
+        self._sent = 0  # events written to the socket: seqs below it may be cancelled
+        self._cancels = []  # seqs to cancel, in the order asked
         self._wake_writer = asyncio.Event()
         self._writer_idle = False  # the writer waits on _wake_writer: set it for new events
         self._closing = False
@@ -249,7 +297,7 @@ class Pool:
         self._writer_task = asyncio.ensure_future(self._write_loop())
 
     @classmethod
-    async def _open(cls, path, timeout, priority=0):
+    async def _open(cls, path, timeout, priority=0, limits=(0, 0)):
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -258,7 +306,8 @@ class Pool:
                 f"no herd daemon at {path} (is `herd serve` running?): {e}") from e
         try:
             # Over its --max-connections the daemon accepts us only when a connection closes.
-            pool = await asyncio.wait_for(cls._handshake(reader, writer, priority), timeout)
+            pool = await asyncio.wait_for(
+                cls._handshake(reader, writer, priority, limits), timeout)
         except asyncio.TimeoutError as e:
             writer.close()
             raise HandshakeError(
@@ -268,10 +317,11 @@ class Pool:
             writer.close()
             raise
         pool._opened = (path, timeout)
+        pool._limits = limits
         return pool
 
     @classmethod
-    async def _handshake(cls, reader, writer, priority=0):
+    async def _handshake(cls, reader, writer, priority=0, limits=(0, 0)):
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -299,7 +349,12 @@ class Pool:
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
         # Unordered: the client matches records to events by seq itself. Plain Submit
         # without a priority, so that daemons older than SubmitWith work too.
-        if priority:
+        if any(limits):
+            # Only with limits to give, so that daemons older than SubmitTimed work too.
+            # max_age_ms, deadline_ms, then rate: an empty string (none).
+            writer.write(_frame(bytes((SUBMIT_TIMED, 0, priority & 0xFF, 0))
+                                + varint(limits[0]) + varint(limits[1]) + varint(0)))
+        elif priority:
             writer.write(_frame(bytes((SUBMIT_WITH, 0, priority & 0xFF, 0))))
         else:
             writer.write(_frame(bytes((SUBMIT, 0))))
@@ -318,7 +373,7 @@ class Pool:
             raise HerdError("this pool is closed")
         task = self._lanes.get(priority)
         if task is None:
-            task = asyncio.ensure_future(Pool._open(*self._opened, priority))
+            task = asyncio.ensure_future(Pool._open(*self._opened, priority, self._limits))
             self._lanes[priority] = task
         return task
 
@@ -364,7 +419,12 @@ class Pool:
         if self._writer_idle:
             self._writer_idle = False
             self._wake_writer.set()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The awaiting coroutine was cancelled: so is the event (its record is dropped).
+            self._cancel(seq)
+            raise
 
     def submit_stream(self, event, *, priority=0):
         """Runs one event whose handler streams partial results: returns a Stream, an async
@@ -394,6 +454,9 @@ class Pool:
 
         seq = self._enqueue(event, resolve)
         streams[seq] = stream
+        stream._cancel = lambda: self._cancel(seq)
+        if stream._cancel_asked:
+            self._cancel(seq)
 
     def _stream_later(self, stream, event, lane):
         """_stream_into on another priority's connection once it is open (the `lane` task):
@@ -498,6 +561,24 @@ class Pool:
     # -----------------------------------------------------------------------------------------
     # The two tasks.
 
+    def _cancel(self, seq):
+        """Sends `Cancel { seq }` once the event itself is out, if its record is still owed."""
+        if self._error is not None or seq not in self._pending:
+            return
+        self._cancels.append(seq)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake_writer.set()
+
+    def _ready_cancels(self):
+        """Frames for the cancels whose events are written (a cancel never overtakes its
+        event)."""
+        ready = [s for s in self._cancels if s < self._sent]
+        if not ready:
+            return b""
+        self._cancels = [s for s in self._cancels if s >= self._sent]
+        return b"".join(_frame(bytes((CANCEL,)) + varint(s)) for s in ready)
+
     def _encode_batch(self):
         """Frames for queued events, up to about BATCH_BYTES (at least one event)."""
         q = self._outq
@@ -508,6 +589,7 @@ class Pool:
         taken = 0
         while q and taken < 4 * BATCH_BYTES:
             ev = q.popleft()
+            self._sent += 1
             n = len(ev)
             if n > self._max_line:
                 piece, cost = b"\x00", 1  # None: the daemon records it as `rejected`
@@ -534,20 +616,25 @@ class Pool:
         return _frame(body)
 
     async def _write_loop(self):
+        ended = False
         try:
             while True:
-                if not self._outq:
-                    if self._closing:
-                        break
+                if self._outq:
+                    self._writer.write(self._encode_batch())
+                elif self._closing and not ended:
+                    self._writer.write(_frame(bytes((END,))))
+                    ended = True
+                elif not self._cancels:
+                    # Nothing to send (after End, only cancels may come): wait to be woken.
                     self._wake_writer.clear()
                     self._writer_idle = True
                     await self._wake_writer.wait()
                     continue
-                self._writer.write(self._encode_batch())
+                cancels = self._ready_cancels()
+                if cancels:
+                    self._writer.write(cancels)
                 # Waits here while the daemon withholds credits: back-pressure.
                 await self._writer.drain()
-            self._writer.write(_frame(bytes((END,))))
-            await self._writer.drain()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every failure ends the connection

@@ -4,24 +4,26 @@ import asyncio
 import queue
 import threading
 
-from ._client import Pool, ConnectionLost, EventError
+from ._client import Pool, ConnectionLost, EventError, _limits_ms
 
 
-def connect_sync(path, *, timeout=30.0):
-    """Connects to the daemon's control socket at `path`; a Client, also a context manager."""
-    return Client(path, timeout=timeout)
+def connect_sync(path, *, timeout=30.0, max_age=None, deadline=None):
+    """Connects to the daemon's control socket at `path`; a Client, also a context manager.
+    `max_age` and `deadline` as for connect()."""
+    return Client(path, timeout=timeout, max_age=max_age, deadline=deadline)
 
 
 class Client:
     """submit() and map() that block. Safe to call from several threads at once."""
 
-    def __init__(self, path, *, timeout=30.0):
+    def __init__(self, path, *, timeout=30.0, max_age=None, deadline=None):
+        limits = _limits_ms(max_age, deadline)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="herd-client",
                                         daemon=True)
         self._thread.start()
         try:
-            self._pool = self._call(Pool._open(path, timeout))
+            self._pool = self._call(Pool._open(path, timeout, 0, limits))
         except BaseException:
             self._stop_loop()
             raise

@@ -368,3 +368,80 @@ def test_priority_events_overtake_a_flood(daemon):
         assert pool.submit(square(9), priority=-128) == b"81"
         assert sorted(pool.map([square(2), square(3)], priority=127)) == [(0, b"4"), (1, b"9")]
     assert d.status()["totals"]["ok"] == 2000 + 2 + 50 + 3
+
+
+def test_cancelling_the_awaiting_coroutine_cancels_the_event(daemon):
+    # One worker, one task at a time: the first sleep runs, the second waits in the queue.
+    d = daemon(workers=1, extra=["--window", "1"])
+    pid0 = d.status()["workers"][0]["pid"]
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            running = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
+            queued = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
+            await asyncio.get_running_loop().run_in_executor(
+                None, wait_until, "one sleep running, one queued",
+                lambda: (lambda st: st["inflight"] == 1 and st["queued"] == 1)(d.status()))
+            queued.cancel()
+            running.cancel()
+            for t in (queued, running):
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+            # The worker was stopped and replaced; the pool serves on, and close() returns
+            # once the two cancelled records came.
+            assert await pool.submit(square(6)) == b"36"
+
+    run(main())
+    st = d.status()
+    assert st["totals"]["cancelled"] == 2, st
+    assert st["restarts"]["cancelled"] == 1, st
+    assert st["workers"][0]["pid"] != pid0, st
+
+
+def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon):
+    d = daemon(workers=1)
+
+    async def main():
+        async with herd_client.connect(d.sock) as pool:
+            stream = pool.submit_stream(b'{"op":"stream","n":1000,"ms":50}')
+            async for chunk in stream:
+                assert chunk.index == 0
+                stream.cancel()
+                break
+            with pytest.raises(herd_client.EventCancelled) as e:
+                async for _ in stream:
+                    pass
+            assert e.value.kind == "cancelled" and e.value.record["ok"] is False
+
+    run(main())
+
+
+def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon):
+    # One worker taking one task at a time: what waits behind a slow event stays queued.
+    d = daemon(workers=1, extra=("--window", "1"))
+    with pytest.raises(ValueError):
+        herd_client.connect(d.sock, max_age=0)
+    with pytest.raises(ValueError):
+        herd_client.connect_sync(d.sock, deadline="1s")
+
+    async def main():
+        async with herd_client.connect(d.sock, max_age=0.3) as pool:
+            slow = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":1500}'))
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: wait_until("the slow event running",
+                                         lambda: d.status()["inflight"] >= 1))
+            with pytest.raises(herd_client.EventExpired) as e:
+                await pool.submit(square(3))
+            assert e.value.kind == "expired" and e.value.record["attempts"] == 0
+            # Started before its max age passed: it runs to the end.
+            assert await slow == b"1500"
+        async with herd_client.connect(d.sock, deadline=0.5) as pool:
+            with pytest.raises(herd_client.EventDeadline) as e:
+                await pool.submit(b'{"op":"hang"}')
+            assert e.value.kind == "deadline"
+            # The worker holding it was replaced; the pool still serves.
+            assert await pool.submit(square(4)) == b"16"
+
+    run(main())
+    totals = d.status()["totals"]
+    assert totals.get("expired") == 1 and totals.get("deadline") == 1, totals

@@ -120,6 +120,37 @@ pub enum JsonRequest {
         priority: i8,
         line_priority: bool,
     },
+    Rate {
+        submission: Option<u64>,
+        rate: Option<String>,
+    },
+    SubmitRated {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: String,
+    },
+    Cancel {
+        seq: u64,
+    },
+    CancelIn {
+        submission: u64,
+        seq: u64,
+    },
+    SubmitNamed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        rate: Option<String>,
+    },
+    SubmitTimed {
+        ordered: bool,
+        priority: i8,
+        line_priority: bool,
+        max_age_ms: u64,
+        deadline_ms: u64,
+        rate: String,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -147,6 +178,9 @@ pub enum JsonReply {
     },
     Error {
         message: String,
+    },
+    Submission {
+        id: u64,
     },
 }
 
@@ -202,6 +236,52 @@ impl Message {
                     priority: *priority,
                     line_priority: *line_priority,
                 },
+                Request::Rate { submission, rate } => JsonRequest::Rate {
+                    submission: *submission,
+                    rate: rate.clone(),
+                },
+                Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => JsonRequest::SubmitRated {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    rate: rate.clone(),
+                },
+                Request::Cancel { seq } => JsonRequest::Cancel { seq: *seq },
+                Request::CancelIn { submission, seq } => JsonRequest::CancelIn {
+                    submission: *submission,
+                    seq: *seq,
+                },
+                Request::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => JsonRequest::SubmitNamed {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    rate: rate.clone(),
+                },
+                Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                } => JsonRequest::SubmitTimed {
+                    ordered: *ordered,
+                    priority: *priority,
+                    line_priority: *line_priority,
+                    max_age_ms: *max_age_ms,
+                    deadline_ms: *deadline_ms,
+                    rate: rate.clone(),
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -222,6 +302,7 @@ impl Message {
                 Reply::Status(json) => JsonReply::Status { json: json.clone() },
                 Reply::Ok(m) => JsonReply::Ok { message: m.clone() },
                 Reply::Error(m) => JsonReply::Error { message: m.clone() },
+                Reply::Submission { id } => JsonReply::Submission { id: *id },
             }),
         }
     }
@@ -260,6 +341,46 @@ impl Message {
                     priority,
                     line_priority,
                 },
+                JsonRequest::Rate { submission, rate } => Request::Rate { submission, rate },
+                JsonRequest::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => Request::SubmitRated {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                },
+                JsonRequest::Cancel { seq } => Request::Cancel { seq },
+                JsonRequest::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
+                JsonRequest::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                } => Request::SubmitNamed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    rate,
+                },
+                JsonRequest::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                } => Request::SubmitTimed {
+                    ordered,
+                    priority,
+                    line_priority,
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                },
             }))
         } else if direction == DAEMON_TO_CLIENT {
             let r: JsonReply = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -280,6 +401,7 @@ impl Message {
                 JsonReply::Status { json } => Reply::Status(json),
                 JsonReply::Ok { message } => Reply::Ok(message),
                 JsonReply::Error { message } => Reply::Error(message),
+                JsonReply::Submission { id } => Reply::Submission { id },
             }))
         } else {
             Err(format!("unknown direction {direction:?}"))
@@ -413,6 +535,83 @@ pub fn messages() -> Vec<(String, Message)> {
             },
         );
     }
+    for (name, submission, rate) in [
+        ("rate_pool", None, Some("200/s,burst=10")),
+        ("rate_pool_off", None, None),
+        ("rate_submission", Some(3), Some("30/m")),
+        ("rate_submission_u64_max", Some(u64::MAX), Some("0.5/s")),
+    ] {
+        req(
+            name.into(),
+            Request::Rate {
+                submission,
+                rate: rate.map(str::to_owned),
+            },
+        );
+    }
+    req(
+        "submit_rated".into(),
+        Request::SubmitRated {
+            ordered: true,
+            priority: -1,
+            line_priority: false,
+            rate: "200/s,burst=10".into(),
+        },
+    );
+    for (name, max_age_ms, deadline_ms, rate) in [
+        ("submit_timed_max_age_1000", 1000, 0, ""),
+        ("submit_timed_deadline_300000", 0, 300_000, ""),
+        ("submit_timed_u64_max", u64::MAX, u64::MAX, ""),
+        ("submit_timed_rated", 1000, 300_000, "200/s,burst=10"),
+    ] {
+        req(
+            name.into(),
+            Request::SubmitTimed {
+                ordered: false,
+                priority: 0,
+                line_priority: false,
+                max_age_ms,
+                deadline_ms,
+                rate: rate.into(),
+            },
+        );
+    }
+
+    for seq in U64_BOUNDARIES {
+        req(format!("cancel_{seq}"), Request::Cancel { seq });
+    }
+    req(
+        "cancel_in".into(),
+        Request::CancelIn {
+            submission: 3,
+            seq: 17,
+        },
+    );
+    req(
+        "cancel_in_max".into(),
+        Request::CancelIn {
+            submission: u64::MAX,
+            seq: u64::MAX,
+        },
+    );
+    req(
+        "submit_named".into(),
+        Request::SubmitNamed {
+            ordered: false,
+            priority: 0,
+            line_priority: false,
+            rate: None,
+        },
+    );
+    req(
+        "submit_named_priority_minus_3_ordered".into(),
+        Request::SubmitNamed {
+            ordered: true,
+            priority: -3,
+            line_priority: false,
+            rate: Some("200/s,burst=10".into()),
+        },
+    );
 
     let mut rep = |name: String, m: Reply| v.push((name, Message::Reply(m)));
     rep("welcome".into(), welcome(4242));
@@ -491,6 +690,17 @@ pub fn messages() -> Vec<(String, Message)> {
         "error_unexpected_request".into(),
         Reply::Error("unexpected request End".into()),
     );
+    for id in [0u64, 1, 250, 251, u64::MAX] {
+        rep(format!("submission_{id}"), Reply::Submission { id });
+    }
+    rep(
+        "ok_cancelled_queued".into(),
+        Reply::Ok("cancelled (it was queued)".into()),
+    );
+    rep(
+        "error_already_answered".into(),
+        Reply::Error("already answered (or never accepted): nothing to cancel".into()),
+    );
     rep(
         "error_non_ascii".into(),
         Reply::Error("naïve café: ☃ 🦀".into()),
@@ -526,10 +736,16 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_9", c, &[9], "Request has variants 0 (Hello) to 8 (SubmitWith) only"),
+        bad("request_unknown_variant_15", c, &[15], "Request has variants 0 (Hello) to 14 (SubmitTimed) only"),
+        bad("cancel_missing_seq", c, &[11], "the body ends where seq should start"),
+        bad("cancel_in_missing_seq", c, &[12, 3], "the body ends after submission, where seq should start"),
+        bad("rate_missing_rate", c, &[9, 0], "the body ends where rate should start"),
+        bad("submit_timed_missing_deadline", c, &[14, 0, 0, 0, 100], "the body ends where deadline_ms should start"),
+        bad("submit_timed_missing_rate", c, &[14, 0, 0, 0, 100, 100], "the body ends where rate should start"),
         bad("submit_with_missing_line_priority", c, &[8, 0, 5], "the body ends where line_priority should start"),
         bad("submit_with_line_priority_bool_2", c, &[8, 0, 5, 2], "a bool is one byte, 0 or 1; 2 is refused"),
-        bad("reply_unknown_variant_6", d, &[6], "Reply has variants 0 (Welcome) to 5 (Error) only"),
+        bad("reply_unknown_variant_7", d, &[7], "Reply has variants 0 (Welcome) to 6 (Submission) only"),
+        bad("submission_missing_id", d, &[6], "the body ends where id should start"),
         bad("hello_missing_protocol", c, &[0], "the body ends where the protocol should start"),
         bad("hello_protocol_u64_marker", c, &[0, 253, 2, 0, 0, 0, 0, 0, 0, 0], "protocol is a u32: the u64 marker 253 is refused"),
         bad("submit_bool_2", c, &[1, 2], "a bool is one byte, 0 or 1; 2 is refused"),

@@ -138,6 +138,46 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             priority,
             line_priority,
         },
+        RequestRef::Rate { submission, rate } => Request::Rate { submission, rate },
+        RequestRef::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => Request::SubmitRated {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        },
+        RequestRef::Cancel { seq } => Request::Cancel { seq },
+        RequestRef::CancelIn { submission, seq } => Request::CancelIn { submission, seq },
+        RequestRef::SubmitNamed {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        } => Request::SubmitNamed {
+            ordered,
+            priority,
+            line_priority,
+            rate,
+        },
+        RequestRef::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        } => Request::SubmitTimed {
+            ordered,
+            priority,
+            line_priority,
+            max_age_ms,
+            deadline_ms,
+            rate,
+        },
     })
 }
 
@@ -241,6 +281,32 @@ fn the_vectors_cover_the_protocol() {
                     (false, p) if p < 0 => "SubmitWith negative",
                     _ => "SubmitWith",
                 },
+                JsonRequest::Rate { submission, rate } => match (submission, rate) {
+                    (_, None) => "Rate off",
+                    (None, Some(_)) => "Rate pool",
+                    (Some(_), Some(_)) => "Rate submission",
+                },
+                JsonRequest::SubmitRated { .. } => "SubmitRated",
+                JsonRequest::Cancel { seq } => {
+                    u64s.insert(*seq);
+                    "Cancel"
+                }
+                JsonRequest::CancelIn { .. } => "CancelIn",
+                JsonRequest::SubmitNamed { .. } => "SubmitNamed",
+                JsonRequest::SubmitTimed {
+                    max_age_ms,
+                    deadline_ms,
+                    rate,
+                    ..
+                } => {
+                    u64s.insert(*max_age_ms);
+                    u64s.insert(*deadline_ms);
+                    if rate.is_empty() {
+                        "SubmitTimed"
+                    } else {
+                        "SubmitTimed rated"
+                    }
+                }
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -263,6 +329,7 @@ fn the_vectors_cover_the_protocol() {
                     }
                     "Error"
                 }
+                JsonReply::Submission { .. } => "Submission",
             },
         };
         shapes.insert(shape);
@@ -284,12 +351,22 @@ fn the_vectors_cover_the_protocol() {
         "SubmitWith lowest",
         "SubmitWith highest",
         "SubmitWith line_priority",
+        "Rate pool",
+        "Rate off",
+        "Rate submission",
+        "SubmitRated",
+        "Cancel",
+        "CancelIn",
+        "SubmitNamed",
+        "SubmitTimed",
+        "SubmitTimed rated",
         "Welcome",
         "Records",
         "Done",
         "Status reply",
         "Ok",
         "Error",
+        "Submission",
         "non-ASCII string",
     ];
     assert_covers(&shapes, shapes_wanted, |shape| {

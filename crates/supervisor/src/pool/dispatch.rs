@@ -21,6 +21,7 @@ impl Pool {
         let now = self.now;
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);
+        self.rate_wake = None;
         while self.submissions.queued() > 0 {
             let slots = &self.slots;
             let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
@@ -28,24 +29,55 @@ impl Pool {
             }) else {
                 break;
             };
-            self.cursor = i + 1;
-            let Some(mut job) = self.submissions.pop() else {
+            // The pool's rate limit, checked only once a worker has room: its wait is the
+            // limit's doing, not the workers'.
+            if let Some(Err(at)) = self.rate.as_mut().map(|l| l.check(now)) {
+                self.rate_wake = Some(at);
                 break;
+            }
+            self.cursor = i + 1;
+            // Past the submissions a limit of their own holds back, to the others'.
+            let mut job = match self.submissions.pop_limited(now) {
+                Ok(job) => job,
+                Err(wake) => {
+                    self.rate_wake = wake;
+                    break;
+                }
             };
+            // Out of time while queued: its record now, and the worker's place to the next
+            // (no start counted against either rate limit).
+            if let Some(kind) = crate::limits::verdict(&job, now) {
+                self.fail(job, kind, crate::limits::message(kind).to_string());
+                continue;
+            }
             job.attempts += 1;
+            let submission = job.submission;
+            let was_dispatched = std::mem::replace(&mut job.dispatched, true);
             let frame = Outgoing::Task {
                 id: job.id,
                 attempt: job.attempts,
                 payload: job.payload.clone(),
             };
             match self.slots[i].assign(job, now) {
-                Ok(()) => batches[i].push(frame),
+                Ok(()) => {
+                    batches[i].push(frame);
+                    if let Some(l) = self.rate.as_mut() {
+                        l.start(now);
+                    }
+                    self.submissions.rate_started(submission, now);
+                }
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
                     job.attempts -= 1;
+                    job.dispatched = was_dispatched;
                     self.requeue(job);
                     break;
                 }
+            }
+        }
+        if self.submissions.queued() == 0 {
+            if let Some(l) = self.rate.as_mut() {
+                l.idle(now);
             }
         }
         // One message per worker per wake-up, however many tasks it got.

@@ -29,6 +29,13 @@ impl Pool {
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
             SubmissionMsg::End { id } => self.submissions.end(id),
+            SubmissionMsg::Cancel { id, seq, reply } => {
+                let outcome = self.cancel_event(id, seq);
+                tracing::debug!(submission = id, seq, ?outcome, "cancel");
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
         }
     }
 
@@ -39,6 +46,18 @@ impl Pool {
             return;
         };
         self.submissions.accepted(id, batch.len());
+        let limits = crate::limits::Limits::merged(
+            crate::limits::Limits {
+                max_age: options.max_age,
+                deadline: options.deadline,
+            },
+            crate::limits::Limits {
+                max_age: self.cfg.max_age,
+                deadline: self.cfg.deadline,
+            },
+        );
+        let (expires, deadline) = limits.stamp(self.now);
+        self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
         let mut refused = Vec::new();
@@ -73,6 +92,10 @@ impl Pool {
                         charged: 0,
                         chunks: 0,
                         priority,
+                        cancelled: false,
+                        expires,
+                        dispatched: false,
+                        deadline,
                     });
                     self.next_job += 1;
                 }

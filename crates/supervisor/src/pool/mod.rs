@@ -21,15 +21,19 @@
 //! | `submissions.rs` | per submission: its queued jobs, its outbox, the records it is owed |
 //! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
 //! | `reorder.rs` | an `--ordered` submission's reorder buffer |
+//! | `rate.rs` | the rate limits on attempt starts: changes and their status |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
 
 mod breaker;
+mod cancel;
 mod dispatch;
+mod expiry;
 mod intake;
 mod lifecycle;
 mod queue;
+mod rate;
 mod reconfigure;
 mod reorder;
 mod settle;
@@ -57,6 +61,7 @@ use crate::status::Stats;
 use crate::{Command, PoolError, SubmissionMsg, Summary};
 use submissions::Submissions;
 
+pub use cancel::CancelOutcome;
 use settle::Retries;
 
 /// What woke the pool up.
@@ -132,6 +137,13 @@ pub(crate) struct Pool {
     /// `POOL_RSS_EVERY` while there is a pool memory ceiling.
     pool_rss: Option<(u64, usize)>,
     next_pool_rss: Instant,
+    /// The pool's `--rate` limit on attempt starts, if any.
+    rate: Option<crate::rate::Limiter>,
+    /// When a start held back by a rate limit may happen (set by each dispatch).
+    rate_wake: Option<Instant>,
+    /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
+    time_limited: bool,
+    next_sweep: Instant,
 }
 
 impl Pool {
@@ -224,7 +236,12 @@ impl Pool {
             epoch: now,
             pool_rss: None,
             next_pool_rss: now,
+            rate: None,
+            rate_wake: None,
+            time_limited: false,
+            next_sweep: now,
         };
+        pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));
             if let Err(source) = pool.spawn(i) {
@@ -341,6 +358,20 @@ impl Pool {
                 let _ = reply.send(self.status());
             }
             Command::LogStatus => self.log_status(),
+            Command::SetRate {
+                submission,
+                rate,
+                reply,
+            } => {
+                let found = match submission {
+                    None => {
+                        self.set_rate(rate);
+                        true
+                    }
+                    Some(id) => self.set_submission_rate(id, rate),
+                };
+                let _ = reply.send(found);
+            }
         }
     }
 

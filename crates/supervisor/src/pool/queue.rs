@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
+use tokio::time::Instant;
 
 use crate::job::{Job, SubmissionId};
 use crate::priority::{Priority, AGING_DISPATCHES};
@@ -179,6 +180,66 @@ impl Queue {
         None
     }
 
+    /// Jobs of submission `id` queued, across levels.
+    pub fn queued_of(&self, id: SubmissionId) -> usize {
+        self.levels
+            .iter()
+            .filter_map(|l| l.jobs.get(&id))
+            .map(VecDeque::len)
+            .sum()
+    }
+
+    /// The next job of a submission not in `held` (those a rate limit holds back): by the same
+    /// rule as [`pop`](Self::pop), skipping the held ones, which keep their turn.
+    pub fn pop_unless(&mut self, held: &[SubmissionId]) -> Option<Job> {
+        if held.is_empty() {
+            return self.pop();
+        }
+        // Levels by effective priority, best first (as `pick`).
+        let mut order: Vec<(usize, (i64, u64))> = self
+            .levels
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.queued > 0)
+            .map(|(i, l)| {
+                let waited = self.dispatched - l.since;
+                (
+                    i,
+                    (
+                        i64::from(l.priority) * AGING_DISPATCHES as i64 + waited as i64,
+                        waited,
+                    ),
+                )
+            })
+            .collect();
+        // Stable: among equals the earlier (higher) level stays first.
+        order.sort_by_key(|&(_, score)| std::cmp::Reverse(score));
+        for (li, _) in order {
+            let level = &mut self.levels[li];
+            let Some(pos) = level.ring.iter().position(|id| !held.contains(id)) else {
+                continue;
+            };
+            let Some(id) = level.ring.remove(pos) else {
+                continue;
+            };
+            let Some(q) = level.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some(job) = q.pop_front() else {
+                continue;
+            };
+            if !q.is_empty() {
+                level.ring.push_back(id);
+            }
+            level.queued -= 1;
+            self.queued -= 1;
+            self.dispatched += 1;
+            level.since = self.dispatched;
+            return Some(job);
+        }
+        None
+    }
+
     /// Removes submission `id`'s queued jobs and its queues; returns how many jobs it had.
     pub fn cancel(&mut self, id: SubmissionId) -> usize {
         let mut removed = 0;
@@ -194,6 +255,81 @@ impl Queue {
         }
         self.queued -= removed;
         removed
+    }
+
+    /// Removes the queued job of event `seq` of submission `id`, if it is queued.
+    pub fn remove(&mut self, id: SubmissionId, seq: u64) -> Option<Job> {
+        for level in &mut self.levels {
+            let Some(q) = level.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some(pos) = q.iter().position(|j| j.seq == seq) else {
+                continue;
+            };
+            let job = q.remove(pos)?;
+            if q.is_empty() {
+                level.ring.retain(|&s| s != id);
+            }
+            level.queued -= 1;
+            self.queued -= 1;
+            return Some(job);
+        }
+        None
+    }
+
+    /// Removes the queued jobs that are out of time at `now` (see [`crate::limits`]), looking
+    /// at no more than `budget` jobs. Within one submission's queue at one level, jobs never
+    /// dispatched are in the order they were accepted, behind any that went back to the front,
+    /// so the scan of a queue stops at the first one of those still in time.
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        mut budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        let mut out = Vec::new();
+        for level in &mut self.levels {
+            if level.queued == 0 {
+                continue;
+            }
+            let mut emptied = false;
+            let mut removed = 0;
+            // Only the queues in the ring have jobs: an emptied one costs nothing here.
+            for id in &level.ring {
+                let Some(q) = level.jobs.get_mut(id) else {
+                    continue;
+                };
+                let mut k = 0;
+                while budget > 0 && k < q.len() {
+                    budget -= 1;
+                    match crate::limits::verdict(&q[k], now) {
+                        Some(kind) => {
+                            if let Some(job) = q.remove(k) {
+                                out.push((job, kind));
+                                removed += 1;
+                            }
+                        }
+                        None if !q[k].dispatched => break,
+                        None => k += 1,
+                    }
+                }
+                emptied |= q.is_empty();
+                if budget == 0 {
+                    break;
+                }
+            }
+            level.queued -= removed;
+            self.queued -= removed;
+            if emptied {
+                let jobs = &level.jobs;
+                level
+                    .ring
+                    .retain(|id| jobs.get(id).is_some_and(|q| !q.is_empty()));
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        out
     }
 
     /// Takes every queued job (for a fast stop).
@@ -330,6 +466,24 @@ mod tests {
     }
 
     #[test]
+    fn held_submissions_are_skipped_and_keep_their_turn() {
+        let mut q = Queue::default();
+        q.extend(1, (0..3).map(|s| job(1, s, 0)));
+        q.extend(2, (0..3).map(|s| job(2, s, 0)));
+        q.extend(3, [job(3, 0, 5)]);
+        // The top level is held entirely: a lower one is served, not nothing.
+        let j = q.pop_unless(&[3]).unwrap();
+        assert_eq!((j.submission, j.seq), (1, 0));
+        assert_eq!(q.pop_unless(&[1, 3]).unwrap().submission, 2);
+        assert_eq!(q.pop_unless(&[1, 3]).unwrap().submission, 2);
+        assert_eq!(q.queued_of(1), 2);
+        assert!(q.pop_unless(&[1, 2, 3]).is_none());
+        assert_eq!(q.queued(), 4);
+        // Released, everything comes out in the usual order.
+        assert_eq!(drain(&mut q), [(3, 0, 5), (1, 1, 0), (2, 2, 0), (1, 2, 0)]);
+    }
+
+    #[test]
     fn cancel_and_take_all_keep_the_counts() {
         let mut q = Queue::default();
         q.extend(1, [job(1, 0, 0), job(1, 1, 3), job(1, 2, 0)]);
@@ -346,5 +500,64 @@ mod tests {
         // Everything still works after a take_all.
         q.extend(3, [job(3, 2, -1)]);
         assert_eq!(drain(&mut q), [(3, 2, -1)]);
+    }
+
+    /// A cancelled event leaves its queue alone: the counts, the levels and the turns of the
+    /// others stay right.
+    #[test]
+    fn remove_takes_one_job_and_keeps_the_counts_and_turns() {
+        let mut q = Queue::default();
+        q.extend(1, [job(1, 0, 0), job(1, 1, 3), job(1, 2, 0)]);
+        q.extend(2, [job(2, 0, 3)]);
+        assert_eq!(q.remove(1, 1).map(|j| j.seq), Some(1));
+        assert!(q.remove(1, 1).is_none(), "only once");
+        assert!(q.remove(2, 1).is_none(), "another submission's seq");
+        assert!(q.remove(9, 0).is_none(), "no such submission");
+        assert_eq!(q.queued(), 3);
+        assert_eq!(q.depths().collect::<Vec<_>>(), [(3, 1), (0, 2)]);
+        // Submission 2 was the only one at level 3 once 1's job left it.
+        assert_eq!(q.remove(2, 0).map(|j| j.seq), Some(0));
+        assert_eq!(q.depths().collect::<Vec<_>>(), [(0, 2)]);
+        assert_eq!(drain(&mut q), [(1, 0, 0), (1, 2, 0)]);
+        assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn deadline_sweep_takes_what_is_out_of_time_and_keeps_the_counts() {
+        use crate::record::ErrorKind;
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let aged = |sub, seq, accepted: Duration| {
+            let mut j = job(sub, seq, 0);
+            j.expires = Some(t0 + accepted + ms(100));
+            j.deadline = Some(t0 + accepted + ms(500));
+            j
+        };
+        let mut q = Queue::default();
+        q.extend(1, (0..4).map(|i| aged(1, i, ms(10 * i))));
+        q.extend(2, [aged(2, 0, ms(200))]);
+        // A retry at the front: dispatched once, so held to its deadline only.
+        let mut retry = aged(1, 9, ms(0));
+        retry.dispatched = true;
+        q.push(retry, true);
+        assert!(q.take_out_of_time(t0 + ms(50), 100).is_empty());
+        // At 125 ms: seqs 0, 1 and 2 of submission 1 expired; 3 and the retry are in time.
+        let out = q.take_out_of_time(t0 + ms(125), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        let e = ErrorKind::Expired;
+        assert_eq!(got, [(1, 0, e), (1, 1, e), (1, 2, e)]);
+        assert_eq!(q.queued(), 3);
+        // The budget bounds the work: one job looked at (the retry, in time).
+        assert!(q.take_out_of_time(t0 + ms(250), 1).is_empty());
+        // At 600 ms: the retry's deadline passed, and everything else expired.
+        let out = q.take_out_of_time(t0 + ms(600), 100);
+        let got: Vec<_> = out.iter().map(|(j, k)| (j.submission, j.seq, *k)).collect();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&(1, 9, ErrorKind::Deadline)));
+        assert!(got.contains(&(1, 3, e)) && got.contains(&(2, 0, e)));
+        assert_eq!(q.queued(), 0);
+        assert!(q.pop().is_none());
+        assert!(!q.others_queued(3), "emptied queues left the ring");
     }
 }

@@ -51,6 +51,9 @@ impl Pool {
         self.limits.timeout = new.timeout;
         self.limits.exit_timeout = new.exit_timeout;
         self.limits.max_tasks = new.max_tasks;
+        if new.rate != self.cfg.rate {
+            self.set_rate(new.rate);
+        }
         tracing::info!(roll, "new configuration applied");
         if roll {
             // Every replacement is spawned from the new command and launch settings (before

@@ -41,14 +41,31 @@ impl Retries {
         self.waiting.iter().map(|(_, j)| j.priority)
     }
 
-    /// When the next one is due.
+    /// When the next one is due: its delay is over, or its `--deadline` passes.
     pub fn deadline(&self) -> Option<Instant> {
-        self.waiting.iter().map(|(t, _)| *t).min()
+        let at = |(t, j): &(Instant, Job)| j.deadline.map_or(*t, |d| d.min(*t));
+        self.waiting.iter().map(at).min()
+    }
+
+    /// The jobs whose `--deadline` passed while they waited out their delay.
+    pub fn past_deadline(&mut self, now: Instant) -> Vec<Job> {
+        if !self
+            .waiting
+            .iter()
+            .any(|(_, j)| j.deadline.is_some_and(|d| d <= now))
+        {
+            return Vec::new();
+        }
+        let (past, rest) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, j)| j.deadline.is_some_and(|d| d <= now));
+        self.waiting = rest;
+        past.into_iter().map(|(_, j)| j).collect()
     }
 
     /// The jobs due at `now`, oldest first.
     pub fn due(&mut self, now: Instant) -> Vec<Job> {
-        if self.deadline().is_none_or(|d| d > now) {
+        if self.waiting.iter().all(|(t, _)| *t > now) {
             return Vec::new();
         }
         let (due, later) = std::mem::take(&mut self.waiting)
@@ -60,6 +77,15 @@ impl Retries {
 
     pub fn take_all(&mut self) -> Vec<Job> {
         self.waiting.drain(..).map(|(_, j)| j).collect()
+    }
+
+    /// Takes out the waiting job of event `seq` of `submission` (a cancel).
+    pub fn remove(&mut self, submission: SubmissionId, seq: u64) -> Option<Job> {
+        let pos = self
+            .waiting
+            .iter()
+            .position(|(_, j)| j.submission == submission && j.seq == seq)?;
+        Some(self.waiting.swap_remove(pos).1)
     }
 }
 
@@ -107,6 +133,9 @@ impl Pool {
     /// Puts a job back at the front of its submission's queue, unless the pool is stopping
     /// (then nothing will run it: it gets its `shutdown` record now).
     pub(super) fn requeue(&mut self, job: Job) {
+        if job.cancelled {
+            return self.fail_cancelled(job);
+        }
         if self.phase == Phase::Stopping {
             let message = "herd stopped before the event could run".to_string();
             return self.fail(job, ErrorKind::Shutdown, message);
@@ -116,6 +145,9 @@ impl Pool {
 
     /// Retries a job after `delay` (a retryable failure), unless the pool is stopping.
     fn retry_later(&mut self, job: Job, delay: Duration) {
+        if job.cancelled {
+            return self.fail_cancelled(job);
+        }
         if self.phase == Phase::Stopping {
             let message = "herd stopped before the event could be retried".to_string();
             return self.fail(job, ErrorKind::Shutdown, message);
@@ -125,6 +157,7 @@ impl Pool {
 
     /// Retries whose delay is over go back to the front of their queues.
     pub(super) fn retries_due(&mut self) {
+        self.retries_past_deadline();
         for job in self.retries.due(self.now).into_iter().rev() {
             self.requeue(job);
         }
@@ -159,6 +192,10 @@ impl Pool {
         self.task_samples = self.task_samples.saturating_add(1);
         self.stats.durations.observe(micros);
         let mut job = running.job;
+        if job.cancelled {
+            // Its result crossed the cancel: the cancel was answered first, so it stands.
+            return self.fail_cancelled(job);
+        }
         match outcome {
             TaskOutcome::Ok(output) => {
                 let len = job.payload.len();
@@ -214,6 +251,12 @@ impl Pool {
         let mut back = Vec::with_capacity(inflight.len());
         for (k, running) in inflight.into_iter().enumerate() {
             let mut job = running.job;
+            if job.cancelled {
+                // Whatever ended its worker (the cancel's kill, or a crash, timeout or stop
+                // that came first), the cancel was answered: that is its record.
+                self.fail_cancelled(job);
+                continue;
+            }
             if kind == ErrorKind::Shutdown {
                 self.fail(job, kind, message.to_string());
                 continue;
@@ -221,6 +264,20 @@ impl Pool {
             // Stopped because its submitter did not read its chunks (`Cause::Held`): the
             // stream is not retried (it would stall again); anything else it held is innocent.
             let held = kind == ErrorKind::Rejected;
+            // Stopped to cancel another task: everything else it held is innocent, and goes
+            // back uncharged (the head keeps its attempt: it did start).
+            if kind == ErrorKind::Cancelled {
+                if k > 0 && job.chunks == 0 {
+                    job.attempts = job.attempts.saturating_sub(1);
+                }
+                back.push(job);
+                continue;
+            }
+            // Killed because its `--deadline` passed: no attempt is left to it.
+            if k == 0 && kind == ErrorKind::Deadline {
+                self.fail(job, kind, message.to_string());
+                continue;
+            }
             if k == 0 && held && job.chunks > 0 {
                 self.fail(job, kind, message.to_string());
                 continue;

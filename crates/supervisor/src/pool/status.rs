@@ -71,6 +71,7 @@ impl Pool {
             }
             .into(),
             sources: Vec::new(),
+            rates: self.rate_status(),
             breaker: self
                 .breaker
                 .as_ref()

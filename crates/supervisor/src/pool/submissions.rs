@@ -68,6 +68,8 @@ pub(crate) struct Submissions {
     unanswered: usize,
     /// Outbox size that is sent without waiting.
     flush_at: usize,
+    /// The rate limits of the submissions that have one (few: a map beside `map`).
+    rates: HashMap<SubmissionId, crate::rate::Limiter>,
 }
 
 impl Submissions {
@@ -79,6 +81,7 @@ impl Submissions {
             dirty: Vec::new(),
             unanswered: 0,
             flush_at: (credits / 4).clamp(1, FLUSH_RECORDS),
+            rates: HashMap::default(),
         }
     }
 
@@ -89,6 +92,9 @@ impl Submissions {
         credits: Arc<Credits>,
         options: SubmitOptions,
     ) {
+        if let Some(r) = options.rate {
+            self.rates.insert(id, crate::rate::Limiter::new(r));
+        }
         self.map.insert(
             id,
             Entry {
@@ -105,7 +111,6 @@ impl Submissions {
         );
     }
 
-    #[cfg(test)]
     pub fn contains(&self, id: SubmissionId) -> bool {
         self.map.contains_key(&id)
     }
@@ -167,6 +172,64 @@ impl Submissions {
         self.queue.pop()
     }
 
+    /// The next job whose submission's rate limit lets it start at `now` (not yet counted as a
+    /// start of that limit: see [`Self::rate_started`]); when none may, the earliest time one of
+    /// the held submissions may start.
+    pub fn pop_limited(&mut self, now: Instant) -> Result<Job, Option<Instant>> {
+        if self.rates.is_empty() {
+            return self.queue.pop().ok_or(None);
+        }
+        let mut held = Vec::new();
+        let mut wake: Option<Instant> = None;
+        for (&id, l) in &mut self.rates {
+            if self.queue.queued_of(id) == 0 {
+                l.idle(now);
+                continue;
+            }
+            if let Err(at) = l.check(now) {
+                held.push(id);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        self.queue.pop_unless(&held).ok_or(wake)
+    }
+
+    /// Counts a start of submission `id` against its rate limit, if it has one: called once a
+    /// job from [`Self::pop_limited`] did start (not when it was out of time, or went back).
+    pub fn rate_started(&mut self, id: SubmissionId, now: Instant) {
+        if let Some(l) = self.rates.get_mut(&id) {
+            l.start(now);
+        }
+    }
+
+    /// A new limit for submission `id` (`None`: unlimited); false if it is not open.
+    pub fn set_rate(
+        &mut self,
+        id: SubmissionId,
+        rate: Option<crate::rate::Rate>,
+        now: Instant,
+    ) -> bool {
+        let Some(entry) = self.map.get_mut(&id) else {
+            return false;
+        };
+        entry.options.rate = rate;
+        match (rate, self.rates.get_mut(&id)) {
+            (None, _) => {
+                self.rates.remove(&id);
+            }
+            (Some(r), Some(l)) => l.set_rate(r, now),
+            (Some(r), None) => {
+                self.rates.insert(id, crate::rate::Limiter::new(r));
+            }
+        }
+        true
+    }
+
+    /// The submissions' rate limits, by submission.
+    pub fn rates(&self) -> impl Iterator<Item = (SubmissionId, &crate::rate::Limiter)> + '_ {
+        self.rates.iter().map(|(&id, l)| (id, l))
+    }
+
     /// Queued jobs across all submissions.
     pub fn queued(&self) -> usize {
         self.queue.queued()
@@ -180,6 +243,20 @@ impl Submissions {
     /// Queued jobs per priority, highest first (only priorities with some).
     pub fn depths(&self) -> impl Iterator<Item = (Priority, usize)> + '_ {
         self.queue.depths()
+    }
+
+    /// Removes the queued job of event `seq` of submission `id` (a cancel).
+    pub fn remove_queued(&mut self, id: SubmissionId, seq: u64) -> Option<Job> {
+        self.queue.remove(id, seq)
+    }
+
+    /// Removes queued jobs out of time (see [`Queue::take_out_of_time`]).
+    pub fn take_out_of_time(
+        &mut self,
+        now: Instant,
+        budget: usize,
+    ) -> Vec<(Job, crate::record::ErrorKind)> {
+        self.queue.take_out_of_time(now, budget)
     }
 
     /// Takes every queued job (for a fast stop).
@@ -243,6 +320,7 @@ impl Submissions {
     /// Forgets a submission whose submitter went away; returns its queued jobs (they need no
     /// record: nobody is listening).
     pub fn cancel(&mut self, id: SubmissionId) -> usize {
+        self.rates.remove(&id);
         match self.map.remove(&id) {
             Some(o) => {
                 // Queued or in flight, none of its events is owed a record any more.
@@ -288,6 +366,7 @@ impl Submissions {
             if o.ended && o.emitted == o.accepted {
                 // Every record delivered: dropping the sink tells the submitter it is done.
                 self.map.remove(&id);
+                self.rates.remove(&id);
                 self.queue.cancel(id); // its emptied queues
             }
         }

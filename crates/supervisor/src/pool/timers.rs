@@ -41,6 +41,8 @@ impl Pool {
             autoscale,
             self.retries.deadline(),
             self.submissions.next_flush(),
+            self.rate_wake,
+            self.next_sweep(),
         ]
         .into_iter()
         .flatten()
@@ -55,6 +57,7 @@ impl Pool {
         self.check_rss();
         self.autoscale();
         self.retries_due();
+        self.sweep_out_of_time();
         for i in 0..self.slots.len() {
             let unread = self.slots[i]
                 .overdue_drain(self.now)

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::*;
 
-const PID: u32 = 4242;
+pub(super) const PID: u32 = 4242;
 
-fn limits() -> SlotLimits {
+pub(super) fn limits() -> SlotLimits {
     SlotLimits {
         start_timeout: Duration::from_secs(10),
         timeout: Some(Duration::from_secs(2)),
@@ -38,14 +38,14 @@ fn starting(t0: Instant) -> Slot<()> {
     s
 }
 
-fn ready(t0: Instant) -> Slot<()> {
+pub(super) fn ready(t0: Instant) -> Slot<()> {
     let mut s = starting(t0);
     assert!(s.greeted((), t0, true, &limits()).is_empty());
     s
 }
 
 /// A ready slot holding tasks 1..=n, dispatched at `t0`.
-fn busy(t0: Instant, n: u64) -> Slot<()> {
+pub(super) fn busy(t0: Instant, n: u64) -> Slot<()> {
     let mut s = ready(t0);
     for id in 1..=n {
         s.assign(job(id), t0).unwrap();
@@ -53,7 +53,7 @@ fn busy(t0: Instant, n: u64) -> Slot<()> {
     s
 }
 
-fn names(effects: &Effects) -> Vec<String> {
+pub(super) fn names(effects: &Effects) -> Vec<String> {
     effects
         .iter()
         .map(|e| match e {
@@ -823,4 +823,36 @@ fn replacement_reasons_are_named_once_and_say_whether_unexpected() {
             "exit-timeout"
         ]
     );
+}
+
+#[test]
+fn deadline_of_the_head_task_kills_the_worker_before_its_timeout() {
+    let t0 = Instant::now();
+    let mut s = ready(t0);
+    let mut head = job(1);
+    head.deadline = Some(t0 + ms(700));
+    s.assign(head, t0).unwrap();
+    // A bystander's deadline is not the slot's: only the running task is timed.
+    let mut behind = job(2);
+    behind.deadline = Some(t0 + ms(100));
+    s.assign(behind, t0).unwrap();
+    assert_eq!(
+        s.deadline(&limits()),
+        Some(t0 + ms(700)),
+        "before the 2s timeout"
+    );
+    assert!(s.on_deadline(t0 + ms(699), true, &limits()).is_empty());
+    let e = s.on_deadline(t0 + ms(700), true, &limits());
+    assert_eq!(names(&e), [format!("kill {PID}")]);
+    s.on_link_lost(None, t0, true, &limits());
+    let e = s.on_exit(Exit::Signal(9), t0, true, &limits());
+    // Not a worker fault: no early death, and the replacement is no unexpected restart.
+    assert_eq!(
+        names(&e),
+        ["settle deadline [1, 2]", "replaced deadline ok", "spawn"]
+    );
+    assert!(settle_message(&e).contains("--deadline passed"));
+    // Without a deadline, the timeout still applies.
+    let s = busy(t0, 1);
+    assert_eq!(s.deadline(&limits()), Some(t0 + ms(2000)));
 }
