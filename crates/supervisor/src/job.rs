@@ -28,14 +28,28 @@ pub(crate) struct Job {
     /// A cancel reached it while a worker held it: whatever ends this attempt (its result,
     /// the worker's death, a stop), its record is `cancelled`.
     pub cancelled: bool,
-    /// `--max-age`: when it expires unless it has been dispatched by then (see
-    /// [`crate::limits`]).
-    pub expires: Option<Instant>,
     /// It was handed to a worker once: `--max-age` no longer applies.
     pub dispatched: bool,
+    /// Its time limits, if it has any: boxed, because jobs are moved on every step of the hot
+    /// path and most have none (two `Option<Instant>`s inline cost the tiny-event rate).
+    pub times: Option<Box<Stamps>>,
+}
+
+/// When a job runs out of time (see [`crate::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamps {
+    /// `--max-age`: when it expires unless it has been dispatched by then.
+    pub expires: Option<Instant>,
     /// `--deadline`: when it gets a `deadline` record if it has no answer yet, whatever
     /// attempt it is on.
     pub deadline: Option<Instant>,
+}
+
+impl Job {
+    /// `--deadline`: when it is out of time whatever attempt it is on.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.times.as_ref().and_then(|t| t.deadline)
+    }
 }
 
 #[cfg(test)]
@@ -53,9 +67,8 @@ impl Job {
             chunks: 0,
             priority,
             cancelled: false,
-            expires: None,
             dispatched: false,
-            deadline: None,
+            times: None,
         }
     }
 }

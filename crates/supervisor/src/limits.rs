@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::job::Job;
+use crate::job::{Job, Stamps};
 use crate::record::ErrorKind;
 
 /// At most this many queued jobs are looked at per sweep, so a huge backlog costs the pool a
@@ -41,11 +41,12 @@ impl Limits {
 
     /// `(expires, deadline)` for an event accepted at `now`. A limit too far to represent (a
     /// client may send any number) is no limit.
-    pub fn stamp(&self, now: Instant) -> (Option<Instant>, Option<Instant>) {
-        (
-            self.max_age.and_then(|d| now.checked_add(d)),
-            self.deadline.and_then(|d| now.checked_add(d)),
-        )
+    pub fn stamp(&self, now: Instant) -> Option<Stamps> {
+        let stamps = Stamps {
+            expires: self.max_age.and_then(|d| now.checked_add(d)),
+            deadline: self.deadline.and_then(|d| now.checked_add(d)),
+        };
+        (stamps.expires.is_some() || stamps.deadline.is_some()).then_some(stamps)
     }
 }
 
@@ -53,9 +54,10 @@ impl Limits {
 /// its first dispatch whose max age passed is `expired` (it never ran), else one whose
 /// deadline passed is `deadline`.
 pub(crate) fn verdict(job: &Job, now: Instant) -> Option<ErrorKind> {
-    if !job.dispatched && job.expires.is_some_and(|t| t <= now) {
+    let times = job.times.as_deref()?;
+    if !job.dispatched && times.expires.is_some_and(|t| t <= now) {
         Some(ErrorKind::Expired)
-    } else if job.deadline.is_some_and(|t| t <= now) {
+    } else if times.deadline.is_some_and(|t| t <= now) {
         Some(ErrorKind::Deadline)
     } else {
         None
@@ -78,8 +80,7 @@ mod tests {
 
     fn job(expires: Option<Instant>, deadline: Option<Instant>) -> Job {
         let mut j = Job::fresh(1, 1, 0, 0);
-        j.expires = expires;
-        j.deadline = deadline;
+        j.times = Some(Box::new(Stamps { expires, deadline }));
         j
     }
 
@@ -119,13 +120,19 @@ mod tests {
         assert!(m.any());
         assert!(!Limits::default().any());
         let t0 = Instant::now();
-        assert_eq!(m.stamp(t0), (Some(t0 + s), Some(t0 + 3 * s)));
-        assert_eq!(Limits::default().stamp(t0), (None, None));
+        assert_eq!(
+            m.stamp(t0),
+            Some(Stamps {
+                expires: Some(t0 + s),
+                deadline: Some(t0 + 3 * s)
+            })
+        );
+        assert_eq!(Limits::default().stamp(t0), None);
         let huge = Duration::MAX;
         let far = Limits {
             max_age: Some(huge),
             deadline: Some(huge),
         };
-        assert_eq!(far.stamp(t0), (None, None), "no overflow");
+        assert_eq!(far.stamp(t0), None, "no overflow");
     }
 }

@@ -1243,7 +1243,7 @@ impl<L> Slot<L> {
         let head = |inflight: &VecDeque<Running>| {
             let head = inflight.front()?;
             let timeout = limits.timeout.map(|t| head.started + t);
-            [timeout, head.job.deadline].into_iter().flatten().min()
+            [timeout, head.job.deadline()].into_iter().flatten().min()
         };
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
@@ -1304,7 +1304,7 @@ impl<L> Slot<L> {
                 let seq = inflight.front().map(|h| h.job.seq);
                 let past_deadline = inflight
                     .front()
-                    .and_then(|h| h.job.deadline)
+                    .and_then(|h| h.job.deadline())
                     .is_some_and(|d| d <= now);
                 if past_deadline {
                     tracing::info!(

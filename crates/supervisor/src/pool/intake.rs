@@ -56,7 +56,7 @@ impl Pool {
                 deadline: self.cfg.deadline,
             },
         );
-        let (expires, deadline) = limits.stamp(self.now);
+        let times = limits.stamp(self.now);
         self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
@@ -93,9 +93,8 @@ impl Pool {
                         chunks: 0,
                         priority,
                         cancelled: false,
-                        expires,
                         dispatched: false,
-                        deadline,
+                        times: times.map(Box::new),
                     });
                     self.next_job += 1;
                 }

@@ -530,8 +530,10 @@ mod tests {
         let ms = Duration::from_millis;
         let aged = |sub, seq, accepted: Duration| {
             let mut j = job(sub, seq, 0);
-            j.expires = Some(t0 + accepted + ms(100));
-            j.deadline = Some(t0 + accepted + ms(500));
+            j.times = Some(Box::new(crate::job::Stamps {
+                expires: Some(t0 + accepted + ms(100)),
+                deadline: Some(t0 + accepted + ms(500)),
+            }));
             j
         };
         let mut q = Queue::default();

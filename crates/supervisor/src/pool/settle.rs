@@ -43,7 +43,7 @@ impl Retries {
 
     /// When the next one is due: its delay is over, or its `--deadline` passes.
     pub fn deadline(&self) -> Option<Instant> {
-        let at = |(t, j): &(Instant, Job)| j.deadline.map_or(*t, |d| d.min(*t));
+        let at = |(t, j): &(Instant, Job)| j.deadline().map_or(*t, |d| d.min(*t));
         self.waiting.iter().map(at).min()
     }
 
@@ -52,13 +52,13 @@ impl Retries {
         if !self
             .waiting
             .iter()
-            .any(|(_, j)| j.deadline.is_some_and(|d| d <= now))
+            .any(|(_, j)| j.deadline().is_some_and(|d| d <= now))
         {
             return Vec::new();
         }
         let (past, rest) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(_, j)| j.deadline.is_some_and(|d| d <= now));
+            .partition(|(_, j)| j.deadline().is_some_and(|d| d <= now));
         self.waiting = rest;
         past.into_iter().map(|(_, j)| j).collect()
     }

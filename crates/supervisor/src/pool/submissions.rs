@@ -175,10 +175,17 @@ impl Submissions {
     /// The next job whose submission's rate limit lets it start at `now` (not yet counted as a
     /// start of that limit: see [`Self::rate_started`]); when none may, the earliest time one of
     /// the held submissions may start.
+    #[inline]
     pub fn pop_limited(&mut self, now: Instant) -> Result<Job, Option<Instant>> {
         if self.rates.is_empty() {
             return self.queue.pop().ok_or(None);
         }
+        self.pop_held_back(now)
+    }
+
+    /// [`Self::pop_limited`] when some submission has a rate limit (out of the hot path).
+    #[inline(never)]
+    fn pop_held_back(&mut self, now: Instant) -> Result<Job, Option<Instant>> {
         let mut held = Vec::new();
         let mut wake: Option<Instant> = None;
         for (&id, l) in &mut self.rates {
@@ -196,7 +203,11 @@ impl Submissions {
 
     /// Counts a start of submission `id` against its rate limit, if it has one: called once a
     /// job from [`Self::pop_limited`] did start (not when it was out of time, or went back).
+    #[inline]
     pub fn rate_started(&mut self, id: SubmissionId, now: Instant) {
+        if self.rates.is_empty() {
+            return;
+        }
         if let Some(l) = self.rates.get_mut(&id) {
             l.start(now);
         }
