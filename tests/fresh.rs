@@ -313,7 +313,7 @@ fn assert_records_match(what: &str, want: &[String], got: &str) {
 
 /// The pages of the user guide, in the order a reader meets them: their commands run after the
 /// README's (they use its install, venv and files), before the seed example's.
-const GUIDE_PAGES: [&str; 13] = [
+const GUIDE_PAGES: [&str; 14] = [
     "docs/PYTHON.md",
     "docs/STREAMING.md",
     "docs/WORKERS.md",
@@ -321,6 +321,7 @@ const GUIDE_PAGES: [&str; 13] = [
     "docs/RESUME.md",
     "docs/DAEMON.md",
     "docs/PRIORITIES.md",
+    "docs/KEYS.md",
     "docs/DASHBOARD.md",
     "docs/JETSTREAM.md",
     "docs/RECORDS.md",

@@ -15,6 +15,7 @@ mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]
 mod jetstream;
+mod keys;
 mod logs;
 mod metrics;
 mod priority;

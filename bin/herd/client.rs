@@ -18,6 +18,8 @@ pub struct SubmitArgs {
     io: crate::resume::IoArgs,
     #[command(flatten)]
     priority: crate::PriorityArgs,
+    #[command(flatten)]
+    keys: crate::KeyArgs,
     /// Attempt starts of this submission's events, at most: N/s, N/m or N/h, with up to B at
     /// once after a quiet spell [default burst: 1]. A retry is a start and counts. Other
     /// submissions keep their speed while this one waits; the daemon's own --rate applies
@@ -25,9 +27,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N/s[,burst=B]", value_parser = crate::parse_rate)]
     rate: Option<herd_supervisor::Rate>,
     /// Print `herd: submission N` on stderr once the daemon has named this submission: the
-    /// N that `herd ctl cancel --submission N SEQ` takes. Not with --max-age or --deadline
-    /// (a timed submission is not named).
-    #[arg(long, conflicts_with_all = ["max_age", "deadline"])]
+    /// N that `herd ctl cancel --submission N SEQ` takes.
+    #[arg(long)]
     print_id: bool,
     /// This submission's --max-age, in place of the daemon's: an event that waited longer
     /// than DUR for its first start gets an `expired` record instead of running.
@@ -194,6 +195,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let scope = match r.scope {
             herd_supervisor::RateScope::Pool => "pool".to_owned(),
             herd_supervisor::RateScope::Submission(id) => format!("submission {id}"),
+            herd_supervisor::RateScope::Key => "each key".to_owned(),
         };
         let holding = if r.holding { "  holding" } else { "" };
         say!(
@@ -201,6 +203,17 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             r.rate,
             r.delayed,
             r.wait_secs,
+        );
+    }
+    if let Some(k) = &st.keys {
+        let max = match k.max_inflight {
+            0 => "no limit".to_string(),
+            n => n.to_string(),
+        };
+        say!(
+            "keys: {} tracked  {} parked  in flight per key: {max}",
+            k.tracked,
+            k.parked
         );
     }
     if !st.queued_by_priority.is_empty() {
@@ -285,6 +298,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         rate: args.rate,
         max_age: args.max_age,
         deadline: args.deadline,
+        key: args.keys.source(),
         ..Default::default()
     };
     let rt = runtime()?;

@@ -28,6 +28,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "retries",
     "retry-backoff",
     "rate",
+    "max-inflight-per-key",
+    "key-rate",
     "max-tasks",
     "max-rss",
     "grace",

@@ -151,6 +151,39 @@ impl PriorityArgs {
     }
 }
 
+/// Key options shared by `run` and `submit`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Keys")]
+pub struct KeyArgs {
+    /// Each event is JSON with its key at this JSON pointer (e.g. /user/id; a string is the
+    /// key, another value its JSON text): --max-inflight-per-key and --key-rate apply to the
+    /// events of one key. An event without the member has no key; one that is not JSON gets
+    /// a `rejected` record (see docs/KEYS.md).
+    #[arg(long, value_name = "POINTER", conflicts_with = "line_key", value_parser = parse_pointer)]
+    key: Option<String>,
+    /// Each line starts with its key and a tab (`customer-7<TAB>{...}`; with --line-priority,
+    /// after the priority); herd strips it before the event goes to a worker. An empty key is
+    /// no key; a line without a tab gets a `rejected` record.
+    #[arg(long)]
+    line_key: bool,
+}
+
+impl KeyArgs {
+    /// Where the events' keys are.
+    pub fn source(&self) -> herd_supervisor::KeySource {
+        match (&self.key, self.line_key) {
+            (Some(p), _) => herd_supervisor::KeySource::Pointer(p.as_str().into()),
+            (None, true) => herd_supervisor::KeySource::Line,
+            (None, false) => herd_supervisor::KeySource::None,
+        }
+    }
+}
+
+pub fn parse_pointer(s: &str) -> Result<String, String> {
+    herd_supervisor::keys::check_pointer(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
 /// Worker and dispatch options shared by `run` and `serve`.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Pool")]
@@ -195,6 +228,15 @@ pub struct PoolArgs {
     /// window edge lets a double burst through (see docs/RATES.md).
     #[arg(long, value_name = "N/s[,burst=B]", value_parser = parse_rate)]
     rate: Option<herd_supervisor::Rate>,
+    /// Events of one key (see --key, --line-key) holding a worker at once, at most, retries
+    /// included; 1 runs each key's events one at a time in order, with parallelism across
+    /// keys. A key at its limit never holds back the others (see docs/KEYS.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_inflight_per_key: Option<u32>,
+    /// Attempt starts of each key's events, at most: as --rate, one limit per key. A
+    /// throttled key never holds back the others.
+    #[arg(long, value_name = "N/s[,burst=B]", value_parser = parse_rate)]
+    key_rate: Option<herd_supervisor::Rate>,
     /// Replace a worker gracefully after it completed N tasks (against leaks).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     max_tasks: Option<u64>,
@@ -264,6 +306,10 @@ impl PoolArgs {
         cfg.retries = self.retries;
         cfg.retry_backoff = self.retry_backoff;
         cfg.rate = self.rate;
+        cfg.keys = herd_supervisor::keys::KeyLimits {
+            max_inflight: self.max_inflight_per_key.unwrap_or(0),
+            rate: self.key_rate,
+        };
         cfg.queue = self.queue.unwrap_or(0) as usize;
         if let Some(b) = self.queue_bytes {
             anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");

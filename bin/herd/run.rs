@@ -31,6 +31,8 @@ pub struct RunArgs {
     #[command(flatten)]
     priority: crate::PriorityArgs,
     #[command(flatten)]
+    keys: crate::KeyArgs,
+    #[command(flatten)]
     config: crate::ConfigArgs,
     #[command(flatten)]
     pub pool: PoolArgs,
@@ -96,6 +98,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ordered,
         priority: args.priority.priority,
         line_priority: args.priority.line_priority,
+        key: args.keys.source(),
         ..Default::default()
     };
     let (summary, delivered) = herd_supervisor::run_one(pool, run_pool, options, source, sink)?;

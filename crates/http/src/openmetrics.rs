@@ -248,6 +248,7 @@ fn encode_rates(
         .map(|r| match r.scope {
             RateScope::Pool => "pool".to_owned(),
             RateScope::Submission(id) => format!("submission-{id}"),
+            RateScope::Key => "key".to_owned(),
         })
         .collect();
     let mut m = enc.encode_descriptor(

@@ -123,6 +123,38 @@ pub enum Request {
         deadline_ms: u64,
         rate: String,
     },
+    /// A submission with any set of options, each one [`SubmitOption`] (none given: the
+    /// daemon's defaults), so that a new option is a new `SubmitOption` variant, not another
+    /// `Submit…` request. With `Named`, the first reply is `Submission { id }`. Variant 15,
+    /// appended to version 2: a daemon that predates it closes the connection; one that does
+    /// not know an option closes it too (a client uses `Open` only for what the older requests
+    /// cannot carry: keys, or a name with time limits).
+    Open {
+        options: Vec<SubmitOption>,
+    },
+}
+
+/// One option of an [`Request::Open`] submission (as `herd submit` spells them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubmitOption {
+    /// Records in `seq` order (`--ordered`).
+    Ordered,
+    /// The dispatch priority of its events (`--priority`).
+    Priority(i8),
+    /// Each line starts with its priority and a tab (`--line-priority`).
+    LinePriority,
+    /// A rate limit on its attempt starts (`--rate`, as `200/s,burst=10`).
+    Rate(String),
+    /// Its `--max-age`, in milliseconds (at least 1).
+    MaxAgeMs(u64),
+    /// Its `--deadline`, in milliseconds (at least 1).
+    DeadlineMs(u64),
+    /// The first reply is `Submission { id }` (`--print-id`): the id `CancelIn` names it by.
+    Named,
+    /// Each line starts with its key and a tab, after any priority (`--line-key`).
+    LineKey,
+    /// Each event is JSON with its key at this JSON pointer (`--key /user/id`).
+    KeyPointer(String),
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as
@@ -193,6 +225,15 @@ pub enum RequestRef<'a> {
         max_age_ms: u64,
         deadline_ms: u64,
         rate: String,
+    },
+    /// A submission with any set of options, each one [`SubmitOption`] (none given: the
+    /// daemon's defaults), so that a new option is a new `SubmitOption` variant, not another
+    /// `Submit…` request. With `Named`, the first reply is `Submission { id }`. Variant 15,
+    /// appended to version 2: a daemon that predates it closes the connection; one that does
+    /// not know an option closes it too (a client uses `Open` only for what the older requests
+    /// cannot carry: keys, or a name with time limits).
+    Open {
+        options: Vec<SubmitOption>,
     },
 }
 

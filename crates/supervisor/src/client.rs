@@ -43,8 +43,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use herd_proto::codec::{encode_frame, FrameCodec, FrameError};
 use herd_proto::control::{
-    RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD, REPLY_MAX_FRAME,
-    REQUEST_MAX_FRAME,
+    RequestRef, SubmitOption, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
+    REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -177,6 +177,39 @@ pub struct Client {
     named: bool,
 }
 
+/// Every option of a submission, for an `Open` request.
+fn open_options(options: &SubmitOptions, named: bool) -> Vec<SubmitOption> {
+    let ms = |d: Duration| (d.as_millis() as u64).max(1);
+    let mut out = Vec::new();
+    if options.ordered {
+        out.push(SubmitOption::Ordered);
+    }
+    if options.priority != 0 {
+        out.push(SubmitOption::Priority(options.priority));
+    }
+    if options.line_priority {
+        out.push(SubmitOption::LinePriority);
+    }
+    if let Some(r) = options.rate {
+        out.push(SubmitOption::Rate(r.to_string()));
+    }
+    if let Some(d) = options.max_age {
+        out.push(SubmitOption::MaxAgeMs(ms(d)));
+    }
+    if let Some(d) = options.deadline {
+        out.push(SubmitOption::DeadlineMs(ms(d)));
+    }
+    if named {
+        out.push(SubmitOption::Named);
+    }
+    match &options.key {
+        crate::KeySource::None => {}
+        crate::KeySource::Line => out.push(SubmitOption::LineKey),
+        crate::KeySource::Pointer(p) => out.push(SubmitOption::KeyPointer(p.to_string())),
+    }
+    out
+}
+
 fn frame(req: &Request) -> Result<Vec<u8>, ClientError> {
     let mut buf = Vec::new();
     encode_frame(req, &mut buf, REQUEST_MAX_FRAME).map_err(ClientError::Encode)?;
@@ -297,15 +330,15 @@ impl Client {
         // Milliseconds, at least 1 (0 means the daemon's own limit).
         let ms = |d: Option<Duration>| d.map_or(0, |d| (d.as_millis() as u64).max(1));
         let timed = options.max_age.is_some() || options.deadline.is_some();
-        if self.named && timed {
-            // No request is both named and timed: refuse rather than drop the limits.
-            return Err(ClientError::Options(
-                "a named submission (--print-id) cannot have --max-age or --deadline".into(),
-            ));
-        }
-        // The oldest request that carries every option given: SubmitNamed the name (and a
-        // rate), SubmitTimed the time limits and a rate too, SubmitRated only a rate.
-        let start = if self.named {
+        let keyed = options.key != crate::KeySource::None;
+        // The oldest request that carries every option given (so that older daemons serve
+        // what they can): Open anything, SubmitNamed the name (and a rate), SubmitTimed the
+        // time limits and a rate too, SubmitRated only a rate.
+        let start = if keyed || (self.named && timed) {
+            Request::Open {
+                options: open_options(options, self.named),
+            }
+        } else if self.named {
             Request::SubmitNamed {
                 ordered: options.ordered,
                 priority: options.priority,

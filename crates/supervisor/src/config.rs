@@ -61,6 +61,8 @@ pub struct PoolConfig {
     pub autoscale: Option<crate::autoscale::AutoscaleConfig>,
     /// Attempt starts of the whole pool, at most (`--rate`); a retry is a start.
     pub rate: Option<crate::rate::Rate>,
+    /// Per-key limits (`--max-inflight-per-key`, `--key-rate`): see [`crate::keys`].
+    pub keys: crate::keys::KeyLimits,
 }
 
 impl PoolConfig {
@@ -92,6 +94,7 @@ impl PoolConfig {
             launch: crate::launch::Launch::default(),
             autoscale: None,
             rate: None,
+            keys: crate::keys::KeyLimits::default(),
         }
     }
 

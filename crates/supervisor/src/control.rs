@@ -31,8 +31,8 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, HEADER_LEN};
 use herd_proto::control::{
-    RecordsFrame, Reply, RequestRef, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD, EVENT_LINE_OVERHEAD,
-    REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
+    RecordsFrame, Reply, RequestRef, SubmitOption, CONTROL_VERSION, EVENTS_FRAME_OVERHEAD,
+    EVENT_LINE_OVERHEAD, REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -548,6 +548,12 @@ async fn connection(
             }
             Err(e) => Reply::Error(e.to_string()),
         },
+        RequestRef::Open { options } => match open_options(options) {
+            Ok((options, named)) => {
+                return submission(rd, wr, pool, options, named, shared).await;
+            }
+            Err(e) => Reply::Error(e),
+        },
         RequestRef::Status => match pool.status().await {
             Some(st) => Reply::Status(serde_json::to_string(&st).map_err(io::Error::other)?),
             None => Reply::Error("the pool has stopped".into()),
@@ -585,7 +591,35 @@ fn name(req: &RequestRef<'_>) -> &'static str {
         RequestRef::Rate { .. } => "Rate",
         RequestRef::SubmitRated { .. } => "SubmitRated",
         RequestRef::SubmitTimed { .. } => "SubmitTimed",
+        RequestRef::Open { .. } => "Open",
     }
+}
+
+/// The options of an `Open` request, and whether it is named; an error names the bad one.
+fn open_options(given: Vec<SubmitOption>) -> Result<(SubmitOptions, bool), String> {
+    let mut options = SubmitOptions::default();
+    let mut named = false;
+    let ms = |n: u64| (n > 0).then(|| Duration::from_millis(n));
+    for option in given {
+        match option {
+            SubmitOption::Ordered => options.ordered = true,
+            SubmitOption::Priority(p) => options.priority = p,
+            SubmitOption::LinePriority => options.line_priority = true,
+            SubmitOption::Rate(r) => {
+                let rate = r.parse::<crate::rate::Rate>().map_err(|e| e.to_string())?;
+                options.rate = Some(rate);
+            }
+            SubmitOption::MaxAgeMs(n) => options.max_age = ms(n),
+            SubmitOption::DeadlineMs(n) => options.deadline = ms(n),
+            SubmitOption::Named => named = true,
+            SubmitOption::LineKey => options.key = crate::KeySource::Line,
+            SubmitOption::KeyPointer(p) => {
+                crate::keys::check_pointer(&p).map_err(|e| e.to_string())?;
+                options.key = crate::KeySource::Pointer(p.into());
+            }
+        }
+    }
+    Ok((options, named))
 }
 
 /// `Rate`: the pool's limit, or an open submission's.

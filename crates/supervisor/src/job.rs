@@ -30,25 +30,32 @@ pub(crate) struct Job {
     pub cancelled: bool,
     /// It was handed to a worker once: `--max-age` no longer applies.
     pub dispatched: bool,
-    /// Its time limits, if it has any: boxed, because jobs are moved on every step of the hot
-    /// path and most have none (two `Option<Instant>`s inline cost the tiny-event rate).
-    pub times: Option<Box<Stamps>>,
+    /// What only some jobs have (time limits, a key): boxed, because jobs are moved on every
+    /// step of the hot path and most have none (two `Option<Instant>`s inline cost the
+    /// tiny-event rate).
+    pub extra: Option<Box<Extra>>,
 }
 
-/// When a job runs out of time (see [`crate::limits`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamps {
-    /// `--max-age`: when it expires unless it has been dispatched by then.
+/// What only some jobs carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
+    /// `--max-age`: when it expires unless it has been dispatched by then (see
+    /// [`crate::limits`]).
     pub expires: Option<Instant>,
     /// `--deadline`: when it gets a `deadline` record if it has no answer yet, whatever
     /// attempt it is on.
     pub deadline: Option<Instant>,
+    /// Its key's hash (see [`crate::keys`]).
+    pub key: Option<u64>,
+    /// It holds one of its key's in-flight places, from its first start (or its release from
+    /// the key's parked line) to its final record, retries included.
+    pub holds_key: bool,
 }
 
 impl Job {
     /// `--deadline`: when it is out of time whatever attempt it is on.
     pub fn deadline(&self) -> Option<Instant> {
-        self.times.as_ref().and_then(|t| t.deadline)
+        self.extra.as_ref().and_then(|t| t.deadline)
     }
 }
 
@@ -68,7 +75,7 @@ impl Job {
             priority,
             cancelled: false,
             dispatched: false,
-            times: None,
+            extra: None,
         }
     }
 }

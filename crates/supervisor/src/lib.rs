@@ -35,6 +35,7 @@ pub mod control;
 mod credits;
 mod guard;
 mod job;
+pub mod keys;
 pub mod launch;
 mod limits;
 pub mod lines;
@@ -74,8 +75,8 @@ pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};
 pub use status::{
-    AutoscaleDecision, AutoscaleStatus, BreakerStatus, RateScope, RateStatus, SourceStatus, Status,
-    WorkerStatus,
+    AutoscaleDecision, AutoscaleStatus, BreakerStatus, KeyStatus, RateScope, RateStatus,
+    SourceStatus, Status, WorkerStatus,
 };
 pub use submission::{
     run_one, Canceller, Delivered, EventSender, PoolGone, Records, Room, Sink, Source, Submission,
@@ -181,7 +182,7 @@ pub(crate) enum SubmissionMsg {
 }
 
 /// How a submission wants its events handled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubmitOptions {
     /// The dispatch priority of its events (see [`crate::priority`]): higher first, default 0.
     pub priority: priority::Priority,
@@ -204,6 +205,24 @@ pub struct SubmitOptions {
     pub max_age: Option<std::time::Duration>,
     /// This submission's `--deadline`, in place of the pool's (see [`PoolConfig::deadline`]).
     pub deadline: Option<std::time::Duration>,
+    /// Where each event's key is, if anywhere (see [`crate::keys`]).
+    pub key: KeySource,
+}
+
+/// Where an event's key comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeySource {
+    /// No keys: per-key limits do not apply.
+    #[default]
+    None,
+    /// Each line starts with its key and a tab (`<key>\t<event>`), stripped before the event
+    /// goes to a worker (after the priority, with both prefixes: `<priority>\t<key>\t<event>`).
+    /// An empty key is no key; a line without a tab gets a `rejected` record.
+    Line,
+    /// At this JSON pointer (RFC 6901, `/user/id`) in each event, which must then be JSON: a
+    /// string is the key as it is, any other value its compact JSON text. An event without
+    /// that member has no key; one that is not JSON gets a `rejected` record.
+    Pointer(std::sync::Arc<str>),
 }
 
 /// What a pool did, returned when it stops.

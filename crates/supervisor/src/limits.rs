@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::job::{Job, Stamps};
+use crate::job::{Extra, Job};
 use crate::record::ErrorKind;
 
 /// At most this many queued jobs are looked at per sweep, so a huge backlog costs the pool a
@@ -41,10 +41,11 @@ impl Limits {
 
     /// `(expires, deadline)` for an event accepted at `now`. A limit too far to represent (a
     /// client may send any number) is no limit.
-    pub fn stamp(&self, now: Instant) -> Option<Stamps> {
-        let stamps = Stamps {
+    pub fn stamp(&self, now: Instant) -> Option<Extra> {
+        let stamps = Extra {
             expires: self.max_age.and_then(|d| now.checked_add(d)),
             deadline: self.deadline.and_then(|d| now.checked_add(d)),
+            ..Extra::default()
         };
         (stamps.expires.is_some() || stamps.deadline.is_some()).then_some(stamps)
     }
@@ -54,7 +55,7 @@ impl Limits {
 /// its first dispatch whose max age passed is `expired` (it never ran), else one whose
 /// deadline passed is `deadline`.
 pub(crate) fn verdict(job: &Job, now: Instant) -> Option<ErrorKind> {
-    let times = job.times.as_deref()?;
+    let times = job.extra.as_deref()?;
     if !job.dispatched && times.expires.is_some_and(|t| t <= now) {
         Some(ErrorKind::Expired)
     } else if times.deadline.is_some_and(|t| t <= now) {
@@ -80,7 +81,11 @@ mod tests {
 
     fn job(expires: Option<Instant>, deadline: Option<Instant>) -> Job {
         let mut j = Job::fresh(1, 1, 0, 0);
-        j.times = Some(Box::new(Stamps { expires, deadline }));
+        j.extra = Some(Box::new(Extra {
+            expires,
+            deadline,
+            ..Extra::default()
+        }));
         j
     }
 
@@ -122,9 +127,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             m.stamp(t0),
-            Some(Stamps {
+            Some(Extra {
                 expires: Some(t0 + s),
-                deadline: Some(t0 + 3 * s)
+                deadline: Some(t0 + 3 * s),
+                ..Extra::default()
             })
         );
         assert_eq!(Limits::default().stamp(t0), None);

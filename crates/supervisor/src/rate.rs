@@ -179,6 +179,12 @@ impl Limiter {
         tat.checked_sub(self.tolerance)
     }
 
+    /// When the schedule is no longer ahead of the clock: from then on the limiter is as good
+    /// as a new one (its whole burst available), so it may be dropped.
+    pub fn caught_up_at(&self) -> Option<Instant> {
+        self.tat
+    }
+
     /// Whether a start may happen at `now`; if not, when it may. A refusal starts the count
     /// of the held start's wait.
     pub fn check(&mut self, now: Instant) -> Result<(), Instant> {

@@ -226,6 +226,22 @@ pub struct Status {
     /// Rate limits on attempt starts (`--rate`), the pool's first; absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rates: Vec<RateStatus>,
+    /// Per-key limits (`--max-inflight-per-key`, `--key-rate`); absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyStatus>,
+}
+
+/// The per-key limits, as `herd status --json` shows them (their rate, if any, is the `key`
+/// row of `rates`, its waits summed over every key).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyStatus {
+    /// Events of one key holding a worker at once; 0: no limit.
+    pub max_inflight: u32,
+    /// Keys with events in flight, parked or throttled now.
+    pub tracked: usize,
+    /// Events waiting for their key (its places full, or its rate).
+    pub parked: usize,
 }
 
 /// What a rate limit applies to.
@@ -236,6 +252,9 @@ pub enum RateScope {
     Pool,
     /// The starts of one submission's events (`herd submit --rate`).
     Submission(crate::SubmissionId),
+    /// The starts of each key's events (`--key-rate`), one limit per key; the waits are
+    /// summed over all keys.
+    Key,
 }
 
 /// One rate limit, as `herd status --json` shows it.

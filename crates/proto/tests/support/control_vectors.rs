@@ -17,7 +17,9 @@ pub use common::{hex, unhex};
 use common::{whole, U32_BOUNDARIES, U64_BOUNDARIES};
 
 use herd_proto::codec::{self, FrameError};
-use herd_proto::control::{Reply, Request, CONTROL_VERSION, REPLY_MAX_FRAME, REQUEST_MAX_FRAME};
+use herd_proto::control::{
+    Reply, Request, SubmitOption, CONTROL_VERSION, REPLY_MAX_FRAME, REQUEST_MAX_FRAME,
+};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -151,6 +153,9 @@ pub enum JsonRequest {
         deadline_ms: u64,
         rate: String,
     },
+    Open {
+        options: Vec<SubmitOption>,
+    },
 }
 
 /// [`Reply`] in JSON.
@@ -282,6 +287,9 @@ impl Message {
                     deadline_ms: *deadline_ms,
                     rate: rate.clone(),
                 },
+                Request::Open { options } => JsonRequest::Open {
+                    options: options.clone(),
+                },
             }),
             Message::Reply(r) => JsonMessage::Reply(match r {
                 Reply::Welcome {
@@ -381,6 +389,7 @@ impl Message {
                     deadline_ms,
                     rate,
                 },
+                JsonRequest::Open { options } => Request::Open { options },
             }))
         } else if direction == DAEMON_TO_CLIENT {
             let r: JsonReply = serde_json::from_value(value).map_err(|e| e.to_string())?;
@@ -577,6 +586,28 @@ pub fn messages() -> Vec<(String, Message)> {
         );
     }
 
+    req("open_empty".into(), Request::Open { options: vec![] });
+    req(
+        "open_every_option".into(),
+        Request::Open {
+            options: vec![
+                SubmitOption::Ordered,
+                SubmitOption::Priority(-3),
+                SubmitOption::LinePriority,
+                SubmitOption::Rate("200/s,burst=10".into()),
+                SubmitOption::MaxAgeMs(1000),
+                SubmitOption::DeadlineMs(300_000),
+                SubmitOption::Named,
+                SubmitOption::LineKey,
+            ],
+        },
+    );
+    req(
+        "open_key_pointer".into(),
+        Request::Open {
+            options: vec![SubmitOption::KeyPointer("/user/id".into())],
+        },
+    );
     for seq in U64_BOUNDARIES {
         req(format!("cancel_{seq}"), Request::Cancel { seq });
     }
@@ -736,7 +767,9 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("request_empty_body", c, &[], "a body must hold one message; an empty one holds none"),
         bad("reply_empty_body", d, &[], "a body must hold one message; an empty one holds none"),
-        bad("request_unknown_variant_15", c, &[15], "Request has variants 0 (Hello) to 14 (SubmitTimed) only"),
+        bad("request_unknown_variant_16", c, &[16], "Request has variants 0 (Hello) to 15 (Open) only"),
+        bad("open_unknown_option_9", c, &[15, 1, 9], "SubmitOption has variants 0 (Ordered) to 8 (KeyPointer) only"),
+        bad("open_missing_options", c, &[15, 2, 0], "the body ends where the second option should start"),
         bad("cancel_missing_seq", c, &[11], "the body ends where seq should start"),
         bad("cancel_in_missing_seq", c, &[12, 3], "the body ends after submission, where seq should start"),
         bad("rate_missing_rate", c, &[9, 0], "the body ends where rate should start"),

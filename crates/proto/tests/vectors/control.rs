@@ -178,6 +178,7 @@ fn read_like_daemon(frame: &[u8], max: usize) -> Result<Request, FrameError> {
             deadline_ms,
             rate,
         },
+        RequestRef::Open { options } => Request::Open { options },
     })
 }
 
@@ -307,6 +308,17 @@ fn the_vectors_cover_the_protocol() {
                         "SubmitTimed rated"
                     }
                 }
+                JsonRequest::Open { options } if options.is_empty() => "Open empty",
+                JsonRequest::Open { options } => {
+                    for o in options {
+                        if let herd_proto::control::SubmitOption::MaxAgeMs(n)
+                        | herd_proto::control::SubmitOption::DeadlineMs(n) = o
+                        {
+                            u64s.insert(*n);
+                        }
+                    }
+                    "Open"
+                }
             },
             JsonMessage::Reply(r) => match r {
                 JsonReply::Welcome { pid, .. } => {
@@ -360,6 +372,8 @@ fn the_vectors_cover_the_protocol() {
         "SubmitNamed",
         "SubmitTimed",
         "SubmitTimed rated",
+        "Open empty",
+        "Open",
         "Welcome",
         "Records",
         "Done",

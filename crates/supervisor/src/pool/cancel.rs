@@ -57,6 +57,10 @@ impl Pool {
             self.fail_cancelled(job);
             return CancelOutcome::Queued;
         }
+        if let Some(job) = self.keys.remove(submission, seq, self.now) {
+            self.fail_cancelled(job);
+            return CancelOutcome::Queued;
+        }
         for i in 0..self.slots.len() {
             let Some(task) = self.slots[i].holds(submission, seq) else {
                 continue;

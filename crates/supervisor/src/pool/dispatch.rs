@@ -22,7 +22,14 @@ impl Pool {
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);
         self.rate_wake = None;
-        while self.submissions.queued() > 0 {
+        loop {
+            // Jobs a key released (also by a record given in this loop) go first.
+            if !self.released.is_empty() {
+                self.requeue_released();
+            }
+            if self.submissions.queued() == 0 {
+                break;
+            }
             let slots = &self.slots;
             let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
                 slots[i].has_room(window, max_tasks)
@@ -37,7 +44,7 @@ impl Pool {
             }
             self.cursor = i + 1;
             // Past the submissions a limit of their own holds back, to the others'.
-            let mut job = match self.submissions.pop_limited(now) {
+            let job = match self.submissions.pop_limited(now) {
                 Ok(job) => job,
                 Err(wake) => {
                     self.rate_wake = wake;
@@ -50,6 +57,10 @@ impl Pool {
                 self.fail(job, kind, crate::limits::message(kind).to_string());
                 continue;
             }
+            // Its key full or throttled: parked, and the worker's place goes to the next job.
+            let Some(mut job) = self.admit_keyed(job) else {
+                continue;
+            };
             job.attempts += 1;
             let submission = job.submission;
             let was_dispatched = std::mem::replace(&mut job.dispatched, true);

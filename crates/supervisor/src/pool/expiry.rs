@@ -11,7 +11,8 @@ use crate::limits::{self, SWEEP_BUDGET, SWEEP_EVERY};
 impl Pool {
     /// When the queue is next swept: only while some queued event may run out of time.
     pub(super) fn next_sweep(&self) -> Option<Instant> {
-        (self.time_limited && self.submissions.queued() > 0).then_some(self.next_sweep)
+        let waiting = self.submissions.queued() > 0 || self.keys.parked() > 0;
+        (self.time_limited && waiting).then_some(self.next_sweep)
     }
 
     /// Records the queued events out of time (at most [`SWEEP_BUDGET`] looked at), if a sweep
@@ -22,6 +23,14 @@ impl Pool {
         }
         self.next_sweep = self.now + SWEEP_EVERY;
         for (job, kind) in self.submissions.take_out_of_time(self.now, SWEEP_BUDGET) {
+            self.fail(job, kind, limits::message(kind).to_string());
+        }
+        let now = self.now;
+        for job in self
+            .keys
+            .take_where(now, |j| limits::verdict(j, now).is_some())
+        {
+            let kind = limits::verdict(&job, now).unwrap_or(crate::record::ErrorKind::Deadline);
             self.fail(job, kind, limits::message(kind).to_string());
         }
     }

@@ -4,10 +4,10 @@
 use bytes::Bytes;
 
 use super::{Phase, Pool};
-use crate::job::{Job, SubmissionId};
+use crate::job::{Extra, Job, SubmissionId};
 use crate::priority;
 use crate::record::{ErrorKind, Record, RecordOutcome};
-use crate::{Input, SubmissionMsg};
+use crate::{Input, KeySource, SubmissionMsg};
 use herd_proto::TASK_FRAME_OVERHEAD;
 
 impl Pool {
@@ -57,6 +57,8 @@ impl Pool {
             },
         );
         let times = limits.stamp(self.now);
+        // Keys are looked for only while a per-key limit applies (a prefix is still stripped).
+        let keyed = self.keys.limits().any();
         self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
@@ -83,6 +85,39 @@ impl Pool {
                             }
                         }
                     }
+                    let key = match &options.key {
+                        KeySource::None => None,
+                        KeySource::Line => match crate::keys::split_line_key(&payload) {
+                            Ok((key, start)) => {
+                                let key = key.filter(|_| keyed).map(|k| self.keys.hash(k));
+                                payload = payload.slice(start..);
+                                key
+                            }
+                            Err(why) => {
+                                let why = why.to_string();
+                                refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
+                                continue;
+                            }
+                        },
+                        KeySource::Pointer(_) if !keyed => None,
+                        KeySource::Pointer(pointer) => {
+                            match crate::keys::pointer_key(&payload, pointer) {
+                                Ok(key) => key.map(|k| self.keys.hash(&k)),
+                                Err(why) => {
+                                    let why = why.to_string();
+                                    refused.push((seq, ErrorKind::Rejected, why, Some(payload)));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    let extra = match (times, key) {
+                        (None, None) => None,
+                        (t, key) => Some(Box::new(Extra {
+                            key,
+                            ..t.unwrap_or_default()
+                        })),
+                    };
                     jobs.push(Job {
                         id: self.next_job,
                         submission: id,
@@ -94,7 +129,7 @@ impl Pool {
                         priority,
                         cancelled: false,
                         dispatched: false,
-                        times: times.map(Box::new),
+                        extra,
                     });
                     self.next_job += 1;
                 }

@@ -22,6 +22,7 @@
 //! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
 //! | `reorder.rs` | an `--ordered` submission's reorder buffer |
 //! | `rate.rs` | the rate limits on attempt starts: changes and their status |
+//! | `keyed.rs` | per-key limits carried out: parking at dispatch, release at the final record, wake-ups |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -31,6 +32,7 @@ mod cancel;
 mod dispatch;
 mod expiry;
 mod intake;
+mod keyed;
 mod lifecycle;
 mod queue;
 mod rate;
@@ -52,6 +54,7 @@ use tokio::time::Instant;
 use crate::autoscale::Autoscaler;
 use crate::config::PoolConfig;
 use crate::guard::Guard;
+use crate::job::Job;
 use crate::link::Link;
 use crate::msg::{Exited, FromLink, Outgoing};
 use crate::policy::Jitter;
@@ -144,6 +147,10 @@ pub(crate) struct Pool {
     /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
     time_limited: bool,
     next_sweep: Instant,
+    /// Per-key limits and the events they park (see `crate::keys`).
+    keys: crate::keys::Keys,
+    /// Jobs a key released, newest first, for `requeue_released`.
+    released: Vec<Job>,
 }
 
 impl Pool {
@@ -190,6 +197,7 @@ impl Pool {
         let credits = cfg.effective_queue();
         let cfg_autoscale = cfg.autoscale;
         let now = Instant::now();
+        let cfg_keys = cfg.keys;
         let mut pool = Pool {
             limits: SlotLimits {
                 start_timeout: cfg.start_timeout,
@@ -240,6 +248,8 @@ impl Pool {
             rate_wake: None,
             time_limited: false,
             next_sweep: now,
+            keys: crate::keys::Keys::new(cfg_keys),
+            released: Vec::new(),
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
@@ -330,6 +340,7 @@ impl Pool {
             pool.shed_while_open();
             pool.dispatch();
             for id in pool.submissions.flush(pool.now, false) {
+                pool.drop_parked_of(id);
                 tracing::info!(
                     submission = id,
                     "submitter went away; its queued events are dropped"

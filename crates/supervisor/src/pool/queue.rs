@@ -530,9 +530,10 @@ mod tests {
         let ms = Duration::from_millis;
         let aged = |sub, seq, accepted: Duration| {
             let mut j = job(sub, seq, 0);
-            j.times = Some(Box::new(crate::job::Stamps {
+            j.extra = Some(Box::new(crate::job::Extra {
                 expires: Some(t0 + accepted + ms(100)),
                 deadline: Some(t0 + accepted + ms(500)),
+                ..Default::default()
             }));
             j
         };

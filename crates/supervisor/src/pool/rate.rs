@@ -36,7 +36,20 @@ impl Pool {
 
     pub(super) fn rate_status(&self) -> Vec<RateStatus> {
         let now = self.now;
-        self.rate
+        let keys = self.keys.limits().rate.map(|r| {
+            let w = self.keys.waits();
+            RateStatus {
+                scope: RateScope::Key,
+                rate: r.to_string(),
+                per_second: r.per_second(),
+                burst: r.burst(),
+                delayed: w.delayed,
+                wait_secs: w.waited.as_secs_f64(),
+                holding: self.keys.next_wake().is_some(),
+            }
+        });
+        let mut rates: Vec<RateStatus> = self
+            .rate
             .iter()
             .map(|l| (RateScope::Pool, l))
             .chain({
@@ -58,6 +71,18 @@ impl Pool {
                     holding: l.holding(),
                 }
             })
-            .collect()
+            .collect();
+        rates.extend(keys);
+        rates
+    }
+
+    /// The per-key limits' state, if any apply.
+    pub(super) fn key_status(&self) -> Option<crate::status::KeyStatus> {
+        let limits = self.keys.limits();
+        limits.any().then(|| crate::status::KeyStatus {
+            max_inflight: limits.max_inflight,
+            tracked: self.keys.tracked(),
+            parked: self.keys.parked(),
+        })
     }
 }

@@ -54,6 +54,15 @@ impl Pool {
         if new.rate != self.cfg.rate {
             self.set_rate(new.rate);
         }
+        if new.keys != self.cfg.keys {
+            self.cfg.keys = new.keys;
+            self.keys.set_limits(new.keys, self.now);
+            tracing::info!(
+                max_inflight = new.keys.max_inflight,
+                rate = new.keys.rate.map(|r| r.to_string()),
+                "per-key limits"
+            );
+        }
         tracing::info!(roll, "new configuration applied");
         if roll {
             // Every replacement is spawned from the new command and launch settings (before

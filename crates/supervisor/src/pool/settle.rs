@@ -115,6 +115,7 @@ impl Pool {
 
     /// [`Pool::fail`], saying whether the failure is retryable (for a source that retries).
     fn fail_as(&mut self, job: Job, kind: ErrorKind, message: String, retryable: bool) {
+        self.key_settled(&job);
         let len = job.payload.len();
         let record = Record {
             seq: job.seq,
@@ -139,6 +140,10 @@ impl Pool {
         if self.phase == Phase::Stopping {
             let message = "herd stopped before the event could run".to_string();
             return self.fail(job, ErrorKind::Shutdown, message);
+        }
+        if !self.submissions.contains(job.submission) {
+            // Its submitter is gone (and was uncounted): nobody wants it; its key place frees.
+            return self.key_settled(&job);
         }
         self.submissions.push_front(job);
     }
@@ -167,6 +172,8 @@ impl Pool {
     pub(super) fn fail_waiting(&mut self, message: &str) {
         let mut jobs = self.submissions.take_all();
         jobs.extend(self.retries.take_all());
+        jobs.extend(self.keys.take_where(self.now, |_| true));
+        jobs.append(&mut self.released);
         for job in jobs {
             self.fail(job, ErrorKind::Shutdown, message.to_string());
         }
@@ -198,6 +205,7 @@ impl Pool {
         }
         match outcome {
             TaskOutcome::Ok(output) => {
+                self.key_settled(&job);
                 let len = job.payload.len();
                 let record = Record {
                     seq: job.seq,

@@ -72,6 +72,7 @@ impl Pool {
             .into(),
             sources: Vec::new(),
             rates: self.rate_status(),
+            keys: self.key_status(),
             breaker: self
                 .breaker
                 .as_ref()

@@ -51,7 +51,9 @@ impl Pool {
             return;
         }
         let busy = self.slots.iter().any(|s| s.inflight_len() > 0);
-        if self.submissions.queued() > 0 || !self.retries.is_empty() || busy {
+        let waiting =
+            self.submissions.queued() > 0 || self.keys.parked() > 0 || !self.released.is_empty();
+        if waiting || !self.retries.is_empty() || busy {
             return;
         }
         self.phase = Phase::Stopping;

@@ -126,7 +126,7 @@ impl Submissions {
 
     /// `id`'s options, if it is open.
     pub fn options(&self, id: SubmissionId) -> Option<SubmitOptions> {
-        self.map.get(&id).map(|o| o.options)
+        self.map.get(&id).map(|o| o.options.clone())
     }
 
     /// Counts `n` accepted events of `id` (queued or answered at once).

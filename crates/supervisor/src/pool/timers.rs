@@ -43,6 +43,7 @@ impl Pool {
             self.submissions.next_flush(),
             self.rate_wake,
             self.next_sweep(),
+            self.keys.next_wake(),
         ]
         .into_iter()
         .flatten()
@@ -57,6 +58,7 @@ impl Pool {
         self.check_rss();
         self.autoscale();
         self.retries_due();
+        self.keys_due();
         self.sweep_out_of_time();
         for i in 0..self.slots.len() {
             let unread = self.slots[i]

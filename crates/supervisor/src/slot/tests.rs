@@ -830,16 +830,18 @@ fn deadline_of_the_head_task_kills_the_worker_before_its_timeout() {
     let t0 = Instant::now();
     let mut s = ready(t0);
     let mut head = job(1);
-    head.times = Some(Box::new(crate::job::Stamps {
+    head.extra = Some(Box::new(crate::job::Extra {
         expires: None,
         deadline: Some(t0 + ms(700)),
+        ..Default::default()
     }));
     s.assign(head, t0).unwrap();
     // A bystander's deadline is not the slot's: only the running task is timed.
     let mut behind = job(2);
-    behind.times = Some(Box::new(crate::job::Stamps {
+    behind.extra = Some(Box::new(crate::job::Extra {
         expires: None,
         deadline: Some(t0 + ms(100)),
+        ..Default::default()
     }));
     s.assign(behind, t0).unwrap();
     assert_eq!(

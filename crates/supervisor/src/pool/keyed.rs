@@ -1,0 +1,52 @@
+//! Per-key limits carried out (the rules are in [`crate::keys`]): a job of a full or throttled
+//! key is parked at dispatch, and its key's parked jobs go back to the front of the queue when
+//! a job of the key gets its final record or the key's rate allows the next start.
+
+use super::Pool;
+use crate::job::{Job, SubmissionId};
+
+impl Pool {
+    /// At dispatch: the job if its key lets it start now; otherwise it is parked.
+    pub(super) fn admit_keyed(&mut self, job: Job) -> Option<Job> {
+        if job.extra.is_none() {
+            return Some(job);
+        }
+        self.keys.admit(job, self.now)
+    }
+
+    /// `job` got its final record: the parked jobs its key place frees are set aside to go
+    /// back to the front of the queue (see [`Pool::requeue_released`]).
+    pub(super) fn key_settled(&mut self, job: &Job) {
+        if job.extra.is_none() {
+            return;
+        }
+        let released = self.keys.settled(job, self.now);
+        self.released.extend(released.into_iter().rev());
+    }
+
+    /// Throttled keys whose time has come.
+    pub(super) fn keys_due(&mut self) {
+        let released = self.keys.due(self.now);
+        self.released.extend(released.into_iter().rev());
+    }
+
+    /// Released jobs go back to the front of the queue, each key's oldest first. Done here,
+    /// once per wake-up, not where a record frees the place: a released job may itself be
+    /// settled at once (its submitter gone, a stop), freeing the next, and a chain of those
+    /// must not become a chain of nested calls.
+    pub(super) fn requeue_released(&mut self) {
+        while !self.released.is_empty() {
+            for job in std::mem::take(&mut self.released) {
+                self.requeue(job);
+            }
+        }
+    }
+
+    /// A submitter went away: its parked jobs are dropped (nobody wants their records), and
+    /// any key place one held is freed.
+    pub(super) fn drop_parked_of(&mut self, id: SubmissionId) {
+        for job in self.keys.take_where(self.now, |j| j.submission == id) {
+            self.key_settled(&job);
+        }
+    }
+}
