@@ -335,6 +335,7 @@ mod tests {
             autoscale: None,
             breaker: None,
             rates: Vec::new(),
+            keys: None,
         }
     }
 

@@ -248,7 +248,12 @@ impl Keys {
             return Vec::new();
         };
         st.inflight = st.inflight.saturating_sub(1);
-        let out = self.release(key, usize::MAX);
+        // A key limited by its rate alone is released by its wake-ups, not by records.
+        let out = if self.limits.max_inflight > 0 {
+            self.release(key, usize::MAX)
+        } else {
+            Vec::new()
+        };
         self.forget_if_idle(key, now);
         out
     }

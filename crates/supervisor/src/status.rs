@@ -459,8 +459,17 @@ mod tests {
                 wait_secs: 3.5,
                 holding: true,
             }],
+            keys: Some(KeyStatus {
+                max_inflight: 1,
+                tracked: 4,
+                parked: 9,
+            }),
         };
         let json = serde_json::to_string(&status).expect("serializes");
+        assert!(
+            json.contains(r#""keys":{"max_inflight":1,"tracked":4,"parked":9}"#),
+            "{json}"
+        );
         assert!(json.contains(r#""scope":{"submission":3}"#), "{json}");
         let back: Status = serde_json::from_str(&json).expect("deserializes");
         assert_eq!(serde_json::to_string(&back).expect("serializes"), json);
@@ -472,11 +481,15 @@ mod tests {
             autoscale: None,
             breaker: None,
             rates: Vec::new(),
+            keys: None,
             ..back
         };
         let json = serde_json::to_string(&bare).expect("serializes");
         assert!(
-            !json.contains("autoscale") && !json.contains("sources") && !json.contains("rates"),
+            !json.contains("autoscale")
+                && !json.contains("sources")
+                && !json.contains("rates")
+                && !json.contains("keys"),
             "{json}"
         );
         let back: Status = serde_json::from_str(&json).expect("deserializes");
