@@ -5,7 +5,6 @@ mod client;
 mod config;
 mod docs;
 mod launch;
-mod logging;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;
@@ -23,7 +22,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use herd_supervisor::PoolConfig;
 
-use logging::LogFormat;
+use herd_log::LogFormat;
 
 /// herd: a supervisor that turns a stream of CPU-heavy events into results, using a pool of
 /// separate worker processes that it starts, feeds, watches, restarts and stops.
@@ -462,10 +461,10 @@ fn main() -> ExitCode {
         }
     };
     let verbosity = cli.log.verbose as i8 - cli.log.quiet as i8;
-    let logging = match logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
+    let logging = match herd_log::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("herd: {e:#}");
+            eprintln!("herd: {:#}", anyhow::Error::from(e));
             return ExitCode::from(2);
         }
     };
@@ -491,7 +490,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging.exit_with_error(&e);
+            // `{:#}` is the whole chain, each cause once: the error types do not repeat their
+            // source in their own message.
+            logging.exit_with_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -583,7 +584,7 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
         recycled = summary.recycled,
         peak_rss = peak_rss_bytes(),
         secs = (secs * 1000.0).round() / 1000.0,
-        dropped_log_lines = logging::dropped_lines(),
+        dropped_log_lines = herd_log::dropped_lines(),
         "{what}"
     );
 }
