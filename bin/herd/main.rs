@@ -22,6 +22,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use herd_supervisor::PoolConfig;
 
+use herd_clap_toml::Expanded;
 use herd_log::LogFormat;
 
 /// herd: a supervisor that turns a stream of CPU-heavy events into results, using a pool of
@@ -353,8 +354,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// Parses a command line with its `--config` file folded in.
-fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, config::Expanded), String> {
-    let expanded = config::expand(&Cli::command(), argv).map_err(|e| format!("{e:#}"))?;
+fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, Expanded), String> {
+    let expanded = config::LAYER
+        .expand(&Cli::command(), argv)
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
     let mut cmd = Cli::command();
     let parsed = expanded
         .parse(cmd.clone())
@@ -370,14 +373,11 @@ fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, config::Expanded
 }
 
 /// The settings of subcommand `name` in a parse, for `herd check` and HUP.
-fn settings(
-    m: &clap::ArgMatches,
-    name: &str,
-) -> std::collections::BTreeMap<String, (Vec<OsString>, String)> {
+fn settings(m: &clap::ArgMatches, name: &str) -> herd_clap_toml::Settings {
     let mut cmd = Cli::command();
     cmd.build();
     match (cmd.find_subcommand(name), m.subcommand_matches(name)) {
-        (Some(sub), Some(sm)) => config::settings(sub, sm),
+        (Some(sub), Some(sm)) => config::LAYER.settings(sub, sm),
         _ => Default::default(),
     }
 }
@@ -405,7 +405,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (Some(sub), Some(sm)) = (cmd.find_subcommand(name), m.subcommand_matches(name)) else {
         anyhow::bail!("no {name} settings");
     };
-    print!("{}", config::report(&expanded, sub, sm)?);
+    print!("{}", expanded.report(sub, sm));
     Ok(ExitCode::SUCCESS)
 }
 
