@@ -469,7 +469,7 @@ fn main() -> ExitCode {
         }
     };
     if matches!(cli.command, Cmd::Run(_) | Cmd::Serve(_)) {
-        hide_from_workers();
+        herd_supervisor::launch::hide_from_workers();
     }
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
@@ -495,17 +495,6 @@ fn main() -> ExitCode {
             logging.exit_with_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Workers of herd's own user could otherwise read herd's memory and environment (its
-/// secrets, such as a NATS token) through `/proc/<herd>/environ`, `mem` or ptrace, whatever
-/// `--clear-env` hides from their own environment. A process that is not dumpable keeps its
-/// `/proc` files root's and refuses ptrace to all but root; workers are dumpable again once
-/// they exec. (It also means herd leaves no core dump.)
-fn hide_from_workers() {
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(error = %e, "cannot hide herd's memory from its workers (PR_SET_DUMPABLE)");
     }
 }
 
@@ -582,17 +571,9 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
         errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
-        peak_rss = peak_rss_bytes(),
+        peak_rss = herd_supervisor::peak_rss_bytes(),
         secs = (secs * 1000.0).round() / 1000.0,
         dropped_log_lines = herd_log::dropped_lines(),
         "{what}"
     );
-}
-
-/// herd's own peak resident memory (VmHWM), for the closing log line.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
