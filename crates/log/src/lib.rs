@@ -40,9 +40,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogFormat {
-    /// Human-readable text.
+    // Not doc comments: clap would show them as the values' help.
+    // Human-readable text.
     Text,
-    /// One JSON object per line: `timestamp`, `level`, the event's fields, `target`.
+    // One JSON object per line: `timestamp`, `level`, the event's fields, `target`.
     Json,
 }
 
