@@ -9,11 +9,18 @@ use clap::{Args, Subcommand};
 use herd_proto::control::{Reply, Request};
 use herd_supervisor::client::{self, Client, SubmitError};
 
+/// `--control`, the daemon a client talks to.
+#[derive(Debug, Args)]
+struct ControlArg {
+    /// The daemon's control socket.
+    #[arg(long = "control", value_name = "PATH")]
+    path: PathBuf,
+}
+
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The daemon's control socket.
-    #[arg(long, value_name = "PATH")]
-    control: PathBuf,
+    #[command(flatten)]
+    control: ControlArg,
     #[command(flatten)]
     io: crate::resume::IoArgs,
     #[command(flatten)]
@@ -42,9 +49,8 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The daemon's control socket.
-    #[arg(long, value_name = "PATH")]
-    control: PathBuf,
+    #[command(flatten)]
+    control: ControlArg,
     /// Print the status object as JSON (documented in the README) instead of a table.
     #[arg(long)]
     json: bool,
@@ -52,9 +58,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The daemon's control socket.
-    #[arg(long, value_name = "PATH")]
-    control: PathBuf,
+    #[command(flatten)]
+    control: ControlArg,
     #[command(subcommand)]
     action: Action,
 }
@@ -131,7 +136,7 @@ pub fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
         Action::Stop { fast } => Request::Stop { fast },
         Action::Cancel { submission, seq } => Request::CancelIn { submission, seq },
     };
-    match runtime()?.block_on(client::ask(&args.control, &req))? {
+    match runtime()?.block_on(client::ask(&args.control.path, &req))? {
         Reply::Ok(text) => write_stdout(&format!("ok: {text}\n")),
         other => bail!("unexpected reply: {other:?}"),
     }
@@ -141,12 +146,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     if args.json {
         // As the daemon wrote it: the documented object, fields this herd may not know included.
-        let Reply::Status(json) = rt.block_on(client::ask(&args.control, &Request::Status))? else {
+        let Reply::Status(json) = rt.block_on(client::ask(&args.control.path, &Request::Status))?
+        else {
             bail!("unexpected reply to a status request");
         };
         return write_stdout(&format!("{json}\n"));
     }
-    let st = rt.block_on(client::status(&args.control))?;
+    let st = rt.block_on(client::status(&args.control.path))?;
     let mut out = String::new();
     // Lines gather in `out`, written once at the end (see `write_stdout`).
     macro_rules! say {
@@ -303,7 +309,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let rt = runtime()?;
     let sent = rt.block_on(async {
-        let mut client = Client::connect(&args.control).await?;
+        let mut client = Client::connect(&args.control.path).await?;
         if args.print_id {
             client = client.named();
         }

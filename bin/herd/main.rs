@@ -5,7 +5,6 @@ mod client;
 mod config;
 mod docs;
 mod launch;
-mod logging;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;
@@ -23,7 +22,8 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use herd_supervisor::PoolConfig;
 
-use logging::LogFormat;
+use herd_clap_toml::Expanded;
+use herd_log::LogFormat;
 
 /// herd: a supervisor that turns a stream of CPU-heavy events into results, using a pool of
 /// separate worker processes that it starts, feeds, watches, restarts and stops.
@@ -400,8 +400,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// Parses a command line with its `--config` file folded in.
-fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, config::Expanded), String> {
-    let expanded = config::expand(&Cli::command(), argv).map_err(|e| format!("{e:#}"))?;
+fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, Expanded), String> {
+    let expanded = config::LAYER
+        .expand(&Cli::command(), argv)
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
     let mut cmd = Cli::command();
     let parsed = expanded
         .parse(cmd.clone())
@@ -417,14 +419,11 @@ fn parse(argv: Vec<OsString>) -> Result<(Cli, clap::ArgMatches, config::Expanded
 }
 
 /// The settings of subcommand `name` in a parse, for `herd check` and HUP.
-fn settings(
-    m: &clap::ArgMatches,
-    name: &str,
-) -> std::collections::BTreeMap<String, (Vec<OsString>, String)> {
+fn settings(m: &clap::ArgMatches, name: &str) -> herd_clap_toml::Settings {
     let mut cmd = Cli::command();
     cmd.build();
     match (cmd.find_subcommand(name), m.subcommand_matches(name)) {
-        (Some(sub), Some(sm)) => config::settings(sub, sm),
+        (Some(sub), Some(sm)) => config::LAYER.settings(sub, sm),
         _ => Default::default(),
     }
 }
@@ -452,7 +451,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let (Some(sub), Some(sm)) = (cmd.find_subcommand(name), m.subcommand_matches(name)) else {
         anyhow::bail!("no {name} settings");
     };
-    print!("{}", config::report(&expanded, sub, sm)?);
+    print!("{}", expanded.report(sub, sm));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -508,15 +507,15 @@ fn main() -> ExitCode {
         }
     };
     let verbosity = cli.log.verbose as i8 - cli.log.quiet as i8;
-    let logging = match logging::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
+    let logging = match herd_log::init(cli.log.log_format, cli.log.log_file.as_deref(), verbosity) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("herd: {e:#}");
+            eprintln!("herd: {:#}", anyhow::Error::from(e));
             return ExitCode::from(2);
         }
     };
     if matches!(cli.command, Cmd::Run(_) | Cmd::Serve(_)) {
-        hide_from_workers();
+        herd_supervisor::launch::hide_from_workers();
     }
     let result = match cli.command {
         Cmd::Run(args) => run::run(args),
@@ -537,20 +536,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            logging.exit_with_error(&e);
+            // `{:#}` is the whole chain, each cause once: the error types do not repeat their
+            // source in their own message.
+            logging.exit_with_error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Workers of herd's own user could otherwise read herd's memory and environment (its
-/// secrets, such as a NATS token) through `/proc/<herd>/environ`, `mem` or ptrace, whatever
-/// `--clear-env` hides from their own environment. A process that is not dumpable keeps its
-/// `/proc` files root's and refuses ptrace to all but root; workers are dumpable again once
-/// they exec. (It also means herd leaves no core dump.)
-fn hide_from_workers() {
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(error = %e, "cannot hide herd's memory from its workers (PR_SET_DUMPABLE)");
     }
 }
 
@@ -627,17 +617,9 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
         errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
-        peak_rss = peak_rss_bytes(),
+        peak_rss = herd_supervisor::peak_rss_bytes(),
         secs = (secs * 1000.0).round() / 1000.0,
-        dropped_log_lines = logging::dropped_lines(),
+        dropped_log_lines = herd_log::dropped_lines(),
         "{what}"
     );
-}
-
-/// herd's own peak resident memory (VmHWM), for the closing log line.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }

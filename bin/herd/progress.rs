@@ -3,7 +3,7 @@
 //!
 //! It is drawn only when stderr is a terminal (and not with `--no-progress`): redirected
 //! stderr carries the logs and nothing else. While the bar is up, log lines are written with
-//! it out of the way (see [`crate::logging::set_progress_bar`]), so no stale copy of it stays
+//! it out of the way (see [`herd_log::set_stderr_suspend`]), so no stale copy of it stays
 //! on the screen.
 
 use std::io::{self, IsTerminal};
@@ -153,7 +153,10 @@ impl Progress {
                 self.bar.reset_eta();
                 self.bar.set_draw_target(ProgressDrawTarget::stderr());
                 self.bar.enable_steady_tick(TICK);
-                crate::logging::set_progress_bar(Some(self.bar.clone()));
+                let bar = self.bar.clone();
+                herd_log::set_stderr_suspend(Some(Arc::new(move |write: &mut dyn FnMut()| {
+                    bar.suspend(write)
+                })));
             }
         }
     }
@@ -204,7 +207,7 @@ fn clear(bar: &ProgressBar, closed: &Mutex<bool>) {
     let mut closed = closed.lock().unwrap_or_else(|e| e.into_inner());
     if !*closed {
         *closed = true;
-        crate::logging::set_progress_bar(None);
+        herd_log::set_stderr_suspend(None);
         bar.finish_and_clear();
         // Whatever still updates it (a thread outliving an error) draws nowhere.
         bar.set_draw_target(ProgressDrawTarget::hidden());

@@ -70,9 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let ordered = args.io.ordered;
-    let max_line = cfg
-        .max_frame
-        .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD);
+    let max_line = cfg.max_line();
     let source = herd_supervisor::resume::Resumed::new(
         CountedLines {
             lines: LineSource::spawn(input, max_line).context("cannot start the input thread")?,

@@ -12,14 +12,6 @@ use herd_supervisor::control::{ControlLimits, ControlSocket, Deliveries};
 use crate::{signals, PoolArgs};
 use herd_http::{Exposure, ListenAddr};
 
-/// Descriptors kept for the pool whatever the connections take: the runtime, the control
-/// and worker listeners, logs, and what respawning a worker needs at once.
-const FD_RESERVE_BASE: u64 = 64;
-/// Descriptors kept per worker (its socket, stderr pipe, and the pipes of a respawn).
-const FD_RESERVE_PER_WORKER: u64 = 8;
-/// The soft descriptor limit is raised at most this far (workers inherit it).
-const FD_RAISE_MAX: u64 = 65536;
-
 /// Help headings of the daemon's own options (the pool's come with `PoolArgs`).
 const METRICS: &str = "Metrics & dashboard";
 const CONNECTIONS: &str = "Connection limits (control socket and metrics)";
@@ -112,18 +104,15 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
     #[cfg(feature = "nats")]
     let nats = args.nats.config(cfg.retry_backoff)?;
     let workers = cfg.workers;
-    let max_connections = connection_cap(
+    let max_connections = herd_supervisor::control::connection_cap(
         args.max_connections as usize,
         // Descriptors for as many workers as autoscaling may start.
         cfg.max_workers(),
         if args.metrics.is_some() { 2 } else { 1 },
     );
     let limits = ControlLimits {
-        // The pool's own limit: its frame less the task overhead (as `herd run` reads lines).
-        max_line: cfg
-            .max_frame
-            .clamp(1024, herd_proto::MAX_FRAME_CEILING)
-            .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD),
+        // The pool's own limit (as `herd run` reads lines).
+        max_line: cfg.max_line(),
         max_connections,
         idle_timeout: args.idle_timeout,
         ..ControlLimits::default()
@@ -271,25 +260,6 @@ async fn bind_metrics(addr: &ListenAddr, public: bool) -> anyhow::Result<herd_ht
             ),
             e => e.into(),
         })
-}
-
-/// The connection cap per listener: `wanted`, or less if the descriptor limit (raised to the
-/// hard limit first) cannot hold that many connections on each of `listeners` beside what the
-/// pool needs to run and restart `workers` workers.
-fn connection_cap(wanted: usize, workers: usize, listeners: u64) -> usize {
-    let limit = herd_supervisor::raise_nofile_limit(FD_RAISE_MAX);
-    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_WORKER * workers as u64;
-    let room = (limit.saturating_sub(reserve) / listeners).max(1);
-    let cap = (wanted as u64).min(room) as usize;
-    if cap < wanted {
-        tracing::warn!(
-            wanted,
-            cap,
-            nofile = limit,
-            "the descriptor limit cannot hold --max-connections beside the workers; lowered"
-        );
-    }
-    cap
 }
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) how the service is doing.

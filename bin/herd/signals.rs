@@ -51,7 +51,7 @@ pub fn forward(pool: PoolHandle, daemon: bool, mut on_hup: Option<OnHup>) -> any
                     },
                     SIGUSR1 => Command::LogStatus,
                     SIGUSR2 => {
-                        match crate::logging::reopen() {
+                        match herd_log::reopen() {
                             Ok(()) => tracing::info!(signal = %name, "log file reopened"),
                             Err(e) => tracing::error!(error = %e, "cannot reopen the log file"),
                         }

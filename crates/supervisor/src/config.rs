@@ -118,6 +118,14 @@ impl PoolConfig {
         self.autoscale.map_or(self.workers, |a| a.max).max(1)
     }
 
+    /// The longest event the pool takes: its frame limit less the task frame's overhead (what
+    /// `herd run` and the control socket cut lines at; a longer event gets a `rejected`
+    /// record).
+    pub fn max_line(&self) -> usize {
+        self.max_frame
+            .saturating_sub(herd_proto::TASK_FRAME_OVERHEAD)
+    }
+
     /// The program name, for messages.
     pub fn program(&self) -> String {
         self.command

@@ -94,6 +94,38 @@ impl Default for ControlLimits {
     }
 }
 
+/// Descriptors kept for the pool whatever the connections take: the runtime, the control
+/// and worker listeners, logs, and what respawning a worker needs at once.
+const FD_RESERVE_BASE: u64 = 64;
+/// Descriptors kept per worker (its socket, stderr pipe, and the pipes of a respawn).
+const FD_RESERVE_PER_WORKER: u64 = 8;
+/// The soft descriptor limit is raised at most this far (workers inherit it).
+const FD_RAISE_MAX: u64 = 65536;
+
+/// The connection cap per listener: `wanted`, or less if the descriptor limit (raised to the
+/// hard limit first) cannot hold that many connections on each of `listeners` beside what the
+/// pool needs to run and restart `workers` workers. `herd serve --max-connections`.
+pub fn connection_cap(wanted: usize, workers: usize, listeners: u64) -> usize {
+    let limit = crate::raise_nofile_limit(FD_RAISE_MAX);
+    let cap = fit_connections(wanted, workers, listeners, limit);
+    if cap < wanted {
+        tracing::warn!(
+            wanted,
+            cap,
+            nofile = limit,
+            "the descriptor limit cannot hold --max-connections beside the workers; lowered"
+        );
+    }
+    cap
+}
+
+/// At most `wanted` connections per listener, and at least one, within `nofile` descriptors.
+fn fit_connections(wanted: usize, workers: usize, listeners: u64, nofile: u64) -> usize {
+    let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_WORKER * workers as u64;
+    let room = (nofile.saturating_sub(reserve) / listeners.max(1)).max(1);
+    (wanted as u64).min(room) as usize
+}
+
 /// The submissions a control socket serves, so that the daemon can wait for their last
 /// records after the pool stopped. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -912,6 +944,17 @@ mod tests {
     use super::*;
 
     const FRAME: usize = 600 * 1024;
+
+    #[test]
+    fn connections_get_what_the_workers_leave_of_the_descriptors() {
+        // Plenty: as asked.
+        assert_eq!(fit_connections(64, 4, 2, 65536), 64);
+        // 1024 less 64 + 8 x 100 for the workers, shared by two listeners.
+        assert_eq!(fit_connections(1000, 100, 2, 1024), 80);
+        assert_eq!(fit_connections(1000, 100, 1, 1024), 160);
+        // Never none.
+        assert_eq!(fit_connections(64, 1000, 1, 1024), 1);
+    }
 
     fn reader(budget: &Arc<Semaphore>) -> (FrameReader, OwnedWriteHalf, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();

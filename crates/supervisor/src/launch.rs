@@ -288,6 +288,18 @@ pub fn in_container() -> bool {
     marker || env || userns
 }
 
+/// Hides this process's memory and environment from workers of its own user, which could
+/// otherwise read its secrets (such as a NATS token) through `/proc/<pid>/environ`, `mem` or
+/// ptrace, whatever `clear_env` hides from their own environment. A process that is not
+/// dumpable keeps its `/proc` files root's and refuses ptrace to all but root; workers are
+/// dumpable again once they exec. (It also means this process leaves no core dump.) A failure
+/// is logged, not returned: the pool runs either way.
+pub fn hide_from_workers() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot hide herd's memory from its workers (PR_SET_DUMPABLE)");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

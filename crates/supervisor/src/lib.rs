@@ -70,7 +70,7 @@ pub use credits::RecordBatch;
 pub use job::SubmissionId;
 pub use launch::{Identity, Launch, Limits};
 pub use pool::CancelOutcome;
-pub use process::raise_nofile_limit;
+pub use process::{peak_rss_bytes, raise_nofile_limit};
 pub use rate::Rate;
 pub use record::{ErrorKind, Record, RecordOutcome, RecordWriter};
 pub use slot::{signal_name, Exit, Replacement};

@@ -440,9 +440,24 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * page)
 }
 
+/// This process's peak resident memory in bytes (`VmHWM`), e.g. for a closing log line.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_is_at_least_what_is_resident() {
+        let peak = peak_rss_bytes().expect("VmHWM");
+        let now = rss_bytes(std::process::id()).expect("statm");
+        assert!(peak >= now / 2 && peak > 0, "{peak} {now}");
+    }
 
     fn id() -> WorkerId {
         WorkerId { slot: 0, gen: 1 }

@@ -8,7 +8,6 @@ use crate::job::{Extra, Job, SubmissionId};
 use crate::priority;
 use crate::record::{ErrorKind, Record, RecordOutcome};
 use crate::{Input, KeySource, SubmissionMsg};
-use herd_proto::TASK_FRAME_OVERHEAD;
 
 impl Pool {
     pub(super) fn on_submission(&mut self, msg: SubmissionMsg) {
@@ -61,7 +60,7 @@ impl Pool {
         let keyed = self.keys.limits().any();
         self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
-        let limit = self.cfg.max_frame.saturating_sub(TASK_FRAME_OVERHEAD);
+        let limit = self.cfg.max_line();
         let mut refused = Vec::new();
         let mut jobs = Vec::with_capacity(batch.len());
         for input in batch {

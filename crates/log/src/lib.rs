@@ -1,11 +1,24 @@
-//! Operator logs: tracing to stderr or a log file, as text or one JSON object per line.
-//! stdout is never used: it carries records.
+//! herd-log: herd's operator logs. tracing to stderr or a log file, as text or one JSON object
+//! per line; stdout is never used (it carries records).
 //!
 //! Whoever logs (the pool's thread above all) never waits for the log sink: a formatted line
 //! goes into a bounded queue (tracing-appender's lossy non-blocking writer) and one writer
 //! thread empties it into stderr or the file. When the sink is stuck (stderr a pipe nobody
 //! reads, a full disk) the queue fills up, further lines are dropped and counted, and the
 //! count is logged once lines flow again and in the closing summary.
+//!
+//! A crate of its own so that any program running a herd pool can log the way `herd` does
+//! (the pool's thread must never block on a log line) and the supervisor library carries no
+//! subscriber:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), herd_log::InitError> {
+//! let logging = herd_log::init(herd_log::LogFormat::Json, None, 0)?;
+//! tracing::info!(workers = 4, "ready");
+//! drop(logging); // writes out what is still queued
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -14,9 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::Context;
-use clap::ValueEnum;
-use indicatif::ProgressBar;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
@@ -26,10 +36,37 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogFormat {
+    // Not doc comments: clap would show them as the values' help.
+    // Human-readable text.
     Text,
+    // One JSON object per line: `timestamp`, `level`, the event's fields, `target`.
     Json,
+}
+
+/// Why the logging could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// `RUST_LOG` is not a filter.
+    #[error("invalid RUST_LOG value `{value}`")]
+    Filter {
+        value: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The log file cannot be opened for appending.
+    #[error("cannot open log file {}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A global subscriber is installed already.
+    #[error("cannot install the logger: {0}")]
+    Install(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Lines the queue to the writer thread holds at most. Lines are admitted against this (and
@@ -50,7 +87,11 @@ pub struct Logging {
 
 /// Installs the global subscriber. `verbosity` is `-v` count minus `-q` count; `RUST_LOG`,
 /// when set, has the last word.
-pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Result<Logging> {
+///
+/// # Errors
+///
+/// An invalid `RUST_LOG`, a log file that cannot be opened, or a subscriber installed already.
+pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> Result<Logging, InitError> {
     let level = match verbosity {
         i8::MIN..=-2 => "error",
         -1 => "warn",
@@ -60,7 +101,7 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
     };
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => {
-            EnvFilter::try_new(&v).with_context(|| format!("invalid RUST_LOG value `{v}`"))?
+            EnvFilter::try_new(&v).map_err(|source| InitError::Filter { value: v, source })?
         }
         // The NATS client logs each reconnect attempt at info; herd logs the outage once.
         _ => EnvFilter::new(format!(
@@ -70,8 +111,10 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
     };
     let (target, ansi) = match file {
         Some(path) => {
-            let f =
-                open(path).with_context(|| format!("cannot open log file {}", path.display()))?;
+            let f = open(path).map_err(|source| InitError::File {
+                path: path.to_path_buf(),
+                source,
+            })?;
             let log = Arc::new(LogFile {
                 path: path.to_path_buf(),
                 reopened: Mutex::new(None),
@@ -106,7 +149,7 @@ pub fn init(format: LogFormat, file: Option<&Path>, verbosity: i8) -> anyhow::Re
         LogFormat::Text => builder.with_ansi(ansi).with_target(false).try_init(),
         LogFormat::Json => builder.event_format(JsonLine).try_init(),
     };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    installed.map_err(InitError::Install)?;
     Ok(Logging {
         guard: Some(guard),
         front: front_for_exit,
@@ -118,11 +161,8 @@ impl Logging {
     /// Reports the error that ends herd, exactly once where the operator looks: as an ERROR
     /// log line in the log file (and `herd: ...` on stderr, for whoever started herd), as an
     /// ERROR line in JSON logs on stderr (which stay all JSON), else as `herd: ...` on stderr.
-    /// Then flushes the logs.
-    pub fn exit_with_error(self, e: &anyhow::Error) {
-        // `{:#}` is the whole chain, each cause once: the error types do not repeat their
-        // source in their own message.
-        let text = format!("{e:#}");
+    /// Then flushes the logs. `text` is the whole error, its causes included.
+    pub fn exit_with_error(self, text: &str) {
         let json_on_stderr = !self.to_file && self.front.format == LogFormat::Json;
         let logged = (self.to_file || json_on_stderr)
             && tracing::enabled!(target: "herd", tracing::Level::ERROR);
@@ -160,18 +200,26 @@ pub fn dropped_lines() -> u64 {
         .map_or(0, |f| f.queue.dropped.load(Ordering::Relaxed))
 }
 
-/// Log lines on stderr are written with this bar (`herd run`'s progress bar) out of the way,
-/// so that no stale copy of it stays on the screen. `None` once the bar is gone.
-pub fn set_progress_bar(bar: Option<ProgressBar>) {
-    *PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+/// Runs a write to stderr with whatever else draws on the terminal out of the way.
+pub type Suspend = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+/// Log lines on stderr are written through `suspend` (`herd run` puts its progress bar out of
+/// the way), so that no stale copy of what it draws stays on the screen. `None` once it is
+/// gone.
+pub fn set_stderr_suspend(suspend: Option<Suspend>) {
+    *SUSPEND.lock().unwrap_or_else(|e| e.into_inner()) = suspend;
 }
 
-static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
+static SUSPEND: Mutex<Option<Suspend>> = Mutex::new(None);
 
 /// The subscriber's writer, for [`dropped_lines`] and [`reopen`].
 static FRONT: OnceLock<Front> = OnceLock::new();
 
 /// What is in the queue between the loggers and the writer thread.
+///
+/// Not tracing-appender's own bound and drop count (`error_counter`): it bounds lines only,
+/// and a line can be a worker's 8 KiB line, escaped. Admitting lines here also keeps the
+/// channel's spare room for the reopen marker and the guard's shutdown message.
 #[derive(Default)]
 struct Queue {
     /// Lines and bytes admitted and not yet taken by the writer thread.
@@ -315,12 +363,15 @@ impl Sink {
         }
         match &mut self.target {
             Target::Stderr => {
-                let bar = PROGRESS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let write = || io::stderr().lock().write_all(&self.buf);
-                let _ = match bar {
-                    Some(bar) => bar.suspend(write),
-                    None => write(),
+                let suspend = SUSPEND.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let buf = &self.buf;
+                let mut write = || {
+                    let _ = io::stderr().lock().write_all(buf);
                 };
+                match suspend {
+                    Some(suspend) => suspend(&mut write),
+                    None => write(),
+                }
             }
             Target::File { file, .. } => {
                 let _ = file.write_all(&self.buf);
@@ -581,7 +632,7 @@ mod tests {
         assert_eq!(l["message"], "done [1]");
         assert_eq!(l["level"], "INFO");
         assert!(l["timestamp"].is_string());
-        assert_eq!(l["target"], "herd::logging::tests");
+        assert_eq!(l["target"], "herd_log::tests");
     }
 
     #[test]
