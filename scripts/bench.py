@@ -6,6 +6,8 @@ every record arrived and is right, so a fast wrong answer cannot pass.
 
     python3 scripts/bench.py tiny     --herd H --chaos C --events FILE [--window 64] [--python]
     python3 scripts/bench.py submit   --herd H --chaos C --events FILE   (herd serve + herd submit)
+    python3 scripts/bench.py rate     --herd H --chaos C --events FILE   (--rate cost and accuracy)
+    python3 scripts/bench.py keys     --herd H --chaos C --events FILE   (10,000 keys, one in flight each)
     python3 scripts/bench.py latency  --herd H --chaos C [--n 200000]
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
@@ -166,6 +168,31 @@ def rate(args):
     return {"events": n, "none_events_per_sec": none, "high_rate_events_per_sec": limited,
             "high_rate": high, "runs": runs, "asked_per_sec": asked, "burst": burst,
             "achieved_per_sec": achieved, "accuracy": achieved / asked}
+
+
+def keys(args):
+    """Per-key limits: the tiny events, each with one of 10,000 keys as a `--line-key`
+    prefix, under --max-inflight-per-key 1 (each key one at a time, in order), beside the same
+    events without keys (alternating, median of --repeat each)."""
+    with open(args.events, "rb") as f:
+        lines = f.read().splitlines()
+    n = len(lines)
+    keyed = b"".join(b"k%d\t%s\n" % (i % 10000, line) for i, line in enumerate(lines))
+    plain = b"".join(line + b"\n" for line in lines)
+    runs = {"none": [], "keyed": []}
+    for _ in range(args.repeat):
+        for name, data, opts in (("none", plain, []),
+                                 ("keyed", keyed, ["--line-key", "--max-inflight-per-key", "1"])):
+            t0 = time.perf_counter()
+            p = subprocess.run(herd_cmd(args, "-w", str(args.workers), *window_opts(args), *opts),
+                               input=data, stdout=subprocess.PIPE)
+            secs = time.perf_counter() - t0
+            if p.returncode != 0:
+                die(f"herd exited {p.returncode}")
+            check_squares(p.stdout, n)
+            runs[name].append(n / secs)
+    return {"events": n, "keys": 10000, "none_events_per_sec": statistics.median(runs["none"]),
+            "keyed_events_per_sec": statistics.median(runs["keyed"]), "runs": runs}
 
 
 def latency(args):
@@ -801,6 +828,7 @@ def run_all(args):
         "bare_spin": raw(args, "bare", "--n", str(cpu_n), "--ms", "1"),
     }
     r["rate"] = sub(args, "rate", "--events", events, "--repeat", str(args.repeat))
+    r["keys"] = sub(args, "keys", "--events", events, "--repeat", str(args.repeat))
     r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out, "--repeat",
                        str(args.repeat))
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
@@ -865,6 +893,11 @@ def table(r):
                      rt["high_rate_events_per_sec"] / rt["none_events_per_sec"], ">= 0.95"])
         rows.append(["rate accuracy, achieved / asked (200/s,burst=10)", rt["accuracy"],
                      "-", None, None, "1 +- 0.02"])
+    if "keys" in r:
+        kt = r["keys"]
+        rows.append(["tiny events/s, 10,000 keys, --max-inflight-per-key 1",
+                     kt["keyed_events_per_sec"], "herd run, no keys", kt["none_events_per_sec"],
+                     kt["keyed_events_per_sec"] / kt["none_events_per_sec"], None])
     rw = r["raw"]
     rows.append(["tiny events/s", herd_eps, "raw socket, 64 in flight",
                  rw["pipelined"]["frames_per_sec"],
@@ -1034,7 +1067,7 @@ def compare(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["tiny", "submit", "rate", "latency", "cpu", "recovery", "memory",
+    ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "latency", "cpu", "recovery", "memory",
                                          "stdio", "jetstream", "seed", "cancel", "all",
                                          "compare"])
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")

@@ -22,14 +22,9 @@ impl Pool {
         let mut batches = std::mem::take(&mut self.outgoing);
         batches.resize_with(self.slots.len(), Vec::new);
         self.rate_wake = None;
-        loop {
-            // Jobs a key released (also by a record given in this loop) go first.
-            if !self.released.is_empty() {
-                self.requeue_released();
-            }
-            if self.submissions.queued() == 0 {
-                break;
-            }
+        // Jobs a key released go first.
+        self.requeue_released();
+        while self.submissions.queued() > 0 {
             let slots = &self.slots;
             let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
                 slots[i].has_room(window, max_tasks)
@@ -55,11 +50,19 @@ impl Pool {
             // (no start counted against either rate limit).
             if let Some(kind) = crate::limits::verdict(&job, now) {
                 self.fail(job, kind, crate::limits::message(kind).to_string());
+                // Its record may have freed a place of its key.
+                self.requeue_released();
                 continue;
             }
             // Its key full or throttled: parked, and the worker's place goes to the next job.
-            let Some(mut job) = self.admit_keyed(job) else {
-                continue;
+            // (Tested here, not in a call: most jobs have no key, and a job is moved whole.)
+            let mut job = if job.extra.is_none() {
+                job
+            } else {
+                match self.keys.admit(job, now) {
+                    Some(job) => job,
+                    None => continue,
+                }
             };
             job.attempts += 1;
             let submission = job.submission;

@@ -6,20 +6,18 @@ use super::Pool;
 use crate::job::{Job, SubmissionId};
 
 impl Pool {
-    /// At dispatch: the job if its key lets it start now; otherwise it is parked.
-    pub(super) fn admit_keyed(&mut self, job: Job) -> Option<Job> {
-        if job.extra.is_none() {
-            return Some(job);
-        }
-        self.keys.admit(job, self.now)
-    }
-
     /// `job` got its final record: the parked jobs its key place frees are set aside to go
     /// back to the front of the queue (see [`Pool::requeue_released`]).
+    #[inline]
     pub(super) fn key_settled(&mut self, job: &Job) {
         if job.extra.is_none() {
             return;
         }
+        self.key_settled_slow(job);
+    }
+
+    #[inline(never)]
+    fn key_settled_slow(&mut self, job: &Job) {
         let released = self.keys.settled(job, self.now);
         self.released.extend(released.into_iter().rev());
     }
@@ -34,7 +32,16 @@ impl Pool {
     /// once per wake-up, not where a record frees the place: a released job may itself be
     /// settled at once (its submitter gone, a stop), freeing the next, and a chain of those
     /// must not become a chain of nested calls.
+    #[inline]
     pub(super) fn requeue_released(&mut self) {
+        if self.released.is_empty() {
+            return;
+        }
+        self.requeue_released_slow();
+    }
+
+    #[inline(never)]
+    fn requeue_released_slow(&mut self) {
         while !self.released.is_empty() {
             for job in std::mem::take(&mut self.released) {
                 self.requeue(job);
