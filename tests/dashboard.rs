@@ -283,7 +283,18 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     let fx = Fixture::new();
     let control = fx.path("c.sock");
     let ctl = control.to_str().unwrap();
-    let live = fx.serve(&control, 3, &["--metrics", "127.0.0.1:0"]);
+    let live = fx.serve(
+        &control,
+        3,
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-inflight-per-key",
+            "2",
+            "--key-rate",
+            "1000/s",
+        ],
+    );
     let addr = live.metrics_addr();
     output_ok(
         fx.herd(&["submit", "--control", ctl])
@@ -406,6 +417,19 @@ fn the_dashboard_shows_workers_and_a_restart_live() {
     assert_eq!(st["events"][0]["pid"], victim, "{st}");
     assert_eq!(st["events"][0]["worker"], 1, "{st}");
     assert_eq!(st["restarts"]["crash"], 1, "{st}");
+
+    // The per-key limits in the top bar.
+    browser.wait(
+        "the per-key limits",
+        "document.getElementById('keys').textContent + ' | ' + \
+         document.getElementById('rates').textContent",
+        |v| {
+            v.as_str().is_some_and(|s| {
+                s.starts_with("0 tracked, 0 parked (2 in flight each) | ")
+                    && s.contains("each key 1000/s")
+            })
+        },
+    );
 
     // Errors by kind beside the count: an event past its own deadline (`herd submit
     // --deadline`), whose worker was replaced for it.
