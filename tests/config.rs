@@ -68,6 +68,8 @@ deadline = "5m"
 retries = 4
 retry-backoff = "250ms"
 rate = "200/s,burst=10"
+max-inflight-per-key = 1
+key-rate = "10/s,burst=2"
 max-tasks = 1_000
 max-rss = "512MiB"
 queue = 5000
@@ -163,6 +165,9 @@ deadline = "1m"
 retries = 1
 retry-backoff = "1s"
 rate = "30/m"
+line-key = true
+max-inflight-per-key = 2
+key-rate = "5/s"
 max-tasks = 10
 max-rss = "1GiB"
 queue = 100
@@ -193,9 +198,19 @@ command = ["{chaos}"]
     let out = check(&fx, &f, "run");
     let mut set = keys_from_file(&out, &f);
     // Autoscaling keys need `workers = "MIN..MAX"`, and -q excludes -v: serve's test has them.
-    set.extend(["scale-idle", "max-pool-rss", "quiet"].map(String::from));
+    // `key` excludes `line-key`: `key` is checked on its own below.
+    set.extend(["scale-idle", "max-pool-rss", "quiet", "key"].map(String::from));
     assert_eq!(set, all_keys(&out), "{out}");
     assert!(out.contains("priority = \"-5\""), "{out}");
+    assert!(out.contains("key-rate = \"5/s\""), "{out}");
+    let k = fx.path("key.toml");
+    std::fs::write(
+        &k,
+        format!("key = \"/user/id\"\ncommand = [\"{}\"]\n", chaos()),
+    )
+    .unwrap();
+    let out = check(&fx, &k, "run");
+    assert!(out.contains("key = \"/user/id\""), "{out}");
 }
 
 #[test]

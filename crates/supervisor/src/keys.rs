@@ -366,6 +366,10 @@ impl Keys {
         let mut out = Vec::new();
         let mut touched = Vec::new();
         for (&key, st) in &mut self.map {
+            // Most keys have nothing to give (a sweep runs every few milliseconds).
+            if !st.parked.iter().any(&mut pick) {
+                continue;
+            }
             let before = out.len();
             let mut keep = VecDeque::with_capacity(st.parked.len());
             for job in st.parked.drain(..) {
