@@ -239,3 +239,29 @@ fn crashes_and_a_fast_stop_leave_exactly_one_record_per_keyed_event() {
         .iter()
         .all(|r| kind(r) == "ok" || kind(r) == "shutdown"));
 }
+
+/// Hostile: a submitter killed while its events hold and wait for their key leaves the key
+/// free for the next submitter (no place of the key leaks with the dropped events).
+#[test]
+fn a_killed_submitter_leaves_its_keys_free() {
+    let d = Daemon::start(2, &["--max-inflight-per-key", "1"]);
+    let slow = "k\t{\"op\":\"sleep\",\"ms\":100}\n".repeat(30);
+    let mut child = d.submit_bg("a.txt", &slow, &["--line-key"]);
+    d.wait_status("events parked behind their key", |st| {
+        st["keys"]["parked"].as_u64().unwrap_or(0) > 20
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    d.wait_status("the submitter's events dropped", |st| {
+        st["keys"]["parked"] == 0 && st["keys"]["tracked"] == 0
+    });
+    let next = d.submit_bg(
+        "b.txt",
+        &"k\t{\"op\":\"square\",\"n\":3}\n".repeat(3),
+        &["--line-key"],
+    );
+    let run = crate::control::output_of(next);
+    run.assert_success();
+    assert!(run.by_seq(3).iter().all(|r| r["output"] == 9));
+    d.stop_ok();
+}

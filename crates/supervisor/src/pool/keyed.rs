@@ -52,7 +52,10 @@ impl Pool {
     /// A submitter went away: its parked jobs are dropped (nobody wants their records), and
     /// any key place one held is freed.
     pub(super) fn drop_parked_of(&mut self, id: SubmissionId) {
-        for job in self.keys.take_where(self.now, |j| j.submission == id) {
+        let mut dropped = self.keys.take_where(self.now, |j| j.submission == id);
+        // Its queued jobs were dropped with it; some held their key's place.
+        dropped.extend(self.submissions.take_holding());
+        for job in dropped {
             self.key_settled(&job);
         }
     }

@@ -241,7 +241,8 @@ impl Queue {
     }
 
     /// Removes submission `id`'s queued jobs and its queues; returns how many jobs it had.
-    pub fn cancel(&mut self, id: SubmissionId) -> usize {
+    /// Jobs holding a place of their key are handed to `holding` (the place must be freed).
+    pub fn cancel(&mut self, id: SubmissionId, holding: &mut Vec<Job>) -> usize {
         let mut removed = 0;
         for level in &mut self.levels {
             let Some(q) = level.jobs.remove(&id) else {
@@ -251,6 +252,10 @@ impl Queue {
                 level.ring.retain(|&s| s != id);
                 level.queued -= q.len();
                 removed += q.len();
+                let held = q
+                    .into_iter()
+                    .filter(|j| j.extra.as_deref().is_some_and(|e| e.holds_key));
+                holding.extend(held);
             }
         }
         self.queued -= removed;
@@ -488,8 +493,8 @@ mod tests {
         let mut q = Queue::default();
         q.extend(1, [job(1, 0, 0), job(1, 1, 3), job(1, 2, 0)]);
         q.extend(2, [job(2, 0, 0), job(2, 1, 3)]);
-        assert_eq!(q.cancel(1), 3);
-        assert_eq!(q.cancel(1), 0);
+        assert_eq!(q.cancel(1, &mut Vec::new()), 3);
+        assert_eq!(q.cancel(1, &mut Vec::new()), 0);
         assert_eq!(q.queued(), 2);
         assert_eq!(q.depths().collect::<Vec<_>>(), [(3, 1), (0, 1)]);
         assert_eq!(drain(&mut q), [(2, 1, 3), (2, 0, 0)]);

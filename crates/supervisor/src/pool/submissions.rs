@@ -70,6 +70,9 @@ pub(crate) struct Submissions {
     flush_at: usize,
     /// The rate limits of the submissions that have one (few: a map beside `map`).
     rates: HashMap<SubmissionId, crate::rate::Limiter>,
+    /// Jobs of departed submissions that held a place of their key, for the pool to free
+    /// (see [`Self::take_holding`]).
+    holding: Vec<Job>,
 }
 
 impl Submissions {
@@ -82,6 +85,7 @@ impl Submissions {
             unanswered: 0,
             flush_at: (credits / 4).clamp(1, FLUSH_RECORDS),
             rates: HashMap::default(),
+            holding: Vec::new(),
         }
     }
 
@@ -328,6 +332,11 @@ impl Submissions {
         }
     }
 
+    /// Dropped jobs that held a place of their key (their submitter went away).
+    pub fn take_holding(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.holding)
+    }
+
     /// Forgets a submission whose submitter went away; returns its queued jobs (they need no
     /// record: nobody is listening).
     pub fn cancel(&mut self, id: SubmissionId) -> usize {
@@ -336,7 +345,7 @@ impl Submissions {
             Some(o) => {
                 // Queued or in flight, none of its events is owed a record any more.
                 self.unanswered -= (o.accepted - o.emitted) as usize;
-                self.queue.cancel(id)
+                self.queue.cancel(id, &mut self.holding)
             }
             None => 0,
         }
@@ -378,7 +387,7 @@ impl Submissions {
                 // Every record delivered: dropping the sink tells the submitter it is done.
                 self.map.remove(&id);
                 self.rates.remove(&id);
-                self.queue.cancel(id); // its emptied queues
+                self.queue.cancel(id, &mut self.holding); // its emptied queues
             }
         }
         self.dirty = waiting;
