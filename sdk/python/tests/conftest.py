@@ -1,6 +1,6 @@
-"""Fixtures for the Python SDK's tests: the real `herd` binary (HERD_BIN, else the repo's
-target/debug/herd, which must exist: `cargo build` first), Python workers run by this
-interpreter (where herd_worker is installed), a private runtime dir per test, and a fake
+"""Fixtures for the Python SDK's tests: the real `herd` binary (HERD_BIN, else the one
+installed with the herd package, as herd.serve() finds it), Python workers run by this
+interpreter (where the herd package is installed), a private runtime dir per test, and a fake
 supervisor for the cases herd never produces (EOF, garbage, a peer that stops reading)."""
 
 import json
@@ -15,23 +15,26 @@ import time
 
 import pytest
 
-import herd_worker
-from herd_worker import codec
+from herd import _codec as codec
+from herd import examples as _examples
+from herd.daemon import find_herd_bin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDK = os.path.dirname(HERE)
 REPO = os.path.dirname(os.path.dirname(SDK))
-CHAOS = os.path.join(SDK, "examples", "chaos.py")
-UPPER = os.path.join(SDK, "examples", "upper.py")
+# The examples as installed with the package (herd.examples), not the source tree's.
+EXAMPLES = os.path.dirname(os.path.abspath(_examples.__file__))
+CHAOS = os.path.join(EXAMPLES, "chaos.py")
+UPPER = os.path.join(EXAMPLES, "upper.py")
 
 # Generous: CI machines are small and loaded. Nothing waits this long unless something is wrong.
 TIMEOUT = 180
 
 
-def herd_bin():
-    path = os.environ.get("HERD_BIN") or os.path.join(REPO, "target", "debug", "herd")
+def herd_bin() -> str:
+    path = find_herd_bin()
     if not os.access(path, os.X_OK):
-        pytest.fail(f"no herd binary at {path}: run `cargo build` first or set HERD_BIN")
+        pytest.fail(f"no herd binary at {path}: install the herd package or set HERD_BIN")
     return path
 
 
@@ -112,7 +115,7 @@ class FakeSupervisor:
     """A listening socket standing in for herd, and the worker process connected to it.
 
     The worker runs for real (a subprocess of this interpreter); this side speaks the protocol
-    by hand with herd_worker.codec, so it can also break it."""
+    by hand with herd._codec, so it can also break it."""
 
     def __init__(self, tmp, script, max_frame=1 << 20, env_extra=None):
         self.path = tempfile.mktemp(prefix="sup-", suffix=".sock", dir=tmp)
@@ -190,12 +193,12 @@ def fake():
 
 
 ECHO_WORKER = """
-import herd_worker
+import herd
 def handle(p):
     if p == b"boom":
         raise ValueError("boom")
     return p
-herd_worker.run(handle)
+herd.run(handle)
 """
 
 
@@ -235,4 +238,4 @@ def background(fn):
     return join
 
 
-__all__ = ["herd_worker", "codec"]
+__all__ = ["codec"]

@@ -1,4 +1,4 @@
-"""herd_client against the real daemon: `herd serve` with herd-chaos workers."""
+"""herd.client against the real daemon: `herd serve` with herd-chaos workers."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-import herd_client
+import herd
 from conftest import TIMEOUT, herd_bin, wait_until
 
 
@@ -101,7 +101,7 @@ def test_submit_the_readme_example(daemon):
     d = daemon()
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             assert pool.pid == d.proc.pid
             assert await pool.submit(b'{"op":"square","n":7}') == b"49"
             # A JSON output comes back as the worker wrote it; a string as its text.
@@ -128,7 +128,7 @@ def test_64_coroutines_submit_concurrently(daemon):
         return k
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             done = await asyncio.gather(*(caller(pool, k) for k in range(64)))
             assert done == list(range(64))
 
@@ -145,7 +145,7 @@ def test_map_100k_events_unordered_and_ordered(daemon):
             yield square(i)
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             seen = bytearray(n)
             async for i, out in pool.map(source(n), window=2048):
                 assert out == str(i * i).encode()
@@ -166,27 +166,27 @@ def test_every_error_kind(daemon):
     # Lines over about 4 KiB are rejected; hangs time out; no retries.
     d = daemon(extra=["--timeout", "500ms", "--retries", "0", "--max-frame", "4KiB"])
     cases = [
-        (b'{"op":"fail","retryable":false}', herd_client.EventFailed, "failed"),
-        (b'{"op":"hang"}', herd_client.EventTimeout, "timeout"),
-        (b'{"op":"crash"}', herd_client.EventCrashed, "crashed"),
-        (b'{"op":"garbage"}', herd_client.EventProtocolError, "protocol"),
-        (b'{"op":"echo","v":"' + b"x" * 8192 + b'"}', herd_client.EventRejected, "rejected"),
+        (b'{"op":"fail","retryable":false}', herd.EventFailed, "failed"),
+        (b'{"op":"hang"}', herd.EventTimeout, "timeout"),
+        (b'{"op":"crash"}', herd.EventCrashed, "crashed"),
+        (b'{"op":"garbage"}', herd.EventProtocolError, "protocol"),
+        (b'{"op":"echo","v":"' + b"x" * 8192 + b'"}', herd.EventRejected, "rejected"),
     ]
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             for event, cls, kind in cases:
                 with pytest.raises(cls) as e:
                     await pool.submit(event)
                 assert e.value.kind == kind and e.value.message, e.value
-                assert isinstance(e.value, herd_client.EventError)
+                assert isinstance(e.value, herd.EventError)
                 assert e.value.record["ok"] is False
             # map: raised, or yielded in place with return_exceptions.
             events = [square(3), cases[0][0], square(4)]
             got = dict([x async for x in pool.map(events, ordered=True, return_exceptions=True)])
             assert got[0] == b"9" and got[2] == b"16"
-            assert isinstance(got[1], herd_client.EventFailed)
-            with pytest.raises(herd_client.EventFailed):
+            assert isinstance(got[1], herd.EventFailed)
+            with pytest.raises(herd.EventFailed):
                 async for _ in pool.map(events, ordered=True):
                     pass
             # The pool still serves.
@@ -199,21 +199,21 @@ def test_shutdown_records_then_connection_lost_when_the_daemon_stops(daemon):
     d = daemon()
 
     async def main():
-        pool = await herd_client.connect(d.sock)
+        pool = await herd.connect(d.sock)
         hung = [asyncio.ensure_future(pool.submit(b'{"op":"hang"}')) for _ in range(6)]
         # Both workers hold a hang and the rest wait in the queue.
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
         await asyncio.get_running_loop().run_in_executor(None, d.ctl, "stop", "--fast")
         got = await asyncio.gather(*hung, return_exceptions=True)
-        assert all(isinstance(e, (herd_client.EventShutdown, herd_client.ConnectionLost))
+        assert all(isinstance(e, (herd.EventShutdown, herd.ConnectionLost))
                    for e in got), got
-        assert any(isinstance(e, herd_client.EventShutdown) for e in got), got
+        assert any(isinstance(e, herd.EventShutdown) for e in got), got
         # After the daemon is gone, a new submit fails at once, and so does close.
         await asyncio.get_running_loop().run_in_executor(None, d.proc.wait, TIMEOUT)
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             await pool.submit(square(1))
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             await pool.close()
 
     run(main())
@@ -224,7 +224,7 @@ def test_daemon_sigkilled_with_awaits_pending(daemon):
     d = daemon()
 
     async def main():
-        pool = await herd_client.connect(d.sock)
+        pool = await herd.connect(d.sock)
         assert await pool.submit(square(2)) == b"4"
         waits = [asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":600000}'))
                  for _ in range(50)]
@@ -233,10 +233,10 @@ def test_daemon_sigkilled_with_awaits_pending(daemon):
             None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
         os.kill(d.proc.pid, signal.SIGKILL)
         got = await asyncio.gather(*waits, return_exceptions=True)
-        assert all(isinstance(e, herd_client.ConnectionLost) for e in got), got
+        assert all(isinstance(e, herd.ConnectionLost) for e in got), got
         assert "went away" in str(got[0])
         # A map in progress ends with the same error, however many it had yielded.
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             async for _ in it:
                 pass
 
@@ -245,35 +245,35 @@ def test_daemon_sigkilled_with_awaits_pending(daemon):
 
 def test_missing_daemon_and_waiting_over_the_cap(daemon, tmp_path):
     async def missing():
-        with pytest.raises(herd_client.ConnectionLost, match="no herd daemon"):
-            await herd_client.connect(str(tmp_path / "nobody.sock"))
+        with pytest.raises(herd.ConnectionLost, match="no herd daemon"):
+            await herd.connect(str(tmp_path / "nobody.sock"))
 
     run(missing())
     d = daemon(extra=["--max-connections", "1"])
 
     async def over_the_cap():
-        first = await herd_client.connect(d.sock)
+        first = await herd.connect(d.sock)
         # The daemon does not accept a second connection while the first is open: it waits
         # for its turn (bounded by the connect timeout), and is served once the first closes.
-        second = asyncio.ensure_future(herd_client.connect(d.sock))
+        second = asyncio.ensure_future(herd.connect(d.sock))
         assert await first.submit(square(6)) == b"36"
         assert not second.done()
         await first.close()
         second = await asyncio.wait_for(second, TIMEOUT)
         assert await second.submit(square(7)) == b"49"
         await second.close()
-        with pytest.raises(herd_client.HandshakeError, match="not take the connection"):
-            async with herd_client.connect(d.sock):
-                await herd_client.connect(d.sock, timeout=0.5)
+        with pytest.raises(herd.HandshakeError, match="not take the connection"):
+            async with herd.connect(d.sock):
+                await herd.connect(d.sock, timeout=0.5)
 
     run(over_the_cap())
 
 
 def test_blocking_client(daemon):
     d = daemon()
-    with herd_client.connect_sync(d.sock) as pool:
+    with herd.connect_sync(d.sock) as pool:
         assert pool.submit(square(9)) == b"81"
-        with pytest.raises(herd_client.EventFailed):
+        with pytest.raises(herd.EventFailed):
             pool.submit(b'{"op":"fail","retryable":false}')
         got = list(pool.map((square(i) for i in range(20_000)), ordered=True, window=256))
         assert got == [(i, str(i * i).encode()) for i in range(20_000)]
@@ -296,10 +296,10 @@ def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
     d = daemon()
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             stream = pool.submit_stream(b'{"op":"stream","n":4}')
             got = [c async for c in stream]
-            assert got == [herd_client.Chunk(1, i, b'{"i":%d}' % i) for i in range(4)]
+            assert got == [herd.Chunk(1, i, b'{"i":%d}' % i) for i in range(4)]
             assert stream.output == b"4"
             # Text chunks come back as their text, like outputs.
             s = pool.submit_stream(b'{"op":"stream","n":2,"size":3}')
@@ -311,7 +311,7 @@ def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
             assert s.output == b"3"
             # A final error record ends the iteration with its error.
             s = pool.submit_stream(b'{"op":"stream","n":2,"crash_after":1,"fails":99}')
-            with pytest.raises(herd_client.EventCrashed):
+            with pytest.raises(herd.EventCrashed):
                 async for _ in s:
                     pass
             # Streams, plain submits and map share the connection; the others see finals only.
@@ -346,7 +346,7 @@ def test_priority_events_overtake_a_flood(daemon):
         return st["queued_by_priority"].get(str(p), 0)
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             # About 4 s of work for the one worker, at priority -1, on a connection of its own.
             flood = asyncio.gather(*(pool.submit(sleep, priority=-1) for _ in range(2000)))
             while queued_at(await asyncio.to_thread(d.status), -1) == 0:
@@ -364,7 +364,7 @@ def test_priority_events_overtake_a_flood(daemon):
             assert await flood == [b"2"] * 2000
 
     run(main())
-    with herd_client.connect_sync(d.sock) as pool:
+    with herd.connect_sync(d.sock) as pool:
         assert pool.submit(square(9), priority=-128) == b"81"
         assert sorted(pool.map([square(2), square(3)], priority=127)) == [(0, b"4"), (1, b"9")]
     assert d.status()["totals"]["ok"] == 2000 + 2 + 50 + 3
@@ -376,7 +376,7 @@ def test_cancelling_the_awaiting_coroutine_cancels_the_event(daemon):
     pid0 = d.status()["workers"][0]["pid"]
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             running = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
             queued = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
             await asyncio.get_running_loop().run_in_executor(
@@ -402,13 +402,13 @@ def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon):
     d = daemon(workers=1)
 
     async def main():
-        async with herd_client.connect(d.sock) as pool:
+        async with herd.connect(d.sock) as pool:
             stream = pool.submit_stream(b'{"op":"stream","n":1000,"ms":50}')
             async for chunk in stream:
                 assert chunk.index == 0
                 stream.cancel()
                 break
-            with pytest.raises(herd_client.EventCancelled) as e:
+            with pytest.raises(herd.EventCancelled) as e:
                 async for _ in stream:
                     pass
             assert e.value.kind == "cancelled" and e.value.record["ok"] is False
@@ -420,23 +420,23 @@ def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon):
     # One worker taking one task at a time: what waits behind a slow event stays queued.
     d = daemon(workers=1, extra=("--window", "1"))
     with pytest.raises(ValueError):
-        herd_client.connect(d.sock, max_age=0)
+        herd.connect(d.sock, max_age=0)
     with pytest.raises(ValueError):
-        herd_client.connect_sync(d.sock, deadline="1s")
+        herd.connect_sync(d.sock, deadline="1s")
 
     async def main():
-        async with herd_client.connect(d.sock, max_age=0.3) as pool:
+        async with herd.connect(d.sock, max_age=0.3) as pool:
             slow = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":1500}'))
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: wait_until("the slow event running",
                                          lambda: d.status()["inflight"] >= 1))
-            with pytest.raises(herd_client.EventExpired) as e:
+            with pytest.raises(herd.EventExpired) as e:
                 await pool.submit(square(3))
             assert e.value.kind == "expired" and e.value.record["attempts"] == 0
             # Started before its max age passed: it runs to the end.
             assert await slow == b"1500"
-        async with herd_client.connect(d.sock, deadline=0.5) as pool:
-            with pytest.raises(herd_client.EventDeadline) as e:
+        async with herd.connect(d.sock, deadline=0.5) as pool:
+            with pytest.raises(herd.EventDeadline) as e:
                 await pool.submit(b'{"op":"hang"}')
             assert e.value.kind == "deadline"
             # The worker holding it was replaced; the pool still serves.

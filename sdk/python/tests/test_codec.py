@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from conftest import REPO
-from herd_worker import codec
-from herd_worker.codec import ProtocolError
+from herd import _codec as codec
+from herd._codec import ProtocolError
 
 VECTORS = os.path.join(REPO, "docs", "protocol-vectors.json")
 

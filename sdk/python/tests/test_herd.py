@@ -1,4 +1,4 @@
-"""Black-box: the real `herd` binary with Python workers (examples/chaos.py on herd_worker)."""
+"""Black-box: the real `herd` binary with Python workers (examples/chaos.py on herd.worker)."""
 
 import json
 import signal
@@ -84,12 +84,12 @@ def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd):
     the real cause, not herd's own SIGKILL (issue 19)."""
     worker = herd.path("exits.py")
     with open(worker, "w") as f:
-        f.write("import sys\nimport herd_worker\n\n\n"
+        f.write("import sys\nimport herd\n\n\n"
                 "def handle(payload):\n"
                 "    if payload == b'exit':\n"
                 "        sys.exit(3)\n"
                 "    return payload\n\n\n"
-                "herd_worker.run(handle)\n")
+                "herd.run(handle)\n")
     run = herd.run(["-w", "1", "--retries", "1"], ["a", "exit", "b"], worker=worker)
     assert run.code == 0, run.dump()
     recs = run.by_seq()
@@ -125,7 +125,7 @@ def test_garbage_from_a_broken_worker(herd):
 def test_oversize_output_is_a_failed_record(herd):
     script = herd.path("times1000.py")
     with open(script, "w") as f:
-        f.write("import herd_worker\nherd_worker.run(lambda p: p * 1000)\n")
+        f.write("import herd\nherd.run(lambda p: p * 1000)\n")
     run = herd.run(["-w", "1", "--max-frame", "4096"], ["abcde", "x"], worker=script)
     assert run.code == 0, run.dump()
     recs = run.by_seq()

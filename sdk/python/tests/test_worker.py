@@ -9,8 +9,8 @@ import sys
 import threading
 import time
 
-import herd_worker
-from herd_worker import codec
+import herd
+from herd import _codec as codec
 
 from conftest import ECHO_WORKER, TIMEOUT, background, wait_until, worker_env
 
@@ -34,7 +34,7 @@ def test_hello_tasks_errors_then_shutdown_exits_0(fake):
 
 def test_handler_results_of_every_kind(fake):
     script = """
-import herd_worker
+import herd
 class Weird: pass
 def handle(task):
     p = task.payload
@@ -43,16 +43,16 @@ def handle(task):
     if p == b"memoryview": return memoryview(b"xmvx")[1:3]
     if p == b"none": return None
     if p == b"weird": return Weird()
-    if p == b"retry": raise herd_worker.Retryable("later")
-    if p == b"retry-empty": raise herd_worker.Retryable()
-    if p == b"fatal": raise herd_worker.Fatal("nope")
+    if p == b"retry": raise herd.Retryable("later")
+    if p == b"retry-empty": raise herd.Retryable()
+    if p == b"fatal": raise herd.Fatal("nope")
     if p == b"attempt": return str(task.attempt)
     if p == b"id": return str(task.id)
     if p == b"big": return b"x" * 5000
-    if p == b"big-error": raise herd_worker.Fatal("\u00e9" * 3000)
-    if p == b"worker": return str(herd_worker.worker_index())
+    if p == b"big-error": raise herd.Fatal("\u00e9" * 3000)
+    if p == b"worker": return str(herd.worker_index())
     return p
-herd_worker.run(handle, pass_task=True)
+herd.run(handle, pass_task=True)
 """
     sup = fake(script, max_frame=4096)
     sup.recv()
@@ -242,7 +242,7 @@ class CountingSocket:
 def serve_in_thread(handler, max_frame=1 << 20):
     sup, wsock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     counting = CountingSocket(wsock)
-    join = background(lambda: herd_worker.serve(counting, handler, "tok", max_frame))
+    join = background(lambda: herd.worker.serve(counting, handler, "tok", max_frame))
     sup.settimeout(TIMEOUT)
     reader = FrameReader(sup)
     assert reader.recv()[0] == "Hello"
@@ -274,8 +274,8 @@ def test_tiny_tasks_are_answered_in_batches(monkeypatch):
     # that merely looked slow because its thread was preempted or waited for the GIL (this
     # test's own supervisor threads share it). Under load that made this test fail (issue 19:
     # `assert 4 <= 3`), so the handler here stalls now and then, as a preempted one does.
-    monkeypatch.setattr(herd_worker._worker, "MAX_HOLD", 3600.0)
-    monkeypatch.setattr(herd_worker._worker, "BATCH_ONLY_UNDER", float("inf"))
+    monkeypatch.setattr(herd.worker, "MAX_HOLD", 3600.0)
+    monkeypatch.setattr(herd.worker, "BATCH_ONLY_UNDER", float("inf"))
 
     def handler(p, calls=[0]):
         calls[0] += 1
@@ -329,7 +329,7 @@ def test_serve_reports_a_vanished_supervisor():
     sup.close()
     try:
         join()
-    except herd_worker.Disconnected:
+    except herd.worker.Disconnected:
         pass
     else:
         raise AssertionError("serve returned normally after EOF")
@@ -337,12 +337,12 @@ def test_serve_reports_a_vanished_supervisor():
 
 def test_system_exit_in_a_handler_still_sends_earlier_replies(fake):
     script = """
-import sys, herd_worker
+import sys, herd
 def handle(p):
     if p == b"exit":
         sys.exit(7)
     return p
-herd_worker.run(handle)
+herd.run(handle)
 """
     sup = fake(script)
     sup.recv()
@@ -356,7 +356,7 @@ herd_worker.run(handle)
 
 def test_a_generator_handler_streams_chunks_before_its_done(fake):
     script = """
-import herd_worker
+import herd
 def handle(p):
     if p == b"rows":
         for i in range(3):
@@ -372,7 +372,7 @@ def handle(p):
         yield b"x" * 5000
     if p == b"weird":
         yield 42
-herd_worker.run(handle)
+herd.run(handle)
 """
     sup = fake(script, max_frame=4096)
     sup.recv()
