@@ -2,10 +2,13 @@
 result for every event, on a small input with an event that fails; the herd one runs against a
 real `herd serve` whose workers run the same work() (scripts/pywork.py)."""
 
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Dict, Tuple, Union
 
 from conftest import REPO, TIMEOUT
 from test_client import Daemon
@@ -14,7 +17,7 @@ EXAMPLE = os.path.join(REPO, "examples", "seed")
 PYWORK = os.path.join(REPO, "scripts", "pywork.py")
 
 
-def results(stdout):
+def results(stdout: bytes) -> Dict[int, Union[str, Tuple[str]]]:
     """index -> output, or ("error",) for a failed event; every index exactly once."""
     out = {}
     for line in stdout.decode().splitlines():

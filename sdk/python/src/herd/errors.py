@@ -25,7 +25,7 @@ class EventError(HerdError):
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
-        self.record = record
+        self.record: Dict[str, Any] = record if record is not None else {}
 
 
 class EventFailed(EventError):
