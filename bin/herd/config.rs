@@ -18,6 +18,14 @@ const COMMAND: &str = "command";
 const CONFIGURED: &[&str] = &["serve", "run"];
 /// The id of `--config` itself (not a key).
 const CONFIG: &str = "config";
+/// `herd serve --die-with-parent PID` names the process that started this herd: not a setting
+/// a file can hold.
+const DIE_WITH_PARENT: &str = "die_with_parent";
+
+/// The arguments that are not settings: never keys of the file, nor in `herd check`.
+fn command_line_only(id: &str) -> bool {
+    matches!(id, CONFIG | DIE_WITH_PARENT | "help" | "version")
+}
 
 /// The keys a HUP applies to the running daemon (in place, or by a rolling restart of the
 /// workers); a change to any other key needs a restart.
@@ -194,7 +202,7 @@ fn entries(cmd: &Command, path: &Path, text: &str) -> anyhow::Result<Vec<Entry>>
     })?;
     let keys: Vec<String> = cmd
         .get_arguments()
-        .filter(|a| !matches!(a.get_id().as_str(), CONFIG | "help" | "version"))
+        .filter(|a| !command_line_only(a.get_id().as_str()))
         .map(|a| a.get_long().unwrap_or(a.get_id().as_str()).to_string())
         .collect();
     let mut out = Vec::new();
@@ -203,7 +211,7 @@ fn entries(cmd: &Command, path: &Path, text: &str) -> anyhow::Result<Vec<Entry>>
         let key = key.get_ref().to_string();
         let fail = |msg: String| anyhow::anyhow!("{}:{line}: key `{key}`: {msg}", path.display());
         let Some(arg) = cmd.get_arguments().find(|a| {
-            a.get_id() != CONFIG
+            !command_line_only(a.get_id().as_str())
                 && (a.get_long() == Some(key.as_str())
                     || (a.get_long().is_none() && a.get_id() == key.as_str()))
         }) else {
@@ -323,7 +331,7 @@ pub fn settings(cmd: &Command, m: &ArgMatches) -> BTreeMap<String, (Vec<OsString
     let mut out = BTreeMap::new();
     for arg in cmd.get_arguments() {
         let id = arg.get_id().as_str();
-        if matches!(id, CONFIG | "help" | "version") {
+        if command_line_only(id) {
             continue;
         }
         let key = arg.get_long().unwrap_or(id).to_string();
