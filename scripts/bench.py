@@ -437,13 +437,13 @@ SLEEP_LONG = b'{"op":"sleep","ms":600000}'
 
 
 def cancel(args):
-    """Cancel latency, from Stream.cancel() in herd_client to its `cancelled` record: an event
+    """Cancel latency, from Stream.cancel() in herd.client to its `cancelled` record: an event
     running (its worker is stopped; the record comes once it has exited) and an event queued
     (every worker busy with a long sleep: it is only taken out of the queue). --n of each, one
     at a time, each waited for in `herd status` before it is cancelled."""
     import asyncio
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "sdk", "python"))
-    import herd_client  # the source tree's, like the Python workers'
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "sdk", "python", "src"))
+    import herd  # the source tree's, like the Python workers'
     tmp = scratch("herd-bench-")
     sock = os.path.join(tmp, "control.sock")
     daemon = serve(args, sock, "--window", "1", worker=[args.chaos])
@@ -468,14 +468,14 @@ def cancel(args):
         try:
             async for _ in stream:
                 pass
-        except herd_client.EventCancelled:
+        except herd.EventCancelled:
             return time.perf_counter() - t0
         die("cancel: the event was not cancelled")
 
     async def main():
         loop = asyncio.get_running_loop()
         running, queued = [], []
-        async with herd_client.connect(sock) as pool:
+        async with herd.connect(sock) as pool:
             for _ in range(args.n):
                 await loop.run_in_executor(None, wait_status,
                                            lambda st: ready(st) and st["inflight"] == 0,
@@ -591,7 +591,7 @@ def seed_run(args, program, path, expect, n, kill_pid=None, *opts):
 
 def seed(args):
     """The seed example's two programs (examples/seed) in the same run: the article's
-    (ProcessPoolExecutor) and herd_client's (against `herd serve` with pywork.py workers, up
+    (ProcessPoolExecutor) and herd.client's (against `herd serve` with pywork.py workers, up
     before the clock starts), on --n tiny events and --cpu-n spin-1ms events; with
     --kill-every, both on the spin events while a worker is SIGKILLed at that interval."""
     tmp = scratch("herd-bench-seed-")
@@ -961,19 +961,19 @@ def table(r):
                  r["cpu_kills"]["events_per_sec"] / r["cpu"]["events_per_sec"], None])
     if "seed" in r:
         sd = r["seed"]
-        rows.append(["seed example tiny events/s, herd_client", sd["tiny_herd"]["events_per_sec"],
+        rows.append(["seed example tiny events/s, herd.client", sd["tiny_herd"]["events_per_sec"],
                      "seed example, ProcessPoolExecutor", sd["tiny_executor"]["events_per_sec"],
                      sd["tiny_herd"]["events_per_sec"] / sd["tiny_executor"]["events_per_sec"],
                      ">= 10"])
-        rows.append(["seed example tiny events/s, herd_client map", sd["tiny_herd_map"]["events_per_sec"],
+        rows.append(["seed example tiny events/s, herd.client map", sd["tiny_herd_map"]["events_per_sec"],
                      "seed example, ProcessPoolExecutor", sd["tiny_executor"]["events_per_sec"],
                      sd["tiny_herd_map"]["events_per_sec"] / sd["tiny_executor"]["events_per_sec"],
                      None])
-        rows.append(["seed example cpu efficiency (spin 1ms), herd_client",
+        rows.append(["seed example cpu efficiency (spin 1ms), herd.client",
                      sd["cpu_herd"]["efficiency"], "seed example, ProcessPoolExecutor",
                      sd["cpu_executor"]["efficiency"],
                      sd["cpu_herd"]["efficiency"] / sd["cpu_executor"]["efficiency"], ">= 0.95"])
-        rows.append(["seed example cpu efficiency (spin 1ms), herd_client map",
+        rows.append(["seed example cpu efficiency (spin 1ms), herd.client map",
                      sd["cpu_herd_map"]["efficiency"], "seed example, ProcessPoolExecutor",
                      sd["cpu_executor"]["efficiency"],
                      sd["cpu_herd_map"]["efficiency"] / sd["cpu_executor"]["efficiency"], None])
@@ -1090,8 +1090,8 @@ def main():
     ap.add_argument("--python", action="store_true",
                     help="Python workers (pywork.py on sdk/python) instead of herd-chaos")
     args = ap.parse_args()
-    # The Python workers import herd_worker straight from the source tree.
-    sdk = os.path.join(os.path.dirname(HERE), "sdk", "python")
+    # The Python workers import the herd package straight from the source tree (sdk/python/src).
+    sdk = os.path.join(os.path.dirname(HERE), "sdk", "python", "src")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (sdk, os.environ.get("PYTHONPATH")) if p)
     if args.workload == "all":

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The per-event work of the Python peers (scripts/peers.py), and, run as a script, the same
 work as a herd worker on the Python SDK (sdk/python): scripts/bench.py's Python-worker rows put
-it under `herd run` beside the peers, on the same events. It needs herd_worker importable
-(bench.py sets PYTHONPATH=sdk/python):
+it under `herd run` beside the peers, on the same events. It needs the herd package importable
+(installed, or from the source tree: bench.py sets PYTHONPATH=sdk/python/src):
 
-    PYTHONPATH=sdk/python herd run -w 2 -- python3 scripts/pywork.py < events
+    PYTHONPATH=sdk/python/src herd run -w 2 -- python3 scripts/pywork.py < events
 
 Same per-event shape as a herd worker: parse the JSON event, compute, a small JSON result.
 """
@@ -34,7 +34,7 @@ def work(line):
 
 
 if __name__ == "__main__":
-    import herd_worker
+    import herd
 
     # The peers get each line as str (decoded outside their timing); herd hands over bytes.
-    herd_worker.run(lambda payload: work(payload.decode()))
+    herd.run(lambda payload: work(payload.decode()))

@@ -14,8 +14,8 @@ if ! have cargo; then
     exit 1
 fi
 
-# The Python SDK's tests run in a venv of their own, with the SDK installed from sdk/python as a
-# user would, plus pytest. Debian's python3 makes a venv with pip only with python3-venv; other
+# The Python package is checked in a venv of its own, installed from its wheel as a user
+# would, with maturin, mypy and pytest. Debian's python3 makes a venv with pip only with python3-venv; other
 # systems' can bootstrap pip with ensurepip into a venv made --without-pip.
 venv=target/pyvenv
 python_venv() {
@@ -85,22 +85,68 @@ else
     echo "test.sh: not root, so the tests marked \"needs root\" did not run" >&2
 fi
 
-# The Python worker SDK's tests, against the herd binary just built, in the venv made above.
-step "Python SDK tests (sdk/python, pytest)"
-cargo build --workspace --bins --locked --quiet
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check pytest
+# The Python package (sdk/python: the herd binary and `import herd`, one wheel built by maturin),
+# in the venv made above, which holds only what it installs from PyPI (maturin, mypy, pytest).
+step "Python package: mypy --strict (sdk/python)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check maturin mypy pytest
+(cd sdk/python && "../../$venv/bin/python" -m mypy)
+
+# The wheel is built once, from source, as a developer's `pip install ./sdk/python` builds it
+# (pip runs maturin, which builds bin/herd in release into target/): no build isolation, so pip
+# uses the venv's maturin (found on PATH, as its build backend runs it) and downloads nothing.
+step "Python package: building the wheel (pip wheel ./sdk/python)"
+rm -rf target/wheels
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
+    --no-build-isolation --wheel-dir target/wheels ./sdk/python
+wheels=(target/wheels/herd-*.whl)
+if [ ${#wheels[@]} -ne 1 ] || [ ! -f "${wheels[0]}" ]; then
+    echo "test.sh: expected one herd wheel in target/wheels, found: ${wheels[*]}" >&2
+    exit 1
+fi
+wheel=${wheels[0]}
+
+# A machine with no Rust toolchain: a fresh venv, a PATH without cargo or rustc, the wheel
+# installed with no index; then the command, the import, and a real run of Python workers.
+step "Python package: the wheel on a machine without Rust ($wheel)"
+bare=target/pyvenv-bare
+rm -rf "$bare"
+python3 -m venv "$bare"
+nocargo=$PWD/$bare/bin
+while IFS= read -r -d: dir; do
+    [ -n "$dir" ] && [ ! -e "$dir/cargo" ] && [ ! -e "$dir/rustc" ] && nocargo+=":$dir"
+done <<< "$PATH:"
+(
+    export PATH=$nocargo
+    if command -v cargo >/dev/null || command -v rustc >/dev/null; then
+        echo "test.sh: cargo or rustc still on PATH for the no-Rust install" >&2
+        exit 1
+    fi
+    pip install --quiet --disable-pip-version-check --no-index "$wheel"
+    herd --version
+    python -c "import herd; print('import herd:', herd.__version__)"
+    out=$(printf 'hello\nw\xc3\xb6rld\n' | herd run -w 2 -- python -m herd.examples.upper)
+    echo "$out"
+    for want in '"seq":0,"ok":true,"output":"HELLO"' '"seq":1,"ok":true,"output":"WÖRLD"'; do
+        if [[ $out != *"$want"* ]]; then
+            echo "test.sh: herd run with the wheel's Python workers: no record like $want" >&2
+            exit 1
+        fi
+    done
+)
+rm -rf "$bare"
+
+# The SDK's tests, against the wheel installed in the test venv (its herd binary and package).
+step "Python package: pytest (sdk/python/tests)"
 # Forced: the package keeps its version number while its code changes, and pip would keep an
 # older copy of the same version.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall \
-    --no-deps ./sdk/python
-rm -rf sdk/python/build sdk/python/herd_worker.egg-info
+    --no-deps "$wheel"
 set +e
-(cd sdk/python && HERD_BIN="$PWD/../../target/debug/herd" \
-    "../../$venv/bin/python" -m pytest -p no:cacheprovider -q tests)
+(cd sdk/python && "../../$venv/bin/python" -m pytest -p no:cacheprovider -q tests)
 rc=$?
 set -e
 case $rc in
     0) ;;
     5) echo "test.sh: pytest collected no tests in sdk/python/tests" >&2; exit 1 ;;
-    *) echo "test.sh: Python SDK tests failed (pytest exit $rc)" >&2; exit "$rc" ;;
+    *) echo "test.sh: Python package tests failed (pytest exit $rc)" >&2; exit "$rc" ;;
 esac

@@ -7,8 +7,9 @@
 //! The checkout is a temp dir with the repository's entries linked in and `target/release`
 //! pointing at this test build's binaries; `cargo` on `PATH` is a stand-in: `cargo build` of the
 //! binaries finds them built, `cargo install --path .` links them into a `bin` directory on
-//! `PATH` (as rustup's `~/.cargo/bin` is), and examples are built and run by the real cargo in
-//! the debug profile (a release build is far too slow for a test).
+//! `PATH` (as rustup's `~/.cargo/bin` is), examples are built and run by the real cargo in
+//! the debug profile (a release build is far too slow for a test), and maturin (run by
+//! `pip install ./sdk/python`) is handed this build's binaries for its wheel.
 
 #![allow(clippy::unwrap_used)]
 
@@ -162,7 +163,7 @@ impl Checkout {
 # building them again would replace them (with other features: no dev-dependencies) while other
 # tests run them. Examples are built, in the debug profile.
 set -euo pipefail
-real={cargo:?}; manifest={manifest:?}; bin={bin:?}; debug={debug:?}
+real={cargo:?}; manifest={manifest:?}; bin={bin:?}; debug={debug:?}; root={root:?}
 args=(); skip=
 for a in "$@"; do
     if [ -n "$skip" ]; then skip=; continue; fi
@@ -175,6 +176,25 @@ case ${{args[0]:-}} in
     esac ;;
     run) exec "$real" run --manifest-path "$manifest" "${{args[@]:1}}" ;;
     install) for b in herd herd-chaos herd-stdio; do ln -sf "$debug/$b" "$bin/$b"; done ;;
+    # `pip install ./sdk/python` runs maturin, which reads the metadata, then builds each
+    # binary with `cargo rustc --bin NAME --message-format json...` and takes the executable
+    # from its compiler-artifact message: a copy of this test build's (maturin moves it into
+    # its staging dir), named as cargo would. Its target dir is the checkout's: cargo would
+    # resolve the linked manifest to the repository's.
+    --version|-V) exec "$real" "$@" ;;
+    metadata) CARGO_TARGET_DIR="$root/target" exec "$real" "$@" ;;
+    rustc)
+        name=; path=; prev=
+        for a in "$@"; do
+            case $prev in --bin) name=$a ;; --manifest-path) path=$a ;; esac
+            prev=$a
+        done
+        id=$("$real" pkgid --manifest-path "$path")
+        mkdir -p "$root/.run/maturin-bin"
+        exe="$root/.run/maturin-bin/$name"
+        cp "$debug/$name" "$exe"
+        printf '{{"reason":"compiler-artifact","package_id":"%s","manifest_path":"%s","target":{{"kind":["bin"],"crate_types":["bin"],"name":"%s","src_path":"%s","edition":"2021","doc":true,"doctest":false,"test":true}},"profile":{{"opt_level":"0","debuginfo":2,"debug_assertions":true,"overflow_checks":true,"test":false}},"features":[],"filenames":["%s"],"executable":"%s","fresh":true}}\n{{"reason":"build-finished","success":true}}\n' \
+            "$id" "$path" "$name" "$path" "$exe" "$exe" ;;
     *) echo "the cargo stand-in of tests/fresh.rs does not do: cargo $*" >&2; exit 2 ;;
 esac
 "#,
@@ -182,6 +202,7 @@ esac
             manifest = repo().join("Cargo.toml"),
             bin = root.join(".bin"),
             debug = debug_dir(),
+            root = root,
         );
         let cargo = root.join(".bin/cargo");
         fs::write(&cargo, stub).unwrap();

@@ -7,6 +7,8 @@ use herd_clap_toml::{Layer, Settings};
 pub const LAYER: Layer = Layer {
     subcommands: &["serve", "run"],
     file_arg: "config",
+    // `herd serve --die-with-parent PID` names the process that started this herd.
+    command_line_only: &["die_with_parent"],
 };
 
 /// The keys a HUP applies to the running daemon (in place, or by a rolling restart of the

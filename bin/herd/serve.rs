@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// Write the daemon's pid to FILE (removed on exit).
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
+    /// Stop at once (as on QUIT) when process PID, herd's parent, exits, however it exits
+    /// (SIGKILL included): a daemon owned by a program, as Python's `herd.serve()` starts it
+    /// with its own pid. herd does not start if PID is not its parent.
+    #[arg(long, value_name = "PID")]
+    die_with_parent: Option<u32>,
     /// Serve Prometheus metrics at http://ADDR/metrics, a live dashboard at http://ADDR/ and
     /// the status object at http://ADDR/status.json. ADDR is HOST:PORT, with a host name or
     /// an address (e.g. 127.0.0.1:9187, localhost:9187, [::1]:9187), or a bare PORT or
@@ -123,6 +128,11 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(async {
+        // Before anything is made that would have to be cleaned up.
+        let parent = args
+            .die_with_parent
+            .map(herd_supervisor::parent::Parent::watch)
+            .transpose()?;
         let control = ControlSocket::bind(&args.control)?;
         let metrics = match &args.metrics {
             Some(addr) => Some(bind_metrics(addr, args.metrics_public).await?),
@@ -174,6 +184,13 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         });
         let mut ready = pin!(pool.ready());
         let mut announced = false;
+        let mut parent_exited = pin!(async {
+            match &parent {
+                Some(p) => p.exited().await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut orphaned = false;
         let result = loop {
             tokio::select! {
                 r = &mut run_pool => break r,
@@ -192,6 +209,11 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
                             sd_notify::NotifyState::Status(&format!("serving with {workers} workers")),
                         ]);
                     }
+                }
+                () = &mut parent_exited, if !orphaned => {
+                    orphaned = true;
+                    tracing::info!(parent = args.die_with_parent, "parent process exited: stopping");
+                    pool.command(herd_supervisor::Command::Stop { fast: true });
                 }
                 () = &mut serve_control => {}
                 () = &mut serve_metrics => {}
@@ -264,9 +286,26 @@ async fn bind_metrics(addr: &ListenAddr, public: bool) -> anyhow::Result<herd_ht
 
 /// Tells systemd (when `NOTIFY_SOCKET` is set) how the service is doing.
 fn notify(state: &[sd_notify::NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(false, state) {
-            tracing::warn!(error = %e, "sd_notify failed");
-        }
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&path, state) {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
+}
+
+/// One datagram of `KEY=VALUE` lines to `path`, as sd_notify(3) does: a name starting with `@`
+/// is in the abstract namespace (sd-notify 0.4 takes it for a file). Python's `herd.serve()`
+/// waits for READY=1 on such a socket, which leaves no file behind whatever happens.
+fn send_notify(path: &std::ffi::OsStr, state: &[sd_notify::NotifyState]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(name) = path.as_bytes().strip_prefix(b"@") else {
+        return sd_notify::notify(false, state);
+    };
+    let msg: String = state.iter().map(|s| format!("{s}\n")).collect();
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(msg.as_bytes(), &SocketAddr::from_abstract_name(name)?)?;
+    Ok(())
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The seed article's pipeline on herd: an asyncio event source feeding CPU-heavy work to a
-`herd serve` daemon through herd_client. seed_executor.py is the same program as the article.
+`herd serve` daemon through the herd package's client. seed_executor.py is the same program as the article.
 
-    PYTHONPATH=sdk/python herd serve --control herd.sock -- python3 scripts/pywork.py &
-    PYTHONPATH=sdk/python python3 examples/seed/seed_herd.py EVENTS --control herd.sock
+    herd serve --control herd.sock -- python3 scripts/pywork.py &
+    python3 examples/seed/seed_herd.py EVENTS --control herd.sock
 
 EVENTS holds one JSON event a line; the async generator `subscription` yields them as a
 websocket or MQTT subscription would. Prints `index output` per event as it completes (or
@@ -15,7 +15,7 @@ import asyncio
 import sys
 
 # The per-event work runs in the daemon's workers: scripts/pywork.py, the same work().
-import herd_client
+import herd
 
 
 async def subscription(path):
@@ -51,7 +51,7 @@ async def pipeline(events, handle, inflight):
 
 
 async def main(args):
-    async with herd_client.connect(args.control) as pool:
+    async with herd.connect(args.control) as pool:
         async def handle(event):
             return (await pool.submit(event)).decode()
         await pipeline(subscription(args.events), handle, args.inflight)

@@ -4,15 +4,15 @@ per event awaiting `pool.submit`, the subscription goes straight into `pool.map`
 `--inflight` events in flight and yields results as they complete. Same input and output as
 seed_executor.py and seed_herd.py.
 
-    PYTHONPATH=sdk/python herd serve --control herd.sock -- python3 scripts/pywork.py &
-    PYTHONPATH=sdk/python python3 examples/seed/seed_herd_map.py EVENTS --control herd.sock
+    herd serve --control herd.sock -- python3 scripts/pywork.py &
+    python3 examples/seed/seed_herd_map.py EVENTS --control herd.sock
 """
 
 import argparse
 import asyncio
 import sys
 
-import herd_client
+import herd
 
 
 async def subscription(path):
@@ -24,7 +24,7 @@ async def subscription(path):
 
 async def main(args):
     out = sys.stdout
-    async with herd_client.connect(args.control) as pool:
+    async with herd.connect(args.control) as pool:
         results = pool.map(subscription(args.events), window=args.inflight,
                            return_exceptions=True)
         async for i, result in results:

@@ -28,7 +28,11 @@
 //! let file = dir.join("app.toml");
 //! std::fs::write(&file, "retries = 5\ncommand = [\"worker\", \"-v\"]\n")?;
 //!
-//! const LAYER: Layer = Layer { subcommands: &["serve"], file_arg: "config" };
+//! const LAYER: Layer = Layer {
+//!     subcommands: &["serve"],
+//!     file_arg: "config",
+//!     command_line_only: &[],
+//! };
 //! let argv = ["app", "serve", "--config", file.to_str().unwrap()];
 //! let expanded = LAYER.expand(&cli, argv.iter().map(Into::into).collect())?;
 //! let m = expanded.parse(cli.clone())?;
@@ -54,6 +58,9 @@ pub struct Layer {
     pub subcommands: &'static [&'static str],
     /// The id of the option naming the file (not a key itself); its values are `PathBuf`s.
     pub file_arg: &'static str,
+    /// Ids of options that are not settings (they name something of this one start, such as
+    /// the process that started it): never keys of the file, nor in the report.
+    pub command_line_only: &'static [&'static str],
 }
 
 /// Why a configuration file cannot be folded into the command line.
@@ -226,7 +233,9 @@ impl Layer {
     /// Whether `arg` is a key of the file.
     fn is_key(&self, arg: &Arg) -> bool {
         let id = arg.get_id().as_str();
-        id != self.file_arg && !matches!(id, "help" | "version")
+        id != self.file_arg
+            && !matches!(id, "help" | "version")
+            && !self.command_line_only.contains(&id)
     }
 
     /// The file's keys as options of `cmd`, checked against its arguments.
@@ -255,7 +264,7 @@ impl Layer {
             };
             let Some(arg) = cmd
                 .get_arguments()
-                .find(|a| a.get_id() != self.file_arg && key_of(a) == key)
+                .find(|a| self.is_key(a) && key_of(a) == key)
             else {
                 return Err(Error::UnknownKey {
                     path: path.to_path_buf(),

@@ -5,6 +5,7 @@ use super::*;
 const LAYER: Layer = Layer {
     subcommands: &["serve"],
     file_arg: "config",
+    command_line_only: &[],
 };
 
 /// A command shaped like herd's: options of each action, and a worker command after `--`.

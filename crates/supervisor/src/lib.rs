@@ -41,6 +41,7 @@ mod limits;
 pub mod lines;
 mod link;
 mod msg;
+pub mod parent;
 pub mod policy;
 mod pool;
 pub mod priority;

@@ -1,7 +1,9 @@
-"""Fixtures for the Python SDK's tests: the real `herd` binary (HERD_BIN, else the repo's
-target/debug/herd, which must exist: `cargo build` first), Python workers run by this
-interpreter (where herd_worker is installed), a private runtime dir per test, and a fake
+"""Fixtures for the Python SDK's tests: the real `herd` binary (HERD_BIN, else the one
+installed with the herd package, as herd.serve() finds it), Python workers run by this
+interpreter (where the herd package is installed), a private runtime dir per test, and a fake
 supervisor for the cases herd never produces (EOF, garbage, a peer that stops reading)."""
+
+from __future__ import annotations
 
 import json
 import os
@@ -12,38 +14,44 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import pytest
 
-import herd_worker
-from herd_worker import codec
+from herd import _codec as codec
+from herd import examples as _examples
+from herd.daemon import find_herd_bin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDK = os.path.dirname(HERE)
 REPO = os.path.dirname(os.path.dirname(SDK))
-CHAOS = os.path.join(SDK, "examples", "chaos.py")
-UPPER = os.path.join(SDK, "examples", "upper.py")
+# The examples as installed with the package (herd.examples), not the source tree's.
+EXAMPLES = os.path.dirname(os.path.abspath(_examples.__file__))
+CHAOS = os.path.join(EXAMPLES, "chaos.py")
+UPPER = os.path.join(EXAMPLES, "upper.py")
+
+_T = TypeVar("_T")
 
 # Generous: CI machines are small and loaded. Nothing waits this long unless something is wrong.
 TIMEOUT = 180
 
 
-def herd_bin():
-    path = os.environ.get("HERD_BIN") or os.path.join(REPO, "target", "debug", "herd")
+def herd_bin() -> str:
+    path = find_herd_bin()
     if not os.access(path, os.X_OK):
-        pytest.fail(f"no herd binary at {path}: run `cargo build` first or set HERD_BIN")
+        pytest.fail(f"no herd binary at {path}: install the herd package or set HERD_BIN")
     return path
 
 
 class Run:
     """A finished `herd run`: its records (by seq) and JSON log lines."""
 
-    def __init__(self, proc, n):
+    def __init__(self, proc: subprocess.CompletedProcess[bytes], n: int) -> None:
         self.code = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-        self.records = [json.loads(line) for line in proc.stdout.splitlines()]
-        self.logs = []
+        self.stdout: bytes = proc.stdout
+        self.stderr: bytes = proc.stderr
+        self.records: List[Dict[str, Any]] = [json.loads(line) for line in proc.stdout.splitlines()]
+        self.logs: List[Dict[str, Any]] = []
         for line in proc.stderr.splitlines():
             try:
                 self.logs.append(json.loads(line))
@@ -51,33 +59,34 @@ class Run:
                 self.logs.append({"message": line.decode("utf-8", "replace")})
         self.n = n
 
-    def dump(self):
+    def dump(self) -> str:
         return (b"\n".join(self.stderr.splitlines()[-60:])).decode("utf-8", "replace")
 
-    def by_seq(self):
+    def by_seq(self) -> List[Dict[str, Any]]:
         """Exactly one record per event, in seq order."""
         seqs = [r["seq"] for r in self.records]
         assert sorted(seqs) == list(range(self.n)), \
             f"{len(seqs)} records for {self.n} events, or duplicates\n{self.dump()}"
         return sorted(self.records, key=lambda r: r["seq"])
 
-    def log(self, message):
+    def log(self, message: str) -> List[Dict[str, Any]]:
         return [entry for entry in self.logs if entry.get("message") == message]
 
 
 class Herd:
     """Per-test helper: runs `herd` with its runtime dir in a private temp dir."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp: str) -> None:
         self.tmp = tmp
         self.bin = herd_bin()
         self.env = dict(os.environ, XDG_RUNTIME_DIR=tmp, RUST_BACKTRACE="0")
         self.env.pop("RUST_LOG", None)
 
-    def path(self, name):
+    def path(self, name: str) -> str:
         return os.path.join(self.tmp, name)
 
-    def run(self, opts, events, worker=None):
+    def run(self, opts: Sequence[str], events: Union[bytes, Sequence[str]],
+            worker: Optional[str] = None) -> Run:
         """`herd run --log-format json OPTS -- python3 WORKER` with `events` (lines) on stdin."""
         data = events if isinstance(events, bytes) else "".join(
             e + "\n" for e in events).encode()
@@ -88,19 +97,20 @@ class Herd:
                               env=self.env, timeout=TIMEOUT)
         return Run(proc, n)
 
-    def leftovers(self):
+    def leftovers(self) -> List[str]:
         return [e for e in os.listdir(self.tmp) if e.startswith("herd-")]
 
 
 @pytest.fixture
-def herd():
+def herd() -> Iterator[Herd]:
     with tempfile.TemporaryDirectory(prefix="herd-pysdk-") as tmp:
         h = Herd(tmp)
         yield h
         assert h.leftovers() == [], "herd left its runtime dir behind"
 
 
-def worker_env(socket_path, token="tok", max_frame=None):
+def worker_env(socket_path: str, token: str = "tok",
+               max_frame: Optional[int] = None) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
     env.update(HERD_SOCKET=socket_path, HERD_TOKEN=token, HERD_WORKER="0")
     if max_frame is not None:
@@ -112,9 +122,10 @@ class FakeSupervisor:
     """A listening socket standing in for herd, and the worker process connected to it.
 
     The worker runs for real (a subprocess of this interpreter); this side speaks the protocol
-    by hand with herd_worker.codec, so it can also break it."""
+    by hand with herd._codec, so it can also break it."""
 
-    def __init__(self, tmp, script, max_frame=1 << 20, env_extra=None):
+    def __init__(self, tmp: str, script: str, max_frame: int = 1 << 20,
+                 env_extra: Optional[Dict[str, str]] = None) -> None:
         self.path = tempfile.mktemp(prefix="sup-", suffix=".sock", dir=tmp)
         self.max_frame = max_frame
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -129,17 +140,17 @@ class FakeSupervisor:
         self.conn.settimeout(TIMEOUT)
         self.buf = b""
 
-    def send(self, data):
+    def send(self, data: bytes) -> None:
         self.conn.sendall(data)
 
-    def _fill(self, n):
+    def _fill(self, n: int) -> None:
         while len(self.buf) < n:
             chunk = self.conn.recv(1 << 20)
             if not chunk:
                 raise EOFError(f"worker closed the connection ({len(self.buf)} bytes left)")
             self.buf += chunk
 
-    def recv(self):
+    def recv(self) -> Tuple[Any, ...]:
         """The next message from the worker, decoded."""
         self._fill(4)
         n = struct.unpack_from("<I", self.buf)[0]
@@ -148,7 +159,7 @@ class FakeSupervisor:
         body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
         return codec.decode_from_worker(body)
 
-    def wait(self):
+    def wait(self) -> Tuple[int, str]:
         """(exit code, stderr) of the worker."""
         try:
             _, err = self.proc.communicate(timeout=TIMEOUT)
@@ -158,7 +169,7 @@ class FakeSupervisor:
                 self.proc.wait()
         return self.proc.returncode, err.decode("utf-8", "replace")
 
-    def close(self):
+    def close(self) -> None:
         for s in (self.conn, self.listener):
             try:
                 s.close()
@@ -173,13 +184,17 @@ class FakeSupervisor:
             self.proc.wait()
 
 
+#: The `fake` fixture: fake(script, **kw) starts a worker against a FakeSupervisor.
+Fake = Callable[..., "FakeSupervisor"]
+
+
 @pytest.fixture
-def fake():
+def fake() -> Iterator[Fake]:
     """fake(script) starts a worker running `script` against a fake supervisor."""
     with tempfile.TemporaryDirectory(prefix="herd-pysdk-") as tmp:
         made = []
 
-        def start(script, **kw):
+        def start(script: str, **kw: Any) -> FakeSupervisor:
             sup = FakeSupervisor(tmp, script, **kw)
             made.append(sup)
             return sup
@@ -190,16 +205,17 @@ def fake():
 
 
 ECHO_WORKER = """
-import herd_worker
+import herd
 def handle(p):
     if p == b"boom":
         raise ValueError("boom")
     return p
-herd_worker.run(handle)
+herd.run(handle)
 """
 
 
-def wait_until(what, cond, timeout=TIMEOUT, every=0.02):
+def wait_until(what: str, cond: Callable[[], _T], timeout: float = TIMEOUT,
+               every: float = 0.02) -> _T:
     """Polls `cond` until it returns a true value (returned) or `timeout` passes (a failure)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -211,28 +227,29 @@ def wait_until(what, cond, timeout=TIMEOUT, every=0.02):
         time.sleep(every)
 
 
-def background(fn):
+def background(fn: Callable[[], _T]) -> Callable[[], _T]:
     """Runs fn in a thread; returns a function that joins it and returns its result (or
     re-raises its exception)."""
-    out = {}
+    values: List[_T] = []
+    errors: List[BaseException] = []
 
-    def target():
+    def target() -> None:
         try:
-            out["v"] = fn()
+            values.append(fn())
         except BaseException as e:  # noqa: BLE001 - handed to the joining test
-            out["e"] = e
+            errors.append(e)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
 
-    def join():
+    def join() -> _T:
         t.join(TIMEOUT)
         assert not t.is_alive(), "background call did not finish"
-        if "e" in out:
-            raise out["e"]
-        return out["v"]
+        if errors:
+            raise errors[0]
+        return values[0]
 
     return join
 
 
-__all__ = ["herd_worker", "codec"]
+__all__ = ["codec"]

@@ -1,4 +1,6 @@
-"""herd_client against the real daemon: `herd serve` with herd-chaos workers."""
+"""herd.client against the real daemon: `herd serve` with herd-chaos workers."""
+
+from __future__ import annotations
 
 import asyncio
 import json
@@ -7,21 +9,28 @@ import signal
 import subprocess
 import tempfile
 import threading
+import pathlib
+from typing import (Any, AsyncIterator, Callable, Coroutine, Dict, Iterator, List, Optional,
+                    Sequence, TypeVar)
 
 import pytest
 
-import herd_client
+import herd
 from conftest import TIMEOUT, herd_bin, wait_until
 
 
-def square(i):
+_R = TypeVar("_R")
+
+
+def square(i: int) -> bytes:
     return b'{"op":"square","n":%d}' % i
 
 
 class Daemon:
     """`herd serve` in a private dir, once it has logged `ready`; its log lines collected."""
 
-    def __init__(self, tmp, workers=2, extra=(), worker=None):
+    def __init__(self, tmp: str, workers: int = 2, extra: Sequence[str] = (),
+                 worker: Optional[Sequence[str]] = None) -> None:
         self.bin = herd_bin()
         self.sock = os.path.join(tmp, "herd.sock")
         chaos = os.path.join(os.path.dirname(self.bin), "herd-chaos")
@@ -33,12 +42,13 @@ class Daemon:
              "-w", str(workers), *extra, "--", *(worker or [chaos])],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env=env)
-        self.logs = []
+        self.logs: List[Dict[str, Any]] = []
         self.cv = threading.Condition()
         threading.Thread(target=self._read_logs, daemon=True).start()
         self.wait_log("ready")
 
-    def _read_logs(self):
+    def _read_logs(self) -> None:
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             try:
                 entry = json.loads(line)
@@ -51,23 +61,24 @@ class Daemon:
             self.logs.append({"message": "<eof>"})
             self.cv.notify_all()
 
-    def wait_log(self, message):
+    def wait_log(self, message: str) -> None:
         with self.cv:
             ok = self.cv.wait_for(
                 lambda: any(e.get("message") in (message, "<eof>") for e in self.logs),
                 TIMEOUT)
             assert ok and any(e.get("message") == message for e in self.logs), self.logs[-30:]
 
-    def status(self):
+    def status(self) -> Dict[str, Any]:
         out = subprocess.run([self.bin, "status", "--json", "--control", self.sock],
                              stdout=subprocess.PIPE, env=self.env, timeout=TIMEOUT, check=True)
-        return json.loads(out.stdout)
+        st: Dict[str, Any] = json.loads(out.stdout)
+        return st
 
-    def ctl(self, *args):
+    def ctl(self, *args: str) -> None:
         subprocess.run([self.bin, "ctl", "--control", self.sock, *args], env=self.env,
                        stdout=subprocess.DEVNULL, timeout=TIMEOUT, check=True)
 
-    def close(self):
+    def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -78,12 +89,16 @@ class Daemon:
                 self.proc.wait()
 
 
+#: The `daemon` fixture: daemon(**kw) starts a Daemon(tmp, **kw), closed after the test.
+StartDaemon = Callable[..., Daemon]
+
+
 @pytest.fixture
-def daemon():
+def daemon() -> Iterator[StartDaemon]:
     with tempfile.TemporaryDirectory(prefix="herd-pyclient-") as tmp:
         made = []
 
-        def start(**kw):
+        def start(**kw: Any) -> Daemon:
             d = Daemon(tmp, **kw)
             made.append(d)
             return d
@@ -93,15 +108,15 @@ def daemon():
             d.close()
 
 
-def run(coro):
+def run(coro: Coroutine[Any, Any, _R]) -> _R:
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT))
 
 
-def test_submit_the_readme_example(daemon):
+def test_submit_the_readme_example(daemon: StartDaemon) -> None:
     d = daemon()
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             assert pool.pid == d.proc.pid
             assert await pool.submit(b'{"op":"square","n":7}') == b"49"
             # A JSON output comes back as the worker wrote it; a string as its text.
@@ -118,17 +133,17 @@ def test_submit_the_readme_example(daemon):
     run(main())
 
 
-def test_64_coroutines_submit_concurrently(daemon):
+def test_64_coroutines_submit_concurrently(daemon: StartDaemon) -> None:
     d = daemon()
 
-    async def caller(pool, k):
+    async def caller(pool: herd.Pool, k: int) -> int:
         for i in range(200):
             n = k * 1000 + i
             assert await pool.submit(square(n)) == str(n * n).encode()
         return k
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             done = await asyncio.gather(*(caller(pool, k) for k in range(64)))
             assert done == list(range(64))
 
@@ -136,16 +151,16 @@ def test_64_coroutines_submit_concurrently(daemon):
     assert d.status()["totals"]["ok"] == 64 * 200
 
 
-def test_map_100k_events_unordered_and_ordered(daemon):
+def test_map_100k_events_unordered_and_ordered(daemon: StartDaemon) -> None:
     d = daemon()
     n = 100_000
 
-    async def source(count):
+    async def source(count: int) -> AsyncIterator[bytes]:
         for i in range(count):
             yield square(i)
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             seen = bytearray(n)
             async for i, out in pool.map(source(n), window=2048):
                 assert out == str(i * i).encode()
@@ -162,31 +177,31 @@ def test_map_100k_events_unordered_and_ordered(daemon):
     run(main())
 
 
-def test_every_error_kind(daemon):
+def test_every_error_kind(daemon: StartDaemon) -> None:
     # Lines over about 4 KiB are rejected; hangs time out; no retries.
     d = daemon(extra=["--timeout", "500ms", "--retries", "0", "--max-frame", "4KiB"])
     cases = [
-        (b'{"op":"fail","retryable":false}', herd_client.EventFailed, "failed"),
-        (b'{"op":"hang"}', herd_client.EventTimeout, "timeout"),
-        (b'{"op":"crash"}', herd_client.EventCrashed, "crashed"),
-        (b'{"op":"garbage"}', herd_client.EventProtocolError, "protocol"),
-        (b'{"op":"echo","v":"' + b"x" * 8192 + b'"}', herd_client.EventRejected, "rejected"),
+        (b'{"op":"fail","retryable":false}', herd.EventFailed, "failed"),
+        (b'{"op":"hang"}', herd.EventTimeout, "timeout"),
+        (b'{"op":"crash"}', herd.EventCrashed, "crashed"),
+        (b'{"op":"garbage"}', herd.EventProtocolError, "protocol"),
+        (b'{"op":"echo","v":"' + b"x" * 8192 + b'"}', herd.EventRejected, "rejected"),
     ]
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             for event, cls, kind in cases:
                 with pytest.raises(cls) as e:
                     await pool.submit(event)
                 assert e.value.kind == kind and e.value.message, e.value
-                assert isinstance(e.value, herd_client.EventError)
+                assert isinstance(e.value, herd.EventError)
                 assert e.value.record["ok"] is False
             # map: raised, or yielded in place with return_exceptions.
             events = [square(3), cases[0][0], square(4)]
             got = dict([x async for x in pool.map(events, ordered=True, return_exceptions=True)])
             assert got[0] == b"9" and got[2] == b"16"
-            assert isinstance(got[1], herd_client.EventFailed)
-            with pytest.raises(herd_client.EventFailed):
+            assert isinstance(got[1], herd.EventFailed)
+            with pytest.raises(herd.EventFailed):
                 async for _ in pool.map(events, ordered=True):
                     pass
             # The pool still serves.
@@ -195,36 +210,36 @@ def test_every_error_kind(daemon):
     run(main())
 
 
-def test_shutdown_records_then_connection_lost_when_the_daemon_stops(daemon):
+def test_shutdown_records_then_connection_lost_when_the_daemon_stops(daemon: StartDaemon) -> None:
     d = daemon()
 
-    async def main():
-        pool = await herd_client.connect(d.sock)
+    async def main() -> Any:
+        pool = await herd.connect(d.sock)
         hung = [asyncio.ensure_future(pool.submit(b'{"op":"hang"}')) for _ in range(6)]
         # Both workers hold a hang and the rest wait in the queue.
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
         await asyncio.get_running_loop().run_in_executor(None, d.ctl, "stop", "--fast")
         got = await asyncio.gather(*hung, return_exceptions=True)
-        assert all(isinstance(e, (herd_client.EventShutdown, herd_client.ConnectionLost))
+        assert all(isinstance(e, (herd.EventShutdown, herd.ConnectionLost))
                    for e in got), got
-        assert any(isinstance(e, herd_client.EventShutdown) for e in got), got
+        assert any(isinstance(e, herd.EventShutdown) for e in got), got
         # After the daemon is gone, a new submit fails at once, and so does close.
         await asyncio.get_running_loop().run_in_executor(None, d.proc.wait, TIMEOUT)
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             await pool.submit(square(1))
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             await pool.close()
 
     run(main())
     assert d.proc.returncode == 0
 
 
-def test_daemon_sigkilled_with_awaits_pending(daemon):
+def test_daemon_sigkilled_with_awaits_pending(daemon: StartDaemon) -> None:
     d = daemon()
 
-    async def main():
-        pool = await herd_client.connect(d.sock)
+    async def main() -> Any:
+        pool = await herd.connect(d.sock)
         assert await pool.submit(square(2)) == b"4"
         waits = [asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":600000}'))
                  for _ in range(50)]
@@ -233,54 +248,54 @@ def test_daemon_sigkilled_with_awaits_pending(daemon):
             None, lambda: wait_until("events in flight", lambda: d.status()["inflight"] >= 2))
         os.kill(d.proc.pid, signal.SIGKILL)
         got = await asyncio.gather(*waits, return_exceptions=True)
-        assert all(isinstance(e, herd_client.ConnectionLost) for e in got), got
+        assert all(isinstance(e, herd.ConnectionLost) for e in got), got
         assert "went away" in str(got[0])
         # A map in progress ends with the same error, however many it had yielded.
-        with pytest.raises(herd_client.ConnectionLost):
+        with pytest.raises(herd.ConnectionLost):
             async for _ in it:
                 pass
 
     run(main())
 
 
-def test_missing_daemon_and_waiting_over_the_cap(daemon, tmp_path):
-    async def missing():
-        with pytest.raises(herd_client.ConnectionLost, match="no herd daemon"):
-            await herd_client.connect(str(tmp_path / "nobody.sock"))
+def test_missing_daemon_and_waiting_over_the_cap(daemon: StartDaemon, tmp_path: pathlib.Path) -> None:
+    async def missing() -> None:
+        with pytest.raises(herd.ConnectionLost, match="no herd daemon"):
+            await herd.connect(str(tmp_path / "nobody.sock"))
 
     run(missing())
     d = daemon(extra=["--max-connections", "1"])
 
-    async def over_the_cap():
-        first = await herd_client.connect(d.sock)
+    async def over_the_cap() -> None:
+        first = await herd.connect(d.sock)
         # The daemon does not accept a second connection while the first is open: it waits
         # for its turn (bounded by the connect timeout), and is served once the first closes.
-        second = asyncio.ensure_future(herd_client.connect(d.sock))
+        connecting = asyncio.ensure_future(herd.connect(d.sock))
         assert await first.submit(square(6)) == b"36"
-        assert not second.done()
+        assert not connecting.done()
         await first.close()
-        second = await asyncio.wait_for(second, TIMEOUT)
+        second = await asyncio.wait_for(connecting, TIMEOUT)
         assert await second.submit(square(7)) == b"49"
         await second.close()
-        with pytest.raises(herd_client.HandshakeError, match="not take the connection"):
-            async with herd_client.connect(d.sock):
-                await herd_client.connect(d.sock, timeout=0.5)
+        with pytest.raises(herd.HandshakeError, match="not take the connection"):
+            async with herd.connect(d.sock):
+                await herd.connect(d.sock, timeout=0.5)
 
     run(over_the_cap())
 
 
-def test_blocking_client(daemon):
+def test_blocking_client(daemon: StartDaemon) -> None:
     d = daemon()
-    with herd_client.connect_sync(d.sock) as pool:
+    with herd.connect_sync(d.sock) as pool:
         assert pool.submit(square(9)) == b"81"
-        with pytest.raises(herd_client.EventFailed):
+        with pytest.raises(herd.EventFailed):
             pool.submit(b'{"op":"fail","retryable":false}')
         got = list(pool.map((square(i) for i in range(20_000)), ordered=True, window=256))
         assert got == [(i, str(i * i).encode()) for i in range(20_000)]
         # Several threads at once.
         out = {}
 
-        def worker(k):
+        def worker(k: int) -> None:
             out[k] = [pool.submit(square(k * 100 + i)) for i in range(50)]
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
@@ -292,26 +307,26 @@ def test_blocking_client(daemon):
                    for k in range(8))
 
 
-def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
+def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon: StartDaemon) -> None:
     d = daemon()
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             stream = pool.submit_stream(b'{"op":"stream","n":4}')
             got = [c async for c in stream]
-            assert got == [herd_client.Chunk(1, i, b'{"i":%d}' % i) for i in range(4)]
+            assert got == [herd.Chunk(1, i, b'{"i":%d}' % i) for i in range(4)]
             assert stream.output == b"4"
             # Text chunks come back as their text, like outputs.
             s = pool.submit_stream(b'{"op":"stream","n":2,"size":3}')
             assert [c.data async for c in s] == [b"xxx", b"xxx"]
             # A worker dying mid-stream: attempt 1's chunks, then the retry's from index 0.
             s = pool.submit_stream(b'{"op":"stream","n":3,"crash_after":2}')
-            got = [(c.attempt, c.index) async for c in s]
-            assert got == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)], got
+            seen = [(c.attempt, c.index) async for c in s]
+            assert seen == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)], seen
             assert s.output == b"3"
             # A final error record ends the iteration with its error.
             s = pool.submit_stream(b'{"op":"stream","n":2,"crash_after":1,"fails":99}')
-            with pytest.raises(herd_client.EventCrashed):
+            with pytest.raises(herd.EventCrashed):
                 async for _ in s:
                     pass
             # Streams, plain submits and map share the connection; the others see finals only.
@@ -338,15 +353,15 @@ def test_submit_stream_yields_chunks_then_ends_with_the_final_record(daemon):
     run(main())
 
 
-def test_priority_events_overtake_a_flood(daemon):
+def test_priority_events_overtake_a_flood(daemon: StartDaemon) -> None:
     d = daemon(workers=1)
     sleep = b'{"op":"sleep","ms":2}'
 
-    def queued_at(st, p):
-        return st["queued_by_priority"].get(str(p), 0)
+    def queued_at(st: Dict[str, Any], p: int) -> int:
+        return int(st["queued_by_priority"].get(str(p), 0))
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             # About 4 s of work for the one worker, at priority -1, on a connection of its own.
             flood = asyncio.gather(*(pool.submit(sleep, priority=-1) for _ in range(2000)))
             while queued_at(await asyncio.to_thread(d.status), -1) == 0:
@@ -364,19 +379,19 @@ def test_priority_events_overtake_a_flood(daemon):
             assert await flood == [b"2"] * 2000
 
     run(main())
-    with herd_client.connect_sync(d.sock) as pool:
+    with herd.connect_sync(d.sock) as pool:
         assert pool.submit(square(9), priority=-128) == b"81"
         assert sorted(pool.map([square(2), square(3)], priority=127)) == [(0, b"4"), (1, b"9")]
     assert d.status()["totals"]["ok"] == 2000 + 2 + 50 + 3
 
 
-def test_cancelling_the_awaiting_coroutine_cancels_the_event(daemon):
+def test_cancelling_the_awaiting_coroutine_cancels_the_event(daemon: StartDaemon) -> None:
     # One worker, one task at a time: the first sleep runs, the second waits in the queue.
     d = daemon(workers=1, extra=["--window", "1"])
     pid0 = d.status()["workers"][0]["pid"]
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             running = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
             queued = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":60000}'))
             await asyncio.get_running_loop().run_in_executor(
@@ -398,17 +413,17 @@ def test_cancelling_the_awaiting_coroutine_cancels_the_event(daemon):
     assert st["workers"][0]["pid"] != pid0, st
 
 
-def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon):
+def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon: StartDaemon) -> None:
     d = daemon(workers=1)
 
-    async def main():
-        async with herd_client.connect(d.sock) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
             stream = pool.submit_stream(b'{"op":"stream","n":1000,"ms":50}')
             async for chunk in stream:
                 assert chunk.index == 0
                 stream.cancel()
                 break
-            with pytest.raises(herd_client.EventCancelled) as e:
+            with pytest.raises(herd.EventCancelled) as e:
                 async for _ in stream:
                     pass
             assert e.value.kind == "cancelled" and e.value.record["ok"] is False
@@ -416,29 +431,29 @@ def test_stream_cancel_ends_the_stream_with_event_cancelled(daemon):
     run(main())
 
 
-def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon):
+def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon: StartDaemon) -> None:
     # One worker taking one task at a time: what waits behind a slow event stays queued.
     d = daemon(workers=1, extra=("--window", "1"))
     with pytest.raises(ValueError):
-        herd_client.connect(d.sock, max_age=0)
+        herd.connect(d.sock, max_age=0)
     with pytest.raises(ValueError):
-        herd_client.connect_sync(d.sock, deadline="1s")
+        herd.connect_sync(d.sock, deadline="1s")  # type: ignore[arg-type]
 
-    async def main():
-        async with herd_client.connect(d.sock, max_age=0.3) as pool:
+    async def main() -> Any:
+        async with herd.connect(d.sock, max_age=0.3) as pool:
             slow = asyncio.ensure_future(pool.submit(b'{"op":"sleep","ms":1500}'))
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: wait_until("the slow event running",
                                          lambda: d.status()["inflight"] >= 1))
-            with pytest.raises(herd_client.EventExpired) as e:
+            with pytest.raises(herd.EventExpired) as e:
                 await pool.submit(square(3))
             assert e.value.kind == "expired" and e.value.record["attempts"] == 0
             # Started before its max age passed: it runs to the end.
             assert await slow == b"1500"
-        async with herd_client.connect(d.sock, deadline=0.5) as pool:
-            with pytest.raises(herd_client.EventDeadline) as e:
+        async with herd.connect(d.sock, deadline=0.5) as pool:
+            with pytest.raises(herd.EventDeadline) as past:
                 await pool.submit(b'{"op":"hang"}')
-            assert e.value.kind == "deadline"
+            assert past.value.kind == "deadline"
             # The worker holding it was replaced; the pool still serves.
             assert await pool.submit(square(4)) == b"16"
 

@@ -1,19 +1,22 @@
-"""Black-box: the real `herd` binary with Python workers (examples/chaos.py on herd_worker)."""
+"""Black-box: the real `herd` binary with Python workers (examples/chaos.py on herd.worker)."""
+
+from __future__ import annotations
 
 import json
 import signal
 import subprocess
 import sys
 import threading
+from typing import Any, Dict, List, Optional, Tuple
 
-from conftest import CHAOS, TIMEOUT, UPPER, wait_until
+from conftest import CHAOS, TIMEOUT, UPPER, Herd, wait_until
 
 
-def square(i):
+def square(i: int) -> str:
     return '{"op":"square","n":%d}' % i
 
 
-def test_ok(herd):
+def test_ok(herd: Herd) -> None:
     run = herd.run(["-w", "2"], [square(i) for i in range(1000)])
     assert run.code == 0, run.dump()
     recs = run.by_seq()
@@ -23,13 +26,13 @@ def test_ok(herd):
     assert len(exits) == 2 and all(e.get("code") == 0 for e in exits), run.dump()
 
 
-def test_the_readme_example(herd):
+def test_the_readme_example(herd: Herd) -> None:
     run = herd.run([], b"hello\n\xc3\xa9t\xc3\xa9\n", worker=UPPER)
     assert run.code == 0, run.dump()
     assert [r["output"] for r in run.by_seq()] == ["HELLO", "\u00c9T\u00c9"]
 
 
-def test_fatal_errors_are_failed_records_and_the_worker_keeps_serving(herd):
+def test_fatal_errors_are_failed_records_and_the_worker_keeps_serving(herd: Herd) -> None:
     events = []
     for i in range(300):
         events.append(['{"op":"panic"}', '{"op":"fail","retryable":false}', "not json",
@@ -50,7 +53,7 @@ def test_fatal_errors_are_failed_records_and_the_worker_keeps_serving(herd):
     assert not run.log("worker lost while holding work")
 
 
-def test_retryable_errors_are_retried(herd):
+def test_retryable_errors_are_retried(herd: Herd) -> None:
     events = ['{"op":"flaky","fails":2}', '{"op":"fail","retryable":true}',
               '{"op":"flaky","fails":5}', square(3)]
     run = herd.run(["-w", "2", "--retries", "2", "--retry-backoff", "1ms"], events)
@@ -63,7 +66,7 @@ def test_retryable_errors_are_retried(herd):
     assert r[3]["output"] == 9
 
 
-def test_crashes_are_retried_then_recorded(herd):
+def test_crashes_are_retried_then_recorded(herd: Herd) -> None:
     events = [square(0), '{"op":"exit","code":3}', square(2), '{"op":"crash","signal":"SEGV"}',
               square(4), '{"op":"crash"}'] + [square(i) for i in range(6, 200)]
     run = herd.run(["-w", "2", "--retries", "1"], events)
@@ -78,18 +81,18 @@ def test_crashes_are_retried_then_recorded(herd):
             assert r["ok"] and r["output"] == r["seq"] ** 2, r
 
 
-def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd):
+def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd: Herd) -> None:
     """`sys.exit(3)` in a handler closes the socket before the interpreter has shut down; herd
     waits for the exit instead of killing the process at the socket's end, so the record gives
     the real cause, not herd's own SIGKILL (issue 19)."""
     worker = herd.path("exits.py")
     with open(worker, "w") as f:
-        f.write("import sys\nimport herd_worker\n\n\n"
+        f.write("import sys\nimport herd\n\n\n"
                 "def handle(payload):\n"
                 "    if payload == b'exit':\n"
                 "        sys.exit(3)\n"
                 "    return payload\n\n\n"
-                "herd_worker.run(handle)\n")
+                "herd.run(handle)\n")
     run = herd.run(["-w", "1", "--retries", "1"], ["a", "exit", "b"], worker=worker)
     assert run.code == 0, run.dump()
     recs = run.by_seq()
@@ -100,7 +103,7 @@ def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd):
     assert codes.count(3) == 2, run.dump()
 
 
-def test_a_hang_is_killed_by_the_timeout(herd):
+def test_a_hang_is_killed_by_the_timeout(herd: Herd) -> None:
     events = [square(1), '{"op":"hang"}', square(3), '{"op":"sleep","ms":10}']
     run = herd.run(["-w", "2", "--timeout", "2s", "--retries", "1"], events)
     assert run.code == 0, run.dump()
@@ -110,7 +113,7 @@ def test_a_hang_is_killed_by_the_timeout(herd):
     assert len(run.log("task timed out; killing worker")) == 2
 
 
-def test_garbage_from_a_broken_worker(herd):
+def test_garbage_from_a_broken_worker(herd: Herd) -> None:
     events = ['{"op":"garbage"}', square(1), '{"op":"oversize"}', square(3)]
     run = herd.run(["-w", "2", "--retries", "1"], events)
     assert run.code == 0, run.dump()
@@ -122,10 +125,10 @@ def test_garbage_from_a_broken_worker(herd):
     assert recs[1]["ok"] and recs[3]["ok"]
 
 
-def test_oversize_output_is_a_failed_record(herd):
+def test_oversize_output_is_a_failed_record(herd: Herd) -> None:
     script = herd.path("times1000.py")
     with open(script, "w") as f:
-        f.write("import herd_worker\nherd_worker.run(lambda p: p * 1000)\n")
+        f.write("import herd\nherd.run(lambda p: p * 1000)\n")
     run = herd.run(["-w", "1", "--max-frame", "4096"], ["abcde", "x"], worker=script)
     assert run.code == 0, run.dump()
     recs = run.by_seq()
@@ -135,7 +138,7 @@ def test_oversize_output_is_a_failed_record(herd):
     assert recs[1]["output"] == "x" * 1000
 
 
-def test_large_payloads(herd):
+def test_large_payloads(herd: Herd) -> None:
     # 64 events of 1 MiB each: every one bigger than a read, echoed back whole.
     lines = [b'{"op":"echo","v":"%s"}' % (b"%06d" % i * 174_762) for i in range(64)]
     run = herd.run(["-w", "2"], b"\n".join(lines) + b"\n")
@@ -144,7 +147,7 @@ def test_large_payloads(herd):
         assert r["ok"] and r["output"] == ("%06d" % r["seq"]) * 174_762, r["seq"]
 
 
-def test_volume_100k_tiny_events_through_2_python_workers(herd):
+def test_volume_100k_tiny_events_through_2_python_workers(herd: Herd) -> None:
     n = 100_000
     run = herd.run(["-w", "2"], [square(i) for i in range(n)])
     assert run.code == 0, run.dump()
@@ -154,30 +157,36 @@ def test_volume_100k_tiny_events_through_2_python_workers(herd):
     assert run.log("worker lost while holding work") == []
 
 
-def test_stderr_is_forwarded(herd):
+def test_stderr_is_forwarded(herd: Herd) -> None:
     run = herd.run(["-w", "1"], ['{"op":"stderr","text":"hi there"}'])
     assert run.code == 0, run.dump()
     assert run.by_seq()[0]["output"] == "hi there"
     assert [entry for entry in run.logs if entry.get("message") == "hi there"], run.dump()
 
 
+def must(st: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    assert st is not None, "herd status failed"
+    return st
+
+
 class Daemon:
     """`herd serve` with Python workers, its JSON log read as it comes."""
 
-    def __init__(self, herd, workers):
+    def __init__(self, herd: Herd, workers: int) -> None:
         self.herd = herd
         self.sock = herd.path("control.sock")
         self.proc = subprocess.Popen(
             [herd.bin, "serve", "--log-format", "json", "--control", self.sock, "-w",
              str(workers), "--", sys.executable, CHAOS],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=herd.env)
-        self.logs = []
+        self.logs: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         wait_until(f"{workers} workers up", lambda: self.live_workers() == workers)
 
-    def _read(self):
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
         for line in self.proc.stderr:
             try:
                 entry = json.loads(line)
@@ -186,26 +195,29 @@ class Daemon:
             with self.lock:
                 self.logs.append(entry)
 
-    def logged(self, message):
+    def logged(self, message: str) -> List[Dict[str, Any]]:
         with self.lock:
             return [e for e in self.logs if e.get("message") == message]
 
-    def ctl(self, *args):
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([self.herd.bin, args[0], "--control", self.sock, *args[1:]],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=self.herd.env, timeout=TIMEOUT)
 
-    def status(self):
+    def status(self) -> Optional[Dict[str, Any]]:
         p = self.ctl("status", "--json")
-        return json.loads(p.stdout) if p.returncode == 0 else None
+        if p.returncode != 0:
+            return None
+        st: Dict[str, Any] = json.loads(p.stdout)
+        return st
 
-    def live_workers(self):
+    def live_workers(self) -> int:
         st = self.status()
         if st is None:
             return 0
         return sum(w["state"] in ("idle", "busy") for w in st["workers"])
 
-    def stop(self):
+    def stop(self) -> int:
         p = subprocess.run([self.herd.bin, "ctl", "--control", self.sock, "stop"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.herd.env,
                            timeout=TIMEOUT)
@@ -214,7 +226,7 @@ class Daemon:
         self.reader.join(TIMEOUT)
         return code
 
-    def kill(self):
+    def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
             try:
@@ -224,23 +236,24 @@ class Daemon:
                 self.proc.wait()
 
 
-def rolling_reload(herd, how):
+def rolling_reload(herd: Herd, how: str) -> None:
     """A submission runs while every worker is replaced (HUP or `herd ctl reload`): nothing
     is lost, every worker is new, and the old ones left through the termination frame (exit 0).
     The second half of the events is sent only once the reload is complete, so both
     generations of workers serve the submission whatever the machine's speed."""
     d = Daemon(herd, 2)
     try:
-        before = {w["pid"] for w in d.status()["workers"]}
+        before = {w["pid"] for w in must(d.status())["workers"]}
         n = 20_000
         lines = [('{"op":"sleep","ms":2}' if i % 100 == 0 else square(i)) + "\n"
                  for i in range(n)]
         sub = subprocess.Popen([herd.bin, "submit", "--control", d.sock],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env=herd.env)
-        out = {}
+        out: Dict[str, bytes] = {}
+        assert sub.stdin is not None
 
-        def drain(name, stream):
+        def drain(name: str, stream: Any) -> None:
             out[name] = stream.read()
 
         readers = [threading.Thread(target=drain, args=(k, getattr(sub, k)), daemon=True)
@@ -269,7 +282,7 @@ def rolling_reload(herd, how):
             assert r["ok"], r
             assert r["output"] == (2 if r["seq"] % 100 == 0 else r["seq"] ** 2), r
         pids = {r["pid"] for r in recs}
-        after = {w["pid"] for w in d.status()["workers"]}
+        after = {w["pid"] for w in must(d.status())["workers"]}
         assert len(after) == 2 and not (before & after), (before, after)
         assert after <= pids and pids <= before | after, (before, after, pids)
         assert d.stop() == 0
@@ -279,21 +292,21 @@ def rolling_reload(herd, how):
         d.kill()
 
 
-def test_rolling_reload_with_ctl_loses_nothing(herd):
+def test_rolling_reload_with_ctl_loses_nothing(herd: Herd) -> None:
     rolling_reload(herd, "ctl")
 
 
-def test_rolling_reload_with_hup_loses_nothing(herd):
+def test_rolling_reload_with_hup_loses_nothing(herd: Herd) -> None:
     rolling_reload(herd, "hup")
 
 
-def test_herd_killed_takes_its_python_workers_along(herd):
+def test_herd_killed_takes_its_python_workers_along(herd: Herd) -> None:
     d = Daemon(herd, 2)
-    pids = [w["pid"] for w in d.status()["workers"]]
+    pids = [w["pid"] for w in must(d.status())["workers"]]
     d.proc.kill()
     d.proc.wait(TIMEOUT)
 
-    def gone(pid):
+    def gone(pid: int) -> bool:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 return f.read().split(")")[1].split()[0] == "Z"
@@ -305,13 +318,13 @@ def test_herd_killed_takes_its_python_workers_along(herd):
     wait_until("the runtime dir to go", lambda: herd.leftovers() == [])
 
 
-def test_streamed_chunks_through_herd_and_a_crash_mid_stream(herd):
+def test_streamed_chunks_through_herd_and_a_crash_mid_stream(herd: Herd) -> None:
     events = ['{"op":"stream","n":5}'] * 300 + ['{"op":"stream","n":4,"crash_after":2}'] * 5
     run = herd.run(["-w", "2"], events)
     assert run.code == 0, run.dump()
     finals = [r for r in run.records if "chunk" not in r]
     assert sorted(r["seq"] for r in finals) == list(range(305)), run.dump()
-    chunks = {}
+    chunks: Dict[int, List[Tuple[int, int, Any]]] = {}
     for r in run.records:
         if "chunk" in r:
             chunks.setdefault(r["seq"], []).append((r["attempt"], r["chunk"], r["output"]))

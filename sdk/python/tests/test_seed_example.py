@@ -2,19 +2,22 @@
 result for every event, on a small input with an event that fails; the herd one runs against a
 real `herd serve` whose workers run the same work() (scripts/pywork.py)."""
 
+from __future__ import annotations
+
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Dict, Tuple, Union
 
-from conftest import REPO, SDK, TIMEOUT
+from conftest import REPO, TIMEOUT
 from test_client import Daemon
 
 EXAMPLE = os.path.join(REPO, "examples", "seed")
 PYWORK = os.path.join(REPO, "scripts", "pywork.py")
 
 
-def results(stdout):
+def results(stdout: bytes) -> Dict[int, Union[str, Tuple[str]]]:
     """index -> output, or ("error",) for a failed event; every index exactly once."""
     out = {}
     for line in stdout.decode().splitlines():
@@ -24,12 +27,9 @@ def results(stdout):
     return out
 
 
-def test_seed_executor_and_herd_agree(monkeypatch):
+def test_seed_executor_and_herd_agree() -> None:
     events = [b'{"op":"square","n":%d}' % i for i in range(300)]
     events += [b'{"op":"spin","ms":1}', b'{"op":"nope"}', b'{"op":"square","n":-7}']
-    # The daemon's workers and seed_herd.py import the SDK from the tree, installed or not.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (SDK, os.environ.get("PYTHONPATH")) if p))
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="herd-seed-") as tmp:
         path = os.path.join(tmp, "events")

@@ -1,12 +1,12 @@
 """The Python twin of crates/worker/examples/upper.rs: upper-cases each event.
 
-    printf 'hello\n' | herd run -- python3 sdk/python/examples/upper.py
+    printf 'hello\n' | herd run -- python3 -m herd.examples.upper
 """
-import herd_worker
+import herd
 
 
-def handle(payload: bytes) -> bytes:
+def handle(payload: bytes) -> str:
     return payload.decode("utf-8").upper()  # a str is sent as UTF-8
 
 
-herd_worker.run(handle)
+herd.run(handle)

@@ -7,14 +7,18 @@ reader task turns `Records` chunks (which may end mid-record) into resolved awai
 that ends the connection fails every pending await with ConnectionLost at once.
 """
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import json
 import struct
-import types
+from typing import (Any, AsyncIterable, AsyncIterator, Callable, Deque, Dict, Generator, Iterable,
+                    List, NamedTuple, Optional, Set, Tuple, Union)
 
-from herd_worker import codec
-from herd_worker.codec import ProtocolError, varint
+from . import _codec as codec
+from ._codec import ProtocolError, varint
+from .errors import _KINDS, ConnectionLost, EventError, HandshakeError, HerdError
 
 CONTROL_VERSION = 2
 # Largest frame the daemon sends, and largest we send before `Submit` (control.rs).
@@ -34,86 +38,15 @@ WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
 _HEADER = struct.Struct("<I")
-_Function = types.FunctionType
 # `Some` tag and length of a line shorter than 251 bytes (bincode's one-byte varint).
 _SHORT_LINE = [b"\x01" + bytes((n,)) for n in range(251)]
 
-
-class HerdError(Exception):
-    """Base of every error this package raises."""
-
-
-class HandshakeError(HerdError):
-    """The daemon refused the connection, or speaks another control protocol."""
-
-
-class ConnectionLost(HerdError):
-    """The daemon stopped, died or broke the protocol: the event's result will never come."""
-
-
-class EventError(HerdError):
-    """An event's final record is an error. `kind` and `message` are the record's `error`,
-    `record` the whole record (a dict)."""
-
-    kind = None
-
-    def __init__(self, kind, message, record=None):
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-        self.record = record
-
-
-class EventFailed(EventError):
-    """The handler returned an error (`failed`)."""
-
-
-class EventTimeout(EventError):
-    """The event ran past the daemon's --timeout on every attempt (`timeout`)."""
-
-
-class EventCrashed(EventError):
-    """The worker died running the event, on every attempt (`crashed`)."""
-
-
-class EventProtocolError(EventError):
-    """The worker broke the protocol running the event (`protocol`)."""
-
-
-class EventRejected(EventError):
-    """The daemon refused the event, e.g. longer than its line limit (`rejected`)."""
-
-
-class EventShutdown(EventError):
-    """The daemon stopped before running the event (`shutdown`)."""
-
-
-class EventCancelled(EventError):
-    """The event was cancelled (`cancelled`): by Stream.cancel(), or from another connection
-    (`herd ctl cancel`)."""
-
-
-class EventExpired(EventError):
-    """The event waited longer than its max age to start, and did not run (`expired`)."""
-
-
-class EventDeadline(EventError):
-    """The event's deadline, over all its attempts, passed before it had an answer
-    (`deadline`)."""
-
-
-_KINDS = {
-    "failed": EventFailed, "timeout": EventTimeout, "crashed": EventCrashed,
-    "protocol": EventProtocolError, "rejected": EventRejected, "shutdown": EventShutdown,
-    "cancelled": EventCancelled,
-    "expired": EventExpired, "deadline": EventDeadline,
-}
 
 _OK_OUTPUT = b',"ok":true,"output":'
 _ATTEMPTS = b',"attempts":'
 
 
-def _result(line, comma):
+def _result(line: bytes, comma: int) -> Tuple[Optional[bytes], Optional[EventError]]:
     """(output bytes, None) or (None, EventError) for one record line; `comma` is where its
     `seq` ends. A success is `{"seq":N,"ok":true,"output":X,"attempts":...}` with only numbers
     after X (record.rs), so X is sliced out without parsing the record."""
@@ -130,16 +63,30 @@ def _result(line, comma):
     return None, _KINDS.get(kind, EventError)(kind, err.get("message", ""), rec)
 
 
-Chunk = collections.namedtuple("Chunk", "attempt index data")
-Chunk.__doc__ = """A partial result of a streaming handler: chunk `index` (from 0) of attempt
-`attempt`, its output as bytes (like submit()'s). A chunk cannot be taken back: when an attempt
-fails and the event is retried, the next attempt's chunks follow from index 0; keep those whose
-`attempt` is the last one."""
+#: An event: bytes-like, or str (sent as UTF-8). One line: it must not contain a newline.
+Event = Union[bytes, bytearray, memoryview, str]
+# How map() and submit_stream() are told of a record: (output, None) or (None, error).
+_Resolve = Callable[[Optional[bytes], Optional[BaseException]], None]
+# Who awaits a record: submit()'s future, stored as is (no closure per event), or a _Resolve.
+_Waiter = Union["asyncio.Future[bytes]", _Resolve]
+# (max_age_ms, deadline_ms); 0 is the daemon's own limit.
+_Limits = Tuple[int, int]
+
+
+class Chunk(NamedTuple):
+    """A partial result of a streaming handler: chunk `index` (from 0) of attempt `attempt`,
+    its output as bytes (like submit()'s). A chunk cannot be taken back: when an attempt fails
+    and the event is retried, the next attempt's chunks follow from index 0; keep those whose
+    `attempt` is the last one."""
+
+    attempt: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), as it always has
+    data: bytes
 
 _OUTPUT = b',"output":'
 
 
-def _chunk(line):
+def _chunk(line: bytes) -> Chunk:
     """A chunk line `{"seq":N,"chunk":K,"attempt":A,"output":X}` (record.rs) as a Chunk."""
     rec_end = line.index(_OUTPUT)
     head = json.loads(line[:rec_end] + b"}")
@@ -155,15 +102,16 @@ class Stream:
     one. Then `output` is the final output (bytes); `await stream.result()` drains the
     chunks and returns it."""
 
-    def __init__(self):
-        self._cancel = None  # set once its event is enqueued: sends the Cancel
+    def __init__(self) -> None:
+        # Set once its event is enqueued: sends the Cancel.
+        self._cancel: Optional[Callable[[], None]] = None
         self._cancel_asked = False
-        self._chunks = collections.deque()
+        self._chunks: Deque[Chunk] = collections.deque()
         self._wake = asyncio.Event()
-        self._end = None
-        self.output = None
+        self._end: Optional[Tuple[Optional[bytes], Optional[BaseException]]] = None
+        self.output: Optional[bytes] = None
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Cancels the event: queued, the daemon drops it; running, it stops its worker. The
         stream then ends with EventCancelled, unless the final record was already on its
         way (then that record stands)."""
@@ -171,18 +119,18 @@ class Stream:
         if self._cancel is not None:
             self._cancel()
 
-    def _add(self, chunk):
+    def _add(self, chunk: Chunk) -> None:
         self._chunks.append(chunk)
         self._wake.set()
 
-    def _finish(self, out, err):
+    def _finish(self, out: Optional[bytes], err: Optional[BaseException]) -> None:
         self._end = (out, err)
         self._wake.set()
 
-    def __aiter__(self):
+    def __aiter__(self) -> Stream:
         return self
 
-    async def __anext__(self):
+    async def __anext__(self) -> Chunk:
         while not self._chunks:
             if self._end is not None:
                 out, err = self._end
@@ -194,26 +142,35 @@ class Stream:
             await self._wake.wait()
         return self._chunks.popleft()
 
-    async def result(self):
+    async def result(self) -> Optional[bytes]:
         """Skips the chunks not yet read; returns the final output or raises its error."""
         async for _ in self:
             pass
         return self.output
 
 
-def _frame(body):
+def _value(out: Optional[bytes], err: Optional[BaseException]) -> Union[bytes, EventError]:
+    """What map() yields for a record: its output, or its EventError."""
+    if isinstance(err, EventError):
+        return err
+    assert out is not None, "a record is an output or an error"
+    return out
+
+
+def _frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-async def _read_frame(reader, max_frame=REPLY_MAX_FRAME):
+async def _read_frame(reader: asyncio.StreamReader, max_frame: int = REPLY_MAX_FRAME) -> bytes:
     head = await reader.readexactly(4)
-    n = _HEADER.unpack(head)[0]
+    n: int = _HEADER.unpack(head)[0]
     if n > max_frame:
         raise ProtocolError(f"the daemon sent a frame of {n} bytes (at most {max_frame})")
     return await reader.readexactly(n)
 
 
-def connect(path, *, timeout=30.0, max_age=None, deadline=None):
+def connect(path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
+            deadline: Optional[float] = None) -> _Connecting:
     """Connects to the daemon's control socket at `path`. Use as `async with connect(p) as
     pool`, or `pool = await connect(p)` (then `await pool.close()`).
 
@@ -224,9 +181,9 @@ def connect(path, *, timeout=30.0, max_age=None, deadline=None):
     return _Connecting(path, timeout, _limits_ms(max_age, deadline))
 
 
-def _limits_ms(max_age, deadline):
+def _limits_ms(max_age: Optional[float], deadline: Optional[float]) -> _Limits:
     """(max_age_ms, deadline_ms) for SubmitTimed: 0 is the daemon's own limit."""
-    def ms(name, s):
+    def ms(name: str, s: Optional[float]) -> int:
         if s is None:
             return 0
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 2**53:
@@ -236,27 +193,31 @@ def _limits_ms(max_age, deadline):
 
 
 class _Connecting:
-    def __init__(self, path, timeout, limits=(0, 0)):
+    """What connect() returns: awaitable (a Pool), or an async context manager."""
+
+    def __init__(self, path: str, timeout: float, limits: _Limits = (0, 0)) -> None:
         self._path = path
         self._timeout = timeout
         self._limits = limits
-        self._pool = None
+        self._pool: Optional[Pool] = None
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Pool]:
         return Pool._open(self._path, self._timeout, 0, self._limits).__await__()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Pool:
         self._pool = await Pool._open(self._path, self._timeout, 0, self._limits)
         return self._pool
 
-    async def __aexit__(self, exc_type, exc, tb):
+    async def __aexit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                        tb: Any) -> None:
+        assert self._pool is not None, "__aexit__ without __aenter__"
         if exc_type is None:
             await self._pool.close()
         else:
             self._pool.abort()
 
 
-def _check_priority(priority):
+def _check_priority(priority: int) -> None:
     if not isinstance(priority, int) or not -128 <= priority <= 127:
         raise ValueError(f"priority must be an integer from -128 to 127, not {priority!r}")
 
@@ -267,11 +228,14 @@ class Pool:
     A `priority` other than 0 goes on a submission of its own (a second connection, opened
     on first use), so events at the default priority cost nothing extra."""
 
-    def __init__(self, reader, writer, pid, max_frame, max_line):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int,
+                 max_frame: int, max_line: int) -> None:
         self.pid = pid
-        self._opened = None  # (path, timeout), to open the connection of another priority
-        self._limits = (0, 0)  # (max_age_ms, deadline_ms) of every connection
-        self._lanes = {}  # priority -> task opening (then holding) that priority's Pool
+        # (path, timeout), to open the connection of another priority.
+        self._opened: Tuple[str, float] = ("", 0.0)
+        self._limits: _Limits = (0, 0)  # of every connection
+        # priority -> task opening (then holding) that priority's Pool.
+        self._lanes: Dict[int, asyncio.Future[Pool]] = {}
         self._reader = reader
         self._writer = writer
         self._max_line = max_line
@@ -279,25 +243,27 @@ class Pool:
         self._next = 0
         # seq -> submit()'s future, or map()'s resolve(output, error), for every event sent or
         # queued without a record yet.
-        self._pending = {}
+        self._pending: Dict[int, _Waiter] = {}
         # seq -> the Stream of a submit_stream() event, until its final record.
-        self._streams = {}
-        self._relays = set()  # tasks sending streamed events of other priorities
-        self._outq = collections.deque()
+        self._streams: Dict[int, Stream] = {}
+        # Tasks sending streamed events of other priorities.
+        self._relays: Set[asyncio.Task[None]] = set()
+        self._outq: Deque[bytes] = collections.deque()
         self._sent = 0  # events written to the socket: seqs below it may be cancelled
-        self._cancels = []  # seqs to cancel, in the order asked
+        self._cancels: List[int] = []  # seqs to cancel, in the order asked
         self._wake_writer = asyncio.Event()
         self._writer_idle = False  # the writer waits on _wake_writer: set it for new events
         self._closing = False
-        self._error = None
+        self._error: Optional[ConnectionLost] = None
         self._loop = asyncio.get_running_loop()
-        self._done = self._loop.create_future()
+        self._done: asyncio.Future[int] = self._loop.create_future()
         self._partial = b""
         self._reader_task = asyncio.ensure_future(self._read_loop())
         self._writer_task = asyncio.ensure_future(self._write_loop())
 
     @classmethod
-    async def _open(cls, path, timeout, priority=0, limits=(0, 0)):
+    async def _open(cls, path: str, timeout: float, priority: int = 0,
+                    limits: _Limits = (0, 0)) -> Pool:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -321,7 +287,8 @@ class Pool:
         return pool
 
     @classmethod
-    async def _handshake(cls, reader, writer, priority=0, limits=(0, 0)):
+    async def _handshake(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         priority: int = 0, limits: _Limits = (0, 0)) -> Pool:
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -343,7 +310,7 @@ class Pool:
         if protocol != CONTROL_VERSION:
             raise HandshakeError(
                 f"the daemon speaks control protocol {protocol} and this client "
-                f"{CONTROL_VERSION}: use a herd_client that matches the daemon")
+                f"{CONTROL_VERSION}: use a herd package that matches the daemon")
         pid, p = codec._uint(body, p, n, 4, "Welcome.pid")
         max_frame, p = codec._uint(body, p, n, 4, "Welcome.max_frame")
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
@@ -360,11 +327,11 @@ class Pool:
             writer.write(_frame(bytes((SUBMIT, 0))))
         return cls(reader, writer, pid, max_frame, max_line)
 
-    async def _lane(self, priority):
+    async def _lane(self, priority: int) -> Pool:
         """The Pool whose submission runs at `priority` (opened on first use)."""
         return await asyncio.shield(self._lane_task(priority))
 
-    def _lane_task(self, priority):
+    def _lane_task(self, priority: int) -> asyncio.Future[Pool]:
         """The task opening (then holding) the Pool of `priority`, started on first use."""
         _check_priority(priority)
         if self._error is not None:
@@ -373,14 +340,15 @@ class Pool:
             raise HerdError("this pool is closed")
         task = self._lanes.get(priority)
         if task is None:
-            task = asyncio.ensure_future(Pool._open(*self._opened, priority, self._limits))
+            path, timeout = self._opened
+            task = asyncio.ensure_future(Pool._open(path, timeout, priority, self._limits))
             self._lanes[priority] = task
         return task
 
     # -----------------------------------------------------------------------------------------
     # Submitting.
 
-    def _admit(self, event):
+    def _admit(self, event: Event) -> bytes:
         """`event` as bytes, or raises why this pool takes no more events."""
         if self._error is not None:
             raise self._error
@@ -390,32 +358,35 @@ class Pool:
             return event.encode("utf-8")
         return event if isinstance(event, bytes) else bytes(event)
 
-    def _enqueue(self, event, waiter):
-        event = self._admit(event)
+    def _enqueue(self, event: Event, waiter: _Waiter) -> int:
+        data = self._admit(event)
         seq = self._next
         self._next = seq + 1
         self._pending[seq] = waiter
-        self._outq.append(event)
+        self._outq.append(data)
         if self._writer_idle:
             self._writer_idle = False
             self._wake_writer.set()
         return seq
 
-    async def submit(self, event, *, priority=0):
+    async def submit(self, event: Event, *, priority: int = 0) -> bytes:
         """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
         raises the EventError subclass of its record's kind, or ConnectionLost. `priority`:
         -128 to 127, higher runs first (the README's Priorities)."""
         if priority:
             return await (await self._lane(priority)).submit(event)
         # _enqueue inlined: this is the path of every event of a run_in_executor-style program.
-        if event.__class__ is not bytes or self._error is not None or self._closing:
-            event = event.encode("utf-8") if event.__class__ is str and self._error is None \
-                and not self._closing else self._admit(event)
-        fut = self._loop.create_future()
+        if type(event) is bytes and self._error is None and not self._closing:
+            data = event
+        elif type(event) is str and self._error is None and not self._closing:
+            data = event.encode("utf-8")
+        else:
+            data = self._admit(event)
+        fut: asyncio.Future[bytes] = self._loop.create_future()
         seq = self._next
         self._next = seq + 1
         self._pending[seq] = fut
-        self._outq.append(event)
+        self._outq.append(data)
         if self._writer_idle:
             self._writer_idle = False
             self._wake_writer.set()
@@ -426,7 +397,7 @@ class Pool:
             self._cancel(seq)
             raise
 
-    def submit_stream(self, event, *, priority=0):
+    def submit_stream(self, event: Event, *, priority: int = 0) -> Stream:
         """Runs one event whose handler streams partial results: returns a Stream, an async
         iterator of its Chunks as they arrive, which ends with the final record (raising its
         EventError if it is one); then `stream.output` is the final output. `priority` as for
@@ -444,11 +415,11 @@ class Pool:
             self._stream_into(stream, event)
         return stream
 
-    def _stream_into(self, stream, event):
+    def _stream_into(self, stream: Stream, event: Event) -> None:
         """Sends `event` on this connection, its chunks and final record going to `stream`."""
         streams = self._streams
 
-        def resolve(out, err):
+        def resolve(out: Optional[bytes], err: Optional[BaseException]) -> None:
             streams.pop(seq, None)
             stream._finish(out, err)
 
@@ -458,11 +429,11 @@ class Pool:
         if stream._cancel_asked:
             self._cancel(seq)
 
-    def _stream_later(self, stream, event, lane):
+    def _stream_later(self, stream: Stream, event: Event, lane: asyncio.Future[Pool]) -> None:
         """_stream_into on another priority's connection once it is open (the `lane` task):
         a task the pool holds, so that close() waits for the event to be sent."""
 
-        async def send():
+        async def send() -> None:
             try:
                 (await asyncio.shield(lane))._stream_into(stream, event)
             except HerdError as e:
@@ -475,8 +446,9 @@ class Pool:
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
 
-    async def map(self, events, *, ordered=False, window=1024, return_exceptions=False,
-                  priority=0):
+    async def map(self, events: Union[Iterable[Event], AsyncIterable[Event]], *,
+                  ordered: bool = False, window: int = 1024, return_exceptions: bool = False,
+                  priority: int = 0) -> AsyncIterator[Tuple[int, Union[bytes, EventError]]]:
         """Runs every event of `events` (an iterable or async iterable), with at most `window`
         of them sent and not yet yielded, and yields (index, output) as they complete, or in
         input order with `ordered=True`. An event's EventError is raised, or yielded in place
@@ -491,21 +463,25 @@ class Pool:
                 yield item
             return
         loop = asyncio.get_running_loop()
-        results = collections.deque()
+        results: Deque[Tuple[int, Optional[bytes], Optional[BaseException]]] = \
+            collections.deque()
         wake = asyncio.Event()
         room = asyncio.Semaphore(window)
-        fed = {"n": None, "error": None}
+        # How many events the feeder sent once it is done, and what stopped it, if anything.
+        fed_n: Optional[int] = None
+        fed_error: Optional[BaseException] = None
 
-        def resolver(i):
-            def resolve(out, err):
+        def resolver(i: int) -> _Resolve:
+            def resolve(out: Optional[bytes], err: Optional[BaseException]) -> None:
                 results.append((i, out, err))
                 wake.set()
             return resolve
 
-        async def feed():
+        async def feed() -> None:
+            nonlocal fed_n, fed_error
             i = 0
             try:
-                if hasattr(events, "__aiter__"):
+                if isinstance(events, AsyncIterable):
                     it = events.__aiter__()
                     while True:
                         await room.acquire()
@@ -521,19 +497,19 @@ class Pool:
                         self._enqueue(ev, resolver(i))
                         i += 1
             except BaseException as e:  # handed to the consumer, which re-raises it
-                fed["error"] = e
-            fed["n"] = i
+                fed_error = e
+            fed_n = i
             wake.set()
 
         feeder = loop.create_task(feed())
-        held = {}
+        held: Dict[int, Union[bytes, EventError]] = {}
         want = yielded = 0
         try:
             while True:
-                if fed["error"] is not None:
-                    raise fed["error"]
+                if fed_error is not None:
+                    raise fed_error
                 if not results:
-                    if fed["n"] is not None and yielded == fed["n"]:
+                    if fed_n is not None and yielded == fed_n:
                         return
                     wake.clear()
                     await wake.wait()
@@ -542,7 +518,7 @@ class Pool:
                 if err is not None and (isinstance(err, ConnectionLost)
                                         or not return_exceptions):
                     raise err
-                value = err if err is not None else out
+                value = _value(out, err)
                 if not ordered:
                     yielded += 1
                     room.release()
@@ -561,7 +537,7 @@ class Pool:
     # -----------------------------------------------------------------------------------------
     # The two tasks.
 
-    def _cancel(self, seq):
+    def _cancel(self, seq: int) -> None:
         """Sends `Cancel { seq }` once the event itself is out, if its record is still owed."""
         if self._error is not None or seq not in self._pending:
             return
@@ -570,7 +546,7 @@ class Pool:
             self._writer_idle = False
             self._wake_writer.set()
 
-    def _ready_cancels(self):
+    def _ready_cancels(self) -> bytes:
         """Frames for the cancels whose events are written (a cancel never overtakes its
         event)."""
         ready = [s for s in self._cancels if s < self._sent]
@@ -579,11 +555,11 @@ class Pool:
         self._cancels = [s for s in self._cancels if s >= self._sent]
         return b"".join(_frame(bytes((CANCEL,)) + varint(s)) for s in ready)
 
-    def _encode_batch(self):
+    def _encode_batch(self) -> bytes:
         """Frames for queued events, up to about BATCH_BYTES (at least one event)."""
         q = self._outq
-        parts = []
-        frames = []
+        parts: List[bytes] = []
+        frames: List[bytes] = []
         size = EVENTS_FRAME_OVERHEAD
         count = 0
         taken = 0
@@ -611,11 +587,11 @@ class Pool:
         return b"".join(frames)
 
     @staticmethod
-    def _events_frame(count, parts):
+    def _events_frame(count: int, parts: List[bytes]) -> bytes:
         body = b"".join([bytes((EVENTS,)), varint(count)] + parts)
         return _frame(body)
 
-    async def _write_loop(self):
+    async def _write_loop(self) -> None:
         ended = False
         try:
             while True:
@@ -640,7 +616,7 @@ class Pool:
         except Exception as e:  # noqa: BLE001 - every failure ends the connection
             self._fail(ConnectionLost(f"cannot send to the daemon: {e}"))
 
-    async def _read_loop(self):
+    async def _read_loop(self) -> None:
         try:
             while True:
                 body = await _read_frame(self._reader)
@@ -673,7 +649,7 @@ class Pool:
         except Exception as e:  # noqa: BLE001 - a broken stream ends the connection
             self._fail(ConnectionLost(f"bad data from the daemon: {e}"))
 
-    def _records(self, data):
+    def _records(self, data: bytes) -> None:
         if self._partial:
             data = self._partial + data
         lines = data.split(b"\n")
@@ -693,26 +669,28 @@ class Pool:
             if waiter is None:
                 continue
             out, err = _result(line, comma)
-            if waiter.__class__ is _Function:
-                waiter(out, err)
-            elif not waiter.done():
+            if isinstance(waiter, asyncio.Future):
                 # submit()'s own future, stored as is: no closure per event.
-                if err is None:
-                    waiter.set_result(out)
-                else:
-                    waiter.set_exception(err)
+                if not waiter.done():
+                    if err is None:
+                        waiter.set_result(out)  # type: ignore[arg-type]  # out is bytes
+                    else:
+                        waiter.set_exception(err)
+            else:
+                waiter(out, err)
 
-    def _fail(self, exc):
+    def _fail(self, exc: ConnectionLost) -> None:
         """Ends the connection: every pending await gets `exc`, now."""
         if self._error is None:
             self._error = exc
         pending, self._pending = self._pending, {}
         self._outq.clear()
         for waiter in pending.values():
-            if waiter.__class__ is _Function:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            else:
                 waiter(None, exc)
-            elif not waiter.done():
-                waiter.set_exception(exc)
         if not self._done.done():
             self._done.set_exception(exc)
             self._done.exception()  # retrieved: close() re-raises it when asked
@@ -725,11 +703,11 @@ class Pool:
     # Closing.
 
     @property
-    def pending(self):
+    def pending(self) -> int:
         """Events sent or queued whose record has not arrived."""
         return len(self._pending)
 
-    async def close(self):
+    async def close(self) -> None:
         """Waits for every pending event's record, then ends the submission. Raises
         ConnectionLost if the daemon went away first."""
         if not self._closing:
@@ -748,14 +726,14 @@ class Pool:
                 t.cancel()
             await asyncio.gather(self._reader_task, self._writer_task, return_exceptions=True)
 
-    def abort(self):
+    def abort(self) -> None:
         """Drops the connection now; pending awaits get ConnectionLost."""
         self._closing = True
-        for task in list(self._relays):
-            task.cancel()
-        for task in self._lanes.values():
-            if task.done() and task.exception() is None:
-                task.result().abort()
+        for relay in list(self._relays):
+            relay.cancel()
+        for lane in self._lanes.values():
+            if lane.done() and lane.exception() is None:
+                lane.result().abort()
             else:
-                task.cancel()
+                lane.cancel()
         self._fail(ConnectionLost("the client closed the connection"))

@@ -21,6 +21,8 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
   interval (5 ms by default), so under a CPU-bound Python handler the bound is that interval.
 """
 
+from __future__ import annotations
+
 import os
 import select
 import socket
@@ -30,9 +32,18 @@ import threading
 import time
 import traceback
 from types import GeneratorType as _Generator
+from typing import Any, Callable, Generator, List, NoReturn, Optional, Tuple, Union
 
-from . import codec as _codec
-from .codec import ProtocolError
+from . import _codec
+from ._codec import Buffer, ProtocolError
+
+#: What a handler may return (or yield, as a chunk): str is sent as UTF-8.
+Output = Union[bytes, bytearray, memoryview, str]
+#: A handler: the payload (or, with pass_task=True, the Task) in, the output out; a generator
+#: handler streams.
+Handler = Callable[[Any], Any]
+# The read buffer: bytes, or a bytearray for a frame too big for one read.
+_Data = Union[bytes, bytearray]
 
 ENV_SOCKET = "HERD_SOCKET"
 ENV_TOKEN = "HERD_TOKEN"
@@ -82,7 +93,8 @@ class Task:
 
     __slots__ = ("id", "attempt", "payload", "_out", "_max")
 
-    def __init__(self, id, attempt, payload, out, max_frame=_codec.DEFAULT_MAX_FRAME):
+    def __init__(self, id: int, attempt: int, payload: bytes, out: _Outbox,
+                 max_frame: int = _codec.DEFAULT_MAX_FRAME) -> None:
         #: The supervisor's identifier for this attempt; unique within one supervisor run.
         self.id = id
         #: Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
@@ -92,24 +104,24 @@ class Task:
         self._out = out
         self._max = max_frame
 
-    def chunk(self, data):
+    def chunk(self, data: Output) -> None:
         """Sends `data` (bytes-like, or str as UTF-8) as a partial result of this task, before
         the handler returns: herd writes it at once as a record line of its own. The same as
         yielding it from a generator handler. Raises Fatal if it does not fit in a frame."""
         _send_chunk(self._out, self.id, _output_bytes(data), self._max)
 
-    def _write_raw(self, data):
+    def _write_raw(self, data: Buffer) -> None:
         """Fault injection only (examples/chaos.py): queues raw bytes after the replies already
         queued and writes everything out. Anything but whole valid frames breaks the protocol."""
         self._out.queue(bytes(data))
         self._out.flush()
 
-    def _flush(self):
+    def _flush(self) -> None:
         """Fault injection only: writes out the replies of earlier tasks that are still queued,
         so a worker about to die loses only the task in hand."""
         self._out.flush()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Task(id={self.id}, attempt={self.attempt}, payload_len={len(self.payload)})"
 
 
@@ -117,29 +129,31 @@ class _Outbox:
     """The write side, shared by the serve loop and the flusher thread: frames are queued and
     written out, in order, under one lock."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queued = []
+        self._queued: List[bytes] = []
         self.size = 0
         # When the oldest queued frame was held back (time.perf_counter()); None if none is.
-        self.since = None
-        self._error = None  # an OSError the flusher hit, for the serve loop to report
-        self._flusher = None
+        self.since: Optional[float] = None
+        # An OSError the flusher hit, for the serve loop to report.
+        self._error: Optional[OSError] = None
+        # The flusher thread; False if it could not be started.
+        self._flusher: Union[None, bool, threading.Thread] = None
         self._idle = False
         self._stop = False
 
-    def queue(self, frame):
+    def queue(self, frame: bytes) -> None:
         with self._lock:
             self._queued.append(frame)
             self.size += len(frame)
 
-    def flush(self):
+    def flush(self) -> None:
         with self._lock:
             self._write_locked()
 
-    def add(self, frame, now, flush):
+    def add(self, frame: bytes, now: float, flush: bool) -> None:
         """Queues a reply made at `now`, and writes out everything queued if `flush`, if the
         batch is big, or if the oldest reply has waited MAX_HOLD; else leaves it for later
         (the flusher writes it out if the serve loop has not within MAX_HOLD)."""
@@ -157,7 +171,7 @@ class _Outbox:
                 elif self._idle:
                     self._wake.notify()
 
-    def _write_locked(self):
+    def _write_locked(self) -> None:
         if self._error is not None:
             raise self._error
         self.since = None
@@ -167,7 +181,7 @@ class _Outbox:
             self.size = 0
             self._sock.sendall(data)
 
-    def _start_flusher(self):
+    def _start_flusher(self) -> None:
         t = threading.Thread(target=self._run_flusher, name="herd-flush", daemon=True)
         try:
             t.start()
@@ -179,7 +193,7 @@ class _Outbox:
             return
         self._flusher = t
 
-    def _run_flusher(self):
+    def _run_flusher(self) -> None:
         with self._lock:
             while not self._stop:
                 since = self.since
@@ -202,7 +216,7 @@ class _Outbox:
                         self._queued.clear()
                         self.since = None
 
-    def stop(self):
+    def stop(self) -> None:
         with self._lock:
             self._stop = True
             self._wake.notify()
@@ -213,13 +227,13 @@ class _Reader:
     read found nothing the next one polls first (the supervisor is answering one task at a
     time); after a read found data it tries recv first (tasks are queued up)."""
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
         self._poll_first = False
 
-    def recv(self, n):
+    def recv(self, n: int) -> bytes:
         recv, flags = self._sock.recv, socket.MSG_DONTWAIT
         while True:
             if self._poll_first:
@@ -232,7 +246,7 @@ class _Reader:
             self._poll_first = False
             return data
 
-    def recv_into(self, view):
+    def recv_into(self, view: memoryview) -> int:
         recv_into, flags = self._sock.recv_into, socket.MSG_DONTWAIT
         while True:
             if self._poll_first:
@@ -246,7 +260,7 @@ class _Reader:
             return n
 
 
-def _output_bytes(value):
+def _output_bytes(value: object) -> bytes:
     """The handler's return value as bytes: bytes as is, str encoded as UTF-8, bytearray and
     memoryview copied. Anything else (None included) is a handler bug, reported as such."""
     if type(value) is bytes:
@@ -259,7 +273,7 @@ def _output_bytes(value):
         f"handler returned {type(value).__name__}, expected bytes, bytearray, memoryview or str")
 
 
-def _send_chunk(out, id, data, max_frame):
+def _send_chunk(out: _Outbox, id: int, data: bytes, max_frame: int) -> None:
     try:
         frame = _codec.encode_chunk(id, data, max_frame)
     except ProtocolError:
@@ -269,7 +283,7 @@ def _send_chunk(out, id, data, max_frame):
     out.add(frame, time.perf_counter(), False)
 
 
-def _stream(gen, id, out, max_frame):
+def _stream(gen: Generator[Any, None, Any], id: int, out: _Outbox, max_frame: int) -> bytes:
     """Runs a generator handler: each yielded value is a chunk, the return value (None: empty)
     the final output. A chunk already sent stays sent if the generator then raises."""
     try:
@@ -284,18 +298,18 @@ def _stream(gen, id, out, max_frame):
         gen.close()
 
 
-def _failure_message(exc):
+def _failure_message(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
-def _truncate(s, max_bytes):
+def _truncate(s: str, max_bytes: int) -> str:
     """The longest prefix of `s` that encodes to at most `max_bytes` UTF-8 bytes."""
     return s.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
-def _done_err(id, retryable, message, max_frame):
+def _done_err(id: int, retryable: bool, message: str, max_frame: int) -> bytes:
     try:
         return _codec.encode_done_err(id, retryable, message, max_frame)
     except ProtocolError:
@@ -305,7 +319,7 @@ def _done_err(id, retryable, message, max_frame):
             f"bytes; it began: {_truncate(message, 200)}"), max_frame)
 
 
-def _failed(exc, id, max_frame):
+def _failed(exc: Exception, id: int, max_frame: int) -> bytes:
     """The Done frame for a handler that raised `exc`."""
     if isinstance(exc, Retryable):
         return _done_err(id, True, str(exc) or "Retryable", max_frame)
@@ -314,20 +328,22 @@ def _failed(exc, id, max_frame):
     # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
     # stderr, which herd logs.
     try:
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next, file=sys.stderr)
+        tb = exc.__traceback__
+        traceback.print_exception(type(exc), exc, tb.tb_next if tb else None, file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
     return _done_err(id, False, f"handler raised {_failure_message(exc)}", max_frame)
 
 
-def _too_big(id, output, max_frame):
+def _too_big(id: int, output: bytes, max_frame: int) -> bytes:
     return _done_err(id, False, (
         f"handler output of {len(output)} bytes exceeds the maximum frame of {max_frame} "
         f"bytes"), max_frame)
 
 
-def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=False):
+def serve(sock: socket.socket, handler: Handler, token: str,
+          max_frame: int = _codec.DEFAULT_MAX_FRAME, pass_task: bool = False) -> None:
     """Runs the worker's side of the protocol on a connected socket: sends Hello, then answers
     every Task with exactly one Done until Shutdown, which returns normally.
 
@@ -355,12 +371,13 @@ def serve(sock, handler, token, max_frame=_codec.DEFAULT_MAX_FRAME, pass_task=Fa
         raise Disconnected() from None
 
 
-def _serve_loop(reader, out, handler, max_frame, pass_task):
+def _serve_loop(reader: _Reader, out: _Outbox, handler: Handler, max_frame: int,
+                pass_task: bool) -> None:
     perf = time.perf_counter
     decode = _codec.decode_to_worker
     encode_ok = _codec.encode_done_ok
     header = _unpack_header
-    data = b""
+    data: _Data = b""
     pos = 0
     while True:
         # Everything queued goes out before a read that may block.
@@ -407,7 +424,7 @@ def _serve_loop(reader, out, handler, max_frame, pass_task):
             out.add(frame, now, not fend or now - t0 >= BATCH_ONLY_UNDER)
 
 
-def _frame_end(data, pos, end, max_frame):
+def _frame_end(data: Buffer, pos: int, end: int, max_frame: int) -> int:
     """The end of the frame at `pos` if it is all in data[:end], else 0."""
     if end - pos < 4:
         return 0
@@ -415,7 +432,7 @@ def _frame_end(data, pos, end, max_frame):
     return pos + 4 + n if pos + 4 + n <= end else 0
 
 
-def _read_more(reader, rest, pos, max_frame):
+def _read_more(reader: _Reader, rest: _Data, pos: int, max_frame: int) -> _Data:
     """`rest[pos:]` (an incomplete frame, possibly empty) followed by at least one more byte.
     A frame bigger than a read is read straight into a buffer of its size."""
     rest = rest[pos:]
@@ -440,12 +457,12 @@ def _read_more(reader, rest, pos, max_frame):
     return rest + data if rest else data
 
 
-def _program_name():
+def _program_name() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     return name or "herd worker"
 
 
-def _config():
+def _config() -> Tuple[str, str, int]:
     """(socket path, token, max frame) from the environment herd sets."""
     for var in (ENV_SOCKET, ENV_TOKEN):
         if var not in os.environ:
@@ -471,7 +488,7 @@ def _config():
     return path, token, min(max_frame, _codec.MAX_FRAME_CEILING)
 
 
-def worker_index():
+def worker_index() -> Optional[int]:
     """This worker's slot index in its pool (HERD_WORKER), or None outside herd."""
     try:
         return int(os.environ[ENV_WORKER])
@@ -479,7 +496,7 @@ def worker_index():
         return None
 
 
-def run(handler, *, pass_task=False):
+def run(handler: Handler, *, pass_task: bool = False) -> NoReturn:
     """Runs `handler` as a herd worker until the supervisor sends the termination frame, then
     exits the process. Never returns.
 
@@ -496,7 +513,7 @@ def run(handler, *, pass_task=False):
     sys.exit(code)
 
 
-def _run(handler, pass_task):
+def _run(handler: Handler, pass_task: bool) -> int:
     try:
         path, token, max_frame = _config()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -521,7 +538,7 @@ def _run(handler, pass_task):
         return _fail(f"protocol error: {e}", EXIT_ERROR)
 
 
-def _fail(message, code):
+def _fail(message: str, code: int) -> int:
     try:
         sys.stderr.write(f"{_program_name()}: {message}\n")
         sys.stderr.flush()

@@ -3,17 +3,20 @@ and benchmarks can reproduce every failure a supervisor must survive with a Pyth
 Events are the same JSON objects as herd-chaos's (`python3 chaos.py --help`); outputs are JSON.
 An unknown op or a malformed event is a non-retryable error.
 
-    herd run -w 2 -- python3 sdk/python/examples/chaos.py < events.jsonl
+    herd run -w 2 -- python3 -m herd.examples.chaos < events.jsonl
 """
+
+from __future__ import annotations
 
 import json
 import os
 import signal
 import sys
 import time
+from typing import Any, Dict, Generator, List, NoReturn, Optional, Union
 
-import herd_worker
-from herd_worker import codec
+import herd
+from herd import _codec as codec
 
 HELP = """\
 chaos.py: a herd worker (Python SDK) whose behaviour each event chooses.
@@ -43,17 +46,17 @@ Run it under `herd run -- python3 chaos.py`; events are JSON objects, one per li
 """
 
 _loads = json.loads
-_HOARD = []
+_HOARD: List[bytes] = []
 
 
-def need(event, op, name):
+def need(event: Dict[str, Any], op: str, name: str) -> Any:
     value = event.get(name)
     if value is None:
-        raise herd_worker.Fatal(f"op {op!r} needs the field {name!r}")
+        raise herd.Fatal(f"op {op!r} needs the field {name!r}")
     return value
 
 
-def spin(ms):
+def spin(ms: float) -> None:
     """Burns `ms` ms of this thread's CPU time (the thread clock, as herd-chaos)."""
     clock = time.thread_time
     end = clock() + ms / 1000
@@ -61,16 +64,16 @@ def spin(ms):
         pass
 
 
-def handle(task):
+def handle(task: herd.Task) -> Union[bytes, str, Generator[Any, None, Any]]:
     try:
         event = _loads(task.payload)
         op = event["op"]
     except (ValueError, TypeError, KeyError) as e:
-        raise herd_worker.Fatal(f"malformed event: {e!r}") from None
+        raise herd.Fatal(f"malformed event: {e!r}") from None
     if op == "square":
         n = event.get("n")
         if type(n) is not int:
-            raise herd_worker.Fatal("op 'square' needs the field 'n'")
+            raise herd.Fatal("op 'square' needs the field 'n'")
         return str(n * n)
     if op == "echo":
         return json.dumps(event.get("v"), separators=(",", ":"), ensure_ascii=False)
@@ -84,12 +87,12 @@ def handle(task):
         return str(ms)
     if op == "fail":
         if event.get("retryable"):
-            raise herd_worker.Retryable("failed on request")
-        raise herd_worker.Fatal("failed on request")
+            raise herd.Retryable("failed on request")
+        raise herd.Fatal("failed on request")
     if op == "flaky":
         fails = need(event, op, "fails")
         if task.attempt <= fails:
-            raise herd_worker.Retryable(
+            raise herd.Retryable(
                 f"flaky: attempt {task.attempt} of {fails} planned failures")
         return str(task.attempt)
     if op == "panic":
@@ -132,12 +135,12 @@ def handle(task):
             frames = codec.encode_chunk(task.id ^ (1 << 62), b'"stray"')
         task._write_raw(frames)
         sleep_forever()
-    raise herd_worker.Fatal(
+    raise herd.Fatal(
         f"unknown op {op!r} (expected echo, square, spin, sleep, fail, flaky, panic, crash, "
         f"exit, hang, garbage, oversize, stderr, alloc, pid, stream or stray_chunk)")
 
 
-def stream(task, event):
+def stream(task: herd.Task, event: Dict[str, Any]) -> str:
     n = need(event, "stream", "n")
     size, ms = event.get("size"), event.get("ms")
     dies = event.get("crash_after") if task.attempt <= event.get("fails", 1) else None
@@ -154,18 +157,18 @@ def stream(task, event):
     return str(n)
 
 
-def parse_signal(name):
+def parse_signal(name: object) -> signal.Signals:
     """Accepts "SEGV", "SIGSEGV", "segv" or a signal number."""
     try:
         if isinstance(name, int) or str(name).isdigit():
-            return signal.Signals(int(name))
+            return signal.Signals(int(str(name)))
         upper = str(name).upper()
         return signal.Signals[upper if upper.startswith("SIG") else "SIG" + upper]
     except (KeyError, ValueError):
-        raise herd_worker.Fatal(f"crash: unknown signal {name!r}") from None
+        raise herd.Fatal(f"crash: unknown signal {name!r}") from None
 
 
-def crash(sig):
+def crash(sig: Optional[signal.Signals]) -> NoReturn:
     """Dies by `sig` (default disposition restored first), or by abort."""
     if sig is not None:
         try:
@@ -177,14 +180,14 @@ def crash(sig):
     os.abort()
 
 
-def hang():
+def hang() -> NoReturn:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     while True:
         pass
 
 
-def sleep_forever():
+def sleep_forever() -> NoReturn:
     while True:
         time.sleep(3600)
 
@@ -193,4 +196,4 @@ if __name__ == "__main__":
     if any(a in ("-h", "--help") for a in sys.argv[1:]):
         sys.stdout.write(HELP)
         sys.exit(0)
-    herd_worker.run(handle, pass_task=True)
+    herd.run(handle, pass_task=True)

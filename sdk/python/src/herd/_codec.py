@@ -23,7 +23,10 @@ A worker only needs `encode_hello`, `encode_done_ok`, `encode_done_err`, `encode
 the other half exists so tests (and anyone writing a supervisor) can speak the other side.
 """
 
+from __future__ import annotations
+
 import struct
+from typing import Literal, Optional, Tuple, TypeVar, Union
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
@@ -57,10 +60,26 @@ class ProtocolError(Exception):
     """A frame that is not one valid message, or one that cannot be encoded."""
 
 
+#: What a frame is read from or written from.
+Buffer = Union[bytes, bytearray, memoryview]
+
+# The decoded messages (see the module's docstring).
+TaskMsg = Tuple[Literal["Task"], int, int, bytes]
+ShutdownMsg = Tuple[Literal["Shutdown"]]
+ToWorker = Union[TaskMsg, ShutdownMsg]
+HelloMsg = Tuple[Literal["Hello"], int, int, str]
+Outcome = Union[Tuple[Literal["Ok"], bytes], Tuple[Literal["Err"], bool, str]]
+DoneMsg = Tuple[Literal["Done"], int, Outcome]
+HeartbeatMsg = Tuple[Literal["Heartbeat"]]
+ChunkMsg = Tuple[Literal["Chunk"], int, bytes]
+FromWorker = Union[HelloMsg, DoneMsg, HeartbeatMsg, ChunkMsg]
+_M = TypeVar("_M", bound=Tuple[object, ...])
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoding.
 
-def varint(n):
+def varint(n: int) -> bytes:
     """The bincode 2 varint encoding of the unsigned integer `n` (smallest form)."""
     if n < 251:
         if n < 0:
@@ -75,25 +94,25 @@ def varint(n):
     raise ProtocolError(f"integer {n} does not fit in 64 bits")
 
 
-def _u32(n):
+def _u32(n: int) -> bytes:
     if n > _U32_MAX:
         raise ProtocolError(f"integer {n} does not fit in 32 bits")
     return varint(n)
 
 
-def _frame(body, max_frame):
+def _frame(body: bytes, max_frame: int) -> bytes:
     if len(body) > max_frame:
         raise ProtocolError(
             f"frame of {len(body)} bytes exceeds the maximum of {max_frame} bytes")
     return _HEADER.pack(len(body)) + body
 
 
-def _str(s):
+def _str(s: str) -> bytes:
     b = s.encode("utf-8")
     return varint(len(b)) + b
 
 
-def encode_hello(protocol, pid, token, max_frame=MAX_FRAME_CEILING):
+def encode_hello(protocol: int, pid: int, token: str, max_frame: int = MAX_FRAME_CEILING) -> bytes:
     """Frame for Hello{protocol, pid, token}: the worker's first frame."""
     return _frame(b"\x00" + _u32(protocol) + _u32(pid) + _str(token), max_frame)
 
@@ -105,7 +124,7 @@ _DONE_ID16 = struct.Struct("<IBBHBB")
 _DONE_ID32 = struct.Struct("<IBBIBB")
 
 
-def encode_done_ok(id, output, max_frame=MAX_FRAME_CEILING):
+def encode_done_ok(id: int, output: Buffer, max_frame: int = MAX_FRAME_CEILING) -> bytes:
     """Frame for Done{id, Ok(output)}; `output` is bytes-like. One copy of `output`."""
     n = len(output)
     if n < 251 and n + 8 <= max_frame and type(output) is bytes:
@@ -122,18 +141,19 @@ def encode_done_ok(id, output, max_frame=MAX_FRAME_CEILING):
     return b"".join((_HEADER.pack(size), head, output))
 
 
-def encode_done_err(id, retryable, message, max_frame=MAX_FRAME_CEILING):
+def encode_done_err(id: int, retryable: bool, message: str,
+                    max_frame: int = MAX_FRAME_CEILING) -> bytes:
     """Frame for Done{id, Err{retryable, message}}."""
     return _frame(b"\x01" + varint(id) + (b"\x01\x01" if retryable else b"\x01\x00")
                   + _str(message), max_frame)
 
 
-def encode_heartbeat():
+def encode_heartbeat() -> bytes:
     """Frame for Heartbeat."""
     return b"\x01\x00\x00\x00\x02"
 
 
-def encode_chunk(id, data, max_frame=MAX_FRAME_CEILING):
+def encode_chunk(id: int, data: Buffer, max_frame: int = MAX_FRAME_CEILING) -> bytes:
     """Frame for Chunk{id, data} (version 2): a partial result of task `id`; `data` is
     bytes-like."""
     head = b"\x03" + varint(id) + varint(len(data))
@@ -143,13 +163,14 @@ def encode_chunk(id, data, max_frame=MAX_FRAME_CEILING):
     return b"".join((_HEADER.pack(size), head, data))
 
 
-def encode_task(id, attempt, payload, max_frame=MAX_FRAME_CEILING):
+def encode_task(id: int, attempt: int, payload: Buffer,
+                max_frame: int = MAX_FRAME_CEILING) -> bytes:
     """Frame for Task{id, attempt, payload} (the supervisor's side)."""
     return _frame(b"\x00" + varint(id) + _u32(attempt) + varint(len(payload)) + bytes(payload),
                   max_frame)
 
 
-def encode_shutdown():
+def encode_shutdown() -> bytes:
     """Frame for Shutdown, the termination frame (the supervisor's side)."""
     return b"\x01\x00\x00\x00\x01"
 
@@ -158,19 +179,19 @@ def encode_shutdown():
 # Decoding. Every decoder takes the buffer and the body's bounds [p, end), so a frame is decoded
 # where it lies in the read buffer, and refuses a body that is not exactly one message.
 
-def frame_len(buf, pos, max_frame):
+def frame_len(buf: Buffer, pos: int, max_frame: int) -> int:
     """The body length announced by the header at buf[pos:pos+4] (which must be there)."""
-    n = _HEADER.unpack_from(buf, pos)[0]
+    n: int = _HEADER.unpack_from(buf, pos)[0]
     if n > max_frame:
         raise ProtocolError(f"frame of {n} bytes exceeds the maximum of {max_frame} bytes")
     return n
 
 
-def _short(what):
+def _short(what: str) -> ProtocolError:
     return ProtocolError(f"malformed frame: body ends inside {what}")
 
 
-def _uint(buf, p, end, widest, what):
+def _uint(buf: Buffer, p: int, end: int, widest: int, what: str) -> Tuple[int, int]:
     """Decodes a varint at p whose field is at most `widest` bytes; returns (value, next p)."""
     if p >= end:
         raise _short(what)
@@ -193,7 +214,7 @@ def _uint(buf, p, end, widest, what):
         f"malformed frame: invalid varint marker {b} for {what} (a u{widest * 8})")
 
 
-def _bytes(buf, p, end, what):
+def _bytes(buf: Buffer, p: int, end: int, what: str) -> Tuple[bytes, int]:
     n, p = _uint(buf, p, end, 8, f"the length of {what}")
     if n > end - p:
         raise ProtocolError(
@@ -201,7 +222,7 @@ def _bytes(buf, p, end, what):
     return bytes(buf[p:p + n]), p + n
 
 
-def _text(buf, p, end, what):
+def _text(buf: Buffer, p: int, end: int, what: str) -> Tuple[str, int]:
     raw, p = _bytes(buf, p, end, what)
     try:
         return raw.decode("utf-8"), p
@@ -209,7 +230,7 @@ def _text(buf, p, end, what):
         raise ProtocolError(f"malformed frame: {what} is not valid UTF-8: {e}") from None
 
 
-def _bool(buf, p, end, what):
+def _bool(buf: Buffer, p: int, end: int, what: str) -> Tuple[bool, int]:
     if p >= end:
         raise _short(what)
     b = buf[p]
@@ -218,20 +239,20 @@ def _bool(buf, p, end, what):
     return b == 1, p + 1
 
 
-def _done_with(msg, p, end, name):
+def _done_with(msg: _M, p: int, end: int, name: str) -> _M:
     if p != end:
         raise ProtocolError(f"malformed frame: {end - p} trailing bytes after {name}")
     return msg
 
 
-def _variant(buf, p, end, enum, count):
+def _variant(buf: Buffer, p: int, end: int, enum: str, count: int) -> Tuple[int, int]:
     v, p = _uint(buf, p, end, 4, f"the {enum} variant")
     if v >= count:
         raise ProtocolError(f"malformed frame: unknown {enum} variant {v}")
     return v, p
 
 
-def decode_to_worker(buf, p=0, end=None):
+def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWorker:
     """Decodes a ToWorker body: ("Task", id, attempt, payload) or ("Shutdown",)."""
     if end is None:
         end = len(buf)
@@ -263,7 +284,7 @@ def decode_to_worker(buf, p=0, end=None):
     return _done_with(("Shutdown",), p, end, "Shutdown")
 
 
-def decode_from_worker(buf, p=0, end=None):
+def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> FromWorker:
     """Decodes a FromWorker body: ("Hello", protocol, pid, token), ("Done", id, outcome) with
     outcome ("Ok", output) or ("Err", retryable, message), ("Heartbeat",), or ("Chunk", id,
     data)."""

@@ -1,13 +1,22 @@
 """The blocking client: the asyncio client on an event loop of its own, in a thread."""
 
+from __future__ import annotations
+
 import asyncio
+import concurrent.futures
 import queue
 import threading
+from typing import (Any, Coroutine, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar,
+                    Union)
 
-from ._client import Pool, ConnectionLost, EventError, _limits_ms
+from .client import Event, Pool, _limits_ms
+from .errors import ConnectionLost, EventError
+
+_T = TypeVar("_T")
 
 
-def connect_sync(path, *, timeout=30.0, max_age=None, deadline=None):
+def connect_sync(path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
+                 deadline: Optional[float] = None) -> Client:
     """Connects to the daemon's control socket at `path`; a Client, also a context manager.
     `max_age` and `deadline` as for connect()."""
     return Client(path, timeout=timeout, max_age=max_age, deadline=deadline)
@@ -16,7 +25,8 @@ def connect_sync(path, *, timeout=30.0, max_age=None, deadline=None):
 class Client:
     """submit() and map() that block. Safe to call from several threads at once."""
 
-    def __init__(self, path, *, timeout=30.0, max_age=None, deadline=None):
+    def __init__(self, path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
+                 deadline: Optional[float] = None) -> None:
         limits = _limits_ms(max_age, deadline)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="herd-client",
@@ -28,36 +38,42 @@ class Client:
             self._stop_loop()
             raise
 
-    def _call(self, coro, timeout=None):
+    def _call(self, coro: Coroutine[Any, Any, _T], timeout: Optional[float] = None) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def submit(self, event, timeout=None, *, priority=0):
+    def submit(self, event: Event, timeout: Optional[float] = None, *,
+               priority: int = 0) -> bytes:
         """Runs one event; its output as bytes, or raises EventError / ConnectionLost.
         `timeout` (seconds) bounds only this wait (concurrent.futures.TimeoutError).
         `priority`: -128 to 127, higher runs first."""
         return self._call(self._pool.submit(event, priority=priority), timeout)
 
-    def map(self, events, *, ordered=False, window=1024, return_exceptions=False, priority=0):
+    def map(self, events: Iterable[Event], *, ordered: bool = False, window: int = 1024,
+            return_exceptions: bool = False,
+            priority: int = 0) -> Iterator[Tuple[int, Union[bytes, EventError]]]:
         """Like Pool.map, for a plain iterable: yields (index, output)."""
         if window < 1:
             raise ValueError("window must be at least 1")
-        done = queue.SimpleQueue()
+        done: queue.SimpleQueue[Tuple[int, concurrent.futures.Future[bytes]]] = \
+            queue.SimpleQueue()
         inflight = 0
-        held = {}
+        held: Dict[int, Union[bytes, EventError]] = {}
         want = 0
 
-        def sent(i, cf):
+        def sent(i: int, cf: concurrent.futures.Future[bytes]) -> None:
             cf.add_done_callback(lambda f: done.put((i, f)))
 
-        def take():
+        def take() -> Tuple[int, Union[bytes, EventError]]:
             i, f = done.get()
             err = f.exception()
-            if err is not None and (isinstance(err, ConnectionLost) or not return_exceptions
-                                    or not isinstance(err, EventError)):
-                raise err
-            return i, (err if err is not None else f.result())
+            if err is not None:
+                if isinstance(err, ConnectionLost) or not return_exceptions \
+                        or not isinstance(err, EventError):
+                    raise err
+                return i, err
+            return i, f.result()
 
-        def drain_one():
+        def drain_one() -> List[Tuple[int, Union[bytes, EventError]]]:
             nonlocal inflight, want
             i, value = take()
             if not ordered:
@@ -81,33 +97,34 @@ class Client:
             yield from drain_one()
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self._pool.pid
 
-    def close(self):
+    def close(self) -> None:
         """Waits for every pending event's record, then disconnects."""
         try:
             self._call(self._pool.close())
         finally:
             self._stop_loop()
 
-    def abort(self):
+    def abort(self) -> None:
         """Disconnects now; pending calls raise ConnectionLost."""
         try:
             self._loop.call_soon_threadsafe(self._pool.abort)
         finally:
             self._stop_loop()
 
-    def _stop_loop(self):
+    def _stop_loop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                 tb: Any) -> None:
         if exc_type is None:
             self.close()
         else:
