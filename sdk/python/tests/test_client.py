@@ -460,3 +460,28 @@ def test_max_age_and_deadline_per_connection_raise_typed_errors(daemon: StartDae
     run(main())
     totals = d.status()["totals"]
     assert totals.get("expired") == 1 and totals.get("deadline") == 1, totals
+
+
+def test_keyed_events_run_one_at_a_time_per_key_in_order(daemon: StartDaemon) -> None:
+    """`key=`: the daemon's --max-inflight-per-key 1 runs each key's events in turn, in the
+    order they were submitted, while other keys and unkeyed events go on beside them."""
+    d = daemon(workers=3, extra=["--max-inflight-per-key", "1"])
+    clock = b'{"op":"clock"}'
+
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
+            keyed = [pool.submit(clock, key=f"k{i % 3}") for i in range(30)]
+            plain = [pool.submit(square(i)) for i in range(30)]
+            starts = [int(x) for x in await asyncio.gather(*keyed)]
+            assert await asyncio.gather(*plain) == [str(i * i).encode() for i in range(30)]
+            for k in range(3):
+                mine = starts[k::3]
+                assert mine == sorted(mine), f"key k{k} started out of order: {mine}"
+            with pytest.raises(ValueError):
+                await pool.submit(clock, key="a\tb")
+            st = await asyncio.to_thread(d.status)
+            assert st["keys"]["max_inflight"] == 1 and st["keys"]["parked"] == 0, st
+
+    run(main())
+    with herd.connect_sync(d.sock) as pool:
+        assert pool.submit(square(4), key=b"bytes-key") == b"16"

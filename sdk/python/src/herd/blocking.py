@@ -42,11 +42,11 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def submit(self, event: Event, timeout: Optional[float] = None, *,
-               priority: int = 0) -> bytes:
+               priority: int = 0, key: Union[str, bytes, None] = None) -> bytes:
         """Runs one event; its output as bytes, or raises EventError / ConnectionLost.
         `timeout` (seconds) bounds only this wait (concurrent.futures.TimeoutError).
-        `priority`: -128 to 127, higher runs first."""
-        return self._call(self._pool.submit(event, priority=priority), timeout)
+        `priority`: -128 to 127, higher runs first; `key`: the event's key (docs/KEYS.md)."""
+        return self._call(self._pool.submit(event, priority=priority, key=key), timeout)
 
     def map(self, events: Iterable[Event], *, ordered: bool = False, window: int = 1024,
             return_exceptions: bool = False,

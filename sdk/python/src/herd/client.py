@@ -33,7 +33,11 @@ EVENT_LINE_OVERHEAD = 1 + 9
 # Variant indices: their order is part of the protocol.
 # (9 and 10 are Rate and SubmitRated, 12 and 13 CancelIn and SubmitNamed, which this client
 # does not send; SubmitTimed carries a rate too, sent empty: no limit of the submission's own.)
-HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL, SUBMIT_TIMED = 0, 1, 2, 3, 8, 11, 14
+HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL, SUBMIT_TIMED, OPEN = 0, 1, 2, 3, 8, 11, 14, 15
+# SubmitOption variants of Open (docs/CONTROL.md) that this client sends.
+OPT_PRIORITY, OPT_MAX_AGE_MS, OPT_DEADLINE_MS, OPT_LINE_KEY = 1, 4, 5, 7
+# Longest key (keys.rs MAX_KEY_LEN).
+MAX_KEY_LEN = 1024
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
 _REPLY_VARIANTS = 6
 
@@ -235,7 +239,7 @@ class Pool:
         self._opened: Tuple[str, float] = ("", 0.0)
         self._limits: _Limits = (0, 0)  # of every connection
         # priority -> task opening (then holding) that priority's Pool.
-        self._lanes: Dict[int, asyncio.Future[Pool]] = {}
+        self._lanes: Dict[Tuple[int, bool], asyncio.Future[Pool]] = {}
         self._reader = reader
         self._writer = writer
         self._max_line = max_line
@@ -263,7 +267,7 @@ class Pool:
 
     @classmethod
     async def _open(cls, path: str, timeout: float, priority: int = 0,
-                    limits: _Limits = (0, 0)) -> Pool:
+                    limits: _Limits = (0, 0), keyed: bool = False) -> Pool:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -273,7 +277,7 @@ class Pool:
         try:
             # Over its --max-connections the daemon accepts us only when a connection closes.
             pool = await asyncio.wait_for(
-                cls._handshake(reader, writer, priority, limits), timeout)
+                cls._handshake(reader, writer, priority, limits, keyed), timeout)
         except asyncio.TimeoutError as e:
             writer.close()
             raise HandshakeError(
@@ -288,7 +292,8 @@ class Pool:
 
     @classmethod
     async def _handshake(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         priority: int = 0, limits: _Limits = (0, 0)) -> Pool:
+                         priority: int = 0, limits: _Limits = (0, 0),
+                         keyed: bool = False) -> Pool:
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -316,7 +321,18 @@ class Pool:
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
         # Unordered: the client matches records to events by seq itself. Plain Submit
         # without a priority, so that daemons older than SubmitWith work too.
-        if any(limits):
+        if keyed:
+            # Open with LineKey: each event goes as `<key>\t<event>` (keys.rs). Only for
+            # keyed events, so that daemons older than Open work for the rest.
+            options = [bytes((OPT_LINE_KEY,))]
+            if priority:
+                options.append(bytes((OPT_PRIORITY, priority & 0xFF)))
+            if limits[0]:
+                options.append(bytes((OPT_MAX_AGE_MS,)) + varint(limits[0]))
+            if limits[1]:
+                options.append(bytes((OPT_DEADLINE_MS,)) + varint(limits[1]))
+            writer.write(_frame(bytes((OPEN,)) + varint(len(options)) + b"".join(options)))
+        elif any(limits):
             # Only with limits to give, so that daemons older than SubmitTimed work too.
             # max_age_ms, deadline_ms, then rate: an empty string (none).
             writer.write(_frame(bytes((SUBMIT_TIMED, 0, priority & 0xFF, 0))
@@ -327,22 +343,24 @@ class Pool:
             writer.write(_frame(bytes((SUBMIT, 0))))
         return cls(reader, writer, pid, max_frame, max_line)
 
-    async def _lane(self, priority: int) -> Pool:
-        """The Pool whose submission runs at `priority` (opened on first use)."""
-        return await asyncio.shield(self._lane_task(priority))
+    async def _lane(self, priority: int, keyed: bool = False) -> Pool:
+        """The Pool whose submission runs at `priority`, keyed or not (opened on first use)."""
+        return await asyncio.shield(self._lane_task(priority, keyed))
 
-    def _lane_task(self, priority: int) -> asyncio.Future[Pool]:
-        """The task opening (then holding) the Pool of `priority`, started on first use."""
+    def _lane_task(self, priority: int, keyed: bool = False) -> asyncio.Future[Pool]:
+        """The task opening (then holding) the Pool of `priority`, keyed or not, started on
+        first use."""
         _check_priority(priority)
         if self._error is not None:
             raise self._error
         if self._closing:
             raise HerdError("this pool is closed")
-        task = self._lanes.get(priority)
+        task = self._lanes.get((priority, keyed))
         if task is None:
             path, timeout = self._opened
-            task = asyncio.ensure_future(Pool._open(path, timeout, priority, self._limits))
-            self._lanes[priority] = task
+            task = asyncio.ensure_future(
+                Pool._open(path, timeout, priority, self._limits, keyed))
+            self._lanes[(priority, keyed)] = task
         return task
 
     # -----------------------------------------------------------------------------------------
@@ -369,10 +387,24 @@ class Pool:
             self._wake_writer.set()
         return seq
 
-    async def submit(self, event: Event, *, priority: int = 0) -> bytes:
+    def _keyed(self, key: Union[str, bytes], event: Event) -> bytes:
+        """`<key>\\t<event>`, the line a keyed submission takes (docs/KEYS.md)."""
+        k = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        if len(k) > MAX_KEY_LEN or b"\t" in k or b"\n" in k:
+            raise ValueError(
+                f"a key is at most {MAX_KEY_LEN} bytes without a tab or newline: {key!r}")
+        return k + b"\t" + self._admit(event)
+
+    async def submit(self, event: Event, *, priority: int = 0,
+                     key: Union[str, bytes, None] = None) -> bytes:
         """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
         raises the EventError subclass of its record's kind, or ConnectionLost. `priority`:
-        -128 to 127, higher runs first (the README's Priorities)."""
+        -128 to 127, higher runs first (the README's Priorities). `key`: the event's key, for
+        the daemon's per-key limits (--max-inflight-per-key, --key-rate: docs/KEYS.md); keyed
+        events go on a submission of their own."""
+        if key is not None:
+            line = self._keyed(key, event)
+            return await (await self._lane(priority, keyed=True)).submit(line)
         if priority:
             return await (await self._lane(priority)).submit(event)
         # _enqueue inlined: this is the path of every event of a run_in_executor-style program.
@@ -397,7 +429,8 @@ class Pool:
             self._cancel(seq)
             raise
 
-    def submit_stream(self, event: Event, *, priority: int = 0) -> Stream:
+    def submit_stream(self, event: Event, *, priority: int = 0,
+                      key: Union[str, bytes, None] = None) -> Stream:
         """Runs one event whose handler streams partial results: returns a Stream, an async
         iterator of its Chunks as they arrive, which ends with the final record (raising its
         EventError if it is one); then `stream.output` is the final output. `priority` as for
@@ -409,7 +442,10 @@ class Pool:
             out = stream.output
         """
         stream = Stream()
-        if priority:
+        if key is not None:
+            line = self._keyed(key, event)
+            self._stream_later(stream, line, self._lane_task(priority, keyed=True))
+        elif priority:
             self._stream_later(stream, event, self._lane_task(priority))
         else:
             self._stream_into(stream, event)
