@@ -84,7 +84,7 @@ pub fn serve_async<R, W, F>(
     mut handler: F,
 ) -> Result<(), Error>
 where
-    R: Read,
+    R: Read + std::os::fd::AsFd + Send,
     W: Write + Send,
     F: AsyncFnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {

@@ -22,6 +22,7 @@
 //! | `queue.rs` | the queued jobs of every submission, by priority then round-robin |
 //! | `reorder.rs` | an `--ordered` submission's reorder buffer |
 //! | `rate.rs` | the rate limits on attempt starts: changes and their status |
+//! | `withdraw.rs` | protocol 3: moving queued work away from a worker whose head task stalled |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -41,6 +42,7 @@ mod status;
 mod stop;
 mod submissions;
 mod timers;
+mod withdraw;
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -144,6 +146,8 @@ pub(crate) struct Pool {
     /// Some accepted event has a `--max-age` or `--deadline` (see `expiry`).
     time_limited: bool,
     next_sweep: Instant,
+    /// Look for stalled workers at the next wake-up (see `withdraw`).
+    stall_check: bool,
 }
 
 impl Pool {
@@ -240,6 +244,7 @@ impl Pool {
             rate_wake: None,
             time_limited: false,
             next_sweep: now,
+            stall_check: false,
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
@@ -328,6 +333,7 @@ impl Pool {
             }
             pool.release_held();
             pool.shed_while_open();
+            pool.move_stalled_work();
             pool.dispatch();
             for id in pool.submissions.flush(pool.now, false) {
                 tracing::info!(
