@@ -44,8 +44,64 @@ fn decode(
     chunks: Option<&Arc<Backlog>>,
 ) -> Result<WorkerFrame, FrameError> {
     let body = &frame[HEADER_LEN..];
-    let msg = decode_body_borrowed::<FromWorkerRef<'_>>(body)?;
-    let since = match &msg {
+    // The results of every version first: the hot path checks no version.
+    Ok(match decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Ok(out),
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::Ok(frame.slice_ref(out)),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Err { retryable, message },
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::Failed {
+                retryable,
+                message: message.into_owned(),
+            },
+        },
+        FromWorkerRef::Heartbeat => WorkerFrame::Heartbeat,
+        FromWorkerRef::Hello { .. } => WorkerFrame::Hello,
+        msg if protocol < since(&msg) => {
+            return Err(FrameError::Malformed(format!(
+                "{} from a protocol {protocol} worker (it is protocol {})",
+                frame_name(&msg),
+                since(&msg)
+            )))
+        }
+        FromWorkerRef::Chunk { id, data } => WorkerFrame::Chunk {
+            id,
+            ticket: chunks.map(|b| b.take(data.len())).unwrap_or_default(),
+            data: frame.slice_ref(data),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::RetryAfter { message, delay_ms },
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::RetryAfter(Box::new((
+                message.into_owned(),
+                std::time::Duration::from_millis(delay_ms),
+            ))),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Cancelled,
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::Cancelled,
+        },
+        FromWorkerRef::Withdrawn { id } => WorkerFrame::Withdrawn { id },
+        FromWorkerRef::Kept { id } => WorkerFrame::Kept { id },
+    })
+}
+
+/// The protocol version that introduced a frame.
+fn since(msg: &FromWorkerRef<'_>) -> u32 {
+    match msg {
         FromWorkerRef::Chunk { .. } => 2,
         FromWorkerRef::Withdrawn { .. }
         | FromWorkerRef::Kept { .. }
@@ -54,39 +110,7 @@ fn decode(
             ..
         } => WITHDRAW_VERSION,
         _ => 1,
-    };
-    if protocol < since {
-        return Err(FrameError::Malformed(format!(
-            "{} from a protocol {protocol} worker (it is protocol {since})",
-            frame_name(&msg)
-        )));
     }
-    Ok(match msg {
-        FromWorkerRef::Chunk { id, data } => WorkerFrame::Chunk {
-            id,
-            ticket: chunks.map(|b| b.take(data.len())).unwrap_or_default(),
-            data: frame.slice_ref(data),
-        },
-        FromWorkerRef::Done { id, outcome } => WorkerFrame::Done {
-            id,
-            outcome: match outcome {
-                OutcomeRef::Ok(out) => TaskOutcome::Ok(frame.slice_ref(out)),
-                OutcomeRef::Err { retryable, message } => TaskOutcome::Failed {
-                    retryable,
-                    message: message.into_owned(),
-                },
-                OutcomeRef::RetryAfter { message, delay_ms } => TaskOutcome::RetryAfter {
-                    message: message.into_owned(),
-                    delay: std::time::Duration::from_millis(delay_ms),
-                },
-                OutcomeRef::Cancelled => TaskOutcome::Cancelled,
-            },
-        },
-        FromWorkerRef::Withdrawn { id } => WorkerFrame::Withdrawn { id },
-        FromWorkerRef::Kept { id } => WorkerFrame::Kept { id },
-        FromWorkerRef::Heartbeat => WorkerFrame::Heartbeat,
-        FromWorkerRef::Hello { .. } => WorkerFrame::Hello,
-    })
 }
 
 /// A frame's name, for a fault message.
@@ -452,9 +476,9 @@ mod tests {
         assert!(matches!(
             decode_as(3, &retry).unwrap(),
             WorkerFrame::Done {
-                outcome: TaskOutcome::RetryAfter { delay, .. },
+                outcome: TaskOutcome::RetryAfter(ref after),
                 ..
-            } if delay == std::time::Duration::from_millis(250)
+            } if after.1 == std::time::Duration::from_millis(250)
         ));
         assert!(matches!(
             decode_as(3, &withdrawn).unwrap(),

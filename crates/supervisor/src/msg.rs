@@ -61,11 +61,9 @@ pub(crate) enum TaskOutcome {
     Ok(Bytes),
     /// The handler failed; `retryable` if another attempt may succeed.
     Failed { retryable: bool, message: String },
-    /// Protocol 3: a retryable failure with the worker's delay before the retry.
-    RetryAfter {
-        message: String,
-        delay: std::time::Duration,
-    },
+    /// Protocol 3: a retryable failure (its message) with the worker's delay before the
+    /// retry. Boxed: rare, and every frame is moved on the hot path.
+    RetryAfter(Box<(String, std::time::Duration)>),
     /// Protocol 3: the handler stopped for a cancel.
     Cancelled,
 }

@@ -348,3 +348,6 @@ fn take(ahead: &mut VecDeque<Ahead>, id: u64) -> bool {
         .position(|a| matches!(a, Ahead::Task { id: t, .. } if *t == id));
     pos.and_then(|p| ahead.remove(p)).is_some()
 }
+
+#[cfg(test)]
+mod tests;

@@ -148,6 +148,8 @@ pub(crate) struct Pool {
     next_sweep: Instant,
     /// Look for stalled workers at the next wake-up (see `withdraw`).
     stall_check: bool,
+    /// When to look next, while some worker's head could stall (see `withdraw`).
+    stall_timer: Option<Instant>,
 }
 
 impl Pool {
@@ -245,6 +247,7 @@ impl Pool {
             time_limited: false,
             next_sweep: now,
             stall_check: false,
+            stall_timer: None,
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {

@@ -227,7 +227,8 @@ impl Pool {
                 );
                 self.kill(worker, crate::slot::Cause::Protocol(fault));
             }
-            TaskOutcome::RetryAfter { message, delay } => {
+            TaskOutcome::RetryAfter(after) => {
+                let (message, delay) = *after;
                 self.on_failure(job, true, message, Some(delay))
             }
             TaskOutcome::Failed { retryable, message } => {

@@ -43,7 +43,7 @@ impl Pool {
             self.submissions.next_flush(),
             self.rate_wake,
             self.next_sweep(),
-            self.next_stall(),
+            self.stall_timer,
         ]
         .into_iter()
         .flatten()
@@ -59,7 +59,6 @@ impl Pool {
         self.autoscale();
         self.retries_due();
         self.sweep_out_of_time();
-        self.stall_check = true;
         for i in 0..self.slots.len() {
             let unread = self.slots[i]
                 .overdue_drain(self.now)

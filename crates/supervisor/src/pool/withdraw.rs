@@ -16,6 +16,8 @@ use crate::slot::{Answer, Cause};
 const STALL_FACTOR: f64 = 8.0;
 /// ...and at least this long: short tasks vary too much for their average to say "stuck".
 const STALL_FLOOR: Duration = Duration::from_secs(1);
+/// How often heads are checked for a stall while some could stall.
+const STALL_POLL: Duration = Duration::from_millis(250);
 
 impl Pool {
     /// How long a head task runs before the tasks behind it are withdrawn.
@@ -24,20 +26,25 @@ impl Pool {
         usual.max(STALL_FLOOR)
     }
 
-    /// The next moment a worker's head task becomes stalled (a timer), if it is still ahead.
-    pub(super) fn next_stall(&self) -> Option<tokio::time::Instant> {
-        let after = self.stall_after();
-        self.slots
-            .iter()
-            .filter_map(|s| s.stall_at(after))
-            .filter(|&t| t > self.now)
-            .min()
-    }
-
     /// Withdraws the tasks behind each stalled head while another worker has room for them.
-    /// Runs after a timer fired, and at every wake-up while a stalled worker waits for room
-    /// elsewhere (`stall_check`).
+    ///
+    /// Runs at every wake-up, but looks at the slots only when the stall timer fired, or while
+    /// a stalled worker waits for room elsewhere (`stall_check`): the timer is a coarse poll
+    /// ([`STALL_POLL`]) armed while some head could stall, not a deadline per slot recomputed
+    /// at every wake-up, which the tiny-task path would pay for.
     pub(super) fn move_stalled_work(&mut self) {
+        match self.stall_timer {
+            Some(t) if t <= self.now => {
+                self.stall_timer = None;
+                self.stall_check = true;
+            }
+            Some(_) => {}
+            None => {
+                if self.slots.iter().any(|s| s.stall_from().is_some()) {
+                    self.stall_timer = Some(self.now + STALL_POLL);
+                }
+            }
+        }
         if !std::mem::take(&mut self.stall_check) || self.phase == super::Phase::Stopping {
             return;
         }

@@ -65,17 +65,24 @@ impl<L> Slot<L> {
         self.protocol >= herd_proto::WITHDRAW_VERSION
     }
 
-    /// When the head task of this worker counts as stalled, having run `after`: only for a
-    /// ready protocol 3 worker with tasks queued behind its head, not already stalled.
-    pub fn stall_at(&self, after: Duration) -> Option<Instant> {
+    /// When the head task of this worker started, if it could stall: only for a ready protocol
+    /// 3 worker with tasks queued behind its head, not already stalled. (It stalls once it has
+    /// run the pool's stall time; the pool adds that once, not per slot.)
+    pub fn stall_from(&self) -> Option<Instant> {
         match &self.state {
             State::Ready {
                 inflight,
                 stalled: false,
                 ..
-            } if inflight.len() > 1 && self.speaks_v3() => Some(inflight.front()?.started + after),
+            } if inflight.len() > 1 && self.speaks_v3() => Some(inflight.front()?.started),
             _ => None,
         }
+    }
+
+    /// When the head task of this worker counts as stalled, having run `after` (see
+    /// [`Slot::stall_from`]).
+    pub fn stall_at(&self, after: Duration) -> Option<Instant> {
+        self.stall_from().map(|t| t + after)
     }
 
     /// The head task stalled: the tasks queued behind it are to be withdrawn. Marks the worker
