@@ -216,7 +216,7 @@ impl<R: Read + AsFd> Shared<R> {
                         return;
                     }
                     self.parked.store(true, SeqCst);
-                    if self.seq.load(SeqCst) % 2 == 1 {
+                    if !self.seq.load(SeqCst).is_multiple_of(2) {
                         break;
                     }
                     park = self
@@ -234,7 +234,7 @@ impl<R: Read + AsFd> Shared<R> {
                 if self.stop.load(SeqCst) {
                     return;
                 }
-                if self.seq.load(SeqCst) != seen || seen % 2 == 0 {
+                if self.seq.load(SeqCst) != seen || seen.is_multiple_of(2) {
                     continue;
                 }
             }

@@ -224,6 +224,9 @@ impl<L> Slot<L> {
         let Some(running) = inflight.remove(pos) else {
             return Answer::Ignored;
         };
+        // A cancel that crossed the withdrawal finds nothing to stop: its grace must not run
+        // out on a task the worker no longer holds.
+        self.asks.retain(|a| a.id != task);
         if pos == 0 {
             // Answered everything before it and gave this one back: it starts the next now.
             if let Some(next) = inflight.front_mut() {

@@ -307,3 +307,23 @@ fn a_cancel_cannot_be_asked_of_a_worker_that_is_no_longer_writable() {
     let s2 = ready(t0);
     assert!(s2.speaks_v3());
 }
+
+#[test]
+fn a_cancel_that_crossed_a_withdrawal_ends_with_the_task_given_back() {
+    let t0 = Instant::now();
+    let mut lim = limits();
+    lim.timeout = None;
+    let mut s = stalled(t0, 2);
+    assert_eq!(s.cancel(2), Some(true));
+    assert!(s.ask_cancel(2, t0));
+    let Answer::Returned { running, .. } = s.on_withdrawn(2, t0, &lim) else {
+        panic!("given back");
+    };
+    assert!(running.job.cancelled, "the pool records it `cancelled`");
+    assert_eq!(
+        s.cancel_due(&lim),
+        None,
+        "no grace left to kill the worker over it"
+    );
+    assert!(s.on_deadline(t0 + lim.exit_timeout, true, &lim).is_empty());
+}
