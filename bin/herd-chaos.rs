@@ -48,6 +48,15 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
                                    \"ms\":M    sleeps M ms before each chunk
                                    \"crash_after\":K  exits with code 3 after K chunks while
                                              the attempt is at most \"fails\" (default 1)
+  {\"op\":\"cancellable\",\"ms\":M}     sleeps M ms unless herd cancels it first (protocol 3),
+                                   then ends cancelled; returns M
+  {\"op\":\"retry_after\",\"ms\":M,\"fails\":K,\"log\":P}
+                                  appends \"attempt µs-since-1970\" to the file P, then
+                                  while attempt <= K a retryable error asking for a retry
+                                  after M ms (protocol 3); then returns the attempt
+  {\"op\":\"v3_frame\",\"frame\":F}     writes a protocol 3 frame herd did not ask for, then
+                                  sleeps: F is withdrawn_unknown, kept_unasked,
+                                  cancelled_unasked or truncated
   {\"op\":\"stray_chunk\"}            sends a chunk for a task it does not hold, then sleeps;
                                    with \"after_done\":true, its own Done then a chunk for it;
                                    with \"then_done\":true, the stray chunk then its own Done,
@@ -62,7 +71,37 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    herd_worker::run(handle)
+    // `--protocol N`: speak an older protocol (herd's compatibility tests).
+    let mut args = std::env::args().skip(1);
+    let mut protocol = None;
+    while let Some(arg) = args.next() {
+        if arg == "--protocol" {
+            protocol = args.next().and_then(|n| n.parse::<u32>().ok());
+            if protocol.is_none() {
+                eprintln!("herd-chaos: --protocol needs a version number");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match protocol {
+        None => herd_worker::run(handle),
+        Some(protocol) => match herd_worker::Config::from_env() {
+            Ok(config) => {
+                let config = herd_worker::Config { protocol, ..config };
+                match herd_worker::run_with(&config, handle) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("herd-chaos: {e}");
+                        ExitCode::from(e.exit_code())
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("herd-chaos: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+    }
 }
 
 /// Every field any op uses; each op reads only its own. Borrowed so `square` allocates nothing.
@@ -86,6 +125,10 @@ struct Event<'a> {
     crash_after: Option<u32>,
     after_done: Option<bool>,
     then_done: Option<bool>,
+    #[serde(borrow)]
+    log: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    frame: Option<Cow<'a, str>>,
 }
 
 fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
@@ -198,6 +241,59 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
             let (size, ms) = (event.size, event.ms);
             stream(task, n, size, ms, dies)
         }
+        "cancellable" => {
+            let ms = need(event.ms, "cancellable", "ms")?;
+            let until = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < until {
+                if task.is_cancelled() {
+                    return Err(TaskError::cancelled());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(number(ms))
+        }
+        "retry_after" => {
+            let ms = need(event.ms, "retry_after", "ms")?;
+            let log = need(event.log, "retry_after", "log")?;
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let line = format!("{} {}\n", task.attempt(), since.as_micros());
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&*log)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+                .map_err(|e| TaskError::fatal(format!("retry_after: {log}: {e}")))?;
+            if task.attempt() <= event.fails.unwrap_or(1) {
+                Err(TaskError::retryable("asked to wait").retry_after(Duration::from_millis(ms)))
+            } else {
+                Ok(number(task.attempt()))
+            }
+        }
+        "v3_frame" => {
+            let id = task.id();
+            let msg = match need(event.frame, "v3_frame", "frame")?.as_ref() {
+                // Far from any id herd has handed out.
+                "withdrawn_unknown" => FromWorker::Withdrawn { id: id ^ (1 << 62) },
+                "kept_unasked" => FromWorker::Kept { id },
+                "cancelled_unasked" => FromWorker::Done {
+                    id,
+                    outcome: Outcome::Cancelled,
+                },
+                // A Withdrawn with its id missing.
+                "truncated" => {
+                    write_raw(task, &[1, 0, 0, 0, 4])?;
+                    sleep_forever()
+                }
+                other => return Err(TaskError::fatal(format!("v3_frame: unknown frame {other:?}"))),
+            };
+            let mut frame = Vec::new();
+            codec::encode_frame(&msg, &mut frame, DEFAULT_MAX_FRAME)
+                .map_err(|e| TaskError::fatal(format!("cannot encode: {e}")))?;
+            write_raw(task, &frame)?;
+            sleep_forever()
+        }
         "stray_chunk" => {
             let mut frames = Vec::new();
             let encode = |frames: &mut Vec<u8>, msg: &FromWorker| {
@@ -234,7 +330,7 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
         other => Err(TaskError::fatal(format!(
             "unknown op {other:?} (expected echo, square, spin, sleep, fail, flaky, panic, \
              crash, exit, hang, garbage, oversize, stderr, alloc, pid, clock, runaway, whoami, env, \
-             stream or stray_chunk)"
+             stream, cancellable, retry_after, v3_frame or stray_chunk)"
         ))),
     }
 }

@@ -503,6 +503,7 @@ fn stdio_pipelines_answers_in_order_and_finishes_on_the_termination_frame() {
                 assert!(message.contains("contains a newline"), "{message}");
             }
             Outcome::Ok(out) => assert_eq!(out, format!("> {id}").into_bytes()),
+            other => panic!("herd-stdio speaks protocol 2, not {other:?}"),
         }
     }
     writer.join().unwrap();

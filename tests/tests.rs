@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod priority;
 mod privilege;
+mod protocol_v3;
 mod rate;
 mod resume;
 mod run;

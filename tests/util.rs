@@ -342,6 +342,17 @@ impl Fixture {
 
     /// `serve` with `-w` as herd takes it: a count or an autoscaling `MIN..MAX`.
     pub fn serve_w(&self, control: &Path, workers: &str, extra: &[&str]) -> Live {
+        self.serve_with(control, workers, extra, &[])
+    }
+
+    /// `serve_w` with arguments for herd-chaos (`--protocol 2`: an older worker).
+    pub fn serve_with(
+        &self,
+        control: &Path,
+        workers: &str,
+        extra: &[&str],
+        worker_args: &[&str],
+    ) -> Live {
         let mut args = vec![
             "serve",
             "--log-format",
@@ -353,6 +364,7 @@ impl Fixture {
         ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", chaos()]);
+        args.extend_from_slice(worker_args);
         let live = self.spawn_herd(&args);
         live.wait_log("ready", RUN_TIMEOUT, |l| {
             l.iter().any(|x| x["message"] == "ready")
@@ -515,10 +527,36 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(workers: usize, extra: &[&str]) -> Self {
+        Self::start_with(workers, extra, &[])
+    }
+
+    /// `start` with arguments for herd-chaos (`--protocol 2`: an older worker).
+    pub fn start_with(workers: usize, extra: &[&str], worker_args: &[&str]) -> Self {
         let fx = Fixture::new();
         let control = fx.path("control.sock");
-        let live = fx.serve(&control, workers, extra);
+        let live = fx.serve_with(&control, &workers.to_string(), extra, worker_args);
         Daemon { fx, live, control }
+    }
+
+    /// `herd submit --print-id` of `input` in the background, and the submission's id.
+    pub fn submit_with_id(&self, name: &str, input: &str) -> (std::process::Child, String) {
+        use std::io::BufRead;
+        let mut child = self.submit_bg(name, input, &["--print-id"]);
+        // The id comes on stderr as soon as the daemon names the submission.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("herd: submission ") {
+                    let _ = tx.send(id.to_string());
+                }
+            }
+        });
+        let id = rx
+            .recv_timeout(RUN_TIMEOUT)
+            .expect("herd submit --print-id");
+        (child, id)
     }
 
     pub fn ctl(&self) -> &str {

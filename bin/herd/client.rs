@@ -87,9 +87,10 @@ enum Action {
         #[arg(long, value_name = "ID")]
         submission: Option<u64>,
     },
-    /// Cancel one accepted event: queued, it is removed; running, its worker is stopped and
-    /// replaced (the other tasks it held run elsewhere). Its record is `cancelled`. Fails
-    /// if the event was already answered.
+    /// Cancel one accepted event: queued, it is removed; running, its worker stops it
+    /// (protocol 3), or is stopped and replaced (older workers, or no answer within the exit
+    /// timeout; the other tasks it held run elsewhere). Its record is `cancelled`. Fails if
+    /// the event was already answered.
     Cancel {
         /// The submission, as `herd submit --print-id` printed it.
         #[arg(long, value_name = "ID")]

@@ -220,7 +220,8 @@ pub struct PoolArgs {
     /// Extra attempts after a crash, timeout or retryable failure.
     #[arg(long, value_name = "N", default_value_t = 2)]
     retries: u32,
-    /// Base delay before retrying a retryable failure; doubles per attempt, with jitter.
+    /// Base delay before retrying a retryable failure; doubles per attempt, with jitter, up to
+    /// 32 times DUR. A worker's own retry delay (`retry_after`, protocol 3) is clamped to that.
     #[arg(long, value_name = "DUR", default_value = "100ms", value_parser = parse_duration)]
     retry_backoff: Duration,
     /// Attempt starts of the whole pool, at most: N/s, N/m or N/h, with up to B at once after

@@ -350,6 +350,24 @@ mod tests {
             data: b"ab".to_vec(),
         };
         assert_eq!(frame(&chunk), [5, 0, 0, 0, 3, 7, 2, b'a', b'b']);
+        // Version 3 adds variants after the others again, in each enum.
+        assert_eq!(frame(&ToWorker::Withdraw { id: 7 }), [2, 0, 0, 0, 2, 7]);
+        assert_eq!(frame(&ToWorker::Cancel { id: 7 }), [2, 0, 0, 0, 3, 7]);
+        assert_eq!(frame(&FromWorker::Withdrawn { id: 7 }), [2, 0, 0, 0, 4, 7]);
+        assert_eq!(frame(&FromWorker::Kept { id: 7 }), [2, 0, 0, 0, 5, 7]);
+        let retry = FromWorker::Done {
+            id: 7,
+            outcome: Outcome::RetryAfter {
+                message: "x".into(),
+                delay_ms: 300,
+            },
+        };
+        assert_eq!(frame(&retry), [8, 0, 0, 0, 1, 7, 2, 1, b'x', 251, 44, 1]);
+        let cancelled = FromWorker::Done {
+            id: 7,
+            outcome: Outcome::Cancelled,
+        };
+        assert_eq!(frame(&cancelled), [3, 0, 0, 0, 1, 7, 3]);
     }
 
     #[test]

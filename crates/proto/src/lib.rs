@@ -1,4 +1,4 @@
-//! herd's wire protocol, version 2: the messages a supervisor and its workers exchange, and the
+//! herd's wire protocol, version 3: the messages a supervisor and its workers exchange, and the
 //! one codec both sides use to put them on a Unix-domain socket.
 //!
 //! This crate is pure: types and byte-level encoding only, no runtime and no I/O policy. The
@@ -12,7 +12,10 @@
 //!   │ ── Hello { protocol, pid, token } ──▶  │  checks version, token, peer uid/pid
 //!   │ ◀─ Task { id, attempt, payload } ───── │  up to `window` tasks in flight
 //!   │ ── Chunk { id, data } ─────────────▶   │  v2: zero or more per Task, before its Done
-//!   │ ── Done { id, outcome } ───────────▶   │  exactly one Done per Task
+//!   │ ── Done { id, outcome } ───────────▶   │  exactly one Done per Task (or a Withdrawn)
+//!   │ ◀─ Withdraw { id } ─────────────────── │  v3: give back a task not started yet
+//!   │ ── Withdrawn { id } / Kept { id } ─▶   │  v3: given back / started or answered
+//!   │ ◀─ Cancel { id } ───────────────────── │  v3: stop it if you can (a Cancelled outcome)
 //!   │ ── Heartbeat ──────────────────────▶   │  optional, any time after Hello
 //!   │ ◀─ Shutdown ────────────────────────── │  termination frame: finish, reply, exit 0
 //! ```
@@ -32,9 +35,14 @@ pub use codec::{
 };
 
 /// Version of this protocol, sent in [`FromWorker::Hello`] by the SDKs. Version 2 added
-/// [`FromWorker::Chunk`]; every version-1 frame is unchanged, so the supervisor accepts
-/// workers speaking any version from [`MIN_PROTOCOL_VERSION`] to this one.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// [`FromWorker::Chunk`]; version 3 added [`ToWorker::Withdraw`], [`ToWorker::Cancel`], their
+/// answers [`FromWorker::Withdrawn`] and [`FromWorker::Kept`], and the outcomes
+/// [`Outcome::RetryAfter`] and [`Outcome::Cancelled`]. Every frame of an older version is
+/// unchanged (new variants only ever come last), so the supervisor accepts workers speaking any
+/// version from [`MIN_PROTOCOL_VERSION`] to this one, and sends each only the frames of its own.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The first version with withdrawals, cancels and `retry_after` (see [`PROTOCOL_VERSION`]).
+pub const WITHDRAW_VERSION: u32 = 3;
 /// The oldest version the supervisor still accepts (a version-1 worker never sends a Chunk).
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
@@ -67,6 +75,12 @@ pub enum FromWorker {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// Version 3, the answer to [`ToWorker::Withdraw`]: the worker had not started task `id`
+    /// and has dropped it. It sends nothing more for it; the supervisor owns it again.
+    Withdrawn { id: u64 },
+    /// Version 3, the other answer to [`ToWorker::Withdraw`]: the worker had already started
+    /// task `id`, or answered it; its `Done` follows, or came before.
+    Kept { id: u64 },
 }
 
 /// What a handler made of one task.
@@ -76,6 +90,12 @@ pub enum Outcome {
     Ok(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The handler failed; `retryable` asks the supervisor to try the event again.
     Err { retryable: bool, message: String },
+    /// Version 3: a retryable failure that says when to try again, `delay_ms` from now (the
+    /// supervisor clamps it to its own backoff limits).
+    RetryAfter { message: String, delay_ms: u64 },
+    /// Version 3: the handler stopped because the supervisor sent [`ToWorker::Cancel`] for
+    /// this task (or the task was cancelled before it started).
+    Cancelled,
 }
 
 /// A frame sent by the supervisor to a worker.
@@ -90,6 +110,12 @@ pub enum ToWorker {
     },
     /// The termination frame: finish the task in hand, send its `Done`, then exit 0.
     Shutdown,
+    /// Version 3: give task `id` back if it has not started. Answered by exactly one
+    /// [`FromWorker::Withdrawn`] or [`FromWorker::Kept`].
+    Withdraw { id: u64 },
+    /// Version 3: stop task `id` if it can be stopped cleanly; its `Done` (usually
+    /// [`Outcome::Cancelled`]) is the answer. One not started yet is answered at once.
+    Cancel { id: u64 },
 }
 
 /// Borrowing twin of [`FromWorker`] for the receiving side: decodes the same bytes, but leaves
@@ -118,6 +144,10 @@ pub enum FromWorkerRef<'a> {
         #[serde(borrow)]
         data: &'a [u8],
     },
+    /// See [`FromWorker::Withdrawn`].
+    Withdrawn { id: u64 },
+    /// See [`FromWorker::Kept`].
+    Kept { id: u64 },
 }
 
 /// Borrowing twin of [`Outcome`].
@@ -130,6 +160,12 @@ pub enum OutcomeRef<'a> {
         #[serde(borrow)]
         message: std::borrow::Cow<'a, str>,
     },
+    RetryAfter {
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+        delay_ms: u64,
+    },
+    Cancelled,
 }
 
 /// Borrowing twin of [`ToWorker`] for the sending side: encodes to exactly the same bytes, but
@@ -146,4 +182,8 @@ pub enum ToWorkerRef<'a> {
     },
     /// See [`ToWorker::Shutdown`].
     Shutdown,
+    /// See [`ToWorker::Withdraw`].
+    Withdraw { id: u64 },
+    /// See [`ToWorker::Cancel`].
+    Cancel { id: u64 },
 }

@@ -246,8 +246,9 @@ fn spec_worker_accepts_non_canonical_varints() {
         .filter(|n| n.direction == vectors::HERD_TO_WORKER)
     {
         let msg = vectors::Message::from_json(&n.direction, &n.message).unwrap();
+        // The spec's worker speaks version 1: herd never sends it a version 3 frame.
         let vectors::Message::ToWorker(ToWorker::Task { id, payload, .. }) = msg else {
-            panic!("{}: expected a task", n.name)
+            continue;
         };
         (&worker.conn)
             .write_all(&vectors::unhex(&n.frame_hex).unwrap())

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
-use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef};
+use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef, WITHDRAW_VERSION};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -35,21 +35,17 @@ pub(crate) struct WorkerSocket {
     pub read_buf: BytesMut,
 }
 
-/// Decodes the whole frame at the front of `buf` (checked complete by the caller). `chunks`
-/// is the worker's backlog if its protocol version has the `Chunk` frame.
-fn decode(frame: Bytes, chunks: Option<&Arc<Backlog>>) -> Result<WorkerFrame, FrameError> {
+/// Decodes the whole frame at the front of `buf` (checked complete by the caller) from a
+/// worker speaking `protocol`: a frame of a later version is a fault. `chunks` is the worker's
+/// backlog (protocol 2 and later).
+fn decode(
+    frame: Bytes,
+    protocol: u32,
+    chunks: Option<&Arc<Backlog>>,
+) -> Result<WorkerFrame, FrameError> {
     let body = &frame[HEADER_LEN..];
+    // The results of every version first: the hot path checks no version.
     Ok(match decode_body_borrowed::<FromWorkerRef<'_>>(body)? {
-        FromWorkerRef::Chunk { id, data } if chunks.is_some() => WorkerFrame::Chunk {
-            id,
-            ticket: chunks.map(|b| b.take(data.len())).unwrap_or_default(),
-            data: frame.slice_ref(data),
-        },
-        FromWorkerRef::Chunk { .. } => {
-            return Err(FrameError::Malformed(
-                "Chunk frame from a protocol 1 worker".into(),
-            ))
-        }
         FromWorkerRef::Done {
             id,
             outcome: OutcomeRef::Ok(out),
@@ -69,7 +65,72 @@ fn decode(frame: Bytes, chunks: Option<&Arc<Backlog>>) -> Result<WorkerFrame, Fr
         },
         FromWorkerRef::Heartbeat => WorkerFrame::Heartbeat,
         FromWorkerRef::Hello { .. } => WorkerFrame::Hello,
+        msg if protocol < since(&msg) => {
+            return Err(FrameError::Malformed(format!(
+                "{} from a protocol {protocol} worker (it is protocol {})",
+                frame_name(&msg),
+                since(&msg)
+            )))
+        }
+        FromWorkerRef::Chunk { id, data } => WorkerFrame::Chunk {
+            id,
+            ticket: chunks.map(|b| b.take(data.len())).unwrap_or_default(),
+            data: frame.slice_ref(data),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::RetryAfter { message, delay_ms },
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::RetryAfter(Box::new((
+                message.into_owned(),
+                std::time::Duration::from_millis(delay_ms),
+            ))),
+        },
+        FromWorkerRef::Done {
+            id,
+            outcome: OutcomeRef::Cancelled,
+        } => WorkerFrame::Done {
+            id,
+            outcome: TaskOutcome::Cancelled,
+        },
+        FromWorkerRef::Withdrawn { id } => WorkerFrame::Withdrawn { id },
+        FromWorkerRef::Kept { id } => WorkerFrame::Kept { id },
     })
+}
+
+/// The protocol version that introduced a frame.
+fn since(msg: &FromWorkerRef<'_>) -> u32 {
+    match msg {
+        FromWorkerRef::Chunk { .. } => 2,
+        FromWorkerRef::Withdrawn { .. }
+        | FromWorkerRef::Kept { .. }
+        | FromWorkerRef::Done {
+            outcome: OutcomeRef::RetryAfter { .. } | OutcomeRef::Cancelled,
+            ..
+        } => WITHDRAW_VERSION,
+        _ => 1,
+    }
+}
+
+/// A frame's name, for a fault message.
+fn frame_name(msg: &FromWorkerRef<'_>) -> &'static str {
+    match msg {
+        FromWorkerRef::Hello { .. } => "Hello",
+        FromWorkerRef::Done {
+            outcome: OutcomeRef::RetryAfter { .. },
+            ..
+        } => "a RetryAfter outcome",
+        FromWorkerRef::Done {
+            outcome: OutcomeRef::Cancelled,
+            ..
+        } => "a Cancelled outcome",
+        FromWorkerRef::Done { .. } => "Done",
+        FromWorkerRef::Heartbeat => "Heartbeat",
+        FromWorkerRef::Chunk { .. } => "Chunk frame",
+        FromWorkerRef::Withdrawn { .. } => "Withdrawn frame",
+        FromWorkerRef::Kept { .. } => "Kept frame",
+    }
 }
 
 /// The pool's handle on a worker's write side. Frames are written straight from the pool
@@ -111,7 +172,7 @@ impl Link {
         frames: mpsc::UnboundedSender<FromLink>,
     ) -> Self {
         let socket = conn.socket.get_ref().clone();
-        tokio::spawn(read_loop(conn, max_frame, protocol >= 2, id, frames));
+        tokio::spawn(read_loop(conn, max_frame, protocol, id, frames));
         let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
@@ -140,6 +201,8 @@ impl Link {
                     payload,
                 },
                 Outgoing::Shutdown => ToWorkerRef::Shutdown,
+                Outgoing::Withdraw(id) => ToWorkerRef::Withdraw { id: *id },
+                Outgoing::Cancel(id) => ToWorkerRef::Cancel { id: *id },
             };
             if let Err(e) = encode_frame(&frame, &mut self.buf, self.max_frame) {
                 // The pool checks sizes before dispatch; this is a bug, not a worker fault.
@@ -167,7 +230,7 @@ impl Link {
 async fn read_loop(
     conn: WorkerSocket,
     max_frame: usize,
-    chunks: bool,
+    protocol: u32,
     id: WorkerId,
     frames: mpsc::UnboundedSender<FromLink>,
 ) {
@@ -175,7 +238,7 @@ async fn read_loop(
         socket,
         read_buf: mut buf,
     } = conn;
-    let backlog = chunks.then(|| Arc::new(Backlog::default()));
+    let backlog = (protocol >= 2).then(|| Arc::new(Backlog::default()));
     // Reused while reads bring one frame each (the usual case with one task in flight): such
     // a frame travels alone, so the common path allocates nothing.
     let mut batch = Vec::new();
@@ -190,7 +253,11 @@ async fn read_loop(
                     break;
                 }
             };
-            match decode(buf.split_to(HEADER_LEN + len).freeze(), backlog.as_ref()) {
+            match decode(
+                buf.split_to(HEADER_LEN + len).freeze(),
+                protocol,
+                backlog.as_ref(),
+            ) {
                 Ok(frame) => batch.push(frame),
                 Err(e) => {
                     fault = Some(e.to_string());
@@ -370,7 +437,53 @@ mod tests {
     fn decoded(outcome: Outcome) -> WorkerFrame {
         let mut buf = Vec::new();
         encode_frame(&FromWorker::Done { id: 7, outcome }, &mut buf, 1 << 20).unwrap();
-        decode(Bytes::from(buf), None).unwrap()
+        decode(Bytes::from(buf), herd_proto::PROTOCOL_VERSION, None).unwrap()
+    }
+
+    fn decode_as(protocol: u32, msg: &FromWorker) -> Result<WorkerFrame, FrameError> {
+        let mut buf = Vec::new();
+        encode_frame(msg, &mut buf, 1 << 20).unwrap();
+        decode(Bytes::from(buf), protocol, None)
+    }
+
+    /// Each frame is accepted from the version that has it on, and is a fault before.
+    #[test]
+    fn a_frame_of_a_later_version_is_a_fault() {
+        let chunk = FromWorker::Chunk {
+            id: 1,
+            data: b"x".to_vec(),
+        };
+        let retry = FromWorker::Done {
+            id: 1,
+            outcome: Outcome::RetryAfter {
+                message: "busy".into(),
+                delay_ms: 250,
+            },
+        };
+        let cancelled = FromWorker::Done {
+            id: 1,
+            outcome: Outcome::Cancelled,
+        };
+        let withdrawn = FromWorker::Withdrawn { id: 1 };
+        let kept = FromWorker::Kept { id: 1 };
+        assert!(decode_as(1, &chunk).is_err());
+        assert!(decode_as(2, &chunk).is_ok());
+        for msg in [&retry, &cancelled, &withdrawn, &kept] {
+            let err = decode_as(2, msg).unwrap_err().to_string();
+            assert!(err.contains("from a protocol 2 worker"), "{err}");
+            assert!(decode_as(3, msg).is_ok());
+        }
+        assert!(matches!(
+            decode_as(3, &retry).unwrap(),
+            WorkerFrame::Done {
+                outcome: TaskOutcome::RetryAfter(ref after),
+                ..
+            } if after.1 == std::time::Duration::from_millis(250)
+        ));
+        assert!(matches!(
+            decode_as(3, &withdrawn).unwrap(),
+            WorkerFrame::Withdrawn { id: 1 }
+        ));
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub(crate) enum Outgoing {
         payload: Bytes,
     },
     Shutdown,
+    /// Protocol 3: give task `id` back if not started.
+    Withdraw(u64),
+    /// Protocol 3: stop task `id` if it can.
+    Cancel(u64),
 }
 
 /// A frame from a worker, as the pool sees it. A result's output is a slice of the buffer it
@@ -38,6 +42,14 @@ pub(crate) enum WorkerFrame {
         data: Bytes,
         ticket: crate::ChunkTicket,
     },
+    /// Protocol 3: the worker gave task `id` back (it never started it).
+    Withdrawn {
+        id: u64,
+    },
+    /// Protocol 3: the worker keeps task `id` (started or answered): its `Done` comes or came.
+    Kept {
+        id: u64,
+    },
     Heartbeat,
     Hello,
 }
@@ -49,6 +61,11 @@ pub(crate) enum TaskOutcome {
     Ok(Bytes),
     /// The handler failed; `retryable` if another attempt may succeed.
     Failed { retryable: bool, message: String },
+    /// Protocol 3: a retryable failure (its message) with the worker's delay before the
+    /// retry. Boxed: rare, and every frame is moved on the hot path.
+    RetryAfter(Box<(String, std::time::Duration)>),
+    /// Protocol 3: the handler stopped for a cancel.
+    Cancelled,
 }
 
 /// From a worker's link reader.

@@ -31,9 +31,20 @@ pub fn exp_delay(base: Duration, n: u32, max: Duration) -> Duration {
 /// capped at 32×base, with "equal jitter" (half fixed, half random from `rand01` in [0, 1)) so
 /// that a burst of failures does not retry in lockstep.
 pub fn retry_delay(base: Duration, n: u32, rand01: f64) -> Duration {
-    let full = exp_delay(base, n, base.saturating_mul(32));
+    let full = exp_delay(base, n, retry_delay_max(base));
     let half = full / 2;
     half + half.mul_f64(rand01.clamp(0.0, 1.0))
+}
+
+/// The longest retry delay for a `--retry-backoff` of `base`: 32×base.
+pub fn retry_delay_max(base: Duration) -> Duration {
+    base.saturating_mul(32)
+}
+
+/// The delay before a retry a worker asked for (`retry_after`, protocol 3): what it asked,
+/// clamped to the pool's longest retry delay. No jitter: the worker said when.
+pub fn worker_retry_delay(asked: Duration, base: Duration) -> Duration {
+    asked.min(retry_delay_max(base))
 }
 
 /// Round-robin: the first index at or after `cursor` (wrapping) for which `has_room` holds.
@@ -112,6 +123,20 @@ mod tests {
             let x = j.next_f64();
             assert!((0.0..1.0).contains(&x));
         }
+    }
+
+    #[test]
+    fn a_worker_retry_delay_is_clamped_to_the_longest_backoff() {
+        let base = Duration::from_millis(100);
+        assert_eq!(worker_retry_delay(Duration::ZERO, base), Duration::ZERO);
+        assert_eq!(
+            worker_retry_delay(Duration::from_millis(700), base),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            worker_retry_delay(Duration::from_secs(3600), base),
+            Duration::from_millis(3200)
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub enum ErrorKind {
     Rejected,
     /// herd stopped before the event could run.
     Shutdown,
-    /// A control request cancelled the event (queued: removed; running: its worker was
-    /// stopped and replaced).
+    /// A control request cancelled the event (queued: removed; running: its worker stopped
+    /// it, or was stopped and replaced).
     Cancelled,
     /// It waited longer than `--max-age` for its first start, and never ran.
     Expired,

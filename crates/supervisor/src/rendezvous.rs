@@ -413,6 +413,8 @@ fn frame_name(frame: &FromWorker) -> &'static str {
         FromWorker::Done { .. } => "Done",
         FromWorker::Heartbeat => "Heartbeat",
         FromWorker::Chunk { .. } => "Chunk",
+        FromWorker::Withdrawn { .. } => "Withdrawn",
+        FromWorker::Kept { .. } => "Kept",
     }
 }
 

@@ -264,6 +264,9 @@ pub(crate) enum State<L> {
         done: u64,
         /// Since when its reader has been paused for undelivered chunks (see `backlog`).
         held: Option<Instant>,
+        /// Its head task ran so long that the tasks behind it were withdrawn (see `asks`): it
+        /// gets no new task until that head is answered.
+        stalled: bool,
     },
     /// Out of rotation; gets the termination frame once everything it holds is answered.
     Retiring {
@@ -418,6 +421,10 @@ pub(crate) struct Slot<L> {
     pub spawned_at: Option<Instant>,
     /// Tasks the current (or last) process completed, whatever its state.
     completed: u64,
+    /// The protocol version the current process said in its `Hello` (0 before one).
+    protocol: u32,
+    /// Protocol 3 requests sent to the current process and not answered yet (see `asks`).
+    asks: Vec<asks::Ask>,
 }
 
 impl<L> Slot<L> {
@@ -434,6 +441,8 @@ impl<L> Slot<L> {
             stderr_tail: Vec::new(),
             spawned_at: None,
             completed: 0,
+            protocol: 0,
+            asks: Vec::new(),
         }
     }
 
@@ -530,7 +539,7 @@ impl<L> Slot<L> {
     /// Whether a ready worker may be sent one more task (not while it is held for a
     /// submitter's undelivered chunks: a task behind it would wait on that submitter).
     pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
-        matches!(&self.state, State::Ready { inflight, sent, held: None, .. }
+        matches!(&self.state, State::Ready { inflight, sent, held: None, stalled: false, .. }
             if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
     }
 
@@ -596,6 +605,8 @@ impl<L> Slot<L> {
         tracing::debug!(worker = self.index, pid, "worker spawned");
         self.spawned_at = Some(now);
         self.completed = 0;
+        self.protocol = 0;
+        self.asks.clear();
         self.set(State::Starting {
             pid,
             token,
@@ -624,13 +635,22 @@ impl<L> Slot<L> {
         vec![Effect::StartFailed]
     }
 
-    /// The starting worker completed its handshake. With `keep` false (the pool is stopping,
-    /// or the slot was scaled away meanwhile) it gets the termination frame at once.
-    pub fn greeted(&mut self, link: L, now: Instant, keep: bool, limits: &SlotLimits) -> Effects {
+    /// The starting worker completed its handshake, speaking `protocol`. With `keep` false (the
+    /// pool is stopping, or the slot was scaled away meanwhile) it gets the termination frame
+    /// at once.
+    pub fn greeted(
+        &mut self,
+        link: L,
+        protocol: u32,
+        now: Instant,
+        keep: bool,
+        limits: &SlotLimits,
+    ) -> Effects {
         let State::Starting { pid, .. } = self.state else {
             return Vec::new();
         };
-        tracing::info!(worker = self.index, pid, "worker ready");
+        tracing::info!(worker = self.index, pid, protocol, "worker ready");
+        self.protocol = protocol;
         self.set(State::Ready {
             pid,
             link,
@@ -638,6 +658,7 @@ impl<L> Slot<L> {
             sent: 0,
             done: 0,
             held: None,
+            stalled: false,
         });
         if keep {
             return Vec::new();
@@ -729,6 +750,12 @@ impl<L> Slot<L> {
         let Some(running) = inflight.remove(pos) else {
             return Done::NotHeld;
         };
+        if !self.asks.is_empty() {
+            // A cancel asked of the worker is answered (a withdrawal still is not: its
+            // `Kept` follows).
+            self.asks
+                .retain(|a| a.id != task || a.kind != asks::AskKind::Cancel);
+        }
         if pos == 0 {
             // The worker moves on to the next task now.
             if let Some(next) = inflight.front_mut() {
@@ -741,7 +768,9 @@ impl<L> Slot<L> {
         let mut worn_out = false;
         let mut emptied = false;
         match &mut self.state {
-            State::Ready { done, .. } => {
+            State::Ready { done, stalled, .. } => {
+                // Its head is answered: the worker is moving again.
+                *stalled &= pos != 0;
                 *done += 1;
                 worn_out = limits.max_tasks.is_some_and(|m| *done >= m);
             }
@@ -1247,6 +1276,14 @@ impl<L> Slot<L> {
         };
         match &self.state {
             State::Starting { since, .. } => Some(*since + limits.start_timeout),
+            State::Ready { inflight, .. } | State::Retiring { inflight, .. }
+                if !self.asks.is_empty() =>
+            {
+                [head(inflight), self.cancel_due(limits)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
             State::Ready { inflight, .. } | State::Retiring { inflight, .. } => head(inflight),
             State::Exiting { deadline, .. }
             | State::Leaving { deadline, .. }
@@ -1299,6 +1336,18 @@ impl<L> Slot<L> {
                 );
                 tracing::warn!(worker = i, pid, "{why}; killing it");
                 self.kill(Cause::StartFailed(why))
+            }
+            State::Ready { pid, .. } | State::Retiring { pid, .. }
+                if self.cancel_due(limits).is_some_and(|d| d <= now) =>
+            {
+                let task = self.overdue_cancel(now, limits).unwrap_or_default();
+                tracing::info!(
+                    worker = i,
+                    pid,
+                    task,
+                    "worker did not end a cancelled task within the exit timeout; killing it"
+                );
+                self.kill(Cause::Cancelled(task))
             }
             State::Ready { pid, inflight, .. } | State::Retiring { pid, inflight, .. } => {
                 let seq = inflight.front().map(|h| h.job.seq);
@@ -1356,6 +1405,12 @@ impl<L> Slot<L> {
     }
 }
 
+mod asks;
+
+pub(crate) use asks::Answer;
+
+#[cfg(test)]
+mod asks_tests;
 #[cfg(test)]
 mod cancel_tests;
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub fn serve_async<R, W, F>(
     mut handler: F,
 ) -> Result<(), Error>
 where
-    R: Read,
+    R: Read + std::os::fd::AsFd + Send,
     W: Write + Send,
     F: AsyncFnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
@@ -133,6 +133,13 @@ mod tests {
                 unreachable!("pending never completes")
             }
             b"refused" => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?,
+            b"cancellable" => {
+                // Protocol 3: the cancel wakes the handler out of its wait.
+                tokio::select! {
+                    () = task.cancelled() => Err(TaskError::cancelled()),
+                    () = tokio::time::sleep(Duration::from_secs(60)) => Ok(b"slept".to_vec()),
+                }
+            }
             payload => {
                 let (mut a, mut b) = tokio::net::UnixStream::pair()?;
                 let echo = tokio::spawn(async move {
@@ -204,6 +211,16 @@ mod tests {
         // The runtime survives a panicking handler.
         send(&sup, &task(4, 1, b"after"));
         assert_eq!(done(&sup, 4), Outcome::Ok(b"after #1".to_vec()));
+        send(&sup, &ToWorker::Shutdown);
+        worker.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_cancel_wakes_an_awaiting_handler() {
+        let (sup, worker) = spawn_async_worker();
+        send(&sup, &task(1, 1, b"cancellable"));
+        send(&sup, &ToWorker::Cancel { id: 1 });
+        assert_eq!(done(&sup, 1), Outcome::Cancelled);
         send(&sup, &ToWorker::Shutdown);
         worker.join().unwrap().unwrap();
     }

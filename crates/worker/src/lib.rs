@@ -39,6 +39,14 @@
 //!   1 ms while the handler is still running. It sleeps while nothing is queued and is
 //!   woken at most once per batch, so the tiny-task path costs no extra write.
 //!
+//! - **herd may take back what has not started, and ask to stop what has** (protocol 3). A
+//!   handler that has run for 10 ms gets a watcher thread that reads the connection for it: it
+//!   gives back queued tasks herd withdraws (to run on an idle worker while this one is busy)
+//!   and raises the cancel flag of the running one ([`Task::is_cancelled`],
+//!   [`Task::cancelled`]); see the `watch` module. A handler that observes the flag ends with
+//!   [`TaskError::cancelled`]; one that does not is killed by herd after a grace.
+//! - **A retry can say when.** [`TaskError::retry_after`] asks herd to wait that long before
+//!   the next attempt (within its own backoff limits).
 //! - **A handler may stream.** [`Task::chunk`] sends a partial result (protocol version 2's
 //!   `Chunk` frame) before the handler returns its final output; herd writes each one as a
 //!   record line of its own. Chunks are queued like replies and go out within the same 1 ms.
@@ -51,6 +59,10 @@
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+mod watch;
+
+pub use watch::Cancelled;
+use watch::{Ahead, CancelSignal, Reader, Shared};
 
 #[cfg(feature = "tokio")]
 pub use asynchronous::{run_async, run_async_with, serve_async};
@@ -70,7 +82,7 @@ use std::time::{Duration, Instant};
 use herd_proto::codec::{self, FrameError};
 use herd_proto::{
     FromWorker, Outcome, ToWorker, DEFAULT_MAX_FRAME, ENV_MAX_FRAME, ENV_SOCKET, ENV_TOKEN,
-    HEADER_LEN, MAX_FRAME_CEILING, PROTOCOL_VERSION,
+    HEADER_LEN, MAX_FRAME_CEILING, PROTOCOL_VERSION, WITHDRAW_VERSION,
 };
 
 /// Capacity of the input buffer: large enough to hold many pipelined small tasks.
@@ -179,6 +191,12 @@ struct PollReader<S> {
     poll_first: bool,
 }
 
+impl<S: AsFd> AsFd for PollReader<S> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl<S: AsFd> Read for PollReader<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use nix::errno::Errno;
@@ -216,41 +234,53 @@ impl<S: AsFd> Read for PollReader<S> {
 /// # Errors
 /// [`Error::Disconnected`] when the stream ends or the peer resets it (the supervisor is gone);
 /// [`Error::Protocol`] for a frame that cannot be read or written.
+///
+/// Protocol 3 (`config.protocol`): a watcher thread reads `reader` while a slow handler runs
+/// (see the `watch` module), which is why it must be pollable (`AsFd`) and `Send`.
 pub fn serve<R, W, F>(reader: R, writer: W, config: &Config, handler: F) -> Result<(), Error>
 where
-    R: Read,
+    R: Read + AsFd + Send,
     W: Write + Send,
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
     let outbox = Outbox::new(writer);
+    let shared = Shared::new(BufReader::with_capacity(READ_BUFFER, reader))
+        .map_err(|e| Error::Protocol(FrameError::Io(e)))?;
+    let max = config.max_frame;
     thread::scope(|scope| {
-        let _stop = StopOnDrop(&outbox);
+        let _stop = StopOnDrop(&outbox, &shared);
         // Without the flusher every reply is still sent before the worker blocks on a read; only
         // the bound on holding one back is lost, so a failed spawn is not worth dying for.
         let _ = thread::Builder::new()
             .name("herd-flush".into())
             .spawn_scoped(scope, || outbox.run_flusher());
-        serve_loop(reader, &outbox, config, handler)
+        if config.protocol >= WITHDRAW_VERSION {
+            // Without the watcher, withdrawals and cancels are answered between tasks only
+            // (`Kept`, or nothing): herd falls back to waiting, or to a kill.
+            let _ = thread::Builder::new()
+                .name("herd-watch".into())
+                .spawn_scoped(scope, || shared.run_watcher(&outbox, max));
+        }
+        serve_loop(&shared, &outbox, config, handler)
     })
 }
 
 fn serve_loop<R, W, F>(
-    reader: R,
+    shared: &Shared<R>,
     outbox: &Outbox<W>,
     config: &Config,
     mut handler: F,
 ) -> Result<(), Error>
 where
-    R: Read,
+    R: Read + AsFd,
     W: Write,
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
     let max = config.max_frame;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
-    let mut scratch = Vec::new();
+    let v3 = config.protocol >= WITHDRAW_VERSION;
 
     let hello = FromWorker::Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: config.protocol,
         pid: std::process::id(),
         token: config.token.clone(),
     };
@@ -260,46 +290,88 @@ where
         out.flush().map_err(Error::from_io)?;
     }
 
+    // Held except while a handler runs (then the watcher may read).
+    let mut reader = shared.lock_reader();
     loop {
-        let msg = codec::read_frame::<ToWorker, _>(&mut reader, &mut scratch, max)
-            .map_err(Error::from_frame)?;
-        match msg {
-            None => return Err(Error::Disconnected),
-            Some(ToWorker::Shutdown) => {
+        let next = match reader.ahead.pop_front() {
+            Some(next) => next,
+            None => {
+                let Reader { input, scratch, .. } = &mut *reader;
+                match codec::read_frame::<ToWorker, _>(input, scratch, max) {
+                    Ok(None) => Ahead::Eof,
+                    Err(e) => Ahead::Broken(e),
+                    Ok(Some(ToWorker::Shutdown)) => Ahead::Shutdown,
+                    Ok(Some(ToWorker::Task {
+                        id,
+                        attempt,
+                        payload,
+                    })) => Ahead::Task {
+                        id,
+                        attempt,
+                        payload,
+                    },
+                    // Read between handlers: its task is not ahead, so it started (and ran).
+                    Ok(Some(ToWorker::Withdraw { id })) if v3 => {
+                        let buffered = complete_frame_buffered(reader.input.buffer(), max);
+                        let mut out = outbox.lock();
+                        out.take_error().map_err(Error::from_io)?;
+                        codec::encode_frame(&FromWorker::Kept { id }, &mut out.buf, max)?;
+                        if buffered {
+                            out.held(&outbox.wake);
+                        } else {
+                            out.flush().map_err(Error::from_io)?;
+                        }
+                        continue;
+                    }
+                    // Its Done went out already: nothing to stop.
+                    Ok(Some(ToWorker::Cancel { .. })) if v3 => continue,
+                    Ok(Some(_)) => Ahead::Broken(FrameError::Malformed(format!(
+                        "a protocol {WITHDRAW_VERSION} frame sent to a protocol {} worker",
+                        config.protocol
+                    ))),
+                }
+            }
+        };
+        let (id, attempt, payload) = match next {
+            Ahead::Eof => return Err(Error::Disconnected),
+            Ahead::Broken(e) => return Err(Error::from_frame(e)),
+            Ahead::Shutdown => {
                 outbox.lock().flush().map_err(Error::from_io)?;
                 return Ok(());
             }
-            Some(ToWorker::Task {
+            Ahead::Task {
                 id,
                 attempt,
                 payload,
-            }) => {
-                let mut raw = RawStream(outbox, max);
-                let mut task = Task {
-                    id,
-                    attempt,
-                    payload: &payload,
-                    out: &mut raw,
-                };
-                let started = Instant::now();
-                let outcome = call(&mut handler, &mut task);
-                let slow = started.elapsed() >= BATCH_ONLY_UNDER;
+            } => (id, attempt, payload),
+        };
+        // The task has started: the watcher may read (and answer for what is ahead) now.
+        drop(reader);
+        shared.begin(id);
+        let mut raw = RawStream(outbox, max);
+        let mut task = Task {
+            id,
+            attempt,
+            payload: &payload,
+            out: &mut raw,
+            cancel: &shared.cancel,
+        };
+        let started = Instant::now();
+        let outcome = call(&mut handler, &mut task, v3);
+        let slow = started.elapsed() >= BATCH_ONLY_UNDER;
+        reader = shared.end();
 
-                let mut out = outbox.lock();
-                out.take_error().map_err(Error::from_io)?;
-                push_done(&mut out.buf, id, outcome, max)?;
-                // Flush before a read that may block, when the batch is full, or after a task slow
-                // enough that a write per reply costs nothing (and the supervisor is waiting to
-                // send more); otherwise hold the reply and let the flusher bound how long.
-                if slow
-                    || !complete_frame_buffered(reader.buffer(), max)
-                    || out.buf.len() >= WRITE_BATCH
-                {
-                    out.flush().map_err(Error::from_io)?;
-                } else {
-                    out.held(&outbox.wake);
-                }
-            }
+        let more = !reader.ahead.is_empty() || complete_frame_buffered(reader.input.buffer(), max);
+        let mut out = outbox.lock();
+        out.take_error().map_err(Error::from_io)?;
+        push_done(&mut out.buf, id, outcome, max)?;
+        // Flush before a read that may block, when the batch is full, or after a task slow
+        // enough that a write per reply costs nothing (and the supervisor is waiting to send
+        // more); otherwise hold the reply and let the flusher bound how long.
+        if slow || !more || out.buf.len() >= WRITE_BATCH {
+            out.flush().map_err(Error::from_io)?;
+        } else {
+            out.held(&outbox.wake);
         }
     }
 }
@@ -334,8 +406,10 @@ fn split(
         buf: Vec::with_capacity(WRITE_BATCH),
         max,
     };
+    // Tasks are answered on the caller's schedule, with no watcher: this API speaks protocol
+    // 2 at most, so herd never withdraws or cancels here.
     let hello = FromWorker::Hello {
-        protocol: PROTOCOL_VERSION,
+        protocol: config.protocol.min(2),
         pid: std::process::id(),
         token: config.token.clone(),
     };
@@ -395,6 +469,9 @@ impl Tasks {
                 attempt,
                 payload,
             })),
+            Some(ToWorker::Withdraw { .. } | ToWorker::Cancel { .. }) => Err(Error::Protocol(
+                FrameError::Malformed("a protocol 3 frame sent to a protocol 2 worker".into()),
+            )),
         }
     }
 
@@ -423,10 +500,7 @@ impl Replies {
     pub fn send(&mut self, id: u64, result: Result<Vec<u8>, TaskError>) -> Result<(), Error> {
         let outcome = match result {
             Ok(output) => Outcome::Ok(output),
-            Err(err) => Outcome::Err {
-                retryable: err.retryable,
-                message: err.message,
-            },
+            Err(err) => err.into_outcome(false, false),
         };
         push_done(&mut self.buf, id, outcome, self.max)?;
         if self.buf.len() >= WRITE_BATCH {
@@ -459,17 +533,15 @@ fn complete_frame_buffered(buf: &[u8], max: usize) -> bool {
     }
 }
 
-/// Calls the handler, turning a panic into a non-retryable error.
-fn call<F>(handler: &mut F, task: &mut Task<'_>) -> Outcome
+/// Calls the handler, turning a panic into a non-retryable error. `v3`: the outcomes of
+/// protocol 3 may be sent.
+fn call<F>(handler: &mut F, task: &mut Task<'_>, v3: bool) -> Outcome
 where
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
     match panic::catch_unwind(AssertUnwindSafe(|| handler(task))) {
         Ok(Ok(output)) => Outcome::Ok(output),
-        Ok(Err(err)) => Outcome::Err {
-            retryable: err.retryable,
-            message: err.message,
-        },
+        Ok(Err(err)) => err.into_outcome(v3, task.is_cancelled()),
         Err(payload) => Outcome::Err {
             retryable: false,
             message: format!("handler panicked: {}", panic_message(payload.as_ref())),
@@ -501,12 +573,14 @@ fn push_done(buf: &mut Vec<u8>, id: u64, outcome: Outcome, max: usize) -> Result
                 "handler output of {} bytes exceeds the maximum frame of {max} bytes",
                 bytes.len()
             ),
-            Outcome::Err { message, .. } => format!(
+            Outcome::Err { message, .. } | Outcome::RetryAfter { message, .. } => format!(
                 "handler error message of {} bytes exceeds the maximum frame of {max} bytes; \
                  it began: {}",
                 message.len(),
                 truncate(message, 200)
             ),
+            // Too small to be oversize.
+            Outcome::Cancelled => "cancelled".into(),
         };
         *outcome = Outcome::Err {
             retryable: false,
@@ -648,12 +722,13 @@ impl<W: Write> Queued<W> {
 
 /// Tells the flusher to exit when the serve loop ends, however it ends, so that the scope
 /// joining it does not wait forever.
-struct StopOnDrop<'a, W: Write>(&'a Outbox<W>);
+struct StopOnDrop<'a, W: Write, R: Read + AsFd>(&'a Outbox<W>, &'a Shared<R>);
 
-impl<W: Write> Drop for StopOnDrop<'_, W> {
+impl<W: Write, R: Read + AsFd> Drop for StopOnDrop<'_, W, R> {
     fn drop(&mut self) {
         self.0.lock().stop = true;
         self.0.wake.notify_one();
+        self.1.shut();
     }
 }
 
@@ -724,6 +799,7 @@ pub struct Task<'a> {
     attempt: u32,
     payload: &'a [u8],
     out: &'a mut dyn TaskOut,
+    cancel: &'a CancelSignal,
 }
 
 impl<'a> Task<'a> {
@@ -768,6 +844,41 @@ impl<'a> Task<'a> {
         self.out.chunk(self.id, data)
     }
 
+    /// Whether herd asked to cancel this task (protocol 3: `herd ctl cancel`, or a client's
+    /// cancel). Poll it between steps of a long computation, and end with
+    /// [`TaskError::cancelled`]: the worker then stays up. A handler that never looks is killed
+    /// by herd once the exit timeout has passed after the cancel, as before protocol 3.
+    ///
+    /// The flag is raised by a watcher thread that reads the connection once a handler has run
+    /// for 10 ms, so it can take that long to appear.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::process::ExitCode {
+    /// herd_worker::run(|task| {
+    ///     for _step in 0..1000 {
+    ///         if task.is_cancelled() {
+    ///             return Err(herd_worker::TaskError::cancelled());
+    ///         }
+    ///         std::thread::sleep(std::time::Duration::from_millis(10));
+    ///     }
+    ///     Ok(b"done".to_vec())
+    /// })
+    /// # }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is(self.id)
+    }
+
+    /// A future that completes when herd cancels this task: for an async handler, race it
+    /// against the work (`tokio::select!`) and end with [`TaskError::cancelled`]. It borrows
+    /// the cancel signal, not the task, so the handler may keep using the task meanwhile.
+    pub fn cancelled(&self) -> Cancelled<'a> {
+        Cancelled {
+            signal: self.cancel,
+            id: self.id,
+        }
+    }
+
     /// The connection's write side, for fault injection only (`herd-chaos`): whatever is written
     /// here reaches the supervisor as raw bytes, after any `Done` frames already queued, when
     /// the writer is flushed (or about 1 ms later at the latest). Flushing it also sends those
@@ -796,6 +907,10 @@ impl fmt::Debug for Task<'_> {
 pub struct TaskError {
     retryable: bool,
     message: String,
+    /// When to retry, if the handler said (protocol 3).
+    retry_after: Option<Duration>,
+    /// The handler stopped for a cancel (protocol 3).
+    cancelled: bool,
 }
 
 impl TaskError {
@@ -804,6 +919,8 @@ impl TaskError {
         Self {
             retryable: true,
             message: message.into(),
+            retry_after: None,
+            cancelled: false,
         }
     }
 
@@ -812,6 +929,79 @@ impl TaskError {
         Self {
             retryable: false,
             message: message.into(),
+            retry_after: None,
+            cancelled: false,
+        }
+    }
+
+    /// The handler stopped because herd cancelled the task ([`Task::is_cancelled`]). Sent as
+    /// the `Cancelled` outcome; the event's record is `cancelled`. Returned for a task herd did
+    /// not cancel, it becomes a fatal error saying so.
+    pub fn cancelled() -> Self {
+        Self {
+            retryable: false,
+            message: "cancelled".into(),
+            retry_after: None,
+            cancelled: true,
+        }
+    }
+
+    /// Makes this a retryable failure to be retried after `delay` (protocol 3's
+    /// `RetryAfter`: a service's `Retry-After`, a lock's expiry). herd waits that long, clamped
+    /// to its longest backoff (32 × `--retry-backoff`), instead of its own backoff; `--retries`
+    /// and `--deadline` still apply.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = herd_worker::TaskError::retryable("rate limited").retry_after(Duration::from_secs(2));
+    /// assert!(err.is_retryable());
+    /// assert_eq!(err.retry_delay(), Some(Duration::from_secs(2)));
+    /// ```
+    #[must_use]
+    pub fn retry_after(self, delay: Duration) -> Self {
+        Self {
+            retryable: true,
+            retry_after: Some(delay),
+            cancelled: false,
+            ..self
+        }
+    }
+
+    /// The delay set by [`TaskError::retry_after`].
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether this is [`TaskError::cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// The outcome sent for this error: `v3` allows protocol 3's outcomes; `was_cancelled`
+    /// says whether herd cancelled the task.
+    fn into_outcome(self, v3: bool, was_cancelled: bool) -> Outcome {
+        match self {
+            Self {
+                cancelled: true, ..
+            } if v3 && was_cancelled => Outcome::Cancelled,
+            Self {
+                cancelled: true, ..
+            } => Outcome::Err {
+                retryable: false,
+                message: "the handler ended cancelled, but herd did not cancel this task".into(),
+            },
+            Self {
+                retryable: true,
+                retry_after: Some(delay),
+                message,
+                ..
+            } if v3 => Outcome::RetryAfter {
+                message,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            },
+            Self {
+                retryable, message, ..
+            } => Outcome::Err { retryable, message },
         }
     }
 
@@ -892,7 +1082,12 @@ impl TaskError {
             retryable |= is_transient(c);
             cause = c.source();
         }
-        Self { retryable, message }
+        Self {
+            retryable,
+            message,
+            retry_after: None,
+            cancelled: false,
+        }
     }
 }
 
@@ -960,6 +1155,7 @@ impl<T, E: Into<TaskError>> ResultExt<T> for Result<T, E> {
     fn fatal(self) -> Result<T, TaskError> {
         self.map_err(|e| TaskError {
             retryable: false,
+            retry_after: None,
             ..e.into()
         })
     }
@@ -974,6 +1170,11 @@ pub struct Config {
     pub token: String,
     /// Largest frame body sent or accepted ([`ENV_MAX_FRAME`]; at most [`MAX_FRAME_CEILING`]).
     pub max_frame: usize,
+    /// The protocol version to speak: [`PROTOCOL_VERSION`] from [`Config::from_env`]. A lower
+    /// one makes herd treat the worker as an older one (no withdrawals, cancels or
+    /// `retry_after` below 3; no chunks below 2), which is how herd's tests check that older
+    /// workers keep working.
+    pub protocol: u32,
 }
 
 impl Config {
@@ -1011,6 +1212,7 @@ impl Config {
             socket: socket.into(),
             token,
             max_frame: max_frame.min(MAX_FRAME_CEILING),
+            protocol: PROTOCOL_VERSION,
         })
     }
 }
@@ -1100,6 +1302,7 @@ pub(crate) mod tests {
             socket: PathBuf::new(),
             token: "tok".into(),
             max_frame: 1024,
+            protocol: PROTOCOL_VERSION,
         }
     }
 

@@ -103,14 +103,42 @@ pub enum JsonMessage {
         id: u64,
         data_hex: String,
     },
+    /// Version 3, herd to worker.
+    Withdraw {
+        id: u64,
+    },
+    /// Version 3, herd to worker.
+    Cancel {
+        id: u64,
+    },
+    /// Version 3, worker to herd.
+    Withdrawn {
+        id: u64,
+    },
+    /// Version 3, worker to herd.
+    Kept {
+        id: u64,
+    },
 }
 
 /// [`Outcome`] in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum JsonOutcome {
-    Ok { output_hex: String },
-    Err { retryable: bool, message: String },
+    Ok {
+        output_hex: String,
+    },
+    Err {
+        retryable: bool,
+        message: String,
+    },
+    /// Version 3.
+    RetryAfter {
+        message: String,
+        delay_ms: u64,
+    },
+    /// Version 3.
+    Cancelled,
 }
 
 /// A message of either direction.
@@ -162,8 +190,17 @@ impl Message {
                         retryable: *retryable,
                         message: message.clone(),
                     },
+                    Outcome::RetryAfter { message, delay_ms } => JsonOutcome::RetryAfter {
+                        message: message.clone(),
+                        delay_ms: *delay_ms,
+                    },
+                    Outcome::Cancelled => JsonOutcome::Cancelled,
                 },
             },
+            Message::FromWorker(FromWorker::Withdrawn { id }) => JsonMessage::Withdrawn { id: *id },
+            Message::FromWorker(FromWorker::Kept { id }) => JsonMessage::Kept { id: *id },
+            Message::ToWorker(ToWorker::Withdraw { id }) => JsonMessage::Withdraw { id: *id },
+            Message::ToWorker(ToWorker::Cancel { id }) => JsonMessage::Cancel { id: *id },
             Message::FromWorker(FromWorker::Heartbeat) => JsonMessage::Heartbeat,
             Message::FromWorker(FromWorker::Chunk { id, data }) => JsonMessage::Chunk {
                 id: *id,
@@ -199,8 +236,16 @@ impl Message {
                 outcome: match outcome {
                     JsonOutcome::Ok { output_hex } => Outcome::Ok(unhex(&output_hex)?),
                     JsonOutcome::Err { retryable, message } => Outcome::Err { retryable, message },
+                    JsonOutcome::RetryAfter { message, delay_ms } => {
+                        Outcome::RetryAfter { message, delay_ms }
+                    }
+                    JsonOutcome::Cancelled => Outcome::Cancelled,
                 },
             }),
+            JsonMessage::Withdrawn { id } => Message::FromWorker(FromWorker::Withdrawn { id }),
+            JsonMessage::Kept { id } => Message::FromWorker(FromWorker::Kept { id }),
+            JsonMessage::Withdraw { id } => Message::ToWorker(ToWorker::Withdraw { id }),
+            JsonMessage::Cancel { id } => Message::ToWorker(ToWorker::Cancel { id }),
             JsonMessage::Heartbeat => Message::FromWorker(FromWorker::Heartbeat),
             JsonMessage::Chunk { id, data_hex } => Message::FromWorker(FromWorker::Chunk {
                 id,
@@ -288,9 +333,18 @@ pub fn messages() -> Vec<(String, Message)> {
         hello(31_337, "9f86d081884c7d659a2feaa0c55ad015"),
     );
     from("hello_empty_token".into(), hello(1, ""));
-    // What the SDKs send since version 2 (which added Chunk).
+    // A version 2 worker (Chunk, no withdrawals): herd still accepts it.
     from(
         "hello_protocol_2".into(),
+        FromWorker::Hello {
+            protocol: 2,
+            pid: 7,
+            token: "ab12".into(),
+        },
+    );
+    // What the SDKs send since version 3 (which added Withdraw, Cancel and their answers).
+    from(
+        "hello_protocol_3".into(),
         FromWorker::Hello {
             protocol: PROTOCOL_VERSION,
             pid: 7,
@@ -299,9 +353,9 @@ pub fn messages() -> Vec<(String, Message)> {
     );
     // herd refuses this at the handshake, but it is a well-formed frame.
     from(
-        "hello_protocol_3".into(),
+        "hello_protocol_4".into(),
         FromWorker::Hello {
-            protocol: 3,
+            protocol: 4,
             pid: 7,
             token: "ab12".into(),
         },
@@ -355,6 +409,34 @@ pub fn messages() -> Vec<(String, Message)> {
             chunk(1, &vec![b'c'; len]),
         );
     }
+    // Version 3: the answers to Withdraw, and the outcomes a retry delay and a cancel.
+    from("withdrawn".into(), FromWorker::Withdrawn { id: 7 });
+    from(
+        "withdrawn_id_u64_max".into(),
+        FromWorker::Withdrawn { id: u64::MAX },
+    );
+    from("kept".into(), FromWorker::Kept { id: 7 });
+    from("kept_id_65536".into(), FromWorker::Kept { id: 65_536 });
+    let retry_after = |id: u64, message: &str, delay_ms: u64| FromWorker::Done {
+        id,
+        outcome: Outcome::RetryAfter {
+            message: message.into(),
+            delay_ms,
+        },
+    };
+    from("done_retry_after".into(), retry_after(7, "busy", 1500));
+    from("done_retry_after_0_ms".into(), retry_after(7, "", 0));
+    from(
+        "done_retry_after_u64_max_ms".into(),
+        retry_after(u64::MAX, "rate limited: ☃", u64::MAX),
+    );
+    from(
+        "done_cancelled".into(),
+        FromWorker::Done {
+            id: 7,
+            outcome: Outcome::Cancelled,
+        },
+    );
 
     let mut to = |name: String, m: ToWorker| v.push((name, Message::ToWorker(m)));
     to("task".into(), task(1, 1, br#"{"op":"square","n":7}"#));
@@ -384,6 +466,14 @@ pub fn messages() -> Vec<(String, Message)> {
         task(3, 1, &vec![b'p'; 65_536]),
     );
     to("shutdown".into(), ToWorker::Shutdown);
+    // Version 3.
+    to("withdraw".into(), ToWorker::Withdraw { id: 7 });
+    to(
+        "withdraw_id_u64_max".into(),
+        ToWorker::Withdraw { id: u64::MAX },
+    );
+    to("cancel".into(), ToWorker::Cancel { id: 7 });
+    to("cancel_id_251".into(), ToWorker::Cancel { id: 251 });
     v
 }
 
@@ -412,12 +502,16 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("empty_body", WORKER_TO_HERD, &[], "a body must hold one message; an empty one holds none"),
         bad("empty_body_to_worker", HERD_TO_WORKER, &[], "a body must hold one message; an empty one holds none"),
-        bad("unknown_variant_4", WORKER_TO_HERD, &[4], "FromWorker has variants 0 (Hello), 1 (Done), 2 (Heartbeat) and 3 (Chunk) only"),
-        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 3 only"),
+        bad("unknown_variant_6", WORKER_TO_HERD, &[6], "FromWorker has variants 0 (Hello), 1 (Done), 2 (Heartbeat), 3 (Chunk), 4 (Withdrawn) and 5 (Kept) only"),
+        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 5 only"),
+        bad("withdrawn_missing_id", WORKER_TO_HERD, &[4], "the body ends where Withdrawn's id should start"),
+        bad("kept_trailing_byte", WORKER_TO_HERD, &[5, 7, 0], "a body holds exactly one message: bytes after it are refused"),
         bad("chunk_missing_data", WORKER_TO_HERD, &[3, 7], "the body ends where the chunk's data length should start"),
         bad("chunk_length_past_end", WORKER_TO_HERD, &[3, 7, 9, b'a', b'b'], "the data's length says 9 bytes, the body ends after 2"),
         bad("chunk_trailing_byte", WORKER_TO_HERD, &[3, 7, 1, b'a', 0], "a body holds exactly one message: bytes after it are refused"),
-        bad("heartbeat_sent_to_worker", HERD_TO_WORKER, &[2], "ToWorker has variants 0 (Task) and 1 (Shutdown) only; 2 is Heartbeat in the other direction"),
+        bad("unknown_variant_4_to_worker", HERD_TO_WORKER, &[4], "ToWorker has variants 0 (Task), 1 (Shutdown), 2 (Withdraw) and 3 (Cancel) only; 4 is Withdrawn in the other direction"),
+        bad("withdraw_missing_id", HERD_TO_WORKER, &[2], "the body ends where Withdraw's id should start"),
+        bad("cancel_id_u128_marker", HERD_TO_WORKER, &[3, 254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "marker 254 (u128) is refused: no field is a u128"),
         bad("variant_index_u64_marker", WORKER_TO_HERD, &[253, 2, 0, 0, 0, 0, 0, 0, 0], "a variant index is a u32 varint: the u64 marker 253 is refused whatever the value"),
         bad("hello_truncated_token", WORKER_TO_HERD, &[0, 1, 146, 4, b'a', b'b'], "the token's length says 4 bytes, the body ends after 2"),
         bad("hello_truncated_varint", WORKER_TO_HERD, &[0, 1, 251, 146], "the pid's marker 251 promises 2 more bytes, the body has 1"),
@@ -427,7 +521,9 @@ pub fn malformed() -> Vec<Malformed> {
         bad("hello_pid_u64_marker", WORKER_TO_HERD, &[0, 1, 253, 1, 0, 0, 0, 0, 0, 0, 0, 0], "pid is a u32: the u64 marker 253 is refused even for a small value"),
         bad("hello_pid_u128_marker", WORKER_TO_HERD, &[0, 1, 254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "marker 254 (u128) is refused: no field is a u128"),
         bad("done_id_reserved_marker_255", WORKER_TO_HERD, &[1, 255, 0, 2, b'o', b'k'], "marker 255 is reserved and always refused"),
-        bad("done_unknown_outcome_2", WORKER_TO_HERD, &[1, 7, 2], "Outcome has variants 0 (Ok) and 1 (Err) only"),
+        bad("done_unknown_outcome_4", WORKER_TO_HERD, &[1, 7, 4], "Outcome has variants 0 (Ok), 1 (Err), 2 (RetryAfter) and 3 (Cancelled) only"),
+        bad("done_retry_after_missing_delay", WORKER_TO_HERD, &[1, 7, 2, 1, b'x'], "the body ends where RetryAfter's delay_ms should start"),
+        bad("done_cancelled_trailing_byte", WORKER_TO_HERD, &[1, 7, 3, 0], "Cancelled has no fields: bytes after it are refused"),
         bad("done_ok_length_past_end", WORKER_TO_HERD, &[1, 7, 0, 200, b'4', b'9'], "the output's length says 200 bytes, the body ends after 2"),
         bad("done_ok_length_u64_max", WORKER_TO_HERD, &[1, 7, 0, 253, 255, 255, 255, 255, 255, 255, 255, 255], "a length of 2^64-1: refused without allocating (longer than the body, and above the 64 MiB ceiling)"),
         bad("done_err_bool_2", WORKER_TO_HERD, &[1, 7, 1, 2, 1, b'x'], "a bool is one byte, 0 or 1; 2 is refused"),
@@ -492,6 +588,12 @@ pub fn non_canonical() -> Vec<NonCanonical> {
             Message::FromWorker(chunk(1, b"hi")),
             &[3, 1, 251, 2, 0, b'h', b'i'],
             "data length 2 written as marker 251 + u16",
+        ),
+        n(
+            "withdraw_id_u32_form",
+            Message::ToWorker(ToWorker::Withdraw { id: 7 }),
+            &[2, 252, 7, 0, 0, 0],
+            "id 7 written as marker 252 + u32",
         ),
         n(
             "task_payload_length_u16_form",

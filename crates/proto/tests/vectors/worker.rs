@@ -115,8 +115,15 @@ fn read_like_herd(frame: &[u8], max: usize) -> Result<FromWorker, FrameError> {
                         retryable,
                         message: message.into_owned(),
                     },
+                    OutcomeRef::RetryAfter { message, delay_ms } => Outcome::RetryAfter {
+                        message: message.into_owned(),
+                        delay_ms,
+                    },
+                    OutcomeRef::Cancelled => Outcome::Cancelled,
                 },
             },
+            FromWorkerRef::Withdrawn { id } => FromWorker::Withdrawn { id },
+            FromWorkerRef::Kept { id } => FromWorker::Kept { id },
             FromWorkerRef::Heartbeat => FromWorker::Heartbeat,
             FromWorkerRef::Chunk { id, data } => FromWorker::Chunk {
                 id,
@@ -139,6 +146,8 @@ fn encode_like_herd(msg: &ToWorker) -> Vec<u8> {
             payload,
         },
         ToWorker::Shutdown => ToWorkerRef::Shutdown,
+        ToWorker::Withdraw { id } => ToWorkerRef::Withdraw { id: *id },
+        ToWorker::Cancel { id } => ToWorkerRef::Cancel { id: *id },
     };
     let mut out = Vec::new();
     codec::encode_frame(&borrowed, &mut out, DEFAULT_MAX_FRAME).unwrap();
@@ -182,7 +191,31 @@ fn the_vectors_cover_the_protocol() {
                             shapes.insert("non-ASCII string");
                         }
                     }
+                    JsonOutcome::RetryAfter { message, delay_ms } => {
+                        shapes.insert("Done RetryAfter");
+                        lens.insert(message.len());
+                        ids.insert(*delay_ms);
+                    }
+                    JsonOutcome::Cancelled => {
+                        shapes.insert("Done Cancelled");
+                    }
                 }
+            }
+            JsonMessage::Withdraw { id } => {
+                shapes.insert("Withdraw");
+                ids.insert(*id);
+            }
+            JsonMessage::Cancel { id } => {
+                shapes.insert("Cancel");
+                ids.insert(*id);
+            }
+            JsonMessage::Withdrawn { id } => {
+                shapes.insert("Withdrawn");
+                ids.insert(*id);
+            }
+            JsonMessage::Kept { id } => {
+                shapes.insert("Kept");
+                ids.insert(*id);
             }
             JsonMessage::Heartbeat => {
                 shapes.insert("Heartbeat");
@@ -216,6 +249,12 @@ fn the_vectors_cover_the_protocol() {
         "Task",
         "Shutdown",
         "Chunk",
+        "Withdraw",
+        "Cancel",
+        "Withdrawn",
+        "Kept",
+        "Done RetryAfter",
+        "Done Cancelled",
         "non-ASCII string",
     ];
     assert_covers(&shapes, shapes_wanted, |shape| {

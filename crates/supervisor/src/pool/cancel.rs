@@ -2,8 +2,10 @@
 //!
 //! A job is in exactly one place (see `settle.rs`), so a cancel looks in each: queued or
 //! waiting out a retry delay, it is taken out and gets its `cancelled` record at once; held by
-//! a worker, the job is marked and the worker is stopped (`Cause::Cancelled`) and replaced,
-//! the other tasks it held going back uncharged as after a crash. The mark travels with the
+//! a worker, the job is marked, and the worker is asked to stop it (protocol 3: a `Cancel`
+//! frame, see `slot/asks.rs`) or, if it cannot be asked or does not answer within the exit
+//! timeout, stopped (`Cause::Cancelled`) and replaced, the other tasks it held going back
+//! uncharged as after a crash. The mark travels with the
 //! job, so whichever way its attempt ends first (the kill, a `Done` that crossed it, a crash,
 //! a stop) the one record is `cancelled`: `settle.rs` checks it on every path out.
 
@@ -18,7 +20,8 @@ use crate::slot::Cause;
 pub enum CancelOutcome {
     /// It was queued (or waiting to be retried): removed, its `cancelled` record sent.
     Queued,
-    /// A worker held it: the worker is being stopped; the `cancelled` record follows its exit.
+    /// A worker held it: the worker was asked to stop it, or is being stopped; the
+    /// `cancelled` record follows its answer or its exit.
     Running,
     /// It is not in the pool: it was already answered (or never accepted).
     Answered,
@@ -36,7 +39,7 @@ impl CancelOutcome {
     pub fn describe(self) -> &'static str {
         match self {
             CancelOutcome::Queued => "cancelled (it was queued)",
-            CancelOutcome::Running => "cancelled (its worker is being stopped)",
+            CancelOutcome::Running => "cancelled (its worker is stopping it)",
             CancelOutcome::Answered => "already answered (or never accepted): nothing to cancel",
             CancelOutcome::NoSubmission => "no such submission is open",
         }
@@ -66,8 +69,13 @@ impl Pool {
                 continue;
             };
             if self.slots[i].cancel(task) == Some(true) {
-                tracing::debug!(worker = i, seq, "cancelling a task its worker holds");
-                self.kill(i, Cause::Cancelled(task));
+                if self.slots[i].ask_cancel(task, self.now) {
+                    tracing::debug!(worker = i, seq, "asking the worker to cancel a task");
+                    self.send_asks(i, &[crate::msg::Outgoing::Cancel(task)]);
+                } else {
+                    tracing::debug!(worker = i, seq, "cancelling a task its worker holds");
+                    self.kill(i, Cause::Cancelled(task));
+                }
             }
             return CancelOutcome::Running;
         }

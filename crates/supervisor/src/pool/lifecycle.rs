@@ -212,7 +212,10 @@ impl Pool {
         );
         self.ever_ready = true;
         let keep = self.keep(i);
-        self.transition(i, |slot, now, limits| slot.greeted(link, now, keep, limits));
+        let protocol = g.protocol;
+        self.transition(i, |slot, now, limits| {
+            slot.greeted(link, protocol, now, keep, limits)
+        });
         if !keep {
             return;
         }
@@ -251,6 +254,8 @@ impl Pool {
         let (task, outcome) = match frame {
             WorkerFrame::Done { id, outcome } => (id, outcome),
             WorkerFrame::Chunk { id, data, ticket } => return self.on_chunk(i, id, data, ticket),
+            WorkerFrame::Withdrawn { id } => return self.on_withdraw_answer(i, id, true),
+            WorkerFrame::Kept { id } => return self.on_withdraw_answer(i, id, false),
             WorkerFrame::Heartbeat => return,
             WorkerFrame::Hello => {
                 return self.kill(i, Cause::Protocol("second Hello".into()));

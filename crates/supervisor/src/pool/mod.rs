@@ -23,6 +23,7 @@
 //! | `reorder.rs` | an `--ordered` submission's reorder buffer |
 //! | `rate.rs` | the rate limits on attempt starts: changes and their status |
 //! | `keyed.rs` | per-key limits carried out: parking at dispatch, release at the final record, wake-ups |
+//! | `withdraw.rs` | protocol 3: moving queued work away from a worker whose head task stalled |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
@@ -43,6 +44,7 @@ mod status;
 mod stop;
 mod submissions;
 mod timers;
+mod withdraw;
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -151,6 +153,10 @@ pub(crate) struct Pool {
     keys: crate::keys::Keys,
     /// Jobs a key released, newest first, for `requeue_released`.
     released: Vec<Job>,
+    /// Look for stalled workers at the next wake-up (see `withdraw`).
+    stall_check: bool,
+    /// When to look next, while some worker's head could stall (see `withdraw`).
+    stall_timer: Option<Instant>,
 }
 
 impl Pool {
@@ -250,6 +256,8 @@ impl Pool {
             next_sweep: now,
             keys: crate::keys::Keys::new(cfg_keys),
             released: Vec::new(),
+            stall_check: false,
+            stall_timer: None,
         };
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
@@ -338,6 +346,7 @@ impl Pool {
             }
             pool.release_held();
             pool.shed_while_open();
+            pool.move_stalled_work();
             pool.dispatch();
             for id in pool.submissions.flush(pool.now, false) {
                 pool.drop_parked_of(id);

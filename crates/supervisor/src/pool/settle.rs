@@ -198,7 +198,7 @@ impl Pool {
         };
         self.task_samples = self.task_samples.saturating_add(1);
         self.stats.durations.observe(micros);
-        let mut job = running.job;
+        let job = running.job;
         if job.cancelled {
             // Its result crossed the cancel: the cancel was answered first, so it stands.
             return self.fail_cancelled(job);
@@ -221,30 +221,61 @@ impl Pool {
                 };
                 self.emit(job.submission, record, len);
             }
-            TaskOutcome::Failed { retryable, message } => {
-                if retryable && self.submissions.source_retries(job.submission) {
-                    // Its source retries (a broker's delayed redelivery), not the pool.
-                    return self.fail_as(job, ErrorKind::Failed, message, true);
-                }
-                job.charged += 1;
-                if retryable && job.charged <= self.cfg.retries {
-                    self.stats.retries += 1;
-                    let delay = policy::retry_delay(
-                        self.cfg.retry_backoff,
-                        job.charged,
-                        self.jitter.next_f64(),
-                    );
-                    tracing::debug!(
-                        seq = job.seq,
-                        attempt = job.attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        "retryable failure; will retry"
-                    );
-                    self.retry_later(job, delay);
-                } else {
-                    self.fail(job, ErrorKind::Failed, message);
-                }
+            TaskOutcome::Cancelled => {
+                // Not asked for (a cancelled job left above): the worker broke the protocol.
+                let fault = format!(
+                    "it answered task {} cancelled, which herd did not cancel",
+                    job.id
+                );
+                tracing::warn!(worker, pid, "protocol violation: {fault}; killing worker");
+                self.fail(
+                    job,
+                    ErrorKind::Protocol,
+                    format!("worker {worker} (pid {pid}) broke the protocol: {fault}"),
+                );
+                self.kill(worker, crate::slot::Cause::Protocol(fault));
             }
+            TaskOutcome::RetryAfter(after) => {
+                let (message, delay) = *after;
+                self.on_failure(job, true, message, Some(delay))
+            }
+            TaskOutcome::Failed { retryable, message } => {
+                self.on_failure(job, retryable, message, None)
+            }
+        }
+    }
+
+    /// A failure the worker reported: a retry (after `asked`, if the worker said when, within
+    /// the pool's backoff limits), or a `failed` record.
+    fn on_failure(
+        &mut self,
+        mut job: Job,
+        retryable: bool,
+        message: String,
+        asked: Option<Duration>,
+    ) {
+        if retryable && self.submissions.source_retries(job.submission) {
+            // Its source retries (a broker's delayed redelivery), not the pool.
+            return self.fail_as(job, ErrorKind::Failed, message, true);
+        }
+        job.charged += 1;
+        if retryable && job.charged <= self.cfg.retries {
+            self.stats.retries += 1;
+            let delay = match asked {
+                Some(asked) => policy::worker_retry_delay(asked, self.cfg.retry_backoff),
+                None => {
+                    policy::retry_delay(self.cfg.retry_backoff, job.charged, self.jitter.next_f64())
+                }
+            };
+            tracing::debug!(
+                seq = job.seq,
+                attempt = job.attempts,
+                delay_ms = delay.as_millis() as u64,
+                "retryable failure; will retry"
+            );
+            self.retry_later(job, delay);
+        } else {
+            self.fail(job, ErrorKind::Failed, message);
         }
     }
 

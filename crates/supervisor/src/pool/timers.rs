@@ -44,6 +44,7 @@ impl Pool {
             self.rate_wake,
             self.next_sweep(),
             self.keys.next_wake(),
+            self.stall_timer,
         ]
         .into_iter()
         .flatten()

@@ -40,7 +40,9 @@ fn starting(t0: Instant) -> Slot<()> {
 
 pub(super) fn ready(t0: Instant) -> Slot<()> {
     let mut s = starting(t0);
-    assert!(s.greeted((), t0, true, &limits()).is_empty());
+    assert!(s
+        .greeted((), herd_proto::PROTOCOL_VERSION, t0, true, &limits())
+        .is_empty());
     s
 }
 
@@ -102,7 +104,9 @@ fn starts_greets_and_takes_work() {
     assert!(s.assign(job(1), t0).is_err());
     assert!(s.link_mut().is_none());
 
-    assert!(s.greeted((), t0, true, &limits()).is_empty());
+    assert!(s
+        .greeted((), herd_proto::PROTOCOL_VERSION, t0, true, &limits())
+        .is_empty());
     assert_eq!(s.state().name(), "idle");
     assert!(s.is_ready());
     assert_eq!(s.token(), None);
@@ -119,11 +123,13 @@ fn starts_greets_and_takes_work() {
 fn a_greeting_when_no_longer_wanted_gets_the_termination_frame() {
     let t0 = Instant::now();
     let mut s = starting(t0);
-    let e = s.greeted((), t0, false, &limits());
+    let e = s.greeted((), herd_proto::PROTOCOL_VERSION, t0, false, &limits());
     assert_eq!(names(&e), ["shutdown"]);
     assert_eq!(s.state().name(), "draining");
     // A greeting in any other state changes nothing.
-    assert!(s.greeted((), t0, true, &limits()).is_empty());
+    assert!(s
+        .greeted((), herd_proto::PROTOCOL_VERSION, t0, true, &limits())
+        .is_empty());
     assert_eq!(s.state().name(), "draining");
 }
 
@@ -425,7 +431,7 @@ fn idle_deaths_back_off_after_the_first() {
     );
     s.next_id();
     s.spawned(PID + 1, "t2".into(), t0);
-    s.greeted((), t0, true, &limits());
+    s.greeted((), herd_proto::PROTOCOL_VERSION, t0, true, &limits());
     s.on_link_lost(None, t0, true, &limits());
     let e = s.on_exit(Exit::Code(0), t0, true, &limits());
     assert_eq!(names(&e), ["replaced crash !", "early-death"]);
@@ -789,7 +795,7 @@ fn only_a_worker_that_never_completed_a_task_dies_early() {
     // Its successor starts from nothing.
     s.next_id();
     s.spawned(PID + 1, "t2".into(), t0);
-    s.greeted((), t0, true, &limits());
+    s.greeted((), herd_proto::PROTOCOL_VERSION, t0, true, &limits());
     s.on_link_lost(None, t0, true, &limits());
     let e = s.on_exit(Exit::Code(3), t0, true, &limits());
     assert!(names(&e).contains(&"early-death".to_string()), "{e:?}");
