@@ -124,6 +124,8 @@ pub(crate) struct Pool {
     task_ewma_us: f64,
     task_samples: u32,
     started: std::time::Instant,
+    /// Whole seconds from `started` to `now` (the status history's bucket clock).
+    uptime_secs: u64,
     fatal: Option<PoolError>,
     summary: Summary,
     stats: Stats,
@@ -238,6 +240,7 @@ impl Pool {
             task_ewma_us: 0.0,
             task_samples: 0,
             started: std::time::Instant::now(),
+            uptime_secs: 0,
             fatal: None,
             summary: Summary::default(),
             stats: Stats::default(),
@@ -305,6 +308,11 @@ impl Pool {
             };
             // One clock read per wake-up serves every event handled in it.
             pool.now = Instant::now();
+            pool.uptime_secs = pool
+                .now
+                .into_std()
+                .saturating_duration_since(pool.started)
+                .as_secs();
             match event {
                 Wake::Command(Some(cmd)) => pool.on_command(cmd),
                 Wake::Command(None) => commands_open = false,

@@ -98,13 +98,8 @@ impl Pool {
             None => self.summary.ok += 1,
             Some(kind) => *self.summary.errors.entry(kind).or_default() += 1,
         }
-        // The wake-up's clock: no clock read per record.
-        let elapsed = self
-            .now
-            .into_std()
-            .saturating_duration_since(self.started)
-            .as_secs();
-        self.stats.history.record(elapsed, kind);
+        // The wake-up's uptime: no clock arithmetic per record.
+        self.stats.history.record(self.uptime_secs, kind);
         self.submissions.emit(submission, record, input_len);
     }
 
