@@ -9,6 +9,8 @@ mod logging;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;
+#[cfg(feature = "redis")]
+mod redis;
 mod resume;
 mod run;
 mod serve;
