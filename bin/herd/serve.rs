@@ -165,9 +165,9 @@ impl Intake {
 /// A broker intake, ready to run.
 enum Running {
     #[cfg(feature = "nats")]
-    Nats(herd_jetstream::JetStream),
+    Nats(Box<herd_jetstream::JetStream>),
     #[cfg(feature = "redis")]
-    Redis(herd_redis::Redis),
+    Redis(Box<herd_redis::Redis>),
 }
 
 impl Running {
@@ -175,13 +175,16 @@ impl Running {
         Ok(match intake {
             Intake::None => None,
             #[cfg(feature = "nats")]
-            Intake::Nats(c) => Some(Running::Nats(herd_jetstream::JetStream::new(c).await?)),
+            Intake::Nats(c) => Some(Running::Nats(Box::new(
+                herd_jetstream::JetStream::new(c).await?,
+            ))),
             #[cfg(feature = "redis")]
-            Intake::Redis(c) => Some(Running::Redis(herd_redis::Redis::new(c)?)),
+            Intake::Redis(c) => Some(Running::Redis(Box::new(herd_redis::Redis::new(c)?))),
         })
     }
 
     /// Until the pool stops taking events and the intake has settled what it holds.
+    #[cfg_attr(not(any(feature = "nats", feature = "redis")), allow(unused_variables))]
     async fn run(self, pool: herd_supervisor::PoolHandle) -> anyhow::Result<()> {
         match self {
             #[cfg(feature = "nats")]
