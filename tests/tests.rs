@@ -20,6 +20,8 @@ mod metrics;
 mod priority;
 mod privilege;
 mod rate;
+#[cfg(feature = "redis")]
+mod redis;
 mod resume;
 mod run;
 mod stdio;
