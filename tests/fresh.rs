@@ -313,7 +313,7 @@ fn assert_records_match(what: &str, want: &[String], got: &str) {
 
 /// The pages of the user guide, in the order a reader meets them: their commands run after the
 /// README's (they use its install, venv and files), before the seed example's.
-const GUIDE_PAGES: [&str; 13] = [
+const GUIDE_PAGES: [&str; 14] = [
     "docs/PYTHON.md",
     "docs/STREAMING.md",
     "docs/WORKERS.md",
@@ -323,6 +323,7 @@ const GUIDE_PAGES: [&str; 13] = [
     "docs/PRIORITIES.md",
     "docs/DASHBOARD.md",
     "docs/JETSTREAM.md",
+    "docs/REDIS.md",
     "docs/RECORDS.md",
     "docs/PRIVILEGES.md",
     "docs/AUTOSCALING.md",
