@@ -4,11 +4,13 @@
 //! only for settled entries.
 //!
 //! `deliver` turns records into operations and hands them to the settler task, which applies
-//! everything waiting in one script call, in order (an entry's chunk lines before its final
-//! record), and tries again until the server takes them: after a fault, an operation that
+//! what is waiting in script calls (a few on their way at once, an entry's operations in
+//! order: its chunk lines before its final record), and tries again until the server takes
+//! them: after a fault, an operation that
 //! did apply the first time is refused the second (its entry is no longer pending), so a
 //! final record is never written twice.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,13 +19,16 @@ use bytes::Bytes;
 use herd_supervisor::policy::{retry_delay, Jitter};
 use herd_supervisor::{ErrorKind, PoolHandle, Record, RecordBatch, RecordOutcome, Sink};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::scripts::Op;
 use crate::Ctx;
 
 /// Operations applied in one script call at most.
 pub(crate) const MAX_OPS: usize = 1024;
+/// Settle calls on their way at once: the server runs them one after the other, but their
+/// round trips overlap, and so does this daemon's own work.
+const IN_FLIGHT: usize = 4;
 
 /// What the sink needs to know of the group.
 #[derive(Debug, Clone)]
@@ -168,24 +173,87 @@ impl Sink for RedisRecords {
     }
 }
 
-/// Applies the operations of every batch waiting, in order, in one script call, until the
-/// server takes them; a batch's credits go back once all of its entries are settled.
+/// Applies the operations of the batches waiting in script calls of up to `MAX_OPS`, with up to
+/// `IN_FLIGHT` calls on their way at once, until the server takes them; a batch's credits go
+/// back once all of its entries are settled. An entry's operations are applied in order (its
+/// chunk lines before its final record), whatever is retried: a batch with an operation on an
+/// entry that a call on its way also has waits for that call to end.
 async fn settler(mut rx: mpsc::Receiver<Work>, ctx: Arc<Ctx>) {
-    while let Some(first) = rx.recv().await {
+    let mut running: JoinSet<Vec<u64>> = JoinSet::new();
+    let mut busy: HashSet<u64> = HashSet::new();
+    let mut next: Option<Work> = None;
+    let mut open = true;
+    loop {
+        if next.is_none() && open {
+            tokio::select! {
+                w = rx.recv(), if running.len() < IN_FLIGHT => match w {
+                    Some(w) => next = Some(w),
+                    None => open = false,
+                },
+                Some(done) = running.join_next() => ended(done, &mut busy),
+            }
+            continue;
+        }
+        let Some(first) = next.take() else {
+            // The sink is finished: what is on its way ends, then so does this.
+            while let Some(done) = running.join_next().await {
+                ended(done, &mut busy);
+            }
+            return;
+        };
+        let clashes = |w: &Work, busy: &HashSet<u64>| w.items.iter().any(|i| busy.contains(&i.seq));
+        if running.len() >= IN_FLIGHT || clashes(&first, &busy) {
+            if let Some(done) = running.join_next().await {
+                ended(done, &mut busy);
+            }
+            next = Some(first);
+            continue;
+        }
         let mut n = first.items.len();
         let mut works = vec![first];
         while n < MAX_OPS {
             match rx.try_recv() {
+                Ok(w) if clashes(&w, &busy) => {
+                    next = Some(w);
+                    break;
+                }
                 Ok(w) => {
                     n += w.items.len();
                     works.push(w);
                 }
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
-        let items: Vec<&Item> = works.iter().flat_map(|w| w.items.iter()).collect();
-        ctx.apply_until_done(&items).await;
-        drop(works);
+        let seqs: Vec<u64> = works
+            .iter()
+            .flat_map(|w| w.items.iter().map(|i| i.seq))
+            .collect();
+        busy.extend(seqs.iter().copied());
+        let ctx = ctx.clone();
+        running.spawn(async move {
+            let items: Vec<&Item> = works.iter().flat_map(|w| w.items.iter()).collect();
+            ctx.apply_until_done(&items).await;
+            drop(items);
+            drop(works);
+            seqs
+        });
+    }
+}
+
+/// A settle call has ended: its entries may be in the next one.
+fn ended(done: Result<Vec<u64>, tokio::task::JoinError>, busy: &mut HashSet<u64>) {
+    match done {
+        Ok(seqs) => {
+            for s in seqs {
+                busy.remove(&s);
+            }
+        }
+        // Only a panic (a bug): its entries stay busy, and are claimed after the claim time.
+        Err(e) => tracing::error!(error = %e, "a settle task failed"),
     }
 }
 
