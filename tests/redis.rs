@@ -382,14 +382,10 @@ fn redis_twenty_thousand_entries_three_daemons_one_killed() {
     let mut redis = Client::connect(&server);
     let fx = Fixture::new();
     let opts = ["--redis-claim-idle", "2s"];
-    // All three join before the first entry, so all three compete from the start.
-    let a = daemon(&fx, "a", &server, 1, &opts);
-    let b = daemon(&fx, "b", &server, 1, &opts);
+    // The victim starts alone, so that it surely holds entries when it is caught: frozen,
+    // and kept frozen only if entries are pending to it then (else let go and caught again).
     let victim = daemon(&fx, "c", &server, 1, &opts);
     let ids = redis.add((0..N).map(square));
-    // Mid-stream: the victim dies holding entries. Frozen first, and killed only if entries
-    // are pending to it then (else let go and caught again), so the kill lands while it
-    // holds some: the others must claim them.
     wait_for("the victim to hold entries", LIMIT, || {
         signal(victim.pid(), Signal::SIGSTOP);
         if redis.pending_to("herd-test-c") > 0 {
@@ -398,6 +394,9 @@ fn redis_twenty_thousand_entries_three_daemons_one_killed() {
         signal(victim.pid(), Signal::SIGCONT);
         false
     });
+    // Two more join mid-stream; the victim dies holding its entries: they must claim them.
+    let a = daemon(&fx, "a", &server, 1, &opts);
+    let b = daemon(&fx, "b", &server, 1, &opts);
     let held = redis.pending_to("herd-test-c");
     signal(victim.pid(), Signal::SIGKILL);
     drop(victim);
