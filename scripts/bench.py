@@ -12,6 +12,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
     python3 scripts/bench.py jetstream --herd H --chaos C [--n 100000]  (needs nats-server)
+    python3 scripts/bench.py redis --herd H --chaos C [--n 100000]  (needs redis-server)
     python3 scripts/bench.py cancel   --herd H --chaos C [--n 100]   (request to record)
     python3 scripts/bench.py recovery --herd H --chaos C [--kills 40]
     python3 scripts/bench.py seed     --herd H [--n 20000 --cpu-n 2000] [--kill-every 0.15]
@@ -770,6 +771,79 @@ def jetstream(args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def redis(args):
+    """Tiny events end to end through a Redis stream and consumer group (entries in the stream,
+    a record written to the results stream per entry, the entry acknowledged), against a
+    redis-server on 127.0.0.1: the bare consumer (examples/redis_bare.rs: no worker, the
+    engine's own limit), then herd serve --redis with 1 and 2 daemons in the group. The entries
+    are added first; the clock runs from starting the consumers to the last record written.
+    Medians of --repeat runs; each run's records are checked (each entry once, each result
+    right)."""
+    import shutil
+    import socket
+    server_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(server_bin):
+        die("redis needs redis-server (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = scratch("herd-bench-redis-")
+    server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1",
+                               "--dir", tmp, "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}"
+    bare = args.redis_bare
+    n = args.n
+
+    def tool(mode):
+        p = subprocess.run([bare, mode, url, str(n)], stdout=subprocess.PIPE)
+        if p.returncode != 0:
+            die(f"redis_bare {mode} failed")
+        return p.stdout
+
+    def once(daemons):
+        tool("publish")
+        procs = []
+        t0 = time.time()
+        if daemons == 0:
+            procs.append(subprocess.Popen([bare, "consume", url, str(n)]))
+        for d in range(daemons):
+            w = max(1, args.workers // daemons)
+            procs.append(subprocess.Popen(
+                [args.herd, "serve", "-q", "--control", os.path.join(tmp, f"herd-{d}.sock"),
+                 "-w", str(w), "--redis", url, "--", args.chaos],
+                env={**os.environ, "XDG_RUNTIME_DIR": tmp}))
+        done_at = json.loads(tool("wait"))["done_at"]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            if p.wait(timeout=60) != 0:
+                die(f"a consumer exited {p.returncode}")
+        return n / (done_at - t0)
+
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    die("redis-server did not start")
+                time.sleep(0.05)
+        out = {"events": n}
+        for name, daemons in (("bare", 0), ("herd_1", 1), ("herd_2", 2)):
+            runs = [once(daemons) for _ in range(args.repeat)]
+            out[name] = {"events_per_sec": statistics.median(runs), "runs": runs}
+            log(f"bench: redis {name}: {out[name]['events_per_sec']:,.0f} events/s")
+        return out
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def sub(args, workload, *extra):
     """Runs one herd workload in a fresh interpreter (so threads and pipes never leak between
     workloads) and returns its JSON."""
@@ -846,6 +920,8 @@ def run_all(args):
                      "--n", str(n // 50), "--repeat", str(args.repeat))
     r["jetstream"] = sub(args, "jetstream", "--n", "20000" if args.quick else "100000",
                          "--repeat", str(args.repeat), "--nats-bare", args.nats_bare)
+    r["redis"] = sub(args, "redis", "--n", "20000" if args.quick else "100000",
+                     "--repeat", str(args.repeat), "--redis-bare", args.redis_bare)
     # 100,000 tiny events: the interpreter's own start (~0.15 s here, the same for both
     # programs) is then a tenth of herd's time, not a third.
     r["seed"] = sub(args, "seed", "--n", str(n // 10), "--cpu-n", str(cpu_n // 2), "--ms", "1",
@@ -955,6 +1031,13 @@ def table(r):
         for name, label in (("herd_1", "1 daemon"), ("herd_2", "2 daemons")):
             eps = js[name]["events_per_sec"]
             rows.append([f"JetStream tiny events/s, {label}", eps, "bare async-nats consumer",
+                         bare, eps / bare, ">= 0.7"])
+    if "redis" in r:
+        rd = r["redis"]
+        bare = rd["bare"]["events_per_sec"]
+        for name, label in (("herd_1", "1 daemon"), ("herd_2", "2 daemons")):
+            eps = rd[name]["events_per_sec"]
+            rows.append([f"Redis Streams tiny events/s, {label}", eps, "bare Rust redis consumer",
                          bare, eps / bare, ">= 0.7"])
     rows.append(["spin 1ms events/s, kill every 150ms", r["cpu_kills"]["events_per_sec"],
                  "herd, no kills", r["cpu"]["events_per_sec"],
@@ -1068,9 +1151,10 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "latency", "cpu", "recovery", "memory",
-                                         "stdio", "jetstream", "seed", "cancel", "all",
+                                         "stdio", "jetstream", "redis", "seed", "cancel", "all",
                                          "compare"])
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
+    ap.add_argument("--redis-bare", default="target/release/examples/redis_bare")
     ap.add_argument("--out", default="target/bench")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     ap.add_argument("--repeat", type=int, default=3)

@@ -38,6 +38,9 @@ missing_packages() {
     # /usr/sbin, which a user's PATH may leave out.
     local nats=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
     [ -x "$nats" ] || echo nats-server
+    # tests/redis.rs starts a real redis-server ($REDIS_SERVER if set).
+    local redis=${REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}
+    [ -x "$redis" ] || echo redis-server
     # The MQTT example (examples/mqtt, run by tests/jetstream.rs).
     { have mosquitto_pub && have mosquitto_sub; } || echo mosquitto-clients
     # tests/dashboard.rs loads the dashboard in headless Chromium.

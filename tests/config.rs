@@ -119,11 +119,24 @@ command = ["{chaos}", "--flag"]
         ),
     )
     .unwrap();
+    // Redis intake excludes NATS: its keys are in a third file.
+    let c = fx.path("c.toml");
+    std::fs::write(
+        &c,
+        "control = \"x.sock\"\nredis = \"redis://127.0.0.1:6379/2\"\nredis-stream = \"s\"\n\
+         redis-group = \"g\"\nredis-consumer = \"me\"\nredis-results = \"r\"\n\
+         redis-field = \"data\"\nredis-claim-idle = \"45s\"\nredis-max-deliver = 0\n\
+         command = [\"w\"]\n",
+    )
+    .unwrap();
     let out_a = check(&fx, &a, "serve");
     let out_b = check(&fx, &b, "serve");
+    let out_c = check(&fx, &c, "serve");
     let mut set = keys_from_file(&out_a, &a);
     set.extend(keys_from_file(&out_b, &b));
-    assert_eq!(set, all_keys(&out_a), "{out_a}\n{out_b}");
+    set.extend(keys_from_file(&out_c, &c));
+    assert_eq!(set, all_keys(&out_a), "{out_a}\n{out_b}\n{out_c}");
+    assert!(out_c.contains("redis-claim-idle = \"45s\""), "{out_c}");
     // The values as parsed, not just seen.
     for line in [
         "retries = \"4\"",

@@ -345,6 +345,7 @@ const GUIDE_PAGES: [&str; 14] = [
     "docs/KEYS.md",
     "docs/DASHBOARD.md",
     "docs/JETSTREAM.md",
+    "docs/REDIS.md",
     "docs/RECORDS.md",
     "docs/PRIVILEGES.md",
     "docs/AUTOSCALING.md",
@@ -519,6 +520,7 @@ fn test_sh(dir: &Path, env: &[(&str, &str)]) -> (ExitStatus, String, String) {
         .env("PATH", dir.join("bin"))
         .env("HOME", dir)
         .env("NATS_SERVER", dir.join("no-nats-server"))
+        .env("REDIS_SERVER", dir.join("no-redis-server"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -543,6 +545,7 @@ fn test_sh_stops_at_once_naming_the_missing_packages() {
     );
     for pkg in [
         "nats-server",
+        "redis-server",
         "mosquitto-clients",
         "chromium",
         "python3",
@@ -576,6 +579,7 @@ fn test_sh_installs_the_missing_packages_as_root_with_apt_get() {
 [ "$1" = install ] || exit 0
 for p in "$@"; do case $p in
     nats-server) touch {bin:?}/nats-server; chmod +x {bin:?}/nats-server ;;
+    redis-server) touch {bin:?}/redis-server; chmod +x {bin:?}/redis-server ;;
     mosquitto-clients) for t in mosquitto_pub mosquitto_sub; do touch {bin:?}/$t; chmod +x {bin:?}/$t; done ;;
     chromium) touch {bin:?}/chromium; chmod +x {bin:?}/chromium ;;
 esac; done"#,
@@ -591,15 +595,21 @@ esac; done"#,
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     }
     let nats = bin.join("nats-server");
-    let (status, stdout, stderr) =
-        test_sh(fx.dir.path(), &[("NATS_SERVER", nats.to_str().unwrap())]);
+    let redis = bin.join("redis-server");
+    let (status, stdout, stderr) = test_sh(
+        fx.dir.path(),
+        &[
+            ("NATS_SERVER", nats.to_str().unwrap()),
+            ("REDIS_SERVER", redis.to_str().unwrap()),
+        ],
+    );
     let apt = fs::read_to_string(fx.path("apt.log")).unwrap_or_default();
     assert!(
         apt.starts_with("apt-get update"),
         "{apt}\nstderr:\n{stderr}"
     );
     assert!(
-        apt.contains("install -y -qq nats-server mosquitto-clients chromium\n"),
+        apt.contains("install -y -qq nats-server redis-server mosquitto-clients chromium\n"),
         "{apt}\nstderr:\n{stderr}"
     );
     // Past the packages: on to the toolchain's components.

@@ -22,6 +22,8 @@ mod priority;
 mod privilege;
 mod protocol_v3;
 mod rate;
+#[cfg(feature = "redis")]
+mod redis;
 mod resume;
 mod run;
 mod stdio;

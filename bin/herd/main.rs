@@ -8,6 +8,8 @@ mod launch;
 #[cfg(feature = "nats")]
 mod nats;
 mod progress;
+#[cfg(feature = "redis")]
+mod redis;
 mod resume;
 mod run;
 mod serve;

@@ -64,19 +64,29 @@ pub struct ServeArgs {
     config: crate::ConfigArgs,
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    brokers: BrokerArgs,
+}
+
+/// The brokers events may come from beside the control socket.
+#[derive(Debug, Args)]
+struct BrokerArgs {
     #[cfg(feature = "nats")]
     #[command(flatten)]
     nats: Box<crate::nats::NatsArgs>,
+    #[cfg(feature = "redis")]
+    #[command(flatten)]
+    redis: Box<crate::redis::RedisArgs>,
 }
 
 /// The exit status of a daemon that stopped with records it could not deliver to a connected
 /// submitter (one that did not read them within `--delivery-timeout`).
 const EXIT_UNDELIVERED: u8 = 3;
 
-/// After the pool has stopped, how long JetStream intake gets to settle what it holds (its
-/// last records' PubAcks and acknowledgements); what is left comes back after the ack wait.
-#[cfg(feature = "nats")]
-const NATS_SETTLE: Duration = Duration::from_secs(15);
+/// After the pool has stopped, how long broker intake gets to settle what it holds (its last
+/// records' PubAcks and acknowledgements); what is left comes back after the ack wait (or
+/// is claimed after the claim time).
+const INTAKE_SETTLE: Duration = Duration::from_secs(15);
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match crate::parse_duration(s)? {
@@ -97,17 +107,97 @@ impl Drop for PidFile {
 /// Everything `herd check` can check without starting: the pool's and the daemon's settings.
 pub fn check(args: ServeArgs) -> anyhow::Result<herd_supervisor::PoolConfig> {
     let cfg = args.pool.config()?;
-    #[cfg(feature = "nats")]
-    args.nats.config(cfg.retry_backoff)?;
+    let intake = Intake::configure(&args.brokers, cfg.retry_backoff)?;
+    #[cfg(feature = "redis")]
+    if let Intake::Redis(c) = intake {
+        herd_redis::Redis::new(c)?;
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = intake;
     Ok(cfg)
+}
+
+/// Where events come from beside the control socket: a broker, if any.
+enum Intake {
+    None,
+    #[cfg(feature = "nats")]
+    Nats(herd_jetstream::Config),
+    #[cfg(feature = "redis")]
+    Redis(herd_redis::Config),
+}
+
+impl Intake {
+    fn configure(args: &BrokerArgs, retry_backoff: Duration) -> anyhow::Result<Self> {
+        #[cfg(feature = "nats")]
+        let nats = args.nats.config(retry_backoff)?;
+        #[cfg(not(feature = "nats"))]
+        let nats: Option<()> = None;
+        #[cfg(feature = "redis")]
+        let redis = args.redis.config(retry_backoff);
+        #[cfg(not(feature = "redis"))]
+        let redis: Option<()> = None;
+        let _ = (args, retry_backoff);
+        match (nats, redis) {
+            (Some(_), Some(_)) => anyhow::bail!("give --nats or --redis, not both"),
+            #[cfg(feature = "nats")]
+            (Some(c), None) => Ok(Intake::Nats(c)),
+            #[cfg(feature = "redis")]
+            (None, Some(c)) => Ok(Intake::Redis(c)),
+            _ => Ok(Intake::None),
+        }
+    }
+
+    /// What the logs call it.
+    fn name(&self) -> &'static str {
+        match self {
+            Intake::None => "no",
+            #[cfg(feature = "nats")]
+            Intake::Nats(_) => "JetStream",
+            #[cfg(feature = "redis")]
+            Intake::Redis(_) => "Redis",
+        }
+    }
+}
+
+/// A broker intake, ready to run.
+enum Running {
+    #[cfg(feature = "nats")]
+    Nats(Box<herd_jetstream::JetStream>),
+    #[cfg(feature = "redis")]
+    Redis(Box<herd_redis::Redis>),
+}
+
+impl Running {
+    async fn start(intake: Intake) -> anyhow::Result<Option<Self>> {
+        Ok(match intake {
+            Intake::None => None,
+            #[cfg(feature = "nats")]
+            Intake::Nats(c) => Some(Running::Nats(Box::new(
+                herd_jetstream::JetStream::new(c).await?,
+            ))),
+            #[cfg(feature = "redis")]
+            Intake::Redis(c) => Some(Running::Redis(Box::new(herd_redis::Redis::new(c)?))),
+        })
+    }
+
+    /// Until the pool stops taking events and the intake has settled what it holds.
+    #[cfg_attr(not(any(feature = "nats", feature = "redis")), allow(unused_variables))]
+    async fn run(self, pool: herd_supervisor::PoolHandle) -> anyhow::Result<()> {
+        match self {
+            #[cfg(feature = "nats")]
+            Running::Nats(js) => js.run(pool).await.map_err(anyhow::Error::from),
+            #[cfg(feature = "redis")]
+            Running::Redis(r) => r.run(pool).await.map_err(anyhow::Error::from),
+        }
+    }
 }
 
 /// Runs the daemon; `on_hup` (with `--config`) re-reads the file on HUP.
 pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let cfg = args.pool.config()?;
-    #[cfg(feature = "nats")]
-    let nats = args.nats.config(cfg.retry_backoff)?;
+    let intake = Intake::configure(&args.brokers, cfg.retry_backoff)?;
+    let intake_name = intake.name();
     let workers = cfg.workers;
     let max_connections = herd_supervisor::control::connection_cap(
         args.max_connections as usize,
@@ -151,28 +241,20 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
             }
             None => None,
         };
-        #[cfg(feature = "nats")]
-        let nats = match nats {
-            Some(c) => Some(herd_jetstream::JetStream::new(c).await?),
-            None => None,
-        };
+        let broker = Running::start(intake).await?;
         let (pool, run_pool) = herd_supervisor::pool(cfg);
         signals::forward(pool.clone(), true, on_hup)?;
         let mut run_pool = pin!(run_pool);
-        // JetStream intake, beside the control socket; it ends once the pool stops taking
-        // events and it has settled what it holds.
-        #[cfg(feature = "nats")]
-        let nats_on = nats.is_some();
-        #[cfg(not(feature = "nats"))]
-        let nats_on = false;
+        // Broker intake (JetStream or Redis), beside the control socket; it ends once the pool
+        // stops taking events and it has settled what it holds.
+        let broker_on = broker.is_some();
         let mut intake = pin!(async {
-            #[cfg(feature = "nats")]
-            if let Some(js) = nats {
-                return js.run(pool.clone()).await.map_err(anyhow::Error::from);
+            match broker {
+                Some(b) => b.run(pool.clone()).await,
+                None => std::future::pending::<anyhow::Result<()>>().await,
             }
-            std::future::pending::<anyhow::Result<()>>().await
         });
-        let mut intake_done = !nats_on;
+        let mut intake_done = !broker_on;
         let mut intake_failed = None;
         let deliveries = Deliveries::new();
         let mut serve_control = pin!(control.serve(pool.clone(), limits, deliveries.clone()));
@@ -220,7 +302,7 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
                 r = &mut intake, if !intake_done => {
                     intake_done = true;
                     if let Err(e) = r {
-                        tracing::error!(error = format!("{e:#}"), "JetStream intake cannot run; stopping");
+                        tracing::error!(error = format!("{e:#}"), "{intake_name} intake cannot run; stopping");
                         intake_failed = Some(e);
                         pool.command(herd_supervisor::Command::Stop { fast: false });
                     }
@@ -233,15 +315,14 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         let delivery_timeout = args.delivery_timeout;
         let delivered =
             tokio::spawn(async move { deliveries.finish(delivery_timeout).await });
-        #[cfg(feature = "nats")]
         if !intake_done {
-            // The pool's last records still need their PubAcks and acknowledgements.
-            match tokio::time::timeout(NATS_SETTLE, &mut intake).await {
+            // The pool's last records still need to be stored and their events acknowledged.
+            match tokio::time::timeout(INTAKE_SETTLE, &mut intake).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => intake_failed = Some(e),
                 Err(_) => tracing::warn!(
-                    "JetStream intake could not settle every message in time; the rest come \
-                     back to the consumer after their ack wait"
+                    "{intake_name} intake could not settle every event in time; the rest come \
+                     back to the consumer after their ack wait or claim time"
                 ),
             }
         }
