@@ -24,7 +24,7 @@ from conftest import ECHO_WORKER, TIMEOUT, Fake, background, wait_until, worker_
 def test_hello_tasks_errors_then_shutdown_exits_0(fake: Fake) -> None:
     sup = fake(ECHO_WORKER + "\n", max_frame=4096)
     hello = sup.recv()
-    assert hello == ("Hello", codec.PROTOCOL_VERSION, sup.proc.pid, "tok")
+    assert hello == ("Hello", herd.worker.HELLO_PROTOCOL, sup.proc.pid, "tok")
     sup.send(codec.encode_task(1, 1, b"hi"))
     assert sup.recv() == ("Done", 1, ("Ok", b"hi"))
     sup.send(codec.encode_task(2, 1, b"boom"))

@@ -55,6 +55,9 @@ EXIT_SHUTDOWN = 0
 EXIT_DISCONNECTED = 1
 EXIT_ERROR = 2
 
+# The protocol version this worker speaks: 2 until it answers Withdraw and Cancel.
+HELLO_PROTOCOL = 2
+
 # Bytes asked of each recv: many pipelined small tasks at once.
 READ_SIZE = 64 * 1024
 # Queued replies above this size are written even if more input is buffered.
@@ -352,7 +355,7 @@ def serve(sock: socket.socket, handler: Handler, token: str,
     out = _Outbox(sock)
     try:
         try:
-            out.queue(_codec.encode_hello(_codec.PROTOCOL_VERSION, os.getpid(), token, max_frame))
+            out.queue(_codec.encode_hello(HELLO_PROTOCOL, os.getpid(), token, max_frame))
             out.flush()
             _serve_loop(_Reader(sock), out, handler, max_frame, pass_task)
         except (OSError, Disconnected):
