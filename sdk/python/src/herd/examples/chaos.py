@@ -30,8 +30,8 @@ Run it under `herd run -- python3 chaos.py`; events are JSON objects, one per li
   {"op":"fail","retryable":B}    handler error
   {"op":"flaky","fails":K}       retryable error while attempt <= K, then the attempt
   {"op":"retry_after","ms":M,"log":P}  appends "<attempt> <unix microseconds>" to file P;
-                                   the first attempt asks for a retry after M ms, the next
-                                   returns the attempt
+                                   while the attempt is at most "fails" (default 1), asks
+                                   for a retry after M ms; then returns the attempt
   {"op":"panic"}                  raises an exception in the handler
   {"op":"crash","signal":S}      aborts, or raises signal S (e.g. "SEGV")
   {"op":"exit","code":C}         exits with code C mid-task (os._exit)
@@ -99,7 +99,7 @@ def handle(task: herd.Task) -> Union[bytes, str, Generator[Any, None, Any]]:
         ms = need(event, op, "ms")
         with open(need(event, op, "log"), "a") as f:
             f.write(f"{task.attempt} {time.time_ns() // 1000}\n")
-        if task.attempt == 1:
+        if task.attempt <= event.get("fails", 1):
             raise herd.Retryable("asked to retry later", retry_after=ms / 1000)
         return str(task.attempt)
     if op == "fail":
