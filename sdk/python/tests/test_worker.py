@@ -501,3 +501,22 @@ def test_retryable_refuses_a_negative_delay() -> None:
     with pytest.raises(ValueError):
         herd.Retryable("x", retry_after=float("nan"))
     assert herd.Retryable("x", retry_after=2).retry_after == 2.0
+
+
+def test_a_slow_handler_after_many_tiny_ones_is_still_watched(fake: Fake) -> None:
+    # While tiny tasks flow the watcher looks seldom (it would cost them the GIL); a handler
+    # that then hangs is still found, and the task behind it given back.
+    sup = fake(V3_WORKER)
+    assert sup.recv()[0] == "Hello"
+    n = 20_000
+    sup.send(b"".join(codec.encode_task(i, 1, b"t") for i in range(1, n + 1))
+             + codec.encode_task(n + 1, 1, b"wait-cancel") + codec.encode_task(n + 2, 1, b"t")
+             + codec.encode_withdraw(n + 2))
+    for i in range(1, n + 1):
+        assert sup.recv() == ("Done", i, ("Ok", b"t"))
+    assert sup.recv() == ("Withdrawn", n + 2)
+    sup.send(codec.encode_cancel(n + 1))
+    assert sup.recv() == ("Done", n + 1, ("Cancelled",))
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err

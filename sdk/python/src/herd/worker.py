@@ -15,8 +15,8 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
 - Waiting for a task wakes nothing: the worker waits in poll(2), not in a blocking recv, which
   Linux also wakes each time the supervisor reads a reply.
 - Protocol 3: herd may take back a task queued behind a slow one (`Withdraw`), and cancel one
-  (`Cancel`). A handler that has run for 10 ms gets a watcher thread that reads the socket for
-  it: it answers each `Withdraw` at once (`Withdrawn` for a task not started: dropped; `Kept`
+  (`Cancel`). A handler that has run for 10 ms (up to 0.4 s while tiny tasks flow: each look
+  costs the serve loop the GIL) gets a watcher thread that reads the socket for it: it answers each `Withdraw` at once (`Withdrawn` for a task not started: dropped; `Kept`
   for one started or answered), answers a `Cancel` of a queued task with `Done(Cancelled)`, and
   raises the running task's cancel flag (`Task.cancelled`, `Task.wait_cancelled`), which a
   handler ends with `raise Cancelled()`. Handlers quicker than 10 ms never wake it. A task is
@@ -80,6 +80,10 @@ BATCH_ONLY_UNDER = 50e-6
 # withdraws work only from behind a task that has run a second or more, so this costs nothing
 # it needs, and tiny tasks never wake the watcher.
 WATCH_AFTER = 0.010
+# While tasks flow, the watcher looks at most this seldom: each look takes the GIL from the
+# serve loop, which on a busy machine waits for the watcher to be scheduled (at one look per
+# 10 ms, 15% of the tiny-task rate). A slow handler is then found within twice this.
+WATCH_LONGEST = 0.2
 # The largest retry_after delay a frame carries, in milliseconds (a u64).
 _MAX_DELAY_MS = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -329,7 +333,9 @@ class _Watch:
     - The serve loop reads its frames itself between handlers, as it always has. Per task it
       publishes where its read buffer stands (`pos`; `data` after each read) and the running
       task's id (`running`, -1 between handlers): a few attribute stores.
-    - A handler that has run for WATCH_AFTER is slow: the watcher takes the read side (`_lock`,
+    - The watcher parks while the worker is idle, and is woken when a handler starts. While
+      tasks flow it looks ever less often, up to every WATCH_LONGEST.
+    - A handler that has run for WATCH_AFTER (between looks) is slow: the watcher takes the read side (`_lock`,
       `engaged`), reads on, and answers Withdraw and Cancel at once, removing a withdrawn or
       cancelled task from the buffer. The Task frames it reads stay in the buffer, in order, for
       the serve loop, which takes them over (`take_back`) when the handler returns.
@@ -423,23 +429,39 @@ class _Watch:
 
     def _run(self) -> None:
         park = self._park
+        interval = WATCH_AFTER
+        # Where the serve loop stood at the last look: it moved since if tasks flow.
+        last: Optional[Tuple[_Data, int]] = None
         while True:
             with park:
+                # Parked while no handler runs and none ran since the last look (an idle
+                # worker wakes nothing).
                 while True:
                     if self.stop:
                         return
                     self.parked = True
                     if self.running != -1:
                         break
+                    if last is not None and (last[0] is not self.data or last[1] != self.pos):
+                        break
+                    last = None
                     park.wait()
+                    # Woken by a handler's start (or a stop, seen below): time it from here,
+                    # without looking whether it still runs (tiny ones would have ended).
+                    interval = WATCH_AFTER
+                    break
                 self.parked = False
                 seen = self.running
+                last = (self.data, self.pos)
                 # Give the handler its time; a stop cuts the wait short.
-                park.wait(WATCH_AFTER)
+                park.wait(interval)
             if self.stop or self.ended:
                 return
-            if self.running != seen:
+            if seen == -1 or self.running != seen:
+                # Tasks flow: look less often (each look costs the serve loop the GIL).
+                interval = min(interval * 2, WATCH_LONGEST)
                 continue
+            interval = WATCH_AFTER
             with self._lock:
                 self.engaged = True
                 if self.running == seen:
