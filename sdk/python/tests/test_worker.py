@@ -478,7 +478,8 @@ herd.run(handle, pass_task=True)
     rounds = 60
     for r in range(rounds):
         head, tail = 2 * r + 1, 2 * r + 2
-        sup.send(codec.encode_task(head, 1, b"head%d" % (r % 20)) + codec.encode_task(tail, 1, b"t"))
+        sup.send(codec.encode_task(head, 1, b"head%d" % (r % 20))
+                 + codec.encode_task(tail, 1, b"t"))
         sup.send(codec.encode_withdraw(tail))
         got = [sup.recv(), sup.recv()]
         if ("Withdrawn", tail) in got:

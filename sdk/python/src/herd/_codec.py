@@ -35,7 +35,8 @@ __all__ = [
     "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
     "encode_hello", "encode_done_ok", "encode_done_err", "encode_done_retry_after",
     "encode_done_cancelled", "encode_heartbeat", "encode_chunk", "encode_withdrawn",
-    "encode_kept", "encode_task", "encode_shutdown", "encode_withdraw", "encode_cancel", "decode_to_worker", "decode_from_worker", "frame_len", "varint",
+    "encode_kept", "encode_task", "encode_shutdown", "encode_withdraw", "encode_cancel",
+    "decode_to_worker", "decode_from_worker", "frame_len", "varint",
 ]
 
 # Version 2 added the Chunk frame; version 3 Withdraw/Withdrawn/Kept, Cancel and the RetryAfter

@@ -16,12 +16,12 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
   Linux also wakes each time the supervisor reads a reply.
 - Protocol 3: herd may take back a task queued behind a slow one (`Withdraw`), and cancel one
   (`Cancel`). A handler that has run for 10 ms (up to 0.4 s while tiny tasks flow: each look
-  costs the serve loop the GIL) gets a watcher thread that reads the socket for it: it answers each `Withdraw` at once (`Withdrawn` for a task not started: dropped; `Kept`
-  for one started or answered), answers a `Cancel` of a queued task with `Done(Cancelled)`, and
-  raises the running task's cancel flag (`Task.cancelled`, `Task.wait_cancelled`), which a
-  handler ends with `raise Cancelled()`. Handlers quicker than 10 ms never wake it. A task is
-  taken to run only while the watcher does not hold the read side, so it is never both given
-  back and run (see `_Watch`).
+  costs the serve loop the GIL) gets a watcher thread that reads the socket for it: it answers
+  each `Withdraw` at once (`Withdrawn` for a task not started: dropped; `Kept` for one started
+  or answered), answers a `Cancel` of a queued task with `Done(Cancelled)`, and raises the
+  running task's cancel flag (`Task.cancelled`, `Task.wait_cancelled`), which a handler ends
+  with `raise Cancelled()`. Tiny handlers never wake it. A task is taken to run only while the
+  watcher does not hold the read side, so it is never both given back and run (see `_Watch`).
 - A finished Done is held for about 1 ms at most: the supervisor times each attempt from the
   previous Done. The serve loop flushes once the oldest held reply is 1 ms old; while a handler
   runs, a flusher thread (started the first time a reply is held across a handler) does it. It
@@ -335,10 +335,11 @@ class _Watch:
       task's id (`running`, -1 between handlers): a few attribute stores.
     - The watcher parks while the worker is idle, and is woken when a handler starts. While
       tasks flow it looks ever less often, up to every WATCH_LONGEST.
-    - A handler that has run for WATCH_AFTER (between looks) is slow: the watcher takes the read side (`_lock`,
-      `engaged`), reads on, and answers Withdraw and Cancel at once, removing a withdrawn or
-      cancelled task from the buffer. The Task frames it reads stay in the buffer, in order, for
-      the serve loop, which takes them over (`take_back`) when the handler returns.
+    - A handler that has run for WATCH_AFTER (between looks) is slow: the watcher takes the
+      read side (`_lock`, `engaged`), reads on, and answers Withdraw and Cancel at once,
+      removing a withdrawn or cancelled task from the buffer. The Task frames it reads stay in
+      the buffer, in order, for the serve loop, which takes them over (`take_back`) when the
+      handler returns.
     - Exactly one owner per task: the serve loop takes a task to run only while the watcher
       does not hold the read side. The watcher sets `engaged` before it checks that the same
       handler still runs; the serve loop clears `running` before it checks `engaged` (each
