@@ -32,15 +32,21 @@ def message_to_tuple(m: Any) -> Msg:
     if m in ("Shutdown", "Heartbeat"):
         return (m,)
     [(tag, v)] = m.items()
+    if tag in ("Withdraw", "Cancel", "Withdrawn", "Kept"):
+        return (tag, v["id"])
     if tag == "Task":
         return ("Task", v["id"], v["attempt"], bytes.fromhex(v["payload_hex"]))
     if tag == "Hello":
         return ("Hello", v["protocol"], v["pid"], v["token"])
     if tag == "Done":
+        if v["outcome"] == "Cancelled":
+            return ("Done", v["id"], ("Cancelled",))
         [(otag, o)] = v["outcome"].items()
         if otag == "Ok":
             out = o if isinstance(o, str) else o["output_hex"]
             return ("Done", v["id"], ("Ok", bytes.fromhex(out)))
+        if otag == "RetryAfter":
+            return ("Done", v["id"], ("RetryAfter", o["message"], o["delay_ms"]))
         assert otag == "Err", otag
         return ("Done", v["id"], ("Err", o["retryable"], o["message"]))
     if tag == "Chunk":
@@ -61,9 +67,22 @@ def encode(msg: Msg) -> bytes:
     if tag == "Done":
         if msg[2][0] == "Ok":
             return codec.encode_done_ok(msg[1], msg[2][1])
-        return codec.encode_done_err(msg[1], msg[2][1], msg[2][2])
+        if msg[2][0] == "Err":
+            return codec.encode_done_err(msg[1], msg[2][1], msg[2][2])
+        if msg[2][0] == "RetryAfter":
+            return codec.encode_done_retry_after(msg[1], msg[2][1], msg[2][2])
+        assert msg[2] == ("Cancelled",), msg
+        return codec.encode_done_cancelled(msg[1])
     if tag == "Chunk":
         return codec.encode_chunk(msg[1], msg[2])
+    if tag == "Withdraw":
+        return codec.encode_withdraw(msg[1])
+    if tag == "Cancel":
+        return codec.encode_cancel(msg[1])
+    if tag == "Withdrawn":
+        return codec.encode_withdrawn(msg[1])
+    if tag == "Kept":
+        return codec.encode_kept(msg[1])
     raise AssertionError(msg)
 
 
@@ -153,13 +172,15 @@ def test_varint_refuses_what_does_not_fit() -> None:
 
 def test_round_trips_both_directions() -> None:
     msgs_to: List[Msg] = [("Task", 0, 1, b""), ("Task", 2**64 - 1, 2**32 - 1, bytes(range(256)) * 300),
-               ("Shutdown",)]
+               ("Shutdown",), ("Withdraw", 0), ("Withdraw", 2**64 - 1), ("Cancel", 300)]
     for m in msgs_to:
         assert decode_frame("herd->worker", encode(m)) == m
     msgs_from: List[Msg] = [("Hello", 1, 4_000_000, "tök\u2603"), ("Heartbeat",),
                  ("Done", 7, ("Ok", b"")), ("Done", 300, ("Ok", b"\x00" * 70_000)),
                  ("Done", 2**40, ("Err", True, "try again")),
-                 ("Done", 1, ("Err", False, "é" * 1000))]
+                 ("Done", 1, ("Err", False, "é" * 1000)),
+                 ("Done", 9, ("RetryAfter", "later", 2**33)), ("Done", 2**20, ("Cancelled",)),
+                 ("Withdrawn", 251), ("Kept", 2**64 - 1)]
     for m in msgs_from:
         assert decode_frame("worker->herd", encode(m)) == m
 
@@ -172,6 +193,12 @@ def test_hand_checked_layout() -> None:
     assert codec.encode_done_ok(1, b"ok").hex() == "06000000010100026f6b"
     assert codec.encode_done_err(3, True, "x").hex() == "0600000001030101" + "0178"
     assert codec.encode_hello(1, 2, "t").hex() == "050000000001020174"
+    assert codec.encode_withdraw(5).hex() == "020000000205"
+    assert codec.encode_cancel(5).hex() == "020000000305"
+    assert codec.encode_withdrawn(5).hex() == "020000000405"
+    assert codec.encode_kept(5).hex() == "020000000505"
+    assert codec.encode_done_cancelled(5).hex() == "03000000010503"
+    assert codec.encode_done_retry_after(5, "x", 300).hex() == "080000000105020178fb2c01"
 
 
 def test_a_wider_varint_than_needed_is_accepted_as_herd_does() -> None:
@@ -182,7 +209,7 @@ def test_a_wider_varint_than_needed_is_accepted_as_herd_does() -> None:
 
 MALFORMED_TO_WORKER = {
     "empty body": "",
-    "unknown variant": "02",
+    "unknown variant": "04",
     "variant 127": "7f",
     "variant as a u64 marker": "fd0000000000000000",
     "Task without fields": "00",
@@ -194,18 +221,25 @@ MALFORMED_TO_WORKER = {
     "payload length u64 huge": "000101fdffffffffffffffff",
     "trailing byte after Task": "0001010000",
     "trailing byte after Shutdown": "0100",
+    "Withdraw without id": "02",
+    "Cancel id with the reserved marker": "03ff",
+    "trailing byte after Cancel": "030100",
 }
 
 MALFORMED_FROM_WORKER = {
     "empty body": "",
-    "unknown variant": "03",
+    "unknown variant": "06",
     "Hello with token not UTF-8": "00010102ffff",
     "Hello pid with a u64 marker": "0001fd0100000000000000" "00",
-    "Done outcome variant 2": "010102",
+    "Done outcome variant 4": "010104",
     "Done Err retryable 2": "0101010200",
     "Done Err message not UTF-8": "01010100" "01c3",
     "Done Ok truncated output": "01010005ab",
     "trailing byte after Heartbeat": "0200",
+    "Kept without id": "05",
+    "trailing byte after Withdrawn": "040100",
+    "trailing byte after Cancelled": "01010300",
+    "RetryAfter delay with the u128 marker": "01010200fe",
 }
 
 

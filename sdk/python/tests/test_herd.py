@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from conftest import CHAOS, TIMEOUT, UPPER, Herd, wait_until
 
@@ -172,12 +173,12 @@ def must(st: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 class Daemon:
     """`herd serve` with Python workers, its JSON log read as it comes."""
 
-    def __init__(self, herd: Herd, workers: int) -> None:
+    def __init__(self, herd: Herd, workers: int, extra: Sequence[str] = ()) -> None:
         self.herd = herd
         self.sock = herd.path("control.sock")
         self.proc = subprocess.Popen(
             [herd.bin, "serve", "--log-format", "json", "--control", self.sock, "-w",
-             str(workers), "--", sys.executable, CHAOS],
+             str(workers), *extra, "--", sys.executable, CHAOS],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=herd.env)
         self.logs: List[Dict[str, Any]] = []
         self.lock = threading.Lock()
@@ -210,6 +211,14 @@ class Daemon:
             return None
         st: Dict[str, Any] = json.loads(p.stdout)
         return st
+
+    def wait_status(self, what: str, cond: Callable[[Dict[str, Any]], bool]) -> Dict[str, Any]:
+        """Polls the status until `cond` holds; returns that status."""
+        def ready() -> Optional[Dict[str, Any]]:
+            st = self.status()
+            return st if st is not None and cond(st) else None
+        st: Optional[Dict[str, Any]] = wait_until(what, ready)
+        return must(st)
 
     def live_workers(self) -> int:
         st = self.status()
@@ -338,3 +347,110 @@ def test_streamed_chunks_through_herd_and_a_crash_mid_stream(herd: Herd) -> None
         else:
             assert r["ok"] and r["attempts"] == 2 and r["chunks"] == 4, r
             assert [c[:2] for c in chunks[r["seq"]] if c[0] == 1] == [(1, 0), (1, 1)]
+
+
+class Submission:
+    """`herd submit --print-id` of `events` in the background: its id, then its records."""
+
+    def __init__(self, d: Daemon, events: Sequence[str]) -> None:
+        path = d.herd.path("in.jsonl")
+        with open(path, "w") as f:
+            f.write("".join(e + "\n" for e in events))
+        self.proc = subprocess.Popen(
+            [d.herd.bin, "submit", "--control", d.sock, "--print-id", "-i", path],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=d.herd.env)
+        assert self.proc.stderr is not None
+        # The id comes on stderr as soon as the daemon names the submission.
+        line = self.proc.stderr.readline().decode()
+        assert line.startswith("herd: submission "), line
+        self.id = line[len("herd: submission "):].strip()
+
+    def cancel(self, d: Daemon, seq: int) -> str:
+        p = d.ctl("ctl", "cancel", "--submission", self.id, str(seq))
+        text = (p.stdout + p.stderr).decode()
+        assert p.returncode == 0, text
+        return text
+
+    def records(self) -> Dict[int, Dict[str, Any]]:
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        assert self.proc.returncode == 0, err
+        return {r["seq"]: r for r in map(json.loads, out.splitlines())}
+
+
+def totals(st: Dict[str, Any], kind: str) -> int:
+    n: int = st["totals"].get(kind, 0)
+    return n
+
+
+def test_events_behind_a_hung_head_finish_on_the_idle_worker_and_a_cancel_keeps_it(
+        herd: Herd) -> None:
+    # No --timeout: the head waits for its cancel for 10 minutes. herd withdraws the events
+    # queued behind it (the head has run over 8 times the pool's average and 1 s), and they
+    # finish on the other worker; the head's worker, which answered every Withdraw, is kept.
+    n = 20
+    d = Daemon(herd, 2)
+    try:
+        pids = sorted(w["pid"] for w in must(d.status())["workers"])
+        sub = Submission(d, ['{"op":"cancellable","ms":600000}']
+                         + ['{"op":"sleep","ms":20}'] * n)
+        st = d.wait_status("every event but the hung one answered",
+                           lambda st: totals(st, "ok") == n)
+        busy = [w for w in st["workers"] if w["inflight"] == 1]
+        assert len(busy) == 1, st
+        assert d.logged("head task stalled; withdrawing the tasks behind it"), d.logs
+        assert not st["restarts"], st
+
+        # The handler sees its cancel flag and ends: a `cancelled` record, the same worker.
+        asked = time.monotonic()
+        text = sub.cancel(d, 0)
+        assert "stopping it" in text, text
+        records = sub.records()
+        assert time.monotonic() - asked < 4, "the worker ended the task, not herd's kill"
+        assert len(records) == n + 1
+        assert records[0]["error"]["kind"] == "cancelled", records[0]
+        assert all(r["ok"] for seq, r in records.items() if seq), records
+        st = must(d.status())
+        assert sorted(w["pid"] for w in st["workers"]) == pids, st
+        assert not st["restarts"], st
+        assert totals(st, "cancelled") == 1, st
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_a_cancelled_running_task_ends_cancelled_on_the_same_worker(herd: Herd) -> None:
+    d = Daemon(herd, 1, ["--window", "1"])
+    try:
+        pid = must(d.status())["workers"][0]["pid"]
+        sub = Submission(d, ['{"op":"cancellable","ms":600000}', '{"op":"pid"}'])
+        d.wait_status("the cancellable event running", lambda st: st["inflight"] == 1)
+        assert "stopping it" in sub.cancel(d, 0)
+        records = sub.records()
+        assert records[0]["error"]["kind"] == "cancelled", records[0]
+        assert records[0]["attempts"] == 1, records[0]
+        assert records[1]["output"] == pid, "the same worker ran the next event"
+        st = must(d.status())
+        assert st["workers"][0]["pid"] == pid and not st["restarts"], st
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def attempt_times(path: str) -> List[int]:
+    with open(path) as f:
+        return [int(line.split()[1]) for line in f]
+
+
+def test_retry_after_is_honoured_and_clamped(herd: Herd) -> None:
+    # 700 ms is waited for (not the 50 ms backoff); 10 minutes is clamped to the longest
+    # backoff (32 x 50 ms = 1.6 s).
+    honoured, clamped = herd.path("honoured.log"), herd.path("clamped.log")
+    run = herd.run(["-w", "2", "--retry-backoff", "50ms"], [
+        json.dumps({"op": "retry_after", "ms": 700, "log": honoured}),
+        json.dumps({"op": "retry_after", "ms": 600000, "log": clamped})])
+    assert run.code == 0, run.dump()
+    assert [r["output"] for r in run.by_seq()] == [2, 2], run.dump()
+    t = attempt_times(honoured)
+    assert len(t) == 2 and t[1] - t[0] >= 700_000, t
+    t = attempt_times(clamped)
+    assert len(t) == 2 and 1_500_000 <= t[1] - t[0] < 10_000_000, t

@@ -24,7 +24,7 @@ from conftest import ECHO_WORKER, TIMEOUT, Fake, background, wait_until, worker_
 def test_hello_tasks_errors_then_shutdown_exits_0(fake: Fake) -> None:
     sup = fake(ECHO_WORKER + "\n", max_frame=4096)
     hello = sup.recv()
-    assert hello == ("Hello", codec.PROTOCOL_VERSION, sup.proc.pid, "tok")
+    assert hello == ("Hello", herd.worker.HELLO_PROTOCOL, sup.proc.pid, "tok")
     sup.send(codec.encode_task(1, 1, b"hi"))
     assert sup.recv() == ("Done", 1, ("Ok", b"hi"))
     sup.send(codec.encode_task(2, 1, b"boom"))
@@ -406,6 +406,118 @@ herd.run(handle)
     for i in range(50):
         msgs = [sup.recv() for _ in range(4)]
         assert [m[:2] for m in msgs] == [("Chunk", 10 + i)] * 3 + [("Done", 10 + i)], msgs
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+V3_WORKER = """
+import herd
+def handle(task):
+    p = task.payload
+    if p == b"wait-cancel":
+        task.wait_cancelled()
+        assert task.cancelled
+        raise herd.Cancelled()
+    if p == b"cancelled-uncalled-for":
+        raise herd.Cancelled()
+    if p == b"retry-after":
+        raise herd.Retryable("busy", retry_after=1.5)
+    if p == b"retry-after-0":
+        raise herd.Retryable(retry_after=0)
+    return p
+herd.run(handle, pass_task=True)
+"""
+
+
+def test_withdraw_and_cancel_while_a_handler_runs(fake: Fake) -> None:
+    sup = fake(V3_WORKER)
+    assert sup.recv() == ("Hello", 3, sup.proc.pid, "tok")
+    # A head that waits for its cancel, three tasks queued behind it, then the questions: the
+    # watcher answers them while the head runs, in order.
+    sup.send(codec.encode_task(1, 1, b"wait-cancel") + codec.encode_task(2, 1, b"two")
+             + codec.encode_task(3, 1, b"three") + codec.encode_task(4, 1, b"four"))
+    sup.send(codec.encode_withdraw(3) + codec.encode_withdraw(1) + codec.encode_cancel(4))
+    assert sup.recv() == ("Withdrawn", 3)
+    assert sup.recv() == ("Kept", 1)
+    assert sup.recv() == ("Done", 4, ("Cancelled",))
+    # A task sent while the head runs is kept in order behind the ones still queued.
+    sup.send(codec.encode_task(5, 1, b"five"))
+    sup.send(codec.encode_cancel(1))
+    assert sup.recv() == ("Done", 1, ("Cancelled",))
+    assert sup.recv() == ("Done", 2, ("Ok", b"two"))
+    assert sup.recv() == ("Done", 5, ("Ok", b"five"))
+    # Read between handlers: the task ran already (Kept); a cancel of it changes nothing.
+    sup.send(codec.encode_withdraw(2) + codec.encode_cancel(5))
+    assert sup.recv() == ("Kept", 2)
+    sup.send(codec.encode_task(6, 1, b"cancelled-uncalled-for"))
+    assert sup.recv() == ("Done", 6, ("Err", False, "the handler raised Cancelled, but herd "
+                                      "did not cancel this task"))
+    sup.send(codec.encode_task(7, 1, b"retry-after") + codec.encode_task(8, 1, b"retry-after-0"))
+    assert sup.recv() == ("Done", 7, ("RetryAfter", "busy", 1500))
+    assert sup.recv() == ("Done", 8, ("RetryAfter", "Retryable", 0))
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+def test_a_withdraw_racing_the_start_of_its_task_gets_exactly_one_answer(fake: Fake) -> None:
+    # Many short heads (a few ms, around the watcher's 10 ms), each with a task behind it that
+    # is withdrawn at once: either it was given back (and never runs) or it ran (Kept, and its
+    # Done comes); never both, never neither.
+    script = """
+import time, herd
+def handle(task):
+    if task.payload.startswith(b"head"):
+        time.sleep(int(task.payload[4:]) / 1000)
+    return task.payload
+herd.run(handle, pass_task=True)
+"""
+    sup = fake(script)
+    assert sup.recv()[0] == "Hello"
+    rounds = 60
+    for r in range(rounds):
+        head, tail = 2 * r + 1, 2 * r + 2
+        sup.send(codec.encode_task(head, 1, b"head%d" % (r % 20))
+                 + codec.encode_task(tail, 1, b"t"))
+        sup.send(codec.encode_withdraw(tail))
+        got = [sup.recv(), sup.recv()]
+        if ("Withdrawn", tail) in got:
+            assert sorted(got, key=str) == sorted([("Done", head, ("Ok", b"head%d" % (r % 20))),
+                                                   ("Withdrawn", tail)], key=str), got
+        else:
+            assert ("Kept", tail) in got or ("Done", tail, ("Ok", b"t")) in got, got
+            got.append(sup.recv())
+            assert sorted(got, key=str) == sorted([
+                ("Done", head, ("Ok", b"head%d" % (r % 20))), ("Done", tail, ("Ok", b"t")),
+                ("Kept", tail)], key=str), got
+    sup.send(codec.encode_shutdown())
+    code, err = sup.wait()
+    assert code == 0, err
+
+
+def test_retryable_refuses_a_negative_delay() -> None:
+    with pytest.raises(ValueError):
+        herd.Retryable("x", retry_after=-1)
+    with pytest.raises(ValueError):
+        herd.Retryable("x", retry_after=float("nan"))
+    assert herd.Retryable("x", retry_after=2).retry_after == 2.0
+
+
+def test_a_slow_handler_after_many_tiny_ones_is_still_watched(fake: Fake) -> None:
+    # While tiny tasks flow the watcher looks seldom (it would cost them the GIL); a handler
+    # that then hangs is still found, and the task behind it given back.
+    sup = fake(V3_WORKER)
+    assert sup.recv()[0] == "Hello"
+    n = 20_000
+    sup.send(b"".join(codec.encode_task(i, 1, b"t") for i in range(1, n + 1))
+             + codec.encode_task(n + 1, 1, b"wait-cancel") + codec.encode_task(n + 2, 1, b"t")
+             + codec.encode_withdraw(n + 2))
+    for i in range(1, n + 1):
+        assert sup.recv() == ("Done", i, ("Ok", b"t"))
+    assert sup.recv() == ("Withdrawn", n + 2)
+    sup.send(codec.encode_cancel(n + 1))
+    assert sup.recv() == ("Done", n + 1, ("Cancelled",))
     sup.send(codec.encode_shutdown())
     code, err = sup.wait()
     assert code == 0, err

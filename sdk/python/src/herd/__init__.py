@@ -29,7 +29,7 @@ from .daemon import Daemon, find_herd_bin, serve
 from .errors import (ConnectionLost, DaemonError, EventCancelled, EventCrashed, EventDeadline,
                      EventError, EventExpired, EventFailed, EventProtocolError, EventRejected,
                      EventShutdown, EventTimeout, HandshakeError, HerdError)
-from .worker import Fatal, Retryable, Task, run, worker_index
+from .worker import Cancelled, Fatal, Retryable, Task, run, worker_index
 
 try:
     __version__ = _metadata.version("herd")
@@ -39,7 +39,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree (PYTHONPAT
 __all__ = [
     "__version__",
     # Workers.
-    "run", "Retryable", "Fatal", "Task", "worker_index",
+    "run", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
     "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "CONTROL_VERSION",
     # A private daemon.

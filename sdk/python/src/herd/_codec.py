@@ -1,4 +1,4 @@
-"""herd's wire protocol, version 2: frames and the bincode 2 bodies of every message.
+"""herd's wire protocol, version 3: frames and the bincode 2 bodies of every message.
 
 A frame is a 4-byte little-endian body length followed by the body, the bincode 2 "standard"
 encoding of one message (docs/PROTOCOL.md):
@@ -14,12 +14,15 @@ encoding of one message (docs/PROTOCOL.md):
 Messages are plain tuples, tagged by their variant name:
 
     herd -> worker:  ("Task", id, attempt, payload)   ("Shutdown",)
+                     ("Withdraw", id)  ("Cancel", id)  (version 3)
     worker -> herd:  ("Hello", protocol, pid, token)  ("Heartbeat",)
                      ("Done", id, ("Ok", output))     ("Done", id, ("Err", retryable, message))
+                     ("Done", id, ("RetryAfter", message, delay_ms))  ("Done", id, ("Cancelled",))
                      ("Chunk", id, data)  (version 2: a partial result, before the task's Done)
+                     ("Withdrawn", id)  ("Kept", id)  (version 3: answers to a Withdraw)
 
-A worker only needs `encode_hello`, `encode_done_ok`, `encode_done_err`, `encode_chunk` and
-`decode_to_worker`;
+A worker only needs the `encode_hello`, `encode_done_*`, `encode_chunk`, `encode_withdrawn`,
+`encode_kept` and `decode_to_worker`;
 the other half exists so tests (and anyone writing a supervisor) can speak the other side.
 """
 
@@ -30,13 +33,15 @@ from typing import Literal, Optional, Tuple, TypeVar, Union
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
-    "encode_hello", "encode_done_ok", "encode_done_err", "encode_heartbeat", "encode_chunk",
-    "encode_task",
-    "encode_shutdown", "decode_to_worker", "decode_from_worker", "frame_len", "varint",
+    "encode_hello", "encode_done_ok", "encode_done_err", "encode_done_retry_after",
+    "encode_done_cancelled", "encode_heartbeat", "encode_chunk", "encode_withdrawn",
+    "encode_kept", "encode_task", "encode_shutdown", "encode_withdraw", "encode_cancel",
+    "decode_to_worker", "decode_from_worker", "frame_len", "varint",
 ]
 
-# Version 2 added the Chunk frame; every version-1 frame is unchanged.
-PROTOCOL_VERSION = 2
+# Version 2 added the Chunk frame; version 3 Withdraw/Withdrawn/Kept, Cancel and the RetryAfter
+# and Cancelled outcomes. Every older frame is unchanged.
+PROTOCOL_VERSION = 3
 HEADER_LEN = 4
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 # herd's hard upper bound for any frame limit (and bincode's allocation limit).
@@ -48,9 +53,9 @@ _U64 = struct.Struct("<Q")
 _HEADER = _U32
 
 # Variant indices, pinned by herd-proto's enums (FromWorker, Outcome, ToWorker).
-HELLO, DONE, HEARTBEAT, CHUNK = 0, 1, 2, 3
-OK, ERR = 0, 1
-TASK, SHUTDOWN = 0, 1
+HELLO, DONE, HEARTBEAT, CHUNK, WITHDRAWN, KEPT = 0, 1, 2, 3, 4, 5
+OK, ERR, RETRY_AFTER, CANCELLED = 0, 1, 2, 3
+TASK, SHUTDOWN, WITHDRAW, CANCEL = 0, 1, 2, 3
 
 _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
@@ -66,13 +71,18 @@ Buffer = Union[bytes, bytearray, memoryview]
 # The decoded messages (see the module's docstring).
 TaskMsg = Tuple[Literal["Task"], int, int, bytes]
 ShutdownMsg = Tuple[Literal["Shutdown"]]
-ToWorker = Union[TaskMsg, ShutdownMsg]
+WithdrawMsg = Tuple[Literal["Withdraw"], int]
+CancelMsg = Tuple[Literal["Cancel"], int]
+ToWorker = Union[TaskMsg, ShutdownMsg, WithdrawMsg, CancelMsg]
 HelloMsg = Tuple[Literal["Hello"], int, int, str]
-Outcome = Union[Tuple[Literal["Ok"], bytes], Tuple[Literal["Err"], bool, str]]
+Outcome = Union[Tuple[Literal["Ok"], bytes], Tuple[Literal["Err"], bool, str],
+                Tuple[Literal["RetryAfter"], str, int], Tuple[Literal["Cancelled"]]]
 DoneMsg = Tuple[Literal["Done"], int, Outcome]
 HeartbeatMsg = Tuple[Literal["Heartbeat"]]
 ChunkMsg = Tuple[Literal["Chunk"], int, bytes]
-FromWorker = Union[HelloMsg, DoneMsg, HeartbeatMsg, ChunkMsg]
+WithdrawnMsg = Tuple[Literal["Withdrawn"], int]
+KeptMsg = Tuple[Literal["Kept"], int]
+FromWorker = Union[HelloMsg, DoneMsg, HeartbeatMsg, ChunkMsg, WithdrawnMsg, KeptMsg]
 _M = TypeVar("_M", bound=Tuple[object, ...])
 
 
@@ -148,6 +158,29 @@ def encode_done_err(id: int, retryable: bool, message: str,
                   + _str(message), max_frame)
 
 
+def encode_done_retry_after(id: int, message: str, delay_ms: int,
+                            max_frame: int = MAX_FRAME_CEILING) -> bytes:
+    """Frame for Done{id, RetryAfter{message, delay_ms}} (version 3): retry no sooner than
+    `delay_ms` milliseconds from now."""
+    return _frame(b"\x01" + varint(id) + b"\x02" + _str(message) + varint(delay_ms), max_frame)
+
+
+def encode_done_cancelled(id: int) -> bytes:
+    """Frame for Done{id, Cancelled} (version 3): the task ended because it was cancelled."""
+    return _frame(b"\x01" + varint(id) + b"\x03", MAX_FRAME_CEILING)
+
+
+def encode_withdrawn(id: int) -> bytes:
+    """Frame for Withdrawn{id} (version 3): the queued task was dropped, herd may run it
+    elsewhere."""
+    return _frame(b"\x04" + varint(id), MAX_FRAME_CEILING)
+
+
+def encode_kept(id: int) -> bytes:
+    """Frame for Kept{id} (version 3): the task had already started (or finished) here."""
+    return _frame(b"\x05" + varint(id), MAX_FRAME_CEILING)
+
+
 def encode_heartbeat() -> bytes:
     """Frame for Heartbeat."""
     return b"\x01\x00\x00\x00\x02"
@@ -173,6 +206,16 @@ def encode_task(id: int, attempt: int, payload: Buffer,
 def encode_shutdown() -> bytes:
     """Frame for Shutdown, the termination frame (the supervisor's side)."""
     return b"\x01\x00\x00\x00\x01"
+
+
+def encode_withdraw(id: int) -> bytes:
+    """Frame for Withdraw{id} (version 3, the supervisor's side)."""
+    return _frame(b"\x02" + varint(id), MAX_FRAME_CEILING)
+
+
+def encode_cancel(id: int) -> bytes:
+    """Frame for Cancel{id} (version 3, the supervisor's side)."""
+    return _frame(b"\x03" + varint(id), MAX_FRAME_CEILING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +296,8 @@ def _variant(buf: Buffer, p: int, end: int, enum: str, count: int) -> Tuple[int,
 
 
 def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWorker:
-    """Decodes a ToWorker body: ("Task", id, attempt, payload) or ("Shutdown",)."""
+    """Decodes a ToWorker body: ("Task", id, attempt, payload), ("Shutdown",),
+    ("Withdraw", id) or ("Cancel", id)."""
     if end is None:
         end = len(buf)
     # The tiny-event path first: a Task whose id takes 1, 3 or 5 bytes and whose attempt and
@@ -275,22 +319,28 @@ def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWo
                 if type(payload) is not bytes:
                     payload = bytes(payload)
                 return ("Task", id, attempt, payload)
-    v, p = _variant(buf, p, end, "ToWorker", 2)
+    v, p = _variant(buf, p, end, "ToWorker", 4)
     if v == TASK:
         id, p = _uint(buf, p, end, 8, "Task.id")
         attempt, p = _uint(buf, p, end, 4, "Task.attempt")
         payload, p = _bytes(buf, p, end, "Task.payload")
         return _done_with(("Task", id, attempt, payload), p, end, "Task")
+    if v == WITHDRAW:
+        id, p = _uint(buf, p, end, 8, "Withdraw.id")
+        return _done_with(("Withdraw", id), p, end, "Withdraw")
+    if v == CANCEL:
+        id, p = _uint(buf, p, end, 8, "Cancel.id")
+        return _done_with(("Cancel", id), p, end, "Cancel")
     return _done_with(("Shutdown",), p, end, "Shutdown")
 
 
 def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> FromWorker:
     """Decodes a FromWorker body: ("Hello", protocol, pid, token), ("Done", id, outcome) with
-    outcome ("Ok", output) or ("Err", retryable, message), ("Heartbeat",), or ("Chunk", id,
-    data)."""
+    outcome ("Ok", output), ("Err", retryable, message), ("RetryAfter", message, delay_ms) or
+    ("Cancelled",), ("Heartbeat",), ("Chunk", id, data), ("Withdrawn", id) or ("Kept", id)."""
     if end is None:
         end = len(buf)
-    v, p = _variant(buf, p, end, "FromWorker", 4)
+    v, p = _variant(buf, p, end, "FromWorker", 6)
     if v == HELLO:
         protocol, p = _uint(buf, p, end, 4, "Hello.protocol")
         pid, p = _uint(buf, p, end, 4, "Hello.pid")
@@ -298,10 +348,16 @@ def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> Fr
         return _done_with(("Hello", protocol, pid, token), p, end, "Hello")
     if v == DONE:
         id, p = _uint(buf, p, end, 8, "Done.id")
-        o, p = _variant(buf, p, end, "Outcome", 2)
+        o, p = _variant(buf, p, end, "Outcome", 4)
         if o == OK:
             output, p = _bytes(buf, p, end, "Outcome::Ok")
             return _done_with(("Done", id, ("Ok", output)), p, end, "Done")
+        if o == RETRY_AFTER:
+            message, p = _text(buf, p, end, "Outcome::RetryAfter.message")
+            delay, p = _uint(buf, p, end, 8, "Outcome::RetryAfter.delay_ms")
+            return _done_with(("Done", id, ("RetryAfter", message, delay)), p, end, "Done")
+        if o == CANCELLED:
+            return _done_with(("Done", id, ("Cancelled",)), p, end, "Done")
         retryable, p = _bool(buf, p, end, "Outcome::Err.retryable")
         message, p = _text(buf, p, end, "Outcome::Err.message")
         return _done_with(("Done", id, ("Err", retryable, message)), p, end, "Done")
@@ -309,4 +365,10 @@ def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> Fr
         id, p = _uint(buf, p, end, 8, "Chunk.id")
         data, p = _bytes(buf, p, end, "Chunk.data")
         return _done_with(("Chunk", id, data), p, end, "Chunk")
+    if v == WITHDRAWN:
+        id, p = _uint(buf, p, end, 8, "Withdrawn.id")
+        return _done_with(("Withdrawn", id), p, end, "Withdrawn")
+    if v == KEPT:
+        id, p = _uint(buf, p, end, 8, "Kept.id")
+        return _done_with(("Kept", id), p, end, "Kept")
     return _done_with(("Heartbeat",), p, end, "Heartbeat")

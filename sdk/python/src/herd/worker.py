@@ -14,6 +14,14 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
   written before the worker could block on a read, so a reply never waits for new input.
 - Waiting for a task wakes nothing: the worker waits in poll(2), not in a blocking recv, which
   Linux also wakes each time the supervisor reads a reply.
+- Protocol 3: herd may take back a task queued behind a slow one (`Withdraw`), and cancel one
+  (`Cancel`). A handler that has run for 10 ms (up to 0.4 s while tiny tasks flow: each look
+  costs the serve loop the GIL) gets a watcher thread that reads the socket for it: it answers
+  each `Withdraw` at once (`Withdrawn` for a task not started: dropped; `Kept` for one started
+  or answered), answers a `Cancel` of a queued task with `Done(Cancelled)`, and raises the
+  running task's cancel flag (`Task.cancelled`, `Task.wait_cancelled`), which a handler ends
+  with `raise Cancelled()`. Tiny handlers never wake it. A task is taken to run only while the
+  watcher does not hold the read side, so it is never both given back and run (see `_Watch`).
 - A finished Done is held for about 1 ms at most: the supervisor times each attempt from the
   previous Done. The serve loop flushes once the oldest held reply is 1 ms old; while a handler
   runs, a flusher thread (started the first time a reply is held across a handler) does it. It
@@ -55,6 +63,9 @@ EXIT_SHUTDOWN = 0
 EXIT_DISCONNECTED = 1
 EXIT_ERROR = 2
 
+# The protocol version this worker speaks.
+HELLO_PROTOCOL = _codec.PROTOCOL_VERSION
+
 # Bytes asked of each recv: many pipelined small tasks at once.
 READ_SIZE = 64 * 1024
 # Queued replies above this size are written even if more input is buffered.
@@ -65,6 +76,16 @@ MAX_HOLD = 0.001
 # reply goes out at once, since a write costs little next to such a task and the supervisor is
 # waiting to send more.
 BATCH_ONLY_UNDER = 50e-6
+# How long a handler runs before the watcher reads the socket for it (protocol 3). herd
+# withdraws work only from behind a task that has run a second or more, so this costs nothing
+# it needs, and tiny tasks never wake the watcher.
+WATCH_AFTER = 0.010
+# While tasks flow, the watcher looks at most this seldom: each look takes the GIL from the
+# serve loop, which on a busy machine waits for the watcher to be scheduled (at one look per
+# 10 ms, 15% of the tiny-task rate). A slow handler is then found within twice this.
+WATCH_LONGEST = 0.2
+# The largest retry_after delay a frame carries, in milliseconds (a u64).
+_MAX_DELAY_MS = 0xFFFF_FFFF_FFFF_FFFF
 
 _HEADER = struct.Struct("<I")
 _unpack_header = _HEADER.unpack_from
@@ -72,7 +93,27 @@ _unpack_header = _HEADER.unpack_from
 
 class Retryable(Exception):
     """Raise this from a handler to ask herd to run the event again (up to its --retries, with
-    backoff). Its message is shown in the record if the retries run out."""
+    backoff). Its message is shown in the record if the retries run out.
+
+    `retry_after` (seconds, a float) says how long to wait before the next attempt (a
+    service's Retry-After, a lock that expires): herd waits that long instead of its own
+    backoff, up to its longest backoff (32 x --retry-backoff). Sent in whole milliseconds."""
+
+    def __init__(self, *args: object, retry_after: Optional[float] = None) -> None:
+        super().__init__(*args)
+        if retry_after is not None:
+            retry_after = float(retry_after)
+            if not retry_after >= 0:  # also refuses NaN
+                raise ValueError(f"retry_after must be a number of seconds >= 0, not "
+                                 f"{retry_after!r}")
+        #: The delay asked for, in seconds, or None for herd's own backoff.
+        self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """Raise this from a handler that saw its task cancelled (`Task.cancelled`): the event
+    ends with a `cancelled` record and the worker keeps serving. Raised for a task herd did
+    not cancel, it fails the event saying so."""
 
 
 class Fatal(Exception):
@@ -91,10 +132,11 @@ class _Startup(Exception):
 class Task:
     """One task, handed to a handler run with `run(handler, pass_task=True)`."""
 
-    __slots__ = ("id", "attempt", "payload", "_out", "_max")
+    __slots__ = ("id", "attempt", "payload", "_out", "_max", "_watch")
 
     def __init__(self, id: int, attempt: int, payload: bytes, out: _Outbox,
-                 max_frame: int = _codec.DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = _codec.DEFAULT_MAX_FRAME,
+                 watch: Optional[_Watch] = None) -> None:
         #: The supervisor's identifier for this attempt; unique within one supervisor run.
         self.id = id
         #: Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
@@ -103,6 +145,29 @@ class Task:
         self.payload = payload
         self._out = out
         self._max = max_frame
+        self._watch = watch
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether herd asked to cancel this task (`herd ctl cancel`, a client's cancel). Check
+        it between steps of a long computation and end with `raise herd.Cancelled()`: the
+        record is `cancelled` and the worker stays up. A handler that never looks is killed by
+        herd once --exit-timeout has passed after the cancel.
+
+        The flag is raised by a watcher thread that reads the socket once a handler has run
+        for 10 ms, and needs the GIL for it (a CPU-bound handler lets go of it every few ms)."""
+        w = self._watch
+        return w is not None and w.cancel_id == self.id
+
+    def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
+        """Blocks until herd cancels this task or `timeout` seconds pass (None: no limit);
+        whether it was cancelled. A handler waiting on something else can use this in a
+        thread, or as an interruptible sleep: `if task.wait_cancelled(5): raise Cancelled()`."""
+        w = self._watch
+        if w is None:
+            threading.Event().wait(timeout)
+            return False
+        return w.wait_cancel(self.id, timeout)
 
     def chunk(self, data: Output) -> None:
         """Sends `data` (bytes-like, or str as UTF-8) as a partial result of this task, before
@@ -260,6 +325,256 @@ class _Reader:
             return n
 
 
+class _Watch:
+    """Protocol 3 while a handler runs: the watcher, a thread that reads the socket only once a
+    handler has been running for WATCH_AFTER, so that herd's Withdraw and Cancel are answered
+    even when the task in hand is slow or hung. A Python twin of crates/worker/src/watch.rs.
+
+    - The serve loop reads its frames itself between handlers, as it always has. Per task it
+      publishes where its read buffer stands (`pos`; `data` after each read) and the running
+      task's id (`running`, -1 between handlers): a few attribute stores.
+    - The watcher parks while the worker is idle, and is woken when a handler starts. While
+      tasks flow it looks ever less often, up to every WATCH_LONGEST.
+    - A handler that has run for WATCH_AFTER (between looks) is slow: the watcher takes the
+      read side (`_lock`, `engaged`), reads on, and answers Withdraw and Cancel at once,
+      removing a withdrawn or cancelled task from the buffer. The Task frames it reads stay in
+      the buffer, in order, for the serve loop, which takes them over (`take_back`) when the
+      handler returns.
+    - Exactly one owner per task: the serve loop takes a task to run only while the watcher
+      does not hold the read side. The watcher sets `engaged` before it checks that the same
+      handler still runs; the serve loop clears `running` before it checks `engaged` (each
+      store and load is one bytecode under the GIL, so one always sees the other's move), and
+      if set, waits for the lock. So a queued task is either still in the buffer (`Withdrawn`)
+      or started (`Kept`). A Withdraw the serve loop reads itself finds its task run already.
+    - A cancel is a request: a Cancel for the running task sets `cancel_id`; the handler
+      decides when to stop. One for a queued task removes it and answers Done(Cancelled)."""
+
+    __slots__ = ("running", "pos", "data", "parked", "engaged", "touched", "ended", "stop",
+                 "cancel_id", "_sock", "_out", "_max", "_lock", "_park", "_cancel",
+                 "_wake_r", "_wake_w", "_thread")
+
+    def __init__(self, sock: socket.socket, out: _Outbox, max_frame: int) -> None:
+        # The task whose handler runs, -1 between handlers.
+        self.running = -1
+        # The serve loop's read buffer, and where its next frame starts.
+        self.data: _Data = b""
+        self.pos = 0
+        # The watcher waits for a handler to start (and must be notified).
+        self.parked = False
+        # The watcher holds, or is about to hold, the read side.
+        self.engaged = False
+        # The watcher changed the buffer: `data` (from 0) is what is left to run.
+        self.touched = False
+        # The watcher read the end of the stream, Shutdown, or a frame it cannot read: it reads
+        # no more (the serve loop reads that for itself).
+        self.ended = False
+        self.stop = False
+        # The task herd cancelled (ids are unique in a herd run).
+        self.cancel_id = -1
+        self._sock = sock
+        self._out = out
+        self._max = max_frame
+        self._lock = threading.Lock()
+        self._park = threading.Condition()
+        self._cancel = threading.Condition()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        t = threading.Thread(target=self._run, name="herd-watch", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:
+            # Without the watcher, withdrawals and cancels are answered between tasks only
+            # (Kept, or nothing): herd falls back to waiting, or to a kill.
+            self.ended = True
+            return
+        self._thread = t
+
+    def unpark(self) -> None:
+        with self._park:
+            self._park.notify()
+
+    def take_back(self) -> bool:
+        """The handler ended while the watcher may hold the read side: wakes it and waits for
+        it to let go. Whether it changed the buffer (then `data`, from 0, is what is left)."""
+        try:
+            self._wake_w.send(b"\x01")
+        except OSError:
+            pass  # a full pipe already holds a wake-up
+        with self._lock:
+            self.engaged = False
+            touched, self.touched = self.touched, False
+        return touched
+
+    def wait_cancel(self, id: int, timeout: Optional[float]) -> bool:
+        with self._cancel:
+            return self._cancel.wait_for(lambda: self.cancel_id == id, timeout)
+
+    def shut(self) -> None:
+        """Stops the watcher and waits for it (it is parked, or reading for a handler that
+        raised on the way out)."""
+        self.stop = True
+        with self._park:
+            self._park.notify()
+        try:
+            self._wake_w.send(b"\x01")
+        except OSError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        park = self._park
+        interval = WATCH_AFTER
+        # Where the serve loop stood at the last look: it moved since if tasks flow.
+        last: Optional[Tuple[_Data, int]] = None
+        while True:
+            with park:
+                # Parked while no handler runs and none ran since the last look (an idle
+                # worker wakes nothing).
+                while True:
+                    if self.stop:
+                        return
+                    self.parked = True
+                    if self.running != -1:
+                        break
+                    if last is not None and (last[0] is not self.data or last[1] != self.pos):
+                        break
+                    last = None
+                    park.wait()
+                    # Woken by a handler's start (or a stop, seen below): time it from here,
+                    # without looking whether it still runs (tiny ones would have ended).
+                    interval = WATCH_AFTER
+                    break
+                self.parked = False
+                seen = self.running
+                last = (self.data, self.pos)
+                # Give the handler its time; a stop cuts the wait short.
+                park.wait(interval)
+            if self.stop or self.ended:
+                return
+            if seen == -1 or self.running != seen:
+                # Tasks flow: look less often (each look costs the serve loop the GIL).
+                interval = min(interval * 2, WATCH_LONGEST)
+                continue
+            interval = WATCH_AFTER
+            with self._lock:
+                self.engaged = True
+                if self.running == seen:
+                    self._watch(seen)
+                else:
+                    self.engaged = False
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except OSError:
+            pass
+
+    def _watch(self, seen: int) -> None:
+        """Reads and answers frames while the handler of task `seen` runs (the read side is
+        held)."""
+        max_frame = self._max
+        buf = bytearray(self.data[self.pos:])
+        # buf[:kept] is whole Task frames, left for the serve loop in order.
+        kept = 0
+        touched = False
+        self._drain_wake()
+        poller = select.poll()
+        poller.register(self._sock.fileno(), select.POLLIN)
+        wake_fd = self._wake_r.fileno()
+        poller.register(wake_fd, select.POLLIN)
+        try:
+            while True:
+                while len(buf) - kept >= 4:
+                    n = _unpack_header(buf, kept)[0]
+                    fend = kept + 4 + n
+                    if n > max_frame or fend > len(buf):
+                        if n > max_frame:
+                            self.ended = True  # the serve loop refuses it after this task
+                            return
+                        break
+                    try:
+                        msg = _codec.decode_to_worker(buf, kept + 4, fend)
+                    except ProtocolError:
+                        self.ended = True  # left for the serve loop to refuse
+                        return
+                    if msg[0] == "Task":
+                        kept = fend
+                        continue
+                    if msg[0] == "Shutdown":
+                        self.ended = True
+                        return
+                    tag, id = msg
+                    del buf[kept:fend]
+                    touched = True
+                    found = _find_task(buf, kept, id)
+                    if found is not None:
+                        a, b = found
+                        del buf[a:b]
+                        kept -= b - a
+                    if tag == "Withdraw":
+                        answer: Optional[bytes] = (_codec.encode_withdrawn(id) if found
+                                                   else _codec.encode_kept(id))
+                    elif found is not None:
+                        answer = _codec.encode_done_cancelled(id)
+                    else:
+                        answer = None
+                        if self.running == id:
+                            with self._cancel:
+                                self.cancel_id = id
+                                self._cancel.notify_all()
+                    if answer is not None:
+                        try:
+                            self._out.queue(answer)
+                            self._out.flush()
+                        except OSError:
+                            self.ended = True  # the serve loop meets it on its next write
+                            return
+                if self.running != seen or self.stop:
+                    return
+                ready = poller.poll()
+                if any(fd == wake_fd for fd, _ in ready):
+                    self._drain_wake()
+                    if self.running != seen or self.stop:
+                        return
+                try:
+                    more = self._sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.ended = True  # the serve loop meets it on its next read
+                    return
+                if not more:
+                    self.ended = True
+                    return
+                buf += more
+                touched = True
+        finally:
+            if touched:
+                self.data = bytes(buf)
+                self.pos = 0
+                self.touched = True
+
+
+def _find_task(buf: bytearray, stop: int, id: int) -> Optional[Tuple[int, int]]:
+    """The bounds of the Task frame for task `id` among the whole Task frames in buf[:stop]."""
+    p = 0
+    while p < stop:
+        fend = p + 4 + _unpack_header(buf, p)[0]
+        msg = _codec.decode_to_worker(buf, p + 4, fend)
+        if msg[0] == "Task" and msg[1] == id:
+            return p, fend
+        p = fend
+    return None
+
+
 def _output_bytes(value: object) -> bytes:
     """The handler's return value as bytes: bytes as is, str encoded as UTF-8, bytearray and
     memoryview copied. Anything else (None included) is a handler bug, reported as such."""
@@ -309,8 +624,12 @@ def _truncate(s: str, max_bytes: int) -> str:
     return s.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
-def _done_err(id: int, retryable: bool, message: str, max_frame: int) -> bytes:
+def _done_err(id: int, retryable: bool, message: str, max_frame: int,
+              retry_after: Optional[float] = None) -> bytes:
     try:
+        if retry_after is not None:
+            ms = min(round(retry_after * 1000), _MAX_DELAY_MS)
+            return _codec.encode_done_retry_after(id, message, ms, max_frame)
         return _codec.encode_done_err(id, retryable, message, max_frame)
     except ProtocolError:
         size = len(message.encode("utf-8"))
@@ -319,10 +638,15 @@ def _done_err(id: int, retryable: bool, message: str, max_frame: int) -> bytes:
             f"bytes; it began: {_truncate(message, 200)}"), max_frame)
 
 
-def _failed(exc: Exception, id: int, max_frame: int) -> bytes:
+def _failed(exc: Exception, id: int, max_frame: int, watch: _Watch) -> bytes:
     """The Done frame for a handler that raised `exc`."""
     if isinstance(exc, Retryable):
-        return _done_err(id, True, str(exc) or "Retryable", max_frame)
+        return _done_err(id, True, str(exc) or "Retryable", max_frame, exc.retry_after)
+    if isinstance(exc, Cancelled):
+        if watch.cancel_id == id:
+            return _codec.encode_done_cancelled(id)
+        return _done_err(id, False, "the handler raised Cancelled, but herd did not cancel "
+                         "this task", max_frame)
     if isinstance(exc, Fatal):
         return _done_err(id, False, str(exc) or "Fatal", max_frame)
     # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
@@ -350,11 +674,13 @@ def serve(sock: socket.socket, handler: Handler, token: str,
     Raises Disconnected when the supervisor goes away, ProtocolError for a frame that cannot
     be read or written. The handler runs on the calling thread."""
     out = _Outbox(sock)
+    watch = _Watch(sock, out, max_frame)
     try:
         try:
-            out.queue(_codec.encode_hello(_codec.PROTOCOL_VERSION, os.getpid(), token, max_frame))
+            out.queue(_codec.encode_hello(HELLO_PROTOCOL, os.getpid(), token, max_frame))
             out.flush()
-            _serve_loop(_Reader(sock), out, handler, max_frame, pass_task)
+            watch.start()
+            _serve_loop(_Reader(sock), out, watch, handler, max_frame, pass_task)
         except (OSError, Disconnected):
             raise
         except BaseException:
@@ -366,12 +692,13 @@ def serve(sock: socket.socket, handler: Handler, token: str,
                 pass
             raise
         finally:
+            watch.shut()
             out.stop()
     except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
         raise Disconnected() from None
 
 
-def _serve_loop(reader: _Reader, out: _Outbox, handler: Handler, max_frame: int,
+def _serve_loop(reader: _Reader, out: _Outbox, w: _Watch, handler: Handler, max_frame: int,
                 pass_task: bool) -> None:
     perf = time.perf_counter
     decode = _codec.decode_to_worker
@@ -384,6 +711,7 @@ def _serve_loop(reader: _Reader, out: _Outbox, handler: Handler, max_frame: int,
         if out.size:
             out.flush()
         data = _read_more(reader, data, pos, max_frame)
+        w.data = data
         pos, end = 0, len(data)
         fend = _frame_end(data, 0, end, max_frame)
         while fend:
@@ -397,12 +725,23 @@ def _serve_loop(reader: _Reader, out: _Outbox, handler: Handler, max_frame: int,
                 if pos + 4 + n <= end and n <= max_frame:
                     fend = pos + 4 + n
             if msg[0] != "Task":
-                out.flush()
-                return
+                if msg[0] == "Shutdown":
+                    out.flush()
+                    return
+                # Protocol 3, read between handlers: the task is not in the buffer, so it ran
+                # already (Withdraw: Kept; Cancel: its Done went out, nothing to stop).
+                if msg[0] == "Withdraw":
+                    out.add(_codec.encode_kept(msg[1]), perf(), not fend)
+                continue
             _, id, attempt, payload = msg
+            # The task has started: the watcher may read (and answer for what is queued) now.
+            w.pos = pos
+            w.running = id
+            if w.parked:
+                w.unpark()
             t0 = perf()
             try:
-                output = handler(Task(id, attempt, payload, out, max_frame) if pass_task
+                output = handler(Task(id, attempt, payload, out, max_frame, w) if pass_task
                                  else payload)
                 if type(output) is not bytes:
                     if type(output) is str:
@@ -412,12 +751,22 @@ def _serve_loop(reader: _Reader, out: _Outbox, handler: Handler, max_frame: int,
                     else:
                         output = _output_bytes(output)
             except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
-                frame = _failed(e, id, max_frame)
+                frame = _failed(e, id, max_frame, w)
             else:
                 try:
                     frame = encode_ok(id, output, max_frame)
                 except ProtocolError:
                     frame = _too_big(id, output, max_frame)
+            w.running = -1
+            if w.engaged and w.take_back():
+                # The watcher read on (and may have removed withdrawn or cancelled tasks).
+                data = w.data
+                pos, end = 0, len(data)
+                fend = 0
+                if end >= 4:
+                    n = header(data, 0)[0]
+                    if 4 + n <= end and n <= max_frame:
+                        fend = 4 + n
             now = perf()
             # Hold the reply while more tasks are buffered behind a quick handler (the outbox
             # bounds for how long); send it at once after a slow one or before a read.

@@ -25,8 +25,13 @@ Run it under `herd run -- python3 chaos.py`; events are JSON objects, one per li
   {"op":"square","n":N}          returns N*N
   {"op":"spin","ms":M}           burns M ms of CPU, returns M
   {"op":"sleep","ms":M}          sleeps M ms, returns M
+  {"op":"cancellable","ms":M}    waits M ms or until herd cancels it (then ends cancelled),
+                                   returns M
   {"op":"fail","retryable":B}    handler error
   {"op":"flaky","fails":K}       retryable error while attempt <= K, then the attempt
+  {"op":"retry_after","ms":M,"log":P}  appends "<attempt> <unix microseconds>" to file P;
+                                   while the attempt is at most "fails" (default 1), asks
+                                   for a retry after M ms; then returns the attempt
   {"op":"panic"}                  raises an exception in the handler
   {"op":"crash","signal":S}      aborts, or raises signal S (e.g. "SEGV")
   {"op":"exit","code":C}         exits with code C mid-task (os._exit)
@@ -85,6 +90,18 @@ def handle(task: herd.Task) -> Union[bytes, str, Generator[Any, None, Any]]:
         ms = need(event, op, "ms")
         time.sleep(ms / 1000)
         return str(ms)
+    if op == "cancellable":
+        ms = need(event, op, "ms")
+        if task.wait_cancelled(ms / 1000):
+            raise herd.Cancelled()
+        return str(ms)
+    if op == "retry_after":
+        ms = need(event, op, "ms")
+        with open(need(event, op, "log"), "a") as f:
+            f.write(f"{task.attempt} {time.time_ns() // 1000}\n")
+        if task.attempt <= event.get("fails", 1):
+            raise herd.Retryable("asked to retry later", retry_after=ms / 1000)
+        return str(task.attempt)
     if op == "fail":
         if event.get("retryable"):
             raise herd.Retryable("failed on request")
