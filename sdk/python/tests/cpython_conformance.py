@@ -14,9 +14,12 @@ in HERD_BIN).
 import os
 import sys
 import unittest
+from typing import Any, Dict, List, Tuple
 
 import herd
-from test import test_concurrent_futures as cf
+from test import test_concurrent_futures as _cf  # type: ignore[import-not-found, unused-ignore]
+
+cf: Any = _cf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "..", "..", "docs", "PYTHON.md")
@@ -30,7 +33,7 @@ CHILD_BY_NAME = ("runs a child interpreter doing `from concurrent.futures import
                  "Executor, not herd's: test_executor.py runs the same scenario with herd.Executor")
 
 # (mixin, test) -> why it cannot apply to herd.
-SKIPS = {
+SKIPS: Dict[Tuple[str, str], str] = {
     ("ExecutorShutdownTest", "test_interpreter_shutdown"): CHILD_BY_NAME,
     ("ExecutorShutdownTest", "test_submit_after_interpreter_shutdown"): CHILD_BY_NAME,
     ("ExecutorShutdownTest", "test_hang_gh83386"): CHILD_BY_NAME,
@@ -48,19 +51,19 @@ MIXINS = [cf.ExecutorTest, cf.ProcessPoolExecutorTest, cf.WaitTests, cf.AsComple
           cf.ExecutorShutdownTest, cf.InitializerMixin, cf.FailingInitializerMixin]
 
 
-class HerdMixin(cf.ExecutorMixin):
+class HerdMixin(cf.ExecutorMixin):  # type: ignore[misc]
     executor_type = herd.Executor
 
-    def get_context(self):  # what the cases that build a pool themselves pass as mp_context
+    def get_context(self) -> Any:  # what the cases that build a pool themselves pass as mp_context
         import multiprocessing
         return multiprocessing.get_context("spawn")
 
 
-def cases():
+def cases() -> List[type]:
     """A TestCase class per mixin, its inapplicable tests replaced by skips."""
     out = []
     for mixin in MIXINS:
-        attrs = {}
+        attrs: Dict[str, Any] = {}
         for (owner, test), why in SKIPS.items():
             if owner == mixin.__name__:
                 if not hasattr(mixin, test):
@@ -77,7 +80,7 @@ for _case in cases():
     globals()[_case.__name__] = _case
 
 
-def check_documented():
+def check_documented() -> None:
     """Every skip is named in docs/PYTHON.md's CPython conformance section."""
     with open(DOC, encoding="utf-8") as f:
         text = f.read()
@@ -90,7 +93,7 @@ def check_documented():
         raise SystemExit(f"skipped but not documented in {DOC}: {', '.join(missing)}")
 
 
-def main():
+def main() -> None:
     check_documented()
     loader = unittest.TestLoader()
     suite = unittest.TestSuite(loader.loadTestsFromTestCase(globals()[f"Herd{m.__name__}"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Type
 
 import pytest
 
@@ -27,8 +27,10 @@ def ex() -> Iterator[herd.Executor]:
         yield ex
 
 
+_Case = Tuple[Callable[..., Any], Tuple[Any, ...], Type[BaseException], str]
+
 # name -> (function, args, the exception the call fails with, text its message or cause has)
-MATRIX = {
+MATRIX: Dict[str, _Case] = {
     "error pickling the call": (id, (calls.ErrorAtPickle(),), pickle.PicklingError,
                                 "Error in pickle"),
     "exit pickling the call": (id, (calls.ExitAtPickle(),), SystemExit, ""),
@@ -109,5 +111,3 @@ def test_a_call_failing_to_pickle_at_shutdown() -> None:
         with pytest.raises(pickle.PicklingError):
             f.result(timeout=TIMEOUT)
 
-
-_Case = Tuple[Callable[..., Any], Tuple[Any, ...], Type[BaseException], str]

@@ -34,7 +34,7 @@ import time
 import weakref
 from concurrent.futures import _base
 from concurrent.futures.process import _RemoteTraceback
-from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple,
+from typing import (Any, Callable, Deque, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple,
                     TypeVar, Union)
 
 from . import daemon as _daemon
@@ -65,17 +65,17 @@ class Future(concurrent.futures.Future[Any]):
     _herd_stop: Optional[Callable[[], None]] = None
 
     def cancel(self) -> bool:
-        with self._condition:  # type: ignore[attr-defined]
-            if self._state != _base.RUNNING:  # type: ignore[attr-defined]
+        with self._condition:
+            if self._state != _base.RUNNING:
                 running = False
             else:
                 running = True
                 # As set_running_or_notify_cancel() does for a cancelled future: wait() and
                 # as_completed() hear of it.
-                self._state = _base.CANCELLED_AND_NOTIFIED  # type: ignore[attr-defined]
-                for waiter in self._waiters:  # type: ignore[attr-defined]
+                self._state = _base.CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
                     waiter.add_cancelled(self)
-                self._condition.notify_all()  # type: ignore[attr-defined]
+                self._condition.notify_all()
         if not running:
             return super().cancel()
         self._invoke_callbacks()  # type: ignore[attr-defined]
@@ -252,8 +252,7 @@ class Executor(concurrent.futures.Executor):
     # -----------------------------------------------------------------------------------------
     # The caller's side.
 
-    def submit(self, fn: Callable[..., _T], /, *args: Any,  # type: ignore[override]
-               **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future:
         """Runs fn(*args, **kwargs) in a worker: its Future. A call that does not pickle gets
         its future failed with the pickling error."""
         with self._lock:
@@ -277,9 +276,9 @@ class Executor(concurrent.futures.Executor):
         self._loop.call_soon_threadsafe(self._pump)
         return fut
 
-    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],  # type: ignore[override]
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
-            buffersize: Optional[int] = None) -> Iterator[_T]:
+            buffersize: Optional[int] = None) -> Generator[_T, None, None]:
         """Like the standard library's: results in order, `timeout` seconds from this call
         for all of them. `chunksize` arguments go to a worker as one call. With `buffersize`
         (as Python 3.14's) at most that many calls (of `chunksize`) are submitted ahead of the
@@ -305,7 +304,7 @@ class Executor(concurrent.futures.Executor):
 
     def _results(self, fs: Deque[Future], more: Optional[Iterator[Tuple[Callable[..., Any],
                                                                         Tuple[Any, ...]]]],
-                 end_time: Optional[float], chunked: bool) -> Iterator[Any]:
+                 end_time: Optional[float], chunked: bool) -> Generator[Any, None, None]:
         try:
             while fs:
                 if more is not None:

@@ -36,7 +36,7 @@ ENV_INIT = "HERDPY_INIT"
 ENV_AUTHKEY = "HERDPY_AUTHKEY"
 
 try:
-    import cloudpickle as _cloudpickle  # type: ignore[import-not-found, unused-ignore]
+    import cloudpickle as _cloudpickle  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     _dumps: Callable[[Any], bytes] = _cloudpickle.dumps
 except ImportError:  # pragma: no cover - depends on the environment
