@@ -55,6 +55,29 @@ _BOOT = ("import json, os, sys; "
 
 # Set when the interpreter starts to exit: no new calls (as the standard library's executors).
 _exiting = False
+# The executors not yet collected, shut down (without waiting) when the interpreter exits.
+_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+_hooked = False
+_hook_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        ex.shutdown(wait=False)
+
+
+def _register(ex: Executor) -> None:
+    """Shuts `ex` down when the interpreter exits: before it joins the executor's thread
+    (not a daemon thread), which ends once the calls already submitted have their outcome
+    and the pool is stopped."""
+    global _hooked
+    with _hook_lock:
+        if not _hooked:
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+            _hooked = True
+        _live.add(ex)
 
 
 class Future(concurrent.futures.Future[Any]):
@@ -195,18 +218,7 @@ class Executor(concurrent.futures.Executor):
             if self._daemon is not None:
                 self._daemon.stop(timeout=5.0)
             raise
-        ref = weakref.ref(self)
-
-        def at_exit() -> None:
-            global _exiting
-            _exiting = True
-            ex = ref()
-            if ex is not None:
-                ex.shutdown(wait=False)
-
-        # Before the interpreter joins this executor's (non-daemon) thread, which ends once
-        # the calls already submitted have their outcome and the pool is stopped.
-        threading._register_atexit(at_exit)  # type: ignore[attr-defined]
+        _register(self)
 
     @staticmethod
     def _start_pool(workers: int, timeout: Optional[float], retries: int,
