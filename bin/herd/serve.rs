@@ -323,10 +323,11 @@ fn notify(state: &[sd_notify::NotifyState]) {
         Ok(()) => {}
         // Nobody listens any more: herd.serve() stops listening once herd is ready, so its
         // STOPPING=1 finds no one. Not worth a warning on every stop.
-        Err(e) if matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-        ) =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
         {
             tracing::debug!(error = %e, "sd_notify: no listener");
         }
