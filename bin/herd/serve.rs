@@ -370,8 +370,19 @@ fn notify(state: &[sd_notify::NotifyState]) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    if let Err(e) = send_notify(&path, state) {
-        tracing::warn!(error = %e, "sd_notify failed");
+    match send_notify(&path, state) {
+        Ok(()) => {}
+        // Nobody listens any more: herd.serve() stops listening once herd is ready, so its
+        // STOPPING=1 finds no one. Not worth a warning on every stop.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            tracing::debug!(error = %e, "sd_notify: no listener");
+        }
+        Err(e) => tracing::warn!(error = %e, "sd_notify failed"),
     }
 }
 

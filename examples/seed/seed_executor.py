@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""The seed article's pipeline: an asyncio event source feeding CPU-heavy work to a
-ProcessPoolExecutor through loop.run_in_executor. seed_herd.py is the same program on herd.
+"""The seed article's pipeline: an asyncio event source feeding CPU-heavy work to a process
+pool executor through loop.run_in_executor. seed_executor.py is the article's program, on
+ProcessPoolExecutor; seed_herd_executor.py is the same file with herd.Executor in its place
+and nothing else changed; seed_herd.py is the program rewritten on herd's asyncio client.
 
     python3 examples/seed/seed_executor.py EVENTS [--workers 2] [--inflight 1024]
 

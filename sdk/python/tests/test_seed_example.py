@@ -1,9 +1,11 @@
-"""examples/seed: the article's program (ProcessPoolExecutor) and its herd rewrite give the same
-result for every event, on a small input with an event that fails; the herd one runs against a
-real `herd serve` whose workers run the same work() (scripts/pywork.py)."""
+"""examples/seed: the article's program (ProcessPoolExecutor), the same file with herd.Executor in
+its place, and its rewrite on herd's client give the same result for every event, on a small
+input with an event that fails; the rewrite runs against a real `herd serve` whose workers run
+the same work() (scripts/pywork.py)."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import subprocess
 import sys
@@ -38,6 +40,10 @@ def test_seed_executor_and_herd_agree() -> None:
         article = subprocess.run(
             [sys.executable, os.path.join(EXAMPLE, "seed_executor.py"), path, "--workers", "2",
              "--inflight", "16"], stdout=subprocess.PIPE, env=env, timeout=TIMEOUT, check=True)
+        swapped = subprocess.run(
+            [sys.executable, os.path.join(EXAMPLE, "seed_herd_executor.py"), path, "--workers",
+             "2", "--inflight", "16"], stdout=subprocess.PIPE, env=env, timeout=TIMEOUT,
+            check=True)
         daemon = Daemon(tmp, workers=2, worker=[sys.executable, PYWORK])
         try:
             rewrite = subprocess.run(
@@ -55,4 +61,26 @@ def test_seed_executor_and_herd_agree() -> None:
     assert sorted(a) == list(range(len(events)))
     assert a == b
     assert results(mapped.stdout) == a
+    assert results(swapped.stdout) == a
     assert a[7] == "49" and a[300] == "1" and a[301] == ("error",) and a[302] == "49"
+
+
+def test_the_executor_version_changes_only_the_executor() -> None:
+    """seed_herd_executor.py is the article's program with herd.Executor in place of
+    ProcessPoolExecutor, and nothing else changed (the README shows this diff)."""
+    with open(os.path.join(EXAMPLE, "seed_executor.py")) as f:
+        article = f.read().splitlines()
+    with open(os.path.join(EXAMPLE, "seed_herd_executor.py")) as f:
+        swapped = f.read().splitlines()
+    changed = [line for line in difflib.unified_diff(article, swapped, lineterm="", n=0)
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == [
+        "-from concurrent.futures import ProcessPoolExecutor",
+        "+import herd",
+        "-    with ProcessPoolExecutor(args.workers) as pool:",
+        "+    with herd.Executor(args.workers) as pool:",
+    ]
+    with open(os.path.join(EXAMPLE, "README.md")) as f:
+        readme = f.read()
+    for line in changed:
+        assert line in readme, f"examples/seed/README.md does not show {line!r}"

@@ -11,12 +11,15 @@ clients for a running daemon.
     async with herd.connect("herd.sock") as pool:         # hand events to `herd serve`
         out = await pool.submit(b'{"op":"square","n":7}')
 
+    with herd.Executor(4) as ex:                          # a concurrent.futures executor
+        print(list(ex.map(pow, range(10), range(10))))
+
     with herd.serve("python", "worker.py", workers=4) as daemon:   # a private daemon
         with daemon.connect_sync() as pool:
             out = pool.submit(b"hello")
 
 Modules: `herd.worker` (the worker SDK), `herd.client` (asyncio client), `herd.blocking` (the
-same, blocking), `herd.daemon` (`herd.serve`), `herd.errors` (every exception, under
+same, blocking), `herd.executor` (`herd.Executor`) and `herd.executor_worker` (its workers), `herd.daemon` (`herd.serve`), `herd.errors` (every exception, under
 HerdError), `herd._codec` (the wire format in pure Python: the reference implementation,
 checked against the protocol's test vectors). docs/PYTHON.md has the details.
 """
@@ -28,7 +31,9 @@ from .client import CONTROL_VERSION, Chunk, Pool, Stream, connect
 from .daemon import Daemon, find_herd_bin, serve
 from .errors import (ConnectionLost, DaemonError, EventCancelled, EventCrashed, EventDeadline,
                      EventError, EventExpired, EventFailed, EventProtocolError, EventRejected,
-                     EventShutdown, EventTimeout, HandshakeError, HerdError)
+                     EventShutdown, EventTimeout, HandshakeError, HerdError, InitializerFailed,
+                     ResultError)
+from .executor import Executor
 from .worker import Cancelled, Fatal, Retryable, Task, run, worker_index
 
 try:
@@ -42,10 +47,12 @@ __all__ = [
     "run", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
     "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "CONTROL_VERSION",
+    # A concurrent.futures executor.
+    "Executor",
     # A private daemon.
     "serve", "Daemon", "find_herd_bin",
     # Errors.
     "HerdError", "HandshakeError", "ConnectionLost", "DaemonError", "EventError", "EventFailed",
     "EventTimeout", "EventCrashed", "EventProtocolError", "EventRejected", "EventShutdown",
-    "EventCancelled", "EventExpired", "EventDeadline",
+    "EventCancelled", "EventExpired", "EventDeadline", "ResultError", "InitializerFailed",
 ]

@@ -74,6 +74,18 @@ _KINDS: Dict[str, Type[EventError]] = {
 }
 
 
+class ResultError(HerdError):
+    """herd.Executor: a call's outcome could not be carried back. Its result (or exception)
+    could not be unpickled in this process, or neither it nor its exception could be pickled in
+    the worker. `__cause__` holds the error that stopped it, when there is one."""
+
+
+class InitializerFailed(HerdError):
+    """herd.Executor: the executor's `initializer` raised in the worker that took this call,
+    so that worker runs no call. The message names the initializer's exception; `__cause__`
+    holds the worker's traceback of it."""
+
+
 class DaemonError(HerdError):
     """`herd.serve()` could not start its daemon: no `herd` binary, or it exited (or did not
     get ready in time) before it was ready. The daemon's log went to the stderr it was

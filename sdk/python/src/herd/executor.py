@@ -1,0 +1,459 @@
+"""herd.Executor: a concurrent.futures.Executor whose calls run in herd's workers.
+
+    with herd.Executor(4, timeout=10) as ex:
+        print(ex.submit(pow, 2, 8).result())
+        print(list(ex.map(work, events, chunksize=64)))
+
+Without an address it starts a private pool: `herd serve --die-with-parent` (herd.daemon) whose
+workers run this interpreter on herd.executor_worker with this process's sys.path, main module,
+working directory and environment; shutdown() stops it, and it dies with this process however
+that ends. With `address=` it uses a running `herd serve -- python -m herd.executor_worker`.
+
+One thread runs an asyncio loop holding the herd asyncio client's connection. Calls are pickled
+in submit() (so a call that does not pickle fails its own future), wait in a local queue, and
+go to the daemon while fewer than `inflight` are there: a queued future can be cancelled as
+the standard library's can. A call the daemon has is RUNNING; its future's cancel() stops it
+(herd cancels the event, killing and replacing its worker if it had started) and returns True,
+where the standard library's returns False. Every future gets exactly one outcome: the call's
+result or exception, or a herd error (EventCrashed, EventTimeout, ...) for that call alone;
+the executor keeps serving. Never BrokenProcessPool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import json
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import _base
+from concurrent.futures.process import _RemoteTraceback
+from typing import (Any, Callable, Deque, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    TypeVar, Union)
+
+from . import daemon as _daemon
+from .client import Pool
+from .errors import HerdError, ResultError
+from . import executor_worker as _worker
+from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, PICKLER, call_chunk, dumps,
+                              loads)
+
+__all__ = ["Executor", "Future", "PICKLER"]
+
+_T = TypeVar("_T")
+
+# The worker's command: sys.path is the parent's before anything is imported.
+_BOOT = ("import json, os, sys; "
+         f"sys.path[:] = json.loads(os.environ[{ENV_SYS_PATH!r}]); "
+         "from herd.executor_worker import main; main()")
+
+# Set when the interpreter starts to exit: no new calls (as the standard library's executors).
+_exiting = False
+# The executors not yet collected, shut down (without waiting) when the interpreter exits.
+_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+_hooked = False
+_hook_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        ex.shutdown(wait=False)
+
+
+def _register(ex: Executor) -> None:
+    """Shuts `ex` down when the interpreter exits: before it joins the executor's thread
+    (not a daemon thread), which ends once the calls already submitted have their outcome
+    and the pool is stopped."""
+    global _hooked
+    with _hook_lock:
+        if not _hooked:
+            threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+            _hooked = True
+        _live.add(ex)
+
+
+class Future(concurrent.futures.Future[Any]):
+    """The future of a herd.Executor call. Unlike the standard library's, cancel() also stops a
+    running call: herd cancels the event (its worker is killed and replaced) and the future
+    is cancelled at once (True)."""
+
+    _herd_stop: Optional[Callable[[], None]] = None
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state != _base.RUNNING:
+                running = False
+            else:
+                running = True
+                # As set_running_or_notify_cancel() does for a cancelled future: wait() and
+                # as_completed() hear of it.
+                self._state = _base.CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                self._condition.notify_all()
+        if not running:
+            return super().cancel()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        stop = self._herd_stop
+        if stop is not None:
+            stop()
+        return True
+
+
+def _settle(fut: Future, result: Any = None, exc: Optional[BaseException] = None) -> None:
+    """Gives `fut` its outcome unless it has one (a running call cancelled meanwhile)."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _main_spec() -> Optional[str]:
+    """How a worker imports this program's main module (as multiprocessing's spawn does)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name:
+        return f"name:{name}"
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and os.path.isfile(path):
+        return f"path:{os.path.abspath(path)}"
+    return None
+
+
+def _chunks(args: Iterator[Tuple[Any, ...]], size: int) -> Iterator[Tuple[Tuple[Any, ...], ...]]:
+    while True:
+        chunk = tuple(itertools.islice(args, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class Executor(concurrent.futures.Executor):
+    """A concurrent.futures.Executor on herd. See the module's doc and docs/PYTHON.md.
+
+    `max_workers`: worker processes (default: one per CPU). `timeout`: seconds one call may run
+    before its worker is killed and the call fails with EventTimeout. `retries`: extra attempts
+    of a call whose worker crashed or timed out (default 0: such a call fails at once).
+    `max_tasks_per_child`, `max_rss` (bytes, or a herd size such as "512MiB"): a worker is
+    replaced after so many calls, or once its memory exceeds it, between calls.
+    `initializer(*initargs)` runs in each worker before its first call; if it raises, that
+    worker's calls fail with InitializerFailed. `address`: the control socket of a running
+    `herd serve -- python -m herd.executor_worker` to use instead of a private pool (the
+    options above are then the daemon's own). `inflight`: calls handed to the daemon at once
+    (default: 2 per worker); the rest wait here, cancellable. `options`: more `herd serve`
+    options for the private pool. `stderr`: where the private pool's log goes
+    (subprocess-style; default: this process's stderr). `start_timeout`: seconds to wait for
+    the private pool to be ready. `mp_context` is accepted, and ignored, so that code written
+    for ProcessPoolExecutor runs unchanged: herd starts its workers itself."""
+
+    def __init__(self, max_workers: Optional[int] = None, *, timeout: Optional[float] = None,
+                 retries: int = 0, max_tasks_per_child: Optional[int] = None,
+                 max_rss: Union[None, int, str] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Tuple[Any, ...] = (), address: Optional[str] = None,
+                 inflight: Optional[int] = None, options: Sequence[str] = (),
+                 stderr: _daemon._Stderr = None, start_timeout: float = 60.0,
+                 mp_context: Any = None) -> None:
+        del mp_context  # ProcessPoolExecutor's: herd starts its workers itself
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if inflight is not None and inflight < 1:
+            raise ValueError("inflight must be at least 1")
+        private = (timeout, retries or None, max_tasks_per_child, max_rss, initializer,
+                   tuple(options) or None)
+        if address is not None and any(o is not None for o in private):
+            raise ValueError("timeout, retries, max_tasks_per_child, max_rss, initializer and "
+                             "options are a private pool's: with an address they are the "
+                             "daemon's own")
+        if _exiting:
+            raise RuntimeError("cannot start an executor after interpreter shutdown")
+        if _worker.importing_main:
+            raise RuntimeError(
+                "a herd.Executor was started while a worker imported the main module: guard "
+                "the program's entry point with `if __name__ == \"__main__\":` (as "
+                "multiprocessing's spawn needs)")
+        self._max_workers = max_workers
+        self._inflight_max = inflight if inflight is not None else 2 * max_workers
+        self._lock = threading.Lock()
+        self._queue: Deque[Tuple[Future, bytes]] = collections.deque()
+        self._shutdown = False
+        self._pump_scheduled = False
+        # Loop thread only:
+        self._inflight = 0
+        self._closing = False
+        self._finishing = False
+
+        self._daemon: Optional[_daemon.Daemon] = None
+        if address is None:
+            self._daemon = self._start_pool(max_workers, timeout, retries, max_tasks_per_child,
+                                            max_rss, initializer, initargs, options, stderr,
+                                            start_timeout)
+            address = self._daemon.control
+        self.address = address
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="herd-executor")
+        self._thread.start()
+        try:
+            self._pool: Pool = asyncio.run_coroutine_threadsafe(
+                Pool._open(address, start_timeout), self._loop).result()
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            if self._daemon is not None:
+                self._daemon.stop(timeout=5.0)
+            raise
+        _register(self)
+
+    @staticmethod
+    def _start_pool(workers: int, timeout: Optional[float], retries: int,
+                    max_tasks: Optional[int], max_rss: Union[None, int, str],
+                    initializer: Optional[Callable[..., object]], initargs: Tuple[Any, ...],
+                    options: Sequence[str], stderr: _daemon._Stderr,
+                    start_timeout: float) -> _daemon.Daemon:
+        env = dict(os.environ)
+        env[ENV_SYS_PATH] = json.dumps(sys.path)
+        main = _main_spec()
+        if main is not None:
+            env[ENV_MAIN] = main
+        if "multiprocessing" in sys.modules:
+            import multiprocessing
+            env[ENV_AUTHKEY] = bytes(multiprocessing.current_process().authkey).hex()
+        if initializer is not None:
+            env[ENV_INIT] = dumps((initializer, tuple(initargs))).decode("ascii")
+        # herd's log at warnings (crashes, timeouts, restarts): its info lines, which carry
+        # the workers' stderr, unless asked for.
+        verbose = any(o in ("-v", "-vv", "--verbose") for o in options)
+        opts = ([] if verbose else ["-q"]) + ["--retries", str(retries)]
+        if timeout is not None:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
+            opts += ["--timeout", f"{max(1, math.ceil(timeout * 1000))}ms"]
+        if max_tasks is not None:
+            if max_tasks < 1:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            opts += ["--max-tasks", str(max_tasks)]
+        if max_rss is not None:
+            opts += ["--max-rss", str(max_rss)]
+        opts += list(options)
+        return _daemon.start(sys.executable, "-c", _BOOT, workers=workers, options=opts,
+                             env=env, stderr=stderr, timeout=start_timeout)
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    # -----------------------------------------------------------------------------------------
+    # The caller's side.
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future:
+        """Runs fn(*args, **kwargs) in a worker: its Future. A call that does not pickle gets
+        its future failed with the pickling error."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        fut = Future()
+        try:
+            payload = dumps((fn, args, kwargs))
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - that call's failure
+            fut.set_exception(e)
+            return fut
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.append((fut, payload))
+            if self._pump_scheduled:
+                return fut
+            self._pump_scheduled = True
+        self._loop.call_soon_threadsafe(self._pump)
+        return fut
+
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1,
+            buffersize: Optional[int] = None) -> Generator[_T, None, None]:
+        """Like the standard library's: results in order, `timeout` seconds from this call
+        for all of them. `chunksize` arguments go to a worker as one call. With `buffersize`
+        (as Python 3.14's) at most that many calls (of `chunksize`) are submitted ahead of the
+        result being read, and the iterables are read lazily; without, every call is
+        submitted now."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None:
+            if not isinstance(buffersize, int):
+                raise TypeError("buffersize must be an integer or None")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        args: Iterator[Tuple[Any, ...]] = zip(*iterables)
+        calls: Iterator[Tuple[Callable[..., Any], Tuple[Any, ...]]]
+        if chunksize > 1:
+            calls = ((call_chunk, (fn, chunk)) for chunk in _chunks(args, chunksize))
+        else:
+            calls = ((fn, a) for a in args)
+        fs = collections.deque(self.submit(f, *a)
+                               for f, a in itertools.islice(calls, buffersize))
+        return self._results(fs, calls if buffersize else None, end_time, chunksize > 1)
+
+    def _results(self, fs: Deque[Future], more: Optional[Iterator[Tuple[Callable[..., Any],
+                                                                        Tuple[Any, ...]]]],
+                 end_time: Optional[float], chunked: bool) -> Generator[Any, None, None]:
+        try:
+            while fs:
+                if more is not None:
+                    call = next(more, None)
+                    if call is not None:
+                        fs.append(self.submit(call[0], *call[1]))
+                        del call
+                # No reference to the future or its result is kept past the yield.
+                if chunked:
+                    part: List[Any] = _result_or_cancel(fs.popleft(), end_time)
+                    part.reverse()
+                    while part:
+                        yield part.pop()
+                else:
+                    yield _result_or_cancel(fs.popleft(), end_time)
+        finally:
+            for f in fs:
+                f.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more calls; the calls submitted run (queued ones are cancelled with
+        `cancel_futures`), then the private pool stops. With `wait`, returns once it has."""
+        cancelled: List[Future] = []
+        with self._lock:
+            first = not self._shutdown
+            self._shutdown = True
+            if cancel_futures:
+                cancelled = [f for f, _ in self._queue]
+                self._queue.clear()
+        for f in cancelled:
+            if f.cancel():
+                f.set_running_or_notify_cancel()
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._close)
+            except RuntimeError:  # the loop is closed: it stopped already
+                pass
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    # -----------------------------------------------------------------------------------------
+    # The loop thread's side.
+
+    def _pump(self) -> None:
+        """Hands queued calls to the daemon while fewer than `inflight` are there."""
+        with self._lock:
+            self._pump_scheduled = False
+        queue = self._queue
+        while self._inflight < self._inflight_max and queue:
+            with self._lock:
+                if not queue:
+                    break
+                fut, payload = queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                seq = self._pool._enqueue(payload, self._resolver(fut))
+            except HerdError as e:  # the daemon went away: every call fails with why
+                _settle(fut, exc=e)
+                continue
+            self._inflight += 1
+            fut._herd_stop = self._stopper(seq)
+            if fut.cancelled():  # cancelled between set_running and here
+                self._pool._cancel(seq)
+        if self._closing and not self._finishing and not queue and self._inflight == 0:
+            self._finishing = True
+            self._loop.create_task(self._finish())
+
+    def _stopper(self, seq: int) -> Callable[[], None]:
+        loop, pool = self._loop, self._pool
+
+        def stop() -> None:
+            try:
+                loop.call_soon_threadsafe(pool._cancel, seq)
+            except RuntimeError:  # the loop is closed: the call has its outcome
+                pass
+        return stop
+
+    def _resolver(self, fut: Future) -> Callable[[Optional[bytes], Optional[BaseException]],
+                                                 None]:
+        def resolve(out: Optional[bytes], err: Optional[BaseException]) -> None:
+            self._inflight -= 1
+            fut._herd_stop = None
+            if fut.done():
+                pass  # cancelled while running: its record (`cancelled`) is dropped
+            elif err is not None:
+                _settle(fut, exc=err)
+            else:
+                _settle_output(fut, out)
+            if self._queue or self._closing:
+                self._pump()
+        return resolve
+
+    def _close(self) -> None:
+        self._closing = True
+        self._pump()
+
+    async def _finish(self) -> None:
+        try:
+            await self._pool.close()
+        except HerdError:
+            pass  # the daemon went away: every call already has that as its outcome
+        finally:
+            if self._daemon is not None:
+                self._daemon.stop()
+            self._loop.stop()
+
+    def __repr__(self) -> str:
+        return f"<herd.Executor workers={self._max_workers} address={self.address!r}>"
+
+
+def _settle_output(fut: Future, out: Optional[bytes]) -> None:
+    try:
+        ok, value, tb = loads(out or b"")
+    except BaseException as e:  # noqa: BLE001 - even SystemExit: this call's failure
+        err = ResultError(f"the call's outcome could not be unpickled here: "
+                          f"{type(e).__name__}: {e}")
+        err.__cause__ = e
+        _settle(fut, exc=err)
+        return
+    if ok:
+        _settle(fut, value)
+        return
+    if tb and isinstance(value, BaseException):
+        # As ProcessPoolExecutor does: the worker's traceback is the exception's cause.
+        value.__cause__ = _RemoteTraceback(tb)
+    _settle(fut, exc=value if isinstance(value, BaseException) else ResultError(repr(value)))
+
+
+def _result_or_cancel(fut: Future, end_time: Optional[float]) -> Any:
+    try:
+        try:
+            if end_time is None:
+                return fut.result()
+            return fut.result(end_time - time.monotonic())
+        finally:
+            fut.cancel()
+    finally:
+        del fut
+

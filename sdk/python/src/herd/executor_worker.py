@@ -1,0 +1,175 @@
+"""The worker of herd.Executor: `python -m herd.executor_worker` under `herd serve` or `herd run`.
+
+Each event is one call, `(fn, args, kwargs)` pickled (cloudpickle when it is installed, so
+lambdas and closures travel) and base64-encoded, since an event is one line. The output is
+`(ok, value, traceback)` pickled the same way: the call's result, or the exception it raised
+(anything, SystemExit included, so that an exit in a call fails that call only) with the
+worker's formatted traceback. Whatever cannot be carried back (a result or exception that does
+not pickle) becomes an error the parent can always unpickle. A crash (a segfault, os._exit) is
+herd's to record: that event gets a `crashed` record and herd starts a new worker.
+
+A private pool (herd.Executor without an address) gives its workers, through the environment,
+the parent's sys.path (HERDPY_SYS_PATH), its main module (HERDPY_MAIN, imported as
+`__mp_main__` as multiprocessing's spawn does, so that functions of the main script unpickle),
+the initializer (HERDPY_INIT) and multiprocessing's authkey (HERDPY_AUTHKEY, so that proxies of
+the parent's multiprocessing managers work in calls). Not HERD_*: herd keeps its own settings
+from its workers. The working directory and the rest of the environment are inherited.
+Started by hand (`herd serve -- python -m herd.executor_worker`) a worker uses its own.
+"""
+
+from __future__ import annotations
+
+import binascii
+import importlib
+import json
+import os
+import pickle
+import runpy
+import sys
+import traceback
+import types
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+ENV_SYS_PATH = "HERDPY_SYS_PATH"
+ENV_MAIN = "HERDPY_MAIN"
+ENV_INIT = "HERDPY_INIT"
+ENV_AUTHKEY = "HERDPY_AUTHKEY"
+
+try:
+    import cloudpickle as _cloudpickle  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    _dumps: Callable[[Any], bytes] = _cloudpickle.dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    def _dumps(obj: Any) -> bytes:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+#: The pickler of calls and results: "cloudpickle" or "pickle".
+PICKLER = "pickle" if _dumps.__module__ == __name__ else "cloudpickle"
+
+#: True while a worker imports the parent's main module: an Executor made then (a main script
+#: without an `if __name__ == "__main__":` guard) would start pools from every worker.
+importing_main = False
+
+# (ok, value, traceback text or None)
+Outcome = Tuple[bool, Any, Optional[str]]
+
+
+def dumps(obj: Any) -> bytes:
+    """`obj` pickled and base64-encoded: one line of ASCII."""
+    return binascii.b2a_base64(_dumps(obj), newline=False)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(binascii.a2b_base64(data))
+
+
+def call_chunk(fn: Callable[..., Any], chunk: Sequence[Tuple[Any, ...]]) -> List[Any]:
+    """One call of Executor.map(chunksize=N): fn over N argument tuples."""
+    return [fn(*args) for args in chunk]
+
+
+class RemoteErrorText(Exception):
+    """Stands in for an exception that could not be pickled in the worker: its type and text."""
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _dump_error(exc: BaseException, tb: str) -> bytes:
+    """The outcome of a call that raised `exc`; if `exc` does not pickle, its text does."""
+    exc.__traceback__ = None  # frames do not pickle; their text travels beside
+    try:
+        return dumps((False, exc, tb))
+    except BaseException as e:  # noqa: BLE001 - a failed pickle must not lose the call
+        text = f"{type(exc).__name__}: {exc}"
+        stand_in = RemoteErrorText(f"{text} (the exception could not be pickled: "
+                                   f"{type(e).__name__}: {e})")
+        return dumps((False, stand_in, tb))
+
+
+class _Worker:
+    def __init__(self) -> None:
+        # The initializer's failure: every call gets it.
+        self.init_error: Optional[Tuple[BaseException, str]] = None
+
+    def setup(self) -> None:
+        path = os.environ.get(ENV_SYS_PATH)
+        if path:
+            sys.path[:] = json.loads(path)
+        authkey = os.environ.get(ENV_AUTHKEY)
+        if authkey:
+            # The parent's multiprocessing authkey, as spawn hands it to its children: proxies
+            # of the parent's multiprocessing managers work in calls.
+            import multiprocessing
+            multiprocessing.current_process().authkey = bytes.fromhex(authkey)
+        main = os.environ.get(ENV_MAIN)
+        global importing_main
+        if main:
+            importing_main = True
+            try:
+                _fixup_main(main)
+            except BaseException as e:  # noqa: BLE001 - the calls may not need it
+                sys.stderr.write(f"herd.executor_worker: cannot import the main module {main}: "
+                                 f"{type(e).__name__}: {e}\n")
+            finally:
+                importing_main = False
+        init = os.environ.get(ENV_INIT)
+        if init:
+            try:
+                fn, args = loads(init.encode("ascii"))
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - reported with every call
+                self.init_error = (e, _format(e))
+
+    def handle(self, payload: bytes) -> bytes:
+        if self.init_error is not None:
+            exc, tb = self.init_error
+            return _dump_error(_initializer_failed(exc), tb)
+        try:
+            fn, args, kwargs = loads(payload)
+            del payload
+            result = fn(*args, **kwargs)
+            del fn, args, kwargs
+        except BaseException as e:  # noqa: BLE001 - the call's outcome, whatever it is
+            return _dump_error(e, _format(e))
+        try:
+            return dumps((True, result, None))
+        except BaseException as e:  # noqa: BLE001 - a result that does not pickle
+            return _dump_error(e, _format(e))
+
+
+def _initializer_failed(exc: BaseException) -> BaseException:
+    from .errors import InitializerFailed
+    return InitializerFailed("the executor's initializer failed in this worker: "
+                             f"{type(exc).__name__}: {exc}")
+
+
+def _fixup_main(spec: str) -> None:
+    """Imports the parent's main module as `__mp_main__` and `__main__`, as multiprocessing's
+    spawn does: `name:MODULE` (run with -m) or `path:FILE`."""
+    kind, _, what = spec.partition(":")
+    if kind == "name":
+        if what == "__main__" or what.endswith(".__main__"):
+            return
+        module = importlib.import_module(what)
+        sys.modules["__mp_main__"] = sys.modules["__main__"] = module
+        return
+    main = types.ModuleType("__mp_main__")
+    main.__dict__.update(runpy.run_path(what, run_name="__mp_main__"))
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+
+
+def main() -> None:
+    from .worker import run
+
+    worker = _Worker()
+    worker.setup()
+    run(worker.handle)
+
+
+if __name__ == "__main__":
+    # Run with -m this file is __main__, which the main module's fixup replaces and whose
+    # classes would not unpickle in the parent: serve from the module under its own name.
+    from herd.executor_worker import main as _main
+    _main()
