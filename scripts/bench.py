@@ -708,67 +708,13 @@ def jetstream(args):
     first; the clock runs from starting the consumers to the last record stored. Medians of
     --repeat runs; each run's records are checked (each event once, each result right)."""
     import shutil
-    import socket
     server_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
     if not os.path.exists(server_bin):
         die("jetstream needs nats-server (apt-get install nats-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = scratch("herd-bench-nats-")
-    server = subprocess.Popen([server_bin, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd",
-                               os.path.join(tmp, "store")], stderr=subprocess.DEVNULL)
-    url = f"nats://127.0.0.1:{port}"
-    bare = args.nats_bare
-    n = args.n
-
-    def tool(mode):
-        p = subprocess.run([bare, mode, url, str(n)], stdout=subprocess.PIPE)
-        if p.returncode != 0:
-            die(f"nats_bare {mode} failed")
-        return p.stdout
-
-    def once(daemons):
-        tool("publish")
-        procs = []
-        t0 = time.time()
-        if daemons == 0:
-            procs.append(subprocess.Popen([bare, "consume", url, str(n)]))
-        for d in range(daemons):
-            w = max(1, args.workers // daemons)
-            procs.append(subprocess.Popen(
-                [args.herd, "serve", "-q", "--control", os.path.join(tmp, f"herd-{d}.sock"),
-                 "-w", str(w), "--nats", url, "--", args.chaos],
-                env={**os.environ, "XDG_RUNTIME_DIR": tmp}))
-        done_at = json.loads(tool("wait"))["done_at"]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            if p.wait(timeout=60) != 0:
-                die(f"a consumer exited {p.returncode}")
-        return n / (done_at - t0)
-
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    die("nats-server did not start")
-                time.sleep(0.05)
-        out = {"events": n}
-        for name, daemons in (("bare", 0), ("herd_1", 1), ("herd_2", 2)):
-            runs = [once(daemons) for _ in range(args.repeat)]
-            out[name] = {"events_per_sec": statistics.median(runs), "runs": runs}
-            log(f"bench: jetstream {name}: {out[name]['events_per_sec']:,.0f} events/s")
-        return out
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+    return broker(args, "jetstream", args.nats_bare, "--nats",
+                  lambda port, tmp: [server_bin, "-a", "127.0.0.1", "-p", str(port), "-js",
+                                     "-sd", os.path.join(tmp, "store")],
+                  lambda port: f"nats://127.0.0.1:{port}")
 
 
 def redis(args):
@@ -780,25 +726,34 @@ def redis(args):
     Medians of --repeat runs; each run's records are checked (each entry once, each result
     right)."""
     import shutil
-    import socket
     server_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.path.exists(server_bin):
         die("redis needs redis-server (apt-get install redis-server)")
+    return broker(args, "redis", args.redis_bare, "--redis",
+                  lambda port, tmp: [server_bin, "--port", str(port), "--bind", "127.0.0.1",
+                                     "--dir", tmp, "--save", "", "--appendonly", "no"],
+                  lambda port: f"redis://127.0.0.1:{port}")
+
+
+def broker(args, name, bare, flag, server_cmd, url_of):
+    """The broker workloads' one procedure: a server on a free loopback port, then the bare
+    consumer `bare` and herd serve `flag` URL with 1 and 2 daemons, each run's events published
+    first by `bare publish` and counted done by `bare wait`."""
+    import shutil
+    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    tmp = scratch("herd-bench-redis-")
-    server = subprocess.Popen([server_bin, "--port", str(port), "--bind", "127.0.0.1",
-                               "--dir", tmp, "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}"
-    bare = args.redis_bare
+    tmp = scratch(f"herd-bench-{name}-")
+    server = subprocess.Popen(server_cmd(port, tmp), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = url_of(port)
     n = args.n
 
     def tool(mode):
         p = subprocess.run([bare, mode, url, str(n)], stdout=subprocess.PIPE)
         if p.returncode != 0:
-            die(f"redis_bare {mode} failed")
+            die(f"{os.path.basename(bare)} {mode} failed")
         return p.stdout
 
     def once(daemons):
@@ -811,7 +766,7 @@ def redis(args):
             w = max(1, args.workers // daemons)
             procs.append(subprocess.Popen(
                 [args.herd, "serve", "-q", "--control", os.path.join(tmp, f"herd-{d}.sock"),
-                 "-w", str(w), "--redis", url, "--", args.chaos],
+                 "-w", str(w), flag, url, "--", args.chaos],
                 env={**os.environ, "XDG_RUNTIME_DIR": tmp}))
         done_at = json.loads(tool("wait"))["done_at"]
         for p in procs:
@@ -830,13 +785,13 @@ def redis(args):
                 break
             except OSError:
                 if time.time() > deadline:
-                    die("redis-server did not start")
+                    die(f"the {name} server did not start")
                 time.sleep(0.05)
         out = {"events": n}
-        for name, daemons in (("bare", 0), ("herd_1", 1), ("herd_2", 2)):
+        for label, daemons in (("bare", 0), ("herd_1", 1), ("herd_2", 2)):
             runs = [once(daemons) for _ in range(args.repeat)]
-            out[name] = {"events_per_sec": statistics.median(runs), "runs": runs}
-            log(f"bench: redis {name}: {out[name]['events_per_sec']:,.0f} events/s")
+            out[label] = {"events_per_sec": statistics.median(runs), "runs": runs}
+            log(f"bench: {name} {label}: {out[label]['events_per_sec']:,.0f} events/s")
         return out
     finally:
         server.terminate()
