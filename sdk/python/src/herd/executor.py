@@ -344,8 +344,13 @@ class Executor(concurrent.futures.Executor):
             first = not self._shutdown
             self._shutdown = True
             if cancel_futures:
-                cancelled = [f for f, _ in self._queue]
-                self._queue.clear()
+                # The calls the loop hands to the daemon next, up to `inflight`, count as
+                # started, as the calls ProcessPoolExecutor has already put in its call queue:
+                # they run; the rest are cancelled.
+                keep = max(0, self._inflight_max - self._inflight)
+                while len(self._queue) > keep:
+                    cancelled.append(self._queue.pop()[0])
+                cancelled.reverse()
         for f in cancelled:
             if f.cancel():
                 f.set_running_or_notify_cancel()
