@@ -340,18 +340,13 @@ impl Keys {
 
     /// Takes the parked event `seq` of `submission` (a cancel).
     pub fn remove(&mut self, submission: SubmissionId, seq: u64, now: Instant) -> Option<Job> {
-        let key = self.map.iter().find_map(|(&k, st)| {
-            st.parked
+        let (key, job) = self.map.iter_mut().find_map(|(&k, st)| {
+            let pos = st
+                .parked
                 .iter()
-                .any(|j| j.submission == submission && j.seq == seq)
-                .then_some(k)
+                .position(|j| j.submission == submission && j.seq == seq)?;
+            Some((k, st.parked.remove(pos)?))
         })?;
-        let st = self.map.get_mut(&key)?;
-        let pos = st
-            .parked
-            .iter()
-            .position(|j| j.submission == submission && j.seq == seq)?;
-        let job = st.parked.remove(pos)?;
         self.parked -= 1;
         self.forget_if_idle(key, now);
         Some(job)

@@ -1,6 +1,8 @@
 //! The rate limits on attempt starts (see [`crate::rate`]): set at runtime, and shown.
 
 use super::Pool;
+use std::time::Duration;
+
 use crate::rate::{Limiter, Rate};
 use crate::status::{RateScope, RateStatus};
 
@@ -36,44 +38,32 @@ impl Pool {
 
     pub(super) fn rate_status(&self) -> Vec<RateStatus> {
         let now = self.now;
-        let keys = self.keys.limits().rate.map(|r| {
-            let w = self.keys.waits();
-            RateStatus {
-                scope: RateScope::Key,
-                rate: r.to_string(),
-                per_second: r.per_second(),
-                burst: r.burst(),
-                delayed: w.delayed,
-                wait_secs: w.waited.as_secs_f64(),
-                holding: self.keys.next_wake().is_some(),
-            }
-        });
-        let mut rates: Vec<RateStatus> = self
+        let mut subs: Vec<_> = self.submissions.rates().collect();
+        subs.sort_by_key(|(id, _)| *id);
+        let limiters = self
             .rate
             .iter()
             .map(|l| (RateScope::Pool, l))
-            .chain({
-                let mut subs: Vec<_> = self.submissions.rates().collect();
-                subs.sort_by_key(|(id, _)| *id);
+            .chain(
                 subs.into_iter()
-                    .map(|(id, l)| (RateScope::Submission(id), l))
-            })
+                    .map(|(id, l)| (RateScope::Submission(id), l)),
+            )
             .map(|(scope, l)| {
-                let r = l.rate();
-                let w = l.waits();
-                RateStatus {
-                    scope,
-                    rate: r.to_string(),
-                    per_second: r.per_second(),
-                    burst: r.burst(),
-                    delayed: w.delayed,
-                    wait_secs: (w.waited + l.current_wait(now)).as_secs_f64(),
-                    holding: l.holding(),
-                }
-            })
-            .collect();
-        rates.extend(keys);
-        rates
+                let waited = l.waits().waited + l.current_wait(now);
+                row(scope, l.rate(), l.waits().delayed, waited, l.holding())
+            });
+        // The per-key rate: one row, its waits summed over every key.
+        let keys = self.keys.limits().rate.map(|r| {
+            let w = self.keys.waits();
+            row(
+                RateScope::Key,
+                r,
+                w.delayed,
+                w.waited,
+                self.keys.next_wake().is_some(),
+            )
+        });
+        limiters.chain(keys).collect()
     }
 
     /// The per-key limits' state, if any apply.
@@ -84,5 +74,18 @@ impl Pool {
             tracked: self.keys.tracked(),
             parked: self.keys.parked(),
         })
+    }
+}
+
+/// One rate limit's row of the status.
+fn row(scope: RateScope, rate: Rate, delayed: u64, waited: Duration, holding: bool) -> RateStatus {
+    RateStatus {
+        scope,
+        rate: rate.to_string(),
+        per_second: rate.per_second(),
+        burst: rate.burst(),
+        delayed,
+        wait_secs: waited.as_secs_f64(),
+        holding,
     }
 }
