@@ -154,6 +154,40 @@ pub struct Expanded {
 }
 
 impl Layer {
+    /// Whether `argv` (before a `--`) may set the file option of one of the subcommands: by
+    /// its long or short flag, or its environment variable being set. `false` is certain;
+    /// `true` leaves the answer to a parse.
+    fn may_name_file(&self, root: &Command, argv: &[OsString]) -> bool {
+        let args: Vec<&Arg> = self
+            .subcommands
+            .iter()
+            .filter_map(|name| root.find_subcommand(name))
+            .filter_map(|sub| sub.get_arguments().find(|a| a.get_id() == self.file_arg))
+            .collect();
+        if args.iter().any(|a| {
+            a.get_env()
+                .is_some_and(|var| std::env::var_os(var).is_some())
+        }) {
+            return true;
+        }
+        argv.iter()
+            .skip(1)
+            .take_while(|a| *a != "--")
+            .filter_map(|a| a.to_str())
+            .any(|a| {
+                args.iter().any(|arg| {
+                    let long = arg.get_long().is_some_and(|l| {
+                        a.strip_prefix("--")
+                            .is_some_and(|rest| rest.split('=').next() == Some(l))
+                    });
+                    let short = arg.get_short().is_some_and(|c| {
+                        a.starts_with('-') && !a.starts_with("--") && a[1..].contains(c)
+                    });
+                    long || short
+                })
+            })
+    }
+
     /// Folds the configuration file of one of [`subcommands`](Self::subcommands) into `argv`.
     /// Without one (or when the command line does not parse even without its required
     /// arguments: clap then reports it), `argv` comes back as it is.
@@ -170,6 +204,11 @@ impl Layer {
                 file: None,
             })
         };
+        // Most command lines name no file: seen without a parse, since building the relaxed
+        // command costs more than everything else a short `herd` run does at start.
+        if !self.may_name_file(root, &argv) {
+            return unchanged(argv);
+        }
         let mut relaxed = relax(root.clone());
         relaxed.build();
         let Ok(matches) = relaxed.clone().try_get_matches_from(&argv) else {

@@ -256,3 +256,21 @@ fn misspellings_are_close() {
     assert!(close("retries", "retriess"));
     assert!(!close("retries", "timeout"));
 }
+
+#[test]
+fn only_a_command_line_that_may_name_the_file_is_parsed() {
+    let root = cli();
+    let argv = |args: &[&str]| -> Vec<OsString> { args.iter().map(OsString::from).collect() };
+    let may = |args: &[&str]| LAYER.may_name_file(&root, &argv(args));
+    assert!(!may(&["app", "serve", "--retries", "3", "--", "w"]));
+    // After `--` it is the worker's argument, not ours.
+    assert!(!may(&["app", "serve", "--", "w", "--config", "x"]));
+    assert!(may(&["app", "serve", "--config", "x", "--", "w"]));
+    assert!(may(&["app", "serve", "--config=x", "--", "w"]));
+    // A lookalike is left to the parse (which finds no file).
+    assert!(!may(&["app", "serve", "--configure", "--", "w"]));
+    let out = LAYER
+        .expand(&root, argv(&["app", "serve", "--retries", "3", "--", "w"]))
+        .unwrap();
+    assert!(!out.has_file());
+}

@@ -186,42 +186,75 @@ impl Link {
         }
     }
 
-    /// Sends frames; `false` if the socket has failed (the worker is going down).
+    /// Queues a task frame, encoded now from the job's payload, to go with the next
+    /// [`flush`](Self::flush): dispatch writes each task straight into the link's buffer, so
+    /// the payload is neither copied nor its shared handle cloned and dropped (an atomic
+    /// count the input thread also touches). Returns the mark [`unqueue`](Self::unqueue) takes.
+    pub fn queue_task(&mut self, id: u64, attempt: u32, payload: &[u8]) -> usize {
+        let mark = self.buf.len();
+        self.encode(&ToWorkerRef::Task {
+            id,
+            attempt,
+            payload,
+        });
+        mark
+    }
+
+    /// Takes back what was queued since `mark`.
+    pub fn unqueue(&mut self, mark: usize) {
+        self.buf.truncate(mark);
+    }
+
+    /// Whether frames are queued for the next flush.
+    pub fn queued(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn encode(&mut self, frame: &ToWorkerRef<'_>) {
+        if let Err(e) = encode_frame(frame, &mut self.buf, self.max_frame) {
+            // The pool checks sizes before dispatch; this is a bug, not a worker fault.
+            tracing::error!(worker = self.id.slot, error = %e, "cannot encode frame");
+        }
+    }
+
+    /// Sends frames (after any queued ones); `false` if the socket has failed (the worker is
+    /// going down).
     pub fn send(&mut self, batch: &[Outgoing]) -> bool {
-        self.buf.clear();
         for msg in batch {
             let frame = match msg {
-                Outgoing::Task {
-                    id,
-                    attempt,
-                    payload,
-                } => ToWorkerRef::Task {
-                    id: *id,
-                    attempt: *attempt,
-                    payload,
-                },
                 Outgoing::Shutdown => ToWorkerRef::Shutdown,
                 Outgoing::Withdraw(id) => ToWorkerRef::Withdraw { id: *id },
                 Outgoing::Cancel(id) => ToWorkerRef::Cancel { id: *id },
             };
-            if let Err(e) = encode_frame(&frame, &mut self.buf, self.max_frame) {
-                // The pool checks sizes before dispatch; this is a bug, not a worker fault.
-                tracing::error!(worker = self.id.slot, error = %e, "cannot encode frame");
-            }
+            self.encode(&frame);
+        }
+        self.flush()
+    }
+
+    /// Writes everything queued; `false` if the socket has failed (the worker is going down).
+    pub fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
         }
         let mut written = 0;
         if self.backlog.load(Ordering::Acquire) == 0 {
             match write_while_room(&self.socket, &self.buf) {
-                Ok(n) if n == self.buf.len() => return true,
+                Ok(n) if n == self.buf.len() => {
+                    self.buf.clear();
+                    return true;
+                }
                 Ok(n) => written = n,
                 Err(e) => {
                     tracing::debug!(worker = self.id.slot, error = %e, "write to worker failed");
+                    self.buf.clear();
                     return false;
                 }
             }
         }
         self.backlog.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(self.buf[written..].to_vec()).is_ok()
+        let rest = self.buf[written..].to_vec();
+        self.buf.clear();
+        self.tx.send(rest).is_ok()
     }
 }
 
@@ -268,7 +301,12 @@ async fn read_loop(
         let msg = match batch.len() {
             0 => None,
             1 => batch.pop().map(|frame| FromLink::Frame(id, frame)),
-            _ => Some(FromLink::Frames(id, std::mem::take(&mut batch))),
+            // The next batch starts at this one's size: grown from empty it would be copied
+            // at every doubling, which cost more than the decoding itself.
+            n => Some(FromLink::Frames(
+                id,
+                std::mem::replace(&mut batch, Vec::with_capacity(n)),
+            )),
         };
         if msg.is_some_and(|msg| frames.send(msg).is_err()) {
             return;

@@ -15,12 +15,8 @@ use crate::slot::{Exit, WorkerId};
 
 /// A frame for a worker, as the pool hands it to the link.
 #[derive(Debug)]
+/// (Tasks are encoded straight into the link by dispatch: see `Link::queue_task`.)
 pub(crate) enum Outgoing {
-    Task {
-        id: u64,
-        attempt: u32,
-        payload: Bytes,
-    },
     Shutdown,
     /// Protocol 3: give task `id` back if not started.
     Withdraw(u64),

@@ -2,7 +2,6 @@
 //! of frames per worker per wake-up.
 
 use super::Pool;
-use crate::msg::Outgoing;
 use crate::policy;
 
 impl Pool {
@@ -19,8 +18,6 @@ impl Pool {
         let window = self.window();
         let max_tasks = self.cfg.max_tasks;
         let now = self.now;
-        let mut batches = std::mem::take(&mut self.outgoing);
-        batches.resize_with(self.slots.len(), Vec::new);
         self.rate_wake = None;
         // Jobs a key released go first.
         self.requeue_released();
@@ -67,14 +64,18 @@ impl Pool {
             job.attempts += 1;
             let submission = job.submission;
             let was_dispatched = std::mem::replace(&mut job.dispatched, true);
-            let frame = Outgoing::Task {
-                id: job.id,
-                attempt: job.attempts,
-                payload: job.payload.clone(),
+            // Encoded into the worker's link now, sent once per worker after the loop.
+            let Some(mark) = self.slots[i]
+                .link_mut()
+                .map(|l| l.queue_task(job.id, job.attempts, &job.payload))
+            else {
+                job.attempts -= 1;
+                job.dispatched = was_dispatched;
+                self.requeue(job);
+                break;
             };
             match self.slots[i].assign(job, now) {
                 Ok(()) => {
-                    batches[i].push(frame);
                     if let Some(l) = self.rate.as_mut() {
                         l.start(now);
                     }
@@ -82,6 +83,9 @@ impl Pool {
                 }
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
+                    if let Some(l) = self.slots[i].link_mut() {
+                        l.unqueue(mark);
+                    }
                     job.attempts -= 1;
                     job.dispatched = was_dispatched;
                     self.requeue(job);
@@ -94,19 +98,15 @@ impl Pool {
                 l.idle(now);
             }
         }
-        // One message per worker per wake-up, however many tasks it got.
-        for (i, batch) in batches.iter_mut().enumerate() {
-            if batch.is_empty() {
+        // One write per worker per wake-up, however many tasks it got.
+        for slot in &mut self.slots {
+            let Some(link) = slot.link_mut().filter(|l| l.queued()) else {
                 continue;
-            }
-            let sent = self.slots[i].link_mut().is_some_and(|l| l.send(batch));
-            // Cleared, not replaced: the next dispatch reuses the allocation.
-            batch.clear();
-            if !sent {
+            };
+            if !link.flush() {
                 // The writer is gone, so the worker is going down: its exit settles the tasks.
-                self.slots[i].on_write_failed(now, &self.limits);
+                slot.on_write_failed(now, &self.limits);
             }
         }
-        self.outgoing = batches;
     }
 }

@@ -58,7 +58,7 @@ use crate::config::PoolConfig;
 use crate::guard::Guard;
 use crate::job::Job;
 use crate::link::Link;
-use crate::msg::{Exited, FromLink, Outgoing};
+use crate::msg::{Exited, FromLink};
 use crate::policy::Jitter;
 use crate::rendezvous::{self, Arrival, RuntimeDir};
 use crate::slot::{Cause, Slot, SlotLimits};
@@ -113,8 +113,6 @@ pub(crate) struct Pool {
     breaker: Option<breaker::Open>,
     announced_ready: bool,
     ready_tx: watch::Sender<Option<Vec<u32>>>,
-    /// Per-worker frames gathered by one dispatch (kept to reuse the allocation).
-    outgoing: Vec<Vec<Outgoing>>,
     /// Slots still to be restarted by a rolling reload, in order.
     reload_queue: std::collections::VecDeque<usize>,
     next_rss_check: Instant,
@@ -155,6 +153,8 @@ pub(crate) struct Pool {
     keys: crate::keys::Keys,
     /// Jobs a key released, newest first, for `requeue_released`.
     released: Vec<Job>,
+    /// `accept`'s buffer, empty between calls (kept for its capacity).
+    intake_jobs: Vec<Job>,
     /// Look for stalled workers at the next wake-up (see `withdraw`).
     stall_check: bool,
     /// When to look next, while some worker's head could stall (see `withdraw`).
@@ -233,7 +233,6 @@ impl Pool {
             breaker: None,
             announced_ready: false,
             ready_tx,
-            outgoing: Vec::new(),
             reload_queue: std::collections::VecDeque::new(),
             next_rss_check: now,
             now,
@@ -259,6 +258,7 @@ impl Pool {
             next_sweep: now,
             keys: crate::keys::Keys::new(cfg_keys),
             released: Vec::new(),
+            intake_jobs: Vec::new(),
             stall_check: false,
             stall_timer: None,
         };
