@@ -58,6 +58,8 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_DELIVER: i64 = 5;
 /// Max ack pending of a consumer herd creates (across all daemons).
 pub const DEFAULT_MAX_ACK_PENDING: i64 = 10_000;
+/// Replicas of a stream herd creates: one, as a single server has.
+pub const DEFAULT_REPLICAS: u8 = 1;
 
 /// How often the consumer's numbers are asked of the server.
 const INFO_EVERY: Duration = Duration::from_secs(5);
@@ -93,6 +95,10 @@ pub struct Config {
     /// `subjects` if absent.
     pub stream: String,
     pub subjects: Vec<String>,
+    /// Replicas of each stream herd creates (the events' and the results'), on as many
+    /// servers of a cluster: 3 keeps both streams, and the consumer, which takes its stream's,
+    /// through the loss of any one server. An existing stream keeps its own.
+    pub replicas: usize,
     /// The durable pull consumer every daemon binds to; created if absent with `ack_wait`,
     /// `max_deliver` and `max_ack_pending` (an existing one keeps its own settings).
     pub consumer: String,
@@ -430,6 +436,7 @@ impl JetStream {
                 subjects: cfg.subjects.clone(),
                 retention: RetentionPolicy::WorkQueue,
                 storage: StorageType::File,
+                num_replicas: cfg.replicas,
                 ..Default::default()
             })
             .await?;
@@ -455,6 +462,7 @@ impl JetStream {
                     subjects: vec![cfg.results.clone()],
                     storage: StorageType::File,
                     duplicate_window: Duration::from_secs(120),
+                    num_replicas: cfg.replicas,
                     ..Default::default()
                 })
                 .await?;
@@ -479,6 +487,7 @@ impl JetStream {
             consumer = %cfg.consumer,
             results = %cfg.results,
             results_stream = %results,
+            replicas = stream.cached_info().config.num_replicas,
             ack_wait_secs = ack_wait.as_secs_f64(),
             max_deliver = info.config.max_deliver,
             max_ack_pending = info.config.max_ack_pending,
