@@ -24,6 +24,10 @@ use crate::util::*;
 
 const SERVERS: usize = 3;
 
+/// herd's log line for a leader-elected advisory.
+const NEW_LEADER: &str =
+    "new JetStream leader: pull requests and unstored records go to it at once";
+
 /// One server of the cluster: its name and its three ports, kept across restarts.
 struct Node {
     name: String,
@@ -422,6 +426,13 @@ fn jetstream_cluster_survives_two_servers_killed_in_turn() {
     wait_for("records while a server is down", LIMIT, || {
         records() >= down + 200
     });
+    // Both daemons heard of the consumer's new leader (and asked it for messages at once).
+    for d in [&a, &b] {
+        d.wait_log("the consumer's new leader", LIMIT, |l| {
+            l.iter()
+                .any(|x| x["message"] == NEW_LEADER && x["of"] == "consumer")
+        });
+    }
     cluster.relaunch(first);
     phase("first relaunched");
     cluster.wait_ready(first);

@@ -60,7 +60,8 @@ pub(crate) struct Open {
 enum Pulled {
     /// A new connection: a pull request made on the old one is gone.
     Reconnected,
-    /// Still open past its expiry (see [`PULL_GRACE`]).
+    /// Still open past its expiry (see [`PULL_GRACE`]), or made before the consumer's
+    /// current leader was elected: the new leader knows nothing of it.
     Lost,
     Next(Option<Result<async_nats::jetstream::Message, async_nats::Error>>),
 }
@@ -73,6 +74,8 @@ pub(crate) struct Fetcher {
     pub pool: PoolHandle,
     pub client: async_nats::Client,
     pub connections: watch::Receiver<u64>,
+    /// The consumer's new leaders (see `Shared::consumer_leader`).
+    pub leaders: watch::Receiver<u64>,
     pub batch: Option<Open>,
     /// Whether the last pull request failed (logged once per outage).
     pub failing: bool,
@@ -165,6 +168,7 @@ impl Fetcher {
                         // Until the connection comes back, or a while.
                         tokio::select! {
                             _ = self.connections.changed() => {}
+                            _ = self.leaders.changed() => {}
                             () = tokio::time::sleep(RETRY_PULL) => {}
                             () = self.pool.stopping() => return None,
                         }
@@ -176,6 +180,7 @@ impl Fetcher {
                 biased;
                 () = self.pool.stopping() => return None,
                 _ = self.connections.changed() => Pulled::Reconnected,
+                _ = self.leaders.changed() => Pulled::Lost,
                 () = tokio::time::sleep_until(open.lost_at) => Pulled::Lost,
                 m = open.messages.next() => Pulled::Next(m),
             };
@@ -186,7 +191,7 @@ impl Fetcher {
                 }
                 Pulled::Lost => {
                     bump(&self.shared.counters.errors);
-                    tracing::debug!("pull request lost (open past its expiry); asking again");
+                    tracing::debug!("pull request lost (past its expiry, or a new consumer leader); asking again");
                     self.abandon();
                     continue;
                 }
