@@ -28,6 +28,12 @@
 //!   nothing accepted is dropped; on reconnection every record not yet stored is published
 //!   again at once (its PubAck went with the old connection). While a message's record fails to
 //!   be stored, it gets no `+WPI`: if this daemon cannot settle it, another one can.
+//! - **Clusters:** the client fails over between the servers given (and those the cluster
+//!   advertises); the streams herd creates have `replicas` copies. When a server dies, its
+//!   leaderships move: the server's leader-elected advisories for the consumer and the results
+//!   stream make the open pull request be asked again of the new leader, and the records
+//!   waiting on the old one be published again, at once; a pull request still open a second
+//!   past its expiry is given up too (its leader died before any advisory could say so).
 
 mod held;
 mod sink;
