@@ -141,10 +141,10 @@ impl Publisher {
     /// Publishes until the results stream has stored it. A PubAck comes only on the
     /// connection its publish went out on, from the stream leader it reached: after a
     /// reconnection or a new leader, the record is published again at once instead of after
-    /// the PubAck timeout (and one refused for want of a leader too), and while there is no connection
-    /// it waits for one instead of queueing copies. While a line fails to be stored (an
-    /// error or no PubAck in time on a live connection), its event gets no progress reports
-    /// (see `Shared::stale`).
+    /// the PubAck timeout (one refused for want of a leader too, instead of after its backoff),
+    /// and while there is no connection it waits for one instead of queueing copies. While a
+    /// line fails to be stored (an error or no PubAck in time on a live connection), its event
+    /// gets no progress reports (see `Shared::stale`).
     pub async fn until_stored(&self, seq: u64, id: &str, record: &Bytes, mut sent: Sent) {
         let shared = &*self.shared;
         let mut connections = shared.connections.subscribe();

@@ -191,7 +191,9 @@ impl Fetcher {
                 }
                 Pulled::Lost => {
                     bump(&self.shared.counters.errors);
-                    tracing::debug!("pull request lost (past its expiry, or a new consumer leader); asking again");
+                    tracing::debug!(
+                        "pull request lost (past its expiry, or a new consumer leader); asking again"
+                    );
                     self.abandon();
                     continue;
                 }
