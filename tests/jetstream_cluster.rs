@@ -232,6 +232,14 @@ impl NatsCluster {
         }
     }
 
+    /// The servers' pids, of those running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// SIGKILLs server `i` (nothing flushed, no goodbye to its peers), waited for.
     pub fn kill(&mut self, i: usize) {
         let mut child = self.nodes[i].child.take().expect("the server is running");
@@ -502,4 +510,9 @@ fn jetstream_cluster_survives_two_servers_killed_in_turn() {
         let logs = stop(d, Signal::SIGTERM);
         assert_eq!(permit_warnings(&logs), 0, "{}", dump(&logs));
     }
+    // The guard leaves no server behind.
+    let pids = cluster.pids();
+    assert_eq!(pids.len(), SERVERS);
+    drop(cluster);
+    assert!(pids.iter().all(|&p| !alive(p)), "servers left: {pids:?}");
 }
