@@ -92,6 +92,7 @@ nats = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
 nats-creds = "{creds}"
 nats-stream = "S"
 nats-subjects = ["a.>", "b.>"]
+nats-replicas = 3
 nats-consumer = "c"
 nats-ack-wait = "20s"
 nats-max-deliver = 3
@@ -144,6 +145,7 @@ command = ["{chaos}", "--flag"]
         "env = [\"A=1\", \"B=two words\"]",
         "verbose = \"2\"",
         "nats-subjects = [\"a.>\", \"b.>\"]",
+        "nats-replicas = \"3\"",
     ] {
         assert!(out_a.contains(line), "{line}\n{out_a}");
     }

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::util::*;
 
 /// Generous: the machine is small and shared.
-const LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LIMIT: Duration = Duration::from_secs(120);
 
 fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -35,7 +35,7 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER") {
         return p.into();
     }
@@ -48,7 +48,7 @@ fn nats_server_bin() -> PathBuf {
     })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -193,24 +193,32 @@ impl Drop for NatsServer {
 
 /// A test's own NATS client, on a runtime of its own.
 pub struct Js {
-    rt: tokio::runtime::Runtime,
-    js: jetstream::Context,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) js: jetstream::Context,
 }
 
 impl Js {
     pub fn connect(server: &NatsServer) -> Self {
+        // async-nats's own default request timeout.
+        Self::connect_to(&[server.url()], Duration::from_secs(5))
+    }
+
+    /// To any of `urls` (the servers of a cluster), failing over between them; a request not
+    /// answered within `timeout` fails.
+    pub fn connect_to(urls: &[String], timeout: Duration) -> Self {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let url = server.url();
         let js = rt.block_on(async {
             let client = async_nats::ConnectOptions::new()
                 .retry_on_initial_connect()
-                .connect(url)
+                .connect(urls)
                 .await
                 .unwrap();
-            jetstream::new(client)
+            jetstream::ContextBuilder::new()
+                .timeout(timeout)
+                .build(client)
         });
         Js { rt, js }
     }
@@ -339,7 +347,7 @@ impl Js {
     }
 }
 
-fn square(i: u64) -> String {
+pub(crate) fn square(i: u64) -> String {
     format!("{{\"op\":\"square\",\"n\":{i}}}")
 }
 
@@ -357,7 +365,7 @@ fn daemon(fx: &Fixture, name: &str, server: &NatsServer, workers: usize, extra: 
 }
 
 /// `herd status --json` of the daemon `name`.
-fn status(fx: &Fixture, name: &str) -> Value {
+pub(crate) fn status(fx: &Fixture, name: &str) -> Value {
     let control = fx.path(&format!("{name}.sock"));
     let out =
         output_ok(&mut fx.herd(&["status", "--control", control.to_str().unwrap(), "--json"]));
@@ -372,12 +380,12 @@ fn jetstream_numbers(st: &Value) -> &Value {
     src
 }
 
-fn number(st: &Value, key: &str) -> u64 {
+pub(crate) fn number(st: &Value, key: &str) -> u64 {
     jetstream_numbers(st)["numbers"][key].as_u64().unwrap()
 }
 
 /// Stops a daemon with `sig` and waits for it; it must exit 0.
-fn stop(live: Live, sig: Signal) -> Vec<Value> {
+pub(crate) fn stop(live: Live, sig: Signal) -> Vec<Value> {
     signal(live.pid(), sig);
     let (st, _, logs) = live.finish(LIMIT);
     assert!(st.success(), "{}", dump(&logs));
@@ -791,7 +799,7 @@ fn jetstream_chunk_lines_go_to_the_results_subject_before_their_record() {
 /// client's own acker task was gone.
 const PERMIT_LOST: &str = "failed to pass future permit to the acker";
 
-fn permit_warnings(logs: &[Value]) -> usize {
+pub(crate) fn permit_warnings(logs: &[Value]) -> usize {
     logs.iter()
         .filter(|l| l.to_string().contains(PERMIT_LOST))
         .count()

@@ -15,6 +15,8 @@ mod fresh;
 mod hardening;
 #[cfg(feature = "nats")]
 mod jetstream;
+#[cfg(feature = "nats")]
+mod jetstream_cluster;
 mod keys;
 mod logs;
 mod metrics;

@@ -43,6 +43,11 @@ pub struct NatsArgs {
         value_delimiter = ','
     )]
     pub nats_subjects: Vec<String>,
+    /// Replicas of each stream herd creates (events and results; the consumer takes its
+    /// stream's): 3 on a cluster of 3 or more servers keeps them through the loss of one.
+    #[arg(long, value_name = "N", default_value_t = herd_jetstream::DEFAULT_REPLICAS,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
     /// The durable pull consumer every daemon binds to; created if absent with the three
     /// settings below (an existing consumer keeps its own).
     #[arg(long, value_name = "NAME", default_value = "herd")]
@@ -93,6 +98,7 @@ impl NatsArgs {
             auth,
             stream: self.nats_stream.clone(),
             subjects: self.nats_subjects.clone(),
+            replicas: usize::from(self.nats_replicas),
             consumer: self.nats_consumer.clone(),
             ack_wait: self.nats_ack_wait,
             max_deliver: self.nats_max_deliver,

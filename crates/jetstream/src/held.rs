@@ -95,6 +95,12 @@ pub(crate) struct Shared {
     pub connected: AtomicBool,
     /// Bumped at each (re)connection: a pull request from before it is gone.
     pub connections: watch::Sender<u64>,
+    /// Bumped when the consumer gets a new leader (on a cluster, the server that led it died
+    /// or stepped down): a pull request from before it is gone, though the connection is not.
+    pub consumer_leader: watch::Sender<u64>,
+    /// Bumped when the results stream gets a new leader: a record published before it may
+    /// never get its PubAck, and one refused while there was none can be stored now.
+    pub results_leader: watch::Sender<u64>,
     /// Set once fetching has stopped for good and the last pull request has ended. Until
     /// then a nak on a stop waits: the server would hand the message straight back to this
     /// daemon's open pull request, which only naks it again, burning its deliveries.
@@ -111,6 +117,8 @@ impl Shared {
             held: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(false),
             connections: watch::Sender::new(0),
+            consumer_leader: watch::Sender::new(0),
+            results_leader: watch::Sender::new(0),
             fetch_closed: watch::Sender::new(false),
             counters: Counters::default(),
             consumer: ConsumerNumbers::default(),

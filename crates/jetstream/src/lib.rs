@@ -28,6 +28,12 @@
 //!   nothing accepted is dropped; on reconnection every record not yet stored is published
 //!   again at once (its PubAck went with the old connection). While a message's record fails to
 //!   be stored, it gets no `+WPI`: if this daemon cannot settle it, another one can.
+//! - **Clusters:** the client fails over between the servers given (and those the cluster
+//!   advertises); the streams herd creates have `replicas` copies. When a server dies, its
+//!   leaderships move: the server's leader-elected advisories for the consumer and the results
+//!   stream make the open pull request be asked again of the new leader, and the records
+//!   waiting on the old one be published again, at once; a pull request still open a second
+//!   past its expiry is given up too (its leader died before any advisory could say so).
 
 mod held;
 mod sink;
@@ -58,6 +64,8 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_DELIVER: i64 = 5;
 /// Max ack pending of a consumer herd creates (across all daemons).
 pub const DEFAULT_MAX_ACK_PENDING: i64 = 10_000;
+/// Replicas of a stream herd creates: one, as a single server has.
+pub const DEFAULT_REPLICAS: u8 = 1;
 
 /// How often the consumer's numbers are asked of the server.
 const INFO_EVERY: Duration = Duration::from_secs(5);
@@ -93,6 +101,10 @@ pub struct Config {
     /// `subjects` if absent.
     pub stream: String,
     pub subjects: Vec<String>,
+    /// Replicas of each stream herd creates (the events' and the results'), on as many
+    /// servers of a cluster: 3 keeps both streams, and the consumer, which takes its stream's,
+    /// through the loss of any one server. An existing stream keeps its own.
+    pub replicas: usize,
     /// The durable pull consumer every daemon binds to; created if absent with `ack_wait`,
     /// `max_deliver` and `max_ack_pending` (an existing one keeps its own settings).
     pub consumer: String,
@@ -298,7 +310,12 @@ impl JetStream {
             // Every record held may be waiting for its PubAck.
             .max_ack_inflight(queue.max(1024) * 2)
             .build(client.clone());
-        let Some((consumer, max_deliver, ack_wait)) = self.setup_until_done(&js, &pool).await?
+        let Some(Bound {
+            consumer,
+            max_deliver,
+            ack_wait,
+            results_stream,
+        }) = self.setup_until_done(&js, &pool).await?
         else {
             return Ok(()); // stopped before the server could be reached
         };
@@ -317,6 +334,7 @@ impl JetStream {
                 pool: pool.clone(),
                 client: client.clone(),
                 connections: shared.connections.subscribe(),
+                leaders: shared.consumer_leader.subscribe(),
                 batch: None,
                 failing: false,
             }
@@ -348,25 +366,35 @@ impl JetStream {
             &self.cfg.consumer,
         );
         let numbers = consumer_numbers(consumer, shared.clone());
+        let leaders = leaders(
+            client.clone(),
+            shared.clone(),
+            &self.cfg.stream,
+            &self.cfg.consumer,
+            &results_stream,
+        );
         let mut progress = std::pin::pin!(progress);
         let mut advisories = std::pin::pin!(advisories);
         let mut numbers = std::pin::pin!(numbers);
+        let mut leaders = std::pin::pin!(leaders);
         let result = tokio::select! {
             r = submission.run(source, sink) => r,
             () = &mut progress => unreachable_end(),
             () = &mut advisories => unreachable_end(),
             () = &mut numbers => unreachable_end(),
+            () = &mut leaders => unreachable_end(),
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "JetStream intake ended abnormally");
         }
         // It naks what its open pull request still brings, then ends; advisories are still
-        // heard meanwhile.
+        // heard meanwhile (and new leaders: records wait for their PubAcks until then).
         tokio::select! {
             r = fetcher => if let Err(e) = r {
                 tracing::error!(error = %e, "the JetStream fetcher failed");
             },
             () = &mut advisories => {}
+            () = &mut leaders => {}
         }
         // Events fetched while the pool was already stopping may never have reached it (it
         // was gone): nothing holds them now, so they are naked for another daemon.
@@ -397,7 +425,7 @@ impl JetStream {
         &self,
         js: &async_nats::jetstream::Context,
         pool: &PoolHandle,
-    ) -> Result<Option<(PullConsumer, Option<u64>, Duration)>, Error> {
+    ) -> Result<Option<Bound>, Error> {
         let mut warned = false;
         loop {
             match self.setup(js).await {
@@ -418,11 +446,10 @@ impl JetStream {
     }
 
     /// One try: `Err` is worth retrying, `Ok(Err)` is not.
-    #[allow(clippy::type_complexity)]
     async fn setup(
         &self,
         js: &async_nats::jetstream::Context,
-    ) -> Result<Result<(PullConsumer, Option<u64>, Duration), String>, async_nats::Error> {
+    ) -> Result<Result<Bound, String>, async_nats::Error> {
         let cfg = &self.cfg;
         let stream = js
             .get_or_create_stream(stream::Config {
@@ -430,6 +457,7 @@ impl JetStream {
                 subjects: cfg.subjects.clone(),
                 retention: RetentionPolicy::WorkQueue,
                 storage: StorageType::File,
+                num_replicas: cfg.replicas,
                 ..Default::default()
             })
             .await?;
@@ -455,6 +483,7 @@ impl JetStream {
                     subjects: vec![cfg.results.clone()],
                     storage: StorageType::File,
                     duplicate_window: Duration::from_secs(120),
+                    num_replicas: cfg.replicas,
                     ..Default::default()
                 })
                 .await?;
@@ -479,6 +508,7 @@ impl JetStream {
             consumer = %cfg.consumer,
             results = %cfg.results,
             results_stream = %results,
+            replicas = stream.cached_info().config.num_replicas,
             ack_wait_secs = ack_wait.as_secs_f64(),
             max_deliver = info.config.max_deliver,
             max_ack_pending = info.config.max_ack_pending,
@@ -486,8 +516,22 @@ impl JetStream {
             ack_pending = info.num_ack_pending,
             "JetStream consumer bound"
         );
-        Ok(Ok((consumer, max_deliver, ack_wait)))
+        Ok(Ok(Bound {
+            consumer,
+            max_deliver,
+            ack_wait,
+            results_stream: results,
+        }))
     }
+}
+
+/// The consumer as bound, and what of it and of the results stream the intake needs.
+struct Bound {
+    consumer: PullConsumer,
+    /// `None`: unlimited.
+    max_deliver: Option<u64>,
+    ack_wait: Duration,
+    results_stream: String,
 }
 
 fn unreachable_end() -> Result<herd_supervisor::Delivered, herd_supervisor::SubmissionError> {
@@ -607,6 +651,62 @@ async fn max_deliveries(
     std::future::pending().await
 }
 
+/// The server's advisories for a new leader of the consumer or of the results stream (on a
+/// cluster, the server that led it died or stepped down) bump `Shared::consumer_leader` or
+/// `Shared::results_leader`: the open pull request is asked again of the new leader at once,
+/// and records whose PubAck went with the old one are published again at once, instead of
+/// each waiting out its own timeout after the election.
+async fn leaders(
+    client: async_nats::Client,
+    shared: Arc<Shared>,
+    stream: &str,
+    consumer: &str,
+    results_stream: &str,
+) {
+    let of_consumer = format!("$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.{consumer}");
+    let of_results = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{results_stream}");
+    let mut subs = Vec::new();
+    for subject in [&of_consumer, &of_results] {
+        let sub = loop {
+            match client.subscribe(subject.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to leader advisories; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        subs.push(sub);
+    }
+    let mut elected = futures_util::stream::select_all(subs);
+    while let Some(msg) = elected.next().await {
+        let leader = leader_of(&msg.payload);
+        let (what, epoch) = if msg.subject.as_str() == of_consumer {
+            ("consumer", &shared.consumer_leader)
+        } else {
+            ("results stream", &shared.results_leader)
+        };
+        tracing::info!(
+            of = what,
+            leader = leader.as_deref().unwrap_or("?"),
+            "new JetStream leader: pull requests and unstored records go to it at once"
+        );
+        epoch.send_modify(|n| *n += 1);
+    }
+    std::future::pending().await
+}
+
+/// The server a leader-elected advisory names (for the log).
+fn leader_of(advisory: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Advisory {
+        leader: String,
+    }
+    serde_json::from_slice::<Advisory>(advisory)
+        .ok()
+        .map(|a| a.leader)
+}
+
 /// Asks the server for the consumer's numbers now and then.
 async fn consumer_numbers(mut consumer: PullConsumer, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(INFO_EVERY);
@@ -622,5 +722,20 @@ async fn consumer_numbers(mut consumer: PullConsumer, shared: Arc<Shared>) {
                 .store(info.num_redelivered as u64, Ordering::Relaxed);
             n.waiting.store(info.num_waiting as u64, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_elected_advisory_names_its_leader() {
+        // As nats-server 2.9 sends it (trimmed).
+        let advisory = br#"{"type":"io.nats.jetstream.advisory.v1.consumer_leader_elected",
+            "id":"x","timestamp":"2026-12-07T06:32:50.2Z","stream":"HERD","consumer":"herd",
+            "leader":"n2","replicas":[{"name":"n1","current":true,"active":1000}]}"#;
+        assert_eq!(leader_of(advisory).as_deref(), Some("n2"));
+        assert_eq!(leader_of(b"not json"), None);
     }
 }

@@ -48,9 +48,14 @@ type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> +
 
 /// A publish on its way.
 pub(crate) enum Sent {
-    /// Sent on the connection numbered `connection` (see `Shared::connections`); `ack` is its
-    /// PubAck, already polled once.
-    Out { ack: AckFuture, connection: u64 },
+    /// Sent on the connection numbered `connection` (see `Shared::connections`) while the
+    /// results stream's leader was the one numbered `leader` (see `Shared::results_leader`);
+    /// `ack` is its PubAck, already polled once.
+    Out {
+        ack: AckFuture,
+        connection: u64,
+        leader: u64,
+    },
     /// Not sent.
     Failed(PublishError),
     /// Not sent: there was no connection. (The client would queue it, and everything else
@@ -100,8 +105,10 @@ impl Publisher {
     /// record, so the results stream drops a second record for the same event (a
     /// redelivery) within its duplicate window; see [`chunk_id`] for a chunk line.
     pub async fn publish(&self, id: &str, record: Bytes) -> Sent {
-        // Read before sending: a reconnection in between counts against this publish.
+        // Read before sending: a reconnection or a new leader in between counts against this
+        // publish.
         let connection = *self.shared.connections.borrow();
+        let leader = *self.shared.results_leader.borrow();
         if !self.shared.connected.load(Ordering::Relaxed) {
             return Sent::Offline;
         }
@@ -124,24 +131,36 @@ impl Publisher {
         {
             ack = Box::pin(std::future::ready(r));
         }
-        Sent::Out { ack, connection }
+        Sent::Out {
+            ack,
+            connection,
+            leader,
+        }
     }
 
     /// Publishes until the results stream has stored it. A PubAck comes only on the
-    /// connection its publish went out on: after a reconnection, the record is published
-    /// again at once instead of after the PubAck timeout, and while there is no connection
-    /// it waits for one instead of queueing copies. While a line fails to be stored (an
-    /// error or no PubAck in time on a live connection), its event gets no progress reports
-    /// (see `Shared::stale`).
+    /// connection its publish went out on, from the stream leader it reached: after a
+    /// reconnection or a new leader, the record is published again at once instead of after
+    /// the PubAck timeout (one refused for want of a leader too, instead of after its backoff),
+    /// and while there is no connection it waits for one instead of queueing copies. While a
+    /// line fails to be stored (an error or no PubAck in time on a live connection), its event
+    /// gets no progress reports (see `Shared::stale`).
     pub async fn until_stored(&self, seq: u64, id: &str, record: &Bytes, mut sent: Sent) {
         let shared = &*self.shared;
         let mut connections = shared.connections.subscribe();
+        let mut leaders = shared.results_leader.subscribe();
         let mut delay = REPUBLISH_FIRST;
         loop {
             let failure = match sent {
                 Sent::Offline => None,
                 Sent::Failed(e) => Some(Failure::Error(e)),
-                Sent::Out { ack, connection } if *connections.borrow_and_update() == connection => {
+                Sent::Out {
+                    ack,
+                    connection,
+                    leader,
+                } if *connections.borrow_and_update() == connection
+                    && *leaders.borrow_and_update() == leader =>
+                {
                     tokio::select! {
                         r = ack => match r {
                             Ok(ack) => {
@@ -158,6 +177,7 @@ impl Publisher {
                             Err(e) => Some(Failure::Error(e)),
                         },
                         () = reconnected(&mut connections) => Some(Failure::Lost),
+                        () = reconnected(&mut leaders) => Some(Failure::Lost),
                     }
                 }
                 Sent::Out { .. } => Some(Failure::Lost),
@@ -165,9 +185,11 @@ impl Publisher {
             if let Some(failure) = &failure {
                 bump(&shared.counters.errors);
                 match failure {
-                    // The disconnection is logged once, for all of them; published again on
-                    // the new connection, it is stored at once.
-                    Failure::Lost => tracing::debug!(seq, "PubAck lost with its connection"),
+                    // The disconnection or the election is logged once, for all of them;
+                    // published again, it is stored at once.
+                    Failure::Lost => {
+                        tracing::debug!(seq, "PubAck lost with its connection or stream leader");
+                    }
                     Failure::Error(e) => {
                         shared.set_unstored(seq, true);
                         if !shared.store_failing.swap(true, Ordering::Relaxed) {
@@ -185,8 +207,9 @@ impl Publisher {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => delay = (delay * 2).min(REPUBLISH_MAX),
                     () = reconnected(&mut connections) => delay = REPUBLISH_FIRST,
+                    () = reconnected(&mut leaders) => delay = REPUBLISH_FIRST,
                 }
-            } // else: a new connection already, or one that came back since: at once.
+            } // else: a new connection or leader already, or one that came back since: at once.
             bump(&shared.counters.republished);
             sent = self.publish(id, record.clone()).await;
         }
@@ -195,15 +218,16 @@ impl Publisher {
 
 /// Why a record is not stored yet.
 enum Failure {
-    /// Its publish went out on a connection that is gone: no PubAck will come.
+    /// Its publish went out on a connection that is gone, or reached a stream leader that is:
+    /// no PubAck will come.
     Lost,
     /// The publish failed, or its PubAck did not come in time or was an error.
     Error(PublishError),
 }
 
-/// The next (re)connection.
-async fn reconnected(connections: &mut watch::Receiver<u64>) {
-    if connections.changed().await.is_err() {
+/// The next (re)connection, or new leader, as `changes` counts them.
+async fn reconnected(changes: &mut watch::Receiver<u64>) {
+    if changes.changed().await.is_err() {
         // The sender lives in `Shared`, which the caller holds: never.
         std::future::pending::<()>().await;
     }

@@ -12,6 +12,7 @@ use async_nats::jetstream::AckKind;
 use futures_util::{FutureExt, StreamExt};
 use herd_supervisor::{Input, PoolHandle, Room, Source};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::held::{bump, Settle, Shared};
 
@@ -24,6 +25,12 @@ const RETRY_PULL: Duration = Duration::from_millis(500);
 /// How long making a pull request may take before it is tried again (it does not wait for
 /// the server, so only a stalled connection makes it take long).
 const PULL_SETUP: Duration = Duration::from_secs(5);
+/// How long past its expiry a pull request may stay open before it counts as lost. The server
+/// ends every request at its expiry; one still open later went with a server that died (in a
+/// cluster, the consumer's leader: a new leader knows nothing of it), while this daemon's own
+/// connection, to another server, is fine. Without this, intake would wait for the client's
+/// own timer, five seconds past the expiry, once per request lost during an election.
+const PULL_GRACE: Duration = Duration::from_secs(1);
 
 /// The source the submission reads: each call asks the fetcher for what fits in `room`.
 pub(crate) struct JetStreamEvents {
@@ -40,6 +47,25 @@ impl Source for JetStreamEvents {
     }
 }
 
+/// The open pull request.
+pub(crate) struct Open {
+    messages: Batch,
+    /// Past this, it is lost (see [`PULL_GRACE`]).
+    lost_at: Instant,
+}
+
+/// What the open pull request gave.
+// Matched at once where it is made: boxing the message would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Pulled {
+    /// A new connection: a pull request made on the old one is gone.
+    Reconnected,
+    /// Still open past its expiry (see [`PULL_GRACE`]), or made before the consumer's
+    /// current leader was elected: the new leader knows nothing of it.
+    Lost,
+    Next(Option<Result<async_nats::jetstream::Message, async_nats::Error>>),
+}
+
 /// Owns the pull requests, on a task of its own so that whatever an open request still
 /// brings after a stop is naked, whenever the submission ends.
 pub(crate) struct Fetcher {
@@ -48,7 +74,9 @@ pub(crate) struct Fetcher {
     pub pool: PoolHandle,
     pub client: async_nats::Client,
     pub connections: watch::Receiver<u64>,
-    pub batch: Option<Batch>,
+    /// The consumer's new leaders (see `Shared::consumer_leader`).
+    pub leaders: watch::Receiver<u64>,
+    pub batch: Option<Open>,
     /// Whether the last pull request failed (logged once per outage).
     pub failing: bool,
 }
@@ -89,7 +117,7 @@ impl Fetcher {
         // Whatever the open pull request still brings is naked only once it has ended, and so
         // are the naks of the stop (see `Shared::fetch_closed`).
         let late = match self.batch.take() {
-            Some(batch) => drain(batch, &self.shared).await,
+            Some(open) => drain(open.messages, &self.shared).await,
             None => Vec::new(),
         };
         self.shared.fetch_closed.send_replace(true);
@@ -106,7 +134,7 @@ impl Fetcher {
             if self.pool.is_stopping() {
                 return None;
             }
-            let Some(batch) = self.batch.as_mut() else {
+            let Some(open) = self.batch.as_mut() else {
                 let request = self
                     .consumer
                     .batch()
@@ -116,6 +144,7 @@ impl Fetcher {
                 // Not cancelled by a stop: a pull request the server already has would deliver
                 // messages nobody naks, held until their ack wait. Once made, it is the open
                 // batch, which the stop drains and naks (see `run`).
+                let lost_at = Instant::now() + PULL_EXPIRES + PULL_GRACE;
                 let Ok(made) = tokio::time::timeout(PULL_SETUP, request).await else {
                     if self.pool.is_stopping() {
                         return None;
@@ -123,8 +152,8 @@ impl Fetcher {
                     continue;
                 };
                 match made {
-                    Ok(b) => {
-                        self.batch = Some(b);
+                    Ok(messages) => {
+                        self.batch = Some(Open { messages, lost_at });
                         if self.failing {
                             self.failing = false;
                             tracing::info!("pull requests work again; intake resumed");
@@ -139,6 +168,7 @@ impl Fetcher {
                         // Until the connection comes back, or a while.
                         tokio::select! {
                             _ = self.connections.changed() => {}
+                            _ = self.leaders.changed() => {}
                             () = tokio::time::sleep(RETRY_PULL) => {}
                             () = self.pool.stopping() => return None,
                         }
@@ -146,33 +176,42 @@ impl Fetcher {
                 }
                 continue;
             };
-            let next = tokio::select! {
+            let pulled = tokio::select! {
                 biased;
                 () = self.pool.stopping() => return None,
-                _ = self.connections.changed() => None,
-                m = batch.next() => Some(m),
+                _ = self.connections.changed() => Pulled::Reconnected,
+                _ = self.leaders.changed() => Pulled::Lost,
+                () = tokio::time::sleep_until(open.lost_at) => Pulled::Lost,
+                m = open.messages.next() => Pulled::Next(m),
             };
-            let first = match next {
-                // A new connection: a pull request made on the old one is gone.
-                None => {
+            let first = match pulled {
+                Pulled::Reconnected | Pulled::Next(None) => {
                     self.batch = None;
                     continue;
                 }
-                Some(Some(Ok(msg))) => msg,
-                Some(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "pull request ended with an error");
+                Pulled::Lost => {
+                    bump(&self.shared.counters.errors);
+                    tracing::debug!(
+                        "pull request lost (past its expiry, or a new consumer leader); asking again"
+                    );
                     self.abandon();
                     continue;
                 }
-                Some(None) => {
-                    self.batch = None;
+                Pulled::Next(Some(Ok(msg))) => msg,
+                Pulled::Next(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "pull request ended with an error");
+                    self.abandon();
                     continue;
                 }
             };
             let mut out = Vec::new();
             self.take(first, &mut out);
             // Whatever else has arrived goes in the same batch; nothing waits for more.
-            while let Some(next) = self.batch.as_mut().and_then(|b| b.next().now_or_never()) {
+            while let Some(next) = self
+                .batch
+                .as_mut()
+                .and_then(|o| o.messages.next().now_or_never())
+            {
                 match next {
                     Some(Ok(msg)) => self.take(msg, &mut out),
                     Some(Err(_)) => self.abandon(),
@@ -185,16 +224,16 @@ impl Fetcher {
         }
     }
 
-    /// Gives up the open pull request after an error without losing what it may still
+    /// Gives up the open pull request after an error, or once lost, without losing what it may still
     /// bring: a message the server delivers to it after this would otherwise wait out its ack
     /// wait unseen. Such messages are naked as soon as they arrive.
     fn abandon(&mut self) {
-        let Some(batch) = self.batch.take() else {
+        let Some(open) = self.batch.take() else {
             return;
         };
         let (client, shared) = (self.client.clone(), self.shared.clone());
         tokio::spawn(async move {
-            for reply in drain(batch, &shared).await {
+            for reply in drain(open.messages, &shared).await {
                 bump(&shared.counters.naked);
                 let _ = client.publish(reply, AckKind::Nak(None).into()).await;
             }
