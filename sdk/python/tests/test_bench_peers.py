@@ -49,6 +49,8 @@ def test_quick_mode_prints_every_row_with_results_checked(runtime: str) -> None:
             assert r["text"].startswith(f"{n:,} answered ({n - n // 100:,} right)"), r
             assert ", 0 processes left" in r["text"], r
         assert r["ratio"] is not None and r["ratio"] > 0, r
-    # The table prints each row: the peers' labels, their figures and the ratio column.
-    assert out.count("herd.Executor") == len(groups)
-    assert out.count("ProcessPoolExecutor") == len(groups)
+    # The table prints each row, and the chunk size sweeps under it.
+    table, sweeps = out.split("chunk size sweeps")
+    assert table.count("herd.Executor") == len(groups), out
+    assert table.count("ProcessPoolExecutor") == len(groups), out
+    assert "ProcessPoolExecutor, tiny 2,000, map: 16: " in sweeps, out
