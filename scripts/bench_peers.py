@@ -492,6 +492,8 @@ def run(spec: Spec) -> Outcome:
     if killer:
         killer.start()
     out.finished = done.wait(spec.deadline) and out.error is None
+    # What came by the deadline (not what an abort below fails on its way out).
+    answered = list(got)
     if not done.is_set():
         out.seconds = spec.deadline
     if killer:
@@ -502,7 +504,7 @@ def run(spec: Spec) -> Outcome:
         out.alive = out.finished and isinstance(peer, HerdRun) and peer.proc.wait() == 0
     if not (out.finished and spec.workload != "kills"):
         within(lambda: peer.close(abort=not out.finished), 10.0)
-    tally(peer, items, list(got), out)
+    tally(peer, items, answered, out)
     return out
 
 
