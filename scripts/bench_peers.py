@@ -68,8 +68,8 @@ class Sizes:
     hangs: int = 2_000
     hang_timeout: float = 2.0
     slow: float = 180.0  # tiny, cpu: a run still going then is stopped (its rate so far shown)
-    deadline: float = 45.0  # kills: a run still going then is stopped, and says so
-    hang_deadline: float = 45.0  # hangs: the same (the peers without a per-call timeout)
+    deadline: float = 45.0  # kills, hangs: a run still going then is stopped, and says so
+    hang_deadline: float = 45.0  # hangs: the peers without a per-call timeout
     exit_grace: float = 5.0  # a program that has not exited this long after its last line hung
 
 
@@ -184,6 +184,8 @@ class Peer:
     """The defaults, for a pool whose workers are this process's children."""
 
     per_call = True  # has a submit() per call
+    has_timeout = True  # has a per-call timeout
+    retries_under_kills = 0  # retries (herd's) of a call whose worker was killed
     each_how = "a submit per call"  # how each() gets every call's outcome as it comes
 
     def __init__(self, workers: int, timeout: Optional[float], retries: int) -> None:
@@ -260,6 +262,8 @@ class ExecutorPeer(Peer):
 
 
 class Ppe(ExecutorPeer):
+    has_timeout = False
+
     def open(self) -> None:
         import multiprocessing
         # The Linux default in 3.11 (not from 3.14 on): what the article's users got.
@@ -268,6 +272,8 @@ class Ppe(ExecutorPeer):
 
 
 class Loky(ExecutorPeer):
+    has_timeout = False
+
     def open(self) -> None:
         self.ex = module("loky").get_reusable_executor(max_workers=self.workers)
 
@@ -276,6 +282,8 @@ class Loky(ExecutorPeer):
 
 
 class HerdExecutor(ExecutorPeer):
+    retries_under_kills = 3
+
     def setting(self) -> str:
         return f"retries={self.retries}" if self.retries else ""
 
@@ -327,6 +335,7 @@ class Mpire(Peer):
 
 class Joblib(Peer):
     per_call = False  # Parallel runs a batch of delayed calls; no submit()
+    has_timeout = False
     each_how = "generator_unordered, batch 1"
 
     def open(self) -> None:
@@ -363,6 +372,7 @@ class HerdRun(Peer):
 
     per_call = False
     each_how = "stream"
+    retries_under_kills = 3
 
     def setting(self) -> str:
         return f"--retries {self.retries}" if self.retries else ""
@@ -466,7 +476,7 @@ def run(spec: Spec) -> Outcome:
     out = Outcome(spec=asdict(spec), setting=peer.setting())
     items = events(spec.workload, spec.n)
     got: List[Tuple[int, Any]] = []
-    opened, done = threading.Event(), threading.Event()
+    opened, done, stop = threading.Event(), threading.Event(), threading.Event()
 
     def collect() -> None:
         t0 = time.perf_counter()
@@ -487,11 +497,12 @@ def run(spec: Spec) -> Outcome:
     killer = None
     if spec.kill_every > 0:
         killer = threading.Thread(target=kill_loop,
-                                  args=(peer, spec.kill_every, opened, done, out), daemon=True)
+                                  args=(peer, spec.kill_every, opened, stop, out), daemon=True)
     threading.Thread(target=collect, daemon=True).start()
     if killer:
         killer.start()
     out.finished = done.wait(spec.deadline) and out.error is None
+    stop.set()
     # What came by the deadline (not what an abort below fails on its way out).
     answered = list(got)
     if not done.is_set():
@@ -508,15 +519,15 @@ def run(spec: Spec) -> Outcome:
     return out
 
 
-def kill_loop(peer: Peer, every: float, opened: threading.Event, done: threading.Event,
+def kill_loop(peer: Peer, every: float, opened: threading.Event, stop: threading.Event,
               out: Outcome) -> None:
     """A random worker of the pool SIGKILLed `every` seconds, from its start to the last
-    outcome."""
+    outcome or the deadline."""
     rng = random.Random(7)
     while not opened.wait(0.01):
-        if done.is_set():
+        if stop.is_set():
             return
-    while not done.wait(every):
+    while not stop.wait(every):
         pids = peer.worker_pids()
         if pids:
             try:
@@ -696,165 +707,178 @@ def checked(out: Outcome) -> str:
     return f"{out.right:,}/{n:,} right"
 
 
-def throughput(group: str, out: Outcome, setting: str, bad: List[str]) -> Row:
-    n = out.spec["n"]
-    if out.finished and out.right == n and not out.wrong:
-        eps = n / out.seconds
-        return Row(group, out.spec["peer"], setting, eps,
-                   f"{eps:,.0f} calls/s ({out.seconds:.2f} s)", checked(out))
-    if not out.finished and not out.error and not out.wrong:  # too slow: its rate so far
-        eps = out.right / out.seconds
-        return Row(group, out.spec["peer"], setting, eps,
-                   f"{eps:,.0f} calls/s: stopped at {out.seconds:.0f} s", checked(out))
-    bad.append(f"{out.spec['peer']} {group}: {out.error or checked(out)}")
-    return Row(group, out.spec["peer"], setting, None, f"FAILED: {out.error}", checked(out))
+class Section:
+    """The "Python peers" section: a function per workload, each adding its rows."""
 
+    def __init__(self, python: str, sizes: Sizes, workers: int, peers: List[str]) -> None:
+        self.sizes = sizes
+        self.workers = workers
+        self.peers = peers
+        self.run_one = Runner(python, sizes, workers)
+        self.rows: List[Row] = []
+        self.bad: List[str] = []  # what failed its check, or failed outright
+        self.sweeps: List[str] = []  # chunk size: calls/s, per peer and workload
+        self.runs: List[Dict[str, Any]] = []  # every run's figures
 
-def chunk_setting(peer: Peer, out: Outcome) -> str:
-    parts = [] if isinstance(peer, HerdRun) else [f"chunksize {out.spec['chunk']}"]
-    return ", ".join(parts + ([out.setting] if out.setting else [])) or "auto window"
+    def adapter(self, name: str) -> Peer:
+        return ADAPTERS[name](self.workers, None, 0)
 
+    def run(self, spec: Spec) -> Outcome:
+        out = self.run_one(spec)
+        self.runs.append(asdict(out))
+        if out.wrong:
+            self.bad.append(f"{spec.peer} {spec.workload}: {checked(out)}")
+        return out
 
-def sweep(run_one: Runner, peer: str, workload: str, n: int, chunks: Iterable[int],
-          bad: List[str]) -> Tuple[int, Optional[Outcome], List[str]]:
-    """Each chunk size once: (the best, its outcome, the sweep's figures)."""
-    best: Optional[Outcome] = None
-    best_chunk, notes = 0, []
-    for c in chunks:
-        o = run_one(Spec(peer, workload, "map", n, chunk=c, deadline=run_one.sizes.slow))
-        ok = o.finished and o.right == n and not o.wrong
-        notes.append(f"{c}: {n / o.seconds:,.0f}" if ok else f"{c}: failed")
-        if not ok:
-            bad.append(f"{peer} {workload} chunksize {c}: {o.error or checked(o)}")
-        elif best is None or o.seconds < best.seconds:
-            best, best_chunk = o, c
-    return best_chunk, best, notes
+    def tiny(self) -> None:
+        """200,000 tiny calls: a submit() per call where the peer has one, then map() at the
+        best chunk size of a sweep at full size."""
+        n = self.sizes.tiny
+        for name in self.peers:
+            if self.adapter(name).per_call:
+                o = self.run(Spec(name, "tiny", "each", n, deadline=self.sizes.slow))
+                self.rows.append(self.throughput(f"tiny {n:,}, a submit per call", o, "submit"))
+        for name in self.peers:
+            best = self.sweep(name, "tiny", n, self.sizes.tiny_chunks, f"tiny {n:,}, map")
+            if best is not None:
+                self.rows.append(self.throughput(f"tiny {n:,}, map", best,
+                                                 self.chunk_setting(name, best)))
+
+    def cpu(self) -> None:
+        """20,000 calls of 1 ms CPU, map() at the best chunk size of a sweep on a tenth of
+        them: the fraction of ideal (the CPU work over the workers)."""
+        n, small = self.sizes.cpu, max(self.sizes.cpu // 10, 1)
+        ideal = n * 0.001 / self.workers
+        g = f"cpu {n:,} x 1 ms, fraction of ideal"
+        for name in self.peers:
+            best = self.sweep(name, "cpu", small, self.sizes.cpu_chunks,
+                              f"cpu (sweep on {small:,} calls)")
+            if best is None:
+                continue
+            o = self.run(Spec(name, "cpu", "map", n, chunk=best.spec["chunk"],
+                              deadline=self.sizes.slow))
+            r = self.throughput(g, o, self.chunk_setting(name, o))
+            if r.figure:  # the CPU work done over the workers' wall time
+                r.figure = o.right * 0.001 / self.workers / o.seconds
+                stopped = "" if o.finished else ", stopped"
+                r.text = f"{r.figure:.3f} ({o.seconds:.2f} s{stopped}, ideal {ideal:.2f} s)"
+            self.rows.append(r)
+
+    def kills(self) -> None:
+        """10,000 calls of 1 ms, a worker SIGKILLed every 150 ms: the calls answered right, the
+        calls lost, whether the pool answers a next call; stopped at the deadline."""
+        n, sz = self.sizes.kills, self.sizes
+        g = f"kills {n:,} x 1 ms, SIGKILL every {sz.kill_every * 1000:.0f} ms"
+        for name in self.peers:
+            a = self.adapter(name)
+            o = self.run(Spec(name, "kills", "each", n, retries=a.retries_under_kills,
+                              kill_every=sz.kill_every, deadline=sz.deadline))
+            end = "" if o.finished else (
+                f", {o.error[:60]}" if o.error else f", stopped at {sz.deadline:.0f} s")
+            text = (f"{o.right:,} answered, {n - o.right:,} lost, next call "
+                    f"{'answered' if o.alive else 'FAILED'}, {o.kills} kills{end}")
+            setting = ", ".join(x for x in (a.each_how, o.setting) if x)
+            self.rows.append(Row(g, name, setting, float(o.right), text, checked(o)))
+
+    def hangs(self) -> None:
+        """2,000 calls of 1 ms, every 100th of which hangs, with the per-call timeout where the
+        peer has one (else only the deadline): calls answered (a result or an error), time,
+        and the processes left once the program has ended."""
+        n, sz = self.sizes.hangs, self.sizes
+        g = f"hangs {n:,} x 1 ms, every 100th hangs"
+        for name in self.peers:
+            t = sz.hang_timeout if self.adapter(name).has_timeout else None
+            deadline = sz.deadline if t else sz.hang_deadline
+            o = self.run(Spec(name, "hangs", "each", n, timeout=t, deadline=deadline))
+            how = f"timeout {t:g} s" if t else f"no per-call timeout: deadline {deadline:.0f} s"
+            end = "all answered" if o.finished else f"stopped at {deadline:.0f} s"
+            text = (f"{o.answered:,} answered ({o.right:,} right), {o.seconds:.1f} s, "
+                    f"{o.left} processes left{', exit hung' if o.exit_hung else ''}; "
+                    f"{o.error[:60] if o.error else end}")
+            self.rows.append(Row(g, name, how, float(o.answered), text, checked(o)))
+
+    def throughput(self, group: str, out: Outcome, setting: str) -> Row:
+        n = out.spec["n"]
+        if out.finished and out.right == n and not out.wrong:
+            eps = n / out.seconds
+            return Row(group, out.spec["peer"], setting, eps,
+                       f"{eps:,.0f} calls/s ({out.seconds:.2f} s)", checked(out))
+        if not out.finished and not out.error and not out.wrong:  # too slow: its rate so far
+            eps = out.right / out.seconds
+            return Row(group, out.spec["peer"], setting, eps,
+                       f"{eps:,.0f} calls/s: stopped at {out.seconds:.0f} s", checked(out))
+        self.bad.append(f"{out.spec['peer']} {group}: {out.error or checked(out)}")
+        return Row(group, out.spec["peer"], setting, None, f"FAILED: {out.error}",
+                   checked(out))
+
+    def chunk_setting(self, name: str, out: Outcome) -> str:
+        parts = [] if name == "herd_run" else [f"chunksize {out.spec['chunk']}"]
+        return ", ".join(parts + ([out.setting] if out.setting else [])) or "auto window"
+
+    def sweep(self, name: str, workload: str, n: int, chunks: Tuple[int, ...],
+              label: str) -> Optional[Outcome]:
+        """map() at each chunk size once (herd run: its automatic window): the fastest run
+        whose results are all right, or None (then a FAILED row)."""
+        best: Optional[Outcome] = None
+        notes = []
+        for c in (0,) if name == "herd_run" else chunks:
+            o = self.run(Spec(name, workload, "map", n, chunk=c, deadline=self.sizes.slow))
+            ok = o.finished and o.right == n and not o.wrong
+            notes.append(f"{c}: {n / o.seconds:,.0f}" if ok else f"{c}: failed")
+            if not ok:
+                self.bad.append(f"{name} {workload} chunksize {c}: {o.error or checked(o)}")
+            elif best is None or o.seconds < best.seconds:
+                best = o
+        if len(notes) > 1:
+            self.sweeps.append(f"{LABELS[name]}, {label}: {'; '.join(notes)}")
+        if best is None:
+            self.rows.append(Row(label, name, "", None, "FAILED at every chunk size", "-"))
+        return best
+
+    def ratios(self) -> None:
+        for r in self.rows:
+            top = max((x.figure for x in self.rows if x.group == r.group
+                       and x.peer in OTHER_PEERS and x.figure), default=None)
+            if r.figure and top:
+                r.ratio = r.figure / top
 
 
 def bench(args: argparse.Namespace) -> int:
-    sizes = QUICK if args.quick else Sizes()
     subreaper()
-    names = [p for p in (*HERD_PEERS, *OTHER_PEERS) if not args.only or p in args.only]
-    peers: List[str] = []
-    rows: List[Row] = []
-    for name in names:
-        if name in PYPI and not installed(args.python, PYPI[name]):
-            say(f"\nbench_peers: ***** {name} IS NOT INSTALLED in {args.python}: its rows are "
-                f"left out *****\n")
-            rows.append(Row("-", name, "", None, "not installed", "-"))
-            continue
-        peers.append(name)
     if not installed(args.python, "herd"):
         say(f"bench_peers: the herd package is not importable by {args.python}")
         return 1
-    run_one = Runner(args.python, sizes, args.workers)
-    bad: List[str] = []
-    raw: Dict[str, Any] = {"sizes": asdict(sizes), "runs": []}
-    w = set(args.workloads.split(","))
-    sweeps: List[str] = []  # chunk size: calls/s, per peer and workload
-
-    def keep(o: Outcome) -> Outcome:
-        raw["runs"].append(asdict(o))
-        return o
-
-    def adapter(name: str) -> Peer:
-        return ADAPTERS[name](args.workers, None, 0)
-
-    if "tiny" in w:
-        n = sizes.tiny
-        for name in peers:
-            if adapter(name).per_call:
-                o = keep(run_one(Spec(name, "tiny", "each", n, deadline=sizes.slow)))
-                rows.append(throughput(f"tiny {n:,}, a submit per call", o, "submit", bad))
-        for name in peers:
-            g = f"tiny {n:,}, map"
-            chunks = (0,) if name == "herd_run" else sizes.tiny_chunks
-            c, best, notes = sweep(run_one, name, "tiny", n, chunks, bad)
-            if best is None:
-                rows.append(Row(g, name, "", None, "FAILED at every chunk size", "-"))
-                continue
-            keep(best)
-            r = throughput(g, best, chunk_setting(adapter(name), best), bad)
-            if len(notes) > 1:
-                sweeps.append(f"{LABELS[name]}, {g}: {'; '.join(notes)}")
-            rows.append(r)
-    if "cpu" in w:
-        n = sizes.cpu
-        ideal = n * 0.001 / args.workers
-        g = f"cpu {n:,} x 1 ms, fraction of ideal"
-        for name in peers:
-            chunks = (0,) if name == "herd_run" else sizes.cpu_chunks
-            c, best, notes = sweep(run_one, name, "cpu", max(n // 10, 1), chunks, bad)
-            if best is None:
-                rows.append(Row(g, name, "", None, "FAILED at every chunk size", "-"))
-                continue
-            full = keep(run_one(Spec(name, "cpu", "map", n, chunk=c, deadline=sizes.slow)))
-            r = throughput(g, full, chunk_setting(adapter(name), full), bad)
-            if r.figure:  # the CPU work done over the workers' wall time
-                r.figure = full.right * 0.001 / args.workers / full.seconds
-                stopped = "" if full.finished else ", stopped"
-                r.text = f"{r.figure:.3f} ({full.seconds:.2f} s{stopped}, ideal {ideal:.2f} s)"
-            if len(notes) > 1:
-                sweeps.append(f"{LABELS[name]}, cpu (sweep on {max(n // 10, 1):,} calls): "
-                              f"{'; '.join(notes)}")
-            rows.append(r)
-    if "kills" in w:
-        n = sizes.kills
-        g = f"kills {n:,} x 1 ms, SIGKILL every {sizes.kill_every * 1000:.0f} ms"
-        for name in peers:
-            herd = name in HERD_PEERS
-            o = keep(run_one(Spec(name, "kills", "each",
-                                  n, retries=3 if herd else 0, kill_every=sizes.kill_every,
-                                  deadline=sizes.deadline)))
-            if o.wrong:
-                bad.append(f"{name} kills: {checked(o)}")
-            stopped = "" if o.finished else (
-                f", stopped at {sizes.deadline:.0f} s" if not o.error else f", {o.error[:60]}")
-            text = (f"{o.right:,} answered, {n - o.right:,} lost, next call "
-                    f"{'answered' if o.alive else 'FAILED'}, {o.kills} kills{stopped}")
-            setting = adapter(name).each_how
-            if o.setting:
-                setting += f", {o.setting}"
-            rows.append(Row(g, name, setting, float(o.right), text, checked(o)))
-    if "hangs" in w:
-        n = sizes.hangs
-        t = sizes.hang_timeout
-        g = f"hangs {n:,} x 1 ms, every 100th hangs"
-        for name in peers:
-            a = adapter(name)
-            has_timeout = name not in ("ppe", "loky", "joblib")
-            o = keep(run_one(Spec(name, "hangs", "each", n,
-                                  timeout=t if has_timeout else None,
-                                  deadline=sizes.hang_deadline)))
-            if o.wrong:
-                bad.append(f"{name} hangs: {checked(o)}")
-            how = f"timeout {t:g} s" if has_timeout else f"no per-call timeout: deadline " \
-                f"{sizes.hang_deadline:.0f} s"
-            end = "all answered" if o.finished else f"stopped at {sizes.hang_deadline:.0f} s"
-            if o.error:
-                end = o.error[:60]
-            text = (f"{o.answered:,} answered ({o.right:,} right), {o.seconds:.1f} s, "
-                    f"{o.left} processes left{', exit hung' if o.exit_hung else ''}; {end}")
-            rows.append(Row(g, name, how, float(o.answered), text, checked(o)))
-    for r in rows:
-        top = max((x.figure for x in rows if x.group == r.group and x.peer in OTHER_PEERS
-                   and x.figure), default=None)
-        if r.figure and top:
-            r.ratio = r.figure / top
-    print_rows(rows, args.workers)
-    if sweeps:
+    missing = []
+    peers = []
+    for name in (*HERD_PEERS, *OTHER_PEERS):
+        if args.only and name not in args.only:
+            continue
+        if name in PYPI and not installed(args.python, PYPI[name]):
+            say(f"\nbench_peers: ***** {name} IS NOT INSTALLED in {args.python}: its rows are "
+                f"left out *****\n")
+            missing.append(name)
+        else:
+            peers.append(name)
+    sizes = QUICK if args.quick else Sizes()
+    sec = Section(args.python, sizes, args.workers, peers)
+    workloads = {"tiny": sec.tiny, "cpu": sec.cpu, "kills": sec.kills, "hangs": sec.hangs}
+    for w in args.workloads.split(","):
+        workloads[w]()
+    sec.ratios()
+    sec.rows += [Row("-", name, "", None, "NOT INSTALLED: left out", "-") for name in missing]
+    print_rows(sec.rows, args.workers)
+    if sec.sweeps:
         print("\nchunk size sweeps (chunk size: calls/s; the best is the row's):")
-        for line in sweeps:
+        for line in sec.sweeps:
             print(f"  {line}")
     if args.json:
-        raw["rows"] = [asdict(r) for r in rows]
-        raw["sweeps"] = sweeps
         with open(args.json, "w") as f:
-            json.dump(raw, f, indent=1)
-    for b in bad:
+            json.dump({"sizes": asdict(sizes), "rows": [asdict(r) for r in sec.rows],
+                       "sweeps": sec.sweeps, "runs": sec.runs}, f, indent=1)
+    for b in sec.bad:
         say(f"bench_peers: CHECK FAILED: {b}")
-    return 1 if any(r.startswith(HERD_PEERS) for r in bad) or any("WRONG" in r for r in bad) \
-        else 0
+    # A peer that breaks is a figure; herd failing, or any wrong result, is a failure.
+    return 1 if any(b.startswith(HERD_PEERS) or "WRONG" in b for b in sec.bad) else 0
 
 
 def print_rows(rows: List[Row], workers: int) -> None:
