@@ -230,6 +230,19 @@ class Peer:
         """A result as work() returns it (JSON text), or Failed, from what map()/call() gave."""
         return raw
 
+    def answers(self) -> bool:
+        """Whether the pool answers a next call (within 10 s), after the kills."""
+        box: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        probe = '{"op":"square","n":7}'
+        try:
+            if self.per_call:
+                self.call(work, probe, box.put)
+            else:
+                box.put(next(iter(self.map(work, [probe], 1)))[1])
+            return bool(box.get(timeout=10) == "49")
+        except BaseException:  # noqa: BLE001 - a broken pool raises here
+            return False
+
     def worker_pids(self) -> List[int]:
         # Python processes, but not a resource or semaphore tracker (multiprocessing's,
         # loky's); not a helper the pool runs either (loky runs pgrep).
@@ -428,6 +441,10 @@ class HerdRun(Peer):
             self.proc.kill()
         self.proc.wait()
 
+    def answers(self) -> bool:
+        """The stream has ended: whether herd ran it to the end (exit status 0)."""
+        return self.proc.wait() == 0
+
     def worker_pids(self) -> List[int]:
         return [p for p in children(self.proc.pid) if connected(p)]
 
@@ -509,10 +526,8 @@ def run(spec: Spec) -> Outcome:
         out.seconds = spec.deadline
     if killer:
         killer.join()
-    if spec.workload == "kills" and not isinstance(peer, HerdRun):
-        out.alive = answers(peer) if out.finished or out.error else False
-    elif spec.workload == "kills":
-        out.alive = out.finished and isinstance(peer, HerdRun) and peer.proc.wait() == 0
+    if spec.workload == "kills":
+        out.alive = (out.finished or out.error is not None) and peer.answers()
     if not (out.finished and spec.workload != "kills"):
         within(lambda: peer.close(abort=not out.finished), 10.0)
     tally(peer, items, answered, out)
@@ -535,20 +550,6 @@ def kill_loop(peer: Peer, every: float, opened: threading.Event, stop: threading
                 out.kills += 1
             except ProcessLookupError:
                 pass
-
-
-def answers(peer: Peer) -> bool:
-    """Whether the pool still answers a call (within 10 s)."""
-    box: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-    probe = '{"op":"square","n":7}'
-    try:
-        if peer.per_call:
-            peer.call(work, probe, box.put)
-        else:
-            box.put(next(iter(peer.map(work, [probe], 1)))[1])
-        return bool(box.get(timeout=10) == "49")
-    except BaseException:  # noqa: BLE001 - a broken pool raises here
-        return False
 
 
 def within(fn: Callable[[], None], seconds: float) -> None:
