@@ -526,8 +526,8 @@ def run(spec: Spec) -> Outcome:
         out.seconds = spec.deadline
     if killer:
         killer.join()
-    if spec.workload == "kills":
-        out.alive = (out.finished or out.error is not None) and peer.answers()
+    if spec.workload == "kills" and (out.finished or out.error is not None):
+        out.alive = peer.answers()
     if not (out.finished and spec.workload != "kills"):
         within(lambda: peer.close(abort=not out.finished), 10.0)
     tally(peer, items, answered, out)
@@ -776,8 +776,10 @@ class Section:
                               kill_every=sz.kill_every, deadline=sz.deadline))
             end = "" if o.finished else (
                 f", {o.error[:60]}" if o.error else f", stopped at {sz.deadline:.0f} s")
-            text = (f"{o.right:,} answered, {n - o.right:,} lost, next call "
-                    f"{'answered' if o.alive else 'FAILED'}, {o.kills} kills{end}")
+            # A run stopped at the deadline still holds its calls: no next call is tried.
+            after = "" if o.alive is None else \
+                f", next call {'answered' if o.alive else 'FAILED'}"
+            text = f"{o.right:,} answered, {n - o.right:,} lost{after}, {o.kills} kills{end}"
             setting = ", ".join(x for x in (a.each_how, o.setting) if x)
             self.rows.append(Row(g, name, setting, float(o.right), text, checked(o)))
 
@@ -862,19 +864,24 @@ def bench(args: argparse.Namespace) -> int:
             peers.append(name)
     sizes = QUICK if args.quick else Sizes()
     sec = Section(args.python, sizes, args.workers, peers)
+    load = [os.getloadavg()[0]]
     workloads = {"tiny": sec.tiny, "cpu": sec.cpu, "kills": sec.kills, "hangs": sec.hangs}
     for w in args.workloads.split(","):
         workloads[w]()
     sec.ratios()
+    load.append(os.getloadavg()[0])
     sec.rows += [Row("-", name, "", None, "NOT INSTALLED: left out", "-") for name in missing]
     print_rows(sec.rows, args.workers)
+    # The figures mean little if the machine was busy with something else.
+    print(f"\nload average (1 min) at the start / end: {load[0]:.1f} / {load[1]:.1f} on "
+          f"{os.cpu_count()} CPUs")
     if sec.sweeps:
         print("\nchunk size sweeps (chunk size: calls/s; the best is the row's):")
         for line in sec.sweeps:
             print(f"  {line}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sizes": asdict(sizes), "rows": [asdict(r) for r in sec.rows],
+            json.dump({"sizes": asdict(sizes), "loadavg": load, "rows": [asdict(r) for r in sec.rows],
                        "sweeps": sec.sweeps, "runs": sec.runs}, f, indent=1)
     for b in sec.bad:
         say(f"bench_peers: CHECK FAILED: {b}")
