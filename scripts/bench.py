@@ -21,6 +21,8 @@ every record arrived and is right, so a fast wrong answer cannot pass.
                                                             (herd-stdio + cat / a Python filter)
     python3 scripts/bench.py all      --out DIR [--quick]   (everything, plus the Python peers
                                                              and the socket limit, rawsock)
+    python3 scripts/bench.py peers    --out DIR [--quick] [--peers-python PY]
+                                      (only the "Python peers" section: scripts/bench_peers.py)
 
 Standard library only.
 """
@@ -832,6 +834,31 @@ def peers(args, workload, *extra):
     return json.loads(p.stdout)["peers"]
 
 
+def python_peers(args):
+    """scripts/bench_peers.py, run by --peers-python (the bench's venv, with the PyPI peers and
+    herd's wheel): (its figures, its table)."""
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "peers.json")
+    cmd = [args.peers_python, os.path.join(HERE, "bench_peers.py"), "--json", path,
+           "--workers", str(args.workers), *(["--quick"] if args.quick else [])]
+    log(f"bench: {' '.join(cmd)}")
+    # The herd package and binary of that interpreter (the wheel), not the source tree's.
+    sdk = os.path.join(os.path.dirname(HERE), "sdk", "python", "src")
+    path_ = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != sdk]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path_)}
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    if p.returncode != 0:
+        log(p.stdout)
+        die("bench_peers.py: a herd row failed, or a result was wrong")
+    with open(path) as f:
+        return json.load(f), p.stdout
+
+
+def peers_only(args):
+    _, section = python_peers(args)
+    print(section, end="")
+
+
 def run_all(args):
     os.makedirs(args.out, exist_ok=True)
     n = 100_000 if args.quick else 1_000_000
@@ -882,6 +909,8 @@ def run_all(args):
     r["seed"] = sub(args, "seed", "--n", str(n // 10), "--cpu-n", str(cpu_n // 2), "--ms", "1",
                     "--repeat", "1", "--kill-every", "0.15")
     r["cancel"] = sub(args, "cancel", "--n", "20" if args.quick else "100")
+    # The Python peers (scripts/bench_peers.py): its own section, printed after the table.
+    r["python_peers"], peers_table = python_peers(args)
     rows = table(r)
     r["table"] = rows
     r["machine"] = {"cpus": os.cpu_count(), "kernel": os.uname().release,
@@ -890,6 +919,7 @@ def run_all(args):
     with open(path, "w") as f:
         json.dump(r, f, indent=1)
     print_table(rows)
+    print(peers_table, end="")
     print(f"\nwritten: {path}")
 
 
@@ -1107,7 +1137,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "latency", "cpu", "recovery", "memory",
                                          "stdio", "jetstream", "redis", "seed", "cancel", "all",
-                                         "compare"])
+                                         "compare", "peers"])
+    ap.add_argument("--peers-python", default=sys.executable,
+                    help="all, peers: the interpreter of bench_peers.py's runs (with loky, "
+                         "pebble, mpire, joblib and the herd wheel installed)")
     ap.add_argument("--nats-bare", default="target/release/examples/nats_bare")
     ap.add_argument("--redis-bare", default="target/release/examples/redis_bare")
     ap.add_argument("--out", default="target/bench")
@@ -1135,6 +1168,8 @@ def main():
         p for p in (sdk, os.environ.get("PYTHONPATH")) if p)
     if args.workload == "all":
         return run_all(args)
+    if args.workload == "peers":
+        return peers_only(args)
     if args.workload == "compare":
         if not args.baseline:
             die("compare needs --baseline DIR")

@@ -13,14 +13,14 @@ import json
 import time
 
 
-def spin(ms):
+def spin(ms: float) -> None:
     """Burn `ms` milliseconds of this process's CPU time, like herd-chaos's spin."""
     end = time.process_time() + ms / 1000
     while time.process_time() < end:
         pass
 
 
-def work(line):
+def work(line: str) -> str:
     event = json.loads(line)
     op = event["op"]
     if op == "square":
@@ -28,6 +28,9 @@ def work(line):
     elif op == "spin":
         spin(event["ms"])
         out = event["ms"]
+    elif op == "hang":  # a call that never ends (scripts/bench_peers.py's hangs workload)
+        time.sleep(3600)
+        out = None
     else:
         raise ValueError(f"unknown op {op!r}")
     return json.dumps(out)
