@@ -188,6 +188,24 @@ class FakeSupervisor:
 Fake = Callable[..., "FakeSupervisor"]
 
 
+@pytest.fixture(params=["native", "pure"])
+def serve_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of the worker's serve loops in turn, for the workers this test starts (they inherit
+    the environment) and for herd.worker.serve called in-process: the native one (herd._native,
+    which must be built: a missing one fails, not skips) and the pure-Python one
+    (HERD_PURE_PYTHON=1). A module opts in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    if request.param == "pure":
+        monkeypatch.setenv("HERD_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("HERD_PURE_PYTHON", raising=False)
+        try:
+            from herd import _native  # noqa: F401
+        except ImportError as e:
+            pytest.fail(f"herd._native is not built ({e}): install the package (pip install "
+                        f"./sdk/python) or build it in place (scripts/native-dev.sh)")
+    return str(request.param)
+
+
 @pytest.fixture
 def fake() -> Iterator[Fake]:
     """fake(script) starts a worker running `script` against a fake supervisor."""

@@ -10,7 +10,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import pytest
+
 from conftest import CHAOS, TIMEOUT, UPPER, Herd, wait_until
+
+# Every test here runs on both serve loops, the native one and the pure-Python one.
+pytestmark = pytest.mark.usefixtures("serve_loop")
 
 
 def square(i: int) -> str:
