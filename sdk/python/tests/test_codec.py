@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple, cast
 
 import pytest
 
 from conftest import REPO
 from herd import _codec
-from herd._codec import ProtocolError
+from herd._codec import Buffer, ProtocolError
 
 VECTORS = os.path.join(REPO, "docs", "protocol-vectors.json")
 
@@ -23,17 +23,48 @@ VECTORS = os.path.join(REPO, "docs", "protocol-vectors.json")
 Msg = Tuple[Any, ...]
 
 
+class Codec(Protocol):
+    """What both codec modules offer (the native one has no `varint`)."""
+
+    PROTOCOL_VERSION: int
+    HEADER_LEN: int
+    DEFAULT_MAX_FRAME: int
+    MAX_FRAME_CEILING: int
+
+    def encode_hello(self, protocol: int, pid: int, token: str,
+                     max_frame: int = ...) -> bytes: ...
+    def encode_done_ok(self, id: int, output: Buffer, max_frame: int = ...) -> bytes: ...
+    def encode_done_err(self, id: int, retryable: bool, message: str,
+                        max_frame: int = ...) -> bytes: ...
+    def encode_done_retry_after(self, id: int, message: str, delay_ms: int,
+                                max_frame: int = ...) -> bytes: ...
+    def encode_done_cancelled(self, id: int) -> bytes: ...
+    def encode_withdrawn(self, id: int) -> bytes: ...
+    def encode_kept(self, id: int) -> bytes: ...
+    def encode_heartbeat(self) -> bytes: ...
+    def encode_chunk(self, id: int, data: Buffer, max_frame: int = ...) -> bytes: ...
+    def encode_task(self, id: int, attempt: int, payload: Buffer,
+                    max_frame: int = ...) -> bytes: ...
+    def encode_shutdown(self) -> bytes: ...
+    def encode_withdraw(self, id: int) -> bytes: ...
+    def encode_cancel(self, id: int) -> bytes: ...
+    def decode_to_worker(self, buf: Buffer, p: int = ..., end: Optional[int] = ...) -> Msg: ...
+    def decode_from_worker(self, buf: Buffer, p: int = ...,
+                           end: Optional[int] = ...) -> Msg: ...
+    def frame_len(self, buf: Buffer, pos: int, max_frame: int) -> int: ...
+
+
 @pytest.fixture(params=["pure", "native"])
-def codec(request: pytest.FixtureRequest) -> Any:
+def codec(request: pytest.FixtureRequest) -> Codec:
     """Each codec in turn. The native one must be built: a missing one fails, not skips."""
     if request.param == "pure":
-        return _codec
+        return cast(Codec, _codec)
     try:
         from herd import _native
     except ImportError as e:
         pytest.fail(f"herd._native is not built ({e}): install the package (pip install "
                     f"./sdk/python) or build it in place (scripts/native-dev.sh)")
-    return _native
+    return cast(Codec, _native)
 
 
 def load_vectors() -> Dict[str, Any]:
@@ -69,7 +100,7 @@ def message_to_tuple(m: Any) -> Msg:
     raise AssertionError(f"unknown message in the vectors: {m!r}")
 
 
-def encode(codec: Any, msg: Msg) -> bytes:
+def encode(codec: Codec, msg: Msg) -> bytes:
     tag = msg[0]
     if tag == "Task":
         return codec.encode_task(*msg[1:])
@@ -101,7 +132,7 @@ def encode(codec: Any, msg: Msg) -> bytes:
     raise AssertionError(msg)
 
 
-def decode_frame(codec: Any, direction: str, frame: bytes,
+def decode_frame(codec: Codec, direction: str, frame: bytes,
                  max_frame: int = _codec.MAX_FRAME_CEILING) -> Msg:
     """A whole frame (header and body, nothing after) -> message; anything else raises."""
     if len(frame) < 4:
@@ -126,18 +157,18 @@ def test_the_vectors_file_covers_every_message() -> None:
 
 
 @pytest.mark.parametrize("vec", load_vectors()["vectors"], ids=lambda v: v["name"])
-def test_vector_encodes_to_its_bytes(vec: Dict[str, Any], codec: Any) -> None:
+def test_vector_encodes_to_its_bytes(vec: Dict[str, Any], codec: Codec) -> None:
     assert encode(codec, message_to_tuple(vec["message"])).hex() == vec["frame_hex"]
 
 
 @pytest.mark.parametrize("vec", load_vectors()["vectors"], ids=lambda v: v["name"])
-def test_vector_decodes_to_its_message(vec: Dict[str, Any], codec: Any) -> None:
+def test_vector_decodes_to_its_message(vec: Dict[str, Any], codec: Codec) -> None:
     frame = bytes.fromhex(vec["frame_hex"])
     assert decode_frame(codec, vec["direction"], frame) == message_to_tuple(vec["message"])
 
 
 @pytest.mark.parametrize("vec", load_vectors()["malformed"], ids=lambda v: v["name"])
-def test_malformed_vector_is_refused(vec: Dict[str, Any], codec: Any) -> None:
+def test_malformed_vector_is_refused(vec: Dict[str, Any], codec: Codec) -> None:
     frame = bytes.fromhex(vec["frame_hex"])
     max_frame = load_vectors()["max_frame"]
     if vec.get("error") == "oversize":
@@ -151,7 +182,7 @@ def test_malformed_vector_is_refused(vec: Dict[str, Any], codec: Any) -> None:
 
 @pytest.mark.parametrize("vec", load_vectors().get("non_canonical", []), ids=lambda v: v["name"])
 def test_non_canonical_vector_decodes_and_re_encodes_shorter(vec: Dict[str, Any],
-                                                             codec: Any) -> None:
+                                                             codec: Codec) -> None:
     frame = bytes.fromhex(vec["frame_hex"])
     msg = message_to_tuple(vec["message"])
     assert decode_frame(codec, vec["direction"], frame) == msg
@@ -171,7 +202,7 @@ BOUNDARIES = [
 
 
 @pytest.mark.parametrize("n,hexed", BOUNDARIES)
-def test_varint_boundaries(n: int, hexed: str, codec: Any) -> None:
+def test_varint_boundaries(n: int, hexed: str, codec: Codec) -> None:
     assert _codec.varint(n).hex() == hexed
     # As a Task id (u64) it decodes back, using exactly those bytes.
     frame = codec.encode_task(n, 1, b"")
@@ -179,7 +210,7 @@ def test_varint_boundaries(n: int, hexed: str, codec: Any) -> None:
     assert codec.decode_to_worker(frame, 4) == ("Task", n, 1, b"")
 
 
-def test_varint_refuses_what_does_not_fit(codec: Any) -> None:
+def test_varint_refuses_what_does_not_fit(codec: Codec) -> None:
     for bad in (-1, 2**64):
         with pytest.raises(ProtocolError):
             _codec.varint(bad)
@@ -187,7 +218,7 @@ def test_varint_refuses_what_does_not_fit(codec: Any) -> None:
         codec.encode_task(1, 2**32, b"")  # attempt is a u32
 
 
-def test_round_trips_both_directions(codec: Any) -> None:
+def test_round_trips_both_directions(codec: Codec) -> None:
     msgs_to: List[Msg] = [("Task", 0, 1, b""), ("Task", 2**64 - 1, 2**32 - 1, bytes(range(256)) * 300),
                ("Shutdown",), ("Withdraw", 0), ("Withdraw", 2**64 - 1), ("Cancel", 300)]
     for m in msgs_to:
@@ -202,12 +233,12 @@ def test_round_trips_both_directions(codec: Any) -> None:
         assert decode_frame(codec, "worker->herd", encode(codec, m)) == m
 
 
-def test_constants_are_the_reference_codec_s(codec: Any) -> None:
+def test_constants_are_the_reference_codec_s(codec: Codec) -> None:
     for name in ("PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING"):
         assert getattr(codec, name) == getattr(_codec, name), name
 
 
-def test_hand_checked_layout(codec: Any) -> None:
+def test_hand_checked_layout(codec: Codec) -> None:
     # Worked out by hand from the rules in the module docstring.
     assert codec.encode_task(1, 1, b"hi").hex() == "06000000" "00010102" "6869"
     assert codec.encode_shutdown().hex() == "0100000001"
@@ -223,7 +254,7 @@ def test_hand_checked_layout(codec: Any) -> None:
     assert codec.encode_done_retry_after(5, "x", 300).hex() == "080000000105020178fb2c01"
 
 
-def test_a_wider_varint_than_needed_is_accepted_as_herd_does(codec: Any) -> None:
+def test_a_wider_varint_than_needed_is_accepted_as_herd_does(codec: Codec) -> None:
     # bincode 2 decodes a marker wider than the value needs; herd's decoder does too.
     body = bytes.fromhex("00" "fb0100" "fc01000000" "fd0000000000000000")
     assert codec.decode_to_worker(body) == ("Task", 1, 1, b"")
@@ -266,25 +297,25 @@ MALFORMED_FROM_WORKER = {
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED_TO_WORKER))
-def test_malformed_to_worker(name: str, codec: Any) -> None:
+def test_malformed_to_worker(name: str, codec: Codec) -> None:
     with pytest.raises(ProtocolError, match="malformed frame"):
         codec.decode_to_worker(bytes.fromhex(MALFORMED_TO_WORKER[name]))
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED_FROM_WORKER))
-def test_malformed_from_worker(name: str, codec: Any) -> None:
+def test_malformed_from_worker(name: str, codec: Codec) -> None:
     with pytest.raises(ProtocolError, match="malformed frame"):
         codec.decode_from_worker(bytes.fromhex(MALFORMED_FROM_WORKER[name]))
 
 
-def test_oversize_header_is_refused_before_the_body(codec: Any) -> None:
+def test_oversize_header_is_refused_before_the_body(codec: Codec) -> None:
     header = struct.pack("<I", 1025)
     with pytest.raises(ProtocolError, match="exceeds the maximum of 1024 bytes"):
         codec.frame_len(header, 0, 1024)
     assert codec.frame_len(struct.pack("<I", 1024), 0, 1024) == 1024
 
 
-def test_encoding_past_the_limit_is_refused(codec: Any) -> None:
+def test_encoding_past_the_limit_is_refused(codec: Codec) -> None:
     with pytest.raises(ProtocolError, match="exceeds the maximum"):
         codec.encode_done_ok(1, b"x" * 100, max_frame=50)
     # Exactly at the limit is fine: body = 1 + 1 + 1 + 1 + 46.

@@ -153,8 +153,8 @@ def test_large_payloads(herd: Herd) -> None:
         assert r["ok"] and r["output"] == ("%06d" % r["seq"]) * 174_762, r["seq"]
 
 
-def test_volume_100k_tiny_events_through_2_python_workers(herd: Herd) -> None:
-    n = 100_000
+def test_volume_200k_tiny_events_through_2_python_workers(herd: Herd) -> None:
+    n = 200_000
     run = herd.run(["-w", "2"], [square(i) for i in range(n)])
     assert run.code == 0, run.dump()
     recs = run.by_seq()

@@ -50,6 +50,9 @@ def handle(task):
     if p == b"str": return "h\u00e9llo"
     if p == b"bytearray": return bytearray(b"ba")
     if p == b"memoryview": return memoryview(b"xmvx")[1:3]
+    if p == b"dict": return {"n": 1, "s": "h\u00e9", "l": [1.5, None, True]}
+    if p == b"list": return [1, {"a": []}, "x y"]
+    if p == b"unjsonable": return {"s": {1, 2}}
     if p == b"none": return None
     if p == b"weird": return Weird()
     if p == b"retry": raise herd.Retryable("later")
@@ -69,6 +72,9 @@ herd.run(handle, pass_task=True)
         (b"str", ("Ok", "h\u00e9llo".encode())),
         (b"bytearray", ("Ok", b"ba")),
         (b"memoryview", ("Ok", b"mv")),
+        # Compact JSON, UTF-8.
+        (b"dict", ("Ok", '{"n":1,"s":"h\u00e9","l":[1.5,null,true]}'.encode())),
+        (b"list", ("Ok", b'[1,{"a":[]},"x y"]')),
         (b"retry", ("Err", True, "later")),
         (b"retry-empty", ("Err", True, "Retryable")),
         (b"fatal", ("Err", False, "nope")),
@@ -84,6 +90,8 @@ herd.run(handle, pass_task=True)
     for i, payload, want in [(200, b"none", "handler raised TypeError: handler returned "
                                             "NoneType, expected bytes"),
                              (201, b"weird", "handler raised TypeError: handler returned Weird"),
+                             (204, b"unjsonable", "handler raised TypeError: Object of type set "
+                                                  "is not JSON serializable"),
                              (202, b"big", "handler output of 5000 bytes exceeds the maximum "
                                            "frame of 4096 bytes"),
                              (203, b"big-error", "handler error message of 6000 bytes exceeds "
@@ -121,6 +129,20 @@ def test_eof_exits_1(fake: Fake) -> None:
     code, err = sup.wait()
     assert code == 1
     assert "the supervisor closed the connection; exiting" in err
+
+
+def test_eof_while_idle_exits_1_promptly(fake: Fake) -> None:
+    # Waiting for a task (the native loop waits without the GIL), the worker sees herd go away
+    # at once: no timer is involved, only the end of the stream.
+    sup = fake(ECHO_WORKER)
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"x"))
+    assert sup.recv() == ("Done", 1, ("Ok", b"x"))
+    t0 = time.monotonic()
+    sup.conn.close()
+    code, err = sup.wait()
+    assert code == 1, err
+    assert time.monotonic() - t0 < 10, "the worker took its time to see herd gone"
 
 
 def test_eof_mid_frame_exits_2(fake: Fake) -> None:
