@@ -8,4 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v /usr/bin/time >/dev/null || { echo "bench: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 cargo build --release --quiet --bins --example rawsock --example nats_bare --example redis_bare
+# The Python workers' native serve loop (herd._native), in place in sdk/python/src.
+scripts/native-dev.sh >/dev/null
 exec python3 scripts/bench.py all --out "${OUT:-target/bench}" ${QUICK:+--quick} "$@"

@@ -4,5 +4,5 @@
 # PYTHONPATH=sdk/python/src without installing the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --release -p herd-python
+cargo build --locked --release --quiet -p herd-python
 cp target/release/lib_native.so sdk/python/src/herd/_native.abi3.so
