@@ -1,11 +1,11 @@
 //! With the `wheel` feature (set by sdk/python/pyproject.toml when maturin builds the wheel),
-//! builds the `herd` binary too and puts it where maturin takes the wheel's scripts from, so
-//! that one `pip install ./sdk/python` gives both `import herd` (with this module) and the
-//! `herd` command. maturin cannot build a binary and an extension in one project
+//! builds the workspace's binaries too (`herd`, and `herd-stdio` and `herd-chaos`, which ship
+//! with it) and puts them where maturin takes the wheel's scripts from, so that one
+//! `pip install ./sdk/python` gives both `import herd` (with this module) and the commands. maturin cannot build a binary and an extension in one project
 //! (PyO3/maturin#368), but it gathers the `data` directory after compiling the extension, so
 //! a build script can fill it.
 //!
-//! The binary is built by a nested `cargo build` of the workspace into a target directory of its
+//! The binaries are built by a nested `cargo build` of the workspace into a target directory of its
 //! own (the outer build holds the lock on the workspace's), with the environment cargo set for
 //! this build script removed: it describes this crate's build (its features, profile, flags,
 //! jobserver), not the binary's. A plain `cargo build` of the workspace does none of this.
@@ -16,13 +16,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the nested build puts the binary, under the workspace's target directory.
+/// The binaries the wheel installs.
+const BINS: [&str; 3] = ["herd", "herd-stdio", "herd-chaos"];
+/// Where the nested build puts them, under the workspace's target directory.
 const TARGET_SUBDIR: &str = "wheel-herd";
-/// Where the binary goes: the `scripts/` of the wheel's data directory (pyproject.toml's
+/// Where the binaries go: the `scripts/` of the wheel's data directory (pyproject.toml's
 /// `[tool.maturin] data`), which pip installs into the environment's bin directory. The data
 /// directory is in the source tree because maturin requires it to exist before anything is
-/// built; it holds herd's man page (a symlink) in git, and the binary (ignored by git) after a
-/// wheel build.
+/// built; it holds herd's man page (a symlink) in git, and the binaries (ignored by git) after
+/// a wheel build.
 const SCRIPTS: &str = "sdk/python/wheel-data/scripts";
 
 fn main() {
@@ -38,29 +40,26 @@ fn main() {
         .to_path_buf();
     let target = workspace.join("target");
     let scripts = workspace.join(SCRIPTS);
-    let built = target.join(TARGET_SUBDIR).join("release").join("herd");
-    let installed = scripts.join("herd");
+    let built = target.join(TARGET_SUBDIR).join("release");
 
     // Rebuilt when the workspace's sources change (cargo scans directories recursively), or
-    // when the copy is gone.
+    // when a copy is gone.
     for path in ["Cargo.toml", "Cargo.lock", "bin", "crates"] {
         println!("cargo::rerun-if-changed={}", workspace.join(path).display());
     }
-    println!("cargo::rerun-if-changed={}", installed.display());
+    for bin in BINS {
+        println!("cargo::rerun-if-changed={}", scripts.join(bin).display());
+    }
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut build = Command::new(cargo);
     build
         .current_dir(&workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--bin",
-            "herd",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--locked", "--target-dir"])
         .arg(target.join(TARGET_SUBDIR));
+    for bin in BINS {
+        build.args(["--bin", bin]);
+    }
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if inherited_by_build_script(key) {
@@ -74,26 +73,24 @@ fn main() {
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols");
     let status = build
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the herd binary: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the herd binaries: {e}"));
     assert!(
         status.success(),
-        "building the herd binary failed ({status})"
+        "building the herd binaries failed ({status})"
     );
 
     fs::create_dir_all(&scripts)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", scripts.display()));
     // Replaced, not written over: a running copy (a herd started from an earlier install) keeps
     // its own file.
-    let staged = scripts.join(".herd.tmp");
-    fs::copy(&built, &staged)
-        .and_then(|_| fs::rename(&staged, &installed))
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot copy {} to {}: {e}",
-                built.display(),
-                installed.display()
-            )
-        });
+    for bin in BINS {
+        let (from, to) = (built.join(bin), scripts.join(bin));
+        // Staged beside the build, not in scripts/, which maturin ships whole.
+        let staged = target.join(TARGET_SUBDIR).join(format!("{bin}.staged"));
+        fs::copy(&from, &staged)
+            .and_then(|_| fs::rename(&staged, &to))
+            .unwrap_or_else(|e| panic!("cannot copy {} to {}: {e}", from.display(), to.display()));
+    }
 }
 
 /// Variables cargo (or maturin through it) sets for this build script that would change or
