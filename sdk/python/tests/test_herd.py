@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from conftest import CHAOS, TIMEOUT, UPPER, Herd, wait_until
+from conftest import CHAOS, TIMEOUT, UPPER, Herd, loop_opts, wait_until
 
 # Every test here runs on both serve loops, the native one and the pure-Python one.
 pytestmark = pytest.mark.usefixtures("serve_loop")
@@ -20,6 +20,16 @@ pytestmark = pytest.mark.usefixtures("serve_loop")
 
 def square(i: int) -> str:
     return '{"op":"square","n":%d}' % i
+
+
+def test_workers_run_the_serve_loop_asked_for(herd: Herd, serve_loop: str) -> None:
+    worker = herd.path("which_loop.py")
+    with open(worker, "w") as f:
+        f.write("import herd.worker as w\n"
+                "w.run(lambda p: 'pure' if w._native_module() is None else 'native')\n")
+    run = herd.run(["-w", "2"], ["x"] * 4, worker=worker)
+    assert run.code == 0, run.dump()
+    assert [r["output"] for r in run.by_seq()] == [serve_loop] * 4
 
 
 def test_ok(herd: Herd) -> None:
@@ -182,8 +192,8 @@ class Daemon:
         self.herd = herd
         self.sock = herd.path("control.sock")
         self.proc = subprocess.Popen(
-            [herd.bin, "serve", "--log-format", "json", "--control", self.sock, "-w",
-             str(workers), *extra, "--", sys.executable, CHAOS],
+            [herd.bin, "serve", "--log-format", "json", *loop_opts(), "--control", self.sock,
+             "-w", str(workers), *extra, "--", sys.executable, CHAOS],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=herd.env)
         self.logs: List[Dict[str, Any]] = []
         self.lock = threading.Lock()

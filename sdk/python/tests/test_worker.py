@@ -41,6 +41,16 @@ def test_hello_tasks_errors_then_shutdown_exits_0(fake: Fake) -> None:
     assert "ValueError: boom" in err and "Traceback" in err
 
 
+def test_the_worker_runs_the_serve_loop_asked_for(fake: Fake, serve_loop: str) -> None:
+    sup = fake("import herd.worker as w\n"
+               "w.run(lambda p: 'pure' if w._native_module() is None else 'native')\n")
+    sup.recv()
+    sup.send(codec.encode_task(1, 1, b"x") + codec.encode_shutdown())
+    assert sup.recv() == ("Done", 1, ("Ok", serve_loop.encode()))
+    code, err = sup.wait()
+    assert code == 0, err
+
+
 def test_handler_results_of_every_kind(fake: Fake) -> None:
     script = """
 import herd
