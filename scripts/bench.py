@@ -58,7 +58,9 @@ def worker_cmd(args):
 
 
 def herd_cmd(args, *opts):
-    return [args.herd, "run", "-q", *opts, "--", *worker_cmd(args)]
+    # herd passes no HERD_* variable of its own environment to its workers: --env does.
+    pure = ["--env", "HERD_PURE_PYTHON=1"] if getattr(args, "pure", False) else []
+    return [args.herd, "run", "-q", *pure, *opts, "--", *worker_cmd(args)]
 
 
 def check_squares(stdout_bytes, n):
@@ -1144,10 +1146,7 @@ def main():
     sdk = os.path.join(os.path.dirname(HERE), "sdk", "python", "src")
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (sdk, os.environ.get("PYTHONPATH")) if p)
-    if args.pure:
-        os.environ["HERD_PURE_PYTHON"] = "1"
-    else:
-        os.environ.pop("HERD_PURE_PYTHON", None)
+    if not args.pure:
         if args.python and not os.path.exists(os.path.join(sdk, "herd", "_native.abi3.so")):
             die("no herd._native in sdk/python/src: run scripts/native-dev.sh (or --pure)")
     if args.workload == "all":
