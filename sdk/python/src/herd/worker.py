@@ -61,7 +61,8 @@ ENV_TOKEN = "HERD_TOKEN"
 ENV_WORKER = "HERD_WORKER"
 ENV_MAX_FRAME = "HERD_MAX_FRAME"
 #: Set (to anything but "" or "0"), the worker runs the pure-Python serve loop even where the
-#: native one (herd._native) is installed.
+#: native one (herd._native) is installed. herd passes none of its own HERD_* variables to its
+#: workers: give it with `herd run --env HERD_PURE_PYTHON=1`.
 ENV_PURE_PYTHON = "HERD_PURE_PYTHON"
 
 # Exit codes, as the Rust SDK's.
