@@ -15,6 +15,8 @@ if [ "${1:-}" = peers ]; then
     shift
 else
     cargo build --release --quiet --bins --example rawsock --example nats_bare --example redis_bare
+    # The Python workers' native serve loop (herd._native), in place in sdk/python/src.
+    scripts/native-dev.sh >/dev/null
 fi
 
 # The Python peers run in a venv of the bench's own: loky, pebble, mpire and joblib from PyPI,

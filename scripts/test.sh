@@ -101,8 +101,9 @@ step "Python package: mypy --strict (sdk/python)"
 (cd sdk/python && "../../$venv/bin/python" -m mypy)
 
 # The wheel is built once, from source, as a developer's `pip install ./sdk/python` builds it
-# (pip runs maturin, which builds bin/herd in release into target/): no build isolation, so pip
-# uses the venv's maturin (found on PATH, as its build backend runs it) and downloads nothing.
+# (pip runs maturin, which builds herd._native from crates/python in release into target/, and
+# its build script bin/herd in release into target/wheel-herd): no build isolation, so pip uses
+# the venv's maturin (found on PATH, as its build backend runs it) and downloads nothing.
 step "Python package: building the wheel (pip wheel ./sdk/python)"
 rm -rf target/wheels
 PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps \
@@ -133,6 +134,8 @@ done <<< "$PATH:"
     pip install --quiet --disable-pip-version-check --no-index "$wheel"
     herd --version
     python -c "import herd; print('import herd:', herd.__version__)"
+    # The native serve loop is in the wheel (herd.worker falls back to pure Python without it).
+    python -c "import herd._native as n; print('import herd._native:', n.__file__)"
     out=$(printf 'hello\nw\xc3\xb6rld\n' | herd run -w 2 -- python -m herd.examples.upper)
     echo "$out"
     for want in '"seq":0,"ok":true,"output":"HELLO"' '"seq":1,"ok":true,"output":"WÖRLD"'; do

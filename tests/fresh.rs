@@ -9,7 +9,8 @@
 //! binaries finds them built, `cargo install --path .` links them into a `bin` directory on
 //! `PATH` (as rustup's `~/.cargo/bin` is), examples are built and run by the real cargo in
 //! the debug profile (a release build is far too slow for a test), and maturin (run by
-//! `pip install ./sdk/python`) is handed this build's binaries for its wheel.
+//! `pip install ./sdk/python`) gets herd._native built for real in the debug profile and this
+//! build's binaries in the wheel's scripts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -164,10 +165,15 @@ impl Checkout {
 # tests run them. Examples are built, in the debug profile.
 set -euo pipefail
 real={cargo:?}; manifest={manifest:?}; bin={bin:?}; debug={debug:?}; root={root:?}
+native={native:?}
 args=(); skip=
 for a in "$@"; do
     if [ -n "$skip" ]; then skip=; continue; fi
-    case $a in --release|-r|--bins) ;; --bin) skip=1 ;; *) args+=("$a") ;; esac
+    case $a in
+        --release|-r|--bins|--features=*|--profile=*) ;;
+        --bin|--features|-F|--profile) skip=1 ;;
+        *) args+=("$a") ;;
+    esac
 done
 case ${{args[0]:-}} in
     build) case " ${{args[*]}} " in
@@ -176,25 +182,18 @@ case ${{args[0]:-}} in
     esac ;;
     run) exec "$real" run --manifest-path "$manifest" "${{args[@]:1}}" ;;
     install) for b in herd herd-chaos herd-stdio; do ln -sf "$debug/$b" "$bin/$b"; done ;;
-    # `pip install ./sdk/python` runs maturin, which reads the metadata, then builds each
-    # binary with `cargo rustc --bin NAME --message-format json...` and takes the executable
-    # from its compiler-artifact message: a copy of this test build's (maturin moves it into
-    # its staging dir), named as cargo would. Its target dir is the checkout's: cargo would
-    # resolve the linked manifest to the repository's.
-    --version|-V) exec "$real" "$@" ;;
+    # `pip install ./sdk/python` runs maturin, which reads the metadata (in the checkout's
+    # target dir: cargo would resolve the linked manifest to the repository's), then builds
+    # herd._native (crates/python) with `cargo rustc --lib ... --features wheel`: built here for
+    # real, in the debug profile, into a target dir of its own kept between runs, without the
+    # `wheel` feature; this test build's binaries go where its build script would put them.
+    --version|-V|tree) exec "$real" "$@" ;;
     metadata) CARGO_TARGET_DIR="$root/target" exec "$real" "$@" ;;
     rustc)
-        name=; path=; prev=
-        for a in "$@"; do
-            case $prev in --bin) name=$a ;; --manifest-path) path=$a ;; esac
-            prev=$a
-        done
-        id=$("$real" pkgid --manifest-path "$path")
-        mkdir -p "$root/.run/maturin-bin"
-        exe="$root/.run/maturin-bin/$name"
-        cp "$debug/$name" "$exe"
-        printf '{{"reason":"compiler-artifact","package_id":"%s","manifest_path":"%s","target":{{"kind":["bin"],"crate_types":["bin"],"name":"%s","src_path":"%s","edition":"2021","doc":true,"doctest":false,"test":true}},"profile":{{"opt_level":"0","debuginfo":2,"debug_assertions":true,"overflow_checks":true,"test":false}},"features":[],"filenames":["%s"],"executable":"%s","fresh":true}}\n{{"reason":"build-finished","success":true}}\n' \
-            "$id" "$path" "$name" "$path" "$exe" "$exe" ;;
+        scripts="$root/sdk/python/wheel-data/scripts"
+        mkdir -p "$scripts"
+        for b in herd herd-chaos herd-stdio; do cp "$debug/$b" "$scripts/$b"; done
+        exec "$real" rustc --target-dir "$native" "${{args[@]:1}}" ;;
     *) echo "the cargo stand-in of tests/fresh.rs does not do: cargo $*" >&2; exit 2 ;;
 esac
 "#,
@@ -203,6 +202,7 @@ esac
             bin = root.join(".bin"),
             debug = debug_dir(),
             root = root,
+            native = debug_dir().parent().unwrap().join("fresh-native"),
         );
         let cargo = root.join(".bin/cargo");
         fs::write(&cargo, stub).unwrap();

@@ -334,7 +334,11 @@ where
         };
         let (id, attempt, payload) = match next {
             Ahead::Eof => return Err(Error::Disconnected),
-            Ahead::Broken(e) => return Err(Error::from_frame(e)),
+            Ahead::Broken(e) => {
+                // The replies of the tasks before it still go out (herd counts them).
+                let _ = outbox.lock().flush();
+                return Err(Error::from_frame(e));
+            }
             Ahead::Shutdown => {
                 outbox.lock().flush().map_err(Error::from_io)?;
                 return Ok(());

@@ -32,6 +32,9 @@ UPPER = os.path.join(EXAMPLES, "upper.py")
 
 _T = TypeVar("_T")
 
+# The variable that makes a worker run the pure-Python serve loop (herd.worker.ENV_PURE_PYTHON).
+PURE = "HERD_PURE_PYTHON"
+
 # Generous: CI machines are small and loaded. Nothing waits this long unless something is wrong.
 TIMEOUT = 180
 
@@ -91,8 +94,8 @@ class Herd:
         data = events if isinstance(events, bytes) else "".join(
             e + "\n" for e in events).encode()
         n = data.count(b"\n")
-        cmd = [self.bin, "run", "--log-format", "json", *opts, "--", sys.executable,
-               worker or CHAOS]
+        cmd = [self.bin, "run", "--log-format", "json", *loop_opts(), *opts, "--",
+               sys.executable, worker or CHAOS]
         proc = subprocess.run(cmd, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=self.env, timeout=TIMEOUT)
         return Run(proc, n)
@@ -109,9 +112,17 @@ def herd() -> Iterator[Herd]:
         assert h.leftovers() == [], "herd left its runtime dir behind"
 
 
+def loop_opts() -> List[str]:
+    """herd's options that give its workers the serve loop this test asked for: herd passes no
+    HERD_* variable of its own environment to its workers, so HERD_PURE_PYTHON goes by --env."""
+    pure = os.environ.get(PURE)
+    return ["--env", f"{PURE}={pure}"] if pure else []
+
+
 def worker_env(socket_path: str, token: str = "tok",
                max_frame: Optional[int] = None) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_")}
+    # As herd does, without its HERD_* settings; the serve loop the test asked for stays.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERD_") or k == PURE}
     env.update(HERD_SOCKET=socket_path, HERD_TOKEN=token, HERD_WORKER="0")
     if max_frame is not None:
         env["HERD_MAX_FRAME"] = str(max_frame)
@@ -186,6 +197,24 @@ class FakeSupervisor:
 
 #: The `fake` fixture: fake(script, **kw) starts a worker against a FakeSupervisor.
 Fake = Callable[..., "FakeSupervisor"]
+
+
+@pytest.fixture(params=["native", "pure"])
+def serve_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each of the worker's serve loops in turn, for the workers this test starts (they inherit
+    the environment) and for herd.worker.serve called in-process: the native one (herd._native,
+    which must be built: a missing one fails, not skips) and the pure-Python one
+    (HERD_PURE_PYTHON=1). A module opts in with `pytestmark = pytest.mark.usefixtures(...)`."""
+    if request.param == "pure":
+        monkeypatch.setenv(PURE, "1")
+    else:
+        monkeypatch.delenv(PURE, raising=False)
+        try:
+            from herd import _native  # noqa: F401
+        except ImportError as e:
+            pytest.fail(f"herd._native is not built ({e}): install the package (pip install "
+                        f"./sdk/python) or build it in place (scripts/native-dev.sh)")
+    return str(request.param)
 
 
 @pytest.fixture

@@ -10,11 +10,26 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from conftest import CHAOS, TIMEOUT, UPPER, Herd, wait_until
+import pytest
+
+from conftest import CHAOS, TIMEOUT, UPPER, Herd, loop_opts, wait_until
+
+# Every test here runs on both serve loops, the native one and the pure-Python one.
+pytestmark = pytest.mark.usefixtures("serve_loop")
 
 
 def square(i: int) -> str:
     return '{"op":"square","n":%d}' % i
+
+
+def test_workers_run_the_serve_loop_asked_for(herd: Herd, serve_loop: str) -> None:
+    worker = herd.path("which_loop.py")
+    with open(worker, "w") as f:
+        f.write("import herd.worker as w\n"
+                "w.run(lambda p: 'pure' if w._native_module() is None else 'native')\n")
+    run = herd.run(["-w", "2"], ["x"] * 4, worker=worker)
+    assert run.code == 0, run.dump()
+    assert [r["output"] for r in run.by_seq()] == [serve_loop] * 4
 
 
 def test_ok(herd: Herd) -> None:
@@ -148,8 +163,8 @@ def test_large_payloads(herd: Herd) -> None:
         assert r["ok"] and r["output"] == ("%06d" % r["seq"]) * 174_762, r["seq"]
 
 
-def test_volume_100k_tiny_events_through_2_python_workers(herd: Herd) -> None:
-    n = 100_000
+def test_volume_200k_tiny_events_through_2_python_workers(herd: Herd) -> None:
+    n = 200_000
     run = herd.run(["-w", "2"], [square(i) for i in range(n)])
     assert run.code == 0, run.dump()
     recs = run.by_seq()
@@ -177,8 +192,8 @@ class Daemon:
         self.herd = herd
         self.sock = herd.path("control.sock")
         self.proc = subprocess.Popen(
-            [herd.bin, "serve", "--log-format", "json", "--control", self.sock, "-w",
-             str(workers), *extra, "--", sys.executable, CHAOS],
+            [herd.bin, "serve", "--log-format", "json", *loop_opts(), "--control", self.sock,
+             "-w", str(workers), *extra, "--", sys.executable, CHAOS],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=herd.env)
         self.logs: List[Dict[str, Any]] = []
         self.lock = threading.Lock()

@@ -31,6 +31,7 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -40,13 +41,15 @@ import threading
 import time
 import traceback
 from types import GeneratorType as _Generator
-from typing import Any, Callable, Generator, List, NoReturn, Optional, Tuple, Union
+from types import ModuleType
+from typing import Any, Callable, Dict, Generator, List, NoReturn, Optional, Protocol, Tuple, Union
 
 from . import _codec
 from ._codec import Buffer, ProtocolError
 
-#: What a handler may return (or yield, as a chunk): str is sent as UTF-8.
-Output = Union[bytes, bytearray, memoryview, str]
+#: What a handler may return (or yield, as a chunk): str is sent as UTF-8, a dict or list as
+#: compact JSON (UTF-8).
+Output = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any]]
 #: A handler: the payload (or, with pass_task=True, the Task) in, the output out; a generator
 #: handler streams.
 Handler = Callable[[Any], Any]
@@ -57,6 +60,10 @@ ENV_SOCKET = "HERD_SOCKET"
 ENV_TOKEN = "HERD_TOKEN"
 ENV_WORKER = "HERD_WORKER"
 ENV_MAX_FRAME = "HERD_MAX_FRAME"
+#: Set (to anything but "" or "0"), the worker runs the pure-Python serve loop even where the
+#: native one (herd._native) is installed. herd passes none of its own HERD_* variables to its
+#: workers: give it with `herd run --env HERD_PURE_PYTHON=1`.
+ENV_PURE_PYTHON = "HERD_PURE_PYTHON"
 
 # Exit codes, as the Rust SDK's.
 EXIT_SHUTDOWN = 0
@@ -129,23 +136,30 @@ class _Startup(Exception):
     """The worker cannot start: not under herd, unusable environment, no socket."""
 
 
+class _Channel(Protocol):
+    """What a Task reaches its serve loop through: the pure-Python one's `_PyChannel`, or the
+    native loop's `herd._native.Channel`. Each call names its task, which must be running."""
+
+    def chunk(self, id: int, data: bytes) -> None: ...
+    def cancelled(self, id: int) -> bool: ...
+    def wait_cancelled(self, id: int, timeout: Optional[float] = None) -> bool: ...
+    def write_raw(self, id: int, data: bytes) -> None: ...
+    def flush(self, id: int) -> None: ...
+
+
 class Task:
     """One task, handed to a handler run with `run(handler, pass_task=True)`."""
 
-    __slots__ = ("id", "attempt", "payload", "_out", "_max", "_watch")
+    __slots__ = ("id", "attempt", "payload", "_chan")
 
-    def __init__(self, id: int, attempt: int, payload: bytes, out: _Outbox,
-                 max_frame: int = _codec.DEFAULT_MAX_FRAME,
-                 watch: Optional[_Watch] = None) -> None:
+    def __init__(self, id: int, attempt: int, payload: bytes, chan: _Channel) -> None:
         #: The supervisor's identifier for this attempt; unique within one supervisor run.
         self.id = id
         #: Which attempt this is at the event: 1 the first time, 2 after one retry, and so on.
         self.attempt = attempt
         #: The event, exactly as herd received it (one input line without its newline).
         self.payload = payload
-        self._out = out
-        self._max = max_frame
-        self._watch = watch
+        self._chan = chan
 
     @property
     def cancelled(self) -> bool:
@@ -155,39 +169,62 @@ class Task:
         herd once --exit-timeout has passed after the cancel.
 
         The flag is raised by a watcher thread that reads the socket once a handler has run
-        for 10 ms, and needs the GIL for it (a CPU-bound handler lets go of it every few ms)."""
-        w = self._watch
-        return w is not None and w.cancel_id == self.id
+        for 10 ms (in the pure-Python loop it needs the GIL for that, which a CPU-bound
+        handler lets go of every few ms)."""
+        return self._chan.cancelled(self.id)
 
     def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
         """Blocks until herd cancels this task or `timeout` seconds pass (None: no limit);
         whether it was cancelled. A handler waiting on something else can use this in a
         thread, or as an interruptible sleep: `if task.wait_cancelled(5): raise Cancelled()`."""
-        w = self._watch
-        if w is None:
-            threading.Event().wait(timeout)
-            return False
-        return w.wait_cancel(self.id, timeout)
+        return self._chan.wait_cancelled(self.id, timeout)
 
     def chunk(self, data: Output) -> None:
-        """Sends `data` (bytes-like, or str as UTF-8) as a partial result of this task, before
-        the handler returns: herd writes it at once as a record line of its own. The same as
-        yielding it from a generator handler. Raises Fatal if it does not fit in a frame."""
-        _send_chunk(self._out, self.id, _output_bytes(data), self._max)
+        """Sends `data` (bytes-like, str as UTF-8, a dict or list as JSON) as a partial result
+        of this task, before the handler returns: herd writes it at once as a record line of
+        its own. The same as yielding it from a generator handler. Raises Fatal if it does not
+        fit in a frame."""
+        self._chan.chunk(self.id, _output_bytes(data))
 
     def _write_raw(self, data: Buffer) -> None:
         """Fault injection only (examples/chaos.py): queues raw bytes after the replies already
         queued and writes everything out. Anything but whole valid frames breaks the protocol."""
-        self._out.queue(bytes(data))
-        self._out.flush()
+        self._chan.write_raw(self.id, bytes(data))
 
     def _flush(self) -> None:
         """Fault injection only: writes out the replies of earlier tasks that are still queued,
         so a worker about to die loses only the task in hand."""
-        self._out.flush()
+        self._chan.flush(self.id)
 
     def __repr__(self) -> str:
         return f"Task(id={self.id}, attempt={self.attempt}, payload_len={len(self.payload)})"
+
+
+class _PyChannel:
+    """The pure-Python loop's side of a Task: its outbox and watcher."""
+
+    __slots__ = ("_out", "_watch", "_max")
+
+    def __init__(self, out: _Outbox, watch: _Watch, max_frame: int) -> None:
+        self._out = out
+        self._watch = watch
+        self._max = max_frame
+
+    def chunk(self, id: int, data: bytes) -> None:
+        _send_chunk(self._out, id, data, self._max)
+
+    def cancelled(self, id: int) -> bool:
+        return self._watch.cancel_id == id
+
+    def wait_cancelled(self, id: int, timeout: Optional[float] = None) -> bool:
+        return self._watch.wait_cancel(id, timeout)
+
+    def write_raw(self, id: int, data: bytes) -> None:
+        self._out.queue(data)
+        self._out.flush()
+
+    def flush(self, id: int) -> None:
+        self._out.flush()
 
 
 class _Outbox:
@@ -575,17 +612,32 @@ def _find_task(buf: bytearray, stop: int, id: int) -> Optional[Tuple[int, int]]:
     return None
 
 
+# Handler results that are a dict or a list go out as compact JSON.
+_to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _output_bytes(value: object) -> bytes:
     """The handler's return value as bytes: bytes as is, str encoded as UTF-8, bytearray and
-    memoryview copied. Anything else (None included) is a handler bug, reported as such."""
+    memoryview copied, a dict or a list as compact JSON. Anything else (None included) is a
+    handler bug, reported as such."""
     if type(value) is bytes:
         return value
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
+    if isinstance(value, (dict, list)):
+        return _to_json(value).encode("utf-8")
     raise TypeError(
-        f"handler returned {type(value).__name__}, expected bytes, bytearray, memoryview or str")
+        f"handler returned {type(value).__name__}, expected bytes, bytearray, memoryview, str, "
+        f"dict or list")
+
+
+def _native_result(value: object, chan: _Channel, id: int) -> bytes:
+    """The native loop's conversion of a result other than bytes or str (it does those)."""
+    if type(value) is _Generator:
+        return _stream(value, id, chan)
+    return _output_bytes(value)
 
 
 def _send_chunk(out: _Outbox, id: int, data: bytes, max_frame: int) -> None:
@@ -598,7 +650,7 @@ def _send_chunk(out: _Outbox, id: int, data: bytes, max_frame: int) -> None:
     out.add(frame, time.perf_counter(), False)
 
 
-def _stream(gen: Generator[Any, None, Any], id: int, out: _Outbox, max_frame: int) -> bytes:
+def _stream(gen: Generator[Any, None, Any], id: int, chan: _Channel) -> bytes:
     """Runs a generator handler: each yielded value is a chunk, the return value (None: empty)
     the final output. A chunk already sent stays sent if the generator then raises."""
     try:
@@ -608,7 +660,7 @@ def _stream(gen: Generator[Any, None, Any], id: int, out: _Outbox, max_frame: in
             except StopIteration as stop:
                 result = stop.value
                 return b"" if result is None else _output_bytes(result)
-            _send_chunk(out, id, _output_bytes(value), max_frame)
+            chan.chunk(id, _output_bytes(value))
     finally:
         gen.close()
 
@@ -624,12 +676,47 @@ def _truncate(s: str, max_bytes: int) -> str:
     return s.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
 
 
-def _done_err(id: int, retryable: bool, message: str, max_frame: int,
-              retry_after: Optional[float] = None) -> bytes:
+# How a handler's exception is reported (`_failure`); the native loop knows these numbers.
+_KIND_FATAL = 0
+_KIND_RETRYABLE = 1
+_KIND_CANCELLED = 2
+
+
+def _failure(exc: BaseException, cancelled: bool,
+             skip_frame: bool = False) -> Tuple[int, str, Optional[int]]:
+    """How a handler that raised `exc` is reported, for both serve loops: (kind, message,
+    retry delay in ms or None). `cancelled`: herd cancelled this task. Any exception but
+    herd's own gets its traceback on stderr (without the serve loop's frame: `skip_frame`)."""
+    if isinstance(exc, Retryable):
+        ms = None
+        if exc.retry_after is not None:
+            ms = min(round(exc.retry_after * 1000), _MAX_DELAY_MS)
+        return _KIND_RETRYABLE, str(exc) or "Retryable", ms
+    if isinstance(exc, Cancelled):
+        if cancelled:
+            return _KIND_CANCELLED, "cancelled", None
+        return (_KIND_FATAL, "the handler raised Cancelled, but herd did not cancel this task",
+                None)
+    if isinstance(exc, Fatal):
+        return _KIND_FATAL, str(exc) or "Fatal", None
+    # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
+    # stderr, which herd logs.
     try:
-        if retry_after is not None:
-            ms = min(round(retry_after * 1000), _MAX_DELAY_MS)
-            return _codec.encode_done_retry_after(id, message, ms, max_frame)
+        tb = exc.__traceback__
+        if skip_frame and tb is not None:
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return _KIND_FATAL, f"handler raised {_failure_message(exc)}", None
+
+
+def _done_err(id: int, retryable: bool, message: str, max_frame: int,
+              delay_ms: Optional[int] = None) -> bytes:
+    try:
+        if delay_ms is not None:
+            return _codec.encode_done_retry_after(id, message, delay_ms, max_frame)
         return _codec.encode_done_err(id, retryable, message, max_frame)
     except ProtocolError:
         size = len(message.encode("utf-8"))
@@ -640,24 +727,10 @@ def _done_err(id: int, retryable: bool, message: str, max_frame: int,
 
 def _failed(exc: Exception, id: int, max_frame: int, watch: _Watch) -> bytes:
     """The Done frame for a handler that raised `exc`."""
-    if isinstance(exc, Retryable):
-        return _done_err(id, True, str(exc) or "Retryable", max_frame, exc.retry_after)
-    if isinstance(exc, Cancelled):
-        if watch.cancel_id == id:
-            return _codec.encode_done_cancelled(id)
-        return _done_err(id, False, "the handler raised Cancelled, but herd did not cancel "
-                         "this task", max_frame)
-    if isinstance(exc, Fatal):
-        return _done_err(id, False, str(exc) or "Fatal", max_frame)
-    # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
-    # stderr, which herd logs.
-    try:
-        tb = exc.__traceback__
-        traceback.print_exception(type(exc), exc, tb.tb_next if tb else None, file=sys.stderr)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    return _done_err(id, False, f"handler raised {_failure_message(exc)}", max_frame)
+    kind, message, delay_ms = _failure(exc, watch.cancel_id == id, skip_frame=True)
+    if kind == _KIND_CANCELLED:
+        return _codec.encode_done_cancelled(id)
+    return _done_err(id, kind == _KIND_RETRYABLE, message, max_frame, delay_ms)
 
 
 def _too_big(id: int, output: bytes, max_frame: int) -> bytes:
@@ -666,13 +739,42 @@ def _too_big(id: int, output: bytes, max_frame: int) -> bytes:
         f"bytes"), max_frame)
 
 
+def _native_module() -> Optional[ModuleType]:
+    """herd._native, unless it is not built or ENV_PURE_PYTHON asks for the pure-Python loop."""
+    if os.environ.get(ENV_PURE_PYTHON, "") not in ("", "0"):
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native
+
+
 def serve(sock: socket.socket, handler: Handler, token: str,
           max_frame: int = _codec.DEFAULT_MAX_FRAME, pass_task: bool = False) -> None:
     """Runs the worker's side of the protocol on a connected socket: sends Hello, then answers
     every Task with exactly one Done until Shutdown, which returns normally.
 
     Raises Disconnected when the supervisor goes away, ProtocolError for a frame that cannot
-    be read or written. The handler runs on the calling thread."""
+    be read or written. The handler runs on the calling thread.
+
+    The loop is herd._native's (herd-worker's, in Rust) where it is installed, else this
+    module's pure-Python one (also with HERD_PURE_PYTHON=1): the same conversation, replies,
+    exit conditions and handler semantics."""
+    native = _native_module()
+    if native is not None:
+        code, message = native.serve(sock.fileno(), handler, token, max_frame,
+                                     Task if pass_task else None, _native_result, _failure)
+        if code == EXIT_DISCONNECTED:
+            raise Disconnected()
+        if code != EXIT_SHUTDOWN:
+            raise ProtocolError(message.removeprefix("protocol error: "))
+        return
+    _serve_pure(sock, handler, token, max_frame, pass_task)
+
+
+def _serve_pure(sock: socket.socket, handler: Handler, token: str, max_frame: int,
+                pass_task: bool) -> None:
     out = _Outbox(sock)
     watch = _Watch(sock, out, max_frame)
     try:
@@ -701,6 +803,7 @@ def serve(sock: socket.socket, handler: Handler, token: str,
 def _serve_loop(reader: _Reader, out: _Outbox, w: _Watch, handler: Handler, max_frame: int,
                 pass_task: bool) -> None:
     perf = time.perf_counter
+    chan = _PyChannel(out, w, max_frame)
     decode = _codec.decode_to_worker
     encode_ok = _codec.encode_done_ok
     header = _unpack_header
@@ -741,13 +844,12 @@ def _serve_loop(reader: _Reader, out: _Outbox, w: _Watch, handler: Handler, max_
                 w.unpark()
             t0 = perf()
             try:
-                output = handler(Task(id, attempt, payload, out, max_frame, w) if pass_task
-                                 else payload)
+                output = handler(Task(id, attempt, payload, chan) if pass_task else payload)
                 if type(output) is not bytes:
                     if type(output) is str:
                         output = output.encode()
                     elif type(output) is _Generator:
-                        output = _stream(output, id, out, max_frame)
+                        output = _stream(output, id, chan)
                     else:
                         output = _output_bytes(output)
             except Exception as e:  # noqa: BLE001 - any handler failure is a `failed` record
