@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
-use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef, WITHDRAW_VERSION};
+use herd_proto::{BatchTaskRef, FromWorkerRef, OutcomeRef, ToWorkerRef, WITHDRAW_VERSION};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -96,6 +96,10 @@ fn decode(
         },
         FromWorkerRef::Withdrawn { id } => WorkerFrame::Withdrawn { id },
         FromWorkerRef::Kept { id } => WorkerFrame::Kept { id },
+        FromWorkerRef::Batching { max: 0 } => {
+            return Err(FrameError::Malformed("Batching with max 0".into()))
+        }
+        FromWorkerRef::Batching { max } => WorkerFrame::Batching { max },
     })
 }
 
@@ -105,6 +109,7 @@ fn since(msg: &FromWorkerRef<'_>) -> u32 {
         FromWorkerRef::Chunk { .. } => 2,
         FromWorkerRef::Withdrawn { .. }
         | FromWorkerRef::Kept { .. }
+        | FromWorkerRef::Batching { .. }
         | FromWorkerRef::Done {
             outcome: OutcomeRef::RetryAfter { .. } | OutcomeRef::Cancelled,
             ..
@@ -130,6 +135,7 @@ fn frame_name(msg: &FromWorkerRef<'_>) -> &'static str {
         FromWorkerRef::Chunk { .. } => "Chunk frame",
         FromWorkerRef::Withdrawn { .. } => "Withdrawn frame",
         FromWorkerRef::Kept { .. } => "Kept frame",
+        FromWorkerRef::Batching { .. } => "Batching frame",
     }
 }
 
@@ -203,6 +209,22 @@ impl Link {
                 Outgoing::Shutdown => ToWorkerRef::Shutdown,
                 Outgoing::Withdraw(id) => ToWorkerRef::Withdraw { id: *id },
                 Outgoing::Cancel(id) => ToWorkerRef::Cancel { id: *id },
+                Outgoing::Batch(tasks) => {
+                    // One small allocation per batch (not per task).
+                    let tasks: Vec<BatchTaskRef<'_>> = tasks
+                        .iter()
+                        .map(|t| BatchTaskRef {
+                            id: t.id,
+                            attempt: t.attempt,
+                            payload: &t.payload,
+                        })
+                        .collect();
+                    let frame = ToWorkerRef::Batch { tasks: &tasks };
+                    if let Err(e) = encode_frame(&frame, &mut self.buf, self.max_frame) {
+                        tracing::error!(worker = self.id.slot, error = %e, "cannot encode frame");
+                    }
+                    continue;
+                }
             };
             if let Err(e) = encode_frame(&frame, &mut self.buf, self.max_frame) {
                 // The pool checks sizes before dispatch; this is a bug, not a worker fault.
@@ -242,6 +264,8 @@ async fn read_loop(
     // Reused while reads bring one frame each (the usual case with one task in flight): such
     // a frame travels alone, so the common path allocates nothing.
     let mut batch = Vec::new();
+    // Whether a frame came yet: a `Batching` is only allowed as the first one after Hello.
+    let mut first = true;
     loop {
         let mut fault = None;
         loop {
@@ -258,7 +282,14 @@ async fn read_loop(
                 protocol,
                 backlog.as_ref(),
             ) {
-                Ok(frame) => batch.push(frame),
+                Ok(WorkerFrame::Batching { .. }) if !first => {
+                    fault = Some("Batching must come right after Hello, once".to_string());
+                    break;
+                }
+                Ok(frame) => {
+                    first = false;
+                    batch.push(frame);
+                }
                 Err(e) => {
                     fault = Some(e.to_string());
                     break;

@@ -26,6 +26,16 @@ pub(crate) enum Outgoing {
     Withdraw(u64),
     /// Protocol 3: stop task `id` if it can.
     Cancel(u64),
+    /// Protocol 3, to a worker that sent `Batching`: 2 or more tasks for one handler call.
+    Batch(Vec<BatchTask>),
+}
+
+/// One task of an [`Outgoing::Batch`].
+#[derive(Debug)]
+pub(crate) struct BatchTask {
+    pub id: u64,
+    pub attempt: u32,
+    pub payload: Bytes,
 }
 
 /// A frame from a worker, as the pool sees it. A result's output is a slice of the buffer it
@@ -52,6 +62,11 @@ pub(crate) enum WorkerFrame {
     },
     Heartbeat,
     Hello,
+    /// Protocol 3: its handler takes up to `max` (at least 1) tasks per call. The link
+    /// reader lets it through only as the first frame after the handshake.
+    Batching {
+        max: u32,
+    },
 }
 
 /// What a worker answered for a task.

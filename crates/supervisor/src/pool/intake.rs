@@ -24,6 +24,9 @@ impl Pool {
                     line_priority = options.line_priority,
                     "submission opened"
                 );
+                if let Some(b) = options.batch {
+                    self.batch_ceiling = self.batch_ceiling.max(b.max);
+                }
                 self.submissions.open(id, sink, credits, options);
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
@@ -128,6 +131,7 @@ impl Pool {
                         priority,
                         cancelled: false,
                         dispatched: false,
+                        batch_cap: 0,
                         extra,
                     });
                     self.next_job += 1;

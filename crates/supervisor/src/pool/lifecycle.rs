@@ -257,6 +257,7 @@ impl Pool {
             WorkerFrame::Withdrawn { id } => return self.on_withdraw_answer(i, id, true),
             WorkerFrame::Kept { id } => return self.on_withdraw_answer(i, id, false),
             WorkerFrame::Heartbeat => return,
+            WorkerFrame::Batching { max } => return self.slots[i].on_batching(max),
             WorkerFrame::Hello => {
                 return self.kill(i, Cause::Protocol("second Hello".into()));
             }
