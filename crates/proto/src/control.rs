@@ -159,7 +159,11 @@ pub enum SubmitOption {
     /// partial batch waiting at most `wait_ms` for more while the worker is busy
     /// (`--batch-wait`), and with `by_key` a batch holds one key's events only
     /// (`--batch-by-key`). `max` 0 or 1: no batches for this submission.
-    Batch { max: u32, wait_ms: u64, by_key: bool },
+    Batch {
+        max: u32,
+        wait_ms: u64,
+        by_key: bool,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as

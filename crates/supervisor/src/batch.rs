@@ -107,7 +107,13 @@ pub(crate) struct Former {
 impl Former {
     /// A batch starting with `first`, for a worker that takes `worker_max` per call and has
     /// room for `room` more tasks, under its submission's `cfg`.
-    pub fn new(first: &Job, cfg: BatchConfig, worker_max: u32, room: usize, max_frame: usize) -> Self {
+    pub fn new(
+        first: &Job,
+        cfg: BatchConfig,
+        worker_max: u32,
+        room: usize,
+        max_frame: usize,
+    ) -> Self {
         let mut limit = (cfg.max.min(worker_max) as usize).min(room);
         if first.batch_cap > 0 {
             limit = limit.min(first.batch_cap.into());
@@ -209,7 +215,10 @@ mod tests {
         let cfg = BatchConfig::new(64);
         assert_eq!(Former::new(&job(0), cfg, 8, 100, 1 << 20).limit(), 8);
         assert_eq!(Former::new(&job(0), cfg, 100, 5, 1 << 20).limit(), 5);
-        assert_eq!(Former::new(&job(0), BatchConfig::new(3), 100, 100, 1 << 20).limit(), 3);
+        assert_eq!(
+            Former::new(&job(0), BatchConfig::new(3), 100, 100, 1 << 20).limit(),
+            3
+        );
         // No room at all still leaves the single task the caller picked the worker for.
         assert_eq!(Former::new(&job(0), cfg, 8, 0, 1 << 20).limit(), 1);
     }
@@ -261,7 +270,10 @@ mod tests {
         one.batch_cap = 1;
         let mut f = Former::new(&job(0), BatchConfig::new(64), 64, 64, 1 << 20);
         assert_eq!(f.offer(&one, cfg), Fit::Stop);
-        assert_eq!(Former::new(&one, BatchConfig::new(64), 64, 64, 1 << 20).limit(), 1);
+        assert_eq!(
+            Former::new(&one, BatchConfig::new(64), 64, 64, 1 << 20).limit(),
+            1
+        );
     }
 
     #[test]
@@ -304,7 +316,11 @@ mod tests {
         };
         let mut f = Former::new(&keyed(0, 7), cfg, 64, 64, 1 << 20);
         assert_eq!(f.offer(&keyed(1, 8), Some(cfg)), Fit::PassOver);
-        assert_eq!(f.offer(&job(2), Some(cfg)), Fit::PassOver, "no key is a key of its own");
+        assert_eq!(
+            f.offer(&job(2), Some(cfg)),
+            Fit::PassOver,
+            "no key is a key of its own"
+        );
         assert_eq!(f.offer(&keyed(3, 7), Some(cfg)), Fit::Join);
         assert!(f.is_full());
         // It gives up after passing over a few batches' worth.

@@ -244,6 +244,9 @@ pub struct Summary {
     /// Worker processes replaced gracefully: the sum of [`Status::restarts`] for max-tasks,
     /// max-rss and reload.
     pub recycled: u64,
+    /// `Batch` frames sent (`--batch`), and the events they carried.
+    pub batches: u64,
+    pub batched_events: u64,
 }
 
 impl Summary {

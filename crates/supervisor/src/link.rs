@@ -103,6 +103,31 @@ fn decode(
     })
 }
 
+/// Takes a worker's `Batching` off the front of `conn`'s buffer, if it came with its `Hello`
+/// (the SDKs write both at once): its `max`, known before the pool first dispatches to the
+/// worker, so that its first tasks can go in batches too. Anything else is left for the reader
+/// (which then rules on it, `max` 0 included).
+pub(crate) fn take_batching(
+    conn: &mut WorkerSocket,
+    protocol: u32,
+    max_frame: usize,
+) -> Option<u32> {
+    if protocol < WITHDRAW_VERSION {
+        return None;
+    }
+    let len = match frame_len(&conn.read_buf, max_frame) {
+        Ok(Some(len)) if conn.read_buf.len() >= HEADER_LEN + len => len,
+        _ => return None,
+    };
+    match decode_body_borrowed::<FromWorkerRef<'_>>(&conn.read_buf[HEADER_LEN..HEADER_LEN + len]) {
+        Ok(FromWorkerRef::Batching { max }) if max > 0 => {
+            let _ = conn.read_buf.split_to(HEADER_LEN + len);
+            Some(max)
+        }
+        _ => None,
+    }
+}
+
 /// The protocol version that introduced a frame.
 fn since(msg: &FromWorkerRef<'_>) -> u32 {
     match msg {
@@ -170,15 +195,25 @@ impl Link {
 
     /// Starts the reader and writer tasks for a worker that passed its handshake, speaking
     /// protocol version `protocol`.
+    /// `batching_taken`: its `Batching` was taken with the handshake ([`take_batching`]), so
+    /// another one is a fault even as the first frame here.
     pub fn start(
         id: WorkerId,
         conn: WorkerSocket,
         max_frame: usize,
         protocol: u32,
+        batching_taken: bool,
         frames: mpsc::UnboundedSender<FromLink>,
     ) -> Self {
         let socket = conn.socket.get_ref().clone();
-        tokio::spawn(read_loop(conn, max_frame, protocol, id, frames));
+        tokio::spawn(read_loop(
+            conn,
+            max_frame,
+            protocol,
+            !batching_taken,
+            id,
+            frames,
+        ));
         let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
@@ -253,6 +288,7 @@ async fn read_loop(
     conn: WorkerSocket,
     max_frame: usize,
     protocol: u32,
+    mut first: bool,
     id: WorkerId,
     frames: mpsc::UnboundedSender<FromLink>,
 ) {
@@ -264,8 +300,7 @@ async fn read_loop(
     // Reused while reads bring one frame each (the usual case with one task in flight): such
     // a frame travels alone, so the common path allocates nothing.
     let mut batch = Vec::new();
-    // Whether a frame came yet: a `Batching` is only allowed as the first one after Hello.
-    let mut first = true;
+    // `first`: no frame came yet after Hello (a `Batching` is allowed only then).
     loop {
         let mut fault = None;
         loop {

@@ -102,11 +102,11 @@ where
 /// As [`run_async`] and [`run_batch`](crate::run_batch).
 pub fn run_batch_async<F>(max: u32, mut handler: F) -> ExitCode
 where
-    F: AsyncFnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+    F: AsyncFnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
 {
     exit(Config::from_env().and_then(|config| {
         let runtime = runtime()?;
-        crate::run_batch_with(&config, max, |tasks: &[Task<'_>]| {
+        crate::run_batch_with(&config, max, |tasks: &mut [Task<'_>]| {
             runtime.block_on(handler(tasks))
         })
     }))

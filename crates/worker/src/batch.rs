@@ -49,7 +49,7 @@ use crate::{
 ///   tasks again in smaller batches until the culprit runs alone (see herd's BATCHES.md).
 pub fn run_batch<F>(max: u32, handler: F) -> ExitCode
 where
-    F: FnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+    F: FnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
 {
     exit(Config::from_env().and_then(|config| run_batch_with(&config, max, handler)))
 }
@@ -61,7 +61,7 @@ where
 /// As [`run_with`](crate::run_with).
 pub fn run_batch_with<F>(config: &Config, max: u32, handler: F) -> Result<(), Error>
 where
-    F: FnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+    F: FnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
 {
     let socket = connect_socket(config)?;
     let reader = PollReader {
@@ -88,7 +88,7 @@ pub fn serve_batch<R, W, F>(
 where
     R: Read + AsFd + Send,
     W: Write + Send,
-    F: FnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+    F: FnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
 {
     serve_handler(reader, writer, config, Batched { max, handler })
 }
@@ -101,7 +101,7 @@ struct Batched<F> {
 
 impl<F> Handler for Batched<F>
 where
-    F: FnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+    F: FnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
 {
     fn batching(&self) -> u32 {
         self.max
@@ -196,7 +196,7 @@ mod tests {
 
     fn spawn<F>(max: u32, handler: F) -> (UnixStream, thread::JoinHandle<Result<(), Error>>)
     where
-        F: FnMut(&[Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>> + Send + 'static,
+        F: FnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>> + Send + 'static,
     {
         let (sup, worker) = UnixStream::pair().unwrap();
         let t = thread::spawn(move || serve_batch(&worker, &worker, &config(), max, handler));
@@ -273,7 +273,10 @@ mod tests {
                 outcome: Outcome::Err { retryable, message },
             } => {
                 assert!(!retryable);
-                assert!(message.contains("returned 1 results for a batch of 2"), "{message}");
+                assert!(
+                    message.contains("returned 1 results for a batch of 2"),
+                    "{message}"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -128,7 +128,10 @@ impl Pool {
             job.attempts += 1;
             job.dispatched = true;
         }
-        if let (1, Some(job)) = (members.len(), members.pop()) {
+        if members.len() == 1 {
+            let Some(job) = members.pop() else {
+                return Ok(flow);
+            };
             let frame = Outgoing::Task {
                 id: job.id,
                 attempt: job.attempts,
@@ -154,6 +157,8 @@ impl Pool {
                 out.push(Outgoing::Batch(tasks));
                 self.stats.batches += 1;
                 self.stats.batched_events += n;
+                self.summary.batches += 1;
+                self.summary.batched_events += n;
             }
             Err(jobs) => self.undispatch(jobs),
         }

@@ -59,8 +59,13 @@ impl Pool {
             },
         );
         let times = limits.stamp(self.now);
-        // Keys are looked for only while a per-key limit applies (a prefix is still stripped).
-        let keyed = self.keys.limits().any();
+        // Keys are looked for only while a per-key limit applies, or batches are formed by key
+        // (a prefix is still stripped).
+        let by_key = options
+            .batch
+            .or(self.cfg.batch)
+            .is_some_and(|b| b.enabled() && b.by_key);
+        let keyed = self.keys.limits().any() || by_key;
         self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_line();
