@@ -1422,6 +1422,8 @@ pub(crate) use batch::running_len;
 #[cfg(test)]
 mod asks_tests;
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod cancel_tests;
 #[cfg(test)]
 mod tests;
