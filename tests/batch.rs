@@ -306,3 +306,48 @@ fn a_late_batching_frame_is_a_protocol_fault() {
     let pids: HashSet<u32> = run.worker_pids();
     assert_all_gone(&pids);
 }
+
+/// Batches per submission on a daemon that has none of its own (`herd submit --batch`, the
+/// control protocol's `SubmitOption::Batch`): that submission's events go in batches, another
+/// submission's do not, and `herd status` counts the batches.
+#[test]
+fn a_submission_asks_for_its_own_batches() {
+    let d = Daemon::start_with(1, &[], &["--batch", "16"]);
+    let n = 2_000;
+    let input: String = (0..n)
+        .map(|i| format!("{{\"op\":\"batch\",\"i\":{i}}}\n"))
+        .collect();
+    let plain = crate::control::output_of(d.submit_bg("plain.jsonl", &input, &[]));
+    plain.assert_success();
+    assert_eq!(plain.records.len(), n);
+    assert!(
+        plain.records.iter().all(|r| r["output"]["n"] == 1),
+        "no batches asked for"
+    );
+    assert_eq!(d.status()["batches"], 0);
+
+    let batched = crate::control::output_of(d.submit_bg(
+        "batched.jsonl",
+        &input,
+        &["--batch", "16", "--batch-wait", "1ms"],
+    ));
+    batched.assert_success();
+    assert_eq!(batched.records.len(), n);
+    let sizes: Vec<u64> = batched
+        .by_seq(n)
+        .iter()
+        .map(|r| r["output"]["n"].as_u64().unwrap())
+        .collect();
+    assert!(sizes.iter().all(|&s| (1..=16).contains(&s)), "{sizes:?}");
+    assert!(sizes.iter().any(|&s| s > 1), "no batch formed");
+    let st = d.status();
+    assert!(st["batches"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["batch_mean_size"].as_f64().unwrap() > 1.0, "{st}");
+    let text = output_ok(&mut d.fx.herd(&["status", "--control", d.ctl()]));
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("batches: "),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    d.stop_ok();
+}

@@ -225,6 +225,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             k.parked
         );
     }
+    if st.batches > 0 {
+        say!(
+            "batches: {}  mean size {:.1}",
+            st.batches,
+            st.batch_mean_size
+        );
+    }
     if !st.queued_by_priority.is_empty() {
         let by: Vec<String> = st
             .queued_by_priority
