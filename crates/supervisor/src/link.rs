@@ -552,6 +552,21 @@ mod tests {
         ));
     }
 
+    /// `Batching` is a protocol 3 frame, and `max` 0 is refused (its place is checked by the
+    /// reader: first frame only).
+    #[test]
+    fn batching_is_version_3_with_a_max_of_at_least_1() {
+        let batching = |max| FromWorker::Batching { max };
+        let err = decode_as(2, &batching(8)).unwrap_err().to_string();
+        assert!(err.contains("Batching frame from a protocol 2 worker"), "{err}");
+        assert!(matches!(
+            decode_as(3, &batching(8)).unwrap(),
+            WorkerFrame::Batching { max: 8 }
+        ));
+        let err = decode_as(3, &batching(0)).unwrap_err().to_string();
+        assert!(err.contains("Batching with max 0"), "{err}");
+    }
+
     #[test]
     fn a_result_frame_decodes_to_a_named_outcome() {
         let WorkerFrame::Done { id, outcome } = decoded(Outcome::Ok(b"out".to_vec())) else {
