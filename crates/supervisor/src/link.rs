@@ -558,7 +558,10 @@ mod tests {
     fn batching_is_version_3_with_a_max_of_at_least_1() {
         let batching = |max| FromWorker::Batching { max };
         let err = decode_as(2, &batching(8)).unwrap_err().to_string();
-        assert!(err.contains("Batching frame from a protocol 2 worker"), "{err}");
+        assert!(
+            err.contains("Batching frame from a protocol 2 worker"),
+            "{err}"
+        );
         assert!(matches!(
             decode_as(3, &batching(8)).unwrap(),
             WorkerFrame::Batching { max: 8 }
