@@ -188,6 +188,8 @@ fn key_of(job: &Job) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::job::Extra;
 
