@@ -56,11 +56,19 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
                                   after M ms (protocol 3); then returns the attempt
   {\"op\":\"v3_frame\",\"frame\":F}     writes a protocol 3 frame herd did not ask for, then
                                   sleeps: F is withdrawn_unknown, kept_unasked,
-                                  cancelled_unasked or truncated
+                                  cancelled_unasked, batching_late or truncated
   {\"op\":\"stray_chunk\"}            sends a chunk for a task it does not hold, then sleeps;
                                    with \"after_done\":true, its own Done then a chunk for it;
                                    with \"then_done\":true, the stray chunk then its own Done,
                                    in one write
+  {\"op\":\"batch\",\"k\":K,\"i\":I}     (op first) returns the batch it ran in: {\"n\":size,\"k\":[K...],
+                                   \"i\":[I...]} in the batch's order (a batch of one
+                                   without --batch)
+Options:
+  --batch N      a batch handler of up to N events per call (protocol 3's Batching): each
+                 event of a batch runs its op in turn, and a crash, hang or garbage takes
+                 the whole batch with it, as a poison input would
+  --protocol V   speak an older protocol version (herd's compatibility tests)
 ";
 
 fn main() -> ExitCode {
@@ -71,17 +79,41 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
-    // `--protocol N`: speak an older protocol (herd's compatibility tests).
+    // `--protocol N`: speak an older protocol (herd's compatibility tests); `--batch N`: a
+    // batch handler.
     let mut args = std::env::args().skip(1);
     let mut protocol = None;
+    let mut batch = None;
     while let Some(arg) = args.next() {
-        if arg == "--protocol" {
-            protocol = args.next().and_then(|n| n.parse::<u32>().ok());
-            if protocol.is_none() {
-                eprintln!("herd-chaos: --protocol needs a version number");
-                return ExitCode::from(2);
-            }
+        let (value, name) = match arg.as_str() {
+            "--protocol" => (&mut protocol, "a version number"),
+            "--batch" => (&mut batch, "a number of events"),
+            _ => continue,
+        };
+        *value = args.next().and_then(|n| n.parse::<u32>().ok());
+        if value.is_none() {
+            eprintln!("herd-chaos: {arg} needs {name}");
+            return ExitCode::from(2);
         }
+    }
+    if let Some(max) = batch {
+        let config = match herd_worker::Config::from_env() {
+            Ok(config) => herd_worker::Config {
+                protocol: protocol.unwrap_or(config.protocol),
+                ..config
+            },
+            Err(e) => {
+                eprintln!("herd-chaos: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        return match herd_worker::run_batch_with(&config, max, handle_batch) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("herd-chaos: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
     }
     match protocol {
         None => herd_worker::run(handle),
@@ -129,6 +161,53 @@ struct Event<'a> {
     log: Option<Cow<'a, str>>,
     #[serde(borrow)]
     frame: Option<Cow<'a, str>>,
+}
+
+/// A batch: each event's op in turn (a `batch` op answers with the whole batch).
+fn handle_batch(tasks: &mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>> {
+    let summary = tasks
+        .iter()
+        .any(|t| is_batch_op(t.payload()))
+        .then(|| batch_summary(tasks));
+    tasks
+        .iter_mut()
+        .map(|t| match &summary {
+            Some(s) if is_batch_op(t.payload()) => Ok(s.clone()),
+            _ => handle(t),
+        })
+        .collect()
+}
+
+/// Whether an event is the `batch` op, written with `op` first (a cheap look before parsing,
+/// so the benchmark's batches pay nothing for it).
+fn is_batch_op(payload: &[u8]) -> bool {
+    payload.starts_with(br#"{"op":"batch""#)
+}
+
+/// `{"n":size,"k":[keys],"i":[numbers]}` of a batch, in its order.
+fn batch_summary(tasks: &[Task<'_>]) -> Vec<u8> {
+    #[derive(Deserialize)]
+    struct Marked<'a> {
+        #[serde(borrow)]
+        k: Option<&'a RawValue>,
+        #[serde(borrow)]
+        i: Option<&'a RawValue>,
+    }
+    let mut keys = Vec::new();
+    let mut nums = Vec::new();
+    for t in tasks {
+        let m: Option<Marked<'_>> = serde_json::from_slice(t.payload()).ok();
+        let raw = |v: Option<&RawValue>| v.map_or("null".to_string(), |v| v.get().to_string());
+        keys.push(raw(m.as_ref().and_then(|m| m.k)));
+        nums.push(raw(m.as_ref().and_then(|m| m.i)));
+    }
+    format!(
+        r#"{{"n":{},"k":[{}],"i":[{}]}}"#,
+        tasks.len(),
+        keys.join(","),
+        nums.join(",")
+    )
+    .into_bytes()
 }
 
 fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
@@ -211,6 +290,7 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
             Ok(number(mb))
         }
         "pid" => Ok(number(std::process::id())),
+        "batch" => Ok(batch_summary(std::slice::from_ref(task))),
         "clock" => {
             let since = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -277,6 +357,8 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
                 // Far from any id herd has handed out.
                 "withdrawn_unknown" => FromWorker::Withdrawn { id: id ^ (1 << 62) },
                 "kept_unasked" => FromWorker::Kept { id },
+                // A Batching that does not come right after Hello.
+                "batching_late" => FromWorker::Batching { max: 8 },
                 "cancelled_unasked" => FromWorker::Done {
                     id,
                     outcome: Outcome::Cancelled,

@@ -8,6 +8,7 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py submit   --herd H --chaos C --events FILE   (herd serve + herd submit)
     python3 scripts/bench.py rate     --herd H --chaos C --events FILE   (--rate cost and accuracy)
     python3 scripts/bench.py keys     --herd H --chaos C --events FILE   (10,000 keys, one in flight each)
+    python3 scripts/bench.py batch    --herd H --chaos C --events FILE   (--batch 64 against none)
     python3 scripts/bench.py latency  --herd H --chaos C [--n 200000]
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
@@ -198,6 +199,29 @@ def keys(args):
             runs[name].append(n / secs)
     return {"events": n, "keys": 10000, "none_events_per_sec": statistics.median(runs["none"]),
             "keyed_events_per_sec": statistics.median(runs["keyed"]), "runs": runs}
+
+
+def batch(args):
+    """Batches: the tiny events with `--batch 64` to herd-chaos's batch handler
+    (`herd-chaos --batch 64`), beside the same events one per call (alternating, median of
+    --repeat each)."""
+    n = sum(1 for _ in open(args.events, "rb"))
+    runs = {"none": [], "batch": []}
+    for _ in range(args.repeat):
+        for name, opts, worker in (("none", [], []),
+                                   ("batch", ["--batch", "64"], ["--batch", "64"])):
+            with open(args.events, "rb") as f:
+                t0 = time.perf_counter()
+                p = subprocess.run([args.herd, "run", "-q", "-w", str(args.workers),
+                                    *window_opts(args), *opts, "--", args.chaos, *worker],
+                                   stdin=f, stdout=subprocess.PIPE)
+                secs = time.perf_counter() - t0
+            if p.returncode != 0:
+                die(f"herd exited {p.returncode}")
+            check_squares(p.stdout, n)
+            runs[name].append(n / secs)
+    return {"events": n, "batch": 64, "none_events_per_sec": statistics.median(runs["none"]),
+            "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
 
 
 def latency(args):
@@ -890,6 +914,7 @@ def run_all(args):
     }
     r["rate"] = sub(args, "rate", "--events", events, "--repeat", str(args.repeat))
     r["keys"] = sub(args, "keys", "--events", events, "--repeat", str(args.repeat))
+    r["batch"] = sub(args, "batch", "--events", events, "--repeat", str(args.repeat))
     r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out, "--repeat",
                        str(args.repeat))
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
@@ -964,6 +989,11 @@ def table(r):
         rows.append(["tiny events/s, 10,000 keys, --max-inflight-per-key 1",
                      kt["keyed_events_per_sec"], "herd run, no keys", kt["none_events_per_sec"],
                      kt["keyed_events_per_sec"] / kt["none_events_per_sec"], None])
+    if "batch" in r:
+        bt = r["batch"]
+        rows.append(["tiny events/s, --batch 64", bt["batch_events_per_sec"],
+                     "herd run, no --batch", bt["none_events_per_sec"],
+                     bt["batch_events_per_sec"] / bt["none_events_per_sec"], None])
     rw = r["raw"]
     rows.append(["tiny events/s", herd_eps, "raw socket, 64 in flight",
                  rw["pipelined"]["frames_per_sec"],
@@ -1144,7 +1174,7 @@ def compare(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "latency", "cpu", "recovery", "memory",
+    ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "batch", "latency", "cpu", "recovery", "memory",
                                          "stdio", "jetstream", "redis", "seed", "cancel", "all",
                                          "compare", "peers"])
     ap.add_argument("--peers-python", default=sys.executable,

@@ -70,6 +70,9 @@ retry-backoff = "250ms"
 rate = "200/s,burst=10"
 max-inflight-per-key = 1
 key-rate = "10/s,burst=2"
+batch = 64
+batch-wait = "10ms"
+batch-by-key = true
 max-tasks = 1_000
 max-rss = "512MiB"
 queue = 5000
@@ -183,6 +186,9 @@ rate = "30/m"
 line-key = true
 max-inflight-per-key = 2
 key-rate = "5/s"
+batch = 8
+batch-wait = "2ms"
+batch-by-key = true
 max-tasks = 10
 max-rss = "1GiB"
 queue = 100

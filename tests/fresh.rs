@@ -334,7 +334,7 @@ fn assert_records_match(what: &str, want: &[String], got: &str) {
 
 /// The pages of the user guide, in the order a reader meets them: their commands run after the
 /// README's (they use its install, venv and files), before the seed example's.
-const GUIDE_PAGES: [&str; 15] = [
+const GUIDE_PAGES: [&str; 16] = [
     "docs/PYTHON.md",
     "docs/STREAMING.md",
     "docs/WORKERS.md",
@@ -343,6 +343,7 @@ const GUIDE_PAGES: [&str; 15] = [
     "docs/DAEMON.md",
     "docs/PRIORITIES.md",
     "docs/KEYS.md",
+    "docs/BATCHES.md",
     "docs/DASHBOARD.md",
     "docs/JETSTREAM.md",
     "docs/REDIS.md",

@@ -2,6 +2,7 @@
 //! real sockets. One test binary (see `util.rs` for the fixture harness).
 
 mod autoscale;
+mod batch;
 mod cancel;
 mod chunks;
 mod cli;

@@ -45,6 +45,8 @@ pub struct SubmitArgs {
     /// one event, retries and backoff included, after which it gets a `deadline` record.
     #[arg(long, value_name = "DUR", value_parser = crate::parse_positive_duration)]
     deadline: Option<std::time::Duration>,
+    #[command(flatten)]
+    batch: crate::BatchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +225,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             k.parked
         );
     }
+    if st.batches > 0 {
+        say!(
+            "batches: {}  mean size {:.1}",
+            st.batches,
+            st.batch_mean_size
+        );
+    }
     if !st.queued_by_priority.is_empty() {
         let by: Vec<String> = st
             .queued_by_priority
@@ -306,6 +315,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         max_age: args.max_age,
         deadline: args.deadline,
         key: args.keys.source(),
+        batch: args.batch.config(),
         ..Default::default()
     };
     let rt = runtime()?;

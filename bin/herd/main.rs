@@ -181,6 +181,37 @@ impl KeyArgs {
     }
 }
 
+/// Batch options shared by `run`, `serve` (the pool's default) and `submit` (this
+/// submission's).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Batches")]
+pub struct BatchArgs {
+    /// Up to N events in one handler call, for workers that take batches (a batch handler of
+    /// the Rust SDK; others get single events as ever). Each event still gets its own record.
+    /// A batch goes when full; a partial one at once to an idle worker, or after --batch-wait
+    /// to a busy one (see docs/BATCHES.md). 1: no batches.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    batch: Option<u32>,
+    /// With --batch: how long a partial batch may wait for more events while its worker is
+    /// busy.
+    #[arg(long, value_name = "DUR", requires = "batch", default_value = "5ms", value_parser = parse_duration)]
+    batch_wait: Duration,
+    /// With --batch: each batch holds the events of one key only (see --key, --line-key).
+    #[arg(long, requires = "batch")]
+    batch_by_key: bool,
+}
+
+impl BatchArgs {
+    /// The batches asked for, if any.
+    pub fn config(&self) -> Option<herd_supervisor::BatchConfig> {
+        self.batch.map(|max| herd_supervisor::BatchConfig {
+            max,
+            wait: self.batch_wait,
+            by_key: self.batch_by_key,
+        })
+    }
+}
+
 pub fn parse_pointer(s: &str) -> Result<String, String> {
     herd_supervisor::keys::check_pointer(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
@@ -271,6 +302,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     start_timeout: Duration,
     #[command(flatten)]
+    batch: BatchArgs,
+    #[command(flatten)]
     launch: launch::LaunchArgs,
     /// The worker command line, after `--`.
     // No heading: the positional goes under "Arguments", not the heading of the options
@@ -313,6 +346,7 @@ impl PoolArgs {
             max_inflight: self.max_inflight_per_key.unwrap_or(0),
             rate: self.key_rate,
         };
+        cfg.batch = self.batch.config();
         cfg.queue = self.queue.unwrap_or(0) as usize;
         if let Some(b) = self.queue_bytes {
             anyhow::ensure!(b >= 1024, "--queue-bytes must be at least 1KiB");
@@ -620,6 +654,8 @@ pub fn log_summary(summary: &herd_supervisor::Summary, secs: f64, what: &str) {
         errors = ?summary.errors,
         restarts = summary.restarts,
         recycled = summary.recycled,
+        batches = summary.batches,
+        batched_events = summary.batched_events,
         peak_rss = herd_supervisor::peak_rss_bytes(),
         secs = (secs * 1000.0).round() / 1000.0,
         dropped_log_lines = herd_log::dropped_lines(),

@@ -26,6 +26,7 @@
 //! | `herd_events_total` | counter | `outcome`: ok, failed, timeout, crashed, protocol, rejected, shutdown, cancelled, expired, deadline |
 //! | `herd_retries_total` | counter | |
 //! | `herd_chunks_total` | counter | |
+//! | `herd_batches_total` | counter | (`Batch` frames sent, `--batch`) |
 //! | `herd_restarts_total` | counter | `reason`: crash, timeout, protocol, start-failure, max-tasks, max-rss, reload, cancelled, deadline |
 //! | `herd_workers` | gauge | `state`: starting, idle, busy, draining, dying, backoff, stopped |
 //! | `herd_workers_target` | gauge | |
@@ -34,6 +35,7 @@
 //! | `herd_inflight` | gauge | |
 //! | `herd_submissions` | gauge | |
 //! | `herd_uptime_seconds` | gauge | |
+//! | `herd_batch_size_mean` | gauge | mean events per `Batch` frame |
 //! | `herd_task_duration_seconds` | histogram | `le` |
 //! | `herd_autoscale_min`, `herd_autoscale_max` | gauge | (with `--workers MIN..MAX`) |
 //! | `herd_autoscale_decisions_total` | counter | `direction`: grow, shrink |

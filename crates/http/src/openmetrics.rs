@@ -60,6 +60,13 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         ConstCounter::new(s.chunks).encode(m)?;
+        let m = enc.encode_descriptor(
+            "batches",
+            "Batch frames sent to workers that take batches",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.batches).encode(m)?;
         let mut m = enc.encode_descriptor(
             "restarts",
             "Worker replacements, by reason",
@@ -130,6 +137,13 @@ impl Collector for Snapshot {
             MetricType::Gauge,
         )?;
         ConstGauge::new(s.uptime_secs).encode(m)?;
+        let m = enc.encode_descriptor(
+            "batch_size_mean",
+            "Mean events per Batch frame (0 before the first)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.batch_mean_size).encode(m)?;
 
         // Sources outside the pool (a broker consumer): connection state and their numbers.
         if !s.sources.is_empty() {
@@ -327,6 +341,8 @@ mod tests {
             totals: BTreeMap::new(),
             retries: 0,
             chunks: 0,
+            batches: 0,
+            batch_mean_size: 0.0,
             restarts: BTreeMap::new(),
             durations: Histogram::default(),
             events: Default::default(),

@@ -368,6 +368,43 @@ mod tests {
             outcome: Outcome::Cancelled,
         };
         assert_eq!(frame(&cancelled), [3, 0, 0, 0, 1, 7, 3]);
+        // Batches (version 3, optional): variants after the others once more.
+        assert_eq!(
+            frame(&FromWorker::Batching { max: 64 }),
+            [2, 0, 0, 0, 6, 64]
+        );
+        let batch = ToWorker::Batch {
+            tasks: vec![
+                crate::BatchTask {
+                    id: 1,
+                    attempt: 1,
+                    payload: b"a".to_vec(),
+                },
+                crate::BatchTask {
+                    id: 2,
+                    attempt: 3,
+                    payload: Vec::new(),
+                },
+            ],
+        };
+        assert_eq!(frame(&batch), [9, 0, 0, 0, 4, 2, 1, 1, 1, b'a', 2, 3, 0]);
+        let tasks = [
+            crate::BatchTaskRef {
+                id: 1,
+                attempt: 1,
+                payload: b"a",
+            },
+            crate::BatchTaskRef {
+                id: 2,
+                attempt: 3,
+                payload: b"",
+            },
+        ];
+        assert_eq!(
+            frame(&crate::ToWorkerRef::Batch { tasks: &tasks }),
+            frame(&batch),
+            "the borrowing twin encodes a batch identically"
+        );
     }
 
     #[test]

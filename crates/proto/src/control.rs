@@ -155,6 +155,15 @@ pub enum SubmitOption {
     LineKey,
     /// Each event is JSON with its key at this JSON pointer (`--key /user/id`).
     KeyPointer(String),
+    /// Its events go to workers that take batches up to `max` at a time (`--batch`), a
+    /// partial batch waiting at most `wait_ms` for more while the worker is busy
+    /// (`--batch-wait`), and with `by_key` a batch holds one key's events only
+    /// (`--batch-by-key`). `max` 0 or 1: no batches for this submission.
+    Batch {
+        max: u32,
+        wait_ms: u64,
+        by_key: bool,
+    },
 }
 
 /// Borrowing twin of [`Request`]: encodes to the same bytes, and decodes `Events` lines as

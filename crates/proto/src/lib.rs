@@ -16,6 +16,8 @@
 //!   │ ◀─ Withdraw { id } ─────────────────── │  v3: give back a task not started yet
 //!   │ ── Withdrawn { id } / Kept { id } ─▶   │  v3: given back / started or answered
 //!   │ ◀─ Cancel { id } ───────────────────── │  v3: stop it if you can (a Cancelled outcome)
+//!   │ ── Batching { max } ───────────────▶   │  v3, optional, right after Hello
+//!   │ ◀─ Batch { tasks } ─────────────────── │  v3: 2..=max tasks for one handler call
 //!   │ ── Heartbeat ──────────────────────▶   │  optional, any time after Hello
 //!   │ ◀─ Shutdown ────────────────────────── │  termination frame: finish, reply, exit 0
 //! ```
@@ -37,7 +39,8 @@ pub use codec::{
 /// Version of this protocol, sent in [`FromWorker::Hello`] by the SDKs. Version 2 added
 /// [`FromWorker::Chunk`]; version 3 added [`ToWorker::Withdraw`], [`ToWorker::Cancel`], their
 /// answers [`FromWorker::Withdrawn`] and [`FromWorker::Kept`], and the outcomes
-/// [`Outcome::RetryAfter`] and [`Outcome::Cancelled`]. Every frame of an older version is
+/// [`Outcome::RetryAfter`] and [`Outcome::Cancelled`], and the optional batches
+/// ([`FromWorker::Batching`], [`ToWorker::Batch`]). Every frame of an older version is
 /// unchanged (new variants only ever come last), so the supervisor accepts workers speaking any
 /// version from [`MIN_PROTOCOL_VERSION`] to this one, and sends each only the frames of its own.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -81,6 +84,10 @@ pub enum FromWorker {
     /// Version 3, the other answer to [`ToWorker::Withdraw`]: the worker had already started
     /// task `id`, or answered it; its `Done` follows, or came before.
     Kept { id: u64 },
+    /// Version 3, optional: sent right after `Hello` (before any other frame), it says the
+    /// worker's handler takes up to `max` tasks in one call, so herd may send it
+    /// [`ToWorker::Batch`]. `max` 1 is the same as not sending it; 0 is a violation.
+    Batching { max: u32 },
 }
 
 /// What a handler made of one task.
@@ -116,6 +123,29 @@ pub enum ToWorker {
     /// Version 3: stop task `id` if it can be stopped cleanly; its `Done` (usually
     /// [`Outcome::Cancelled`]) is the answer. One not started yet is answered at once.
     Cancel { id: u64 },
+    /// Version 3, only to a worker that sent [`FromWorker::Batching`]: 2 to `max` tasks for
+    /// one handler call. Each is answered by its own `Done`, in this order; they all start
+    /// together, so a `Withdraw` of any of them once the batch started is answered `Kept`.
+    Batch { tasks: Vec<BatchTask> },
+}
+
+/// One task of a [`ToWorker::Batch`]: the fields of a [`ToWorker::Task`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchTask {
+    pub id: u64,
+    pub attempt: u32,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Borrowing twin of [`BatchTask`] (see [`ToWorkerRef`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename = "BatchTask")]
+pub struct BatchTaskRef<'a> {
+    pub id: u64,
+    pub attempt: u32,
+    #[serde(with = "serde_bytes")]
+    pub payload: &'a [u8],
 }
 
 /// Borrowing twin of [`FromWorker`] for the receiving side: decodes the same bytes, but leaves
@@ -148,6 +178,8 @@ pub enum FromWorkerRef<'a> {
     Withdrawn { id: u64 },
     /// See [`FromWorker::Kept`].
     Kept { id: u64 },
+    /// See [`FromWorker::Batching`].
+    Batching { max: u32 },
 }
 
 /// Borrowing twin of [`Outcome`].
@@ -186,4 +218,6 @@ pub enum ToWorkerRef<'a> {
     Withdraw { id: u64 },
     /// See [`ToWorker::Cancel`].
     Cancel { id: u64 },
+    /// See [`ToWorker::Batch`].
+    Batch { tasks: &'a [BatchTaskRef<'a>] },
 }

@@ -4,7 +4,10 @@
 //! (`encode_frame`, `decode_body`), not a second implementation.
 
 use herd_proto::codec::{self, FrameError};
-use herd_proto::{FromWorker, Outcome, ToWorker, ToWorkerRef, HEADER_LEN, MAX_FRAME_CEILING};
+use herd_proto::{
+    BatchTaskRef, FromWorker, Outcome, ToWorker, ToWorkerRef, HEADER_LEN, MAX_FRAME_CEILING,
+};
+use pyo3::types::PyList;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple, PyType};
@@ -160,6 +163,19 @@ pub fn encode_kept<'py>(py: Python<'py>, id: &Bound<'py, PyAny>) -> PyResult<Bou
     frame(py, &msg, MAX_FRAME_CEILING)
 }
 
+/// Frame for Batching{max} (version 3, optional): sent right after Hello by a worker whose
+/// handler takes up to `max` tasks per call.
+#[pyfunction]
+pub fn encode_batching<'py>(
+    py: Python<'py>,
+    max: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let msg = FromWorker::Batching {
+        max: uint(py, max, 32)?,
+    };
+    frame(py, &msg, MAX_FRAME_CEILING)
+}
+
 /// Frame for Heartbeat.
 #[pyfunction]
 pub fn encode_heartbeat(py: Python<'_>) -> PyResult<Bound<'_, PyBytes>> {
@@ -203,6 +219,36 @@ pub fn encode_task<'py>(
         };
         frame(py, &msg, max)
     })
+}
+
+/// Frame for Batch{tasks} (version 3, the supervisor's side): (id, attempt, payload) each.
+#[pyfunction]
+#[pyo3(signature = (tasks, max_frame=None))]
+pub fn encode_batch<'py>(
+    py: Python<'py>,
+    tasks: &Bound<'py, PyAny>,
+    max_frame: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let max = self::max_frame(py, max_frame)?;
+    let mut owned: Vec<(u64, u32, Vec<u8>)> = Vec::new();
+    for task in tasks.try_iter()? {
+        let (id, attempt, payload): (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>) =
+            task?.extract()?;
+        owned.push((
+            uint(py, &id, 64)?,
+            uint(py, &attempt, 32)?,
+            with_bytes(&payload, |b| Ok(b.to_vec()))?,
+        ));
+    }
+    let tasks: Vec<BatchTaskRef<'_>> = owned
+        .iter()
+        .map(|(id, attempt, payload)| BatchTaskRef {
+            id: *id,
+            attempt: *attempt,
+            payload,
+        })
+        .collect();
+    frame(py, &ToWorkerRef::Batch { tasks: &tasks }, max)
 }
 
 /// Frame for Shutdown, the termination frame (the supervisor's side).
@@ -259,7 +305,8 @@ fn body<R>(
 }
 
 /// Decodes a ToWorker body: ("Task", id, attempt, payload), ("Shutdown",), ("Withdraw", id) or
-/// ("Cancel", id).
+/// ("Cancel", id). A Batch is refused: it is only ever sent to a worker that sent Batching,
+/// which decodes with `decode_to_batching_worker`.
 #[pyfunction]
 #[pyo3(signature = (buf, p=0, end=None))]
 pub fn decode_to_worker<'py>(
@@ -271,6 +318,32 @@ pub fn decode_to_worker<'py>(
     let msg = body(buf, p, end, |b| {
         codec::decode_body::<ToWorker>(b).map_err(|e| frame_error(py, e))
     })?;
+    if matches!(msg, ToWorker::Batch { .. }) {
+        return Err(protocol_error(
+            py,
+            "malformed frame: a Batch, to a worker that did not send Batching".into(),
+        ));
+    }
+    to_worker_tuple(py, msg)
+}
+
+/// Decodes a ToWorker body for a worker that sent Batching: as `decode_to_worker`, or
+/// ("Batch", [(id, attempt, payload), ...]).
+#[pyfunction]
+#[pyo3(signature = (buf, p=0, end=None))]
+pub fn decode_to_batching_worker<'py>(
+    buf: &Bound<'py, PyAny>,
+    p: usize,
+    end: Option<usize>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = buf.py();
+    let msg = body(buf, p, end, |b| {
+        codec::decode_body::<ToWorker>(b).map_err(|e| frame_error(py, e))
+    })?;
+    to_worker_tuple(py, msg)
+}
+
+fn to_worker_tuple(py: Python<'_>, msg: ToWorker) -> PyResult<Bound<'_, PyTuple>> {
     match msg {
         ToWorker::Task {
             id,
@@ -280,6 +353,13 @@ pub fn decode_to_worker<'py>(
         ToWorker::Shutdown => ("Shutdown",).into_pyobject(py),
         ToWorker::Withdraw { id } => ("Withdraw", id).into_pyobject(py),
         ToWorker::Cancel { id } => ("Cancel", id).into_pyobject(py),
+        ToWorker::Batch { tasks } => {
+            let list = PyList::empty(py);
+            for t in tasks {
+                list.append((t.id, t.attempt, PyBytes::new(py, &t.payload)))?;
+            }
+            ("Batch", list).into_pyobject(py)
+        }
     }
 }
 
@@ -319,6 +399,7 @@ pub fn decode_from_worker<'py>(
         FromWorker::Chunk { id, data } => ("Chunk", id, PyBytes::new(py, &data)).into_pyobject(py),
         FromWorker::Withdrawn { id } => ("Withdrawn", id).into_pyobject(py),
         FromWorker::Kept { id } => ("Kept", id).into_pyobject(py),
+        FromWorker::Batching { max } => ("Batching", max).into_pyobject(py),
     }
 }
 

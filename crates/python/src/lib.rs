@@ -15,9 +15,10 @@ use pyo3::prelude::*;
 mod _native {
     #[pymodule_export]
     use crate::codec::{
-        decode_from_worker, decode_to_worker, encode_cancel, encode_chunk, encode_done_cancelled,
-        encode_done_err, encode_done_ok, encode_done_retry_after, encode_heartbeat, encode_hello,
-        encode_kept, encode_shutdown, encode_task, encode_withdraw, encode_withdrawn, frame_len,
+        decode_from_worker, decode_to_batching_worker, decode_to_worker, encode_batch,
+        encode_batching, encode_cancel, encode_chunk, encode_done_cancelled, encode_done_err,
+        encode_done_ok, encode_done_retry_after, encode_heartbeat, encode_hello, encode_kept,
+        encode_shutdown, encode_task, encode_withdraw, encode_withdrawn, frame_len,
     };
     #[pymodule_export]
     use crate::serve::{serve, Channel};

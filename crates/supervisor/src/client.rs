@@ -207,6 +207,13 @@ fn open_options(options: &SubmitOptions, named: bool) -> Vec<SubmitOption> {
         crate::KeySource::Line => out.push(SubmitOption::LineKey),
         crate::KeySource::Pointer(p) => out.push(SubmitOption::KeyPointer(p.to_string())),
     }
+    if let Some(b) = options.batch {
+        out.push(SubmitOption::Batch {
+            max: b.max,
+            wait_ms: b.wait.as_millis() as u64,
+            by_key: b.by_key,
+        });
+    }
     out
 }
 
@@ -332,9 +339,9 @@ impl Client {
         let timed = options.max_age.is_some() || options.deadline.is_some();
         let keyed = options.key != crate::KeySource::None;
         // The oldest request that carries every option given (so that older daemons serve
-        // what they can): Open anything, SubmitNamed the name (and a rate), SubmitTimed the
+        // what they can): Open anything (keys, batches), SubmitNamed the name (and a rate), SubmitTimed the
         // time limits and a rate too, SubmitRated only a rate.
-        let start = if keyed || (self.named && timed) {
+        let start = if keyed || options.batch.is_some() || (self.named && timed) {
             Request::Open {
                 options: open_options(options, self.named),
             }

@@ -63,6 +63,9 @@ pub struct PoolConfig {
     pub rate: Option<crate::rate::Rate>,
     /// Per-key limits (`--max-inflight-per-key`, `--key-rate`): see [`crate::keys`].
     pub keys: crate::keys::KeyLimits,
+    /// Batches for workers that take them (`--batch`): see [`crate::batch`]. A submission may
+    /// set its own.
+    pub batch: Option<crate::BatchConfig>,
 }
 
 impl PoolConfig {
@@ -95,6 +98,7 @@ impl PoolConfig {
             autoscale: None,
             rate: None,
             keys: crate::keys::KeyLimits::default(),
+            batch: None,
         }
     }
 

@@ -649,6 +649,17 @@ fn open_options(given: Vec<SubmitOption>) -> Result<(SubmitOptions, bool), Strin
                 crate::keys::check_pointer(&p).map_err(|e| e.to_string())?;
                 options.key = crate::KeySource::Pointer(p.into());
             }
+            SubmitOption::Batch {
+                max,
+                wait_ms,
+                by_key,
+            } => {
+                options.batch = Some(crate::BatchConfig {
+                    max,
+                    wait: Duration::from_millis(wait_ms),
+                    by_key,
+                })
+            }
         }
     }
     Ok((options, named))

@@ -30,6 +30,10 @@ pub(crate) struct Job {
     pub cancelled: bool,
     /// It was handed to a worker once: `--max-age` no longer applies.
     pub dispatched: bool,
+    /// The most events a batch holding it may have (0: no cap). Set when a batch it ran in
+    /// died unanswered, to half that batch, so a poison event is isolated by bisection (see
+    /// `crate::batch`). In a padding hole: `Job` stays 80 bytes.
+    pub batch_cap: u8,
     /// What only some jobs have (time limits, a key): boxed, because jobs are moved on every
     /// step of the hot path and most have none (two `Option<Instant>`s inline cost the
     /// tiny-event rate).
@@ -75,6 +79,7 @@ impl Job {
             priority,
             cancelled: false,
             dispatched: false,
+            batch_cap: 0,
             extra: None,
         }
     }
@@ -85,6 +90,20 @@ impl Job {
 pub(crate) struct Running {
     pub job: Job,
     /// When the worker (probably) started it: dispatch, or the previous task's completion. A
-    /// worker runs its tasks one at a time in the order sent, so only the head is running.
+    /// worker runs its tasks one at a time in the order sent, so only the head is running
+    /// (with the rest of its batch, if it came in one).
     pub started: Instant,
+    /// It was sent in the same `Batch` frame as the task before it in the worker's in-flight
+    /// list: the head and the tasks right behind it marked so started together, in one
+    /// handler call.
+    pub batched: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    /// The tiny-event path moves jobs whole: the batch cap must not make them bigger.
+    #[test]
+    fn a_job_stays_80_bytes() {
+        assert_eq!(std::mem::size_of::<super::Job>(), 80);
+    }
 }

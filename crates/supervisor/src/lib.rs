@@ -29,6 +29,7 @@
 
 pub mod autoscale;
 mod backlog;
+pub mod batch;
 pub mod client;
 mod config;
 pub mod control;
@@ -66,6 +67,7 @@ use credits::{Credits, Outbox};
 
 pub use autoscale::AutoscaleConfig;
 pub use backlog::ChunkTicket;
+pub use batch::BatchConfig;
 pub use config::{PoolConfig, DEFAULT_QUEUE_BYTES};
 pub use credits::RecordBatch;
 pub use job::SubmissionId;
@@ -208,6 +210,9 @@ pub struct SubmitOptions {
     pub deadline: Option<std::time::Duration>,
     /// Where each event's key is, if anywhere (see [`crate::keys`]).
     pub key: KeySource,
+    /// This submission's batches (`herd submit --batch`), in place of the pool's (see
+    /// [`PoolConfig::batch`]); a `max` below 2 turns them off for it.
+    pub batch: Option<BatchConfig>,
 }
 
 /// Where an event's key comes from.
@@ -239,6 +244,9 @@ pub struct Summary {
     /// Worker processes replaced gracefully: the sum of [`Status::restarts`] for max-tasks,
     /// max-rss and reload.
     pub recycled: u64,
+    /// `Batch` frames sent (`--batch`), and the events they carried.
+    pub batches: u64,
+    pub batched_events: u64,
 }
 
 impl Summary {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use herd_proto::codec::{decode_body_borrowed, encode_frame, frame_len, FrameError, HEADER_LEN};
-use herd_proto::{FromWorkerRef, OutcomeRef, ToWorkerRef, WITHDRAW_VERSION};
+use herd_proto::{BatchTaskRef, FromWorkerRef, OutcomeRef, ToWorkerRef, WITHDRAW_VERSION};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -96,7 +96,36 @@ fn decode(
         },
         FromWorkerRef::Withdrawn { id } => WorkerFrame::Withdrawn { id },
         FromWorkerRef::Kept { id } => WorkerFrame::Kept { id },
+        FromWorkerRef::Batching { max: 0 } => {
+            return Err(FrameError::Malformed("Batching with max 0".into()))
+        }
+        FromWorkerRef::Batching { max } => WorkerFrame::Batching { max },
     })
+}
+
+/// Takes a worker's `Batching` off the front of `conn`'s buffer, if it came with its `Hello`
+/// (the SDKs write both at once): its `max`, known before the pool first dispatches to the
+/// worker, so that its first tasks can go in batches too. Anything else is left for the reader
+/// (which then rules on it, `max` 0 included).
+pub(crate) fn take_batching(
+    conn: &mut WorkerSocket,
+    protocol: u32,
+    max_frame: usize,
+) -> Option<u32> {
+    if protocol < WITHDRAW_VERSION {
+        return None;
+    }
+    let len = match frame_len(&conn.read_buf, max_frame) {
+        Ok(Some(len)) if conn.read_buf.len() >= HEADER_LEN + len => len,
+        _ => return None,
+    };
+    match decode_body_borrowed::<FromWorkerRef<'_>>(&conn.read_buf[HEADER_LEN..HEADER_LEN + len]) {
+        Ok(FromWorkerRef::Batching { max }) if max > 0 => {
+            let _ = conn.read_buf.split_to(HEADER_LEN + len);
+            Some(max)
+        }
+        _ => None,
+    }
 }
 
 /// The protocol version that introduced a frame.
@@ -105,6 +134,7 @@ fn since(msg: &FromWorkerRef<'_>) -> u32 {
         FromWorkerRef::Chunk { .. } => 2,
         FromWorkerRef::Withdrawn { .. }
         | FromWorkerRef::Kept { .. }
+        | FromWorkerRef::Batching { .. }
         | FromWorkerRef::Done {
             outcome: OutcomeRef::RetryAfter { .. } | OutcomeRef::Cancelled,
             ..
@@ -130,6 +160,7 @@ fn frame_name(msg: &FromWorkerRef<'_>) -> &'static str {
         FromWorkerRef::Chunk { .. } => "Chunk frame",
         FromWorkerRef::Withdrawn { .. } => "Withdrawn frame",
         FromWorkerRef::Kept { .. } => "Kept frame",
+        FromWorkerRef::Batching { .. } => "Batching frame",
     }
 }
 
@@ -164,15 +195,25 @@ impl Link {
 
     /// Starts the reader and writer tasks for a worker that passed its handshake, speaking
     /// protocol version `protocol`.
+    /// `batching_taken`: its `Batching` was taken with the handshake ([`take_batching`]), so
+    /// another one is a fault even as the first frame here.
     pub fn start(
         id: WorkerId,
         conn: WorkerSocket,
         max_frame: usize,
         protocol: u32,
+        batching_taken: bool,
         frames: mpsc::UnboundedSender<FromLink>,
     ) -> Self {
         let socket = conn.socket.get_ref().clone();
-        tokio::spawn(read_loop(conn, max_frame, protocol, id, frames));
+        tokio::spawn(read_loop(
+            conn,
+            max_frame,
+            protocol,
+            !batching_taken,
+            id,
+            frames,
+        ));
         let backlog = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(socket.clone(), rx, backlog.clone(), id));
@@ -197,6 +238,15 @@ impl Link {
             attempt,
             payload,
         });
+        mark
+    }
+
+    /// Queues a `Batch` frame of `tasks` (protocol 3, to a worker that sent `Batching`), as
+    /// [`queue_task`](Self::queue_task) does a task. One small allocation per batch.
+    pub fn queue_batch<'a>(&mut self, tasks: impl Iterator<Item = BatchTaskRef<'a>>) -> usize {
+        let mark = self.buf.len();
+        let tasks: Vec<BatchTaskRef<'a>> = tasks.collect();
+        self.encode(&ToWorkerRef::Batch { tasks: &tasks });
         mark
     }
 
@@ -264,6 +314,7 @@ async fn read_loop(
     conn: WorkerSocket,
     max_frame: usize,
     protocol: u32,
+    mut first: bool,
     id: WorkerId,
     frames: mpsc::UnboundedSender<FromLink>,
 ) {
@@ -275,6 +326,7 @@ async fn read_loop(
     // Reused while reads bring one frame each (the usual case with one task in flight): such
     // a frame travels alone, so the common path allocates nothing.
     let mut batch = Vec::new();
+    // `first`: no frame came yet after Hello (a `Batching` is allowed only then).
     loop {
         let mut fault = None;
         loop {
@@ -291,7 +343,14 @@ async fn read_loop(
                 protocol,
                 backlog.as_ref(),
             ) {
-                Ok(frame) => batch.push(frame),
+                Ok(WorkerFrame::Batching { .. }) if !first => {
+                    fault = Some("Batching must come right after Hello, once".to_string());
+                    break;
+                }
+                Ok(frame) => {
+                    first = false;
+                    batch.push(frame);
+                }
                 Err(e) => {
                     fault = Some(e.to_string());
                     break;
@@ -522,6 +581,24 @@ mod tests {
             decode_as(3, &withdrawn).unwrap(),
             WorkerFrame::Withdrawn { id: 1 }
         ));
+    }
+
+    /// `Batching` is a protocol 3 frame, and `max` 0 is refused (its place is checked by the
+    /// reader: first frame only).
+    #[test]
+    fn batching_is_version_3_with_a_max_of_at_least_1() {
+        let batching = |max| FromWorker::Batching { max };
+        let err = decode_as(2, &batching(8)).unwrap_err().to_string();
+        assert!(
+            err.contains("Batching frame from a protocol 2 worker"),
+            "{err}"
+        );
+        assert!(matches!(
+            decode_as(3, &batching(8)).unwrap(),
+            WorkerFrame::Batching { max: 8 }
+        ));
+        let err = decode_as(3, &batching(0)).unwrap_err().to_string();
+        assert!(err.contains("Batching with max 0"), "{err}");
     }
 
     #[test]

@@ -13,9 +13,9 @@ use bytes::Bytes;
 
 use crate::slot::{Exit, WorkerId};
 
-/// A frame for a worker, as the pool hands it to the link.
+/// A frame for a worker, as the pool hands it to the link. (Tasks and batches are encoded
+/// straight into the link by dispatch: see `Link::queue_task`.)
 #[derive(Debug)]
-/// (Tasks are encoded straight into the link by dispatch: see `Link::queue_task`.)
 pub(crate) enum Outgoing {
     Shutdown,
     /// Protocol 3: give task `id` back if not started.
@@ -48,6 +48,11 @@ pub(crate) enum WorkerFrame {
     },
     Heartbeat,
     Hello,
+    /// Protocol 3: its handler takes up to `max` (at least 1) tasks per call. The link
+    /// reader lets it through only as the first frame after the handshake.
+    Batching {
+        max: u32,
+    },
 }
 
 /// What a worker answered for a task.

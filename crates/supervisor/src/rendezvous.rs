@@ -415,6 +415,7 @@ fn frame_name(frame: &FromWorker) -> &'static str {
         FromWorker::Chunk { .. } => "Chunk",
         FromWorker::Withdrawn { .. } => "Withdrawn",
         FromWorker::Kept { .. } => "Kept",
+        FromWorker::Batching { .. } => "Batching",
     }
 }
 

@@ -425,6 +425,8 @@ pub(crate) struct Slot<L> {
     protocol: u32,
     /// Protocol 3 requests sent to the current process and not answered yet (see `asks`).
     asks: Vec<asks::Ask>,
+    /// Tasks the current process's handler takes per call (its `Batching`; 0 before one).
+    batching: u32,
 }
 
 impl<L> Slot<L> {
@@ -443,6 +445,7 @@ impl<L> Slot<L> {
             completed: 0,
             protocol: 0,
             asks: Vec::new(),
+            batching: 0,
         }
     }
 
@@ -607,6 +610,7 @@ impl<L> Slot<L> {
         self.completed = 0;
         self.protocol = 0;
         self.asks.clear();
+        self.batching = 0;
         self.set(State::Starting {
             pid,
             token,
@@ -675,7 +679,11 @@ impl<L> Slot<L> {
             State::Ready { inflight, sent, .. } => {
                 *sent += 1;
                 job.chunks = 0;
-                inflight.push_back(Running { job, started: now });
+                inflight.push_back(Running {
+                    job,
+                    started: now,
+                    batched: false,
+                });
                 Ok(())
             }
             _ => Err(job),
@@ -747,7 +755,7 @@ impl<L> Slot<L> {
         let Some(pos) = inflight.iter().position(|r| r.job.id == task) else {
             return Done::NotHeld;
         };
-        let Some(running) = inflight.remove(pos) else {
+        let Some(running) = batch::remove(inflight, pos) else {
             return Done::NotHeld;
         };
         if !self.asks.is_empty() {
@@ -1406,11 +1414,15 @@ impl<L> Slot<L> {
 }
 
 mod asks;
+mod batch;
 
 pub(crate) use asks::Answer;
+pub(crate) use batch::running_len;
 
 #[cfg(test)]
 mod asks_tests;
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod cancel_tests;
 #[cfg(test)]

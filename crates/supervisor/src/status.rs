@@ -122,6 +122,9 @@ impl History {
 pub(crate) struct Stats {
     pub retries: u64,
     pub chunks: u64,
+    /// `Batch` frames sent, and the events they carried (see `crate::batch`).
+    pub batches: u64,
+    pub batched_events: u64,
     pub restarts: BTreeMap<&'static str, u64>,
     pub durations: Histogram,
     /// The last [`EVENTS_KEPT`] lifecycle events, oldest first.
@@ -205,6 +208,10 @@ pub struct Status {
     pub restarts: BTreeMap<Name, u64>,
     /// Chunk lines (partial results of protocol-2 workers) written, all attempts counted.
     pub chunks: u64,
+    /// `Batch` frames sent to workers that take batches (`--batch`), and the mean number of
+    /// events in one (0 before the first).
+    pub batches: u64,
+    pub batch_mean_size: f64,
     /// Task durations.
     pub durations: Histogram,
     /// The last 32 workers replaced (restarts and recycles), oldest first, with their reason.
@@ -415,6 +422,8 @@ mod tests {
             retries: 1,
             restarts: BTreeMap::from([("crash".into(), 1)]),
             chunks: 6,
+            batches: 2,
+            batch_mean_size: 3.5,
             durations,
             events: stats.events,
             history,

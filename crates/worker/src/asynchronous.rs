@@ -94,6 +94,24 @@ where
     })
 }
 
+/// Runs an async batch `handler` of up to `max` tasks per call as a herd worker:
+/// [`run_batch`](crate::run_batch) for a handler that awaits (the `tokio` feature), on the
+/// runtime [`run_async`] builds.
+///
+/// # Caveats
+/// As [`run_async`] and [`run_batch`](crate::run_batch).
+pub fn run_batch_async<F>(max: u32, mut handler: F) -> ExitCode
+where
+    F: AsyncFnMut(&mut [Task<'_>]) -> Vec<Result<Vec<u8>, TaskError>>,
+{
+    exit(Config::from_env().and_then(|config| {
+        let runtime = runtime()?;
+        crate::run_batch_with(&config, max, |tasks: &mut [Task<'_>]| {
+            runtime.block_on(handler(tasks))
+        })
+    }))
+}
+
 /// The runtime every handler future runs on.
 fn runtime() -> Result<Runtime, Error> {
     // `block_on` inside a runtime panics: every task would fail with that panic's message.

@@ -59,13 +59,16 @@
 
 #[cfg(feature = "tokio")]
 mod asynchronous;
+mod batch;
 mod watch;
+
+pub use batch::{run_batch, run_batch_with, serve_batch};
 
 pub use watch::Cancelled;
 use watch::{Ahead, CancelSignal, Reader, Shared};
 
 #[cfg(feature = "tokio")]
-pub use asynchronous::{run_async, run_async_with, serve_async};
+pub use asynchronous::{run_async, run_async_with, run_batch_async, serve_async};
 
 use std::any::Any;
 use std::fmt;
@@ -243,6 +246,16 @@ where
     W: Write + Send,
     F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
 {
+    serve_handler(reader, writer, config, Single(handler))
+}
+
+/// [`serve`] for any [`Handler`]: one task per call, or batches.
+fn serve_handler<R, W, H>(reader: R, writer: W, config: &Config, handler: H) -> Result<(), Error>
+where
+    R: Read + AsFd + Send,
+    W: Write + Send,
+    H: Handler,
+{
     let outbox = Outbox::new(writer);
     let shared = Shared::new(BufReader::with_capacity(READ_BUFFER, reader))
         .map_err(|e| Error::Protocol(FrameError::Io(e)))?;
@@ -265,16 +278,16 @@ where
     })
 }
 
-fn serve_loop<R, W, F>(
+fn serve_loop<R, W, H>(
     shared: &Shared<R>,
     outbox: &Outbox<W>,
     config: &Config,
-    mut handler: F,
+    mut handler: H,
 ) -> Result<(), Error>
 where
     R: Read + AsFd,
     W: Write,
-    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+    H: Handler,
 {
     let max = config.max_frame;
     let v3 = config.protocol >= WITHDRAW_VERSION;
@@ -284,11 +297,19 @@ where
         pid: std::process::id(),
         token: config.token.clone(),
     };
+    let batching = if v3 { handler.batching() } else { 0 };
     {
         let mut out = outbox.lock();
         codec::encode_frame(&hello, &mut out.buf, max)?;
+        if batching > 1 {
+            // Right after Hello, before any other frame (docs/PROTOCOL.md §4b).
+            let max_tasks = FromWorker::Batching { max: batching };
+            codec::encode_frame(&max_tasks, &mut out.buf, max)?;
+        }
         out.flush().map_err(Error::from_io)?;
     }
+    // Reused across batches.
+    let mut outcomes = Vec::new();
 
     // Held except while a handler runs (then the watcher may read).
     let mut reader = shared.lock_reader();
@@ -325,6 +346,10 @@ where
                     }
                     // Its Done went out already: nothing to stop.
                     Ok(Some(ToWorker::Cancel { .. })) if v3 => continue,
+                    Ok(Some(ToWorker::Batch { tasks })) if batching > 1 => Ahead::Batch(tasks),
+                    Ok(Some(ToWorker::Batch { .. })) => Ahead::Broken(FrameError::Malformed(
+                        "a Batch sent to a worker that did not send Batching".into(),
+                    )),
                     Ok(Some(_)) => Ahead::Broken(FrameError::Malformed(format!(
                         "a protocol {WITHDRAW_VERSION} frame sent to a protocol {} worker",
                         config.protocol
@@ -348,6 +373,52 @@ where
                 attempt,
                 payload,
             } => (id, attempt, payload),
+            Ahead::Batch(tasks) if batching < 2 => {
+                let _ = tasks;
+                return Err(Error::Protocol(FrameError::Malformed(
+                    "a Batch sent to a worker that did not send Batching".into(),
+                )));
+            }
+            Ahead::Batch(tasks) => {
+                let Some(first) = tasks.first() else {
+                    continue; // every task of it was withdrawn
+                };
+                // The batch has started: all of it (a Withdraw of any of its tasks is `Kept`).
+                drop(reader);
+                shared.begin(first.id);
+                let mut raws: Vec<RawStream<'_, W>> =
+                    tasks.iter().map(|_| RawStream(outbox, max)).collect();
+                let mut views: Vec<Task<'_>> = tasks
+                    .iter()
+                    .zip(raws.iter_mut())
+                    .map(|(t, raw)| Task {
+                        id: t.id,
+                        attempt: t.attempt,
+                        payload: &t.payload,
+                        out: raw,
+                        cancel: &shared.cancel,
+                    })
+                    .collect();
+                let started = Instant::now();
+                outcomes.clear();
+                handler.many(&mut views, v3, &mut outcomes);
+                drop(views);
+                let slow = started.elapsed() >= BATCH_ONLY_UNDER;
+                reader = shared.end();
+                let more =
+                    !reader.ahead.is_empty() || complete_frame_buffered(reader.input.buffer(), max);
+                let mut out = outbox.lock();
+                out.take_error().map_err(Error::from_io)?;
+                for (task, outcome) in tasks.iter().zip(outcomes.drain(..)) {
+                    push_done(&mut out.buf, task.id, outcome, max)?;
+                }
+                if slow || !more || out.buf.len() >= WRITE_BATCH {
+                    out.flush().map_err(Error::from_io)?;
+                } else {
+                    out.held(&outbox.wake);
+                }
+                continue;
+            }
         };
         // The task has started: the watcher may read (and answer for what is ahead) now.
         drop(reader);
@@ -361,7 +432,7 @@ where
             cancel: &shared.cancel,
         };
         let started = Instant::now();
-        let outcome = call(&mut handler, &mut task, v3);
+        let outcome = handler.one(&mut task, v3);
         let slow = started.elapsed() >= BATCH_ONLY_UNDER;
         reader = shared.end();
 
@@ -476,6 +547,9 @@ impl Tasks {
             Some(ToWorker::Withdraw { .. } | ToWorker::Cancel { .. }) => Err(Error::Protocol(
                 FrameError::Malformed("a protocol 3 frame sent to a protocol 2 worker".into()),
             )),
+            Some(ToWorker::Batch { .. }) => Err(Error::Protocol(FrameError::Malformed(
+                "a Batch sent to a worker that did not send Batching".into(),
+            ))),
         }
     }
 
@@ -534,6 +608,37 @@ fn complete_frame_buffered(buf: &[u8], max: usize) -> bool {
         Ok(Some(len)) => buf.len() >= HEADER_LEN + len,
         // Incomplete header, or an oversize one the next read will report.
         Ok(None) | Err(_) => false,
+    }
+}
+
+/// What the serve loop calls: a handler of one task at a time, or of batches (see `batch`).
+trait Handler {
+    /// Tasks per call it takes, declared after `Hello` (below 2: one at a time).
+    fn batching(&self) -> u32;
+    /// Runs one task. `v3`: the outcomes of protocol 3 may be sent.
+    fn one(&mut self, task: &mut Task<'_>, v3: bool) -> Outcome;
+    /// Runs a batch (only ever sent to a worker that declared batching), pushing one outcome
+    /// per task, in order, to `out`.
+    fn many(&mut self, tasks: &mut [Task<'_>], v3: bool, out: &mut Vec<Outcome>);
+}
+
+/// A handler of one task per call ([`run`]).
+struct Single<F>(F);
+
+impl<F> Handler for Single<F>
+where
+    F: FnMut(&mut Task<'_>) -> Result<Vec<u8>, TaskError>,
+{
+    fn batching(&self) -> u32 {
+        0
+    }
+
+    fn one(&mut self, task: &mut Task<'_>, v3: bool) -> Outcome {
+        call(&mut self.0, task, v3)
+    }
+
+    fn many(&mut self, tasks: &mut [Task<'_>], v3: bool, out: &mut Vec<Outcome>) {
+        out.extend(tasks.iter_mut().map(|t| call(&mut self.0, t, v3)));
     }
 }
 

@@ -38,7 +38,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use herd_proto::codec::{self, FrameError};
-use herd_proto::{FromWorker, Outcome, ToWorker};
+use herd_proto::{BatchTask, FromWorker, Outcome, ToWorker};
 
 use crate::{complete_frame_buffered, Outbox};
 
@@ -53,6 +53,8 @@ pub(crate) enum Ahead {
         attempt: u32,
         payload: Vec<u8>,
     },
+    /// Tasks for one handler call (protocol 3, to a worker that sent `Batching`).
+    Batch(Vec<BatchTask>),
     /// The termination frame.
     Shutdown,
     /// The end of the stream: herd is gone.
@@ -303,6 +305,10 @@ impl<R: Read + AsFd> Shared<R> {
                     });
                     None
                 }
+                ToWorker::Batch { tasks } => {
+                    ahead.push_back(Ahead::Batch(tasks));
+                    None
+                }
                 ToWorker::Shutdown => {
                     ahead.push_back(Ahead::Shutdown);
                     *ended = true;
@@ -341,12 +347,25 @@ impl<R: Read + AsFd> Shared<R> {
     }
 }
 
-/// Takes the task `id` out of `ahead`: whether it was there (not started).
+/// Takes the task `id` out of `ahead`: whether it was there (not started). A task of a batch
+/// not started yet is taken out of its batch alone; the rest still run together.
 fn take(ahead: &mut VecDeque<Ahead>, id: u64) -> bool {
-    let pos = ahead
-        .iter()
-        .position(|a| matches!(a, Ahead::Task { id: t, .. } if *t == id));
-    pos.and_then(|p| ahead.remove(p)).is_some()
+    for (p, a) in ahead.iter_mut().enumerate() {
+        match a {
+            Ahead::Task { id: t, .. } if *t == id => return ahead.remove(p).is_some(),
+            Ahead::Batch(tasks) => {
+                if let Some(k) = tasks.iter().position(|t| t.id == id) {
+                    tasks.remove(k);
+                    if tasks.is_empty() {
+                        ahead.remove(p);
+                    }
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ def message_to_tuple(m: Any) -> Msg:
         return (tag, v["id"])
     if tag == "Task":
         return ("Task", v["id"], v["attempt"], bytes.fromhex(v["payload_hex"]))
+    if tag == "Batching":
+        return ("Batching", v["max"])
+    if tag == "Batch":
+        return ("Batch", [(t["id"], t["attempt"], bytes.fromhex(t["payload_hex"]))
+                          for t in v["tasks"]])
     if tag == "Hello":
         return ("Hello", v["protocol"], v["pid"], v["token"])
     if tag == "Done":
@@ -129,6 +134,10 @@ def encode(codec: Codec, msg: Msg) -> bytes:
         return codec.encode_withdrawn(msg[1])
     if tag == "Kept":
         return codec.encode_kept(msg[1])
+    if tag == "Batching":
+        return codec.encode_batching(msg[1])
+    if tag == "Batch":
+        return codec.encode_batch(msg[1])
     raise AssertionError(msg)
 
 
@@ -140,8 +149,9 @@ def decode_frame(codec: Codec, direction: str, frame: bytes,
     n = codec.frame_len(frame, 0, max_frame)
     if n != len(frame) - 4:
         raise ProtocolError(f"header says {n} bytes, the frame has {len(frame) - 4}")
-    decode = codec.decode_to_worker if direction == "herd->worker" else codec.decode_from_worker
-    return decode(frame, 4, len(frame))
+    if direction == "herd->worker":
+        return codec.decode_to_batching_worker(frame, 4, len(frame))
+    return codec.decode_from_worker(frame, 4, len(frame))
 
 
 def test_the_vectors_file_covers_every_message() -> None:
@@ -220,7 +230,8 @@ def test_varint_refuses_what_does_not_fit(codec: Codec) -> None:
 
 def test_round_trips_both_directions(codec: Codec) -> None:
     msgs_to: List[Msg] = [("Task", 0, 1, b""), ("Task", 2**64 - 1, 2**32 - 1, bytes(range(256)) * 300),
-               ("Shutdown",), ("Withdraw", 0), ("Withdraw", 2**64 - 1), ("Cancel", 300)]
+               ("Shutdown",), ("Withdraw", 0), ("Withdraw", 2**64 - 1), ("Cancel", 300),
+               ("Batch", []), ("Batch", [(1, 1, b"a"), (2**64 - 1, 2**32 - 1, b"\x00" * 300)])]
     for m in msgs_to:
         assert decode_frame(codec, "herd->worker", encode(codec, m)) == m
     msgs_from: List[Msg] = [("Hello", 1, 4_000_000, "tök\u2603"), ("Heartbeat",),
@@ -228,7 +239,8 @@ def test_round_trips_both_directions(codec: Codec) -> None:
                  ("Done", 2**40, ("Err", True, "try again")),
                  ("Done", 1, ("Err", False, "é" * 1000)),
                  ("Done", 9, ("RetryAfter", "later", 2**33)), ("Done", 2**20, ("Cancelled",)),
-                 ("Withdrawn", 251), ("Kept", 2**64 - 1)]
+                 ("Withdrawn", 251), ("Kept", 2**64 - 1), ("Batching", 64),
+                 ("Batching", 2**32 - 1)]
     for m in msgs_from:
         assert decode_frame(codec, "worker->herd", encode(codec, m)) == m
 
@@ -250,8 +262,17 @@ def test_hand_checked_layout(codec: Codec) -> None:
     assert codec.encode_cancel(5).hex() == "020000000305"
     assert codec.encode_withdrawn(5).hex() == "020000000405"
     assert codec.encode_kept(5).hex() == "020000000505"
+    assert codec.encode_batching(64).hex() == "020000000640"
+    assert codec.encode_batch([(1, 1, b"a"), (2, 3, b"")]).hex() == "09000000" "0402" "010101" "61" "020300"
     assert codec.encode_done_cancelled(5).hex() == "03000000010503"
     assert codec.encode_done_retry_after(5, "x", 300).hex() == "080000000105020178fb2c01"
+
+
+def test_a_batch_is_refused_by_a_worker_that_did_not_ask_for_one(codec: Codec) -> None:
+    frame = codec.encode_batch([(1, 1, b"a"), (2, 1, b"b")])
+    assert codec.decode_to_batching_worker(frame, 4) == ("Batch", [(1, 1, b"a"), (2, 1, b"b")])
+    with pytest.raises(ProtocolError, match="did not send Batching"):
+        codec.decode_to_worker(frame, 4)
 
 
 def test_a_wider_varint_than_needed_is_accepted_as_herd_does(codec: Codec) -> None:
@@ -262,8 +283,12 @@ def test_a_wider_varint_than_needed_is_accepted_as_herd_does(codec: Codec) -> No
 
 MALFORMED_TO_WORKER = {
     "empty body": "",
-    "unknown variant": "04",
+    "unknown variant": "05",
     "variant 127": "7f",
+    "Batch without count": "04",
+    "Batch count past the body": "0402010101" "61",
+    "Batch task payload past the body": "0401010105" "61",
+    "Batch count u64 huge": "04fdffffffffffffffff",
     "variant as a u64 marker": "fd0000000000000000",
     "Task without fields": "00",
     "Task id truncated marker": "00fb01",
@@ -281,7 +306,9 @@ MALFORMED_TO_WORKER = {
 
 MALFORMED_FROM_WORKER = {
     "empty body": "",
-    "unknown variant": "06",
+    "unknown variant": "07",
+    "Batching without max": "06",
+    "Batching max with a u64 marker": "06fd0100000000000000",
     "Hello with token not UTF-8": "00010102ffff",
     "Hello pid with a u64 marker": "0001fd0100000000000000" "00",
     "Done outcome variant 4": "010104",

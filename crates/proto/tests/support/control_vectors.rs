@@ -608,6 +608,16 @@ pub fn messages() -> Vec<(String, Message)> {
             options: vec![SubmitOption::KeyPointer("/user/id".into())],
         },
     );
+    req(
+        "open_batch".into(),
+        Request::Open {
+            options: vec![SubmitOption::Batch {
+                max: 64,
+                wait_ms: 5,
+                by_key: true,
+            }],
+        },
+    );
     for seq in U64_BOUNDARIES {
         req(format!("cancel_{seq}"), Request::Cancel { seq });
     }

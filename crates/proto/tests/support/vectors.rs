@@ -16,7 +16,7 @@ pub use common::{hex, unhex};
 use common::{whole, U32_BOUNDARIES, U64_BOUNDARIES};
 
 use herd_proto::codec::{self, FrameError};
-use herd_proto::{FromWorker, Outcome, ToWorker, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+use herd_proto::{BatchTask, FromWorker, Outcome, ToWorker, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// `direction` of a frame a worker sends.
@@ -119,6 +119,23 @@ pub enum JsonMessage {
     Kept {
         id: u64,
     },
+    /// Version 3 (optional), worker to herd.
+    Batching {
+        max: u32,
+    },
+    /// Version 3 (optional), herd to worker.
+    Batch {
+        tasks: Vec<JsonBatchTask>,
+    },
+}
+
+/// One task of a `Batch` in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonBatchTask {
+    pub id: u64,
+    pub attempt: u32,
+    pub payload_hex: String,
 }
 
 /// [`Outcome`] in JSON.
@@ -201,6 +218,19 @@ impl Message {
             Message::FromWorker(FromWorker::Kept { id }) => JsonMessage::Kept { id: *id },
             Message::ToWorker(ToWorker::Withdraw { id }) => JsonMessage::Withdraw { id: *id },
             Message::ToWorker(ToWorker::Cancel { id }) => JsonMessage::Cancel { id: *id },
+            Message::FromWorker(FromWorker::Batching { max }) => {
+                JsonMessage::Batching { max: *max }
+            }
+            Message::ToWorker(ToWorker::Batch { tasks }) => JsonMessage::Batch {
+                tasks: tasks
+                    .iter()
+                    .map(|t| JsonBatchTask {
+                        id: t.id,
+                        attempt: t.attempt,
+                        payload_hex: hex(&t.payload),
+                    })
+                    .collect(),
+            },
             Message::FromWorker(FromWorker::Heartbeat) => JsonMessage::Heartbeat,
             Message::FromWorker(FromWorker::Chunk { id, data }) => JsonMessage::Chunk {
                 id: *id,
@@ -246,6 +276,19 @@ impl Message {
             JsonMessage::Kept { id } => Message::FromWorker(FromWorker::Kept { id }),
             JsonMessage::Withdraw { id } => Message::ToWorker(ToWorker::Withdraw { id }),
             JsonMessage::Cancel { id } => Message::ToWorker(ToWorker::Cancel { id }),
+            JsonMessage::Batching { max } => Message::FromWorker(FromWorker::Batching { max }),
+            JsonMessage::Batch { tasks } => Message::ToWorker(ToWorker::Batch {
+                tasks: tasks
+                    .into_iter()
+                    .map(|t| {
+                        Ok(BatchTask {
+                            id: t.id,
+                            attempt: t.attempt,
+                            payload: unhex(&t.payload_hex)?,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            }),
             JsonMessage::Heartbeat => Message::FromWorker(FromWorker::Heartbeat),
             JsonMessage::Chunk { id, data_hex } => Message::FromWorker(FromWorker::Chunk {
                 id,
@@ -437,6 +480,13 @@ pub fn messages() -> Vec<(String, Message)> {
             outcome: Outcome::Cancelled,
         },
     );
+    // Version 3, optional: a worker whose handler takes batches says so after its Hello.
+    from("batching".into(), FromWorker::Batching { max: 64 });
+    from("batching_max_1".into(), FromWorker::Batching { max: 1 });
+    from(
+        "batching_max_u32_max".into(),
+        FromWorker::Batching { max: u32::MAX },
+    );
 
     let mut to = |name: String, m: ToWorker| v.push((name, Message::ToWorker(m)));
     to("task".into(), task(1, 1, br#"{"op":"square","n":7}"#));
@@ -474,6 +524,29 @@ pub fn messages() -> Vec<(String, Message)> {
     );
     to("cancel".into(), ToWorker::Cancel { id: 7 });
     to("cancel_id_251".into(), ToWorker::Cancel { id: 251 });
+    // Version 3, optional: only to a worker that sent Batching.
+    let batch_task = |id: u64, attempt: u32, payload: &[u8]| BatchTask {
+        id,
+        attempt,
+        payload: payload.to_vec(),
+    };
+    to(
+        "batch".into(),
+        ToWorker::Batch {
+            tasks: vec![batch_task(1, 1, b"a"), batch_task(2, 3, b"")],
+        },
+    );
+    to(
+        "batch_three_tasks".into(),
+        ToWorker::Batch {
+            tasks: vec![
+                batch_task(300, 1, br#"{"n":1}"#),
+                batch_task(301, 1, br#"{"n":2}"#),
+                batch_task(u64::MAX, u32::MAX, &vec![b'p'; 251]),
+            ],
+        },
+    );
+    to("batch_empty".into(), ToWorker::Batch { tasks: Vec::new() });
     v
 }
 
@@ -502,14 +575,18 @@ pub fn malformed() -> Vec<Malformed> {
     vec![
         bad("empty_body", WORKER_TO_HERD, &[], "a body must hold one message; an empty one holds none"),
         bad("empty_body_to_worker", HERD_TO_WORKER, &[], "a body must hold one message; an empty one holds none"),
-        bad("unknown_variant_6", WORKER_TO_HERD, &[6], "FromWorker has variants 0 (Hello), 1 (Done), 2 (Heartbeat), 3 (Chunk), 4 (Withdrawn) and 5 (Kept) only"),
-        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 5 only"),
+        bad("unknown_variant_7", WORKER_TO_HERD, &[7], "FromWorker has variants 0 (Hello), 1 (Done), 2 (Heartbeat), 3 (Chunk), 4 (Withdrawn), 5 (Kept) and 6 (Batching) only"),
+        bad("unknown_variant_250", WORKER_TO_HERD, &[250], "FromWorker has variants 0 to 6 only"),
+        bad("batching_missing_max", WORKER_TO_HERD, &[6], "the body ends where Batching's max should start"),
         bad("withdrawn_missing_id", WORKER_TO_HERD, &[4], "the body ends where Withdrawn's id should start"),
         bad("kept_trailing_byte", WORKER_TO_HERD, &[5, 7, 0], "a body holds exactly one message: bytes after it are refused"),
         bad("chunk_missing_data", WORKER_TO_HERD, &[3, 7], "the body ends where the chunk's data length should start"),
         bad("chunk_length_past_end", WORKER_TO_HERD, &[3, 7, 9, b'a', b'b'], "the data's length says 9 bytes, the body ends after 2"),
         bad("chunk_trailing_byte", WORKER_TO_HERD, &[3, 7, 1, b'a', 0], "a body holds exactly one message: bytes after it are refused"),
-        bad("unknown_variant_4_to_worker", HERD_TO_WORKER, &[4], "ToWorker has variants 0 (Task), 1 (Shutdown), 2 (Withdraw) and 3 (Cancel) only; 4 is Withdrawn in the other direction"),
+        bad("unknown_variant_5_to_worker", HERD_TO_WORKER, &[5], "ToWorker has variants 0 (Task), 1 (Shutdown), 2 (Withdraw), 3 (Cancel) and 4 (Batch) only; 5 is Kept in the other direction"),
+        bad("batch_missing_count", HERD_TO_WORKER, &[4], "the body ends where the Batch's task count should start"),
+        bad("batch_count_past_end", HERD_TO_WORKER, &[4, 2, 1, 1, 1, b'a'], "the count says 2 tasks, the body ends after 1"),
+        bad("batch_task_payload_past_end", HERD_TO_WORKER, &[4, 1, 1, 1, 5, b'a'], "the task's payload length says 5 bytes, the body ends after 1"),
         bad("withdraw_missing_id", HERD_TO_WORKER, &[2], "the body ends where Withdraw's id should start"),
         bad("cancel_id_u128_marker", HERD_TO_WORKER, &[3, 254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "marker 254 (u128) is refused: no field is a u128"),
         bad("variant_index_u64_marker", WORKER_TO_HERD, &[253, 2, 0, 0, 0, 0, 0, 0, 0], "a variant index is a u32 varint: the u64 marker 253 is refused whatever the value"),

@@ -6,8 +6,8 @@ use std::io::Cursor;
 
 use herd_proto::codec::{self, FrameError};
 use herd_proto::{
-    FromWorker, FromWorkerRef, Outcome, OutcomeRef, ToWorker, ToWorkerRef, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    BatchTaskRef, FromWorker, FromWorkerRef, Outcome, OutcomeRef, ToWorker, ToWorkerRef,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 
 use super::vectors::{self, JsonMessage, JsonOutcome, Message};
@@ -124,6 +124,7 @@ fn read_like_herd(frame: &[u8], max: usize) -> Result<FromWorker, FrameError> {
             },
             FromWorkerRef::Withdrawn { id } => FromWorker::Withdrawn { id },
             FromWorkerRef::Kept { id } => FromWorker::Kept { id },
+            FromWorkerRef::Batching { max } => FromWorker::Batching { max },
             FromWorkerRef::Heartbeat => FromWorker::Heartbeat,
             FromWorkerRef::Chunk { id, data } => FromWorker::Chunk {
                 id,
@@ -148,6 +149,24 @@ fn encode_like_herd(msg: &ToWorker) -> Vec<u8> {
         ToWorker::Shutdown => ToWorkerRef::Shutdown,
         ToWorker::Withdraw { id } => ToWorkerRef::Withdraw { id: *id },
         ToWorker::Cancel { id } => ToWorkerRef::Cancel { id: *id },
+        ToWorker::Batch { tasks } => {
+            let tasks: Vec<BatchTaskRef<'_>> = tasks
+                .iter()
+                .map(|t| BatchTaskRef {
+                    id: t.id,
+                    attempt: t.attempt,
+                    payload: &t.payload,
+                })
+                .collect();
+            let mut out = Vec::new();
+            codec::encode_frame(
+                &ToWorkerRef::Batch { tasks: &tasks },
+                &mut out,
+                DEFAULT_MAX_FRAME,
+            )
+            .unwrap();
+            return out;
+        }
     };
     let mut out = Vec::new();
     codec::encode_frame(&borrowed, &mut out, DEFAULT_MAX_FRAME).unwrap();
@@ -217,6 +236,19 @@ fn the_vectors_cover_the_protocol() {
                 shapes.insert("Kept");
                 ids.insert(*id);
             }
+            JsonMessage::Batching { max } => {
+                shapes.insert("Batching");
+                u32s.insert(u64::from(*max));
+            }
+            JsonMessage::Batch { tasks } => {
+                shapes.insert("Batch");
+                lens.insert(tasks.len());
+                for t in tasks {
+                    ids.insert(t.id);
+                    u32s.insert(u64::from(t.attempt));
+                    lens.insert(t.payload_hex.len() / 2);
+                }
+            }
             JsonMessage::Heartbeat => {
                 shapes.insert("Heartbeat");
             }
@@ -255,6 +287,8 @@ fn the_vectors_cover_the_protocol() {
         "Kept",
         "Done RetryAfter",
         "Done Cancelled",
+        "Batching",
+        "Batch",
         "non-ASCII string",
     ];
     assert_covers(&shapes, shapes_wanted, |shape| {

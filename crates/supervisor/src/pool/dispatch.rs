@@ -1,6 +1,7 @@
 //! Dispatch: queued jobs go to the workers with room in their window, round-robin, one batch
 //! of frames per worker per wake-up.
 
+use super::batch::Flow;
 use super::Pool;
 use crate::policy;
 
@@ -14,6 +15,16 @@ impl Pool {
         }
     }
 
+    /// How `job` batches on slot `i`: only when the worker takes batches (the common case
+    /// costs one comparison).
+    #[inline]
+    fn batch_config_for(&self, i: usize, job: &crate::job::Job) -> Option<crate::BatchConfig> {
+        if self.slots[i].batch_max() < 2 {
+            return None;
+        }
+        self.batch_config(job.submission)
+    }
+
     pub(super) fn dispatch(&mut self) {
         let window = self.window();
         let max_tasks = self.cfg.max_tasks;
@@ -21,10 +32,12 @@ impl Pool {
         self.rate_wake = None;
         // Jobs a key released go first.
         self.requeue_released();
+        self.batch_held.clear();
         while self.submissions.queued() > 0 {
-            let slots = &self.slots;
-            let Some(i) = policy::pick_round_robin(slots.len(), self.cursor, |i| {
-                slots[i].has_room(window, max_tasks)
+            let pool = &*self;
+            let Some(i) = policy::pick_round_robin(pool.slots.len(), pool.cursor, |i| {
+                pool.slots[i].has_room(pool.slot_window(i, window), max_tasks)
+                    && !pool.batch_holding(i)
             }) else {
                 break;
             };
@@ -51,6 +64,18 @@ impl Pool {
                 self.requeue_released();
                 continue;
             }
+            // A worker that takes batches, and an event whose submission batches: see `batch`.
+            let job = match self.batch_config_for(i, &job) {
+                None => job,
+                Some(cfg) => {
+                    let window = self.slot_window(i, window);
+                    match self.dispatch_batch(i, job, cfg, window) {
+                        Ok(Flow::Next) => continue,
+                        Ok(Flow::Stop) => break,
+                        Err(job) => job,
+                    }
+                }
+            };
             // Its key full or throttled: parked, and the worker's place goes to the next job.
             // (Tested here, not in a call: most jobs have no key, and a job is moved whole.)
             let mut job = if job.extra.is_none() {
@@ -97,6 +122,10 @@ impl Pool {
             if let Some(l) = self.rate.as_mut() {
                 l.idle(now);
             }
+        }
+        if !self.batch_held.contains(&true) {
+            // Nothing held back: the next partial batch waits its own full wait.
+            self.batch_due = None;
         }
         // One write per worker per wake-up, however many tasks it got.
         for slot in &mut self.slots {

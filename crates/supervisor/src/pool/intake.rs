@@ -24,6 +24,9 @@ impl Pool {
                     line_priority = options.line_priority,
                     "submission opened"
                 );
+                if let Some(b) = options.batch {
+                    self.batch_ceiling = self.batch_ceiling.max(b.max);
+                }
                 self.submissions.open(id, sink, credits, options);
             }
             SubmissionMsg::Events { id, batch } => self.accept(id, batch),
@@ -56,8 +59,13 @@ impl Pool {
             },
         );
         let times = limits.stamp(self.now);
-        // Keys are looked for only while a per-key limit applies (a prefix is still stripped).
-        let keyed = self.keys.limits().any();
+        // Keys are looked for only while a per-key limit applies, or batches are formed by key
+        // (a prefix is still stripped).
+        let by_key = options
+            .batch
+            .or(self.cfg.batch)
+            .is_some_and(|b| b.enabled() && b.by_key);
+        let keyed = self.keys.limits().any() || by_key;
         self.time_limited |= limits.any();
         let running = self.phase == Phase::Running;
         let limit = self.cfg.max_line();
@@ -131,6 +139,7 @@ impl Pool {
                         priority,
                         cancelled: false,
                         dispatched: false,
+                        batch_cap: 0,
                         extra,
                     });
                     self.next_job += 1;

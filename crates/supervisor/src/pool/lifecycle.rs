@@ -203,11 +203,14 @@ impl Pool {
             self.kill(i, Cause::StartFailed(why));
             return;
         }
+        let mut conn = g.conn;
+        let batching = crate::link::take_batching(&mut conn, g.protocol, self.cfg.max_frame);
         let link = Link::start(
             self.slots[i].id(),
-            g.conn,
+            conn,
             self.cfg.max_frame,
             g.protocol,
+            batching.is_some(),
             self.link_tx.clone(),
         );
         self.ever_ready = true;
@@ -216,6 +219,9 @@ impl Pool {
         self.transition(i, |slot, now, limits| {
             slot.greeted(link, protocol, now, keep, limits)
         });
+        if let Some(max) = batching {
+            self.slots[i].on_batching(max);
+        }
         if !keep {
             return;
         }
@@ -257,6 +263,7 @@ impl Pool {
             WorkerFrame::Withdrawn { id } => return self.on_withdraw_answer(i, id, true),
             WorkerFrame::Kept { id } => return self.on_withdraw_answer(i, id, false),
             WorkerFrame::Heartbeat => return,
+            WorkerFrame::Batching { max } => return self.slots[i].on_batching(max),
             WorkerFrame::Hello => {
                 return self.kill(i, Cause::Protocol("second Hello".into()));
             }

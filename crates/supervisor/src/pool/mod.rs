@@ -24,10 +24,12 @@
 //! | `rate.rs` | the rate limits on attempt starts: changes and their status |
 //! | `keyed.rs` | per-key limits carried out: parking at dispatch, release at the final record, wake-ups |
 //! | `withdraw.rs` | protocol 3: moving queued work away from a worker whose head task stalled |
+//! | `batch.rs` | protocol 3: many queued jobs in one `Batch` frame for a worker that takes them |
 //!
 //! A slot's own lifecycle is the state machine in `crate::slot`; the pool only carries out
 //! the effects its transitions return.
 
+mod batch;
 mod breaker;
 mod cancel;
 mod dispatch;
@@ -159,6 +161,14 @@ pub(crate) struct Pool {
     stall_check: bool,
     /// When to look next, while some worker's head could stall (see `withdraw`).
     stall_timer: Option<Instant>,
+    /// The largest batch any submission or the pool asked for (a batching worker's window is
+    /// at least twice its batch: see `batch`).
+    batch_ceiling: u32,
+    /// While a dispatch holds a partial batch back for a busy worker: when it goes anyway.
+    batch_due: Option<Instant>,
+    /// Per slot, whether this dispatch held a partial batch back for it (kept to reuse the
+    /// allocation; empty while nothing batches).
+    batch_held: Vec<bool>,
 }
 
 impl Pool {
@@ -261,7 +271,11 @@ impl Pool {
             intake_jobs: Vec::new(),
             stall_check: false,
             stall_timer: None,
+            batch_ceiling: 0,
+            batch_due: None,
+            batch_held: Vec::new(),
         };
+        pool.batch_ceiling = pool.cfg.batch.map_or(0, |b| b.max);
         pool.rate = pool.cfg.rate.map(crate::rate::Limiter::new);
         for i in 0..pool.target {
             pool.slots.push(Slot::new(i));

@@ -13,7 +13,7 @@ impl Pool {
             return;
         }
         // Fixed at start: the worker socket's frame limit, the submissions' credits, the
-        // runtime directory (owned by the workers' user) and the autoscaler.
+        // runtime directory (owned by the workers' user), the autoscaler and the batches.
         let max_frame = new.max_frame.clamp(1024, herd_proto::MAX_FRAME_CEILING);
         let kept: Vec<&str> = [
             ("max_frame", max_frame != self.cfg.max_frame),
@@ -22,6 +22,7 @@ impl Pool {
             ("runtime_dir", new.runtime_dir != self.cfg.runtime_dir),
             ("user", new.launch.user != self.cfg.launch.user),
             ("autoscale", new.autoscale != self.cfg.autoscale),
+            ("batch", new.batch != self.cfg.batch),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))

@@ -276,14 +276,21 @@ impl Pool {
 
     /// Work a dead worker held: the suspect is charged, bystanders go back uncharged. For a
     /// stop (`Shutdown`) everything is recorded at once.
+    ///
+    /// The running tasks are the head and the rest of its batch, if it came in one. A batch's
+    /// unanswered tasks are all suspects, and none can be blamed: they go back uncharged,
+    /// capped to batches of half as many, until one runs alone (see `crate::batch`).
     pub(super) fn settle_inflight(
         &mut self,
         inflight: VecDeque<Running>,
         kind: ErrorKind,
         message: &str,
     ) {
+        let running = crate::slot::running_len(&inflight);
+        let bisect = (running > 1).then(|| crate::batch::bisected_cap(running));
         let mut back = Vec::with_capacity(inflight.len());
         for (k, running) in inflight.into_iter().enumerate() {
+            let started = k == 0 || (bisect.is_some() && running.batched);
             let mut job = running.job;
             if job.cancelled {
                 // Whatever ended its worker (the cancel's kill, or a crash, timeout or stop
@@ -299,24 +306,34 @@ impl Pool {
             // stream is not retried (it would stall again); anything else it held is innocent.
             let held = kind == ErrorKind::Rejected;
             // Stopped to cancel another task: everything else it held is innocent, and goes
-            // back uncharged (the head keeps its attempt: it did start).
+            // back uncharged (the running ones keep their attempt: they did start).
             if kind == ErrorKind::Cancelled {
-                if k > 0 && job.chunks == 0 {
+                if !started && job.chunks == 0 {
                     job.attempts = job.attempts.saturating_sub(1);
                 }
                 back.push(job);
                 continue;
             }
-            // Killed because its `--deadline` passed: no attempt is left to it.
-            if k == 0 && kind == ErrorKind::Deadline {
+            // Killed because its `--deadline` passed: no attempt is left to it (a batch-mate
+            // whose own deadline has not passed goes back, uncharged).
+            if started
+                && kind == ErrorKind::Deadline
+                && (k == 0 || job.deadline().is_some_and(|d| d <= self.now))
+            {
                 self.fail(job, kind, message.to_string());
                 continue;
             }
-            if k == 0 && held && job.chunks > 0 {
+            if started && held && job.chunks > 0 {
                 self.fail(job, kind, message.to_string());
                 continue;
             }
-            if k == 0 && !held {
+            if started && !held && kind != ErrorKind::Deadline {
+                if let Some(cap) = bisect {
+                    // One of a batch that died: not blamed, but run in smaller batches.
+                    job.batch_cap = cap;
+                    back.push(job);
+                    continue;
+                }
                 job.charged += 1;
                 if job.charged > self.cfg.retries {
                     self.fail(job, kind, message.to_string());
@@ -328,8 +345,9 @@ impl Pool {
                     attempt = job.attempts,
                     "re-dispatching after {kind}"
                 );
-            } else if job.chunks == 0 {
+            } else if job.chunks == 0 && !(started && k > 0) {
                 // It was only queued in the worker, never started: that dispatch was no attempt.
+                // (The rest of a running batch did start with its head.)
                 job.attempts = job.attempts.saturating_sub(1);
             }
             // (One that streamed chunks did start, whatever the order: its chunk lines carry

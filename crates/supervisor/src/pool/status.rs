@@ -61,6 +61,11 @@ impl Pool {
                 .map(|(k, v)| ((*k).into(), *v))
                 .collect(),
             chunks: self.stats.chunks,
+            batches: self.stats.batches,
+            batch_mean_size: match self.stats.batches {
+                0 => 0.0,
+                n => self.stats.batched_events as f64 / n as f64,
+            },
             durations: self.stats.durations.clone(),
             events: self.stats.events.clone(),
             history: self.stats.history.clone(),

@@ -128,6 +128,11 @@ impl Submissions {
         self.map.get(&id).is_some_and(|o| o.options.source_retries)
     }
 
+    /// `id`'s own batches, if it is open and set them.
+    pub fn batch(&self, id: SubmissionId) -> Option<crate::BatchConfig> {
+        self.map.get(&id).and_then(|o| o.options.batch)
+    }
+
     /// `id`'s options, if it is open.
     pub fn options(&self, id: SubmissionId) -> Option<SubmitOptions> {
         self.map.get(&id).map(|o| o.options.clone())

@@ -1,6 +1,7 @@
 //! Every deadline the pool keeps, armed in one place and fired in one place: each owner says
 //! when it next needs attention and what to do then (the slots' start, task and exit timeouts
-//! and backoffs; retries waiting out their delay; outboxes held for batching; the stop grace;
+//! and backoffs; retries waiting out their delay; outboxes held for batching; partial batches
+//! held for busy workers; the stop grace;
 //! the memory check; the autoscaler's samples).
 
 use std::time::Duration;
@@ -45,6 +46,7 @@ impl Pool {
             self.next_sweep(),
             self.keys.next_wake(),
             self.stall_timer,
+            self.batch_due,
         ]
         .into_iter()
         .flatten()

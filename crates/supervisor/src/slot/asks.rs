@@ -74,7 +74,9 @@ impl<L> Slot<L> {
                 inflight,
                 stalled: false,
                 ..
-            } if inflight.len() > 1 && self.speaks_v3() => Some(inflight.front()?.started),
+            } if inflight.len() > super::running_len(inflight) && self.speaks_v3() => {
+                Some(inflight.front()?.started)
+            }
             _ => None,
         }
     }
@@ -106,9 +108,11 @@ impl<L> Slot<L> {
         }
         *stalled = true;
         let asks = &mut self.asks;
+        // Not the rest of a running batch: it started with the head (its answer is `Kept`).
+        let running = super::running_len(inflight);
         let ids: Vec<u64> = inflight
             .iter()
-            .skip(1)
+            .skip(running)
             .map(|r| r.job.id)
             .filter(|&id| !asks.iter().any(|a| a.id == id))
             .collect();
@@ -221,7 +225,7 @@ impl<L> Slot<L> {
                 "Withdrawn for task {task}, which it had already answered"
             ));
         };
-        let Some(running) = inflight.remove(pos) else {
+        let Some(running) = super::batch::remove(inflight, pos) else {
             return Answer::Ignored;
         };
         // A cancel that crossed the withdrawal finds nothing to stop: its grace must not run

@@ -15,32 +15,35 @@ Messages are plain tuples, tagged by their variant name:
 
     herd -> worker:  ("Task", id, attempt, payload)   ("Shutdown",)
                      ("Withdraw", id)  ("Cancel", id)  (version 3)
+                     ("Batch", [(id, attempt, payload), ...])  (version 3, optional)
     worker -> herd:  ("Hello", protocol, pid, token)  ("Heartbeat",)
                      ("Done", id, ("Ok", output))     ("Done", id, ("Err", retryable, message))
                      ("Done", id, ("RetryAfter", message, delay_ms))  ("Done", id, ("Cancelled",))
                      ("Chunk", id, data)  (version 2: a partial result, before the task's Done)
                      ("Withdrawn", id)  ("Kept", id)  (version 3: answers to a Withdraw)
+                     ("Batching", max)  (version 3, optional: right after Hello)
 
 A worker only needs the `encode_hello`, `encode_done_*`, `encode_chunk`, `encode_withdrawn`,
-`encode_kept` and `decode_to_worker`;
+`encode_kept`, `encode_batching` (a batch handler) and `decode_to_worker`;
 the other half exists so tests (and anyone writing a supervisor) can speak the other side.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Literal, Optional, Tuple, TypeVar, Union
+from typing import List, Literal, Optional, Sequence, Tuple, TypeVar, Union
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER_LEN", "DEFAULT_MAX_FRAME", "MAX_FRAME_CEILING", "ProtocolError",
     "encode_hello", "encode_done_ok", "encode_done_err", "encode_done_retry_after",
     "encode_done_cancelled", "encode_heartbeat", "encode_chunk", "encode_withdrawn",
-    "encode_kept", "encode_task", "encode_shutdown", "encode_withdraw", "encode_cancel",
-    "decode_to_worker", "decode_from_worker", "frame_len", "varint",
+    "encode_kept", "encode_batching", "encode_task", "encode_shutdown", "encode_withdraw",
+    "encode_cancel", "encode_batch",
+    "decode_to_worker", "decode_to_batching_worker", "decode_from_worker", "frame_len", "varint",
 ]
 
-# Version 2 added the Chunk frame; version 3 Withdraw/Withdrawn/Kept, Cancel and the RetryAfter
-# and Cancelled outcomes. Every older frame is unchanged.
+# Version 2 added the Chunk frame; version 3 Withdraw/Withdrawn/Kept, Cancel, the RetryAfter
+# and Cancelled outcomes, and the optional Batching/Batch. Every older frame is unchanged.
 PROTOCOL_VERSION = 3
 HEADER_LEN = 4
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -53,9 +56,9 @@ _U64 = struct.Struct("<Q")
 _HEADER = _U32
 
 # Variant indices, pinned by herd-proto's enums (FromWorker, Outcome, ToWorker).
-HELLO, DONE, HEARTBEAT, CHUNK, WITHDRAWN, KEPT = 0, 1, 2, 3, 4, 5
+HELLO, DONE, HEARTBEAT, CHUNK, WITHDRAWN, KEPT, BATCHING = 0, 1, 2, 3, 4, 5, 6
 OK, ERR, RETRY_AFTER, CANCELLED = 0, 1, 2, 3
-TASK, SHUTDOWN, WITHDRAW, CANCEL = 0, 1, 2, 3
+TASK, SHUTDOWN, WITHDRAW, CANCEL, BATCH = 0, 1, 2, 3, 4
 
 _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
@@ -73,7 +76,12 @@ TaskMsg = Tuple[Literal["Task"], int, int, bytes]
 ShutdownMsg = Tuple[Literal["Shutdown"]]
 WithdrawMsg = Tuple[Literal["Withdraw"], int]
 CancelMsg = Tuple[Literal["Cancel"], int]
+#: One task of a Batch: (id, attempt, payload), the fields of a Task.
+BatchTask = Tuple[int, int, bytes]
+BatchMsg = Tuple[Literal["Batch"], List[BatchTask]]
 ToWorker = Union[TaskMsg, ShutdownMsg, WithdrawMsg, CancelMsg]
+#: What a worker that sent Batching may be sent.
+ToBatchingWorker = Union[ToWorker, BatchMsg]
 HelloMsg = Tuple[Literal["Hello"], int, int, str]
 Outcome = Union[Tuple[Literal["Ok"], bytes], Tuple[Literal["Err"], bool, str],
                 Tuple[Literal["RetryAfter"], str, int], Tuple[Literal["Cancelled"]]]
@@ -82,7 +90,8 @@ HeartbeatMsg = Tuple[Literal["Heartbeat"]]
 ChunkMsg = Tuple[Literal["Chunk"], int, bytes]
 WithdrawnMsg = Tuple[Literal["Withdrawn"], int]
 KeptMsg = Tuple[Literal["Kept"], int]
-FromWorker = Union[HelloMsg, DoneMsg, HeartbeatMsg, ChunkMsg, WithdrawnMsg, KeptMsg]
+BatchingMsg = Tuple[Literal["Batching"], int]
+FromWorker = Union[HelloMsg, DoneMsg, HeartbeatMsg, ChunkMsg, WithdrawnMsg, KeptMsg, BatchingMsg]
 _M = TypeVar("_M", bound=Tuple[object, ...])
 
 
@@ -181,6 +190,12 @@ def encode_kept(id: int) -> bytes:
     return _frame(b"\x05" + varint(id), MAX_FRAME_CEILING)
 
 
+def encode_batching(max: int) -> bytes:
+    """Frame for Batching{max} (version 3, optional): sent right after Hello by a worker whose
+    handler takes up to `max` tasks per call."""
+    return _frame(bytes((BATCHING,)) + _u32(max), MAX_FRAME_CEILING)
+
+
 def encode_heartbeat() -> bytes:
     """Frame for Heartbeat."""
     return b"\x01\x00\x00\x00\x02"
@@ -216,6 +231,15 @@ def encode_withdraw(id: int) -> bytes:
 def encode_cancel(id: int) -> bytes:
     """Frame for Cancel{id} (version 3, the supervisor's side)."""
     return _frame(b"\x03" + varint(id), MAX_FRAME_CEILING)
+
+
+def encode_batch(tasks: Sequence[Tuple[int, int, Buffer]],
+                 max_frame: int = MAX_FRAME_CEILING) -> bytes:
+    """Frame for Batch{tasks} (version 3, the supervisor's side): (id, attempt, payload) each."""
+    parts = [bytes((BATCH,)), varint(len(tasks))]
+    for id, attempt, payload in tasks:
+        parts += (varint(id), _u32(attempt), varint(len(payload)), bytes(payload))
+    return _frame(b"".join(parts), max_frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +321,8 @@ def _variant(buf: Buffer, p: int, end: int, enum: str, count: int) -> Tuple[int,
 
 def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWorker:
     """Decodes a ToWorker body: ("Task", id, attempt, payload), ("Shutdown",),
-    ("Withdraw", id) or ("Cancel", id)."""
+    ("Withdraw", id) or ("Cancel", id). A Batch is refused: it is only ever sent to a worker
+    that sent Batching, which decodes with `decode_to_batching_worker`."""
     if end is None:
         end = len(buf)
     # The tiny-event path first: a Task whose id takes 1, 3 or 5 bytes and whose attempt and
@@ -319,7 +344,19 @@ def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWo
                 if type(payload) is not bytes:
                     payload = bytes(payload)
                 return ("Task", id, attempt, payload)
-    v, p = _variant(buf, p, end, "ToWorker", 4)
+    msg = decode_to_batching_worker(buf, p, end)
+    if msg[0] == "Batch":
+        raise ProtocolError("malformed frame: a Batch, to a worker that did not send Batching")
+    return msg
+
+
+def decode_to_batching_worker(buf: Buffer, p: int = 0,
+                              end: Optional[int] = None) -> ToBatchingWorker:
+    """Decodes a ToWorker body for a worker that sent Batching: as `decode_to_worker`, or
+    ("Batch", [(id, attempt, payload), ...])."""
+    if end is None:
+        end = len(buf)
+    v, p = _variant(buf, p, end, "ToWorker", 5)
     if v == TASK:
         id, p = _uint(buf, p, end, 8, "Task.id")
         attempt, p = _uint(buf, p, end, 4, "Task.attempt")
@@ -331,16 +368,30 @@ def decode_to_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> ToWo
     if v == CANCEL:
         id, p = _uint(buf, p, end, 8, "Cancel.id")
         return _done_with(("Cancel", id), p, end, "Cancel")
+    if v == BATCH:
+        count, p = _uint(buf, p, end, 8, "Batch.tasks count")
+        # Each task takes at least 3 bytes: a count past that cannot be honest.
+        if count > (end - p) // 3:
+            raise ProtocolError(
+                f"malformed frame: a Batch of {count} tasks in {end - p} bytes")
+        tasks: List[BatchTask] = []
+        for _ in range(count):
+            id, p = _uint(buf, p, end, 8, "Batch task id")
+            attempt, p = _uint(buf, p, end, 4, "Batch task attempt")
+            payload, p = _bytes(buf, p, end, "Batch task payload")
+            tasks.append((id, attempt, payload))
+        return _done_with(("Batch", tasks), p, end, "Batch")
     return _done_with(("Shutdown",), p, end, "Shutdown")
 
 
 def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> FromWorker:
     """Decodes a FromWorker body: ("Hello", protocol, pid, token), ("Done", id, outcome) with
     outcome ("Ok", output), ("Err", retryable, message), ("RetryAfter", message, delay_ms) or
-    ("Cancelled",), ("Heartbeat",), ("Chunk", id, data), ("Withdrawn", id) or ("Kept", id)."""
+    ("Cancelled",), ("Heartbeat",), ("Chunk", id, data), ("Withdrawn", id), ("Kept", id) or
+    ("Batching", max)."""
     if end is None:
         end = len(buf)
-    v, p = _variant(buf, p, end, "FromWorker", 6)
+    v, p = _variant(buf, p, end, "FromWorker", 7)
     if v == HELLO:
         protocol, p = _uint(buf, p, end, 4, "Hello.protocol")
         pid, p = _uint(buf, p, end, 4, "Hello.pid")
@@ -371,4 +422,7 @@ def decode_from_worker(buf: Buffer, p: int = 0, end: Optional[int] = None) -> Fr
     if v == KEPT:
         id, p = _uint(buf, p, end, 8, "Kept.id")
         return _done_with(("Kept", id), p, end, "Kept")
+    if v == BATCHING:
+        max, p = _uint(buf, p, end, 4, "Batching.max")
+        return _done_with(("Batching", max), p, end, "Batching")
     return _done_with(("Heartbeat",), p, end, "Heartbeat")
