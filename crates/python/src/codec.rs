@@ -7,9 +7,9 @@ use herd_proto::codec::{self, FrameError};
 use herd_proto::{
     BatchTaskRef, FromWorker, Outcome, ToWorker, ToWorkerRef, HEADER_LEN, MAX_FRAME_CEILING,
 };
-use pyo3::types::PyList;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyList;
 use pyo3::types::{PyBytes, PyTuple, PyType};
 use serde::Serialize;
 
