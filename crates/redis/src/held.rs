@@ -4,18 +4,20 @@
 //! them claimed) and the stop path. It also keeps the connection state and the counters that
 //! status, metrics and logs show.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rustc_hash::FxHashMap;
 use tokio::time::Instant;
+
+use crate::id::StreamId;
 
 /// One entry this daemon holds.
 #[derive(Debug)]
 struct Held {
     /// The stream entry id (`1700000000000-0`).
-    id: String,
+    id: StreamId,
     /// Its delivery count in the group's pending entries list, as of this daemon's last read
     /// or claim: a settle applies only while the list still says so (see `scripts::APPLY`).
     deliveries: u64,
@@ -66,10 +68,12 @@ pub struct GroupNumbers {
     pub consumers: AtomicU64,
 }
 
+/// Keyed by local numbers and entry ids, neither chosen by an outsider: the fast hash (this
+/// is every entry's way in and out) is enough.
 #[derive(Debug, Default)]
 struct Maps {
-    by_seq: HashMap<u64, Held>,
-    by_id: HashMap<String, u64>,
+    by_seq: FxHashMap<u64, Held>,
+    by_id: FxHashMap<StreamId, u64>,
 }
 
 /// State shared by the parts of one daemon's consumer.
@@ -101,10 +105,10 @@ impl Shared {
     /// Takes a delivery of entry `id`: its new local number if the entry is new to this daemon
     /// (it must be run); `None` if this daemon already runs it (a claim of its own entry: only
     /// the delivery count moves, so that its settle still applies).
-    pub fn hold(&self, id: &str, deliveries: u64) -> Option<u64> {
+    pub fn hold(&self, id: StreamId, deliveries: u64) -> Option<u64> {
         let now = Instant::now();
         let mut maps = self.maps();
-        if let Some(seq) = maps.by_id.get(id).copied() {
+        if let Some(seq) = maps.by_id.get(&id).copied() {
             if let Some(h) = maps.by_seq.get_mut(&seq) {
                 h.deliveries = h.deliveries.max(deliveries);
                 h.touched = now;
@@ -114,11 +118,11 @@ impl Shared {
             return None;
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        maps.by_id.insert(id.to_string(), seq);
+        maps.by_id.insert(id, seq);
         maps.by_seq.insert(
             seq,
             Held {
-                id: id.to_string(),
+                id,
                 deliveries,
                 touched: now,
             },
@@ -127,27 +131,36 @@ impl Shared {
     }
 
     /// The entry id and delivery count of a held entry.
-    pub fn entry(&self, seq: u64) -> Option<(String, u64)> {
-        self.maps()
-            .by_seq
-            .get(&seq)
-            .map(|h| (h.id.clone(), h.deliveries))
+    pub fn entry(&self, seq: u64) -> Option<(StreamId, u64)> {
+        self.maps().by_seq.get(&seq).map(|h| (h.id, h.deliveries))
     }
 
-    /// Lets go of an entry (settled, released or lost).
-    pub fn release(&self, seq: u64) -> Option<String> {
+    /// [`Shared::entry`] of each of `seqs`, under one lock.
+    pub fn entries(&self, seqs: impl Iterator<Item = u64>) -> Vec<Option<(StreamId, u64)>> {
+        let maps = self.maps();
+        seqs.map(|seq| maps.by_seq.get(&seq).map(|h| (h.id, h.deliveries)))
+            .collect()
+    }
+
+    /// Lets go of entries (settled, released or lost), under one lock; how many were held.
+    pub fn release(&self, seqs: impl IntoIterator<Item = u64>) -> usize {
         let mut maps = self.maps();
-        let held = maps.by_seq.remove(&seq)?;
-        maps.by_id.remove(&held.id);
-        Some(held.id)
+        let mut n = 0;
+        for seq in seqs {
+            if let Some(held) = maps.by_seq.remove(&seq) {
+                maps.by_id.remove(&held.id);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Every entry still held: `(seq, id, deliveries)`.
-    pub fn all(&self) -> Vec<(u64, String, u64)> {
+    pub fn all(&self) -> Vec<(u64, StreamId, u64)> {
         self.maps()
             .by_seq
             .iter()
-            .map(|(seq, h)| (*seq, h.id.clone(), h.deliveries))
+            .map(|(seq, h)| (*seq, h.id, h.deliveries))
             .collect()
     }
 
@@ -158,14 +171,14 @@ impl Shared {
 
     /// Entries not touched for `age`: marked touched now, returned as `(seq, id,
     /// deliveries)` to reset their idle time at the server.
-    pub fn stale(&self, age: Duration) -> Vec<(u64, String, u64)> {
+    pub fn stale(&self, age: Duration) -> Vec<(u64, StreamId, u64)> {
         let now = Instant::now();
         let mut maps = self.maps();
         let mut out = Vec::new();
         for (seq, h) in maps.by_seq.iter_mut() {
             if now.saturating_duration_since(h.touched) >= age {
                 h.touched = now;
-                out.push((*seq, h.id.clone(), h.deliveries));
+                out.push((*seq, h.id, h.deliveries));
             }
         }
         out
@@ -184,17 +197,14 @@ mod tests {
     #[test]
     fn a_claim_of_a_held_entry_is_not_run_twice() {
         let s = Shared::new();
-        let seq = s.hold("1-0", 1).unwrap();
-        assert_eq!(s.hold("1-0", 2), None, "already held: not run again");
-        assert_eq!(
-            s.entry(seq),
-            Some(("1-0".to_string(), 2)),
-            "its count moved"
-        );
+        let id = StreamId::new(1, 0);
+        let seq = s.hold(id, 1).unwrap();
+        assert_eq!(s.hold(id, 2), None, "already held: not run again");
+        assert_eq!(s.entry(seq), Some((id, 2)), "its count moved");
         assert_eq!(s.counters.doubled.load(Ordering::Relaxed), 1);
-        assert_eq!(s.release(seq).as_deref(), Some("1-0"));
-        assert!(s.release(seq).is_none(), "released once");
-        let again = s.hold("1-0", 3).unwrap();
+        assert_eq!(s.release([seq]), 1);
+        assert_eq!(s.release([seq]), 0, "released once");
+        let again = s.hold(id, 3).unwrap();
         assert_ne!(
             again, seq,
             "a later delivery is new again, with a number of its own"
@@ -205,11 +215,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn only_stale_entries_are_touched() {
         let s = Shared::new();
-        let a = s.hold("1-0", 1).unwrap();
+        let a = s.hold(StreamId::new(1, 0), 1).unwrap();
         tokio::time::advance(Duration::from_secs(10)).await;
-        s.hold("2-0", 1).unwrap();
+        s.hold(StreamId::new(2, 0), 1).unwrap();
         let stale = s.stale(Duration::from_secs(5));
-        assert_eq!(stale, vec![(a, "1-0".to_string(), 1)]);
+        assert_eq!(stale, vec![(a, StreamId::new(1, 0), 1)]);
         assert!(s.stale(Duration::from_secs(5)).is_empty(), "touched now");
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(s.stale(Duration::from_secs(5)).len(), 2);

@@ -37,6 +37,7 @@
 //!   server takes them.
 
 mod held;
+mod id;
 mod link;
 mod scripts;
 mod sink;
@@ -53,6 +54,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use held::{bump, Shared};
+use id::StreamId;
 use link::Link;
 use scripts::{Op, Scripts};
 use sink::{Item, Policy, RedisRecords};
@@ -252,42 +254,76 @@ impl Ctx {
         r
     }
 
+    /// Runs a script's `EVALSHA` command on the shared connection, loading the script first
+    /// if the server does not have it (it restarted).
+    ///
+    /// # Errors
+    /// The connection's, or the server's.
+    async fn evalsha(&self, script: &Script, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let (n, mut conn) = self.writer.get().await?;
+        let mut r = cmd.query_async::<Value>(&mut conn).await;
+        if matches!(&r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            r = match script.prepare_invoke().load_async(&mut conn).await {
+                Ok(_) => cmd.query_async::<Value>(&mut conn).await,
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = &r {
+            self.writer.fault(n, e).await;
+        }
+        r
+    }
+
     /// Applies `items` once (see `scripts::APPLY`), each against the delivery count the entry
     /// is held with now; whether each applied, `None` for an entry no longer held.
+    ///
+    /// The command is built in place (no copy of each value per layer): it is what every
+    /// record goes through.
     async fn apply(&self, items: &[&Item]) -> Result<Vec<Option<bool>>, RedisError> {
-        let mut args: Vec<Vec<u8>> = vec![
-            self.cfg.group.as_bytes().to_vec(),
-            self.cfg.consumer.as_bytes().to_vec(),
-        ];
-        let mut sent = Vec::with_capacity(items.len());
-        for item in items {
-            let Some((id, deliveries)) = self.shared.entry(item.seq) else {
-                sent.push(false);
-                continue;
-            };
-            sent.push(true);
-            args.push(item.op.letter().as_bytes().to_vec());
-            args.push(id.into_bytes());
-            args.push(deliveries.to_string().into_bytes());
-            args.push(match item.op {
-                Op::Release(after) => {
-                    millis(self.cfg.claim_idle.saturating_sub(after)).into_bytes()
-                }
-                Op::Record | Op::Chunk => item.value.to_vec(),
-                Op::Touch => Vec::new(),
+        let held = self.shared.entries(items.iter().map(|i| i.seq));
+        let mut range: Option<(StreamId, StreamId)> = None;
+        let mut ops = 0usize;
+        let mut bytes = 0usize;
+        for (item, h) in items.iter().zip(&held) {
+            let Some((id, _)) = h else { continue };
+            range = Some(match range {
+                None => (*id, *id),
+                Some((lo, hi)) => (lo.min(*id), hi.max(*id)),
             });
+            ops += 1;
+            bytes += item.value.len() + 64;
         }
-        if args.len() == 2 {
+        let Some((first, last)) = range else {
             return Ok(vec![None; items.len()]);
+        };
+        let cfg = &self.cfg;
+        let mut cmd = redis::Cmd::with_capacity(10 + 4 * ops, 256 + bytes);
+        cmd.arg("EVALSHA")
+            .arg(self.scripts.apply.get_hash())
+            .arg(2)
+            .arg(&cfg.stream)
+            .arg(&cfg.results)
+            .arg(&cfg.group)
+            .arg(&cfg.consumer)
+            .arg(first.to_bytes())
+            .arg(last.to_bytes())
+            // This consumer's pending entries in the range are the batch's and those still
+            // running; past this many, the script looks up the rest one at a time.
+            .arg(2 * ops + 64);
+        let mut id_buf = Vec::with_capacity(24);
+        for (item, h) in items.iter().zip(&held) {
+            let Some((id, deliveries)) = h else { continue };
+            id_buf.clear();
+            id.write(&mut id_buf);
+            cmd.arg(item.op.letter()).arg(&id_buf[..]).arg(*deliveries);
+            match item.op {
+                Op::Release(after) => cmd.arg(millis(cfg.claim_idle.saturating_sub(after))),
+                Op::Record | Op::Chunk => cmd.arg(&item.value[..]),
+                Op::Touch => cmd.arg(""),
+            };
         }
-        let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        let reply = self
-            .script(
-                &self.scripts.apply,
-                &[self.cfg.stream.as_bytes(), self.cfg.results.as_bytes()],
-                &arg_refs,
-            )
-            .await?;
+        let reply = self.evalsha(&self.scripts.apply, &cmd).await?;
         let mut applied = match reply {
             Value::Array(a) => a.into_iter().map(|v| matches!(v, Value::Int(1))),
             other => {
@@ -298,15 +334,9 @@ impl Ctx {
                 )))
             }
         };
-        Ok(sent
+        Ok(held
             .into_iter()
-            .map(|s| {
-                if s {
-                    Some(applied.next().unwrap_or(false))
-                } else {
-                    None
-                }
-            })
+            .map(|h| h.map(|_| applied.next().unwrap_or(false)))
             .collect())
     }
 
@@ -349,15 +379,18 @@ impl Ctx {
                     tracing::debug!(seq = item.seq, "the entry moved on: its settle was dropped");
                 }
             }
-            if matches!(item.op, Op::Record | Op::Release(_)) {
-                self.shared.release(item.seq);
-            }
         }
+        self.shared.release(
+            items
+                .iter()
+                .filter(|i| matches!(i.op, Op::Record | Op::Release(_)))
+                .map(|i| i.seq),
+        );
     }
 
     /// Hands entries back at once (a stop), trying for a while; what is left is claimed
     /// after the claim time.
-    pub async fn release_now(&self, entries: Vec<(u64, String, u64)>) {
+    pub async fn release_now(&self, entries: Vec<(u64, StreamId, u64)>) {
         if entries.is_empty() {
             return;
         }
@@ -378,9 +411,7 @@ impl Ctx {
                 entries = refs.len(),
                 "could not hand entries back; they are claimed after the claim time"
             );
-            for item in &items {
-                self.shared.release(item.seq);
-            }
+            self.shared.release(items.iter().map(|i| i.seq));
         }
     }
 

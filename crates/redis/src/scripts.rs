@@ -36,8 +36,9 @@ return {r[1], out, deleted}
 /// Applies a batch of settles, each only if the entry is still this consumer's with the
 /// delivery count given (see the module's documentation).
 ///
-/// KEYS: events stream, results stream. ARGV: group, consumer, then four per operation: its
-/// letter, entry id, delivery count, value.
+/// KEYS: events stream, results stream. ARGV: group, consumer, the first and the last entry
+/// id of the batch, how many pending entries to look up at once, then four per operation:
+/// its letter, entry id, delivery count, value.
 /// - `R`: a final record: `XADD results * id <id> record <value>`, then `XACK`.
 /// - `C`: a chunk line: `XADD results * id <id> chunk <value>`.
 /// - `N`: hand back: `XCLAIM ... IDLE <value> JUSTID`, so it can be claimed (again) once it
@@ -45,27 +46,61 @@ return {r[1], out, deleted}
 /// - `T`: touch: `XCLAIM ... JUSTID`, resetting its idle time (it is still being worked on).
 ///
 /// Returns one integer per operation: 1 applied, 0 not (the entry moved on).
+///
+/// What the server spends per entry is what bounds one daemon, so the check is one
+/// `XPENDING` of this consumer's entries between the first and last id (up to the number
+/// given; an entry past it is looked up alone), and the acknowledgements are one `XACK` per
+/// 256 records, sent before the script ends, and before it returns any error: a record
+/// written is never left unacknowledged, which would write it again when the batch is
+/// retried.
 pub(crate) const APPLY: &str = r"
+local group, consumer, limit = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local held = {}
+local p = redis.call('XPENDING', KEYS[1], group, ARGV[3], ARGV[4], limit, consumer)
+for _, e in ipairs(p) do held[e[1]] = e[4] end
+local whole = #p < limit
+local acks = {}
+local function ack()
+  if #acks > 0 then
+    redis.call('XACK', KEYS[1], group, unpack(acks))
+    acks = {}
+  end
+end
 local out = {}
-for i = 3, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local op, id, n, v = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-  if p[1] and p[1][2] == ARGV[2] and p[1][4] == n then
+  local have = held[id]
+  if have == nil and not whole then
+    local q = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
+    have = q[1] and q[1][4] or false
+    held[id] = have
+  end
+  if have == n then
+    local r
     if op == 'R' then
-      redis.call('XADD', KEYS[2], '*', 'id', id, 'record', v)
-      redis.call('XACK', KEYS[1], ARGV[1], id)
+      r = redis.pcall('XADD', KEYS[2], '*', 'id', id, 'record', v)
     elseif op == 'C' then
-      redis.call('XADD', KEYS[2], '*', 'id', id, 'chunk', v)
+      r = redis.pcall('XADD', KEYS[2], '*', 'id', id, 'chunk', v)
     elseif op == 'N' then
-      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', v, 'JUSTID')
+      r = redis.pcall('XCLAIM', KEYS[1], group, consumer, 0, id, 'IDLE', v, 'JUSTID')
     else
-      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+      r = redis.pcall('XCLAIM', KEYS[1], group, consumer, 0, id, 'JUSTID')
+    end
+    if type(r) == 'table' and r.err then
+      ack()
+      return r
+    end
+    if op == 'R' then
+      acks[#acks + 1] = id
+      held[id] = false
+      if #acks == 256 then ack() end
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+ack()
 return out
 ";
 

@@ -10,7 +10,6 @@
 //! did apply the first time is refused the second (its entry is no longer pending), so a
 //! final record is never written twice.
 
-use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +17,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use herd_supervisor::policy::{retry_delay, Jitter};
 use herd_supervisor::{ErrorKind, PoolHandle, Record, RecordBatch, RecordOutcome, Sink};
+use rustc_hash::FxHashSet;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::id::StreamId;
 use crate::scripts::Op;
 use crate::Ctx;
 
@@ -103,7 +104,7 @@ fn settle_as(r: &Record, deliveries: u64, policy: &Policy, jitter: &mut Jitter) 
 
 /// A record as written: its JSON line without the newline, with the entry id (`"id"`, a
 /// string) in place of the daemon's own number (`"seq"`), which means nothing elsewhere.
-pub(crate) fn render(r: &Record, id: &str, buf: &mut Vec<u8>) -> Bytes {
+pub(crate) fn render(r: &Record, id: StreamId, buf: &mut Vec<u8>) -> Bytes {
     buf.clear();
     r.write_json(buf);
     if buf.last() == Some(&b'\n') {
@@ -114,10 +115,10 @@ pub(crate) fn render(r: &Record, id: &str, buf: &mut Vec<u8>) -> Bytes {
         return Bytes::copy_from_slice(buf); // not herd's record shape: as it is
     };
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let mut out = Vec::with_capacity(buf.len() + id.len() + 8);
+    let mut out = Vec::with_capacity(buf.len() + 48);
     out.extend_from_slice(b"{\"id\":\"");
     // Entry ids are `<ms>-<seq>`: nothing in them needs escaping.
-    out.extend_from_slice(id.as_bytes());
+    id.write(&mut out);
     out.push(b'"');
     out.extend_from_slice(&rest[digits..]);
     Bytes::from(out)
@@ -142,7 +143,7 @@ impl Sink for RedisRecords {
                 }
             };
             let value = match op {
-                Op::Record | Op::Chunk => render(r, &id, &mut self.buf),
+                Op::Record | Op::Chunk => render(r, id, &mut self.buf),
                 Op::Release(_) | Op::Touch => Bytes::new(),
             };
             items.push(Item {
@@ -180,7 +181,7 @@ impl Sink for RedisRecords {
 /// entry that a call on its way also has waits for that call to end.
 async fn settler(mut rx: mpsc::Receiver<Work>, ctx: Arc<Ctx>) {
     let mut running: JoinSet<Vec<u64>> = JoinSet::new();
-    let mut busy: HashSet<u64> = HashSet::new();
+    let mut busy: FxHashSet<u64> = FxHashSet::default();
     let mut next: Option<Work> = None;
     let mut open = true;
     loop {
@@ -201,7 +202,8 @@ async fn settler(mut rx: mpsc::Receiver<Work>, ctx: Arc<Ctx>) {
             }
             return;
         };
-        let clashes = |w: &Work, busy: &HashSet<u64>| w.items.iter().any(|i| busy.contains(&i.seq));
+        let clashes =
+            |w: &Work, busy: &FxHashSet<u64>| w.items.iter().any(|i| busy.contains(&i.seq));
         if running.len() >= IN_FLIGHT || clashes(&first, &busy) {
             if let Some(done) = running.join_next().await {
                 ended(done, &mut busy);
@@ -245,7 +247,7 @@ async fn settler(mut rx: mpsc::Receiver<Work>, ctx: Arc<Ctx>) {
 }
 
 /// A settle call has ended: its entries may be in the next one.
-fn ended(done: Result<Vec<u64>, tokio::task::JoinError>, busy: &mut HashSet<u64>) {
+fn ended(done: Result<Vec<u64>, tokio::task::JoinError>, busy: &mut FxHashSet<u64>) {
     match done {
         Ok(seqs) => {
             for s in seqs {
@@ -341,7 +343,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut r = err(ErrorKind::Crashed, false);
         r.seq = 12345;
-        let body = render(&r, "1700000000000-7", &mut buf);
+        let body = render(&r, StreamId::new(1_700_000_000_000, 7), &mut buf);
         assert_eq!(
             &body[..],
             br#"{"id":"1700000000000-7","ok":false,"error":{"kind":"crashed","message":""},"attempts":1}"#

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::held::bump;
+use crate::id::StreamId;
 use crate::link::{is_transient, Link};
 use crate::Ctx;
 
@@ -41,7 +42,7 @@ impl Source for RedisEvents {
 /// A stream entry as read or claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
-    pub id: String,
+    pub id: StreamId,
     pub deliveries: u64,
     /// The event (the value of the event field), or why the entry is not one.
     pub event: Result<Bytes, String>,
@@ -79,7 +80,7 @@ impl Fetcher {
                 let seqs = events.iter().map(|i| match i {
                     Input::Event { seq, .. } | Input::Rejected { seq, .. } => *seq,
                 });
-                let entries: Vec<(u64, String, u64)> = seqs
+                let entries: Vec<(u64, StreamId, u64)> = seqs
                     .filter_map(|seq| {
                         let (id, n) = self.ctx.shared.entry(seq)?;
                         Some((seq, id, n))
@@ -137,7 +138,7 @@ impl Fetcher {
                         let mut held = Vec::new();
                         for e in entries {
                             bump(&self.ctx.shared.counters.read);
-                            if let Some(seq) = self.ctx.shared.hold(&e.id, e.deliveries) {
+                            if let Some(seq) = self.ctx.shared.hold(e.id, e.deliveries) {
                                 held.push((seq, e.id, e.deliveries));
                             }
                         }
@@ -255,7 +256,7 @@ impl Fetcher {
         } else {
             &shared.counters.read
         });
-        let Some(seq) = shared.hold(&e.id, e.deliveries) else {
+        let Some(seq) = shared.hold(e.id, e.deliveries) else {
             tracing::debug!(id = %e.id, deliveries = e.deliveries, "claimed an entry this daemon still runs");
             return;
         };
@@ -290,6 +291,14 @@ impl Fetcher {
 
 pub(crate) fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+fn entry_id(v: &Value) -> Option<StreamId> {
+    match v {
+        Value::BulkString(b) => StreamId::parse(b),
+        Value::SimpleString(s) => StreamId::parse(s.as_bytes()),
+        _ => None,
+    }
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -347,7 +356,7 @@ fn parse_read(v: &Value, field: &str) -> Vec<Entry> {
         };
         for e in items(entries) {
             let parts = items(e);
-            let Some(id) = parts.first().and_then(text) else {
+            let Some(id) = parts.first().and_then(entry_id) else {
                 continue;
             };
             let fields = parts.get(1).unwrap_or(&Value::Nil);
@@ -371,7 +380,7 @@ fn parse_claim(v: &Value, field: &str) -> (String, Vec<Entry>, u64) {
     let mut entries = Vec::new();
     for e in parts.get(1).map(items).unwrap_or_default() {
         let p = items(e);
-        let (Some(id), Some(n)) = (p.first().and_then(text), p.get(1).and_then(int)) else {
+        let (Some(id), Some(n)) = (p.first().and_then(entry_id), p.get(1).and_then(int)) else {
             continue;
         };
         entries.push(Entry {
@@ -410,7 +419,7 @@ mod tests {
         ])]);
         let got = parse_read(&reply, "event");
         assert_eq!(got.len(), 3);
-        assert_eq!(got[0].id, "1-0");
+        assert_eq!(got[0].id, StreamId::new(1, 0));
         assert_eq!(got[0].event, Ok(Bytes::from_static(b"{}")));
         assert_eq!(got[0].deliveries, 1);
         assert_eq!(
@@ -444,7 +453,7 @@ mod tests {
         assert_eq!(
             entries,
             vec![Entry {
-                id: "3-0".into(),
+                id: StreamId::new(3, 0),
                 deliveries: 4,
                 event: Ok(Bytes::from_static(b"7")),
             }]
