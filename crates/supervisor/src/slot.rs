@@ -1178,6 +1178,10 @@ impl<L> Slot<L> {
             ),
         };
         let held_work = !inflight.is_empty();
+        // A death in a batch of several tasks is bisected, not charged (see `crate::batch`):
+        // at most log2(--batch) such deaths in a row, the poison task's doing, not the
+        // workers'. The breaker counts the deaths of the task running alone.
+        let bisecting = batch::running_len(&inflight) > 1;
         if held_work {
             effects.push(Effect::Settle {
                 inflight,
@@ -1226,6 +1230,7 @@ impl<L> Slot<L> {
         // A worker whose Hello the pool had not taken in yet when it died counts too (it
         // looks like a failed start): only a completed task shows the workers can work.
         if self.completed == 0
+            && !bisecting
             && matches!(
                 end,
                 End::Crashed

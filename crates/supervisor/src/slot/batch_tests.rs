@@ -97,3 +97,30 @@ fn a_new_process_takes_no_batches_until_it_says_so() {
     s.spawned(1, "tok".into(), t0);
     assert_eq!(s.batch_max(), 0);
 }
+
+/// A worker that crashes in a batch of several tasks, before completing any, does not count
+/// toward the circuit breaker (the batch is bisected: the poison task's doing); one that
+/// crashes running a task alone does.
+#[test]
+fn only_a_death_in_a_task_alone_counts_toward_the_breaker() {
+    let t0 = Instant::now();
+    let early = |effects: &Effects| {
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::EarlyDeath { .. }))
+    };
+    let mut s = two_batches(t0);
+    assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
+    let effects = s.on_exit(Exit::Signal(6), t0, true, &limits());
+    assert!(
+        !early(&effects),
+        "a death in a batch of 3 is bisected, not counted"
+    );
+
+    let mut s = ready(t0);
+    s.on_batching(8);
+    s.assign(job(9), t0).unwrap();
+    assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
+    let effects = s.on_exit(Exit::Signal(6), t0, true, &limits());
+    assert!(early(&effects), "a death running a task alone counts");
+}
