@@ -168,7 +168,7 @@ impl Pool {
     }
 
     /// Takes back what dispatch queued on worker `i`'s link since `mark`.
-    fn unqueue(&mut self, i: usize, mark: Option<usize>) {
+    pub(super) fn unqueue(&mut self, i: usize, mark: Option<usize>) {
         if let (Some(link), Some(mark)) = (self.slots[i].link_mut(), mark) {
             link.unqueue(mark);
         }

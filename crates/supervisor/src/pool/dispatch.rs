@@ -108,9 +108,7 @@ impl Pool {
                 }
                 Err(mut job) => {
                     // Not ready after all (has_room said it was): the job goes back.
-                    if let Some(l) = self.slots[i].link_mut() {
-                        l.unqueue(mark);
-                    }
+                    self.unqueue(i, Some(mark));
                     job.attempts -= 1;
                     job.dispatched = was_dispatched;
                     self.requeue(job);
