@@ -804,7 +804,8 @@ def serve_batch(sock: socket.socket, handler: BatchHandler, token: str,
     native = _native_module()
     if native is not None and hasattr(native, "serve_batch"):
         code, message = native.serve_batch(sock.fileno(), handler, token, max_frame, max,
-                                           Task if pass_task else None, _failure)
+                                           Task if pass_task else None, _results,
+                                           _native_event, _failure)
         if code == EXIT_DISCONNECTED:
             raise Disconnected()
         if code != EXIT_SHUTDOWN:
@@ -1021,7 +1022,8 @@ def _answer_batch(handler: BatchHandler, tasks: List[_codec.BatchTask], chan: _P
         if isinstance(it, _Generator):
             it.close()
     if got < n:
-        message = f"the batch handler returned {got} results for {n} events"
+        # herd-worker's words, which the native loop's results get.
+        message = f"the batch handler returned {got} results for a batch of {n} tasks"
         for id, _, _ in tasks[got:]:
             out.add(_done_err(id, False, message, max_frame), perf(), False)
 
@@ -1055,6 +1057,21 @@ def _event_done(id: int, value: object, max_frame: int, w: _Watch) -> bytes:
         return _codec.encode_done_ok(id, output, max_frame)
     except ProtocolError:
         return _too_big(id, output, max_frame)
+
+
+# A per-event result that is an output (`_native_event`), beside `_failure`'s kinds.
+_KIND_OK = 3
+
+
+def _native_event(value: object, cancelled: bool) -> Tuple[int, Union[bytes, str], Optional[int]]:
+    """The native loop's conversion of a batch handler's per-event result other than bytes or
+    str: (_KIND_OK, output, None), or a failure as `_failure` reports it."""
+    if isinstance(value, BaseException):
+        return _failure(value, cancelled, returned=True)
+    try:
+        return _KIND_OK, _output_bytes(value), None
+    except TypeError as e:
+        return _KIND_FATAL, f"batch handler's result: {e}", None
 
 
 def _fail_rest(exc: Exception, tasks: List[_codec.BatchTask], out: _Outbox, max_frame: int,
