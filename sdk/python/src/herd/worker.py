@@ -231,6 +231,28 @@ class _PyChannel:
         self._out.flush()
 
 
+class _Answered:
+    """The channel of a batch's Task whose result is in: it can send nothing more."""
+
+    def chunk(self, id: int, data: bytes) -> None:
+        raise Fatal("a chunk of a task that was answered already")
+
+    def cancelled(self, id: int) -> bool:
+        return False
+
+    def wait_cancelled(self, id: int, timeout: Optional[float] = None) -> bool:
+        return False
+
+    def write_raw(self, id: int, data: bytes) -> None:
+        raise Fatal("a write for a task that was answered already")
+
+    def flush(self, id: int) -> None:
+        pass
+
+
+_ANSWERED = _Answered()
+
+
 class _Outbox:
     """The write side, shared by the serve loop and the flusher thread: frames are queued and
     written out, in order, under one lock."""
@@ -1000,19 +1022,24 @@ def _answer_batch(handler: BatchHandler, tasks: List[_codec.BatchTask], chan: _P
     propagates, after the Dones already queued."""
     perf = time.perf_counter
     n = len(tasks)
-    arg = ([Task(id, attempt, payload, chan) for id, attempt, payload in tasks] if pass_task
-           else [payload for _, _, payload in tasks])
+    objs = [Task(id, attempt, payload, chan) for id, attempt, payload in tasks] if pass_task \
+        else None
     got = 0
     it: Optional[Iterator[Any]] = None
     try:
-        it = _results(handler(arg))
-        del arg
-        while got < n:
+        it = _results(handler(objs if objs is not None else
+                              [payload for _, _, payload in tasks]))
+        while True:
             try:
                 value = next(it)
             except StopIteration:
                 break
+            if got == n:
+                break  # one too many, ignored: a generator ran to its end, or has more
             id = tasks[got][0]
+            if objs is not None:
+                # Its Done goes out now: no chunk may follow (as herd-worker's Task::answer).
+                objs[got]._chan = _ANSWERED
             got += 1
             out.add(_event_done(id, value, max_frame, w), perf(), False)
     except Exception as e:  # noqa: BLE001 - the batch's failure fails the unanswered tasks
@@ -1192,9 +1219,11 @@ def run_batch(handler: BatchHandler, max: int = 64, *, pass_task: bool = False) 
     exception instance, which fails that event alone as raising it from `run`'s handler would
     (`Retryable`, with its `retry_after`, asks for a retry; `Fatal` or any other fails it;
     `Cancelled` for a cancelled task). Too few results fail the events left without one;
-    results beyond the batch's size are ignored. An exception raised by the handler (or its
-    iterator) fails every event of the batch not answered yet, and the worker keeps serving;
-    SystemExit and KeyboardInterrupt end the worker as in `run`.
+    results beyond the batch's size are ignored (an iterator is read once past the last event,
+    so a generator's code after its last yield runs; one that yields more is closed). An
+    exception raised by the handler (or its iterator) fails every event of the batch not
+    answered yet, and the worker keeps serving; SystemExit and KeyboardInterrupt end the
+    worker as in `run`.
 
     A generator is the iterator of per-event results here, not a stream of chunks. A Task's
     `chunk` still sends a partial result of its event, before that event's result is produced.
