@@ -35,7 +35,7 @@ if TYPE_CHECKING:
                          EventProtocolError, EventRejected, EventShutdown, EventTimeout,
                          HandshakeError, HerdError, InitializerFailed, ResultError)
     from .executor import Executor
-    from .worker import Cancelled, Fatal, Retryable, Task, run, worker_index
+    from .worker import Cancelled, Fatal, Retryable, Task, run, run_batch, worker_index
 
     __version__: str
 
@@ -53,8 +53,8 @@ _LAZY: Dict[str, str] = {
         "EventShutdown", "EventTimeout", "HandshakeError", "HerdError", "InitializerFailed",
         "ResultError"), "errors"),
     "Executor": "executor",
-    **dict.fromkeys(("Cancelled", "Fatal", "Retryable", "Task", "run", "worker_index"),
-                    "worker"),
+    **dict.fromkeys(("Cancelled", "Fatal", "Retryable", "Task", "run", "run_batch",
+                     "worker_index"), "worker"),
 }
 
 _SUBMODULES = frozenset(("blocking", "client", "daemon", "errors", "executor", "executor_worker",
@@ -88,7 +88,7 @@ def __dir__() -> List[str]:
 __all__ = [
     "__version__",
     # Workers.
-    "run", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
+    "run", "run_batch", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
     "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "CONTROL_VERSION",
     # A concurrent.futures executor.
