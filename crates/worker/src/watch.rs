@@ -20,6 +20,9 @@
 //!   loop wakes the watcher's `poll` through a socket pair, and takes the lock as soon as the
 //!   watcher lets go. The two flags (`seq` and `engaged`) are sequentially consistent, so one
 //!   side always sees the other's move: the watcher never keeps reading after a handler ended.
+//!   That holds only for the (odd) count of the handler the watcher waited out: the read side
+//!   is free, and no wake-up is coming, between a handler's end and the serve loop taking the
+//!   lock back (see `Shared::engage`).
 //! - **A cancel is a request.** A `Cancel` for the running task sets its flag
 //!   ([`Task::is_cancelled`](crate::Task::is_cancelled), and wakes
 //!   [`Task::cancelled`](crate::Task::cancelled)); the handler decides when it stops. A `Cancel`
@@ -189,12 +192,18 @@ impl<R: Read + AsFd> Shared<R> {
 
     /// The handler ended: takes the read side back (from the watcher, if it had it).
     pub fn end(&self) -> MutexGuard<'_, Reader<R>> {
+        self.mark_ended();
+        self.lock_reader()
+    }
+
+    /// The first half of [`Shared::end`]: counts the handler ended and wakes the watcher if it
+    /// reads for it. Until the serve loop has the lock again, the read side is free.
+    fn mark_ended(&self) {
         self.seq.fetch_add(1, SeqCst);
         if self.engaged.load(SeqCst) {
             // A full pipe already holds a wake-up.
             let _ = (&self.wake_tx).write(&[1]);
         }
-        self.lock_reader()
     }
 
     /// Tells the watcher to exit.
@@ -210,8 +219,8 @@ impl<R: Read + AsFd> Shared<R> {
     /// until it ends.
     pub fn run_watcher<W: Write>(&self, outbox: &Outbox<W>, max: usize) {
         loop {
-            // Park until a handler runs.
-            {
+            // Park until a handler runs, then give it its time: `seen` is its (odd) count.
+            let seen = {
                 let mut park = self.park.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
                     if self.stop.load(SeqCst) {
@@ -239,18 +248,36 @@ impl<R: Read + AsFd> Shared<R> {
                 if self.seq.load(SeqCst) != seen || seen.is_multiple_of(2) {
                     continue;
                 }
-            }
-            let seen = self.seq.load(SeqCst);
-            let mut reader = self.lock_reader();
-            self.engaged.store(true, SeqCst);
-            if self.seq.load(SeqCst) == seen && !reader.ended {
-                self.watch(&mut reader, seen, outbox, max);
-            }
-            self.engaged.store(false, SeqCst);
-            let mut drain = [0u8; 64];
-            while matches!((&self.wake_rx).read(&mut drain), Ok(n) if n > 0) {}
-            drop(reader);
+                seen
+            };
+            self.engage(seen, outbox, max);
         }
+    }
+
+    /// Takes the read side and reads for the handler counted `seen` (odd), if it still runs;
+    /// lets go when it ends.
+    ///
+    /// `seen` is the count the watcher waited out, never a fresh load: between a handler's end
+    /// and the serve loop taking the lock back ([`Shared::end`]) the count is even, the lock
+    /// free and no wake-up coming (the serve loop saw `engaged` false). A watcher that took the
+    /// lock then and read for that fresh count matched it, polled for the wake-up, and held the
+    /// lock the serve loop waited for: a worker stuck with all its tasks. With the handler's own
+    /// count, set `engaged` then compare: either it still matches and the handler's end will see
+    /// `engaged` and write, or the handler is gone and the watcher lets go at once.
+    fn engage<W: Write>(&self, seen: u64, outbox: &Outbox<W>, max: usize) {
+        debug_assert!(
+            !seen.is_multiple_of(2),
+            "the watcher reads only for a handler"
+        );
+        let mut reader = self.lock_reader();
+        self.engaged.store(true, SeqCst);
+        if self.seq.load(SeqCst) == seen && !reader.ended {
+            self.watch(&mut reader, seen, outbox, max);
+        }
+        self.engaged.store(false, SeqCst);
+        let mut drain = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut drain), Ok(n) if n > 0) {}
+        drop(reader);
     }
 
     /// Reads frames while the handler of `seen` runs.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use herd_proto::{FromWorker, Outcome, ToWorker};
 
+use super::Shared;
 use crate::tests::{config, recv, send, task};
-use crate::{serve, Config, Error, Task, TaskError};
+use crate::{serve, Config, Error, Outbox, Task, TaskError};
 
 /// A worker whose task "wait" blocks until the test sends on the returned channel, whose task
 /// "cancellable" runs until cancelled, and whose others echo.
@@ -164,4 +166,37 @@ fn a_protocol_2_worker_says_so_sends_plain_retries_and_refuses_v3_frames() {
     send(&sup, &ToWorker::Withdraw { id: 1 });
     let err = handle.join().unwrap().unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
+}
+
+/// The rare hang of a worker holding its tasks, its watcher in `poll`: the watcher has waited
+/// out a handler (count 1) when it ends; the serve loop counts it ended, sees the watcher not
+/// engaged (so writes no wake-up), and the watcher takes the read side before the serve loop
+/// takes it back. The watcher must see its handler gone and let go; it used to read for the
+/// count it found then (2: no handler), matching it, and poll for a wake-up that never came
+/// while the serve loop waited for the lock.
+#[test]
+fn a_watcher_that_takes_the_read_side_after_its_handler_ended_lets_go() {
+    let (_sup, worker) = UnixStream::pair().unwrap();
+    let shared = Shared::new(BufReader::new(&worker)).unwrap();
+    let outbox = Outbox::new(&worker);
+    shared.begin(1);
+    let waited_out = 1; // the count the watcher's park loop saw last for WATCH_AFTER
+    shared.mark_ended();
+    let (let_go, gone) = mpsc::channel();
+    thread::scope(|s| {
+        s.spawn(|| {
+            shared.engage(waited_out, &outbox, 1024);
+            let _ = let_go.send(());
+        });
+        let released = gone.recv_timeout(Duration::from_secs(10)).is_ok();
+        if !released {
+            shared.shut(); // its wake-up ends the stuck watcher, so the scope can end
+        }
+        assert!(
+            released,
+            "the watcher kept the read side after its handler ended"
+        );
+    });
+    // The serve loop takes the read side back and carries on.
+    assert!(shared.reader.try_lock().is_ok());
 }
