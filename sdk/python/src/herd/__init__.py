@@ -27,7 +27,7 @@ checked against the protocol's test vectors). docs/PYTHON.md has the details.
 from importlib import metadata as _metadata
 
 from .blocking import Client, connect_sync
-from .client import CONTROL_VERSION, Chunk, Pool, Stream, connect
+from .client import CONTROL_VERSION, Batch, Chunk, Pool, Stream, connect
 from .daemon import Daemon, find_herd_bin, serve
 from .errors import (ConnectionLost, DaemonError, EventCancelled, EventCrashed, EventDeadline,
                      EventError, EventExpired, EventFailed, EventProtocolError, EventRejected,
@@ -46,7 +46,7 @@ __all__ = [
     # Workers.
     "run", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
-    "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "CONTROL_VERSION",
+    "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "Batch", "CONTROL_VERSION",
     # A concurrent.futures executor.
     "Executor",
     # A private daemon.
