@@ -34,7 +34,7 @@ from .errors import (ConnectionLost, DaemonError, EventCancelled, EventCrashed, 
                      EventShutdown, EventTimeout, HandshakeError, HerdError, InitializerFailed,
                      ResultError)
 from .executor import Executor
-from .worker import Cancelled, Fatal, Retryable, Task, run, worker_index
+from .worker import Cancelled, Fatal, Retryable, Task, run, run_batch, worker_index
 
 try:
     __version__ = _metadata.version("herd")
@@ -44,7 +44,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree (PYTHONPAT
 __all__ = [
     "__version__",
     # Workers.
-    "run", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
+    "run", "run_batch", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
     "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "Batch", "CONTROL_VERSION",
     # A concurrent.futures executor.

@@ -15,6 +15,13 @@ the initializer (HERDPY_INIT) and multiprocessing's authkey (HERDPY_AUTHKEY, so 
 the parent's multiprocessing managers work in calls). Not HERD_*: herd keeps its own settings
 from its workers. The working directory and the rest of the environment are inherited.
 Started by hand (`herd serve -- python -m herd.executor_worker`) a worker uses its own.
+
+The worker is a batch handler (`herd.run_batch`, up to HERDPY_BATCH_MAX calls per batch,
+default 4096): under `--batch N` herd hands it up to N calls at once, each answered on its own
+(one call's exception stays that call's); otherwise it gets single calls. A call of
+Executor.map may also come as `("m", fn_bytes, args)` pickled and base64-encoded as above:
+`fn_bytes` is the callable pickled once by the parent for the whole map, which the worker
+unpickles once and keeps (the last few, by those bytes), so a call carries only its arguments.
 """
 
 from __future__ import annotations
@@ -28,12 +35,20 @@ import runpy
 import sys
 import traceback
 import types
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ENV_SYS_PATH = "HERDPY_SYS_PATH"
 ENV_MAIN = "HERDPY_MAIN"
 ENV_INIT = "HERDPY_INIT"
 ENV_AUTHKEY = "HERDPY_AUTHKEY"
+ENV_BATCH_MAX = "HERDPY_BATCH_MAX"
+
+#: Calls per batch the worker takes (herd sends at most its own --batch).
+BATCH_MAX = 4096
+#: The tag of a map call, ("m", fn_bytes, args).
+MAP_TAG = "m"
+# How many unpickled map callables a worker keeps.
+_FN_CACHE = 8
 
 try:
     import cloudpickle as _cloudpickle  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -92,6 +107,8 @@ class _Worker:
     def __init__(self) -> None:
         # The initializer's failure: every call gets it.
         self.init_error: Optional[Tuple[BaseException, str]] = None
+        # Map callables by their pickled bytes, oldest first (at most _FN_CACHE).
+        self.fns: Dict[bytes, Callable[..., Any]] = {}
 
     def setup(self) -> None:
         path = os.environ.get(ENV_SYS_PATH)
@@ -127,8 +144,15 @@ class _Worker:
             exc, tb = self.init_error
             return _dump_error(_initializer_failed(exc), tb)
         try:
-            fn, args, kwargs = loads(payload)
+            call = loads(payload)
             del payload
+            if (type(call) is tuple and len(call) == 3 and type(call[0]) is str
+                    and call[0] == MAP_TAG):
+                fn = self.map_fn(call[1])
+                args, kwargs = call[2], {}
+            else:
+                fn, args, kwargs = call
+            del call
             result = fn(*args, **kwargs)
             del fn, args, kwargs
         except BaseException as e:  # noqa: BLE001 - the call's outcome, whatever it is
@@ -137,6 +161,36 @@ class _Worker:
             return dumps((True, result, None))
         except BaseException as e:  # noqa: BLE001 - a result that does not pickle
             return _dump_error(e, _format(e))
+
+
+    def handle_batch(self, payloads: List[bytes]) -> List[bytes]:
+        """A batch of calls: each payload as `handle` takes it, each outcome as it returns it
+        (so one call's exception fails that call only)."""
+        return [self.handle(p) for p in payloads]
+
+    def map_fn(self, fn_bytes: bytes) -> Callable[..., Any]:
+        """The callable of a map call, unpickled once per pickled form."""
+        fn = self.fns.get(fn_bytes)
+        if fn is None:
+            fn = pickle.loads(fn_bytes)
+            if len(self.fns) >= _FN_CACHE:
+                del self.fns[next(iter(self.fns))]
+            self.fns[fn_bytes] = fn
+        return fn
+
+
+def _batch_max() -> int:
+    raw = os.environ.get(ENV_BATCH_MAX)
+    if raw:
+        try:
+            n = int(raw)
+            if n >= 1:
+                return n
+        except ValueError:
+            pass
+        sys.stderr.write(f"herd.executor_worker: ignoring {ENV_BATCH_MAX}={raw!r}: not a whole "
+                         f"number of calls >= 1\n")
+    return BATCH_MAX
 
 
 def _initializer_failed(exc: BaseException) -> BaseException:
@@ -161,11 +215,11 @@ def _fixup_main(spec: str) -> None:
 
 
 def main() -> None:
-    from .worker import run
+    from .worker import run_batch
 
     worker = _Worker()
     worker.setup()
-    run(worker.handle)
+    run_batch(worker.handle_batch, _batch_max())
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ import time
 import traceback
 from types import GeneratorType as _Generator
 from types import ModuleType
-from typing import Any, Callable, Dict, Generator, List, NoReturn, Optional, Protocol, Tuple, Union
+from typing import (Any, Callable, Dict, Generator, Iterator, List, NoReturn, Optional, Protocol,
+                    Tuple, Union)
 
 from . import _codec
 from ._codec import Buffer, ProtocolError
@@ -53,6 +54,9 @@ Output = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any]]
 #: A handler: the payload (or, with pass_task=True, the Task) in, the output out; a generator
 #: handler streams.
 Handler = Callable[[Any], Any]
+#: A batch handler: the payloads (or, with pass_task=True, the Tasks) of one batch in, one
+#: result per event out, in order: a list (or any sequence), or an iterator that yields them.
+BatchHandler = Callable[[List[Any]], Any]
 # The read buffer: bytes, or a bytearray for a frame too big for one read.
 _Data = Union[bytes, bytearray]
 
@@ -387,10 +391,11 @@ class _Watch:
       decides when to stop. One for a queued task removes it and answers Done(Cancelled)."""
 
     __slots__ = ("running", "pos", "data", "parked", "engaged", "touched", "ended", "stop",
-                 "cancel_id", "_sock", "_out", "_max", "_lock", "_park", "_cancel",
+                 "cancel_id", "_sock", "_out", "_max", "_decode", "_lock", "_park", "_cancel",
                  "_wake_r", "_wake_w", "_thread")
 
-    def __init__(self, sock: socket.socket, out: _Outbox, max_frame: int) -> None:
+    def __init__(self, sock: socket.socket, out: _Outbox, max_frame: int,
+                 batching: bool = False) -> None:
         # The task whose handler runs, -1 between handlers.
         self.running = -1
         # The serve loop's read buffer, and where its next frame starts.
@@ -411,6 +416,9 @@ class _Watch:
         self._sock = sock
         self._out = out
         self._max = max_frame
+        # A batch handler's worker is also sent Batch frames (tasks the watcher keeps, in order).
+        self._decode: Callable[[_codec.Buffer, int, int], _codec.ToBatchingWorker] = (
+            _codec.decode_to_batching_worker if batching else _codec.decode_to_worker)
         self._lock = threading.Lock()
         self._park = threading.Condition()
         self._cancel = threading.Condition()
@@ -518,6 +526,7 @@ class _Watch:
         """Reads and answers frames while the handler of task `seen` runs (the read side is
         held)."""
         max_frame = self._max
+        decode = self._decode
         buf = bytearray(self.data[self.pos:])
         # buf[:kept] is whole Task frames, left for the serve loop in order.
         kept = 0
@@ -538,11 +547,11 @@ class _Watch:
                             return
                         break
                     try:
-                        msg = _codec.decode_to_worker(buf, kept + 4, fend)
+                        msg = decode(buf, kept + 4, fend)
                     except ProtocolError:
                         self.ended = True  # left for the serve loop to refuse
                         return
-                    if msg[0] == "Task":
+                    if msg[0] == "Task" or msg[0] == "Batch":
                         kept = fend
                         continue
                     if msg[0] == "Shutdown":
@@ -551,15 +560,14 @@ class _Watch:
                     tag, id = msg
                     del buf[kept:fend]
                     touched = True
-                    found = _find_task(buf, kept, id)
-                    if found is not None:
-                        a, b = found
-                        del buf[a:b]
-                        kept -= b - a
+                    removed = _remove_task(buf, kept, id, max_frame)
+                    found = removed is not None
+                    if removed is not None:
+                        kept -= removed
                     if tag == "Withdraw":
                         answer: Optional[bytes] = (_codec.encode_withdrawn(id) if found
                                                    else _codec.encode_kept(id))
-                    elif found is not None:
+                    elif found:
                         answer = _codec.encode_done_cancelled(id)
                     else:
                         answer = None
@@ -600,14 +608,25 @@ class _Watch:
                 self.touched = True
 
 
-def _find_task(buf: bytearray, stop: int, id: int) -> Optional[Tuple[int, int]]:
-    """The bounds of the Task frame for task `id` among the whole Task frames in buf[:stop]."""
+def _remove_task(buf: bytearray, stop: int, id: int, max_frame: int) -> Optional[int]:
+    """Takes task `id` out of the whole Task and Batch frames in buf[:stop]: how many bytes
+    shorter the buffer is, or None if the task is not there. A task of a batch not started is
+    taken out alone (the batch's frame is written again without it); the rest still run
+    together."""
     p = 0
     while p < stop:
-        fend = p + 4 + _unpack_header(buf, p)[0]
-        msg = _codec.decode_to_worker(buf, p + 4, fend)
+        fend: int = p + 4 + _unpack_header(buf, p)[0]
+        msg = _codec.decode_to_batching_worker(buf, p + 4, fend)
         if msg[0] == "Task" and msg[1] == id:
-            return p, fend
+            del buf[p:fend]
+            return fend - p
+        if msg[0] == "Batch":
+            tasks = msg[1]
+            rest = [t for t in tasks if t[0] != id]
+            if len(rest) < len(tasks):
+                frame = _codec.encode_batch(rest, max_frame) if rest else b""
+                buf[p:fend] = frame
+                return fend - p - len(frame)
         p = fend
     return None
 
@@ -682,11 +701,12 @@ _KIND_RETRYABLE = 1
 _KIND_CANCELLED = 2
 
 
-def _failure(exc: BaseException, cancelled: bool,
-             skip_frame: bool = False) -> Tuple[int, str, Optional[int]]:
+def _failure(exc: BaseException, cancelled: bool, skip_frame: bool = False,
+             returned: bool = False) -> Tuple[int, str, Optional[int]]:
     """How a handler that raised `exc` is reported, for both serve loops: (kind, message,
     retry delay in ms or None). `cancelled`: herd cancelled this task. Any exception but
-    herd's own gets its traceback on stderr (without the serve loop's frame: `skip_frame`)."""
+    herd's own gets its traceback on stderr (without the serve loop's frame: `skip_frame`).
+    `returned`: a batch handler's per-event result, not raised: its message only."""
     if isinstance(exc, Retryable):
         ms = None
         if exc.retry_after is not None:
@@ -699,6 +719,8 @@ def _failure(exc: BaseException, cancelled: bool,
                 None)
     if isinstance(exc, Fatal):
         return _KIND_FATAL, str(exc) or "Fatal", None
+    if returned:
+        return _KIND_FATAL, _failure_message(exc), None
     # Like a Rust panic: the traceback (from the handler down) for whoever reads the worker's
     # stderr, which herd logs.
     try:
@@ -773,16 +795,48 @@ def serve(sock: socket.socket, handler: Handler, token: str,
     _serve_pure(sock, handler, token, max_frame, pass_task)
 
 
+def serve_batch(sock: socket.socket, handler: BatchHandler, token: str,
+                max_frame: int = _codec.DEFAULT_MAX_FRAME, max: int = 64,
+                pass_task: bool = False) -> None:
+    """`serve` for a batch handler (see `run_batch`) of up to `max` tasks per call: declares
+    Batching{max} after Hello (max 2 or more; 1: single tasks, each a list of one)."""
+    max = _batch_max(max)
+    native = _native_module()
+    if native is not None and hasattr(native, "serve_batch"):
+        code, message = native.serve_batch(sock.fileno(), handler, token, max_frame, max,
+                                           Task if pass_task else None, _failure)
+        if code == EXIT_DISCONNECTED:
+            raise Disconnected()
+        if code != EXIT_SHUTDOWN:
+            raise ProtocolError(message.removeprefix("protocol error: "))
+        return
+    _serve_pure(sock, handler, token, max_frame, pass_task, max)
+
+
+def _batch_max(max: int) -> int:
+    if isinstance(max, bool) or not isinstance(max, int) or not 1 <= max <= 0xFFFF_FFFF:
+        raise ValueError(f"max must be a whole number of tasks from 1 to 2**32-1, not {max!r}")
+    return max
+
+
 def _serve_pure(sock: socket.socket, handler: Handler, token: str, max_frame: int,
-                pass_task: bool) -> None:
+                pass_task: bool, batch: int = 0) -> None:
+    """The pure-Python loop; `batch` (1 or more) for a batch handler of up to that many tasks."""
     out = _Outbox(sock)
-    watch = _Watch(sock, out, max_frame)
+    watch = _Watch(sock, out, max_frame, batching=batch > 1)
     try:
         try:
             out.queue(_codec.encode_hello(HELLO_PROTOCOL, os.getpid(), token, max_frame))
+            if batch > 1:
+                # Right after Hello, before any other frame (docs/PROTOCOL.md §4b).
+                out.queue(_codec.encode_batching(batch))
             out.flush()
             watch.start()
-            _serve_loop(_Reader(sock), out, watch, handler, max_frame, pass_task)
+            if batch:
+                _serve_batch_loop(_Reader(sock), out, watch, handler, max_frame, pass_task,
+                                  batch > 1)
+            else:
+                _serve_loop(_Reader(sock), out, watch, handler, max_frame, pass_task)
         except (OSError, Disconnected):
             raise
         except BaseException:
@@ -875,6 +929,151 @@ def _serve_loop(reader: _Reader, out: _Outbox, w: _Watch, handler: Handler, max_
             out.add(frame, now, not fend or now - t0 >= BATCH_ONLY_UNDER)
 
 
+def _serve_batch_loop(reader: _Reader, out: _Outbox, w: _Watch, handler: BatchHandler,
+                      max_frame: int, pass_task: bool, batching: bool) -> None:
+    """`_serve_loop` for a batch handler: a Task is a batch of one; each task's Done is queued
+    as its result comes (`_answer_batch`). A twin rather than a branch, to keep the single-task
+    loop as it is. `batching`: Batching was sent, so Batch frames may come."""
+    perf = time.perf_counter
+    chan = _PyChannel(out, w, max_frame)
+    decode = _codec.decode_to_batching_worker if batching else _codec.decode_to_worker
+    header = _unpack_header
+    data: _Data = b""
+    pos = 0
+    while True:
+        # Everything queued goes out before a read that may block.
+        if out.size:
+            out.flush()
+        data = _read_more(reader, data, pos, max_frame)
+        w.data = data
+        pos, end = 0, len(data)
+        fend = _frame_end(data, 0, end, max_frame)
+        while fend:
+            msg = decode(data, pos + 4, fend)
+            pos = fend
+            fend = 0
+            if end - pos >= 4:
+                n = header(data, pos)[0]
+                if pos + 4 + n <= end and n <= max_frame:
+                    fend = pos + 4 + n
+            if msg[0] == "Task":
+                tasks: List[_codec.BatchTask] = [(msg[1], msg[2], msg[3])]
+            elif msg[0] == "Batch":
+                tasks = msg[1]
+                if not tasks:
+                    continue
+            else:
+                if msg[0] == "Shutdown":
+                    out.flush()
+                    return
+                # As in `_serve_loop`: its task (or batch) ran already.
+                if msg[0] == "Withdraw":
+                    out.add(_codec.encode_kept(msg[1]), perf(), not fend)
+                continue
+            # The batch has started, all of it (a Withdraw of any of its tasks is Kept); a
+            # Cancel reaches its first task's flag, as in the Rust SDK.
+            w.pos = pos
+            w.running = tasks[0][0]
+            if w.parked:
+                w.unpark()
+            t0 = perf()
+            _answer_batch(handler, tasks, chan, out, w, max_frame, pass_task)
+            w.running = -1
+            if w.engaged and w.take_back():
+                data = w.data
+                pos, end = 0, len(data)
+                fend = 0
+                if end >= 4:
+                    n = header(data, 0)[0]
+                    if 4 + n <= end and n <= max_frame:
+                        fend = 4 + n
+            if not fend or perf() - t0 >= BATCH_ONLY_UNDER:
+                out.flush()
+
+
+def _answer_batch(handler: BatchHandler, tasks: List[_codec.BatchTask], chan: _PyChannel,
+                  out: _Outbox, w: _Watch, max_frame: int, pass_task: bool) -> None:
+    """Calls a batch handler and queues one Done per task, each as soon as its result is there
+    (held like a quick reply: out within MAX_HOLD). An exception from the handler (or from the
+    iterator it returned) fails every task not answered yet; one that is not an Exception
+    propagates, after the Dones already queued."""
+    perf = time.perf_counter
+    n = len(tasks)
+    arg = ([Task(id, attempt, payload, chan) for id, attempt, payload in tasks] if pass_task
+           else [payload for _, _, payload in tasks])
+    got = 0
+    it: Optional[Iterator[Any]] = None
+    try:
+        it = _results(handler(arg))
+        del arg
+        while got < n:
+            try:
+                value = next(it)
+            except StopIteration:
+                break
+            id = tasks[got][0]
+            got += 1
+            out.add(_event_done(id, value, max_frame, w), perf(), False)
+    except Exception as e:  # noqa: BLE001 - the batch's failure fails the unanswered tasks
+        _fail_rest(e, tasks[got:], out, max_frame, w)
+        return
+    finally:
+        if isinstance(it, _Generator):
+            it.close()
+    if got < n:
+        message = f"the batch handler returned {got} results for {n} events"
+        for id, _, _ in tasks[got:]:
+            out.add(_done_err(id, False, message, max_frame), perf(), False)
+
+
+def _results(value: object) -> Iterator[Any]:
+    """A batch handler's return value as an iterator of per-event results."""
+    if isinstance(value, (bytes, bytearray, memoryview, str, dict)) or value is None:
+        raise TypeError(f"batch handler returned {type(value).__name__}, expected a list of "
+                        f"per-event results or an iterator of them")
+    try:
+        it: Iterator[Any] = iter(value)  # type: ignore[call-overload]
+        return it
+    except TypeError:
+        raise TypeError(f"batch handler returned {type(value).__name__}, expected a list of "
+                        f"per-event results or an iterator of them") from None
+
+
+def _event_done(id: int, value: object, max_frame: int, w: _Watch) -> bytes:
+    """The Done frame for one event's result: an output, or an exception instance (that event
+    fails as a handler that raised it would, without a traceback on stderr)."""
+    if isinstance(value, BaseException):
+        kind, message, delay_ms = _failure(value, w.cancel_id == id, returned=True)
+        if kind == _KIND_CANCELLED:
+            return _codec.encode_done_cancelled(id)
+        return _done_err(id, kind == _KIND_RETRYABLE, message, max_frame, delay_ms)
+    try:
+        output = _output_bytes(value)
+    except TypeError as e:
+        return _done_err(id, False, f"batch handler's result: {e}", max_frame)
+    try:
+        return _codec.encode_done_ok(id, output, max_frame)
+    except ProtocolError:
+        return _too_big(id, output, max_frame)
+
+
+def _fail_rest(exc: Exception, tasks: List[_codec.BatchTask], out: _Outbox, max_frame: int,
+               w: _Watch) -> None:
+    """Fails `tasks` (the unanswered rest of a batch) with the batch handler's exception, whose
+    traceback is printed once."""
+    if not tasks:
+        return
+    perf = time.perf_counter
+    if isinstance(exc, Cancelled):
+        for id, _, _ in tasks:
+            out.add(_failed(exc, id, max_frame, w), perf(), False)
+        return
+    kind, message, delay_ms = _failure(exc, False, skip_frame=True)
+    for id, _, _ in tasks:
+        out.add(_done_err(id, kind == _KIND_RETRYABLE, message, max_frame, delay_ms), perf(),
+                False)
+
+
 def _frame_end(data: Buffer, pos: int, end: int, max_frame: int) -> int:
     """The end of the frame at `pos` if it is all in data[:end], else 0."""
     if end - pos < 4:
@@ -964,7 +1163,31 @@ def run(handler: Handler, *, pass_task: bool = False) -> NoReturn:
     sys.exit(code)
 
 
-def _run(handler: Handler, pass_task: bool) -> int:
+def run_batch(handler: BatchHandler, max: int = 64, *, pass_task: bool = False) -> NoReturn:
+    """Runs a batch handler as a herd worker (`run` for work that is cheaper per event in
+    bulk): herd hands it up to `max` events per call when it runs with `--batch N`, and single
+    events otherwise (then the handler gets a list of one). Never returns.
+
+    `handler(payloads: list[bytes])` (a list of `Task` with `pass_task=True`) returns one
+    result per event, in order: a list (or tuple), or an iterator (a generator) yielding them,
+    whose each result is sent as soon as it is produced. A result is an output, as `run`'s
+    handler returns it (bytes, bytearray, memoryview, str, or a dict or list as JSON), or an
+    exception instance, which fails that event alone as raising it from `run`'s handler would
+    (`Retryable`, with its `retry_after`, asks for a retry; `Fatal` or any other fails it;
+    `Cancelled` for a cancelled task). Too few results fail the events left without one;
+    results beyond the batch's size are ignored. An exception raised by the handler (or its
+    iterator) fails every event of the batch not answered yet, and the worker keeps serving;
+    SystemExit and KeyboardInterrupt end the worker as in `run`.
+
+    A generator is the iterator of per-event results here, not a stream of chunks. A Task's
+    `chunk` still sends a partial result of its event, before that event's result is produced.
+
+    `max` is 1 to 2**32-1 (1: single events only). Exit codes are `run`'s."""
+    code = _run(handler, pass_task, _batch_max(max))
+    sys.exit(code)
+
+
+def _run(handler: Handler, pass_task: bool, batch: int = 0) -> int:
     try:
         path, token, max_frame = _config()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -975,7 +1198,10 @@ def _run(handler: Handler, pass_task: bool) -> int:
             raise _Startup(f"cannot connect to the supervisor at {path}: {e.strerror or e}") \
                 from None
         try:
-            serve(sock, handler, token, max_frame, pass_task)
+            if batch:
+                serve_batch(sock, handler, token, max_frame, batch, pass_task)
+            else:
+                serve(sock, handler, token, max_frame, pass_task)
         finally:
             sock.close()
         return EXIT_SHUTDOWN
