@@ -188,6 +188,14 @@ def _nothing() -> None:
     pass
 
 
+# The argument types a map pickles with pickle.dumps: nothing in them is pickled by reference,
+# so cloudpickle would write the same.
+_PLAIN = frozenset((str, bytes, int, float, bool, type(None)))
+_pdumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_b64 = binascii.b2a_base64
+
+
 class _MapPickler:
     """Pickles map calls: ("m", fn_bytes, args), base64-encoded, a payload per call with the
     callable pickled once for the whole map (the worker unpickles it once). One pickler,
@@ -208,7 +216,14 @@ class _MapPickler:
         return p
 
     def chunk(self, pool: Pool, calls: Sequence[Tuple[Any, ...]]) -> _MapChunk:
-        buf, fn_bytes = self._buf, self.fn_bytes
+        fn_bytes = self.fn_bytes
+        if all(type(x) in _PLAIN for args in calls for x in args):
+            # Arguments that any pickler writes alike (a map's usual str, int, ...): pickle's
+            # own dumps, in one pass.
+            return _MapChunk(pool, [_b64(_pdumps((MAP_TAG, fn_bytes, args), _PROTOCOL),
+                                         newline=False) for args in calls],
+                             [None] * len(calls), None)
+        buf = self._buf
         payloads: List[bytes] = []
         outs: List[Any] = [None] * len(calls)
         at: Optional[List[int]] = None
