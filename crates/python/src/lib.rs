@@ -21,7 +21,7 @@ mod _native {
         encode_shutdown, encode_task, encode_withdraw, encode_withdrawn, frame_len,
     };
     #[pymodule_export]
-    use crate::serve::{serve, Channel};
+    use crate::serve::{serve, serve_batch, Channel};
 
     use pyo3::prelude::*;
 

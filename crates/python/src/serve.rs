@@ -17,7 +17,11 @@
 //!   stopped through its own connection: from then on the reader and the writer refuse, so
 //!   herd-worker returns at its next read or write, and a handler is not called again.
 //! - **The task.** A `Channel` lends the running `herd_worker::Task` to Python (chunks,
-//!   the cancel flag, the fault-injection writes) for the duration of one handler call.
+//!   the cancel flag, the fault-injection writes) for the duration of one handler call; a
+//!   batch handler's call (`serve_batch`) borrows all the tasks of its batch.
+//! - **Batches.** `serve_batch` drives `herd_worker::serve_batch`: the handler gets a list of
+//!   the batch's payloads (or Tasks), and each result it returns (or its iterator yields) is
+//!   sent as that task's `Done` at once (`Task::answer`), so an iterator streams.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
@@ -34,7 +38,7 @@ use nix::sys::socket::{recv, send, MsgFlags};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString, PyType};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyType};
 
 use crate::codec::with_bytes;
 
@@ -201,11 +205,14 @@ impl Write for Side<'_> {
 /// How often `Channel::wait_cancelled` looks at the cancel flag.
 const CANCEL_LOOK: Duration = Duration::from_millis(2);
 
-/// The running task, lent to Python for one handler call.
-struct Lent(*mut Task<'static>);
+/// The running tasks (one, or a batch's), lent to Python for one handler call.
+struct Lent {
+    tasks: *mut Task<'static>,
+    len: usize,
+}
 
 // SAFETY: the pointer is only followed under the Channel's mutex, while the handler call that
-// lent it is in progress (the serving thread does not touch the task meanwhile).
+// lent it is in progress (the serving thread does not touch the tasks meanwhile).
 unsafe impl Send for Lent {}
 
 /// The task a handler is running, as `herd.Task` needs it: chunks, the cancel flag, and the
@@ -230,22 +237,39 @@ impl Channel {
         self.task.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lend<'c>(&'c self, task: &mut Task<'_>) -> Lending<'c> {
+    fn lend<'c>(&'c self, tasks: &mut [Task<'_>]) -> Lending<'c> {
         // Erasing the lifetime is what the guard makes sound: the pointer is gone when the
         // borrow it came from ends.
-        let ptr = (task as *mut Task<'_>).cast::<Task<'static>>();
-        *self.slot() = Some(Lent(ptr));
+        let lent = Lent {
+            tasks: tasks.as_mut_ptr().cast::<Task<'static>>(),
+            len: tasks.len(),
+        };
+        *self.slot() = Some(lent);
         Lending(self)
     }
 
-    /// Runs `f` on task `id` if its handler is running; None otherwise.
-    fn with<R>(&self, id: u64, f: impl FnOnce(&mut Task<'_>) -> R) -> Option<R> {
+    /// Runs `f` on the lent task that `pick` finds, if a handler is running; None otherwise.
+    fn find<R>(
+        &self,
+        pick: impl for<'t> FnOnce(&'t mut [Task<'static>]) -> Option<&'t mut Task<'static>>,
+        f: impl FnOnce(&mut Task<'_>) -> R,
+    ) -> Option<R> {
         let slot = self.slot();
         let lent = slot.as_ref()?;
         // SAFETY: see `Lent`: lent for this handler call, which has not returned, and only
         // used under the mutex.
-        let task = unsafe { &mut *lent.0 };
-        (task.id() == id).then(|| f(task))
+        let tasks = unsafe { std::slice::from_raw_parts_mut(lent.tasks, lent.len) };
+        pick(tasks).map(f)
+    }
+
+    /// Runs `f` on task `id` if its handler is running; None otherwise.
+    fn with<R>(&self, id: u64, f: impl FnOnce(&mut Task<'_>) -> R) -> Option<R> {
+        self.find(|tasks| tasks.iter_mut().find(|t| t.id() == id), f)
+    }
+
+    /// Runs `f` on the `i`th task of the running batch.
+    fn at<R>(&self, i: usize, f: impl FnOnce(&mut Task<'_>) -> R) -> Option<R> {
+        self.find(|tasks| tasks.get_mut(i), f)
     }
 }
 
@@ -452,7 +476,7 @@ pub fn serve<'py>(
         let (id, attempt) = (task.id(), task.attempt());
         let payload = PyBytes::new(py, task.payload());
         let called = {
-            let _lent = channel.lend(task);
+            let _lent = channel.lend(std::slice::from_mut(task));
             calls.call(id, attempt, payload)
         };
         match called {
@@ -469,6 +493,202 @@ pub fn serve<'py>(
         }
     };
     let served = herd_worker::serve(side(false), side(false), &config, handle);
+    if let Some(err) = stop.take() {
+        return Err(err);
+    }
+    Ok(match served {
+        Ok(()) => (0, String::new()),
+        Err(e) => (e.exit_code(), message(&e)),
+    })
+}
+
+/// The Python side of a `serve_batch` call (herd/worker.py).
+struct BatchCalls<'py> {
+    handler: Bound<'py, PyAny>,
+    make_task: Option<Bound<'py, PyAny>>,
+    /// `results(value) -> iterator`: the handler's return value as an iterator of per-event
+    /// results (a TypeError for anything else).
+    results: Bound<'py, PyAny>,
+    /// `event(value, cancelled) -> (kind, output or message, delay_ms)`: a per-event result
+    /// that is not bytes or str (KIND_OK: an output).
+    event: Bound<'py, PyAny>,
+    failure: Bound<'py, PyAny>,
+    channel: Bound<'py, Channel>,
+}
+
+/// `event`'s kind for an output (beside `failure`'s).
+const KIND_OK: u8 = 3;
+
+impl<'py> BatchCalls<'py> {
+    /// The handler's argument: the batch's payloads, or its Tasks.
+    fn argument(&self, tasks: &[Task<'_>]) -> PyResult<Bound<'py, PyList>> {
+        let py = self.handler.py();
+        let items = tasks.iter().map(|t| -> PyResult<Bound<'py, PyAny>> {
+            let payload = PyBytes::new(py, t.payload());
+            match &self.make_task {
+                None => Ok(payload.into_any()),
+                Some(make) => make.call1((t.id(), t.attempt(), payload, &self.channel)),
+            }
+        });
+        let items = items.collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// One per-event result as the task's answer.
+    fn answer(&self, value: &Bound<'py, PyAny>, cancelled: bool) -> Result<Vec<u8>, TaskError> {
+        if let Ok(b) = value.cast::<PyBytes>() {
+            return Ok(b.as_bytes().to_vec());
+        }
+        if let Ok(s) = value.cast::<PyString>() {
+            if let Ok(text) = s.to_cow() {
+                return Ok(text.into_owned().into_bytes());
+            }
+        }
+        let converted = self
+            .event
+            .call1((value, cancelled))
+            .and_then(|r| r.extract::<(u8, Bound<'py, PyAny>, Option<u64>)>());
+        match converted {
+            Ok((KIND_OK, output, _)) => match output.cast::<PyBytes>() {
+                Ok(b) => Ok(b.as_bytes().to_vec()),
+                Err(_) => Err(TaskError::fatal("a batch result converted to no bytes")),
+            },
+            Ok((kind, message, delay)) => {
+                let message = message
+                    .extract::<String>()
+                    .unwrap_or_else(|e| format!("a batch result's failure has no message: {e}"));
+                Err(task_error(kind, message, delay))
+            }
+            Err(e) => Err(TaskError::fatal(format!(
+                "converting a batch handler's result raised {e}"
+            ))),
+        }
+    }
+
+    /// The error every unanswered task of a batch gets when its handler raised `err`.
+    fn failed(&self, err: PyErr, cancelled: bool) -> TaskError {
+        let py = self.handler.py();
+        let exc = err.clone_ref(py).into_value(py);
+        let classified = self
+            .failure
+            .call1((exc, cancelled))
+            .and_then(|r| r.extract::<(u8, String, Option<u64>)>());
+        match classified {
+            Ok((kind, message, delay)) => task_error(kind, message, delay),
+            Err(e) => TaskError::fatal(format!("handler raised {err}; reporting it raised {e}")),
+        }
+    }
+}
+
+/// The TaskError for `failure`'s (kind, message, delay_ms).
+fn task_error(kind: u8, message: String, delay_ms: Option<u64>) -> TaskError {
+    match (kind, delay_ms) {
+        (KIND_RETRYABLE, None) => TaskError::retryable(message),
+        (KIND_RETRYABLE, Some(ms)) => {
+            TaskError::retryable(message).retry_after(Duration::from_millis(ms))
+        }
+        (KIND_CANCELLED, _) => TaskError::cancelled(),
+        _ => TaskError::fatal(message),
+    }
+}
+
+/// `serve` for a batch handler of up to `max` tasks per call: Hello and Batching{max}, then
+/// one handler call per Task or Batch, each task answered on its own. The handler gets a list
+/// of payloads (or Tasks from `make_task`); each per-event result it returns or yields is sent
+/// at once. As `serve` otherwise.
+#[pyfunction]
+#[pyo3(signature = (fd, handler, token, max_frame, max, make_task, results, event, failure))]
+#[allow(clippy::too_many_arguments)]
+pub fn serve_batch<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    handler: Bound<'py, PyAny>,
+    token: String,
+    max_frame: usize,
+    max: u32,
+    make_task: Option<Bound<'py, PyAny>>,
+    results: Bound<'py, PyAny>,
+    event: Bound<'py, PyAny>,
+    failure: Bound<'py, PyAny>,
+) -> PyResult<(u8, String)> {
+    let stop = Stop::default();
+    let server = thread::current().id();
+    let side = |poll_first| Side {
+        fd,
+        server,
+        stop: &stop,
+        poll_first,
+    };
+    let config = Config {
+        socket: Default::default(),
+        token,
+        max_frame: max_frame.min(herd_proto::MAX_FRAME_CEILING),
+        protocol: PROTOCOL_VERSION,
+    };
+    let calls = BatchCalls {
+        handler,
+        make_task,
+        results,
+        event,
+        failure,
+        channel: Bound::new(
+            py,
+            Channel {
+                task: Mutex::new(None),
+            },
+        )?,
+    };
+    let channel = calls.channel.get();
+    let handle = |tasks: &mut [Task<'_>]| -> Vec<Result<Vec<u8>, TaskError>> {
+        let n = tasks.len();
+        if stop.stopped() {
+            return (0..n)
+                .map(|_| Err(TaskError::fatal("the worker is stopping")))
+                .collect();
+        }
+        // Answered: each result goes out as it comes; what is returned below is for the rest.
+        let mut answered = 0;
+        let outcome: PyResult<()> = (|| {
+            let argument = calls.argument(tasks)?;
+            let _lent = channel.lend(tasks);
+            let value = calls.handler.call1((argument,))?;
+            let results = calls.results.call1((value,))?;
+            let results = results.cast_into::<PyIterator>()?;
+            for value in results {
+                if answered == n {
+                    break; // extra results are ignored, as in the Rust SDK
+                }
+                let value = value?;
+                let i = answered;
+                let cancelled = channel.at(i, |t| t.is_cancelled()).unwrap_or(false);
+                let result = calls.answer(&value, cancelled);
+                // A broken connection is the serve loop's to report, after the handler.
+                let _ = channel.at(i, |t| t.answer(result));
+                answered += 1;
+            }
+            Ok(())
+        })();
+        let mut out: Vec<Result<Vec<u8>, TaskError>> =
+            (0..answered).map(|_| Ok(Vec::new())).collect();
+        match outcome {
+            Ok(()) => {}
+            Err(e) if e.is_instance_of::<PyException>(py) => {
+                let cancelled = tasks[answered..].iter().any(|t| t.is_cancelled());
+                let err = calls.failed(e, cancelled);
+                out.extend((answered..n).map(|_| Err(err.clone())));
+            }
+            Err(e) => {
+                // The replies of the tasks before this one go out; then nothing more does.
+                if let Some(task) = tasks.first_mut() {
+                    let _ = task.raw_stream().flush();
+                }
+                stop.stop(e);
+                out.extend((answered..n).map(|_| Err(TaskError::fatal("the worker is stopping"))));
+            }
+        }
+        out
+    };
+    let served = herd_worker::serve_batch(side(false), side(false), &config, max, handle);
     if let Some(err) = stop.take() {
         return Err(err);
     }

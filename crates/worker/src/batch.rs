@@ -297,6 +297,94 @@ mod tests {
         t.join().unwrap().unwrap();
     }
 
+    /// `Task::answer` sends a task's Done while the batch still runs; what the handler then
+    /// returns for it is ignored, and a second answer is refused. A lone Task may be answered
+    /// the same way.
+    #[test]
+    fn an_early_answer_goes_out_before_the_batch_ends() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (sup, t) = spawn(8, move |tasks| {
+            tasks[0].answer(Ok(b"early".to_vec())).unwrap();
+            assert!(tasks[0].answer(Ok(b"twice".to_vec())).is_err());
+            assert!(tasks[0].chunk(b"late").is_err());
+            if tasks.len() > 1 {
+                // Held until the supervisor has seen the early answer.
+                go_rx
+                    .recv_timeout(std::time::Duration::from_secs(30))
+                    .unwrap();
+            }
+            tasks
+                .iter()
+                .map(|t| Ok(format!("late {}", t.id()).into_bytes()))
+                .collect()
+        });
+        recv(&sup);
+        recv(&sup);
+        send(&sup, &batch(&[1, 2]));
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 1,
+                outcome: Outcome::Ok(b"early".to_vec())
+            }
+        );
+        go_tx.send(()).unwrap();
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 2,
+                outcome: Outcome::Ok(b"late 2".to_vec())
+            }
+        );
+        send(
+            &sup,
+            &ToWorker::Task {
+                id: 3,
+                attempt: 1,
+                payload: b"3".to_vec(),
+            },
+        );
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 3,
+                outcome: Outcome::Ok(b"early".to_vec())
+            }
+        );
+        send(&sup, &ToWorker::Shutdown);
+        t.join().unwrap().unwrap();
+    }
+
+    /// A single task's handler has nothing to answer early: its return value is the answer.
+    #[test]
+    fn answer_is_refused_outside_a_batch_handler() {
+        let (sup, worker) = UnixStream::pair().unwrap();
+        let t = thread::spawn(move || {
+            crate::serve(&worker, &worker, &config(), |t| {
+                let refused = t.answer(Ok(b"early".to_vec())).is_err();
+                Ok(refused.to_string().into_bytes())
+            })
+        });
+        recv(&sup);
+        send(
+            &sup,
+            &ToWorker::Task {
+                id: 1,
+                attempt: 1,
+                payload: Vec::new(),
+            },
+        );
+        assert_eq!(
+            recv(&sup),
+            FromWorker::Done {
+                id: 1,
+                outcome: Outcome::Ok(b"true".to_vec())
+            }
+        );
+        send(&sup, &ToWorker::Shutdown);
+        t.join().unwrap().unwrap();
+    }
+
     /// A plain handler never asked for batches: a Batch is a protocol violation (exit 2).
     #[test]
     fn a_batch_to_a_single_handler_is_refused() {

@@ -310,6 +310,12 @@ where
     }
     // Reused across batches.
     let mut outcomes = Vec::new();
+    // A batch handler may answer each task itself (`Task::answer`), a lone one included.
+    let lone = if handler.batching() > 0 {
+        Answer::Open
+    } else {
+        Answer::Returned
+    };
 
     // Held except while a handler runs (then the watcher may read).
     let mut reader = shared.lock_reader();
@@ -386,8 +392,10 @@ where
                 // The batch has started: all of it (a Withdraw of any of its tasks is `Kept`).
                 drop(reader);
                 shared.begin(first.id);
-                let mut raws: Vec<RawStream<'_, W>> =
-                    tasks.iter().map(|_| RawStream(outbox, max)).collect();
+                let mut raws: Vec<RawStream<'_, W>> = tasks
+                    .iter()
+                    .map(|_| RawStream::new(outbox, max, Answer::Open))
+                    .collect();
                 let mut views: Vec<Task<'_>> = tasks
                     .iter()
                     .zip(raws.iter_mut())
@@ -409,8 +417,11 @@ where
                     !reader.ahead.is_empty() || complete_frame_buffered(reader.input.buffer(), max);
                 let mut out = outbox.lock();
                 out.take_error().map_err(Error::from_io)?;
-                for (task, outcome) in tasks.iter().zip(outcomes.drain(..)) {
-                    push_done(&mut out.buf, task.id, outcome, max)?;
+                for ((task, outcome), raw) in tasks.iter().zip(outcomes.drain(..)).zip(&raws) {
+                    // A task the handler answered early (`Task::answer`) has its Done queued.
+                    if raw.answer != Answer::Sent {
+                        push_done(&mut out.buf, task.id, outcome, max)?;
+                    }
                 }
                 if slow || !more || out.buf.len() >= WRITE_BATCH {
                     out.flush().map_err(Error::from_io)?;
@@ -423,7 +434,7 @@ where
         // The task has started: the watcher may read (and answer for what is ahead) now.
         drop(reader);
         shared.begin(id);
-        let mut raw = RawStream(outbox, max);
+        let mut raw = RawStream::new(outbox, max, lone);
         let mut task = Task {
             id,
             attempt,
@@ -439,7 +450,9 @@ where
         let more = !reader.ahead.is_empty() || complete_frame_buffered(reader.input.buffer(), max);
         let mut out = outbox.lock();
         out.take_error().map_err(Error::from_io)?;
-        push_done(&mut out.buf, id, outcome, max)?;
+        if raw.answer != Answer::Sent {
+            push_done(&mut out.buf, id, outcome, max)?;
+        }
         // Flush before a read that may block, when the batch is full, or after a task slow
         // enough that a write per reply costs nothing (and the supervisor is waiting to send
         // more); otherwise hold the reply and let the flusher bound how long.
@@ -843,62 +856,125 @@ impl<W: Write, R: Read + AsFd> Drop for StopOnDrop<'_, W, R> {
 
 /// The handler's view of the write side ([`Task::raw_stream`]): bytes are queued after the
 /// `Done` frames already there and go out on `flush`, or within [`MAX_HOLD`].
-struct RawStream<'a, W>(&'a Outbox<W>, usize);
+struct RawStream<'a, W> {
+    outbox: &'a Outbox<W>,
+    max: usize,
+    answer: Answer,
+}
 
-/// What a [`Task`] writes to: the raw stream, and chunks.
+/// Who sends a task's `Done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The serve loop, from what the handler returns (a single task).
+    Returned,
+    /// The serve loop, unless the handler answers first (a task of a batch).
+    Open,
+    /// The handler did ([`Task::answer`]): the serve loop sends nothing more for it.
+    Sent,
+}
+
+impl<'a, W> RawStream<'a, W> {
+    fn new(outbox: &'a Outbox<W>, max: usize, answer: Answer) -> Self {
+        Self {
+            outbox,
+            max,
+            answer,
+        }
+    }
+}
+
+/// What a [`Task`] writes to: the raw stream, chunks, and a batch task's early answer.
 trait TaskOut: Write {
     /// Queues a `Chunk` frame for task `id`.
     fn chunk(&mut self, id: u64, data: &[u8]) -> Result<(), TaskError>;
+    /// Queues task `id`'s `Done` now (a task of a batch, not answered yet).
+    fn answer(&mut self, id: u64, outcome: Outcome) -> Result<(), TaskError>;
 }
 
-impl<W: Write> TaskOut for RawStream<'_, W> {
-    fn chunk(&mut self, id: u64, data: &[u8]) -> Result<(), TaskError> {
-        let max = self.1;
-        let frame = FromWorker::Chunk {
-            id,
-            data: data.to_vec(),
-        };
-        let mut out = self.0.lock();
+impl<W: Write> RawStream<'_, W> {
+    /// Queues what `encode` appends, held like a quick reply: the flusher sends it within
+    /// MAX_HOLD, so a stream of small frames costs one write per batch, and a lone one does
+    /// not wait for the handler.
+    fn queue(
+        &mut self,
+        what: &str,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        let mut out = self.outbox.lock();
         if let Err(e) = out.take_error() {
             // The connection is broken; the serve loop reports it after the handler returns.
             return Err(TaskError::retryable(format!(
-                "cannot send a chunk to herd: {e}"
+                "cannot send {what} to herd: {e}"
             )));
         }
-        match codec::encode_frame(&frame, &mut out.buf, max) {
-            Ok(()) => {}
-            Err(FrameError::Oversize { .. }) => {
-                return Err(TaskError::fatal(format!(
-                    "chunk of {} bytes exceeds the maximum frame of {max} bytes",
-                    data.len()
-                )))
-            }
-            Err(e) => return Err(TaskError::fatal(format!("cannot encode a chunk: {e}"))),
-        }
-        // Held like a quick reply: the flusher sends it within MAX_HOLD, so a stream of small
-        // chunks costs one write per batch, and a lone chunk does not wait for the handler.
+        encode(&mut out.buf)?;
         if out.buf.len() >= WRITE_BATCH {
             if let Err(e) = out.flush() {
                 out.error = Some(e);
             }
         } else {
-            out.held(&self.0.wake);
+            out.held(&self.outbox.wake);
         }
         Ok(())
     }
 }
 
+impl<W: Write> TaskOut for RawStream<'_, W> {
+    fn answer(&mut self, id: u64, outcome: Outcome) -> Result<(), TaskError> {
+        match self.answer {
+            Answer::Open => {}
+            Answer::Returned => {
+                return Err(TaskError::fatal(
+                    "Task::answer is for a batch handler's tasks; a single task's handler \
+                     returns its answer",
+                ))
+            }
+            Answer::Sent => return Err(TaskError::fatal("this task was answered already")),
+        }
+        let max = self.max;
+        self.queue("an answer", |buf| {
+            push_done(buf, id, outcome, max)
+                .map_err(|e| TaskError::fatal(format!("cannot encode an answer: {e}")))
+        })?;
+        self.answer = Answer::Sent;
+        Ok(())
+    }
+
+    fn chunk(&mut self, id: u64, data: &[u8]) -> Result<(), TaskError> {
+        if self.answer == Answer::Sent {
+            return Err(TaskError::fatal(
+                "a chunk of a task that was answered already",
+            ));
+        }
+        let max = self.max;
+        let frame = FromWorker::Chunk {
+            id,
+            data: data.to_vec(),
+        };
+        self.queue("a chunk", |buf| {
+            match codec::encode_frame(&frame, buf, max) {
+                Ok(()) => Ok(()),
+                Err(FrameError::Oversize { .. }) => Err(TaskError::fatal(format!(
+                    "chunk of {} bytes exceeds the maximum frame of {max} bytes",
+                    data.len()
+                ))),
+                Err(e) => Err(TaskError::fatal(format!("cannot encode a chunk: {e}"))),
+            }
+        })
+    }
+}
+
 impl<W: Write> Write for RawStream<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut out = self.0.lock();
+        let mut out = self.outbox.lock();
         out.take_error()?;
         out.buf.extend_from_slice(bytes);
-        out.held(&self.0.wake);
+        out.held(&self.outbox.wake);
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.lock().flush()
+        self.outbox.lock().flush()
     }
 }
 
@@ -951,6 +1027,23 @@ impl<'a> Task<'a> {
     /// the connection to herd is broken. Return it with `?`: the task then fails as it says.
     pub fn chunk(&mut self, data: &[u8]) -> Result<(), TaskError> {
         self.out.chunk(self.id, data)
+    }
+
+    /// In a batch handler ([`run_batch`]): sends this task's answer now rather than when the
+    /// whole batch returns, so that an input answered early does not wait for the batch's
+    /// slowest. It is held like a quick reply (sent within about 1 ms). The result the handler
+    /// then returns for this task is ignored; no chunk may follow.
+    ///
+    /// # Errors
+    /// A fatal [`TaskError`] for a single task's handler (its return value is its answer), or
+    /// for a task answered already; a retryable one if the connection to herd is broken.
+    pub fn answer(&mut self, result: Result<Vec<u8>, TaskError>) -> Result<(), TaskError> {
+        let outcome = match result {
+            Ok(output) => Outcome::Ok(output),
+            // Batches are protocol 3's.
+            Err(err) => err.into_outcome(true, self.is_cancelled()),
+        };
+        self.out.answer(self.id, outcome)
     }
 
     /// Whether herd asked to cancel this task (protocol 3: `herd ctl cancel`, or a client's

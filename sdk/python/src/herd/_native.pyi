@@ -1,6 +1,6 @@
 # Types of herd._native, the extension module built from crates/python (PyO3): herd-proto's
 # codec with herd._codec's signatures, and herd-worker's serve loop driving a Python handler.
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._codec import Buffer, FromWorker, ToBatchingWorker, ToWorker
 
@@ -45,3 +45,8 @@ def serve(fd: int, handler: Callable[[Any], Any], token: str, max_frame: int,
           make_task: Optional[Callable[[int, int, bytes, Channel], Any]],
           result: Callable[[object, Channel, int], bytes],
           failure: Callable[[BaseException, bool], Tuple[int, str, Optional[int]]]) -> Tuple[int, str]: ...
+def serve_batch(fd: int, handler: Callable[[List[Any]], Any], token: str, max_frame: int,
+                max: int, make_task: Optional[Callable[[int, int, bytes, Channel], Any]],
+                results: Callable[[object], Iterator[Any]],
+                event: Callable[[object, bool], Tuple[int, Union[bytes, str], Optional[int]]],
+                failure: Callable[[BaseException, bool], Tuple[int, str, Optional[int]]]) -> Tuple[int, str]: ...

@@ -231,6 +231,28 @@ class _PyChannel:
         self._out.flush()
 
 
+class _Answered:
+    """The channel of a batch's Task whose result is in: it can send nothing more."""
+
+    def chunk(self, id: int, data: bytes) -> None:
+        raise Fatal("a chunk of a task that was answered already")
+
+    def cancelled(self, id: int) -> bool:
+        return False
+
+    def wait_cancelled(self, id: int, timeout: Optional[float] = None) -> bool:
+        return False
+
+    def write_raw(self, id: int, data: bytes) -> None:
+        raise Fatal("a write for a task that was answered already")
+
+    def flush(self, id: int) -> None:
+        pass
+
+
+_ANSWERED = _Answered()
+
+
 class _Outbox:
     """The write side, shared by the serve loop and the flusher thread: frames are queued and
     written out, in order, under one lock."""
@@ -804,7 +826,8 @@ def serve_batch(sock: socket.socket, handler: BatchHandler, token: str,
     native = _native_module()
     if native is not None and hasattr(native, "serve_batch"):
         code, message = native.serve_batch(sock.fileno(), handler, token, max_frame, max,
-                                           Task if pass_task else None, _failure)
+                                           Task if pass_task else None, _results,
+                                           _native_event, _failure)
         if code == EXIT_DISCONNECTED:
             raise Disconnected()
         if code != EXIT_SHUTDOWN:
@@ -999,19 +1022,24 @@ def _answer_batch(handler: BatchHandler, tasks: List[_codec.BatchTask], chan: _P
     propagates, after the Dones already queued."""
     perf = time.perf_counter
     n = len(tasks)
-    arg = ([Task(id, attempt, payload, chan) for id, attempt, payload in tasks] if pass_task
-           else [payload for _, _, payload in tasks])
+    objs = [Task(id, attempt, payload, chan) for id, attempt, payload in tasks] if pass_task \
+        else None
     got = 0
     it: Optional[Iterator[Any]] = None
     try:
-        it = _results(handler(arg))
-        del arg
-        while got < n:
+        it = _results(handler(objs if objs is not None else
+                              [payload for _, _, payload in tasks]))
+        while True:
             try:
                 value = next(it)
             except StopIteration:
                 break
+            if got == n:
+                break  # one too many, ignored: a generator ran to its end, or has more
             id = tasks[got][0]
+            if objs is not None:
+                # Its Done goes out now: no chunk may follow (as herd-worker's Task::answer).
+                objs[got]._chan = _ANSWERED
             got += 1
             out.add(_event_done(id, value, max_frame, w), perf(), False)
     except Exception as e:  # noqa: BLE001 - the batch's failure fails the unanswered tasks
@@ -1021,7 +1049,8 @@ def _answer_batch(handler: BatchHandler, tasks: List[_codec.BatchTask], chan: _P
         if isinstance(it, _Generator):
             it.close()
     if got < n:
-        message = f"the batch handler returned {got} results for {n} events"
+        # herd-worker's words, which the native loop's results get.
+        message = f"the batch handler returned {got} results for a batch of {n} tasks"
         for id, _, _ in tasks[got:]:
             out.add(_done_err(id, False, message, max_frame), perf(), False)
 
@@ -1055,6 +1084,21 @@ def _event_done(id: int, value: object, max_frame: int, w: _Watch) -> bytes:
         return _codec.encode_done_ok(id, output, max_frame)
     except ProtocolError:
         return _too_big(id, output, max_frame)
+
+
+# A per-event result that is an output (`_native_event`), beside `_failure`'s kinds.
+_KIND_OK = 3
+
+
+def _native_event(value: object, cancelled: bool) -> Tuple[int, Union[bytes, str], Optional[int]]:
+    """The native loop's conversion of a batch handler's per-event result other than bytes or
+    str: (_KIND_OK, output, None), or a failure as `_failure` reports it."""
+    if isinstance(value, BaseException):
+        return _failure(value, cancelled, returned=True)
+    try:
+        return _KIND_OK, _output_bytes(value), None
+    except TypeError as e:
+        return _KIND_FATAL, f"batch handler's result: {e}", None
 
 
 def _fail_rest(exc: Exception, tasks: List[_codec.BatchTask], out: _Outbox, max_frame: int,
@@ -1175,9 +1219,11 @@ def run_batch(handler: BatchHandler, max: int = 64, *, pass_task: bool = False) 
     exception instance, which fails that event alone as raising it from `run`'s handler would
     (`Retryable`, with its `retry_after`, asks for a retry; `Fatal` or any other fails it;
     `Cancelled` for a cancelled task). Too few results fail the events left without one;
-    results beyond the batch's size are ignored. An exception raised by the handler (or its
-    iterator) fails every event of the batch not answered yet, and the worker keeps serving;
-    SystemExit and KeyboardInterrupt end the worker as in `run`.
+    results beyond the batch's size are ignored (an iterator is read once past the last event,
+    so a generator's code after its last yield runs; one that yields more is closed). An
+    exception raised by the handler (or its iterator) fails every event of the batch not
+    answered yet, and the worker keeps serving; SystemExit and KeyboardInterrupt end the
+    worker as in `run`.
 
     A generator is the iterator of per-event results here, not a stream of chunks. A Task's
     `chunk` still sends a partial result of its event, before that event's result is produced.
