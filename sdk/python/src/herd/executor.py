@@ -17,6 +17,10 @@ the standard library's can. A call the daemon has is RUNNING; its future's cance
 where the standard library's returns False. Every future gets exactly one outcome: the call's
 result or exception, or a herd error (EventCrashed, EventTimeout, ...) for that call alone;
 the executor keeps serving. Never BrokenProcessPool.
+
+map(chunksize=N) sends each call as an event of its own on a batch submission (Batch(N)), so
+a worker gets up to N calls per handler call and each call still gets its own outcome; the
+parent keeps one _MapChunk per N calls rather than a Future per call.
 """
 
 from __future__ import annotations
