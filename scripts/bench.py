@@ -9,6 +9,10 @@ every record arrived and is right, so a fast wrong answer cannot pass.
     python3 scripts/bench.py rate     --herd H --chaos C --events FILE   (--rate cost and accuracy)
     python3 scripts/bench.py keys     --herd H --chaos C --events FILE   (10,000 keys, one in flight each)
     python3 scripts/bench.py batch    --herd H --chaos C --events FILE   (--batch 64 against none)
+    python3 scripts/bench.py pybatch  --herd H --chaos C --events FILE [--pure]
+                                                  (the same, Python workers: herd.run_batch)
+    python3 scripts/bench.py vector   --herd H --chaos C [--n 100000] [--peers-python PY]
+                                                  (numpy: a dot product per event or per batch)
     python3 scripts/bench.py latency  --herd H --chaos C [--n 200000]
     python3 scripts/bench.py cpu      --herd H --chaos C [--n 20000 --ms 1] [--kill-every 0.15] [--python]
     python3 scripts/bench.py memory   --herd H --chaos C --events FILE
@@ -222,6 +226,169 @@ def batch(args):
             runs[name].append(n / secs)
     return {"events": n, "batch": 64, "none_events_per_sec": statistics.median(runs["none"]),
             "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
+
+
+def pybatch(args):
+    """Batches on the Python SDK: the tiny events with `--batch 64` to scripts/pywork.py's
+    batch handler (`pywork.py --batch 64`, herd.run_batch), beside the same events one per
+    call (herd.run), alternating, median of --repeat each. The native serve loop (--pure: the
+    pure-Python one)."""
+    n = sum(1 for _ in open(args.events, "rb"))
+    pure = ["--env", "HERD_PURE_PYTHON=1"] if args.pure else []
+    pywork = [sys.executable, os.path.join(HERE, "pywork.py")]
+    runs = {"none": [], "batch": []}
+    for _ in range(args.repeat):
+        for name, opts, worker in (("none", [], []),
+                                   ("batch", ["--batch", "64"], ["--batch", "64"])):
+            with open(args.events, "rb") as f:
+                t0 = time.perf_counter()
+                p = subprocess.run([args.herd, "run", "-q", *pure, "-w", str(args.workers),
+                                    *window_opts(args), *opts, "--", *pywork, *worker],
+                                   stdin=f, stdout=subprocess.PIPE)
+                secs = time.perf_counter() - t0
+            if p.returncode != 0:
+                die(f"herd exited {p.returncode}")
+            check_squares(p.stdout, n)
+            runs[name].append(n / secs)
+    return {"events": n, "batch": 64, "loop": "pure" if args.pure else "native",
+            "none_events_per_sec": statistics.median(runs["none"]),
+            "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
+
+
+def vector(args):
+    """A vectorised workload on Python workers (scripts/pyvector.py, numpy): --n events of 64
+    float32s, each answered with the argmax of M·v for one 64x64 matrix, by a handler that
+    does one dot product per event (herd.run) or one by batches of up to 64 that does one
+    matrix product per batch (herd.run_batch under --batch 64). Events/s: from the first
+    record to the last (so the workers' start, numpy's import, is left out), the median of
+    --repeat runs each, alternating. Latency: both at the same offered load (half the per-event
+    handler's rate), from each event's write to herd's stdin to its record's read from herd's
+    stdout, p50 and p99. The workers run on --peers-python when numpy imports there (bench.sh
+    installs it in its venv), else on this interpreter; without numpy the result says so."""
+    python = next((py for py in (args.peers_python, sys.executable)
+                   if subprocess.run([py, "-c", "import numpy"], stderr=subprocess.DEVNULL)
+                   .returncode == 0), None)
+    if python is None:
+        log("bench: vector: skipped, numpy does not import")
+        return {"skipped": "numpy not installed"}
+    import struct
+    rng = random.Random(1)
+    vec = struct.Struct("<64f")
+    data = b"".join(vec.pack(*(rng.uniform(-1, 1) for _ in range(64))).hex().encode() + b"\n"
+                    for _ in range(args.n))
+    worker = [python, os.path.join(HERE, "pyvector.py")]
+    modes = (("none", [], []), ("batch", ["--batch", "64"], ["--batch", "64"]))
+
+    def cmd(opts, extra):
+        return [args.herd, "run", "-w", str(args.workers), *opts, "--", *worker, *extra]
+
+    def outputs(stdout, n):
+        out = [None] * n
+        for line in stdout.splitlines():
+            r = json.loads(line)
+            if not r["ok"] or not 0 <= r["output"] < 64 or out[r["seq"]] is not None:
+                die(f"vector: bad or duplicate record {line!r}")
+            out[r["seq"]] = r["output"]
+        if None in out:
+            die(f"vector: {out.count(None)} events without a record")
+        return out
+
+    runs = {"none": [], "batch": []}
+    seen = {}
+    for _ in range(args.repeat):
+        for name, opts, extra in modes:
+            secs, stdout = first_to_last(cmd(opts, extra), data)
+            seen[name] = outputs(stdout, args.n)
+            runs[name].append((args.n - 1) / secs)
+    # The same answers both ways (a product's summation order may flip a near tie).
+    differ = sum(a != b for a, b in zip(seen["none"], seen["batch"]))
+    if differ > args.n // 1000:
+        die(f"vector: {differ} of {args.n} outputs differ between the two handlers")
+    eps = {name: statistics.median(r) for name, r in runs.items()}
+    offered = eps["none"] / 2
+    lines = data.splitlines(keepends=True)[:max(1000, int(offered * 3))]
+    lat = {name: paced_latency(cmd(opts, extra), lines, offered, args.workers)
+           for name, opts, extra in modes}
+    return {"events": args.n, "batch": 64, "python": python,
+            "none_events_per_sec": eps["none"], "batch_events_per_sec": eps["batch"],
+            "offered_per_sec": offered, "latency_events": len(lines),
+            "none_latency": lat["none"], "batch_latency": lat["batch"], "runs": runs,
+            "outputs_differing": differ}
+
+
+def first_to_last(cmd, data):
+    """Runs `cmd` with `data` on stdin: the seconds from its first record to its last (read
+    in large chunks, parsed after), and its stdout."""
+    path = os.path.join(scratch("herd-bench-"), "events")
+    with open(path, "wb") as f:
+        f.write(data)
+    with open(path, "rb") as f:
+        p = subprocess.Popen(cmd, stdin=f, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    chunks, first, last = [], None, None
+    while True:
+        chunk = p.stdout.read1(1 << 20)
+        if not chunk:
+            break
+        last = time.perf_counter()
+        if first is None:
+            first = last
+        chunks.append(chunk)
+    if p.wait() != 0:
+        die(f"herd exited {p.returncode}")
+    if first is None or last == first:
+        die("too few records to time")
+    return last - first, b"".join(chunks)
+
+
+def paced_latency(cmd, lines, rate, workers):
+    """Writes `lines` to `cmd`'s stdin at `rate` per second (what is due each millisecond in
+    one write) and times each record from its event's write to its read: p50/p99 in ms. The
+    first write waits for `workers` "worker ready" log lines (so a worker's start-up, numpy's
+    import, is not in the figures); `cmd` must not be quiet (-q)."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    written = [0.0] * len(lines)
+    ready = threading.Event()
+
+    def logs():
+        seen = 0
+        for line in p.stderr:
+            if b"worker ready" in line:
+                seen += 1
+                if seen == workers:
+                    ready.set()
+        ready.set()  # herd ended: the reader below finds out why
+
+    def feed():
+        threading.Thread(target=logs, daemon=True).start()
+        ready.wait()
+        t0 = time.perf_counter()
+        i = 0
+        while i < len(lines):
+            due = min(len(lines), int((time.perf_counter() - t0) * rate) + 1)
+            if due > i:
+                now = time.perf_counter()
+                for j in range(i, due):
+                    written[j] = now
+                p.stdin.write(b"".join(lines[i:due]))
+                p.stdin.flush()
+                i = due
+            time.sleep(0.001)
+        p.stdin.close()
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    lat = []
+    for line in p.stdout:
+        lat.append(time.perf_counter() - written[json.loads(line)["seq"]])
+    t.join()
+    if p.wait() != 0:
+        die(f"herd exited {p.returncode}")
+    if len(lat) != len(lines):
+        die(f"{len(lat)} records for {len(lines)} paced events")
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    return {"p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 
 def latency(args):
@@ -915,6 +1082,10 @@ def run_all(args):
     r["rate"] = sub(args, "rate", "--events", events, "--repeat", str(args.repeat))
     r["keys"] = sub(args, "keys", "--events", events, "--repeat", str(args.repeat))
     r["batch"] = sub(args, "batch", "--events", events, "--repeat", str(args.repeat))
+    # The same with Python workers (herd.run_batch), and a numpy workload that gains by it.
+    r["pybatch"] = sub(args, "pybatch", "--events", events, "--repeat", str(args.repeat))
+    r["vector"] = sub(args, "vector", "--n", str(n // 10), "--repeat", str(args.repeat),
+                      "--peers-python", args.peers_python)
     r["latency"] = sub(args, "latency", "--n", str(n // 5), "--out", args.out, "--repeat",
                        str(args.repeat))
     r["latency_peers"] = peers(args, "latency", "--n", "2000")
@@ -994,6 +1165,25 @@ def table(r):
         rows.append(["tiny events/s, --batch 64", bt["batch_events_per_sec"],
                      "herd run, no --batch", bt["none_events_per_sec"],
                      bt["batch_events_per_sec"] / bt["none_events_per_sec"], None])
+    if "pybatch" in r:
+        bt = r["pybatch"]
+        rows.append(["tiny events/s, Python workers, --batch 64", bt["batch_events_per_sec"],
+                     "Python workers, no --batch", bt["none_events_per_sec"],
+                     bt["batch_events_per_sec"] / bt["none_events_per_sec"], None])
+    if "vector" in r:
+        vt = r["vector"]
+        what = "numpy 64x64 dot, Python workers"
+        if "skipped" in vt:
+            rows.append([what, "skipped: " + vt["skipped"], "-", None, None, None])
+        else:
+            rows.append([f"{what}: events/s, --batch 64", vt["batch_events_per_sec"],
+                         "one event per call", vt["none_events_per_sec"],
+                         vt["batch_events_per_sec"] / vt["none_events_per_sec"], None])
+            for q in ("p50_ms", "p99_ms"):
+                rows.append([f"{what}: latency {q[:3]} ms at {vt['offered_per_sec']:,.0f}/s, "
+                             f"--batch 64", vt["batch_latency"][q], "one event per call",
+                             vt["none_latency"][q], vt["none_latency"][q] / vt["batch_latency"][q],
+                             None])
     rw = r["raw"]
     rows.append(["tiny events/s", herd_eps, "raw socket, 64 in flight",
                  rw["pipelined"]["frames_per_sec"],
@@ -1174,7 +1364,7 @@ def compare(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "batch", "latency", "cpu", "recovery", "memory",
+    ap.add_argument("workload", choices=["tiny", "submit", "rate", "keys", "batch", "pybatch", "vector", "latency", "cpu", "recovery", "memory",
                                          "stdio", "jetstream", "redis", "seed", "cancel", "all",
                                          "compare", "peers"])
     ap.add_argument("--peers-python", default=sys.executable,
@@ -1210,7 +1400,7 @@ def main():
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (sdk, os.environ.get("PYTHONPATH")) if p)
     if not args.pure:
-        if args.python and not os.path.exists(os.path.join(sdk, "herd", "_native.abi3.so")):
+        if (args.python or args.workload == "pybatch") and not os.path.exists(os.path.join(sdk, "herd", "_native.abi3.so")):
             die("no herd._native in sdk/python/src: run scripts/native-dev.sh (or --pure)")
     if args.workload == "all":
         return run_all(args)

@@ -19,13 +19,14 @@ else
     scripts/native-dev.sh >/dev/null
 fi
 
-# The Python peers run in a venv of the bench's own: loky, pebble, mpire and joblib from PyPI,
+# The Python peers run in a venv of the bench's own: loky, pebble, mpire and joblib from PyPI
+# (and numpy, for the vector rows' workers),
 # each installed on its own so that one that does not install is named and the others still
 # run (bench_peers.py leaves it out, loudly), and herd as a user installs it, from this tree's
 # wheel (its binary and package; pip runs maturin, which builds bin/herd in release into target/).
 venv=target/benchvenv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-for pkg in maturin cloudpickle loky pebble mpire joblib; do
+for pkg in maturin cloudpickle loky pebble mpire joblib numpy; do
     "$venv/bin/python" -m pip show --quiet "$pkg" >/dev/null 2>&1 ||
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$pkg" ||
         echo "bench: ***** $pkg DID NOT INSTALL: the rows that need it are left out *****" >&2

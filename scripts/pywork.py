@@ -5,6 +5,7 @@ it under `herd run` beside the peers, on the same events. It needs the herd pack
 (installed, or from the source tree: bench.py sets PYTHONPATH=sdk/python/src):
 
     PYTHONPATH=sdk/python/src herd run -w 2 -- python3 scripts/pywork.py < events
+    PYTHONPATH=sdk/python/src herd run -w 2 --batch 64 -- python3 scripts/pywork.py --batch 64 < events
 
 Same per-event shape as a herd worker: parse the JSON event, compute, a small JSON result.
 """
@@ -37,7 +38,12 @@ def work(line: str) -> str:
 
 
 if __name__ == "__main__":
+    import sys
+
     import herd
 
+    if len(sys.argv) == 3 and sys.argv[1] == "--batch":
+        # A batch handler of up to N events per call (bench.py's `pybatch` rows).
+        herd.run_batch(lambda payloads: [work(p.decode()) for p in payloads], int(sys.argv[2]))
     # The peers get each line as str (decoded outside their timing); herd hands over bytes.
     herd.run(lambda payload: work(payload.decode()))

@@ -22,6 +22,9 @@ exactly one Done until Shutdown. A Python twin of the Rust SDK (crates/worker/sr
   running task's cancel flag (`Task.cancelled`, `Task.wait_cancelled`), which a handler ends
   with `raise Cancelled()`. Tiny handlers never wake it. A task is taken to run only while the
   watcher does not hold the read side, so it is never both given back and run (see `_Watch`).
+- A batch handler (`run_batch`, protocol 3's optional Batching/Batch) gets the tasks of a
+  Batch frame in one call (a lone Task as a list of one) and answers each with its own Done,
+  queued as each result comes; its loop is a twin of the single-task one, which stays as it is.
 - A finished Done is held for about 1 ms at most: the supervisor times each attempt from the
   previous Done. The serve loop flushes once the oldest held reply is 1 ms old; while a handler
   runs, a flusher thread (started the first time a reply is held across a handler) does it. It
