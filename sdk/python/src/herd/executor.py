@@ -493,10 +493,9 @@ class Executor(concurrent.futures.Executor):
                 # No reference to a result is kept past its yield.
                 for i in range(len(outs)):
                     out, outs[i] = outs[i], None
-                    if type(out) is bytes:
-                        yield _outcome(out)
-                    else:
+                    if type(out) is not bytes:
                         raise out
+                    yield _result_of(out)
         finally:
             if chunks:
                 self._cancel_chunks(chunks)
@@ -636,28 +635,37 @@ class Executor(concurrent.futures.Executor):
 
 
 def _settle_output(fut: Future, out: Optional[bytes]) -> None:
-    try:
-        value = _outcome(out or b"")
-    except BaseException as e:  # noqa: BLE001 - the call's exception, whatever it is
-        _settle(fut, exc=e)
-        return
-    _settle(fut, value)
+    ok, value = _outcome(out or b"")
+    if ok:
+        _settle(fut, value)
+    else:
+        _settle(fut, exc=value)
 
 
-def _outcome(out: bytes) -> Any:
-    """A call's result from its output, or raises its exception."""
+def _result_of(out: bytes) -> Any:
+    """A call's result from its output, or raises its exception (in map's own thread)."""
+    ok, value = _outcome(out)
+    if ok:
+        return value
+    raise value
+
+
+def _outcome(out: bytes) -> Tuple[bool, Any]:
+    """(True, a call's result) or (False, its exception), from its output. Not raised here: a
+    traceback through the loop thread's frames would keep the executor alive with the future."""
     try:
         ok, value, tb = loads(out)
     except BaseException as e:  # noqa: BLE001 - even SystemExit: this call's failure
         err = ResultError(f"the call's outcome could not be unpickled here: "
                           f"{type(e).__name__}: {e}")
-        raise err from e
+        err.__cause__ = e
+        return False, err
     if ok:
-        return value
+        return True, value
     if tb and isinstance(value, BaseException):
         # As ProcessPoolExecutor does: the worker's traceback is the exception's cause.
         value.__cause__ = _RemoteTraceback(tb)
-    raise value if isinstance(value, BaseException) else ResultError(repr(value))
+    return False, value if isinstance(value, BaseException) else ResultError(repr(value))
 
 
 def _result_or_cancel(fut: Future, end_time: Optional[float]) -> Any:
