@@ -108,3 +108,16 @@ class ErrorAtPickle:
 class ErrorAtUnpickle:
     def __reduce__(self) -> Tuple[Any, ...]:
         return raise_error, (UnpicklingError,)
+
+
+def square_or_exit(i: int, poison: int) -> int:
+    """i*i, except for the poison input, which kills its worker (a crash herd must isolate)."""
+    if i == poison:
+        os._exit(3)
+    return i * i
+
+
+def square_or_raise(i: int) -> int:
+    if i % 10 == 3:
+        raise ValueError(f"no {i}")
+    return i * i

@@ -16,7 +16,7 @@ from typing import (Any, AsyncIterator, Callable, Coroutine, Dict, Iterator, Lis
 import pytest
 
 import herd
-from conftest import TIMEOUT, herd_bin, wait_until
+from conftest import REPO, TIMEOUT, herd_bin, wait_until
 
 
 _R = TypeVar("_R")
@@ -485,3 +485,96 @@ def test_keyed_events_run_one_at_a_time_per_key_in_order(daemon: StartDaemon) ->
     run(main())
     with herd.connect_sync(d.sock) as pool:
         assert pool.submit(square(4), key=b"bytes-key") == b"16"
+
+
+def chaos_batching(n: int) -> List[str]:
+    """herd-chaos with a batch handler of up to `n` events per call."""
+    return [os.path.join(os.path.dirname(herd_bin()), "herd-chaos"), "--batch", str(n)]
+
+
+def batch_op(i: int, key: str = "") -> bytes:
+    """herd-chaos's `batch` op: answers with the batch it ran in, {"n":size,"k":[..],"i":[..]}."""
+    return b'{"op":"batch","k":"%s","i":%d}' % (key.encode(), i)
+
+
+def test_batch_option_bytes_match_the_control_vectors() -> None:
+    """Open's body for a batched submission is the protocol's (docs/control-vectors.json)."""
+    from herd.client import _open_options
+    with open(os.path.join(REPO, "docs", "control-vectors.json")) as f:
+        vectors = {v["name"]: v for v in json.load(f)["vectors"]}
+    frame = bytes.fromhex(vectors["open_batch"]["frame_hex"])
+    assert _open_options(0, (0, 0), False, herd.Batch(64, 0.005, by_key=True)) == frame[4:]
+    # Every option a Python submission sends, in the Rust client's order.
+    body = _open_options(-3, (1000, 300000), True, herd.Batch(300, wait=0.25))
+    assert body == bytes.fromhex("0f0501fd04fbe80305fce09304000709fb2c01fa00")
+    assert herd.Batch(8) == herd.Batch(8, 0.005, False)  # a lane's key: equal, same lane
+
+
+@pytest.mark.parametrize("bad", [dict(max=0), dict(max=-1), dict(max=True), dict(max=2.0),
+                                 dict(max=1 << 32), dict(max=4, wait=-0.001),
+                                 dict(max=4, wait=float("nan")), dict(max=4, wait="5ms")])
+def test_bad_batches_raise_value_error(bad: Dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        herd.Batch(**bad)
+
+
+def test_a_batch_lane_forms_batches_and_a_plain_lane_does_not(daemon: StartDaemon) -> None:
+    """Events submitted with batch= run in batches of up to `max` (the worker names the batch
+    each ran in), beside events without, on the same pool, which run one per call."""
+    d = daemon(workers=2, worker=chaos_batching(16))
+    n = 2000
+
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
+            plain = [json.loads(out) async for _, out in pool.map(  # type: ignore[arg-type]
+                (batch_op(i) for i in range(n)), ordered=True)]
+            assert [o["i"] for o in plain] == [[i] for i in range(n)]
+            assert await asyncio.to_thread(lambda: d.status()["batches"]) == 0
+            sizes = []
+            async for i, out in pool.map((batch_op(i) for i in range(n)), ordered=True,
+                                         batch=herd.Batch(16, wait=0.001)):
+                o = json.loads(out)  # type: ignore[arg-type]  # errors are raised
+                assert i in o["i"] and len(o["i"]) == o["n"], o
+                sizes.append(o["n"])
+            assert all(1 <= s <= 16 for s in sizes), sizes
+            assert max(sizes) > 1, "no batch of more than one event formed"
+            # submit() and submit_stream() take one too: the same lane.
+            outs = await asyncio.gather(*(pool.submit(batch_op(i), batch=herd.Batch(16, 0.001))
+                                          for i in range(200)))
+            assert all(json.loads(o)["n"] >= 1 for o in outs)
+            stream = pool.submit_stream(batch_op(7), batch=herd.Batch(16, 0.001))
+            assert 7 in json.loads(await stream.result() or b"")["i"]
+            assert len(pool._lanes) == 1
+            with pytest.raises(TypeError):
+                await pool.submit(batch_op(0), batch=16)  # type: ignore[arg-type]
+
+    run(main())
+    st = d.status()
+    assert st["batches"] > 0 and st["batch_mean_size"] > 1.0, st
+    # A pool-wide default, in the blocking client: every event of it is batched.
+    with herd.connect_sync(d.sock, batch=herd.Batch(16, wait=0.001)) as pool:
+        got = list(pool.map((batch_op(i) for i in range(n)), ordered=True))
+        assert max(json.loads(out)["n"] for _, out in got) > 1  # type: ignore[arg-type]
+        # Batch(1): no batches, for this submission alone.
+        assert json.loads(pool.submit(batch_op(1), batch=herd.Batch(1)))["n"] == 1
+
+
+def test_batches_by_key_hold_one_keys_events(daemon: StartDaemon) -> None:
+    d = daemon(workers=2, worker=chaos_batching(16))
+    n = 4000
+    by_key = herd.Batch(16, wait=0.002, by_key=True)
+
+    async def main() -> Any:
+        async with herd.connect(d.sock) as pool:
+            keys = [f"key-{i % 4}" for i in range(n)]
+            outs = await asyncio.gather(*(pool.submit(batch_op(i, keys[i]), key=keys[i],
+                                                      batch=by_key) for i in range(n)))
+            largest = 0
+            for i, raw in enumerate(outs):
+                o = json.loads(raw)
+                assert set(o["k"]) == {keys[i]}, f"mixed batch: {o}"
+                assert i in o["i"], o
+                largest = max(largest, o["n"])
+            assert largest > 1, "no batch of more than one event formed"
+
+    run(main())

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Dict, List
 
 if TYPE_CHECKING:
     from .blocking import Client, connect_sync
-    from .client import CONTROL_VERSION, Chunk, Pool, Stream, connect
+    from .client import CONTROL_VERSION, Batch, Chunk, Pool, Stream, connect
     from .daemon import Daemon, find_herd_bin, serve
     from .errors import (ConnectionLost, DaemonError, EventCancelled, EventCrashed,
                          EventDeadline, EventError, EventExpired, EventFailed,
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 # `python -X importtime`): every restart after a crash pays it again.
 _LAZY: Dict[str, str] = {
     **dict.fromkeys(("Client", "connect_sync"), "blocking"),
-    **dict.fromkeys(("CONTROL_VERSION", "Chunk", "Pool", "Stream", "connect"), "client"),
+    **dict.fromkeys(("CONTROL_VERSION", "Batch", "Chunk", "Pool", "Stream", "connect"),
+                    "client"),
     **dict.fromkeys(("Daemon", "find_herd_bin", "serve"), "daemon"),
     **dict.fromkeys((
         "ConnectionLost", "DaemonError", "EventCancelled", "EventCrashed", "EventDeadline",
@@ -90,7 +91,7 @@ __all__ = [
     # Workers.
     "run", "run_batch", "Retryable", "Fatal", "Cancelled", "Task", "worker_index",
     # Clients of a daemon.
-    "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "CONTROL_VERSION",
+    "connect", "connect_sync", "Pool", "Client", "Stream", "Chunk", "Batch", "CONTROL_VERSION",
     # A concurrent.futures executor.
     "Executor",
     # A private daemon.

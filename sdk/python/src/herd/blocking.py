@@ -9,31 +9,32 @@ import threading
 from typing import (Any, Coroutine, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar,
                     Union)
 
-from .client import Event, Pool, _limits_ms
+from .client import Batch, Event, Pool, _check_batch, _limits_ms
 from .errors import ConnectionLost, EventError
 
 _T = TypeVar("_T")
 
 
 def connect_sync(path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
-                 deadline: Optional[float] = None) -> Client:
+                 deadline: Optional[float] = None, batch: Optional[Batch] = None) -> Client:
     """Connects to the daemon's control socket at `path`; a Client, also a context manager.
-    `max_age` and `deadline` as for connect()."""
-    return Client(path, timeout=timeout, max_age=max_age, deadline=deadline)
+    `max_age`, `deadline` and `batch` as for connect()."""
+    return Client(path, timeout=timeout, max_age=max_age, deadline=deadline, batch=batch)
 
 
 class Client:
     """submit() and map() that block. Safe to call from several threads at once."""
 
     def __init__(self, path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
-                 deadline: Optional[float] = None) -> None:
+                 deadline: Optional[float] = None, batch: Optional[Batch] = None) -> None:
         limits = _limits_ms(max_age, deadline)
+        _check_batch(batch)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="herd-client",
                                         daemon=True)
         self._thread.start()
         try:
-            self._pool = self._call(Pool._open(path, timeout, 0, limits))
+            self._pool = self._call(Pool._open(path, timeout, 0, limits, batch=batch))
         except BaseException:
             self._stop_loop()
             raise
@@ -42,18 +43,22 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def submit(self, event: Event, timeout: Optional[float] = None, *,
-               priority: int = 0, key: Union[str, bytes, None] = None) -> bytes:
+               priority: int = 0, key: Union[str, bytes, None] = None,
+               batch: Optional[Batch] = None) -> bytes:
         """Runs one event; its output as bytes, or raises EventError / ConnectionLost.
         `timeout` (seconds) bounds only this wait (concurrent.futures.TimeoutError).
-        `priority`: -128 to 127, higher runs first; `key`: the event's key (docs/KEYS.md)."""
-        return self._call(self._pool.submit(event, priority=priority, key=key), timeout)
+        `priority`: -128 to 127, higher runs first; `key`: the event's key (docs/KEYS.md);
+        `batch`: a Batch (docs/BATCHES.md), default the client's."""
+        return self._call(self._pool.submit(event, priority=priority, key=key, batch=batch),
+                          timeout)
 
     def map(self, events: Iterable[Event], *, ordered: bool = False, window: int = 1024,
-            return_exceptions: bool = False,
-            priority: int = 0) -> Iterator[Tuple[int, Union[bytes, EventError]]]:
+            return_exceptions: bool = False, priority: int = 0,
+            batch: Optional[Batch] = None) -> Iterator[Tuple[int, Union[bytes, EventError]]]:
         """Like Pool.map, for a plain iterable: yields (index, output)."""
         if window < 1:
             raise ValueError("window must be at least 1")
+        _check_batch(batch)
         done: queue.SimpleQueue[Tuple[int, concurrent.futures.Future[bytes]]] = \
             queue.SimpleQueue()
         inflight = 0
@@ -90,8 +95,8 @@ class Client:
         for i, ev in enumerate(events):
             while inflight >= window:
                 yield from drain_one()
-            sent(i, asyncio.run_coroutine_threadsafe(self._pool.submit(ev, priority=priority),
-                                                     self._loop))
+            sent(i, asyncio.run_coroutine_threadsafe(
+                self._pool.submit(ev, priority=priority, batch=batch), self._loop))
             inflight += 1
         while inflight:
             yield from drain_one()

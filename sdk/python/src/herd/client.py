@@ -13,8 +13,9 @@ import asyncio
 import collections
 import json
 import struct
+from dataclasses import dataclass
 from typing import (Any, AsyncIterable, AsyncIterator, Callable, Deque, Dict, Generator, Iterable,
-                    List, NamedTuple, Optional, Set, Tuple, Union)
+                    List, NamedTuple, Optional, Sequence, Set, Tuple, Union)
 
 from . import _codec as codec
 from ._codec import ProtocolError, varint
@@ -35,7 +36,7 @@ EVENT_LINE_OVERHEAD = 1 + 9
 # does not send; SubmitTimed carries a rate too, sent empty: no limit of the submission's own.)
 HELLO, SUBMIT, EVENTS, END, SUBMIT_WITH, CANCEL, SUBMIT_TIMED, OPEN = 0, 1, 2, 3, 8, 11, 14, 15
 # SubmitOption variants of Open (docs/CONTROL.md) that this client sends.
-OPT_PRIORITY, OPT_MAX_AGE_MS, OPT_DEADLINE_MS, OPT_LINE_KEY = 1, 4, 5, 7
+OPT_PRIORITY, OPT_MAX_AGE_MS, OPT_DEADLINE_MS, OPT_LINE_KEY, OPT_BATCH = 1, 4, 5, 7, 9
 # Longest key (keys.rs MAX_KEY_LEN).
 MAX_KEY_LEN = 1024
 WELCOME, RECORDS, DONE, STATUS, OK, ERROR = 0, 1, 2, 3, 4, 5
@@ -57,7 +58,11 @@ def _result(line: bytes, comma: int) -> Tuple[Optional[bytes], Optional[EventErr
     if line.startswith(_OK_OUTPUT, comma):
         out = line[comma + len(_OK_OUTPUT):line.rfind(_ATTEMPTS)]
         if out[:1] == b'"':
-            # A non-JSON output travels as a JSON string: give back its text.
+            # A non-JSON output travels as a JSON string: give back its text. Without a
+            # backslash it has no escapes: its text is what lies between the quotes (the
+            # executor's base64 outputs, every one).
+            if b"\\" not in out:
+                return out[1:-1], None
             return json.loads(out).encode("utf-8"), None
         # A JSON output is embedded as the worker wrote it: give back exactly those bytes.
         return out, None
@@ -75,6 +80,49 @@ _Resolve = Callable[[Optional[bytes], Optional[BaseException]], None]
 _Waiter = Union["asyncio.Future[bytes]", _Resolve]
 # (max_age_ms, deadline_ms); 0 is the daemon's own limit.
 _Limits = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Batches for a submission's events (docs/BATCHES.md): a worker that takes batches gets
+    up to `max` of them in one handler call, a partial batch waiting at most `wait` seconds
+    for more while its worker is busy (never while it is idle), and with `by_key` a batch holds
+    one key's events only. Every event still gets its own record. `max` 1: no batches."""
+
+    max: int
+    wait: float = 0.005
+    by_key: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max, bool) or not isinstance(self.max, int) \
+                or not 1 <= self.max <= 0xFFFF_FFFF:
+            raise ValueError(f"Batch.max must be an integer from 1 to 2**32-1, not {self.max!r}")
+        if isinstance(self.wait, bool) or not isinstance(self.wait, (int, float)) \
+                or not 0 <= self.wait < 2**53 / 1000:
+            raise ValueError(f"Batch.wait must be a number of seconds >= 0, not {self.wait!r}")
+
+    def _option(self) -> bytes:
+        """`SubmitOption::Batch { max, wait_ms, by_key }` (docs/CONTROL.md)."""
+        return (bytes((OPT_BATCH,)) + varint(self.max) + varint(round(self.wait * 1000))
+                + bytes((self.by_key,)))
+
+
+def _open_options(priority: int, limits: _Limits, keyed: bool,
+                  batch: Optional[Batch]) -> bytes:
+    """The body of `Open` for a submission with these settings (docs/CONTROL.md)."""
+    options = []
+    if priority:
+        options.append(bytes((OPT_PRIORITY, priority & 0xFF)))
+    if limits[0]:
+        options.append(bytes((OPT_MAX_AGE_MS,)) + varint(limits[0]))
+    if limits[1]:
+        options.append(bytes((OPT_DEADLINE_MS,)) + varint(limits[1]))
+    if keyed:
+        # Each event goes as `<key>\t<event>` (keys.rs).
+        options.append(bytes((OPT_LINE_KEY,)))
+    if batch is not None:
+        options.append(batch._option())
+    return bytes((OPEN,)) + varint(len(options)) + b"".join(options)
 
 
 class Chunk(NamedTuple):
@@ -174,15 +222,22 @@ async def _read_frame(reader: asyncio.StreamReader, max_frame: int = REPLY_MAX_F
 
 
 def connect(path: str, *, timeout: float = 30.0, max_age: Optional[float] = None,
-            deadline: Optional[float] = None) -> _Connecting:
+            deadline: Optional[float] = None, batch: Optional[Batch] = None) -> _Connecting:
     """Connects to the daemon's control socket at `path`. Use as `async with connect(p) as
     pool`, or `pool = await connect(p)` (then `await pool.close()`).
 
     `max_age` and `deadline` (seconds) replace the daemon's --max-age and --deadline for the
     events of this pool: an event that waited longer than `max_age` to start raises
     EventExpired, one without an answer `deadline` after it was accepted (retries
-    included) raises EventDeadline."""
-    return _Connecting(path, timeout, _limits_ms(max_age, deadline))
+    included) raises EventDeadline. `batch`: the Batch of the pool's events unless a
+    submission gives its own (default: the daemon's --batch)."""
+    return _Connecting(path, timeout, _limits_ms(max_age, deadline), _check_batch(batch))
+
+
+def _check_batch(batch: Optional[Batch]) -> Optional[Batch]:
+    if batch is not None and not isinstance(batch, Batch):
+        raise TypeError(f"batch must be a herd.Batch or None, not {batch!r}")
+    return batch
 
 
 def _limits_ms(max_age: Optional[float], deadline: Optional[float]) -> _Limits:
@@ -199,17 +254,21 @@ def _limits_ms(max_age: Optional[float], deadline: Optional[float]) -> _Limits:
 class _Connecting:
     """What connect() returns: awaitable (a Pool), or an async context manager."""
 
-    def __init__(self, path: str, timeout: float, limits: _Limits = (0, 0)) -> None:
+    def __init__(self, path: str, timeout: float, limits: _Limits = (0, 0),
+                 batch: Optional[Batch] = None) -> None:
         self._path = path
         self._timeout = timeout
         self._limits = limits
+        self._batch = batch
         self._pool: Optional[Pool] = None
 
     def __await__(self) -> Generator[Any, None, Pool]:
-        return Pool._open(self._path, self._timeout, 0, self._limits).__await__()
+        return Pool._open(self._path, self._timeout, 0, self._limits,
+                          batch=self._batch).__await__()
 
     async def __aenter__(self) -> Pool:
-        self._pool = await Pool._open(self._path, self._timeout, 0, self._limits)
+        self._pool = await Pool._open(self._path, self._timeout, 0, self._limits,
+                                      batch=self._batch)
         return self._pool
 
     async def __aexit__(self, exc_type: Optional[type], exc: Optional[BaseException],
@@ -229,8 +288,9 @@ def _check_priority(priority: int) -> None:
 class Pool:
     """A submission to a running daemon. Any number of coroutines may call submit() at once.
 
-    A `priority` other than 0 goes on a submission of its own (a second connection, opened
-    on first use), so events at the default priority cost nothing extra."""
+    A `priority` other than 0, a key, or a `batch` other than the pool's goes on a submission
+    of its own (another connection, opened on first use, one per combination), so events at
+    the pool's defaults cost nothing extra."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int,
                  max_frame: int, max_line: int) -> None:
@@ -238,8 +298,10 @@ class Pool:
         # (path, timeout), to open the connection of another priority.
         self._opened: Tuple[str, float] = ("", 0.0)
         self._limits: _Limits = (0, 0)  # of every connection
-        # priority -> task opening (then holding) that priority's Pool.
-        self._lanes: Dict[Tuple[int, bool], asyncio.Future[Pool]] = {}
+        # The Batch of this connection's submission: submissions without one of their own.
+        self._batch: Optional[Batch] = None
+        # (priority, keyed, batch) -> task opening (then holding) that submission's Pool.
+        self._lanes: Dict[Tuple[int, bool, Optional[Batch]], asyncio.Future[Pool]] = {}
         self._reader = reader
         self._writer = writer
         self._max_line = max_line
@@ -267,7 +329,8 @@ class Pool:
 
     @classmethod
     async def _open(cls, path: str, timeout: float, priority: int = 0,
-                    limits: _Limits = (0, 0), keyed: bool = False) -> Pool:
+                    limits: _Limits = (0, 0), keyed: bool = False,
+                    batch: Optional[Batch] = None) -> Pool:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path, limit=1 << 20), timeout)
@@ -277,7 +340,7 @@ class Pool:
         try:
             # Over its --max-connections the daemon accepts us only when a connection closes.
             pool = await asyncio.wait_for(
-                cls._handshake(reader, writer, priority, limits, keyed), timeout)
+                cls._handshake(reader, writer, priority, limits, keyed, batch), timeout)
         except asyncio.TimeoutError as e:
             writer.close()
             raise HandshakeError(
@@ -288,12 +351,13 @@ class Pool:
             raise
         pool._opened = (path, timeout)
         pool._limits = limits
+        pool._batch = batch
         return pool
 
     @classmethod
     async def _handshake(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          priority: int = 0, limits: _Limits = (0, 0),
-                         keyed: bool = False) -> Pool:
+                         keyed: bool = False, batch: Optional[Batch] = None) -> Pool:
         writer.write(_frame(bytes((HELLO,)) + varint(CONTROL_VERSION)))
         try:
             await writer.drain()
@@ -321,17 +385,10 @@ class Pool:
         max_line, p = codec._uint(body, p, n, 4, "Welcome.max_line")
         # Unordered: the client matches records to events by seq itself. Plain Submit
         # without a priority, so that daemons older than SubmitWith work too.
-        if keyed:
-            # Open with LineKey: each event goes as `<key>\t<event>` (keys.rs). Only for
-            # keyed events, so that daemons older than Open work for the rest.
-            options = [bytes((OPT_LINE_KEY,))]
-            if priority:
-                options.append(bytes((OPT_PRIORITY, priority & 0xFF)))
-            if limits[0]:
-                options.append(bytes((OPT_MAX_AGE_MS,)) + varint(limits[0]))
-            if limits[1]:
-                options.append(bytes((OPT_DEADLINE_MS,)) + varint(limits[1]))
-            writer.write(_frame(bytes((OPEN,)) + varint(len(options)) + b"".join(options)))
+        if keyed or batch is not None:
+            # Open, only for keyed or batched events, so that daemons older than Open work
+            # for the rest.
+            writer.write(_frame(_open_options(priority, limits, keyed, batch)))
         elif any(limits):
             # Only with limits to give, so that daemons older than SubmitTimed work too.
             # max_age_ms, deadline_ms, then rate: an empty string (none).
@@ -343,25 +400,32 @@ class Pool:
             writer.write(_frame(bytes((SUBMIT, 0))))
         return cls(reader, writer, pid, max_frame, max_line)
 
-    async def _lane(self, priority: int, keyed: bool = False) -> Pool:
-        """The Pool whose submission runs at `priority`, keyed or not (opened on first use)."""
-        return await asyncio.shield(self._lane_task(priority, keyed))
+    async def _lane(self, priority: int, keyed: bool = False,
+                    batch: Optional[Batch] = None) -> Pool:
+        """The Pool whose submission runs at `priority`, keyed or not, with `batch` (opened on
+        first use)."""
+        return await asyncio.shield(self._lane_task(priority, keyed, batch))
 
-    def _lane_task(self, priority: int, keyed: bool = False) -> asyncio.Future[Pool]:
-        """The task opening (then holding) the Pool of `priority`, keyed or not, started on
-        first use."""
+    def _lane_task(self, priority: int, keyed: bool = False,
+                   batch: Optional[Batch] = None) -> asyncio.Future[Pool]:
+        """The task opening (then holding) the Pool of `priority`, keyed or not, with `batch`,
+        started on first use."""
         _check_priority(priority)
         if self._error is not None:
             raise self._error
         if self._closing:
             raise HerdError("this pool is closed")
-        task = self._lanes.get((priority, keyed))
+        task = self._lanes.get((priority, keyed, batch))
         if task is None:
             path, timeout = self._opened
             task = asyncio.ensure_future(
-                Pool._open(path, timeout, priority, self._limits, keyed))
-            self._lanes[(priority, keyed)] = task
+                Pool._open(path, timeout, priority, self._limits, keyed, batch))
+            self._lanes[(priority, keyed, batch)] = task
         return task
+
+    def _batch_of(self, batch: Optional[Batch]) -> Optional[Batch]:
+        """The Batch a submission asking for `batch` gets: its own, else the pool's."""
+        return self._batch if batch is None else _check_batch(batch)
 
     # -----------------------------------------------------------------------------------------
     # Submitting.
@@ -387,6 +451,22 @@ class Pool:
             self._wake_writer.set()
         return seq
 
+    def _enqueue_many(self, events: Sequence[bytes], waiters: Iterable[_Waiter]) -> int:
+        """Queues `events` (bytes) in one go, each event's record going to its waiter (in
+        order); returns the first one's seq, the others' following it."""
+        if self._error is not None:
+            raise self._error
+        if self._closing:
+            raise HerdError("this pool is closed")
+        first = self._next
+        self._next = first + len(events)
+        self._pending.update(zip(range(first, self._next), waiters))
+        self._outq.extend(events)
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wake_writer.set()
+        return first
+
     def _keyed(self, key: Union[str, bytes], event: Event) -> bytes:
         """`<key>\\t<event>`, the line a keyed submission takes (docs/KEYS.md)."""
         k = key.encode("utf-8") if isinstance(key, str) else bytes(key)
@@ -396,17 +476,20 @@ class Pool:
         return k + b"\t" + self._admit(event)
 
     async def submit(self, event: Event, *, priority: int = 0,
-                     key: Union[str, bytes, None] = None) -> bytes:
+                     key: Union[str, bytes, None] = None,
+                     batch: Optional[Batch] = None) -> bytes:
         """Runs one event (bytes, or str sent as UTF-8); returns its output as bytes, or
         raises the EventError subclass of its record's kind, or ConnectionLost. `priority`:
         -128 to 127, higher runs first (the README's Priorities). `key`: the event's key, for
         the daemon's per-key limits (--max-inflight-per-key, --key-rate: docs/KEYS.md); keyed
-        events go on a submission of their own."""
+        events go on a submission of their own. `batch`: a Batch, to run the event in a batch
+        with others submitted with the same Batch (docs/BATCHES.md); default: the pool's."""
         if key is not None:
             line = self._keyed(key, event)
-            return await (await self._lane(priority, keyed=True)).submit(line)
-        if priority:
-            return await (await self._lane(priority)).submit(event)
+            lane = await self._lane(priority, True, self._batch_of(batch))
+            return await lane.submit(line)
+        if priority or (batch is not None and batch != self._batch):
+            return await (await self._lane(priority, False, self._batch_of(batch))).submit(event)
         # _enqueue inlined: this is the path of every event of a run_in_executor-style program.
         if type(event) is bytes and self._error is None and not self._closing:
             data = event
@@ -430,11 +513,12 @@ class Pool:
             raise
 
     def submit_stream(self, event: Event, *, priority: int = 0,
-                      key: Union[str, bytes, None] = None) -> Stream:
+                      key: Union[str, bytes, None] = None,
+                      batch: Optional[Batch] = None) -> Stream:
         """Runs one event whose handler streams partial results: returns a Stream, an async
         iterator of its Chunks as they arrive, which ends with the final record (raising its
-        EventError if it is one); then `stream.output` is the final output. `priority` as for
-        submit().
+        EventError if it is one); then `stream.output` is the final output. `priority`, `key`
+        and `batch` as for submit().
 
             stream = pool.submit_stream(b'{"op":"stream","n":3}')
             async for chunk in stream:      # Chunk(attempt, index, data)
@@ -444,9 +528,11 @@ class Pool:
         stream = Stream()
         if key is not None:
             line = self._keyed(key, event)
-            self._stream_later(stream, line, self._lane_task(priority, keyed=True))
-        elif priority:
-            self._stream_later(stream, event, self._lane_task(priority))
+            self._stream_later(stream, line,
+                               self._lane_task(priority, True, self._batch_of(batch)))
+        elif priority or (batch is not None and batch != self._batch):
+            self._stream_later(stream, event,
+                               self._lane_task(priority, False, self._batch_of(batch)))
         else:
             self._stream_into(stream, event)
         return stream
@@ -484,16 +570,18 @@ class Pool:
 
     async def map(self, events: Union[Iterable[Event], AsyncIterable[Event]], *,
                   ordered: bool = False, window: int = 1024, return_exceptions: bool = False,
-                  priority: int = 0) -> AsyncIterator[Tuple[int, Union[bytes, EventError]]]:
+                  priority: int = 0, batch: Optional[Batch] = None,
+                  ) -> AsyncIterator[Tuple[int, Union[bytes, EventError]]]:
         """Runs every event of `events` (an iterable or async iterable), with at most `window`
         of them sent and not yet yielded, and yields (index, output) as they complete, or in
         input order with `ordered=True`. An event's EventError is raised, or yielded in place
         of its output with `return_exceptions=True`; ConnectionLost is always raised.
-        `priority` as for submit()."""
+        `priority` and `batch` as for submit(); with a batch, `window` should hold a few
+        batches for every worker, or batches stay small."""
         if window < 1:
             raise ValueError("window must be at least 1")
-        if priority:
-            lane = await self._lane(priority)
+        if priority or (batch is not None and batch != self._batch):
+            lane = await self._lane(priority, False, self._batch_of(batch))
             async for item in lane.map(events, ordered=ordered, window=window,
                                        return_exceptions=return_exceptions):
                 yield item

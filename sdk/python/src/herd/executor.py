@@ -17,17 +17,25 @@ the standard library's can. A call the daemon has is RUNNING; its future's cance
 where the standard library's returns False. Every future gets exactly one outcome: the call's
 result or exception, or a herd error (EventCrashed, EventTimeout, ...) for that call alone;
 the executor keeps serving. Never BrokenProcessPool.
+
+map(chunksize=N) sends each call as an event of its own on a batch submission (Batch(N)), so
+a worker gets up to N calls per handler call and each call still gets its own outcome; the
+parent keeps one _MapChunk per N calls rather than a Future per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import collections
 import concurrent.futures
+import functools
+import io
 import itertools
 import json
 import math
 import os
+import pickle
 import sys
 import threading
 import time
@@ -38,15 +46,19 @@ from typing import (Any, Callable, Deque, Generator, Iterable, Iterator, List, O
                     TypeVar, Union)
 
 from . import daemon as _daemon
-from .client import Pool
+from .client import Batch, Pool
 from .errors import HerdError, ResultError
 from . import executor_worker as _worker
-from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, PICKLER, call_chunk, dumps,
+from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, MAP_TAG, PICKLER, dumps,
                               loads)
 
 __all__ = ["Executor", "Future", "PICKLER"]
 
 _T = TypeVar("_T")
+
+# How long a partial batch of a map may wait for more calls while its worker is busy. map()
+# hands the daemon a chunk's calls at once, so only a map's last chunks wait at all.
+MAP_BATCH_WAIT = 0.002
 
 # The worker's command: sys.path is the parent's before anything is imported.
 _BOOT = ("import json, os, sys; "
@@ -132,12 +144,113 @@ def _main_spec() -> Optional[str]:
     return None
 
 
-def _chunks(args: Iterator[Tuple[Any, ...]], size: int) -> Iterator[Tuple[Tuple[Any, ...], ...]]:
-    while True:
-        chunk = tuple(itertools.islice(args, size))
-        if not chunk:
-            return
-        yield chunk
+class _MapChunk:
+    """Up to `chunksize` calls of one Executor.map, sent as one event each on the map's batch
+    submission: herd hands a worker up to that many in one handler call, answers each on its
+    own, and isolates a call that crashes its worker. One of these per chunk, not a Future per
+    call: the loop thread fills `outs` (a call's output, or the error that ends it) and sets
+    `done` when the last arrives; the map's generator decodes each as it yields it."""
+
+    __slots__ = ("pool", "payloads", "at", "outs", "left", "done", "first", "cancelled",
+                 "on_done")
+
+    def __init__(self, pool: Pool, payloads: List[bytes], outs: List[Any],
+                 at: Optional[List[int]]) -> None:
+        self.pool = pool
+        self.payloads = payloads
+        # Where each payload's outcome goes in `outs` (None: in order): a call that did not
+        # pickle has its error there already and no payload.
+        self.at = at
+        self.outs = outs
+        self.left = len(payloads)
+        self.done = threading.Event()
+        self.first = -1  # the seq of its first event, once sent (loop thread)
+        self.cancelled = False  # (loop thread)
+        self.on_done: Callable[[], None] = _nothing
+        if not payloads:
+            self.done.set()
+
+    def waiters(self) -> List[Callable[[Optional[bytes], Optional[BaseException]], None]]:
+        resolve = self.resolve
+        return [functools.partial(resolve, i) for i in (self.at or range(len(self.payloads)))]
+
+    def resolve(self, i: int, out: Optional[bytes], err: Optional[BaseException]) -> None:
+        self.outs[i] = out if err is None else err
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+            self.on_done()
+
+    def fail(self, exc: BaseException) -> None:
+        """Ends every call of a chunk that was never sent with `exc`."""
+        self.outs[:] = [exc if v is None else v for v in self.outs]
+        self.left = 0
+        self.done.set()
+
+
+def _nothing() -> None:
+    pass
+
+
+# The argument types a map pickles with pickle.dumps: nothing in them is pickled by reference,
+# so cloudpickle would write the same.
+_PLAIN = frozenset((str, bytes, int, float, bool, type(None)))
+_pdumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_b64 = binascii.b2a_base64
+
+
+class _MapPickler:
+    """Pickles map calls: ("m", fn_bytes, args), base64-encoded, a payload per call with the
+    callable pickled once for the whole map (the worker unpickles it once). One pickler,
+    its memo cleared between calls, as cheap as pickle.dumps and with cloudpickle's reach
+    (cloudpickle.dumps makes a pickler per call: 4 times the cost on tiny calls)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn_bytes = _worker._dumps(fn)
+        self._buf = io.BytesIO()
+        self._pickler = self._new()
+
+    def _new(self) -> pickle.Pickler:
+        if PICKLER == "cloudpickle":
+            p: pickle.Pickler = _worker._cloudpickle.Pickler(  # type: ignore[attr-defined]
+                self._buf, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            p = pickle.Pickler(self._buf, protocol=pickle.HIGHEST_PROTOCOL)
+        return p
+
+    def chunk(self, pool: Pool, calls: Sequence[Tuple[Any, ...]]) -> _MapChunk:
+        fn_bytes = self.fn_bytes
+        if all(type(x) in _PLAIN for args in calls for x in args):
+            # Arguments that any pickler writes alike (a map's usual str, int, ...): pickle's
+            # own dumps, in one pass.
+            return _MapChunk(pool, [_b64(_pdumps((MAP_TAG, fn_bytes, args), _PROTOCOL),
+                                         newline=False) for args in calls],
+                             [None] * len(calls), None)
+        buf = self._buf
+        payloads: List[bytes] = []
+        outs: List[Any] = [None] * len(calls)
+        at: Optional[List[int]] = None
+        for i, args in enumerate(calls):
+            buf.seek(0)
+            buf.truncate()
+            self._pickler.clear_memo()
+            try:
+                self._pickler.dump((MAP_TAG, fn_bytes, args))
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - that call's failure
+                outs[i] = e
+                self._pickler = self._new()
+                if at is None:
+                    at = list(range(i))
+                continue
+            payloads.append(binascii.b2a_base64(buf.getbuffer(), newline=False))
+            if at is not None:
+                at.append(i)
+        return _MapChunk(pool, payloads, outs, at)
+
+
+# What waits in the executor's queue: a submit()'s call, or a map's chunk.
+_Queued = Union[Tuple[Future, bytes], _MapChunk]
 
 
 class Executor(concurrent.futures.Executor):
@@ -191,7 +304,7 @@ class Executor(concurrent.futures.Executor):
         self._max_workers = max_workers
         self._inflight_max = inflight if inflight is not None else 2 * max_workers
         self._lock = threading.Lock()
-        self._queue: Deque[Tuple[Future, bytes]] = collections.deque()
+        self._queue: Deque[_Queued] = collections.deque()
         self._shutdown = False
         self._pump_scheduled = False
         # Loop thread only:
@@ -267,35 +380,46 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future:
         """Runs fn(*args, **kwargs) in a worker: its Future. A call that does not pickle gets
         its future failed with the pickling error."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        self._check_open()
         fut = Future()
         try:
             payload = dumps((fn, args, kwargs))
         except (Exception, SystemExit) as e:  # noqa: BLE001 - that call's failure
             fut.set_exception(e)
             return fut
+        self._put((fut, payload))
+        return fut
+
+    def _check_open(self) -> None:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append((fut, payload))
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _put(self, item: _Queued) -> None:
+        """Queues a call (or a map's chunk) for the loop to hand to the daemon."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.append(item)
             if self._pump_scheduled:
-                return fut
+                return
             self._pump_scheduled = True
         self._loop.call_soon_threadsafe(self._pump)
-        return fut
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: Optional[float] = None, chunksize: int = 1,
             buffersize: Optional[int] = None) -> Generator[_T, None, None]:
         """Like the standard library's: results in order, `timeout` seconds from this call
-        for all of them. `chunksize` arguments go to a worker as one call. With `buffersize`
-        (as Python 3.14's) at most that many calls (of `chunksize`) are submitted ahead of the
-        result being read, and the iterables are read lazily; without, every call is
-        submitted now."""
+        for all of them. With `chunksize` N > 1 each call is still an event of its own, and
+        herd hands a worker up to N of them in one handler call (a batch, docs/BATCHES.md):
+        one call's exception, crash or timeout fails that call alone (with `retries`, herd
+        splits a batch whose worker died until the call that did it is found), and the
+        others' results arrive. A chunk counts as one toward `inflight`. With `buffersize`
+        (as Python 3.14's) at most that many chunks (of `chunksize` calls) are submitted
+        ahead of the result being read, and the iterables are read lazily; without, every
+        call is submitted now."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None:
@@ -305,18 +429,18 @@ class Executor(concurrent.futures.Executor):
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
         args: Iterator[Tuple[Any, ...]] = zip(*iterables)
-        calls: Iterator[Tuple[Callable[..., Any], Tuple[Any, ...]]]
         if chunksize > 1:
-            calls = ((call_chunk, (fn, chunk)) for chunk in _chunks(args, chunksize))
-        else:
-            calls = ((fn, a) for a in args)
+            chunks = self._map_chunks(fn, args, chunksize)
+            sent = collections.deque(itertools.islice(chunks, buffersize))
+            return self._chunk_results(sent, chunks if buffersize else None, end_time)
+        calls = ((fn, a) for a in args)
         fs = collections.deque(self.submit(f, *a)
                                for f, a in itertools.islice(calls, buffersize))
-        return self._results(fs, calls if buffersize else None, end_time, chunksize > 1)
+        return self._results(fs, calls if buffersize else None, end_time)
 
     def _results(self, fs: Deque[Future], more: Optional[Iterator[Tuple[Callable[..., Any],
                                                                         Tuple[Any, ...]]]],
-                 end_time: Optional[float], chunked: bool) -> Generator[Any, None, None]:
+                 end_time: Optional[float]) -> Generator[Any, None, None]:
         try:
             while fs:
                 if more is not None:
@@ -325,21 +449,75 @@ class Executor(concurrent.futures.Executor):
                         fs.append(self.submit(call[0], *call[1]))
                         del call
                 # No reference to the future or its result is kept past the yield.
-                if chunked:
-                    part: List[Any] = _result_or_cancel(fs.popleft(), end_time)
-                    part.reverse()
-                    while part:
-                        yield part.pop()
-                else:
-                    yield _result_or_cancel(fs.popleft(), end_time)
+                yield _result_or_cancel(fs.popleft(), end_time)
         finally:
             for f in fs:
                 f.cancel()
 
+    def _map_chunks(self, fn: Callable[..., Any], args: Iterator[Tuple[Any, ...]],
+                    chunksize: int) -> Iterator[_MapChunk]:
+        """The chunks of a map, each queued for the daemon as it is made."""
+        self._check_open()
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("map(chunksize>1) cannot be called from the executor's thread")
+        # The map's batch submission: opened on the first map of this chunk size, then kept.
+        lane = asyncio.run_coroutine_threadsafe(
+            self._pool._lane(0, False, Batch(chunksize, MAP_BATCH_WAIT)), self._loop).result()
+        pickler = _MapPickler(fn)
+        while True:
+            calls = tuple(itertools.islice(args, chunksize))
+            if not calls:
+                return
+            chunk = pickler.chunk(lane, calls)
+            del calls
+            if not chunk.done.is_set():
+                self._put(chunk)
+            yield chunk
+
+    def _chunk_results(self, chunks: Deque[_MapChunk], more: Optional[Iterator[_MapChunk]],
+                       end_time: Optional[float]) -> Generator[Any, None, None]:
+        try:
+            while chunks:
+                if more is not None:
+                    chunk = next(more, None)
+                    if chunk is not None:
+                        chunks.append(chunk)
+                chunk = chunks[0]
+                if end_time is None:
+                    chunk.done.wait()
+                elif not chunk.done.wait(end_time - time.monotonic()):
+                    raise concurrent.futures.TimeoutError()
+                chunks.popleft()
+                outs, chunk.outs = chunk.outs, []
+                del chunk
+                # No reference to a result is kept past its yield.
+                for i in range(len(outs)):
+                    out, outs[i] = outs[i], None
+                    if type(out) is not bytes:
+                        raise out
+                    yield _result_of(out)
+        finally:
+            if chunks:
+                self._cancel_chunks(chunks)
+
+    def _cancel_chunks(self, chunks: Iterable[_MapChunk]) -> None:
+        """A map's chunks whose results will not be read: the queued ones are not sent, the
+        sent ones' events are cancelled (a batch that has started runs to its end)."""
+        def cancel(chunks: List[_MapChunk]) -> None:
+            for chunk in chunks:
+                chunk.cancelled = True
+                if chunk.first >= 0 and chunk.left:
+                    for seq in range(chunk.first, chunk.first + len(chunk.outs)):
+                        chunk.pool._cancel(seq)
+        try:
+            self._loop.call_soon_threadsafe(cancel, [c for c in chunks if not c.done.is_set()])
+        except RuntimeError:  # the loop is closed: every call has its outcome
+            pass
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more calls; the calls submitted run (queued ones are cancelled with
         `cancel_futures`), then the private pool stops. With `wait`, returns once it has."""
-        cancelled: List[Future] = []
+        cancelled: List[_Queued] = []
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
@@ -349,11 +527,13 @@ class Executor(concurrent.futures.Executor):
                 # they run; the rest are cancelled.
                 keep = max(0, self._inflight_max - self._inflight)
                 while len(self._queue) > keep:
-                    cancelled.append(self._queue.pop()[0])
+                    cancelled.append(self._queue.pop())
                 cancelled.reverse()
-        for f in cancelled:
-            if f.cancel():
-                f.set_running_or_notify_cancel()
+        for item in cancelled:
+            if isinstance(item, _MapChunk):
+                item.fail(concurrent.futures.CancelledError())
+            elif item[0].cancel():
+                item[0].set_running_or_notify_cancel()
         if first:
             try:
                 self._loop.call_soon_threadsafe(self._close)
@@ -374,7 +554,11 @@ class Executor(concurrent.futures.Executor):
             with self._lock:
                 if not queue:
                     break
-                fut, payload = queue.popleft()
+                item = queue.popleft()
+            if isinstance(item, _MapChunk):
+                self._send_chunk(item)
+                continue
+            fut, payload = item
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
@@ -389,6 +573,23 @@ class Executor(concurrent.futures.Executor):
         if self._closing and not self._finishing and not queue and self._inflight == 0:
             self._finishing = True
             self._loop.create_task(self._finish())
+
+    def _send_chunk(self, chunk: _MapChunk) -> None:
+        if chunk.cancelled:
+            return
+        try:
+            chunk.first = chunk.pool._enqueue_many(chunk.payloads, chunk.waiters())
+        except HerdError as e:  # the daemon went away: every call fails with why
+            chunk.fail(e)
+            return
+        chunk.payloads = []
+        chunk.on_done = self._chunk_done
+        self._inflight += 1
+
+    def _chunk_done(self) -> None:
+        self._inflight -= 1
+        if self._queue or self._closing:
+            self._pump()
 
     def _stopper(self, seq: int) -> Callable[[], None]:
         loop, pool = self._loop, self._pool
@@ -434,21 +635,37 @@ class Executor(concurrent.futures.Executor):
 
 
 def _settle_output(fut: Future, out: Optional[bytes]) -> None:
+    ok, value = _outcome(out or b"")
+    if ok:
+        _settle(fut, value)
+    else:
+        _settle(fut, exc=value)
+
+
+def _result_of(out: bytes) -> Any:
+    """A call's result from its output, or raises its exception (in map's own thread)."""
+    ok, value = _outcome(out)
+    if ok:
+        return value
+    raise value
+
+
+def _outcome(out: bytes) -> Tuple[bool, Any]:
+    """(True, a call's result) or (False, its exception), from its output. Not raised here: a
+    traceback through the loop thread's frames would keep the executor alive with the future."""
     try:
-        ok, value, tb = loads(out or b"")
+        ok, value, tb = loads(out)
     except BaseException as e:  # noqa: BLE001 - even SystemExit: this call's failure
         err = ResultError(f"the call's outcome could not be unpickled here: "
                           f"{type(e).__name__}: {e}")
         err.__cause__ = e
-        _settle(fut, exc=err)
-        return
+        return False, err
     if ok:
-        _settle(fut, value)
-        return
+        return True, value
     if tb and isinstance(value, BaseException):
         # As ProcessPoolExecutor does: the worker's traceback is the exception's cause.
         value.__cause__ = _RemoteTraceback(tb)
-    _settle(fut, exc=value if isinstance(value, BaseException) else ResultError(repr(value)))
+    return False, value if isinstance(value, BaseException) else ResultError(repr(value))
 
 
 def _result_or_cancel(fut: Future, end_time: Optional[float]) -> Any:
