@@ -31,7 +31,7 @@ def test_a_call_raising_in_the_middle_of_a_batch_fails_only_that_call() -> None:
     # SystemExit in a call is that call's outcome too: the batch goes on.
     ok, exc, _ = got[3]
     assert not ok and isinstance(exc, SystemExit)
-    assert w.handle_batch([]) == []
+    assert list(w.handle_batch([])) == []
 
 
 def test_map_calls_unpickle_their_callable_once_per_pickled_form(

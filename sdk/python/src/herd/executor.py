@@ -18,9 +18,11 @@ where the standard library's returns False. Every future gets exactly one outcom
 result or exception, or a herd error (EventCrashed, EventTimeout, ...) for that call alone;
 the executor keeps serving. Never BrokenProcessPool.
 
-map(chunksize=N) sends each call as an event of its own on a batch submission (Batch(N)), so
-a worker gets up to N calls per handler call and each call still gets its own outcome; the
-parent keeps one _MapChunk per N calls rather than a Future per call.
+map(chunksize=N) sends N calls as one event (call_chunk: the parent's cost per call stays that
+of a pickle), and a chunk whose worker crashed, timed out or broke the protocol again as one
+event per call on a batch submission (Batch(N)), so herd finds the call to blame and each of
+the others gets its own outcome; for those the parent keeps one _MapChunk per chunk rather than
+a Future per call.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from typing import (Any, Callable, Deque, Generator, Iterable, Iterator, List, O
 
 from . import daemon as _daemon
 from .client import Batch, Pool
-from .errors import HerdError, ResultError
+from .errors import (EventCrashed, EventProtocolError, EventTimeout, HerdError,
+                     ResultError)
 from . import executor_worker as _worker
-from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, MAP_TAG, PICKLER, dumps,
-                              loads)
+from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, MAP_TAG, PICKLER,
+                              call_chunk, dumps, loads)
 
 __all__ = ["Executor", "Future", "PICKLER"]
 
@@ -142,6 +145,19 @@ def _main_spec() -> Optional[str]:
     if isinstance(path, str) and os.path.isfile(path):
         return f"path:{os.path.abspath(path)}"
     return None
+
+
+def _chunks(args: Iterator[Tuple[Any, ...]], size: int) -> Iterator[Tuple[Tuple[Any, ...], ...]]:
+    while True:
+        chunk = tuple(itertools.islice(args, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+# The ends of a map chunk's event that say nothing of its calls but that one of them took its
+# worker down (or hung): its calls are run again one event each (`Executor._isolate`).
+_ISOLATE = (EventCrashed, EventTimeout, EventProtocolError)
 
 
 class _MapChunk:
@@ -412,14 +428,15 @@ class Executor(concurrent.futures.Executor):
             timeout: Optional[float] = None, chunksize: int = 1,
             buffersize: Optional[int] = None) -> Generator[_T, None, None]:
         """Like the standard library's: results in order, `timeout` seconds from this call
-        for all of them. With `chunksize` N > 1 each call is still an event of its own, and
-        herd hands a worker up to N of them in one handler call (a batch, docs/BATCHES.md):
-        one call's exception, crash or timeout fails that call alone (with `retries`, herd
-        splits a batch whose worker died until the call that did it is found), and the
-        others' results arrive. A chunk counts as one toward `inflight`. With `buffersize`
-        (as Python 3.14's) at most that many chunks (of `chunksize` calls) are submitted
-        ahead of the result being read, and the iterables are read lazily; without, every
-        call is submitted now."""
+        for all of them. With `chunksize` N > 1, N calls go to a worker as one event (one
+        handler call, as ProcessPoolExecutor's chunks: the parent's work per call stays small);
+        a call that raises ends its chunk there, so map yields the results before it and
+        raises at its position. A chunk whose worker crashed, timed out or broke the protocol
+        is run again as N events of one call each in a batch (docs/BATCHES.md): herd finds the
+        call to blame and fails it alone, and the others' results arrive. A chunk counts as
+        one toward `inflight`. With `buffersize` (as Python 3.14's) at most that many chunks
+        (of `chunksize` calls) are submitted ahead of the result being read, and the
+        iterables are read lazily; without, every call is submitted now."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None:
@@ -430,9 +447,11 @@ class Executor(concurrent.futures.Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         args: Iterator[Tuple[Any, ...]] = zip(*iterables)
         if chunksize > 1:
-            chunks = self._map_chunks(fn, args, chunksize)
+            self._check_open()
+            chunks = self._submit_chunks(fn, args, chunksize)
             sent = collections.deque(itertools.islice(chunks, buffersize))
-            return self._chunk_results(sent, chunks if buffersize else None, end_time)
+            return self._chunked_results(fn, chunksize, sent, chunks if buffersize else None,
+                                         end_time)
         calls = ((fn, a) for a in args)
         fs = collections.deque(self.submit(f, *a)
                                for f, a in itertools.islice(calls, buffersize))
@@ -454,25 +473,77 @@ class Executor(concurrent.futures.Executor):
             for f in fs:
                 f.cancel()
 
-    def _map_chunks(self, fn: Callable[..., Any], args: Iterator[Tuple[Any, ...]],
-                    chunksize: int) -> Iterator[_MapChunk]:
-        """The chunks of a map, each queued for the daemon as it is made."""
-        self._check_open()
+    def _submit_chunks(self, fn: Callable[..., Any], args: Iterator[Tuple[Any, ...]],
+                       chunksize: int) -> Iterator[Tuple[Optional[Future],
+                                                         Tuple[Tuple[Any, ...], ...]]]:
+        """Each chunk of a map, submitted as one call of call_chunk as it is read: its future
+        (None: it does not pickle, so its calls go one event each, and the one that does not
+        pickle fails alone) and its calls."""
+        for calls in _chunks(args, chunksize):
+            try:
+                payload = dumps((call_chunk, (fn, calls), {}))
+            except (Exception, SystemExit):  # noqa: BLE001 - found again, call by call
+                yield None, calls
+                continue
+            fut = Future()
+            self._put((fut, payload))
+            yield fut, calls
+
+    def _chunked_results(self, fn: Callable[..., Any], chunksize: int,
+                         chunks: Deque[Tuple[Optional[Future], Tuple[Tuple[Any, ...], ...]]],
+                         more: Optional[Iterator[Tuple[Optional[Future],
+                                                       Tuple[Tuple[Any, ...], ...]]]],
+                         end_time: Optional[float]) -> Generator[Any, None, None]:
+        try:
+            while chunks:
+                if more is not None:
+                    nxt = next(more, None)
+                    if nxt is not None:
+                        chunks.append(nxt)
+                    del nxt
+                fut, calls = chunks.popleft()
+                if fut is None:
+                    yield from self._isolate(fn, chunksize, calls, end_time)
+                    continue
+                try:
+                    part = _result_or_cancel(fut, end_time)
+                except _ISOLATE:
+                    # Which of its calls did it is unknown: each call an event of its own.
+                    del fut
+                    yield from self._isolate(fn, chunksize, calls, end_time)
+                    continue
+                del fut, calls
+                error: Optional[BaseException] = None
+                if type(part) is tuple:  # call_chunk's: a call raised
+                    part, error, tb = part
+                    if tb and isinstance(error, BaseException):
+                        error.__cause__ = _RemoteTraceback(tb)
+                # No reference to a result is kept past its yield.
+                part.reverse()
+                while part:
+                    yield part.pop()
+                if error is not None:
+                    raise error
+        finally:
+            for f, _ in chunks:
+                if f is not None:
+                    f.cancel()
+
+    def _isolate(self, fn: Callable[..., Any], chunksize: int,
+                 calls: Tuple[Tuple[Any, ...], ...],
+                 end_time: Optional[float]) -> Generator[Any, None, None]:
+        """The calls of a chunk that took its worker down, run again as an event each on the
+        map's batch submission: herd runs them as a batch, and when the worker dies again,
+        each alone, so only the call to blame fails (with retries, after as many)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("map(chunksize>1) cannot be called from the executor's thread")
-        # The map's batch submission: opened on the first map of this chunk size, then kept.
         lane = asyncio.run_coroutine_threadsafe(
             self._pool._lane(0, False, Batch(chunksize, MAP_BATCH_WAIT)), self._loop).result()
-        pickler = _MapPickler(fn)
-        while True:
-            calls = tuple(itertools.islice(args, chunksize))
-            if not calls:
-                return
-            chunk = pickler.chunk(lane, calls)
-            del calls
-            if not chunk.done.is_set():
-                self._put(chunk)
-            yield chunk
+        chunk = _MapPickler(fn).chunk(lane, calls)
+        del calls
+        if not chunk.done.is_set():
+            self._put(chunk)
+        yield from self._chunk_results(collections.deque((chunk,)), None, end_time)
 
     def _chunk_results(self, chunks: Deque[_MapChunk], more: Optional[Iterator[_MapChunk]],
                        end_time: Optional[float]) -> Generator[Any, None, None]:

@@ -35,7 +35,7 @@ import runpy
 import sys
 import traceback
 import types
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 ENV_SYS_PATH = "HERDPY_SYS_PATH"
 ENV_MAIN = "HERDPY_MAIN"
@@ -78,9 +78,20 @@ def loads(data: bytes) -> Any:
     return pickle.loads(binascii.a2b_base64(data))
 
 
-def call_chunk(fn: Callable[..., Any], chunk: Sequence[Tuple[Any, ...]]) -> List[Any]:
-    """One call of Executor.map(chunksize=N): fn over N argument tuples."""
-    return [fn(*args) for args in chunk]
+def call_chunk(fn: Callable[..., Any], chunk: Sequence[Tuple[Any, ...]]) -> Any:
+    """One event of Executor.map(chunksize=N): fn over N argument tuples. The results, a list;
+    or, when call i raises, `(results of the calls before it, its exception, its traceback)`, a
+    tuple, so that map yields those results and raises at the call's own position (the calls
+    after it are not run: map would not read them)."""
+    results: List[Any] = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - that call's outcome, SystemExit included
+            tb = _format(e)
+            e.__traceback__ = None  # frames do not pickle; their text travels beside
+            return (results, e, tb)
+    return results
 
 
 class RemoteErrorText(Exception):
@@ -163,10 +174,12 @@ class _Worker:
             return _dump_error(e, _format(e))
 
 
-    def handle_batch(self, payloads: List[bytes]) -> List[bytes]:
+    def handle_batch(self, payloads: List[bytes]) -> Iterator[bytes]:
         """A batch of calls: each payload as `handle` takes it, each outcome as it returns it
         (so one call's exception fails that call only)."""
-        return [self.handle(p) for p in payloads]
+        # An iterator: each call's outcome goes to herd as soon as it is made, so `timeout`
+        # times a call from the end of the one before it, not from the batch's start.
+        return (self.handle(p) for p in payloads)
 
     def map_fn(self, fn_bytes: bytes) -> Callable[..., Any]:
         """The callable of a map call, unpickled once per pickled form."""
