@@ -1425,7 +1425,7 @@ mod asks;
 mod batch;
 
 pub(crate) use asks::Answer;
-pub(crate) use batch::running_len;
+pub(crate) use batch::{idle_from, running_len};
 
 #[cfg(test)]
 mod asks_tests;

@@ -28,11 +28,8 @@ impl Pool {
     /// A ready worker that holds nothing and may take a task: `first` if it can, else the next
     /// from there on.
     fn idle_slot(&self, first: usize, window: usize) -> Option<usize> {
-        let n = self.slots.len();
-        (0..n).map(|k| (first + k) % n).find(|&i| {
-            let slot = &self.slots[i];
-            slot.is_idle() && slot.has_room(self.slot_window(i, window), self.cfg.max_tasks)
-        })
+        let window_of = |i| self.slot_window(i, window);
+        crate::slot::idle_from(&self.slots, first, window_of, self.cfg.max_tasks)
     }
 
     pub(super) fn dispatch(&mut self) {

@@ -155,3 +155,29 @@ fn a_worker_running_a_solo_task_has_no_room() {
     s.assign(two, t0).unwrap();
     assert!(s.has_room(100, None));
 }
+
+/// A solo task goes only to a worker holding nothing: the first such from the round-robin's
+/// place on, or none while every worker is busy.
+#[test]
+fn a_solo_task_goes_only_to_an_idle_worker() {
+    let t0 = Instant::now();
+    let busy = || super::tests::busy(t0, 1);
+    let window = |_| 8;
+    let slots = vec![busy(), ready(t0), busy(), ready(t0)];
+    assert_eq!(idle_from(&slots, 0, window, None), Some(1));
+    assert_eq!(idle_from(&slots, 2, window, None), Some(3));
+    assert_eq!(idle_from(&slots, 3, window, None), Some(3));
+    let slots = vec![busy(), busy()];
+    assert_eq!(
+        idle_from(&slots, 0, window, None),
+        None,
+        "none idle: it waits"
+    );
+    // An idle worker with no task left under --max-tasks takes none.
+    let mut spent = super::tests::busy(t0, 1);
+    assert!(matches!(spent.on_done(1, t0, &limits()), Done::Task { .. }));
+    assert!(spent.is_idle());
+    assert_eq!(idle_from(&[spent], 0, window, Some(1)), None);
+    let no_slots: [Slot<()>; 0] = [];
+    assert_eq!(idle_from(&no_slots, 0, window, None), None);
+}
