@@ -331,10 +331,11 @@ impl Pool {
                 continue;
             }
             if ambiguous {
-                // Any of them may have killed it: none is blamed, each runs alone next. (Those
-                // behind the running ones count as never started, as bystanders do.)
+                // Any of them may have killed it: none is blamed, each runs alone next. Which
+                // ran is unknown, so that dispatch is no attempt of any (a poison event's
+                // record keeps `attempts` = 1 + `--retries`), unless it streamed (below).
                 job.batch_cap = crate::blame::SOLO;
-                if !started && job.chunks == 0 {
+                if job.chunks == 0 {
                     job.attempts = job.attempts.saturating_sub(1);
                 }
             } else if k == 0 && !held && kind != ErrorKind::Deadline {
