@@ -32,6 +32,8 @@ Run it under `herd run -- herd-chaos`; events are JSON objects, one per line:
   {\"op\":\"panic\"}                  panics in the handler
   {\"op\":\"crash\",\"signal\":S}      aborts, or raises signal S (e.g. \"SEGV\")
   {\"op\":\"exit\",\"code\":C}         exits with code C mid-task
+                                  (both first send the replies the worker held back; with
+                                  \"flush\":false they are lost, as in a real segfault)
   {\"op\":\"hang\"}                   busy-loops forever, ignoring SIGTERM/SIGINT/SIGHUP
   {\"op\":\"garbage\"}                writes an invalid frame to the socket
   {\"op\":\"oversize\"}               writes a frame header claiming 4 GiB
@@ -150,6 +152,7 @@ struct Event<'a> {
     #[serde(borrow)]
     signal: Option<Cow<'a, str>>,
     code: Option<i32>,
+    flush: Option<bool>,
     #[serde(borrow)]
     text: Option<Cow<'a, str>>,
     mb: Option<usize>,
@@ -254,12 +257,16 @@ fn handle(task: &mut Task<'_>) -> Result<Vec<u8>, TaskError> {
         "panic" => panic!("herd-chaos: panic on request"),
         "crash" => {
             let sig = event.signal.as_deref().map(parse_signal).transpose()?;
-            flush_queued(task);
+            if event.flush != Some(false) {
+                flush_queued(task);
+            }
             crash(sig)
         }
         "exit" => {
             let code = need(event.code, "exit", "code")?;
-            flush_queued(task);
+            if event.flush != Some(false) {
+                flush_queued(task);
+            }
             std::process::exit(code)
         }
         "hang" => {

@@ -1,5 +1,5 @@
 //! Batch dispatch (`--batch`, protocol 3's `Batching`/`Batch`) through the real binaries: a
-//! million tiny events in batches, poison events isolated by bisection (crash, hang, garbage),
+//! million tiny events in batches, poison events isolated by solo reruns (crash, hang, garbage),
 //! thin traffic that never waits for a batch to fill, batches by key, and workers that never
 //! asked for batches. herd-chaos takes batches with `--batch N`.
 
@@ -70,9 +70,9 @@ fn a_million_tiny_events_in_batches_of_64() {
 }
 
 /// One event in every 100th batch (every 6,400th event) is poison: the worker dies in it, hangs
-/// in it past `--timeout`, or writes garbage. The batch it is in is bisected until it runs
-/// alone: it is quarantined by the normal retries with its own kind, and every other event is
-/// answered ok, once.
+/// in it past `--timeout`, or writes garbage. The worker's unanswered events then run alone
+/// (solo), uncharged: it is quarantined by the normal retries with its own kind, and every
+/// other event is answered ok, once.
 #[test]
 fn a_poison_event_in_every_100th_batch_is_isolated() {
     let fx = Fixture::new();
@@ -112,7 +112,7 @@ fn a_poison_event_in_every_100th_batch_is_isolated() {
         for (i, r) in run.by_seq(n).iter().enumerate() {
             if poison(i) {
                 assert_eq!(kind(r), kind_wanted, "{op}: {r}");
-                // Bisected from its batch (no charge), then charged alone: 1 + --retries.
+                // Sent back from its batch (no charge), then charged alone: 1 + --retries.
                 assert!(r["attempts"].as_u64().unwrap() >= 2, "{op}: {r}");
             } else {
                 assert_eq!(r["ok"], true, "{op}: seq {i} was not answered ok: {r}");

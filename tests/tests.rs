@@ -3,6 +3,7 @@
 
 mod autoscale;
 mod batch;
+mod blame;
 mod cancel;
 mod chunks;
 mod cli;

@@ -22,11 +22,11 @@
 //!
 //! # Isolation
 //! A worker that dies, overruns `--timeout` or breaks the protocol with a started batch
-//! unanswered cannot say which event was to blame. The unanswered events of that batch go back
-//! to the front of the queue uncharged, each capped to batches of half as many
-//! ([`bisected_cap`]); once an event's cap is 1 it runs alone and is charged as a single task
-//! is. So a poison event ends quarantined by the usual retries, alone, after about
-//! `log2(batch)` extra crashes, and every other event of its batch is answered.
+//! unanswered cannot say which event was to blame (nor can one that dies holding replies back,
+//! batched or not: see `crate::blame`). The unanswered events go back to the front of the queue
+//! uncharged, each with a [cap](crate::blame::SOLO) of 1: it runs alone, on a worker holding
+//! nothing else, and is charged as a single task is. So a poison event ends quarantined by the
+//! usual retries, alone, after one extra crash, and every other event of its batch is answered.
 
 use std::time::Duration;
 
@@ -70,12 +70,6 @@ const BATCH_TASK_OVERHEAD: usize = 9 + 5 + 9;
 /// How many events of other keys a `by_key` batch passes over, per place in the batch, before
 /// it goes as it is (bounds the work of one dispatch).
 const BY_KEY_SCAN: usize = 4;
-
-/// The cap of the unanswered events of a started batch of `unanswered` whose worker died: half
-/// of them, rounded up (at most 255: a bigger batch is halved again next time).
-pub(crate) fn bisected_cap(unanswered: usize) -> u8 {
-    u8::try_from(unanswered.div_ceil(2)).unwrap_or(u8::MAX)
-}
 
 /// What [`Former::offer`] decided for an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +238,7 @@ mod tests {
         assert_eq!(f.len(), 1);
     }
 
-    /// Bisection: a batch is never larger than the smallest cap of its events.
+    /// A batch is never larger than the smallest cap of its events (a solo one's is 1).
     #[test]
     fn caps_bound_the_batch() {
         let mut capped = job(0);
@@ -276,23 +270,6 @@ mod tests {
             Former::new(&one, BatchConfig::new(64), 64, 64, 1 << 20).limit(),
             1
         );
-    }
-
-    #[test]
-    fn bisection_halves_down_to_one() {
-        assert_eq!(bisected_cap(64), 32);
-        assert_eq!(bisected_cap(5), 3);
-        assert_eq!(bisected_cap(2), 1);
-        assert_eq!(bisected_cap(1), 1);
-        assert_eq!(bisected_cap(10_000), 255);
-        // From 64, a poison event is alone after six halvings.
-        let mut n = 64;
-        let mut steps = 0;
-        while n > 1 {
-            n = usize::from(bisected_cap(n));
-            steps += 1;
-        }
-        assert_eq!(steps, 6);
     }
 
     #[test]

@@ -30,9 +30,9 @@ pub(crate) struct Job {
     pub cancelled: bool,
     /// It was handed to a worker once: `--max-age` no longer applies.
     pub dispatched: bool,
-    /// The most events a batch holding it may have (0: no cap). Set when a batch it ran in
-    /// died unanswered, to half that batch, so a poison event is isolated by bisection (see
-    /// `crate::batch`). In a padding hole: `Job` stays 80 bytes.
+    /// The most events a batch holding it may have (0: no cap). 1 is solo, alone on its
+    /// worker: set when a worker died holding it and others unanswered, so that the next
+    /// death with it is its own (see `crate::blame`). In a padding hole: `Job` stays 80 bytes.
     pub batch_cap: u8,
     /// What only some jobs have (time limits, a key): boxed, because jobs are moved on every
     /// step of the hot path and most have none (two `Option<Instant>`s inline cost the

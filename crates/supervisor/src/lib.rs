@@ -30,6 +30,7 @@
 pub mod autoscale;
 mod backlog;
 pub mod batch;
+mod blame;
 pub mod client;
 mod config;
 pub mod control;

@@ -540,10 +540,13 @@ impl<L> Slot<L> {
     }
 
     /// Whether a ready worker may be sent one more task (not while it is held for a
-    /// submitter's undelivered chunks: a task behind it would wait on that submitter).
+    /// submitter's undelivered chunks: a task behind it would wait on that submitter; nor
+    /// while it runs a solo task, which must be alone, see `crate::blame`).
     pub fn has_room(&self, window: usize, max_tasks: Option<u64>) -> bool {
         matches!(&self.state, State::Ready { inflight, sent, held: None, stalled: false, .. }
-            if inflight.len() < window && max_tasks.is_none_or(|m| *sent < m))
+            if inflight.len() < window
+                && max_tasks.is_none_or(|m| *sent < m)
+                && inflight.front().is_none_or(|r| r.job.batch_cap != crate::blame::SOLO))
     }
 
     /// The worker's link reader paused (`held`) for undelivered chunks, or resumed.
@@ -1178,10 +1181,10 @@ impl<L> Slot<L> {
             ),
         };
         let held_work = !inflight.is_empty();
-        // A death in a batch of several tasks is bisected, not charged (see `crate::batch`):
-        // at most log2(--batch) such deaths in a row, the poison task's doing, not the
-        // workers'. The breaker counts the deaths of the task running alone.
-        let bisecting = batch::running_len(&inflight) > 1;
+        // An ambiguous death (several tasks unanswered, see `crate::blame`) is charged to none
+        // of them, and not to the workers either: at most one per poison task, whose solo
+        // reruns follow. The breaker counts the deaths of a task running alone.
+        let ambiguous = crate::blame::ambiguous(kind, &inflight);
         if held_work {
             effects.push(Effect::Settle {
                 inflight,
@@ -1230,7 +1233,7 @@ impl<L> Slot<L> {
         // A worker whose Hello the pool had not taken in yet when it died counts too (it
         // looks like a failed start): only a completed task shows the workers can work.
         if self.completed == 0
-            && !bisecting
+            && !ambiguous
             && matches!(
                 end,
                 End::Crashed
@@ -1422,7 +1425,7 @@ mod asks;
 mod batch;
 
 pub(crate) use asks::Answer;
-pub(crate) use batch::running_len;
+pub(crate) use batch::{idle_from, running_len};
 
 #[cfg(test)]
 mod asks_tests;

@@ -116,7 +116,10 @@ def test_a_handler_that_calls_sys_exit_is_recorded_with_its_exit_code(herd: Herd
     assert recs[1]["error"]["message"].endswith("exited with code 3"), recs[1]
     assert [r["output"] for r in (recs[0], recs[2])] == ["a", "b"]
     codes = [e.get("code") for e in run.log("worker exited")]
-    assert codes.count(3) == 2, run.dump()
+    # 1 + --retries exits charged to it, alone, and one more before them when the first held
+    # "b" unanswered too: that death blames neither (a reply may have been held back), and
+    # reruns both alone.
+    assert codes.count(3) in (2, 3), run.dump()
 
 
 def test_a_hang_is_killed_by_the_timeout(herd: Herd) -> None:

@@ -7,8 +7,8 @@
 //! `/metrics`, and answers every queued event at once with a `crashed` record saying so, but
 //! one: the probe, which a worker still gets (the slots keep restarting, with their backoff).
 //! The first task any worker completes closes the breaker. A single poison event kills at most
-//! `--retries` + 1 workers, so it cannot open it alone (with `--batch`, the deaths that bisect its
-//! batch, at most log2 of the batch size, are not counted: see `crate::batch`).
+//! `--retries` + 1 workers, so it cannot open it alone (a death holding it among other unanswered
+//! tasks, which sends them all to run alone, is not counted: see `crate::blame`).
 
 use tokio::time::Instant;
 

@@ -25,6 +25,13 @@ impl Pool {
         self.batch_config(job.submission)
     }
 
+    /// A ready worker that holds nothing and may take a task: `first` if it can, else the next
+    /// from there on.
+    fn idle_slot(&self, first: usize, window: usize) -> Option<usize> {
+        let window_of = |i| self.slot_window(i, window);
+        crate::slot::idle_from(&self.slots, first, window_of, self.cfg.max_tasks)
+    }
+
     pub(super) fn dispatch(&mut self) {
         let window = self.window();
         let max_tasks = self.cfg.max_tasks;
@@ -64,6 +71,19 @@ impl Pool {
                 self.requeue_released();
                 continue;
             }
+            // A solo job (its worker died ambiguously, see `blame`) runs on a worker that holds
+            // nothing, or waits at the front of the queue until one does.
+            let i = if job.batch_cap == crate::blame::SOLO {
+                match self.idle_slot(i, window) {
+                    Some(idle) => idle,
+                    None => {
+                        self.submissions.push_front(job);
+                        break;
+                    }
+                }
+            } else {
+                i
+            };
             // A worker that takes batches, and an event whose submission batches: see `batch`.
             let job = match self.batch_config_for(i, &job) {
                 None => job,

@@ -6,9 +6,11 @@
 //! (see `stop.rs`).
 //!
 //! # Suspects and bystanders
-//! A worker runs its tasks one at a time in the order sent, so when it dies or stalls the task
-//! at the head of its in-flight queue is the suspect: that one is charged an attempt against
-//! `retries`. The others it held were only waiting; they are re-queued without charge.
+//! A worker runs its tasks one at a time in the order sent, so when it stalls, or dies holding
+//! one task, the task at the head of its in-flight queue is the suspect: that one is charged an
+//! attempt against `retries`. The others it held were only waiting; they are re-queued without
+//! charge. A crash holding several tasks blames none of them (`crate::blame`): they all go
+//! back uncharged, to run alone.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -277,9 +279,10 @@ impl Pool {
     /// Work a dead worker held: the suspect is charged, bystanders go back uncharged. For a
     /// stop (`Shutdown`) everything is recorded at once.
     ///
-    /// The running tasks are the head and the rest of its batch, if it came in one. A batch's
-    /// unanswered tasks are all suspects, and none can be blamed: they go back uncharged,
-    /// capped to batches of half as many, until one runs alone (see `crate::batch`).
+    /// The running tasks are the head and the rest of its batch, if it came in one. When the
+    /// death is ambiguous (see `crate::blame`: a crash holding several tasks, whose replies it
+    /// may have held back, or a batch that overran `--timeout`), none can be blamed: every
+    /// unanswered task goes back uncharged and solo, to run alone and be charged alone.
     pub(super) fn settle_inflight(
         &mut self,
         inflight: VecDeque<Running>,
@@ -287,11 +290,11 @@ impl Pool {
         message: &str,
     ) {
         let running = crate::slot::running_len(&inflight);
-        let bisect = (running > 1).then(|| crate::batch::bisected_cap(running));
+        let ambiguous = crate::blame::ambiguous(kind, &inflight);
         let mut back = Vec::with_capacity(inflight.len());
-        for (k, running) in inflight.into_iter().enumerate() {
-            let started = k == 0 || (bisect.is_some() && running.batched);
-            let mut job = running.job;
+        for (k, running_job) in inflight.into_iter().enumerate() {
+            let started = k < running;
+            let mut job = running_job.job;
             if job.cancelled {
                 // Whatever ended its worker (the cancel's kill, or a crash, timeout or stop
                 // that came first), the cancel was answered: that is its record.
@@ -327,13 +330,15 @@ impl Pool {
                 self.fail(job, kind, message.to_string());
                 continue;
             }
-            if started && !held && kind != ErrorKind::Deadline {
-                if let Some(cap) = bisect {
-                    // One of a batch that died: not blamed, but run in smaller batches.
-                    job.batch_cap = cap;
-                    back.push(job);
-                    continue;
+            if ambiguous {
+                // Any of them may have killed it: none is blamed, each runs alone next. Which
+                // ran is unknown, so that dispatch is no attempt of any (a poison event's
+                // record keeps `attempts` = 1 + `--retries`), unless it streamed (below).
+                job.batch_cap = crate::blame::SOLO;
+                if job.chunks == 0 {
+                    job.attempts = job.attempts.saturating_sub(1);
                 }
+            } else if k == 0 && !held && kind != ErrorKind::Deadline {
                 job.charged += 1;
                 if job.charged > self.cfg.retries {
                     self.fail(job, kind, message.to_string());

@@ -67,6 +67,20 @@ impl<L> Slot<L> {
     }
 }
 
+/// Where a solo job may go (see `crate::blame`): the first slot from `from` on, round the ring,
+/// whose worker is ready, holds nothing and may take a task within `window(i)` and `max_tasks`.
+pub(crate) fn idle_from<L>(
+    slots: &[Slot<L>],
+    from: usize,
+    window: impl Fn(usize) -> usize,
+    max_tasks: Option<u64>,
+) -> Option<usize> {
+    let n = slots.len();
+    (0..n)
+        .map(|k| (from + k) % n)
+        .find(|&i| slots[i].is_idle() && slots[i].has_room(window(i), max_tasks))
+}
+
 /// How many tasks at the front of `inflight` are running: the head, and the rest of its batch.
 pub(crate) fn running_len(inflight: &VecDeque<Running>) -> usize {
     match inflight.front() {

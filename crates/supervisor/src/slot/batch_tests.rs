@@ -66,7 +66,7 @@ fn withdrawals_skip_the_running_batch() {
 }
 
 /// A worker killed in a batch hands back everything, the running batch at the front with its
-/// marks (the pool decides the bisection from them).
+/// marks (the pool decides from them who is blamed: see `crate::blame`).
 #[test]
 fn a_kill_settles_the_batch_with_its_marks() {
     let t0 = Instant::now();
@@ -98,11 +98,11 @@ fn a_new_process_takes_no_batches_until_it_says_so() {
     assert_eq!(s.batch_max(), 0);
 }
 
-/// A worker that crashes in a batch of several tasks, before completing any, does not count
-/// toward the circuit breaker (the batch is bisected: the poison task's doing); one that
-/// crashes running a task alone does.
+/// A worker that crashes holding several unanswered tasks, in a batch or not, before completing
+/// any, does not count toward the circuit breaker (none is blamed: they all run solo next);
+/// one that crashes holding a task alone does.
 #[test]
-fn only_a_death_in_a_task_alone_counts_toward_the_breaker() {
+fn only_a_death_with_a_task_alone_counts_toward_the_breaker() {
     let t0 = Instant::now();
     let early = |effects: &Effects| {
         effects
@@ -112,9 +112,14 @@ fn only_a_death_in_a_task_alone_counts_toward_the_breaker() {
     let mut s = two_batches(t0);
     assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
     let effects = s.on_exit(Exit::Signal(6), t0, true, &limits());
+    assert!(!early(&effects), "a death in a batch of 3 is not counted");
+
+    let mut s = super::tests::busy(t0, 2);
+    assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
+    let effects = s.on_exit(Exit::Signal(11), t0, true, &limits());
     assert!(
         !early(&effects),
-        "a death in a batch of 3 is bisected, not counted"
+        "a death holding two single tasks is ambiguous (a reply may have been held back)"
     );
 
     let mut s = ready(t0);
@@ -123,4 +128,56 @@ fn only_a_death_in_a_task_alone_counts_toward_the_breaker() {
     assert!(s.on_link_lost(None, t0, true, &limits()).is_empty());
     let effects = s.on_exit(Exit::Signal(6), t0, true, &limits());
     assert!(early(&effects), "a death running a task alone counts");
+}
+
+/// A worker running a solo task (see `crate::blame`) takes nothing else until it is answered,
+/// whatever its window: then a death is the solo task's own.
+#[test]
+fn a_worker_running_a_solo_task_has_no_room() {
+    let t0 = Instant::now();
+    let mut s = ready(t0);
+    s.on_batching(8);
+    let mut solo = job(1);
+    solo.batch_cap = crate::blame::SOLO;
+    s.assign(solo, t0).unwrap();
+    assert!(!s.is_idle());
+    assert!(!s.has_room(100, None));
+    assert_eq!(s.room(100, None), 0);
+    assert!(matches!(s.on_done(1, t0, &limits()), Done::Task { .. }));
+    assert!(s.is_idle());
+    assert!(
+        s.has_room(100, None),
+        "answered: the worker takes work again"
+    );
+    // A capped batch-mate that is not solo leaves room.
+    let mut two = job(2);
+    two.batch_cap = 2;
+    s.assign(two, t0).unwrap();
+    assert!(s.has_room(100, None));
+}
+
+/// A solo task goes only to a worker holding nothing: the first such from the round-robin's
+/// place on, or none while every worker is busy.
+#[test]
+fn a_solo_task_goes_only_to_an_idle_worker() {
+    let t0 = Instant::now();
+    let busy = || super::tests::busy(t0, 1);
+    let window = |_| 8;
+    let slots = vec![busy(), ready(t0), busy(), ready(t0)];
+    assert_eq!(idle_from(&slots, 0, window, None), Some(1));
+    assert_eq!(idle_from(&slots, 2, window, None), Some(3));
+    assert_eq!(idle_from(&slots, 3, window, None), Some(3));
+    let slots = vec![busy(), busy()];
+    assert_eq!(
+        idle_from(&slots, 0, window, None),
+        None,
+        "none idle: it waits"
+    );
+    // An idle worker with no task left under --max-tasks takes none.
+    let mut spent = super::tests::busy(t0, 1);
+    assert!(matches!(spent.on_done(1, t0, &limits()), Done::Task { .. }));
+    assert!(spent.is_idle());
+    assert_eq!(idle_from(&[spent], 0, window, Some(1)), None);
+    let no_slots: [Slot<()>; 0] = [];
+    assert_eq!(idle_from(&no_slots, 0, window, None), None);
 }
