@@ -80,9 +80,11 @@ def test_a_worker_error_carries_its_traceback(ex: herd.Executor) -> None:
 
 def test_large_payloads_in_flight_while_workers_crash(ex: herd.Executor) -> None:
     """CPython's test_crash_big_data: 4 MiB arguments in flight to workers that crash. Each call
-    fails as crashed; a 4 MiB argument and result round trip beside them."""
+    fails as crashed; a 4 MiB argument and result round trip beside them. Two crashing calls,
+    not CPython's four: with retries=0, three deaths in a row with no call completed open
+    herd's circuit breaker (docs/ARCHITECTURE.md), which would answer the echo `not run`."""
     data = b"a" * (4 * 1024 * 1024 + 1)
-    crashing = [ex.submit(calls.crash_with_data, data) for _ in range(4)]
+    crashing = [ex.submit(calls.crash_with_data, data) for _ in range(2)]
     echoed = ex.submit(calls.echo, data)
     for f in crashing:
         with pytest.raises(herd.EventCrashed):
