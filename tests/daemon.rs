@@ -372,8 +372,11 @@ fn usr2_reopens_the_log_file_and_pid_file_and_sd_notify_work() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // systemd hears READY=1 once every worker is up.
+    // First that the control socket takes submissions, then READY=1 once every worker is up.
     let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert_eq!(msg.trim(), "X_HERD_LISTENING=1");
     let n = notify.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("READY=1"), "{msg}");

@@ -245,6 +245,10 @@ pub fn serve(args: ServeArgs, on_hup: Option<signals::OnHup>) -> anyhow::Result<
         let (pool, run_pool) = herd_supervisor::pool(cfg);
         signals::forward(pool.clone(), true, on_hup)?;
         let mut run_pool = pin!(run_pool);
+        // The control socket takes submissions from now on (they wait for the workers): a
+        // client that starts this daemon may connect before READY=1, when every worker is up
+        // (herd.Executor does, so that its workers start while its first calls are made).
+        notify(&[sd_notify::NotifyState::Custom("X_HERD_LISTENING=1")]);
         // Broker intake (JetStream or Redis), beside the control socket; it ends once the pool
         // stops taking events and it has settled what it holds.
         let broker_on = broker.is_some();

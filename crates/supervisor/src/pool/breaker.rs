@@ -7,8 +7,8 @@
 //! `/metrics`, and answers every queued event at once with a `crashed` record saying so, but
 //! one: the probe, which a worker still gets (the slots keep restarting, with their backoff).
 //! The first task any worker completes closes the breaker. A single poison event kills at most
-//! `--retries` + 1 workers, so it cannot open it alone (a death holding it among other unanswered
-//! tasks, which sends them all to run alone, is not counted: see `crate::blame`).
+//! `--retries` + 1 workers, so it cannot open it alone (a death that held several tasks, which
+//! blames none of them, is not counted: see `crate::blame`).
 
 use tokio::time::Instant;
 
@@ -23,10 +23,13 @@ pub(super) struct Open {
     pub last: String,
 }
 
-/// Workers dying in a row, before any completes a task, that open the breaker: three poison
-/// events' worth, so that one or two such events never do.
+/// Workers dying in a row, before any completes a task, that open the breaker: one more than
+/// three poison events' worth, so that up to three such events never do. Since a death that
+/// held several tasks blames none and its tasks rerun alone (`crate::blame`), a poison event's
+/// `--retries` + 1 deaths come one after another, each the first task of a new worker: three
+/// poison events in a burst make 3 × (`--retries` + 1) such deaths in a row, nothing more.
 pub(super) fn trip_after(retries: u32) -> u32 {
-    retries.saturating_add(1).saturating_mul(3)
+    retries.saturating_add(1).saturating_mul(3).saturating_add(1)
 }
 
 impl Pool {

@@ -111,9 +111,11 @@ def _runtime_dir() -> str:
 
 def start(*command: str, workers: Optional[int] = None, options: Sequence[str] = (),
           control: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
-          stderr: _Stderr = None, timeout: float = 60.0) -> Daemon:
-    """Starts the daemon and waits until it is ready (its workers have started): the Daemon.
-    herd.serve() is this and Daemon.stop() around a block; the arguments are serve()'s."""
+          stderr: _Stderr = None, timeout: float = 60.0, workers_up: bool = True) -> Daemon:
+    """Starts the daemon and waits until it is ready (its workers have started; with
+    `workers_up=False`, only its control socket: submissions wait there for the workers): the
+    Daemon. herd.serve() is this and Daemon.stop() around a block; the arguments are
+    serve()'s."""
     if not command:
         raise ValueError("herd.serve() needs the worker's command, e.g. "
                          "serve(sys.executable, 'worker.py')")
@@ -133,16 +135,18 @@ def start(*command: str, workers: Optional[int] = None, options: Sequence[str] =
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=stderr, env=child_env,
                                 start_new_session=True)
         try:
-            _wait_ready(proc, notify, timeout)
+            _wait_ready(proc, notify, timeout, workers_up)
         except BaseException:
             Daemon(proc, control).stop(timeout=5.0)
             raise
     return Daemon(proc, control)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], notify: socket.socket, timeout: float) -> None:
-    """Waits for READY=1 on `notify`, or for the daemon to exit (through a pidfd: no polling),
-    for at most `timeout` seconds."""
+def _wait_ready(proc: subprocess.Popen[bytes], notify: socket.socket, timeout: float,
+                workers_up: bool = True) -> None:
+    """Waits for READY=1 on `notify` (or, without `workers_up`, X_HERD_LISTENING=1, which herd
+    sends first), or for the daemon to exit (through a pidfd: no polling), for at most
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     pidfd = os.pidfd_open(proc.pid)
     try:
@@ -153,7 +157,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], notify: socket.socket, timeout: f
                                   "the stderr it was given)")
             readable, _, _ = select.select([notify.fileno(), pidfd], [], [], left)
             if notify.fileno() in readable:
-                if b"READY=1" in notify.recv(4096).split(b"\n"):
+                lines = notify.recv(4096).split(b"\n")
+                if b"READY=1" in lines or (not workers_up and b"X_HERD_LISTENING=1" in lines):
                     return
             elif readable:
                 code = proc.wait()
