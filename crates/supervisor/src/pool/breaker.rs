@@ -29,7 +29,10 @@ pub(super) struct Open {
 /// `--retries` + 1 deaths come one after another, each the first task of a new worker: three
 /// poison events in a burst make 3 × (`--retries` + 1) such deaths in a row, nothing more.
 pub(super) fn trip_after(retries: u32) -> u32 {
-    retries.saturating_add(1).saturating_mul(3).saturating_add(1)
+    retries
+        .saturating_add(1)
+        .saturating_mul(3)
+        .saturating_add(1)
 }
 
 impl Pool {
