@@ -233,6 +233,15 @@ impl Drop for Lending<'_> {
 }
 
 impl Channel {
+    fn new(py: Python<'_>) -> PyResult<Bound<'_, Channel>> {
+        Bound::new(
+            py,
+            Channel {
+                task: Mutex::new(None),
+            },
+        )
+    }
+
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Lent>> {
         self.task.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -450,23 +459,13 @@ pub fn serve<'py>(
         stop: &stop,
         poll_first,
     };
-    let config = Config {
-        socket: Default::default(),
-        token,
-        max_frame: max_frame.min(herd_proto::MAX_FRAME_CEILING),
-        protocol: PROTOCOL_VERSION,
-    };
+    let config = worker_config(token, max_frame);
     let calls = Callbacks {
         handler,
         make_task,
         result,
         failure,
-        channel: Bound::new(
-            py,
-            Channel {
-                task: Mutex::new(None),
-            },
-        )?,
+        channel: Channel::new(py)?,
     };
     let channel = calls.channel.get();
     let handle = |task: &mut Task<'_>| -> Result<Vec<u8>, TaskError> {
@@ -493,13 +492,7 @@ pub fn serve<'py>(
         }
     };
     let served = herd_worker::serve(side(false), side(false), &config, handle);
-    if let Some(err) = stop.take() {
-        return Err(err);
-    }
-    Ok(match served {
-        Ok(()) => (0, String::new()),
-        Err(e) => (e.exit_code(), message(&e)),
-    })
+    ended(&stop, served)
 }
 
 /// The Python side of a `serve_batch` call (herd/worker.py).
@@ -619,24 +612,14 @@ pub fn serve_batch<'py>(
         stop: &stop,
         poll_first,
     };
-    let config = Config {
-        socket: Default::default(),
-        token,
-        max_frame: max_frame.min(herd_proto::MAX_FRAME_CEILING),
-        protocol: PROTOCOL_VERSION,
-    };
+    let config = worker_config(token, max_frame);
     let calls = BatchCalls {
         handler,
         make_task,
         results,
         event,
         failure,
-        channel: Bound::new(
-            py,
-            Channel {
-                task: Mutex::new(None),
-            },
-        )?,
+        channel: Channel::new(py)?,
     };
     let channel = calls.channel.get();
     let handle = |tasks: &mut [Task<'_>]| -> Vec<Result<Vec<u8>, TaskError>> {
@@ -689,6 +672,21 @@ pub fn serve_batch<'py>(
         out
     };
     let served = herd_worker::serve_batch(side(false), side(false), &config, max, handle);
+    ended(&stop, served)
+}
+
+/// The worker's side of the handshake: this SDK's protocol, herd's frame limit.
+fn worker_config(token: String, max_frame: usize) -> Config {
+    Config {
+        socket: Default::default(),
+        token,
+        max_frame: max_frame.min(herd_proto::MAX_FRAME_CEILING),
+        protocol: PROTOCOL_VERSION,
+    }
+}
+
+/// What a serve call returns: (exit code, message), or what a handler raised that stopped it.
+fn ended(stop: &Stop, served: Result<(), Error>) -> PyResult<(u8, String)> {
     if let Some(err) = stop.take() {
         return Err(err);
     }
