@@ -182,14 +182,7 @@ fn report(err: &herd_worker::Error) -> ExitCode {
 }
 
 fn report_code(err: &herd_worker::Error) -> u8 {
-    let mut message = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    eprintln!("herd-stdio: {message}");
+    eprintln!("herd-stdio: {}", err.report());
     err.exit_code()
 }
 

@@ -692,18 +692,6 @@ fn ended(stop: &Stop, served: Result<(), Error>) -> PyResult<(u8, String)> {
     }
     Ok(match served {
         Ok(()) => (0, String::new()),
-        Err(e) => (e.exit_code(), message(&e)),
+        Err(e) => (e.exit_code(), e.report()),
     })
-}
-
-/// The error and its sources, as herd-worker's `run` prints them.
-fn message(err: &Error) -> String {
-    let mut message = err.to_string();
-    let mut cause = std::error::Error::source(err);
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    message
 }

@@ -122,15 +122,7 @@ fn exit(result: Result<(), Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // "cannot connect to the supervisor at /x: No such file or directory (os error 2)"
-            let mut message = err.to_string();
-            let mut cause = std::error::Error::source(&err);
-            while let Some(c) = cause {
-                message.push_str(": ");
-                message.push_str(&c.to_string());
-                cause = c.source();
-            }
-            eprintln!("{}: {message}", program_name());
+            eprintln!("{}: {}", program_name(), err.report());
             ExitCode::from(err.exit_code())
         }
     }
@@ -1457,6 +1449,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its sources, as [`run`] prints them: "cannot connect to the supervisor
+    /// at /x: No such file or directory (os error 2)".
+    pub fn report(&self) -> String {
+        let mut message = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        message
+    }
+
     /// The exit code [`run`] uses for this error: 1 for [`Error::Disconnected`], else 2.
     pub fn exit_code(&self) -> u8 {
         match self {
