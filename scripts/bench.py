@@ -209,23 +209,31 @@ def batch(args):
     """Batches: the tiny events with `--batch 64` to herd-chaos's batch handler
     (`herd-chaos --batch 64`), beside the same events one per call (alternating, median of
     --repeat each)."""
+    n, runs = batch_runs(args, [], [args.chaos])
+    return {"events": n, "batch": 64, "none_events_per_sec": statistics.median(runs["none"]),
+            "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
+
+
+def batch_runs(args, herd_opts, worker):
+    """The tiny events through `herd run -q HERD_OPTS -- WORKER`, one per call ("none") and
+    with `--batch 64` to the worker's batch handler (`WORKER --batch 64`), alternating,
+    --repeat times each: (events, {"none": [events/s], "batch": [events/s]})."""
     n = sum(1 for _ in open(args.events, "rb"))
     runs = {"none": [], "batch": []}
     for _ in range(args.repeat):
-        for name, opts, worker in (("none", [], []),
-                                   ("batch", ["--batch", "64"], ["--batch", "64"])):
+        for name, opts, more in (("none", [], []),
+                                 ("batch", ["--batch", "64"], ["--batch", "64"])):
             with open(args.events, "rb") as f:
                 t0 = time.perf_counter()
-                p = subprocess.run([args.herd, "run", "-q", "-w", str(args.workers),
-                                    *window_opts(args), *opts, "--", args.chaos, *worker],
+                p = subprocess.run([args.herd, "run", "-q", *herd_opts, "-w", str(args.workers),
+                                    *window_opts(args), *opts, "--", *worker, *more],
                                    stdin=f, stdout=subprocess.PIPE)
                 secs = time.perf_counter() - t0
             if p.returncode != 0:
                 die(f"herd exited {p.returncode}")
             check_squares(p.stdout, n)
             runs[name].append(n / secs)
-    return {"events": n, "batch": 64, "none_events_per_sec": statistics.median(runs["none"]),
-            "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
+    return n, runs
 
 
 def pybatch(args):
@@ -233,23 +241,8 @@ def pybatch(args):
     batch handler (`pywork.py --batch 64`, herd.run_batch), beside the same events one per
     call (herd.run), alternating, median of --repeat each. The native serve loop (--pure: the
     pure-Python one)."""
-    n = sum(1 for _ in open(args.events, "rb"))
     pure = ["--env", "HERD_PURE_PYTHON=1"] if args.pure else []
-    pywork = [sys.executable, os.path.join(HERE, "pywork.py")]
-    runs = {"none": [], "batch": []}
-    for _ in range(args.repeat):
-        for name, opts, worker in (("none", [], []),
-                                   ("batch", ["--batch", "64"], ["--batch", "64"])):
-            with open(args.events, "rb") as f:
-                t0 = time.perf_counter()
-                p = subprocess.run([args.herd, "run", "-q", *pure, "-w", str(args.workers),
-                                    *window_opts(args), *opts, "--", *pywork, *worker],
-                                   stdin=f, stdout=subprocess.PIPE)
-                secs = time.perf_counter() - t0
-            if p.returncode != 0:
-                die(f"herd exited {p.returncode}")
-            check_squares(p.stdout, n)
-            runs[name].append(n / secs)
+    n, runs = batch_runs(args, pure, [sys.executable, os.path.join(HERE, "pywork.py")])
     return {"events": n, "batch": 64, "loop": "pure" if args.pure else "native",
             "none_events_per_sec": statistics.median(runs["none"]),
             "batch_events_per_sec": statistics.median(runs["batch"]), "runs": runs}
