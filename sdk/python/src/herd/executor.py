@@ -28,16 +28,13 @@ a Future per call.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import collections
 import concurrent.futures
 import functools
-import io
 import itertools
 import json
 import math
 import os
-import pickle
 import sys
 import threading
 import time
@@ -208,61 +205,23 @@ def _nothing() -> None:
     pass
 
 
-# The argument types a map pickles with pickle.dumps: nothing in them is pickled by reference,
-# so cloudpickle would write the same.
-_PLAIN = frozenset((str, bytes, int, float, bool, type(None)))
-_pdumps = pickle.dumps
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
-_b64 = binascii.b2a_base64
-
-
-class _MapPickler:
-    """Pickles map calls: ("m", fn_bytes, args), base64-encoded, a payload per call with the
-    callable pickled once for the whole map (the worker unpickles it once). One pickler,
-    its memo cleared between calls, as cheap as pickle.dumps and with cloudpickle's reach
-    (cloudpickle.dumps makes a pickler per call: 4 times the cost on tiny calls)."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn_bytes = _worker._dumps(fn)
-        self._buf = io.BytesIO()
-        self._pickler = self._new()
-
-    def _new(self) -> pickle.Pickler:
-        if PICKLER == "cloudpickle":
-            p: pickle.Pickler = _worker._cloudpickle.Pickler(  # type: ignore[attr-defined]
-                self._buf, protocol=pickle.HIGHEST_PROTOCOL)
-        else:
-            p = pickle.Pickler(self._buf, protocol=pickle.HIGHEST_PROTOCOL)
-        return p
-
-    def chunk(self, pool: Pool, calls: Sequence[Tuple[Any, ...]]) -> _MapChunk:
-        fn_bytes = self.fn_bytes
-        if all(type(x) in _PLAIN for args in calls for x in args):
-            # Arguments that any pickler writes alike (a map's usual str, int, ...): pickle's
-            # own dumps, in one pass.
-            return _MapChunk(pool, [_b64(_pdumps((MAP_TAG, fn_bytes, args), _PROTOCOL),
-                                         newline=False) for args in calls],
-                             [None] * len(calls), None)
-        buf = self._buf
-        payloads: List[bytes] = []
-        outs: List[Any] = [None] * len(calls)
-        at: Optional[List[int]] = None
-        for i, args in enumerate(calls):
-            buf.seek(0)
-            buf.truncate()
-            self._pickler.clear_memo()
-            try:
-                self._pickler.dump((MAP_TAG, fn_bytes, args))
-            except (Exception, SystemExit) as e:  # noqa: BLE001 - that call's failure
-                outs[i] = e
-                self._pickler = self._new()
-                if at is None:
-                    at = list(range(i))
-                continue
-            payloads.append(binascii.b2a_base64(buf.getbuffer(), newline=False))
-            if at is not None:
-                at.append(i)
-        return _MapChunk(pool, payloads, outs, at)
+def _isolation_chunk(pool: Pool, fn: Callable[..., Any],
+                     calls: Sequence[Tuple[Any, ...]]) -> _MapChunk:
+    """The calls of a map chunk as one event each, ("m", fn_bytes, args) with the callable
+    pickled once (the worker unpickles it once); a call that does not pickle has its error in
+    place and no event."""
+    fn_bytes = _worker._dumps(fn)
+    payloads: List[bytes] = []
+    outs: List[Any] = [None] * len(calls)
+    at: List[int] = []
+    for i, args in enumerate(calls):
+        try:
+            payloads.append(dumps((MAP_TAG, fn_bytes, args)))
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - that call's failure
+            outs[i] = e
+            continue
+        at.append(i)
+    return _MapChunk(pool, payloads, outs, at if len(at) < len(calls) else None)
 
 
 # What waits in the executor's queue: a submit()'s call, or a map's chunk.
@@ -542,7 +501,7 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("map(chunksize>1) cannot be called from the executor's thread")
         lane = asyncio.run_coroutine_threadsafe(
             self._pool._lane(0, False, Batch(chunksize, MAP_BATCH_WAIT)), self._loop).result()
-        chunk = _MapPickler(fn).chunk(lane, calls)
+        chunk = _isolation_chunk(lane, fn, calls)
         del calls
         if not chunk.done.is_set():
             self._put(chunk)
