@@ -63,6 +63,8 @@ class Sizes:
     tiny_chunks: Tuple[int, ...] = (256, 1024, 4096, 16384)
     cpu: int = 20_000
     cpu_chunks: Tuple[int, ...] = (1, 4, 16, 64)
+    # herd run's chunk size is --batch: a batch is one handler call, so a few hundred suffice.
+    tiny_batches: Tuple[int, ...] = (1, 64, 256, 1024)
     kills: int = 10_000
     kill_every: float = 0.15
     hangs: int = 2_000
@@ -73,7 +75,8 @@ class Sizes:
     exit_grace: float = 5.0  # a program that has not exited this long after its last line hung
 
 
-QUICK = Sizes(tiny=2_000, tiny_chunks=(16, 256), cpu=200, cpu_chunks=(16,), kills=400,
+QUICK = Sizes(tiny=2_000, tiny_chunks=(16, 256), cpu=200, cpu_chunks=(16,),
+              tiny_batches=(1, 64), kills=400,
               hangs=200, hang_timeout=0.5, slow=60.0, deadline=20.0, hang_deadline=2.0,
               exit_grace=1.0)
 
@@ -199,6 +202,10 @@ class Peer:
 
     def open(self) -> None:
         raise NotImplementedError
+
+    def open_for(self, chunk: int) -> None:
+        """Opens the pool for map() at this chunk size (where the pool, not map, takes it)."""
+        self.open()
 
     def map(self, fn: Callable[[str], str], items: List[str],
             chunk: int) -> Iterable[Tuple[int, Any]]:
@@ -381,7 +388,9 @@ class Joblib(Peer):
 
 class HerdRun(Peer):
     """`herd run -w 2 -- python scripts/pywork.py`, the events on its stdin: map() only (a
-    stream, no chunks: herd's automatic window), results are its records."""
+    stream), results are its records. Its chunk size is `--batch N` (a worker's handler takes
+    up to N events at once, docs/BATCHES.md; 1: one event per call): the sweep picks it as it
+    picks the others' chunksize."""
 
     per_call = False
     each_how = "stream"
@@ -391,13 +400,23 @@ class HerdRun(Peer):
         return f"--retries {self.retries}" if self.retries else ""
 
     def open(self) -> None:
+        self.start(1)
+
+    def start(self, batch: int) -> None:
         herd = module("herd.daemon").find_herd_bin()
         opts = ["-w", str(self.workers), "--retries", str(self.retries)]
         if self.timeout is not None:
             opts += ["--timeout", f"{int(self.timeout * 1000)}ms"]
-        self.proc = subprocess.Popen([herd, "run", "-q", *opts, "--", sys.executable, PYWORK],
+        worker = [sys.executable, PYWORK]
+        if batch > 1:
+            opts += ["--batch", str(batch)]
+            worker += ["--batch", str(batch)]
+        self.proc = subprocess.Popen([herd, "run", "-q", *opts, "--", *worker],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
+
+    def open_for(self, chunk: int) -> None:
+        self.start(chunk)
 
     def each(self, items: List[str]) -> Iterator[Tuple[int, Any]]:
         return iter(self.map(work, items, 1))
@@ -498,7 +517,7 @@ def run(spec: Spec) -> Outcome:
     def collect() -> None:
         t0 = time.perf_counter()
         try:
-            peer.open()
+            peer.open_for(spec.chunk) if spec.mode == "map" else peer.open()
             opened.set()
             it = peer.each(items) if spec.mode == "each" else peer.map(work, items, spec.chunk)
             for pair in it:
@@ -740,7 +759,8 @@ class Section:
                 o = self.run(Spec(name, "tiny", "each", n, deadline=self.sizes.slow))
                 self.rows.append(self.throughput(f"tiny {n:,}, a submit per call", o, "submit"))
         for name in self.peers:
-            best = self.sweep(name, "tiny", n, self.sizes.tiny_chunks, f"tiny {n:,}, map")
+            chunks = self.sizes.tiny_batches if name == "herd_run" else self.sizes.tiny_chunks
+            best = self.sweep(name, "tiny", n, chunks, f"tiny {n:,}, map")
             if best is not None:
                 self.rows.append(self.throughput(f"tiny {n:,}, map", best,
                                                  self.chunk_setting(name, best)))
@@ -815,16 +835,20 @@ class Section:
                    checked(out))
 
     def chunk_setting(self, name: str, out: Outcome) -> str:
-        parts = [] if name == "herd_run" else [f"chunksize {out.spec['chunk']}"]
-        return ", ".join(parts + ([out.setting] if out.setting else [])) or "auto window"
+        chunk = out.spec["chunk"]
+        if name != "herd_run":
+            parts = [f"chunksize {chunk}"]
+        else:
+            parts = [f"--batch {chunk}" if chunk > 1 else "no --batch"]
+        return ", ".join(parts + ([out.setting] if out.setting else []))
 
     def sweep(self, name: str, workload: str, n: int, chunks: Tuple[int, ...],
               label: str) -> Optional[Outcome]:
-        """map() at each chunk size once (herd run: its automatic window): the fastest run
-        whose results are all right, or None (then a FAILED row)."""
+        """map() at each chunk size once (herd run: each `--batch`): the fastest run whose
+        results are all right, or None (then a FAILED row)."""
         best: Optional[Outcome] = None
         notes = []
-        for c in (0,) if name == "herd_run" else chunks:
+        for c in chunks:
             o = self.run(Spec(name, workload, "map", n, chunk=c, deadline=self.sizes.slow))
             ok = o.finished and o.right == n and not o.wrong
             notes.append(f"{c}: {n / o.seconds:,.0f}" if ok else f"{c}: failed")

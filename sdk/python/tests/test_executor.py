@@ -256,6 +256,41 @@ if __name__ == "__main__":
         assert os.listdir(runtime) == []
 
 
+def test_a_worker_imports_the_main_script_only_when_a_call_needs_it(
+        runtime: str) -> None:  # noqa: F811
+    """Spawn imports the main script in every worker at its start; herd's workers import it
+    when a call names something in it, as a function pickled by reference does: calls that do
+    not need it (cloudpickle sends the script's functions by value) never pay for it."""
+    with tempfile.TemporaryDirectory(prefix="herd-pyexec-") as tmp:
+        script = os.path.join(tmp, "marked.py")
+        with open(script, "w") as f:
+            f.write("import os, pickle, sys, herd\n"
+                    "if __name__ == '__mp_main__':\n"
+                    f"    open(os.path.join({tmp!r}, f'imported-{{os.getpid()}}'), 'w').close()\n"
+                    "def double(x):\n"
+                    "    return 2 * x\n"
+                    "if __name__ == '__main__':\n"
+                    "    with herd.Executor(1) as ex:\n"
+                    "        print(ex.submit(abs, -3).result(), ex.submit(double, 21).result())\n"
+                    f"        print(sorted(n for n in os.listdir({tmp!r}) if 'imported' in n))\n"
+                    "        # By reference: the worker imports this script to find it, once.\n"
+                    "        by_ref = pickle.dumps(double)\n"
+                    "        print(ex.submit(pickle.loads, by_ref).result() is double,\n"
+                    "              ex.submit(pickle.loads, by_ref).result() is double)\n"
+                    f"        print(len([n for n in os.listdir({tmp!r}) if 'imported' in n]))\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        p = subprocess.run([sys.executable, script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+        lines = p.stdout.decode().splitlines()
+        assert p.returncode == 0, p.stderr.decode()
+        assert lines[0] == "3 42", (lines, p.stderr.decode())
+        assert herd.executor.PICKLER == "cloudpickle"  # the test venv has it (scripts/test.sh)
+        assert lines[1] == "[]", "no call needed the main script"
+        assert lines[2] == "True True"
+        assert lines[3] == "1", "one worker, one import"
+        assert os.listdir(runtime) == []
+
+
 def test_a_main_script_without_a_guard_starts_no_pool_in_its_workers(
         runtime: str) -> None:  # noqa: F811
     """As with multiprocessing's spawn, a worker imports the program's main script; one that

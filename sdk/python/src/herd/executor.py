@@ -27,7 +27,6 @@ a Future per call.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import functools
@@ -40,17 +39,28 @@ import threading
 import time
 import weakref
 from concurrent.futures import _base
-from concurrent.futures.process import _RemoteTraceback
-from typing import (Any, Callable, Deque, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple,
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Generator, Iterable, Iterator, List, Optional, Sequence, Tuple,
                     TypeVar, Union)
 
 from . import daemon as _daemon
-from .client import Batch, Pool
 from .errors import (EventCrashed, EventProtocolError, EventTimeout, HerdError,
                      ResultError)
 from . import executor_worker as _worker
 from .executor_worker import (ENV_AUTHKEY, ENV_INIT, ENV_MAIN, ENV_SYS_PATH, MAP_TAG, PICKLER,
                               call_chunk, dumps, loads)
+
+# As importing multiprocessing does (herd.executor no longer imports it): a worker imports the
+# main script as `__mp_main__`, so what it sends back from there by reference (a function, an
+# instance of the script's class) names `__mp_main__`, which is this program's `__main__`.
+if "__main__" in sys.modules:
+    sys.modules["__mp_main__"] = sys.modules["__main__"]
+
+# asyncio and the client load after the private pool's daemon is started, while it starts
+# its workers (Executor.__init__): a third of the executor's import time, off its start.
+if TYPE_CHECKING:
+    import asyncio
+
+    from .client import Pool
 
 __all__ = ["Executor", "Future", "PICKLER"]
 
@@ -293,6 +303,9 @@ class Executor(concurrent.futures.Executor):
                                             max_rss, initializer, initargs, options, stderr,
                                             start_timeout)
             address = self._daemon.control
+        import asyncio
+
+        from .client import Pool
         self.address = address
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="herd-executor")
@@ -346,6 +359,7 @@ class Executor(concurrent.futures.Executor):
                              env=env, stderr=stderr, timeout=start_timeout, workers_up=False)
 
     def _run_loop(self) -> None:
+        import asyncio
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_forever()
@@ -479,7 +493,7 @@ class Executor(concurrent.futures.Executor):
                 if type(part) is tuple:  # call_chunk's: a call raised
                     part, error, tb = part
                     if tb and isinstance(error, BaseException):
-                        error.__cause__ = _RemoteTraceback(tb)
+                        error.__cause__ = _remote_traceback(tb)
                 # No reference to a result is kept past its yield.
                 part.reverse()
                 while part:
@@ -499,6 +513,9 @@ class Executor(concurrent.futures.Executor):
         each alone, so only the call to blame fails (with retries, after as many)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("map(chunksize>1) cannot be called from the executor's thread")
+        import asyncio
+
+        from .client import Batch
         lane = asyncio.run_coroutine_threadsafe(
             self._pool._lane(0, False, Batch(chunksize, MAP_BATCH_WAIT)), self._loop).result()
         chunk = _isolation_chunk(lane, fn, calls)
@@ -675,6 +692,13 @@ def _settle_output(fut: Future, out: Optional[bytes]) -> None:
         _settle(fut, exc=value)
 
 
+def _remote_traceback(tb: str) -> BaseException:
+    """The cause ProcessPoolExecutor gives a call's exception: the worker's traceback. Its
+    class is imported on the first error, not with the executor (it loads multiprocessing)."""
+    from concurrent.futures.process import _RemoteTraceback
+    return _RemoteTraceback(tb)  # type: ignore[arg-type]  # typeshed: a traceback; it is text
+
+
 def _result_of(out: bytes) -> Any:
     """A call's result from its output, or raises its exception (in map's own thread)."""
     ok, value = _outcome(out)
@@ -697,7 +721,7 @@ def _outcome(out: bytes) -> Tuple[bool, Any]:
         return True, value
     if tb and isinstance(value, BaseException):
         # As ProcessPoolExecutor does: the worker's traceback is the exception's cause.
-        value.__cause__ = _RemoteTraceback(tb)
+        value.__cause__ = _remote_traceback(tb)
     return False, value if isinstance(value, BaseException) else ResultError(repr(value))
 
 

@@ -2,7 +2,8 @@
 
 Each event is one call, `(fn, args, kwargs)` pickled (cloudpickle when it is installed, so
 lambdas and closures travel) and base64-encoded, since an event is one line. The output is
-`(ok, value, traceback)` pickled the same way: the call's result, or the exception it raised
+`(ok, value, traceback)`, pickled by plain pickle when it can and else as the call was,
+base64-encoded too: the call's result, or the exception it raised
 (anything, SystemExit included, so that an exit in a call fails that call only) with the
 worker's formatted traceback. Whatever cannot be carried back (a result or exception that does
 not pickle) becomes an error the parent can always unpickle. A crash (a segfault, os._exit) is
@@ -10,7 +11,8 @@ herd's to record: that event gets a `crashed` record and herd starts a new worke
 
 A private pool (herd.Executor without an address) gives its workers, through the environment,
 the parent's sys.path (HERDPY_SYS_PATH), its main module (HERDPY_MAIN, imported as
-`__mp_main__` as multiprocessing's spawn does, so that functions of the main script unpickle),
+`__mp_main__` as multiprocessing's spawn does, so that functions of the main script unpickle;
+but on first use, not at the start: `_LazyMain`),
 the initializer (HERDPY_INIT) and multiprocessing's authkey (HERDPY_AUTHKEY, so that proxies of
 the parent's multiprocessing managers work in calls). Not HERD_*: herd keeps its own settings
 from its workers. The working directory and the rest of the environment are inherited.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import binascii
 import importlib
+import importlib.util
 import json
 import os
 import pickle
@@ -50,16 +53,22 @@ MAP_TAG = "m"
 # How many unpickled map callables a worker keeps.
 _FN_CACHE = 8
 
-try:
-    import cloudpickle as _cloudpickle  # type: ignore[import-untyped, import-not-found, unused-ignore]
+#: The pickler of calls: "cloudpickle" when it is installed, else "pickle". Found without
+#: importing it (a tenth of the executor's import); it is imported by the first call pickled.
+PICKLER = "cloudpickle" if importlib.util.find_spec("cloudpickle") is not None else "pickle"
+_cloudpickle_dumps: Optional[Callable[[Any], bytes]] = None
 
-    _dumps: Callable[[Any], bytes] = _cloudpickle.dumps
-except ImportError:  # pragma: no cover - depends on the environment
-    def _dumps(obj: Any) -> bytes:
+
+def _dumps(obj: Any) -> bytes:
+    """`obj` pickled by PICKLER."""
+    global _cloudpickle_dumps
+    if PICKLER == "pickle":
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    if _cloudpickle_dumps is None:
+        import cloudpickle  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        _cloudpickle_dumps = cloudpickle.dumps
+    return _cloudpickle_dumps(obj)
 
-#: The pickler of calls and results: "cloudpickle" or "pickle".
-PICKLER = "pickle" if _dumps.__module__ == __name__ else "cloudpickle"
 
 #: True while a worker imports the parent's main module: an Executor made then (a main script
 #: without an `if __name__ == "__main__":` guard) would start pools from every worker.
@@ -72,6 +81,19 @@ Outcome = Tuple[bool, Any, Optional[str]]
 def dumps(obj: Any) -> bytes:
     """`obj` pickled and base64-encoded: one line of ASCII."""
     return binascii.b2a_base64(_dumps(obj), newline=False)
+
+
+def _dump_outcome(obj: Any) -> bytes:
+    """A call's outcome, as `dumps`, but by plain pickle when it can: results are data far
+    more often than lambdas, pickle's C pickler is several times faster on small ones, and a
+    worker whose calls' functions travel by reference then never imports cloudpickle. Plain
+    pickle refuses what it cannot carry (a lambda, a class made by cloudpickle in this worker:
+    it checks the name leads to that very object); cloudpickle takes those."""
+    try:
+        raw = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - any refusal: cloudpickle's turn (its error is the call's)
+        raw = _dumps(obj)
+    return binascii.b2a_base64(raw, newline=False)
 
 
 def loads(data: bytes) -> Any:
@@ -106,12 +128,12 @@ def _dump_error(exc: BaseException, tb: str) -> bytes:
     """The outcome of a call that raised `exc`; if `exc` does not pickle, its text does."""
     exc.__traceback__ = None  # frames do not pickle; their text travels beside
     try:
-        return dumps((False, exc, tb))
+        return _dump_outcome((False, exc, tb))
     except BaseException as e:  # noqa: BLE001 - a failed pickle must not lose the call
         text = f"{type(exc).__name__}: {exc}"
         stand_in = RemoteErrorText(f"{text} (the exception could not be pickled: "
                                    f"{type(e).__name__}: {e})")
-        return dumps((False, stand_in, tb))
+        return _dump_outcome((False, stand_in, tb))
 
 
 class _Worker:
@@ -132,16 +154,8 @@ class _Worker:
             import multiprocessing
             multiprocessing.current_process().authkey = bytes.fromhex(authkey)
         main = os.environ.get(ENV_MAIN)
-        global importing_main
         if main:
-            importing_main = True
-            try:
-                _fixup_main(main)
-            except BaseException as e:  # noqa: BLE001 - the calls may not need it
-                sys.stderr.write(f"herd.executor_worker: cannot import the main module {main}: "
-                                 f"{type(e).__name__}: {e}\n")
-            finally:
-                importing_main = False
+            _LazyMain.install(main)
         init = os.environ.get(ENV_INIT)
         if init:
             try:
@@ -169,7 +183,7 @@ class _Worker:
         except BaseException as e:  # noqa: BLE001 - the call's outcome, whatever it is
             return _dump_error(e, _format(e))
         try:
-            return dumps((True, result, None))
+            return _dump_outcome((True, result, None))
         except BaseException as e:  # noqa: BLE001 - a result that does not pickle
             return _dump_error(e, _format(e))
 
@@ -212,19 +226,58 @@ def _initializer_failed(exc: BaseException) -> BaseException:
                              f"{type(exc).__name__}: {exc}")
 
 
-def _fixup_main(spec: str) -> None:
-    """Imports the parent's main module as `__mp_main__` and `__main__`, as multiprocessing's
-    spawn does: `name:MODULE` (run with -m) or `path:FILE`."""
+class _LazyMain(types.ModuleType):
+    """Stands for the parent's main module as `__main__` and `__mp_main__` until something
+    is looked up in it (a call whose function pickle names there), then imports it as
+    multiprocessing's spawn does. Spawn imports it at the start; most calls never need it
+    (cloudpickle sends the main script's functions by value), and a main script may take long
+    to import, which every worker would pay before its first call and after every restart."""
+
+    def __init__(self, spec: str, boot: Optional[types.ModuleType]) -> None:
+        super().__init__("__mp_main__")
+        self._herd_spec = spec
+        self._herd_boot = boot
+        self._herd_loading = False
+
+    @classmethod
+    def install(cls, spec: str) -> None:
+        kind, _, what = spec.partition(":")
+        if kind == "name" and (what == "__main__" or what.endswith(".__main__")):
+            return  # a package's __main__ run with -m: spawn does not import it either
+        lazy = cls(spec, sys.modules.get("__main__"))
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = lazy
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_herd_") or self._herd_loading:
+            raise AttributeError(name)  # the main module's own code, while it is imported
+        self._herd_loading = True
+        global importing_main
+        importing_main = True
+        try:
+            module = _import_main(self._herd_spec)
+        except BaseException as e:  # noqa: BLE001 - the call that needed it fails with it
+            sys.stderr.write(f"herd.executor_worker: cannot import the main module "
+                             f"{self._herd_spec}: {type(e).__name__}: {e}\n")
+            if self._herd_boot is not None:
+                sys.modules["__main__"] = self._herd_boot
+            sys.modules.pop("__mp_main__", None)
+            raise AttributeError(f"the main module's {name!r}: its import failed") from e
+        finally:
+            importing_main = False
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = module
+        return getattr(module, name)
+
+
+def _import_main(spec: str) -> types.ModuleType:
+    """The parent's main module, `name:MODULE` (run with -m: imported under its name) or
+    `path:FILE` (run as `__mp_main__`): either way its `if __name__ == "__main__":` block does
+    not run."""
     kind, _, what = spec.partition(":")
     if kind == "name":
-        if what == "__main__" or what.endswith(".__main__"):
-            return
-        module = importlib.import_module(what)
-        sys.modules["__mp_main__"] = sys.modules["__main__"] = module
-        return
+        return importlib.import_module(what)
     main = types.ModuleType("__mp_main__")
     main.__dict__.update(runpy.run_path(what, run_name="__mp_main__"))
-    sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+    return main
 
 
 def main() -> None:
