@@ -53,6 +53,11 @@ def test_lambdas_and_closures_travel_with_cloudpickle(runtime: str) -> None:  # 
     with herd.Executor(1) as ex:
         assert ex.submit(lambda x: x * k, 14).result(timeout=TIMEOUT) == 42
         assert list(ex.map(lambda x: x + k, range(3))) == [3, 4, 5]
+        # Outcomes go by plain pickle when they can; what it refuses, cloudpickle carries.
+        add = ex.submit(lambda: (lambda y: y + k)).result(timeout=TIMEOUT)
+        assert add(1) == 4
+        local = ex.submit(lambda: ValueError(lambda: None)).result(timeout=TIMEOUT)
+        assert type(local) is ValueError and local.args[0]() is None
 
 
 def test_map_with_buffersize_reads_its_input_lazily(runtime: str) -> None:  # noqa: F811
@@ -288,6 +293,38 @@ def test_a_worker_imports_the_main_script_only_when_a_call_needs_it(
         assert lines[1] == "[]", "no call needed the main script"
         assert lines[2] == "True True"
         assert lines[3] == "1", "one worker, one import"
+        assert os.listdir(runtime) == []
+
+
+def test_a_main_script_that_fails_to_import_fails_only_the_calls_that_need_it(
+        runtime: str) -> None:  # noqa: F811
+    """The worker imports the main script when a call needs it; if that import raises, that
+    call fails with the error as its cause, and the worker serves the next calls."""
+    with tempfile.TemporaryDirectory(prefix="herd-pyexec-") as tmp:
+        script = os.path.join(tmp, "broken.py")
+        with open(script, "w") as f:
+            f.write("import pickle, herd\n"
+                    "def double(x):\n"
+                    "    return 2 * x\n"
+                    "if __name__ == '__mp_main__':\n"
+                    "    raise RuntimeError('not in a worker')\n"
+                    "if __name__ == '__main__':\n"
+                    "    with herd.Executor(1) as ex:\n"
+                    "        f = ex.submit(pickle.loads, pickle.dumps(double))\n"
+                    "        e = f.exception()\n"
+                    "        print(type(e).__name__, '|', e)\n"
+                    "        print('not in a worker' in str(e.__cause__))\n"
+                    "        print(ex.submit(double, 4).result(), ex.submit(abs, -5).result())\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        p = subprocess.run([sys.executable, script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+        err = p.stderr.decode()
+        assert p.returncode == 0, err
+        lines = p.stdout.decode().splitlines()
+        assert lines == [f"ImportError | cannot import the main module path:{script} (for "
+                         "its 'double'): RuntimeError: not in a worker",
+                         "True",  # the worker's traceback, the call's cause, has it too
+                         "8 5"], (lines, err)
         assert os.listdir(runtime) == []
 
 

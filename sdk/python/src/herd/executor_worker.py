@@ -261,7 +261,10 @@ class _LazyMain(types.ModuleType):
             if self._herd_boot is not None:
                 sys.modules["__main__"] = self._herd_boot
             sys.modules.pop("__mp_main__", None)
-            raise AttributeError(f"the main module's {name!r}: its import failed") from e
+            # Not an AttributeError, which pickle would replace with its own "Can't get
+            # attribute": the call that needed the module fails with why it is missing.
+            raise ImportError(f"cannot import the main module {self._herd_spec} "
+                              f"(for its {name!r}): {type(e).__name__}: {e}") from e
         finally:
             importing_main = False
         sys.modules["__main__"] = sys.modules["__mp_main__"] = module
