@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import CancelledError, wait
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -58,6 +58,63 @@ def test_lambdas_and_closures_travel_with_cloudpickle(runtime: str) -> None:  # 
         assert add(1) == 4
         local = ex.submit(lambda: ValueError(lambda: None)).result(timeout=TIMEOUT)
         assert type(local) is ValueError and local.args[0]() is None
+
+
+def test_the_automatic_inflight_follows_the_calls_time() -> None:
+    """_Pace on made-up outcome times (no processes): the limit the executor keeps."""
+    pace = herd.executor._Pace(2)
+    assert pace.limit == 4
+
+    def outcomes(pairs: int, every: float, t: float) -> float:
+        """Outcomes in pairs (two workers answering together), a pair every `every` s."""
+        for _ in range(pairs):
+            t += every
+            pace.outcome(t)
+            pace.outcome(t + 1e-5)
+        return t
+    # 20 ms calls: 2 per worker, however the pairs fall.
+    t = outcomes(50, 0.02, 100.0)
+    assert pace.limit == 4
+    # Calls of 40 µs a worker (outcomes every 20 µs): 2 ms / 40 µs = 50 per worker.
+    pace.idle()
+    t = outcomes(2000, 4e-5, t + 1)
+    assert 90 <= pace.limit <= 110, pace.limit
+    # 1 µs calls: the ceiling, 128 per worker.
+    t = outcomes(2000, 2e-6, t)
+    assert pace.limit == 256
+    # Calls that turn slow bring it down within a few stretches of 4 outcomes.
+    t = outcomes(6, 0.02, t)
+    assert pace.limit == 4
+    # Idle: back to 2 per worker, and a first slow stretch keeps it there.
+    t = outcomes(2000, 2e-6, t)
+    pace.idle()
+    assert pace.limit == 4
+    outcomes(4, 0.02, t + 1)
+    assert pace.limit == 4
+
+
+def test_tiny_and_slow_calls_under_the_automatic_inflight(runtime: str) -> None:  # noqa: F811
+    """The executor with its automatic `inflight`: a burst of tiny calls, then slow ones (which
+    must not all go to herd at once, so that cancelling them is free), all answered."""
+    with herd.Executor(2) as ex:
+        tiny = [ex.submit(abs, -i) for i in range(20_000)]
+        assert [f.result(timeout=TIMEOUT) for f in tiny] == list(range(20_000))
+        wait_until("the executor idle again", lambda: ex._inflight_max == 4 or None)
+        slow = [ex.submit(time.sleep, 0.02) for _ in range(30)]
+        slow[-1].result(timeout=TIMEOUT)
+        assert ex._inflight_max == 4
+        wait(slow, timeout=TIMEOUT)
+        assert all(f.result() is None for f in slow)
+        # Queued behind slow ones in the executor (4 with herd): cancelled for free, herd
+        # never sees them.
+        more = [ex.submit(time.sleep, 0.05) for _ in range(20)]
+        assert sum(f.cancel() for f in more[8:]) == 12
+        wait(more, timeout=TIMEOUT)
+        assert [f.cancelled() for f in more] == [False] * 8 + [True] * 12
+        st = json.loads(subprocess.run(
+            [herd.find_herd_bin(), "status", "--json", "--control", ex.address],
+            stdout=subprocess.PIPE, timeout=TIMEOUT, check=True).stdout)
+        assert st["totals"]["cancelled"] == 0 and st["totals"]["ok"] == 20_000 + 30 + 8, st
 
 
 def test_map_with_buffersize_reads_its_input_lazily(runtime: str) -> None:  # noqa: F811

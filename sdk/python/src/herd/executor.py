@@ -66,6 +66,11 @@ __all__ = ["Executor", "Future", "PICKLER"]
 
 _T = TypeVar("_T")
 
+# The automatic `inflight` (_Pace): the work to keep with the daemon per worker, in seconds,
+# and the most calls per worker.
+_AUTO_INFLIGHT_WORK = 0.002
+_AUTO_INFLIGHT_MAX = 128
+
 # How long a partial batch of a map may wait for more calls while its worker is busy. map()
 # hands the daemon a chunk's calls at once, so only a map's last chunks wait at all.
 MAP_BATCH_WAIT = 0.002
@@ -238,6 +243,51 @@ def _isolation_chunk(pool: Pool, fn: Callable[..., Any],
 _Queued = Union[Tuple[Future, bytes], _MapChunk]
 
 
+class _Pace:
+    """The automatic `inflight`, as herd's own automatic window: enough calls with the daemon
+    for about 2 ms of work per worker, never fewer than 2 per worker. Slow calls keep 2 per
+    worker: the rest wait in the executor, where a cancel is free. Tiny calls get up to 128,
+    or the round trip of each call through the daemon bounds the pool (13,000 calls/s at 2 per
+    worker, 40,000 at the automatic limit, measured).
+
+    It is told of each outcome that came while calls waited in the executor (the limit held
+    them back, so outcomes come at the pool's pace): over every 2 outcomes per worker, the
+    time per outcome times the workers is a worker's time per call. Not per outcome: workers
+    whose calls take alike answer in bursts."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.limit = 2 * workers
+        self._since = 0.0  # when the stretch being measured began (0: none)
+        self._outcomes = 0  # outcomes in it so far
+        self._gap = 0.0  # the average time per outcome, in seconds (0: none measured)
+
+    def outcome(self, now: float) -> None:
+        if not self._since:
+            self._since, self._outcomes = now, 0
+            return
+        self._outcomes += 1
+        if self._outcomes < 2 * self.workers:
+            return
+        gap = (now - self._since) / self._outcomes
+        self._since, self._outcomes = now, 0
+        # Up by a quarter, down by a sixteenth (herd's window's weight): calls that turn slow
+        # after tiny ones bring the limit down within a few stretches.
+        if not self._gap:
+            self._gap = gap
+        else:
+            self._gap += (gap - self._gap) / (4 if gap > self._gap else 16)
+        per_call = self._gap * self.workers
+        per_worker = int(_AUTO_INFLIGHT_WORK / per_call) if per_call > 0 else _AUTO_INFLIGHT_MAX
+        self.limit = self.workers * min(max(per_worker, 2), _AUTO_INFLIGHT_MAX)
+
+    def idle(self) -> None:
+        """Nothing queued or in flight: the next calls may be slow ones, so the limit starts
+        again from 2 per worker (tiny calls regain it within a few outcomes)."""
+        self.limit = 2 * self.workers
+        self._since = self._gap = 0.0
+
+
 class Executor(concurrent.futures.Executor):
     """A concurrent.futures.Executor on herd. See the module's doc and docs/PYTHON.md.
 
@@ -250,7 +300,8 @@ class Executor(concurrent.futures.Executor):
     worker's calls fail with InitializerFailed. `address`: the control socket of a running
     `herd serve -- python -m herd.executor_worker` to use instead of a private pool (the
     options above are then the daemon's own). `inflight`: calls handed to the daemon at once
-    (default: 2 per worker); the rest wait here, cancellable. `options`: more `herd serve`
+    (default: automatic, about 2 ms of work per worker, 2 to 128 per worker); the rest wait
+    here, cancellable. `options`: more `herd serve`
     options for the private pool. `stderr`: where the private pool's log goes
     (subprocess-style; default: this process's stderr). `start_timeout`: seconds to wait for
     the private pool to be ready. `mp_context` is accepted, and ignored, so that code written
@@ -287,7 +338,9 @@ class Executor(concurrent.futures.Executor):
                 "the program's entry point with `if __name__ == \"__main__\":` (as "
                 "multiprocessing's spawn needs)")
         self._max_workers = max_workers
-        self._inflight_max = inflight if inflight is not None else 2 * max_workers
+        # The automatic `inflight` (loop thread only), unless one is given.
+        self._pace: Optional[_Pace] = _Pace(max_workers) if inflight is None else None
+        self._inflight_max: int = inflight if inflight is not None else 2 * max_workers
         self._lock = threading.Lock()
         self._queue: Deque[_Queued] = collections.deque()
         self._shutdown = False
@@ -639,7 +692,20 @@ class Executor(concurrent.futures.Executor):
     def _chunk_done(self) -> None:
         self._inflight -= 1
         if self._queue or self._closing:
+            self._measure()
             self._pump()
+        elif not self._inflight:
+            self._idle()
+
+    def _measure(self) -> None:
+        if self._pace is not None:
+            self._pace.outcome(time.monotonic())
+            self._inflight_max = self._pace.limit
+
+    def _idle(self) -> None:
+        if self._pace is not None:
+            self._pace.idle()
+            self._inflight_max = self._pace.limit
 
     def _stopper(self, seq: int) -> Callable[[], None]:
         loop, pool = self._loop, self._pool
@@ -663,7 +729,10 @@ class Executor(concurrent.futures.Executor):
             else:
                 _settle_output(fut, out)
             if self._queue or self._closing:
+                self._measure()
                 self._pump()
+            elif not self._inflight:
+                self._idle()
         return resolve
 
     def _close(self) -> None:
