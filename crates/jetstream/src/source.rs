@@ -84,6 +84,10 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     /// Answers the source's requests until the pool stops, then naks what is left.
     pub async fn run(mut self, mut requests: mpsc::Receiver<(Room, oneshot::Sender<Vec<Input>>)>) {
+        // Events fetched for a submission that ended meanwhile: naked below, in this task, so
+        // that the stop's flush (which awaits this task) sends them before the connection
+        // closes. A task of their own raced it, and lost them under load.
+        let mut orphans: Vec<u64> = Vec::new();
         loop {
             let (room, reply) = tokio::select! {
                 r = requests.recv() => match r {
@@ -104,13 +108,7 @@ impl Fetcher {
                         Input::Rejected { .. } => None,
                     })
                     .collect();
-                let (client, shared) = (self.client.clone(), self.shared.clone());
-                tokio::spawn(async move {
-                    shared.fetching_closed().await;
-                    for seq in seqs {
-                        settle(&client, &shared, seq, Settle::Nak(None)).await;
-                    }
-                });
+                orphans = seqs;
                 break;
             }
         }
@@ -124,6 +122,9 @@ impl Fetcher {
         for reply in late {
             bump(&self.shared.counters.naked);
             let _ = self.client.publish(reply, AckKind::Nak(None).into()).await;
+        }
+        for seq in orphans {
+            settle(&self.client, &self.shared, seq, Settle::Nak(None)).await;
         }
     }
 
