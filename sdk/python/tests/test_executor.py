@@ -240,6 +240,16 @@ def _script(body: str) -> List[str]:
             f"import sys; sys.path[:0] = {[HERE] + sys.path!r}\n" + body]
 
 
+def _run_main(path: str, source: str) -> "subprocess.CompletedProcess[bytes]":
+    """Writes `source` to `path` and runs it as a program's main script (this interpreter,
+    this sys.path): what workers import as the main module."""
+    with open(path, "w") as f:
+        f.write(source)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, path], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+
+
 def test_the_pool_dies_with_a_sigkilled_python(runtime: str) -> None:  # noqa: F811
     """A Python program with an executor is SIGKILLed mid-call: no daemon, worker or socket
     is left."""
@@ -324,25 +334,21 @@ def test_a_worker_imports_the_main_script_only_when_a_call_needs_it(
     when a call names something in it, as a function pickled by reference does: calls that do
     not need it (cloudpickle sends the script's functions by value) never pay for it."""
     with tempfile.TemporaryDirectory(prefix="herd-pyexec-") as tmp:
-        script = os.path.join(tmp, "marked.py")
-        with open(script, "w") as f:
-            f.write("import os, pickle, sys, herd\n"
-                    "if __name__ == '__mp_main__':\n"
-                    f"    open(os.path.join({tmp!r}, f'imported-{{os.getpid()}}'), 'w').close()\n"
-                    "def double(x):\n"
-                    "    return 2 * x\n"
-                    "if __name__ == '__main__':\n"
-                    "    with herd.Executor(1) as ex:\n"
-                    "        print(ex.submit(abs, -3).result(), ex.submit(double, 21).result())\n"
-                    f"        print(sorted(n for n in os.listdir({tmp!r}) if 'imported' in n))\n"
-                    "        # By reference: the worker imports this script to find it, once.\n"
-                    "        by_ref = pickle.dumps(double)\n"
-                    "        print(ex.submit(pickle.loads, by_ref).result() is double,\n"
-                    "              ex.submit(pickle.loads, by_ref).result() is double)\n"
-                    f"        print(len([n for n in os.listdir({tmp!r}) if 'imported' in n]))\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        p = subprocess.run([sys.executable, script], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+        p = _run_main(os.path.join(tmp, "marked.py"),
+                      "import os, pickle, sys, herd\n"
+                      "if __name__ == '__mp_main__':\n"
+                      f"    open(os.path.join({tmp!r}, f'imported-{{os.getpid()}}'), 'w').close()\n"
+                      "def double(x):\n"
+                      "    return 2 * x\n"
+                      "if __name__ == '__main__':\n"
+                      "    with herd.Executor(1) as ex:\n"
+                      "        print(ex.submit(abs, -3).result(), ex.submit(double, 21).result())\n"
+                      f"        print(sorted(n for n in os.listdir({tmp!r}) if 'imported' in n))\n"
+                      "        # By reference: the worker imports this script to find it, once.\n"
+                      "        by_ref = pickle.dumps(double)\n"
+                      "        print(ex.submit(pickle.loads, by_ref).result() is double,\n"
+                      "              ex.submit(pickle.loads, by_ref).result() is double)\n"
+                      f"        print(len([n for n in os.listdir({tmp!r}) if 'imported' in n]))\n")
         lines = p.stdout.decode().splitlines()
         assert p.returncode == 0, p.stderr.decode()
         assert lines[0] == "3 42", (lines, p.stderr.decode())
@@ -359,22 +365,19 @@ def test_a_main_script_that_fails_to_import_fails_only_the_calls_that_need_it(
     call fails with the error as its cause, and the worker serves the next calls."""
     with tempfile.TemporaryDirectory(prefix="herd-pyexec-") as tmp:
         script = os.path.join(tmp, "broken.py")
-        with open(script, "w") as f:
-            f.write("import pickle, herd\n"
-                    "def double(x):\n"
-                    "    return 2 * x\n"
-                    "if __name__ == '__mp_main__':\n"
-                    "    raise RuntimeError('not in a worker')\n"
-                    "if __name__ == '__main__':\n"
-                    "    with herd.Executor(1) as ex:\n"
-                    "        f = ex.submit(pickle.loads, pickle.dumps(double))\n"
-                    "        e = f.exception()\n"
-                    "        print(type(e).__name__, '|', e)\n"
-                    "        print('not in a worker' in str(e.__cause__))\n"
-                    "        print(ex.submit(double, 4).result(), ex.submit(abs, -5).result())\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        p = subprocess.run([sys.executable, script], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+        p = _run_main(script,
+                      "import pickle, herd\n"
+                      "def double(x):\n"
+                      "    return 2 * x\n"
+                      "if __name__ == '__mp_main__':\n"
+                      "    raise RuntimeError('not in a worker')\n"
+                      "if __name__ == '__main__':\n"
+                      "    with herd.Executor(1) as ex:\n"
+                      "        f = ex.submit(pickle.loads, pickle.dumps(double))\n"
+                      "        e = f.exception()\n"
+                      "        print(type(e).__name__, '|', e)\n"
+                      "        print('not in a worker' in str(e.__cause__))\n"
+                      "        print(ex.submit(double, 4).result(), ex.submit(abs, -5).result())\n")
         err = p.stderr.decode()
         assert p.returncode == 0, err
         lines = p.stdout.decode().splitlines()
@@ -391,16 +394,12 @@ def test_a_main_script_without_a_guard_starts_no_pool_in_its_workers(
     starts an executor unguarded gets an error from the executor it would start there, not
     a pool per worker."""
     with tempfile.TemporaryDirectory(prefix="herd-pyexec-") as tmp:
-        script = os.path.join(tmp, "unguarded.py")
-        with open(script, "w") as f:
-            f.write("import herd\n"
-                    "def double(x):\n"
-                    "    return 2 * x\n"
-                    "with herd.Executor(1) as ex:\n"
-                    "    print(ex.submit(double, 21).result())\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        p = subprocess.run([sys.executable, script], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=env, timeout=TIMEOUT)
+        p = _run_main(os.path.join(tmp, "unguarded.py"),
+                      "import herd\n"
+                      "def double(x):\n"
+                      "    return 2 * x\n"
+                      "with herd.Executor(1) as ex:\n"
+                      "    print(ex.submit(double, 21).result())\n")
         # With cloudpickle `double` travels by value, so the call itself works.
         assert p.stdout.strip() == b"42", p.stderr.decode()
         assert os.listdir(runtime) == []
