@@ -668,7 +668,12 @@ class Runner:
         self.python = python
         self.sizes = sizes
         self.workers = workers
-        self.tmp = tempfile.mkdtemp(prefix="herd-bench-peers-")
+        # Where each run writes its outcome; removed at the end (or at exit, if it fails).
+        self._tmp = tempfile.TemporaryDirectory(prefix="herd-bench-peers-")
+        self.tmp = self._tmp.name
+
+    def close(self) -> None:
+        self._tmp.cleanup()
 
     def __call__(self, spec: Spec) -> Outcome:
         spec.workers = self.workers
@@ -890,8 +895,11 @@ def bench(args: argparse.Namespace) -> int:
     sec = Section(args.python, sizes, args.workers, peers)
     load = [os.getloadavg()[0]]
     workloads = {"tiny": sec.tiny, "cpu": sec.cpu, "kills": sec.kills, "hangs": sec.hangs}
-    for w in args.workloads.split(","):
-        workloads[w]()
+    try:
+        for w in args.workloads.split(","):
+            workloads[w]()
+    finally:
+        sec.run_one.close()
     sec.ratios()
     load.append(os.getloadavg()[0])
     sec.rows += [Row("-", name, "", None, "NOT INSTALLED: left out", "-") for name in missing]
