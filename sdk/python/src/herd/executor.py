@@ -691,19 +691,18 @@ class Executor(concurrent.futures.Executor):
 
     def _chunk_done(self) -> None:
         self._inflight -= 1
+        self._answered()
+
+    def _answered(self) -> None:
+        """After a call (or chunk) the daemon had is answered and counted out of `inflight`:
+        the next ones go, and the automatic `inflight` learns from it (while calls wait) or
+        starts over (once nothing is left)."""
         if self._queue or self._closing:
-            self._measure()
+            if self._pace is not None:
+                self._pace.outcome(time.monotonic())
+                self._inflight_max = self._pace.limit
             self._pump()
-        elif not self._inflight:
-            self._idle()
-
-    def _measure(self) -> None:
-        if self._pace is not None:
-            self._pace.outcome(time.monotonic())
-            self._inflight_max = self._pace.limit
-
-    def _idle(self) -> None:
-        if self._pace is not None:
+        elif not self._inflight and self._pace is not None:
             self._pace.idle()
             self._inflight_max = self._pace.limit
 
@@ -728,11 +727,7 @@ class Executor(concurrent.futures.Executor):
                 _settle(fut, exc=err)
             else:
                 _settle_output(fut, out)
-            if self._queue or self._closing:
-                self._measure()
-                self._pump()
-            elif not self._inflight:
-                self._idle()
+            self._answered()
         return resolve
 
     def _close(self) -> None:
