@@ -400,9 +400,9 @@ class HerdRun(Peer):
         return f"--retries {self.retries}" if self.retries else ""
 
     def open(self) -> None:
-        self.start(1)
+        self.open_for(1)
 
-    def start(self, batch: int) -> None:
+    def open_for(self, batch: int) -> None:
         herd = module("herd.daemon").find_herd_bin()
         opts = ["-w", str(self.workers), "--retries", str(self.retries)]
         if self.timeout is not None:
@@ -414,9 +414,6 @@ class HerdRun(Peer):
         self.proc = subprocess.Popen([herd, "run", "-q", *opts, "--", *worker],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
-
-    def open_for(self, chunk: int) -> None:
-        self.start(chunk)
 
     def each(self, items: List[str]) -> Iterator[Tuple[int, Any]]:
         return iter(self.map(work, items, 1))
@@ -517,7 +514,10 @@ def run(spec: Spec) -> Outcome:
     def collect() -> None:
         t0 = time.perf_counter()
         try:
-            peer.open_for(spec.chunk) if spec.mode == "map" else peer.open()
+            if spec.mode == "map":
+                peer.open_for(spec.chunk)
+            else:
+                peer.open()
             opened.set()
             it = peer.each(items) if spec.mode == "each" else peer.map(work, items, spec.chunk)
             for pair in it:
